@@ -1,0 +1,67 @@
+"""kiln agent: ``facts`` | ``apply BUNDLE_DIR`` | ``verify CHECKS_FILE``.
+
+Prints one JSON object per line; the exit status says ok (0) or failed (1).
+Stdlib only (Jinja2 rides along in the zipapp for templates), Python >= 3.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict
+
+
+def emit(event: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event, default=str, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: Any = None) -> int:
+    parser = argparse.ArgumentParser(prog="kiln-agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("facts")
+    apply_p = sub.add_parser("apply")
+    apply_p.add_argument("bundle")
+    apply_p.add_argument("--check", action="store_true")
+    apply_p.add_argument("--diff", action="store_true")
+    verify_p = sub.add_parser("verify")
+    verify_p.add_argument("checks")
+    sub.add_parser("packages")
+    args = parser.parse_args(argv)
+
+    from agent import facts
+
+    if args.command == "facts":
+        emit({"event": "facts", "facts": facts.gather()})
+        return 0
+    if args.command == "packages":
+        from agent.inventory import installed_packages
+
+        emit({"event": "packages", "packages": installed_packages()})
+        return 0
+    if args.command == "apply":
+        from agent.api import Context
+        from agent.runner import Runner
+
+        with open(os.path.join(args.bundle, "bundle.json")) as handle:
+            bundle = json.load(handle)
+        gathered = facts.gather()
+        emit({"event": "facts", "facts": gathered})
+        ctx = Context(check_mode=args.check or bundle.get("check_mode", False),
+                      diff_mode=args.diff or bundle.get("diff", False),
+                      files_dir=os.path.join(args.bundle, "files"),
+                      templates_dir=os.path.join(args.bundle, "templates"), facts=gathered)
+        return 0 if Runner(bundle, ctx, emit).run() else 1
+    if args.command == "verify":
+        from agent.verify import run_checks
+
+        with open(args.checks) as handle:
+            checks = json.load(handle)
+        return 0 if run_checks(checks, facts.gather(), emit) else 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

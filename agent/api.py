@@ -1,0 +1,177 @@
+"""What a module (or a check) is given and what it returns.
+
+A module is one file in ``agent/modules/`` with:
+
+- ``SCHEMA``: its declarative argument schema (see :mod:`agent.schema`);
+- ``check(params, ctx) -> state``: read-only; reads the current state;
+- ``apply(params, state, ctx) -> Result``: decides from ``state``, and changes the
+  machine only when something differs and ``ctx.check_mode`` is off.
+
+Modules raise :class:`ModuleError` for failures; they never exit or print.
+Stdlib only, Python >= 3.9.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+
+class ModuleError(Exception):
+    """The module could not do what was asked; ``msg`` says why."""
+
+    def __init__(self, msg: str, **data: Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.data = data
+
+
+@dataclass
+class Result:
+    """The fixed result shape of every module."""
+
+    changed: bool
+    msg: str = ""
+    diff: Optional[Dict[str, Any]] = None  # {"before": ..., "after": ...} or {"unified": "..."}
+    data: Dict[str, Any] = field(default_factory=dict)  # extra fields for `register`
+    predicted: bool = True  # False: in check mode the module could not predict the outcome
+
+
+@dataclass
+class Completed:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Context:
+    """What a module may use: flags, the bundle's files, and a command runner."""
+
+    check_mode: bool = False
+    diff_mode: bool = False
+    files_dir: str = "/"
+    templates_dir: str = "/"
+    facts: Dict[str, Any] = field(default_factory=dict)
+    variables: Dict[str, Any] = field(default_factory=dict)
+
+    def run(
+        self,
+        argv: Union[Sequence[str], str],
+        check: bool = True,
+        input: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+        shell: bool = False,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Completed:
+        full_env = dict(os.environ)
+        full_env.setdefault("LC_ALL", "C.UTF-8")
+        full_env.setdefault("DEBIAN_FRONTEND", "noninteractive")
+        full_env.update(env or {})
+        try:
+            proc = subprocess.run(
+                argv, shell=shell, input=input, capture_output=True, text=True,
+                env=full_env, cwd=cwd, timeout=timeout,
+                executable="/bin/bash" if shell and os.path.exists("/bin/bash") else None,
+            )
+        except FileNotFoundError as exc:
+            raise ModuleError(f"command not found: {exc.filename}", rc=127)
+        except subprocess.TimeoutExpired:
+            raise ModuleError(f"command timed out after {timeout}s", rc=124)
+        done = Completed(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            shown = argv if isinstance(argv, str) else " ".join(argv)
+            raise ModuleError(
+                f"'{shown}' exited {proc.returncode}: {tail(proc.stderr or proc.stdout)}",
+                rc=proc.returncode, stdout=proc.stdout, stderr=proc.stderr,
+            )
+        return done
+
+    def source_path(self, src: str, kind: str = "files") -> str:
+        base = self.files_dir if kind == "files" else self.templates_dir
+        return src if os.path.isabs(src) else os.path.join(base, src)
+
+
+def tail(text: str, lines: int = 8) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def unified_diff(before: str, after: str, path: str) -> str:
+    return "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True), after.splitlines(keepends=True),
+            fromfile=f"{path} (before)", tofile=f"{path} (after)",
+        )
+    )
+
+
+def atomic_write(path: str, data: bytes, mode: Optional[int] = None,
+                 validate: Optional[str] = None, ctx: Optional[Context] = None) -> None:
+    """Write via a temp file in the same directory, optionally validate it, then rename."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".kiln-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        elif os.path.exists(path):
+            st = os.stat(path)
+            os.chmod(tmp, st.st_mode & 0o7777)
+            os.chown(tmp, st.st_uid, st.st_gid)
+        else:
+            os.chmod(tmp, 0o644)
+        if validate:
+            runner = ctx or Context()
+            done = runner.run(validate.replace("%s", tmp), shell=True, check=False)
+            if done.rc != 0:
+                raise ModuleError(f"validate '{validate}' rejected the new content: {tail(done.stderr or done.stdout)}")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def parse_mode(mode: Optional[str], current: int = 0) -> Optional[int]:
+    """Octal string -> int; symbolic modes (u+x,g-w) applied to ``current``."""
+    if mode is None:
+        return None
+    if mode.isdigit():
+        return int(mode, 8)
+    result = current
+    for clause in mode.split(","):
+        op_index = min(i for i in (clause.find("+"), clause.find("-"), clause.find("=")) if i >= 0)
+        who, op, perms = clause[:op_index] or "a", clause[op_index], clause[op_index + 1:]
+        bits = 0
+        for w in who:
+            shifts = {"u": [6], "g": [3], "o": [0], "a": [6, 3, 0]}[w]
+            for shift in shifts:
+                for p in perms:
+                    bits |= {"r": 4, "w": 2, "x": 1, "X": 1}.get(p, 0) << shift
+                    if p == "s" and shift in (6, 3):
+                        bits |= 0o4000 if shift == 6 else 0o2000
+                    if p == "t":
+                        bits |= 0o1000
+        if op == "+":
+            result |= bits
+        elif op == "-":
+            result &= ~bits
+        else:
+            mask = 0
+            for w in who:
+                for shift in {"u": [6], "g": [3], "o": [0], "a": [6, 3, 0]}[w]:
+                    mask |= 7 << shift
+            result = (result & ~mask) | bits
+    return result
+
+
+def as_list(value: Any) -> List[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]

@@ -1,0 +1,28 @@
+"""Run a command line through ``/bin/bash`` (pipes, redirections, globbing).
+
+Example::
+
+    - shell: {cmd: "curl -fsS http://127.0.0.1/ | grep kiln", creates: /etc/kiln/checked}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from agent.api import Context, Result
+from agent.modules import command
+
+SCHEMA = dict(
+    command.SCHEMA,
+    description="Run a command line through /bin/bash; skipped when `creates` exists or `removes` does not.",
+    args={k: v for k, v in command.SCHEMA["args"].items() if k != "argv"},
+    mutually_exclusive=[],
+    required_one_of=[["cmd"]],
+    example='- shell: {cmd: "echo ok > /etc/kiln-ok", creates: /etc/kiln-ok}',
+)
+
+check = command.check
+
+
+def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    return command.run_command(params, state, ctx, shell=True)

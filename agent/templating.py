@@ -1,0 +1,85 @@
+"""Jinja2 expressions and templates, evaluated on the box.
+
+Jinja2 and MarkupSafe are pure Python; the controller packs them into the agent's
+zipapp beside the agent, so nothing needs installing on the box. Every other part
+of the agent is stdlib-only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict
+
+import jinja2
+import jinja2.meta
+import jinja2.sandbox
+
+WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?!.*\{\{)(.*)\}\}\s*$", re.S)
+
+
+class TemplateError(Exception):
+    pass
+
+
+def _environment(loader: Any = None) -> jinja2.Environment:
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, loader=loader,
+    )
+    env.filters.setdefault("bool", lambda v: str(v).lower() in ("1", "true", "yes", "on") if isinstance(v, str) else bool(v))
+    env.filters.setdefault("regex_search", lambda v, p: (re.search(p, str(v)) or [None])[0])
+    env.filters.setdefault("basename", os.path.basename)
+    env.filters.setdefault("dirname", os.path.dirname)
+    return env
+
+
+ENV = _environment()
+
+
+def is_templated(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def evaluate(expression: Any, variables: Dict[str, Any]) -> Any:
+    """A bare expression (``when``, ``until``, ``changed_when``, ``loop``) to its value."""
+    if not isinstance(expression, str):
+        return expression
+    match = WHOLE_EXPRESSION.match(expression)
+    source = match.group(1) if match else expression
+    try:
+        return ENV.compile_expression(source, undefined_to_none=False)(**variables)
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"{source.strip()}: {exc}")
+
+
+def render(value: Any, variables: Dict[str, Any]) -> Any:
+    """Render every templated string inside ``value``; "{{ x }}" alone keeps x's type."""
+    if isinstance(value, dict):
+        return {k: render(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, variables) for v in value]
+    if not is_templated(value):
+        return value
+    match = WHOLE_EXPRESSION.match(value)
+    if match:
+        return evaluate(match.group(1), variables)
+    try:
+        return ENV.from_string(value).render(**variables)
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"{value!r}: {exc}")
+
+
+def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str:
+    env = _environment(jinja2.FileSystemLoader(templates_dir))
+    try:
+        return env.get_template(name).render(**variables)
+    except jinja2.TemplateError as exc:
+        where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+        raise TemplateError(f"template {name}{where}: {exc}")
+
+
+def undeclared(source: str) -> set:
+    """Names a template or expression reads (for the controller's undefined-variable check)."""
+    match = WHOLE_EXPRESSION.match(source)
+    text = source if (match or "{{" in source or "{%" in source) else "{{ " + source + " }}"
+    return jinja2.meta.find_undeclared_variables(ENV.parse(text))

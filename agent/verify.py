@@ -1,0 +1,44 @@
+"""Run goss-like checks: each a file in ``agent/checks/`` with SCHEMA and ``probe``.
+
+A check's ``probe(params, ctx) -> (passed, observed)`` only reads.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List
+
+from agent import schema as argschema
+from agent.api import Context, ModuleError
+from agent.checks import discover
+
+
+def run_checks(checks: List[Dict[str, Any]], facts: Dict[str, Any],
+               emit: Callable[[Dict[str, Any]], None]) -> bool:
+    available = discover()
+    ctx = Context(facts=facts)
+    counts = {"passed": 0, "failed": 0}
+    for index, check in enumerate(checks, 1):
+        started = time.monotonic()
+        kind = check["check"]
+        event: Dict[str, Any] = {"event": "check", "index": index, "check": kind,
+                                 "name": check.get("name") or f"{kind} {check.get('target', '')}".strip(),
+                                 "source": check.get("source")}
+        impl = available.get(kind)
+        try:
+            if impl is None:
+                raise ModuleError(f"unknown check '{kind}'")
+            params, errors = argschema.validate(impl.SCHEMA, check.get("args", {}))
+            if errors:
+                raise ModuleError("; ".join(e.message for e in errors))
+            passed, observed = impl.probe(params, ctx)
+        except ModuleError as exc:
+            passed, observed = False, exc.msg
+        except OSError as exc:
+            passed, observed = False, f"{type(exc).__name__}: {exc}"
+        event.update(status="passed" if passed else "failed", observed=observed,
+                     duration=round(time.monotonic() - started, 4))
+        counts[event["status"]] += 1
+        emit(event)
+    emit(dict(counts, event="summary"))
+    return counts["failed"] == 0

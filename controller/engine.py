@@ -1,0 +1,235 @@
+"""The local container engine (podman, or the docker CLI) as a few typed calls.
+
+Everything the local provider and the AWS sandbox need from a container engine
+goes through :class:`Engine`, so engine quirks (runtime, ulimits) live in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("kiln.engine")
+
+BASE_IMAGE = "localhost/kiln-base/debian:bookworm"
+BASE_PACKAGES = "openssh-server,python3,sudo,systemd,systemd-sysv,ca-certificates,iproute2"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+# A fresh copy of an image must get its own SSH host keys; Debian only creates them
+# when the package is installed, so the base image carries this oneshot unit.
+HOSTKEYS_UNIT = """\
+[Unit]
+Description=kiln: generate missing SSH host keys
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+class EngineError(RuntimeError):
+    """The container engine refused or failed a command."""
+
+
+def _detect_runtime() -> str | None:
+    """crun cannot run on hosts with hybrid cgroups; runc can (see MACHINE.md)."""
+    hybrid = Path("/sys/fs/cgroup/unified").is_dir() or not Path(
+        "/sys/fs/cgroup/cgroup.controllers"
+    ).exists()
+    if hybrid and shutil.which("runc"):
+        return "runc"
+    return None
+
+
+def _ulimit_args() -> list[str]:
+    """Ask for limits within this host's hard limits (podman's defaults may exceed them)."""
+    args = []
+    for name, rlimit, cap in (
+        ("nofile", resource.RLIMIT_NOFILE, 65536),
+        ("nproc", resource.RLIMIT_NPROC, 32768),
+    ):
+        hard = resource.getrlimit(rlimit)[1]
+        value = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+        args += ["--ulimit", f"{name}={value}:{value}"]
+    return args
+
+
+@dataclass
+class Engine:
+    """A container engine CLI: ``podman`` (preferred) or ``docker``."""
+
+    command: str = field(default_factory=lambda: os.environ.get("KILN_ENGINE", "") or _default_engine())
+    runtime: str | None = field(default_factory=lambda: os.environ.get("KILN_RUNTIME") or _detect_runtime())
+
+    def _global_args(self) -> list[str]:
+        if self.runtime and Path(self.command).name == "podman":
+            return ["--runtime", self.runtime]
+        return []
+
+    def run(self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 600) -> str:
+        argv = [self.command, *self._global_args(), *args]
+        proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise EngineError(
+                f"{' '.join(argv[:4])}... exited {proc.returncode}: "
+                f"{proc.stderr.decode(errors='replace').strip()[-800:]}"
+            )
+        return proc.stdout.decode(errors="replace")
+
+    # --- images -------------------------------------------------------------
+    def image_exists(self, ref: str) -> bool:
+        return subprocess.run(
+            [self.command, "image", "inspect", ref], capture_output=True
+        ).returncode == 0
+
+    def image_inspect(self, ref: str) -> dict:
+        return json.loads(self.run("image", "inspect", ref))[0]
+
+    def image_id(self, ref: str) -> str:
+        return self.image_inspect(ref)["Id"]
+
+    def images(self, reference: str) -> list[dict]:
+        """Images matching ``reference`` (e.g. ``localhost/kiln/web``), with labels."""
+        out = self.run("images", "--format", "json", "--filter", f"reference={reference}")
+        rows = json.loads(out or "[]")
+        return rows
+
+    def tag(self, ref: str, new: str) -> None:
+        self.run("tag", ref, new)
+
+    def untag(self, ref: str) -> None:
+        self.run("untag" if Path(self.command).name == "podman" else "rmi", ref, check=False)
+
+    def remove_image(self, ref: str) -> None:
+        self.run("rmi", "-f", ref, check=False)
+
+    # --- containers ---------------------------------------------------------
+    def create_machine(
+        self, image: str, name: str, labels: dict[str, str], ssh_port: int | None = None,
+        publish: list[str] | None = None,
+    ) -> str:
+        """Create (not start) a container that boots systemd as PID 1."""
+        args = ["create", "--name", name, "--hostname", name[:63]]
+        args += _ulimit_args()
+        for key, value in labels.items():
+            args += ["--label", f"{key}={value}"]
+        if ssh_port is not None:
+            args += ["-p", f"127.0.0.1:{ssh_port}:22"]
+        for spec in publish or []:
+            args += ["-p", spec]
+        if Path(self.command).name == "podman":
+            args += ["--systemd", "always"]
+        else:  # docker needs the cgroup and tmpfs set up by hand for systemd
+            args += ["--privileged", "--tmpfs", "/run", "--tmpfs", "/run/lock", "--cgroupns", "host"]
+        args += ["--stop-signal", "SIGRTMIN+3", image, "/sbin/init"]
+        return self.run(*args).strip()
+
+    def copy_in(self, container: str, files: dict[str, tuple[bytes | None, int]]) -> None:
+        """Place files (path -> (content, mode)) into a created container, before boot."""
+        self.run("cp", "-", f"{container}:/", input=tar_of(files))
+
+    def start(self, container: str) -> None:
+        self.run("start", container)
+
+    def exec(self, container: str, *cmd: str, input: bytes | None = None, check: bool = True) -> str:
+        return self.run("exec", "-i" if input else "-t=false", container, *cmd, input=input, check=check)
+
+    def remove_container(self, container: str) -> None:
+        self.run("rm", "-f", "-t", "2", container, check=False, timeout=120)
+
+    def container_exists(self, container: str) -> bool:
+        return subprocess.run(
+            [self.command, "container", "inspect", container], capture_output=True
+        ).returncode == 0
+
+    def containers(self, label: str) -> list[dict]:
+        out = self.run("ps", "-a", "--format", "json", "--filter", f"label={label}")
+        return json.loads(out or "[]")
+
+    def commit(self, container: str, ref: str, labels: dict[str, str]) -> str:
+        args = ["commit"]
+        if Path(self.command).name == "podman":
+            args += ["--pause=true"]
+        for key, value in labels.items():
+            args += ["--change", f"LABEL {key}={json.dumps(value)}"]
+        args += ["--change", 'CMD ["/sbin/init"]', "--change", "STOPSIGNAL SIGRTMIN+3"]
+        args += [container, ref]
+        return self.run(*args, timeout=900).strip()
+
+    def port(self, container: str, private: int) -> int:
+        out = self.run("port", container, f"{private}/tcp").strip().splitlines()[0]
+        return int(out.rsplit(":", 1)[1])
+
+    # --- base image ---------------------------------------------------------
+    def build_base_image(self, ref: str = BASE_IMAGE, mirror: str = DEBIAN_MIRROR) -> str:
+        """debootstrap a minimal bookworm that boots systemd with sshd, and import it."""
+        if not shutil.which("debootstrap"):
+            raise EngineError("debootstrap is not installed (apt-get install debootstrap)")
+        with tempfile.TemporaryDirectory(prefix="kiln-rootfs-") as root:
+            log.info("base image: debootstrap", image=ref, mirror=mirror)
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", root, mirror],
+                check=True, capture_output=True,
+            )
+            unit = Path(root, "etc/systemd/system/kiln-ssh-hostkeys.service")
+            unit.write_text(HOSTKEYS_UNIT)
+            wants = Path(root, "etc/systemd/system/multi-user.target.wants")
+            wants.mkdir(parents=True, exist_ok=True)
+            (wants / "kiln-ssh-hostkeys.service").symlink_to("/etc/systemd/system/kiln-ssh-hostkeys.service")
+            for key in Path(root, "etc/ssh").glob("ssh_host_*"):
+                key.unlink()
+            Path(root, "etc/machine-id").write_text("")
+            # apt's cache is not part of an image
+            shutil.rmtree(Path(root, "var/cache/apt/archives"), ignore_errors=True)
+            Path(root, "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+            log.info("base image: import", image=ref)
+            tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+            proc = subprocess.run(
+                [self.command, "import", "--change", 'CMD ["/sbin/init"]', "-", ref],
+                stdin=tar.stdout, capture_output=True,
+            )
+            tar.wait()
+            if proc.returncode != 0:
+                raise EngineError(f"import failed: {proc.stderr.decode(errors='replace')}")
+        return ref
+
+
+def _default_engine() -> str:
+    for name in ("podman", "docker"):
+        if shutil.which(name):
+            return name
+    return "podman"
+
+
+def tar_of(files: dict[str, tuple[bytes | None, int]]) -> bytes:
+    """A tar archive of root-owned entries: path -> (content, mode); None content is a directory.
+
+    Parents not listed are left to the extractor, so existing directories keep their modes.
+    """
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, (content, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.mode = mode
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()

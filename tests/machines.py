@@ -1,0 +1,87 @@
+"""Real podman containers booting systemd, for tests that need a machine.
+
+``AgentBox`` runs the real agent zipapp inside a container through ``podman exec``
+(module and check tests); full bakes go through SSH in the bake tests.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.agent_build import agent_zipapp
+from controller.engine import BASE_IMAGE, Engine, tar_of
+
+TEST_LABEL = "kiln.test"
+
+
+def ensure_base_image(engine: Engine) -> None:
+    if not engine.image_exists(BASE_IMAGE):
+        engine.build_base_image()
+
+
+@dataclass
+class AgentBox:
+    engine: Engine
+    name: str = field(default_factory=lambda: f"kiln-test-{uuid.uuid4().hex[:8]}")
+    image: str = BASE_IMAGE
+
+    def start(self) -> AgentBox:
+        self.engine.create_machine(self.image, self.name, {TEST_LABEL: "1"})
+        self.engine.copy_in(self.name, {"/var/lib/kiln/agent.pyz": (agent_zipapp(), 0o644)})
+        self.engine.start(self.name)
+        # wait for systemd to be up enough for systemctl
+        for _ in range(100):
+            out = self.engine.exec(self.name, "systemctl", "is-system-running", check=False).strip()
+            if out in ("running", "degraded"):
+                break
+            import time
+
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        self.engine.remove_container(self.name)
+
+    def sh(self, script: str, check: bool = True) -> str:
+        return self.engine.exec(self.name, "bash", "-c", script, check=check)
+
+    def put(self, files: dict[str, tuple[bytes | None, int]]) -> None:
+        self.engine.run("cp", "-", f"{self.name}:/", input=tar_of(files))
+
+    def apply(self, steps: list[dict[str, Any]], handlers: list[dict[str, Any]] | None = None,
+              variables: dict[str, Any] | None = None, check: bool = False, diff: bool = False,
+              files: dict[str, bytes] | None = None, templates: dict[str, bytes] | None = None) -> list[dict]:
+        """Apply steps (bundle format) with the real agent; return its events."""
+        for i, step in enumerate(steps, 1):
+            step.setdefault("index", i)
+            step.setdefault("name", f"step {i}")
+        bundle = {"steps": steps, "handlers": handlers or [], "vars": variables or {}}
+        content: dict[str, tuple[bytes | None, int]] = {
+            "/var/lib/kiln/t/bundle.json": (json.dumps(bundle).encode(), 0o600)}
+        for name, data in (files or {}).items():
+            content[f"/var/lib/kiln/t/files/{name}"] = (data, 0o644)
+        for name, data in (templates or {}).items():
+            content[f"/var/lib/kiln/t/templates/{name}"] = (data, 0o644)
+        self.sh("rm -rf /var/lib/kiln/t")
+        self.put(content)
+        flags = (["--check"] if check else []) + (["--diff"] if diff else [])
+        out = self.engine.exec(self.name, "python3", "/var/lib/kiln/agent.pyz", "apply", "/var/lib/kiln/t",
+                               *flags, check=False)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    def verify(self, checks: list[dict[str, Any]]) -> list[dict]:
+        self.put({"/var/lib/kiln/checks.json": (json.dumps(checks).encode(), 0o600)})
+        out = self.engine.exec(self.name, "python3", "/var/lib/kiln/agent.pyz", "verify",
+                               "/var/lib/kiln/checks.json", check=False)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def steps_of(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["event"] == "step"]
+
+
+def summary_of(events: list[dict]) -> dict:
+    return next(e for e in events if e["event"] == "summary")
