@@ -1,0 +1,130 @@
+"""``bake(role, provider, options)``: validate, then run the stages; the library behind tasks.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controller.config import Config, load_config
+from controller.context import BakeContext, BakeOptions
+from controller.model import CompiledRole, Image, InvalidInput
+from controller.pipeline import Stage, run_stages
+from controller.providers.base import Provider
+from controller.stages.allocate_version import AllocateVersion
+from controller.stages.apply_steps import ApplySteps, IdempotenceCheck
+from controller.stages.clean_machine import CleanMachine
+from controller.stages.connect import Connect
+from controller.stages.launch_instance import LaunchInstance
+from controller.stages.push_bundle import PushBundle
+from controller.stages.record import Record
+from controller.stages.resolve_base import ResolveBase
+from controller.stages.snapshot import Publish, Retire, Snapshot
+from controller.stages.verify import Verify
+from controller.stepfiles.compile import compile_role
+
+log = structlog.get_logger("kiln")
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+@dataclass
+class BakeResult:
+    ctx: BakeContext | None
+    exit_code: int
+    error: str = ""
+
+    @property
+    def image(self) -> Image | None:
+        return self.ctx.image if self.ctx else None
+
+
+def new_build_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def make_provider(name: str, config: Config, builds_dir: Path, sandbox: bool = False) -> Provider:
+    settings = config.providers.get(name) or {}
+    if name == "local":
+        from controller.providers.local import LocalProvider
+
+        return LocalProvider(state_dir=builds_dir, settings=settings)
+    if name == "aws":
+        from controller.providers.aws import make_aws_provider
+
+        return make_aws_provider(settings, sandbox=sandbox, state_dir=builds_dir)
+    raise InvalidInput([_config_diag(config, f"unknown provider '{name}' (local or aws)")])
+
+
+def _config_diag(config: Config, message: str):
+    from controller.model import Diagnostic
+
+    return Diagnostic(str(config.path), 1, 1, message)
+
+
+def stages_for(options: BakeOptions, keep: int) -> list[Stage]:
+    """The bake, in order. ``stop_after`` cuts it short for the developer loop."""
+    stages: list[Stage] = [ResolveBase(), AllocateVersion(), LaunchInstance(), Connect(), PushBundle(),
+                           ApplySteps()]
+    if options.idempotence_gate and not options.check_mode:
+        stages.append(IdempotenceCheck())
+    if options.check_mode:
+        return stages
+    stages += [Verify(), CleanMachine(), Snapshot(), Publish(), Retire(keep), Record()]
+    return stages
+
+
+def compile_for_bake(role: str, provider_name: str, config: Config, options: BakeOptions,
+                     overrides: dict[str, Any], tags: list[str] | None, skip_tags: list[str] | None) -> CompiledRole:
+    return compile_role(options.playbooks_dir, role, provider_name, config, overrides=overrides, tags=tags,
+                        skip_tags=skip_tags, check_mode=options.check_mode, diff=options.diff)
+
+
+def bake(role: str, provider_name: str = "local", options: BakeOptions | None = None,
+         overrides: dict[str, Any] | None = None, tags: list[str] | None = None,
+         skip_tags: list[str] | None = None, sandbox: bool = False,
+         provider: Provider | None = None) -> BakeResult:
+    """Bake one role into one new image version. Never raises for user-facing failures."""
+    options = options or BakeOptions()
+    try:
+        config = load_config(options.playbooks_dir / "kiln.yaml")
+        compiled = compile_for_bake(role, provider_name, config, options, overrides or {}, tags, skip_tags)
+        provider = provider or make_provider(provider_name, config, options.builds_dir, sandbox)
+    except InvalidInput as exc:
+        log.error("invalid input; nothing was launched", errors=len(exc.diagnostics))
+        print(exc.render())
+        return BakeResult(None, EXIT_INVALID, exc.render())
+    from controller.log import REDACT
+
+    REDACT.secrets = list(compiled.no_log_values)
+    ctx = BakeContext(role=role, compiled=compiled, provider=provider, options=options, build_id=new_build_id())
+    structlog.contextvars.bind_contextvars(role=role, build_id=ctx.build_id)
+    log.info("bake", provider=provider.name, chain=" -> ".join(compiled.chain), steps=len(compiled.steps),
+             checks=len(compiled.checks))
+    try:
+        run_stages(stages_for(options, config.retention), ctx)
+    except BaseException as exc:  # noqa: B036 - reported, exit code carries it
+        recap(ctx)
+        log.error("bake failed", stage=ctx.current_stage, error=str(exc) or type(exc).__name__)
+        structlog.contextvars.unbind_contextvars("role", "build_id")
+        return BakeResult(ctx, EXIT_FAILED, ctx.failure)
+    recap(ctx)
+    if ctx.image:
+        log.info("baked", image=ctx.image.name, version=ctx.version, seconds=round(sum(
+            v for k, v in ctx.timings.items() if not k.startswith("undo")), 2))
+    structlog.contextvars.unbind_contextvars("role", "build_id")
+    return BakeResult(ctx, EXIT_OK)
+
+
+def recap(ctx: BakeContext) -> None:
+    """Ansible's PLAY RECAP, one line per role, plus where the time went."""
+    c = ctx.apply_counts
+    log.info("recap", host=ctx.instance.id if ctx.instance else "-", ok=c.ok, changed=c.changed, failed=c.failed,
+             skipped=c.skipped, ignored=c.ignored,
+             checks_passed=ctx.checks.get("passed", 0), version=ctx.version or "-",
+             result="ok" if ctx.succeeded else "failed")
+    log.info("timings", **{k.replace(" ", "_"): v for k, v in ctx.timings.items()})

@@ -1,0 +1,99 @@
+"""The typed context a bake's stages share (no bag of strings)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from controller.model import BaseImage, CompiledRole, Image, Instance
+
+if TYPE_CHECKING:
+    from controller.providers.base import Provider
+    from controller.ssh import HostKeyExpectation, KeyPair, Session
+
+
+@dataclass
+class BakeOptions:
+    keep_on_error: bool = False
+    check_mode: bool = False
+    diff: bool = False
+    idempotence_gate: bool = True
+    publish: bool = True
+    stop_after: str = ""  # a stage name: stop there (the developer loop's converge)
+    builds_dir: Path = Path("builds")
+    playbooks_dir: Path = Path("playbooks")
+
+
+@dataclass
+class StepCounts:
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    ignored: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BakeContext:
+    role: str
+    compiled: CompiledRole
+    provider: Provider
+    options: BakeOptions
+    build_id: str
+    started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    # filled in by the stages, in order
+    version: str = ""
+    base: BaseImage | None = None
+    inputs_hash: str = ""
+    client_key: KeyPair | None = None
+    host_key: KeyPair | None = None
+    instance: Instance | None = None
+    host_key_expectation: HostKeyExpectation | None = None
+    session: Session | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    apply_counts: StepCounts = field(default_factory=StepCounts)
+    rerun_counts: StepCounts | None = None
+    checks: dict[str, int] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)
+    image: Image | None = None
+    published: list[Image] = field(default_factory=list)
+    retired: list[Image] = field(default_factory=list)
+    previous_latest: str = ""  # what `latest` pointed to before publish (for its undo)
+    # bookkeeping
+    current_stage: str = ""
+    succeeded: bool = False
+    failure: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    finished: dt.datetime | None = None
+
+    @property
+    def expires(self) -> dt.datetime:
+        """When a temporary resource of this bake may be swept even if the controller died."""
+        return self.started + dt.timedelta(hours=3)
+
+    @property
+    def keep_instance(self) -> bool:
+        return not self.succeeded and self.options.keep_on_error and not self.failure.startswith("interrupted")
+
+    def labels(self) -> dict[str, str]:
+        """The build metadata every provider writes (as labels or tags) on the image."""
+        return {
+            "role": self.role,
+            "version": self.version,
+            "build-id": self.build_id,
+            "inputs-hash": self.inputs_hash,
+            "base-image": self.base.id if self.base else "",
+            "git-commit": git_commit(self.options.playbooks_dir),
+        }
+
+
+def git_commit(path: Path) -> str:
+    import subprocess
+
+    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"

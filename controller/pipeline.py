@@ -1,0 +1,107 @@
+"""The bake as a chain of small stages, each with its undo, unwound in reverse.
+
+Like Packer's step runner: every stage that *started* gets its ``undo`` called,
+last in first out, the failing one included, on success as well as on failure or
+signal. ``undo`` decides from the context what to remove (a snapshot is kept on
+success, an instance never is) and never raises: a failed undo logs what to remove
+by hand and the unwinding goes on.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import structlog
+
+from controller.context import BakeContext
+
+log = structlog.get_logger("kiln.pipeline")
+
+
+class BakeFailed(Exception):
+    """A stage failed; the message says which and why (exit status 1)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; everything the bake created is removed."""
+
+
+class Stage(Protocol):
+    name: str
+
+    def run(self, ctx: BakeContext) -> None: ...
+
+    def undo(self, ctx: BakeContext) -> None: ...
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` while the stages run."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[list[str]]:
+    """While unwinding, a further signal is noted, not obeyed: cleanup must finish."""
+    received: list[str] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        log.warning("signal received during cleanup; finishing cleanup first", signal=received[-1])
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_stages(stages: list[Stage], ctx: BakeContext) -> None:
+    """Run ``stages`` in order; unwind every started one in reverse. Raises on failure."""
+    started: list[Stage] = []
+    error: BaseException | None = None
+    try:
+        with signals_interrupt():
+            for stage in stages:
+                started.append(stage)
+                ctx.current_stage = stage.name
+                t0 = time.monotonic()
+                log.info("stage", stage=stage.name, role=ctx.role, build_id=ctx.build_id)
+                stage.run(ctx)
+                ctx.timings[stage.name] = round(time.monotonic() - t0, 3)
+                log.info("stage done", stage=stage.name, seconds=ctx.timings[stage.name])
+            ctx.succeeded = True
+    except BaseException as exc:  # noqa: B036 - unwinding must happen for signals too
+        error = exc
+        ctx.failure = f"{ctx.current_stage}: {exc}" if not isinstance(exc, Interrupted) else f"interrupted ({exc})"
+    finally:
+        with signals_deferred():
+            unwind(started, ctx)
+    if error is not None:
+        raise error
+
+
+def unwind(started: list[Stage], ctx: BakeContext) -> None:
+    for stage in reversed(started):
+        t0 = time.monotonic()
+        try:
+            stage.undo(ctx)
+        except Exception as exc:  # undo never fails the bake; it says what is left
+            log.error("cleanup failed; remove by hand", stage=stage.name, error=str(exc))
+        elapsed = time.monotonic() - t0
+        if elapsed > 0.05:
+            ctx.timings[f"undo {stage.name}"] = round(elapsed, 3)

@@ -1,0 +1,68 @@
+"""The one small interface every provider implements; the pipeline never asks which it has."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from controller.model import BaseImage, Image, Instance
+
+if TYPE_CHECKING:
+    from controller.context import BakeContext
+    from controller.ssh import HostKeyExpectation
+
+
+class ProviderError(RuntimeError):
+    """The engine or the cloud failed (exit status 1)."""
+
+
+class Provider(Protocol):
+    name: str
+
+    def resolve_base(self, spec: Any) -> BaseImage:
+        """Turn the role's base spec into a concrete image id (building or looking it up)."""
+
+    def allocate_version(self, role: str) -> str:
+        """Reserve the next ``YYYYMMDD.N`` for ``role``; unique even under concurrent bakes."""
+
+    def release_version(self, role: str, version: str) -> None:
+        """Give back a reserved version that was never published (undo of allocate)."""
+
+    def launch(self, ctx: BakeContext) -> Instance:
+        """Start a build machine from ``ctx.base`` with ``ctx.client_key`` authorised.
+
+        Must set ``ctx.instance`` as soon as the resource exists (before waiting on it)
+        so that an interrupt mid-launch still removes it.
+        """
+
+    def host_key_expectation(self, ctx: BakeContext) -> HostKeyExpectation:
+        """What the instance's SSH host key must be (pinned key or console fingerprints)."""
+
+    def hygiene_script(self) -> str:
+        """Provider-specific shell lines run when cleaning the machine (e.g. cloud-init clean)."""
+
+    def prepare_snapshot(self, ctx: BakeContext) -> None:
+        """Quiesce the machine before the snapshot (e.g. stop an EC2 instance)."""
+
+    def snapshot(self, ctx: BakeContext) -> Image:
+        """Capture ``ctx.instance`` as ``ctx.version`` of ``ctx.role``, with ``ctx.labels()``."""
+
+    def discard(self, ctx: BakeContext, image: Image) -> None:
+        """Remove an image this bake made that must not survive (undo of snapshot)."""
+
+    def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
+        """Distribute and move the ``latest`` pointer to ``image``; return every copy."""
+
+    def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
+        """Undo a publish that did not complete: restore the previous ``latest``, drop copies."""
+
+    def terminate(self, ctx: BakeContext, instance: Instance) -> None:
+        """Remove the build machine and every temporary resource made for it."""
+
+    def images(self, role: str) -> list[Image]:
+        """Every version of ``role``, newest first."""
+
+    def retire(self, role: str, keep: int) -> list[Image]:
+        """Remove versions beyond the newest ``keep``; never the one ``latest`` points to."""
+
+    def sweep(self, apply: bool) -> list[str]:
+        """Temporary resources whose ``kiln:expires`` has passed; removed when ``apply``."""

@@ -1,0 +1,87 @@
+"""What the controller runs on the box: the bundle transfer and the agent's commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import tarfile
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from controller.agent_build import agent_zipapp
+from controller.context import BakeContext
+from controller.pipeline import BakeFailed
+
+log = structlog.get_logger("kiln.agent")
+
+RUN_DIR = "/var/lib/kiln"
+AGENT = f"{RUN_DIR}/agent.pyz"
+BUNDLE = f"{RUN_DIR}/bundle"
+
+
+def bundle_tar(bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes]) -> bytes:
+    """agent.pyz + bundle/ as one gzip'd tar: the bake's single transfer."""
+    entries = {"agent.pyz": agent_zipapp(), "bundle/bundle.json": json.dumps(bundle).encode(),
+               "bundle/checks.json": json.dumps(checks).encode()}
+    entries.update({f"bundle/{path}": data for path, data in files.items()})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for name, data in sorted(entries.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def as_root(ctx: BakeContext, command: str) -> str:
+    if ctx.instance.ssh_user == "root":
+        return command
+    return f"sudo -n sh -c {shlex.quote(command)}"
+
+
+def agent_command(ctx: BakeContext, *args: str) -> str:
+    return as_root(ctx, " ".join(["python3", AGENT, *map(shlex.quote, args)]))
+
+
+def run_agent(ctx: BakeContext, command: str, on_event: Callable[[dict[str, Any]], None],
+              stdin: bytes | None = None) -> tuple[int, list[dict[str, Any]], str]:
+    """Run a command printing agent events; hand each to ``on_event`` as it arrives."""
+    events: list[dict[str, Any]] = []
+
+    def on_line(line: str) -> None:
+        if not line.startswith("{"):
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return
+        events.append(event)
+        on_event(event)
+
+    done = ctx.session.run(command, stdin=stdin, on_line=on_line)
+    if done.rc != 0 and not events:
+        raise BakeFailed(f"agent did not run (exit {done.rc}): {done.stderr.strip()[-1500:]}")
+    return done.rc, events, done.stderr
+
+
+def log_step(event: dict[str, Any]) -> None:
+    if event.get("event") != "step":
+        return
+    status = event.get("status")
+    fields = {"index": event.get("index"), "step": event.get("name"), "module": event.get("module"),
+              "status": status, "seconds": event.get("duration")}
+    if event.get("handler"):
+        fields["handler"] = True
+    if event.get("predicted") is False:
+        fields["note"] = "check mode cannot predict this step"
+    if status == "failed":
+        fields["error"] = event.get("msg")
+        fields["source"] = event.get("source")
+        (log.warning if event.get("ignored") else log.error)("step", **fields)
+    else:
+        if event.get("diff") and event.get("diff_shown"):
+            fields["diff"] = event["diff"]
+        log.info("step", **fields)

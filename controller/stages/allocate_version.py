@@ -1,0 +1,21 @@
+"""Reserve the next version of the role; give it back if nothing was published."""
+
+from __future__ import annotations
+
+import structlog
+
+from controller.context import BakeContext
+
+log = structlog.get_logger("kiln.stage")
+
+
+class AllocateVersion:
+    name = "allocate version"
+
+    def run(self, ctx: BakeContext) -> None:
+        ctx.version = ctx.provider.allocate_version(ctx.role)
+        log.info("version", role=ctx.role, version=ctx.version)
+
+    def undo(self, ctx: BakeContext) -> None:
+        if ctx.version and not ctx.published and not ctx.keep_instance:
+            ctx.provider.release_version(ctx.role, ctx.version)

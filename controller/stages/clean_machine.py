@@ -1,0 +1,50 @@
+"""Record the package inventory, then make the machine safe to copy (hygiene)."""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+
+from controller.context import BakeContext
+from controller.pipeline import BakeFailed
+from controller.remote import AGENT, RUN_DIR, as_root
+
+log = structlog.get_logger("kiln.stage")
+
+# Each copy of the image must get its own identity and none of the bake's access.
+HYGIENE = r"""
+set -e
+python3 {agent} packages
+sed -i '/ kiln-build-{build_id}$/d' /root/.ssh/authorized_keys 2>/dev/null || true
+for home in /home/*; do sed -i '/ kiln-build-{build_id}$/d' "$home/.ssh/authorized_keys" 2>/dev/null || true; done
+rm -rf {run_dir}
+rm -f /etc/ssh/ssh_host_*
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+if command -v apt-get >/dev/null; then apt-get clean; rm -rf /var/lib/apt/lists/*; fi
+if command -v dnf >/dev/null; then dnf clean all >/dev/null 2>&1 || true; fi
+rm -rf /tmp/* /var/tmp/* /root/.bash_history /root/.cache
+find /var/log -type f \( -name '*.log' -o -name 'wtmp' -o -name 'lastlog' -o -name 'btmp' \) -exec truncate -s 0 {{}} +
+rm -rf /var/log/journal/*
+{extra}
+sync
+"""
+
+
+class CleanMachine:
+    name = "clean machine"
+
+    def run(self, ctx: BakeContext) -> None:
+        script = HYGIENE.format(agent=AGENT, build_id=ctx.build_id, run_dir=RUN_DIR,
+                                extra=ctx.provider.hygiene_script())
+        done = ctx.session.run(as_root(ctx, "sh -s"), stdin=script.encode())
+        if done.rc != 0:
+            raise BakeFailed(f"cleaning the machine failed (exit {done.rc}): {done.stderr.strip()[-800:]}")
+        for line in done.stdout.splitlines():
+            if line.startswith('{"event": "packages"'):
+                ctx.packages = json.loads(line)["packages"]
+        log.info("cleaned", packages=len(ctx.packages))
+
+    def undo(self, ctx: BakeContext) -> None:
+        """The instance is removed after the snapshot."""

@@ -1,0 +1,40 @@
+"""Launch the build machine with per-bake keys; remove it (and its temporaries) on the way out."""
+
+from __future__ import annotations
+
+import structlog
+
+from controller.context import BakeContext
+from controller.ssh import KeyPair
+
+log = structlog.get_logger("kiln.stage")
+
+
+class LaunchInstance:
+    name = "launch instance"
+
+    def run(self, ctx: BakeContext) -> None:
+        ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
+        ctx.host_key = KeyPair.generate(comment=f"kiln-host-{ctx.build_id}")
+        ctx.provider.launch(ctx)  # sets ctx.instance the moment it exists
+        log.info("instance", id=ctx.instance.id, ssh=f"{ctx.instance.ssh_host}:{ctx.instance.ssh_port}")
+
+    def undo(self, ctx: BakeContext) -> None:
+        if ctx.instance is None:
+            return
+        if ctx.keep_instance:
+            log.warning("keeping the instance for debugging (--keep-on-error)", instance=ctx.instance.id,
+                        login=login_hint(ctx))
+            return
+        ctx.provider.terminate(ctx, ctx.instance)
+        log.info("instance removed", instance=ctx.instance.id)
+
+
+def login_hint(ctx: BakeContext) -> str:
+    inst = ctx.instance
+    key_path = ctx.options.builds_dir / "keys" / f"{ctx.build_id}.key"
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.write_bytes(ctx.client_key.private_openssh)
+    key_path.chmod(0o600)
+    return (f"ssh -i {key_path} -p {inst.ssh_port} -o StrictHostKeyChecking=accept-new "
+            f"{inst.ssh_user}@{inst.ssh_host}   (remove with: invoke destroy --build-id {ctx.build_id})")

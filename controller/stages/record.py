@@ -1,0 +1,31 @@
+"""Write the manifest entries (and the package inventory) of a published bake."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import structlog
+
+from controller import manifest
+from controller.context import BakeContext
+
+log = structlog.get_logger("kiln.stage")
+
+
+class Record:
+    name = "record"
+
+    def run(self, ctx: BakeContext) -> None:
+        ctx.finished = dt.datetime.now(dt.timezone.utc)
+        builds = ctx.options.builds_dir
+        try:
+            manifest.append(builds / "manifest.json", manifest.entries_for(ctx))
+            inventory = builds / "packages" / ctx.role / f"{ctx.version}.json"
+            inventory.parent.mkdir(parents=True, exist_ok=True)
+            inventory.write_text(json.dumps(ctx.packages, indent=1, sort_keys=True) + "\n")
+        except OSError as exc:  # the image is published; a lost record must not undo it
+            log.error("could not write the manifest", error=str(exc))
+
+    def undo(self, ctx: BakeContext) -> None:
+        """Nothing to undo."""

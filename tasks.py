@@ -1,0 +1,130 @@
+"""kiln's command line: thin Invoke tasks over the controller library.
+
+Exit status: 0 success; 1 the bake failed; 2 invalid input (nothing was launched).
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+
+from invoke import Exit, task
+
+from controller import log as kiln_log
+
+
+def _setup(json: bool) -> None:
+    kiln_log.configure(json_output=json)
+
+
+def _options(keep_on_error: bool = False, check: bool = False, diff: bool = False):
+    from controller.context import BakeOptions
+
+    return BakeOptions(keep_on_error=keep_on_error, check_mode=check, diff=diff)
+
+
+def _split(value: str) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] or None
+
+
+@task(iterable=["var"], help={
+    "role": "The role to bake (playbooks/roles/<role>).",
+    "provider": "local (podman/docker) or aws.",
+    "sandbox": "aws only: run against an embedded moto server (or AWS_ENDPOINT_URL) with local containers.",
+    "var": "Override a variable: --var k=v (repeatable); highest precedence.",
+    "json": "Log JSON lines instead of the terminal view.",
+    "keep_on_error": "Keep the build machine when the bake fails, and print how to log in.",
+    "tags": "Only steps with these tags (comma separated).",
+    "skip_tags": "Skip steps with these tags (comma separated).",
+    "check": "Check mode: report what would change, change nothing, publish nothing.",
+    "diff": "Show what each step changes.",
+})
+def bake(c, role, provider="local", sandbox=False, var=None, json=False, keep_on_error=False,
+         tags="", skip_tags="", check=False, diff=False):
+    """Bake one role into one new, verified, versioned image."""
+    _setup(json)
+    from controller.bake import bake as run_bake
+    from controller.stepfiles.compile import parse_var_overrides
+
+    result = run_bake(role, provider, _options(keep_on_error, check, diff), overrides=parse_var_overrides(var or []),
+                      tags=_split(tags), skip_tags=_split(skip_tags), sandbox=sandbox)
+    if result.exit_code:
+        raise Exit(code=result.exit_code)
+
+
+@task(help={"role": "The role whose versions to list.", "provider": "local or aws.", "json": "JSON output."})
+def images(c, role, provider="local", sandbox=False, json=False):
+    """List a role's image versions, newest first."""
+    _setup(json)
+    from controller.bake import make_provider
+    from controller.config import load_config
+    from controller.manifest import read
+
+    config = load_config(Path("playbooks/kiln.yaml"))
+    prov = make_provider(provider, config, Path("builds"), sandbox)
+    found = prov.images(role)
+    if json:
+        print(jsonlib.dumps([i.__dict__ for i in found], default=str, indent=1))
+        return
+    recorded = {(e["role"], e["version"], e.get("region", "")): e for e in read(Path("builds/manifest.json"))}
+    print(f"{'VERSION':<14} {'STATUS':<10} {'CREATED':<26} {'BASE':<40} {'INPUTS HASH':<16} ID")
+    for image in found:
+        entry = recorded.get((role, image.version, image.region), {})
+        created = entry.get("finished") or image.created
+        print(f"{image.version:<14} {image.status:<10} {str(created)[:25]:<26} {image.base[:40]:<40} "
+              f"{image.inputs_hash[:16]:<16} {image.id[:19]}")
+
+
+@task(help={"role": "Validate one role (default: all)."})
+def validate(c, role=""):
+    """Validate config and step files; report every error with file:line:column (exit 2 on any)."""
+    _setup(False)
+    from controller.config import load_config
+    from controller.model import InvalidInput
+    from controller.stepfiles.compile import validate_roles
+
+    try:
+        config = load_config(Path("playbooks/kiln.yaml"))
+        problems = validate_roles(Path("playbooks"), [role] if role else None, config)
+    except InvalidInput as exc:
+        problems = exc.diagnostics
+    for problem in problems:
+        print(problem.render())
+    if problems:
+        print(f"{len(problems)} error(s)")
+        raise Exit(code=2)
+    print("ok: no problems found")
+
+
+@task
+def schema(c, output="docs/kiln-steps.schema.json"):
+    """Export the JSON Schema of steps, handlers and checks (for editors' YAML support)."""
+    from controller.schema_export import json_schema
+
+    Path(output).write_text(jsonlib.dumps(json_schema(), indent=2) + "\n")
+    print(f"wrote {output}")
+
+
+@task(name="base-image")
+def base_image(c, json=False):
+    """(Re)build the local base image localhost/kiln-base/debian:bookworm with debootstrap."""
+    _setup(json)
+    from controller.engine import BASE_IMAGE, Engine
+
+    Engine().build_base_image(BASE_IMAGE)
+    print(BASE_IMAGE)
+
+
+@task(help={"apply": "Remove what is found (default: only list).", "provider": "local or aws."})
+def sweep(c, provider="local", apply=False, sandbox=False, json=False):
+    """List (and with --apply remove) temporary resources whose kiln:expires has passed."""
+    _setup(json)
+    from controller.bake import make_provider
+    from controller.config import load_config
+
+    config = load_config(Path("playbooks/kiln.yaml"))
+    found = make_provider(provider, config, Path("builds"), sandbox).sweep(apply)
+    for line in found:
+        print(("removed " if apply else "expired ") + line)
+    if not found:
+        print("nothing expired")

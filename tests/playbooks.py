@@ -1,0 +1,41 @@
+"""Throwaway playbooks directories and the real `invoke` command line, for bake tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_ROLE = """\
+description: a tiny role for tests
+base:
+  local: localhost/kiln-base/debian:bookworm
+"""
+
+
+def make_playbooks(root: Path, files: dict[str, str], role: str = "tiny", kiln_yaml: str = "") -> Path:
+    """``root/playbooks`` with one role made of ``files`` (steps.yml, verify.yml, templates/x, ...)."""
+    playbooks = root / "playbooks"
+    role_dir = playbooks / "roles" / role
+    role_dir.mkdir(parents=True, exist_ok=True)
+    (playbooks / "kiln.yaml").write_text(kiln_yaml or "retention:\n  keep: 3\n")
+    files = {"role.yml": TINY_ROLE, **files}
+    for name, text in files.items():
+        path = role_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return playbooks
+
+
+def invoke(cwd: Path, *args: str, playbooks: Path | None = None, env: dict | None = None,
+           timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ``invoke <args>`` with kiln's tasks.py from ``cwd`` (where playbooks/ and builds/ live)."""
+    if playbooks is not None and not (cwd / "playbooks").exists():
+        (cwd / "playbooks").symlink_to(playbooks)
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("KILN_JSON", "")
+    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -1,0 +1,158 @@
+"""Whole bakes through the real local engine: podman, systemd, SSH, the agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.playbooks import REPO, invoke, make_playbooks
+
+pytestmark = pytest.mark.slow
+
+
+def build_containers(engine) -> set[str]:
+    return {row["Id"] for row in engine.containers("kiln.temporary=true")}
+
+
+def labels_of(engine, ref: str) -> dict:
+    return engine.image_inspect(ref).get("Labels") or engine.image_inspect(ref)["Config"]["Labels"]
+
+
+def test_bake_web_then_the_image_serves_on_its_own(engine, tmp_path):
+    """The README's main job: web baked, verified, tagged; a fresh container of it serves HTTP 200."""
+    before = build_containers(engine)
+    proc = invoke(tmp_path, "bake", "--role", "web", playbooks=REPO / "playbooks")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert build_containers(engine) == before, "the build container was left behind"
+
+    entries = json.loads((tmp_path / "builds" / "manifest.json").read_text())
+    entry = entries[-1]
+    version = entry["version"]
+    assert entry["role"] == "web" and entry["provider"] == "local"
+    assert entry["steps"]["changed"] > 0 and entry["steps"]["failed"] == 0
+    ref = f"localhost/kiln/web:{version}"
+    labels = labels_of(engine, ref)
+    assert labels["kiln.role"] == "web" and labels["kiln.version"] == version
+    assert labels["kiln.inputs-hash"] == entry["inputs_hash"]
+    assert labels["org.opencontainers.image.version"] == version
+    assert engine.image_id("localhost/kiln/web:latest") == engine.image_id(ref)
+
+    listing = invoke(tmp_path, "images", "--role", "web")
+    assert version in listing.stdout and "latest" in listing.stdout
+
+    # The image on its own: a new container (not the build one), nginx enabled at boot.
+    port = _free_port()
+    name = f"kiln-test-serve-{version.replace('.', '-')}"
+    engine.run("run", "-d", "--name", name, "--label", "kiln.test=1", "--systemd", "always",
+               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+               "-p", f"127.0.0.1:{port}:80", ref, "/sbin/init")
+    try:
+        body = _get_with_retry(f"http://127.0.0.1:{port}/", timeout=60)
+        assert "kiln web" in body and version in body
+        # hygiene: a fresh identity per copy, none of the bake's access
+        keys = engine.exec(name, "sh", "-c", "cat /root/.ssh/authorized_keys 2>/dev/null; echo END").strip()
+        assert "kiln-build-" not in keys
+        assert engine.exec(name, "sh", "-c", "test -e /var/lib/kiln && echo yes || echo no").strip() == "no"
+    finally:
+        engine.remove_container(name)
+
+
+def test_failing_check_exits_1_no_tag_nothing_left(engine, tmp_path):
+    playbooks = make_playbooks(tmp_path, {
+        "steps.yml": "- name: marker\n  copy: {content: \"hello\\n\", dest: /etc/kiln-marker}\n",
+        "verify.yml": "- file: /etc/kiln-marker\n  contains: [\"goodbye\"]\n",
+    })
+    before = build_containers(engine)
+    proc = invoke(tmp_path, "bake", "--role", "tiny", playbooks=playbooks)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "check(s) failed" in proc.stderr and "goodbye" in proc.stderr
+    assert build_containers(engine) == before
+    assert not engine.images("localhost/kiln/tiny"), "a failed bake must not leave an image"
+    assert not (tmp_path / "builds" / "versions" / "tiny").exists() or not any(
+        (tmp_path / "builds" / "versions" / "tiny").iterdir()), "the version reservation must be released"
+
+
+def test_failing_step_names_it_and_keep_on_error_keeps_the_machine(engine, tmp_path):
+    playbooks = make_playbooks(tmp_path, {
+        "steps.yml": "- name: breaks\n  shell: {cmd: \"echo doomed >&2; exit 3\"}\n",
+    })
+    before = build_containers(engine)
+    proc = invoke(tmp_path, "bake", "--role", "tiny", playbooks=playbooks)
+    assert proc.returncode == 1
+    assert "breaks" in proc.stderr and "doomed" in proc.stderr
+    assert build_containers(engine) == before
+
+    kept = invoke(tmp_path, "bake", "--role", "tiny", "--keep-on-error", playbooks=playbooks)
+    assert kept.returncode == 1
+    left = build_containers(engine) - before
+    try:
+        assert len(left) == 1 and "ssh -i" in kept.stderr
+    finally:
+        for cid in left:
+            engine.remove_container(cid)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_during_apply_leaves_nothing(engine, tmp_path, signum):
+    playbooks = make_playbooks(tmp_path, {
+        "steps.yml": "- name: slow\n  command: {cmd: sleep 60}\n",
+    })
+    before = build_containers(engine)
+    env = dict(os.environ, KILN_JSON="1")
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", "tiny"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        seen.append(line)
+        if '"stage": "apply steps"' in line and '"event": "stage"' in line:
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1, "".join(seen) + rest
+    assert "interrupted" in rest
+    assert build_containers(engine) == before
+    assert not engine.images("localhost/kiln/tiny")
+
+
+def test_malformed_steps_exit_2_and_launch_nothing(engine, tmp_path):
+    playbooks = make_playbooks(tmp_path, {
+        "steps.yml": "- name: typo\n  fiel: {path: /x}\n- name: octal\n  file: {path: /etc/x, mode: 644}\n",
+    })
+    before = build_containers(engine)
+    proc = invoke(tmp_path, "bake", "--role", "tiny", playbooks=playbooks)
+    assert proc.returncode == 2
+    out = proc.stdout
+    assert "steps.yml:2:3" in out and "fiel" in out, out
+    assert "steps.yml:4:" in out and "mode" in out, out
+    assert build_containers(engine) == before
+
+
+def _free_port() -> int:
+    from controller.providers.local import free_port
+
+    return free_port()
+
+
+def _get_with_retry(url: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return resp.read().decode()
+        except OSError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer 200 within {timeout}s: {last}")
+
