@@ -18,7 +18,7 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 
 class ModuleError(Exception):
@@ -36,7 +36,7 @@ class Result:
 
     changed: bool
     msg: str = ""
-    diff: Optional[Dict[str, Any]] = None  # {"before": ..., "after": ...} or {"unified": "..."}
+    diff: Dict[str, Any] | None = None  # {"before": ..., "after": ...} or {"unified": "..."}
     data: Dict[str, Any] = field(default_factory=dict)  # extra fields for `register`
     predicted: bool = True  # False: in check mode the module could not predict the outcome
 
@@ -63,11 +63,11 @@ class Context:
         self,
         argv: Union[Sequence[str], str],
         check: bool = True,
-        input: Optional[str] = None,
-        env: Optional[Dict[str, str]] = None,
+        input: str | None = None,
+        env: Dict[str, str] | None = None,
         shell: bool = False,
-        cwd: Optional[str] = None,
-        timeout: Optional[float] = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
     ) -> Completed:
         full_env = dict(os.environ)
         full_env.setdefault("LC_ALL", "C.UTF-8")
@@ -80,9 +80,9 @@ class Context:
                 executable="/bin/bash" if shell and os.path.exists("/bin/bash") else None,
             )
         except FileNotFoundError as exc:
-            raise ModuleError(f"command not found: {exc.filename}", rc=127)
+            raise ModuleError(f"command not found: {exc.filename}", rc=127) from None
         except subprocess.TimeoutExpired:
-            raise ModuleError(f"command timed out after {timeout}s", rc=124)
+            raise ModuleError(f"command timed out after {timeout}s", rc=124) from None
         done = Completed(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
             shown = argv if isinstance(argv, str) else " ".join(argv)
@@ -110,22 +110,21 @@ def unified_diff(before: str, after: str, path: str) -> str:
     )
 
 
-def atomic_write(path: str, data: bytes, mode: Optional[int] = None,
-                 validate: Optional[str] = None, ctx: Optional[Context] = None) -> None:
+def atomic_write(path: str, data: bytes, mode: int | None = None,
+                 validate: str | None = None, ctx: Context | None = None) -> None:
     """Write via a temp file in the same directory, optionally validate it, then rename."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".kiln-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        elif os.path.exists(path):
+        if os.path.exists(path):
+            # keep the replaced file's owner and mode (an explicit mode wins)
             st = os.stat(path)
-            os.chmod(tmp, st.st_mode & 0o7777)
             os.chown(tmp, st.st_uid, st.st_gid)
+            os.chmod(tmp, mode if mode is not None else st.st_mode & 0o7777)
         else:
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, mode if mode is not None else 0o644)
         if validate:
             runner = ctx or Context()
             done = runner.run(validate.replace("%s", tmp), shell=True, check=False)
@@ -138,7 +137,7 @@ def atomic_write(path: str, data: bytes, mode: Optional[int] = None,
         raise
 
 
-def parse_mode(mode: Optional[str], current: int = 0) -> Optional[int]:
+def parse_mode(mode: str | None, current: int = 0) -> int | None:
     """Octal string -> int; symbolic modes (u+x,g-w) applied to ``current``."""
     if mode is None:
         return None

@@ -8,7 +8,7 @@ templated arguments, registered results, retries, handlers and blocks.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 from agent import schema as argschema
 from agent.api import Context, ModuleError, Result
@@ -29,7 +29,7 @@ class StepFailed(Exception):
 
 class Runner:
     def __init__(self, bundle: Dict[str, Any], ctx: Context, emit: Emit,
-                 modules: Optional[Dict[str, Any]] = None) -> None:
+                 modules: Dict[str, Any] | None = None) -> None:
         self.bundle = bundle
         self.ctx = ctx
         self.emit = emit
@@ -45,7 +45,7 @@ class Runner:
     # --- entry point ----------------------------------------------------------
     def run(self) -> bool:
         started = time.monotonic()
-        failure: Optional[StepFailed] = None
+        failure: StepFailed | None = None
         try:
             self.run_steps(self.bundle.get("steps", []))
             self.flush_handlers()
@@ -237,7 +237,7 @@ class Runner:
         try:
             return evaluate(expression, scope)
         except TemplateError as exc:
-            raise StepFailed(step, f"{keyword}: {exc}")
+            raise StepFailed(step, f"{keyword}: {exc}") from exc
 
     def _truth(self, expression: Any, scope: Dict[str, Any], step: Dict[str, Any], keyword: str) -> bool:
         if isinstance(expression, list):

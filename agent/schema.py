@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 TYPES = ("str", "int", "bool", "list", "dict", "mode", "path", "raw", "float")
 MODE_RE = re.compile(r"^0?[0-7]{3,4}$|^[ugoa]*[-+=][rwxXst]*(,[ugoa]*[-+=][rwxXst]*)*$")
@@ -36,7 +36,7 @@ class ArgError:
 
     __slots__ = ("key", "message")
 
-    def __init__(self, key: Optional[str], message: str) -> None:
+    def __init__(self, key: str | None, message: str) -> None:
         self.key = key
         self.message = message
 
@@ -56,7 +56,7 @@ def did_you_mean(word: str, candidates: List[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _coerce(kind: str, value: Any, spec: Dict[str, Any]) -> Tuple[Any, Optional[str]]:
+def _coerce(kind: str, value: Any, spec: Dict[str, Any]) -> Tuple[Any, str | None]:
     """Return (value, error). Templated strings pass; they are checked again once rendered."""
     if is_templated(value) and kind not in ("list", "dict"):
         return value, None

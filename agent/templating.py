@@ -49,7 +49,7 @@ def evaluate(expression: Any, variables: Dict[str, Any]) -> Any:
     try:
         return ENV.compile_expression(source, undefined_to_none=False)(**variables)
     except jinja2.TemplateError as exc:
-        raise TemplateError(f"{source.strip()}: {exc}")
+        raise TemplateError(f"{source.strip()}: {exc}") from exc
 
 
 def render(value: Any, variables: Dict[str, Any]) -> Any:
@@ -66,7 +66,7 @@ def render(value: Any, variables: Dict[str, Any]) -> Any:
     try:
         return ENV.from_string(value).render(**variables)
     except jinja2.TemplateError as exc:
-        raise TemplateError(f"{value!r}: {exc}")
+        raise TemplateError(f"{value!r}: {exc}") from exc
 
 
 def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str:
@@ -75,7 +75,7 @@ def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str
         return env.get_template(name).render(**variables)
     except jinja2.TemplateError as exc:
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
-        raise TemplateError(f"template {name}{where}: {exc}")
+        raise TemplateError(f"template {name}{where}: {exc}") from exc
 
 
 def undeclared(source: str) -> set:

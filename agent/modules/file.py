@@ -12,7 +12,7 @@ import os
 import pwd
 import shutil
 import stat
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from agent.api import Context, ModuleError, Result, parse_mode
 
@@ -44,13 +44,13 @@ def _kind(st: os.stat_result) -> str:
     return "file"
 
 
-def check(params: Dict[str, Any], ctx: Context) -> Optional[Dict[str, Any]]:
+def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any] | None:
     """None when the path is missing, else its type, mode, owner, group and link target."""
     try:
         st = os.lstat(params["path"])
     except FileNotFoundError:
         return None
-    state = {"state": _kind(st), "mode": "%04o" % stat.S_IMODE(st.st_mode)}
+    state = {"state": _kind(st), "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
     try:
         state["owner"] = pwd.getpwuid(st.st_uid).pw_name
     except KeyError:
@@ -64,7 +64,7 @@ def check(params: Dict[str, Any], ctx: Context) -> Optional[Dict[str, Any]]:
     return state
 
 
-def attributes_wanted(params: Dict[str, Any], current: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def attributes_wanted(params: Dict[str, Any], current: Dict[str, Any] | None) -> Dict[str, Any]:
     """The owner/group/mode changes needed on an existing path (shared by copy/template)."""
     wanted = {}
     now = current or {}
@@ -74,8 +74,8 @@ def attributes_wanted(params: Dict[str, Any], current: Optional[Dict[str, Any]])
         wanted["group"] = params["group"]
     if params.get("mode"):
         mode = parse_mode(params["mode"], int(now.get("mode", "0"), 8))
-        if "%04o" % mode != now.get("mode"):
-            wanted["mode"] = "%04o" % mode
+        if f"{mode:04o}" != now.get("mode"):
+            wanted["mode"] = f"{mode:04o}"
     return wanted
 
 
@@ -84,14 +84,14 @@ def set_attributes(path: str, wanted: Dict[str, Any], follow: bool = True) -> No
         uid = pwd.getpwnam(wanted["owner"]).pw_uid if "owner" in wanted else -1
         gid = grp.getgrnam(wanted["group"]).gr_gid if "group" in wanted else -1
     except KeyError as exc:
-        raise ModuleError(f"no such user or group: {exc.args[0]}")
+        raise ModuleError(f"no such user or group: {exc.args[0]}") from None
     if uid != -1 or gid != -1:
         (os.chown if follow else os.lchown)(path, uid, gid)
     if "mode" in wanted:
         os.chmod(path, int(wanted["mode"], 8))
 
 
-def apply(params: Dict[str, Any], state: Optional[Dict[str, Any]], ctx: Context) -> Result:
+def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) -> Result:
     path, want = params["path"], params["state"]
     if want == "absent":
         if state is None:

@@ -1,0 +1,162 @@
+"""Put a file from the role's ``files/`` (or inline ``content``) at ``dest``.
+
+Content is compared by sha256; the file is written atomically (temp file, optional
+``validate``, rename) only when it differs. Owner, group and mode are set like ``file``.
+
+Example::
+
+    - copy: {src: motd, dest: /etc/motd, mode: "0644"}
+    - copy: {content: "ok\\n", dest: /srv/health, owner: www-data}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from typing import Any, Dict
+
+from agent.api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
+from agent.modules import file as filemod
+
+SCHEMA = {
+    "description": "Copy a file from the role's files/ (or inline content) to dest; written only when the "
+                   "content differs.",
+    "args": {
+        "src": {"type": "path", "relative": True,
+                "description": "File in the role's files/ directory (or an absolute path on the box)."},
+        "content": {"type": "str", "description": "The file's content, inline (instead of src)."},
+        "dest": {"type": "path", "required": True, "aliases": ["path"],
+                 "description": "Destination path; a directory (or a path ending in /) gets src's name."},
+        "mode": {"type": "mode", "description": "Mode, quoted octal (\"0644\") or symbolic (\"u+x\")."},
+        "owner": {"type": "str", "description": "Owning user name."},
+        "group": {"type": "str", "description": "Owning group name."},
+        "backup": {"type": "bool", "default": False,
+                   "description": "Keep the replaced file as <dest>.<timestamp>~."},
+        "validate": {"type": "str",
+                     "description": "Command run on the new content before it replaces dest; %s is the "
+                                    "temp file (e.g. \"visudo -cf %s\")."},
+        "force": {"type": "bool", "default": True,
+                  "description": "false: only create dest when missing, never replace its content."},
+    },
+    "mutually_exclusive": [["src", "content"]],
+    "required_one_of": [["src", "content"]],
+    "check_mode": "full",
+    "diff": True,
+    "example": '- copy: {src: motd, dest: /etc/motd, mode: "0644"}',
+}
+
+MAX_DIFF_BYTES = 256 * 1024
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_dest(dest: str, src: str | None) -> str:
+    if src and (dest.endswith("/") or os.path.isdir(dest)):
+        return os.path.join(dest, os.path.basename(src.rstrip("/")))
+    return dest
+
+
+def dest_state(dest: str, ctx: Context) -> Dict[str, Any]:
+    """What is at dest now: missing, a directory, or a file with its sha256 and attributes."""
+    attrs = filemod.check({"path": dest}, ctx)
+    state: Dict[str, Any] = {"dest": dest, "attrs": attrs}
+    if attrs is None:
+        return state
+    if os.path.isdir(dest):
+        raise ModuleError(f"{dest} is a directory")
+    state["sha256"] = sha256_of(dest)
+    state["size"] = os.path.getsize(dest)
+    return state
+
+
+def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+    return dest_state(resolve_dest(params["dest"], params.get("src")), ctx)
+
+
+def _text(data: bytes) -> str | None:
+    if len(data) > MAX_DIFF_BYTES or b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def content_diff(dest: str, before: bytes | None, after: bytes) -> str:
+    old = _text(before) if before is not None else ""
+    new = _text(after)
+    if old is None or new is None:
+        return f"binary or large file {dest} differs ({len(before or b'')} -> {len(after)} bytes)\n"
+    return unified_diff(old, new, dest)
+
+
+def backup_file(dest: str) -> str:
+    target = f"{dest}.{time.strftime('%Y-%m-%d@%H:%M:%S')}~"
+    shutil.copy2(dest, target)
+    return target
+
+
+def put_content(params: Dict[str, Any], data: bytes, state: Dict[str, Any], ctx: Context) -> Result:
+    """Write ``data`` at state['dest'] when it differs, then owner/group/mode (copy and template)."""
+    dest = state["dest"]
+    exists = state["attrs"] is not None
+    new_sha = hashlib.sha256(data).hexdigest()
+    write = not exists or (params.get("force", True) and state["sha256"] != new_sha)
+    wanted = filemod.attributes_wanted(params, state["attrs"])
+    if not exists and not params.get("mode"):
+        wanted.pop("mode", None)
+    if not write and not wanted:
+        return Result(False, f"{dest} is as wanted", data={"dest": dest, "sha256": state.get("sha256")})
+    diff: Dict[str, Any] = {}
+    changes = []
+    if write:
+        before = None
+        if exists:
+            with open(dest, "rb") as handle:
+                before = handle.read(MAX_DIFF_BYTES + 1)
+        diff["unified"] = content_diff(dest, before, data)
+        changes.append("created" if not exists else "content changed")
+    if wanted:
+        now = state["attrs"] or {}
+        diff["before"] = {k: now.get(k) for k in wanted}
+        diff["after"] = dict(wanted)
+        changes.append(", ".join(f"{k} {v}" for k, v in sorted(wanted.items())))
+    msg = f"{dest}: " + "; ".join(changes)
+    out: Dict[str, Any] = {"dest": dest, "sha256": new_sha if write else state.get("sha256")}
+    if ctx.check_mode:
+        return Result(True, f"{msg} (check mode: not written)", diff=diff, data=out)
+    if write:
+        parent = os.path.dirname(dest) or "."
+        if not os.path.isdir(parent):
+            raise ModuleError(f"directory {parent} does not exist (create it first with file: state=directory)")
+        if exists and params.get("backup"):
+            out["backup_file"] = backup_file(dest)
+        current = int(state["attrs"]["mode"], 8) if exists else 0o644
+        mode = parse_mode(params["mode"], current) if params.get("mode") else None
+        atomic_write(dest, data, mode=mode, validate=params.get("validate"), ctx=ctx)
+    if wanted:
+        filemod.set_attributes(dest, wanted)
+    return Result(True, msg, diff=diff, data=out)
+
+
+def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    if params.get("content") is not None:
+        data = params["content"].encode("utf-8")
+    else:
+        src = ctx.source_path(params["src"], "files")
+        if os.path.isdir(src):
+            raise ModuleError(f"src {params['src']} is a directory; copy takes one file (use unarchive for trees)")
+        try:
+            with open(src, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise ModuleError(f"src {params['src']} not found in the role's files/ ({src})") from None
+    return put_content(params, data, state, ctx)

@@ -1,0 +1,274 @@
+"""Install, upgrade or remove packages with the box's package manager (apt or dnf).
+
+Installed versions are read first (dpkg-query / rpm); when every package is already
+as wanted, the package manager is not called at all.
+
+Example::
+
+    - package: {name: [nginx, curl], state: present, update_cache: true, cache_valid_time: 3600}
+    - package: {name: "hello=2.10-3"}        # apt pin (dnf: hello-2.10)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import time
+from typing import Any, Dict, List, Tuple
+
+from agent.api import Context, ModuleError, Result, as_list
+
+SCHEMA = {
+    "description": "Install (present), upgrade (latest) or remove (absent) packages with apt or dnf.",
+    "args": {
+        "name": {"type": "list", "elements": "str", "required": True, "aliases": ["pkg", "names"],
+                 "description": "Package name or list of names; pin a version with name=1.2.3 (apt) "
+                                "or name-1.2.3 (dnf)."},
+        "state": {"type": "str", "choices": ["present", "absent", "latest"], "default": "present",
+                  "description": "present: installed (any version unless pinned); latest: the newest "
+                                 "available version; absent: removed."},
+        "update_cache": {"type": "bool", "default": False, "aliases": ["update"],
+                         "description": "Refresh the package index before installing (apt-get update / "
+                                        "dnf makecache). Not a change by itself, and skipped when nothing "
+                                        "needs installing."},
+        "cache_valid_time": {"type": "int",
+                             "description": "Seconds the apt index stays fresh: update_cache is skipped when "
+                                            "the last update is younger than this."},
+        "purge": {"type": "bool", "default": False,
+                  "description": "With state=absent on apt: also remove configuration files."},
+    },
+    "check_mode": "full",
+    "diff": True,
+    "example": "- package: {name: [nginx, curl], update_cache: true, cache_valid_time: 3600}",
+}
+
+APT_LISTS = "/var/lib/apt/lists"
+APT_STAMP = "/var/lib/apt/periodic/update-success-stamp"
+APT_OPTIONS = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
+               "--no-install-recommends"]
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "a"}
+
+
+def _manager(ctx: Context) -> str:
+    found = ctx.facts.get("pkg_mgr")
+    if not found:
+        found = "apt" if shutil.which("apt-get") else ("dnf" if shutil.which("dnf") else "unknown")
+    if found == "yum" and shutil.which("dnf"):
+        found = "dnf"
+    if found not in ("apt", "dnf"):
+        raise ModuleError(f"package: unsupported package manager '{found}' (apt and dnf are supported)")
+    return found
+
+
+def split_spec(spec: str, manager: str) -> Tuple[str, str | None]:
+    """'nginx=1.22*' -> ('nginx', '1.22*') for apt; dnf specs are passed whole to rpm."""
+    if manager == "apt" and "=" in spec:
+        name, _, version = spec.partition("=")
+        return name, version
+    return spec, None
+
+
+# --- reading (check) ------------------------------------------------------------------
+def apt_installed(names: List[str], ctx: Context) -> Dict[str, str | None]:
+    """name -> installed version (None when not installed)."""
+    found: Dict[str, str | None] = {name: None for name in names}
+    if not names:
+        return found
+    done = ctx.run(["dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\t${Version}\n", *names],
+                   check=False)
+    for line in done.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        name, status, version = parts
+        name = name.split(":")[0]
+        if name in found and status.strip().startswith("ii"):
+            found[name] = version
+    return found
+
+
+def apt_candidates(names: List[str], ctx: Context) -> Dict[str, str | None]:
+    """name -> the version apt would install (None when apt knows no such package)."""
+    found: Dict[str, str | None] = {name: None for name in names}
+    if not names:
+        return found
+    done = ctx.run(["apt-cache", "policy", *names], check=False)
+    current = None
+    for line in done.stdout.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            current = line.rstrip()[:-1].split(":")[0]
+        elif current in found and line.strip().startswith("Candidate:"):
+            value = line.split(":", 1)[1].strip()
+            found[current] = None if value == "(none)" else value
+    return found
+
+
+def apt_lists_empty() -> bool:
+    try:
+        entries = os.listdir(APT_LISTS)
+    except FileNotFoundError:
+        return True
+    return not any("_Packages" in e for e in entries)
+
+
+def apt_cache_age() -> float | None:
+    """Seconds since the last successful apt-get update (None: never)."""
+    stamps = []
+    for path in (APT_STAMP, APT_LISTS):
+        try:
+            stamps.append(os.stat(path).st_mtime)
+        except OSError:
+            pass
+    if apt_lists_empty() or not stamps:
+        return None
+    return max(0.0, time.time() - max(stamps))
+
+
+def rpm_installed(specs: List[str], ctx: Context) -> Dict[str, str | None]:
+    found: Dict[str, str | None] = {}
+    for spec in specs:
+        done = ctx.run(["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}\n", spec], check=False)
+        found[spec] = done.stdout.strip().splitlines()[0] if done.rc == 0 and done.stdout.strip() else None
+    return found
+
+
+def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+    manager = _manager(ctx)
+    specs = as_list(params["name"])
+    if manager == "apt":
+        names = [split_spec(s, manager)[0] for s in specs]
+        return {"manager": manager, "installed": apt_installed(names, ctx),
+                "lists_empty": apt_lists_empty(), "cache_age": apt_cache_age()}
+    return {"manager": manager, "installed": rpm_installed(specs, ctx)}
+
+
+# --- deciding and changing (apply) ----------------------------------------------------
+def _apt_todo(params: Dict[str, Any], installed: Dict[str, str | None],
+              candidates: Dict[str, str | None] | None) -> List[str]:
+    todo = []
+    for spec in as_list(params["name"]):
+        name, pin = split_spec(spec, "apt")
+        have = installed.get(name)
+        if params["state"] == "absent":
+            if have is not None:
+                todo.append(name)
+        elif have is None:
+            todo.append(spec)
+        elif pin is not None and not fnmatch.fnmatchcase(have, pin):
+            todo.append(spec)
+        elif params["state"] == "latest" and candidates is not None and pin is None:
+            if candidates.get(name) is not None and candidates[name] != have:
+                todo.append(spec)
+    return todo
+
+
+def _apt_update(ctx: Context) -> None:
+    ctx.run(["apt-get", "update", "-q"], env=APT_ENV, timeout=900)
+    try:
+        os.makedirs(os.path.dirname(APT_STAMP), exist_ok=True)
+        with open(APT_STAMP, "a"):
+            pass
+        os.utime(APT_STAMP, None)
+    except OSError:
+        pass
+
+
+def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    want = params["state"]
+    installed = state["installed"]
+    names = list(installed)
+    fresh = (params.get("cache_valid_time") is not None and state["cache_age"] is not None
+             and state["cache_age"] < params["cache_valid_time"])
+    cache_updated = False
+
+    def update_once() -> None:
+        nonlocal cache_updated
+        if not cache_updated:
+            _apt_update(ctx)
+            cache_updated = True
+
+    candidates = None
+    if want == "latest":
+        if params["update_cache"] and not fresh and not ctx.check_mode:
+            update_once()
+        if not state["lists_empty"] or cache_updated:
+            candidates = apt_candidates(names, ctx)
+    todo = _apt_todo(params, installed, candidates)
+    before = {n: (v or "absent") for n, v in installed.items()}
+    if not todo:
+        return Result(False, f"{', '.join(names)}: already {want}",
+                      data={"cache_updated": cache_updated, "versions": installed})
+    if want == "absent":
+        after = dict(before, **{n: "absent" for n in todo})
+        if ctx.check_mode:
+            return Result(True, f"would remove {', '.join(todo)}", diff={"before": before, "after": after})
+        ctx.run(["apt-get", "purge" if params["purge"] else "remove", "-y", "-q", *APT_OPTIONS, *todo],
+                env=APT_ENV, timeout=1800)
+    else:
+        if ctx.check_mode:
+            if not state["lists_empty"]:
+                known = apt_candidates([split_spec(s, "apt")[0] for s in todo], ctx)
+                missing = [n for n, v in known.items() if v is None]
+                if missing:
+                    raise ModuleError(f"no package available named {', '.join(missing)} "
+                                      "(the index may be stale: set update_cache: true)")
+            after = dict(before)
+            for spec in todo:
+                name, pin = split_spec(spec, "apt")
+                after[name] = pin or (candidates or {}).get(name) or "present"
+            return Result(True, f"would install {', '.join(todo)}", diff={"before": before, "after": after})
+        if (params["update_cache"] and not fresh) or state["lists_empty"]:
+            update_once()
+        ctx.run(["apt-get", "install", "-y", "-q", *APT_OPTIONS, *todo], env=APT_ENV, timeout=1800)
+    now = apt_installed(names, ctx)
+    after = {n: (v or "absent") for n, v in now.items()}
+    verb = "removed" if want == "absent" else "installed"
+    return Result(True, f"{verb} {', '.join(todo)}", diff={"before": before, "after": after},
+                  data={"cache_updated": cache_updated, "versions": now})
+
+
+def _apply_dnf(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    want = params["state"]
+    installed = state["installed"]
+    specs = list(installed)
+    if want == "absent":
+        todo = [s for s in specs if installed[s] is not None]
+    elif want == "present":
+        todo = [s for s in specs if installed[s] is None]
+    else:
+        todo = [s for s in specs if installed[s] is None]
+        have = [s for s in specs if installed[s] is not None]
+        if have:
+            cache = [] if params["update_cache"] else ["-C"]
+            done = ctx.run(["dnf", "-q", *cache, "check-update", *have], check=False)
+            if done.rc == 100:
+                upgradable = {line.split()[0].rsplit(".", 1)[0] for line in done.stdout.splitlines()
+                              if line.strip() and not line.startswith(" ")}
+                todo += [s for s in have if s in upgradable]
+    before = {s: (v or "absent") for s, v in installed.items()}
+    if not todo:
+        return Result(False, f"{', '.join(specs)}: already {want}", data={"versions": installed})
+    if ctx.check_mode:
+        after = dict(before, **{s: ("absent" if want == "absent" else "present") for s in todo})
+        verb = "remove" if want == "absent" else "install"
+        return Result(True, f"would {verb} {', '.join(todo)}", diff={"before": before, "after": after})
+    refresh = ["--refresh"] if params["update_cache"] else []
+    if want == "absent":
+        ctx.run(["dnf", "-y", "-q", "remove", *todo], timeout=1800)
+    elif want == "latest":
+        ctx.run(["dnf", "-y", "-q", *refresh, "install", *todo], timeout=1800)
+        ctx.run(["dnf", "-y", "-q", "upgrade", *todo], timeout=1800, check=False)
+    else:
+        ctx.run(["dnf", "-y", "-q", *refresh, "install", *todo], timeout=1800)
+    now = rpm_installed(specs, ctx)
+    after = {s: (v or "absent") for s, v in now.items()}
+    verb = "removed" if want == "absent" else "installed"
+    return Result(True, f"{verb} {', '.join(todo)}", diff={"before": before, "after": after},
+                  data={"versions": now})
+
+
+def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    if state["manager"] == "apt":
+        return _apply_apt(params, state, ctx)
+    return _apply_dnf(params, state, ctx)
