@@ -128,3 +128,61 @@ def sweep(c, provider="local", apply=False, sandbox=False, json=False):
         print(("removed " if apply else "expired ") + line)
     if not found:
         print("nothing expired")
+
+
+@task(iterable=["var"], help={"role": "The role to converge on its kept dev instance."})
+def converge(c, role, var=None, json=False, tags="", skip_tags="", check=False, diff=False):
+    """Apply a role to its kept local instance (created on first use); only differences change."""
+    _setup(json)
+    from controller.devloop import converge as run_converge
+    from controller.stepfiles.compile import parse_var_overrides
+
+    code = run_converge(role, _options(check=check, diff=diff), parse_var_overrides(var or []), _split(tags),
+                        _split(skip_tags))
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"role": "The role whose checks to run on its kept dev instance."})
+def verify(c, role, json=False):
+    """Run a role's verify.yml checks on its kept dev instance."""
+    _setup(json)
+    from controller.devloop import converge as run_converge
+
+    code = run_converge(role, _options(), verify=True)
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"role": "The role whose kept dev instance to log in to."})
+def login(c, role):
+    """An SSH shell on a role's kept dev instance (host key pinned)."""
+    from controller.devloop import exec_login
+
+    try:
+        exec_login(role, Path("builds"))
+    except FileNotFoundError as exc:
+        raise Exit(str(exc), code=1)
+
+
+@task(help={"role": "Only this role's dev instance (default: all).",
+            "build_id": "Also remove what a --keep-on-error bake kept."})
+def destroy(c, role="", build_id=""):
+    """Remove kept dev instances (and a kept failed build with --build-id)."""
+    from controller.devloop import destroy as run_destroy
+
+    for name in run_destroy(role or None, Path("builds"), build_id or None):
+        print(f"removed {name}")
+
+
+@task(help={"roles": "Comma-separated roles (default: every role).", "provider": "local or aws.",
+            "force": "Bake every selected role even if unchanged.", "concurrency": "Bakes at once.",
+            "on_locked": "When another scheduler holds a role: skip (default) or wait."})
+def nightly(c, roles="", provider="local", force=False, concurrency=2, on_locked="skip", sandbox=False, json=False):
+    """Rebake the roles whose inputs changed, in parallel; write builds/nightly-<time>.json and .md."""
+    _setup(json)
+    from controller.nightly import nightly as run_nightly
+
+    code = run_nightly(_split(roles), provider, force, int(concurrency), on_locked, sandbox)
+    if code:
+        raise Exit(code=code)

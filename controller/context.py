@@ -58,6 +58,7 @@ class BakeContext:
     facts: dict[str, Any] = field(default_factory=dict)
     apply_counts: StepCounts = field(default_factory=StepCounts)
     rerun_counts: StepCounts | None = None
+    step_events: list[dict[str, Any]] = field(default_factory=list)  # the first apply's, in order
     checks: dict[str, int] = field(default_factory=dict)
     packages: dict[str, str] = field(default_factory=dict)
     image: Image | None = None

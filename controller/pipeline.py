@@ -10,6 +10,7 @@ by hand and the unwinding goes on.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,9 +39,16 @@ class Stage(Protocol):
     def undo(self, ctx: BakeContext) -> None: ...
 
 
+#: Set by a scheduler (nightly) to stop bakes running in worker threads at their next stage.
+CANCEL = threading.Event()
+
+
 @contextmanager
 def signals_interrupt() -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into :class:`Interrupted` while the stages run."""
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` while the stages run (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def handler(signum: int, frame: object) -> None:
         raise Interrupted(signal.Signals(signum).name)
@@ -57,6 +65,9 @@ def signals_interrupt() -> Iterator[None]:
 def signals_deferred() -> Iterator[list[str]]:
     """While unwinding, a further signal is noted, not obeyed: cleanup must finish."""
     received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
 
     def handler(signum: int, frame: object) -> None:
         received.append(signal.Signals(signum).name)
@@ -77,6 +88,8 @@ def run_stages(stages: list[Stage], ctx: BakeContext) -> None:
     try:
         with signals_interrupt():
             for stage in stages:
+                if CANCEL.is_set():
+                    raise Interrupted("cancelled")
                 started.append(stage)
                 ctx.current_stage = stage.name
                 t0 = time.monotonic()

@@ -27,6 +27,15 @@ class Provider(Protocol):
     def release_version(self, role: str, version: str) -> None:
         """Give back a reserved version that was never published (undo of allocate)."""
 
+    def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> bool:
+        """Take the per-role bake lock (False: another scheduler holds it and ``wait`` is off).
+
+        The lock expires after ``ttl`` seconds so a dead scheduler cannot hold it forever.
+        """
+
+    def release_lock(self, role: str, owner: str) -> None:
+        """Give the per-role lock back."""
+
     def launch(self, ctx: BakeContext) -> Instance:
         """Start a build machine from ``ctx.base`` with ``ctx.client_key`` authorised.
 

@@ -9,6 +9,7 @@ after verify passed.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import socket
 from pathlib import Path
@@ -62,6 +63,7 @@ class LocalProvider:
                 engine.runtime = settings["runtime"]
         self.engine = engine
         self.state_dir = state_dir
+        self._locks: dict[str, Any] = {}
 
     # --- base and versions -----------------------------------------------------------
     def resolve_base(self, spec: Any) -> BaseImage:
@@ -92,6 +94,30 @@ class LocalProvider:
 
     def release_version(self, role: str, version: str) -> None:
         (self._reservations(role) / version).unlink(missing_ok=True)
+
+    # --- the per-role lock (a second scheduler waits or skips) ------------------------
+    def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> bool:
+        """flock on builds/locks/<role>.lock: released by the kernel if this process dies."""
+        path = self.state_dir / "locks" / f"{role}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(owner)
+        handle.flush()
+        self._locks[role] = handle
+        return True
+
+    def release_lock(self, role: str, owner: str) -> None:
+        handle = self._locks.pop(role, None)
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     # --- the build machine -----------------------------------------------------------
     def launch(self, ctx: BakeContext) -> Instance:

@@ -17,12 +17,14 @@ def counts_of(summary: dict[str, Any]) -> StepCounts:
     return StepCounts(**{k: int(summary.get(k, 0)) for k in ("ok", "changed", "failed", "skipped", "ignored")})
 
 
-def apply(ctx: BakeContext, label: str, show_diff: bool) -> dict[str, Any]:
+def apply(ctx: BakeContext, label: str, show_diff: bool, keep: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     flags = (["--check"] if ctx.options.check_mode else []) + (["--diff"] if ctx.options.diff else [])
 
     def on_event(event: dict[str, Any]) -> None:
         event["diff_shown"] = show_diff
         log_step(event)
+        if keep is not None and event.get("event") == "step":
+            keep.append(event)
 
     rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, *flags), on_event)
     summary = next((e for e in events if e.get("event") == "summary"), None)
@@ -40,7 +42,7 @@ class ApplySteps:
     name = "apply steps"
 
     def run(self, ctx: BakeContext) -> None:
-        summary = apply(ctx, "apply", show_diff=ctx.options.diff)
+        summary = apply(ctx, "apply", show_diff=ctx.options.diff, keep=ctx.step_events)
         ctx.apply_counts = counts_of(summary)
         log.info("applied", **ctx.apply_counts.as_dict(), seconds=summary.get("duration"))
 
