@@ -1,0 +1,152 @@
+"""``playbooks/kiln.yaml``: providers, retention and global variables.
+
+::
+
+    providers:
+      local: {engine: auto, runtime: auto}
+      aws: {regions: [us-east-1, eu-west-1]}
+    retention: {keep: 5}
+    vars: {}
+
+A missing file is an empty configuration (every default). Provider sections are kept
+as raw mappings for the providers to read; :meth:`Config.position` and
+:meth:`Config.diagnostic` let them report a bad value at its file:line:column.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.schema import did_you_mean
+from controller.model import Diagnostic, InvalidInput
+from controller.stepfiles.loader import Document, display_path, load_yaml
+
+KNOWN_KEYS = ("providers", "retention", "vars")
+PROVIDERS = ("local", "aws")
+RETENTION_KEYS = ("keep",)
+DEFAULT_KEEP = 5
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class Config:
+    """The parsed kiln.yaml; ``raw`` is the whole file as plain data."""
+
+    path: Path
+    raw: dict[str, Any] = field(default_factory=dict)
+    vars: dict[str, Any] = field(default_factory=dict)
+    providers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"local": {}, "aws": {}})
+    retention: int = DEFAULT_KEEP
+    document: Document | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def display(self) -> str:
+        return self.document.display if self.document else display_path(self.path)
+
+    def position(self, *keys: Any) -> tuple[int, int]:
+        """1-based (line, column) of the value at ``keys`` (e.g. ``"providers", "aws", "regions", 0``)."""
+        if self.document is None:
+            return 1, 1
+        return self.document.value_pos(keys)
+
+    def diagnostic(self, keys: tuple[Any, ...] | list[Any], message: str) -> Diagnostic:
+        """A diagnostic pinned to the value at ``keys``, for providers validating their section."""
+        if self.document is None:
+            return Diagnostic(self.display, 1, 1, message)
+        return self.document.diag(tuple(keys), message)
+
+    def provider(self, name: str) -> dict[str, Any]:
+        return self.providers.get(name) or {}
+
+
+def load_config(path: Path) -> Config:
+    """Load and check kiln.yaml; raise InvalidInput with every problem at once."""
+    path = Path(path)
+    if not path.exists():
+        return Config(path=path)
+    doc = load_yaml(path)
+    data = doc.data
+    problems: list[Diagnostic] = []
+    config = Config(path=path, document=doc)
+    if data is None:
+        return config
+    if not isinstance(data, dict):
+        raise InvalidInput([doc.diag((), f"kiln.yaml must be a mapping of {', '.join(KNOWN_KEYS)}; "
+                                          f"got {_kind(data)}")])
+    config.raw = data
+    for key in data:
+        if key not in KNOWN_KEYS:
+            problems.append(doc.diag((key,), f"unknown setting '{key}'{did_you_mean(key, list(KNOWN_KEYS))}",
+                                     key=True))
+
+    providers = data.get("providers")
+    if providers is not None:
+        if not isinstance(providers, dict):
+            problems.append(doc.diag(("providers",), f"providers must be a mapping, got {_kind(providers)}"))
+        else:
+            for name, section in providers.items():
+                if name not in PROVIDERS:
+                    problems.append(doc.diag(("providers", name), f"unknown provider '{name}'"
+                                             f"{did_you_mean(name, list(PROVIDERS))}", key=True))
+                    continue
+                if section is None:
+                    section = {}
+                if not isinstance(section, dict):
+                    problems.append(doc.diag(("providers", name),
+                                             f"providers.{name} must be a mapping, got {_kind(section)}"))
+                    continue
+                config.providers[name] = section
+
+    retention = data.get("retention")
+    if retention is not None:
+        if isinstance(retention, int) and not isinstance(retention, bool):
+            retention = {"keep": retention}
+            keep_path: tuple[Any, ...] = ("retention",)
+        else:
+            keep_path = ("retention", "keep")
+        if not isinstance(retention, dict):
+            problems.append(doc.diag(("retention",), f"retention must be a mapping like {{keep: 5}}, "
+                                                     f"got {_kind(retention)}"))
+        else:
+            for key in retention:
+                if key not in RETENTION_KEYS:
+                    problems.append(doc.diag(("retention", key), f"unknown retention setting '{key}'"
+                                             f"{did_you_mean(key, list(RETENTION_KEYS))}", key=True))
+            keep = retention.get("keep", DEFAULT_KEEP)
+            if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+                problems.append(doc.diag(keep_path, f"retention.keep must be a whole number >= 1, got {keep!r}"))
+            else:
+                config.retention = keep
+
+    variables = data.get("vars")
+    if variables is not None:
+        if not isinstance(variables, dict):
+            problems.append(doc.diag(("vars",), f"vars must be a mapping, got {_kind(variables)}"))
+        else:
+            for name in variables:
+                if not IDENTIFIER.match(name):
+                    problems.append(doc.diag(("vars", name), f"variable name '{name}' is not an identifier "
+                                             "(letters, digits, _)", key=True))
+                elif name in ("facts", "kiln"):
+                    problems.append(doc.diag(("vars", name), f"'{name}' is reserved", key=True))
+            config.vars = dict(variables)
+    if problems:
+        raise InvalidInput(problems)
+    return config
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"

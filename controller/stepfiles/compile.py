@@ -1,0 +1,442 @@
+"""Compile a role (and the roles it depends on) into the agent's bundle.
+
+``compile_role`` loads ``playbooks/roles/<role>/`` and its dependencies, validates
+everything in one pass (raising :class:`~controller.model.InvalidInput` with *every*
+problem), and returns a :class:`~controller.model.CompiledRole`; ``bundle_json``
+turns that into ``bundle.json`` (docs/internals.md).
+
+Variables, lowest to highest precedence: role defaults (dependencies first, in chain
+order) < role vars (same order) < ``kiln.yaml`` ``vars`` < ``--var k=v``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.checks import discover as discover_checks
+from agent.modules import discover as discover_modules
+from agent.templating import TemplateError, render
+from controller.config import PROVIDERS, Config
+from controller.model import CompiledRole, Diagnostic, InvalidInput
+from controller.stepfiles.loader import Document, display_path, load_yaml
+from controller.stepfiles.validate import (
+    BUILTIN_NAMES,
+    IDENTIFIER,
+    JINJA_GLOBALS,
+    RESERVED_NAMES,
+    Collector,
+    Ref,
+    StepCompiler,
+    check_references,
+    compile_checks,
+    did_you_mean,
+    is_templated,
+    kind_of,
+)
+
+ROLE_KEYS = ("description", "depends", "defaults", "vars", "base")
+ROLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+STEP_FILES = ("role.yml", "steps.yml", "handlers.yml", "verify.yml")
+
+
+@dataclass
+class RoleSource:
+    """One role's files as read (documents are None for files that are absent)."""
+
+    name: str
+    dir: Path
+    meta_doc: Document | None = None
+    steps_doc: Document | None = None
+    handlers_doc: Document | None = None
+    verify_doc: Document | None = None
+    description: str = ""
+    depends: list[str] = field(default_factory=list)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    vars: dict[str, Any] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)
+
+
+# --- helpers others call ------------------------------------------------------------------
+def parse_var_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["k=v", ...]`` (from ``--var``) to ``{"k": "v"}``; values stay strings."""
+    out: dict[str, Any] = {}
+    problems = []
+    for position, item in enumerate(items or [], 1):
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        if not sep or not IDENTIFIER.match(name):
+            problems.append(Diagnostic("--var", 1, position, f"expected NAME=VALUE, got '{item}'"))
+        elif name in RESERVED_NAMES:
+            problems.append(Diagnostic("--var", 1, position, f"'{name}' is reserved and cannot be set"))
+        else:
+            out[name] = value
+    if problems:
+        raise InvalidInput(problems)
+    return out
+
+
+def list_roles(playbooks_dir: Path) -> list[str]:
+    roles_dir = Path(playbooks_dir) / "roles"
+    if not roles_dir.is_dir():
+        return []
+    return sorted(p.name for p in roles_dir.iterdir()
+                  if p.is_dir() and any((p / f).is_file() for f in STEP_FILES))
+
+
+def resolve_variables(variables: dict[str, Any], extra: dict[str, Any] | None = None,
+                      passes: int = 5) -> dict[str, Any]:
+    """Render variables whose values template other variables, where the controller can.
+
+    Values that need what only the box knows (``facts``, registered results) stay as
+    written.
+    """
+    scope = dict(variables)
+    scope.update(extra or {})
+    for _ in range(passes):
+        changed = False
+        for name, value in list(scope.items()):
+            if not _has_template(value):
+                continue
+            try:
+                rendered = render(value, scope)
+            except (TemplateError, TypeError, ValueError, ArithmeticError, RecursionError):
+                continue
+            if rendered != value:
+                scope[name] = rendered
+                changed = True
+        if not changed:
+            break
+    return scope
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_template(v) for v in value)
+    return is_templated(value)
+
+
+# --- loading roles --------------------------------------------------------------------------
+def _load(path: Path, problems: list[Diagnostic]) -> Document | None:
+    if not path.is_file():
+        return None
+    try:
+        return load_yaml(path)
+    except InvalidInput as exc:
+        problems.extend(exc.diagnostics)
+        return None
+
+
+def _load_role(roles_dir: Path, name: str, problems: list[Diagnostic]) -> RoleSource:
+    src = RoleSource(name=name, dir=roles_dir / name)
+    src.meta_doc = _load(src.dir / "role.yml", problems)
+    src.steps_doc = _load(src.dir / "steps.yml", problems)
+    src.handlers_doc = _load(src.dir / "handlers.yml", problems)
+    src.verify_doc = _load(src.dir / "verify.yml", problems)
+    doc = src.meta_doc
+    if doc is None or doc.data is None:
+        return src
+    data = doc.data
+    if not isinstance(data, dict):
+        problems.append(doc.diag((), f"role.yml must be a mapping of {', '.join(ROLE_KEYS)}, got {kind_of(data)}"))
+        return src
+    for key in data:
+        if key not in ROLE_KEYS:
+            problems.append(doc.diag((key,), f"unknown role setting '{key}'{did_you_mean(key, ROLE_KEYS)}", key=True))
+    description = data.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        problems.append(doc.diag(("description",), f"description must be a string, got {kind_of(description)}"))
+    else:
+        src.description = description.strip()
+    depends = data.get("depends") or []
+    if isinstance(depends, str):
+        depends = [depends]
+    if not isinstance(depends, list):
+        problems.append(doc.diag(("depends",), f"depends must be a list of role names, got {kind_of(depends)}"))
+        depends = []
+    for index, dep in enumerate(depends):
+        if not isinstance(dep, str) or not ROLE_NAME.match(dep):
+            problems.append(doc.diag(("depends", index), f"depends lists role names, got {dep!r}"))
+        else:
+            src.depends.append(dep)
+    for key in ("defaults", "vars"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append(doc.diag((key,), f"{key} must be a mapping of variables, got {kind_of(value)}"))
+            continue
+        for var in value:
+            if not IDENTIFIER.match(var):
+                problems.append(doc.diag((key, var), f"variable name '{var}' is not an identifier "
+                                                     "(letters, digits, _)", key=True))
+            elif var in RESERVED_NAMES:
+                problems.append(doc.diag((key, var), f"'{var}' is reserved and cannot be a variable", key=True))
+        setattr(src, key, dict(value))
+    base = data.get("base")
+    if base is not None:
+        if not isinstance(base, dict):
+            problems.append(doc.diag(("base",), "base must map providers to base images "
+                                                '(local: "localhost/kiln-base/debian:bookworm"), '
+                                                f"got {kind_of(base)}"))
+        else:
+            for provider, spec in base.items():
+                if provider not in PROVIDERS:
+                    problems.append(doc.diag(("base", provider), f"unknown provider '{provider}'"
+                                                                 f"{did_you_mean(provider, PROVIDERS)}", key=True))
+                elif not isinstance(spec, (str, dict)) or not spec:
+                    problems.append(doc.diag(("base", provider), "a base image is an image reference or a mapping "
+                                                                 f"(e.g. ssm_parameter: ...), got {kind_of(spec)}"))
+                else:
+                    src.base[provider] = spec
+    return src
+
+
+def _resolve_chain(playbooks_dir: Path, role: str, problems: list[Diagnostic]) -> tuple[list[str], dict[str, RoleSource]]:
+    """Dependencies first (depth first, each once), the role last; cycles reported with their chain."""
+    roles_dir = Path(playbooks_dir) / "roles"
+    available = list_roles(playbooks_dir)
+    if not ROLE_NAME.match(role) or not (roles_dir / role).is_dir():
+        raise InvalidInput([Diagnostic(display_path(roles_dir / role), 1, 1,
+                                       f"no role '{role}' in {display_path(roles_dir)}{did_you_mean(role, available)}")])
+    chain: list[str] = []
+    sources: dict[str, RoleSource] = {}
+
+    def visit(name: str, stack: list[str], ref: tuple[Document, tuple[Any, ...]] | None) -> None:
+        if name in stack:
+            cycle = " -> ".join(stack[stack.index(name):] + [name])
+            if ref:
+                problems.append(ref[0].diag(ref[1], f"dependency cycle: {cycle}"))
+            return
+        if name in sources:
+            return
+        if not (roles_dir / name).is_dir():
+            if ref:
+                problems.append(ref[0].diag(ref[1], f"unknown role '{name}'{did_you_mean(name, available)}"))
+            return
+        src = _load_role(roles_dir, name, problems)
+        sources[name] = src
+        for index, dep in enumerate(src.depends):
+            visit(dep, stack + [name], (src.meta_doc, ("depends", index)) if src.meta_doc else None)
+        chain.append(name)
+
+    visit(role, [], None)
+    return chain, sources
+
+
+# --- compiling --------------------------------------------------------------------------------
+def _filter_tags(steps: list[dict[str, Any]], tags: set[str], skip: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for step in steps:
+        own = set(step.get("tags", []))
+        if own & skip:
+            continue
+        if step.get("module") == "block":
+            kept = dict(step)
+            for key in ("block", "rescue", "always"):
+                kept[key] = _filter_tags(step.get(key, []), tags, skip)
+            if kept["block"] or kept["always"]:
+                out.append(kept)
+            continue
+        if tags and "all" not in tags:
+            if not (own & tags) and "always" not in own:
+                continue
+        elif "never" in own and "never" not in tags:
+            continue
+        out.append(step)
+    return out
+
+
+def _role_files(src: RoleSource) -> dict[str, bytes]:
+    out = {}
+    for folder in ("files", "templates"):
+        base = src.dir / folder
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            if path.is_file():
+                out[f"{folder}/{src.name}/{path.relative_to(base).as_posix()}"] = path.read_bytes()
+    return out
+
+
+def _content_hash(sources: dict[str, RoleSource], chain: list[str], roles_dir: Path, variables: dict[str, Any],
+                  provider: str, selection: list[str]) -> str:
+    from controller.agent_build import agent_version
+
+    digest = hashlib.sha256()
+    entries = []
+    for name in chain:
+        for path in sources[name].dir.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                entries.append((path.relative_to(roles_dir).as_posix(), path.read_bytes()))
+    for rel, data in sorted(entries):
+        digest.update(b"file\0" + rel.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+    digest.update(b"vars\0" + json.dumps(variables, sort_keys=True, default=str).encode())
+    digest.update(b"agent\0" + agent_version().encode())
+    digest.update(b"provider\0" + provider.encode())
+    if selection:
+        digest.update(b"tags\0" + json.dumps(selection).encode())
+    return digest.hexdigest()
+
+
+def _string_leaves(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _string_leaves(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _string_leaves(v)]
+    if value is None or isinstance(value, bool):
+        return []
+    text = str(value)
+    return [text] if text else []
+
+
+def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, overrides: dict[str, Any] | None,
+             tags: list[str] | None, skip_tags: list[str] | None, want_hash: bool) -> CompiledRole:
+    playbooks_dir = Path(playbooks_dir)
+    roles_dir = playbooks_dir / "roles"
+    problems: list[Diagnostic] = []
+    chain, sources = _resolve_chain(playbooks_dir, role, problems)
+    collector = Collector(diagnostics=problems)
+    modules = discover_modules()
+    checks_available = discover_checks()
+
+    steps: list[dict[str, Any]] = []
+    for name in chain:
+        src = sources[name]
+        if src.steps_doc is not None:
+            steps += StepCompiler(collector, modules, name, src.dir, src.steps_doc).compile_file()
+    handlers: list[dict[str, Any]] = []
+    for name in chain:
+        src = sources[name]
+        if src.handlers_doc is not None:
+            handlers += StepCompiler(collector, modules, name, src.dir, src.handlers_doc).compile_file(handlers=True)
+    checks: list[dict[str, Any]] = []
+    for name in chain:
+        src = sources[name]
+        if src.verify_doc is not None:
+            checks += compile_checks(collector, checks_available, name, src.verify_doc)
+
+    # variables: defaults (chain order) < vars (chain order) < kiln.yaml < --var
+    variables: dict[str, Any] = {}
+    for name in chain:
+        variables.update(sources[name].defaults)
+    for name in chain:
+        variables.update(sources[name].vars)
+    variables.update(config.vars)
+    variables.update(overrides or {})
+    for key in overrides or {}:
+        if not IDENTIFIER.match(str(key)) or key in RESERVED_NAMES:
+            problems.append(Diagnostic("--var", 1, 1, f"'{key}' cannot be set as a variable"))
+
+    known = set(variables) | collector.registers | set(BUILTIN_NAMES)
+    var_refs: list[tuple[Document, tuple[Any, ...], Any]] = []
+    for name in chain:
+        src = sources[name]
+        if src.meta_doc is not None:
+            for section in ("defaults", "vars"):
+                for var, value in getattr(src, section).items():
+                    var_refs.append((src.meta_doc, (section, var), value))
+    if config.document is not None:
+        for var, value in config.vars.items():
+            var_refs.append((config.document, ("vars", var), value))
+    for doc, path, value in var_refs:
+        _collect_var_refs(collector, doc, path, value)
+    # a role.yml that did not load leaves its variables unknown: do not guess at undefined names then
+    unreadable = any(d.file.endswith("role.yml") for d in problems)
+    check_references(collector, known, {name: sources[name].dir for name in chain}, check_names=not unreadable)
+
+    resolved = resolve_variables(variables, {"kiln": {"role": role}})
+    for check, doc, path, key in collector.check_templates:
+        try:
+            check["args"][key] = render(check["args"][key], resolved)
+        except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+            problems.append(doc.diag(path, f"cannot render this check value before the bake: {exc} (verify checks "
+                                           "are rendered on the controller: variables and kiln.role only)"))
+    for check in checks:
+        if is_templated(check["name"]):
+            try:
+                check["name"] = str(render(check["name"], resolved))
+            except (TemplateError, TypeError, ValueError, ArithmeticError):
+                pass
+
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise InvalidInput(sorted(unique, key=lambda d: (d.file, d.line, d.column)))
+
+    selected = set(tags or [])
+    skipped = set(skip_tags or [])
+    if selected or skipped:
+        steps = _filter_tags(steps, selected, skipped)
+
+    base: dict[str, Any] = {}
+    for name in chain:
+        base.update(sources[name].base)
+    files: dict[str, bytes] = {}
+    for name in chain:
+        files.update(_role_files(sources[name]))
+    no_log_values = sorted({s for n in collector.no_log_names if n in resolved for s in _string_leaves(resolved[n])})
+    selection = sorted(f"+{t}" for t in selected) + sorted(f"-{t}" for t in skipped)
+    content_hash = (_content_hash(sources, chain, roles_dir, variables, provider, selection) if want_hash else "")
+    return CompiledRole(role=role, chain=chain, description=sources[role].description, steps=steps,
+                        handlers=handlers, checks=checks, variables=variables, files=files, base=base,
+                        content_hash=content_hash, no_log_values=no_log_values)
+
+
+def _collect_var_refs(collector: Collector, doc: Document, path: tuple[Any, ...], value: Any) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _collect_var_refs(collector, doc, path + (key,), item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _collect_var_refs(collector, doc, path + (index,), item)
+    elif is_templated(value):
+        collector.refs.append(Ref(doc, path, value, True))
+
+
+def compile_role(playbooks_dir: Path, role: str, provider: str, config: Config,
+                 overrides: dict[str, Any] | None = None, tags: list[str] | None = None,
+                 skip_tags: list[str] | None = None, check_mode: bool = False, diff: bool = False) -> CompiledRole:
+    """Validate and compile ``role`` with its dependencies; raise InvalidInput with every problem."""
+    compiled = _compile(playbooks_dir, role, provider, config, overrides, tags, skip_tags, want_hash=True)
+    # not fields of CompiledRole (a shared contract): carried along for bundle_json
+    compiled.check_mode = check_mode  # type: ignore[attr-defined]
+    compiled.diff = diff  # type: ignore[attr-defined]
+    return compiled
+
+
+def validate_roles(playbooks_dir: Path, roles: list[str] | None, config: Config) -> list[Diagnostic]:
+    """Every problem in the given roles (all roles when None); an empty list when all is well."""
+    names = list_roles(playbooks_dir) if roles is None else list(roles)
+    found: list[Diagnostic] = []
+    for name in names:
+        try:
+            _compile(playbooks_dir, name, "local", config, None, None, None, want_hash=False)
+        except InvalidInput as exc:
+            found.extend(exc.diagnostics)
+    return list(dict.fromkeys(found))
+
+
+def bundle_json(compiled: CompiledRole, extra_vars: dict[str, Any], *, check_mode: bool | None = None,
+                diff: bool | None = None) -> dict[str, Any]:
+    """The bundle.json dict (docs/internals.md); ``extra_vars`` carries ``kiln: {role, version, build_id}``."""
+    variables = resolve_variables(compiled.variables, extra_vars)
+    return {
+        "role": compiled.role,
+        "vars": variables,
+        "steps": compiled.steps,
+        "handlers": compiled.handlers,
+        "check_mode": bool(getattr(compiled, "check_mode", False) if check_mode is None else check_mode),
+        "diff": bool(getattr(compiled, "diff", False) if diff is None else diff),
+    }
+
+
+__all__ = ["compile_role", "validate_roles", "bundle_json", "parse_var_overrides", "list_roles",
+           "resolve_variables", "JINJA_GLOBALS"]

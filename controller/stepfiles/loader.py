@@ -1,0 +1,273 @@
+"""Load YAML keeping where every key and value came from.
+
+ruamel.yaml's round-trip loader (YAML 1.2: ``yes``/``no``/``on``/``off`` are
+strings, ``0644`` is the integer 644) with ``preserve_quotes``, so the validator can
+tell ``mode: 644`` from ``mode: "644"`` and ``state: yes`` from ``state: "yes"``.
+
+:func:`load_yaml` returns a :class:`Document`: the data as plain Python values
+(dict, list, str, int, float, bool, None; dates as ISO strings) and, per path
+(a tuple of keys and indexes from the root), the 1-based line:column of the key and
+the value, and the scalar style. A file that cannot be read or parsed raises
+:class:`~controller.model.InvalidInput` with a positioned diagnostic; nothing in
+here lets another exception escape.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scalarstring import (
+    DoubleQuotedScalarString,
+    FoldedScalarString,
+    LiteralScalarString,
+    SingleQuotedScalarString,
+)
+
+from controller.model import Diagnostic, InvalidInput
+
+Path_ = tuple[Any, ...]
+MAX_DEPTH = 100
+
+PLAIN, SINGLE, DOUBLE, LITERAL, FOLDED = "plain", "'", '"', "|", ">"
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+class Document:
+    """Plain data plus the position and style of every key and value in one YAML file."""
+
+    def __init__(self, path: Path | None, display: str, text: str) -> None:
+        self.path = path
+        self.display = display
+        self.text = text
+        self.lines = text.splitlines()
+        self.data: Any = None
+        self._vpos: dict[Path_, tuple[int, int]] = {(): (1, 1)}
+        self._kpos: dict[Path_, tuple[int, int]] = {}
+        self._style: dict[Path_, str] = {}
+
+    # --- positions ------------------------------------------------------------
+    def value_pos(self, path: Iterable[Any] = ()) -> tuple[int, int]:
+        """1-based (line, column) of the value at ``path`` (or of its nearest known parent)."""
+        path = tuple(path)
+        while path not in self._vpos:
+            path = path[:-1]
+        return self._vpos[path]
+
+    def key_pos(self, path: Iterable[Any]) -> tuple[int, int]:
+        """1-based (line, column) of the key of the mapping entry at ``path``."""
+        path = tuple(path)
+        if path in self._kpos:
+            return self._kpos[path]
+        return self.value_pos(path)
+
+    def style(self, path: Iterable[Any]) -> str | None:
+        """How the scalar at ``path`` was written: plain, ', ", | or > (None: not a scalar)."""
+        return self._style.get(tuple(path))
+
+    def source_line(self, line: int) -> str:
+        return self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+
+    def line_comment(self, path: Iterable[Any]) -> str:
+        """The ``# comment`` ending the line of the value at ``path`` ("" when none)."""
+        line, col = self.value_pos(path)
+        text = self.source_line(line)
+        # the first '#' after the value that starts a comment (preceded by a blank)
+        for match in re.finditer(r"(^|\s)#", text[col - 1:]):
+            return text[col - 1 + match.end():].strip()
+        return ""
+
+    def diag(self, path: Iterable[Any], message: str, *, key: bool = False) -> Diagnostic:
+        line, col = self.key_pos(path) if key else self.value_pos(path)
+        return self.diag_at(line, col, message)
+
+    def diag_at(self, line: int, col: int, message: str) -> Diagnostic:
+        return Diagnostic(self.display, line, col, message, self.source_line(line))
+
+    # --- building -------------------------------------------------------------
+    def _convert(self, node: Any, path: Path_, stack: tuple[int, ...]) -> Any:
+        if len(path) > MAX_DEPTH:
+            raise _Problem(path, f"nesting deeper than {MAX_DEPTH} levels")
+        if isinstance(node, CommentedMap):
+            if id(node) in stack:
+                raise _Problem(path, "a recursive alias (an anchor that contains itself)")
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                name = _key_name(key)
+                child = path + (name,)
+                self._record(node, key, child)
+                if name in out:
+                    raise _Problem(child, f"duplicate key '{name}'", key=True)
+                out[name] = self._convert(value, child, stack + (id(node),))
+            return out
+        if isinstance(node, CommentedSeq):
+            if id(node) in stack:
+                raise _Problem(path, "a recursive alias (an anchor that contains itself)")
+            items = []
+            for index, value in enumerate(node):
+                child = path + (index,)
+                try:
+                    line, col = node.lc.item(index)
+                    self._vpos[child] = (line + 1, col + 1)
+                except (KeyError, IndexError, TypeError, AttributeError):
+                    pass
+                items.append(self._convert(value, child, stack + (id(node),)))
+            return items
+        if isinstance(node, dict):  # plain dicts (e.g. from merges): no positions
+            return {_key_name(k): self._convert(v, path + (_key_name(k),), stack) for k, v in node.items()}
+        if isinstance(node, (list, tuple, set)):
+            return [self._convert(v, path + (i,), stack) for i, v in enumerate(node)]
+        return self._scalar(node, path)
+
+    def _record(self, mapping: CommentedMap, key: Any, child: Path_) -> None:
+        try:
+            kline, kcol = mapping.lc.key(key)
+            self._kpos[child] = (kline + 1, kcol + 1)
+            vline, vcol = mapping.lc.value(key)
+            self._vpos[child] = (vline + 1, vcol + 1)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            pass  # merged (<<) keys have no position of their own
+
+    def _scalar(self, node: Any, path: Path_) -> Any:
+        if isinstance(node, TaggedScalar):
+            self._style[path] = PLAIN
+            return str(node.value) if node.value is not None else None
+        if isinstance(node, DoubleQuotedScalarString):
+            self._style[path] = DOUBLE
+            return str(node)
+        if isinstance(node, SingleQuotedScalarString):
+            self._style[path] = SINGLE
+            return str(node)
+        if isinstance(node, LiteralScalarString):
+            self._style[path] = LITERAL
+            return str(node)
+        if isinstance(node, FoldedScalarString):
+            self._style[path] = FOLDED
+            return str(node)
+        self._style[path] = PLAIN
+        if isinstance(node, bool) or node is None:
+            return node if node is None else bool(node)
+        if isinstance(node, int):
+            return int(node)
+        if isinstance(node, float):
+            return float(node)
+        if isinstance(node, str):
+            return str(node)
+        if isinstance(node, (datetime.date, datetime.datetime)):
+            return node.isoformat()
+        if isinstance(node, bytes):
+            return node.decode("utf-8", "replace")
+        return str(node)
+
+
+class _Problem(Exception):
+    def __init__(self, path: Path_, message: str, key: bool = False) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+        self.key = key
+
+
+def _key_name(key: Any) -> str:
+    if isinstance(key, str):
+        return str(key)
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, (tuple, list)):
+        return "[" + ", ".join(_key_name(k) for k in key) + "]"
+    return str(key)
+
+
+def _mark_position(mark: Any) -> tuple[int, int] | None:
+    if mark is None:
+        return None
+    try:
+        return int(mark.line) + 1, int(mark.column) + 1
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _offset_position(text: str, offset: int) -> tuple[int, int]:
+    before = text[:max(offset, 0)]
+    line = before.count("\n") + 1
+    return line, offset - (before.rfind("\n") + 1) + 1
+
+
+def _syntax_diagnostic(doc: Document, exc: BaseException) -> Diagnostic:
+    if isinstance(exc, ReaderError):
+        line, col = _offset_position(doc.text, getattr(exc, "position", 0) or 0)
+        return doc.diag_at(line, col, f"YAML syntax error: unacceptable character {getattr(exc, 'character', '')!r}"
+                                      " (control characters are not allowed)")
+    if isinstance(exc, MarkedYAMLError):
+        where = _mark_position(exc.problem_mark) or _mark_position(exc.context_mark) or (1, 1)
+        problem = (exc.problem or "").strip()
+        duplicate = re.match(r'found duplicate key "(.*)" with value', problem, re.S)
+        if duplicate:
+            first = _mark_position(exc.context_mark)
+            message = f"duplicate key '{duplicate.group(1)}'"
+            if first:
+                message += f" in the mapping starting at line {first[0]}"
+            return doc.diag_at(*where, message)
+        context = (exc.context or "").strip()
+        message = "YAML syntax error: " + (problem or context or "invalid YAML")
+        context_at = _mark_position(exc.context_mark)
+        if problem and context and context_at and context_at != where:
+            message += f" ({context} at line {context_at[0]}, column {context_at[1]})"
+        return doc.diag_at(*where, message)
+    if isinstance(exc, RecursionError):
+        return doc.diag_at(1, 1, "YAML nesting too deep")
+    return doc.diag_at(1, 1, f"YAML syntax error: {str(exc).strip() or type(exc).__name__}")
+
+
+def load_text(text: str, display: str, path: Path | None = None) -> Document:
+    """Parse ``text``; raise InvalidInput (never anything else) when it is not valid YAML."""
+    doc = Document(path, display, text)
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.allow_duplicate_keys = False
+    try:
+        node = yaml.load(text)
+    except Exception as exc:  # ruamel raises more than YAMLError on hostile input; never a traceback
+        raise InvalidInput([_syntax_diagnostic(doc, exc)]) from None
+    try:
+        doc.data = doc._convert(node, (), ())
+    except _Problem as problem:
+        raise InvalidInput([doc.diag(problem.path, problem.message, key=problem.key)]) from None
+    except RecursionError:
+        raise InvalidInput([doc.diag_at(1, 1, "YAML nesting too deep")]) from None
+    return doc
+
+
+def load_yaml(path: Path, display: str | None = None) -> Document:
+    """Read and parse one YAML file (see :func:`load_text`)."""
+    path = Path(path)
+    shown = display or display_path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput([Diagnostic(shown, 1, 1, f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[:exc.start].decode("utf-8", "replace")
+        line, col = _offset_position(before, len(before))
+        raise InvalidInput([Diagnostic(shown, line, col, "not UTF-8 text")]) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return load_text(text, shown, path)

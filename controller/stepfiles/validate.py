@@ -1,0 +1,885 @@
+"""Validate steps, handlers and verify checks; turn them into bundle entries.
+
+Validation runs in two phases so one pass reports every problem:
+
+1. :class:`StepCompiler` / :func:`compile_checks` walk each file's data, check the
+   shape (one module a step, known keywords, argument schemas, YAML traps) and
+   build the bundle entries, while *collecting* what can only be judged once every
+   role of the chain is read: expressions and templated strings (undefined
+   variables need every ``register`` and variable), ``notify`` names (handlers may
+   live in a dependency), template files (with the loop variables of the steps
+   that use them).
+2. :func:`check_references` judges what was collected.
+
+Every problem becomes a :class:`~controller.model.Diagnostic` at the file:line:column
+of the key or value at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jinja2
+import jinja2.meta
+from jinja2 import nodes
+
+from agent import schema as argschema
+from agent.templating import ENV, WHOLE_EXPRESSION
+from controller.model import Diagnostic
+from controller.stepfiles.loader import PLAIN, Document, display_path
+
+FACTS = ("os_family", "distribution", "distribution_version", "distribution_codename", "arch", "cpus",
+         "memory_mb", "hostname", "pkg_mgr", "init", "python_version")
+KILN_ATTRS = ("role", "version", "build_id")
+JINJA_GLOBALS = frozenset(ENV.globals) | {"range", "dict", "lipsum", "cycler", "joiner", "namespace"}
+BUILTIN_NAMES = frozenset({"facts", "kiln", "result"}) | JINJA_GLOBALS
+YAML11_BOOLS = ("yes", "no", "on", "off", "y", "n")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+EXPRESSION_KEYS = ("when", "changed_when", "failed_when", "until")
+STEP_KEYS = ("name", "when", "loop", "loop_var", "loop_control", "register", "changed_when", "failed_when",
+             "ignore_errors", "retries", "delay", "until", "notify", "no_log", "tags", "idempotent",
+             "idempotent_reason")
+BLOCK_KEYS = ("name", "block", "rescue", "always", "when", "tags", "no_log", "ignore_errors")
+FLUSH_KEYS = ("name", "flush_handlers", "tags")
+CONTROL_KEYS = STEP_KEYS + ("block", "rescue", "always", "flush_handlers")
+RESERVED_NAMES = frozenset({"facts", "kiln", "item", "result", "kiln_failed_step"}) | JINJA_GLOBALS
+HINTS = {
+    "with_items": "use 'loop'",
+    "with_list": "use 'loop'",
+    "with_dict": "use 'loop' with a list of mappings",
+    "loop_with": "use 'loop'",
+    "become": "the agent runs steps as root; remove it",
+    "become_user": "the agent runs steps as root; use the module's owner/user arguments",
+    "sudo": "the agent runs steps as root; remove it",
+    "args": "put the arguments under the module key",
+    "action": "write the module as the step's key",
+    "local_action": "steps run on the machine being baked; there is no local action",
+    "delegate_to": "steps run on the machine being baked; there is no delegation",
+    "vars": "step variables are not supported; set them in role.yml (defaults or vars)",
+    "include_tasks": "split roles with 'depends' in role.yml",
+    "import_tasks": "split roles with 'depends' in role.yml",
+    "include_role": "use 'depends' in role.yml",
+    "import_role": "use 'depends' in role.yml",
+    "listen": "notify handlers by their name",
+    "check_mode": "check mode is for a whole run (--check), not a step",
+    "environment": "give the module its own env argument",
+}
+# the `src` of these modules names a file in the role's files/ or templates/
+SRC_DIRS = {"copy": "files", "unarchive": "files", "template": "templates"}
+
+
+def kind_of(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"
+
+
+def did_you_mean(word: Any, candidates: Any) -> str:
+    return argschema.did_you_mean(str(word), [str(c) for c in candidates])
+
+
+def is_templated(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+@dataclass
+class Ref:
+    """A string to check once every name is known: an expression or a templated value."""
+
+    doc: Document
+    path: tuple[Any, ...]
+    text: str
+    template: bool  # True: a templated value ("{{ x }}/y"); False: a bare expression (when: x == 1)
+    extra: frozenset[str] = frozenset()
+
+
+@dataclass
+class TemplateUse:
+    role: str
+    src: str
+    extra: frozenset[str]
+
+
+@dataclass
+class Collector:
+    """Everything one compile pass found: diagnostics and the references to judge at the end."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    refs: list[Ref] = field(default_factory=list)
+    notifies: list[tuple[Document, tuple[Any, ...], str]] = field(default_factory=list)
+    registers: set[str] = field(default_factory=set)
+    handlers: dict[str, str] = field(default_factory=dict)  # name -> "file:line" of its definition
+    template_uses: list[TemplateUse] = field(default_factory=list)
+    no_log_names: set[str] = field(default_factory=set)
+    check_templates: list[tuple[dict[str, Any], Document, tuple[Any, ...], str]] = field(default_factory=list)
+    index: int = 0
+
+    def add(self, diagnostic: Diagnostic) -> None:
+        self.diagnostics.append(diagnostic)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    tags: tuple[str, ...] = ()
+    extra: frozenset[str] = frozenset()
+    no_log: bool | None = None
+    ignore_errors: bool | None = None
+    handler: bool = False
+
+
+def _primary(schema: dict[str, Any], args: dict[str, Any]) -> str:
+    """The argument that names what a step or check is about, for default names."""
+    order = [schema.get("free_form"), "name", "path", "dest", "url", "key", "user", "repo"]
+    order += [n for n, s in schema.get("args", {}).items() if s.get("required")]
+    for key in order:
+        if key and key in args and isinstance(args[key], (str, int, float, list)):
+            value = args[key]
+            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            return text if len(text) <= 60 else text[:57] + "..."
+    return ""
+
+
+class StepCompiler:
+    """Validate and compile one role's steps or handlers file."""
+
+    def __init__(self, collector: Collector, modules: dict[str, ModuleType], role: str, role_dir: Path,
+                 doc: Document) -> None:
+        self.c = collector
+        self.modules = modules
+        self.role = role
+        self.role_dir = role_dir
+        self.doc = doc
+
+    def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> None:
+        self.c.add(self.doc.diag(path, message, key=key))
+
+    # --- lists ---------------------------------------------------------------
+    def compile_file(self, handlers: bool = False) -> list[dict[str, Any]]:
+        data = self.doc.data
+        what = "handlers" if handlers else "steps"
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            self.error((), f"a {what} file is a list of steps (each starting with '- '), got {kind_of(data)}")
+            return []
+        return self.compile_list(data, (), StepContext(handler=handlers))
+
+    def compile_list(self, data: Any, path: tuple[Any, ...], ctx: StepContext) -> list[dict[str, Any]]:
+        out = []
+        for index, item in enumerate(data):
+            step = self.compile_step(item, path + (index,), ctx)
+            if step is None:
+                continue
+            out.append(step)
+            if ctx.handler and not path:
+                self._handler_name(item, path + (index,), step)
+        return out
+
+    def _handler_name(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any]) -> None:
+        if "name" not in data:
+            self.error(path, "a handler needs a name: 'notify' refers to it")
+            return
+        name = step["name"]
+        first = self.c.handlers.get(name)
+        if first:
+            self.error(path + ("name",), f"duplicate handler '{name}' (first defined at {first})")
+        elif name:
+            self.c.handlers[name] = step["source"]
+
+    # --- one step ------------------------------------------------------------
+    def compile_step(self, data: Any, path: tuple[Any, ...], ctx: StepContext) -> dict[str, Any] | None:
+        if not isinstance(data, dict):
+            hint = " (did you forget 'module: arguments'?)" if isinstance(data, str) else ""
+            self.error(path, f"a step must be a mapping of keywords and one module, got {kind_of(data)}{hint}")
+            return None
+        if not data:
+            self.error(path, "empty step: a step needs one module (or block)")
+            return None
+        self.c.index += 1
+        index = self.c.index
+        line = self.doc.value_pos(path)[0]
+        step: dict[str, Any] = {"index": index, "name": "", "module": "", "args": {},
+                                "source": f"{self.doc.display}:{line}", "role": self.role}
+
+        module_keys = [k for k in data if k in self.modules]
+        unknown = [k for k in data if k not in self.modules and k not in CONTROL_KEYS]
+        for key in unknown:
+            self.error(path + (key,), self._unknown_message(key, bool(module_keys)), key=True)
+
+        if "block" in data:
+            return self._block(data, path, ctx, step, module_keys)
+        for key in ("rescue", "always"):
+            if key in data:
+                self.error(path + (key,), f"'{key}' belongs to a block: add 'block:' to this step", key=True)
+        if "flush_handlers" in data:
+            return self._flush(data, path, ctx, step, module_keys)
+
+        if len(module_keys) > 1:
+            self.error(path + (module_keys[1],), f"two modules in one step: '{module_keys[0]}' and "
+                                                  f"'{module_keys[1]}' (one module a step)", key=True)
+        if not module_keys:
+            if not unknown:
+                self.error(path, "this step has no module (one module key a step, e.g. command: or file:)")
+            return None
+        module = module_keys[0]
+        step["module"] = module
+        extra = ctx.extra | self._keywords(data, path, ctx, step)
+        self._args(module, data[module], path + (module,), step, extra)
+        if not step["name"]:
+            primary = _primary(self.modules[module].SCHEMA, step["args"])
+            step["name"] = f"{module} {primary}".strip()
+        return step
+
+    def _unknown_message(self, key: str, has_module: bool) -> str:
+        if key in HINTS:
+            return f"'{key}' is not a kiln step keyword: {HINTS[key]}"
+        if key.startswith("with_"):
+            return f"'{key}' is not a kiln step keyword: use 'loop'"
+        keywords = [k for k in CONTROL_KEYS if k != "idempotent_reason"]
+        close = difflib.get_close_matches(key, keywords + list(self.modules), n=1, cutoff=0.6)
+        if close and close[0] in keywords:
+            return f"unknown step keyword '{key}' (did you mean '{close[0]}'?)"
+        if close:
+            return f"unknown module '{key}' (did you mean '{close[0]}'?)"
+        if not has_module:
+            return f"unknown module '{key}' (see docs/step-files.md for the modules)"
+        return f"unknown step keyword '{key}'"
+
+    # --- keywords --------------------------------------------------------------
+    def _keywords(self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext,
+                  step: dict[str, Any]) -> frozenset[str]:
+        """Check the control keywords of a module step; return the loop variable's name (if any)."""
+        self._name(data, path, step)
+        loop_names: frozenset[str] = frozenset()
+        if "loop" in data:
+            loop_var = self._loop_var(data, path)
+            loop_names = frozenset({loop_var})
+            self._loop(data["loop"], path + ("loop",), ctx.extra)
+            step["loop"] = data["loop"]
+            if loop_var != "item":
+                step["loop_var"] = loop_var
+        elif "loop_var" in data or "loop_control" in data:
+            key = "loop_var" if "loop_var" in data else "loop_control"
+            self.error(path + (key,), f"'{key}' without 'loop'", key=True)
+        extra = ctx.extra | loop_names
+        for key in EXPRESSION_KEYS:
+            if key in data:
+                step[key] = self._condition(data[key], path + (key,), extra)
+        if "register" in data:
+            value = data["register"]
+            if not isinstance(value, str) or not IDENTIFIER.match(value):
+                self.error(path + ("register",), f"register needs a variable name (letters, digits, _), "
+                                                 f"got {value!r}")
+            elif value in RESERVED_NAMES:
+                self.error(path + ("register",), f"'{value}' is reserved; register under another name")
+            else:
+                step["register"] = value
+                self.c.registers.add(value)
+        for key in ("retries", "delay"):
+            if key in data:
+                value = data[key]
+                if is_templated(value):
+                    self.c.refs.append(Ref(self.doc, path + (key,), value, True, extra))
+                    step[key] = value
+                elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    if isinstance(value, str) and value.strip().isdigit():
+                        step[key] = int(value)
+                    else:
+                        self.error(path + (key,), f"{key} must be a whole number >= 0, got {value!r}")
+                else:
+                    step[key] = value
+        for key in ("ignore_errors", "no_log"):
+            value = self._bool(data, path, key) if key in data else getattr(ctx, key)
+            if value is not None:
+                step[key] = value
+        if "notify" in data:
+            step["notify"] = self._notify(data["notify"], path + ("notify",))
+        tags = self._tags(data, path, ctx)
+        if tags:
+            step["tags"] = tags
+        self._idempotent(data, path, step)
+        return loop_names
+
+    def _name(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any]) -> None:
+        if "name" not in data:
+            return
+        value = data["name"]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or str(value).strip() == "":
+            self.error(path + ("name",), f"name must be a non-empty string, got {kind_of(value)}")
+        else:
+            step["name"] = str(value)
+
+    def _bool(self, data: dict[str, Any], path: tuple[Any, ...], key: str) -> bool | None:
+        value = data[key]
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false", "on", "off"):
+            return value.lower() in ("yes", "true", "on")
+        self.error(path + (key,), f"{key} must be true or false, got {value!r}")
+        return None
+
+    def _loop_var(self, data: dict[str, Any], path: tuple[Any, ...]) -> str:
+        name: Any = "item"
+        where = path + ("loop_var",)
+        if "loop_control" in data:
+            control = data["loop_control"]
+            if not isinstance(control, dict):
+                self.error(path + ("loop_control",), f"loop_control must be a mapping like {{loop_var: pkg}}, "
+                                                     f"got {kind_of(control)}")
+            else:
+                for key in control:
+                    if key != "loop_var":
+                        self.error(path + ("loop_control", key), f"unknown loop_control setting '{key}' "
+                                                                 "(only loop_var)", key=True)
+                if "loop_var" in control:
+                    name, where = control["loop_var"], path + ("loop_control", "loop_var")
+            if "loop_var" in data:
+                self.error(path + ("loop_var",), "loop_var is given twice (here and in loop_control)", key=True)
+        if "loop_var" in data:
+            name, where = data["loop_var"], path + ("loop_var",)
+        if not isinstance(name, str) or not IDENTIFIER.match(name):
+            self.error(where, f"loop_var needs a variable name (letters, digits, _), got {name!r}")
+            return "item"
+        return name
+
+    def _loop(self, value: Any, path: tuple[Any, ...], extra: frozenset[str]) -> None:
+        if isinstance(value, str):
+            self._expression(value, path, extra)
+        elif isinstance(value, list):
+            self._templated(value, path, extra)
+        else:
+            self.error(path, f"loop must be a list or an expression giving one, got {kind_of(value)}")
+
+    def _condition(self, value: Any, path: tuple[Any, ...], extra: frozenset[str]) -> Any:
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                self._condition(item, path + (index,), extra)
+            return value
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            if self.doc.style(path) == PLAIN and value.lower() in YAML11_BOOLS:
+                self.error(path, f"'{value}' is a string in YAML 1.2, not a boolean (YAML 1.1 reads it as one);"
+                                 f" write {'true' if value.lower() in ('yes', 'on', 'y') else 'false'}")
+                return value
+            self._expression(value, path, extra)
+            return value
+        self.error(path, f"{path[-1]} must be an expression (a string) or true/false, got {kind_of(value)}")
+        return value
+
+    def _expression(self, value: str, path: tuple[Any, ...], extra: frozenset[str]) -> None:
+        self.c.refs.append(Ref(self.doc, path, value, False, extra))
+
+    def _templated(self, value: Any, path: tuple[Any, ...], extra: frozenset[str], no_log: bool = False) -> None:
+        """Collect every templated string inside ``value`` (args, loop items)."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self._templated(item, path + (key,), extra, no_log)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self._templated(item, path + (index,), extra, no_log)
+        elif is_templated(value):
+            ref = Ref(self.doc, path, value, True, extra)
+            self.c.refs.append(ref)
+            if no_log:
+                self.c.no_log_names.update(names_of(ref))
+
+    def _notify(self, value: Any, path: tuple[Any, ...]) -> list[str]:
+        names: list[str] = []
+        items = [(value, path)] if isinstance(value, str) else (
+            [(v, path + (i,)) for i, v in enumerate(value)] if isinstance(value, list) else [])
+        if not items and not isinstance(value, list):
+            self.error(path, f"notify must be a handler name or a list of them, got {kind_of(value)}")
+        for name, where in items:
+            if not isinstance(name, str):
+                self.error(where, f"notify names a handler by its name (a string), got {kind_of(name)}")
+                continue
+            self.c.notifies.append((self.doc, where, name))
+            names.append(name)
+        return names
+
+    def _tags(self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext) -> list[str]:
+        own: list[str] = []
+        if "tags" in data:
+            value = data["tags"]
+            if isinstance(value, str):
+                own = [t.strip() for t in value.split(",") if t.strip()]
+            elif isinstance(value, list) and all(isinstance(t, (str, int)) and not isinstance(t, bool)
+                                                 for t in value):
+                own = [str(t) for t in value]
+            else:
+                self.error(path + ("tags",), f"tags must be a name or a list of names, got {kind_of(value)}")
+        tags = list(ctx.tags)
+        for tag in own:
+            if tag not in tags:
+                tags.append(tag)
+        return tags
+
+    def _idempotent(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any]) -> None:
+        reason = data.get("idempotent_reason")
+        if "idempotent_reason" in data and (not isinstance(reason, str) or not reason.strip()):
+            self.error(path + ("idempotent_reason",), "idempotent_reason must be a non-empty string")
+            reason = None
+        if "idempotent" not in data:
+            if "idempotent_reason" in data:
+                self.error(path + ("idempotent_reason",), "idempotent_reason without 'idempotent: false'",
+                           key=True)
+            return
+        value = self._bool(data, path, "idempotent")
+        if value is None:
+            return
+        if value:
+            if "idempotent_reason" in data:
+                self.error(path + ("idempotent_reason",), "idempotent_reason only applies to "
+                                                          "'idempotent: false'", key=True)
+            return
+        comment = self.doc.line_comment(path + ("idempotent",))
+        why = (reason or "").strip() or comment
+        if not why:
+            self.error(path + ("idempotent",), "'idempotent: false' needs a reason: a comment on the same line "
+                                               "(idempotent: false  # why) or idempotent_reason: \"...\"")
+            return
+        step["idempotent"] = False
+        step["idempotent_reason"] = why
+
+    # --- module arguments --------------------------------------------------------
+    def _args(self, module: str, given: Any, path: tuple[Any, ...], step: dict[str, Any],
+              extra: frozenset[str]) -> None:
+        schema = self.modules[module].SCHEMA
+        errors = check_args(self.doc, module, schema, given, path)
+        self.c.diagnostics.extend(errors)
+        if isinstance(given, dict):
+            args = dict(given)
+        elif given is None:
+            args = {}
+        elif schema.get("free_form") and isinstance(given, (str, int, float)) and not isinstance(given, bool):
+            args = {schema["free_form"]: given}
+        else:
+            args = {}
+        self._templated(given, path, extra, no_log=bool(step.get("no_log")))
+        folder = SRC_DIRS.get(module)
+        if folder and isinstance(args.get("src"), str) and not _truthy(args.get("remote_src")):
+            src = args["src"]
+            src_path = path + ("src",) if isinstance(given, dict) else path
+            if not is_templated(src) and not src.startswith("/"):  # absolute: a file already on the box
+                self._check_src(src, folder, src_path)
+                if folder == "templates":
+                    self.c.template_uses.append(TemplateUse(self.role, src, extra))
+            if not src.startswith("/"):
+                args["src"] = f"{self.role}/{src}"
+        step["args"] = args
+
+    def _check_src(self, src: str, folder: str, path: tuple[Any, ...]) -> None:
+        base = self.role_dir / folder
+        target = (base / src)
+        try:
+            inside = target.resolve().is_relative_to(base.resolve())
+        except OSError:
+            inside = False
+        if not inside:
+            self.error(path, f"src '{src}' leaves the role's {folder}/ directory")
+            return
+        if not target.exists():
+            present = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()) \
+                if base.is_dir() else []
+            self.error(path, f"'{src}' not found in {display_path(base)}/{did_you_mean(src, present)}")
+
+    # --- blocks, flush_handlers -----------------------------------------------------
+    def _block(self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any],
+               module_keys: list[str]) -> dict[str, Any]:
+        step["module"] = "block"
+        del step["args"]
+        for key in module_keys:
+            self.error(path + (key,), f"a block cannot also run a module ('{key}'): move it into the block",
+                       key=True)
+        for key in data:
+            if key in CONTROL_KEYS and key not in BLOCK_KEYS:
+                self.error(path + (key,), f"'{key}' cannot be used on a block (only "
+                                          f"{', '.join(k for k in BLOCK_KEYS)})", key=True)
+        self._name(data, path, step)
+        if "when" in data:
+            step["when"] = self._condition(data["when"], path + ("when",), ctx.extra)
+        tags = self._tags(data, path, ctx)
+        if tags:
+            step["tags"] = tags
+        no_log = self._bool(data, path, "no_log") if "no_log" in data else ctx.no_log
+        ignore = self._bool(data, path, "ignore_errors") if "ignore_errors" in data else ctx.ignore_errors
+        inner = StepContext(tuple(tags), ctx.extra, no_log, ignore, ctx.handler)
+        for key in ("block", "rescue", "always"):
+            if key not in data:
+                continue
+            value = data[key]
+            if value is None and key != "block":
+                step[key] = []
+                continue
+            if not isinstance(value, list) or (key == "block" and not value):
+                self.error(path + (key,), f"{key} must be a non-empty list of steps, got {kind_of(value)}"
+                           if not isinstance(value, list) else f"{key} is empty")
+                step[key] = []
+                continue
+            scope = inner if key == "block" else StepContext(inner.tags, inner.extra | {"kiln_failed_step"},
+                                                             no_log, ignore, ctx.handler)
+            step[key] = self.compile_list(value, path + (key,), scope)
+        step.setdefault("rescue", [])
+        step.setdefault("always", [])
+        if not step["name"]:
+            step["name"] = "block"
+        return step
+
+    def _flush(self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any],
+               module_keys: list[str]) -> dict[str, Any]:
+        for key in data:
+            if key in module_keys or (key in CONTROL_KEYS and key not in FLUSH_KEYS):
+                self.error(path + (key,), f"'{key}' cannot be used with flush_handlers (only name, tags)",
+                           key=True)
+        if data["flush_handlers"] is not True:
+            self.error(path + ("flush_handlers",), f"write 'flush_handlers: true', got {data['flush_handlers']!r}")
+        self._name(data, path, step)
+        out = {"index": step["index"], "name": step["name"] or "flush handlers", "module": "flush_handlers",
+               "args": {}, "source": step["source"], "role": self.role}
+        # flushing is not a change of its own: it stays under --tags unless given tags of its own
+        out["tags"] = self._tags(data, path, ctx) if "tags" in data else list(ctx.tags) + ["always"]
+        return out
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("yes", "true", "on", "1"))
+
+
+def check_args(doc: Document, what: str, schema: dict[str, Any], given: Any,
+               path: tuple[Any, ...]) -> list[Diagnostic]:
+    """Validate ``given`` against ``schema``; every problem at its key or value."""
+    out: list[Diagnostic] = []
+    spec_args: dict[str, Any] = schema.get("args", {})
+    alias_of = {alias: name for name, spec in spec_args.items() for alias in spec.get("aliases", [])}
+    trapped: set[str] = set()
+    if isinstance(given, dict):
+        for key, value in given.items():
+            spec = spec_args.get(alias_of.get(key, key))
+            if spec and _yaml11_trap(doc, path + (key,), spec, value):
+                out.append(doc.diag(path + (key,), _yaml11_message(value)))
+                trapped.add(key)
+    elif schema.get("free_form") and isinstance(given, str):
+        spec = spec_args.get(schema["free_form"], {})
+        if _yaml11_trap(doc, path, spec, given):
+            out.append(doc.diag(path, _yaml11_message(given)))
+            return out
+    _, errors = argschema.validate(schema, given)
+    for err in errors:
+        if err.key is None:
+            out.append(doc.diag(path, f"{what}: {err.message}", key=True))
+            continue
+        given_key = err.key
+        if isinstance(given, dict) and given_key not in given:
+            given_key = next((k for k in given if alias_of.get(k, k) == err.key), given_key)
+        if given_key in trapped:
+            continue
+        if isinstance(given, dict) and given_key in given:
+            at_key = err.message.startswith(("unknown argument", f"'{err.key}' repeats")) or \
+                "mutually exclusive" in err.message
+            message = f"{what}: {err.message}" if at_key else f"{what}.{given_key}: {err.message}"
+            out.append(doc.diag(path + (given_key,), message, key=at_key))
+        else:
+            out.append(doc.diag(path, f"{what}: {err.key}: {err.message}"))
+    return out
+
+
+def _yaml11_trap(doc: Document, path: tuple[Any, ...], spec: dict[str, Any], value: Any) -> bool:
+    return (spec.get("type", "str") in ("str", "path") and isinstance(value, str)
+            and value.lower() in YAML11_BOOLS and doc.style(path) == PLAIN)
+
+
+def _yaml11_message(value: str) -> str:
+    return (f"'{value}' unquoted: YAML 1.1 (and Ansible) reads this as a boolean, kiln's YAML 1.2 as the "
+            f"string '{value}'; quote it (\"{value}\") to say which you mean")
+
+
+# --- verify checks ---------------------------------------------------------------------
+def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: str,
+                   doc: Document) -> list[dict[str, Any]]:
+    """Validate a verify.yml; return check entries ``{"check", "args", "name", "source", "role"}``."""
+    data = doc.data
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        collector.add(doc.diag((), f"a verify file is a list of checks (each starting with '- '), "
+                                   f"got {kind_of(data)}"))
+        return []
+    out = []
+    for index, entry in enumerate(data):
+        path = (index,)
+        if not isinstance(entry, dict) or not entry:
+            collector.add(doc.diag(path, f"a check must be a mapping like '- http: http://127.0.0.1/', "
+                                         f"got {kind_of(entry)}"))
+            continue
+        kinds = [k for k in entry if k in checks]
+        if not kinds:
+            first = next((k for k in entry if k != "name"), None)
+            if first is None:
+                collector.add(doc.diag(path, "this check has no kind (e.g. http:, port:, service:)"))
+            else:
+                collector.add(doc.diag(path + (first,), f"unknown check '{first}'"
+                                                         f"{did_you_mean(first, list(checks))}", key=True))
+            continue
+        kind = kinds[0]
+        schema = checks[kind].SCHEMA
+        spec_args = schema.get("args", {})
+        alias_of = {alias: name for name, spec in spec_args.items() for alias in spec.get("aliases", [])}
+        value = entry[kind]
+        siblings = {k: v for k, v in entry.items() if k not in (kind, "name")}
+        errors_before = len(collector.diagnostics)
+        for key in siblings:
+            if key not in spec_args and key not in alias_of:
+                message = (f"two checks in one entry: '{kind}' and '{key}' (one check an entry)" if key in checks
+                           else f"{kind} check: unknown attribute '{key}'"
+                                f"{did_you_mean(key, list(spec_args) + list(alias_of) + ['name'])}")
+                collector.add(doc.diag(path + (key,), message, key=True))
+        siblings = {k: v for k, v in siblings.items() if k in spec_args or k in alias_of}
+        if isinstance(value, dict):
+            args, where = dict(value), {k: path + (kind, k) for k in value}
+            overlap = [k for k in siblings if k in value]
+            for key in overlap:
+                collector.add(doc.diag(path + (key,), f"'{key}' is given twice", key=True))
+        elif value is None or value is True:
+            args, where = {}, {}
+        elif schema.get("free_form") and isinstance(value, (str, int, float, list)) and not isinstance(value, bool):
+            args, where = {schema["free_form"]: value}, {schema["free_form"]: path + (kind,)}
+        else:
+            collector.add(doc.diag(path + (kind,), f"{kind} check: expected a mapping of attributes"
+                                                   f"{' or its ' + schema['free_form'] if schema.get('free_form') else ''}"
+                                                   f", got {kind_of(value)}"))
+            continue
+        for key, item in siblings.items():
+            args[key] = item
+            where[key] = path + (key,)
+        # validate with positions: a synthetic mapping whose keys point at their own places
+        _validate_check(collector, doc, kind, schema, args, where, path + (kind,))
+        name = entry.get("name")
+        if "name" in entry and (not isinstance(name, (str, int, float)) or isinstance(name, bool)):
+            collector.add(doc.diag(path + ("name",), f"name must be a string, got {kind_of(name)}"))
+            name = None
+        if not name:
+            name = f"{kind} {_primary(schema, args)}".strip()
+        line = doc.value_pos(path)[0]
+        check = {"check": kind, "args": args, "name": str(name), "source": f"{doc.display}:{line}", "role": role}
+        if len(collector.diagnostics) == errors_before:
+            for key, item in args.items():
+                _collect_check_templates(collector, check, doc, where.get(key, path), key, item)
+        out.append(check)
+    return out
+
+
+def _validate_check(collector: Collector, doc: Document, kind: str, schema: dict[str, Any], args: dict[str, Any],
+                    where: dict[str, tuple[Any, ...]], kind_path: tuple[Any, ...]) -> None:
+    spec_args = schema.get("args", {})
+    alias_of = {alias: name for name, spec in spec_args.items() for alias in spec.get("aliases", [])}
+    trapped = set()
+    for key, value in args.items():
+        spec = spec_args.get(alias_of.get(key, key))
+        if spec and _yaml11_trap(doc, where.get(key, kind_path), spec, value):
+            collector.add(doc.diag(where.get(key, kind_path), _yaml11_message(value)))
+            trapped.add(key)
+    _, errors = argschema.validate(schema, args)
+    for err in errors:
+        if err.key is None:
+            collector.add(doc.diag(kind_path, f"{kind} check: {err.message}", key=True))
+            continue
+        key = err.key if err.key in args else next((k for k in args if alias_of.get(k, k) == err.key), err.key)
+        if key in trapped:
+            continue
+        at_key = err.message.startswith("unknown argument") or "mutually exclusive" in err.message
+        path = where.get(key, kind_path)
+        at_key = at_key and path != kind_path
+        collector.add(doc.diag(path, f"{kind} check: {err.message}" if at_key else f"{kind} check {key}: {err.message}",
+                               key=at_key))
+
+
+def _collect_check_templates(collector: Collector, check: dict[str, Any], doc: Document,
+                             path: tuple[Any, ...], key: str, value: Any) -> None:
+    if is_templated(value) or (isinstance(value, (list, dict)) and _any_templated(value)):
+        collector.check_templates.append((check, doc, path, key))
+
+
+def _any_templated(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_any_templated(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_any_templated(v) for v in value)
+    return is_templated(value)
+
+
+# --- references: expressions, templates, notify ---------------------------------------------
+class _Everything(set):
+    """A set of names that holds every name (when a role's variables could not be read)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __or__(self, other: Any) -> _Everything:
+        return self
+
+    def __rsub__(self, other: Any) -> set:
+        return set()
+
+
+class _Syntax(Exception):
+    def __init__(self, message: str, lineno: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.lineno = lineno
+
+
+def parse(text: str, template: bool) -> nodes.Template:
+    """The Jinja AST of a templated value or a bare expression (as the agent evaluates it)."""
+    if template:
+        source = text
+    else:
+        match = WHOLE_EXPRESSION.match(text)
+        inner = match.group(1) if match else text
+        try:
+            ENV.compile_expression(inner)
+        except jinja2.TemplateSyntaxError as exc:
+            raise _Syntax(exc.message or str(exc)) from None
+        source = "{{ " + inner + " }}"
+    try:
+        return ENV.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise _Syntax(exc.message or str(exc), exc.lineno) from None
+
+
+def _root_name(node: nodes.Node) -> str | None:
+    while isinstance(node, (nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Test)):
+        node = node.node
+    return node.name if isinstance(node, nodes.Name) else None
+
+
+def _guarded(ast: nodes.Template) -> set[str]:
+    """Names the expression itself guards: ``x is defined``, ``x | default(...)``."""
+    guarded = set()
+    for test in ast.find_all(nodes.Test):
+        if test.name in ("defined", "undefined", "none") and (root := _root_name(test.node)):
+            guarded.add(root)
+    for flt in ast.find_all(nodes.Filter):
+        if flt.name in ("default", "d") and flt.node is not None and (root := _root_name(flt.node)):
+            guarded.add(root)
+    return guarded
+
+
+def names_of(ref: Ref) -> set[str]:
+    try:
+        return set(jinja2.meta.find_undeclared_variables(parse(ref.text, ref.template)))
+    except _Syntax:
+        return set()
+
+
+def ast_problems(ast: nodes.Template, known: set[str] | frozenset[str]) -> list[tuple[str, int | None, str]]:
+    """(message, lineno, name) for each undefined name, unknown fact/kiln attribute, filter or test."""
+    problems: list[tuple[str, int | None, str]] = []
+    guarded = _guarded(ast)
+    undeclared = jinja2.meta.find_undeclared_variables(ast)
+    first_line = {}
+    for name_node in ast.find_all(nodes.Name):
+        first_line.setdefault(name_node.name, name_node.lineno)
+    for name in sorted(n for n in undeclared - guarded if n not in known):
+        candidates = sorted(n for n in set(known) if n not in JINJA_GLOBALS)
+        problems.append((f"undefined variable '{name}'{did_you_mean(name, candidates)}", first_line.get(name), name))
+    for attr_node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        if not isinstance(attr_node.node, nodes.Name) or attr_node.node.name not in ("facts", "kiln"):
+            continue
+        if attr_node.node.name not in known:
+            continue
+        if isinstance(attr_node, nodes.Getattr):
+            attr = attr_node.attr
+        elif isinstance(attr_node.arg, nodes.Const) and isinstance(attr_node.arg.value, str):
+            attr = attr_node.arg.value
+        else:
+            continue
+        allowed = FACTS if attr_node.node.name == "facts" else KILN_ATTRS
+        if attr not in allowed:
+            problems.append((f"unknown {'fact' if allowed is FACTS else 'kiln attribute'} "
+                             f"'{attr_node.node.name}.{attr}'{did_you_mean(attr, allowed)} "
+                             f"(known: {', '.join(allowed)})", attr_node.lineno, attr))
+    for flt in ast.find_all(nodes.Filter):
+        if flt.name not in ENV.filters:
+            problems.append((f"unknown filter '{flt.name}'{did_you_mean(flt.name, sorted(ENV.filters))}",
+                             flt.lineno, flt.name))
+    for test in ast.find_all(nodes.Test):
+        if test.name not in ENV.tests:
+            problems.append((f"unknown test '{test.name}'{did_you_mean(test.name, sorted(ENV.tests))}",
+                             test.lineno, test.name))
+    return problems
+
+
+def check_references(collector: Collector, known: set[str], roles: dict[str, Path], check_names: bool = True) -> None:
+    """Phase 2: expressions and templated values, notify names, template files."""
+    if not check_names:
+        known = _Everything()
+    for ref in collector.refs:
+        try:
+            ast = parse(ref.text, ref.template)
+        except _Syntax as exc:
+            what = "template" if ref.template else "expression"
+            collector.add(ref.doc.diag(ref.path, f"invalid {what} {ref.text.strip()!r}: {exc.message}"))
+            continue
+        for message, _, _ in ast_problems(ast, known | ref.extra):
+            collector.add(ref.doc.diag(ref.path, message))
+    for doc, path, name in collector.notifies:
+        if name not in collector.handlers:
+            collector.add(doc.diag(path, f"notify names no handler '{name}'"
+                                         f"{did_you_mean(name, list(collector.handlers))}"))
+    check_template_files(collector, known, roles)
+
+
+def check_template_files(collector: Collector, known: set[str], roles: dict[str, Path]) -> None:
+    """Every file in each role's templates/: Jinja syntax; undefined names in the ones steps use."""
+    used: dict[tuple[str, str], set[str] | None] = {}
+    for use in collector.template_uses:
+        previous = used.get((use.role, use.src))
+        used[(use.role, use.src)] = set(use.extra) | (previous or set())
+    for role, role_dir in roles.items():
+        base = role_dir / "templates"
+        if not base.is_dir():
+            continue
+        for file in sorted(p for p in base.rglob("*") if p.is_file()):
+            rel = file.relative_to(base).as_posix()
+            shown = display_path(file)
+            try:
+                text = file.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                collector.add(Diagnostic(shown, 1, 1, "a template must be UTF-8 text"))
+                continue
+            except OSError as exc:
+                collector.add(Diagnostic(shown, 1, 1, f"cannot read: {exc.strerror or exc}"))
+                continue
+            lines = text.splitlines()
+            try:
+                ast = ENV.parse(text, name=rel)
+            except jinja2.TemplateSyntaxError as exc:
+                line = exc.lineno or 1
+                source = lines[line - 1] if 0 < line <= len(lines) else ""
+                collector.add(Diagnostic(shown, line, 1, f"template syntax error: {exc.message}", source))
+                continue
+            extra = used.get((role, rel))
+            if extra is None:
+                continue  # no step uses it by a literal name: syntax only
+            for message, lineno, name in ast_problems(ast, known | extra):
+                line = lineno or 1
+                source = lines[line - 1] if 0 < line <= len(lines) else ""
+                found = re.search(r"\b" + re.escape(name) + r"\b", source)
+                collector.add(Diagnostic(shown, line, found.start() + 1 if found else 1, message, source))
