@@ -85,3 +85,28 @@ def steps_of(events: list[dict]) -> list[dict]:
 
 def summary_of(events: list[dict]) -> dict:
     return next(e for e in events if e["event"] == "summary")
+
+
+def run_step(box: AgentBox, module: str, args: dict[str, Any], **kwargs: Any) -> dict:
+    """Apply one step; return its step event."""
+    steps = steps_of(box.apply([{"module": module, "args": args}], **kwargs))
+    assert len(steps) == 1, steps
+    return steps[0]
+
+
+def converge(box: AgentBox, module: str, args: dict[str, Any], probe: str, **kwargs: Any) -> dict:
+    """The module contract in a real box: check mode changes nothing, the first apply
+    changes, the second is ok. ``probe`` is a shell script reading the state; returns
+    {"check", "first", "second"} step events and "before"/"after" probe outputs."""
+    before = box.sh(probe, check=False)
+    checked = run_step(box, module, args, check=True, **kwargs)
+    assert checked["status"] == "changed", checked
+    assert box.sh(probe, check=False) == before, "check mode changed the box"
+    first = run_step(box, module, args, **kwargs)
+    assert first["status"] == "changed", first
+    after = box.sh(probe, check=False)
+    assert after != before, f"the state did not change: {after!r}"
+    second = run_step(box, module, args, **kwargs)
+    assert second["status"] == "ok", second
+    assert box.sh(probe, check=False) == after
+    return {"check": checked, "first": first, "second": second, "before": before, "after": after}

@@ -125,8 +125,7 @@ def put_content(params: Dict[str, Any], data: bytes, state: Dict[str, Any], ctx:
         diff["unified"] = content_diff(dest, before, data)
         changes.append("created" if not exists else "content changed")
     if wanted:
-        now = state["attrs"] or {}
-        diff["before"] = {k: now.get(k) for k in wanted}
+        diff["before"] = {k: state["attrs"].get(k) for k in wanted} if exists else "absent"
         diff["after"] = dict(wanted)
         changes.append(", ".join(f"{k} {v}" for k, v in sorted(wanted.items())))
     msg = f"{dest}: " + "; ".join(changes)

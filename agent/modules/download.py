@@ -112,7 +112,8 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         before["sha256"] = state.get("sha256") or "absent"
         after["sha256"] = want
     if wanted:
-        before.update({k: (state["attrs"] or {}).get(k) for k in wanted})
+        if exists:
+            before.update({k: state["attrs"].get(k) for k in wanted})
         after.update(wanted)
     msg = f"{dest}: " + ("downloaded " + params["url"] if fetch_needed else "") + (
         ("; " if fetch_needed and wanted else "") + ", ".join(f"{k} {v}" for k, v in sorted(wanted.items())))

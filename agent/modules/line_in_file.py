@@ -160,7 +160,7 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
             msgs.append("file created" if text is None else ("line replaced" if params.get("regexp") and
                                                              _replaced(params, old) else "line added"))
     if wanted:
-        diff["before"] = {k: (attrs or {}).get(k) for k in wanted}
+        diff["before"] = {k: attrs.get(k) for k in wanted} if attrs else "absent"
         diff["after"] = dict(wanted)
         msgs.append(", ".join(f"{k} {v}" for k, v in sorted(wanted.items())))
     msg = f"{path}: " + "; ".join(msgs)

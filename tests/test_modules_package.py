@@ -1,0 +1,90 @@
+"""package (apt) in a real Debian container; installs two tiny packages (hello, tree).
+
+An apt-get wrapper in /usr/local/sbin logs every call, so the tests can tell that
+nothing at all is run when every package is already as wanted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.machines import converge, run_step
+
+pytestmark = pytest.mark.slow
+
+WRAPPER = b"""#!/bin/sh
+echo "$*" >> /var/log/kiln-apt-calls
+exec /usr/bin/apt-get "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def apt_log(box):
+    box.put({"/usr/local/sbin/apt-get": (WRAPPER, 0o755)})
+    box.sh("apt-get remove -y -q hello tree >/dev/null 2>&1 || true; : > /var/log/kiln-apt-calls")
+
+    def calls() -> list[str]:
+        out = box.sh("cat /var/log/kiln-apt-calls; : > /var/log/kiln-apt-calls")
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+    yield calls
+    box.sh("rm -f /usr/local/sbin/apt-get /var/log/kiln-apt-calls")
+
+
+def installed(box, name: str) -> str:
+    return box.sh(f"dpkg-query -W -f '${{db:Status-Abbrev}} ${{Version}}' {name} 2>/dev/null || echo none").strip()
+
+
+def test_empty_lists_trigger_one_update_then_install(box, apt_log):
+    # a fresh base image has no apt lists: the module updates once by itself
+    box.sh("find /var/lib/apt/lists -maxdepth 1 -type f -delete; rm -f /var/lib/apt/periodic/update-success-stamp")
+    out = converge(box, "package", {"name": "hello"}, "dpkg-query -W -f '${db:Status-Abbrev}' hello 2>/dev/null")
+    assert out["after"].startswith("ii")
+    assert out["first"]["diff"] == {"before": {"hello": "absent"}, "after": {"hello": "2.10-3"}}
+    assert out["check"]["diff"]["before"] == {"hello": "absent"}
+    assert apt_log() == ["update", "install"]
+
+
+def test_already_installed_calls_no_apt(box, apt_log):
+    apt_log()
+    for args in ({"name": ["hello", "bash"]}, {"name": "hello", "update_cache": True},
+                 {"pkg": "hello", "state": "latest"}, {"name": "hello=2.10-3"}, {"name": "hello=2.10*"},
+                 {"name": "no-such-package-kiln", "state": "absent"}):
+        event = run_step(box, "package", args)
+        assert event["status"] == "ok", (args, event)
+    assert apt_log() == []
+
+
+def test_pinned_version_install(box, apt_log):
+    out = converge(box, "package", {"name": ["tree=2.1.0-1"], "update_cache": True, "cache_valid_time": 3600},
+                   "dpkg-query -W -f '${db:Status-Abbrev} ${Version}' tree 2>/dev/null")
+    assert out["after"].strip() == "ii  2.1.0-1"
+    assert out["first"]["diff"]["after"] == {"tree": "2.1.0-1"}
+    # the cache was updated in the first test: cache_valid_time skips the update
+    assert apt_log() == ["install"]
+
+
+def test_remove(box, apt_log):
+    out = converge(box, "package", {"name": ["hello", "tree"], "state": "absent"},
+                   "dpkg-query -W -f '${db:Status-Abbrev}\\n' hello tree 2>/dev/null")
+    assert "ii" not in out["after"]
+    assert out["first"]["diff"] == {"before": {"hello": "2.10-3", "tree": "2.1.0-1"},
+                                    "after": {"hello": "absent", "tree": "absent"}}
+    assert installed(box, "hello").startswith(("none", "un", "rc")) or "ii" not in installed(box, "hello")
+
+
+def test_unknown_package_fails(box, apt_log):
+    checked = run_step(box, "package", {"name": "no-such-package-kiln"}, check=True)
+    assert checked["status"] == "failed" and "no package available" in checked["msg"]
+    event = run_step(box, "package", {"name": "no-such-package-kiln"})
+    assert event["status"] == "failed"
+    assert "no-such-package-kiln" in event["msg"]
+
+
+def test_check_mode_latest_predicts_candidate(box, apt_log):
+    apt_log()
+    event = run_step(box, "package", {"name": "hello", "state": "latest"}, check=True)
+    assert event["status"] == "changed"
+    assert event["diff"] == {"before": {"hello": "absent"}, "after": {"hello": "2.10-3"}}
+    assert "ii" not in installed(box, "hello")
+    assert apt_log() == []
