@@ -38,6 +38,8 @@ def probe(params: Dict[str, Any], ctx: Context) -> Tuple[bool, str]:
         return not params["exists"], f"{path} does not exist"
     kind = "symlink" if state["state"] == "link" else state["state"]
     seen = f"{path}: {kind} {state['mode']} {state['owner']}:{state['group']}"
+    if kind == "symlink":
+        seen += f" -> {state.get('src')}"
     if not params["exists"]:
         return False, f"{seen} (wanted absent)"
     problems = []

@@ -62,13 +62,12 @@ def probe(params: Dict[str, Any], ctx: Context) -> Tuple[bool, str]:
     except (urllib.error.URLError, OSError) as exc:
         return False, f"no response from {url}: {getattr(exc, 'reason', exc)}"
     text = body.decode("utf-8", errors="replace")
-    problems = []
-    if status != params["status"]:
-        problems.append(f"status {status} (wanted {params['status']})")
+    ok = status == params["status"]
+    seen = [f"status {status}" + ("" if ok else f" (wanted {params['status']})")]
     missing = [s for s in as_list(params.get("body")) if s not in text]
     if missing:
-        problems.append("body did not contain " + ", ".join(repr(s) for s in missing))
-    if problems:
-        return False, ", ".join(problems)
+        seen.append("body did not contain " + ", ".join(repr(s) for s in missing))
+    if not ok or missing:
+        return False, ", ".join(seen)
     found = f", body contained {', '.join(repr(s) for s in as_list(params.get('body')))}" if params.get("body") else ""
     return True, f"status {status}{found}"
