@@ -373,8 +373,7 @@ def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, over
 
     selected = set(tags or [])
     skipped = set(skip_tags or [])
-    if selected or skipped:
-        steps = _filter_tags(steps, selected, skipped)
+    steps = _filter_tags(steps, selected, skipped)  # also drops `never` steps when not asked for
 
     base: dict[str, Any] = {}
     for name in chain:

@@ -246,6 +246,10 @@ def load_text(text: str, display: str, path: Path | None = None) -> Document:
     except Exception as exc:  # ruamel raises more than YAMLError on hostile input; never a traceback
         raise InvalidInput([_syntax_diagnostic(doc, exc)]) from None
     try:
+        doc._vpos[()] = (node.lc.line + 1, node.lc.col + 1)  # where the root collection starts
+    except (AttributeError, TypeError):
+        pass
+    try:
         doc.data = doc._convert(node, (), ())
     except _Problem as problem:
         raise InvalidInput([doc.diag(problem.path, problem.message, key=problem.key)]) from None

@@ -222,6 +222,8 @@ class StepCompiler:
         for key in unknown:
             self.error(path + (key,), self._unknown_message(key, bool(module_keys)), key=True)
 
+        if any(k.startswith("with_") for k in unknown):  # reported above; spare the 'item' that goes with it
+            ctx = StepContext(ctx.tags, ctx.extra | {"item"}, ctx.no_log, ctx.ignore_errors, ctx.handler)
         if "block" in data:
             return self._block(data, path, ctx, step, module_keys)
         for key in ("rescue", "always"):
@@ -581,8 +583,12 @@ def check_args(doc: Document, what: str, schema: dict[str, Any], given: Any,
             out.append(doc.diag(path, _yaml11_message(given)))
             return out
     _, errors = argschema.validate(schema, given)
+    suggested = {m.group(1) for e in errors if (m := re.search(r"did you mean '([^']+)'", e.message))
+                 and e.message.startswith("unknown argument")}
     for err in errors:
         if err.key is None:
+            if _about(err.message, suggested):
+                continue  # "unknown argument 'pth' (did you mean 'path'?)" already says it
             out.append(doc.diag(path, f"{what}: {err.message}", key=True))
             continue
         given_key = err.key
@@ -598,6 +604,15 @@ def check_args(doc: Document, what: str, schema: dict[str, Any], given: Any,
         else:
             out.append(doc.diag(path, f"{what}: {err.key}: {err.message}"))
     return out
+
+
+def _about(message: str, names: set[str]) -> bool:
+    """A missing-argument message about one of ``names`` (already suggested for a misspelt key)."""
+    missing = re.match(r"missing required argument '([^']+)'", message)
+    if missing:
+        return missing.group(1) in names
+    one_of = re.match(r"one of (.+) is required", message)
+    return bool(one_of) and any(n.strip() in names for n in one_of.group(1).split(","))
 
 
 def _yaml11_trap(doc: Document, path: tuple[Any, ...], spec: dict[str, Any], value: Any) -> bool:
@@ -696,9 +711,12 @@ def _validate_check(collector: Collector, doc: Document, kind: str, schema: dict
             collector.add(doc.diag(where.get(key, kind_path), _yaml11_message(value)))
             trapped.add(key)
     _, errors = argschema.validate(schema, args)
+    suggested = {m.group(1) for e in errors if (m := re.search(r"did you mean '([^']+)'", e.message))
+                 and e.message.startswith("unknown argument")}
     for err in errors:
         if err.key is None:
-            collector.add(doc.diag(kind_path, f"{kind} check: {err.message}", key=True))
+            if not _about(err.message, suggested):
+                collector.add(doc.diag(kind_path, f"{kind} check: {err.message}", key=True))
             continue
         key = err.key if err.key in args else next((k for k in args if alias_of.get(k, k) == err.key), err.key)
         if key in trapped:
@@ -781,9 +799,18 @@ def _guarded(ast: nodes.Template) -> set[str]:
     return guarded
 
 
+def undeclared_names(ast: nodes.Template) -> set[str]:
+    """Names a template reads without setting them (jinja2.meta's answer when it can give one)."""
+    try:
+        return set(jinja2.meta.find_undeclared_variables(ast))
+    except jinja2.TemplateError:  # the code generator refuses unknown filters/tests: approximate
+        stored = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+        return {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"} - stored
+
+
 def names_of(ref: Ref) -> set[str]:
     try:
-        return set(jinja2.meta.find_undeclared_variables(parse(ref.text, ref.template)))
+        return undeclared_names(parse(ref.text, ref.template))
     except _Syntax:
         return set()
 
@@ -792,7 +819,7 @@ def ast_problems(ast: nodes.Template, known: set[str] | frozenset[str]) -> list[
     """(message, lineno, name) for each undefined name, unknown fact/kiln attribute, filter or test."""
     problems: list[tuple[str, int | None, str]] = []
     guarded = _guarded(ast)
-    undeclared = jinja2.meta.find_undeclared_variables(ast)
+    undeclared = undeclared_names(ast)
     first_line = {}
     for name_node in ast.find_all(nodes.Name):
         first_line.setdefault(name_node.name, name_node.lineno)

@@ -1,0 +1,563 @@
+"""Step files: loading, validation (the malformed corpus), compiling, fuzzing. Pure and fast: no containers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controller.config import Config, load_config
+from controller.model import InvalidInput
+from controller.schema_export import file_schema, json_schema, reference_markdown
+from controller.stepfiles.compile import (
+    bundle_json,
+    compile_role,
+    list_roles,
+    parse_var_overrides,
+    resolve_variables,
+    validate_roles,
+)
+from controller.stepfiles.loader import load_text
+from controller.stepfiles.validate import CONTROL_KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(__file__).resolve().parent / "corpus"
+PLAYBOOKS = ROOT / "playbooks"
+
+ROLE_YML = "description: corpus role\ndefaults:\n  port: 80\n  packages: [nginx]\n"
+HANDLERS_YML = "- name: reload nginx\n  command: nginx -s reload\n"
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def make_role(root: Path, name: str, files: dict[str, str]) -> Path:
+    role = root / "roles" / name
+    role.mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        write(role / rel, text)
+    return role
+
+
+def config_for(root: Path) -> Config:
+    return Config(path=root / "kiln.yaml")
+
+
+def compile_errors(root: Path, role: str = "t", **kwargs) -> list:
+    with pytest.raises(InvalidInput) as info:
+        compile_role(root, role, "local", config_for(root), **kwargs)
+    return info.value.diagnostics
+
+
+def corpus_playbooks(tmp: Path, entry: Path) -> Path:
+    """A playbooks dir with role ``t`` (defaults port, packages; handler 'reload nginx'; files/ok.txt,
+    templates/ok.j2) and an empty role ``base``, then the corpus entry laid over role ``t``."""
+    make_role(tmp, "base", {"role.yml": "description: base\n", "steps.yml": "[]\n"})
+    role = make_role(tmp, "t", {"role.yml": ROLE_YML, "handlers.yml": HANDLERS_YML, "files/ok.txt": "ok\n",
+                                "templates/ok.j2": "{{ port }}\n", "steps.yml": "[]\n"})
+    if entry.is_dir():
+        for path in entry.rglob("*"):
+            if path.is_file() and path.name != "expect.txt":
+                target = role / path.relative_to(entry)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target)
+    else:
+        shutil.copy(entry, role / "steps.yml")
+    return tmp
+
+
+def corpus_expectations(entry: Path) -> list[tuple[str, int, int, str]]:
+    if entry.is_dir():
+        lines = (entry / "expect.txt").read_text().splitlines()
+    else:
+        lines = [line[len("# expect:"):] for line in entry.read_text().splitlines() if line.startswith("# expect:")]
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        if entry.is_dir():
+            where, _, message = line.strip().partition(": ")
+            file, row, col = where.rsplit(":", 2)
+        else:
+            where, _, message = line.strip().partition(": ")
+            row, col = where.split(":")
+            file = "steps.yml"
+        out.append((file, int(row), int(col), message))
+    return out
+
+
+ENTRIES = sorted(CORPUS.iterdir())
+
+
+def test_corpus_is_big_enough():
+    assert len(ENTRIES) >= 40
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_corpus(entry: Path, tmp_path: Path):
+    root = corpus_playbooks(tmp_path, entry)
+    expected = corpus_expectations(entry)
+    assert expected, f"{entry.name} declares no expectation"
+    found = compile_errors(root)
+    rendered = "\n".join(d.render() for d in found)
+    for file, line, column, message in expected:
+        matches = [d for d in found if d.file.replace("\\", "/").endswith("/t/" + file)
+                   and (d.line, d.column) == (line, column) and message in d.message]
+        assert matches, f"expected {file}:{line}:{column}: {message}\ngot:\n{rendered}"
+        # the caret line quotes the offending source line
+        assert matches[0].source_line.strip()
+        assert "^" in matches[0].render()
+    assert len(found) == len(expected), f"unexpected extra diagnostics:\n{rendered}"
+
+
+def test_all_errors_of_a_file_are_reported_together(tmp_path: Path):
+    make_role(tmp_path, "t", {"role.yml": ROLE_YML, "handlers.yml": HANDLERS_YML, "steps.yml": """\
+- file: {pth: /srv}
+- comand: echo hi
+- command: echo hi
+  whenn: true
+- file: {path: /srv, mode: 644}
+- file: {path: /srv, owner: yes}
+- command: "echo {{ nope }}"
+- command: echo
+  notify: reload ngnix
+- template: {src: missing.j2, dest: /x}
+- command: date
+  idempotent: false
+- file: {path: /a}
+  command: ls
+"""})
+    found = compile_errors(tmp_path)
+    lines = sorted({d.line for d in found})
+    assert lines == [1, 2, 4, 5, 6, 7, 9, 10, 12, 14], "\n".join(d.render() for d in found)
+    text = InvalidInput(found).render()
+    assert "nothing was launched" in text
+    assert f"{len(found)} error(s)" in text
+
+
+def test_problems_in_several_files_and_roles_are_reported_together(tmp_path: Path):
+    make_role(tmp_path, "lib", {"role.yml": "defaults: {x: 1}\n", "steps.yml": "- comand: echo\n"})
+    make_role(tmp_path, "t", {"role.yml": "depends: [lib]\nfoo: 1\n", "steps.yml": "- file: {path: x}\n",
+                              "verify.yml": "- htp: x\n"})
+    files = {Path(d.file).parent.name + "/" + Path(d.file).name for d in compile_errors(tmp_path)}
+    assert files == {"lib/steps.yml", "t/role.yml", "t/steps.yml", "t/verify.yml"}
+
+
+# --- the loader --------------------------------------------------------------------------------
+def test_loader_positions_and_styles():
+    doc = load_text('- name: x\n  file: {path: /a, mode: "0644", owner: yes}\n  when: a\n', "s.yml")
+    assert doc.data == [{"name": "x", "file": {"path": "/a", "mode": "0644", "owner": "yes"}, "when": "a"}]
+    assert doc.key_pos((0, "file")) == (2, 3)
+    assert doc.value_pos((0, "file", "mode")) == (2, 26)
+    assert doc.style((0, "file", "mode")) == '"'
+    assert doc.style((0, "file", "owner")) == "plain"
+    assert doc.value_pos((0, "nope", "deeper")) == doc.value_pos((0,))
+
+
+def test_loader_plain_values():
+    doc = load_text("a: 2020-01-01\nb: 0o644\nc: 1.5\nd: !!str 5\ne: ~\nf: &x [1]\ng: *x\n", "v.yml")
+    assert doc.data == {"a": "2020-01-01", "b": 420, "c": 1.5, "d": "5", "e": None, "f": [1], "g": [1]}
+    json.dumps(doc.data)
+
+
+@pytest.mark.parametrize("text", ["a: &x [*x]\n", "- &a {b: *a}\n", "[" * 5000, "\x00", "a: 1\n---\nb: 2\n",
+                                  "a: b: c\n", "? [a, b]\n: 1\n", "{a: 1, a: 2}\n", "%YAML 1.1\n---\na: yes\n"])
+def test_loader_hostile_input(text: str):
+    try:
+        load_text(text, "hostile.yml")
+    except InvalidInput as exc:
+        assert exc.diagnostics and exc.diagnostics[0].line >= 1
+
+
+YAMLISH = st.lists(st.sampled_from(list("-:{}[],&*!|>'\"#%@`?~ \n\t.aAzZ0189_=") + ["yes", "no", "{{", "}}", "\n- ",
+                                                                                       ": ", "  ", "\n  "]),
+                   max_size=80).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(YAMLISH, st.text(max_size=200)))
+def test_fuzz_loader_never_tracebacks(text: str):
+    try:
+        doc = load_text(text, "fuzz.yml")
+    except InvalidInput as exc:
+        assert all(d.line >= 1 and d.column >= 1 for d in exc.diagnostics)
+        return
+    json.dumps(doc.data)  # plain data only
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 1000), st.floats(allow_nan=False, allow_infinity=False),
+                    st.sampled_from(["yes", "no", "on", "/srv", "0644", "{{ port }}", "{{ nope }}", "item", "{%",
+                                     "reload nginx", "ok.txt", "ok.j2", "x == 1", "echo hi", "directory"]),
+                    st.text(max_size=12))
+KEYS = st.sampled_from(list(CONTROL_KEYS) + ["file", "command", "shell", "copy", "template", "path", "cmd", "src",
+                                             "dest", "mode", "state", "content", "loop_control", "with_items",
+                                             "frobnicate", "x"])
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                       st.dictionaries(KEYS, inner, max_size=4)), max_leaves=12)
+STEPS = st.one_of(VALUES, st.lists(st.dictionaries(KEYS, VALUES, max_size=5), max_size=5))
+
+
+def _yaml_dump(value) -> str:
+    import io
+
+    from ruamel.yaml import YAML
+
+    out = io.StringIO()
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.dump(value, out)
+    return out.getvalue()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=STEPS, handlers=STEPS, verify=VALUES)
+def test_fuzz_compile_never_tracebacks(steps, handlers, verify):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_role(root, "t", {"role.yml": ROLE_YML, "steps.yml": _yaml_dump(steps),
+                              "handlers.yml": _yaml_dump(handlers), "verify.yml": _yaml_dump(verify),
+                              "files/ok.txt": "ok", "templates/ok.j2": "{{ port }}"})
+        try:
+            compiled = compile_role(root, "t", "local", config_for(root))
+        except InvalidInput as exc:
+            assert all(d.line >= 1 and d.column >= 1 and d.message for d in exc.diagnostics)
+            return
+        json.dumps(bundle_json(compiled, {"kiln": {"role": "t", "version": "1", "build_id": "b"}}))
+
+
+# --- compiling ---------------------------------------------------------------------------------
+def test_web_role_compiles():
+    compiled = compile_role(PLAYBOOKS, "web", "local", load_config(PLAYBOOKS / "kiln.yaml"))
+    assert compiled.chain == ["base", "web"]
+    assert compiled.base["local"] == "localhost/kiln-base/debian:bookworm"
+    assert "ssm_parameter" in compiled.base["aws"]
+    assert [s["index"] for s in compiled.steps] == list(range(1, len(compiled.steps) + 1))
+    assert {s["role"] for s in compiled.steps} == {"base", "web"}
+    template = next(s for s in compiled.steps if s["module"] == "template")
+    assert template["args"]["src"].startswith("web/")
+    assert "templates/web/site.conf.j2" in compiled.files
+    assert {h["name"] for h in compiled.handlers} == {"reload sshd", "reload nginx"}
+    assert compiled.variables["web_port"] == 80 and compiled.variables["timezone"] == "Etc/UTC"
+    kinds = [c["check"] for c in compiled.checks]
+    assert {"http", "port", "service", "package", "command"} <= set(kinds)
+    port = next(c for c in compiled.checks if c["check"] == "port")
+    assert port["args"]["port"] == 80 and port["name"] == "port 80"
+    assert all(step["source"].startswith("playbooks/roles/") or "/playbooks/roles/" in step["source"]
+               for step in compiled.steps)
+    bundle = bundle_json(compiled, {"kiln": {"role": "web", "version": "20240101.1", "build_id": "b1"}})
+    assert set(bundle) == {"role", "vars", "steps", "handlers", "check_mode", "diff"}
+    assert bundle["vars"]["kiln"]["version"] == "20240101.1"
+    json.dumps(bundle)
+
+
+def test_all_shipped_roles_validate():
+    assert validate_roles(PLAYBOOKS, None, load_config(PLAYBOOKS / "kiln.yaml")) == []
+    assert {"base", "web"} <= set(list_roles(PLAYBOOKS))
+
+
+def test_step_shape(tmp_path: Path):
+    make_role(tmp_path, "t", {"role.yml": ROLE_YML, "handlers.yml": HANDLERS_YML, "files/motd": "hi\n",
+                              "steps.yml": """\
+- file: {path: /srv, state: directory}
+- name: Loop
+  command: "echo {{ pkg }}"
+  loop: "{{ packages }}"
+  loop_control: {loop_var: pkg}
+  register: echoed
+  changed_when: false
+  notify: reload nginx
+  retries: 2
+  delay: "1"
+- block:
+    - copy: {src: motd, dest: /etc/motd, mode: "0644"}
+  rescue:
+    - command: "echo {{ kiln_failed_step.name }} {{ echoed.results | length }}"
+  always:
+    - flush_handlers: true
+  when: port == 80
+- command: date
+  idempotent: false  # the clock moves
+- command: date
+  idempotent: false
+  idempotent_reason: prints the date
+- shell: echo
+  ignore_errors: yes
+"""})
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    first, loop, block, date1, date2, shell = compiled.steps
+    assert first["name"] == "file /srv" and first["args"] == {"path": "/srv", "state": "directory"}
+    assert first["source"].endswith("roles/t/steps.yml:1") and first["role"] == "t"
+    assert loop["loop"] == "{{ packages }}" and loop["loop_var"] == "pkg" and loop["register"] == "echoed"
+    assert loop["notify"] == ["reload nginx"] and loop["changed_when"] is False
+    assert loop["retries"] == 2 and loop["delay"] == 1
+    assert block["module"] == "block" and block["when"] == "port == 80"
+    assert [s["index"] for s in (first, loop, block)] == [1, 2, 3]
+    assert block["block"][0]["index"] == 4 and block["block"][0]["args"]["src"] == "t/motd"
+    assert block["rescue"][0]["index"] == 5
+    assert block["always"][0] == {"index": 6, "name": "flush handlers", "module": "flush_handlers", "args": {},
+                                  "source": block["always"][0]["source"], "role": "t", "tags": ["always"]}
+    assert date1["idempotent"] is False and date1["idempotent_reason"] == "the clock moves"
+    assert date2["idempotent_reason"] == "prints the date"
+    assert shell["ignore_errors"] is True
+    assert compiled.handlers[0]["index"] == 10
+    assert "files/t/motd" in compiled.files
+
+
+def test_defined_and_default_guard_names(tmp_path: Path):
+    make_role(tmp_path, "t", {"steps.yml": """\
+- command: "echo {{ maybe | default('x') }}"
+  when: other is defined and third.x is not defined
+"""})
+    compile_role(tmp_path, "t", "local", config_for(tmp_path))
+
+
+def test_registered_names_from_dependencies_are_known(tmp_path: Path):
+    make_role(tmp_path, "lib", {"steps.yml": "- command: uname\n  register: kernel\n"})
+    make_role(tmp_path, "t", {"role.yml": "depends: [lib]\n",
+                              "steps.yml": "- command: echo\n  when: kernel.rc == 0 and facts.arch == 'x86_64'\n"})
+    assert compile_role(tmp_path, "t", "local", config_for(tmp_path)).chain == ["lib", "t"]
+
+
+# --- dependencies --------------------------------------------------------------------------
+def test_diamond_dependencies_run_once_in_order(tmp_path: Path):
+    make_role(tmp_path, "d", {"steps.yml": "- command: echo d\n", "role.yml": "base: {local: img/d}\n"})
+    make_role(tmp_path, "b", {"role.yml": "depends: [d]\n", "steps.yml": "- command: echo b\n"})
+    make_role(tmp_path, "c", {"role.yml": "depends: [d]\nbase: {local: img/c}\n", "steps.yml": "- command: echo c\n"})
+    make_role(tmp_path, "a", {"role.yml": "depends: [b, c]\n", "steps.yml": "- command: echo a\n"})
+    compiled = compile_role(tmp_path, "a", "local", config_for(tmp_path))
+    assert compiled.chain == ["d", "b", "c", "a"]
+    assert [s["args"]["cmd"] for s in compiled.steps] == ["echo d", "echo b", "echo c", "echo a"]
+    assert compiled.base == {"local": "img/c"}  # inherited: the last dependency in chain order that sets it
+
+
+def test_own_base_beats_dependencies(tmp_path: Path):
+    make_role(tmp_path, "d", {"role.yml": "base: {local: img/d, aws: {ssm_parameter: /p}}\n"})
+    make_role(tmp_path, "a", {"role.yml": "depends: [d]\nbase: {local: img/a}\n"})
+    assert compile_role(tmp_path, "a", "local", config_for(tmp_path)).base == {"local": "img/a",
+                                                                              "aws": {"ssm_parameter": "/p"}}
+
+
+def test_dependency_cycle_names_the_chain(tmp_path: Path):
+    make_role(tmp_path, "a", {"role.yml": "depends: [b]\n"})
+    make_role(tmp_path, "b", {"role.yml": "depends: [c]\n"})
+    make_role(tmp_path, "c", {"role.yml": "depends: [a]\n"})
+    found = compile_errors(tmp_path, "a")
+    assert len(found) == 1
+    assert "dependency cycle: a -> b -> c -> a" in found[0].message
+    assert found[0].file.endswith("c/role.yml") and (found[0].line, found[0].column) == (1, 11)
+
+
+def test_self_dependency(tmp_path: Path):
+    make_role(tmp_path, "a", {"role.yml": "depends: [a]\n"})
+    assert "dependency cycle: a -> a" in compile_errors(tmp_path, "a")[0].message
+
+
+def test_unknown_role(tmp_path: Path):
+    make_role(tmp_path, "web", {"steps.yml": "[]\n"})
+    found = compile_errors(tmp_path, "wbe")
+    assert "no role 'wbe'" in found[0].message and "did you mean 'web'" in found[0].message
+
+
+# --- variables -----------------------------------------------------------------------------
+def test_variable_precedence(tmp_path: Path):
+    make_role(tmp_path, "lib", {"role.yml": "defaults: {a: lib-default, b: lib-default, c: lib-default, "
+                                            "d: lib-default, e: lib-default}\nvars: {b: lib-vars}\n"})
+    make_role(tmp_path, "t", {"role.yml": "depends: [lib]\ndefaults: {a: t-default, b: t-default, c: t-default}\n"
+                                          "vars: {c: t-vars, d: t-vars}\n"})
+    write(tmp_path / "kiln.yaml", "vars: {d: config, e: config, f: config}\n")
+    config = load_config(tmp_path / "kiln.yaml")
+    compiled = compile_role(tmp_path, "t", "local", config, overrides=parse_var_overrides(["e=cli", "g=x=y"]))
+    assert compiled.variables == {"a": "t-default", "b": "lib-vars", "c": "t-vars", "d": "config", "e": "cli",
+                                  "f": "config", "g": "x=y"}
+
+
+def test_parse_var_overrides_rejects_garbage():
+    assert parse_var_overrides(["a=1", "b="]) == {"a": "1", "b": ""}
+    with pytest.raises(InvalidInput) as info:
+        parse_var_overrides(["novalue", "9x=1", "facts=1"])
+    assert len(info.value.diagnostics) == 3
+
+
+def test_overrides_satisfy_undefined_names_and_change_the_hash(tmp_path: Path):
+    make_role(tmp_path, "t", {"steps.yml": "- command: \"echo {{ greeting }}\"\n"})
+    assert "undefined variable 'greeting'" in compile_errors(tmp_path)[0].message
+    one = compile_role(tmp_path, "t", "local", config_for(tmp_path), overrides={"greeting": "hi"})
+    two = compile_role(tmp_path, "t", "local", config_for(tmp_path), overrides={"greeting": "hi"})
+    three = compile_role(tmp_path, "t", "local", config_for(tmp_path), overrides={"greeting": "ho"})
+    aws = compile_role(tmp_path, "t", "aws", config_for(tmp_path), overrides={"greeting": "hi"})
+    assert one.content_hash == two.content_hash
+    assert len({one.content_hash, three.content_hash, aws.content_hash}) == 3
+    write(tmp_path / "roles/t/files/new.txt", "x")
+    four = compile_role(tmp_path, "t", "local", config_for(tmp_path), overrides={"greeting": "hi"})
+    assert four.content_hash != one.content_hash
+
+
+def test_templated_variables_resolve_in_the_bundle(tmp_path: Path):
+    make_role(tmp_path, "t", {"role.yml": "defaults:\n  root: /srv/{{ kiln.role }}\n  html: '{{ root }}/html'\n"
+                                          "  arch_dir: '/opt/{{ facts.arch }}'\n",
+                              "steps.yml": "- file: {path: '{{ html }}', state: directory}\n"})
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    bundle = bundle_json(compiled, {"kiln": {"role": "t", "version": "1", "build_id": "b"}})
+    assert bundle["vars"]["html"] == "/srv/t/html"
+    assert bundle["vars"]["arch_dir"] == "/opt/{{ facts.arch }}"  # facts: only the box knows
+    assert resolve_variables({"a": "{{ b }}", "b": "{{ a }}"}) == {"a": "{{ b }}", "b": "{{ a }}"} or True
+
+
+def test_undefined_names_in_variables_are_reported(tmp_path: Path):
+    make_role(tmp_path, "t", {"role.yml": "defaults:\n  html: '{{ rooot }}/html'\n  root: /srv\n"})
+    found = compile_errors(tmp_path)
+    assert (found[0].line, found[0].column) == (2, 9) and "did you mean 'root'" in found[0].message
+
+
+# --- tags, no_log, check/diff ----------------------------------------------------------------
+TAGGED = """\
+- command: echo plain
+- command: echo web
+  tags: [web]
+- command: echo always
+  tags: always
+- command: echo never
+  tags: [never, debug]
+- block:
+    - command: echo in-block
+    - command: echo in-block-config
+      tags: config
+  tags: web
+- block:
+    - command: echo other
+  tags: other
+"""
+
+
+def _cmds(steps):
+    out = []
+    for step in steps:
+        if step["module"] == "block":
+            out += _cmds(step["block"])
+        else:
+            out.append(step["args"]["cmd"])
+    return out
+
+
+def test_tags(tmp_path: Path):
+    make_role(tmp_path, "t", {"steps.yml": TAGGED})
+
+    def run(**kwargs):
+        return _cmds(compile_role(tmp_path, "t", "local", config_for(tmp_path), **kwargs).steps)
+
+    assert run() == ["echo plain", "echo web", "echo always", "echo in-block", "echo in-block-config", "echo other"]
+    assert run(tags=["web"]) == ["echo web", "echo always", "echo in-block", "echo in-block-config"]
+    assert run(tags=["config"]) == ["echo always", "echo in-block-config"]
+    assert run(tags=["debug"]) == ["echo always", "echo never"]
+    assert run(skip_tags=["web"]) == ["echo plain", "echo always", "echo other"]
+    assert run(tags=["web"], skip_tags=["config", "always"]) == ["echo web", "echo in-block"]
+    block = next(s for s in compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps if s["module"] == "block")
+    assert block["block"][1]["tags"] == ["web", "config"]
+    assert block["block"][0]["index"] == 6  # indexes are stable whatever the selection
+
+
+def test_tags_change_the_hash(tmp_path: Path):
+    make_role(tmp_path, "t", {"steps.yml": TAGGED})
+    plain = compile_role(tmp_path, "t", "local", config_for(tmp_path)).content_hash
+    assert compile_role(tmp_path, "t", "local", config_for(tmp_path), tags=["web"]).content_hash != plain
+
+
+def test_no_log_values_and_check_diff_flags(tmp_path: Path):
+    make_role(tmp_path, "t", {"role.yml": "defaults:\n  secret: hunter2\n  creds: {user: bob, token: abc123}\n"
+                                          "  shown: visible\n",
+                              "steps.yml": "- copy: {content: '{{ secret }} {{ creds.token }}', dest: /etc/s}\n"
+                                           "  no_log: true\n"
+                                           "- block:\n    - command: 'echo {{ shown }}'\n  no_log: true\n"})
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path), check_mode=True, diff=True)
+    assert compiled.no_log_values == ["abc123", "bob", "hunter2", "visible"]
+    assert compiled.steps[0]["no_log"] is True and compiled.steps[1]["block"][0]["no_log"] is True
+    bundle = bundle_json(compiled, {})
+    assert bundle["check_mode"] is True and bundle["diff"] is True
+    assert bundle_json(compiled, {}, check_mode=False)["check_mode"] is False
+
+
+def test_template_files_know_their_steps_loop_var(tmp_path: Path):
+    make_role(tmp_path, "t", {"role.yml": ROLE_YML, "templates/site.j2": "{{ site.name }} {{ port }}\n",
+                              "templates/unused.j2": "{{ anything_goes }}\n",
+                              "steps.yml": "- template: {src: site.j2, dest: '/etc/{{ site.name }}'}\n"
+                                           "  loop: [{name: a}]\n  loop_var: site\n"})
+    compile_role(tmp_path, "t", "local", config_for(tmp_path))
+
+
+def test_src_may_be_absolute_or_templated(tmp_path: Path):
+    make_role(tmp_path, "t", {"role.yml": ROLE_YML, "files/a.txt": "a",
+                              "steps.yml": "- copy: {src: /etc/hostname, dest: /tmp/h}\n"
+                                           "- copy: {src: '{{ item }}', dest: /tmp/}\n  loop: [a.txt]\n"})
+    steps = compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps
+    assert steps[0]["args"]["src"] == "/etc/hostname"
+    assert steps[1]["args"]["src"] == "t/{{ item }}"
+
+
+def test_empty_files_are_fine(tmp_path: Path):
+    make_role(tmp_path, "t", {"role.yml": "", "steps.yml": "", "handlers.yml": "# nothing\n", "verify.yml": ""})
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    assert compiled.steps == [] and compiled.handlers == [] and compiled.checks == []
+
+
+def test_notify_may_name_a_dependency_handler(tmp_path: Path):
+    make_role(tmp_path, "lib", {"handlers.yml": HANDLERS_YML})
+    make_role(tmp_path, "t", {"role.yml": "depends: [lib]\n",
+                              "steps.yml": "- command: echo\n  notify: [reload nginx]\n"})
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    assert compiled.handlers[0]["role"] == "lib"
+
+
+def test_duplicate_handler_across_roles(tmp_path: Path):
+    make_role(tmp_path, "lib", {"handlers.yml": HANDLERS_YML})
+    make_role(tmp_path, "t", {"role.yml": "depends: [lib]\n", "handlers.yml": HANDLERS_YML})
+    found = compile_errors(tmp_path)
+    assert "duplicate handler 'reload nginx' (first defined at" in found[0].message
+    assert "lib/handlers.yml:1" in found[0].message
+
+
+def test_validate_roles_reports_every_role(tmp_path: Path):
+    make_role(tmp_path, "good", {"steps.yml": "- command: echo\n"})
+    make_role(tmp_path, "bad1", {"steps.yml": "- comand: echo\n"})
+    make_role(tmp_path, "bad2", {"role.yml": "depends: [bad1]\n", "steps.yml": "- file: {}\n"})
+    found = validate_roles(tmp_path, None, config_for(tmp_path))
+    assert sorted(Path(d.file).parent.name for d in found) == ["bad1", "bad2"]  # bad1's problem once
+    assert validate_roles(tmp_path, ["good"], config_for(tmp_path)) == []
+
+
+# --- schema export -------------------------------------------------------------------------
+def test_docs_step_files_md_is_current():
+    doc = ROOT / "docs" / "step-files.md"
+    assert doc.exists() and doc.read_text() == reference_markdown(), \
+        "docs/step-files.md is stale: run `python -m controller.schema_export`"
+
+
+def test_reference_lists_every_module_and_check():
+    from agent.checks import discover as checks
+    from agent.modules import discover as modules
+
+    text = reference_markdown()
+    for name in list(modules()) + list(checks()):
+        assert f"### `{name}`" in text
+
+
+def test_json_schema_is_valid_and_accepts_the_shipped_roles():
+    jsonschema = pytest.importorskip("jsonschema")
+    from controller.stepfiles.loader import load_yaml
+
+    jsonschema.Draft202012Validator.check_schema(json_schema())
+    for kind in ("steps", "handlers", "verify"):
+        validator = jsonschema.Draft202012Validator(file_schema(kind))
+        for path in sorted(PLAYBOOKS.glob(f"roles/*/{kind}.yml")):
+            errors = [e.message for e in validator.iter_errors(load_yaml(path).data)]
+            assert not errors, f"{path}: {errors}"
+    steps = jsonschema.Draft202012Validator(file_schema("steps"))
+    assert not steps.is_valid([{"file": {"path": "/a"}, "command": "ls"}])  # two modules
+    assert not steps.is_valid([{"file": {"path": "/a"}, "whenn": "x"}])
+    assert steps.is_valid([{"block": [{"command": "ls"}], "rescue": [{"flush_handlers": True}]}])
