@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.checks import discover as discover_checks
 from agent.modules import discover as discover_modules
-from agent.templating import TemplateError, render
+from agent.templating import render
 from controller.config import PROVIDERS, Config
 from controller.model import CompiledRole, Diagnostic, InvalidInput
 from controller.stepfiles.loader import Document, display_path, load_yaml
@@ -104,7 +104,7 @@ def resolve_variables(variables: dict[str, Any], extra: dict[str, Any] | None = 
                 continue
             try:
                 rendered = render(value, scope)
-            except (TemplateError, TypeError, ValueError, ArithmeticError, RecursionError):
+            except Exception:  # noqa: BLE001 - whatever a value's Jinja does, it stays as written
                 continue
             if rendered != value:
                 scope[name] = rendered
@@ -357,14 +357,14 @@ def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, over
     for check, doc, path, key in collector.check_templates:
         try:
             check["args"][key] = render(check["args"][key], resolved)
-        except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+        except Exception as exc:  # noqa: BLE001 - reported, never a traceback
             problems.append(doc.diag(path, f"cannot render this check value before the bake: {exc} (verify checks "
                                            "are rendered on the controller: variables and kiln.role only)"))
     for check in checks:
         if is_templated(check["name"]):
             try:
                 check["name"] = str(render(check["name"], resolved))
-            except (TemplateError, TypeError, ValueError, ArithmeticError):
+            except Exception:  # noqa: BLE001 - the name stays as written
                 pass
 
     if problems:

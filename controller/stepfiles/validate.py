@@ -299,6 +299,8 @@ class StepCompiler:
                 if is_templated(value):
                     self.c.refs.append(Ref(self.doc, path + (key,), value, True, extra))
                     step[key] = value
+                elif key == "delay" and isinstance(value, float) and value >= 0:
+                    step[key] = value
                 elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     if isinstance(value, str) and value.strip().isdigit():
                         step[key] = int(value)
@@ -535,8 +537,8 @@ class StepCompiler:
                            if not isinstance(value, list) else f"{key} is empty")
                 step[key] = []
                 continue
-            scope = inner if key == "block" else StepContext(inner.tags, inner.extra | {"kiln_failed_step"},
-                                                             no_log, ignore, ctx.handler)
+            scope = inner if key != "rescue" else StepContext(inner.tags, inner.extra | {"kiln_failed_step"},
+                                                              no_log, ignore, ctx.handler)
             step[key] = self.compile_list(value, path + (key,), scope)
         step.setdefault("rescue", [])
         step.setdefault("always", [])
