@@ -471,12 +471,13 @@ def test_tags_change_the_hash(tmp_path: Path):
 
 def test_no_log_values_and_check_diff_flags(tmp_path: Path):
     make_role(tmp_path, "t", {"role.yml": "defaults:\n  secret: hunter2\n  creds: {user: bob, token: abc123}\n"
-                                          "  shown: visible\n",
+                                          "  shown: visible\n  keys: [k1]\n",
                               "steps.yml": "- copy: {content: '{{ secret }} {{ creds.token }}', dest: /etc/s}\n"
                                            "  no_log: true\n"
-                                           "- block:\n    - command: 'echo {{ shown }}'\n  no_log: true\n"})
+                                           "- block:\n    - command: 'echo {{ shown }}'\n  no_log: true\n"
+                                           "- command: 'echo {{ item }}'\n  loop: '{{ keys }}'\n  no_log: yes\n"})
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path), check_mode=True, diff=True)
-    assert compiled.no_log_values == ["abc123", "bob", "hunter2", "visible"]
+    assert compiled.no_log_values == ["abc123", "bob", "hunter2", "k1", "visible"]
     assert compiled.steps[0]["no_log"] is True and compiled.steps[1]["block"][0]["no_log"] is True
     bundle = bundle_json(compiled, {})
     assert bundle["check_mode"] is True and bundle["diff"] is True

@@ -272,7 +272,8 @@ class StepCompiler:
         if "loop" in data:
             loop_var = self._loop_var(data, path)
             loop_names = frozenset({loop_var})
-            self._loop(data["loop"], path + ("loop",), ctx.extra)
+            secret = data.get("no_log", ctx.no_log) in (True, "yes", "true", "on")
+            self._loop(data["loop"], path + ("loop",), ctx.extra, secret)
             step["loop"] = data["loop"]
             if loop_var != "item":
                 step["loop_var"] = loop_var
@@ -362,11 +363,13 @@ class StepCompiler:
             return "item"
         return name
 
-    def _loop(self, value: Any, path: tuple[Any, ...], extra: frozenset[str]) -> None:
+    def _loop(self, value: Any, path: tuple[Any, ...], extra: frozenset[str], no_log: bool = False) -> None:
         if isinstance(value, str):
             self._expression(value, path, extra)
+            if no_log:
+                self.c.no_log_names.update(names_of(Ref(self.doc, path, value, False)))
         elif isinstance(value, list):
-            self._templated(value, path, extra)
+            self._templated(value, path, extra, no_log)
         else:
             self.error(path, f"loop must be a list or an expression giving one, got {kind_of(value)}")
 
