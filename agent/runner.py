@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, Dict, List
 
 from agent import schema as argschema
-from agent.api import Context, ModuleError, Result
+from agent.api import Context, ModuleError, Result, tail
 from agent.modules import discover
 from agent.templating import TemplateError, evaluate, render
 
@@ -194,6 +194,9 @@ class Runner:
                 out["predicted"] = False
         except ModuleError as exc:
             out = dict(exc.data, changed=False, failed=True, msg=exc.msg)
+            output = str(exc.data.get("stderr") or exc.data.get("stdout") or "").strip()
+            if output and output not in exc.msg:  # the why, right in the failure line
+                out["msg"] = f"{exc.msg}: {tail(output, 5)}"
         except (OSError, ValueError, KeyError, TemplateError) as exc:
             out = {"changed": False, "failed": True, "msg": f"{type(exc).__name__}: {exc}"}
         local = dict(scope, **({step["register"]: out} if step.get("register") else {}))

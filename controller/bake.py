@@ -109,7 +109,7 @@ def bake(role: str, provider_name: str = "local", options: BakeOptions | None = 
         run_stages(stages_for(options, config.retention), ctx)
     except BaseException as exc:  # noqa: B036 - reported, exit code carries it
         recap(ctx)
-        log.error("bake failed", stage=ctx.current_stage, error=str(exc) or type(exc).__name__)
+        log.error("bake failed", stage=ctx.current_stage, error=ctx.failure or type(exc).__name__)
         structlog.contextvars.unbind_contextvars("role", "build_id")
         return BakeResult(ctx, EXIT_FAILED, ctx.failure)
     recap(ctx)
