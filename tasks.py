@@ -162,7 +162,7 @@ def login(c, role):
     try:
         exec_login(role, Path("builds"))
     except FileNotFoundError as exc:
-        raise Exit(str(exc), code=1)
+        raise Exit(str(exc), code=1) from None
 
 
 @task(help={"role": "Only this role's dev instance (default: all).",

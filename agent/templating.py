@@ -52,21 +52,29 @@ def evaluate(expression: Any, variables: Dict[str, Any]) -> Any:
         raise TemplateError(f"{source.strip()}: {exc}") from exc
 
 
-def render(value: Any, variables: Dict[str, Any]) -> Any:
-    """Render every templated string inside ``value``; "{{ x }}" alone keeps x's type."""
+def render(value: Any, variables: Dict[str, Any], depth: int = 0) -> Any:
+    """Render every templated string inside ``value``; "{{ x }}" alone keeps x's type.
+
+    A variable whose own value is a template (``dir: "/opt/{{ facts.arch }}"``) is
+    rendered in turn, as Ansible does, up to a few levels deep.
+    """
     if isinstance(value, dict):
-        return {k: render(v, variables) for k, v in value.items()}
+        return {k: render(v, variables, depth) for k, v in value.items()}
     if isinstance(value, list):
-        return [render(v, variables) for v in value]
+        return [render(v, variables, depth) for v in value]
     if not is_templated(value):
         return value
     match = WHOLE_EXPRESSION.match(value)
     if match:
-        return evaluate(match.group(1), variables)
-    try:
-        return ENV.from_string(value).render(**variables)
-    except jinja2.TemplateError as exc:
-        raise TemplateError(f"{value!r}: {exc}") from exc
+        result = evaluate(match.group(1), variables)
+    else:
+        try:
+            result = ENV.from_string(value).render(**variables)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"{value!r}: {exc}") from None
+    if depth < 5 and result != value and (is_templated(result) or isinstance(result, (dict, list))):
+        return render(result, variables, depth + 1)
+    return result
 
 
 def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str:

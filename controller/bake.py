@@ -44,7 +44,7 @@ class BakeResult:
 
 
 def new_build_id() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
 def make_provider(name: str, config: Config, builds_dir: Path, sandbox: bool = False) -> Provider:

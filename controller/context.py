@@ -45,7 +45,7 @@ class BakeContext:
     provider: Provider
     options: BakeOptions
     build_id: str
-    started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     # filled in by the stages, in order
     version: str = ""
     base: BaseImage | None = None

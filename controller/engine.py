@@ -6,6 +6,7 @@ goes through :class:`Engine`, so engine quirks (runtime, ulimits) live in one pl
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import resource
@@ -13,7 +14,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 

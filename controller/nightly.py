@@ -81,7 +81,7 @@ class Nightly:
         self.on_locked = on_locked
         self.provider_name = provider_name
         self.sandbox = sandbox
-        self.owner = f"nightly-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{id(self):x}"
+        self.owner = f"nightly-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{id(self):x}"
 
     def compile_all(self) -> dict[str, CompiledRole]:
         compiled, problems = {}, []
@@ -172,7 +172,7 @@ def write_report(builds: Path, reports: list[RoleReport], provider: str, started
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     builds.mkdir(parents=True, exist_ok=True)
     json_path, md_path = builds / f"nightly-{stamp}.json", builds / f"nightly-{stamp}.md"
-    data = {"started": started.isoformat(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+    data = {"started": started.isoformat(), "finished": dt.datetime.now(dt.UTC).isoformat(),
             "provider": provider, "roles": [asdict(r) for r in reports]}
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path.write_text(render_markdown(reports, provider, started))
@@ -209,7 +209,7 @@ def render_markdown(reports: list[RoleReport], provider: str, started: dt.dateti
 def nightly(roles: list[str] | None, provider_name: str = "local", force: bool = False, concurrency: int = 2,
             on_locked: str = "skip", sandbox: bool = False, options: BakeOptions | None = None) -> int:
     options = options or BakeOptions()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     try:
         config = load_config(options.playbooks_dir / "kiln.yaml")
         selected = roles or discover_roles(options.playbooks_dir)

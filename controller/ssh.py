@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -125,7 +124,7 @@ class Session:
                 return time.monotonic() - started
             except HostKeyMismatch:
                 raise
-            except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:
+            except (TimeoutError, OSError, EOFError, paramiko.SSHException) as exc:
                 last = exc
                 self.conn.close()
                 time.sleep(delay)

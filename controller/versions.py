@@ -10,7 +10,7 @@ VERSION_RE = re.compile(r"^(\d{8})\.(\d+)$")
 
 
 def today() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d")
 
 
 def next_version(existing: Iterable[str], day: str | None = None) -> str:

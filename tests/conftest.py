@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from controller.engine import Engine
-from tests.machines import TEST_LABEL, AgentBox, ensure_base_image
+from tests.machines import SESSION_LABEL, AgentBox, ensure_base_image
 
 
 @pytest.fixture(scope="session")
@@ -11,7 +11,7 @@ def engine() -> Engine:
     eng = Engine()
     ensure_base_image(eng)
     yield eng
-    for row in eng.containers(TEST_LABEL):
+    for row in eng.containers(SESSION_LABEL):
         eng.remove_container(row["Id"])
 
 

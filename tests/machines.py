@@ -15,6 +15,9 @@ from controller.agent_build import agent_zipapp
 from controller.engine import BASE_IMAGE, Engine, tar_of
 
 TEST_LABEL = "kiln.test"
+#: Containers of this test session (concurrent sessions must not remove each other's).
+SESSION = uuid.uuid4().hex[:8]
+SESSION_LABEL = f"{TEST_LABEL}={SESSION}"
 
 
 def ensure_base_image(engine: Engine) -> None:
@@ -29,7 +32,7 @@ class AgentBox:
     image: str = BASE_IMAGE
 
     def start(self) -> AgentBox:
-        self.engine.create_machine(self.image, self.name, {TEST_LABEL: "1"})
+        self.engine.create_machine(self.image, self.name, {TEST_LABEL: SESSION})
         self.engine.copy_in(self.name, {"/var/lib/kiln/agent.pyz": (agent_zipapp(), 0o644)})
         self.engine.start(self.name)
         # wait for systemd to be up enough for systemctl

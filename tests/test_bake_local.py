@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from tests.machines import SESSION_LABEL
 from tests.playbooks import REPO, invoke, make_playbooks
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def test_bake_web_then_the_image_serves_on_its_own(engine, tmp_path):
     # The image on its own: a new container (not the build one), nginx enabled at boot.
     port = _free_port()
     name = f"kiln-test-serve-{version.replace('.', '-')}"
-    engine.run("run", "-d", "--name", name, "--label", "kiln.test=1", "--systemd", "always",
+    engine.run("run", "-d", "--name", name, "--label", SESSION_LABEL, "--systemd", "always",
                "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
                "-p", f"127.0.0.1:{port}:80", ref, "/sbin/init")
     try:
@@ -101,7 +102,7 @@ def test_failing_step_names_it_and_keep_on_error_keeps_the_machine(engine, tmp_p
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_during_apply_leaves_nothing(engine, tmp_path, signum):
-    playbooks = make_playbooks(tmp_path, {
+    make_playbooks(tmp_path, {
         "steps.yml": "- name: slow\n  command: {cmd: sleep 60}\n",
     })
     before = build_containers(engine)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.nightly import RoleReport, package_changes, render_markdown
+from tests.machines import SESSION_LABEL
 from tests.playbooks import invoke
 
 BASE_REF = "localhost/kiln-test/nightly-base:1"
@@ -40,7 +41,7 @@ def rebuild_test_base(engine, marker: str) -> None:
     from controller.engine import BASE_IMAGE
 
     name = f"kiln-test-basebuild-{marker}"
-    engine.run("create", "--name", name, "--label", "kiln.test=1", BASE_IMAGE, "/bin/true")
+    engine.run("create", "--name", name, "--label", SESSION_LABEL, BASE_IMAGE, "/bin/true")
     try:
         engine.run("cp", "-", f"{name}:/", input=_tar({"etc/kiln-base-release": marker.encode()}))
         engine.run("commit", name, BASE_REF)
@@ -184,6 +185,6 @@ def test_markdown_names_failure_and_versions():
 
     md = render_markdown([RoleReport("web", "baked", "20260101.1", "20260102.1", duration=3.0),
                           RoleReport("db", "failed", error="boom", failed_step="install")], "local",
-                         dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc))
+                         dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
     assert "20260101.1 → 20260102.1" in md and "Failing step: **install**" in md and "boom" in md
 

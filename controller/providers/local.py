@@ -156,7 +156,7 @@ class LocalProvider:
     # --- images --------------------------------------------------------------------
     def snapshot(self, ctx: BakeContext) -> Image:
         ref = f"{image_repo(ctx.role)}:{ctx.version}"
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         labels = {f"{LABEL_PREFIX}{k}": v for k, v in ctx.labels().items()}
         labels.update({
             "org.opencontainers.image.version": ctx.version,
@@ -222,7 +222,7 @@ class LocalProvider:
         return retired
 
     def sweep(self, apply: bool) -> list[str]:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         expired = []
         for row in self.engine.containers("kiln.temporary=true"):
             labels = row.get("Labels") or {}

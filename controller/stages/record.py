@@ -17,7 +17,7 @@ class Record:
     name = "record"
 
     def run(self, ctx: BakeContext) -> None:
-        ctx.finished = dt.datetime.now(dt.timezone.utc)
+        ctx.finished = dt.datetime.now(dt.UTC)
         builds = ctx.options.builds_dir
         try:
             manifest.append(builds / "manifest.json", manifest.entries_for(ctx))
