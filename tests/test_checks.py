@@ -27,7 +27,7 @@ def checked_box(box):
             break
         time.sleep(0.1)
     yield box
-    box.sh(f"pkill -f 'http.server {PORT}' || true", check=False)
+    box.sh(f"pkill -f 'http[.]server {PORT}' || true", check=False)
 
 
 URL = f"http://127.0.0.1:{PORT}"

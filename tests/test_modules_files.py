@@ -193,7 +193,7 @@ def web(box):
             break
         time.sleep(0.1)
     yield f"http://127.0.0.1:{PORT}"
-    box.sh(f"pkill -f 'http.server {PORT}' || true", check=False)
+    box.sh(f"pkill -f 'http[.]server {PORT}' || true", check=False)
 
 
 def test_download_fetches_verifies_and_sets_mode(box, web):
