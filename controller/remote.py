@@ -67,10 +67,12 @@ def run_agent(ctx: BakeContext, command: str, on_event: Callable[[dict[str, Any]
     return done.rc, events, done.stderr
 
 
-def log_step(event: dict[str, Any]) -> None:
+def log_step(event: dict[str, Any], quiet_ok: bool = False) -> None:
     if event.get("event") != "step":
         return
     status = event.get("status")
+    if quiet_ok and status in ("ok", "skipped"):
+        return
     fields = {"index": event.get("index"), "step": event.get("name"), "module": event.get("module"),
               "status": status, "seconds": event.get("duration")}
     if event.get("handler"):

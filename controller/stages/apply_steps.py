@@ -22,7 +22,7 @@ def apply(ctx: BakeContext, label: str, show_diff: bool, keep: list[dict[str, An
 
     def on_event(event: dict[str, Any]) -> None:
         event["diff_shown"] = show_diff
-        log_step(event)
+        log_step(event, quiet_ok=keep is None)
         if keep is not None and event.get("event") == "step":
             keep.append(event)
 
