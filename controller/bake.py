@@ -56,7 +56,7 @@ def make_provider(name: str, config: Config, builds_dir: Path, sandbox: bool = F
     if name == "aws":
         from controller.providers.aws import make_aws_provider
 
-        return make_aws_provider(settings, sandbox=sandbox, state_dir=builds_dir)
+        return make_aws_provider(settings, sandbox=sandbox, state_dir=builds_dir, config=config)
     raise InvalidInput([_config_diag(config, f"unknown provider '{name}' (local or aws)")])
 
 

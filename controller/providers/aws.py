@@ -80,11 +80,11 @@ def kiln_version() -> str:
 
 
 def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
 
 
 def latest_parameter(role: str) -> str:
@@ -145,7 +145,7 @@ class AwsProvider:
         self.sandbox: Any = None  # set by controller.sandbox
         self._clients: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
-        self._root_devices: dict[str, str] = {}
+        self._root_devices: dict[str, tuple[str, int | None]] = {}
 
     # --- clients ---------------------------------------------------------------------
     @property
@@ -208,7 +208,7 @@ class AwsProvider:
                                 "cannot use current instance types, ENA or IMDSv2); choose an HVM base")
         if image.get("State", "available") != "available":
             raise ProviderError(f"base image {image['ImageId']} is {image.get('State')}, not available")
-        self._root_devices[image["ImageId"]] = image.get("RootDeviceName") or "/dev/xvda"
+        self._remember_root(image)
         return BaseImage(id=image["ImageId"], name=image.get("Name", image["ImageId"]),
                          spec=json.dumps(spec, sort_keys=True))
 
@@ -404,17 +404,26 @@ class AwsProvider:
             {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": v4, "Ipv6Ranges": v6}])
         return group
 
-    def _root_device(self, image_id: str) -> str:
+    def _remember_root(self, image: dict[str, Any]) -> None:
+        device = image.get("RootDeviceName") or "/dev/xvda"
+        size = next((m["Ebs"].get("VolumeSize") for m in image.get("BlockDeviceMappings") or []
+                     if m.get("DeviceName") == device and "Ebs" in m), None)
+        self._root_devices[image["ImageId"]] = (device, size)
+
+    def _root_device(self, image_id: str) -> tuple[str, int | None]:
         if image_id not in self._root_devices:
-            image = self._describe_base(image_id, image_id)
-            self._root_devices[image_id] = image.get("RootDeviceName") or "/dev/xvda"
+            self._remember_root(self._describe_base(image_id, image_id))
         return self._root_devices[image_id]
 
     def launch_mappings(self, image_id: str) -> list[dict[str, Any]]:
         s = self.settings
-        mappings = [{"DeviceName": self._root_device(image_id), "Ebs": s.root_volume.ebs()}]
+        device, base_size = self._root_device(image_id)
+        root = s.root_volume.ebs()
+        if "VolumeSize" not in root and base_size:
+            root["VolumeSize"] = base_size  # the snapshot's own size, said explicitly
+        mappings = [{"DeviceName": device, "Ebs": root}]
         mappings += [{"DeviceName": v.device, "Ebs": v.ebs()} for v in s.extra_volumes]
-        mappings += [{"DeviceName": device, "VirtualName": name} for device, name in s.ephemeral_volumes]
+        mappings += [{"DeviceName": dev, "VirtualName": name} for dev, name in s.ephemeral_volumes]
         return mappings
 
     def run_parameters(self, ctx: BakeContext, group: str, tags: dict[str, str]) -> dict[str, Any]:
