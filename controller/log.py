@@ -67,6 +67,10 @@ class TerminalRenderer:
         text = f"    {head}{event}  {fields}".rstrip()
         return self.paint("failed" if level in ("error", "critical") else "", text) if head else text
 
+    def _bake(self, e: dict) -> str:
+        return (f"kiln: baking {e.get('role')} on {e.get('provider')}, build {e.get('build_id')} "
+                f"(roles {e.get('chain')}; {e.get('steps')} steps, {e.get('checks')} checks)")
+
     def _stage(self, e: dict) -> str:
         return f"==> {e.get('stage')}"
 
