@@ -1,0 +1,128 @@
+"""Keep a block of lines between two marker lines in a file (or remove it).
+
+The markers are ``marker`` with ``{mark}`` replaced by ``marker_begin`` / ``marker_end``;
+the block between them is replaced as a whole. An empty ``block`` removes the markers too.
+
+Example::
+
+    - block_in_file:
+        path: /etc/hosts
+        block: |
+          10.0.0.10 db
+          10.0.0.11 cache
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from agent.api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
+from agent.modules import copy as copymod
+from agent.modules import file as filemod
+from agent.modules import line_in_file as lif
+
+SCHEMA = {
+    "description": "Insert, update or remove a block of lines between kiln's marker lines in a file.",
+    "args": {
+        "path": {"type": "path", "required": True, "aliases": ["dest", "name"], "description": "The file."},
+        "block": {"type": "str", "default": "", "aliases": ["content"],
+                  "description": "The lines to keep between the markers; empty removes the block."},
+        "marker": {"type": "str", "default": "# {mark} KILN MANAGED BLOCK",
+                   "description": "Marker line template; {mark} becomes marker_begin or marker_end. Give each "
+                                  "block in one file its own marker."},
+        "marker_begin": {"type": "str", "default": "BEGIN", "description": "{mark} of the first marker line."},
+        "marker_end": {"type": "str", "default": "END", "description": "{mark} of the last marker line."},
+        "state": {"type": "str", "choices": ["present", "absent"], "default": "present",
+                  "description": "present: the block is there; absent: block and markers are removed."},
+        "insertafter": {"type": "str",
+                        "description": "A new block goes after the last line matching this regexp, or EOF "
+                                       "(default)."},
+        "insertbefore": {"type": "str",
+                         "description": "A new block goes before the last line matching this regexp, or BOF."},
+        "create": {"type": "bool", "default": False, "description": "Create the file when it is missing."},
+        "backup": {"type": "bool", "default": False, "description": "Keep the old file as <path>.<timestamp>~."},
+        "validate": {"type": "str", "description": "Command checking the new file (%s is the temp file)."},
+        "mode": {"type": "mode", "description": "Mode, quoted octal (\"0644\") or symbolic."},
+        "owner": {"type": "str", "description": "Owning user name."},
+        "group": {"type": "str", "description": "Owning group name."},
+    },
+    "mutually_exclusive": [["insertafter", "insertbefore"]],
+    "check_mode": "full",
+    "diff": True,
+    "example": "- block_in_file:\n    path: /etc/hosts\n    block: |\n      10.0.0.10 db\n",
+}
+
+check = lif.check
+
+
+def edit(params: Dict[str, Any], text: str) -> str:
+    if "{mark}" not in params["marker"]:
+        raise ModuleError("marker must contain {mark}")
+    begin = params["marker"].replace("{mark}", params["marker_begin"])
+    end = params["marker"].replace("{mark}", params["marker_end"])
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == begin), None)
+    stop = next((i for i, ln in enumerate(lines) if ln.rstrip() == end and (start is None or i > start)), None)
+    block: List[str] = params["block"].splitlines()
+    wanted = [] if params["state"] == "absent" or not block else [begin, *block, end]
+    if start is not None and stop is not None:
+        new = lines[:start] + wanted + lines[stop + 1:]
+    elif not wanted:
+        return text
+    else:
+        index = len(lines)
+        after, before = params.get("insertafter"), params.get("insertbefore")
+        if before == "BOF":
+            index = 0
+        elif before:
+            found = lif._find(lines, lif._compile(before, "insertbefore"), False)
+            index = found if found is not None else index
+        elif after and after != "EOF":
+            found = lif._find(lines, lif._compile(after, "insertafter"), False)
+            index = found + 1 if found is not None else index
+        new = lines[:index] + wanted + lines[index:]
+    if new == lines:
+        return text
+    return "\n".join(new) + ("\n" if new else "")
+
+
+def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    path = params["path"]
+    attrs, text = state["attrs"], state["text"]
+    if text is None:
+        if params["state"] == "absent" or not params["block"]:
+            return Result(False, f"{path} does not exist; no block to remove")
+        if not params["create"]:
+            raise ModuleError(f"{path} does not exist (set create: true to create it)")
+    old = text or ""
+    new = edit(params, old)
+    changed_content = new != old or text is None
+    wanted = filemod.attributes_wanted(params, attrs)
+    if attrs is None and not params.get("mode"):
+        wanted.pop("mode", None)
+    if not changed_content and not wanted:
+        return Result(False, f"{path}: block already {params['state'] if params['block'] else 'absent'}")
+    diff: Dict[str, Any] = {}
+    msgs = []
+    if changed_content:
+        diff["unified"] = unified_diff(old, new, path)
+        msgs.append("block removed" if params["state"] == "absent" or not params["block"]
+                    else ("file created" if text is None else "block written"))
+    if wanted:
+        diff["before"] = {k: attrs.get(k) for k in wanted} if attrs else "absent"
+        diff["after"] = dict(wanted)
+        msgs.append(", ".join(f"{k} {v}" for k, v in sorted(wanted.items())))
+    msg = f"{path}: " + "; ".join(msgs)
+    if ctx.check_mode:
+        return Result(True, f"{msg} (check mode: not written)", diff=diff)
+    data: Dict[str, Any] = {}
+    if changed_content:
+        if text is not None and params["backup"]:
+            data["backup_file"] = copymod.backup_file(path)
+        current = int(attrs["mode"], 8) if attrs else 0o644
+        mode = parse_mode(params["mode"], current) if params.get("mode") else None
+        atomic_write(path, new.encode("utf-8", errors="surrogateescape"), mode=mode,
+                     validate=params.get("validate"), ctx=ctx)
+    if wanted:
+        filemod.set_attributes(path, wanted)
+    return Result(True, msg, diff=diff, data=data)

@@ -1,0 +1,145 @@
+"""Set a kernel parameter: persistently in a sysctl.d file, and live through /proc/sys.
+
+The live value is read from /proc/sys first; the file is rewritten only when its
+entry differs, the live value only when it differs (and ``reload`` is on).
+
+Example::
+
+    - sysctl: {name: net.ipv4.ip_forward, value: "1"}
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, List, Optional
+
+from agent.api import Context, ModuleError, Result, atomic_write, unified_diff
+
+SCHEMA = {
+    "description": "Set a kernel parameter (sysctl) in a sysctl.d file and, with reload, live.",
+    "args": {
+        "name": {"type": "str", "required": True, "aliases": ["key"],
+                 "description": "Parameter name, e.g. net.ipv4.ip_forward."},
+        "value": {"type": "str", "aliases": ["val"], "description": "The value (state=present)."},
+        "state": {"type": "str", "choices": ["present", "absent"], "default": "present",
+                  "description": "present: set in the file (and live); absent: removed from the file (the live "
+                                 "value is left as is)."},
+        "sysctl_file": {"type": "path", "default": "/etc/sysctl.d/99-kiln.conf",
+                        "description": "The file holding the setting."},
+        "reload": {"type": "bool", "default": True,
+                   "description": "Also set the live value (write /proc/sys) when it differs."},
+        "ignoreerrors": {"type": "bool", "default": False,
+                         "description": "Do not fail when the live value cannot be set (e.g. in a container)."},
+    },
+    "required_if": [["state", "present", ["value"]]],
+    "check_mode": "full",
+    "diff": True,
+    "example": "- sysctl: {name: net.ipv4.ip_forward, value: \"1\"}",
+}
+
+
+def proc_path(name: str) -> str:
+    return "/proc/sys/" + name.replace(".", "/")
+
+
+def normalise(value: Any) -> str:
+    return " ".join(str(value).split())
+
+
+def _entry(line: str) -> Optional[str]:
+    """The parameter a sysctl.conf line sets (None for comments and blanks)."""
+    stripped = line.strip()
+    if not stripped or stripped[0] in "#;":
+        return None
+    key = stripped.split("=", 1)[0].strip().lstrip("-")
+    return key.replace("/", ".")
+
+
+def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+    live: Optional[str] = None
+    try:
+        with open(proc_path(params["name"])) as handle:
+            live = normalise(handle.read())
+    except FileNotFoundError:
+        live = None
+    except OSError as exc:
+        raise ModuleError(f"cannot read {proc_path(params['name'])}: {exc}") from None
+    text = None
+    if os.path.exists(params["sysctl_file"]):
+        with open(params["sysctl_file"]) as handle:
+            text = handle.read()
+    return {"live": live, "text": text}
+
+
+def _new_text(params: Dict[str, Any], text: str) -> str:
+    lines: List[str] = text.splitlines()
+    name = params["name"]
+    kept = [ln for ln in lines if _entry(ln) != name]
+    if params["state"] == "absent":
+        if len(kept) == len(lines):
+            return text
+        return "\n".join(kept) + ("\n" if kept else "")
+    wanted = f"{name} = {normalise(params['value'])}"
+    positions = [i for i, ln in enumerate(lines) if _entry(ln) == name]
+    if positions:
+        current = lines[positions[-1]]
+        value = current.split("=", 1)[1] if "=" in current else ""
+        if len(positions) == 1 and normalise(value) == normalise(params["value"]):
+            return text
+        new = [ln for i, ln in enumerate(lines) if i not in positions[:-1]]
+        new[positions[-1] - len(positions[:-1])] = wanted
+    else:
+        new = lines + [wanted]
+    return "\n".join(new) + "\n"
+
+
+def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    name, path = params["name"], params["sysctl_file"]
+    if not re.match(r"^[A-Za-z0-9_.\-/*]+$", name):
+        raise ModuleError(f"'{name}' is not a kernel parameter name")
+    old = state["text"] or ""
+    new = _new_text(params, old)
+    file_changes = new != old
+    live = state["live"]
+    set_live = (params["state"] == "present" and params["reload"]
+                and live != normalise(params["value"]))
+    if params["state"] == "present" and live is None and params["reload"]:
+        if not params["ignoreerrors"]:
+            raise ModuleError(f"no such kernel parameter: {name} ({proc_path(name)} missing)")
+        set_live = False
+    if not file_changes and not set_live:
+        return Result(False, f"{name} is {'absent from ' + path if params['state'] == 'absent' else 'set'}",
+                      data={"live": live})
+    diff: Dict[str, Any] = {}
+    msgs = []
+    if file_changes:
+        diff["unified"] = unified_diff(old, new, path)
+        msgs.append(f"{path} updated")
+    if set_live:
+        diff["before"] = {"live": live}
+        diff["after"] = {"live": normalise(params["value"])}
+        msgs.append(f"live {live} -> {normalise(params['value'])}")
+    msg = f"{name}: " + ", ".join(msgs)
+    if ctx.check_mode:
+        return Result(True, f"{msg} (check mode)", diff=diff)
+    if file_changes:
+        directory = os.path.dirname(path)
+        if directory and not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o755)
+        atomic_write(path, new.encode(), ctx=ctx)
+    if set_live:
+        try:
+            with open(proc_path(name), "w") as handle:
+                handle.write(str(params["value"]))
+        except OSError as exc:
+            if not params["ignoreerrors"]:
+                raise ModuleError(f"cannot set {name} live ({exc.strerror}); the setting is saved in {path} "
+                                  "(set ignoreerrors: true or reload: false in containers)") from None
+            diff.pop("before", None)
+            diff.pop("after", None)
+            note = f"live value not set: {exc.strerror}"
+            if not file_changes:
+                return Result(False, f"{name}: {path} is up to date ({note})", data={"live": live})
+            return Result(True, f"{name}: {path} updated ({note})", diff=diff, data={"live": live})
+    return Result(True, msg, diff=diff, data={"live": normalise(params["value"]) if set_live else live})

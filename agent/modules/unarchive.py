@@ -1,0 +1,196 @@
+"""Unpack a tar (gz/bz2/xz) or zip archive from the role's ``files/`` into a directory.
+
+Without ``creates`` the archive's members are compared with ``dest`` (type, size,
+content); the archive is unpacked only when something differs. Members that would
+land outside ``dest`` (absolute paths, ``..``, links out) are refused.
+
+Example::
+
+    - unarchive: {src: site.tar.gz, dest: /srv/www, owner: www-data}
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import pwd
+import shutil
+import stat
+import tarfile
+import zipfile
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from agent.api import Context, ModuleError, Result
+
+SCHEMA = {
+    "description": "Unpack a tar or zip archive from the role's files/ into an existing directory, when its "
+                   "content differs.",
+    "args": {
+        "src": {"type": "path", "relative": True, "required": True,
+                "description": "Archive in the role's files/ (or an absolute path on the box)."},
+        "dest": {"type": "path", "required": True, "description": "Directory to unpack into (must exist)."},
+        "creates": {"type": "path", "description": "Skip when this path exists (no comparison)."},
+        "owner": {"type": "str", "description": "Owner of the unpacked files (default: root)."},
+        "group": {"type": "str", "description": "Group of the unpacked files."},
+    },
+    "check_mode": "full",
+    "diff": True,
+    "example": "- unarchive: {src: site.tar.gz, dest: /srv/www}",
+}
+
+MAX_LISTED = 50
+
+# (name, kind, mode, size, reader or link target)
+Member = Tuple[str, str, int, int, Any]
+
+
+def _safe_name(name: str, dest: str) -> str:
+    cleaned = name.replace("\\", "/")
+    while cleaned.startswith("./"):
+        cleaned = cleaned[2:]
+    if cleaned in (".", ""):
+        return ""
+    if cleaned.startswith("/") or ".." in cleaned.split("/"):
+        raise ModuleError(f"archive member {name!r} would be unpacked outside {dest}; refusing")
+    return cleaned.rstrip("/")
+
+
+def members(path: str, dest: str) -> Iterator[Member]:
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = _safe_name(info.filename, dest)
+                if not name:
+                    continue
+                mode = (info.external_attr >> 16) & 0o7777
+                unix_kind = (info.external_attr >> 16) & 0o170000
+                if info.is_dir():
+                    yield name, "dir", mode or 0o755, 0, None
+                elif unix_kind == stat.S_IFLNK:
+                    yield name, "link", 0o777, 0, archive.read(info).decode()
+                else:
+                    yield name, "file", mode or 0o644, info.file_size, (lambda i=info, a=archive: a.read(i))
+        return
+    try:
+        archive = tarfile.open(path)
+    except tarfile.TarError as exc:
+        raise ModuleError(f"{path} is neither a tar nor a zip archive: {exc}") from None
+    with archive:
+        for info in archive.getmembers():
+            name = _safe_name(info.name, dest)
+            if not name:
+                continue
+            if info.isdir():
+                yield name, "dir", info.mode, 0, None
+            elif info.issym():
+                yield name, "link", 0o777, 0, info.linkname
+            elif info.islnk():
+                yield name, "file", info.mode, info.size, (lambda i=info, a=archive: a.extractfile(i).read())
+            elif info.isfile():
+                yield name, "file", info.mode, info.size, (lambda i=info, a=archive: a.extractfile(i).read())
+            # devices and fifos are skipped
+
+
+def _differs(target: str, kind: str, size: int, payload: Any) -> bool:
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return True
+    if kind == "dir":
+        return not stat.S_ISDIR(st.st_mode)
+    if kind == "link":
+        return not stat.S_ISLNK(st.st_mode) or os.readlink(target) != payload
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return True
+    with open(target, "rb") as handle:
+        return hashlib.sha256(handle.read()).digest() != hashlib.sha256(payload()).digest()
+
+
+def _ids(params: Dict[str, Any]) -> Tuple[int, int]:
+    try:
+        uid = pwd.getpwnam(params["owner"]).pw_uid if params.get("owner") else -1
+        gid = grp.getgrnam(params["group"]).gr_gid if params.get("group") else -1
+    except KeyError as exc:
+        raise ModuleError(f"no such user or group: {exc.args[0]}") from None
+    return uid, gid
+
+
+def _owned_wrong(target: str, uid: int, gid: int) -> bool:
+    st = os.lstat(target)
+    return (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
+
+
+def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+    dest = params["dest"]
+    if params.get("creates") and os.path.exists(params["creates"]):
+        return {"skip": f"{params['creates']} exists"}
+    src = ctx.source_path(params["src"], "files")
+    if not os.path.isfile(src):
+        raise ModuleError(f"archive {params['src']} not found in the role's files/ ({src})")
+    if not os.path.isdir(dest):
+        return {"skip": None, "src": src, "dest_missing": True, "todo": []}
+    uid, gid = (-1, -1)
+    if params.get("owner") or params.get("group"):
+        try:
+            uid, gid = _ids(params)
+        except ModuleError:
+            uid, gid = (-1, -1)
+    todo: List[str] = []
+    for name, kind, _mode, size, payload in members(src, dest):
+        target = os.path.join(dest, name)
+        if _differs(target, kind, size, payload) or _owned_wrong(target, uid, gid):
+            todo.append(name)
+    return {"skip": None, "src": src, "dest_missing": False, "todo": todo}
+
+
+def _extract(src: str, dest: str, uid: int, gid: int) -> None:
+    for name, kind, mode, _size, payload in members(src, dest):
+        target = os.path.join(dest, name)
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        if kind == "dir":
+            if os.path.lexists(target) and not os.path.isdir(target):
+                os.unlink(target)
+            os.makedirs(target, exist_ok=True)
+            os.chmod(target, mode)
+        elif kind == "link":
+            resolved = os.path.normpath(os.path.join(parent, payload))
+            if os.path.isabs(payload) or not (resolved + "/").startswith(os.path.normpath(dest) + "/"):
+                raise ModuleError(f"archive member {name!r} links outside {dest} ({payload}); refusing")
+            if os.path.lexists(target):
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                else:
+                    os.unlink(target)
+            os.symlink(payload, target)
+        else:
+            if os.path.islink(target):
+                os.unlink(target)
+            tmp = target + ".kiln-tmp"
+            with open(tmp, "wb") as handle:
+                handle.write(payload())
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        if uid != -1 or gid != -1:
+            os.lchown(target, uid, gid)
+
+
+def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    dest = params["dest"]
+    if state["skip"]:
+        return Result(False, f"skipped: {state['skip']}")
+    if state["dest_missing"] and not ctx.check_mode:
+        raise ModuleError(f"dest {dest} is not a directory (create it first with file: state=directory)")
+    todo: List[str] = state["todo"]
+    if not todo and not state["dest_missing"]:
+        return Result(False, f"{dest} already has the content of {params['src']}")
+    listed: Optional[List[str]] = todo[:MAX_LISTED] + ([f"... {len(todo) - MAX_LISTED} more"]
+                                                       if len(todo) > MAX_LISTED else [])
+    diff = {"before": {"differs": listed or ["(dest missing)"]}, "after": {"unpacked": params["src"]}}
+    msg = f"unpacked {params['src']} into {dest} ({len(todo)} members differed)"
+    if ctx.check_mode:
+        return Result(True, f"{msg} (check mode)", diff=diff)
+    uid, gid = _ids(params)
+    _extract(state["src"], dest, uid, gid)
+    return Result(True, msg, diff=diff, data={"dest": dest, "changed_members": todo})
