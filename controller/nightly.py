@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -169,9 +170,16 @@ class Nightly:
 
 
 def write_report(builds: Path, reports: list[RoleReport], provider: str, started: dt.datetime) -> tuple[Path, Path]:
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
     builds.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = builds / f"nightly-{stamp}.json", builds / f"nightly-{stamp}.md"
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 1000):  # two schedulers started the same second each keep their report
+        name = f"nightly-{stamp}" if n == 1 else f"nightly-{stamp}-{n}"
+        try:
+            os.close(os.open(builds / f"{name}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            continue
+    json_path, md_path = builds / f"{name}.json", builds / f"{name}.md"
     data = {"started": started.isoformat(), "finished": dt.datetime.now(dt.UTC).isoformat(),
             "provider": provider, "roles": [asdict(r) for r in reports]}
     json_path.write_text(json.dumps(data, indent=2) + "\n")
