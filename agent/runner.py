@@ -199,6 +199,9 @@ class Runner:
                 out["msg"] = f"{exc.msg}: {tail(output, 5)}"
         except (OSError, ValueError, KeyError, TemplateError) as exc:
             out = {"changed": False, "failed": True, "msg": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # a bug in a module fails its step, not the whole agent run
+            out = {"changed": False, "failed": True,
+                   "msg": f"module {step['module']} crashed: {type(exc).__name__}: {exc}"}
         local = dict(scope, **({step["register"]: out} if step.get("register") else {}))
         local["result"] = out
         if step.get("changed_when") is not None and not out["failed"]:

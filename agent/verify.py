@@ -36,6 +36,8 @@ def run_checks(checks: List[Dict[str, Any]], facts: Dict[str, Any],
             passed, observed = False, exc.msg
         except OSError as exc:
             passed, observed = False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug in a check fails that check, not the whole verify run
+            passed, observed = False, f"check {kind} crashed: {type(exc).__name__}: {exc}"
         event.update(status="passed" if passed else "failed", observed=observed,
                      duration=round(time.monotonic() - started, 4))
         counts[event["status"]] += 1

@@ -95,3 +95,57 @@ def test_agent_runs_on_python39(tmp_path):
     assert done.stdout.split() == [str(len(MODULES)), str(len(CHECKS))]
     facts = subprocess.run([python, str(pyz), "facts"], capture_output=True, text=True)
     assert facts.returncode == 0 and '"event": "facts"' in facts.stdout, facts.stderr
+
+
+def test_file_modules_apply_on_python39(tmp_path):
+    """The file-editing modules run end to end under Python 3.9 (on this host, inside tmp_path)."""
+    import io as _io
+    import json
+    import tarfile
+
+    python = _python39()
+    if python is None:
+        pytest.skip("no python3.9 here")
+    from controller.agent_build import agent_zipapp
+
+    pyz = tmp_path / "agent.pyz"
+    pyz.write_bytes(agent_zipapp())
+    bundle, out = tmp_path / "bundle", tmp_path / "out"
+    (bundle / "files" / "r").mkdir(parents=True)
+    (bundle / "templates" / "r").mkdir(parents=True)
+    out.mkdir()
+    (bundle / "files" / "r" / "a.txt").write_text("a\n")
+    (bundle / "templates" / "r" / "t.j2").write_text("x={{ x }} os={{ facts.os_family }}\n")
+    buf = _io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("d/f")
+        info.size = 2
+        tar.addfile(info, _io.BytesIO(b"f\n"))
+    (bundle / "files" / "r" / "t.tgz").write_bytes(buf.getvalue())
+    steps = [
+        {"module": "copy", "args": {"src": "r/a.txt", "dest": f"{out}/a.txt", "mode": "0600"}},
+        {"module": "copy", "args": {"content": "c\n", "dest": f"{out}/c.txt"}},
+        {"module": "template", "args": {"src": "r/t.j2", "dest": f"{out}/t"}},
+        {"module": "line_in_file", "args": {"path": f"{out}/l.txt", "line": "b", "create": True}},
+        {"module": "line_in_file", "args": {"path": f"{out}/l.txt", "line": "a", "insertbefore": "BOF"}},
+        {"module": "block_in_file", "args": {"path": f"{out}/b.txt", "block": "k=v", "create": True}},
+        {"module": "unarchive", "args": {"src": "r/t.tgz", "dest": str(out)}},
+        {"module": "sysctl", "args": {"name": "net.ipv4.ip_forward", "value": "1", "reload": False,
+                                      "sysctl_file": f"{out}/sysctl.conf"}},
+    ]
+    for i, step in enumerate(steps, 1):
+        step.update(index=i, name=f"step {i}")
+    (bundle / "bundle.json").write_text(json.dumps({"steps": steps, "handlers": [], "vars": {"x": 1}}))
+
+    def run() -> list[str]:
+        done = subprocess.run([python, str(pyz), "apply", str(bundle)], capture_output=True, text=True)
+        events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        steps_seen = [e for e in events if e["event"] == "step"]
+        assert done.returncode == 0, (done.stderr, steps_seen)
+        return [e["status"] for e in steps_seen]
+
+    assert run() == ["changed"] * len(steps)
+    assert run() == ["ok"] * len(steps)
+    assert (out / "l.txt").read_text() == "a\nb\n"
+    assert (out / "t").read_text().startswith("x=1 os=")
+    assert (out / "d" / "f").read_text() == "f\n"

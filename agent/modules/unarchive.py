@@ -122,6 +122,13 @@ def _owned_wrong(target: str, uid: int, gid: int) -> bool:
 
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+    try:
+        return _check(params, ctx)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModuleError(f"archive {params['src']} is damaged: {exc}") from None
+
+
+def _check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     dest = params["dest"]
     if params.get("creates") and os.path.exists(params["creates"]):
         return {"skip": f"{params['creates']} exists"}
@@ -192,5 +199,8 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode)", diff=diff)
     uid, gid = _ids(params)
-    _extract(state["src"], dest, uid, gid)
+    try:
+        _extract(state["src"], dest, uid, gid)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModuleError(f"archive {params['src']} is damaged: {exc}") from None
     return Result(True, msg, diff=diff, data={"dest": dest, "changed_members": todo})
