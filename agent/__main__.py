@@ -59,7 +59,13 @@ def main(argv: Any = None) -> int:
 
         with open(args.checks) as handle:
             checks = json.load(handle)
-        return 0 if run_checks(checks, facts.gather(), emit) else 1
+        # checks may read variables, facts and kiln.version: render them here, with the bundle's vars
+        bundle_file = os.path.join(os.path.dirname(os.path.abspath(args.checks)), "bundle.json")
+        variables: Dict[str, Any] = {}
+        if os.path.exists(bundle_file):
+            with open(bundle_file) as handle:
+                variables = dict(json.load(handle).get("vars", {}))
+        return 0 if run_checks(checks, facts.gather(), emit, variables) else 1
     return 2
 
 

@@ -6,7 +6,7 @@ A check's ``probe(params, ctx) -> (passed, observed)`` only reads.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from agent import schema as argschema
 from agent.api import Context, ModuleError
@@ -14,7 +14,7 @@ from agent.checks import discover
 
 
 def run_checks(checks: List[Dict[str, Any]], facts: Dict[str, Any],
-               emit: Callable[[Dict[str, Any]], None]) -> bool:
+               emit: Callable[[Dict[str, Any]], None], variables: Optional[Dict[str, Any]] = None) -> bool:
     available = discover()
     ctx = Context(facts=facts)
     counts = {"passed": 0, "failed": 0}
@@ -28,7 +28,20 @@ def run_checks(checks: List[Dict[str, Any]], facts: Dict[str, Any],
         try:
             if impl is None:
                 raise ModuleError(f"unknown check '{kind}'")
-            params, errors = argschema.validate(impl.SCHEMA, check.get("args", {}))
+            args = check.get("args", {})
+            if variables is not None:
+                from agent.templating import TemplateError, render
+
+                try:
+                    args = render(args, dict(variables, facts=facts))
+                except TemplateError as exc:
+                    raise ModuleError(f"templating: {exc}")
+                if "{{" in event["name"]:
+                    try:
+                        event["name"] = str(render(event["name"], dict(variables, facts=facts)))
+                    except TemplateError:
+                        pass
+            params, errors = argschema.validate(impl.SCHEMA, args)
             if errors:
                 raise ModuleError("; ".join(e.message for e in errors))
             passed, observed = impl.probe(params, ctx)

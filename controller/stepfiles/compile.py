@@ -358,8 +358,10 @@ def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, over
         try:
             check["args"][key] = render(check["args"][key], resolved)
         except Exception as exc:  # noqa: BLE001 - reported, never a traceback
-            problems.append(doc.diag(path, f"cannot render this check value before the bake: {exc} (verify checks "
-                                           "are rendered on the controller: variables and kiln.role only)"))
+            # facts and kiln.version exist only on the box: the agent renders those at verify time
+            unknown = _undeclared_in(check["args"][key]) - known
+            if unknown or not _mentions_runtime_names(check["args"][key]):
+                problems.append(doc.diag(path, f"cannot render this check value: {exc}"))
     for check in checks:
         if is_templated(check["name"]):
             try:
@@ -439,3 +441,23 @@ def bundle_json(compiled: CompiledRole, extra_vars: dict[str, Any], *, check_mod
 
 __all__ = ["compile_role", "validate_roles", "bundle_json", "parse_var_overrides", "list_roles",
            "resolve_variables", "JINJA_GLOBALS"]
+
+
+def _undeclared_in(value: Any) -> set[str]:
+    from agent.templating import undeclared
+
+    if isinstance(value, dict):
+        return set().union(*(_undeclared_in(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_undeclared_in(v) for v in value)) if value else set()
+    if not is_templated(value):
+        return set()
+    try:
+        return set(undeclared(value))
+    except Exception:  # noqa: BLE001 - syntax errors are reported by the render attempt
+        return {"<invalid template>"}
+
+
+def _mentions_runtime_names(value: Any) -> bool:
+    """Whether a value reads what only the box knows: facts, or kiln's version and build id."""
+    return bool(_undeclared_in(value) & {"facts", "kiln"})
