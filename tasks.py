@@ -67,12 +67,19 @@ def images(c, role, provider="local", sandbox=False, json=False):
         print(jsonlib.dumps([i.__dict__ for i in found], default=str, indent=1))
         return
     recorded = {(e["role"], e["version"], e.get("region", "")): e for e in read(Path("builds/manifest.json"))}
-    print(f"{'VERSION':<14} {'STATUS':<10} {'CREATED':<26} {'BASE':<40} {'INPUTS HASH':<16} ID")
+    print(f"{'VERSION':<13} {'STATUS':<10} {'CREATED (UTC)':<17} {'BASE':<44} {'INPUTS HASH':<13} {'REGION':<10} ID")
     for image in found:
         entry = recorded.get((role, image.version, image.region), {})
-        created = entry.get("finished") or image.created
-        print(f"{image.version:<14} {image.status:<10} {str(created)[:25]:<26} {image.base[:40]:<40} "
-              f"{image.inputs_hash[:16]:<16} {image.id[:19]}")
+        base = entry.get("base") or {}
+        base_text = f"{base['name']}@{image.base[:12]}" if base.get("name") else image.base[:12]
+        print(f"{image.version:<13} {image.status:<10} {_when(entry.get('finished') or image.created):<17} "
+              f"{base_text[:44]:<44} {image.inputs_hash[:12]:<13} {image.region or '-':<10} {image.id[:21]}")
+
+
+def _when(value: str) -> str:
+    """Any ISO-ish timestamp (podman's or ours) as 'YYYY-MM-DD HH:MM'."""
+    text = str(value).replace("T", " ")
+    return text[:16] if len(text) >= 16 else text
 
 
 @task(help={"role": "Validate one role (default: all)."})

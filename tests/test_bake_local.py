@@ -166,3 +166,46 @@ def _get_with_retry(url: str, timeout: float) -> str:
         time.sleep(0.5)
     raise AssertionError(f"{url} did not answer 200 within {timeout}s: {last}")
 
+
+
+STAGES = ["resolve base image", "launch instance", "connect", "push agent and bundle", "apply steps",
+          "idempotence check", "verify", "clean machine", "snapshot", "publish"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigint_at_each_stage_leaves_nothing_half_done(engine, tmp_path, stage):
+    """Whatever the moment: no build container remains, and either a whole image is published or none."""
+    role = "interrupted"
+    make_playbooks(tmp_path, {
+        "steps.yml": "- name: marker\n  copy: {content: \"x\\n\", dest: /etc/kiln-marker}\n",
+        "verify.yml": "- file: /etc/kiln-marker\n",
+    }, role=role)
+    repo = f"localhost/kiln/{role}"
+    before = {row["Id"] for row in engine.images(repo)}
+    latest_before = engine.image_id(f"{repo}:latest") if engine.image_exists(f"{repo}:latest") else None
+    env = dict(os.environ, KILN_JSON="1")
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if f'"stage": "{stage}"' in line and '"event": "stage"' in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    code = proc.wait(timeout=120)
+    output = "".join(seen) + rest
+    assert "Traceback" not in output, output[-3000:]
+    assert not left_behind(engine, output), "a build container was left behind"
+    after = {row["Id"] for row in engine.images(repo)} - before
+    latest_after = engine.image_id(f"{repo}:latest") if engine.image_exists(f"{repo}:latest") else None
+    try:
+        if code == 0:  # the signal came too late to stop it: then the bake is whole
+            assert len(after) == 1 and latest_after in after
+        else:
+            assert code == 1 and "interrupted" in rest, output[-2000:]
+            assert not after, "an interrupted bake must not leave an image"
+            assert latest_after == latest_before, "latest must not move on an interrupted bake"
+    finally:
+        for image_id in after:
+            engine.remove_image(image_id)
