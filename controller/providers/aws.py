@@ -994,7 +994,7 @@ class AwsProvider:
                 if when := expired(tags_of(pair), now):
                     note("key pair", pair["KeyName"], tags_of(pair), when)
                     if apply:
-                        ec2.delete_key_pair(KeyPairId=pair["KeyPairId"])
+                        ec2.delete_key_pair(KeyName=pair["KeyName"])
             for group in ec2.describe_security_groups(Filters=temporary)["SecurityGroups"]:
                 if when := expired(tags_of(group), now):
                     ok = self._delete_group(region, group["GroupId"], attempts=6) if apply else True
