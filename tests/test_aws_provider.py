@@ -16,9 +16,9 @@ from moto import mock_aws
 from controller.model import InvalidInput
 from controller.providers.aws import ImageWaitTimeout, make_aws_provider
 from controller.providers.aws_support import (
+    cloud_config_parts,
     console_block,
     console_fingerprints,
-    cloud_config_parts,
     tags_of,
     user_data,
 )
