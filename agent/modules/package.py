@@ -33,8 +33,8 @@ SCHEMA = {
                                         "dnf makecache). Not a change by itself, and skipped when nothing "
                                         "needs installing."},
         "cache_valid_time": {"type": "int",
-                             "description": "Seconds the apt index stays fresh: update_cache is skipped when "
-                                            "the last update is younger than this."},
+                             "description": "Seconds the apt index stays fresh: the update is skipped when "
+                                            "the last one is younger than this (implies update_cache)."},
         "purge": {"type": "bool", "default": False,
                   "description": "With state=absent on apt: also remove configuration files."},
     },
@@ -181,6 +181,7 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
     fresh = (params.get("cache_valid_time") is not None and state["cache_age"] is not None
              and state["cache_age"] < params["cache_valid_time"])
     cache_updated = False
+    wants_update = params["update_cache"] or params.get("cache_valid_time") is not None
 
     def update_once() -> None:
         nonlocal cache_updated
@@ -190,7 +191,7 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
 
     candidates = None
     if want == "latest":
-        if params["update_cache"] and not fresh and not ctx.check_mode:
+        if wants_update and not fresh and not ctx.check_mode:
             update_once()
         if not state["lists_empty"] or cache_updated:
             candidates = apt_candidates(names, ctx)
@@ -218,9 +219,10 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
                 name, pin = split_spec(spec, "apt")
                 after[name] = pin or (candidates or {}).get(name) or "present"
             return Result(True, f"would install {', '.join(todo)}", diff={"before": before, "after": after})
-        if (params["update_cache"] and not fresh) or state["lists_empty"]:
+        if (wants_update and not fresh) or state["lists_empty"]:
             update_once()
-        ctx.run(["apt-get", "install", "-y", "-q", *APT_OPTIONS, *todo], env=APT_ENV, timeout=1800)
+        pinned = ["--allow-downgrades"] if any(split_spec(s, "apt")[1] for s in todo) else []
+        ctx.run(["apt-get", "install", "-y", "-q", *APT_OPTIONS, *pinned, *todo], env=APT_ENV, timeout=1800)
     now = apt_installed(names, ctx)
     after = {n: (v or "absent") for n, v in now.items()}
     verb = "removed" if want == "absent" else "installed"
