@@ -35,7 +35,7 @@ def run_checks(checks: List[Dict[str, Any]], facts: Dict[str, Any],
                 try:
                     args = render(args, dict(variables, facts=facts))
                 except TemplateError as exc:
-                    raise ModuleError(f"templating: {exc}")
+                    raise ModuleError(f"templating: {exc}") from None
                 if "{{" in event["name"]:
                     try:
                         event["name"] = str(render(event["name"], dict(variables, facts=facts)))
