@@ -1,0 +1,281 @@
+"""Whole AWS bakes in the sandbox: a moto server on 127.0.0.1, real containers as the instances.
+
+The bakes run in this process (a signal at every stage boundary, throttling, retention) or
+through the real command line (`invoke bake --provider aws --sandbox`, then SIGTERM) against
+one moto server this module starts, so what a bake leaves behind can be inspected after it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import controller.bake
+from controller.bake import bake, stages_for
+from controller.context import BakeOptions
+from controller.providers.aws import make_aws_provider
+from controller.sandbox import LOCAL_IMAGES, sandbox_client
+from tests.aws_harness import AL2023, ApiCalls, Throttle, not_in_policy
+from tests.playbooks import REPO, invoke, make_playbooks
+
+pytestmark = pytest.mark.slow
+
+REGIONS = ["us-east-1", "eu-west-1"]
+ORG = "arn:aws:organizations::123456789012:organization/o-abcdefghij"
+KILN_YAML = f"""\
+providers:
+  aws:
+    regions: [us-east-1, eu-west-1]
+    share: {{accounts: ["111122223333"], org_arns: ["{ORG}"]}}
+retention:
+  keep: 3
+"""
+TINY = {
+    "role.yml": f"description: a tiny role for AWS tests\nbase:\n  aws: {{ssm_parameter: {AL2023}}}\n",
+    "steps.yml": "- name: marker\n  copy: {content: \"hello\\n\", dest: /etc/kiln-marker}\n",
+    "verify.yml": "- file: /etc/kiln-marker\n  contains: [\"hello\"]\n",
+}
+STAGES = [s.name for s in stages_for(BakeOptions(), 3)]
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in ("MOTO_ENABLE_AMI_VALIDATION", "MOTO_ENABLE_KEYPAIR_VALIDATION")}
+    os.environ.update(MOTO_ENABLE_AMI_VALIDATION="true", MOTO_ENABLE_KEYPAIR_VALIDATION="true")
+    logging.getLogger("werkzeug").disabled = True
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    sandbox_client("ec2", "us-east-1", url).describe_regions()  # warm up: moto loads its AMIs once
+    yield url
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def sandbox_env(moto_url, engine, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    before = {row["Id"] for row in engine.images(LOCAL_IMAGES)}
+    yield moto_url
+    for row in engine.images(LOCAL_IMAGES):  # AMIs of this server outlive the bakes: so do their images
+        if row["Id"] not in before:
+            engine.run("rmi", "-f", row["Id"], check=False)
+
+
+def clients(url: str, service: str) -> dict:
+    return {region: sandbox_client(service, region, url) for region in REGIONS}
+
+
+def leftovers(url: str, engine, build_id: str, role: str, version: str) -> dict[str, list]:
+    """Everything of the bake that still exists: it must all be empty after a failed bake."""
+    found: dict[str, list] = {}
+    by_build = [{"Name": "tag:kiln:build-id", "Values": [build_id]}]
+    for region, ec2 in clients(url, "ec2").items():
+        rows = ec2.describe_instances(Filters=by_build + [{"Name": "instance-state-name",
+                                                          "Values": ["pending", "running", "stopping", "stopped"]}])
+        found[f"instances {region}"] = [i["InstanceId"] for r in rows["Reservations"] for i in r["Instances"]]
+        found[f"key pairs {region}"] = [k["KeyName"] for k in ec2.describe_key_pairs(Filters=by_build)["KeyPairs"]]
+        found[f"groups {region}"] = [g["GroupId"] for g in ec2.describe_security_groups(Filters=by_build)[
+            "SecurityGroups"]]
+        found[f"volumes {region}"] = [v["VolumeId"] for v in ec2.describe_volumes(Filters=by_build + [
+            {"Name": "status", "Values": ["available", "creating"]}])["Volumes"]]
+        found[f"images {region}"] = [i["ImageId"] for i in ec2.describe_images(Owners=["self"], Filters=by_build)[
+            "Images"]]
+    for region, ssm in clients(url, "ssm").items():
+        names = [p["Name"] for p in ssm.describe_parameters(ParameterFilters=[
+            {"Key": "Name", "Option": "BeginsWith", "Values": [f"/kiln/{role}/"]}])["Parameters"]]
+        found[f"parameters {region}"] = [n for n in names if n.endswith("/latest") or n.endswith(f"/{version}")]
+    found["containers"] = [c["Names"] for c in engine.containers(f"kiln.build-id={build_id}")]
+    return found
+
+
+def nothing_left(found: dict[str, list]) -> bool:
+    return not any(found.values())
+
+
+def options(tmp_path: Path, playbooks: Path) -> BakeOptions:
+    return BakeOptions(builds_dir=tmp_path / "builds", playbooks_dir=playbooks)
+
+
+def sandbox_provider(tmp_path: Path, **settings):
+    raw = {"regions": REGIONS, "share": {"accounts": ["111122223333"], "org_arns": [ORG]}}
+    raw.update(settings)
+    return make_aws_provider(raw, sandbox=True, state_dir=tmp_path / "builds")
+
+
+# --- the whole bake through the command line -------------------------------------------------
+def test_web_baked_in_the_sandbox_is_in_both_regions_shared_and_latest(sandbox_env, engine, tmp_path):
+    url = sandbox_env
+    playbooks = tmp_path / "pb"
+    playbooks.mkdir()
+    (playbooks / "kiln.yaml").write_text(KILN_YAML)
+    (playbooks / "roles").symlink_to(REPO / "playbooks" / "roles")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = invoke(work, "bake", "--role", "web", "--provider", "aws", "--sandbox", playbooks=playbooks,
+                  env={"KILN_JSON": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    entries = [e for e in json.loads((work / "builds" / "manifest.json").read_text()) if e["role"] == "web"]
+    assert sorted(e["region"] for e in entries) == sorted(REGIONS)
+    version, build_id = entries[0]["version"], entries[0]["build_id"]
+    ec2s, ssms = clients(url, "ec2"), clients(url, "ssm")
+    for entry in entries:
+        region = entry["region"]
+        image = ec2s[region].describe_images(ImageIds=[entry["image_id"]])["Images"][0]
+        assert image["Name"] == f"kiln-web-{version}" and image["State"] == "available"
+        tags = {t["Key"]: t["Value"] for t in image["Tags"]}
+        assert tags["kiln:role"] == "web" and tags["kiln:version"] == version
+        assert tags["kiln:build-id"] == build_id and tags["kiln:inputs-hash"] == entry["inputs_hash"]
+        assert tags["kiln:base-image"] == entry["base"]["id"] and tags["kiln:kiln-version"]
+        perms = ec2s[region].describe_image_attribute(ImageId=image["ImageId"],
+                                                      Attribute="launchPermission")["LaunchPermissions"]
+        assert {"UserId": "111122223333"} in perms and {"OrganizationArn": ORG} in perms
+        latest = ssms[region].get_parameter(Name="/kiln/web/latest")["Parameter"]
+        assert latest["Value"] == image["ImageId"] and latest["DataType"] == "aws:ec2:image"
+    assert nothing_left({k: v for k, v in leftovers(url, engine, build_id, "web", version).items()
+                         if not k.startswith(("images", "parameters"))})
+    assert not engine.containers("kiln.sandbox.instance"), "a sandbox container was left behind"
+    assert "host key fingerprints from the console" in proc.stderr, "the host key was not pinned"
+
+    listing = invoke(work, "images", "--role", "web", "--provider", "aws", "--sandbox")
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert version in listing.stdout and "latest" in listing.stdout
+
+
+# --- interrupts ------------------------------------------------------------------------------
+class SignalAtStart:
+    """Deliver a real signal to this process as the wrapped stage starts (just after its log line)."""
+
+    def __init__(self, inner, signum: int) -> None:
+        self.inner, self.signum, self.name = inner, signum, inner.name
+
+    def run(self, ctx) -> None:
+        os.kill(os.getpid(), self.signum)
+        time.sleep(10)  # the handler raises Interrupted here
+        raise AssertionError("the signal did not interrupt the bake")
+
+    def undo(self, ctx) -> None:
+        self.inner.undo(ctx)
+
+
+@pytest.mark.parametrize("index, stage", list(enumerate(STAGES)))
+def test_a_signal_at_any_stage_boundary_leaves_nothing(sandbox_env, engine, tmp_path, monkeypatch, index, stage):
+    signum = signal.SIGINT if index % 2 else signal.SIGTERM
+    role = f"int{index}"
+    playbooks = make_playbooks(tmp_path, TINY, role=role, kiln_yaml=KILN_YAML)
+
+    def wrapped(opts, keep):
+        stages = stages_for(opts, keep)
+        return [SignalAtStart(s, signum) if s.name == stage else s for s in stages]
+
+    monkeypatch.setattr(controller.bake, "stages_for", wrapped)
+    result = bake(role, "aws", options(tmp_path, playbooks), sandbox=True)
+    ctx = result.ctx
+    assert result.exit_code == 1 and ctx.failure.startswith("interrupted"), result.error
+    found = leftovers(sandbox_env, engine, ctx.build_id, role, ctx.version or "none")
+    assert nothing_left(found), f"signal {signal.Signals(signum).name} at '{stage}' left {found}"
+
+
+@pytest.mark.parametrize("hook", ["launched", "image_copied"])
+def test_a_signal_in_the_middle_of_launch_or_publish_leaves_nothing(sandbox_env, engine, tmp_path, hook):
+    """Mid-stage: the instance booting (launched), a copy still pending in another region (copied,
+    signalled from the copy's worker thread while the bake waits for it)."""
+    role = f"mid{hook[:5]}"
+    playbooks = make_playbooks(tmp_path, TINY, role=role, kiln_yaml=KILN_YAML)
+    prov = sandbox_provider(tmp_path)
+    original = getattr(prov.data_plane, hook)
+
+    def interrupt(*args):
+        original(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(2)
+
+    setattr(prov.data_plane, hook, interrupt)
+    result = bake(role, "aws", options(tmp_path, playbooks), provider=prov)
+    ctx = result.ctx
+    assert result.exit_code == 1 and ctx.failure.startswith("interrupted"), result.error
+    assert nothing_left(found := leftovers(sandbox_env, engine, ctx.build_id, role, ctx.version)), found
+
+
+def test_sigterm_to_the_command_line_bake_during_publish_leaves_nothing(sandbox_env, engine, tmp_path):
+    playbooks = make_playbooks(tmp_path, TINY, role="term", kiln_yaml=KILN_YAML)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "playbooks").symlink_to(playbooks)
+    env = dict(os.environ, KILN_JSON="1", AWS_ENDPOINT_URL=sandbox_env)
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", "term",
+                             "--provider", "aws", "--sandbox"], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    build_id = version = ""
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("{"):
+            event = json.loads(line)
+            build_id = event.get("build_id", build_id)
+            version = event.get("version", version) if event.get("event") == "version" else version
+            if event.get("event") == "stage" and event.get("stage") == "publish":
+                proc.send_signal(signal.SIGTERM)
+                break
+    _, rest = proc.communicate(timeout=180)
+    lines.append(rest)
+    assert proc.returncode == 1, "".join(lines)[-3000:]
+    assert build_id and version
+    found = leftovers(sandbox_env, engine, build_id, "term", version)
+    assert nothing_left(found), found
+
+
+# --- throttling, retention, least privilege, sweep ------------------------------------------
+def test_second_bake_under_throttling_retires_the_first_and_stays_in_the_policy(sandbox_env, engine, tmp_path):
+    playbooks = make_playbooks(tmp_path, TINY, role="twice", kiln_yaml=KILN_YAML)
+    first = bake("twice", "aws", options(tmp_path, playbooks), provider=sandbox_provider(tmp_path, retention=1))
+    assert first.exit_code == 0, first.error
+
+    prov = sandbox_provider(tmp_path, retention=1)
+    throttle = Throttle(every=3).install(prov.session)
+    calls = ApiCalls().install(prov.session)
+    second = bake("twice", "aws", options(tmp_path, playbooks), provider=prov)
+    assert second.exit_code == 0, second.error
+    assert throttle.throttled >= 10, "RequestLimitExceeded was injected"
+    assert {(i.region, i.version) for i in second.ctx.retired} == {(r, first.ctx.version) for r in REGIONS}
+    images = prov.images("twice")
+    assert {(i.region, i.version, i.latest) for i in images} == {(r, second.ctx.version, True) for r in REGIONS}
+    assert not engine.image_exists(f"{LOCAL_IMAGES}:{first.ctx.image.id}"), "retired AMI's local image removed"
+
+    missing = not_in_policy(calls.actions)
+    assert not missing, f"the bake called actions docs/iam-policy.json lacks: {sorted(missing)}"
+
+
+def test_sweep_in_the_sandbox_removes_an_expired_instance_and_its_container(sandbox_env, engine, tmp_path):
+    from tests.aws_harness import context
+
+    prov = sandbox_provider(tmp_path)
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).isoformat(timespec="seconds")
+    original = prov.temporary_tags
+    prov.temporary_tags = lambda ctx: {**original(ctx), "kiln:expires": past}
+    ctx = context(prov, tmp_path, "swept")
+    ctx.base = prov.resolve_base({"ssm_parameter": AL2023})
+    prov.launch(ctx)  # and the controller "dies" here
+    assert engine.containers(f"kiln.build-id={ctx.build_id}")
+    listed = [line for line in prov.sweep(apply=False) if ctx.build_id in line]
+    assert {line.split()[0] for line in listed} == {"instance", "key", "security"}
+    prov.sweep(apply=True)
+    assert not engine.containers(f"kiln.build-id={ctx.build_id}")
+    assert nothing_left(leftovers(sandbox_env, engine, ctx.build_id, "swept", "none"))
