@@ -1,6 +1,8 @@
-"""kiln agent: ``facts`` | ``apply BUNDLE_DIR`` | ``verify CHECKS_FILE``.
+"""kiln agent: ``facts`` | ``apply BUNDLE_DIR [--resume]`` | ``verify CHECKS_FILE``.
 
-Prints one JSON object per line; the exit status says ok (0) or failed (1).
+Prints one JSON object per line; the exit status says ok (0), failed (1), or, for
+``apply``, rebooting (3): the run state is saved in BUNDLE_DIR and ``apply --resume``
+after the boot continues with the step after the reboot.
 Stdlib only (Jinja2 rides along in the zipapp for templates), Python >= 3.9.
 """
 
@@ -26,6 +28,8 @@ def main(argv: Any = None) -> int:
     apply_p.add_argument("bundle")
     apply_p.add_argument("--check", action="store_true")
     apply_p.add_argument("--diff", action="store_true")
+    apply_p.add_argument("--resume", action="store_true",
+                         help="continue a run that rebooted the machine (state saved in the bundle dir)")
     verify_p = sub.add_parser("verify")
     verify_p.add_argument("checks")
     sub.add_parser("packages")
@@ -43,17 +47,32 @@ def main(argv: Any = None) -> int:
         return 0
     if args.command == "apply":
         from agent.api import Context
-        from agent.runner import Runner
+        from agent.runner import RESUME_FILE, Runner
 
         with open(os.path.join(args.bundle, "bundle.json")) as handle:
             bundle = json.load(handle)
+        state_file = os.path.join(args.bundle, RESUME_FILE)
+        resume = None
+        if args.resume:
+            try:
+                with open(state_file) as handle:
+                    resume = json.load(handle)
+            except (OSError, ValueError) as exc:
+                emit({"event": "summary", "ok": 0, "changed": 0, "failed": 1, "skipped": 0, "ignored": 0,
+                      "duration": 0, "changed_steps": [], "ok_run": False,
+                      "error": f"nothing to resume: {type(exc).__name__}: {exc}"})
+                return 1
+        if os.path.exists(state_file):  # consumed (resume) or stale (a fresh apply starts over)
+            os.unlink(state_file)
         gathered = facts.gather()
         emit({"event": "facts", "facts": gathered})
         ctx = Context(check_mode=args.check or bundle.get("check_mode", False),
                       diff_mode=args.diff or bundle.get("diff", False),
                       files_dir=os.path.join(args.bundle, "files"),
                       templates_dir=os.path.join(args.bundle, "templates"), facts=gathered)
-        return 0 if Runner(bundle, ctx, emit).run() else 1
+        runner = Runner(bundle, ctx, emit, state_dir=args.bundle)
+        runner.run(resume)
+        return runner.exit_code
     if args.command == "verify":
         from agent.verify import run_checks
 

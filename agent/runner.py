@@ -3,12 +3,25 @@
 The controller has already validated and compiled the steps (positions, tags,
 dependencies); the runner evaluates what needs the box: ``when``, ``loop``,
 templated arguments, registered results, retries, handlers and blocks.
+
+Events (docs/internals.md): ``start`` before each step, ``step`` after it,
+``summary`` at the end. A step whose module asks for a reboot (``reboot``) ends the
+run early: the runner saves its state to ``resume.json`` beside ``bundle.json``,
+emits ``{"event": "reboot"}`` and the agent exits 3; ``apply --resume`` after the
+boot reloads the state, reports the reboot step and continues with the next one.
+
+Where the run is, for resuming, is a *path* into the step tree: ``(3,)`` is the
+fourth top-level step, ``(3, "block", 0)`` the first step of its block,
+``(5, "handler", "restart nginx")`` a handler run by the ``flush_handlers`` step at
+``(5,)``, and ``("handler", name)`` a handler of the final flush.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent import schema as argschema
 from agent.api import Context, ModuleError, Result, tail
@@ -16,8 +29,11 @@ from agent.modules import discover
 from agent.templating import TemplateError, evaluate, render
 
 REDACTED = "<redacted: no_log>"
+RESUME_FILE = "resume.json"
+EXIT_REBOOT = 3
 
 Emit = Callable[[Dict[str, Any]], None]
+Path = Tuple[Any, ...]
 
 
 class StepFailed(Exception):
@@ -27,59 +43,115 @@ class StepFailed(Exception):
         self.msg = msg
 
 
+class RebootRequested(BaseException):
+    """A step asked for a reboot: unwinds the step tree without running ``always`` or handlers."""
+
+    def __init__(self, step: Dict[str, Any], path: Path, outcome: Dict[str, Any], result: Dict[str, Any],
+                 started: float, handler: bool) -> None:
+        super().__init__(step.get("name"))
+        self.step = step
+        self.path = path
+        self.outcome = outcome
+        self.result = result
+        self.started = started  # wall clock, so the resumed run can tell the step's duration
+        self.handler = handler
+        self.flush_rest: List[str] = []
+        self.pending_failures: Dict[str, Dict[str, Any]] = {}
+
+
 class Runner:
     def __init__(self, bundle: Dict[str, Any], ctx: Context, emit: Emit,
-                 modules: Dict[str, Any] | None = None) -> None:
+                 modules: Dict[str, Any] | None = None, state_dir: str | None = None) -> None:
         self.bundle = bundle
         self.ctx = ctx
         self.emit = emit
         self.modules = modules or discover()
+        self.state_dir = state_dir
         self.handlers = {h["name"]: h for h in bundle.get("handlers", [])}
         self.handler_order = [h["name"] for h in bundle.get("handlers", [])]
         self.notified: List[str] = []
         self.variables: Dict[str, Any] = dict(bundle.get("vars", {}))
         self.variables["facts"] = ctx.facts
-        self.counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0}
+        self.counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0, "rescued": 0}
         self.changed_steps: List[Dict[str, Any]] = []
+        self.rescue_depth = 0  # > 0: a failure here is handled by an enclosing block's rescue
+        self.exit_code = 0
+        # resuming after a reboot
+        self.cursor: Optional[Path] = None
+        self.resume_state: Dict[str, Any] = {}
+        self.flush_rest: List[str] = []
+        self.pending_failures: Dict[str, Dict[str, Any]] = {}
+        self.elapsed_before = 0.0
 
     # --- entry point ----------------------------------------------------------
-    def run(self) -> bool:
+    def run(self, resume: Dict[str, Any] | None = None) -> bool:
+        """Apply the bundle (or, with ``resume``, its rest after a reboot). False: a step failed.
+
+        ``exit_code`` says 0 ok, 1 failed, 3 rebooting (state saved; run ``--resume`` after the boot).
+        """
         started = time.monotonic()
+        if resume is not None:
+            self._load(resume)
         failure: StepFailed | None = None
         try:
-            self.run_steps(self.bundle.get("steps", []))
-            self.flush_handlers()
+            steps = self.bundle.get("steps", [])
+            if self.cursor is None or isinstance(self.cursor[0], int):
+                self.run_steps(steps, ())
+            self.flush_handlers(())
         except StepFailed as exc:
             failure = exc
-        summary = dict(self.counts, event="summary", duration=round(time.monotonic() - started, 3),
+        except RebootRequested as reboot:
+            return self._reboot(reboot, started)
+        summary = dict(self.counts, event="summary",
+                       duration=round(self.elapsed_before + time.monotonic() - started, 3),
                        changed_steps=self.changed_steps, ok_run=failure is None)
         if failure is not None:
             summary["failed_step"] = failure.step.get("name")
             summary["error"] = failure.msg
         self.emit(summary)
+        self.exit_code = 0 if failure is None else 1
         return failure is None
 
-    def run_steps(self, steps: List[Dict[str, Any]]) -> None:
-        for step in steps:
-            self.run_step(step)
+    def run_steps(self, steps: List[Dict[str, Any]], prefix: Path) -> None:
+        start = 0
+        if self.cursor is not None:  # resuming: skip to the step on the way to the reboot
+            here = self.cursor[len(prefix)]
+            start = here if isinstance(here, int) else len(steps)
+        for position in range(start, len(steps)):
+            self.run_step(steps[position], prefix + (position,))
 
     # --- one step ---------------------------------------------------------------
-    def run_step(self, step: Dict[str, Any], handler: bool = False) -> None:
+    def run_step(self, step: Dict[str, Any], path: Path = (), handler: bool = False) -> None:
+        if self.cursor is not None and self.cursor == path:
+            return self._resume_reboot_step(step, path, handler)
         if "block" in step:
-            return self.run_block(step)
+            return self.run_block(step, path)
         if step.get("module") == "flush_handlers":
-            return self.flush_handlers()
-        started = time.monotonic()
+            return self.flush_handlers(path)
+        announce: Dict[str, Any] = {"event": "start", "index": step.get("index"), "name": step.get("name"),
+                                    "module": step.get("module")}
+        if handler:
+            announce["handler"] = True
+        self.emit(announce)
+        started, wall = time.monotonic(), time.time()
+        reboot: Dict[str, Any] | None = None
+        try:
+            outcome = self.execute(step)
+            reboot = outcome.pop("reboot", None)
+        except StepFailed as exc:
+            outcome = {"status": "failed", "msg": exc.msg}
+        if reboot is not None and outcome["status"] == "changed":
+            raise RebootRequested(step, path, outcome, reboot, wall, handler)
+        self.finish_step(step, outcome, time.monotonic() - started, handler)
+
+    def finish_step(self, step: Dict[str, Any], outcome: Dict[str, Any], duration: float, handler: bool) -> None:
+        """Count, notify and report a step that ran; raise StepFailed when it failed for good."""
         event: Dict[str, Any] = {"event": "step", "index": step.get("index"), "name": step.get("name"),
                                  "module": step.get("module"), "source": step.get("source")}
         if handler:
             event["handler"] = True
-        try:
-            outcome = self.execute(step)
-        except StepFailed as exc:
-            outcome = {"status": "failed", "msg": exc.msg}
         event.update(outcome)
-        event["duration"] = round(time.monotonic() - started, 4)
+        event["duration"] = round(duration, 4)
         if step.get("no_log"):
             for key in ("msg", "diff", "stdout", "stderr"):
                 if key in event:
@@ -88,6 +160,9 @@ class Runner:
         if status == "failed" and step.get("ignore_errors"):
             event["ignored"] = True
             self.counts["ignored"] += 1
+        elif status == "failed" and self.rescue_depth:
+            event["rescued"] = True  # an enclosing block's rescue takes over
+            self.counts["rescued"] += 1
         else:
             self.counts[status] += 1
         if status == "changed":
@@ -116,7 +191,10 @@ class Runner:
             if step.get("when") is not None and not self._truth(step["when"], scope, step, "when"):
                 results.append({"changed": False, "failed": False, "skipped": True, "msg": "when was false"})
                 continue
-            results.append(self.run_with_retries(step, scope))
+            result = self.run_with_retries(step, scope)
+            if result.get("reboot_requested") and loop is not None:
+                result = {"changed": False, "failed": True, "msg": "a reboot cannot run in a loop"}
+            results.append(result)
         if loop is None:
             registered = results[0]
         else:
@@ -131,7 +209,7 @@ class Runner:
             outcome["items"] = len(results)
         for key in ("diff", "rc", "stderr"):
             if key in registered:
-                outcome[key] = registered[key] if key != "stderr" else registered[key][-2000:]
+                outcome[key] = registered[key] if key != "stderr" else str(registered[key])[-2000:]
         if loop is not None:
             diffs = [r["diff"] for r in results if r.get("diff")]
             if diffs:
@@ -146,16 +224,24 @@ class Runner:
             outcome["status"] = "changed"
         else:
             outcome["status"] = "ok"
+        if registered.get("reboot_requested") and not registered.get("failed"):
+            outcome["reboot"] = registered
         return outcome
 
     def run_with_retries(self, step: Dict[str, Any], scope: Dict[str, Any]) -> Dict[str, Any]:
-        retries = int(step.get("retries", 0) or 0)
         until = step.get("until")
+        try:
+            retries = int(self._eval(step.get("retries", 0), scope, step, "retries") or 0)
+            delay = float(self._eval(step.get("delay", 5), scope, step, "delay"))
+        except (TypeError, ValueError) as exc:
+            return {"changed": False, "failed": True, "msg": f"retries/delay must be numbers: {exc}"}
         attempts = (retries if retries else (3 if until else 0)) + 1
         result: Dict[str, Any] = {}
         for attempt in range(1, attempts + 1):
             result = self.run_once(step, scope)
             result["attempts"] = attempt
+            if result.get("reboot_requested"):
+                return result
             if until is None and not result.get("failed"):
                 break
             if until is not None:
@@ -164,7 +250,7 @@ class Runner:
                 if self._truth(until, local, step, "until"):
                     break
             if attempt < attempts:
-                time.sleep(float(step.get("delay", 5)))
+                time.sleep(max(delay, 0.0))
         else:
             if until is not None:
                 result["failed"] = True
@@ -184,16 +270,20 @@ class Runner:
             return {"changed": False, "failed": True,
                     "msg": "; ".join((f"{e.key}: " if e.key else "") + e.message for e in errors)}
         self.ctx.variables = scope
+        self.ctx.step = step  # type: ignore[attr-defined]  # for modules keyed on the step (reboot)
         try:
             state = module.check(params, self.ctx)
             result: Result = module.apply(params, state, self.ctx)
             out: Dict[str, Any] = dict(result.data, changed=result.changed, failed=False, msg=result.msg)
-            if result.diff is not None and (self.ctx.diff_mode or True):
+            if result.diff is not None:
                 out["diff"] = result.diff
             if not result.predicted:
                 out["predicted"] = False
         except ModuleError as exc:
-            out = dict(exc.data, changed=False, failed=True, msg=exc.msg)
+            # a command that ran and exited non-zero may have changed the box (Ansible: changed);
+            # that matters only when failed_when clears the failure
+            ran = "rc" in exc.data and not self.ctx.check_mode
+            out = dict(exc.data, changed=bool(exc.data.get("changed", ran)), failed=True, msg=exc.msg)
             output = str(exc.data.get("stderr") or exc.data.get("stdout") or "").strip()
             if output and output not in exc.msg:  # the why, right in the failure line
                 out["msg"] = f"{exc.msg}: {tail(output, 5)}"
@@ -210,33 +300,138 @@ class Runner:
             out["failed"] = self._truth(step["failed_when"], local, step, "failed_when")
             if out["failed"] and not out.get("msg"):
                 out["msg"] = "failed_when was true"
+        if out.get("reboot_requested") and (out["failed"] or not out["changed"]):
+            out.pop("reboot_requested")
         return out
 
     # --- blocks and handlers ----------------------------------------------------
-    def run_block(self, step: Dict[str, Any]) -> None:
-        if step.get("when") is not None and not self._truth(step["when"], self.variables, step, "when"):
-            self.emit({"event": "step", "index": step.get("index"), "name": step.get("name"),
-                       "module": "block", "status": "skipped", "msg": "when was false", "duration": 0})
-            self.counts["skipped"] += 1
-            return
-        try:
+    def run_block(self, step: Dict[str, Any], path: Path) -> None:
+        section = self.cursor[len(path)] if self.cursor is not None else None
+        if section is None and step.get("when") is not None:
             try:
-                self.run_steps(step["block"])
+                wanted = self._truth(step["when"], self.variables, step, "when")
             except StepFailed as exc:
-                if not step.get("rescue"):
-                    raise
-                self.variables["kiln_failed_step"] = {"name": exc.step.get("name"), "msg": exc.msg}
-                self.counts["failed"] -= 1
-                self.counts["rescued"] = self.counts.get("rescued", 0) + 1
-                self.run_steps(step["rescue"])
-        finally:
-            self.run_steps(step.get("always", []))
+                return self.finish_step(dict(step, module="block"), {"status": "failed", "msg": exc.msg}, 0, False)
+            if not wanted:
+                self.emit({"event": "step", "index": step.get("index"), "name": step.get("name"),
+                           "module": "block", "status": "skipped", "msg": "when was false", "duration": 0})
+                self.counts["skipped"] += 1
+                return
+        rescue = step.get("rescue") or []
+        try:
+            if section in (None, "block"):
+                try:
+                    self.rescue_depth += 1 if rescue else 0
+                    try:
+                        self.run_steps(step["block"], path + ("block",))
+                    finally:
+                        self.rescue_depth -= 1 if rescue else 0
+                except StepFailed as exc:
+                    if not rescue:
+                        raise
+                    self.variables["kiln_failed_step"] = {"name": exc.step.get("name"), "msg": exc.msg}
+                    self.run_steps(rescue, path + ("rescue",))
+            elif section == "rescue":
+                self.run_steps(rescue, path + ("rescue",))
+        except StepFailed as exc:
+            self._always(step, path, exc)
+            raise
+        pending = self.pending_failures.pop(json.dumps(path), None) if section == "always" else None
+        self._always(step, path, None)
+        if pending is not None:  # the block had failed before a reboot inside its always
+            raise StepFailed({"name": pending["name"], "index": pending.get("index")}, pending["msg"])
 
-    def flush_handlers(self) -> None:
-        pending, self.notified = self.notified, []
-        for name in self.handler_order:
-            if name in pending:
-                self.run_step(self.handlers[name], handler=True)
+    def _always(self, step: Dict[str, Any], path: Path, failure: StepFailed | None) -> None:
+        try:
+            self.run_steps(step.get("always") or [], path + ("always",))
+        except RebootRequested as reboot:
+            if failure is not None:
+                reboot.pending_failures[json.dumps(path)] = {"name": failure.step.get("name"),
+                                                             "index": failure.step.get("index"), "msg": failure.msg}
+            raise
+
+    def flush_handlers(self, path: Path = ()) -> None:
+        """Run the notified handlers once each, in definition order (``path``: the flush step's)."""
+        if self.cursor is not None:  # resuming inside this flush: the rebooting handler, then the rest
+            current = self.cursor[len(path) + 1]
+            todo = [current] + list(self.flush_rest)
+        else:
+            pending, self.notified = self.notified, []
+            todo = [name for name in self.handler_order if name in pending]
+        for position, name in enumerate(todo):
+            try:
+                self.run_step(self.handlers[name], path + ("handler", name), handler=True)
+            except RebootRequested as reboot:
+                reboot.flush_rest = todo[position + 1:]
+                raise
+
+    # --- rebooting and resuming ---------------------------------------------------
+    def _reboot(self, reboot: RebootRequested, started: float) -> bool:
+        """Save where we are, schedule the reboot, say so; the agent then exits 3."""
+        state = {
+            "version": 1, "cursor": list(reboot.path), "flush_rest": reboot.flush_rest,
+            "pending_failures": reboot.pending_failures, "notified": self.notified, "counts": self.counts,
+            "changed_steps": self.changed_steps,
+            "variables": {k: v for k, v in self.variables.items() if k != "facts"},
+            "elapsed": round(self.elapsed_before + time.monotonic() - started, 3),
+            "step": {"outcome": reboot.outcome, "result": reboot.result, "started": reboot.started,
+                     "handler": reboot.handler},
+        }
+        try:
+            if self.state_dir is None:
+                raise OSError("no bundle directory to keep the run state in")
+            path = os.path.join(self.state_dir, RESUME_FILE)
+            with open(path + ".tmp", "w") as handle:
+                json.dump(state, handle, default=str)
+            os.replace(path + ".tmp", path)
+            self.modules[reboot.step["module"]].schedule(reboot.result, self.ctx)
+        except (OSError, ModuleError) as exc:
+            msg = getattr(exc, "msg", None) or f"{type(exc).__name__}: {exc}"
+            outcome = dict(reboot.outcome, status="failed", msg=f"cannot reboot: {msg}")
+            try:
+                self.finish_step(reboot.step, outcome, time.time() - reboot.started, reboot.handler)
+            except StepFailed as failed:
+                self.emit(dict(self.counts, event="summary", duration=state["elapsed"],
+                               changed_steps=self.changed_steps, ok_run=False,
+                               failed_step=reboot.step.get("name"), error=failed.msg))
+            self.exit_code = 1
+            return False
+        self.emit({"event": "reboot", "index": reboot.step.get("index"), "name": reboot.step.get("name"),
+                   "timeout": reboot.result.get("reboot_timeout", 300), "msg": reboot.outcome.get("msg", "")})
+        self.exit_code = EXIT_REBOOT
+        return True
+
+    def _load(self, state: Dict[str, Any]) -> None:
+        self.cursor = tuple(state["cursor"])
+        self.flush_rest = list(state.get("flush_rest", []))
+        self.pending_failures = dict(state.get("pending_failures", {}))
+        self.notified = list(state.get("notified", []))
+        self.counts.update(state.get("counts", {}))
+        self.changed_steps = list(state.get("changed_steps", []))
+        self.variables.update(state.get("variables", {}))
+        self.variables["facts"] = self.ctx.facts
+        self.elapsed_before = float(state.get("elapsed", 0))
+        self.resume_state = state["step"]
+
+    def _resume_reboot_step(self, step: Dict[str, Any], path: Path, handler: bool) -> None:
+        """Back after the boot: the reboot step is done (if the machine really rebooted)."""
+        self.cursor = None
+        saved = self.resume_state
+        outcome = dict(saved["outcome"])
+        result = dict(saved["result"])
+        module = self.modules[step["module"]]
+        try:
+            module.confirm(result, self.ctx)
+            took = time.time() - float(saved["started"])
+            outcome["msg"] = f"{outcome.get('msg') or 'rebooting'}: back after {took:.1f}s"
+            result.update(rebooted=True, elapsed=round(took, 1))
+        except ModuleError as exc:
+            outcome.update(status="failed", msg=exc.msg)
+            result.update(failed=True, msg=exc.msg)
+        result.pop("reboot_requested", None)
+        if step.get("register"):
+            self.variables[step["register"]] = result
+        self.finish_step(step, outcome, time.time() - float(saved["started"]), handler or saved.get("handler", False))
 
     # --- expressions ------------------------------------------------------------
     def _eval(self, expression: Any, scope: Dict[str, Any], step: Dict[str, Any], keyword: str) -> Any:
