@@ -460,3 +460,17 @@ def test_whole_flow_under_throttling_uses_only_actions_in_the_iam_policy(aws, tm
     missing = not_in_policy(calls.actions)
     assert not missing, f"actions called but not in docs/iam-policy.json: {sorted(missing)}"
     assert {"ec2:RunInstances", "ec2:CreateImage", "ec2:CopyImage", "ssm:PutParameter"} <= calls.actions
+
+
+def test_a_retried_create_whose_answer_was_lost_is_not_an_error(aws, tmp_path):
+    """Key pair and group names are the bake's own: a duplicate is our earlier request, executed."""
+    prov = provider(tmp_path)
+    ctx = context(prov, tmp_path, "retried")
+    ctx.base = prov.resolve_base(ctx.compiled.base["aws"])
+    name = f"kiln-build-{ctx.build_id}"
+    ec2().import_key_pair(KeyName=name, PublicKeyMaterial=ctx.client_key.public_openssh.encode())
+    group = ec2().create_security_group(GroupName=name, Description="lost answer")["GroupId"]
+    prov.launch(ctx)
+    assert ctx.instance.extra["security_group_id"] == group
+    prov.terminate(ctx, ctx.instance)
+    assert not ec2().describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]

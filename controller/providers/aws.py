@@ -365,8 +365,12 @@ class AwsProvider:
         inst = Instance(id="", provider=self.name, region=region, ssh_user=s.ssh.user, extra={"key_name": name})
         ctx.instance = inst
         try:
-            ec2.import_key_pair(KeyName=name, PublicKeyMaterial=ctx.client_key.public_openssh.encode(),
-                                TagSpecifications=[tag_spec("key-pair", {**tags, "Name": name})])
+            try:
+                ec2.import_key_pair(KeyName=name, PublicKeyMaterial=ctx.client_key.public_openssh.encode(),
+                                    TagSpecifications=[tag_spec("key-pair", {**tags, "Name": name})])
+            except ClientError as exc:  # the name is this bake's: a retried request whose answer was lost
+                if error_code(exc) != "InvalidKeyPair.Duplicate":
+                    raise
             group = s.ssh.security_group_id or self._security_group(ctx, inst, name, tags)
             self._run_instance(ctx, inst, group, tags)
         except ClientError as exc:
@@ -392,16 +396,23 @@ class AwsProvider:
         if s.subnet_id:
             vpc["VpcId"] = ec2.describe_subnets(SubnetIds=[s.subnet_id])["Subnets"][0]["VpcId"]
         inst.extra["security_group_name"] = name  # found by name if the answer to the create is lost
-        group = ec2.create_security_group(GroupName=name, Description=f"kiln build {ctx.build_id}: SSH from the "
-                                          "controller only", TagSpecifications=[tag_spec("security-group",
-                                                                                         {**tags, "Name": name})],
-                                          **vpc)["GroupId"]
+        try:
+            group = ec2.create_security_group(
+                GroupName=name, Description=f"kiln build {ctx.build_id}: SSH from the controller only",
+                TagSpecifications=[tag_spec("security-group", {**tags, "Name": name})], **vpc)["GroupId"]
+        except ClientError as exc:  # this bake's name: a retried request whose answer was lost
+            if error_code(exc) != "InvalidGroup.Duplicate" or not (group := self._group_by_name(inst.region, name)):
+                raise
         inst.extra["security_group_id"] = group
         cidrs = s.ssh.cidrs or self.data_plane.source_cidrs(s.ssh.address)
         v4 = [{"CidrIp": c, "Description": "kiln controller"} for c in cidrs if ":" not in c]
         v6 = [{"CidrIpv6": c, "Description": "kiln controller"} for c in cidrs if ":" in c]
-        ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": v4, "Ipv6Ranges": v6}])
+        try:
+            ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+                {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": v4, "Ipv6Ranges": v6}])
+        except ClientError as exc:
+            if error_code(exc) != "InvalidPermission.Duplicate":
+                raise
         return group
 
     def _remember_root(self, image: dict[str, Any]) -> None:
