@@ -373,7 +373,7 @@ class Runner:
             "pending_failures": reboot.pending_failures, "notified": self.notified, "counts": self.counts,
             "changed_steps": self.changed_steps,
             "variables": {k: v for k, v in self.variables.items() if k != "facts"},
-            "elapsed": round(self.elapsed_before + time.monotonic() - started, 3),
+            "elapsed": round(self.elapsed_before + time.monotonic() - started, 3), "saved_at": time.time(),
             "step": {"outcome": reboot.outcome, "result": reboot.result, "started": reboot.started,
                      "handler": reboot.handler},
         }
@@ -410,7 +410,9 @@ class Runner:
         self.changed_steps = list(state.get("changed_steps", []))
         self.variables.update(state.get("variables", {}))
         self.variables["facts"] = self.ctx.facts
-        self.elapsed_before = float(state.get("elapsed", 0))
+        # the run's duration counts the time the machine spent rebooting
+        self.elapsed_before = float(state.get("elapsed", 0)) + max(time.time() - float(state.get("saved_at", 0)
+                                                                                      or time.time()), 0.0)
         self.resume_state = state["step"]
 
     def _resume_reboot_step(self, step: Dict[str, Any], path: Path, handler: bool) -> None:

@@ -46,6 +46,17 @@ class Provider(Protocol):
     def host_key_expectation(self, ctx: BakeContext) -> HostKeyExpectation:
         """What the instance's SSH host key must be (pinned key or console fingerprints)."""
 
+    def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
+        """The agent scheduled a reboot of ``ctx.instance`` and exited; the SSH session is closed.
+
+        Return once the machine has really gone down and is booting again (raise
+        ``ProviderError`` after ``timeout`` seconds). The caller then reconnects over SSH,
+        host key pinned as before, so the machine must keep its address, host key and
+        authorised key across the reboot. Local: the container's systemd exits on reboot;
+        wait for it to stop and start it again. A cloud VM reboots by itself: wait for SSH
+        to stop answering.
+        """
+
     def hygiene_script(self) -> str:
         """Provider-specific shell lines run when cleaning the machine (e.g. cloud-init clean)."""
 

@@ -1,7 +1,20 @@
-"""Apply every step with one agent process; stream each step's status as it happens."""
+"""Apply every step with one agent process; stream each step's status as it happens.
+
+Two things happen between the agent's events:
+
+- a step that runs long (a big package install) gets a "still running" line every
+  ``PROGRESS_SECONDS`` (the agent announces each step with a ``start`` event);
+- a ``reboot`` event (the ``reboot`` module; the agent saved its state and exited 3):
+  the SSH session is closed, the provider brings the machine back
+  (``Provider.reboot_wait``), the session reconnects (same pinned host key) and the
+  agent runs ``apply --resume``, which continues with the step after the reboot.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from typing import Any
 
 import structlog
@@ -12,30 +25,122 @@ from controller.remote import BUNDLE, agent_command, log_step, run_agent
 
 log = structlog.get_logger("kiln.stage")
 
+#: Seconds between "still running" lines for a step that has not finished (KILN_PROGRESS_SECONDS).
+PROGRESS_SECONDS = 10.0
+#: How many reboots one apply may do before kiln calls it a reboot loop.
+MAX_REBOOTS = 10
+
 
 def counts_of(summary: dict[str, Any]) -> StepCounts:
     return StepCounts(**{k: int(summary.get(k, 0)) for k in ("ok", "changed", "failed", "skipped", "ignored")})
 
 
+class Progress:
+    """A ticker thread: logs "still running" for the step the agent announced and has not finished."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = interval if interval is not None else float(
+            os.environ.get("KILN_PROGRESS_SECONDS") or PROGRESS_SECONDS)
+        self.current: dict[str, Any] | None = None
+        self.since = 0.0
+        self.last_tick = 0.0
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.context = structlog.contextvars.get_contextvars()
+        self.thread = threading.Thread(target=self._loop, name="kiln-progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        if self.interval > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(2)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        with self.lock:
+            if kind == "start":
+                self.current = event
+                self.since = self.last_tick = time.monotonic()
+            elif kind in ("step", "summary"):
+                self.current = None
+
+    def _loop(self) -> None:
+        structlog.contextvars.bind_contextvars(**self.context)  # the bake's role and build id, in this thread
+        while not self.stopped.wait(min(1.0, self.interval)):
+            with self.lock:
+                current, now = self.current, time.monotonic()
+                due = current is not None and now - self.last_tick >= self.interval
+                if due:
+                    self.last_tick = now
+            if due:
+                fields = {"index": current.get("index"), "step": current.get("name"),
+                          "module": current.get("module"), "seconds": round(now - self.since, 1)}
+                if current.get("handler"):
+                    fields["handler"] = True
+                log.info("still running", **fields)
+
+
 def apply(ctx: BakeContext, label: str, show_diff: bool, keep: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     flags = (["--check"] if ctx.options.check_mode else []) + (["--diff"] if ctx.options.diff else [])
 
-    def on_event(event: dict[str, Any]) -> None:
-        event["diff_shown"] = show_diff
-        log_step(event, quiet_ok=keep is None)
-        if keep is not None and event.get("event") == "step":
-            keep.append(event)
+    with Progress() as progress:
+        def on_event(event: dict[str, Any]) -> None:
+            progress.on_event(event)
+            event["diff_shown"] = show_diff
+            log_step(event, quiet_ok=keep is None, check_mode=ctx.options.check_mode)
+            if keep is not None and event.get("event") == "step":
+                keep.append(event)
 
-    rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, *flags), on_event)
+        rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, *flags), on_event)
+        reboots = 0
+        while (reboot := _reboot_event(events)) is not None:
+            reboots += 1
+            if reboots > MAX_REBOOTS:
+                raise BakeFailed(f"{label}: more than {MAX_REBOOTS} reboots in one apply (a reboot loop?)")
+            reboot_and_reconnect(ctx, reboot)
+            rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, "--resume", *flags), on_event)
     summary = next((e for e in events if e.get("event") == "summary"), None)
     if summary is None:
         raise BakeFailed(f"{label}: the agent stopped without a summary (exit {rc}): {stderr.strip()[-800:]}")
     if rc != 0 or not summary.get("ok_run"):
         failed = next((e for e in events if e.get("event") == "step" and e.get("status") == "failed"
-                       and not e.get("ignored")), {})
+                       and not e.get("ignored") and not e.get("rescued")), {})
         raise BakeFailed(f"step '{summary.get('failed_step')}' ({failed.get('source', '?')}) failed: "
                          f"{summary.get('error', '')}")
     return summary
+
+
+def _reboot_event(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The agent's ``reboot`` event when it is the last word of this run (no summary after it)."""
+    for event in reversed(events):
+        if event.get("event") == "summary":
+            return None
+        if event.get("event") == "reboot":
+            return event
+    return None
+
+
+def reboot_and_reconnect(ctx: BakeContext, reboot: dict[str, Any]) -> None:
+    """The agent scheduled a reboot and exited: wait it out, reconnect (host key still pinned)."""
+    timeout = float(reboot.get("timeout") or 300)
+    log.info("rebooting", index=reboot.get("index"), step=reboot.get("name"), timeout=timeout)
+    started = time.monotonic()
+    ctx.session.close()
+    try:
+        ctx.provider.reboot_wait(ctx, timeout)
+        left = max(timeout - (time.monotonic() - started), 30.0)
+        ctx.session.wait_until_ready(left)
+    except BakeFailed:
+        raise
+    except Exception as exc:  # the provider's or SSH's own errors, named as the reboot's
+        raise BakeFailed(f"step '{reboot.get('name')}': the machine did not come back from its reboot "
+                         f"within {timeout:.0f}s: {exc}") from exc
+    log.info("rebooted", index=reboot.get("index"), step=reboot.get("name"),
+             seconds=round(time.monotonic() - started, 1))
 
 
 class ApplySteps:
