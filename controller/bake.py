@@ -80,8 +80,14 @@ def stages_for(options: BakeOptions, keep: int) -> list[Stage]:
 
 def compile_for_bake(role: str, provider_name: str, config: Config, options: BakeOptions,
                      overrides: dict[str, Any], tags: list[str] | None, skip_tags: list[str] | None) -> CompiledRole:
-    return compile_role(options.playbooks_dir, role, provider_name, config, overrides=overrides, tags=tags,
-                        skip_tags=skip_tags, check_mode=options.check_mode, diff=options.diff)
+    compiled = compile_role(options.playbooks_dir, role, provider_name, config, overrides=overrides, tags=tags,
+                            skip_tags=skip_tags, check_mode=options.check_mode, diff=options.diff)
+    from controller.log import REDACT
+
+    # every log line from here on (terminal, JSON) masks the values no_log steps use; added to,
+    # never replaced, so concurrent bakes in one process (nightly) keep each other's secrets masked
+    REDACT.secrets = [*REDACT.secrets, *compiled.no_log_values]
+    return compiled
 
 
 def bake(role: str, provider_name: str = "local", options: BakeOptions | None = None,
@@ -98,9 +104,6 @@ def bake(role: str, provider_name: str = "local", options: BakeOptions | None = 
         log.error("invalid input; nothing was launched", errors=len(exc.diagnostics))
         print(exc.render())
         return BakeResult(None, EXIT_INVALID, exc.render())
-    from controller.log import REDACT
-
-    REDACT.secrets = list(compiled.no_log_values)
     ctx = BakeContext(role=role, compiled=compiled, provider=provider, options=options, build_id=new_build_id())
     structlog.contextvars.bind_contextvars(role=role, build_id=ctx.build_id)
     log.info("bake", provider=provider.name, chain=" -> ".join(compiled.chain), steps=len(compiled.steps),
@@ -126,5 +129,5 @@ def recap(ctx: BakeContext) -> None:
     log.info("recap", host=ctx.instance.id if ctx.instance else "-", ok=c.ok, changed=c.changed, failed=c.failed,
              skipped=c.skipped, ignored=c.ignored,
              checks_passed=ctx.checks.get("passed", 0), version=ctx.version or "-",
-             result="ok" if ctx.succeeded else "failed")
+             result="ok" if ctx.succeeded else "failed", **({"check_mode": True} if ctx.options.check_mode else {}))
     log.info("timings", **{k.replace(" ", "_"): v for k, v in ctx.timings.items()})

@@ -17,20 +17,44 @@ def wants_json(flag: bool | None = None) -> bool:
 
 
 class Redact:
-    """Replace secret values (from no_log steps) in every rendered field."""
+    """Replace secret values (from no_log steps) in every rendered field, nested ones too.
+
+    Values shorter than ``MIN_LENGTH`` are left alone: redacting every "yes" or "80"
+    in the log would hide everything and protect nothing.
+    """
+
+    MIN_LENGTH = 4
+    MASK = "<redacted>"
 
     def __init__(self, secrets: list[str] | None = None) -> None:
-        self.secrets = [s for s in (secrets or []) if s]
+        self.secrets = list(secrets or [])
+
+    @property
+    def secrets(self) -> list[str]:
+        return self._secrets
+
+    @secrets.setter
+    def secrets(self, values: list[str]) -> None:
+        # longest first: a secret that contains another is masked whole
+        kept = {str(v) for v in values if v is not None and len(str(v)) >= self.MIN_LENGTH}
+        self._secrets = sorted(kept, key=len, reverse=True)
+
+    def scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, self.MASK)
+            return value
+        if isinstance(value, dict):
+            return {k: self.scrub(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.scrub(v) for v in value]
+        return value
 
     def __call__(self, logger: Any, method: str, event_dict: dict) -> dict:
-        if not self.secrets:
+        if not self._secrets:
             return event_dict
-        for key, value in event_dict.items():
-            if isinstance(value, str):
-                for secret in self.secrets:
-                    value = value.replace(secret, "<redacted>")
-                event_dict[key] = value
-        return event_dict
+        return {key: self.scrub(value) for key, value in event_dict.items()}
 
 
 REDACT = Redact()
@@ -81,7 +105,9 @@ class TerminalRenderer:
         status = e.get("status", "?")
         kind = "handler " if e.get("handler") else ""
         text = f"  {self.paint(status, f'{status:<8}')} [{e.get('index')}] {kind}{e.get('step')} ({e.get('module')})"
-        text += f"  {e.get('seconds', 0):.2f}s"
+        text += f"  {e.get('seconds') or 0:.2f}s"
+        if e.get("check_mode") and status == "changed":
+            text += f"  (would change: {e['msg']})" if e.get("msg") else "  (would change)"
         if e.get("note"):
             text += f"  ({e['note']})"
         if status == "failed":
@@ -90,6 +116,17 @@ class TerminalRenderer:
         if e.get("diff"):
             text += "\n" + _indent(_diff_text(e["diff"]), 11)
         return text
+
+    def _still_running(self, e: dict) -> str:
+        kind = "handler " if e.get("handler") else ""
+        return (f"  {'...':<8} [{e.get('index')}] {kind}{e.get('step')} ({e.get('module')})"
+                f"  still running, {e.get('seconds', 0):.0f}s")
+
+    def _rebooting(self, e: dict) -> str:
+        return f"  {'reboot':<8} [{e.get('index')}] {e.get('step')}: rebooting the machine, then resuming"
+
+    def _rebooted(self, e: dict) -> str:
+        return f"  {'reboot':<8} [{e.get('index')}] back after {e.get('seconds', 0):.1f}s; resuming"
 
     def _check(self, e: dict) -> str:
         status = e.get("status", "?")
@@ -101,8 +138,11 @@ class TerminalRenderer:
     def _recap(self, e: dict) -> str:
         counts = " ".join(f"{k}={e.get(k, 0)}" for k in ("ok", "changed", "failed", "skipped", "ignored"))
         result = self.paint("ok" if e.get("result") == "ok" else "failed", str(e.get("result")))
-        return (f"\nRECAP {e.get('role', '')} : {counts} checks_passed={e.get('checks_passed', 0)}"
+        text = (f"\nRECAP {e.get('role', '')} : {counts} checks_passed={e.get('checks_passed', 0)}"
                 f" version={e.get('version')} result={result}")
+        if e.get("check_mode"):
+            text += "\n      check mode: 'changed' is what would change; nothing was changed or published"
+        return text
 
     def _timings(self, e: dict) -> str:
         parts = [f"{k.replace('_', ' ')} {v:.2f}s" for k, v in e.items() if isinstance(v, float)]
@@ -114,14 +154,34 @@ def _indent(text: str, width: int) -> str:
 
 
 def _diff_text(diff: Any) -> str:
+    """Unified diffs as they are; before/after as ``key: before -> after`` lines."""
     if isinstance(diff, list):
         return "\n".join(_diff_text(d) for d in diff)
     if isinstance(diff, dict):
+        parts = []
         if "unified" in diff:
-            return str(diff["unified"]).rstrip()
+            parts.append(str(diff["unified"]).rstrip())
         if "before" in diff or "after" in diff:
-            return f"{diff.get('before')!r} -> {diff.get('after')!r}"
+            parts.append(_before_after(diff.get("before"), diff.get("after")))
+        if parts:
+            return "\n".join(p for p in parts if p)
     return str(diff)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items()) or "{}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return "absent" if value is None else str(value)
+
+
+def _before_after(before: Any, after: Any) -> str:
+    if isinstance(before, dict) and isinstance(after, dict):
+        lines = [f"{key}: {_short(before.get(key))} -> {_short(after.get(key))}"
+                 for key in list(dict.fromkeys([*before, *after])) if before.get(key) != after.get(key)]
+        return "\n".join(lines)
+    return f"{_short(before)} -> {_short(after)}"
 
 
 def configure(json_output: bool | None = None, level: int = logging.INFO) -> None:

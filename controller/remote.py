@@ -67,7 +67,11 @@ def run_agent(ctx: BakeContext, command: str, on_event: Callable[[dict[str, Any]
     return done.rc, events, done.stderr
 
 
-def log_step(event: dict[str, Any], quiet_ok: bool = False) -> None:
+def log_step(event: dict[str, Any], quiet_ok: bool = False, check_mode: bool = False) -> None:
+    """One agent step event as one log line (``start`` events only at debug level)."""
+    if event.get("event") == "start":
+        log.debug("start", index=event.get("index"), step=event.get("name"), module=event.get("module"))
+        return
     if event.get("event") != "step":
         return
     status = event.get("status")
@@ -77,12 +81,19 @@ def log_step(event: dict[str, Any], quiet_ok: bool = False) -> None:
               "status": status, "seconds": event.get("duration")}
     if event.get("handler"):
         fields["handler"] = True
+    if check_mode:
+        fields["check_mode"] = True
+        if status == "changed" and event.get("msg"):
+            fields["msg"] = event["msg"]
     if event.get("predicted") is False:
+        fields["predicted"] = False
         fields["note"] = "check mode cannot predict this step"
+    if event.get("rescued"):
+        fields["note"] = "rescued"
     if status == "failed":
         fields["error"] = event.get("msg")
         fields["source"] = event.get("source")
-        (log.warning if event.get("ignored") else log.error)("step", **fields)
+        (log.warning if event.get("ignored") or event.get("rescued") else log.error)("step", **fields)
     else:
         if event.get("diff") and event.get("diff_shown"):
             fields["diff"] = event["diff"]
