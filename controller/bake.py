@@ -107,7 +107,7 @@ def bake(role: str, provider_name: str = "local", options: BakeOptions | None = 
     ctx = BakeContext(role=role, compiled=compiled, provider=provider, options=options, build_id=new_build_id())
     structlog.contextvars.bind_contextvars(role=role, build_id=ctx.build_id)
     log.info("bake", provider=provider.name, chain=" -> ".join(compiled.chain), steps=len(compiled.steps),
-             checks=len(compiled.checks))
+             checks=len(compiled.checks), **({"check_mode": True} if options.check_mode else {}))
     try:
         run_stages(stages_for(options, config.retention), ctx)
     except BaseException as exc:  # noqa: B036 - reported, exit code carries it
@@ -128,6 +128,7 @@ def recap(ctx: BakeContext) -> None:
     c = ctx.apply_counts
     log.info("recap", host=ctx.instance.id if ctx.instance else "-", ok=c.ok, changed=c.changed, failed=c.failed,
              skipped=c.skipped, ignored=c.ignored,
-             checks_passed=ctx.checks.get("passed", 0), version=ctx.version or "-",
+             checks_passed=ctx.checks.get("passed", 0),
+             version=(ctx.version if not ctx.options.check_mode else "") or "-",
              result="ok" if ctx.succeeded else "failed", **({"check_mode": True} if ctx.options.check_mode else {}))
     log.info("timings", **{k.replace(" ", "_"): v for k, v in ctx.timings.items()})

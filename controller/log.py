@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -92,7 +93,8 @@ class TerminalRenderer:
         return self.paint("failed" if level in ("error", "critical") else "", text) if head else text
 
     def _bake(self, e: dict) -> str:
-        return (f"kiln: baking {e.get('role')} on {e.get('provider')}, build {e.get('build_id')} "
+        mode = " in check mode (nothing is changed or published)" if e.get("check_mode") else ""
+        return (f"kiln: baking {e.get('role')} on {e.get('provider')}, build {e.get('build_id')}{mode} "
                 f"(roles {e.get('chain')}; {e.get('steps')} steps, {e.get('checks')} checks)")
 
     def _stage(self, e: dict) -> str:
@@ -107,12 +109,11 @@ class TerminalRenderer:
         text = f"  {self.paint(status, f'{status:<8}')} [{e.get('index')}] {kind}{e.get('step')} ({e.get('module')})"
         text += f"  {e.get('seconds') or 0:.2f}s"
         if e.get("check_mode") and status == "changed":
-            text += f"  (would change: {e['msg']})" if e.get("msg") else "  (would change)"
-        if e.get("note"):
+            text += f"  ({_would(e)})"
+        elif e.get("note"):
             text += f"  ({e['note']})"
         if status == "failed":
-            text += f"\n           {e.get('source', '')}: {e.get('error', '')}"
-            text = text.replace("\n", "\n           ").replace("\n           " * 2, "\n           ")
+            text += "\n" + _indent(f"{e.get('source') or ''}: {e.get('error', '')}", 11)
         if e.get("diff"):
             text += "\n" + _indent(_diff_text(e["diff"]), 11)
         return text
@@ -147,6 +148,16 @@ class TerminalRenderer:
     def _timings(self, e: dict) -> str:
         parts = [f"{k.replace('_', ' ')} {v:.2f}s" for k, v in e.items() if isinstance(v, float)]
         return "      time: " + ", ".join(parts)
+
+
+def _would(e: dict) -> str:
+    """A check-mode step's note: what would change, or that the module cannot tell."""
+    msg = re.sub(r"\s*\(check mode[^)]*\)\s*$", "", str(e.get("msg") or "")).strip()
+    if e.get("predicted") is False:
+        return f"cannot predict in check mode: {msg}" if msg else "cannot predict in check mode"
+    if not msg:
+        return "would change"
+    return msg if msg.startswith("would ") else f"would change: {msg}"
 
 
 def _indent(text: str, width: int) -> str:

@@ -90,6 +90,8 @@ def log_step(event: dict[str, Any], quiet_ok: bool = False, check_mode: bool = F
         fields["note"] = "check mode cannot predict this step"
     if event.get("rescued"):
         fields["note"] = "rescued"
+    if event.get("ignored"):
+        fields["note"] = "ignored"
     if status == "failed":
         fields["error"] = event.get("msg")
         fields["source"] = event.get("source")
