@@ -40,6 +40,31 @@ CAPACITY_ERRORS = frozenset({
 })
 
 
+def kiln_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("kiln")
+    except Exception:  # not installed (a source checkout)
+        return "0.1.0"
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+def latest_parameter(role: str) -> str:
+    return f"/kiln/{role}/latest"
+
+
+def versions_path(role: str) -> str:
+    return f"/kiln/{role}/versions"
+
+
 def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": str(v)[:256]} for k, v in tags.items()]
 
@@ -295,3 +320,8 @@ class PendingImages:
 
         with locked(self.path):
             self._write([r for r in self.read() if r.image_id != image_id])
+
+
+def snapshot_ids(image: dict[str, Any]) -> list[str]:
+    return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings") or []
+            if m.get("Ebs", {}).get("SnapshotId")]

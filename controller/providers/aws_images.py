@@ -1,0 +1,418 @@
+"""The AMI half of the AWS provider: snapshot, wait, distribute, move ``latest``, retire.
+
+:class:`AmiLifecycle` is mixed into :class:`controller.providers.aws.AwsProvider`; it uses
+the provider's clients (``ec2``/``ssm``), settings, data plane and state directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+from botocore.exceptions import ClientError, WaiterError
+
+from controller import manifest
+from controller.context import BakeContext
+from controller.model import Image, Instance
+from controller.providers.aws_settings import AwsSettings
+from controller.providers.aws_support import (
+    BUILD_ID,
+    ROLE,
+    VERSION,
+    DataPlane,
+    PendingImage,
+    PendingImages,
+    error_code,
+    iso,
+    kiln_version,
+    latest_parameter,
+    now_utc,
+    snapshot_ids,
+    tag_list,
+    tag_spec,
+    tags_of,
+    unimplemented,
+)
+from controller.providers.base import ProviderError
+from controller.versions import sort_key
+
+log = structlog.get_logger("kiln.aws")
+
+
+class ImageWaitTimeout(ProviderError):
+    """The AMI did not become available within the configured waiter."""
+
+
+class AmiLifecycle:
+    """AMIs of a role: made from the build instance, copied, shared, pointed to, retired."""
+
+    name: str
+    settings: AwsSettings
+    data_plane: DataPlane
+    pending: PendingImages
+    state_dir: Path
+    sleep: Callable[[float], None]
+
+    # provided by AwsProvider
+    def ec2(self, region: str | None = None) -> Any: ...
+    def ssm(self, region: str | None = None) -> Any: ...
+    def release_version(self, role: str, version: str) -> None: ...
+    def _safely(self, hook: Callable[..., None], *args: Any) -> None: ...
+    def _instance_waiter(self, region: str, name: str, ids: list[str], max_seconds: float = 600) -> None: ...
+    @staticmethod
+    def _delete_parameter(ssm: Any, name: str) -> None: ...
+
+    # --- the image -------------------------------------------------------------------
+    def prepare_snapshot(self, ctx: BakeContext) -> None:
+        """Stop the instance (a consistent disk), and turn ENA on while it is stopped."""
+        inst = ctx.instance
+        ec2 = self.ec2(inst.region)
+        if inst.extra.get("spot"):
+            log.info("spot instance: not stopped (one-time spot cannot be); create_image reboots it instead")
+            return
+        ec2.stop_instances(InstanceIds=[inst.id])
+        try:
+            self._instance_waiter(inst.region, "instance_stopped", [inst.id])
+        except WaiterError as exc:
+            raise ProviderError(f"instance {inst.id} did not stop: {exc}") from exc
+        if self.settings.ena_support and not inst.extra.get("ena"):
+            ec2.modify_instance_attribute(InstanceId=inst.id, EnaSupport={"Value": True})
+            log.info("ENA support enabled on the build instance", instance=inst.id)
+
+    def image_tags(self, ctx: BakeContext, name: str) -> dict[str, str]:
+        tags = {"Name": name, **self.settings.tags}
+        tags.update({f"kiln:{key}": value for key, value in ctx.labels().items()})
+        tags.update({"kiln:kiln-version": kiln_version(), "kiln:base-name": ctx.base.name if ctx.base else ""})
+        return tags
+
+    def image_mappings(self, inst: Instance) -> list[dict[str, Any]]:
+        """The AMI's devices: the root and extra EBS volumes (deleted with the instances launched from it),
+        volumes not wanted in the image removed, and the instance-store (ephemeral) volumes."""
+        s = self.settings
+        root = inst.extra.get("root_device") or "/dev/xvda"
+        mappings: list[dict[str, Any]] = [{"DeviceName": root, "Ebs": {"DeleteOnTermination": True}}]
+        for v in s.extra_volumes:
+            mappings.append({"DeviceName": v.device, "Ebs": {"DeleteOnTermination": v.delete_on_termination}}
+                            if v.in_image else {"DeviceName": v.device, "NoDevice": ""})
+        mappings += [{"DeviceName": device, "VirtualName": name} for device, name in s.ephemeral_volumes]
+        return mappings
+
+    def snapshot(self, ctx: BakeContext) -> Image:
+        inst = ctx.instance
+        region = inst.region
+        ec2 = self.ec2(region)
+        name = f"kiln-{ctx.role}-{ctx.version}"
+        tags = self.image_tags(ctx, name)
+        description = f"kiln {ctx.role} {ctx.version}: {ctx.compiled.description}"[:255]
+        try:
+            # create_image takes the image's tags; snapshots are tagged once known (moto, and
+            # some partitions, refuse a snapshot TagSpecification here).
+            resp = ec2.create_image(InstanceId=inst.id, Name=name, Description=description,
+                                    NoReboot=not inst.extra.get("spot"), BlockDeviceMappings=self.image_mappings(inst),
+                                    TagSpecifications=[tag_spec("image", tags)])
+        except BaseException as exc:  # noqa: B036 - the AMI may exist although the answer was lost
+            if not isinstance(exc, ClientError):
+                found = self._image_by_name(region, name)
+                if found:
+                    ctx.image = self._image_from(found, region, ctx.role)
+            if isinstance(exc, ClientError):
+                raise ProviderError(f"create_image failed: {exc}") from exc
+            raise
+        image = Image(id=resp["ImageId"], role=ctx.role, version=ctx.version, provider=self.name, region=region,
+                      name=name, created=iso(now_utc()), base=ctx.base.id, inputs_hash=ctx.inputs_hash,
+                      status="pending", extra={"tags": tags})
+        ctx.image = image  # owned from here: the stage's undo deregisters it if the bake fails
+        self._safely(self.data_plane.image_created, region, inst.id, image.id)
+        try:
+            described = self.wait_image(region, image.id)
+        except ImageWaitTimeout:
+            self._record_pending(ctx, image)
+            ctx.image = None  # not deregistered now: its snapshots are still being made
+            raise
+        if described.get("VirtualizationType", "hvm") != "hvm":
+            raise ProviderError(f"AMI {image.id} is {described.get('VirtualizationType')}: HVM only")
+        self._finish_image(region, image.id, described, tags)
+        image.status = "available"
+        image.extra["snapshots"] = snapshot_ids(described)
+        return image
+
+    def _finish_image(self, region: str, image_id: str, described: dict[str, Any], tags: dict[str, str]) -> None:
+        """IMDSv2 only for instances of the AMI, and the AMI's tags on its snapshots."""
+        ec2 = self.ec2(region)
+        try:
+            ec2.modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+        except ClientError as exc:
+            if not unimplemented(exc):
+                raise ProviderError(f"setting IMDSv2 on {image_id} failed: {exc}") from exc
+            log.warning("the endpoint cannot set imds-support on AMIs", image=image_id)
+        snapshots = snapshot_ids(described)
+        if snapshots:
+            ec2.create_tags(Resources=snapshots, Tags=tag_list(tags))
+
+    def wait_image(self, region: str, image_id: str, stop: threading.Event | None = None) -> dict[str, Any]:
+        """Poll until the AMI is available (waiter.delay x waiter.max_attempts); failed: ProviderError."""
+        s = self.settings
+        ec2 = self.ec2(region)
+        state = "unknown"
+        for attempt in range(s.waiter_max_attempts):
+            try:
+                images = ec2.describe_images(ImageIds=[image_id])["Images"]
+            except ClientError as exc:
+                if not error_code(exc).startswith("InvalidAMIID"):  # not visible yet: eventual consistency
+                    raise
+                images = []
+            if images:
+                state = images[0].get("State", "available")
+                if state == "available":
+                    return images[0]
+                if state in ("failed", "invalid", "deregistered", "error"):
+                    reason = images[0].get("StateReason", {}).get("Message", "")
+                    raise ProviderError(f"AMI {image_id} in {region} is {state}: {reason}")
+            if attempt + 1 < s.waiter_max_attempts:
+                if stop is not None:
+                    if stop.wait(s.waiter_delay):
+                        raise ProviderError(f"stopped waiting for AMI {image_id} in {region}")
+                else:
+                    self.sleep(s.waiter_delay)
+        raise ImageWaitTimeout(f"AMI {image_id} in {region} is still {state} after {s.waiter_max_attempts} checks "
+                               f"{s.waiter_delay:g}s apart (providers.aws.waiter); recorded as pending in "
+                               f"{self.pending.path}: the next run removes it once it settles")
+
+    def _record_pending(self, ctx: BakeContext, image: Image) -> None:
+        moment = iso(now_utc())
+        self.pending.add(PendingImage(region=image.region, image_id=image.id, role=ctx.role, version=ctx.version,
+                                      build_id=ctx.build_id, recorded=moment))
+        try:
+            manifest.append(self.state_dir / "manifest.json", [{
+                "role": ctx.role, "version": ctx.version, "provider": self.name, "build_id": ctx.build_id,
+                "region": image.region, "image_id": image.id, "image_name": image.name, "status": "pending",
+                "inputs_hash": ctx.inputs_hash, "started": ctx.started.isoformat(), "finished": moment}])
+        except OSError as exc:
+            log.error("could not record the pending AMI in the manifest", image=image.id, error=str(exc))
+        log.warning("AMI still pending; recorded for the next run", image=image.id, region=image.region)
+
+    def settle_pending(self) -> list[str]:
+        """AMIs an earlier bake stopped waiting for: once settled (available or failed) they are removed
+        with their snapshots (they were never published); still pending ones wait for the next run."""
+        settled = []
+        for row in self.pending.read():
+            try:
+                images = self.ec2(row.region).describe_images(ImageIds=[row.image_id])["Images"]
+            except ClientError as exc:
+                if not error_code(exc).startswith("InvalidAMIID"):
+                    log.warning("could not check a pending AMI", image=row.image_id, error=str(exc))
+                    continue
+                images = []
+            state = images[0].get("State", "available") if images else "gone"
+            if state == "pending":
+                log.info("AMI of an earlier bake still pending", image=row.image_id, build_id=row.build_id)
+                continue
+            if images:
+                self.remove_image(row.region, row.image_id)
+            self.pending.remove(row.image_id)
+            settled.append(row.image_id)
+            log.info("pending AMI of an earlier bake settled and removed (never published)", image=row.image_id,
+                     state=state, build_id=row.build_id)
+        return settled
+
+    def _image_by_name(self, region: str, name: str) -> dict[str, Any] | None:
+        try:
+            images = self.ec2(region).describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])
+        except Exception:  # best effort while unwinding
+            return None
+        return images["Images"][0] if images["Images"] else None
+
+    def _image_from(self, row: dict[str, Any], region: str, role: str) -> Image:
+        tags = tags_of(row)
+        return Image(id=row["ImageId"], role=role, version=tags.get(VERSION, ""), provider=self.name, region=region,
+                     name=row.get("Name", ""), created=row.get("CreationDate", ""), base=tags.get("kiln:base-image", ""),
+                     inputs_hash=tags.get("kiln:inputs-hash", ""), status=row.get("State", ""),
+                     extra={"snapshots": snapshot_ids(row), "build_id": tags.get(BUILD_ID, ""),
+                            "deprecation_time": row.get("DeprecationTime", "")})
+
+    def remove_image(self, region: str, image_id: str) -> None:
+        """Deregister the AMI and delete its snapshots (raises on failure; callers decide)."""
+        ec2 = self.ec2(region)
+        try:
+            images = ec2.describe_images(ImageIds=[image_id])["Images"]
+        except ClientError as exc:
+            if not error_code(exc).startswith("InvalidAMIID"):
+                raise
+            images = []
+        if images:
+            ec2.deregister_image(ImageId=image_id)
+        for snapshot in snapshot_ids(images[0]) if images else []:
+            for attempt in range(6):
+                try:
+                    ec2.delete_snapshot(SnapshotId=snapshot)
+                    break
+                except ClientError as exc:
+                    code = error_code(exc)
+                    if code == "InvalidSnapshot.NotFound":
+                        break
+                    if code == "InvalidSnapshot.InUse" and attempt < 5:  # the deregistration is settling
+                        self.sleep(2)
+                        continue
+                    raise
+        self._safely(self.data_plane.image_removed, region, image_id)
+
+    def discard(self, ctx: BakeContext, image: Image) -> None:
+        try:
+            self.remove_image(image.region, image.id)
+        except Exception as exc:
+            log.error("could not remove the unfinished AMI; remove by hand", image=image.id, region=image.region,
+                      error=str(exc), command=f"aws ec2 deregister-image --region {image.region} --image-id "
+                                              f"{image.id} (then delete its snapshots)")
+
+    # --- distribution ----------------------------------------------------------------
+    def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
+        """Copy to the other regions in parallel, share, then move ``/kiln/<role>/latest`` in each region.
+
+        Every copy is appended to ``ctx.published`` as soon as it exists, so the stage's undo
+        (unpublish) finds copies of a publish that failed or was interrupted half way.
+        """
+        s = self.settings
+        published = ctx.published
+        published.append(image)
+        targets = [r for r in s.regions if r != image.region]
+        for region in targets:  # clients are made here: creating them is not thread-safe
+            self.ec2(region)
+            self.ssm(region)
+        if targets:
+            stop = threading.Event()
+            pool = ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="kiln-copy")
+            futures = [pool.submit(self._copy_to, ctx, image, region, stop, published) for region in targets]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                stop.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+        order = {region: i for i, region in enumerate(s.regions)}
+        images = sorted(published, key=lambda i: order.get(i.region, 99))
+        permissions = s.share.launch_permissions()
+        if permissions:
+            for img in images:
+                self.ec2(img.region).modify_image_attribute(ImageId=img.id, LaunchPermission={"Add": permissions})
+            log.info("shared", accounts=s.share.accounts, orgs=s.share.org_arns, ous=s.share.ou_arns,
+                     public=s.share.public)
+        for img in images:  # every copy is available by now: only then does latest move
+            img.extra["previous_latest"] = self.latest(img.region, ctx.role)
+            self.ssm(img.region).put_parameter(
+                Name=latest_parameter(ctx.role), Value=img.id, Type="String", DataType="aws:ec2:image",
+                Overwrite=True, Description=f"kiln: latest {ctx.role} ({ctx.version})")
+            img.latest, img.status = True, "latest"
+        self.release_version(ctx.role, ctx.version)  # the AMIs carry the version now
+        return images
+
+    def _copy_to(self, ctx: BakeContext, image: Image, region: str, stop: threading.Event,
+                 published: list[Image]) -> Image:
+        s = self.settings
+        ec2 = self.ec2(region)
+        tags = {**image.extra.get("tags", {}), "kiln:source-image": image.id, "kiln:source-region": image.region}
+        kwargs: dict[str, Any] = {}
+        if s.encrypted:
+            kwargs["Encrypted"] = True
+            if s.kms_keys.get(region):
+                kwargs["KmsKeyId"] = s.kms_keys[region]
+        resp = ec2.copy_image(SourceImageId=image.id, SourceRegion=image.region, Name=image.name,
+                              Description=f"kiln {ctx.role} {ctx.version} (copy of {image.id} in {image.region})",
+                              ClientToken=f"kiln-{ctx.build_id}-{region}"[:64],
+                              TagSpecifications=[tag_spec("image", tags)], **kwargs)
+        copy = Image(id=resp["ImageId"], role=ctx.role, version=ctx.version, provider=self.name, region=region,
+                     name=image.name, created=iso(now_utc()), base=image.base, inputs_hash=image.inputs_hash,
+                     status="pending", extra={"tags": tags, "source": image.id})
+        published.append(copy)
+        self._safely(self.data_plane.image_copied, image.region, image.id, region, copy.id)
+        described = self.wait_image(region, copy.id, stop)
+        # copies do not reliably carry tags (CopyImageTags, and moto, differ): tag explicitly
+        ec2.create_tags(Resources=[copy.id], Tags=tag_list(tags))
+        self._finish_image(region, copy.id, described, tags)
+        copy.status = "available"
+        copy.extra["snapshots"] = snapshot_ids(described)
+        log.info("copied", region=region, image=copy.id)
+        return copy
+
+    def latest(self, region: str, role: str) -> str:
+        try:
+            return self.ssm(region).get_parameter(Name=latest_parameter(role))["Parameter"]["Value"]
+        except ClientError as exc:
+            if error_code(exc) == "ParameterNotFound":
+                return ""
+            raise
+
+    def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
+        """Put ``latest`` back where it was (if it still points to this bake's AMI) and remove the copies."""
+        own = ctx.image.id if ctx.image else ""
+        for img in images:
+            if "previous_latest" in img.extra:
+                name = latest_parameter(ctx.role)
+                try:
+                    if self.latest(img.region, ctx.role) == img.id:
+                        previous = img.extra["previous_latest"]
+                        if previous:
+                            self.ssm(img.region).put_parameter(Name=name, Value=previous, Type="String",
+                                                               DataType="aws:ec2:image", Overwrite=True)
+                        else:
+                            self._delete_parameter(self.ssm(img.region), name)
+                except Exception as exc:
+                    log.error("could not restore latest; fix by hand", region=img.region, parameter=name,
+                              value=img.extra["previous_latest"] or "(delete it)", error=str(exc))
+            if img.id == own:
+                continue  # the snapshot stage's undo removes the original
+            try:
+                self.remove_image(img.region, img.id)
+                log.info("AMI copy removed", image=img.id, region=img.region)
+            except Exception as exc:
+                log.error("could not remove an AMI copy; remove by hand", image=img.id, region=img.region,
+                          error=str(exc))
+
+    def images(self, role: str) -> list[Image]:
+        """Every AMI of ``role`` in every configured region: newest version first, regions in order."""
+        found: list[Image] = []
+        for region in self.settings.regions:
+            rows = self.ec2(region).describe_images(Owners=["self"],
+                                                    Filters=[{"Name": f"tag:{ROLE}", "Values": [role]}])["Images"]
+            latest = self.latest(region, role)
+            for row in rows:
+                image = self._image_from(row, region, role)
+                if not image.version:
+                    continue
+                image.latest = image.id == latest
+                if image.latest:
+                    image.status = "latest"
+                found.append(image)
+        order = {region: i for i, region in enumerate(self.settings.regions)}
+        return sorted(found, key=lambda i: (sort_key(i.version), -order[i.region]), reverse=True)
+
+    def retire(self, role: str, keep: int) -> list[Image]:
+        """Per region keep the newest ``keep`` versions (``retention`` overrides); never what latest points
+        to, nor an AMI still pending. Older ones are deprecated, deregistered, their snapshots deleted."""
+        keep = self.settings.retention or keep
+        images = [i for i in self.images(role) if i.status != "pending"]
+        retired = []
+        for region in self.settings.regions:
+            for image in [i for i in images if i.region == region][keep:]:
+                if image.latest:
+                    continue
+                self._deprecate(image)
+                self.remove_image(region, image.id)
+                retired.append(image)
+                log.info("retired", role=role, version=image.version, region=region, image=image.id)
+        return retired
+
+    def _deprecate(self, image: Image) -> None:
+        at = iso(now_utc() + dt.timedelta(minutes=1))
+        try:
+            self.ec2(image.region).enable_image_deprecation(ImageId=image.id, DeprecateAt=at)
+        except Exception as exc:  # moto: NotImplementedError in-process, an unparseable HTTP 500 as a server
+            if not unimplemented(exc):
+                raise
+            log.info("the endpoint does not implement image deprecation; deregistering directly", image=image.id)
