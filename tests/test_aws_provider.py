@@ -474,3 +474,61 @@ def test_a_retried_create_whose_answer_was_lost_is_not_an_error(aws, tmp_path):
     assert ctx.instance.extra["security_group_id"] == group
     prov.terminate(ctx, ctx.instance)
     assert not ec2().describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+
+
+def test_the_controllers_address_is_found_or_the_error_says_how_to_set_it():
+    from controller.providers.aws_support import CloudDataPlane
+
+    plane = CloudDataPlane(checkip_url="http://127.0.0.1:9/")  # nothing listens on the discard port
+    with pytest.raises(ProviderError, match="set providers.aws.ssh.cidrs"):
+        plane.source_cidrs("public_ip")
+    private = plane.source_cidrs("private_ip")  # the route's source address; no packet is sent
+    assert len(private) == 1 and private[0].endswith("/32")
+
+
+def test_host_key_waits_for_cloud_init_to_print_the_fingerprints(aws, tmp_path):
+    sess = session()
+    key = KeyPair.generate()
+    reads = []
+
+    def console(parsed, **kwargs):
+        reads.append(1)
+        if len(reads) >= 3:  # cloud-init's final stage has run by the third look
+            parsed["Output"] = "boot...\n" + console_block([key.public_openssh], "ip-1")
+
+    sess.events.register("after-call.ec2.GetConsoleOutput", console)
+    prov = provider(tmp_path, sess, ssh={"console_timeout": 60})
+    slept = []
+    ctx = launched(prov, tmp_path, "slowconsole")
+    prov.sleep = slept.append
+    assert prov.host_key_expectation(ctx).fingerprints == {key.fingerprint}
+    assert len(reads) == 3 and slept == [5.0, 5.0]
+    prov.terminate(ctx, ctx.instance)
+
+
+def test_spot_is_one_time_tagged_and_not_stopped(aws, tmp_path):
+    prov = provider(tmp_path, spot={"max_price": "0.05"})
+    ctx = launched(prov, tmp_path, "spotty")
+    params = prov.run_parameters(ctx, "sg-1", prov.temporary_tags(ctx))
+    assert params["InstanceMarketOptions"] == {"MarketType": "spot", "SpotOptions": {
+        "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate", "MaxPrice": "0.05"}}
+    assert "spot-instances-request" in [t["ResourceType"] for t in params["TagSpecifications"]]
+    prov.prepare_snapshot(ctx)
+    assert instance_of(ctx.instance.id)["State"]["Name"] == "running", "one-time spot cannot be stopped"
+    prov.terminate(ctx, ctx.instance)
+
+
+def test_image_block_device_mappings(aws, tmp_path):
+    prov = provider(tmp_path, extra_volumes=[{"device": "/dev/sdf", "size": 20},
+                                             {"device": "/dev/sdg", "size": 50, "in_image": False}],
+                    ephemeral_volumes=[{"device": "/dev/sdb", "name": "ephemeral0"}])
+    inst = type("I", (), {"extra": {"root_device": "/dev/xvda"}})()
+    assert prov.image_mappings(inst) == [
+        {"DeviceName": "/dev/xvda", "Ebs": {"DeleteOnTermination": True}},
+        {"DeviceName": "/dev/sdf", "Ebs": {"DeleteOnTermination": True}},
+        {"DeviceName": "/dev/sdg", "NoDevice": ""},
+        {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"},
+    ]
+    launch = prov.launch_mappings(ssm().get_parameter(Name=AL2023)["Parameter"]["Value"])
+    assert launch[0]["Ebs"]["VolumeType"] == "gp3" and launch[0]["Ebs"]["VolumeSize"]  # the AMI's own size
+    assert launch[3] == {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}
