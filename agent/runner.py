@@ -128,6 +128,10 @@ class Runner:
             return self.run_block(step, path)
         if step.get("module") == "flush_handlers":
             return self.flush_handlers(path)
+        if self.cursor is not None:  # the way to the reboot step leads through blocks and flushes only
+            self.cursor = None
+            return self.finish_step(step, {"status": "failed", "msg": "cannot resume after the reboot: the bundle "
+                                                                      "no longer matches the saved state"}, 0, handler)
         announce: Dict[str, Any] = {"event": "start", "index": step.get("index"), "name": step.get("name"),
                                     "module": step.get("module")}
         if handler:
@@ -397,7 +401,8 @@ class Runner:
             self.exit_code = 1
             return False
         self.emit({"event": "reboot", "index": reboot.step.get("index"), "name": reboot.step.get("name"),
-                   "timeout": reboot.result.get("reboot_timeout", 300), "msg": reboot.outcome.get("msg", "")})
+                   "timeout": reboot.result.get("reboot_timeout", 300),
+                   "msg": REDACTED if reboot.step.get("no_log") else reboot.outcome.get("msg", "")})
         self.exit_code = EXIT_REBOOT
         return True
 
