@@ -176,9 +176,13 @@ def test_no_log_secret_from_var_is_nowhere(engine, tmp_path: Path, json_output: 
     assert manifest[-1]["role"] == role
     # the secret did reach the machine: the image has it, the logs do not
     image = f"localhost/kiln/{role}:{manifest[-1]['version']}"
-    content = engine.run("run", "--rm", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-                         "--entrypoint", "cat", image, "/etc/kiln-app.conf")
-    assert content == f"password={SECRET}\n"
+    try:
+        content = engine.run("run", "--rm", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+                             "--entrypoint", "cat", image, "/etc/kiln-app.conf")
+        assert content == f"password={SECRET}\n"
+    finally:
+        for row in engine.images(f"localhost/kiln/{role}"):
+            engine.run("rmi", "-f", row["Id"], check=False)
 
 
 # --- progress -----------------------------------------------------------------------------------

@@ -166,8 +166,16 @@ def json_events(stderr: str) -> list[dict]:
 
 def test_bake_reboots_reconnects_and_the_idempotence_check_does_not_reboot(engine, tmp_path):
     make_playbooks(tmp_path, REBOOT_ROLE, role="rebooter")
-    proc = invoke(tmp_path, "bake", "--role", "rebooter", env={"KILN_JSON": "1"},
-                  playbooks=tmp_path / "playbooks")
+    try:
+        proc = invoke(tmp_path, "bake", "--role", "rebooter", env={"KILN_JSON": "1"},
+                      playbooks=tmp_path / "playbooks")
+        _check_rebooting_bake(engine, tmp_path, proc)
+    finally:
+        for row in engine.images("localhost/kiln/rebooter"):
+            engine.run("rmi", "-f", row["Id"], check=False)
+
+
+def _check_rebooting_bake(engine, tmp_path, proc) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = json_events(proc.stderr)
     names = [e["event"] for e in events]
