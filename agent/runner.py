@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from agent import schema as argschema
 from agent.api import Context, ModuleError, Result, tail
 from agent.modules import discover
-from agent.templating import TemplateError, evaluate, render
+from agent.templating import TemplateError, evaluate, render, resolve_variables
 
 REDACTED = "<redacted: no_log>"
 RESUME_FILE = "resume.json"
@@ -70,8 +70,7 @@ class Runner:
         self.handlers = {h["name"]: h for h in bundle.get("handlers", [])}
         self.handler_order = [h["name"] for h in bundle.get("handlers", [])]
         self.notified: List[str] = []
-        self.variables: Dict[str, Any] = dict(bundle.get("vars", {}))
-        self.variables["facts"] = ctx.facts
+        self.variables: Dict[str, Any] = resolve_variables(dict(bundle.get("vars", {}), facts=ctx.facts))
         self.counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0, "rescued": 0}
         self.changed_steps: List[Dict[str, Any]] = []
         self.rescue_depth = 0  # > 0: a failure here is handled by an enclosing block's rescue

@@ -15,7 +15,7 @@ import jinja2
 import jinja2.meta
 import jinja2.sandbox
 
-WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?!.*\{\{)(.*)\}\}\s*$", re.S)
+WHOLE_EXPRESSION = re.compile(r"^[ \t]*\{\{(?!.*\{\{)(.*)\}\}[ \t]*\Z", re.S)
 
 
 class TemplateError(Exception):
@@ -75,6 +75,28 @@ def render(value: Any, variables: Dict[str, Any], depth: int = 0) -> Any:
     if depth < 5 and result != value and (is_templated(result) or isinstance(result, (dict, list))):
         return render(result, variables, depth + 1)
     return result
+
+
+def resolve_variables(variables: Dict[str, Any]) -> Dict[str, Any]:
+    """Variables whose values are templates (``dir: "/opt/{{ facts.arch }}"``) rendered once
+    facts are known, so templates and expressions see final values. A value that reads what
+    is not known yet (a registered result) stays a template and is rendered where it is used.
+    """
+    resolved = dict(variables)
+    for _ in range(5):
+        progress = False
+        for name, value in resolved.items():
+            if name == "facts" or not (is_templated(value) or isinstance(value, (dict, list))):
+                continue
+            try:
+                new = render(value, resolved)
+            except TemplateError:
+                continue
+            if new != value:
+                resolved[name], progress = new, True
+        if not progress:
+            break
+    return resolved
 
 
 def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str:

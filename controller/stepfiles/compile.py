@@ -358,9 +358,10 @@ def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, over
         try:
             check["args"][key] = render(check["args"][key], resolved)
         except Exception as exc:  # noqa: BLE001 - reported, never a traceback
-            # facts and kiln.version exist only on the box: the agent renders those at verify time
+            # facts and kiln.version (directly or through a variable) exist only on the box:
+            # every name is known, so the agent renders the value at verify time
             unknown = _undeclared_in(check["args"][key]) - known
-            if unknown or not _mentions_runtime_names(check["args"][key]):
+            if unknown:
                 problems.append(doc.diag(path, f"cannot render this check value: {exc}"))
     for check in checks:
         if is_templated(check["name"]):
@@ -457,7 +458,3 @@ def _undeclared_in(value: Any) -> set[str]:
     except Exception:  # noqa: BLE001 - syntax errors are reported by the render attempt
         return {"<invalid template>"}
 
-
-def _mentions_runtime_names(value: Any) -> bool:
-    """Whether a value reads what only the box knows: facts, or kiln's version and build id."""
-    return bool(_undeclared_in(value) & {"facts", "kiln"})
