@@ -166,6 +166,12 @@ def _rules(schema: dict[str, Any]) -> list[str]:
     return out
 
 
+def _section(kind: str, name: str, schema: dict[str, Any]) -> list[str]:
+    """A module's or check's anchor, heading, description, argument table and rules."""
+    return [f'<a id="{kind}-{name.replace("_", "-")}"></a>', f"### `{name}`", "",
+            schema.get("description", "").strip(), "", *_arg_table(schema), "", *_rules(schema)]
+
+
 def reference_markdown() -> str:
     """docs/step-files.md: every keyword, module and check, generated from their schemas."""
     modules = discover_modules()
@@ -212,11 +218,7 @@ def reference_markdown() -> str:
     out.append("")
     for name, module in modules.items():
         schema = module.SCHEMA
-        out += [f'<a id="module-{name.replace("_", "-")}"></a>', f"### `{name}`", "",
-                schema.get("description", "").strip(), ""]
-        out += _arg_table(schema)
-        out.append("")
-        out += _rules(schema)
+        out += _section("module", name, schema)
         check_mode = schema.get("check_mode", "none")
         out.append(f"- check mode: {'yes' if check_mode == 'full' else check_mode if check_mode != 'none' else 'no'}"
                    f" · diff: {'yes' if schema.get('diff') else 'no'}")
@@ -233,11 +235,7 @@ def reference_markdown() -> str:
     out.append("")
     for name, check in checks.items():
         schema = check.SCHEMA
-        out += [f'<a id="check-{name.replace("_", "-")}"></a>', f"### `{name}`", "",
-                schema.get("description", "").strip(), ""]
-        out += _arg_table(schema)
-        out.append("")
-        out += _rules(schema)
+        out += _section("check", name, schema)
         if schema.get("free_form"):
             out += [f"- main argument: `{schema['free_form']}` (`- {name}: VALUE`)", ""]
         if schema.get("example"):
