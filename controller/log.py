@@ -105,8 +105,7 @@ class TerminalRenderer:
 
     def _step(self, e: dict) -> str:
         status = e.get("status", "?")
-        kind = "handler " if e.get("handler") else ""
-        text = f"  {self.paint(status, f'{status:<8}')} [{e.get('index')}] {kind}{e.get('step')} ({e.get('module')})"
+        text = f"  {self.paint(status, f'{status:<8}')} {_step_label(e)}"
         text += f"  {e.get('seconds') or 0:.2f}s"
         if e.get("check_mode") and status == "changed":
             text += f"  ({_would(e)})"
@@ -119,9 +118,7 @@ class TerminalRenderer:
         return text
 
     def _still_running(self, e: dict) -> str:
-        kind = "handler " if e.get("handler") else ""
-        return (f"  {'...':<8} [{e.get('index')}] {kind}{e.get('step')} ({e.get('module')})"
-                f"  still running, {e.get('seconds', 0):.0f}s")
+        return f"  {'...':<8} {_step_label(e)}  still running, {e.get('seconds', 0):.0f}s"
 
     def _rebooting(self, e: dict) -> str:
         return f"  {'reboot':<8} [{e.get('index')}] {e.get('step')}: rebooting the machine, then resuming"
@@ -148,6 +145,12 @@ class TerminalRenderer:
     def _timings(self, e: dict) -> str:
         parts = [f"{k.replace('_', ' ')} {v:.2f}s" for k, v in e.items() if isinstance(v, float)]
         return "      time: " + ", ".join(parts)
+
+
+def _step_label(e: dict) -> str:
+    """``[index] step (module)``, with ``handler`` before a handler's name."""
+    kind = "handler " if e.get("handler") else ""
+    return f"[{e.get('index')}] {kind}{e.get('step')} ({e.get('module')})"
 
 
 def _would(e: dict) -> str:
