@@ -66,6 +66,14 @@ __all__ = ["AwsProvider", "ImageWaitTimeout", "make_aws_provider"]
 ADDRESS_FIELDS = {"public_ip": "PublicIpAddress", "private_ip": "PrivateIpAddress",
                   "public_dns": "PublicDnsName", "private_dns": "PrivateDnsName"}
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+LAUNCH_HINTS = {
+    "VPCIdNotSpecified": " (this region has no default VPC: set providers.aws.subnet_id)",
+    "MissingInput": " (set providers.aws.subnet_id)",
+    "InvalidSubnetID.NotFound": " (providers.aws.subnet_id must be in the build region, the first of regions)",
+    "InvalidGroup.NotFound": " (providers.aws.ssh.security_group_id must be in the build region)",
+    "UnauthorizedOperation": " (compare the controller's permissions with docs/iam-policy.json)",
+    "InvalidParameterValue": "",
+}
 HYGIENE = r"""
 # cloud-init: forget this instance, so each instance of the image runs first boot again
 # (its own host keys, the launching key pair, hostname, user data)
@@ -351,7 +359,8 @@ class AwsProvider(AmiLifecycle):
             group = s.ssh.security_group_id or self._security_group(ctx, inst, name, tags)
             self._run_instance(ctx, inst, group, tags)
         except ClientError as exc:
-            raise ProviderError(f"launching the build instance failed: {exc}") from exc
+            hint = LAUNCH_HINTS.get(error_code(exc), "")
+            raise ProviderError(f"launching the build instance failed: {exc}{hint}") from exc
         self.data_plane.launched(region, [inst.id])
         try:
             self._instance_waiter(region, "instance_running", [inst.id])
