@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from agent.api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
-from agent.modules import copy as copymod
-from agent.modules import file as filemod
+from agent import textfile
+from agent.api import Context, ModuleError, Result
 from agent.modules import line_in_file as lif
 
 SCHEMA = {
@@ -52,7 +51,7 @@ SCHEMA = {
     "example": "- block_in_file:\n    path: /etc/hosts\n    block: |\n      10.0.0.10 db\n",
 }
 
-check = lif.check
+check = textfile.check
 
 
 def edit(params: Dict[str, Any], text: str) -> str:
@@ -87,42 +86,8 @@ def edit(params: Dict[str, Any], text: str) -> str:
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
-    path = params["path"]
-    attrs, text = state["attrs"], state["text"]
-    if text is None:
-        if params["state"] == "absent" or not params["block"]:
-            return Result(False, f"{path} does not exist; no block to remove")
-        if not params["create"]:
-            raise ModuleError(f"{path} does not exist (set create: true to create it)")
-    old = text or ""
-    new = edit(params, old)
-    changed_content = new != old or text is None
-    wanted = filemod.attributes_wanted(params, attrs)
-    if attrs is None and not params.get("mode"):
-        wanted.pop("mode", None)
-    if not changed_content and not wanted:
-        return Result(False, f"{path}: block already {params['state'] if params['block'] else 'absent'}")
-    diff: Dict[str, Any] = {}
-    msgs = []
-    if changed_content:
-        diff["unified"] = unified_diff(old, new, path)
-        msgs.append("block removed" if params["state"] == "absent" or not params["block"]
-                    else ("file created" if text is None else "block written"))
-    if wanted:
-        diff["before"] = {k: attrs.get(k) for k in wanted} if attrs else "absent"
-        diff["after"] = dict(wanted)
-        msgs.append(", ".join(f"{k} {v}" for k, v in sorted(wanted.items())))
-    msg = f"{path}: " + "; ".join(msgs)
-    if ctx.check_mode:
-        return Result(True, f"{msg} (check mode: not written)", diff=diff)
-    data: Dict[str, Any] = {}
-    if changed_content:
-        if text is not None and params["backup"]:
-            data["backup_file"] = copymod.backup_file(path)
-        current = int(attrs["mode"], 8) if attrs else 0o644
-        mode = parse_mode(params["mode"], current) if params.get("mode") else None
-        atomic_write(path, new.encode("utf-8", errors="surrogateescape"), mode=mode,
-                     validate=params.get("validate"), ctx=ctx)
-    if wanted:
-        filemod.set_attributes(path, wanted)
-    return Result(True, msg, diff=diff, data=data)
+    removing = params["state"] == "absent" or not params["block"]
+    return textfile.apply_edit(
+        params, state, ctx, edit, removing=removing, nothing_to_remove="no block to remove",
+        unchanged=f"block already {params['state'] if params['block'] else 'absent'}",
+        describe=lambda old: "block removed" if removing else "block written")

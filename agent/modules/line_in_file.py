@@ -19,9 +19,8 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List
 
-from agent.api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
-from agent.modules import copy as copymod
-from agent.modules import file as filemod
+from agent import textfile
+from agent.api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Ensure a line is present in (or absent from) a file, replacing the line a regexp matches.",
@@ -61,16 +60,7 @@ SCHEMA = {
 }
 
 
-def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
-    path = params["path"]
-    attrs = filemod.check({"path": path}, ctx)
-    if attrs is not None and attrs["state"] == "directory":
-        raise ModuleError(f"{path} is a directory")
-    text = None
-    if attrs is not None:
-        with open(path, "rb") as handle:
-            text = handle.read().decode("utf-8", errors="surrogateescape")
-    return {"attrs": attrs, "text": text}
+check = textfile.check
 
 
 def _compile(pattern: str, what: str) -> re.Pattern[str]:
@@ -135,48 +125,15 @@ def edit(params: Dict[str, Any], text: str) -> str:
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
-    path = params["path"]
-    attrs, text = state["attrs"], state["text"]
-    if text is None:
-        if params["state"] == "absent":
-            return Result(False, f"{path} does not exist; nothing to remove")
-        if not params.get("create"):
-            raise ModuleError(f"{path} does not exist (set create: true to create it)")
-    old = text or ""
-    new = edit(params, old)
-    changed_content = new != old or text is None
-    wanted = filemod.attributes_wanted(params, attrs)
-    if attrs is None and not params.get("mode"):
-        wanted.pop("mode", None)
-    if not changed_content and not wanted:
-        return Result(False, f"{path}: line already {params['state']}")
-    diff: Dict[str, Any] = {}
-    msgs = []
-    if changed_content:
-        diff["unified"] = unified_diff(old, new, path)
-        if params["state"] == "absent":
-            msgs.append("line removed")
-        else:
-            msgs.append("file created" if text is None else ("line replaced" if params.get("regexp") and
-                                                             _replaced(params, old) else "line added"))
-    if wanted:
-        diff["before"] = {k: attrs.get(k) for k in wanted} if attrs else "absent"
-        diff["after"] = dict(wanted)
-        msgs.append(", ".join(f"{k} {v}" for k, v in sorted(wanted.items())))
-    msg = f"{path}: " + "; ".join(msgs)
-    if ctx.check_mode:
-        return Result(True, f"{msg} (check mode: not written)", diff=diff)
-    data: Dict[str, Any] = {}
-    if changed_content:
-        if text is not None and params.get("backup"):
-            data["backup_file"] = copymod.backup_file(path)
-        current = int(attrs["mode"], 8) if attrs else 0o644
-        mode = parse_mode(params["mode"], current) if params.get("mode") else None
-        atomic_write(path, new.encode("utf-8", errors="surrogateescape"), mode=mode,
-                     validate=params.get("validate"), ctx=ctx)
-    if wanted:
-        filemod.set_attributes(path, wanted)
-    return Result(True, msg, diff=diff, data=data)
+    removing = params["state"] == "absent"
+
+    def describe(old: str) -> str:
+        if removing:
+            return "line removed"
+        return "line replaced" if params.get("regexp") and _replaced(params, old) else "line added"
+
+    return textfile.apply_edit(params, state, ctx, edit, removing=removing, nothing_to_remove="nothing to remove",
+                               unchanged=f"line already {params['state']}", describe=describe)
 
 
 def _replaced(params: Dict[str, Any], text: str) -> bool:
