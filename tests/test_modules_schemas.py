@@ -76,7 +76,9 @@ def _python39() -> str | None:
     return None
 
 
-def test_agent_runs_on_python39(tmp_path):
+@pytest.fixture
+def python39_agent(tmp_path):
+    """A Python 3.9 interpreter and the agent zipapp at tmp_path/agent.pyz (the test skips without 3.9)."""
     python = _python39()
     if python is None:
         pytest.skip("no python3.9 here")
@@ -84,6 +86,11 @@ def test_agent_runs_on_python39(tmp_path):
 
     pyz = tmp_path / "agent.pyz"
     pyz.write_bytes(agent_zipapp())
+    return python, pyz
+
+
+def test_agent_runs_on_python39(python39_agent):
+    python, pyz = python39_agent
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "import agent.modules, agent.checks, agent.runner, agent.verify, agent.facts\n"
@@ -97,19 +104,13 @@ def test_agent_runs_on_python39(tmp_path):
     assert facts.returncode == 0 and '"event": "facts"' in facts.stdout, facts.stderr
 
 
-def test_file_modules_apply_on_python39(tmp_path):
+def test_file_modules_apply_on_python39(python39_agent, tmp_path):
     """The file-editing modules run end to end under Python 3.9 (on this host, inside tmp_path)."""
     import io as _io
     import json
     import tarfile
 
-    python = _python39()
-    if python is None:
-        pytest.skip("no python3.9 here")
-    from controller.agent_build import agent_zipapp
-
-    pyz = tmp_path / "agent.pyz"
-    pyz.write_bytes(agent_zipapp())
+    python, pyz = python39_agent
     bundle, out = tmp_path / "bundle", tmp_path / "out"
     (bundle / "files" / "r").mkdir(parents=True)
     (bundle / "templates" / "r").mkdir(parents=True)
