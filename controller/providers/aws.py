@@ -72,7 +72,6 @@ LAUNCH_HINTS = {
     "InvalidSubnetID.NotFound": " (providers.aws.subnet_id must be in the build region, the first of regions)",
     "InvalidGroup.NotFound": " (providers.aws.ssh.security_group_id must be in the build region)",
     "UnauthorizedOperation": " (compare the controller's permissions with docs/iam-policy.json)",
-    "InvalidParameterValue": "",
 }
 HYGIENE = r"""
 # cloud-init: forget this instance, so each instance of the image runs first boot again
