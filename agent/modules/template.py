@@ -17,24 +17,20 @@ from agent.api import Context, ModuleError, Result
 from agent.modules import copy as copymod
 from agent.templating import render_file
 
+# the arguments template shares with copy (only some descriptions differ)
+_COPY_ARGS = copymod.SCHEMA["args"]
+
 SCHEMA = {
     "description": "Render a Jinja2 template from the role's templates/ and write it to dest when it differs.",
     "args": {
         "src": {"type": "path", "relative": True, "required": True,
                 "description": "Template in the role's templates/ directory."},
-        "dest": {"type": "path", "required": True, "aliases": ["path"],
-                 "description": "Destination path; a directory (or a path ending in /) gets src's name "
-                                "without .j2."},
-        "mode": {"type": "mode", "description": "Mode, quoted octal (\"0644\") or symbolic (\"u+x\")."},
-        "owner": {"type": "str", "description": "Owning user name."},
-        "group": {"type": "str", "description": "Owning group name."},
-        "backup": {"type": "bool", "default": False,
-                   "description": "Keep the replaced file as <dest>.<timestamp>~."},
-        "validate": {"type": "str",
-                     "description": "Command run on the rendered file before it replaces dest; %s is the "
-                                    "temp file (e.g. \"nginx -t -c %s\")."},
-        "force": {"type": "bool", "default": True,
-                  "description": "false: only create dest when missing, never replace its content."},
+        "dest": dict(_COPY_ARGS["dest"], description="Destination path; a directory (or a path ending in /) gets "
+                                                     "src's name without .j2."),
+        **{key: dict(_COPY_ARGS[key]) for key in ("mode", "owner", "group", "backup")},
+        "validate": dict(_COPY_ARGS["validate"], description="Command run on the rendered file before it replaces "
+                                                             "dest; %s is the temp file (e.g. \"nginx -t -c %s\")."),
+        "force": dict(_COPY_ARGS["force"]),
     },
     "check_mode": "full",
     "diff": True,
