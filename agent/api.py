@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -95,6 +96,14 @@ class Context:
     def source_path(self, src: str, kind: str = "files") -> str:
         base = self.files_dir if kind == "files" else self.templates_dir
         return src if os.path.isabs(src) else os.path.join(base, src)
+
+
+def require_command(name: str, install_hint: str) -> str:
+    """The path of the command ``name`` on the box; a ModuleError with ``install_hint`` when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        raise ModuleError(f"{name} is not installed on the box ({install_hint})")
+    return path
 
 
 def tail(text: str, lines: int = 8) -> str:

@@ -9,10 +9,9 @@ Example::
 
 from __future__ import annotations
 
-import shutil
 from typing import Any, Dict, List, Optional
 
-from agent.api import Context, ModuleError, Result, unified_diff
+from agent.api import Context, ModuleError, Result, require_command, unified_diff
 
 SCHEMA = {
     "description": "Add, change or remove a named job in a user's crontab.",
@@ -42,10 +41,7 @@ MARK = "#kiln: "
 
 
 def _crontab(ctx: Context) -> str:
-    path = shutil.which("crontab")
-    if path is None:
-        raise ModuleError("crontab is not installed on the box (install the cron package first)")
-    return path
+    return require_command("crontab", "install the cron package first")
 
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from typing import Any, Dict, Optional
 
-from agent.api import Context, ModuleError, Result
+from agent.api import Context, ModuleError, Result, require_command
 
 SCHEMA = {
     "description": "Clone a git repository and check out a branch, tag or commit; needs git on the box.",
@@ -38,10 +37,7 @@ SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _git(ctx: Context) -> str:
-    path = shutil.which("git")
-    if path is None:
-        raise ModuleError("git is not installed on the box (install it first: - package: git)")
-    return path
+    return require_command("git", "install it first: - package: git")
 
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
