@@ -14,6 +14,18 @@ from agent.modules import copy as copymod
 from agent.modules import file as filemod
 
 
+def args() -> Dict[str, Any]:
+    """The arguments every text-file editing module takes (last in its SCHEMA's args)."""
+    return {
+        "create": {"type": "bool", "default": False, "description": "Create the file when it is missing."},
+        "backup": {"type": "bool", "default": False, "description": "Keep the old file as <path>.<timestamp>~."},
+        "validate": {"type": "str", "description": "Command checking the new file (%s is the temp file)."},
+        "mode": {"type": "mode", "description": "Mode, quoted octal (\"0644\") or symbolic."},
+        "owner": {"type": "str", "description": "Owning user name."},
+        "group": {"type": "str", "description": "Owning group name."},
+    }
+
+
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     path = params["path"]
     attrs = filemod.check({"path": path}, ctx)

@@ -43,12 +43,7 @@ SCHEMA = {
         "backrefs": {"type": "bool", "default": False,
                      "description": "line may use \\1 groups of regexp; nothing is inserted when regexp "
                                     "matches no line."},
-        "create": {"type": "bool", "default": False, "description": "Create the file when it is missing."},
-        "backup": {"type": "bool", "default": False, "description": "Keep the old file as <path>.<timestamp>~."},
-        "validate": {"type": "str", "description": "Command checking the new file (%s is the temp file)."},
-        "mode": {"type": "mode", "description": "Mode, quoted octal (\"0644\") or symbolic."},
-        "owner": {"type": "str", "description": "Owning user name."},
-        "group": {"type": "str", "description": "Owning group name."},
+        **textfile.args(),
     },
     "mutually_exclusive": [["insertafter", "insertbefore"]],
     "required_one_of": [["line", "regexp"]],
