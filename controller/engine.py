@@ -46,6 +46,31 @@ class EngineError(RuntimeError):
     """The container engine refused or failed a command."""
 
 
+def run_to_completion(argv: list[str], input: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run an engine command in its own session, and let it finish even when we are interrupted.
+
+    A terminal's Ctrl-C goes to the whole process group; killing ``podman create`` halfway
+    could leave a container the undo cannot see. So the engine runs apart from our group,
+    and if a signal interrupts the wait, the command still completes (briefly) before the
+    interruption goes on to unwind the bake, which then removes whatever it created.
+    """
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        return 124, stdout, stderr + f"\ntimed out after {timeout:.0f}s".encode()
+    except BaseException:
+        try:
+            proc.communicate(timeout=60)
+        except BaseException:  # noqa: B036 - a second signal: give up on it
+            proc.kill()
+        raise
+    return proc.returncode, stdout, stderr
+
+
 def _detect_runtime() -> str | None:
     """crun cannot run on hosts with hybrid cgroups; runc can (see MACHINE.md)."""
     hybrid = Path("/sys/fs/cgroup/unified").is_dir() or not Path(
@@ -83,13 +108,12 @@ class Engine:
 
     def run(self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 600) -> str:
         argv = [self.command, *self._global_args(), *args]
-        proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
-        if check and proc.returncode != 0:
+        rc, stdout, stderr = run_to_completion(argv, input, timeout)
+        if check and rc != 0:
             raise EngineError(
-                f"{' '.join(argv[:4])}... exited {proc.returncode}: "
-                f"{proc.stderr.decode(errors='replace').strip()[-800:]}"
+                f"{' '.join(argv[:4])}... exited {rc}: {stderr.decode(errors='replace').strip()[-800:]}"
             )
-        return proc.stdout.decode(errors="replace")
+        return stdout.decode(errors="replace")
 
     # --- images -------------------------------------------------------------
     def image_exists(self, ref: str) -> bool:
