@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -54,20 +55,26 @@ def run_to_completion(argv: list[str], input: bytes | None, timeout: float) -> t
     and if a signal interrupts the wait, the command still completes (briefly) before the
     interruption goes on to unwind the bake, which then removes whatever it created.
     """
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # Signals wait while the child is being started, so an interruption always finds it known.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        stdout, stderr = proc.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        return 124, stdout, stderr + f"\ntimed out after {timeout:.0f}s".encode()
-    except BaseException:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            proc.communicate(timeout=60)
-        except BaseException:  # noqa: B036 - a second signal: give up on it
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
             proc.kill()
-        raise
+            stdout, stderr = proc.communicate()
+            return 124, stdout, stderr + f"\ntimed out after {timeout:.0f}s".encode()
+        except BaseException:
+            try:
+                proc.communicate(timeout=60)
+            except BaseException:  # noqa: B036 - a second signal: give up on it
+                proc.kill()
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return proc.returncode, stdout, stderr
 
 
