@@ -35,7 +35,8 @@ def invoke(cwd: Path, *args: str, playbooks: Path | None = None, env: dict | Non
     """Run ``invoke <args>`` with kiln's tasks.py from ``cwd`` (where playbooks/ and builds/ live)."""
     if playbooks is not None and not (cwd / "playbooks").exists():
         (cwd / "playbooks").symlink_to(playbooks)
-    full_env = dict(os.environ, **(env or {}))
+    full_env = {**os.environ, "CI": "", **(env or {})}
+    # the terminal view unless a test asks for JSON lines (CI=true would switch them on)
     full_env.setdefault("KILN_JSON", "")
     return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=full_env)

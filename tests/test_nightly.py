@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from controller.nightly import RoleReport, package_changes, render_markdown
-from tests.machines import SESSION_LABEL
+from tests.machines import SESSION, SESSION_LABEL
 from tests.playbooks import invoke
 
-BASE_REF = "localhost/kiln-test/nightly-base:1"
+BASE_REF = f"localhost/kiln-test/nightly-base:{SESSION}"
+#: Role names carry this session's id: concurrent test sessions must not share images.
+ROLE = {name: f"{name}-{SESSION}" for name in ("common", "app", "solo", "pkgdiff")}
 
 
 def three_roles(root: Path) -> Path:
@@ -28,7 +30,8 @@ def three_roles(root: Path) -> Path:
                  "- name: solo marker\n  copy: {content: \"solo 1\\n\", dest: /etc/kiln-solo}\n"),
     }
     for name, (role_yml, steps) in roles.items():
-        d = playbooks / "roles" / name
+        d = playbooks / "roles" / ROLE[name]
+        role_yml = role_yml.replace("[common]", f"[{ROLE['common']}]")
         d.mkdir(parents=True)
         (d / "role.yml").write_text(role_yml)
         (d / "steps.yml").write_text(steps)
@@ -55,14 +58,19 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return tar_of({k: (v, 0o644) for k, v in files.items()})
 
 
+def logical(role: str) -> str:
+    return role.removesuffix(f"-{SESSION}")
+
+
 def latest_report(builds: Path) -> dict:
-    path = sorted(builds.glob("nightly-*.json"))[-1]
-    return {r["role"]: r for r in json.loads(path.read_text())["roles"]}
+    """The newest report, keyed by the roles' names without the session suffix."""
+    path = max(builds.glob("nightly-*.json"), key=lambda p: p.stat().st_mtime)
+    return {logical(r["role"]): r for r in json.loads(path.read_text())["roles"]}
 
 
 def cleanup_images(engine) -> None:
     for role in ("common", "app", "solo"):
-        for row in engine.images(f"localhost/kiln/{role}"):
+        for row in engine.images(f"localhost/kiln/{ROLE[role]}"):
             engine.remove_image(row["Id"])
 
 
@@ -95,7 +103,7 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
         "common": "skipped-unchanged", "app": "skipped-unchanged", "solo": "skipped-unchanged"}
 
     # touching common's content rebakes common and app (which includes it), not solo
-    steps = playbooks / "roles/common/steps.yml"
+    steps = playbooks / "roles" / ROLE["common"] / "steps.yml"
     steps.write_text(steps.read_text().replace("common 1", "common 2"))
     third = run_nightly(cwd)
     assert third.returncode == 0, third.stderr[-3000:]
@@ -110,13 +118,13 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
     assert fourth.returncode == 0
     assert {v["result"] for v in latest_report(cwd / "builds").values()} == {"baked"}
     md = sorted((cwd / "builds").glob("nightly-*.md"))[-1].read_text()
-    assert "| common | baked |" in md
+    assert f"| {ROLE['common']} | baked |" in md
 
 
 @pytest.mark.slow
 def test_failing_role_is_reported_while_others_bake(engine, nightly_env):
     cwd, playbooks = nightly_env
-    (playbooks / "roles/solo/steps.yml").write_text(
+    (playbooks / "roles" / ROLE["solo"] / "steps.yml").write_text(
         "- name: solo breaks\n  shell: {cmd: \"echo broken-on-purpose >&2; exit 4\"}\n")
     proc = run_nightly(cwd)
     assert proc.returncode == 1
@@ -126,7 +134,7 @@ def test_failing_role_is_reported_while_others_bake(engine, nightly_env):
     assert "broken-on-purpose" in report["solo"]["error"]
     assert report["common"]["result"] == "baked" and report["app"]["result"] == "baked"
     md = sorted((cwd / "builds").glob("nightly-*.md"))[-1].read_text()
-    assert "solo: failed" in md and "broken-on-purpose" in md
+    assert f"{ROLE['solo']}: failed" in md and "broken-on-purpose" in md
 
 
 @pytest.mark.slow
@@ -144,10 +152,10 @@ def test_two_nightlies_at_once_bake_each_role_once(engine, nightly_env):
         t.join()
     assert all(r.returncode == 0 for r in results.values()), [r.stderr[-2000:] for r in results.values()]
     reports = [json.loads(p.read_text()) for p in sorted((cwd / "builds").glob("nightly-*.json"))]
-    baked = [r["role"] for rep in reports for r in rep["roles"] if r["result"] == "baked"]
+    baked = [logical(r["role"]) for rep in reports for r in rep["roles"] if r["result"] == "baked"]
     assert sorted(baked) == ["app", "common", "solo"], reports
     for role in ("common", "app", "solo"):
-        versions = [row for row in engine.images(f"localhost/kiln/{role}")]
+        versions = [row for row in engine.images(f"localhost/kiln/{ROLE[role]}")]
         assert len({tuple(sorted(r.get("Names") or [])) for r in versions}) == 1
 
 
@@ -157,19 +165,19 @@ def test_package_diff_names_a_really_changed_package(engine, tmp_path):
     from tests.playbooks import make_playbooks
 
     playbooks = make_playbooks(tmp_path, {"steps.yml": "- name: nothing\n  command: {cmd: \"true\"}\n  changed_when: false\n"},
-                               role="pkgdiff")
+                               role=ROLE["pkgdiff"])
     try:
-        assert invoke(tmp_path, "nightly", "--roles", "pkgdiff").returncode == 0
-        (playbooks / "roles/pkgdiff/steps.yml").write_text(
+        assert invoke(tmp_path, "nightly", "--roles", ROLE["pkgdiff"]).returncode == 0
+        (playbooks / "roles" / ROLE["pkgdiff"] / "steps.yml").write_text(
             "- name: a tiny package\n  package: {name: hello, update_cache: true}\n")
-        proc = invoke(tmp_path, "nightly", "--roles", "pkgdiff")
+        proc = invoke(tmp_path, "nightly", "--roles", ROLE["pkgdiff"])
         assert proc.returncode == 0, proc.stderr[-3000:]
         report = latest_report(tmp_path / "builds")["pkgdiff"]
         assert "hello" in report["packages"]["added"], report["packages"]
         md = sorted((tmp_path / "builds").glob("nightly-*.md"))[-1].read_text()
         assert "added: `hello`" in md
     finally:
-        for row in engine.images("localhost/kiln/pkgdiff"):
+        for row in engine.images(f"localhost/kiln/{ROLE['pkgdiff']}"):
             engine.remove_image(row["Id"])
 
 
