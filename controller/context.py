@@ -90,7 +90,16 @@ class BakeContext:
             "inputs-hash": self.inputs_hash,
             "base-image": self.base.id if self.base else "",
             "git-commit": git_commit(self.options.playbooks_dir),
+            # the package inventory artifact (builds/packages/<role>/<version>.json), by content
+            "packages-sha256": packages_digest(self.packages) if self.packages else "",
         }
+
+
+def packages_digest(packages: dict[str, str]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(packages, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def git_commit(path: Path) -> str:

@@ -56,6 +56,11 @@ def test_bake_web_then_the_image_serves_on_its_own(engine, tmp_path):
     assert labels["kiln.inputs-hash"] == entry["inputs_hash"]
     assert labels["org.opencontainers.image.version"] == version
     assert engine.image_id("localhost/kiln/web:latest") == engine.image_id(ref)
+    inventory = json.loads((tmp_path / "builds" / "packages" / "web" / f"{version}.json").read_text())
+    assert inventory.get("nginx-light"), "the package inventory names what the bake installed"
+    from controller.context import packages_digest
+
+    assert labels["kiln.packages-sha256"] == packages_digest(inventory)
 
     listing = invoke(tmp_path, "images", "--role", "web")
     assert version in listing.stdout and "latest" in listing.stdout
