@@ -67,7 +67,7 @@ def _config_diag(config: Config, message: str):
 
 
 def stages_for(options: BakeOptions, keep: int) -> list[Stage]:
-    """The bake, in order. ``stop_after`` cuts it short for the developer loop."""
+    """The bake, in order; check mode stops after the apply (nothing is published)."""
     stages: list[Stage] = [ResolveBase(), AllocateVersion(), LaunchInstance(), Connect(), PushBundle(),
                            ApplySteps()]
     if options.idempotence_gate and not options.check_mode:

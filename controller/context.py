@@ -20,8 +20,6 @@ class BakeOptions:
     check_mode: bool = False
     diff: bool = False
     idempotence_gate: bool = True
-    publish: bool = True
-    stop_after: str = ""  # a stage name: stop there (the developer loop's converge)
     builds_dir: Path = Path("builds")
     playbooks_dir: Path = Path("playbooks")
 
