@@ -12,7 +12,8 @@
   passwordless sudo), and publishes SSH on 127.0.0.1:<free port>, which the provider
   gets as the explicit SSH address. ``create_image`` commits the container to
   ``localhost/kiln-sandbox/ami:<ami-id>``; copies tag that image; terminate and
-  deregister remove them.
+  deregister remove them. A reboot (the ``reboot`` step) stops the container, whose
+  systemd exits: the ``rebooting`` hook starts it again, where EC2 reboots in place.
 * Host keys: the data plane generates the instance's host key and "prints" it the way
   cloud-init does: an ``after-call`` hook on the provider's session appends the
   fingerprint block to moto's canned console output. The provider then pins the key
@@ -27,6 +28,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from controller.engine import BASE_IMAGE, Engine, EngineError
 from controller.providers.aws import AwsProvider
 from controller.providers.aws_settings import AwsSettings
 from controller.providers.aws_support import BUILD_ID, EXPIRES, cloud_config_parts, console_block, tags_of
+from controller.providers.base import ProviderError
 from controller.ssh import KeyPair
 
 log = structlog.get_logger("kiln.sandbox")
@@ -151,6 +154,31 @@ class SandboxDataPlane:
         for instance_id in instance_ids:
             self.engine.remove_container(self.containers.pop(instance_id, container_name(instance_id)))
             self._console.pop(instance_id, None)
+
+    def rebooting(self, region: str, instance_id: str, timeout: float) -> None:
+        """EC2 reboots in place; a container's systemd exits instead: wait for it to stop, start it again.
+
+        The port mapping, host key and authorised keys live in the container, so the address
+        and the pinned host key hold, and /run is a fresh tmpfs, as after a boot.
+        """
+        name = self.containers.get(instance_id, container_name(instance_id))
+        deadline = time.monotonic() + timeout
+        while (status := self._status(name)) in ("running", "stopping", "paused"):
+            if time.monotonic() > deadline:
+                raise ProviderError(f"container {name} of {instance_id} did not stop within {timeout:.0f}s of its "
+                                    "reboot")
+            time.sleep(0.2)
+        if status in ("", "removing"):
+            raise ProviderError(f"container {name} of {instance_id} is gone after its reboot")
+        log.info("sandbox: instance container down for its reboot; starting it again", instance=instance_id,
+                 container=name, status=status)
+        self.engine.start(name)
+
+    def _status(self, name: str) -> str:
+        try:
+            return self.engine.run("container", "inspect", "--format", "{{.State.Status}}", name, timeout=60).strip()
+        except EngineError:
+            return ""
 
     # --- the console (installed on the provider's session) -------------------------------
     def install_console(self, session: boto3.Session) -> None:

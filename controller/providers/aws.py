@@ -50,6 +50,7 @@ from controller.providers.aws_support import (
     iso,
     kiln_version,
     now_utc,
+    ssh_answers,
     tag_spec,
     tags_of,
     user_data,
@@ -527,6 +528,52 @@ class AwsProvider(AmiLifecycle):
         log.warning("host key cannot be verified", instance=inst.id, reason=reason,
                     hint="set ssh.host_key_policy: refuse to stop instead")
         return HostKeyExpectation(unverified_reason=reason)
+
+    def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
+        """The agent scheduled a reboot and exited: return once the instance is down for it.
+
+        EC2 reboots an instance in place: it stays ``running``, with the same addresses, EBS
+        root, host keys and authorised keys, so the API shows nothing; what changes is that
+        SSH stops answering while the machine shuts down and boots. Poll the SSH port (a TCP
+        connect and sshd's greeting) until it does not answer, checking now and then that the
+        instance was not stopped or terminated instead (e.g. a halt at the build deadline).
+        Then the data plane gets ``rebooting`` (EC2 needs nothing; the sandbox starts its
+        container again) and the caller reconnects, host key still pinned; the resumed
+        agent confirms the machine really booted (its ``/run`` marker is gone).
+        """
+        inst = ctx.instance
+        region = inst.region or self.build_region
+        started = time.monotonic()
+        deadline = started + timeout
+        next_state = started
+        while True:
+            now = time.monotonic()
+            if now >= next_state:
+                state = self._instance_state(region, inst.id)
+                if state not in ("pending", "running"):
+                    raise ProviderError(f"instance {inst.id} is {state} instead of rebooting")
+                next_state = now + 10
+            if not ssh_answers(inst.ssh_host, inst.ssh_port, timeout=min(3.0, max(0.5, deadline - now))):
+                break
+            if time.monotonic() >= deadline:
+                raise ProviderError(f"instance {inst.id} still answered SSH on {inst.ssh_host}:{inst.ssh_port} "
+                                    f"{timeout:.0f}s after it scheduled its reboot")
+            self.sleep(0.5)
+        log.info("instance down for its reboot", instance=inst.id, seconds=round(time.monotonic() - started, 1))
+        try:
+            self.data_plane.rebooting(region, inst.id, max(1.0, deadline - time.monotonic()))
+        except ProviderError:
+            raise
+        except Exception as exc:  # the data plane's own errors (the sandbox's engine), named as the reboot's
+            raise ProviderError(f"bringing {inst.id} back from its reboot failed: {exc}") from exc
+
+    def _instance_state(self, region: str, instance_id: str) -> str:
+        try:
+            return self._describe_instance(region, instance_id)["State"]["Name"]
+        except ClientError as exc:
+            if error_code(exc) == "InvalidInstanceID.NotFound":
+                return "gone"
+            raise ProviderError(f"describing {instance_id} during its reboot failed: {exc}") from exc
 
     def hygiene_script(self) -> str:
         return HYGIENE

@@ -230,6 +230,13 @@ class DataPlane(Protocol):
     def terminated(self, region: str, instance_ids: list[str]) -> None:
         """Instances were terminated."""
 
+    def rebooting(self, region: str, instance_id: str, timeout: float) -> None:
+        """The instance went down for a reboot it started itself (its SSH stopped answering).
+
+        EC2 brings it back by itself; a data plane whose machines stop instead (the sandbox's
+        containers) starts it again here, keeping its address and keys. Raise on failure.
+        """
+
 
 class CloudDataPlane:
     """Real AWS: the cloud runs the machines; kiln only needs its own address."""
@@ -278,6 +285,19 @@ class CloudDataPlane:
 
     def terminated(self, region: str, instance_ids: list[str]) -> None:
         pass
+
+    def rebooting(self, region: str, instance_id: str, timeout: float) -> None:
+        pass  # EC2 reboots the instance in place
+
+
+def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether an SSH server greets on ``host:port`` within ``timeout`` (a TCP connect and the banner)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
 
 
 # --- AMIs still pending when the waiter gave up ----------------------------------------
