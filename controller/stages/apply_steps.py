@@ -128,14 +128,10 @@ def reboot_and_reconnect(ctx: BakeContext, reboot: dict[str, Any]) -> None:
     """The agent scheduled a reboot and exited: wait it out, reconnect (host key still pinned)."""
     timeout = float(reboot.get("timeout") or 300)
     log.info("rebooting", index=reboot.get("index"), step=reboot.get("name"), timeout=timeout)
-    reboot_wait = getattr(ctx.provider, "reboot_wait", None)
-    if reboot_wait is None:
-        raise BakeFailed(f"step '{reboot.get('name')}': the {ctx.provider.name} provider cannot bring a machine "
-                         "back from a reboot yet (it has no reboot_wait)")
     started = time.monotonic()
     ctx.session.close()
     try:
-        reboot_wait(ctx, timeout)
+        ctx.provider.reboot_wait(ctx, timeout)
         left = max(timeout - (time.monotonic() - started), 30.0)
         ctx.session.wait_until_ready(left)
     except BakeFailed:
