@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +202,30 @@ class Engine:
         args += ["--change", 'CMD ["/sbin/init"]', "--change", "STOPSIGNAL SIGRTMIN+3"]
         args += [container, ref]
         return self.run(*args, timeout=900).strip()
+
+    def status(self, container: str) -> str:
+        """``running``, ``exited``, ...; empty when the container does not exist."""
+        try:
+            return self.run("container", "inspect", "--format", "{{.State.Status}}", container, timeout=60).strip()
+        except EngineError:
+            return ""
+
+    def restart_after_reboot(self, container: str, timeout: float) -> str:
+        """systemd as PID 1 exits when told to reboot: wait for the stop, then start it again.
+
+        The port mapping, host key and authorised keys live in the container, so the
+        address and a pinned host key hold; /run and /tmp are fresh tmpfs, as after a boot.
+        Returns the status it was found in; raises EngineError if it never went down or is gone.
+        """
+        deadline = time.monotonic() + timeout
+        while (status := self.status(container)) in ("running", "stopping", "paused"):
+            if time.monotonic() > deadline:
+                raise EngineError(f"container {container} did not go down within {timeout:.0f}s of its reboot")
+            time.sleep(0.2)
+        if status in ("", "removing"):
+            raise EngineError(f"container {container} is gone after its reboot")
+        self.start(container)
+        return status
 
     def port(self, container: str, private: int) -> int:
         out = self.run("port", container, f"{private}/tcp").strip().splitlines()[0]

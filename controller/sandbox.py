@@ -28,7 +28,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -156,29 +155,14 @@ class SandboxDataPlane:
             self._console.pop(instance_id, None)
 
     def rebooting(self, region: str, instance_id: str, timeout: float) -> None:
-        """EC2 reboots in place; a container's systemd exits instead: wait for it to stop, start it again.
-
-        The port mapping, host key and authorised keys live in the container, so the address
-        and the pinned host key hold, and /run is a fresh tmpfs, as after a boot.
-        """
+        """EC2 reboots in place; a container's systemd exits instead: the engine starts it again."""
         name = self.containers.get(instance_id, container_name(instance_id))
-        deadline = time.monotonic() + timeout
-        while (status := self._status(name)) in ("running", "stopping", "paused"):
-            if time.monotonic() > deadline:
-                raise ProviderError(f"container {name} of {instance_id} did not stop within {timeout:.0f}s of its "
-                                    "reboot")
-            time.sleep(0.2)
-        if status in ("", "removing"):
-            raise ProviderError(f"container {name} of {instance_id} is gone after its reboot")
-        log.info("sandbox: instance container down for its reboot; starting it again", instance=instance_id,
-                 container=name, status=status)
-        self.engine.start(name)
-
-    def _status(self, name: str) -> str:
         try:
-            return self.engine.run("container", "inspect", "--format", "{{.State.Status}}", name, timeout=60).strip()
-        except EngineError:
-            return ""
+            status = self.engine.restart_after_reboot(name, timeout)
+        except EngineError as exc:
+            raise ProviderError(f"{instance_id}: {exc}") from exc
+        log.info("sandbox: instance container was down for its reboot; started again", instance=instance_id,
+                 container=name, status=status)
 
     # --- the console (installed on the provider's session) -------------------------------
     def install_console(self, session: boto3.Session) -> None:

@@ -124,10 +124,24 @@ def test_console_fingerprints_table():
 
 
 def test_user_data_schedules_the_deadline_and_keeps_the_users_part():
-    plain = user_data(170)
-    assert plain.startswith("#cloud-config") and "shutdown -h +170" in plain
-    mixed = user_data(5, "#!/bin/sh\necho hi\n")
-    assert "multipart" in mixed and "shutdown -h +5" in cloud_config_parts(mixed)[0]
+    plain = user_data(1_900_000_000)
+    assert plain.startswith("#cloud-config") and "(1900000000 - $(date +%s)) / 60" in plain
+    mixed = user_data(1_900_000_300, "#!/bin/sh\necho hi\n")
+    assert "multipart" in mixed and "1900000300" in cloud_config_parts(mixed)[0]
+
+
+def test_deadline_is_absolute_so_a_reboot_does_not_move_it():
+    """Run the bootcmd's shell arithmetic: minutes left from an absolute deadline, at least 1."""
+    import re
+    import subprocess
+    import time
+
+    for offset, expected in ((600, 10), (-50, 1)):
+        command = re.search(r'\[sh, -c, "(.*)"\]', user_data(int(time.time()) + offset)).group(1)
+        command = command.replace("shutdown -h", "echo")
+        out = subprocess.run(["sh", "-c", command.replace(">/dev/null 2>&1 || true", "")],
+                             capture_output=True, text=True).stdout.strip()
+        assert out in (f"+{expected}", f"+{expected - 1}"), (offset, out)
 
 
 # --- base image --------------------------------------------------------------------------------

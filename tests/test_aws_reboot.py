@@ -114,7 +114,7 @@ def test_sandbox_bake_reboots_the_instance_and_runs_the_step_after_it(engine, tm
     names = [e["event"] for e in events]
     assert names.count("rebooting") == 1 and names.count("rebooted") == 1, names
     assert "instance down for its reboot" in names
-    assert any("starting it again" in e["event"] for e in events), "the data plane restarted the container"
+    assert any("started again" in e["event"] for e in events), "the data plane restarted the container"
     steps = [(e["step"], e["status"]) for e in events if e["event"] == "step"]
     assert steps == [("before the reboot", "changed"), ("reboot for the new kernel", "changed"),
                      ("after the reboot", "changed")], steps

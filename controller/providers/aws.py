@@ -426,10 +426,9 @@ class AwsProvider(AmiLifecycle):
     def run_parameters(self, ctx: BakeContext, group: str, tags: dict[str, str]) -> dict[str, Any]:
         """Everything of run_instances but the instance type (tried in order)."""
         s = self.settings
-        minutes = int((ctx.expires - now_utc()).total_seconds() // 60)
         params: dict[str, Any] = {
             "ImageId": ctx.base.id, "MinCount": 1, "MaxCount": 1, "KeyName": f"kiln-build-{ctx.build_id}",
-            "UserData": user_data(minutes, s.user_data),
+            "UserData": user_data(int(ctx.expires.timestamp()), s.user_data),
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             "InstanceInitiatedShutdownBehavior": "terminate",
             "BlockDeviceMappings": self.launch_mappings(ctx.base.id),

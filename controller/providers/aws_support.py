@@ -169,21 +169,24 @@ def console_block(host_public_keys: list[str], hostname: str) -> str:
 
 
 # --- user data -------------------------------------------------------------------------
-def deadline_cloud_config(minutes: int) -> str:
-    """A cloud-config that halts the machine at the build deadline.
+def deadline_cloud_config(expires_epoch: int) -> str:
+    """A cloud-config that halts the machine at the build deadline (an absolute time).
 
     With instance-initiated shutdown = terminate, the halt removes the instance, so a
     controller killed mid-bake cannot leave a paid machine running past ``kiln:expires``.
+    bootcmd runs at every boot: the minutes left are worked out from the absolute
+    deadline each time, so a reboot step does not push the deadline later.
     """
     return ("#cloud-config\n"
             "# kiln build machine: halt (= terminate) at the build deadline, even if the controller died\n"
             "bootcmd:\n"
-            f"  - [sh, -c, \"shutdown -h +{max(1, minutes)} >/dev/null 2>&1 || true\"]\n")
+            f"  - [sh, -c, \"left=$(( ({expires_epoch} - $(date +%s)) / 60 )); [ $left -ge 1 ] || left=1; "
+            "shutdown -h +$left >/dev/null 2>&1 || true\"]\n")
 
 
-def user_data(minutes: int, extra: str = "") -> str:
+def user_data(expires_epoch: int, extra: str = "") -> str:
     """kiln's cloud-config, plus the user's own user data as a second MIME part when given."""
-    ours = deadline_cloud_config(minutes)
+    ours = deadline_cloud_config(expires_epoch)
     if not extra.strip():
         return ours
     message = MIMEMultipart()

@@ -12,7 +12,6 @@ import datetime as dt
 import fcntl
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -143,34 +142,12 @@ class LocalProvider:
         return ctx.instance
 
     def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
-        """systemd as a container's PID 1 exits when told to reboot: wait for the stop, start it again.
-
-        The port mapping, host key and authorised key live in the container, so the
-        pinned host key still holds; /run and /tmp are fresh tmpfs mounts, as after a boot.
-        """
-        name = ctx.instance.id
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self._status(name)
-            if status not in ("running", "stopping", "paused"):
-                break
-            if time.monotonic() > deadline:
-                raise ProviderError(f"container {name} did not go down within {timeout:.0f}s of its reboot")
-            time.sleep(0.2)
-        if status in ("", "removing"):
-            raise ProviderError(f"container {name} is gone after its reboot")
-        log.info("container down for reboot; starting it again", instance=name, status=status)
+        """A container's systemd exits on reboot: the engine starts it again (see Engine)."""
         try:
-            self.engine.start(name)
+            status = self.engine.restart_after_reboot(ctx.instance.id, timeout)
         except EngineError as exc:
-            raise ProviderError(f"could not start {name} again after its reboot: {exc}") from exc
-
-    def _status(self, name: str) -> str:
-        try:
-            return self.engine.run("container", "inspect", "--format", "{{.State.Status}}", name,
-                                   timeout=60).strip()
-        except EngineError:
-            return ""
+            raise ProviderError(str(exc)) from exc
+        log.info("container was down for its reboot; started again", instance=ctx.instance.id, status=status)
 
     def host_key_expectation(self, ctx: BakeContext) -> HostKeyExpectation:
         return HostKeyExpectation(fingerprints={ctx.host_key.fingerprint})
