@@ -6,14 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in podman runc debootstrap uidmap slirp4netns python3-venv git ca-certificates; do
+# podman with its recommends (netavark, aardvark-dns, uidmap...), as verified on these machines
+for pkg in podman runc debootstrap netavark iptables uidmap slirp4netns python3-venv git ca-certificates; do
   dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
