@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.schema import did_you_mean
 from controller.model import Diagnostic, InvalidInput
-from controller.stepfiles.loader import Document, display_path, load_yaml
+from controller.stepfiles.loader import Document, display_path, kind_of, load_yaml
 
 KNOWN_KEYS = ("providers", "retention", "vars")
 PROVIDERS = ("local", "aws")
@@ -75,7 +75,7 @@ def load_config(path: Path) -> Config:
         return config
     if not isinstance(data, dict):
         raise InvalidInput([doc.diag((), f"kiln.yaml must be a mapping of {', '.join(KNOWN_KEYS)}; "
-                                          f"got {_kind(data)}")])
+                                          f"got {kind_of(data)}")])
     config.raw = data
     for key in data:
         if key not in KNOWN_KEYS:
@@ -85,7 +85,7 @@ def load_config(path: Path) -> Config:
     providers = data.get("providers")
     if providers is not None:
         if not isinstance(providers, dict):
-            problems.append(doc.diag(("providers",), f"providers must be a mapping, got {_kind(providers)}"))
+            problems.append(doc.diag(("providers",), f"providers must be a mapping, got {kind_of(providers)}"))
         else:
             for name, section in providers.items():
                 if name not in PROVIDERS:
@@ -96,7 +96,7 @@ def load_config(path: Path) -> Config:
                     section = {}
                 if not isinstance(section, dict):
                     problems.append(doc.diag(("providers", name),
-                                             f"providers.{name} must be a mapping, got {_kind(section)}"))
+                                             f"providers.{name} must be a mapping, got {kind_of(section)}"))
                     continue
                 config.providers[name] = section
 
@@ -109,7 +109,7 @@ def load_config(path: Path) -> Config:
             keep_path = ("retention", "keep")
         if not isinstance(retention, dict):
             problems.append(doc.diag(("retention",), f"retention must be a mapping like {{keep: 5}}, "
-                                                     f"got {_kind(retention)}"))
+                                                     f"got {kind_of(retention)}"))
         else:
             for key in retention:
                 if key not in RETENTION_KEYS:
@@ -124,7 +124,7 @@ def load_config(path: Path) -> Config:
     variables = data.get("vars")
     if variables is not None:
         if not isinstance(variables, dict):
-            problems.append(doc.diag(("vars",), f"vars must be a mapping, got {_kind(variables)}"))
+            problems.append(doc.diag(("vars",), f"vars must be a mapping, got {kind_of(variables)}"))
         else:
             for name in variables:
                 if not IDENTIFIER.match(name):
@@ -138,15 +138,3 @@ def load_config(path: Path) -> Config:
     return config
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "a mapping"

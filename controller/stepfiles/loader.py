@@ -275,3 +275,20 @@ def load_yaml(path: Path, display: str | None = None) -> Document:
     if text.startswith("\ufeff"):
         text = text[1:]
     return load_text(text, shown, path)
+
+
+def kind_of(value: Any) -> str:
+    """How an error message names a YAML value's type ("got a list")."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"

@@ -31,7 +31,7 @@ from jinja2 import nodes
 from agent import schema as argschema
 from agent.templating import ENV, WHOLE_EXPRESSION
 from controller.model import Diagnostic
-from controller.stepfiles.loader import PLAIN, Document, display_path
+from controller.stepfiles.loader import PLAIN, Document, display_path, kind_of
 
 FACTS = ("os_family", "distribution", "distribution_version", "distribution_codename", "arch", "cpus",
          "memory_mb", "hostname", "pkg_mgr", "init", "python_version")
@@ -72,22 +72,6 @@ HINTS = {
 }
 # the `src` of these modules names a file in the role's files/ or templates/
 SRC_DIRS = {"copy": "files", "unarchive": "files", "template": "templates"}
-
-
-def kind_of(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "a mapping"
 
 
 def did_you_mean(word: Any, candidates: Any) -> str:
