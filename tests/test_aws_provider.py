@@ -327,6 +327,30 @@ def test_waiter_timeout_keeps_the_pending_ami_for_the_next_run(aws, tmp_path):
         "Images"]
 
 
+def test_a_long_ami_wait_says_it_is_still_waiting(aws, tmp_path):
+    from structlog.testing import capture_logs
+
+    sess = session()
+    left = {"pending": 4}
+
+    def pending_a_while(parsed, **kwargs):
+        for image in parsed.get("Images", []):
+            if image.get("Name", "").startswith("kiln-patient-") and left["pending"] > 0:
+                left["pending"] -= 1
+                image["State"] = "pending"
+
+    sess.events.register("after-call.ec2.DescribeImages", pending_a_while)
+    prov = provider(tmp_path, sess, waiter={"delay": 30, "max_attempts": 10})
+    ctx = launched(prov, tmp_path, "patient")
+    prov.prepare_snapshot(ctx)
+    with capture_logs() as logs:
+        prov.snapshot(ctx)
+    waits = [e for e in logs if e["event"] == "still waiting for the AMI"]
+    assert waits and waits[0]["state"] == "pending" and waits[0]["seconds"] == 60, logs
+    prov.discard(ctx, ctx.image)
+    prov.terminate(ctx, ctx.instance)
+
+
 def test_publish_copies_tags_shares_and_moves_latest_then_unpublish_restores(aws, tmp_path):
     org = "arn:aws:organizations::123456789012:organization/o-abcdefghij"
     prov = provider(tmp_path, share={"accounts": ["111122223333"], "org_arns": [org]})

@@ -181,6 +181,9 @@ class AmiLifecycle:
                 if state in ("failed", "invalid", "deregistered", "error"):
                     reason = images[0].get("StateReason", {}).get("Message", "")
                     raise ProviderError(f"AMI {image_id} in {region} is {state}: {reason}")
+            if attempt and attempt % max(1, round(60 / max(s.waiter_delay, 0.001))) == 0:
+                log.info("still waiting for the AMI", image=image_id, region=region, state=state,
+                         seconds=round(attempt * s.waiter_delay))  # AMIs take minutes: show it is alive
             if attempt + 1 < s.waiter_max_attempts:
                 if stop is not None:
                     if stop.wait(s.waiter_delay):
