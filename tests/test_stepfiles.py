@@ -484,6 +484,14 @@ def test_no_log_values_and_check_diff_flags(tmp_path: Path):
     assert bundle_json(compiled, {}, check_mode=False)["check_mode"] is False
 
 
+def test_no_log_hides_the_variables_a_secret_is_made_of(tmp_path: Path):
+    make_role(tmp_path, "t", {"role.yml": "defaults:\n  db_password: hunter2secret\n"
+                                          "  db_url: 'postgres://app:{{ db_password }}@db'\n  other: plain\n",
+                              "steps.yml": "- copy: {content: '{{ db_url }}', dest: /etc/db}\n  no_log: true\n"})
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    assert compiled.no_log_values == ["hunter2secret", "postgres://app:hunter2secret@db"]
+
+
 def test_template_files_know_their_steps_loop_var(tmp_path: Path):
     make_role(tmp_path, "t", {"role.yml": ROLE_YML, "templates/site.j2": "{{ site.name }} {{ port }}\n",
                               "templates/unused.j2": "{{ anything_goes }}\n",

@@ -384,7 +384,8 @@ def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, over
     files: dict[str, bytes] = {}
     for name in chain:
         files.update(_role_files(sources[name]))
-    no_log_values = sorted({s for n in collector.no_log_names if n in resolved for s in _string_leaves(resolved[n])})
+    secret_names = _names_behind(collector.no_log_names, variables)
+    no_log_values = sorted({s for n in secret_names if n in resolved for s in _string_leaves(resolved[n])})
     selection = sorted(f"+{t}" for t in selected) + sorted(f"-{t}" for t in skipped)
     content_hash = (_content_hash(sources, chain, roles_dir, variables, provider, selection) if want_hash else "")
     return CompiledRole(role=role, chain=chain, description=sources[role].description, steps=steps,
@@ -458,3 +459,20 @@ def _undeclared_in(value: Any) -> set[str]:
     except Exception:  # noqa: BLE001 - syntax errors are reported by the render attempt
         return {"<invalid template>"}
 
+
+
+def _names_behind(names: set[str], variables: dict[str, Any]) -> set[str]:
+    """``names`` plus every variable their values are made of, transitively.
+
+    A no_log step using ``db_url: "postgres://app:{{ db_password }}@db"`` hides the URL
+    and the password on its own too (it may show up alone elsewhere).
+    """
+    found, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        if name in variables:
+            todo.extend(n for n in _undeclared_in(variables[name]) if n in variables)
+    return found
