@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import secrets
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ class BakeResult:
     @property
     def image(self) -> Image | None:
         return self.ctx.image if self.ctx else None
+
+
+def with_build_settings(options: BakeOptions, config: Config) -> BakeOptions:
+    """The options with kiln.yaml's ``build:`` settings (SSH wait, deadline) applied."""
+    return dataclasses.replace(options, ssh_timeout=config.ssh_timeout, deadline_hours=config.deadline_hours)
 
 
 def new_build_id() -> str:
@@ -98,6 +104,7 @@ def bake(role: str, provider_name: str = "local", options: BakeOptions | None = 
     options = options or BakeOptions()
     try:
         config = load_config(options.playbooks_dir / "kiln.yaml")
+        options = with_build_settings(options, config)
         compiled = compile_for_bake(role, provider_name, config, options, overrides or {}, tags, skip_tags)
         provider = provider or make_provider(provider_name, config, options.builds_dir, sandbox)
     except InvalidInput as exc:

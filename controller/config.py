@@ -24,7 +24,8 @@ from agent.schema import did_you_mean
 from controller.model import Diagnostic, InvalidInput
 from controller.stepfiles.loader import Document, display_path, kind_of, load_yaml
 
-KNOWN_KEYS = ("providers", "retention", "vars")
+KNOWN_KEYS = ("providers", "retention", "vars", "build")
+BUILD_DEFAULTS = {"ssh_timeout": 180.0, "deadline_hours": 3.0}
 PROVIDERS = ("local", "aws")
 RETENTION_KEYS = ("keep",)
 DEFAULT_KEEP = 5
@@ -40,6 +41,9 @@ class Config:
     vars: dict[str, Any] = field(default_factory=dict)
     providers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"local": {}, "aws": {}})
     retention: int = DEFAULT_KEEP
+    #: seconds to wait for a new machine's SSH; hours after which a build's temporaries expire
+    ssh_timeout: float = BUILD_DEFAULTS["ssh_timeout"]
+    deadline_hours: float = BUILD_DEFAULTS["deadline_hours"]
     document: Document | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -120,6 +124,22 @@ def load_config(path: Path) -> Config:
                 problems.append(doc.diag(keep_path, f"retention.keep must be a whole number >= 1, got {keep!r}"))
             else:
                 config.retention = keep
+
+    build = data.get("build")
+    if build is not None:
+        if not isinstance(build, dict):
+            problems.append(doc.diag(("build",), f"build must be a mapping like {{ssh_timeout: 180}}, "
+                                                 f"got {kind_of(build)}"))
+        else:
+            for key, value in build.items():
+                if key not in BUILD_DEFAULTS:
+                    problems.append(doc.diag(("build", key), f"unknown build setting '{key}'"
+                                             f"{did_you_mean(key, list(BUILD_DEFAULTS))}", key=True))
+                elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    problems.append(doc.diag(("build", key), f"build.{key} must be a positive number, "
+                                                             f"got {kind_of(value)}"))
+                else:
+                    setattr(config, key, float(value))
 
     variables = data.get("vars")
     if variables is not None:

@@ -20,6 +20,8 @@ class BakeOptions:
     check_mode: bool = False
     diff: bool = False
     idempotence_gate: bool = True
+    ssh_timeout: float = 180.0  # seconds for a new machine's SSH to answer (kiln.yaml build.ssh_timeout)
+    deadline_hours: float = 3.0  # temporaries expire after this (build.deadline_hours)
     builds_dir: Path = Path("builds")
     playbooks_dir: Path = Path("playbooks")
 
@@ -73,7 +75,7 @@ class BakeContext:
     @property
     def expires(self) -> dt.datetime:
         """When a temporary resource of this bake may be swept even if the controller died."""
-        return self.started + dt.timedelta(hours=3)
+        return self.started + dt.timedelta(hours=self.options.deadline_hours)
 
     @property
     def keep_instance(self) -> bool:

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import structlog
 
-from controller.bake import EXIT_FAILED, EXIT_INVALID, EXIT_OK, compile_for_bake, make_provider, new_build_id
+from controller.bake import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    compile_for_bake,
+    make_provider,
+    new_build_id,
+    with_build_settings,
+)
 from controller.config import load_config
 from controller.context import BakeContext, BakeOptions
 from controller.model import Instance, InvalidInput
@@ -75,6 +83,7 @@ class AttachDevInstance:
 def _context(role: str, options: BakeOptions, overrides: dict, tags: list[str] | None,
              skip_tags: list[str] | None) -> BakeContext:
     config = load_config(options.playbooks_dir / "kiln.yaml")
+    options = with_build_settings(options, config)
     compiled = compile_for_bake(role, "local", config, options, overrides, tags, skip_tags)
     provider = make_provider("local", config, options.builds_dir)
     ctx = BakeContext(role=role, compiled=compiled, provider=provider, options=options, build_id=new_build_id())

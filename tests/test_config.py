@@ -101,8 +101,27 @@ vars:
     ("vars: [a]\n", (1, 7), "vars must be a mapping"),
     ("providers:\n  aws: {regions: [us-east-1}\n", (2, 28), "YAML syntax error"),
     ("vars: {a: 1, a: 2}\n", (1, 14), "duplicate key 'a'"),
+    ("build: {ssh_timeot: 30}\n", (1, 9), "unknown build setting 'ssh_timeot' (did you mean 'ssh_timeout'?)"),
+    ("build: {deadline_hours: -1}\n", (1, 25), "build.deadline_hours must be a positive number"),
+    ("build: {ssh_timeout: soon}\n", (1, 22), "build.ssh_timeout must be a positive number, got a string"),
 ])
 def test_single_problems(tmp_path: Path, text: str, where: tuple[int, int], message: str):
     found = errors(tmp_path, text)
     assert len(found) == 1, [d.render() for d in found]
     assert (found[0].line, found[0].column) == where and message in found[0].message, found[0].render()
+
+
+def test_build_settings_reach_the_bake(tmp_path: Path):
+    """build.ssh_timeout and build.deadline_hours: the SSH wait and when temporaries expire."""
+    import datetime as dt
+
+    from controller.bake import with_build_settings
+    from controller.context import BakeContext, BakeOptions
+
+    config = load(tmp_path, "build:\n  ssh_timeout: 45\n  deadline_hours: 1.5\n")
+    assert (config.ssh_timeout, config.deadline_hours) == (45.0, 1.5)
+    options = with_build_settings(BakeOptions(), config)
+    assert options.ssh_timeout == 45.0
+    ctx = BakeContext(role="r", compiled=None, provider=None, options=options, build_id="b")
+    assert ctx.expires - ctx.started == dt.timedelta(hours=1.5)
+    assert load(tmp_path, "vars: {}\n").deadline_hours == 3.0
