@@ -38,5 +38,6 @@ def invoke(cwd: Path, *args: str, playbooks: Path | None = None, env: dict | Non
     full_env = {**os.environ, "CI": "", **(env or {})}
     # the terminal view unless a test asks for JSON lines (CI=true would switch them on)
     full_env.setdefault("KILN_JSON", "")
+    full_env.setdefault("KILN_STATE_DIR", str(cwd / "state"))  # versions and locks of this test's bakes
     return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -92,8 +92,9 @@ def test_failing_check_exits_1_no_tag_nothing_left(engine, tmp_path):
     assert "check(s) failed" in proc.stderr and "goodbye" in proc.stderr
     assert not left_behind(engine, proc.stderr)
     assert not engine.images("localhost/kiln/tiny"), "a failed bake must not leave an image"
-    assert not (tmp_path / "builds" / "versions" / "tiny").exists() or not any(
-        (tmp_path / "builds" / "versions" / "tiny").iterdir()), "the version reservation must be released"
+    reserved = tmp_path / "state" / "versions" / "tiny"
+    assert reserved.is_dir(), "the bake reserved its version in KILN_STATE_DIR"
+    assert not any(reserved.iterdir()), "the version reservation must be released"
 
 
 def test_failing_step_names_it_and_keep_on_error_keeps_the_machine(engine, tmp_path):

@@ -76,8 +76,8 @@ def test_bake_check_reports_changes_nothing_published(engine, tmp_path: Path):
     assert not build_containers(engine, proc.stderr), "check mode left its machine behind"
     assert not engine.images("localhost/kiln/cdcheck"), "check mode must not make an image"
     assert not (tmp_path / "builds" / "manifest.json").exists()
-    reserved = tmp_path / "builds" / "versions" / "cdcheck"
-    assert not reserved.exists() or not any(reserved.iterdir()), "the version reservation must be released"
+    reserved = tmp_path / "state" / "versions" / "cdcheck"
+    assert reserved.is_dir() and not any(reserved.iterdir()), "the version reservation must be released"
     recap = next(e for e in events if e.get("event") == "recap")
     assert recap["changed"] == 7 and recap["check_mode"] is True and recap["version"] == "-"
 

@@ -49,6 +49,16 @@ def seed_files(client_key: KeyPair, host_key: KeyPair) -> dict[str, tuple[bytes 
     }
 
 
+def shared_state_dir() -> Path:
+    """Machine-wide state of the local provider: ``KILN_STATE_DIR``, else /var/lib/kiln as root,
+    else ~/.local/state/kiln (one per engine storage, as podman's own is per user)."""
+    if os.environ.get("KILN_STATE_DIR"):
+        return Path(os.environ["KILN_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/kiln")
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "kiln"
+
+
 class LocalProvider:
     name = "local"
 
@@ -63,6 +73,9 @@ class LocalProvider:
                 engine.runtime = settings["runtime"]
         self.engine = engine
         self.state_dir = state_dir
+        # versions and locks must be seen by every bake using this engine's storage,
+        # whichever checkout or builds/ directory it runs from
+        self.shared_dir = shared_state_dir()
         self._locks: dict[str, Any] = {}
 
     # --- base and versions -----------------------------------------------------------
@@ -76,7 +89,7 @@ class LocalProvider:
         return BaseImage(id=self.engine.image_id(ref), name=ref, spec=str(spec or BASE_IMAGE))
 
     def _reservations(self, role: str) -> Path:
-        path = self.state_dir / "versions" / role
+        path = self.shared_dir / "versions" / role
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -98,7 +111,7 @@ class LocalProvider:
     # --- the per-role lock (a second scheduler waits or skips) ------------------------
     def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> bool:
         """flock on builds/locks/<role>.lock: released by the kernel if this process dies."""
-        path = self.state_dir / "locks" / f"{role}.lock"
+        path = self.shared_dir / "locks" / f"{role}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")
         try:
