@@ -13,8 +13,8 @@ from invoke import Exit, task
 from controller import log as kiln_log
 
 
-def _setup(json: bool) -> None:
-    kiln_log.configure(json_output=json)
+def _setup(json: bool, prefix_roles: bool = False) -> None:
+    kiln_log.configure(json_output=json, prefix_roles=prefix_roles)
 
 
 def _options(keep_on_error: bool = False, check: bool = False, diff: bool = False):
@@ -187,7 +187,7 @@ def destroy(c, role="", build_id=""):
             "on_locked": "When another scheduler holds a role: skip (default) or wait."})
 def nightly(c, roles="", provider="local", force=False, concurrency=2, on_locked="skip", sandbox=False, json=False):
     """Rebake the roles whose inputs changed, in parallel; write builds/nightly-<time>.json and .md."""
-    _setup(json)
+    _setup(json, prefix_roles=True)
     from controller.nightly import nightly as run_nightly
 
     code = run_nightly(_split(roles), provider, force, int(concurrency), on_locked, sandbox)

@@ -72,13 +72,22 @@ class TerminalRenderer:
     Events it does not know fall through to structlog's ConsoleRenderer.
     """
 
-    def __init__(self, colors: bool) -> None:
+    def __init__(self, colors: bool, prefix_roles: bool = False) -> None:
         self.colors = colors
+        # several bakes at once (nightly): each line says which role it is about
+        self.prefix_roles = prefix_roles
 
     def paint(self, status: str, text: str) -> str:
         return f"{STATUS_COLORS.get(status, '')}{text}{RESET}" if self.colors and status in STATUS_COLORS else text
 
     def __call__(self, logger: Any, method: str, event_dict: dict) -> str:
+        role = event_dict.get("role")
+        line = self._render(logger, method, event_dict)
+        if self.prefix_roles and role and event_dict.get("event") != "role":
+            return "\n".join(f"[{role}] {part}" for part in line.split("\n"))
+        return line
+
+    def _render(self, logger: Any, method: str, event_dict: dict) -> str:
         event = event_dict.get("event")
         render = getattr(self, f"_{str(event).replace(' ', '_')}", None)
         if render is not None:
@@ -96,6 +105,14 @@ class TerminalRenderer:
         mode = " in check mode (nothing is changed or published)" if e.get("check_mode") else ""
         return (f"kiln: baking {e.get('role')} on {e.get('provider')}, build {e.get('build_id')}{mode} "
                 f"(roles {e.get('chain')}; {e.get('steps')} steps, {e.get('checks')} checks)")
+
+    def _role(self, e: dict) -> str:
+        """nightly: one role finished (baked, skipped, failed or locked)."""
+        result = str(e.get("result"))
+        status = {"baked": "changed", "skipped-unchanged": "ok", "failed": "failed"}.get(result, "skipped")
+        versions = f"{e.get('old')} -> {e.get('new')}" if e.get("new") not in (None, "-") else str(e.get("old"))
+        text = f"{self.paint(status, f'{result:<18}')} {e.get('role')}  {versions}  {e.get('seconds') or 0:.1f}s"
+        return text + (f"\n    {e['error']}" if e.get("error") else "")
 
     def _stage(self, e: dict) -> str:
         return f"==> {e.get('stage')}"
@@ -198,12 +215,12 @@ def _before_after(before: Any, after: Any) -> str:
     return f"{_short(before)} -> {_short(after)}"
 
 
-def configure(json_output: bool | None = None, level: int = logging.INFO) -> None:
+def configure(json_output: bool | None = None, level: int = logging.INFO, prefix_roles: bool = False) -> None:
     renderer: Any
     if wants_json(json_output):
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = TerminalRenderer(colors=sys.stderr.isatty())
+        renderer = TerminalRenderer(colors=sys.stderr.isatty(), prefix_roles=prefix_roles)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -93,6 +93,9 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
     cwd, playbooks = nightly_env
     first = run_nightly(cwd)
     assert first.returncode == 0, first.stderr[-3000:]
+    # concurrent bakes on one terminal: every line says its role; a line per finished role
+    assert f"[{ROLE['common']}] ==> apply steps" in first.stderr and f"[{ROLE['solo']}] ==> snapshot" in first.stderr
+    assert any(line.startswith("baked") and ROLE["app"] in line for line in first.stderr.splitlines())
     assert {r: v["result"] for r, v in latest_report(cwd / "builds").items()} == {
         "common": "baked", "app": "baked", "solo": "baked"}
 
