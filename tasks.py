@@ -23,6 +23,18 @@ def _options(keep_on_error: bool = False, check: bool = False, diff: bool = Fals
     return BakeOptions(keep_on_error=keep_on_error, check_mode=check, diff=diff)
 
 
+def _overrides(var: list[str] | None) -> dict:
+    """--var k=v pairs; a malformed one is invalid input (exit 2), like any other."""
+    from controller.model import InvalidInput
+    from controller.stepfiles.compile import parse_var_overrides
+
+    try:
+        return parse_var_overrides(var or [])
+    except InvalidInput as exc:
+        print(exc.render())
+        raise Exit(code=2) from None
+
+
 def _split(value: str) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] or None
 
@@ -44,9 +56,8 @@ def bake(c, role, provider="local", sandbox=False, var=None, json=False, keep_on
     """Bake one role into one new, verified, versioned image."""
     _setup(json)
     from controller.bake import bake as run_bake
-    from controller.stepfiles.compile import parse_var_overrides
 
-    result = run_bake(role, provider, _options(keep_on_error, check, diff), overrides=parse_var_overrides(var or []),
+    result = run_bake(role, provider, _options(keep_on_error, check, diff), overrides=_overrides(var),
                       tags=_split(tags), skip_tags=_split(skip_tags), sandbox=sandbox)
     if result.exit_code:
         raise Exit(code=result.exit_code)
@@ -142,9 +153,8 @@ def converge(c, role, var=None, json=False, tags="", skip_tags="", check=False, 
     """Apply a role to its kept local instance (created on first use); only differences change."""
     _setup(json)
     from controller.devloop import converge as run_converge
-    from controller.stepfiles.compile import parse_var_overrides
 
-    code = run_converge(role, _options(check=check, diff=diff), parse_var_overrides(var or []), _split(tags),
+    code = run_converge(role, _options(check=check, diff=diff), _overrides(var), _split(tags),
                         _split(skip_tags))
     if code:
         raise Exit(code=code)

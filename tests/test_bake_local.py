@@ -215,3 +215,18 @@ def test_sigint_at_each_stage_leaves_nothing_half_done(engine, tmp_path, stage):
     finally:
         for image_id in after:
             engine.remove_image(image_id)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--var", "facts=1"], "--var:1:1: error: 'facts' is reserved"),
+    (["--var", "novalue"], "expected NAME=VALUE, got 'novalue'"),
+    (["--provider", "gcp"], "unknown provider 'gcp'"),
+    (["--role", "nosuch"], "no role 'nosuch'"),
+])
+def test_bad_command_line_is_invalid_input(tmp_path, args, message):
+    make_playbooks(tmp_path, {"steps.yml": "- file: {path: /tmp, state: directory}\n"}, role="cli")
+    argv = ["bake", "--role", "cli", *args] if "--role" not in args else ["bake", *args]
+    proc = invoke(tmp_path, *argv)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stdout and "nothing was launched" in proc.stdout
+    assert "Traceback" not in proc.stderr and "==> launch" not in proc.stderr
