@@ -35,6 +35,19 @@ def _overrides(var: list[str] | None) -> dict:
         raise Exit(code=2) from None
 
 
+def _provider(name: str, sandbox: bool):
+    """The configured provider; bad config or an unknown name is invalid input (exit 2)."""
+    from controller.bake import make_provider
+    from controller.config import load_config
+    from controller.model import InvalidInput
+
+    try:
+        return make_provider(name, load_config(Path("playbooks/kiln.yaml")), Path("builds"), sandbox)
+    except InvalidInput as exc:
+        print(exc.render())
+        raise Exit(code=2) from None
+
+
 def _split(value: str) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] or None
 
@@ -67,12 +80,9 @@ def bake(c, role, provider="local", sandbox=False, var=None, json=False, keep_on
 def images(c, role, provider="local", sandbox=False, json=False):
     """List a role's image versions, newest first."""
     _setup(json)
-    from controller.bake import make_provider
-    from controller.config import load_config
     from controller.manifest import read
 
-    config = load_config(Path("playbooks/kiln.yaml"))
-    prov = make_provider(provider, config, Path("builds"), sandbox)
+    prov = _provider(provider, sandbox)
     found = prov.images(role)
     if json:
         print(jsonlib.dumps([i.__dict__ for i in found], default=str, indent=1))
@@ -137,11 +147,7 @@ def base_image(c, json=False):
 def sweep(c, provider="local", apply=False, sandbox=False, json=False):
     """List (and with --apply remove) temporary resources whose kiln:expires has passed."""
     _setup(json)
-    from controller.bake import make_provider
-    from controller.config import load_config
-
-    config = load_config(Path("playbooks/kiln.yaml"))
-    found = make_provider(provider, config, Path("builds"), sandbox).sweep(apply)
+    found = _provider(provider, sandbox).sweep(apply)
     for line in found:
         print(("removed " if apply else "expired ") + line)
     if not found:

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.machines import SESSION_LABEL
+from tests.machines import SESSION, SESSION_LABEL, TEST_LABEL
 from tests.playbooks import REPO, invoke, make_playbooks
 
 pytestmark = pytest.mark.slow
@@ -230,3 +230,26 @@ def test_bad_command_line_is_invalid_input(tmp_path, args, message):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stdout and "nothing was launched" in proc.stdout
     assert "Traceback" not in proc.stderr and "==> launch" not in proc.stderr
+
+
+def test_sweep_lists_then_removes_only_expired_build_machines(engine, tmp_path):
+    """A controller killed with -9 leaves its machine; sweep finds it once kiln.expires passed."""
+    from controller.engine import BASE_IMAGE
+
+    names = {"expired": "2020-01-01T00:00:00+00:00", "fresh": "2999-01-01T00:00:00+00:00"}
+    made = {}
+    for kind, expires in names.items():
+        name = f"kiln-build-sweep-{kind}-{SESSION}"
+        engine.create_machine(BASE_IMAGE, name, {"kiln.temporary": "true", "kiln.build-id": f"sweep-{kind}",
+                                                 "kiln.expires": expires, TEST_LABEL: SESSION})
+        made[kind] = name
+    try:
+        listed = invoke(tmp_path, "sweep")
+        assert listed.returncode == 0 and made["expired"] in listed.stdout and made["fresh"] not in listed.stdout
+        assert engine.container_exists(made["expired"]), "a dry run removes nothing"
+        removed = invoke(tmp_path, "sweep", "--apply")
+        assert removed.returncode == 0 and f"removed container {made['expired']}" in removed.stdout
+        assert not engine.container_exists(made["expired"]) and engine.container_exists(made["fresh"])
+    finally:
+        for name in made.values():
+            engine.remove_container(name)
