@@ -185,9 +185,7 @@ class Engine:
         self.run("rm", "-f", "-t", "2", container, check=False, timeout=120)
 
     def container_exists(self, container: str) -> bool:
-        return subprocess.run(
-            [self.command, "container", "inspect", container], capture_output=True
-        ).returncode == 0
+        return bool(self.status(container))
 
     def containers(self, label: str) -> list[dict]:
         out = self.run("ps", "-a", "--format", "json", "--filter", f"label={label}")

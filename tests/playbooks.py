@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,16 @@ def invoke(cwd: Path, *args: str, playbooks: Path | None = None, env: dict | Non
     full_env.setdefault("KILN_STATE_DIR", str(cwd / "state"))  # versions and locks of this test's bakes
     return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def build_ids(output: str) -> list[str]:
+    """Build ids a bake announced (terminal: 'build <id>'; JSON: "build_id": "<id>")."""
+    return sorted(set(re.findall(r"build (\d{8}T\d{6}-[0-9a-f]+)", output))
+                  | set(re.findall(r'"build_id": "(\d{8}T\d{6}-[0-9a-f]+)"', output)))
+
+
+def left_behind(engine, output: str) -> list[str]:
+    """Containers still there of the builds ``output`` announced (there must be one)."""
+    ids = build_ids(output)
+    assert ids, f"no build id announced in: {output[:500]}"
+    return [row["Id"] for bid in ids for row in engine.containers(f"kiln.build-id={bid}")]

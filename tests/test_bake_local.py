@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,29 +13,14 @@ import urllib.request
 import pytest
 
 from tests.machines import SESSION, SESSION_LABEL, TEST_LABEL
-from tests.playbooks import REPO, invoke, make_playbooks
+from tests.playbooks import REPO, invoke, left_behind, make_playbooks
 
 pytestmark = pytest.mark.slow
 
 
-def build_containers(engine) -> set[str]:
-    return {row["Id"] for row in engine.containers("kiln.temporary=true")}
-
-
-def build_ids(output: str) -> list[str]:
-    """Build ids a bake announced (terminal: 'build <id>'; JSON: "build_id": "<id>")."""
-    return sorted(set(re.findall(r'build (\d{8}T\d{6}-[0-9a-f]+)', output))
-                  | set(re.findall(r'"build_id": "(\d{8}T\d{6}-[0-9a-f]+)"', output)))
-
-
-def left_behind(engine, output: str) -> list[str]:
-    ids = build_ids(output)
-    assert ids, f"no build id announced in: {output[:500]}"
-    return [row["Id"] for bid in ids for row in engine.containers(f"kiln.build-id={bid}")]
-
-
 def labels_of(engine, ref: str) -> dict:
-    return engine.image_inspect(ref).get("Labels") or engine.image_inspect(ref)["Config"]["Labels"]
+    inspected = engine.image_inspect(ref)
+    return inspected.get("Labels") or inspected["Config"]["Labels"]
 
 
 def test_bake_web_then_the_image_serves_on_its_own(engine, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.playbooks import invoke, make_playbooks
+from tests.playbooks import invoke, left_behind, make_playbooks
 
 pytestmark = pytest.mark.slow
 
@@ -52,13 +52,6 @@ def steps_in(events: list[dict]) -> list[dict]:
     return [e for e in events if e.get("event") == "step"]
 
 
-def build_containers(engine, output: str) -> list[str]:
-    ids = set(re.findall(r'"build_id": "([0-9T]+-[0-9a-f]+)"', output)) | set(
-        re.findall(r"build (\d{8}T\d{6}-[0-9a-f]+)", output))
-    assert ids, output[:500]
-    return [row["Id"] for bid in ids for row in engine.containers(f"kiln.build-id={bid}")]
-
-
 # --- check mode ------------------------------------------------------------------------------
 def test_bake_check_reports_changes_nothing_published(engine, tmp_path: Path):
     make_playbooks(tmp_path, {"steps.yml": STEPS, "verify.yml": VERIFY}, role="cdcheck")
@@ -73,7 +66,7 @@ def test_bake_check_reports_changes_nothing_published(engine, tmp_path: Path):
     assert next(s for s in steps if s["step"] == "hello package")["msg"] == "would install hello"
     stages = [e["stage"] for e in events if e.get("event") == "stage"]
     assert stages[-1] == "apply steps" and "idempotence check" not in stages and "snapshot" not in stages
-    assert not build_containers(engine, proc.stderr), "check mode left its machine behind"
+    assert not left_behind(engine, proc.stderr), "check mode left its machine behind"
     assert not engine.images("localhost/kiln/cdcheck"), "check mode must not make an image"
     assert not (tmp_path / "builds" / "manifest.json").exists()
     reserved = tmp_path / "state" / "versions" / "cdcheck"
