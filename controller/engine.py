@@ -24,6 +24,16 @@ import structlog
 log = structlog.get_logger("kiln.engine")
 
 BASE_IMAGE = "localhost/kiln-base/debian:bookworm"
+DEFAULT_IMAGE_PREFIX = "localhost/kiln"
+
+
+def image_prefix(configured: str = "") -> str:
+    """Where kiln's own images live: ``<prefix>/<role>:<version>`` (and the sandbox's ``<prefix>-sandbox/ami``).
+
+    ``KILN_IMAGE_PREFIX`` wins over kiln.yaml's ``providers.local.image_prefix``, so a test
+    session bakes into a namespace of its own and never touches a user's images.
+    """
+    return (os.environ.get("KILN_IMAGE_PREFIX", "") or configured or DEFAULT_IMAGE_PREFIX).rstrip("/")
 BASE_PACKAGES = "openssh-server,python3,sudo,systemd,systemd-sysv,ca-certificates,iproute2"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
