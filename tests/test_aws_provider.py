@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from controller.model import InvalidInput
+from controller.ownership import BuildClaim
 from controller.providers.aws import ImageWaitTimeout, make_aws_provider
 from controller.providers.aws_support import (
     cloud_config_parts,
@@ -54,6 +55,10 @@ def ec2(region="us-east-1"):
     return session(region).client("ec2")
 
 
+def a_claim() -> BuildClaim:
+    return BuildClaim.for_build("test-build", dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+
+
 @functools.cache
 def ssm(region="us-east-1"):
     return session(region).client("ssm")
@@ -62,7 +67,7 @@ def ssm(region="us-east-1"):
 def launched(prov, tmp_path, role, **kw):
     ctx = context(prov, tmp_path, role, **kw)
     ctx.base = prov.resolve_base(ctx.compiled.base["aws"])
-    ctx.version = prov.allocate_version(role)
+    ctx.version = prov.allocate_version(role, BuildClaim.for_build(ctx.build_id, ctx.expires))
     prov.launch(ctx)
     return ctx
 
@@ -321,7 +326,7 @@ def test_waiter_timeout_keeps_the_pending_ami_for_the_next_run(aws, tmp_path):
 
     assert prov.settle_pending() == [], "still pending: left for later"
     pending["on"] = False
-    prov.allocate_version("slowpoke")  # the next run settles it
+    prov.allocate_version("slowpoke", a_claim())  # the next run settles it
     assert not prov.pending.read()
     assert not ec2().describe_images(Owners=["self"], Filters=[{"Name": "tag:kiln:role", "Values": ["slowpoke"]}])[
         "Images"]
@@ -443,7 +448,7 @@ def test_versions_are_unique_under_concurrent_bakes(aws, tmp_path):
     prov = provider(tmp_path)
     register("us-east-1", "busy", [dt.datetime.now(dt.UTC).strftime("%Y%m%d") + ".4"])
     got: list[str] = []
-    threads = [threading.Thread(target=lambda: got.append(prov.allocate_version("busy"))) for _ in range(6)]
+    threads = [threading.Thread(target=lambda: got.append(prov.allocate_version("busy", a_claim()))) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
@@ -451,7 +456,7 @@ def test_versions_are_unique_under_concurrent_bakes(aws, tmp_path):
     assert len(set(got)) == 6
     assert sorted(int(v.split(".")[1]) for v in got) == [5, 6, 7, 8, 9, 10]
     prov.release_version("busy", got[-1])
-    assert prov.allocate_version("busy") not in set(got) - {got[-1]}
+    assert prov.allocate_version("busy", a_claim()) not in set(got) - {got[-1]}
 
 
 def test_lock_is_exclusive_and_expires(aws, tmp_path):

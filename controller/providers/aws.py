@@ -32,6 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from controller.context import BakeContext
 from controller.model import BaseImage, Diagnostic, Instance, InvalidInput
+from controller.ownership import BuildClaim
 from controller.providers.aws_images import AmiLifecycle, ImageWaitTimeout
 from controller.providers.aws_settings import AwsSettings, parse_settings
 from controller.providers.aws_support import (
@@ -253,7 +254,7 @@ class AwsProvider(AmiLifecycle):
         rows = self.ec2().describe_images(Owners=["self"], Filters=[{"Name": f"tag:{ROLE}", "Values": [role]}])
         return {tags_of(i).get(VERSION, "") for i in rows["Images"]} - {""}
 
-    def allocate_version(self, role: str) -> str:
+    def allocate_version(self, role: str, claim: BuildClaim) -> str:
         """``YYYYMMDD.N`` above every AMI and every reservation of the day; the reservation is an SSM
         parameter created with Overwrite=False, so exactly one concurrent bake gets each version."""
         self.settle_pending()

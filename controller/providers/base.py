@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.model import BaseImage, Image, Instance
+from controller.ownership import BuildClaim
 
 if TYPE_CHECKING:
     from controller.context import BakeContext
@@ -15,22 +17,37 @@ class ProviderError(RuntimeError):
     """The engine or the cloud failed (exit status 1)."""
 
 
+@dataclass(frozen=True)
+class Lock:
+    """The answer to ``acquire_lock``: truthy when held; ``took_over`` names a stale holder replaced."""
+
+    acquired: bool
+    took_over: str = ""  # e.g. "nightly-... (pid 123 on host, dead)": said in the log and the report
+
+    def __bool__(self) -> bool:
+        return self.acquired
+
+
 class Provider(Protocol):
     name: str
 
     def resolve_base(self, spec: Any) -> BaseImage:
         """Turn the role's base spec into a concrete image id (building or looking it up)."""
 
-    def allocate_version(self, role: str) -> str:
-        """Reserve the next ``YYYYMMDD.N`` for ``role``; unique even under concurrent bakes."""
+    def allocate_version(self, role: str, claim: BuildClaim) -> str:
+        """Reserve the next ``YYYYMMDD.N`` for ``role``; unique even under concurrent bakes.
+
+        The reservation records ``claim``: after a crash, sweep proves from it which build an
+        unpublished image or a build machine belongs to, and that the build is over.
+        """
 
     def release_version(self, role: str, version: str) -> None:
         """Give back a reserved version that was never published (undo of allocate)."""
 
-    def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> bool:
-        """Take the per-role bake lock (False: another scheduler holds it and ``wait`` is off).
+    def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> Lock:
+        """Take the per-role bake lock (falsy: another live scheduler holds it and ``wait`` is off).
 
-        The lock expires after ``ttl`` seconds so a dead scheduler cannot hold it forever.
+        A lock whose holder is dead or whose ``ttl`` expired is taken over, and the answer says so.
         """
 
     def release_lock(self, role: str, owner: str) -> None:

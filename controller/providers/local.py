@@ -20,6 +20,7 @@ import structlog
 from controller.context import BakeContext
 from controller.engine import BASE_IMAGE, Engine, EngineError
 from controller.model import BaseImage, Image, Instance
+from controller.ownership import BuildClaim
 from controller.providers.base import ProviderError
 from controller.ssh import HostKeyExpectation, KeyPair
 from controller.versions import next_version, sort_key
@@ -93,7 +94,7 @@ class LocalProvider:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def allocate_version(self, role: str) -> str:
+    def allocate_version(self, role: str, claim: BuildClaim) -> str:
         reserved = self._reservations(role)
         for _ in range(100):
             taken = [i.version for i in self.images(role)] + [p.name for p in reserved.iterdir()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import structlog
 
 from controller.context import BakeContext
+from controller.ownership import BuildClaim
 
 log = structlog.get_logger("kiln.stage")
 
@@ -13,7 +14,7 @@ class AllocateVersion:
     name = "allocate version"
 
     def run(self, ctx: BakeContext) -> None:
-        ctx.version = ctx.provider.allocate_version(ctx.role)
+        ctx.version = ctx.provider.allocate_version(ctx.role, BuildClaim.for_build(ctx.build_id, ctx.expires))
         log.info("version", role=ctx.role, version=ctx.version)
 
     def undo(self, ctx: BakeContext) -> None:
