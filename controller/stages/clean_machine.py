@@ -24,7 +24,9 @@ rm -f /etc/ssh/ssh_host_*
 rm -f /var/lib/dbus/machine-id
 if command -v apt-get >/dev/null; then apt-get clean; rm -rf /var/lib/apt/lists/*; fi
 if command -v dnf >/dev/null; then dnf clean all >/dev/null 2>&1 || true; fi
-rm -rf /tmp/* /var/tmp/* /root/.bash_history /root/.cache
+# dotfiles too: a glob of * skips them
+find /tmp /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {{}} +
+rm -rf /root/.bash_history /root/.cache
 find /var/log -type f \( -name '*.log' -o -name 'wtmp' -o -name 'lastlog' -o -name 'btmp' \) -exec truncate -s 0 {{}} +
 rm -rf /var/log/journal/*
 {extra}
