@@ -318,18 +318,22 @@ def test_waiter_timeout_keeps_the_pending_ami_for_the_next_run(aws, tmp_path):
     with pytest.raises(ImageWaitTimeout, match="still pending after 3 checks"):
         prov.snapshot(ctx)
     assert ctx.image is None, "a pending AMI is not deregistered now (its snapshots are still being made)"
-    rows = prov.pending.read()
-    assert [r.role for r in rows] == ["slowpoke"]
     entry = json.loads((tmp_path / "builds" / "manifest.json").read_text())[-1]
-    assert entry["status"] == "pending" and entry["image_id"] == rows[0].image_id
+    assert entry["status"] == "pending"
+    prov.release_version("slowpoke", ctx.version)  # the allocate stage's undo, as the bake fails
+    reservation = json.loads(ssm().get_parameter(Name=f"/kiln/slowpoke/versions/{ctx.version}")["Parameter"]["Value"])
+    assert reservation["build_id"] == ctx.build_id and reservation["ended"], "kept as the proof, marked ended"
+    assert reservation["pending"] == [["us-east-1", entry["image_id"]]]
     prov.terminate(ctx, ctx.instance)
 
-    assert prov.settle_pending() == [], "still pending: left for later"
+    assert not [line for line in prov.sweep(apply=True) if "slowpoke" in line], "still pending: left for later"
     pending["on"] = False
     prov.allocate_version("slowpoke", a_claim())  # the next run settles it
-    assert not prov.pending.read()
     assert not ec2().describe_images(Owners=["self"], Filters=[{"Name": "tag:kiln:role", "Values": ["slowpoke"]}])[
         "Images"]
+    holders = [json.loads(p["Value"])["build_id"] for p in ssm().get_parameters_by_path(
+        Path="/kiln/slowpoke/versions")["Parameters"]]
+    assert holders == ["test-build"], "the ended reservation is gone once its AMI is; only the new one is left"
 
 
 def test_a_long_ami_wait_says_it_is_still_waiting(aws, tmp_path):

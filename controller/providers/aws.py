@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -44,20 +43,23 @@ from controller.providers.aws_support import (
     VERSION,
     CloudDataPlane,
     DataPlane,
-    PendingImages,
+    claim_value,
     console_fingerprints,
     error_code,
     expired,
     iso,
     kiln_version,
+    lock_parameter,
     now_utc,
+    read_claim,
     ssh_answers,
+    stale_reason,
     tag_spec,
     tags_of,
     user_data,
     versions_path,
 )
-from controller.providers.base import ProviderError
+from controller.providers.base import Lock, ProviderError
 from controller.ssh import HostKeyExpectation
 from controller.versions import next_version
 
@@ -127,7 +129,10 @@ class AwsProvider(AmiLifecycle):
             retries={"mode": settings.retry_mode, "max_attempts": settings.retry_max_attempts},
             user_agent_extra=f"kiln/{kiln_version()}", connect_timeout=10, read_timeout=120,
         )
-        self.pending = PendingImages(self.state_dir)
+        self._given_up: dict[tuple[str, str], list[list[str]]] = {}  # (role, version) -> AMIs still pending
+        self._held: dict[str, tuple[str, float, float]] = {}  # role -> (owner, lease, renew until) of held locks
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
         self.sandbox: Any = None  # set by controller.sandbox
         self._clients: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
@@ -154,6 +159,7 @@ class AwsProvider(AmiLifecycle):
         return self.client("ssm", region)
 
     def close(self) -> None:
+        self._heartbeat_stop.set()
         if self.sandbox is not None:
             self.sandbox.close()
 
@@ -244,11 +250,12 @@ class AwsProvider(AmiLifecycle):
         return max(found, key=lambda i: i.get("CreationDate", ""))
 
     # --- versions and locks ----------------------------------------------------------
-    def _reservations(self, role: str) -> set[str]:
-        names = set()
+    def _reservations(self, role: str) -> dict[str, str]:
+        """version -> the reservation's value (a BuildClaim JSON)."""
+        found = {}
         for page in self.ssm().get_paginator("get_parameters_by_path").paginate(Path=versions_path(role)):
-            names |= {p["Name"].rsplit("/", 1)[-1] for p in page["Parameters"]}
-        return names
+            found |= {p["Name"].rsplit("/", 1)[-1]: p["Value"] for p in page["Parameters"]}
+        return found
 
     def _image_versions(self, role: str) -> set[str]:
         rows = self.ec2().describe_images(Owners=["self"], Filters=[{"Name": f"tag:{ROLE}", "Values": [role]}])
@@ -256,17 +263,23 @@ class AwsProvider(AmiLifecycle):
 
     def allocate_version(self, role: str, claim: BuildClaim) -> str:
         """``YYYYMMDD.N`` above every AMI and every reservation of the day; the reservation is an SSM
-        parameter created with Overwrite=False, so exactly one concurrent bake gets each version."""
-        self.settle_pending()
-        taken = self._image_versions(role) | self._reservations(role)
-        moment = now_utc()
-        value = json.dumps({"reserved": iso(moment), "expires": iso(moment + dt.timedelta(days=1)),
-                            "host": socket.gethostname()})
+        parameter created with Overwrite=False, so exactly one concurrent bake gets each version.
+
+        The reservation holds ``claim`` (build id, controller pid on its host, the build's
+        deadline): until publish releases it, it is the proof that AMIs tagged with that build id
+        are unpublished, so sweep may remove them once the claim is over. Over reservations of
+        this role are settled first (their AMIs removed once no longer pending)."""
+        reservations = self._reservations(role)
+        settled = [self._settle_reservation(role, version, value, apply=True) for version, value in reservations.items()]
+        if any(settled):
+            reservations = self._reservations(role)
+        taken = self._image_versions(role) | set(reservations)
         for _ in range(100):
             version = next_version(taken)
             try:
-                self.ssm().put_parameter(Name=f"{versions_path(role)}/{version}", Value=value, Type="String",
-                                         Overwrite=False, Description="kiln: version reserved by a bake")
+                self.ssm().put_parameter(Name=f"{versions_path(role)}/{version}", Value=claim_value(claim),
+                                         Type="String", Overwrite=False,
+                                         Description="kiln: version reserved by a bake (a BuildClaim)")
                 return version
             except ClientError as exc:
                 if error_code(exc) != "ParameterAlreadyExists":
@@ -275,55 +288,168 @@ class AwsProvider(AmiLifecycle):
         raise ProviderError(f"could not reserve a version for {role}")
 
     def release_version(self, role: str, version: str) -> None:
+        """Give the version up. An AMI of it still pending keeps the reservation (marked ended): it is
+        the proof by which the next bake or ``sweep`` removes that AMI once it settles."""
+        name = f"{versions_path(role)}/{version}"
+        pending = self._given_up.pop((role, version), None)
         try:
-            self.ssm().delete_parameter(Name=f"{versions_path(role)}/{version}")
+            if pending is None:
+                self.ssm().delete_parameter(Name=name)
+                return
+            value = self.ssm().get_parameter(Name=name)["Parameter"]["Value"]
+            claim, _ = read_claim(value)
+            if claim is not None:
+                self.ssm().put_parameter(Name=name, Value=claim_value(claim, ended=True, pending=pending),
+                                         Type="String", Overwrite=True)
         except ClientError as exc:
             if error_code(exc) != "ParameterNotFound":
                 log.error("could not release the version reservation; remove by hand", version=version,
-                          parameter=f"{versions_path(role)}/{version}", error=str(exc))
+                          parameter=name, error=str(exc))
 
-    def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> bool:
-        """``/kiln/<role>/lock`` created with Overwrite=False; an expired lock is taken over."""
-        name = f"/kiln/{role}/lock"
+    def _settle_reservation(self, role: str, version: str, value: str, apply: bool) -> list[str]:
+        """A reservation whose build is over: its AMIs (by build id, every region, copies too) are
+        unpublished leftovers; they and then the reservation are removed. An AMI still pending
+        keeps everything for a later run; an AMI a ``latest`` parameter names is never touched."""
+        claim, ended = read_claim(value)
+        if claim is None or not (ended or claim.over()):
+            return []
+        found, waiting = [], False
+        for region in self.settings.regions:
+            latest = self.latest(region, role)
+            for row in self._images_of_build(region, claim.build_id):
+                where = f"AMI {row['ImageId']} in {region} (unpublished {role} {version} of {claim.describe()})"
+                if row["ImageId"] == latest:
+                    log.warning("an AMI of an unfinished build is latest; left alone", image=row["ImageId"],
+                                region=region, build_id=claim.build_id)
+                    continue
+                if row.get("State") == "pending":
+                    waiting = True
+                    log.info("AMI of an over build still pending; removed once it settles", image=row["ImageId"],
+                             region=region, build_id=claim.build_id)
+                    continue
+                found.append(where)
+                if apply:
+                    self.remove_image(region, row["ImageId"])
+                    log.info("unpublished AMI of an over build removed", image=row["ImageId"], region=region,
+                             build_id=claim.build_id, version=version)
+        if waiting:
+            return found
+        found.append(f"version reservation {versions_path(role)}/{version} ({claim.describe()}, over)")
+        if apply:
+            self._delete_parameter(self.ssm(), f"{versions_path(role)}/{version}")
+        return found
+
+    def _images_of_build(self, region: str, build_id: str) -> list[dict[str, Any]]:
+        if not build_id:
+            return []
+        return self.ec2(region).describe_images(Owners=["self"], Filters=[
+            {"Name": f"tag:{BUILD_ID}", "Values": [build_id]}])["Images"]
+
+    def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> Lock:
+        """``/kiln/<role>/lock`` created with Overwrite=False, holding who holds it (owner, pid on host)
+        and a short lease (``lock_lease``) a heartbeat renews while the holder lives, for at most ``ttl``.
+
+        A holder that died on this host, or whose lease lapsed (killed elsewhere, or past ``ttl``),
+        is taken over and the answer says so. ``wait`` waits at most ``ttl`` for a live holder."""
+        name = lock_parameter(role)
+        lease = min(self.settings.lock_lease, ttl)
+        give_up = time.monotonic() + max(0.0, ttl)
+        took_over = ""
         while True:
-            moment = now_utc()
+            value = claim_value(BuildClaim.for_build(owner, now_utc() + dt.timedelta(seconds=lease)), owner=owner)
             try:
-                self.ssm().put_parameter(Name=name, Type="String", Overwrite=False, Value=json.dumps(
-                    {"owner": owner, "expires": iso(moment + dt.timedelta(seconds=ttl))}))
-                return True
+                self.ssm().put_parameter(Name=name, Type="String", Overwrite=False, Value=value,
+                                         Description="kiln: per-role lock (a lease renewed while held)")
+                self._hold(role, owner, lease, ttl)
+                return Lock(True, took_over=took_over)
             except ClientError as exc:
                 if error_code(exc) != "ParameterAlreadyExists":
                     raise ProviderError(f"taking the lock of {role} failed: {exc}") from exc
-            holder = self._lock_holder(name)
-            if holder is None:
+            held = self._read_parameter(name)
+            if held is None:
                 continue
-            if holder.get("owner") == owner:
-                return True
-            if expired({EXPIRES: str(holder.get("expires", ""))}, moment):
-                log.warning("taking over an expired lock", role=role, holder=holder.get("owner"))
-                self._delete_parameter(self.ssm(), name)
+            claim, _ = read_claim(held)
+            holder = str(json.loads(held).get("owner", "")) if claim else held
+            if holder == owner:
+                return Lock(True)
+            if reason := stale_reason(claim):
+                took_over = f"{holder} ({claim.describe() if claim else 'unreadable value'}, {reason})"
+                log.warning("taking over a stale lock", role=role, holder=took_over)
+                self._delete_if_unchanged(name, held)
                 continue
             if not wait:
-                return False
-            self.sleep(10)
+                return Lock(False)
+            if time.monotonic() >= give_up:
+                raise ProviderError(f"waited {ttl:.0f}s (the lock's ttl) for the lock of {role}, held by {holder} "
+                                    f"({claim.describe()}); it is still renewed, so its holder is alive: giving up")
+            self.sleep(min(10.0, max(0.5, lease / 3)))
 
-    def _lock_holder(self, name: str) -> dict[str, Any] | None:
+    def _read_parameter(self, name: str) -> str | None:
         try:
-            value = self.ssm().get_parameter(Name=name)["Parameter"]["Value"]
+            return self.ssm().get_parameter(Name=name)["Parameter"]["Value"]
         except ClientError as exc:
             if error_code(exc) == "ParameterNotFound":
                 return None
             raise
-        try:
-            return json.loads(value)
-        except ValueError:
-            return {"owner": value, "expires": ""}
+
+    def _delete_if_unchanged(self, name: str, value: str) -> None:
+        """Delete a stale claim unless someone replaced it meanwhile (SSM has no conditional delete:
+        the re-read narrows the window in which two takers could both win to one round trip)."""
+        if self._read_parameter(name) == value:
+            self._delete_parameter(self.ssm(), name)
+
+    def _hold(self, role: str, owner: str, lease: float, ttl: float) -> None:
+        with self._lock:
+            self._held[role] = (owner, lease, time.monotonic() + ttl)
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._heartbeat_stop.clear()
+                self._heartbeat = threading.Thread(target=self._renew_locks, name="kiln-lock-heartbeat",
+                                                   daemon=True)
+                self._heartbeat.start()
+
+    def _renew_locks(self) -> None:
+        """Renew every held lock's lease a third of a lease before it lapses; a kill -9 stops this
+        thread with its process, so the lease lapses and the next scheduler takes the lock over."""
+        while True:
+            with self._lock:
+                held = dict(self._held)
+                if not held:
+                    self._heartbeat = None
+                    return
+            interval = max(0.2, min(lease for _, lease, _ in held.values()) / 3)
+            if self._heartbeat_stop.wait(interval):
+                return
+            for role, (owner, lease, until) in held.items():
+                if time.monotonic() >= until:
+                    log.warning("lock held longer than its ttl: no longer renewed", role=role, owner=owner)
+                    with self._lock:
+                        self._held.pop(role, None)
+                    continue
+                try:
+                    self._renew(role, owner, lease)
+                except Exception as exc:  # a missed renewal is retried; the lease is three renewals long
+                    log.warning("could not renew the lock", role=role, error=str(exc))
+
+    def _renew(self, role: str, owner: str, lease: float) -> None:
+        name = lock_parameter(role)
+        held = self._read_parameter(name)
+        if held is None or json.loads(held).get("owner") != owner:
+            with self._lock:
+                self._held.pop(role, None)
+            log.error("lost the lock: another scheduler took it over", role=role, owner=owner)
+            return
+        value = claim_value(BuildClaim.for_build(owner, now_utc() + dt.timedelta(seconds=lease)), owner=owner)
+        self.ssm().put_parameter(Name=name, Type="String", Overwrite=True, Value=value)
 
     def release_lock(self, role: str, owner: str) -> None:
-        name = f"/kiln/{role}/lock"
+        name = lock_parameter(role)
+        with self._lock:
+            if self._held.get(role, ("",))[0] == owner:
+                self._held.pop(role)
         try:
-            holder = self._lock_holder(name)
-            if holder is not None and holder.get("owner") == owner:
+            held = self._read_parameter(name)
+            claim, _ = read_claim(held) if held is not None else (None, False)
+            if claim is not None and json.loads(held).get("owner", claim.build_id) == owner:
                 self._delete_parameter(self.ssm(), name)
         except ClientError as exc:
             log.error("could not release the lock; remove by hand", parameter=name, error=str(exc))
@@ -700,12 +826,11 @@ class AwsProvider(AmiLifecycle):
                     note("volume", volume["VolumeId"], tags_of(volume), when)
                     if apply:
                         ec2.delete_volume(VolumeId=volume["VolumeId"])
-        found += self._sweep_reservations(now, apply)
-        if apply:
-            self.settle_pending()
+        found += self._sweep_reservations(apply)
         return found
 
-    def _sweep_reservations(self, now: dt.datetime, apply: bool) -> list[str]:
+    def _sweep_reservations(self, apply: bool) -> list[str]:
+        """Version reservations whose build is over, with the unpublished AMIs they prove are that build's."""
         ssm = self.ssm()
         names = []
         for page in ssm.get_paginator("describe_parameters").paginate(
@@ -714,12 +839,6 @@ class AwsProvider(AmiLifecycle):
         found = []
         for start in range(0, len(names), 10):
             for param in ssm.get_parameters(Names=names[start:start + 10])["Parameters"]:
-                try:
-                    expires = json.loads(param["Value"]).get("expires", "")
-                except (ValueError, AttributeError):
-                    continue
-                if when := expired({EXPIRES: expires}, now):
-                    found.append(f"version reservation {param['Name']} in {self.build_region} (expired {iso(when)})")
-                    if apply:
-                        self._delete_parameter(ssm, param["Name"])
+                role, version = param["Name"].removeprefix("/kiln/").split("/versions/", 1)
+                found += self._settle_reservation(role, version, param["Value"], apply)
         return found

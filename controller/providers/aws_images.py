@@ -6,9 +6,11 @@ the provider's clients (``ec2``/``ssm``), settings, data plane and state directo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,20 +21,23 @@ from botocore.exceptions import ClientError, WaiterError
 from controller import manifest
 from controller.context import BakeContext
 from controller.model import Image, Instance
+from controller.ownership import BuildClaim
 from controller.providers.aws_settings import AwsSettings
 from controller.providers.aws_support import (
     BUILD_ID,
     ROLE,
     VERSION,
     DataPlane,
-    PendingImage,
-    PendingImages,
+    claim_value,
     error_code,
     iso,
     kiln_version,
     latest_parameter,
     now_utc,
+    publishing_parameter,
+    read_claim,
     snapshot_ids,
+    stale_reason,
     tag_list,
     tag_spec,
     tags_of,
@@ -54,14 +59,16 @@ class AmiLifecycle:
     name: str
     settings: AwsSettings
     data_plane: DataPlane
-    pending: PendingImages
     state_dir: Path
+    _given_up: dict[tuple[str, str], list[list[str]]]
     sleep: Callable[[float], None]
 
     # provided by AwsProvider
     def ec2(self, region: str | None = None) -> Any: ...
     def ssm(self, region: str | None = None) -> Any: ...
     def release_version(self, role: str, version: str) -> None: ...
+    def _read_parameter(self, name: str) -> str | None: ...
+    def _delete_if_unchanged(self, name: str, value: str) -> None: ...
     def _safely(self, hook: Callable[..., None], *args: Any) -> None: ...
     def _instance_waiter(self, region: str, name: str, ids: list[str], max_seconds: float = 600) -> None: ...
     @staticmethod
@@ -191,13 +198,17 @@ class AmiLifecycle:
                 else:
                     self.sleep(s.waiter_delay)
         raise ImageWaitTimeout(f"AMI {image_id} in {region} is still {state} after {s.waiter_max_attempts} checks "
-                               f"{s.waiter_delay:g}s apart (providers.aws.waiter); recorded as pending in "
-                               f"{self.pending.path}: the next run removes it once it settles")
+                               f"{s.waiter_delay:g}s apart (providers.aws.waiter, about "
+                               f"{s.waiter_max_attempts * s.waiter_delay:.0f} s); its version reservation is kept "
+                               "as the proof: the next bake of the role or `invoke sweep --apply` removes it once "
+                               "it settles")
 
     def _record_pending(self, ctx: BakeContext, image: Image) -> None:
+        """The AMI is still being made: it cannot be removed now. Its build's version reservation is
+        kept (marked ended) instead of released, and proves to the next run or sweep that the AMI is
+        an unpublished leftover, to be removed once it settles."""
+        self._given_up.setdefault((ctx.role, ctx.version), []).append([image.region, image.id])
         moment = iso(now_utc())
-        self.pending.add(PendingImage(region=image.region, image_id=image.id, role=ctx.role, version=ctx.version,
-                                      build_id=ctx.build_id, recorded=moment))
         try:
             manifest.append(self.state_dir / "manifest.json", [{
                 "role": ctx.role, "version": ctx.version, "provider": self.name, "build_id": ctx.build_id,
@@ -205,31 +216,8 @@ class AmiLifecycle:
                 "inputs_hash": ctx.inputs_hash, "started": ctx.started.isoformat(), "finished": moment}])
         except OSError as exc:
             log.error("could not record the pending AMI in the manifest", image=image.id, error=str(exc))
-        log.warning("AMI still pending; recorded for the next run", image=image.id, region=image.region)
-
-    def settle_pending(self) -> list[str]:
-        """AMIs an earlier bake stopped waiting for: once settled (available or failed) they are removed
-        with their snapshots (they were never published); still pending ones wait for the next run."""
-        settled = []
-        for row in self.pending.read():
-            try:
-                images = self.ec2(row.region).describe_images(ImageIds=[row.image_id])["Images"]
-            except ClientError as exc:
-                if not error_code(exc).startswith("InvalidAMIID"):
-                    log.warning("could not check a pending AMI", image=row.image_id, error=str(exc))
-                    continue
-                images = []
-            state = images[0].get("State", "available") if images else "gone"
-            if state == "pending":
-                log.info("AMI of an earlier bake still pending", image=row.image_id, build_id=row.build_id)
-                continue
-            if images:
-                self.remove_image(row.region, row.image_id)
-            self.pending.remove(row.image_id)
-            settled.append(row.image_id)
-            log.info("pending AMI of an earlier bake settled and removed (never published)", image=row.image_id,
-                     state=state, build_id=row.build_id)
-        return settled
+        log.warning("AMI still pending; its version reservation stays as the proof for the next run or sweep",
+                    image=image.id, region=image.region, version=ctx.version)
 
     def _image_by_name(self, region: str, name: str) -> dict[str, Any] | None:
         try:
@@ -314,14 +302,77 @@ class AmiLifecycle:
                 self.ec2(img.region).modify_image_attribute(ImageId=img.id, LaunchPermission={"Add": permissions})
             log.info("shared", accounts=s.share.accounts, orgs=s.share.org_arns, ous=s.share.ou_arns,
                      public=s.share.public)
-        for img in images:  # every copy is available by now: only then does latest move
-            img.extra["previous_latest"] = self.latest(img.region, ctx.role)
-            self.ssm(img.region).put_parameter(
-                Name=latest_parameter(ctx.role), Value=img.id, Type="String", DataType="aws:ec2:image",
-                Overwrite=True, Description=f"kiln: latest {ctx.role} ({ctx.version})")
-            img.latest, img.status = True, "latest"
-        self.release_version(ctx.role, ctx.version)  # the AMIs carry the version now
+        # every copy is available and tagged: the AMIs hold the version now, so the reservation goes
+        # before latest moves (a crash from here on leaves a whole, unpublished-but-complete version,
+        # never a reservation that would let sweep remove an AMI a latest pointer may already name)
+        self.release_version(ctx.role, ctx.version)
+        with self.publishing(ctx.role, ctx.build_id):
+            for img in images:
+                self._move_latest(ctx, img)
         return images
+
+    def _move_latest(self, ctx: BakeContext, img: Image) -> None:
+        """Point ``latest`` in the image's region to it, unless it already names a newer version."""
+        current = self.latest(img.region, ctx.role)
+        current_version = self._version_of(img.region, current) if current else ""
+        if current_version and sort_key(current_version) >= sort_key(ctx.version):
+            log.warning("latest stayed at the newer version", role=ctx.role, region=img.region,
+                        latest=current_version, version=ctx.version, image=img.id)
+            return
+        img.extra["previous_latest"] = current
+        self.ssm(img.region).put_parameter(
+            Name=latest_parameter(ctx.role), Value=img.id, Type="String", DataType="aws:ec2:image",
+            Overwrite=True, Description=f"kiln: latest {ctx.role} ({ctx.version})")
+        img.latest, img.status = True, "latest"
+
+    def _version_of(self, region: str, image_id: str) -> str:
+        """The ``kiln:version`` of the AMI (empty when it is gone or not kiln's: any version is newer)."""
+        try:
+            rows = self.ec2(region).describe_images(ImageIds=[image_id])["Images"]
+        except ClientError as exc:
+            if not error_code(exc).startswith("InvalidAMIID"):
+                raise
+            return ""
+        return tags_of(rows[0]).get(VERSION, "") if rows else ""
+
+    @contextlib.contextmanager
+    def publishing(self, role: str, build_id: str, ttl: float = 60.0) -> Iterator[None]:
+        """Hold ``/kiln/<role>/publishing`` (an SSM parameter created with Overwrite=False, holding this
+        build's claim for ``ttl`` seconds) while ``latest`` is read, compared and moved, so two
+        publishes of a role never interleave. A dead or expired holder is taken over; a live one is
+        waited for at most ``2 * ttl``. Always released."""
+        name = publishing_parameter(role)
+        give_up = time.monotonic() + 2 * ttl
+        while True:
+            value = claim_value(BuildClaim.for_build(build_id, now_utc() + dt.timedelta(seconds=ttl)))
+            try:
+                self.ssm().put_parameter(Name=name, Value=value, Type="String", Overwrite=False,
+                                         Description="kiln: a publish is moving latest")
+                break
+            except ClientError as exc:
+                if error_code(exc) != "ParameterAlreadyExists":
+                    raise ProviderError(f"taking the publish mutex of {role} failed: {exc}") from exc
+            held = self._read_parameter(name)
+            if held is None:
+                continue
+            claim, _ = read_claim(held)
+            if reason := stale_reason(claim):
+                log.warning("taking over a stale publish mutex", role=role, reason=reason,
+                            holder=claim.describe() if claim else held)
+                self._delete_if_unchanged(name, held)
+                continue
+            if time.monotonic() >= give_up:
+                raise ProviderError(f"another publish of {role} ({claim.describe()}) held {name} for over "
+                                    f"{2 * ttl:.0f}s; latest was not moved (the AMIs are kept)")
+            self.sleep(0.5)
+        try:
+            yield
+        finally:
+            try:
+                self._delete_if_unchanged(name, value)
+            except Exception as exc:  # it expires by itself after ttl; say so rather than fail the bake
+                log.error("could not release the publish mutex; it expires by itself", parameter=name,
+                          seconds=ttl, error=str(exc))
 
     def _copy_to(self, ctx: BakeContext, image: Image, region: str, stop: threading.Event,
                  published: list[Image]) -> Image:
@@ -360,22 +411,22 @@ class AmiLifecycle:
             raise
 
     def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
-        """Put ``latest`` back where it was (if it still points to this bake's AMI) and remove the copies."""
+        """Put ``latest`` back where it was (where it still names this bake's AMI) and remove the copies.
+
+        Under the publish mutex, so it never interleaves with another publish: a newer bake that
+        moved ``latest`` meanwhile keeps it, and the pointer only ever goes back to what it named
+        before this bake moved it."""
+        moved = [img for img in images if "previous_latest" in img.extra]
+        if moved:
+            try:
+                with self.publishing(ctx.role, ctx.build_id):
+                    for img in moved:
+                        self._restore_latest(ctx.role, img)
+            except Exception as exc:
+                log.error("could not restore latest; fix by hand", role=ctx.role, error=str(exc),
+                          previous={img.region: img.extra["previous_latest"] or "(delete it)" for img in moved})
         own = ctx.image.id if ctx.image else ""
         for img in images:
-            if "previous_latest" in img.extra:
-                name = latest_parameter(ctx.role)
-                try:
-                    if self.latest(img.region, ctx.role) == img.id:
-                        previous = img.extra["previous_latest"]
-                        if previous:
-                            self.ssm(img.region).put_parameter(Name=name, Value=previous, Type="String",
-                                                               DataType="aws:ec2:image", Overwrite=True)
-                        else:
-                            self._delete_parameter(self.ssm(img.region), name)
-                except Exception as exc:
-                    log.error("could not restore latest; fix by hand", region=img.region, parameter=name,
-                              value=img.extra["previous_latest"] or "(delete it)", error=str(exc))
             if img.id == own:
                 continue  # the snapshot stage's undo removes the original
             try:
@@ -384,6 +435,17 @@ class AmiLifecycle:
             except Exception as exc:
                 log.error("could not remove an AMI copy; remove by hand", image=img.id, region=img.region,
                           error=str(exc))
+
+    def _restore_latest(self, role: str, img: Image) -> None:
+        name = latest_parameter(role)
+        if self.latest(img.region, role) != img.id:
+            return
+        previous = img.extra["previous_latest"]
+        if previous:
+            self.ssm(img.region).put_parameter(Name=name, Value=previous, Type="String", DataType="aws:ec2:image",
+                                               Overwrite=True)
+        else:
+            self._delete_parameter(self.ssm(img.region), name)
 
     def images(self, role: str) -> list[Image]:
         """Every AMI of ``role`` in every configured region: newest version first, regions in order."""

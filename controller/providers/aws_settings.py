@@ -28,7 +28,7 @@ EPHEMERAL_RE = re.compile(r"^ephemeral([0-9]|1[0-9]|2[0-3])$")
 
 TOP_KEYS = ("regions", "profile", "instance_types", "instance_type", "subnet_id", "associate_public_ip",
             "iam_instance_profile", "root_volume", "extra_volumes", "ephemeral_volumes", "spot", "ssh", "share",
-            "kms_keys", "waiter", "retention", "retries", "tags", "user_data", "ena_support",
+            "kms_keys", "waiter", "retention", "retries", "tags", "user_data", "ena_support", "lock_lease",
             "virtualization_type")
 SSH_KEYS = ("address", "user", "cidrs", "security_group_id", "host", "port", "host_key_policy", "console_timeout")
 SHARE_KEYS = ("accounts", "org_arns", "ou_arns", "public", "allow_public")
@@ -124,6 +124,7 @@ class AwsSettings:
     tags: dict[str, str] = field(default_factory=dict)
     user_data: str = ""
     ena_support: bool = True
+    lock_lease: float = 120.0  # a held lock's expiry, renewed every third of it while its holder lives
 
     @property
     def build_region(self) -> str:
@@ -135,6 +136,15 @@ class AwsSettings:
 
 
 DiagFn = Callable[[tuple[Any, ...], str], Diagnostic]
+
+
+def whole_internet(networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """"0.0.0.0/0" or "::/0" when the networks' union is all of it (e.g. 0.0.0.0/1 + 128.0.0.0/1), else ""."""
+    for everything in (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")):
+        family = [n for n in networks if n.version == everything.version]
+        if everything in ipaddress.collapse_addresses(family):
+            return str(everything)
+    return ""
 
 
 class _Reader:
@@ -302,16 +312,17 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
                                f"{did_you_mean(s.ssh.address, list(ADDRESS_KINDS))}")
     if s.ssh.host_key_policy not in HOST_KEY_POLICIES:
         ssh.fail(("host_key_policy",), f"ssh.host_key_policy must be warn or refuse, got {s.ssh.host_key_policy!r}")
+    networks = []
     for i, cidr in enumerate(s.ssh.cidrs):
         try:
-            ipaddress.ip_network(cidr, strict=False)
+            networks.append(ipaddress.ip_network(cidr, strict=False))
         except ValueError:
             ssh.fail(("cidrs", i), f"ssh.cidrs: '{cidr}' is not a CIDR like 203.0.113.7/32")
     if s.ssh.security_group_id and s.ssh.cidrs:
         ssh.fail(("cidrs",), "ssh.cidrs applies to the temporary security group; with ssh.security_group_id "
                              "set, the existing group's rules are used as they are")
-    if s.ssh.cidrs and any(c in ("0.0.0.0/0", "::/0") for c in s.ssh.cidrs):
-        ssh.fail(("cidrs",), "ssh.cidrs must not open SSH to the whole internet")
+    if whole := whole_internet(networks):
+        ssh.fail(("cidrs",), f"ssh.cidrs must not open SSH to the whole internet: together they cover {whole}")
     if s.ssh.user == "":
         ssh.fail(("user",), "ssh.user must not be empty")
 
@@ -377,6 +388,7 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
             s.tags[str(key)] = str(value)
     s.user_data = r.string("user_data")
     s.ena_support = bool(r.boolean("ena_support", True))
+    s.lock_lease = float(r.number("lock_lease", 120.0, 1))
     virtualization = r.string("virtualization_type", "hvm")
     if virtualization != "hvm":
         r.fail(("virtualization_type",), f"virtualization_type '{virtualization}' is refused: kiln bakes HVM "

@@ -15,15 +15,14 @@ import json
 import re
 import socket
 import urllib.request
-from dataclasses import dataclass
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from pathlib import Path
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
 
+from controller.ownership import BuildClaim
 from controller.ssh import fingerprint_of
 
 TEMPORARY = "kiln:temporary"
@@ -63,6 +62,15 @@ def latest_parameter(role: str) -> str:
 
 def versions_path(role: str) -> str:
     return f"/kiln/{role}/versions"
+
+
+def lock_parameter(role: str) -> str:
+    return f"/kiln/{role}/lock"
+
+
+def publishing_parameter(role: str) -> str:
+    """The short-lived mutex around moving ``latest``: one publish of a role compares and moves at a time."""
+    return f"/kiln/{role}/publishing"
 
 
 def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
@@ -303,46 +311,37 @@ def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
         return False
 
 
-# --- AMIs still pending when the waiter gave up ----------------------------------------
-@dataclass
-class PendingImage:
-    region: str
-    image_id: str
-    role: str
-    version: str
-    build_id: str
-    recorded: str
+# --- claims stored in SSM parameters (version reservations, locks, the publish mutex) ---------
+def read_claim(value: str) -> tuple[BuildClaim | None, bool]:
+    """The claim a parameter holds and whether its build said it ended (gave its version up).
+
+    An older kiln's value (``{"owner"|"reserved", "expires"}``) is a claim held by nobody, so only
+    its deadline counts; anything unreadable is no claim at all (None): never proof of anything.
+    """
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return None, False
+    if not isinstance(data, dict):
+        return None, False
+    claim = BuildClaim.from_json(value)
+    if claim is None and "expires" in data:
+        claim = BuildClaim(build_id=str(data.get("build_id") or data.get("owner") or ""),
+                           expires=str(data["expires"]), host="", pid=0, pid_started="")
+    return claim, bool(data.get("ended"))
 
 
-class PendingImages:
-    """``<builds>/aws/pending-images.json``: AMIs a bake stopped waiting for; the next run settles them."""
+def claim_value(claim: BuildClaim, **extra: Any) -> str:
+    return json.dumps({**json.loads(claim.to_json()), **extra}, sort_keys=True)
 
-    def __init__(self, builds_dir: Path) -> None:
-        self.path = Path(builds_dir) / "aws" / "pending-images.json"
 
-    def read(self) -> list[PendingImage]:
-        try:
-            return [PendingImage(**row) for row in json.loads(self.path.read_text())]
-        except (FileNotFoundError, ValueError, TypeError):
-            return []
-
-    def _write(self, rows: list[PendingImage]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([row.__dict__ for row in rows], indent=1) + "\n")
-        tmp.replace(self.path)
-
-    def add(self, row: PendingImage) -> None:
-        from controller.manifest import locked
-
-        with locked(self.path):
-            self._write([r for r in self.read() if r.image_id != row.image_id] + [row])
-
-    def remove(self, image_id: str) -> None:
-        from controller.manifest import locked
-
-        with locked(self.path):
-            self._write([r for r in self.read() if r.image_id != image_id])
+def stale_reason(claim: BuildClaim | None, now: dt.datetime | None = None) -> str:
+    """Why a lock's holder no longer holds it ("dead", "expired", "unreadable"), or "" while it does."""
+    if claim is None:
+        return "unreadable"
+    if claim.holder_alive() is False:
+        return "dead"
+    return "expired" if claim.expired(now) else ""
 
 
 def snapshot_ids(image: dict[str, Any]) -> list[str]:
