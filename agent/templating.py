@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import jinja2
 import jinja2.meta
@@ -99,10 +99,50 @@ def resolve_variables(variables: Dict[str, Any]) -> Dict[str, Any]:
     return resolved
 
 
+def template_path(name: str) -> str | None:
+    """``name`` as a path below a role's templates/ (``a/./b.j2`` is ``a/b.j2``); None when it
+    would lead out of it (an absolute name, a ``..``)."""
+    pieces = [piece for piece in name.split("/") if piece not in ("", ".")]
+    if name.startswith("/") or ".." in pieces or not pieces:
+        return None
+    return "/".join(pieces)
+
+
+class RoleTemplates(jinja2.BaseLoader):
+    """One role's templates/: a name that leads out of it (``..``, absolute, a symlink out) is not found."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> Tuple[str, str, Callable[[], bool]]:
+        rel = template_path(template)
+        path = os.path.realpath(os.path.join(self.root, rel)) if rel else ""
+        if not rel or os.path.commonpath([path, self.root]) != self.root:
+            raise jinja2.TemplateNotFound(template, f"{template} leads out of the role's templates/")
+        if not os.path.isfile(path):
+            raise jinja2.TemplateNotFound(template, f"{template} is not in the role's templates/")
+        with open(path, encoding="utf-8") as handle:
+            source = handle.read()
+        mtime = os.path.getmtime(path)
+        return source, path, lambda: os.path.getmtime(path) == mtime
+
+
 def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str:
-    env = _environment(jinja2.FileSystemLoader(templates_dir))
+    """Render ``name``: ``<role>/<src>`` below the bundle's templates/, or a bare file name in
+    ``templates_dir`` (an absolute src on the box). Its includes, imports and extends name
+    templates of the same role, relative to the role's templates/ (as in Ansible), and
+    never anything outside it.
+    """
+    if "/" in name:
+        role, rel = name.split("/", 1)
+        root = os.path.join(templates_dir, role)
+    else:
+        root, rel = templates_dir, name
+    env = _environment(RoleTemplates(root))
     try:
-        return env.get_template(name).render(**variables)
+        if template_path(name) is None:
+            raise jinja2.TemplateNotFound(name, f"{name} leads out of the role's templates/")
+        return env.get_template(rel).render(**variables)
     except jinja2.TemplateError as exc:
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise TemplateError(f"template {name}{where}: {exc}") from exc

@@ -23,7 +23,7 @@ from agent.modules import discover as discover_modules
 from agent.templating import render
 from controller.config import PROVIDERS, Config
 from controller.model import CompiledRole, Diagnostic, InvalidInput
-from controller.stepfiles.loader import Document, display_path, load_yaml
+from controller.stepfiles.loader import Document, RoleTree, display_path, load_yaml, scan_role
 from controller.stepfiles.validate import (
     BUILTIN_NAMES,
     IDENTIFIER,
@@ -50,6 +50,7 @@ class RoleSource:
 
     name: str
     dir: Path
+    tree: RoleTree
     meta_doc: Document | None = None
     steps_doc: Document | None = None
     handlers_doc: Document | None = None
@@ -123,22 +124,24 @@ def _has_template(value: Any) -> bool:
 
 
 # --- loading roles --------------------------------------------------------------------------
-def _load(path: Path, problems: list[Diagnostic]) -> Document | None:
-    if not path.is_file():
+def _load(tree: RoleTree, name: str, problems: list[Diagnostic]) -> Document | None:
+    if name not in tree.files:  # absent, or refused: a link out of the role is never read
         return None
     try:
-        return load_yaml(path)
+        return load_yaml(tree.dir / name)
     except InvalidInput as exc:
         problems.extend(exc.diagnostics)
         return None
 
 
 def _load_role(roles_dir: Path, name: str, problems: list[Diagnostic]) -> RoleSource:
-    src = RoleSource(name=name, dir=roles_dir / name)
-    src.meta_doc = _load(src.dir / "role.yml", problems)
-    src.steps_doc = _load(src.dir / "steps.yml", problems)
-    src.handlers_doc = _load(src.dir / "handlers.yml", problems)
-    src.verify_doc = _load(src.dir / "verify.yml", problems)
+    tree = scan_role(roles_dir / name)
+    problems.extend(tree.problems)
+    src = RoleSource(name=name, dir=roles_dir / name, tree=tree)
+    src.meta_doc = _load(tree, "role.yml", problems)
+    src.steps_doc = _load(tree, "steps.yml", problems)
+    src.handlers_doc = _load(tree, "handlers.yml", problems)
+    src.verify_doc = _load(tree, "verify.yml", problems)
     doc = src.meta_doc
     if doc is None or doc.data is None:
         return src
@@ -258,25 +261,21 @@ def _filter_tags(steps: list[dict[str, Any]], tags: set[str], skip: set[str]) ->
 def _role_files(src: RoleSource) -> dict[str, bytes]:
     out = {}
     for folder in ("files", "templates"):
-        base = src.dir / folder
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*")):
-            if path.is_file():
-                out[f"{folder}/{src.name}/{path.relative_to(base).as_posix()}"] = path.read_bytes()
+        for rel, path in sorted(src.tree.under(folder).items()):
+            out[f"{folder}/{src.name}/{rel}"] = path.read_bytes()
     return out
 
 
-def _content_hash(sources: dict[str, RoleSource], chain: list[str], roles_dir: Path, variables: dict[str, Any],
+def _content_hash(sources: dict[str, RoleSource], chain: list[str], variables: dict[str, Any],
                   provider: str, selection: list[str]) -> str:
     from controller.agent_build import agent_version
 
     digest = hashlib.sha256()
     entries = []
     for name in chain:
-        for path in sources[name].dir.rglob("*"):
-            if path.is_file() and "__pycache__" not in path.parts:
-                entries.append((path.relative_to(roles_dir).as_posix(), path.read_bytes()))
+        for rel, path in sources[name].tree.files.items():
+            if "__pycache__" not in rel.split("/"):
+                entries.append((f"{name}/{rel}", path.read_bytes()))
     for rel, data in sorted(entries):
         digest.update(b"file\0" + rel.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
     digest.update(b"vars\0" + json.dumps(variables, sort_keys=True, default=str).encode())
@@ -301,7 +300,6 @@ def _string_leaves(value: Any) -> list[str]:
 def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, overrides: dict[str, Any] | None,
              tags: list[str] | None, skip_tags: list[str] | None, want_hash: bool) -> CompiledRole:
     playbooks_dir = Path(playbooks_dir)
-    roles_dir = playbooks_dir / "roles"
     problems: list[Diagnostic] = []
     chain, sources = _resolve_chain(playbooks_dir, role, problems)
     collector = Collector(diagnostics=problems)
@@ -351,7 +349,7 @@ def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, over
         _collect_var_refs(collector, doc, path, value)
     # a role.yml that did not load leaves its variables unknown: do not guess at undefined names then
     unreadable = any(d.file.endswith("role.yml") for d in problems)
-    check_references(collector, known, {name: sources[name].dir for name in chain}, check_names=not unreadable)
+    check_references(collector, known, {name: sources[name].tree for name in chain}, check_names=not unreadable)
 
     resolved = resolve_variables(variables, {"kiln": {"role": role}})
     for check, doc, path, key in collector.check_templates:
@@ -387,7 +385,7 @@ def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, over
     secret_names = _names_behind(collector.no_log_names, variables)
     no_log_values = sorted({s for n in secret_names if n in resolved for s in _string_leaves(resolved[n])})
     selection = sorted(f"+{t}" for t in selected) + sorted(f"-{t}" for t in skipped)
-    content_hash = (_content_hash(sources, chain, roles_dir, variables, provider, selection) if want_hash else "")
+    content_hash = _content_hash(sources, chain, variables, provider, selection) if want_hash else ""
     return CompiledRole(role=role, chain=chain, description=sources[role].description, steps=steps,
                         handlers=handlers, checks=checks, variables=variables, files=files, base=base,
                         content_hash=content_hash, no_log_values=no_log_values)

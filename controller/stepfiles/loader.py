@@ -15,8 +15,10 @@ here lets another exception escape.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,70 @@ def display_path(path: Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(path)
+
+
+@dataclass
+class RoleTree:
+    """A role's directory as kiln may read it: every file that stays inside the role.
+
+    ``files`` maps a path relative to the role (``files/motd``, ``templates/conf/a.j2``) to
+    the real file to read. A symlink that leads out of the role (to an absolute path, up
+    with ``..``, through a chain, to another role) is in ``refused`` with a problem naming
+    it, and nothing is ever read through it. Links that stay inside the role are followed,
+    as Ansible does.
+    """
+
+    dir: Path
+    root: str
+    files: dict[str, Path] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+    problems: list[Diagnostic] = field(default_factory=list)
+
+    def within(self, real: str) -> bool:
+        return os.path.commonpath([real, self.root]) == self.root
+
+    def shown(self, rel: str) -> str:
+        """How a diagnostic names ``rel``: the link itself, never where it leads."""
+        return f"{display_path(self.dir)}/{rel}"
+
+    def refuse(self, rel: str, message: str) -> None:
+        self.refused.add(rel)
+        self.problems.append(Diagnostic(self.shown(rel), 1, 1, message))
+
+    def under(self, folder: str) -> dict[str, Path]:
+        """The files below ``folder`` (``templates``), by their path relative to it."""
+        prefix = folder + "/"
+        return {rel[len(prefix):]: path for rel, path in self.files.items() if rel.startswith(prefix)}
+
+
+def scan_role(role_dir: Path) -> RoleTree:
+    """Walk ``role_dir`` without leaving it (see :class:`RoleTree`); reads no file's content."""
+    root = os.path.realpath(role_dir)
+    tree = RoleTree(dir=Path(role_dir), root=root)
+    _scan(tree, root, "", (root,))
+    return tree
+
+
+def _scan(tree: RoleTree, real_dir: str, rel_dir: str, ancestors: tuple[str, ...]) -> None:
+    try:
+        names = sorted(os.listdir(real_dir))
+    except OSError as exc:
+        tree.refuse(rel_dir or ".", f"cannot read: {exc.strerror or exc}")
+        return
+    for name in names:
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        entry = os.path.join(real_dir, name)
+        real = os.path.realpath(entry) if os.path.islink(entry) else entry
+        if not tree.within(real):
+            tree.refuse(rel, f"{name} is a symlink that leads out of the role (-> {os.readlink(entry)}): "
+                             "a role may ship and read only its own files")
+        elif os.path.isdir(real):
+            if real in ancestors:
+                tree.refuse(rel, f"{name} is a symlink loop (it leads to a directory that contains it)")
+            else:
+                _scan(tree, real, rel, ancestors + (real,))
+        elif os.path.isfile(real):  # sockets, FIFOs, devices and dangling links are nothing to ship
+            tree.files[rel] = Path(real)
 
 
 class Document:

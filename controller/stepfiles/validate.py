@@ -29,9 +29,9 @@ import jinja2.meta
 from jinja2 import nodes
 
 from agent import schema as argschema
-from agent.templating import ENV, WHOLE_EXPRESSION
+from agent.templating import ENV, WHOLE_EXPRESSION, template_path
 from controller.model import Diagnostic
-from controller.stepfiles.loader import PLAIN, Document, display_path, kind_of
+from controller.stepfiles.loader import PLAIN, Document, RoleTree, display_path, kind_of
 
 FACTS = ("os_family", "distribution", "distribution_version", "distribution_codename", "arch", "cpus",
          "memory_mb", "hostname", "pkg_mgr", "init", "python_version")
@@ -477,6 +477,9 @@ class StepCompiler:
         step["args"] = args
 
     def _check_src(self, src: str, folder: str, path: tuple[Any, ...]) -> None:
+        if ".." in src.split("/"):
+            self.error(path, f"src '{src}' uses '..': name a file of the role's {folder}/ by its path there")
+            return
         base = self.role_dir / folder
         target = (base / src)
         try:
@@ -842,7 +845,8 @@ def ast_problems(ast: nodes.Template, known: set[str] | frozenset[str]) -> list[
     return problems
 
 
-def check_references(collector: Collector, known: set[str], roles: dict[str, Path], check_names: bool = True) -> None:
+def check_references(collector: Collector, known: set[str], roles: dict[str, RoleTree],
+                     check_names: bool = True) -> None:
     """Phase 2: expressions and templated values, notify names, template files."""
     if not check_names:
         known = _Everything()
@@ -862,19 +866,17 @@ def check_references(collector: Collector, known: set[str], roles: dict[str, Pat
     check_template_files(collector, known, roles)
 
 
-def check_template_files(collector: Collector, known: set[str], roles: dict[str, Path]) -> None:
-    """Every file in each role's templates/: Jinja syntax; undefined names in the ones steps use."""
+def check_template_files(collector: Collector, known: set[str], roles: dict[str, RoleTree]) -> None:
+    """Every file in each role's templates/: Jinja syntax, what it includes; undefined names in the
+    ones steps use. Only the files the role's tree holds are read: never a link out of the role."""
     used: dict[tuple[str, str], set[str] | None] = {}
     for use in collector.template_uses:
         previous = used.get((use.role, use.src))
         used[(use.role, use.src)] = set(use.extra) | (previous or set())
-    for role, role_dir in roles.items():
-        base = role_dir / "templates"
-        if not base.is_dir():
-            continue
-        for file in sorted(p for p in base.rglob("*") if p.is_file()):
-            rel = file.relative_to(base).as_posix()
-            shown = display_path(file)
+    for role, tree in roles.items():
+        templates = tree.under("templates")
+        for rel, file in sorted(templates.items()):
+            shown = tree.shown(f"templates/{rel}")
             try:
                 text = file.read_text(encoding="utf-8")
             except UnicodeDecodeError:
@@ -891,11 +893,46 @@ def check_template_files(collector: Collector, known: set[str], roles: dict[str,
                 source = lines[line - 1] if 0 < line <= len(lines) else ""
                 collector.add(Diagnostic(shown, line, 1, f"template syntax error: {exc.message}", source))
                 continue
+            for message, lineno, name in _loading_problems(ast, set(templates)):
+                collector.add(_at_name(shown, lines, lineno, name, message))
             extra = used.get((role, rel))
             if extra is None:
                 continue  # no step uses it by a literal name: syntax only
             for message, lineno, name in ast_problems(ast, known | extra):
-                line = lineno or 1
-                source = lines[line - 1] if 0 < line <= len(lines) else ""
-                found = re.search(r"\b" + re.escape(name) + r"\b", source)
-                collector.add(Diagnostic(shown, line, found.start() + 1 if found else 1, message, source))
+                collector.add(_at_name(shown, lines, lineno, name, message))
+
+
+def _at_name(shown: str, lines: list[str], lineno: int | None, name: str, message: str) -> Diagnostic:
+    line = lineno or 1
+    source = lines[line - 1] if 0 < line <= len(lines) else ""
+    found = re.search(r"\b" + re.escape(name) + r"\b", source) or re.search(re.escape(name), source)
+    return Diagnostic(shown, line, found.start() + 1 if found else 1, message, source)
+
+
+def _loading_problems(ast: nodes.Template, templates: set[str]) -> list[tuple[str, int | None, str]]:
+    """(message, lineno, name) for each include, import or extends naming no template of the role.
+
+    The names are relative to the role's templates/, as the agent's loader reads them; a name
+    computed at render time is left to that loader, which refuses one that leads out.
+    """
+    problems: list[tuple[str, int | None, str]] = []
+    for node in ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        names = _literal_names(node.template)
+        for name in names:
+            if template_path(name) is None:
+                problems.append((f"'{name}' leads out of the role's templates/: include, import and extend "
+                                 "templates of this role by their path in its templates/", node.lineno, name))
+        inside = [template_path(n) for n in names if template_path(n) is not None]
+        if inside and len(inside) == len(names) and not any(n in templates for n in inside) \
+                and not getattr(node, "ignore_missing", False):
+            problems.append((f"'{names[0]}' not found in the role's templates/{did_you_mean(names[0], templates)}",
+                             node.lineno, names[0]))
+    return problems
+
+
+def _literal_names(target: nodes.Expr) -> list[str]:
+    if isinstance(target, nodes.Const) and isinstance(target.value, str):
+        return [target.value]
+    if isinstance(target, (nodes.List, nodes.Tuple)):
+        return [item.value for item in target.items if isinstance(item, nodes.Const) and isinstance(item.value, str)]
+    return []
