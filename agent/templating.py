@@ -24,9 +24,13 @@ class TemplateError(Exception):
 
 def _environment(loader: Any = None) -> jinja2.Environment:
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, loader=loader,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        loader=loader,
     )
-    env.filters.setdefault("bool", lambda v: str(v).lower() in ("1", "true", "yes", "on") if isinstance(v, str) else bool(v))
+    env.filters.setdefault(
+        "bool", lambda v: str(v).lower() in ("1", "true", "yes", "on") if isinstance(v, str) else bool(v)
+    )
     env.filters.setdefault("regex_search", lambda v, p: (re.search(p, str(v)) or [None])[0])
     env.filters.setdefault("basename", os.path.basename)
     env.filters.setdefault("dirname", os.path.dirname)

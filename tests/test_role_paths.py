@@ -124,38 +124,57 @@ def test_a_dependency_keeps_to_its_own_directory(tmp_path):
 
 def test_dot_dot_in_a_src_is_refused_at_the_step(tmp_path):
     plant_secret(tmp_path)
-    make_role(tmp_path, "t", {
-        "files/ok.txt": "ok\n", "files/sub/x": "x\n",
-        "steps.yml": "- copy: {src: ../../../outside/secret, dest: /etc/a}\n"
-                     "- copy: {src: sub/../ok.txt, dest: /etc/b}\n",
-    })
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "files/ok.txt": "ok\n",
+            "files/sub/x": "x\n",
+            "steps.yml": "- copy: {src: ../../../outside/secret, dest: /etc/a}\n"
+            "- copy: {src: sub/../ok.txt, dest: /etc/b}\n",
+        },
+    )
     out = refusal(tmp_path)
     assert "steps.yml:1:15: error:" in out and "steps.yml:2:15: error:" in out, out
     assert out.count("'..'") >= 2, out
 
 
-@pytest.mark.parametrize("statement", [
-    '{% include "../../../outside/secret" %}',
-    '{% import "/etc/passwd" as x %}',
-    '{% from "../../base/templates/macros.j2" import m %}',
-    '{% extends "../x.j2" %}',
-    '{% include ["nothing.j2", "../../../outside/secret"] %}',
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        '{% include "../../../outside/secret" %}',
+        '{% import "/etc/passwd" as x %}',
+        '{% from "../../base/templates/macros.j2" import m %}',
+        '{% extends "../x.j2" %}',
+        '{% include ["nothing.j2", "../../../outside/secret"] %}',
+    ],
+)
 def test_a_template_that_includes_out_of_the_role_is_refused(tmp_path, statement):
     plant_secret(tmp_path)
     make_role(tmp_path, "base", {"templates/macros.j2": "{% macro m() %}base{% endmacro %}\n"})
-    make_role(tmp_path, "t", {"templates/site.j2": f"line one\n  {statement}\n",
-                              "steps.yml": "- template: {src: site.j2, dest: /etc/site}\n"})
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "templates/site.j2": f"line one\n  {statement}\n",
+            "steps.yml": "- template: {src: site.j2, dest: /etc/site}\n",
+        },
+    )
     out = refusal(tmp_path)
     assert "templates/site.j2:2:" in out and "out of the role's templates/" in out, out
 
 
 def test_a_template_includes_its_own_role_templates_by_their_names(tmp_path):
-    make_role(tmp_path, "t", {
-        "templates/site.j2": '{% include "parts/head.j2" %}{% from "macros.j2" import m %}{{ m() }}\n',
-        "templates/parts/head.j2": "head\n", "templates/macros.j2": "{% macro m() %}body{% endmacro %}\n",
-        "steps.yml": "- template: {src: site.j2, dest: /etc/site}\n",
-    })
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "templates/site.j2": '{% include "parts/head.j2" %}{% from "macros.j2" import m %}{{ m() }}\n',
+            "templates/parts/head.j2": "head\n",
+            "templates/macros.j2": "{% macro m() %}body{% endmacro %}\n",
+            "steps.yml": "- template: {src: site.j2, dest: /etc/site}\n",
+        },
+    )
     compiled = compile_ok(tmp_path)
     assert set(compiled.files) == {"templates/t/site.j2", "templates/t/parts/head.j2", "templates/t/macros.j2"}
     make_role(tmp_path, "t", {"templates/site.j2": '{% include "nosuch.j2" %}\n'})
@@ -167,9 +186,15 @@ def test_an_absolute_src_is_a_path_on_the_box_and_nothing_is_read_here(tmp_path)
     """copy/template/unarchive read a relative src from the role, an absolute one on the box:
     the controller neither reads nor ships it (a guard: this held before the fix too)."""
     secret = plant_secret(tmp_path)
-    make_role(tmp_path, "t", {"steps.yml": f"- copy: {{src: {secret}, dest: /etc/a}}\n"
-                                           f"- template: {{src: {secret}, dest: /etc/b}}\n"
-                                           f"- unarchive: {{src: {secret}, dest: /srv}}\n"})
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "steps.yml": f"- copy: {{src: {secret}, dest: /etc/a}}\n"
+            f"- template: {{src: {secret}, dest: /etc/b}}\n"
+            f"- unarchive: {{src: {secret}, dest: /srv}}\n"
+        },
+    )
     compiled = compile_ok(tmp_path)
     assert compiled.files == {}
     assert [step["args"]["src"] for step in compiled.steps] == [str(secret)] * 3
@@ -177,8 +202,15 @@ def test_an_absolute_src_is_a_path_on_the_box_and_nothing_is_read_here(tmp_path)
 
 def test_symlinks_within_the_role_are_followed_and_shipped_as_files(tmp_path):
     """Like Ansible: a link to a file or directory of the same role ships its content."""
-    role = make_role(tmp_path, "t", {"files/motd": "hello\n", "templates/conf/a.conf": "a\n",
-                                     "steps.yml": "- copy: {src: alias, dest: /etc/motd}\n"})
+    role = make_role(
+        tmp_path,
+        "t",
+        {
+            "files/motd": "hello\n",
+            "templates/conf/a.conf": "a\n",
+            "steps.yml": "- copy: {src: alias, dest: /etc/motd}\n",
+        },
+    )
     link(role / "files" / "alias", "motd")
     link(role / "files" / "conf", "../templates/conf")
     link(role / "files" / "loop", ".")
@@ -186,8 +218,12 @@ def test_symlinks_within_the_role_are_followed_and_shipped_as_files(tmp_path):
     assert f"{role}/files/loop:1:1: error:" in out and "loop" in out, out
     os.unlink(role / "files" / "loop")
     compiled = compile_ok(tmp_path)
-    assert compiled.files == {"files/t/motd": b"hello\n", "files/t/alias": b"hello\n",
-                              "files/t/conf/a.conf": b"a\n", "templates/t/conf/a.conf": b"a\n"}
+    assert compiled.files == {
+        "files/t/motd": b"hello\n",
+        "files/t/alias": b"hello\n",
+        "files/t/conf/a.conf": b"a\n",
+        "templates/t/conf/a.conf": b"a\n",
+    }
 
 
 # --- on the box: the agent's template loader -------------------------------------------------
@@ -213,8 +249,9 @@ def test_the_box_loader_refuses_names_out_of_the_role(tmp_path):
 
 
 def test_the_box_loader_finds_includes_in_the_role_templates(tmp_path):
-    templates = box_templates(tmp_path, {"web/site.j2": '{% include "parts/head.j2" %}body {{ x }}\n',
-                                         "web/parts/head.j2": "head\n"})
+    templates = box_templates(
+        tmp_path, {"web/site.j2": '{% include "parts/head.j2" %}body {{ x }}\n', "web/parts/head.j2": "head\n"}
+    )
     assert render_file(str(templates), "web/site.j2", {"x": 1}) == "head\nbody 1\n"
 
 

@@ -85,12 +85,12 @@ def list_roles(playbooks_dir: Path) -> list[str]:
     roles_dir = Path(playbooks_dir) / "roles"
     if not roles_dir.is_dir():
         return []
-    return sorted(p.name for p in roles_dir.iterdir()
-                  if p.is_dir() and any((p / f).is_file() for f in STEP_FILES))
+    return sorted(p.name for p in roles_dir.iterdir() if p.is_dir() and any((p / f).is_file() for f in STEP_FILES))
 
 
-def resolve_variables(variables: dict[str, Any], extra: dict[str, Any] | None = None,
-                      passes: int = 5) -> dict[str, Any]:
+def resolve_variables(
+    variables: dict[str, Any], extra: dict[str, Any] | None = None, passes: int = 5
+) -> dict[str, Any]:
     """Render variables whose values template other variables, where the controller can.
 
     Values that need what only the box knows (``facts``, registered results) stay as
@@ -179,43 +179,69 @@ def _load_role(roles_dir: Path, name: str, problems: list[Diagnostic]) -> RoleSo
             continue
         for var in value:
             if not IDENTIFIER.match(var):
-                problems.append(doc.diag((key, var), f"variable name '{var}' is not an identifier "
-                                                     "(letters, digits, _)", key=True))
+                problems.append(
+                    doc.diag((key, var), f"variable name '{var}' is not an identifier (letters, digits, _)", key=True)
+                )
             elif var in RESERVED_NAMES:
                 problems.append(doc.diag((key, var), f"'{var}' is reserved and cannot be a variable", key=True))
         setattr(src, key, dict(value))
     base = data.get("base")
     if base is not None:
         if not isinstance(base, dict):
-            problems.append(doc.diag(("base",), "base must map providers to base images "
-                                                '(local: "localhost/kiln-base/debian:bookworm"), '
-                                                f"got {kind_of(base)}"))
+            problems.append(
+                doc.diag(
+                    ("base",),
+                    "base must map providers to base images "
+                    '(local: "localhost/kiln-base/debian:bookworm"), '
+                    f"got {kind_of(base)}",
+                )
+            )
         else:
             for provider, spec in base.items():
                 if provider not in PROVIDERS:
-                    problems.append(doc.diag(("base", provider), f"unknown provider '{provider}'"
-                                                                 f"{did_you_mean(provider, PROVIDERS)}", key=True))
+                    problems.append(
+                        doc.diag(
+                            ("base", provider),
+                            f"unknown provider '{provider}'{did_you_mean(provider, PROVIDERS)}",
+                            key=True,
+                        )
+                    )
                 elif not isinstance(spec, (str, dict)) or not spec:
-                    problems.append(doc.diag(("base", provider), "a base image is an image reference or a mapping "
-                                                                 f"(e.g. ssm_parameter: ...), got {kind_of(spec)}"))
+                    problems.append(
+                        doc.diag(
+                            ("base", provider),
+                            "a base image is an image reference or a mapping "
+                            f"(e.g. ssm_parameter: ...), got {kind_of(spec)}",
+                        )
+                    )
                 else:
                     src.base[provider] = spec
     return src
 
 
-def _resolve_chain(playbooks_dir: Path, role: str, problems: list[Diagnostic]) -> tuple[list[str], dict[str, RoleSource]]:
+def _resolve_chain(
+    playbooks_dir: Path, role: str, problems: list[Diagnostic]
+) -> tuple[list[str], dict[str, RoleSource]]:
     """Dependencies first (depth first, each once), the role last; cycles reported with their chain."""
     roles_dir = Path(playbooks_dir) / "roles"
     available = list_roles(playbooks_dir)
     if not ROLE_NAME.match(role) or not (roles_dir / role).is_dir():
-        raise InvalidInput([Diagnostic(display_path(roles_dir / role), 1, 1,
-                                       f"no role '{role}' in {display_path(roles_dir)}{did_you_mean(role, available)}")])
+        raise InvalidInput(
+            [
+                Diagnostic(
+                    display_path(roles_dir / role),
+                    1,
+                    1,
+                    f"no role '{role}' in {display_path(roles_dir)}{did_you_mean(role, available)}",
+                )
+            ]
+        )
     chain: list[str] = []
     sources: dict[str, RoleSource] = {}
 
     def visit(name: str, stack: list[str], ref: tuple[Document, tuple[Any, ...]] | None) -> None:
         if name in stack:
-            cycle = " -> ".join(stack[stack.index(name):] + [name])
+            cycle = " -> ".join(stack[stack.index(name) :] + [name])
             if ref:
                 problems.append(ref[0].diag(ref[1], f"dependency cycle: {cycle}"))
             return
@@ -266,8 +292,9 @@ def _role_files(src: RoleSource) -> dict[str, bytes]:
     return out
 
 
-def _content_hash(sources: dict[str, RoleSource], chain: list[str], variables: dict[str, Any],
-                  provider: str, selection: list[str]) -> str:
+def _content_hash(
+    sources: dict[str, RoleSource], chain: list[str], variables: dict[str, Any], provider: str, selection: list[str]
+) -> str:
     from controller.agent_build import agent_version
 
     digest = hashlib.sha256()
@@ -297,8 +324,16 @@ def _string_leaves(value: Any) -> list[str]:
     return [text] if text else []
 
 
-def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, overrides: dict[str, Any] | None,
-             tags: list[str] | None, skip_tags: list[str] | None, want_hash: bool) -> CompiledRole:
+def _compile(
+    playbooks_dir: Path,
+    role: str,
+    provider: str,
+    config: Config,
+    overrides: dict[str, Any] | None,
+    tags: list[str] | None,
+    skip_tags: list[str] | None,
+    want_hash: bool,
+) -> CompiledRole:
     playbooks_dir = Path(playbooks_dir)
     problems: list[Diagnostic] = []
     chain, sources = _resolve_chain(playbooks_dir, role, problems)
@@ -386,9 +421,19 @@ def _compile(playbooks_dir: Path, role: str, provider: str, config: Config, over
     no_log_values = sorted({s for n in secret_names if n in resolved for s in _string_leaves(resolved[n])})
     selection = sorted(f"+{t}" for t in selected) + sorted(f"-{t}" for t in skipped)
     content_hash = _content_hash(sources, chain, variables, provider, selection) if want_hash else ""
-    return CompiledRole(role=role, chain=chain, description=sources[role].description, steps=steps,
-                        handlers=handlers, checks=checks, variables=variables, files=files, base=base,
-                        content_hash=content_hash, no_log_values=no_log_values)
+    return CompiledRole(
+        role=role,
+        chain=chain,
+        description=sources[role].description,
+        steps=steps,
+        handlers=handlers,
+        checks=checks,
+        variables=variables,
+        files=files,
+        base=base,
+        content_hash=content_hash,
+        no_log_values=no_log_values,
+    )
 
 
 def _collect_var_refs(collector: Collector, doc: Document, path: tuple[Any, ...], value: Any) -> None:
@@ -402,9 +447,17 @@ def _collect_var_refs(collector: Collector, doc: Document, path: tuple[Any, ...]
         collector.refs.append(Ref(doc, path, value, True))
 
 
-def compile_role(playbooks_dir: Path, role: str, provider: str, config: Config,
-                 overrides: dict[str, Any] | None = None, tags: list[str] | None = None,
-                 skip_tags: list[str] | None = None, check_mode: bool = False, diff: bool = False) -> CompiledRole:
+def compile_role(
+    playbooks_dir: Path,
+    role: str,
+    provider: str,
+    config: Config,
+    overrides: dict[str, Any] | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+    check_mode: bool = False,
+    diff: bool = False,
+) -> CompiledRole:
     """Validate and compile ``role`` with its dependencies; raise InvalidInput with every problem."""
     compiled = _compile(playbooks_dir, role, provider, config, overrides, tags, skip_tags, want_hash=True)
     # not fields of CompiledRole (a shared contract): carried along for bundle_json
@@ -425,8 +478,9 @@ def validate_roles(playbooks_dir: Path, roles: list[str] | None, config: Config)
     return list(dict.fromkeys(found))
 
 
-def bundle_json(compiled: CompiledRole, extra_vars: dict[str, Any], *, check_mode: bool | None = None,
-                diff: bool | None = None) -> dict[str, Any]:
+def bundle_json(
+    compiled: CompiledRole, extra_vars: dict[str, Any], *, check_mode: bool | None = None, diff: bool | None = None
+) -> dict[str, Any]:
     """The bundle.json dict (docs/internals.md); ``extra_vars`` carries ``kiln: {role, version, build_id}``."""
     variables = resolve_variables(compiled.variables, extra_vars)
     return {
@@ -439,8 +493,15 @@ def bundle_json(compiled: CompiledRole, extra_vars: dict[str, Any], *, check_mod
     }
 
 
-__all__ = ["compile_role", "validate_roles", "bundle_json", "parse_var_overrides", "list_roles",
-           "resolve_variables", "JINJA_GLOBALS"]
+__all__ = [
+    "compile_role",
+    "validate_roles",
+    "bundle_json",
+    "parse_var_overrides",
+    "list_roles",
+    "resolve_variables",
+    "JINJA_GLOBALS",
+]
 
 
 def _undeclared_in(value: Any) -> set[str]:
@@ -456,7 +517,6 @@ def _undeclared_in(value: Any) -> set[str]:
         return set(undeclared(value))
     except Exception:  # noqa: BLE001 - syntax errors are reported by the render attempt
         return {"<invalid template>"}
-
 
 
 def _names_behind(names: set[str], variables: dict[str, Any]) -> set[str]:

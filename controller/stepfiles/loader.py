@@ -80,7 +80,7 @@ class RoleTree:
     def under(self, folder: str) -> dict[str, Path]:
         """The files below ``folder`` (``templates``), by their path relative to it."""
         prefix = folder + "/"
-        return {rel[len(prefix):]: path for rel, path in self.files.items() if rel.startswith(prefix)}
+        return {rel[len(prefix) :]: path for rel, path in self.files.items() if rel.startswith(prefix)}
 
 
 def scan_role(role_dir: Path) -> RoleTree:
@@ -102,8 +102,11 @@ def _scan(tree: RoleTree, real_dir: str, rel_dir: str, ancestors: tuple[str, ...
         entry = os.path.join(real_dir, name)
         real = os.path.realpath(entry) if os.path.islink(entry) else entry
         if not tree.within(real):
-            tree.refuse(rel, f"{name} is a symlink that leads out of the role (-> {os.readlink(entry)}): "
-                             "a role may ship and read only its own files")
+            tree.refuse(
+                rel,
+                f"{name} is a symlink that leads out of the role (-> {os.readlink(entry)}): "
+                "a role may ship and read only its own files",
+            )
         elif os.path.isdir(real):
             if real in ancestors:
                 tree.refuse(rel, f"{name} is a symlink loop (it leads to a directory that contains it)")
@@ -153,8 +156,8 @@ class Document:
         line, col = self.value_pos(path)
         text = self.source_line(line)
         # the first '#' after the value that starts a comment (preceded by a blank)
-        for match in re.finditer(r"(^|\s)#", text[col - 1:]):
-            return text[col - 1 + match.end():].strip()
+        for match in re.finditer(r"(^|\s)#", text[col - 1 :]):
+            return text[col - 1 + match.end() :].strip()
         return ""
 
     def diag(self, path: Iterable[Any], message: str, *, key: bool = False) -> Diagnostic:
@@ -270,7 +273,7 @@ def _mark_position(mark: Any) -> tuple[int, int] | None:
 
 
 def _offset_position(text: str, offset: int) -> tuple[int, int]:
-    before = text[:max(offset, 0)]
+    before = text[: max(offset, 0)]
     line = before.count("\n") + 1
     return line, offset - (before.rfind("\n") + 1) + 1
 
@@ -278,8 +281,12 @@ def _offset_position(text: str, offset: int) -> tuple[int, int]:
 def _syntax_diagnostic(doc: Document, exc: BaseException) -> Diagnostic:
     if isinstance(exc, ReaderError):
         line, col = _offset_position(doc.text, getattr(exc, "position", 0) or 0)
-        return doc.diag_at(line, col, f"YAML syntax error: unacceptable character {getattr(exc, 'character', '')!r}"
-                                      " (control characters are not allowed)")
+        return doc.diag_at(
+            line,
+            col,
+            f"YAML syntax error: unacceptable character {getattr(exc, 'character', '')!r}"
+            " (control characters are not allowed)",
+        )
     if isinstance(exc, MarkedYAMLError):
         where = _mark_position(exc.problem_mark) or _mark_position(exc.context_mark) or (1, 1)
         problem = (exc.problem or "").strip()
@@ -335,7 +342,7 @@ def load_yaml(path: Path, display: str | None = None) -> Document:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = raw[:exc.start].decode("utf-8", "replace")
+        before = raw[: exc.start].decode("utf-8", "replace")
         line, col = _offset_position(before, len(before))
         raise InvalidInput([Diagnostic(shown, line, col, "not UTF-8 text")]) from None
     if text.startswith("\ufeff"):
