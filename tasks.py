@@ -145,13 +145,15 @@ def base_image(c, json=False):
 
 @task(help={"apply": "Remove what is found (default: only list).", "provider": "local or aws."})
 def sweep(c, provider="local", apply=False, sandbox=False, json=False):
-    """List (and with --apply remove) temporary resources whose kiln:expires has passed."""
+    """List (and with --apply remove) what builds that are over left behind: machines, images, reservations."""
     _setup(json)
     found = _provider(provider, sandbox).sweep(apply)
     for line in found:
-        print(("removed " if apply else "expired ") + line)
+        print(("removed " if apply else "would remove ") + line)
     if not found:
-        print("nothing expired")
+        print("nothing to sweep")
+    elif not apply:
+        print("dry run: nothing was removed (--apply removes it)")
 
 
 @task(iterable=["var"], help={"role": "The role to converge on its kept dev instance."})

@@ -37,6 +37,7 @@ from controller.stages.verify import Verify
 log = structlog.get_logger("kiln.dev")
 
 DEV_VERSION = "dev"
+KEPT_MACHINE_PREFIXES = ("kiln-build-", "kiln-sandbox-")
 
 
 def state_path(builds: Path, role: str) -> Path:
@@ -144,9 +145,16 @@ def destroy(role: str | None, builds: Path, build_id: str | None = None) -> list
         for suffix in (".json", ".key", ".known_hosts"):
             path.with_suffix(suffix).unlink(missing_ok=True)
     if build_id:
+        from controller.providers.local import LocalProvider
+
+        removed += LocalProvider(engine=engine).destroy_build(build_id)
+        # a sandbox build's machines have no local record; images made from a build inherit its
+        # kiln.build-id label, so only kiln's own machine names are taken, never a workload
         for row in engine.containers(f"kiln.build-id={build_id}"):
-            engine.remove_container(row["Id"])
-            removed.append((row.get("Names") or [row["Id"]])[0])
+            name = (row.get("Names") or [""])[0]
+            if name.startswith(KEPT_MACHINE_PREFIXES):
+                engine.remove_container(row["Id"])
+                removed.append(name)
         key = builds / "keys" / f"{build_id}.key"
         key.unlink(missing_ok=True)
     return removed

@@ -36,14 +36,17 @@ def image_prefix(configured: str = "") -> str:
     return (os.environ.get("KILN_IMAGE_PREFIX", "") or configured or DEFAULT_IMAGE_PREFIX).rstrip("/")
 BASE_PACKAGES = "openssh-server,python3,sudo,systemd,systemd-sysv,ca-certificates,iproute2"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+BASE_BUILD_TIMEOUT = 1800  # debootstrap over a slow mirror; a hung one must still end
 
 # A fresh copy of an image must get its own SSH host keys; Debian only creates them
 # when the package is installed, so the base image carries this oneshot unit.
+# ssh-keygen -A makes each missing type (rsa, ecdsa, ed25519) and keeps the others, so a
+# build machine with its pinned ed25519 key still gets the rsa and ecdsa keys a stock image has.
+HOSTKEYS_UNIT_PATH = "/etc/systemd/system/kiln-ssh-hostkeys.service"
 HOSTKEYS_UNIT = """\
 [Unit]
 Description=kiln: generate missing SSH host keys
 Before=ssh.service
-ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
@@ -134,10 +137,21 @@ class Engine:
         return stdout.decode(errors="replace")
 
     # --- images -------------------------------------------------------------
+    def succeeds(self, *args: str, timeout: float = 60) -> bool:
+        """Whether an engine command exits 0 (bounded, like every engine call)."""
+        rc, _, _ = run_to_completion([self.command, *self._global_args(), *args], None, timeout)
+        return rc == 0
+
     def image_exists(self, ref: str) -> bool:
-        return subprocess.run(
-            [self.command, "image", "inspect", ref], capture_output=True
-        ).returncode == 0
+        return self.succeeds("image", "inspect", ref)
+
+    def image_labels(self, ref: str) -> dict[str, str] | None:
+        """The labels of image ``ref``; None when there is no such image."""
+        try:
+            inspected = json.loads(self.run("image", "inspect", ref, timeout=60))[0]
+        except (EngineError, ValueError, IndexError):
+            return None
+        return inspected.get("Labels") or (inspected.get("Config") or {}).get("Labels") or {}
 
     def image_inspect(self, ref: str) -> dict:
         return json.loads(self.run("image", "inspect", ref))[0]
@@ -193,6 +207,16 @@ class Engine:
 
     def remove_container(self, container: str) -> None:
         self.run("rm", "-f", "-t", "2", container, check=False, timeout=120)
+        if self.status(container) == "paused":  # an engine that cannot remove a frozen container
+            self.run("unpause", container, check=False, timeout=60)
+            self.run("rm", "-f", "-t", "2", container, check=False, timeout=120)
+
+    def container_id(self, container: str) -> str:
+        """The full id of ``container`` (a name or an id); empty when there is none."""
+        try:
+            return self.run("container", "inspect", "--format", "{{.Id}}", container, timeout=60).strip()
+        except EngineError:
+            return ""
 
     def container_exists(self, container: str) -> bool:
         return bool(self.status(container))
@@ -248,9 +272,9 @@ class Engine:
             log.info("base image: debootstrap", image=ref, mirror=mirror)
             subprocess.run(
                 ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", root, mirror],
-                check=True, capture_output=True,
+                check=True, capture_output=True, timeout=BASE_BUILD_TIMEOUT,
             )
-            unit = Path(root, "etc/systemd/system/kiln-ssh-hostkeys.service")
+            unit = Path(root, HOSTKEYS_UNIT_PATH.lstrip("/"))
             unit.write_text(HOSTKEYS_UNIT)
             wants = Path(root, "etc/systemd/system/multi-user.target.wants")
             wants.mkdir(parents=True, exist_ok=True)
@@ -265,9 +289,9 @@ class Engine:
             tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
             proc = subprocess.run(
                 [self.command, "import", "--change", 'CMD ["/sbin/init"]', "-", ref],
-                stdin=tar.stdout, capture_output=True,
+                stdin=tar.stdout, capture_output=True, timeout=BASE_BUILD_TIMEOUT,
             )
-            tar.wait()
+            tar.wait(timeout=60)
             if proc.returncode != 0:
                 raise EngineError(f"import failed: {proc.stderr.decode(errors='replace')}")
         return ref

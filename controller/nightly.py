@@ -133,11 +133,17 @@ class Nightly:
         started = time.monotonic()
         report = RoleReport(role)
         wait_for_lock = self.on_locked == "wait"
-        if not self.provider.acquire_lock(role, self.owner, wait=wait_for_lock):
+        lock = self.provider.acquire_lock(role, self.owner, wait=wait_for_lock)
+        if not lock:
             report.result, report.reason = LOCKED, "another scheduler is baking this role"
             return report
+        took_over = getattr(lock, "took_over", "")  # a provider may still answer a plain bool
+        if took_over:
+            log.warning("took over a stale lock", role=role, holder=took_over)
         try:
             self.decide_and_bake(role, compiled, report)
+            if took_over:
+                report.reason = f"{report.reason}; took over the lock of {took_over}"
         finally:
             self.provider.release_lock(role, self.owner)
             report.duration = round(time.monotonic() - started, 2)

@@ -39,7 +39,8 @@ def invoke(cwd: Path, *args: str, playbooks: Path | None = None, env: dict | Non
     full_env = {**os.environ, "CI": "", **(env or {})}
     # the terminal view unless a test asks for JSON lines (CI=true would switch them on)
     full_env.setdefault("KILN_JSON", "")
-    full_env.setdefault("KILN_STATE_DIR", str(cwd / "state"))  # versions and locks of this test's bakes
+    # versions, locks and build records of this test's bakes (the session's own one is shared)
+    full_env["KILN_STATE_DIR"] = (env or {}).get("KILN_STATE_DIR") or str(cwd / "state")
     return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
@@ -55,3 +56,10 @@ def left_behind(engine, output: str) -> list[str]:
     ids = build_ids(output)
     assert ids, f"no build id announced in: {output[:500]}"
     return [row["Id"] for bid in ids for row in engine.containers(f"kiln.build-id={bid}")]
+
+
+def image_repo(role: str) -> str:
+    """Where this test session's bakes put ``role`` (conftest sets KILN_IMAGE_PREFIX)."""
+    from controller.engine import image_prefix
+
+    return f"{image_prefix()}/{role}"

@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from tests.machines import SESSION, SESSION_LABEL, TEST_LABEL
-from tests.playbooks import REPO, invoke, left_behind, make_playbooks
+from tests.machines import SESSION_LABEL
+from tests.playbooks import REPO, image_repo, invoke, left_behind, make_playbooks
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +34,12 @@ def test_bake_web_then_the_image_serves_on_its_own(engine, tmp_path):
     version = entry["version"]
     assert entry["role"] == "web" and entry["provider"] == "local"
     assert entry["steps"]["changed"] > 0 and entry["steps"]["failed"] == 0
-    ref = f"localhost/kiln/web:{version}"
+    ref = f"{image_repo('web')}:{version}"
     labels = labels_of(engine, ref)
     assert labels["kiln.role"] == "web" and labels["kiln.version"] == version
     assert labels["kiln.inputs-hash"] == entry["inputs_hash"]
     assert labels["org.opencontainers.image.version"] == version
-    assert engine.image_id("localhost/kiln/web:latest") == engine.image_id(ref)
+    assert engine.image_id(f"{image_repo('web')}:latest") == engine.image_id(ref)
     inventory = json.loads((tmp_path / "builds" / "packages" / "web" / f"{version}.json").read_text())
     assert inventory.get("nginx-light"), "the package inventory names what the bake installed"
     from controller.context import packages_digest
@@ -75,7 +75,7 @@ def test_failing_check_exits_1_no_tag_nothing_left(engine, tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "check(s) failed" in proc.stderr and "goodbye" in proc.stderr
     assert not left_behind(engine, proc.stderr)
-    assert not engine.images("localhost/kiln/tiny"), "a failed bake must not leave an image"
+    assert not engine.images(image_repo("tiny")), "a failed bake must not leave an image"
     reserved = tmp_path / "state" / "versions" / "tiny"
     assert reserved.is_dir(), "the bake reserved its version in KILN_STATE_DIR"
     assert not any(reserved.iterdir()), "the version reservation must be released"
@@ -121,7 +121,7 @@ def test_interrupt_during_apply_leaves_nothing(engine, tmp_path, signum):
     assert proc.wait(timeout=120) == 1, "".join(seen) + rest
     assert "interrupted" in rest
     assert not left_behind(engine, "".join(seen) + rest)
-    assert not engine.images("localhost/kiln/tiny")
+    assert not engine.images(image_repo("tiny"))
 
 
 def test_malformed_steps_exit_2_and_launch_nothing(engine, tmp_path):
@@ -170,7 +170,7 @@ def test_sigint_at_each_stage_leaves_nothing_half_done(engine, tmp_path, stage):
         "steps.yml": "- name: marker\n  copy: {content: \"x\\n\", dest: /etc/kiln-marker}\n",
         "verify.yml": "- file: /etc/kiln-marker\n",
     }, role=role)
-    repo = f"localhost/kiln/{role}"
+    repo = image_repo(role)
     before = {row["Id"] for row in engine.images(repo)}
     latest_before = engine.image_id(f"{repo}:latest") if engine.image_exists(f"{repo}:latest") else None
     env = dict(os.environ, KILN_JSON="1")
@@ -214,26 +214,3 @@ def test_bad_command_line_is_invalid_input(tmp_path, args, message):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stdout and "nothing was launched" in proc.stdout
     assert "Traceback" not in proc.stderr and "==> launch" not in proc.stderr
-
-
-def test_sweep_lists_then_removes_only_expired_build_machines(engine, tmp_path):
-    """A controller killed with -9 leaves its machine; sweep finds it once kiln.expires passed."""
-    from controller.engine import BASE_IMAGE
-
-    names = {"expired": "2020-01-01T00:00:00+00:00", "fresh": "2999-01-01T00:00:00+00:00"}
-    made = {}
-    for kind, expires in names.items():
-        name = f"kiln-build-sweep-{kind}-{SESSION}"
-        engine.create_machine(BASE_IMAGE, name, {"kiln.temporary": "true", "kiln.build-id": f"sweep-{kind}",
-                                                 "kiln.expires": expires, TEST_LABEL: SESSION})
-        made[kind] = name
-    try:
-        listed = invoke(tmp_path, "sweep")
-        assert listed.returncode == 0 and made["expired"] in listed.stdout and made["fresh"] not in listed.stdout
-        assert engine.container_exists(made["expired"]), "a dry run removes nothing"
-        removed = invoke(tmp_path, "sweep", "--apply")
-        assert removed.returncode == 0 and f"removed container {made['expired']}" in removed.stdout
-        assert not engine.container_exists(made["expired"]) and engine.container_exists(made["fresh"])
-    finally:
-        for name in made.values():
-            engine.remove_container(name)

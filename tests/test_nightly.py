@@ -11,7 +11,7 @@ import pytest
 
 from controller.nightly import RoleReport, package_changes, render_markdown
 from tests.machines import SESSION, SESSION_LABEL
-from tests.playbooks import invoke
+from tests.playbooks import image_repo, invoke
 
 BASE_REF = f"localhost/kiln-test/nightly-base:{SESSION}"
 #: Role names carry this session's id: concurrent test sessions must not share images.
@@ -70,7 +70,7 @@ def latest_report(builds: Path) -> dict:
 
 def cleanup_images(engine) -> None:
     for role in ("common", "app", "solo"):
-        for row in engine.images(f"localhost/kiln/{ROLE[role]}"):
+        for row in engine.images(image_repo(ROLE[role])):
             engine.remove_image(row["Id"])
 
 
@@ -158,7 +158,7 @@ def test_two_nightlies_at_once_bake_each_role_once(engine, nightly_env):
     baked = [logical(r["role"]) for rep in reports for r in rep["roles"] if r["result"] == "baked"]
     assert sorted(baked) == ["app", "common", "solo"], reports
     for role in ("common", "app", "solo"):
-        versions = [row for row in engine.images(f"localhost/kiln/{ROLE[role]}")]
+        versions = [row for row in engine.images(image_repo(ROLE[role]))]
         assert len({tuple(sorted(r.get("Names") or [])) for r in versions}) == 1
 
 
@@ -180,7 +180,7 @@ def test_package_diff_names_a_really_changed_package(engine, tmp_path):
         md = sorted((tmp_path / "builds").glob("nightly-*.md"))[-1].read_text()
         assert "added: `hello`" in md
     finally:
-        for row in engine.images(f"localhost/kiln/{ROLE['pkgdiff']}"):
+        for row in engine.images(image_repo(ROLE["pkgdiff"])):
             engine.remove_image(row["Id"])
 
 

@@ -2,36 +2,42 @@
 
 The per-bake client key and a per-instance SSH host key are placed into the
 container before it boots, the way cloud-init would, so the host key is pinned
-exactly. Images are ``localhost/kiln/<role>:<version>``; ``:latest`` moves only
-after verify passed.
+exactly. Images are ``<prefix>/<role>:<version>`` (prefix ``localhost/kiln`` unless
+configured); ``:latest`` moves only after verify passed, and only to a newer version.
+
+Ownership: neither the build container nor the image carries a temporary or expiry
+mark (``podman commit`` would copy them into every workload started from the image).
+Instead the version reservation ``<state>/versions/<role>/<version>`` is the build
+record: the :class:`BuildClaim` plus the container and image the build made. ``sweep``
+removes a thing only when a record names it exactly and its claim says the build is over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from controller.context import BakeContext
-from controller.engine import BASE_IMAGE, Engine, EngineError
+from controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH, Engine, EngineError, image_prefix
 from controller.model import BaseImage, Image, Instance
 from controller.ownership import BuildClaim
-from controller.providers.base import ProviderError
+from controller.providers.base import Lock, ProviderError
 from controller.ssh import HostKeyExpectation, KeyPair
 from controller.versions import next_version, sort_key
 
 log = structlog.get_logger("kiln.local")
 
 LABEL_PREFIX = "kiln."
-
-
-def image_repo(role: str) -> str:
-    return f"localhost/kiln/{role}"
 
 
 def free_port() -> int:
@@ -41,12 +47,18 @@ def free_port() -> int:
 
 
 def seed_files(client_key: KeyPair, host_key: KeyPair) -> dict[str, tuple[bytes | None, int]]:
-    """What cloud-init would write: the authorised key and this instance's host key."""
+    """What cloud-init would write: the authorised key and this instance's host key.
+
+    Also the current host-key unit: base images built before it only made keys when the
+    ed25519 one was missing, so a machine with its pinned ed25519 key had no rsa/ecdsa keys.
+    Placing it here reaches every existing base image without rebuilding it.
+    """
     return {
         "/root/.ssh": (None, 0o700),
         "/root/.ssh/authorized_keys": (client_key.public_openssh.encode() + b"\n", 0o600),
         "/etc/ssh/ssh_host_ed25519_key": (host_key.private_openssh, 0o600),
         "/etc/ssh/ssh_host_ed25519_key.pub": (host_key.public_openssh.encode() + b"\n", 0o644),
+        HOSTKEYS_UNIT_PATH: (HOSTKEYS_UNIT.encode(), 0o644),
     }
 
 
@@ -74,12 +86,16 @@ class LocalProvider:
                 engine.runtime = settings["runtime"]
         self.engine = engine
         self.state_dir = state_dir
+        self.prefix = image_prefix(str(settings.get("image_prefix") or ""))
         # versions and locks must be seen by every bake using this engine's storage,
         # whichever checkout or builds/ directory it runs from
         self.shared_dir = shared_state_dir()
         self._locks: dict[str, Any] = {}
 
-    # --- base and versions -----------------------------------------------------------
+    def repo(self, role: str) -> str:
+        return f"{self.prefix}/{role}"
+
+    # --- base ------------------------------------------------------------------------
     def resolve_base(self, spec: Any) -> BaseImage:
         ref = (spec.get("image") if isinstance(spec, dict) else spec) or BASE_IMAGE
         if not self.engine.image_exists(ref):
@@ -89,65 +105,136 @@ class LocalProvider:
             self.engine.build_base_image(ref)
         return BaseImage(id=self.engine.image_id(ref), name=ref, spec=str(spec or BASE_IMAGE))
 
+    # --- versions: each reservation is the build's record ------------------------------
     def _reservations(self, role: str) -> Path:
         path = self.shared_dir / "versions" / role
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def _reserved(self, role: str) -> list[str]:
+        return [p.name for p in self._reservations(role).iterdir() if not p.name.startswith(".")]
+
     def allocate_version(self, role: str, claim: BuildClaim) -> str:
         reserved = self._reservations(role)
+        content = json.dumps({"role": role, "claim": json.loads(claim.to_json())}, sort_keys=True)
         for _ in range(100):
-            taken = [i.version for i in self.images(role)] + [p.name for p in reserved.iterdir()]
-            version = next_version(taken)
-            try:  # O_EXCL: exactly one concurrent bake gets each version
-                os.close(os.open(reserved / version, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            version = next_version([i.version for i in self.images(role)] + self._reserved(role))
+            staged = _staged_copy(reserved / version, content)
+            try:  # link() never replaces: exactly one concurrent bake gets each version, its record whole
+                os.link(staged, reserved / version)
                 return version
             except FileExistsError:
                 continue
+            finally:
+                staged.unlink(missing_ok=True)
         raise ProviderError(f"could not reserve a version for {role}")
 
     def release_version(self, role: str, version: str) -> None:
         (self._reservations(role) / version).unlink(missing_ok=True)
 
+    def _note(self, ctx: BakeContext, **facts: Any) -> None:
+        """Add what the build made to its record (before it exists, so a crash cannot hide it)."""
+        path = self.shared_dir / "versions" / ctx.role / ctx.version
+        record = read_record(path)
+        if record is None or record["claim"].build_id != ctx.build_id:
+            return  # not a bake's machine (the developer loop keeps its own)
+        write_record(path, {**record, **facts})
+
+    def keep_build(self, ctx: BakeContext) -> None:
+        """--keep-on-error: the record stays, held by nobody; only the deadline (or destroy) ends it."""
+        path = self.shared_dir / "versions" / ctx.role / ctx.version
+        record = read_record(path)
+        if record is not None and record["claim"].build_id == ctx.build_id:
+            write_record(path, {**record, "claim": record["claim"].keep()})
+
     # --- the per-role lock (a second scheduler waits or skips) ------------------------
-    def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> bool:
-        """flock on builds/locks/<role>.lock: released by the kernel if this process dies."""
+    def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> Lock:
+        """flock on <state>/locks/<role>.lock, which also names its holder.
+
+        The kernel drops a flock when its holder dies; a holder recorded there that did not
+        release (killed) is reported as taken over. A lock still flocked by a dead or expired
+        holder (e.g. an inherited descriptor) is broken: its file is replaced.
+        """
         path = self.shared_dir / "locks" / f"{role}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            handle.close()
-            return False
-        handle.seek(0)
-        handle.truncate()
-        handle.write(owner)
-        handle.flush()
-        self._locks[role] = handle
-        return True
+        broken: BuildClaim | None = None
+        while True:
+            handle = open(path, "a+")  # noqa: SIM115 - held until release_lock
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(handle)
+                # unlike a build, a lock has a ttl that ends it even while its holder lives on
+                if holder is not None and (holder.holder_alive() is False or holder.expired()):
+                    log.warning("breaking a lock held by a dead or expired holder", role=role,
+                                holder=holder.describe())
+                    _unlink_if_same(path, handle)
+                    handle.close()
+                    broken = holder
+                    continue
+                handle.close()
+                if not wait:
+                    return Lock(False)
+                time.sleep(1)
+                continue
+            if not _same_file(path, handle):  # broken and replaced while we waited: take the new one
+                handle.close()
+                continue
+            previous = _lock_holder(handle) or broken
+            expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(BuildClaim.for_build(owner, expires).to_json())
+            handle.flush()
+            self._locks[role] = handle
+            return Lock(True, took_over=_stale_lock_holder(previous) if previous else "")
 
     def release_lock(self, role: str, owner: str) -> None:
         handle = self._locks.pop(role, None)
         if handle is not None:
+            handle.seek(0)
+            handle.truncate()  # a lock left empty was released; one naming a holder was not
+            handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+
+    @contextlib.contextmanager
+    def _latest_lock(self, role: str, timeout: float = 120) -> Iterator[None]:
+        """A short per-role lock around compare-and-tag of ``latest`` (two publishes never interleave)."""
+        path = self.shared_dir / "locks" / f"{role}.latest.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        with open(path, "a") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ProviderError(f"{path} stayed locked for {timeout:.0f}s") from None
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- the build machine -----------------------------------------------------------
     def launch(self, ctx: BakeContext) -> Instance:
         name = f"kiln-build-{ctx.role}-{ctx.build_id}"
-        labels = {"kiln.temporary": "true", "kiln.build-id": ctx.build_id, "kiln.role": ctx.role,
-                  "kiln.expires": ctx.expires.isoformat(timespec="seconds")}
+        # no temporary/expiry label: podman commit would copy it into the image and every workload
+        labels = {"kiln.build-id": ctx.build_id, "kiln.role": ctx.role}
+        self._note(ctx, container=name)
         for attempt in range(3):
             port = free_port()
             ctx.instance = Instance(id=name, provider=self.name, ssh_port=port)
             try:
-                self.engine.create_machine(ctx.base.name, name, labels, ssh_port=port)
+                container_id = self.engine.create_machine(ctx.base.name, name, labels, ssh_port=port)
                 break
             except EngineError as exc:
                 self.engine.remove_container(name)
                 if "address already in use" not in str(exc) or attempt == 2:
                     raise ProviderError(str(exc)) from exc
+        self._note(ctx, container=name, container_id=container_id)
         self.engine.copy_in(name, seed_files(ctx.client_key, ctx.host_key))
         try:
             self.engine.start(name)
@@ -177,7 +264,7 @@ class LocalProvider:
 
     # --- images --------------------------------------------------------------------
     def snapshot(self, ctx: BakeContext) -> Image:
-        ref = f"{image_repo(ctx.role)}:{ctx.version}"
+        ref = f"{self.repo(ctx.role)}:{ctx.version}"
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         labels = {f"{LABEL_PREFIX}{k}": v for k, v in ctx.labels().items()}
         labels.update({
@@ -187,45 +274,66 @@ class LocalProvider:
             "org.opencontainers.image.title": f"kiln {ctx.role}",
             "org.opencontainers.image.description": ctx.compiled.description,
         })
-        image_id = self.engine.commit(ctx.instance.id, ref, labels)
-        return Image(id=image_id, role=ctx.role, version=ctx.version, provider=self.name, name=ref,
-                     created=now, base=ctx.base.name, inputs_hash=ctx.inputs_hash)
+        # owned before it exists: an interrupt during the commit still finds (and removes) it
+        ctx.image = Image(id="", role=ctx.role, version=ctx.version, provider=self.name, name=ref,
+                          created=now, base=ctx.base.name, inputs_hash=ctx.inputs_hash)
+        self._note(ctx, image=ref)
+        ctx.image.id = self.engine.commit(ctx.instance.id, ref, labels)
+        return ctx.image
 
     def discard(self, ctx: BakeContext, image: Image) -> None:
-        self.engine.remove_image(image.name)
+        if self._built_by(image.name, ctx.build_id):
+            self.engine.remove_image(image.name)
+
+    def _built_by(self, ref: str, build_id: str) -> bool:
+        labels = self.engine.image_labels(ref)
+        return labels is not None and labels.get("kiln.build-id") == build_id
 
     def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
-        latest = f"{image_repo(ctx.role)}:latest"
-        ctx.previous_latest = self.engine.image_id(latest) if self.engine.image_exists(latest) else ""
-        self.engine.tag(image.name, latest)
+        latest = f"{self.repo(ctx.role)}:latest"
         self.release_version(ctx.role, ctx.version)  # the image itself now holds the version
+        with self._latest_lock(ctx.role):
+            current = (self.engine.image_labels(latest) or {}).get("kiln.version", "")
+            if current and sort_key(current) >= sort_key(ctx.version):
+                log.warning("latest stays at the newer version; this version is kept beside it",
+                            latest=current, version=ctx.version, image=image.name)
+                return [image]
+            ctx.previous_latest = self.engine.image_id(latest) if current else ""
+            self.engine.tag(image.name, latest)
         image.latest = True
         return [image]
 
     def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
-        latest = f"{image_repo(ctx.role)}:latest"
-        previous = ctx.previous_latest
-        if previous:
-            self.engine.tag(previous, latest)
-        else:
-            self.engine.untag(latest)
+        """Give ``latest`` back only if it still names this bake's image (a newer one stays)."""
+        mine = {i.id for i in images if i.latest}
+        latest = f"{self.repo(ctx.role)}:latest"
+        with self._latest_lock(ctx.role):
+            if not mine or not self.engine.image_exists(latest) or self.engine.image_id(latest) not in mine:
+                return
+            if ctx.previous_latest:
+                self.engine.tag(ctx.previous_latest, latest)
+            else:
+                self.engine.untag(latest)
 
     def images(self, role: str) -> list[Image]:
-        rows = self.engine.images(image_repo(role))
+        """Published versions; an image whose build record is still there is a build's, not available."""
+        repo = self.repo(role)
+        unpublished = set(self._reserved(role))
+        rows = self.engine.images(repo)
         latest_id = ""
         found: dict[str, Image] = {}
         for row in rows:
             labels = row.get("Labels") or {}
             names = row.get("Names") or []
-            if f"{image_repo(role)}:latest" in names:
+            if f"{repo}:latest" in names:
                 latest_id = row["Id"]
             version = labels.get("kiln.version")
-            if not version or labels.get("kiln.role") != role:
+            if not version or labels.get("kiln.role") != role or version in unpublished:
                 continue
             created = row.get("CreatedAt") or labels.get("org.opencontainers.image.created", "")
             found[version] = Image(
                 id=row["Id"], role=role, version=version, provider=self.name,
-                name=f"{image_repo(role)}:{version}", created=str(created),
+                name=f"{repo}:{version}", created=str(created),
                 base=labels.get("kiln.base-image", ""), inputs_hash=labels.get("kiln.inputs-hash", ""),
                 extra={"build_id": labels.get("kiln.build-id", "")},
             )
@@ -243,18 +351,126 @@ class LocalProvider:
             self.engine.run("rmi", image.id, check=False)  # refused while another tag still uses it
         return retired
 
+    # --- what a dead build left ---------------------------------------------------------
     def sweep(self, apply: bool) -> list[str]:
-        now = dt.datetime.now(dt.UTC)
-        expired = []
-        for row in self.engine.containers("kiln.temporary=true"):
-            labels = row.get("Labels") or {}
-            try:
-                expires = dt.datetime.fromisoformat(labels.get("kiln.expires", ""))
-            except ValueError:
+        """Everything a build record names whose build is over: its machine, its image, the record.
+
+        Nothing without a record is touched (workloads, the sandbox's containers, dev instances).
+        """
+        found = []
+        versions = self.shared_dir / "versions"
+        for path in sorted(versions.glob("*/*")) if versions.is_dir() else []:
+            if path.name.startswith("."):
+                found += self._sweep_staged(path, apply)
                 continue
-            if expires <= now:
-                name = (row.get("Names") or [row["Id"]])[0]
-                expired.append(f"container {name} (build {labels.get('kiln.build-id')}, expired {expires})")
+            record = read_record(path)
+            if record is None:
+                continue
+            claim: BuildClaim = record["claim"]
+            if not claim.over():
+                continue
+            why = _why_over(claim)
+            found += [f"{what} of build {claim.build_id}: {why}" for what in self._remove_build(path, record, apply)]
+        return found
+
+    def destroy_build(self, build_id: str) -> list[str]:
+        """`invoke destroy --build-id`: what the records of ``build_id`` name (a kept failed bake)."""
+        removed = []
+        versions = self.shared_dir / "versions"
+        for path in sorted(versions.glob("*/*")) if versions.is_dir() else []:
+            record = read_record(path)
+            if record is not None and record["claim"].build_id == build_id:
+                removed += self._remove_build(path, record, apply=True)
+        return removed
+
+    def _remove_build(self, path: Path, record: dict[str, Any], apply: bool) -> list[str]:
+        """The record's container (only that exact one), image (only if that build made it), and the record."""
+        claim: BuildClaim = record["claim"]
+        what = []
+        name, wanted_id = record.get("container", ""), record.get("container_id", "")
+        if name:
+            actual_id = self.engine.container_id(name)
+            # no recorded id: the bake died inside `create`, whose container bears the build's unique name
+            if actual_id and (not wanted_id or actual_id == wanted_id):
+                what.append(f"container {name}")
                 if apply:
-                    self.engine.remove_container(row["Id"])
-        return expired
+                    self.engine.remove_container(actual_id)
+        ref = record.get("image", "")
+        if ref and self._built_by(ref, claim.build_id):
+            what.append(f"image {ref}")
+            if apply:
+                self.engine.remove_image(ref)
+        what.append(f"version reservation {record.get('role', path.parent.name)} {path.name}")
+        if apply:
+            path.unlink(missing_ok=True)
+        return what
+
+    def _sweep_staged(self, path: Path, apply: bool) -> list[str]:
+        """A record being written when its writer died (never linked): an hour old is certainly stale."""
+        try:
+            stale = time.time() - path.stat().st_mtime > 3600
+        except OSError:
+            return []
+        if not stale:
+            return []
+        if apply:
+            path.unlink(missing_ok=True)
+        return [f"unfinished record {path}: older than an hour"]
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A build record, its claim parsed; None when absent or not a record (e.g. an old empty reservation)."""
+    try:
+        data = json.loads(path.read_text())
+        claim = BuildClaim.from_json(json.dumps(data["claim"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {**data, "claim": claim} if claim is not None else None
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Replace a record whole (a reader sees the old one or the new one, never half)."""
+    data = {**record, "claim": json.loads(record["claim"].to_json())}
+    staged = _staged_copy(path, json.dumps(data, sort_keys=True))
+    os.replace(staged, path)
+
+
+def _staged_copy(path: Path, content: str) -> Path:
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    with open(staged, "w") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return staged
+
+
+def _why_over(claim: BuildClaim) -> str:
+    if claim.kept:
+        return f"kept for debugging, deadline {claim.expires} passed"
+    if claim.holder_alive() is False:
+        return f"its holder (pid {claim.pid} on {claim.host}) is dead"
+    return f"deadline {claim.expires} passed"
+
+
+def _stale_lock_holder(holder: BuildClaim) -> str:
+    """A holder named in a lock we could take: it ended without releasing (killed), or was broken."""
+    alive = holder.holder_alive()
+    state = "dead" if alive is False else "expired" if holder.expired() else "ended without releasing"
+    return f"{holder.build_id} (pid {holder.pid} on {holder.host}, {state})"
+
+
+def _lock_holder(handle: Any) -> BuildClaim | None:
+    handle.seek(0)
+    return BuildClaim.from_json(handle.read())
+
+
+def _same_file(path: Path, handle: Any) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _unlink_if_same(path: Path, handle: Any) -> None:
+    if _same_file(path, handle):
+        path.unlink(missing_ok=True)

@@ -23,6 +23,9 @@ class LaunchInstance:
         if ctx.instance is None:
             return
         if ctx.keep_instance:
+            keep_build = getattr(ctx.provider, "keep_build", None)
+            if keep_build is not None:  # its record now ends only at the deadline (or destroy)
+                keep_build(ctx)
             log.warning("keeping the instance for debugging (--keep-on-error)", instance=ctx.instance.id,
                         login=login_hint(ctx))
             return
