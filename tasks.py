@@ -211,3 +211,37 @@ def nightly(c, roles="", provider="local", force=False, concurrency=2, on_locked
     code = run_nightly(_split(roles), provider, force, int(concurrency), on_locked, sandbox)
     if code:
         raise Exit(code=code)
+
+
+@task(help={"role": "The role to promote.", "version": "A retained version (YYYYMMDD.N), older or newer.",
+            "provider": "aws (the consumers are AWS's).", "json": "JSON output."})
+def promote(c, role, version, provider="aws", sandbox=False, json=False):
+    """Point latest, the launch templates, the instance refresh and the git-ops file at a retained version."""
+    _setup(json)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from controller.config import load_config
+    from controller.consumers import NotRetained, settings_for
+    from controller.consumers import promote as run_promote
+    from controller.model import InvalidInput
+    from controller.providers.base import ProviderError
+
+    if provider != "aws":
+        print(f"promote: the consumers (latest, launch templates, git-ops) are AWS's; got --provider {provider}")
+        raise Exit(code=2)
+    prov = _provider(provider, sandbox)
+    try:
+        settings = settings_for(load_config(Path("playbooks/kiln.yaml")), Path("playbooks"), role)
+        report = run_promote(prov, role, version, settings, Path("."))
+    except InvalidInput as exc:
+        print(exc.render())
+        raise Exit(code=2) from None
+    except NotRetained as exc:
+        print(f"promote: {exc}")
+        raise Exit(code=2) from None
+    except (ProviderError, ClientError, BotoCoreError) as exc:
+        print(f"promote failed: {exc}")
+        raise Exit(code=1) from None
+    finally:
+        prov.close()
+    print(jsonlib.dumps(report.as_dict(), indent=1) if json else f"{role}: promoted to {version}")

@@ -1,4 +1,9 @@
-"""``builds/manifest.json``: one entry per artifact, appended under a file lock."""
+"""``builds/manifest.json``: one entry per artifact, appended under a file lock.
+
+``builds/images.json``, for consumers: role -> version -> region -> architecture -> image id
+(region ``local`` for the local engine's images), merged under the same kind of lock, so
+concurrent bakes never drop each other's entries.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from controller.context import BakeContext
+from controller.model import Image
+
+LOCAL_REGION = "local"
+DEFAULT_ARCH = "x86_64"
 
 
 @contextmanager
@@ -34,9 +43,33 @@ def append(path: Path, entries: list[dict[str, Any]]) -> None:
     with locked(path):
         current = read(path)
         current.extend(entries)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(current, indent=2) + "\n")
-        os.replace(tmp, path)
+        _replace(path, current)
+
+
+def _replace(path: Path, document: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(document, indent=2, sort_keys=isinstance(document, dict)) + "\n")
+    os.replace(tmp, path)
+
+
+def read_images(path: Path) -> dict[str, Any]:
+    """``builds/images.json`` as a mapping ({} when there is none yet)."""
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def record_images(path: Path, images: list[Image]) -> None:
+    """Merge ``images`` into ``builds/images.json``; every other role, version, region and arch is kept."""
+    with locked(path):
+        document = read_images(path)
+        for image in images:
+            regions = document.setdefault(image.role, {}).setdefault(image.version, {})
+            arches = regions.setdefault(image.region or LOCAL_REGION, {})
+            arches[str(image.extra.get("arch") or DEFAULT_ARCH)] = image.id
+        _replace(path, document)
 
 
 def entries_for(ctx: BakeContext) -> list[dict[str, Any]]:
