@@ -208,7 +208,7 @@ def test_symlinks_within_the_role_are_followed_and_shipped_as_files(tmp_path):
         {
             "files/motd": "hello\n",
             "templates/conf/a.conf": "a\n",
-            "steps.yml": "- copy: {src: alias, dest: /etc/motd}\n",
+            "steps.yml": "- copy: {src: alias, dest: /etc/motd}\n- copy: {src: conf/a.conf, dest: /etc/a.conf}\n",
         },
     )
     link(role / "files" / "alias", "motd")

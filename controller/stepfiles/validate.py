@@ -482,12 +482,12 @@ class StepCompiler:
             return
         base = self.role_dir / folder
         target = (base / src)
-        try:
-            inside = target.resolve().is_relative_to(base.resolve())
+        try:  # without '..' only a symlink can lead elsewhere: one within the role is followed, as in Ansible
+            inside = target.resolve().is_relative_to(self.role_dir.resolve())
         except OSError:
             inside = False
         if not inside:
-            self.error(path, f"src '{src}' leaves the role's {folder}/ directory")
+            self.error(path, f"src '{src}' leads out of the role (through a symlink)")
             return
         if not target.exists():
             present = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()) \
