@@ -172,7 +172,7 @@ def withdraw(provider: Any, made: list[TemplateVersion]) -> None:
                 region=version.region,
                 version=version.version,
             )
-        except ClientError as exc:
+        except Exception as exc:  # an undo says what it could not do, and goes on with the rest
             log.error(
                 "could not withdraw a launch template version; fix by hand",
                 template=version.name,

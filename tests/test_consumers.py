@@ -1,0 +1,493 @@
+"""Consumers of a new image (launch templates, instance refresh, git-ops file), promote and in_use,
+against a moto server over HTTP and real git repositories; builds/images.json under concurrent writers.
+
+moto 5.2.5 has no StartInstanceRefresh / DescribeInstanceRefreshes: :class:`RefreshEndpoint` answers
+only those two calls through a botocore before-call hook, as AWS would; every other call reaches moto.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import subprocess
+from pathlib import Path
+
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from controller import consumers, manifest
+from controller.consumers import ConsumerError, NotRetained, PublishSettings, parse_publish
+from controller.model import Diagnostic, Image, InvalidInput
+from tests.aws_harness import AL2023, _Raw, provider
+
+REGIONS = ("us-east-1", "eu-west-1")
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").disabled = True
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_url, monkeypatch, tmp_path):
+    """An AwsProvider (two regions) whose clients reach the moto server over HTTP."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    prov = provider(tmp_path)
+    yield prov
+    prov.close()
+
+
+def diag(keys, message):
+    return Diagnostic("kiln.yaml", 1, 1, f"{'.'.join(map(str, keys))}: {message}")
+
+
+def publish_settings(raw) -> PublishSettings:
+    return parse_publish(raw, diag)
+
+
+def register(prov, role, versions, regions=REGIONS):
+    """AMIs tagged like kiln's: {region: {version: id}}."""
+    ids = {}
+    for region in regions:
+        ec2 = prov.ec2(region)
+        base = prov.ssm(region).get_parameter(Name=AL2023)["Parameter"]["Value"]
+        instance = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        ids[region] = {}
+        for version in versions:
+            tags = [{"Key": "kiln:role", "Value": role}, {"Key": "kiln:version", "Value": version}]
+            ids[region][version] = ec2.create_image(
+                InstanceId=instance,
+                Name=f"kiln-{role}-{version}",
+                TagSpecifications=[{"ResourceType": "image", "Tags": tags}],
+            )["ImageId"]
+        ec2.terminate_instances(InstanceIds=[instance])
+    return ids
+
+
+def images_of(ids, role, version):
+    return [Image(id=ids[r][version], role=role, version=version, provider="aws", region=r) for r in ids]
+
+
+def set_latest(prov, role, ids, version):
+    for region in ids:
+        prov.ssm(region).put_parameter(
+            Name=f"/kiln/{role}/latest",
+            Value=ids[region][version],
+            Type="String",
+            DataType="aws:ec2:image",
+            Overwrite=True,
+        )
+
+
+def template(prov, region, name, image_id, instance_type="t3.micro"):
+    row = prov.ec2(region).create_launch_template(
+        LaunchTemplateName=name, LaunchTemplateData={"ImageId": image_id, "InstanceType": instance_type}
+    )
+    return row["LaunchTemplate"]["LaunchTemplateId"]
+
+
+def versions(prov, region, template_id):
+    rows = prov.ec2(region).describe_launch_template_versions(LaunchTemplateId=template_id)["LaunchTemplateVersions"]
+    return {int(r["VersionNumber"]): r for r in rows}
+
+
+def default_version(prov, region, template_id):
+    row = prov.ec2(region).describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"][0]
+    return int(row["DefaultVersionNumber"])
+
+
+def group(prov, region, name, template_name, version="$Default", mixed=False):
+    spec = {"LaunchTemplateName": template_name, "Version": version}
+    kwargs = (
+        {"MixedInstancesPolicy": {"LaunchTemplate": {"LaunchTemplateSpecification": spec}}}
+        if mixed
+        else {"LaunchTemplate": spec}
+    )
+    prov.client("autoscaling", region).create_auto_scaling_group(
+        AutoScalingGroupName=name, MinSize=0, MaxSize=2, DesiredCapacity=0, AvailabilityZones=[f"{region}a"], **kwargs
+    )
+
+
+class RefreshEndpoint:
+    """StartInstanceRefresh / DescribeInstanceRefreshes, which moto lacks, answered as AWS does."""
+
+    def __init__(self, statuses=("Successful",)):
+        self.started: list[dict] = []
+        self.statuses = list(statuses)
+        self.described = 0
+
+    def install(self, prov):
+        for region in REGIONS:
+            events = prov.client("autoscaling", region).meta.events
+            events.register_first("before-call.autoscaling.StartInstanceRefresh", self.start)
+            events.register_first("before-call.autoscaling.DescribeInstanceRefreshes", self.describe)
+        return self
+
+    @staticmethod
+    def _answer(parsed):
+        return AWSResponse("https://autoscaling.amazonaws.com/", 200, {}, _Raw(b"")), {
+            **parsed,
+            "ResponseMetadata": {"HTTPStatusCode": 200},
+        }
+
+    def start(self, params, **kwargs):
+        self.started.append(dict(params["body"]))
+        return self._answer({"InstanceRefreshId": f"refresh-{len(self.started)}"})
+
+    def describe(self, params, **kwargs):
+        status = self.statuses[min(self.described, len(self.statuses) - 1)]
+        self.described += 1
+        return self._answer(
+            {
+                "InstanceRefreshes": [
+                    {
+                        "InstanceRefreshId": params["body"]["InstanceRefreshIds.member.1"],
+                        "Status": status,
+                        "PercentageComplete": 40,
+                    }
+                ]
+            }
+        )
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def infra(tmp_path):
+    """Another git working tree, with a tfvars file another role already owns."""
+    repo = tmp_path / "infra"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "ops@example.com")
+    git(repo, "config", "user.name", "ops")
+    (repo / "main.tf").write_text("# infra\n")
+    (repo / "images.auto.tfvars.json").write_text(
+        json.dumps({"kiln_images": {"db": {"version": "20250101.1", "us-east-1": "ami-0db"}}, "other": 1})
+    )
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "initial")
+    return repo
+
+
+# --- settings ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"launch_templates": "web-lt"}, "providers.aws.publish.launch_templates must be a list"),
+        ({"launch_templates": [{"set_default": True}]}, "providers.aws.publish.launch_templates[0].name is required"),
+        ({"launch_templates": [{"name": "a", "set_default": "yes"}]}, "set_default must be true or false"),
+        (
+            {"instance_refresh": {"asg": "web-asg", "min_healthy_percentage": 120}},
+            "min_healthy_percentage must be between 0 and 100, got 120",
+        ),
+        (
+            {"instance_refresh": {"min_healthy_percentage": 90}},
+            "providers.aws.publish.instance_refresh.asg is required",
+        ),
+        ({"gitops": {"path": "x.json", "comit": True}}, "unknown setting 'providers.aws.publish.gitops.comit'"),
+        ({"gitops": {"path": "x.json", "key": "1bad"}}, "must be a Terraform variable name"),
+        ({"launch_template": []}, "did you mean"),
+    ],
+)
+def test_bad_settings_are_invalid_input_naming_the_key(raw, message):
+    with pytest.raises(InvalidInput) as err:
+        publish_settings(raw)
+    assert message in err.value.render()
+
+
+def test_role_publish_overrides_kiln_yaml_key_by_key():
+    base = publish_settings({"launch_templates": ["web-lt"], "gitops": {"path": "../infra/x.json"}})
+    role = parse_publish({"gitops": None, "instance_refresh": {"asg": "web-asg"}}, diag, ("publish",))
+    merged = consumers.effective(base, role)
+    assert [t.name for t in merged.launch_templates] == ["web-lt"]
+    assert merged.gitops is None, "a role turns off what kiln.yaml sets with a null"
+    assert merged.instance_refresh.asg == "web-asg" and merged.instance_refresh.min_healthy_percentage == 90
+    assert merged.origin["gitops"][1] == ("publish", "gitops")
+
+
+# --- launch templates and the refresh ----------------------------------------------------
+def test_launch_template_versions_per_region(aws, tmp_path):
+    ids = register(aws, "lt", ["20261201.1", "20261201.2"])
+    web = {r: template(aws, r, "lt-web", ids[r]["20261201.1"]) for r in REGIONS}
+    only_east = template(aws, "us-east-1", "lt-side", ids["us-east-1"]["20261201.1"])
+    settings = publish_settings({"launch_templates": [{"name": "lt-web", "set_default": True}, {"name": "lt-side"}]})
+    consumers.check_before_launch(aws, settings, tmp_path)
+
+    report = consumers.publish(aws, "lt", "20261201.2", images_of(ids, "lt", "20261201.2"), settings, tmp_path)
+
+    for region in REGIONS:
+        made = versions(aws, region, web[region])[2]
+        assert made["LaunchTemplateData"]["ImageId"] == ids[region]["20261201.2"]
+        assert made["VersionDescription"] == "kiln lt 20261201.2"
+        assert default_version(aws, region, web[region]) == 2
+    side = versions(aws, "us-east-1", only_east)
+    assert side[2]["LaunchTemplateData"]["ImageId"] == ids["us-east-1"]["20261201.2"]
+    assert default_version(aws, "us-east-1", only_east) == 1, "set_default is off: the default stays"
+    assert sorted((t.name, t.region, t.version) for t in report.templates) == [
+        ("lt-side", "us-east-1", 2),
+        ("lt-web", "eu-west-1", 2),
+        ("lt-web", "us-east-1", 2),
+    ]
+
+    consumers.withdraw(aws, report, settings)  # moto lacks DeleteLaunchTemplateVersions: only the default is seen
+    assert default_version(aws, "eu-west-1", web["eu-west-1"]) == 1
+
+
+def test_a_launch_template_missing_everywhere_is_refused_before_launch(aws, tmp_path):
+    settings = publish_settings({"launch_templates": [{"name": "lt-nowhere"}]})
+    with pytest.raises(InvalidInput) as err:
+        consumers.check_before_launch(aws, settings, tmp_path)
+    assert "launch template lt-nowhere exists in none of the regions us-east-1, eu-west-1" in err.value.render()
+
+
+def test_moto_lacks_the_instance_refresh_calls(aws):
+    with pytest.raises(Exception):  # noqa: B017 - documents the gap RefreshEndpoint fills
+        aws.client("autoscaling", "us-east-1").start_instance_refresh(AutoScalingGroupName="probe-asg")
+
+
+@pytest.mark.parametrize("asg_version, mixed", [("1", False), ("$Latest", True)])
+def test_instance_refresh_started_onto_the_new_version(aws, tmp_path, asg_version, mixed):
+    suffix = "mixed" if mixed else "plain"
+    ids = register(aws, f"ir{suffix}", ["20261201.1", "20261201.2"], regions=("us-east-1",))
+    lt_id = template(aws, "us-east-1", f"ir-lt-{suffix}", ids["us-east-1"]["20261201.1"])
+    group(aws, "us-east-1", f"ir-asg-{suffix}", f"ir-lt-{suffix}", asg_version, mixed)
+    endpoint = RefreshEndpoint().install(aws)
+    settings = publish_settings(
+        {
+            "launch_templates": [{"name": f"ir-lt-{suffix}", "set_default": True}],
+            "instance_refresh": {"asg": f"ir-asg-{suffix}", "min_healthy_percentage": 75},
+        }
+    )
+    consumers.check_before_launch(aws, settings, tmp_path)
+
+    report = consumers.publish(
+        aws, f"ir{suffix}", "20261201.2", images_of(ids, f"ir{suffix}", "20261201.2"), settings, tmp_path
+    )
+
+    assert [(r.asg, r.region, r.refresh_id) for r in report.refreshes] == [
+        (f"ir-asg-{suffix}", "us-east-1", "refresh-1")
+    ]
+    sent = endpoint.started[0]
+    assert sent["AutoScalingGroupName"] == f"ir-asg-{suffix}"
+    assert str(sent["Preferences.MinHealthyPercentage"]) == "75"
+    if asg_version == "1":  # a pinned group is pinned to kiln's new version, which it keeps after the refresh
+        assert sent["DesiredConfiguration.LaunchTemplate.LaunchTemplateId"] == lt_id
+        assert str(sent["DesiredConfiguration.LaunchTemplate.Version"]) == "2"
+    else:  # $Latest already follows the new version
+        assert not any(k.startswith("DesiredConfiguration") for k in sent)
+    assert endpoint.described == 0, "kiln does not wait unless asked"
+
+
+def test_a_group_on_a_template_kiln_does_not_update_is_refused_up_front(aws, tmp_path):
+    ids = register(aws, "refuse", ["20261201.1"], regions=("us-east-1",))
+    updated = template(aws, "us-east-1", "refuse-lt", ids["us-east-1"]["20261201.1"])
+    template(aws, "us-east-1", "refuse-other-lt", ids["us-east-1"]["20261201.1"])
+    group(aws, "us-east-1", "refuse-asg", "refuse-other-lt")
+    settings = publish_settings(
+        {"launch_templates": [{"name": "refuse-lt"}], "instance_refresh": {"asg": "refuse-asg"}}
+    )
+    with pytest.raises(InvalidInput) as err:
+        consumers.check_before_launch(aws, settings, tmp_path)
+    assert (
+        "asg refuse-asg uses launch template refuse-other-lt, which kiln does not update; add it to "
+        "publish.launch_templates"
+    ) in err.value.render()
+    assert set(versions(aws, "us-east-1", updated)) == {1}, "nothing was changed"
+
+    missing = publish_settings({"launch_templates": [{"name": "refuse-lt"}], "instance_refresh": {"asg": "no-asg"}})
+    with pytest.raises(InvalidInput, match="Auto Scaling group no-asg exists in none of the regions"):
+        consumers.check_before_launch(aws, missing, tmp_path)
+
+
+def test_waiting_is_bounded_and_says_what_still_runs(aws, tmp_path, capsys):
+    ids = register(aws, "wait", ["20261201.1", "20261201.2"], regions=("us-east-1",))
+    template(aws, "us-east-1", "wait-lt", ids["us-east-1"]["20261201.1"])
+    group(aws, "us-east-1", "wait-asg", "wait-lt", "$Latest")
+    endpoint = RefreshEndpoint(statuses=("InProgress",)).install(aws)
+    settings = publish_settings(
+        {
+            "launch_templates": ["wait-lt"],
+            "instance_refresh": {"asg": "wait-asg", "wait": True, "wait_timeout": 1, "poll_interval": 0.2},
+        }
+    )
+    report = consumers.publish(aws, "wait", "20261201.2", images_of(ids, "wait", "20261201.2"), settings, tmp_path)
+    assert report.refreshes[0].status == "InProgress"
+    assert 3 <= endpoint.described <= 8
+    assert "still running after the wait timeout" in capsys.readouterr().out
+
+    endpoint.statuses, endpoint.described = ["InProgress", "Failed"], 0
+    with pytest.raises(ConsumerError, match="instance refresh refresh-2 of wait-asg in us-east-1 ended Failed"):
+        consumers.publish(aws, "wait", "20261201.2", images_of(ids, "wait", "20261201.2"), settings, tmp_path)
+
+
+# --- git-ops -------------------------------------------------------------------------------
+def test_gitops_file_merged_and_committed_alone(infra, tmp_path):
+    settings = publish_settings({"gitops": {"path": "infra/images.auto.tfvars.json", "commit": True}})
+    images = [
+        Image(id="ami-0e1", role="web", version="20261201.2", provider="aws", region="us-east-1"),
+        Image(id="ami-0e2", role="web", version="20261201.2", provider="aws", region="eu-west-1"),
+        Image(
+            id="ami-0a1", role="web", version="20261201.2", provider="aws", region="us-east-1", extra={"arch": "arm64"}
+        ),
+    ]
+    consumers.check_before_launch(None, settings, tmp_path)
+    report = consumers.publish(None, "web", "20261201.2", images, settings, tmp_path)
+
+    written = json.loads((infra / "images.auto.tfvars.json").read_text())
+    assert written == {
+        "other": 1,
+        "kiln_images": {
+            "db": {"version": "20250101.1", "us-east-1": "ami-0db"},
+            "web": {
+                "version": "20261201.2",
+                "us-east-1": "ami-0e1",
+                "eu-west-1": "ami-0e2",
+                "us-east-1/arm64": "ami-0a1",
+            },
+        },
+    }
+    assert git(infra, "log", "-1", "--format=%s").strip() == "kiln: web 20261201.2"
+    assert git(infra, "show", "--name-only", "--format=", "HEAD").split() == ["images.auto.tfvars.json"]
+    assert git(infra, "rev-parse", "HEAD").strip() == report.gitops.commit
+    assert git(infra, "status", "--porcelain") == ""
+
+
+def test_gitops_refuses_a_dirty_tree_or_no_tree_before_writing(infra, tmp_path):
+    before = (infra / "images.auto.tfvars.json").read_text()
+    (infra / "main.tf").write_text("# someone's work in progress\n")
+    settings = publish_settings({"gitops": {"path": str(infra / "images.auto.tfvars.json"), "commit": True}})
+    with pytest.raises(InvalidInput, match=r"has uncommitted changes \(M main.tf\)"):
+        consumers.check_before_launch(None, settings, tmp_path)
+    with pytest.raises(ConsumerError, match="uncommitted changes"):
+        consumers.publish(None, "web", "20261201.2", [], settings, tmp_path)
+    assert (infra / "images.auto.tfvars.json").read_text() == before
+    assert git(infra, "log", "--format=%s").split("\n")[0] == "initial"
+
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    loose = publish_settings({"gitops": {"path": str(outside / "x.auto.tfvars.json"), "commit": True}})
+    with pytest.raises(ConsumerError, match="is not inside a git working tree"):
+        consumers.publish(None, "web", "20261201.2", [], loose, tmp_path)
+    assert not (outside / "x.auto.tfvars.json").exists()
+
+
+# --- promote and in_use --------------------------------------------------------------------
+def test_promote_rolls_latest_templates_and_gitops_back(aws, infra, tmp_path, capsys):
+    ids = register(aws, "promo", ["20261201.1", "20261201.2", "20261202.1"])
+    set_latest(aws, "promo", ids, "20261202.1")
+    lts = {r: template(aws, r, "promo-lt", ids[r]["20261202.1"]) for r in REGIONS}
+    settings = publish_settings(
+        {
+            "launch_templates": [{"name": "promo-lt", "set_default": True}],
+            "gitops": {"path": "infra/images.auto.tfvars.json", "commit": True},
+        }
+    )
+
+    report = consumers.promote(aws, "promo", "20261201.2", settings, tmp_path)
+
+    for region in REGIONS:
+        value = aws.ssm(region).get_parameter(Name="/kiln/promo/latest")["Parameter"]["Value"]
+        assert value == ids[region]["20261201.2"]
+        default = default_version(aws, region, lts[region])
+        made = versions(aws, region, lts[region])[default]
+        assert default == 2 and made["LaunchTemplateData"]["ImageId"] == ids[region]["20261201.2"]
+        assert made["VersionDescription"] == "kiln promo 20261201.2 (promoted)"
+    tfvars = json.loads((infra / "images.auto.tfvars.json").read_text())["kiln_images"]["promo"]
+    assert tfvars == {"version": "20261201.2", **{r: ids[r]["20261201.2"] for r in REGIONS}}
+    assert git(infra, "log", "-1", "--format=%s").strip() == "kiln: promote promo to 20261201.2"
+    assert "rollback: latest moves back to an older version" in capsys.readouterr().out
+    assert set(report.latest.values()) == {ids[r]["20261201.2"] for r in REGIONS}
+
+
+def test_promote_refuses_a_version_that_is_gone(aws, tmp_path):
+    ids = register(aws, "gone", ["20261201.1", "20261201.2"])
+    set_latest(aws, "gone", ids, "20261201.2")
+    aws.remove_image("eu-west-1", ids["eu-west-1"]["20261201.1"])  # retired there
+    settings = PublishSettings()
+    with pytest.raises(NotRetained, match="gone has no version 20250101.1 .*; retained: 20261201.2, 20261201.1"):
+        consumers.promote(aws, "gone", "20250101.1", settings, tmp_path)
+    with pytest.raises(
+        NotRetained,
+        match=r"gone 20261201.1 is gone from eu-west-1 .*versions in every region: "
+        r"20261201.2$",
+    ):
+        consumers.promote(aws, "gone", "20261201.1", settings, tmp_path)
+    assert (
+        aws.ssm("us-east-1").get_parameter(Name="/kiln/gone/latest")["Parameter"]["Value"]
+        == ids["us-east-1"]["20261201.2"]
+    ), "a refused promote moves nothing"
+
+
+def test_in_use_names_latest_and_default_template_versions(aws, tmp_path):
+    ids = register(aws, "used", ["20261201.1", "20261201.2", "20261201.3", "20261201.4"])
+    set_latest(aws, "used", ids, "20261201.4")
+    aws.ssm("eu-west-1").put_parameter(
+        Name="/kiln/used/latest/arm64", Value=ids["eu-west-1"]["20261201.3"], Type="String", DataType="aws:ec2:image"
+    )
+    lt = template(aws, "us-east-1", "used-lt", ids["us-east-1"]["20261201.1"])
+    aws.ec2("us-east-1").create_launch_template_version(
+        LaunchTemplateId=lt, LaunchTemplateData={"ImageId": ids["us-east-1"]["20261201.2"]}
+    )
+    used = consumers.in_use(aws, "used")
+    expected = {
+        ids["us-east-1"]["20261201.4"],
+        ids["eu-west-1"]["20261201.4"],
+        ids["eu-west-1"]["20261201.3"],
+        ids["us-east-1"]["20261201.1"],
+    }
+    assert expected <= used
+    assert ids["us-east-1"]["20261201.2"] not in used, "a template's non-default version is not in use"
+    assert ids["eu-west-1"]["20261201.1"] not in used
+
+
+# --- builds/images.json ----------------------------------------------------------------------
+def _record_many(path: str, worker: int) -> None:
+    for n in range(15):
+        manifest.record_images(
+            Path(path),
+            [
+                Image(
+                    id=f"ami-{worker}-{n}-e",
+                    role=f"role{worker % 3}",
+                    version=f"2026120{worker}.{n + 1}",
+                    provider="aws",
+                    region="us-east-1",
+                ),
+                Image(
+                    id=f"ami-{worker}-{n}-a",
+                    role=f"role{worker % 3}",
+                    version=f"2026120{worker}.{n + 1}",
+                    provider="aws",
+                    region="us-east-1",
+                    extra={"arch": "arm64"},
+                ),
+            ],
+        )
+
+
+def test_images_json_concurrent_bakes_lose_nothing(tmp_path):
+    path = tmp_path / "builds" / "images.json"
+    manifest.record_images(path, [Image(id="localhost/kiln/web:1", role="web", version="20261130.1", provider="local")])
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_record_many, args=(str(path), w)) for w in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    document = json.loads(path.read_text())
+    assert document["web"] == {"20261130.1": {"local": {"x86_64": "localhost/kiln/web:1"}}}
+    for worker in range(6):
+        for n in range(15):
+            entry = document[f"role{worker % 3}"][f"2026120{worker}.{n + 1}"]["us-east-1"]
+            assert entry == {"x86_64": f"ami-{worker}-{n}-e", "arm64": f"ami-{worker}-{n}-a"}
