@@ -255,6 +255,35 @@ def test_the_box_loader_finds_includes_in_the_role_templates(tmp_path):
     assert render_file(str(templates), "web/site.j2", {"x": 1}) == "head\nbody 1\n"
 
 
+@pytest.mark.slow
+def test_on_the_box_a_template_includes_its_own_role_templates_and_nothing_else(box, tmp_path):
+    """The real agent in a container: includes are relative to the role's templates/; a name
+    computed on the box that names another role's template is not found, and nothing is written."""
+    make_role(tmp_path, "base", {"templates/secret.j2": SECRET})
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": "description: t\ndepends: [base]\ndefaults:\n  other: base/secret.j2\n",
+            "templates/site.j2": '{% include "parts/head.j2" %}body\n',
+            "templates/parts/head.j2": "head\n",
+            "templates/pick.j2": "{% include other %}\n",
+            "steps.yml": "- template: {src: site.j2, dest: /srv/rolepaths/site}\n"
+            "- template: {src: pick.j2, dest: /srv/rolepaths/pick}\n",
+        },
+    )
+    compiled = compile_ok(tmp_path)
+    templates = {name.split("/", 1)[1]: data for name, data in compiled.files.items() if name.startswith("templates/")}
+    box.sh("rm -rf /srv/rolepaths && mkdir -p /srv/rolepaths")
+    events = box.apply(compiled.steps, variables=compiled.variables, templates=templates)
+    steps = [e for e in events if e["event"] == "step"]
+    assert [s["status"] for s in steps] == ["changed", "failed"], events
+    assert "not in the role's templates/" in str(steps[1]), steps[1]
+    assert box.sh("cat /srv/rolepaths/site") == "head\nbody\n"
+    assert box.sh("ls /srv/rolepaths") == "site\n"
+    assert SECRET not in str(events)
+
+
 # --- the command line ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_validate_and_bake_refuse_an_escaping_symlink_and_launch_nothing(engine, tmp_path):
