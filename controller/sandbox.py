@@ -11,8 +11,15 @@
   metadata service, installs the key for root and the default user (``ssh.user``, with
   passwordless sudo), and publishes SSH on 127.0.0.1:<free port>, which the provider
   gets as the explicit SSH address. ``create_image`` commits the container to
-  ``localhost/kiln-sandbox/ami:<ami-id>``; copies tag that image; terminate and
-  deregister remove them. A reboot (the ``reboot`` step) stops the container, whose
+  ``<image prefix>-sandbox/ami:<ami-id>`` (``localhost/kiln-sandbox/ami`` unless
+  ``KILN_IMAGE_PREFIX`` says otherwise); copies tag that image; terminate and
+  deregister remove them.
+* Ownership: every container and image the data plane makes is labelled with its owner,
+  the moto server (its endpoint, and the process an embedded one lives in). Moto's state
+  dies with its server, so once that owner is provably gone (the process died on this host,
+  the endpoint no longer answers, or it no longer knows the instance or AMI) nothing can
+  use them: ``invoke sweep --provider aws --sandbox --apply`` removes them. Nothing else is
+  touched (the local provider's sweep leaves sandbox containers alone). A reboot (the ``reboot`` step) stops the container, whose
   systemd exits: the ``rebooting`` hook starts it again, where EC2 reboots in place.
 * Host keys: the data plane generates the instance's host key and "prints" it the way
   cloud-init does: an ``after-call`` hook on the provider's session appends the
@@ -33,17 +40,25 @@ from typing import Any
 
 import boto3
 import structlog
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
 
-from controller.engine import BASE_IMAGE, Engine, EngineError
+from controller.engine import BASE_IMAGE, Engine, EngineError, image_prefix
+from controller.ownership import BuildClaim
 from controller.providers.aws import AwsProvider
 from controller.providers.aws_settings import AwsSettings
-from controller.providers.aws_support import BUILD_ID, EXPIRES, cloud_config_parts, console_block, tags_of
+from controller.providers.aws_support import BUILD_ID, cloud_config_parts, console_block, error_code, tags_of
 from controller.providers.base import ProviderError
 from controller.ssh import KeyPair
 
 log = structlog.get_logger("kiln.sandbox")
 
-LOCAL_IMAGES = "localhost/kiln-sandbox/ami"
+ENDPOINT = "kiln.sandbox.endpoint"  # the moto server that owns a container or image...
+OWNER_HOST, OWNER_PID, OWNER_STARTED = "kiln.sandbox.owner-host", "kiln.sandbox.owner-pid", "kiln.sandbox.owner-started"
+# ...and, for an embedded server, the process it lived in (pid 0: an external server, owned by its endpoint only)
+INSTANCE = "kiln.sandbox.instance"
+AMI = "kiln.sandbox.ami"
+FOREVER = "9999-12-31T00:00:00+00:00"  # the owner's liveness, never a deadline, ends its claim
 CREDENTIALS = {"aws_access_key_id": "kiln-sandbox", "aws_secret_access_key": "kiln-sandbox"}
 MOTO_ENV = {"MOTO_ENABLE_AMI_VALIDATION": "true", "MOTO_ENABLE_KEYPAIR_VALIDATION": "true"}
 
@@ -56,6 +71,17 @@ def free_port() -> int:
 
 def container_name(instance_id: str) -> str:
     return f"kiln-sandbox-{instance_id}"
+
+
+def local_images() -> str:
+    """The repository of the AMIs' local images, in kiln's image namespace (a test's, under KILN_IMAGE_PREFIX)."""
+    return image_prefix() + "-sandbox/ami"
+
+
+def __getattr__(name: str) -> str:
+    if name == "LOCAL_IMAGES":  # the former constant (benchmarks import it): now under kiln's image prefix
+        return local_images()
+    raise AttributeError(name)
 
 
 class Sandbox:
@@ -82,6 +108,15 @@ class Sandbox:
 
     def session(self, region: str) -> boto3.Session:
         return boto3.Session(region_name=region, **CREDENTIALS)
+
+    def owner_labels(self) -> dict[str, str]:
+        """Who owns what the data plane makes: this endpoint, run by this process when embedded.
+
+        Plain values, one a label: an engine's LABEL instruction (commit) keeps JSON's escapes."""
+        owner = BuildClaim(build_id=self.endpoint_url, expires=FOREVER)
+        pid = owner.pid if self.embedded else 0  # an external server outlives this process
+        return {ENDPOINT: self.endpoint_url, OWNER_HOST: owner.host, OWNER_PID: str(pid),
+                OWNER_STARTED: owner.pid_started if pid else ""}
 
     def close(self) -> None:
         if self.server is not None:
@@ -131,23 +166,24 @@ class SandboxDataPlane:
         if not self.engine.container_exists(name):
             log.warning("no container for the instance; the AMI has no local image", instance=instance_id)
             return
-        ref = f"{LOCAL_IMAGES}:{image_id}"
-        self.engine.commit(name, ref, {"kiln.sandbox.ami": image_id, "kiln.sandbox.region": region})
+        ref = f"{local_images()}:{image_id}"
+        self.engine.commit(name, ref, {AMI: image_id, "kiln.sandbox.region": region, INSTANCE: "",
+                                       "kiln.build-id": "", **self.sandbox.owner_labels()})
         self.images.add(ref)
         log.info("sandbox: AMI committed as a local image", image=image_id, ref=ref)
 
     def image_copied(self, source_region: str, source_id: str, region: str, image_id: str) -> None:
-        source = f"{LOCAL_IMAGES}:{source_id}"
+        source = f"{local_images()}:{source_id}"
         if self.engine.image_exists(source):
-            self.engine.tag(source, f"{LOCAL_IMAGES}:{image_id}")
-            self.images.add(f"{LOCAL_IMAGES}:{image_id}")
+            self.engine.tag(source, f"{local_images()}:{image_id}")
+            self.images.add(f"{local_images()}:{image_id}")
 
     def image_removed(self, region: str, image_id: str) -> None:
-        ref = f"{LOCAL_IMAGES}:{image_id}"
+        ref = f"{local_images()}:{image_id}"
         self.images.discard(ref)
         if self.engine.image_exists(ref):
             self.engine.untag(ref)
-            self.engine.run("image", "prune", "-f", "--filter", "label=kiln.sandbox.ami", check=False)
+            self.engine.run("image", "prune", "-f", "--filter", f"label={AMI}", check=False)
 
     def terminated(self, region: str, instance_ids: list[str]) -> None:
         for instance_id in instance_ids:
@@ -177,7 +213,7 @@ class SandboxDataPlane:
 
     # --- what cloud-init would do ---------------------------------------------------------
     def local_image(self, ami: str) -> str:
-        ref = f"{LOCAL_IMAGES}:{ami}"
+        ref = f"{local_images()}:{ami}"
         if self.engine.image_exists(ref):
             return ref
         if not self.engine.image_exists(BASE_IMAGE):
@@ -216,8 +252,8 @@ class SandboxDataPlane:
         name = container_name(instance_id)
         hostname = f"ip-{instance.get('PrivateIpAddress', '10-0-0-1').replace('.', '-')}"
         host_key = KeyPair.generate(comment=f"root@{hostname}")
-        labels = {"kiln.sandbox.instance": instance_id, "kiln.sandbox.region": region, "kiln.temporary": "true",
-                  "kiln.build-id": tags.get(BUILD_ID, ""), "kiln.expires": tags.get(EXPIRES, "")}
+        labels = {INSTANCE: instance_id, "kiln.sandbox.region": region, "kiln.build-id": tags.get(BUILD_ID, ""),
+                  **self.sandbox.owner_labels()}
         for attempt in range(3):
             try:
                 self.engine.create_machine(image, name, labels, ssh_port=free_port())
@@ -249,6 +285,74 @@ class SandboxDataPlane:
         self._console[instance_id] = console_block([host_key.public_openssh], hostname)
         log.info("sandbox: instance booted as a container", instance=instance_id, container=name, image=image)
 
+    # --- what outlived its moto server ----------------------------------------------------
+    def sweep(self, apply: bool) -> list[str]:
+        """Containers and AMI images whose owner (the moto server) is provably gone; removed when ``apply``.
+
+        An image is removed only when its server is gone (a live server's AMIs are removed by
+        deregistering them); a container also when its server says the instance is terminated
+        or unknown. Anything without an owner label, or owned elsewhere, is not kiln's to judge."""
+        found = []
+        for row in self.engine.containers(INSTANCE):
+            labels = row.get("Labels") or {}
+            instance_id = labels.get(INSTANCE, "")
+            reason = self._owner_gone(labels) or self._instance_gone(labels, instance_id)
+            if not instance_id or not reason:
+                continue
+            name = (row.get("Names") or [row["Id"]])[0]
+            found.append(f"sandbox container {name} of instance {instance_id} ({reason})")
+            if apply:
+                self.engine.remove_container(name)
+        for row in self.engine.images(local_images()):
+            labels = row.get("Labels") or {}
+            if not labels.get(AMI) or not (reason := self._owner_gone(labels)):
+                continue
+            for ref in row.get("Names") or []:
+                found.append(f"sandbox image {ref} ({reason})")
+                if apply:
+                    self.engine.remove_image(ref)
+        return found
+
+    def _owner_gone(self, labels: dict[str, str]) -> str:
+        """Why the moto server that owned this is gone, or "" when it is not provably gone."""
+        owner = owner_of(labels)
+        if owner is None:
+            return ""
+        if owner.pid:  # an embedded server: it lived and died with its process
+            alive = owner.holder_alive()
+            return f"its embedded moto server died with process {owner.pid}" if alive is False else ""
+        return "" if self._answers(owner.build_id) else f"nothing answers at {owner.build_id}, its moto server"
+
+    def _instance_gone(self, labels: dict[str, str], instance_id: str) -> str:
+        """A live external server that says the instance is terminated or unknown (it restarted)."""
+        owner = owner_of(labels)
+        if owner is None or owner.pid or not instance_id:
+            return ""
+        region = labels.get("kiln.sandbox.region", "us-east-1")
+        try:
+            rows = self._probe(owner.build_id, region).describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except ClientError as exc:
+            if error_code(exc).startswith("InvalidInstanceID"):
+                return f"{owner.build_id} does not know instance {instance_id} (the server restarted)"
+            return ""
+        except BotoCoreError:
+            return ""
+        state = rows[0]["Instances"][0]["State"]["Name"] if rows else "unknown"
+        return f"instance {instance_id} is {state} at {owner.build_id}" if state in ("terminated", "unknown") else ""
+
+    def _answers(self, endpoint: str) -> bool:
+        try:
+            self._probe(endpoint, "us-east-1").describe_regions()
+        except BotoCoreError:  # connection refused or timed out: moto's state went with it
+            return False
+        except ClientError:
+            return True
+        return True
+
+    def _probe(self, endpoint: str, region: str) -> Any:
+        config = BotoConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1})
+        return self.session.client("ec2", region_name=region, endpoint_url=endpoint, config=config)
+
     def cleanup(self) -> None:
         """The embedded server's state dies with this process: so do its containers and images."""
         for instance_id in list(self.containers):
@@ -256,6 +360,14 @@ class SandboxDataPlane:
         for ref in list(self.images):
             self.engine.remove_image(ref)
             self.images.discard(ref)
+
+
+def owner_of(labels: dict[str, str]) -> BuildClaim | None:
+    """The owner a container's or image's labels name (None: no owner labels, so no proof of anything)."""
+    if not labels.get(ENDPOINT) or not labels.get(OWNER_PID, "").isdigit():
+        return None
+    return BuildClaim(build_id=labels[ENDPOINT], expires=FOREVER, host=labels.get(OWNER_HOST, ""),
+                      pid=int(labels[OWNER_PID]), pid_started=labels.get(OWNER_STARTED, ""))
 
 
 def make_sandbox_provider(settings: AwsSettings, state_dir: Path, engine: Engine | None = None,
