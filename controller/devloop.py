@@ -70,10 +70,16 @@ class AttachDevInstance:
                 ctx.provider.terminate(ctx, ctx.instance)
             raise
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
-            "instance": asdict(ctx.instance), "client_key": ctx.client_key.private_openssh.decode(),
-            "client_pub": ctx.client_key.public_openssh, "host_pub": ctx.host_key.public_openssh,
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "instance": asdict(ctx.instance),
+                    "client_key": ctx.client_key.private_openssh.decode(),
+                    "client_pub": ctx.client_key.public_openssh,
+                    "host_pub": ctx.host_key.public_openssh,
+                }
+            )
+        )
         path.chmod(0o600)
         log.info("dev instance launched", instance=ctx.instance.id)
 
@@ -81,8 +87,9 @@ class AttachDevInstance:
         """Kept on purpose: `invoke destroy` removes it."""
 
 
-def _context(role: str, options: BakeOptions, overrides: dict, tags: list[str] | None,
-             skip_tags: list[str] | None) -> BakeContext:
+def _context(
+    role: str, options: BakeOptions, overrides: dict, tags: list[str] | None, skip_tags: list[str] | None
+) -> BakeContext:
     config = load_config(options.playbooks_dir / "kiln.yaml")
     options = with_build_settings(options, config)
     compiled = compile_for_bake(role, "local", config, options, overrides, tags, skip_tags)
@@ -92,8 +99,14 @@ def _context(role: str, options: BakeOptions, overrides: dict, tags: list[str] |
     return ctx
 
 
-def converge(role: str, options: BakeOptions, overrides: dict | None = None, tags: list[str] | None = None,
-             skip_tags: list[str] | None = None, verify: bool = False) -> int:
+def converge(
+    role: str,
+    options: BakeOptions,
+    overrides: dict | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+    verify: bool = False,
+) -> int:
     try:
         ctx = _context(role, options, overrides or {}, tags, skip_tags)
     except InvalidInput as exc:
@@ -108,8 +121,7 @@ def converge(role: str, options: BakeOptions, overrides: dict | None = None, tag
         return EXIT_FAILED
     if not verify:
         c = ctx.apply_counts
-        log.info("converged", ok=c.ok, changed=c.changed, skipped=c.skipped,
-                 seconds=ctx.timings.get("apply steps"))
+        log.info("converged", ok=c.ok, changed=c.changed, skipped=c.skipped, seconds=ctx.timings.get("apply steps"))
     return EXIT_OK
 
 
@@ -125,8 +137,20 @@ def login_argv(role: str, builds: Path) -> list[str]:
     known = path.with_suffix(".known_hosts")
     key_type, key_b64 = saved["host_pub"].split()[:2]
     known.write_text(f"[{inst['ssh_host']}]:{inst['ssh_port']} {key_type} {key_b64}\n")
-    return ["ssh", "-i", str(key), "-p", str(inst["ssh_port"]), "-o", f"UserKnownHostsFile={known}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", f"{inst['ssh_user']}@{inst['ssh_host']}"]
+    return [
+        "ssh",
+        "-i",
+        str(key),
+        "-p",
+        str(inst["ssh_port"]),
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        f"{inst['ssh_user']}@{inst['ssh_host']}",
+    ]
 
 
 def destroy(role: str | None, builds: Path, build_id: str | None = None) -> list[str]:

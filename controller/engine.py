@@ -34,6 +34,8 @@ def image_prefix(configured: str = "") -> str:
     session bakes into a namespace of its own and never touches a user's images.
     """
     return (os.environ.get("KILN_IMAGE_PREFIX", "") or configured or DEFAULT_IMAGE_PREFIX).rstrip("/")
+
+
 BASE_PACKAGES = "openssh-server,python3,sudo,systemd,systemd-sysv,ca-certificates,iproute2"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BASE_BUILD_TIMEOUT = 1800  # debootstrap over a slow mirror; a hung one must still end
@@ -72,8 +74,13 @@ def run_to_completion(argv: list[str], input: bytes | None, timeout: float) -> t
     # Signals wait while the child is being started, so an interruption always finds it known.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             stdout, stderr = proc.communicate(input, timeout=timeout)
@@ -94,9 +101,7 @@ def run_to_completion(argv: list[str], input: bytes | None, timeout: float) -> t
 
 def _detect_runtime() -> str | None:
     """crun cannot run on hosts with hybrid cgroups; runc can (see MACHINE.md)."""
-    hybrid = Path("/sys/fs/cgroup/unified").is_dir() or not Path(
-        "/sys/fs/cgroup/cgroup.controllers"
-    ).exists()
+    hybrid = Path("/sys/fs/cgroup/unified").is_dir() or not Path("/sys/fs/cgroup/cgroup.controllers").exists()
     if hybrid and shutil.which("runc"):
         return "runc"
     return None
@@ -131,9 +136,7 @@ class Engine:
         argv = [self.command, *self._global_args(), *args]
         rc, stdout, stderr = run_to_completion(argv, input, timeout)
         if check and rc != 0:
-            raise EngineError(
-                f"{' '.join(argv[:4])}... exited {rc}: {stderr.decode(errors='replace').strip()[-800:]}"
-            )
+            raise EngineError(f"{' '.join(argv[:4])}... exited {rc}: {stderr.decode(errors='replace').strip()[-800:]}")
         return stdout.decode(errors="replace")
 
     # --- images -------------------------------------------------------------
@@ -176,7 +179,11 @@ class Engine:
 
     # --- containers ---------------------------------------------------------
     def create_machine(
-        self, image: str, name: str, labels: dict[str, str], ssh_port: int | None = None,
+        self,
+        image: str,
+        name: str,
+        labels: dict[str, str],
+        ssh_port: int | None = None,
         publish: list[str] | None = None,
     ) -> str:
         """Create (not start) a container that boots systemd as PID 1."""
@@ -272,7 +279,9 @@ class Engine:
             log.info("base image: debootstrap", image=ref, mirror=mirror)
             subprocess.run(
                 ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", root, mirror],
-                check=True, capture_output=True, timeout=BASE_BUILD_TIMEOUT,
+                check=True,
+                capture_output=True,
+                timeout=BASE_BUILD_TIMEOUT,
             )
             unit = Path(root, HOSTKEYS_UNIT_PATH.lstrip("/"))
             unit.write_text(HOSTKEYS_UNIT)
@@ -289,7 +298,9 @@ class Engine:
             tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
             proc = subprocess.run(
                 [self.command, "import", "--change", 'CMD ["/sbin/init"]', "-", ref],
-                stdin=tar.stdout, capture_output=True, timeout=BASE_BUILD_TIMEOUT,
+                stdin=tar.stdout,
+                capture_output=True,
+                timeout=BASE_BUILD_TIMEOUT,
             )
             tar.wait(timeout=60)
             if proc.returncode != 0:

@@ -54,8 +54,9 @@ def package_changes(before: dict[str, str], after: dict[str, str]) -> dict[str, 
     return {
         "added": {n: after[n] for n in sorted(after.keys() - before.keys())},
         "removed": {n: before[n] for n in sorted(before.keys() - after.keys())},
-        "upgraded": {n: f"{before[n]} -> {after[n]}" for n in sorted(before.keys() & after.keys())
-                     if before[n] != after[n]},
+        "upgraded": {
+            n: f"{before[n]} -> {after[n]}" for n in sorted(before.keys() & after.keys()) if before[n] != after[n]
+        },
     }
 
 
@@ -70,9 +71,18 @@ def dependency_order(compiled: dict[str, CompiledRole]) -> dict[str, set[str]]:
 
 
 class Nightly:
-    def __init__(self, provider: Provider, config: Config, options: BakeOptions, roles: list[str],
-                 force: bool = False, concurrency: int = 2, on_locked: str = "skip",
-                 provider_name: str = "local", sandbox: bool = False) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        config: Config,
+        options: BakeOptions,
+        roles: list[str],
+        force: bool = False,
+        concurrency: int = 2,
+        on_locked: str = "skip",
+        provider_name: str = "local",
+        sandbox: bool = False,
+    ) -> None:
         self.provider = provider
         self.config = config
         self.options = options
@@ -125,8 +135,15 @@ class Nightly:
                     except Exception as exc:  # a broken role must not stop the others
                         reports[role] = RoleReport(role, FAILED, error=f"{type(exc).__name__}: {exc}")
                     r = reports[role]
-                    log.info("role", role=role, result=r.result, old=r.old_version or "-",
-                             new=r.new_version or "-", seconds=r.duration, error=r.error or None)
+                    log.info(
+                        "role",
+                        role=role,
+                        result=r.result,
+                        old=r.old_version or "-",
+                        new=r.new_version or "-",
+                        seconds=r.duration,
+                        error=r.error or None,
+                    )
         return [reports[r] for r in self.roles]
 
     def one_role(self, role: str, compiled: CompiledRole) -> RoleReport:
@@ -158,8 +175,11 @@ class Nightly:
         if current and current.inputs_hash == wanted and not self.force:
             report.result, report.reason = UNCHANGED, f"inputs {wanted[:12]} unchanged"
             return
-        report.reason = "forced" if self.force and current else (
-            "no image yet" if not current else f"inputs changed ({current.inputs_hash[:12]} -> {wanted[:12]})")
+        report.reason = (
+            "forced"
+            if self.force and current
+            else ("no image yet" if not current else f"inputs changed ({current.inputs_hash[:12]} -> {wanted[:12]})")
+        )
         log.info("baking", role=role, reason=report.reason)
         result = bake(role, self.provider_name, self.options, provider=self.provider)
         ctx = result.ctx
@@ -171,8 +191,11 @@ class Nightly:
         report.result, report.new_version = BAKED, ctx.version
         report.steps_changed = ctx.apply_counts.changed
         before = inventory(self.options.builds_dir, role, report.old_version) if report.old_version else None
-        report.packages = package_changes(before or {}, ctx.packages) if before is not None else {
-            "added": {}, "removed": {}, "upgraded": {}, "note": "no previous inventory"}
+        report.packages = (
+            package_changes(before or {}, ctx.packages)
+            if before is not None
+            else {"added": {}, "removed": {}, "upgraded": {}, "note": "no previous inventory"}
+        )
 
 
 def write_report(builds: Path, reports: list[RoleReport], provider: str, started: dt.datetime) -> tuple[Path, Path]:
@@ -186,8 +209,12 @@ def write_report(builds: Path, reports: list[RoleReport], provider: str, started
         except FileExistsError:
             continue
     json_path, md_path = builds / f"{name}.json", builds / f"{name}.md"
-    data = {"started": started.isoformat(), "finished": dt.datetime.now(dt.UTC).isoformat(),
-            "provider": provider, "roles": [asdict(r) for r in reports]}
+    data = {
+        "started": started.isoformat(),
+        "finished": dt.datetime.now(dt.UTC).isoformat(),
+        "provider": provider,
+        "roles": [asdict(r) for r in reports],
+    }
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path.write_text(render_markdown(reports, provider, started))
     return json_path, md_path
@@ -195,15 +222,20 @@ def write_report(builds: Path, reports: list[RoleReport], provider: str, started
 
 def render_markdown(reports: list[RoleReport], provider: str, started: dt.datetime) -> str:
     counts = {k: sum(1 for r in reports if r.result == k) for k in (BAKED, UNCHANGED, FAILED, LOCKED)}
-    lines = [f"# kiln nightly {started:%Y-%m-%d %H:%M} UTC ({provider})", "",
-             ", ".join(f"{v} {k}" for k, v in counts.items()), "",
-             "| role | result | version | duration | steps changed | packages |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# kiln nightly {started:%Y-%m-%d %H:%M} UTC ({provider})",
+        "",
+        ", ".join(f"{v} {k}" for k, v in counts.items()),
+        "",
+        "| role | result | version | duration | steps changed | packages |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in reports:
         version = f"{r.old_version or '-'} → {r.new_version}" if r.new_version else (r.old_version or "-")
         pk = r.packages
-        packages = (f"+{len(pk.get('added', {}))} −{len(pk.get('removed', {}))} ↑{len(pk.get('upgraded', {}))}"
-                    if pk else "")
+        packages = (
+            f"+{len(pk.get('added', {}))} −{len(pk.get('removed', {}))} ↑{len(pk.get('upgraded', {}))}" if pk else ""
+        )
         lines.append(f"| {r.role} | {r.result} | {version} | {r.duration:.1f} s | {r.steps_changed} | {packages} |")
     for r in reports:
         if r.result == FAILED:
@@ -220,8 +252,15 @@ def render_markdown(reports: list[RoleReport], provider: str, started: dt.dateti
     return "\n".join(lines) + "\n"
 
 
-def nightly(roles: list[str] | None, provider_name: str = "local", force: bool = False, concurrency: int = 2,
-            on_locked: str = "skip", sandbox: bool = False, options: BakeOptions | None = None) -> int:
+def nightly(
+    roles: list[str] | None,
+    provider_name: str = "local",
+    force: bool = False,
+    concurrency: int = 2,
+    on_locked: str = "skip",
+    sandbox: bool = False,
+    options: BakeOptions | None = None,
+) -> int:
     options = options or BakeOptions()
     started = dt.datetime.now(dt.UTC)
     try:
@@ -234,6 +273,10 @@ def nightly(roles: list[str] | None, provider_name: str = "local", force: bool =
         print(exc.render())
         return 2
     json_path, md_path = write_report(options.builds_dir, reports, provider_name, started)
-    log.info("nightly report", json=str(json_path), markdown=str(md_path),
-             **{k: sum(1 for r in reports if r.result == k) for k in (BAKED, UNCHANGED, FAILED, LOCKED)})
+    log.info(
+        "nightly report",
+        json=str(json_path),
+        markdown=str(md_path),
+        **{k: sum(1 for r in reports if r.result == k) for k in (BAKED, UNCHANGED, FAILED, LOCKED)},
+    )
     return 1 if any(r.result == FAILED for r in reports) else 0

@@ -54,16 +54,24 @@ class AgentBox:
     def put(self, files: dict[str, tuple[bytes | None, int]]) -> None:
         self.engine.run("cp", "-", f"{self.name}:/", input=tar_of(files))
 
-    def apply(self, steps: list[dict[str, Any]], handlers: list[dict[str, Any]] | None = None,
-              variables: dict[str, Any] | None = None, check: bool = False, diff: bool = False,
-              files: dict[str, bytes] | None = None, templates: dict[str, bytes] | None = None) -> list[dict]:
+    def apply(
+        self,
+        steps: list[dict[str, Any]],
+        handlers: list[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
+        check: bool = False,
+        diff: bool = False,
+        files: dict[str, bytes] | None = None,
+        templates: dict[str, bytes] | None = None,
+    ) -> list[dict]:
         """Apply steps (bundle format) with the real agent; return its events."""
         for i, step in enumerate(steps, 1):
             step.setdefault("index", i)
             step.setdefault("name", f"step {i}")
         bundle = {"steps": steps, "handlers": handlers or [], "vars": variables or {}}
         content: dict[str, tuple[bytes | None, int]] = {
-            "/var/lib/kiln/t/bundle.json": (json.dumps(bundle).encode(), 0o600)}
+            "/var/lib/kiln/t/bundle.json": (json.dumps(bundle).encode(), 0o600)
+        }
         for name, data in (files or {}).items():
             content[f"/var/lib/kiln/t/files/{name}"] = (data, 0o644)
         for name, data in (templates or {}).items():
@@ -71,14 +79,16 @@ class AgentBox:
         self.sh("rm -rf /var/lib/kiln/t")
         self.put(content)
         flags = (["--check"] if check else []) + (["--diff"] if diff else [])
-        out = self.engine.exec(self.name, "python3", "/var/lib/kiln/agent.pyz", "apply", "/var/lib/kiln/t",
-                               *flags, check=False)
+        out = self.engine.exec(
+            self.name, "python3", "/var/lib/kiln/agent.pyz", "apply", "/var/lib/kiln/t", *flags, check=False
+        )
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
     def verify(self, checks: list[dict[str, Any]]) -> list[dict]:
         self.put({"/var/lib/kiln/checks.json": (json.dumps(checks).encode(), 0o600)})
-        out = self.engine.exec(self.name, "python3", "/var/lib/kiln/agent.pyz", "verify",
-                               "/var/lib/kiln/checks.json", check=False)
+        out = self.engine.exec(
+            self.name, "python3", "/var/lib/kiln/agent.pyz", "verify", "/var/lib/kiln/checks.json", check=False
+        )
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 

@@ -31,8 +31,9 @@ def make_playbooks(root: Path, files: dict[str, str], role: str = "tiny", kiln_y
     return playbooks
 
 
-def invoke(cwd: Path, *args: str, playbooks: Path | None = None, env: dict | None = None,
-           timeout: float = 900) -> subprocess.CompletedProcess:
+def invoke(
+    cwd: Path, *args: str, playbooks: Path | None = None, env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run ``invoke <args>`` with kiln's tasks.py from ``cwd`` (where playbooks/ and builds/ live)."""
     if playbooks is not None and not (cwd / "playbooks").exists():
         (cwd / "playbooks").symlink_to(playbooks)
@@ -41,14 +42,22 @@ def invoke(cwd: Path, *args: str, playbooks: Path | None = None, env: dict | Non
     full_env.setdefault("KILN_JSON", "")
     # versions, locks and build records of this test's bakes (the session's own one is shared)
     full_env["KILN_STATE_DIR"] = (env or {}).get("KILN_STATE_DIR") or str(cwd / "state")
-    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def build_ids(output: str) -> list[str]:
     """Build ids a bake announced (terminal: 'build <id>'; JSON: "build_id": "<id>")."""
-    return sorted(set(re.findall(r"build (\d{8}T\d{6}-[0-9a-f]+)", output))
-                  | set(re.findall(r'"build_id": "(\d{8}T\d{6}-[0-9a-f]+)"', output)))
+    return sorted(
+        set(re.findall(r"build (\d{8}T\d{6}-[0-9a-f]+)", output))
+        | set(re.findall(r'"build_id": "(\d{8}T\d{6}-[0-9a-f]+)"', output))
+    )
 
 
 def left_behind(engine, output: str) -> list[str]:

@@ -52,9 +52,24 @@ def test_bake_web_then_the_image_serves_on_its_own(engine, tmp_path):
     # The image on its own: a new container (not the build one), nginx enabled at boot.
     port = _free_port()
     name = f"kiln-test-serve-{version.replace('.', '-')}"
-    engine.run("run", "-d", "--name", name, "--label", SESSION_LABEL, "--systemd", "always",
-               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-               "-p", f"127.0.0.1:{port}:80", ref, "/sbin/init")
+    engine.run(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        SESSION_LABEL,
+        "--systemd",
+        "always",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        "-p",
+        f"127.0.0.1:{port}:80",
+        ref,
+        "/sbin/init",
+    )
     try:
         body = _get_with_retry(f"http://127.0.0.1:{port}/", timeout=60)
         assert "kiln web" in body and version in body
@@ -67,10 +82,13 @@ def test_bake_web_then_the_image_serves_on_its_own(engine, tmp_path):
 
 
 def test_failing_check_exits_1_no_tag_nothing_left(engine, tmp_path):
-    playbooks = make_playbooks(tmp_path, {
-        "steps.yml": "- name: marker\n  copy: {content: \"hello\\n\", dest: /etc/kiln-marker}\n",
-        "verify.yml": "- file: /etc/kiln-marker\n  contains: [\"goodbye\"]\n",
-    })
+    playbooks = make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": '- name: marker\n  copy: {content: "hello\\n", dest: /etc/kiln-marker}\n',
+            "verify.yml": '- file: /etc/kiln-marker\n  contains: ["goodbye"]\n',
+        },
+    )
     proc = invoke(tmp_path, "bake", "--role", "tiny", playbooks=playbooks)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "check(s) failed" in proc.stderr and "goodbye" in proc.stderr
@@ -82,9 +100,12 @@ def test_failing_check_exits_1_no_tag_nothing_left(engine, tmp_path):
 
 
 def test_failing_step_names_it_and_keep_on_error_keeps_the_machine(engine, tmp_path):
-    playbooks = make_playbooks(tmp_path, {
-        "steps.yml": "- name: breaks\n  shell: {cmd: \"echo doomed >&2; exit 3\"}\n",
-    })
+    playbooks = make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": '- name: breaks\n  shell: {cmd: "echo doomed >&2; exit 3"}\n',
+        },
+    )
     proc = invoke(tmp_path, "bake", "--role", "tiny", playbooks=playbooks)
     assert proc.returncode == 1
     assert "breaks" in proc.stderr and "doomed" in proc.stderr
@@ -102,12 +123,21 @@ def test_failing_step_names_it_and_keep_on_error_keeps_the_machine(engine, tmp_p
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_during_apply_leaves_nothing(engine, tmp_path, signum):
-    make_playbooks(tmp_path, {
-        "steps.yml": "- name: slow\n  command: {cmd: sleep 60}\n",
-    })
+    make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": "- name: slow\n  command: {cmd: sleep 60}\n",
+        },
+    )
     env = dict(os.environ, KILN_JSON="1")
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", "tiny"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", "tiny"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     seen = []
     deadline = time.monotonic() + 120
     for line in proc.stderr:
@@ -125,9 +155,13 @@ def test_interrupt_during_apply_leaves_nothing(engine, tmp_path, signum):
 
 
 def test_malformed_steps_exit_2_and_launch_nothing(engine, tmp_path):
-    playbooks = make_playbooks(tmp_path, {
-        "steps.yml": "- name: typo\n  fiel: {path: /x}\n- name: octal\n  file: {path: /etc/x, mode: 644}\n",
-    }, role="malformed")
+    playbooks = make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": "- name: typo\n  fiel: {path: /x}\n- name: octal\n  file: {path: /etc/x, mode: 644}\n",
+        },
+        role="malformed",
+    )
     proc = invoke(tmp_path, "bake", "--role", "malformed", playbooks=playbooks)
     assert proc.returncode == 2
     out = proc.stdout
@@ -157,25 +191,44 @@ def _get_with_retry(url: str, timeout: float) -> str:
     raise AssertionError(f"{url} did not answer 200 within {timeout}s: {last}")
 
 
-
-STAGES = ["resolve base image", "launch instance", "connect", "push agent and bundle", "apply steps",
-          "idempotence check", "verify", "clean machine", "snapshot", "publish"]
+STAGES = [
+    "resolve base image",
+    "launch instance",
+    "connect",
+    "push agent and bundle",
+    "apply steps",
+    "idempotence check",
+    "verify",
+    "clean machine",
+    "snapshot",
+    "publish",
+]
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_sigint_at_each_stage_leaves_nothing_half_done(engine, tmp_path, stage):
     """Whatever the moment: no build container remains, and either a whole image is published or none."""
     role = "interrupted"
-    make_playbooks(tmp_path, {
-        "steps.yml": "- name: marker\n  copy: {content: \"x\\n\", dest: /etc/kiln-marker}\n",
-        "verify.yml": "- file: /etc/kiln-marker\n",
-    }, role=role)
+    make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": '- name: marker\n  copy: {content: "x\\n", dest: /etc/kiln-marker}\n',
+            "verify.yml": "- file: /etc/kiln-marker\n",
+        },
+        role=role,
+    )
     repo = image_repo(role)
     before = {row["Id"] for row in engine.images(repo)}
     latest_before = engine.image_id(f"{repo}:latest") if engine.image_exists(f"{repo}:latest") else None
     env = dict(os.environ, KILN_JSON="1")
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     seen = []
     for line in proc.stderr:
         seen.append(line)
@@ -201,12 +254,15 @@ def test_sigint_at_each_stage_leaves_nothing_half_done(engine, tmp_path, stage):
             engine.remove_image(image_id)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--var", "facts=1"], "--var:1:1: error: 'facts' is reserved"),
-    (["--var", "novalue"], "expected NAME=VALUE, got 'novalue'"),
-    (["--provider", "gcp"], "unknown provider 'gcp'"),
-    (["--role", "nosuch"], "no role 'nosuch'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--var", "facts=1"], "--var:1:1: error: 'facts' is reserved"),
+        (["--var", "novalue"], "expected NAME=VALUE, got 'novalue'"),
+        (["--provider", "gcp"], "unknown provider 'gcp'"),
+        (["--role", "nosuch"], "no role 'nosuch'"),
+    ],
+)
 def test_bad_command_line_is_invalid_input(tmp_path, args, message):
     make_playbooks(tmp_path, {"steps.yml": "- file: {path: /tmp, state: directory}\n"}, role="cli")
     argv = ["bake", "--role", "cli", *args] if "--role" not in args else ["bake", *args]

@@ -30,9 +30,9 @@ def statuses(stderr: str) -> dict[str, str]:
 
 
 def test_converge_applies_only_the_difference(engine, tmp_path):
-    playbooks = make_playbooks(tmp_path, {"steps.yml": STEPS,
-                                          "verify.yml": "- file: /etc/kiln-dev-2\n  contains: [\"two\"]\n"},
-                               role="devloop")
+    playbooks = make_playbooks(
+        tmp_path, {"steps.yml": STEPS, "verify.yml": '- file: /etc/kiln-dev-2\n  contains: ["two"]\n'}, role="devloop"
+    )
     env = {"KILN_JSON": "1"}
     try:
         first = invoke(tmp_path, "converge", "--role", "devloop", env=env)
@@ -51,7 +51,7 @@ def test_converge_applies_only_the_difference(engine, tmp_path):
 
         failing = invoke(tmp_path, "verify", "--role", "devloop", env=env)
         assert failing.returncode == 1 and "two" in failing.stderr
-        (playbooks / "roles/devloop/verify.yml").write_text("- file: /etc/kiln-dev-2\n  contains: [\"TWO\"]\n")
+        (playbooks / "roles/devloop/verify.yml").write_text('- file: /etc/kiln-dev-2\n  contains: ["TWO"]\n')
         assert invoke(tmp_path, "verify", "--role", "devloop", env=env).returncode == 0
     finally:
         gone = invoke(tmp_path, "destroy", "--role", "devloop")

@@ -22,12 +22,18 @@ def three_roles(root: Path) -> Path:
     """common <- app, and an independent solo; all on a test base we can 'rebuild'."""
     playbooks = root / "playbooks"
     roles = {
-        "common": ("description: shared\nbase:\n  local: " + BASE_REF + "\n",
-                   "- name: common marker\n  copy: {content: \"common 1\\n\", dest: /etc/kiln-common}\n"),
-        "app": ("description: app\ndepends: [common]\n",
-                "- name: app marker\n  copy: {content: \"app 1\\n\", dest: /etc/kiln-app}\n"),
-        "solo": ("description: solo\nbase:\n  local: " + BASE_REF + "\n",
-                 "- name: solo marker\n  copy: {content: \"solo 1\\n\", dest: /etc/kiln-solo}\n"),
+        "common": (
+            "description: shared\nbase:\n  local: " + BASE_REF + "\n",
+            '- name: common marker\n  copy: {content: "common 1\\n", dest: /etc/kiln-common}\n',
+        ),
+        "app": (
+            "description: app\ndepends: [common]\n",
+            '- name: app marker\n  copy: {content: "app 1\\n", dest: /etc/kiln-app}\n',
+        ),
+        "solo": (
+            "description: solo\nbase:\n  local: " + BASE_REF + "\n",
+            '- name: solo marker\n  copy: {content: "solo 1\\n", dest: /etc/kiln-solo}\n',
+        ),
     }
     for name, (role_yml, steps) in roles.items():
         d = playbooks / "roles" / ROLE[name]
@@ -97,13 +103,19 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
     assert f"[{ROLE['common']}] ==> apply steps" in first.stderr and f"[{ROLE['solo']}] ==> snapshot" in first.stderr
     assert any(line.startswith("baked") and ROLE["app"] in line for line in first.stderr.splitlines())
     assert {r: v["result"] for r, v in latest_report(cwd / "builds").items()} == {
-        "common": "baked", "app": "baked", "solo": "baked"}
+        "common": "baked",
+        "app": "baked",
+        "solo": "baked",
+    }
 
     second = run_nightly(cwd)
     assert second.returncode == 0
     report = latest_report(cwd / "builds")
     assert {r: v["result"] for r, v in report.items()} == {
-        "common": "skipped-unchanged", "app": "skipped-unchanged", "solo": "skipped-unchanged"}
+        "common": "skipped-unchanged",
+        "app": "skipped-unchanged",
+        "solo": "skipped-unchanged",
+    }
 
     # touching common's content rebakes common and app (which includes it), not solo
     steps = playbooks / "roles" / ROLE["common"] / "steps.yml"
@@ -112,7 +124,10 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
     assert third.returncode == 0, third.stderr[-3000:]
     report = latest_report(cwd / "builds")
     assert {r: v["result"] for r, v in report.items()} == {
-        "common": "baked", "app": "baked", "solo": "skipped-unchanged"}
+        "common": "baked",
+        "app": "baked",
+        "solo": "skipped-unchanged",
+    }
     assert report["app"]["old_version"] and report["app"]["new_version"] != report["app"]["old_version"]
 
     # a new base image release rebakes everything
@@ -128,7 +143,8 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
 def test_failing_role_is_reported_while_others_bake(engine, nightly_env):
     cwd, playbooks = nightly_env
     (playbooks / "roles" / ROLE["solo"] / "steps.yml").write_text(
-        "- name: solo breaks\n  shell: {cmd: \"echo broken-on-purpose >&2; exit 4\"}\n")
+        '- name: solo breaks\n  shell: {cmd: "echo broken-on-purpose >&2; exit 4"}\n'
+    )
     proc = run_nightly(cwd)
     assert proc.returncode == 1
     report = latest_report(cwd / "builds")
@@ -167,12 +183,16 @@ def test_package_diff_names_a_really_changed_package(engine, tmp_path):
     """Two versions of a role: the second installs a package; the report names it."""
     from tests.playbooks import make_playbooks
 
-    playbooks = make_playbooks(tmp_path, {"steps.yml": "- name: nothing\n  command: {cmd: \"true\"}\n  changed_when: false\n"},
-                               role=ROLE["pkgdiff"])
+    playbooks = make_playbooks(
+        tmp_path,
+        {"steps.yml": '- name: nothing\n  command: {cmd: "true"}\n  changed_when: false\n'},
+        role=ROLE["pkgdiff"],
+    )
     try:
         assert invoke(tmp_path, "nightly", "--roles", ROLE["pkgdiff"]).returncode == 0
         (playbooks / "roles" / ROLE["pkgdiff"] / "steps.yml").write_text(
-            "- name: a tiny package\n  package: {name: hello, update_cache: true}\n")
+            "- name: a tiny package\n  package: {name: hello, update_cache: true}\n"
+        )
         proc = invoke(tmp_path, "nightly", "--roles", ROLE["pkgdiff"])
         assert proc.returncode == 0, proc.stderr[-3000:]
         report = latest_report(tmp_path / "builds")["pkgdiff"]
@@ -187,15 +207,18 @@ def test_package_diff_names_a_really_changed_package(engine, tmp_path):
 def test_package_changes_pure():
     before = {"a": "1", "b": "1", "c": "1"}
     after = {"a": "1", "b": "2", "d": "1"}
-    assert package_changes(before, after) == {
-        "added": {"d": "1"}, "removed": {"c": "1"}, "upgraded": {"b": "1 -> 2"}}
+    assert package_changes(before, after) == {"added": {"d": "1"}, "removed": {"c": "1"}, "upgraded": {"b": "1 -> 2"}}
 
 
 def test_markdown_names_failure_and_versions():
     import datetime as dt
 
-    md = render_markdown([RoleReport("web", "baked", "20260101.1", "20260102.1", duration=3.0),
-                          RoleReport("db", "failed", error="boom", failed_step="install")], "local",
-                         dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
+    md = render_markdown(
+        [
+            RoleReport("web", "baked", "20260101.1", "20260102.1", duration=3.0),
+            RoleReport("db", "failed", error="boom", failed_step="install"),
+        ],
+        "local",
+        dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+    )
     assert "20260101.1 → 20260102.1" in md and "Failing step: **install**" in md and "boom" in md
-

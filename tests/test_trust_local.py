@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from tests.playbooks import REPO, build_ids, image_repo, invoke, make_playbooks
 
 pytestmark = pytest.mark.slow
 
-MARKER_STEPS = "- name: marker\n  copy: {content: \"x\\n\", dest: /etc/kiln-marker}\n"
+MARKER_STEPS = '- name: marker\n  copy: {content: "x\\n", dest: /etc/kiln-marker}\n'
 
 #: Runs kiln's stages up to one (argv[2]), then holds: until killed, or until the file argv[3] exists.
 DRIVER = r"""
@@ -66,10 +67,15 @@ class Held:
 
     def __init__(self, cwd: Path, role: str, upto: str) -> None:
         self.gate = cwd / f"go-{upto.replace(' ', '-')}-{time.monotonic_ns()}"
-        self.proc = subprocess.Popen([sys.executable, "-c", DRIVER, role, upto, str(self.gate)], cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "KILN_STATE_DIR": str(cwd / "state"), "KILN_JSON": "1"},
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, role, upto, str(self.gate)],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "KILN_STATE_DIR": str(cwd / "state"), "KILN_JSON": "1"},
+            start_new_session=True,
+        )
         line = self.proc.stdout.readline()
         if not line.startswith("HOLD"):
             self.proc.kill()
@@ -86,16 +92,24 @@ class Held:
         return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
 
 
-def leftovers(engine, cwd: Path, role: str, build_id: str) -> list[str]:
+def leftovers(engine, cwd: Path, role: str, build_id: str, version: str = "") -> list[str]:
     """Everything of ``build_id`` that still exists: its machine, its images, its version reservation."""
     found = [f"container {row['Names'][0]}" for row in engine.containers(f"kiln.build-id={build_id}")]
-    found += [f"image {row['Id'][:12]}" for row in engine.images(image_repo(role))
-              if (row.get("Labels") or {}).get("kiln.build-id") == build_id]
+    found += [
+        f"image {row['Id'][:12]}"
+        for row in engine.images(image_repo(role))
+        if (row.get("Labels") or {}).get("kiln.build-id") == build_id
+    ]
     reserved = cwd / "state" / "versions" / role
     for path in reserved.iterdir() if reserved.is_dir() else []:
-        if build_id in path.read_text():
+        if path.name == version or build_id in path.read_text():
             found.append(f"reservation {path.name}")
     return found
+
+
+def labels_of(engine, ref: str) -> dict[str, str]:
+    inspected = engine.image_inspect(ref)
+    return inspected.get("Labels") or inspected["Config"]["Labels"]
 
 
 def sweep_apply(cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -113,7 +127,9 @@ def remove_role_images(engine, role: str) -> None:
 
 HOSTKEY_STEPS = """\
 - name: the build machine's host keys, written into the image for the test to compare
-  shell: {cmd: "for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $f; done > /etc/kiln-build-hostkeys"}
+  shell:
+    cmd: "for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $f; done > /etc/kiln-build-hostkeys"
+    creates: /etc/kiln-build-hostkeys
 """
 
 
@@ -122,23 +138,42 @@ def baked(engine, tmp_path_factory):
     """One tiny image whose temporaries expire after about a second (build.deadline_hours)."""
     cwd = tmp_path_factory.mktemp("baked")
     role = f"marks-{SESSION}"
-    make_playbooks(cwd, {"steps.yml": HOSTKEY_STEPS}, role=role,
-                   kiln_yaml="retention:\n  keep: 3\nbuild:\n  deadline_hours: 0.0003\n")
+    make_playbooks(
+        cwd,
+        {"steps.yml": HOSTKEY_STEPS},
+        role=role,
+        kiln_yaml="retention:\n  keep: 3\nbuild:\n  deadline_hours: 0.0003\n",
+    )
     proc = invoke(cwd, "bake", "--role", role)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    version = json.loads((cwd / "builds" / "manifest.json").read_text())[-1]["version"]
-    yield cwd, role, f"{image_repo(role)}:{version}"
+    yield cwd, role, json.loads((cwd / "builds" / "manifest.json").read_text())[-1]["image_name"]
     remove_role_images(engine, role)
 
 
 def start_workload(engine, ref: str, name: str) -> None:
-    engine.run("run", "-d", "--name", name, "--label", SESSION_LABEL, "--label", "app=shop", "--systemd", "always",
-               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", ref, "/sbin/init")
+    engine.run(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        SESSION_LABEL,
+        "--label",
+        "app=shop",
+        "--systemd",
+        "always",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        ref,
+        "/sbin/init",
+    )
 
 
 def test_images_carry_no_temporary_marks_and_their_workloads_survive_sweep(engine, baked):
     cwd, role, ref = baked
-    labels = engine.image_labels(ref)
+    labels = labels_of(engine, ref)
     assert labels["kiln.role"] == role, labels
     assert "kiln.temporary" not in labels and "kiln.expires" not in labels, labels
     name = f"kiln-test-workload-{SESSION}"
@@ -155,9 +190,19 @@ def test_images_carry_no_temporary_marks_and_their_workloads_survive_sweep(engin
 
 def test_each_copy_gets_every_stock_host_key_of_its_own(engine, baked):
     _, _, ref = baked
-    in_image = engine.run("run", "--rm", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-                          "--entrypoint", "sh", ref, "-c",
-                          "ls /etc/ssh/ | grep ssh_host_ || true; cat /etc/kiln-build-hostkeys")
+    in_image = engine.run(
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--entrypoint",
+        "sh",
+        ref,
+        "-c",
+        "ls /etc/ssh/ | grep ssh_host_ || true; cat /etc/kiln-build-hostkeys",
+    )
     build_keys = [line for line in in_image.splitlines() if "SHA256:" in line]
     assert not [line for line in in_image.splitlines() if line.startswith("ssh_host_")], "the image holds host keys"
     assert {line.rsplit("(", 1)[1] for line in build_keys} == {"ED25519)", "RSA)", "ECDSA)"}, in_image
@@ -190,12 +235,21 @@ def wait_for_host_keys(engine, name: str, timeout: float = 60) -> dict[str, str]
 
 # --- 4: what sweep removes, and what it never touches ------------------------------------------------
 
+
 def test_sweep_leaves_sandbox_containers_and_unrecorded_machines_alone(engine, tmp_path):
     """The AWS sandbox's containers (labelled temporary, expired) belong to moto instances that live on."""
     names = [f"kiln-sandbox-i-{SESSION}0001", f"kiln-build-nobody-{SESSION}"]
     for name in names:
-        engine.create_machine(BASE_IMAGE, name, {"kiln.temporary": "true", "kiln.build-id": f"gone-{SESSION}",
-                                                 "kiln.expires": "2020-01-01T00:00:00+00:00", TEST_LABEL: SESSION})
+        engine.create_machine(
+            BASE_IMAGE,
+            name,
+            {
+                "kiln.temporary": "true",
+                "kiln.build-id": f"gone-{SESSION}",
+                "kiln.expires": "2020-01-01T00:00:00+00:00",
+                TEST_LABEL: SESSION,
+            },
+        )
     try:
         listed = invoke(tmp_path, "sweep")
         removed = invoke(tmp_path, "sweep", "--apply")
@@ -220,19 +274,19 @@ def test_sweep_removes_everything_of_a_killed_bake(engine, tmp_path, moment):
         if moment == "after snapshot":
             assert engine.image_exists(f"{image_repo(role)}:{held.version}")
         held.kill9()
-        left = leftovers(engine, tmp_path, role, held.build_id)
+        left = leftovers(engine, tmp_path, role, held.build_id, held.version)
         assert any(x.startswith("container") for x in left), left
         assert any(x.startswith("reservation") for x in left), left
 
         dry = invoke(tmp_path, "sweep")
         assert dry.returncode == 0 and "dry run" in dry.stdout, dry.stdout + dry.stderr
-        assert leftovers(engine, tmp_path, role, held.build_id) == left, "a dry run removes nothing"
+        assert leftovers(engine, tmp_path, role, held.build_id, held.version) == left, "a dry run removes nothing"
         assert "is dead" in dry.stdout and held.build_id in dry.stdout, dry.stdout
 
         swept, seconds = sweep_apply(tmp_path)
         assert swept.returncode == 0, swept.stdout + swept.stderr
         print(f"sweep --apply after a kill -9 {moment}: {seconds:.2f} s for {len(left)} leftovers")
-        assert leftovers(engine, tmp_path, role, held.build_id) == [], swept.stdout
+        assert leftovers(engine, tmp_path, role, held.build_id, held.version) == [], swept.stdout
         assert not engine.container_exists(held.container)
 
         images = invoke(tmp_path, "images", "--role", role)
@@ -245,9 +299,15 @@ def test_sweep_after_a_kill_during_apply_then_the_next_bake_works(engine, tmp_pa
     role = f"crashapply-{SESSION}"
     make_playbooks(tmp_path, {"steps.yml": "- name: slow\n  command: {cmd: sleep 60}\n"}, role=role)
     env = {**os.environ, "KILN_JSON": "1", "KILN_STATE_DIR": str(tmp_path / "state")}
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     build_id = ""
     deadline = time.monotonic() + 120
     for line in proc.stderr:
@@ -273,17 +333,18 @@ def test_sweep_after_a_kill_during_apply_then_the_next_bake_works(engine, tmp_pa
 
 def test_keep_on_error_is_kept_until_its_deadline_and_destroy_removes_it(engine, tmp_path):
     role = f"kept-{SESSION}"
-    make_playbooks(tmp_path, {"steps.yml": "- name: breaks\n  command: {cmd: \"false\"}\n"}, role=role)
+    make_playbooks(tmp_path, {"steps.yml": '- name: breaks\n  command: {cmd: "false"}\n'}, role=role)
     kept = invoke(tmp_path, "bake", "--role", role, "--keep-on-error")
     assert kept.returncode == 1
     build_id = build_ids(kept.stderr)[0]
+    version = re.search(r"version=(\d{8}\.\d+)", kept.stderr).group(1)
     try:
         swept = invoke(tmp_path, "sweep", "--apply")  # the bake's process is gone, but it was kept on purpose
         assert swept.returncode == 0 and build_id not in swept.stdout, swept.stdout
-        assert leftovers(engine, tmp_path, role, build_id), "the kept machine was swept before its deadline"
+        assert leftovers(engine, tmp_path, role, build_id, version), "the kept machine was swept before its deadline"
         gone = invoke(tmp_path, "destroy", "--build-id", build_id)
         assert gone.returncode == 0, gone.stderr
-        assert leftovers(engine, tmp_path, role, build_id) == [], gone.stdout
+        assert leftovers(engine, tmp_path, role, build_id, version) == [], gone.stdout
     finally:
         for row in engine.containers(f"kiln.build-id={build_id}"):
             engine.remove_container(row["Id"])
@@ -305,8 +366,13 @@ time.sleep(600)
 
 
 def hold_lock(cwd: Path, role: str, ttl: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, role, str(ttl)], cwd=cwd, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "KILN_STATE_DIR": str(cwd / "state")})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, role, str(ttl)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "KILN_STATE_DIR": str(cwd / "state")},
+    )
     assert proc.stdout.readline().strip() == "LOCKED"
     return proc
 
@@ -351,6 +417,7 @@ def test_a_lock_held_past_its_ttl_is_taken_over(tmp_path, monkeypatch):
 
 # --- 3: latest only moves forward --------------------------------------------------------------------
 
+
 def test_an_older_bake_finishing_last_leaves_latest_at_the_newer_version(engine, tmp_path):
     role = f"race-{SESSION}"
     make_playbooks(tmp_path, {"steps.yml": MARKER_STEPS}, role=role)
@@ -359,27 +426,43 @@ def test_an_older_bake_finishing_last_leaves_latest_at_the_newer_version(engine,
         newer = invoke(tmp_path, "bake", "--role", role)
         assert newer.returncode == 0, newer.stderr[-3000:]
         repo = image_repo(role)
-        newest = engine.image_labels(f"{repo}:latest")["kiln.version"]
+        newest = labels_of(engine, f"{repo}:latest")["kiln.version"]
         assert newest != older.version
         finished = older.go_on()
         assert finished.returncode == 0, finished.stderr[-3000:]
         assert "latest stays at the newer version" in finished.stderr
-        assert engine.image_labels(f"{repo}:latest")["kiln.version"] == newest, "latest moved backwards"
+        assert labels_of(engine, f"{repo}:latest")["kiln.version"] == newest, "latest moved backwards"
         assert engine.image_exists(f"{repo}:{older.version}"), "the older bake keeps its version"
     finally:
+        if "older" in locals() and older.proc.poll() is None:
+            older.kill9()
+            invoke(tmp_path, "sweep", "--apply")
         remove_role_images(engine, role)
 
 
 # --- 5: an interrupted snapshot owns its image ---------------------------------------------------------
 
+
 def test_sigint_during_the_commit_leaves_no_image(engine, tmp_path):
     role = f"snapint-{SESSION}"
     # a few hundred MB make `podman commit` take seconds: the interrupt lands inside it
-    make_playbooks(tmp_path, {"steps.yml": "- name: bulk\n  command:\n    cmd: dd if=/dev/urandom of=/opt/bulk"
-                                           " bs=1M count=300\n    creates: /opt/bulk\n"}, role=role)
+    make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": "- name: bulk\n  command:\n    cmd: dd if=/dev/urandom of=/opt/bulk"
+            " bs=1M count=300\n    creates: /opt/bulk\n"
+        },
+        role=role,
+    )
     env = {**os.environ, "KILN_JSON": "1", "KILN_STATE_DIR": str(tmp_path / "state")}
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     seen, build_id = [], ""
     for line in proc.stderr:
         seen.append(line)
@@ -402,6 +485,7 @@ def test_sigint_during_the_commit_leaves_no_image(engine, tmp_path):
 
 # --- 7: tests bake in their own namespace --------------------------------------------------------------
 
+
 def test_a_real_bake_of_web_leaves_every_users_kiln_tag_as_it_was(engine, tmp_path):
     users = "localhost/kiln"
     dummy = ""
@@ -423,5 +507,9 @@ def test_a_real_bake_of_web_leaves_every_users_kiln_tag_as_it_was(engine, tmp_pa
 
 
 def user_tags(engine, prefix: str) -> dict[str, str]:
-    return {name: row["Id"] for row in engine.images(f"{prefix}/*") for name in row.get("Names") or []
-            if name.startswith(f"{prefix}/")}
+    return {
+        name: row["Id"]
+        for row in engine.images(f"{prefix}/*")
+        for name in row.get("Names") or []
+        if name.startswith(f"{prefix}/")
+    }

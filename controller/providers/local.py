@@ -75,8 +75,9 @@ def shared_state_dir() -> Path:
 class LocalProvider:
     name = "local"
 
-    def __init__(self, engine: Engine | None = None, state_dir: Path = Path("builds"),
-                 settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, engine: Engine | None = None, state_dir: Path = Path("builds"), settings: dict[str, Any] | None = None
+    ) -> None:
         settings = settings or {}
         if engine is None:
             engine = Engine()
@@ -166,8 +167,7 @@ class LocalProvider:
                 holder = _lock_holder(handle)
                 # unlike a build, a lock has a ttl that ends it even while its holder lives on
                 if holder is not None and (holder.holder_alive() is False or holder.expired()):
-                    log.warning("breaking a lock held by a dead or expired holder", role=role,
-                                holder=holder.describe())
+                    log.warning("breaking a lock held by a dead or expired holder", role=role, holder=holder.describe())
                     _unlink_if_same(path, handle)
                     handle.close()
                     broken = holder
@@ -267,16 +267,26 @@ class LocalProvider:
         ref = f"{self.repo(ctx.role)}:{ctx.version}"
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         labels = {f"{LABEL_PREFIX}{k}": v for k, v in ctx.labels().items()}
-        labels.update({
-            "org.opencontainers.image.version": ctx.version,
-            "org.opencontainers.image.created": now,
-            "org.opencontainers.image.revision": labels["kiln.git-commit"],
-            "org.opencontainers.image.title": f"kiln {ctx.role}",
-            "org.opencontainers.image.description": ctx.compiled.description,
-        })
+        labels.update(
+            {
+                "org.opencontainers.image.version": ctx.version,
+                "org.opencontainers.image.created": now,
+                "org.opencontainers.image.revision": labels["kiln.git-commit"],
+                "org.opencontainers.image.title": f"kiln {ctx.role}",
+                "org.opencontainers.image.description": ctx.compiled.description,
+            }
+        )
         # owned before it exists: an interrupt during the commit still finds (and removes) it
-        ctx.image = Image(id="", role=ctx.role, version=ctx.version, provider=self.name, name=ref,
-                          created=now, base=ctx.base.name, inputs_hash=ctx.inputs_hash)
+        ctx.image = Image(
+            id="",
+            role=ctx.role,
+            version=ctx.version,
+            provider=self.name,
+            name=ref,
+            created=now,
+            base=ctx.base.name,
+            inputs_hash=ctx.inputs_hash,
+        )
         self._note(ctx, image=ref)
         ctx.image.id = self.engine.commit(ctx.instance.id, ref, labels)
         return ctx.image
@@ -295,8 +305,12 @@ class LocalProvider:
         with self._latest_lock(ctx.role):
             current = (self.engine.image_labels(latest) or {}).get("kiln.version", "")
             if current and sort_key(current) >= sort_key(ctx.version):
-                log.warning("latest stays at the newer version; this version is kept beside it",
-                            latest=current, version=ctx.version, image=image.name)
+                log.warning(
+                    "latest stays at the newer version; this version is kept beside it",
+                    latest=current,
+                    version=ctx.version,
+                    image=image.name,
+                )
                 return [image]
             ctx.previous_latest = self.engine.image_id(latest) if current else ""
             self.engine.tag(image.name, latest)
@@ -332,9 +346,14 @@ class LocalProvider:
                 continue
             created = row.get("CreatedAt") or labels.get("org.opencontainers.image.created", "")
             found[version] = Image(
-                id=row["Id"], role=role, version=version, provider=self.name,
-                name=f"{repo}:{version}", created=str(created),
-                base=labels.get("kiln.base-image", ""), inputs_hash=labels.get("kiln.inputs-hash", ""),
+                id=row["Id"],
+                role=role,
+                version=version,
+                provider=self.name,
+                name=f"{repo}:{version}",
+                created=str(created),
+                base=labels.get("kiln.base-image", ""),
+                inputs_hash=labels.get("kiln.inputs-hash", ""),
                 extra={"build_id": labels.get("kiln.build-id", "")},
             )
         images = sorted(found.values(), key=lambda i: sort_key(i.version), reverse=True)

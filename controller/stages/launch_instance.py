@@ -26,8 +26,9 @@ class LaunchInstance:
             keep_build = getattr(ctx.provider, "keep_build", None)
             if keep_build is not None:  # its record now ends only at the deadline (or destroy)
                 keep_build(ctx)
-            log.warning("keeping the instance for debugging (--keep-on-error)", instance=ctx.instance.id,
-                        login=login_hint(ctx))
+            log.warning(
+                "keeping the instance for debugging (--keep-on-error)", instance=ctx.instance.id, login=login_hint(ctx)
+            )
             return
         ctx.provider.terminate(ctx, ctx.instance)
         log.info("instance removed", instance=ctx.instance.id)
@@ -39,5 +40,7 @@ def login_hint(ctx: BakeContext) -> str:
     key_path.parent.mkdir(parents=True, exist_ok=True)
     key_path.write_bytes(ctx.client_key.private_openssh)
     key_path.chmod(0o600)
-    return (f"ssh -i {key_path} -p {inst.ssh_port} -o StrictHostKeyChecking=accept-new "
-            f"{inst.ssh_user}@{inst.ssh_host}   (remove with: invoke destroy --build-id {ctx.build_id})")
+    return (
+        f"ssh -i {key_path} -p {inst.ssh_port} -o StrictHostKeyChecking=accept-new "
+        f"{inst.ssh_user}@{inst.ssh_host}   (remove with: invoke destroy --build-id {ctx.build_id})"
+    )
