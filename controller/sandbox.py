@@ -115,8 +115,12 @@ class Sandbox:
         Plain values, one a label: an engine's LABEL instruction (commit) keeps JSON's escapes."""
         owner = BuildClaim(build_id=self.endpoint_url, expires=FOREVER)
         pid = owner.pid if self.embedded else 0  # an external server outlives this process
-        return {ENDPOINT: self.endpoint_url, OWNER_HOST: owner.host, OWNER_PID: str(pid),
-                OWNER_STARTED: owner.pid_started if pid else ""}
+        return {
+            ENDPOINT: self.endpoint_url,
+            OWNER_HOST: owner.host,
+            OWNER_PID: str(pid),
+            OWNER_STARTED: owner.pid_started if pid else "",
+        }
 
     def close(self) -> None:
         if self.server is not None:
@@ -127,8 +131,9 @@ class Sandbox:
 class SandboxDataPlane:
     """Local containers standing in for the instances moto launches (see the module docstring)."""
 
-    def __init__(self, sandbox: Sandbox, engine: Engine | None = None, default_user: str = "ec2-user",
-                 region: str = "us-east-1") -> None:
+    def __init__(
+        self, sandbox: Sandbox, engine: Engine | None = None, default_user: str = "ec2-user", region: str = "us-east-1"
+    ) -> None:
         self.sandbox = sandbox
         self.engine = engine or Engine()
         self.default_user = default_user
@@ -142,8 +147,9 @@ class SandboxDataPlane:
     def _ec2(self, region: str) -> Any:
         with self._lock:
             if region not in self._clients:
-                self._clients[region] = self.session.client("ec2", region_name=region,
-                                                            endpoint_url=self.sandbox.endpoint_url)
+                self._clients[region] = self.session.client(
+                    "ec2", region_name=region, endpoint_url=self.sandbox.endpoint_url
+                )
             return self._clients[region]
 
     # --- the hooks the provider calls ----------------------------------------------------
@@ -167,8 +173,17 @@ class SandboxDataPlane:
             log.warning("no container for the instance; the AMI has no local image", instance=instance_id)
             return
         ref = f"{local_images()}:{image_id}"
-        self.engine.commit(name, ref, {AMI: image_id, "kiln.sandbox.region": region, INSTANCE: "",
-                                       "kiln.build-id": "", **self.sandbox.owner_labels()})
+        self.engine.commit(
+            name,
+            ref,
+            {
+                AMI: image_id,
+                "kiln.sandbox.region": region,
+                INSTANCE: "",
+                "kiln.build-id": "",
+                **self.sandbox.owner_labels(),
+            },
+        )
         self.images.add(ref)
         log.info("sandbox: AMI committed as a local image", image=image_id, ref=ref)
 
@@ -197,8 +212,12 @@ class SandboxDataPlane:
             status = self.engine.restart_after_reboot(name, timeout)
         except EngineError as exc:
             raise ProviderError(f"{instance_id}: {exc}") from exc
-        log.info("sandbox: instance container was down for its reboot; started again", instance=instance_id,
-                 container=name, status=status)
+        log.info(
+            "sandbox: instance container was down for its reboot; started again",
+            instance=instance_id,
+            container=name,
+            status=status,
+        )
 
     # --- the console (installed on the provider's session) -------------------------------
     def install_console(self, session: boto3.Session) -> None:
@@ -252,8 +271,12 @@ class SandboxDataPlane:
         name = container_name(instance_id)
         hostname = f"ip-{instance.get('PrivateIpAddress', '10-0-0-1').replace('.', '-')}"
         host_key = KeyPair.generate(comment=f"root@{hostname}")
-        labels = {INSTANCE: instance_id, "kiln.sandbox.region": region, "kiln.build-id": tags.get(BUILD_ID, ""),
-                  **self.sandbox.owner_labels()}
+        labels = {
+            INSTANCE: instance_id,
+            "kiln.sandbox.region": region,
+            "kiln.build-id": tags.get(BUILD_ID, ""),
+            **self.sandbox.owner_labels(),
+        }
         for attempt in range(3):
             try:
                 self.engine.create_machine(image, name, labels, ssh_port=free_port())
@@ -277,11 +300,18 @@ class SandboxDataPlane:
         self.engine.start(name)
         if user != "root":  # cloud-init's default user: created at first boot, the key installed for it
             home = f"/home/{user}"
-            self.engine.exec(name, "sh", "-c", (
-                f"id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash {user}; "
-                f"install -d -m 700 -o {user} -g {user} {home}/.ssh; "
-                f"cat > {home}/.ssh/authorized_keys; chown {user}:{user} {home}/.ssh/authorized_keys; "
-                f"chmod 600 {home}/.ssh/authorized_keys"), input=authorized)
+            self.engine.exec(
+                name,
+                "sh",
+                "-c",
+                (
+                    f"id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash {user}; "
+                    f"install -d -m 700 -o {user} -g {user} {home}/.ssh; "
+                    f"cat > {home}/.ssh/authorized_keys; chown {user}:{user} {home}/.ssh/authorized_keys; "
+                    f"chmod 600 {home}/.ssh/authorized_keys"
+                ),
+                input=authorized,
+            )
         self._console[instance_id] = console_block([host_key.public_openssh], hostname)
         log.info("sandbox: instance booted as a container", instance=instance_id, container=name, image=image)
 
@@ -366,18 +396,25 @@ def owner_of(labels: dict[str, str]) -> BuildClaim | None:
     """The owner a container's or image's labels name (None: no owner labels, so no proof of anything)."""
     if not labels.get(ENDPOINT) or not labels.get(OWNER_PID, "").isdigit():
         return None
-    return BuildClaim(build_id=labels[ENDPOINT], expires=FOREVER, host=labels.get(OWNER_HOST, ""),
-                      pid=int(labels[OWNER_PID]), pid_started=labels.get(OWNER_STARTED, ""))
+    return BuildClaim(
+        build_id=labels[ENDPOINT],
+        expires=FOREVER,
+        host=labels.get(OWNER_HOST, ""),
+        pid=int(labels[OWNER_PID]),
+        pid_started=labels.get(OWNER_STARTED, ""),
+    )
 
 
-def make_sandbox_provider(settings: AwsSettings, state_dir: Path, engine: Engine | None = None,
-                          endpoint_url: str | None = None) -> AwsProvider:
+def make_sandbox_provider(
+    settings: AwsSettings, state_dir: Path, engine: Engine | None = None, endpoint_url: str | None = None
+) -> AwsProvider:
     sandbox = Sandbox(endpoint_url)
     session = sandbox.session(settings.build_region)
     plane = SandboxDataPlane(sandbox, engine, default_user=settings.ssh.user, region=settings.build_region)
     plane.install_console(session)
-    provider = AwsProvider(settings, session=session, state_dir=state_dir, data_plane=plane,
-                           endpoint_url=sandbox.endpoint_url)
+    provider = AwsProvider(
+        settings, session=session, state_dir=state_dir, data_plane=plane, endpoint_url=sandbox.endpoint_url
+    )
     provider.sandbox = sandbox
     if sandbox.embedded:
         atexit.register(plane.cleanup)
@@ -388,4 +425,3 @@ def make_sandbox_provider(settings: AwsSettings, state_dir: Path, engine: Engine
 def sandbox_client(service: str, region: str, endpoint_url: str) -> Any:
     """A client on the sandbox endpoint with its dummy credentials (tests, benchmarks)."""
     return boto3.Session(region_name=region, **CREDENTIALS).client(service, endpoint_url=endpoint_url)
-

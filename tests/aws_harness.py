@@ -32,8 +32,9 @@ def session(region: str = "us-east-1") -> boto3.Session:
     """A fresh session (its own event hooks) sharing the parsed service models."""
     core = botocore.session.get_session()
     core.register_component("data_loader", _LOADER)
-    return boto3.Session(botocore_session=core, region_name=region, aws_access_key_id="testing",
-                         aws_secret_access_key="testing")
+    return boto3.Session(
+        botocore_session=core, region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
 
 
 class RecordingPlane:
@@ -48,6 +49,10 @@ class RecordingPlane:
     def address(self, region: str, instance_id: str) -> tuple[str, int] | None:
         return None
 
+    def sweep(self, apply: bool) -> list[str]:
+        self.calls.append(("sweep", (apply,)))
+        return []
+
     def __getattr__(self, name: str) -> Any:
         if name in ("launched", "image_created", "image_copied", "image_removed", "terminated"):
             return lambda *args: self.calls.append((name, args))
@@ -55,25 +60,42 @@ class RecordingPlane:
 
 
 def provider(tmp_path: Path, sess: boto3.Session | None = None, plane: Any = None, **settings: Any) -> AwsProvider:
-    raw = {"regions": ["us-east-1", "eu-west-1"], "ssh": {"console_timeout": 0},
-           "waiter": {"delay": 0, "max_attempts": 3}}
+    raw = {
+        "regions": ["us-east-1", "eu-west-1"],
+        "ssh": {"console_timeout": 0},
+        "waiter": {"delay": 0, "max_attempts": 3},
+    }
     raw.update(settings)
-    prov = make_aws_provider(raw, state_dir=tmp_path / "builds", session=sess or session(),
-                             data_plane=plane or RecordingPlane())
+    prov = make_aws_provider(
+        raw, state_dir=tmp_path / "builds", session=sess or session(), data_plane=plane or RecordingPlane()
+    )
     prov.sleep = lambda seconds: None
     return prov
 
 
 def compiled(role: str, base: Any = None) -> CompiledRole:
-    return CompiledRole(role=role, chain=[role], description=f"{role} for tests", steps=[], handlers=[], checks=[],
-                        variables={}, files={}, base={"aws": base or {"ssm_parameter": AL2023}},
-                        content_hash="0" * 32)
+    return CompiledRole(
+        role=role,
+        chain=[role],
+        description=f"{role} for tests",
+        steps=[],
+        handlers=[],
+        checks=[],
+        variables={},
+        files={},
+        base={"aws": base or {"ssm_parameter": AL2023}},
+        content_hash="0" * 32,
+    )
 
 
 def context(prov: Any, tmp_path: Path, role: str, base: Any = None, build_id: str = "") -> BakeContext:
-    ctx = BakeContext(role=role, compiled=compiled(role, base), provider=prov,
-                      options=BakeOptions(builds_dir=tmp_path / "builds", playbooks_dir=tmp_path),
-                      build_id=build_id or f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{role[:6]}")
+    ctx = BakeContext(
+        role=role,
+        compiled=compiled(role, base),
+        provider=prov,
+        options=BakeOptions(builds_dir=tmp_path / "builds", playbooks_dir=tmp_path),
+        build_id=build_id or f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{role[:6]}",
+    )
     ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
     ctx.host_key = KeyPair.generate()
     return ctx
@@ -88,8 +110,10 @@ class _Raw:
         yield self.body
 
 
-THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code>'
-             b'<Message>Request limit exceeded.</Message></Error></Errors><RequestID>kiln-test</RequestID></Response>')
+THROTTLED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code>'
+    b"<Message>Request limit exceeded.</Message></Error></Errors><RequestID>kiln-test</RequestID></Response>"
+)
 
 
 class Throttle:
@@ -137,8 +161,7 @@ class ApiCalls:
         return set(self.calls)
 
 
-def fail_call(sess: boto3.Session, operation: str, code: str, times: int = 1,
-              when: Any = None) -> list[dict[str, Any]]:
+def fail_call(sess: boto3.Session, operation: str, code: str, times: int = 1, when: Any = None) -> list[dict[str, Any]]:
     """Make ``operation`` fail with ``code`` (the first ``times`` calls for which ``when(query)`` holds);
     returns the query parameters of every call."""
     seen: list[dict[str, Any]] = []
@@ -150,8 +173,10 @@ def fail_call(sess: boto3.Session, operation: str, code: str, times: int = 1,
         if (when is None or when(seen[-1])) and failed[0] < times:
             failed[0] += 1
             http = AWSResponse("https://ec2.amazonaws.com/", 500, {}, _Raw(b""))
-            return http, {"Error": {"Code": code, "Message": f"injected {code}"},
-                          "ResponseMetadata": {"HTTPStatusCode": 500}}
+            return http, {
+                "Error": {"Code": code, "Message": f"injected {code}"},
+                "ResponseMetadata": {"HTTPStatusCode": 500},
+            }
         return None
 
     sess.events.register_first(f"before-call.ec2.{operation}", handler)

@@ -77,23 +77,26 @@ def instance_of(instance_id, region="us-east-1"):
 
 
 # --- settings: refused before anything is launched -------------------------------------------
-@pytest.mark.parametrize("settings, message", [
-    ({"share": {"public": True}}, "allow_public: true"),
-    ({"share": {"accounts": ["all"]}}, "allow_public: true"),
-    ({"virtualization_type": "paravirtual"}, "HVM images only"),
-    ({"ssh": {"address": "public_ipp"}}, "did you mean 'public_ip'"),
-    ({"instance_typs": ["t3.small"]}, "did you mean 'instance_types'"),
-    ({"share": {"accounts": ["123"]}}, "12-digit account id"),
-    ({"share": {"org_arns": ["o-123"]}}, "organization ARN"),
-    ({"ssh": {"cidrs": ["0.0.0.0/0"]}}, "whole internet"),
-    ({"ssh": {"cidrs": ["10.0.0.300/32"]}}, "not a CIDR"),
-    ({"regions": []}, "at least one region"),
-    ({"kms_keys": {"us-east-1": "alias/k"}}, "no volume is encrypted"),
-    ({"root_volume": {"encrypted": True}, "share": {"accounts": ["111122223333"]}}, "cannot be shared"),
-    ({"extra_volumes": [{"device": "/dev/sdf"}]}, "size is required"),
-    ({"retries": {"mode": "legacy"}}, "standard or adaptive"),
-    ({"tags": {"kiln:role": "x"}}, "reserved"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"share": {"public": True}}, "allow_public: true"),
+        ({"share": {"accounts": ["all"]}}, "allow_public: true"),
+        ({"virtualization_type": "paravirtual"}, "HVM images only"),
+        ({"ssh": {"address": "public_ipp"}}, "did you mean 'public_ip'"),
+        ({"instance_typs": ["t3.small"]}, "did you mean 'instance_types'"),
+        ({"share": {"accounts": ["123"]}}, "12-digit account id"),
+        ({"share": {"org_arns": ["o-123"]}}, "organization ARN"),
+        ({"ssh": {"cidrs": ["0.0.0.0/0"]}}, "whole internet"),
+        ({"ssh": {"cidrs": ["10.0.0.300/32"]}}, "not a CIDR"),
+        ({"regions": []}, "at least one region"),
+        ({"kms_keys": {"us-east-1": "alias/k"}}, "no volume is encrypted"),
+        ({"root_volume": {"encrypted": True}, "share": {"accounts": ["111122223333"]}}, "cannot be shared"),
+        ({"extra_volumes": [{"device": "/dev/sdf"}]}, "size is required"),
+        ({"retries": {"mode": "legacy"}}, "standard or adaptive"),
+        ({"tags": {"kiln:role": "x"}}, "reserved"),
+    ],
+)
 def test_bad_settings_are_invalid_input(settings, message):
     with pytest.raises(InvalidInput) as exc:
         make_aws_provider(settings, session=session())
@@ -110,18 +113,28 @@ def test_console_fingerprints_table():
     key = KeyPair.generate()
     cases = {
         "cloud-init block with ec2: prefixes": (console_block([key.public_openssh], "ip-10-0-0-1"), {key.fingerprint}),
-        "kernel timestamps and CRLF": ("[   10.1] ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n"
-                                       "[   10.1] ec2: 256 SHA256:abcDEF/+xyz root@h (ED25519)\r\n"
-                                       "[   10.1] ec2: -----END SSH HOST KEY FINGERPRINTS-----\r\n",
-                                       {"SHA256:abcDEF/+xyz"}),
-        "md5 fingerprints are ignored": ("-----BEGIN SSH HOST KEY FINGERPRINTS-----\n"
-                                         "2048 aa:bb:cc root@h (RSA)\n-----END SSH HOST KEY FINGERPRINTS-----\n", set()),
-        "the last boot wins": ("-----BEGIN SSH HOST KEY FINGERPRINTS-----\n256 SHA256:old root@h (ED25519)\n"
-                               "-----END SSH HOST KEY FINGERPRINTS-----\nreboot\n"
-                               "-----BEGIN SSH HOST KEY FINGERPRINTS-----\n256 SHA256:new root@h (ED25519)\n"
-                               "-----END SSH HOST KEY FINGERPRINTS-----\n", {"SHA256:new"}),
-        "an unterminated block is not trusted": ("-----BEGIN SSH HOST KEY FINGERPRINTS-----\n"
-                                                 "256 SHA256:cut root@h (ED25519)\n", set()),
+        "kernel timestamps and CRLF": (
+            "[   10.1] ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n"
+            "[   10.1] ec2: 256 SHA256:abcDEF/+xyz root@h (ED25519)\r\n"
+            "[   10.1] ec2: -----END SSH HOST KEY FINGERPRINTS-----\r\n",
+            {"SHA256:abcDEF/+xyz"},
+        ),
+        "md5 fingerprints are ignored": (
+            "-----BEGIN SSH HOST KEY FINGERPRINTS-----\n"
+            "2048 aa:bb:cc root@h (RSA)\n-----END SSH HOST KEY FINGERPRINTS-----\n",
+            set(),
+        ),
+        "the last boot wins": (
+            "-----BEGIN SSH HOST KEY FINGERPRINTS-----\n256 SHA256:old root@h (ED25519)\n"
+            "-----END SSH HOST KEY FINGERPRINTS-----\nreboot\n"
+            "-----BEGIN SSH HOST KEY FINGERPRINTS-----\n256 SHA256:new root@h (ED25519)\n"
+            "-----END SSH HOST KEY FINGERPRINTS-----\n",
+            {"SHA256:new"},
+        ),
+        "an unterminated block is not trusted": (
+            "-----BEGIN SSH HOST KEY FINGERPRINTS-----\n256 SHA256:cut root@h (ED25519)\n",
+            set(),
+        ),
         "nothing printed": ("Linux version 6.1\nlogin:", set()),
     }
     for name, (console, expected) in cases.items():
@@ -144,8 +157,9 @@ def test_deadline_is_absolute_so_a_reboot_does_not_move_it():
     for offset, expected in ((600, 10), (-50, 1)):
         command = re.search(r'\[sh, -c, "(.*)"\]', user_data(int(time.time()) + offset)).group(1)
         command = command.replace("shutdown -h", "echo")
-        out = subprocess.run(["sh", "-c", command.replace(">/dev/null 2>&1 || true", "")],
-                             capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(
+            ["sh", "-c", command.replace(">/dev/null 2>&1 || true", "")], capture_output=True, text=True
+        ).stdout.strip()
         assert out in (f"+{expected}", f"+{expected - 1}"), (offset, out)
 
 
@@ -157,22 +171,27 @@ def test_base_from_ssm_parameter_pinned_and_filter(aws, tmp_path):
     assert by_param.name.startswith("al2023-ami-")
     assert prov.resolve_base({"ami": by_param.id}).id == by_param.id
     assert prov.resolve_base(by_param.id).id == by_param.id
-    newest = prov.resolve_base({"filter": {"owners": ["amazon"], "name": "al2023-ami-2023.*-kernel-6.1-x86_64",
-                                           "architecture": "x86_64"}})
-    candidates = ec2().describe_images(Owners=["amazon"], Filters=[
-        {"Name": "name", "Values": ["al2023-ami-2023.*-kernel-6.1-x86_64"]}])["Images"]
+    newest = prov.resolve_base(
+        {"filter": {"owners": ["amazon"], "name": "al2023-ami-2023.*-kernel-6.1-x86_64", "architecture": "x86_64"}}
+    )
+    candidates = ec2().describe_images(
+        Owners=["amazon"], Filters=[{"Name": "name", "Values": ["al2023-ami-2023.*-kernel-6.1-x86_64"]}]
+    )["Images"]
     assert newest.id == max(candidates, key=lambda i: i["CreationDate"])["ImageId"]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"ssm_parameter": "/aws/service/nope"}, "does not exist"),
-    ({"ami": "ami-0123456789abcdef0"}, "not found"),
-    ({"filter": {"owners": ["amazon"], "name": "no-such-image-*"}}, "no base image matches"),
-    ({"filter": {"owners": ["amazon"], "name": "al2023-ami-*", "most_recent": False}}, "narrow the filter"),
-    ({"filter": {"name": "al2023-*"}}, "needs owners"),
-    ({"ami": "ami-1", "ssm_parameter": "/x"}, "exactly one of"),
-    (None, "no AWS base image"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"ssm_parameter": "/aws/service/nope"}, "does not exist"),
+        ({"ami": "ami-0123456789abcdef0"}, "not found"),
+        ({"filter": {"owners": ["amazon"], "name": "no-such-image-*"}}, "no base image matches"),
+        ({"filter": {"owners": ["amazon"], "name": "al2023-ami-*", "most_recent": False}}, "narrow the filter"),
+        ({"filter": {"name": "al2023-*"}}, "needs owners"),
+        ({"ami": "ami-1", "ssm_parameter": "/x"}, "exactly one of"),
+        (None, "no AWS base image"),
+    ],
+)
 def test_base_errors(aws, tmp_path, spec, message):
     with pytest.raises(ProviderError, match=message):
         provider(tmp_path).resolve_base(spec)
@@ -187,8 +206,13 @@ def test_paravirtual_base_is_refused(aws, tmp_path):
 # --- launch ------------------------------------------------------------------------------------
 def test_launch_tags_keys_group_volumes_imds_and_deadline(aws, tmp_path):
     subnet = ec2().describe_subnets()["Subnets"][0]["SubnetId"]
-    prov = provider(tmp_path, subnet_id=subnet, root_volume={"size": 12, "encrypted": True},
-                    extra_volumes=[{"device": "/dev/sdf", "size": 5}], ssh={"console_timeout": 0, "user": "admin"})
+    prov = provider(
+        tmp_path,
+        subnet_id=subnet,
+        root_volume={"size": 12, "encrypted": True},
+        extra_volumes=[{"device": "/dev/sdf", "size": 5}],
+        ssh={"console_timeout": 0, "user": "admin"},
+    )
     ctx = launched(prov, tmp_path, "launchy")
     inst = ctx.instance
     described = instance_of(inst.id)
@@ -199,8 +223,9 @@ def test_launch_tags_keys_group_volumes_imds_and_deadline(aws, tmp_path):
     assert described["MetadataOptions"]["HttpTokens"] == "required"
     assert described["SubnetId"] == subnet
     assert (inst.ssh_host, inst.ssh_user) == (described["PublicIpAddress"], "admin")
-    data = base64.b64decode(ec2().describe_instance_attribute(InstanceId=inst.id, Attribute="userData")
-                            ["UserData"]["Value"]).decode()
+    data = base64.b64decode(
+        ec2().describe_instance_attribute(InstanceId=inst.id, Attribute="userData")["UserData"]["Value"]
+    ).decode()
     assert "shutdown -h +" in data
     shutdown = ec2().describe_instance_attribute(InstanceId=inst.id, Attribute="instanceInitiatedShutdownBehavior")
     assert shutdown["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
@@ -219,16 +244,19 @@ def test_launch_tags_keys_group_volumes_imds_and_deadline(aws, tmp_path):
     prov.terminate(ctx, inst)
     assert instance_of(inst.id)["State"]["Name"] == "terminated"
     assert not ec2().describe_key_pairs(Filters=[{"Name": "key-name", "Values": [f"kiln-build-{ctx.build_id}"]}])[
-        "KeyPairs"]
+        "KeyPairs"
+    ]
     assert not ec2().describe_security_groups(Filters=[{"Name": "group-id", "Values": [group["GroupId"]]}])[
-        "SecurityGroups"]
+        "SecurityGroups"
+    ]
     assert ("terminated", ("us-east-1", [inst.id])) in prov.data_plane.calls
 
 
 def test_capacity_error_falls_back_to_the_next_type(aws, tmp_path):
     sess = session()
-    seen = fail_call(sess, "RunInstances", "InsufficientInstanceCapacity",
-                     when=lambda p: p["InstanceType"] == "c7i.large")
+    seen = fail_call(
+        sess, "RunInstances", "InsufficientInstanceCapacity", when=lambda p: p["InstanceType"] == "c7i.large"
+    )
     prov = provider(tmp_path, sess, instance_types=["c7i.large", "t3.small"])
     ctx = launched(prov, tmp_path, "capacity")
     assert [p["InstanceType"] for p in seen] == ["c7i.large", "t3.small"]
@@ -247,8 +275,9 @@ def test_no_capacity_anywhere_fails_and_leaves_nothing(aws, tmp_path):
     prov.terminate(ctx, ctx.instance)
     leftovers = ec2().describe_key_pairs(Filters=[{"Name": "tag:kiln:build-id", "Values": [ctx.build_id]}])
     assert not leftovers["KeyPairs"]
-    assert not ec2().describe_security_groups(Filters=[{"Name": "tag:kiln:build-id",
-                                                        "Values": [ctx.build_id]}])["SecurityGroups"]
+    assert not ec2().describe_security_groups(Filters=[{"Name": "tag:kiln:build-id", "Values": [ctx.build_id]}])[
+        "SecurityGroups"
+    ]
 
 
 def test_host_key_warn_or_refuse_when_the_console_prints_none(aws, tmp_path):
@@ -265,8 +294,10 @@ def test_host_key_warn_or_refuse_when_the_console_prints_none(aws, tmp_path):
 def test_host_key_fingerprints_from_the_console_are_pinned(aws, tmp_path):
     sess = session()
     key = KeyPair.generate()
-    sess.events.register("after-call.ec2.GetConsoleOutput",
-                         lambda parsed, **kw: parsed.update(Output=console_block([key.public_openssh], "ip-1")))
+    sess.events.register(
+        "after-call.ec2.GetConsoleOutput",
+        lambda parsed, **kw: parsed.update(Output=console_block([key.public_openssh], "ip-1")),
+    )
     prov = provider(tmp_path, sess)
     ctx = launched(prov, tmp_path, "pinned")
     assert prov.host_key_expectation(ctx).fingerprints == {key.fingerprint}
@@ -289,8 +320,15 @@ def test_snapshot_tags_image_and_snapshots(aws, tmp_path):
     image = ec2().describe_images(ImageIds=[ctx.image.id])["Images"][0]
     assert image["Name"] == f"kiln-snappy-{ctx.version}"
     tags = tags_of(image)
-    for key in ("kiln:role", "kiln:version", "kiln:build-id", "kiln:inputs-hash", "kiln:base-image",
-                "kiln:git-commit", "kiln:kiln-version"):
+    for key in (
+        "kiln:role",
+        "kiln:version",
+        "kiln:build-id",
+        "kiln:inputs-hash",
+        "kiln:base-image",
+        "kiln:git-commit",
+        "kiln:kiln-version",
+    ):
         assert tags[key], key
     snapshots = ctx.image.extra["snapshots"]
     assert snapshots
@@ -330,9 +368,12 @@ def test_waiter_timeout_keeps_the_pending_ami_for_the_next_run(aws, tmp_path):
     pending["on"] = False
     prov.allocate_version("slowpoke", a_claim())  # the next run settles it
     assert not ec2().describe_images(Owners=["self"], Filters=[{"Name": "tag:kiln:role", "Values": ["slowpoke"]}])[
-        "Images"]
-    holders = [json.loads(p["Value"])["build_id"] for p in ssm().get_parameters_by_path(
-        Path="/kiln/slowpoke/versions")["Parameters"]]
+        "Images"
+    ]
+    holders = [
+        json.loads(p["Value"])["build_id"]
+        for p in ssm().get_parameters_by_path(Path="/kiln/slowpoke/versions")["Parameters"]
+    ]
     assert holders == ["test-build"], "the ended reservation is gone once its AMI is; only the new one is left"
 
 
@@ -383,8 +424,9 @@ def test_publish_copies_tags_shares_and_moves_latest_then_unpublish_restores(aws
     assert ssm("us-east-1").get_parameter(Name="/kiln/pub/latest")["Parameter"]["Value"] == "ami-00000000000000001"
     with pytest.raises(ClientError, match="ParameterNotFound"):
         ssm("eu-west-1").get_parameter(Name="/kiln/pub/latest")
-    assert not ec2("eu-west-1").describe_images(Owners=["self"], Filters=[{"Name": "tag:kiln:role",
-                                                                           "Values": ["pub"]}])["Images"]
+    assert not ec2("eu-west-1").describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:kiln:role", "Values": ["pub"]}]
+    )["Images"]
     prov.discard(ctx, ctx.image)
     prov.terminate(ctx, ctx.instance)
 
@@ -396,28 +438,44 @@ def register(region, role, versions):
     instance = client.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     ids = {}
     for version in versions:
-        ids[version] = client.create_image(InstanceId=instance, Name=f"kiln-{role}-{version}", TagSpecifications=[
-            {"ResourceType": "image", "Tags": [{"Key": "kiln:role", "Value": role},
-                                               {"Key": "kiln:version", "Value": version}]}])["ImageId"]
+        ids[version] = client.create_image(
+            InstanceId=instance,
+            Name=f"kiln-{role}-{version}",
+            TagSpecifications=[
+                {
+                    "ResourceType": "image",
+                    "Tags": [{"Key": "kiln:role", "Value": role}, {"Key": "kiln:version", "Value": version}],
+                }
+            ],
+        )["ImageId"]
     client.terminate_instances(InstanceIds=[instance])
     return ids
 
 
 def test_retire_keeps_n_per_region_and_never_latest(aws, tmp_path):
     prov = provider(tmp_path)
-    ids = {region: register(region, "old", ["20250101.1", "20250102.1", "20250103.1", "20250104.1"])
-           for region in ("us-east-1", "eu-west-1")}
+    ids = {
+        region: register(region, "old", ["20250101.1", "20250102.1", "20250103.1", "20250104.1"])
+        for region in ("us-east-1", "eu-west-1")
+    }
     ssm("us-east-1").put_parameter(Name="/kiln/old/latest", Value=ids["us-east-1"]["20250101.1"], Type="String")
     listed = prov.images("old")
     assert [i.version for i in listed[:2]] == ["20250104.1", "20250104.1"]
     assert [i.region for i in listed[:2]] == ["us-east-1", "eu-west-1"]
     retired = prov.retire("old", keep=2)
     assert sorted((i.region, i.version) for i in retired) == [
-        ("eu-west-1", "20250101.1"), ("eu-west-1", "20250102.1"), ("us-east-1", "20250102.1")]
+        ("eu-west-1", "20250101.1"),
+        ("eu-west-1", "20250102.1"),
+        ("us-east-1", "20250102.1"),
+    ]
     left = {(i.region, i.version) for i in prov.images("old")}
     assert ("us-east-1", "20250101.1") in left, "latest is never retired"
-    assert {("us-east-1", "20250104.1"), ("us-east-1", "20250103.1"), ("eu-west-1", "20250104.1"),
-            ("eu-west-1", "20250103.1")} <= left
+    assert {
+        ("us-east-1", "20250104.1"),
+        ("us-east-1", "20250103.1"),
+        ("eu-west-1", "20250104.1"),
+        ("eu-west-1", "20250103.1"),
+    } <= left
 
 
 def test_sweep_lists_then_removes_expired_temporaries_only(aws, tmp_path):
@@ -428,9 +486,20 @@ def test_sweep_lists_then_removes_expired_temporaries_only(aws, tmp_path):
     stale = launched(prov, tmp_path, "stale", build_id="20250101T000000-stale1")
     fresh_prov = provider(tmp_path)
     fresh = launched(fresh_prov, tmp_path, "fresh", build_id="20250101T000000-fresh1")
-    ec2().create_volume(AvailabilityZone="us-east-1a", Size=1, TagSpecifications=[{"ResourceType": "volume", "Tags": [
-        {"Key": "kiln:temporary", "Value": "true"}, {"Key": "kiln:build-id", "Value": "20250101T000000-stale1"},
-        {"Key": "kiln:expires", "Value": past}]}])
+    ec2().create_volume(
+        AvailabilityZone="us-east-1a",
+        Size=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "volume",
+                "Tags": [
+                    {"Key": "kiln:temporary", "Value": "true"},
+                    {"Key": "kiln:build-id", "Value": "20250101T000000-stale1"},
+                    {"Key": "kiln:expires", "Value": past},
+                ],
+            }
+        ],
+    )
 
     def ours(lines):
         return [line for line in lines if "stale1" in line or "fresh1" in line]
@@ -557,8 +626,14 @@ def test_spot_is_one_time_tagged_and_not_stopped(aws, tmp_path):
     prov = provider(tmp_path, spot={"max_price": "0.05"})
     ctx = launched(prov, tmp_path, "spotty")
     params = prov.run_parameters(ctx, "sg-1", prov.temporary_tags(ctx))
-    assert params["InstanceMarketOptions"] == {"MarketType": "spot", "SpotOptions": {
-        "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate", "MaxPrice": "0.05"}}
+    assert params["InstanceMarketOptions"] == {
+        "MarketType": "spot",
+        "SpotOptions": {
+            "SpotInstanceType": "one-time",
+            "InstanceInterruptionBehavior": "terminate",
+            "MaxPrice": "0.05",
+        },
+    }
     assert "spot-instances-request" in [t["ResourceType"] for t in params["TagSpecifications"]]
     prov.prepare_snapshot(ctx)
     assert instance_of(ctx.instance.id)["State"]["Name"] == "running", "one-time spot cannot be stopped"
@@ -566,9 +641,11 @@ def test_spot_is_one_time_tagged_and_not_stopped(aws, tmp_path):
 
 
 def test_image_block_device_mappings(aws, tmp_path):
-    prov = provider(tmp_path, extra_volumes=[{"device": "/dev/sdf", "size": 20},
-                                             {"device": "/dev/sdg", "size": 50, "in_image": False}],
-                    ephemeral_volumes=[{"device": "/dev/sdb", "name": "ephemeral0"}])
+    prov = provider(
+        tmp_path,
+        extra_volumes=[{"device": "/dev/sdf", "size": 20}, {"device": "/dev/sdg", "size": 50, "in_image": False}],
+        ephemeral_volumes=[{"device": "/dev/sdb", "name": "ephemeral0"}],
+    )
     inst = type("I", (), {"extra": {"root_device": "/dev/xvda"}})()
     assert prov.image_mappings(inst) == [
         {"DeviceName": "/dev/xvda", "Ebs": {"DeleteOnTermination": True}},

@@ -23,7 +23,7 @@ import controller.bake
 from controller.bake import bake, stages_for
 from controller.context import BakeOptions
 from controller.providers.aws import make_aws_provider
-from controller.sandbox import LOCAL_IMAGES, sandbox_client
+from controller.sandbox import local_images, sandbox_client
 from tests.aws_harness import AL2023, ApiCalls, Throttle, not_in_policy
 from tests.playbooks import REPO, invoke, make_playbooks
 
@@ -41,8 +41,8 @@ retention:
 """
 TINY = {
     "role.yml": f"description: a tiny role for AWS tests\nbase:\n  aws: {{ssm_parameter: {AL2023}}}\n",
-    "steps.yml": "- name: marker\n  copy: {content: \"hello\\n\", dest: /etc/kiln-marker}\n",
-    "verify.yml": "- file: /etc/kiln-marker\n  contains: [\"hello\"]\n",
+    "steps.yml": '- name: marker\n  copy: {content: "hello\\n", dest: /etc/kiln-marker}\n',
+    "verify.yml": '- file: /etc/kiln-marker\n  contains: ["hello"]\n',
 }
 STAGES = [s.name for s in stages_for(BakeOptions(), 3)]
 
@@ -71,9 +71,9 @@ def moto_url():
 @pytest.fixture
 def sandbox_env(moto_url, engine, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-    before = {row["Id"] for row in engine.images(LOCAL_IMAGES)}
+    before = {row["Id"] for row in engine.images(local_images())}
     yield moto_url
-    for row in engine.images(LOCAL_IMAGES):  # AMIs of this server outlive the bakes: so do their images
+    for row in engine.images(local_images()):  # AMIs of this server outlive the bakes: so do their images
         if row["Id"] not in before:
             engine.run("rmi", "-f", row["Id"], check=False)
 
@@ -87,19 +87,31 @@ def leftovers(url: str, engine, build_id: str, role: str, version: str) -> dict[
     found: dict[str, list] = {}
     by_build = [{"Name": "tag:kiln:build-id", "Values": [build_id]}]
     for region, ec2 in clients(url, "ec2").items():
-        rows = ec2.describe_instances(Filters=by_build + [{"Name": "instance-state-name",
-                                                          "Values": ["pending", "running", "stopping", "stopped"]}])
+        rows = ec2.describe_instances(
+            Filters=by_build
+            + [{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+        )
         found[f"instances {region}"] = [i["InstanceId"] for r in rows["Reservations"] for i in r["Instances"]]
         found[f"key pairs {region}"] = [k["KeyName"] for k in ec2.describe_key_pairs(Filters=by_build)["KeyPairs"]]
-        found[f"groups {region}"] = [g["GroupId"] for g in ec2.describe_security_groups(Filters=by_build)[
-            "SecurityGroups"]]
-        found[f"volumes {region}"] = [v["VolumeId"] for v in ec2.describe_volumes(Filters=by_build + [
-            {"Name": "status", "Values": ["available", "creating"]}])["Volumes"]]
-        found[f"images {region}"] = [i["ImageId"] for i in ec2.describe_images(Owners=["self"], Filters=by_build)[
-            "Images"]]
+        found[f"groups {region}"] = [
+            g["GroupId"] for g in ec2.describe_security_groups(Filters=by_build)["SecurityGroups"]
+        ]
+        found[f"volumes {region}"] = [
+            v["VolumeId"]
+            for v in ec2.describe_volumes(Filters=by_build + [{"Name": "status", "Values": ["available", "creating"]}])[
+                "Volumes"
+            ]
+        ]
+        found[f"images {region}"] = [
+            i["ImageId"] for i in ec2.describe_images(Owners=["self"], Filters=by_build)["Images"]
+        ]
     for region, ssm in clients(url, "ssm").items():
-        names = [p["Name"] for p in ssm.describe_parameters(ParameterFilters=[
-            {"Key": "Name", "Option": "BeginsWith", "Values": [f"/kiln/{role}/"]}])["Parameters"]]
+        names = [
+            p["Name"]
+            for p in ssm.describe_parameters(
+                ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": [f"/kiln/{role}/"]}]
+            )["Parameters"]
+        ]
         found[f"parameters {region}"] = [n for n in names if n.endswith("/latest") or n.endswith(f"/{version}")]
     found["containers"] = [c["Names"] for c in engine.containers(f"kiln.build-id={build_id}")]
     return found
@@ -128,8 +140,18 @@ def test_web_baked_in_the_sandbox_is_in_both_regions_shared_and_latest(sandbox_e
     (playbooks / "roles").symlink_to(REPO / "playbooks" / "roles")
     work = tmp_path / "work"
     work.mkdir()
-    proc = invoke(work, "bake", "--role", "web", "--provider", "aws", "--sandbox", playbooks=playbooks,
-                  env={"KILN_JSON": "1"}, timeout=600)
+    proc = invoke(
+        work,
+        "bake",
+        "--role",
+        "web",
+        "--provider",
+        "aws",
+        "--sandbox",
+        playbooks=playbooks,
+        env={"KILN_JSON": "1"},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     entries = [e for e in json.loads((work / "builds" / "manifest.json").read_text()) if e["role"] == "web"]
@@ -144,13 +166,19 @@ def test_web_baked_in_the_sandbox_is_in_both_regions_shared_and_latest(sandbox_e
         assert tags["kiln:role"] == "web" and tags["kiln:version"] == version
         assert tags["kiln:build-id"] == build_id and tags["kiln:inputs-hash"] == entry["inputs_hash"]
         assert tags["kiln:base-image"] == entry["base"]["id"] and tags["kiln:kiln-version"]
-        perms = ec2s[region].describe_image_attribute(ImageId=image["ImageId"],
-                                                      Attribute="launchPermission")["LaunchPermissions"]
+        perms = ec2s[region].describe_image_attribute(ImageId=image["ImageId"], Attribute="launchPermission")[
+            "LaunchPermissions"
+        ]
         assert {"UserId": "111122223333"} in perms and {"OrganizationArn": ORG} in perms
         latest = ssms[region].get_parameter(Name="/kiln/web/latest")["Parameter"]
         assert latest["Value"] == image["ImageId"] and latest["DataType"] == "aws:ec2:image"
-    assert nothing_left({k: v for k, v in leftovers(url, engine, build_id, "web", version).items()
-                         if not k.startswith(("images", "parameters"))})
+    assert nothing_left(
+        {
+            k: v
+            for k, v in leftovers(url, engine, build_id, "web", version).items()
+            if not k.startswith(("images", "parameters"))
+        }
+    )
     assert not engine.containers("kiln.sandbox.instance"), "a sandbox container was left behind"
     assert "host key fingerprints from the console" in proc.stderr, "the host key was not pinned"
 
@@ -220,9 +248,14 @@ def test_sigterm_to_the_command_line_bake_during_publish_leaves_nothing(sandbox_
     work.mkdir()
     (work / "playbooks").symlink_to(playbooks)
     env = dict(os.environ, KILN_JSON="1", AWS_ENDPOINT_URL=sandbox_env)
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", "term",
-                             "--provider", "aws", "--sandbox"], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", "term", "--provider", "aws", "--sandbox"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     build_id = version = ""
     lines = []
     for line in proc.stderr:
@@ -257,7 +290,7 @@ def test_second_bake_under_throttling_retires_the_first_and_stays_in_the_policy(
     assert {(i.region, i.version) for i in second.ctx.retired} == {(r, first.ctx.version) for r in REGIONS}
     images = prov.images("twice")
     assert {(i.region, i.version, i.latest) for i in images} == {(r, second.ctx.version, True) for r in REGIONS}
-    assert not engine.image_exists(f"{LOCAL_IMAGES}:{first.ctx.image.id}"), "retired AMI's local image removed"
+    assert not engine.image_exists(f"{local_images()}:{first.ctx.image.id}"), "retired AMI's local image removed"
 
     missing = not_in_policy(calls.actions)
     assert not missing, f"the bake called actions docs/iam-policy.json lacks: {sorted(missing)}"

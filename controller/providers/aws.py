@@ -67,9 +67,14 @@ log = structlog.get_logger("kiln.aws")
 
 __all__ = ["AwsProvider", "ImageWaitTimeout", "make_aws_provider"]
 
-ADDRESS_FIELDS = {"public_ip": "PublicIpAddress", "private_ip": "PrivateIpAddress",
-                  "public_dns": "PublicDnsName", "private_dns": "PrivateDnsName"}
+ADDRESS_FIELDS = {
+    "public_ip": "PublicIpAddress",
+    "private_ip": "PrivateIpAddress",
+    "public_dns": "PublicDnsName",
+    "private_dns": "PrivateDnsName",
+}
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+CLAIM_RACES = 1000  # a bound on a lock's take-over loop: waits are bounded by time, this by attempts
 LAUNCH_HINTS = {
     "VPCIdNotSpecified": " (this region has no default VPC: set providers.aws.subnet_id)",
     "MissingInput": " (set providers.aws.subnet_id)",
@@ -87,9 +92,14 @@ rm -f /var/lib/dhclient/*.lease* /var/lib/dhcp/*.lease* /var/lib/NetworkManager/
 """
 
 
-def make_aws_provider(settings: dict[str, Any] | None, sandbox: bool = False, state_dir: Path = Path("builds"),
-                      config: Any = None, session: boto3.Session | None = None,
-                      data_plane: DataPlane | None = None) -> AwsProvider:
+def make_aws_provider(
+    settings: dict[str, Any] | None,
+    sandbox: bool = False,
+    state_dir: Path = Path("builds"),
+    config: Any = None,
+    session: boto3.Session | None = None,
+    data_plane: DataPlane | None = None,
+) -> AwsProvider:
     """Check ``providers.aws`` (InvalidInput: nothing launched) and build the provider.
 
     ``sandbox``: moto (embedded, or ``AWS_ENDPOINT_URL``) with local containers as instances.
@@ -116,9 +126,15 @@ def make_aws_provider(settings: dict[str, Any] | None, sandbox: bool = False, st
 class AwsProvider(AmiLifecycle):
     name = "aws"
 
-    def __init__(self, settings: AwsSettings, session: boto3.Session, state_dir: Path = Path("builds"),
-                 data_plane: DataPlane | None = None, endpoint_url: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        settings: AwsSettings,
+        session: boto3.Session,
+        state_dir: Path = Path("builds"),
+        data_plane: DataPlane | None = None,
+        endpoint_url: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
         self.session = session
         self.state_dir = Path(state_dir)
@@ -127,7 +143,9 @@ class AwsProvider(AmiLifecycle):
         self.sleep = sleep
         self.boto_config = BotoConfig(
             retries={"mode": settings.retry_mode, "max_attempts": settings.retry_max_attempts},
-            user_agent_extra=f"kiln/{kiln_version()}", connect_timeout=10, read_timeout=120,
+            user_agent_extra=f"kiln/{kiln_version()}",
+            connect_timeout=10,
+            read_timeout=120,
         )
         self._given_up: dict[tuple[str, str], list[list[str]]] = {}  # (role, version) -> AMIs still pending
         self._held: dict[str, tuple[str, float, float]] = {}  # role -> (owner, lease, renew until) of held locks
@@ -148,8 +166,9 @@ class AwsProvider(AmiLifecycle):
         key = (service, region or self.build_region)
         with self._lock:
             if key not in self._clients:
-                self._clients[key] = self.session.client(service, region_name=key[1], endpoint_url=self.endpoint_url,
-                                                         config=self.boto_config)
+                self._clients[key] = self.session.client(
+                    service, region_name=key[1], endpoint_url=self.endpoint_url, config=self.boto_config
+                )
             return self._clients[key]
 
     def ec2(self, region: str | None = None) -> Any:
@@ -172,14 +191,18 @@ class AwsProvider(AmiLifecycle):
     def resolve_base(self, spec: Any) -> BaseImage:
         """A pinned ``ami``, an ``ssm_parameter`` (e.g. AWS's public latest-AMI parameters) or a ``filter``."""
         if not spec:
-            raise ProviderError("the role has no AWS base image: set base: {aws: {ssm_parameter: /aws/service/...}} "
-                                "(or {ami: ami-...}, or {filter: {owners, name, architecture}}) in role.yml")
+            raise ProviderError(
+                "the role has no AWS base image: set base: {aws: {ssm_parameter: /aws/service/...}} "
+                "(or {ami: ami-...}, or {filter: {owners, name, architecture}}) in role.yml"
+            )
         if isinstance(spec, str):
             spec = {"ami": spec} if spec.startswith("ami-") else {"ssm_parameter": spec.removeprefix("resolve:ssm:")}
         kinds = [k for k in ("ami", "ssm_parameter", "filter") if k in spec] if isinstance(spec, dict) else []
         if len(kinds) != 1 or set(spec) - {"ami", "ssm_parameter", "filter"}:
-            raise ProviderError(f"base.aws must be exactly one of {{ami: ami-...}}, {{ssm_parameter: /path}} or "
-                                f"{{filter: {{owners, name, architecture}}}}; got {spec!r}")
+            raise ProviderError(
+                f"base.aws must be exactly one of {{ami: ami-...}}, {{ssm_parameter: /path}} or "
+                f"{{filter: {{owners, name, architecture}}}}; got {spec!r}"
+            )
         region = self.build_region
         if "ami" in spec:
             image = self._describe_base(str(spec["ami"]), f"pinned AMI {spec['ami']}")
@@ -195,22 +218,26 @@ class AwsProvider(AmiLifecycle):
         else:
             image = self._find_base(spec["filter"])
         if image.get("VirtualizationType", "hvm") != "hvm":
-            raise ProviderError(f"base image {image['ImageId']} ({image.get('Name', '')}) is "
-                                f"{image.get('VirtualizationType')}: kiln bakes HVM images only (paravirtual AMIs "
-                                "cannot use current instance types, ENA or IMDSv2); choose an HVM base")
+            raise ProviderError(
+                f"base image {image['ImageId']} ({image.get('Name', '')}) is "
+                f"{image.get('VirtualizationType')}: kiln bakes HVM images only (paravirtual AMIs "
+                "cannot use current instance types, ENA or IMDSv2); choose an HVM base"
+            )
         if image.get("State", "available") != "available":
             raise ProviderError(f"base image {image['ImageId']} is {image.get('State')}, not available")
         self._remember_root(image)
-        return BaseImage(id=image["ImageId"], name=image.get("Name", image["ImageId"]),
-                         spec=json.dumps(spec, sort_keys=True))
+        return BaseImage(
+            id=image["ImageId"], name=image.get("Name", image["ImageId"]), spec=json.dumps(spec, sort_keys=True)
+        )
 
     def _describe_base(self, image_id: str, what: str) -> dict[str, Any]:
         try:
             images = self.ec2().describe_images(ImageIds=[image_id])["Images"]
         except ClientError as exc:
             if error_code(exc).startswith("InvalidAMIID"):
-                raise ProviderError(f"no base image: {what} not found in {self.build_region} ({error_code(exc)})") \
-                    from exc
+                raise ProviderError(
+                    f"no base image: {what} not found in {self.build_region} ({error_code(exc)})"
+                ) from exc
             raise ProviderError(f"describing base image {what} failed: {exc}") from exc
         if not images:
             raise ProviderError(f"no base image: {what} not found in {self.build_region}")
@@ -219,34 +246,47 @@ class AwsProvider(AmiLifecycle):
     def _find_base(self, spec: Any) -> dict[str, Any]:
         known = {"owners", "name", "architecture", "most_recent", "filters"}
         if not isinstance(spec, dict) or set(spec) - known or not spec.get("owners") or not spec.get("name"):
-            raise ProviderError("base.aws.filter needs owners (account ids, or amazon/self) and a name pattern, "
-                                f"optionally architecture, most_recent and filters; got {spec!r}")
+            raise ProviderError(
+                "base.aws.filter needs owners (account ids, or amazon/self) and a name pattern, "
+                f"optionally architecture, most_recent and filters; got {spec!r}"
+            )
         owners = [str(o) for o in (spec["owners"] if isinstance(spec["owners"], list) else [spec["owners"]])]
-        filters = [{"Name": "name", "Values": [str(spec["name"])]}, {"Name": "state", "Values": ["available"]},
-                   {"Name": "image-type", "Values": ["machine"]}]
+        filters = [
+            {"Name": "name", "Values": [str(spec["name"])]},
+            {"Name": "state", "Values": ["available"]},
+            {"Name": "image-type", "Values": ["machine"]},
+        ]
         if spec.get("architecture"):
             filters.append({"Name": "architecture", "Values": [str(spec["architecture"])]})
         for name, values in (spec.get("filters") or {}).items():
-            filters.append({"Name": str(name), "Values": [str(v) for v in (values if isinstance(values, list)
-                                                                          else [values])]})
+            filters.append(
+                {"Name": str(name), "Values": [str(v) for v in (values if isinstance(values, list) else [values])]}
+            )
         now = now_utc()
         found = []
-        for page in self.ec2().get_paginator("describe_images").paginate(
-                Owners=owners, Filters=filters, IncludeDeprecated=False):
+        for page in (
+            self.ec2()
+            .get_paginator("describe_images")
+            .paginate(Owners=owners, Filters=filters, IncludeDeprecated=False)
+        ):
             for image in page["Images"]:
                 deprecation = image.get("DeprecationTime")
                 if deprecation and dt.datetime.fromisoformat(deprecation.replace("Z", "+00:00")) <= now:
                     continue
                 found.append(image)
-        described = (f"owners {', '.join(owners)}, name {spec['name']}"
-                     + (f", architecture {spec['architecture']}" if spec.get("architecture") else "")
-                     + ", deprecated excluded")
+        described = (
+            f"owners {', '.join(owners)}, name {spec['name']}"
+            + (f", architecture {spec['architecture']}" if spec.get("architecture") else "")
+            + ", deprecated excluded"
+        )
         if not found:
             raise ProviderError(f"no base image matches the filter in {self.build_region} ({described})")
         if len(found) > 1 and not spec.get("most_recent", True):
             names = ", ".join(sorted(i.get("Name", i["ImageId"]) for i in found)[:5])
-            raise ProviderError(f"{len(found)} images match the base filter ({described}): {names}...; "
-                                "narrow the filter, or set most_recent: true")
+            raise ProviderError(
+                f"{len(found)} images match the base filter ({described}): {names}...; "
+                "narrow the filter, or set most_recent: true"
+            )
         return max(found, key=lambda i: i.get("CreationDate", ""))
 
     # --- versions and locks ----------------------------------------------------------
@@ -270,16 +310,22 @@ class AwsProvider(AmiLifecycle):
         are unpublished, so sweep may remove them once the claim is over. Over reservations of
         this role are settled first (their AMIs removed once no longer pending)."""
         reservations = self._reservations(role)
-        settled = [self._settle_reservation(role, version, value, apply=True) for version, value in reservations.items()]
+        settled = [
+            self._settle_reservation(role, version, value, apply=True) for version, value in reservations.items()
+        ]
         if any(settled):
             reservations = self._reservations(role)
         taken = self._image_versions(role) | set(reservations)
         for _ in range(100):
             version = next_version(taken)
             try:
-                self.ssm().put_parameter(Name=f"{versions_path(role)}/{version}", Value=claim_value(claim),
-                                         Type="String", Overwrite=False,
-                                         Description="kiln: version reserved by a bake (a BuildClaim)")
+                self.ssm().put_parameter(
+                    Name=f"{versions_path(role)}/{version}",
+                    Value=claim_value(claim),
+                    Type="String",
+                    Overwrite=False,
+                    Description="kiln: version reserved by a bake (a BuildClaim)",
+                )
                 return version
             except ClientError as exc:
                 if error_code(exc) != "ParameterAlreadyExists":
@@ -299,12 +345,17 @@ class AwsProvider(AmiLifecycle):
             value = self.ssm().get_parameter(Name=name)["Parameter"]["Value"]
             claim, _ = read_claim(value)
             if claim is not None:
-                self.ssm().put_parameter(Name=name, Value=claim_value(claim, ended=True, pending=pending),
-                                         Type="String", Overwrite=True)
+                self.ssm().put_parameter(
+                    Name=name, Value=claim_value(claim, ended=True, pending=pending), Type="String", Overwrite=True
+                )
         except ClientError as exc:
             if error_code(exc) != "ParameterNotFound":
-                log.error("could not release the version reservation; remove by hand", version=version,
-                          parameter=name, error=str(exc))
+                log.error(
+                    "could not release the version reservation; remove by hand",
+                    version=version,
+                    parameter=name,
+                    error=str(exc),
+                )
 
     def _settle_reservation(self, role: str, version: str, value: str, apply: bool) -> list[str]:
         """A reservation whose build is over: its AMIs (by build id, every region, copies too) are
@@ -319,19 +370,32 @@ class AwsProvider(AmiLifecycle):
             for row in self._images_of_build(region, claim.build_id):
                 where = f"AMI {row['ImageId']} in {region} (unpublished {role} {version} of {claim.describe()})"
                 if row["ImageId"] == latest:
-                    log.warning("an AMI of an unfinished build is latest; left alone", image=row["ImageId"],
-                                region=region, build_id=claim.build_id)
+                    log.warning(
+                        "an AMI of an unfinished build is latest; left alone",
+                        image=row["ImageId"],
+                        region=region,
+                        build_id=claim.build_id,
+                    )
                     continue
                 if row.get("State") == "pending":
                     waiting = True
-                    log.info("AMI of an over build still pending; removed once it settles", image=row["ImageId"],
-                             region=region, build_id=claim.build_id)
+                    log.info(
+                        "AMI of an over build still pending; removed once it settles",
+                        image=row["ImageId"],
+                        region=region,
+                        build_id=claim.build_id,
+                    )
                     continue
                 found.append(where)
                 if apply:
                     self.remove_image(region, row["ImageId"])
-                    log.info("unpublished AMI of an over build removed", image=row["ImageId"], region=region,
-                             build_id=claim.build_id, version=version)
+                    log.info(
+                        "unpublished AMI of an over build removed",
+                        image=row["ImageId"],
+                        region=region,
+                        build_id=claim.build_id,
+                        version=version,
+                    )
         if waiting:
             return found
         found.append(f"version reservation {versions_path(role)}/{version} ({claim.describe()}, over)")
@@ -342,8 +406,9 @@ class AwsProvider(AmiLifecycle):
     def _images_of_build(self, region: str, build_id: str) -> list[dict[str, Any]]:
         if not build_id:
             return []
-        return self.ec2(region).describe_images(Owners=["self"], Filters=[
-            {"Name": f"tag:{BUILD_ID}", "Values": [build_id]}])["Images"]
+        return self.ec2(region).describe_images(
+            Owners=["self"], Filters=[{"Name": f"tag:{BUILD_ID}", "Values": [build_id]}]
+        )["Images"]
 
     def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> Lock:
         """``/kiln/<role>/lock`` created with Overwrite=False, holding who holds it (owner, pid on host)
@@ -355,11 +420,16 @@ class AwsProvider(AmiLifecycle):
         lease = min(self.settings.lock_lease, ttl)
         give_up = time.monotonic() + max(0.0, ttl)
         took_over = ""
-        while True:
+        for _ in range(CLAIM_RACES):
             value = claim_value(BuildClaim.for_build(owner, now_utc() + dt.timedelta(seconds=lease)), owner=owner)
             try:
-                self.ssm().put_parameter(Name=name, Type="String", Overwrite=False, Value=value,
-                                         Description="kiln: per-role lock (a lease renewed while held)")
+                self.ssm().put_parameter(
+                    Name=name,
+                    Type="String",
+                    Overwrite=False,
+                    Value=value,
+                    Description="kiln: per-role lock (a lease renewed while held)",
+                )
                 self._hold(role, owner, lease, ttl)
                 return Lock(True, took_over=took_over)
             except ClientError as exc:
@@ -380,9 +450,14 @@ class AwsProvider(AmiLifecycle):
             if not wait:
                 return Lock(False)
             if time.monotonic() >= give_up:
-                raise ProviderError(f"waited {ttl:.0f}s (the lock's ttl) for the lock of {role}, held by {holder} "
-                                    f"({claim.describe()}); it is still renewed, so its holder is alive: giving up")
+                raise ProviderError(
+                    f"waited {ttl:.0f}s (the lock's ttl) for the lock of {role}, held by {holder} "
+                    f"({claim.describe()}); it is still renewed, so its holder is alive: giving up"
+                )
             self.sleep(min(10.0, max(0.5, lease / 3)))
+        raise ProviderError(
+            f"the lock of {role} changed hands {CLAIM_RACES} times while kiln tried to take it; giving up (see {name})"
+        )
 
     def _read_parameter(self, name: str) -> str | None:
         try:
@@ -403,8 +478,7 @@ class AwsProvider(AmiLifecycle):
             self._held[role] = (owner, lease, time.monotonic() + ttl)
             if self._heartbeat is None or not self._heartbeat.is_alive():
                 self._heartbeat_stop.clear()
-                self._heartbeat = threading.Thread(target=self._renew_locks, name="kiln-lock-heartbeat",
-                                                   daemon=True)
+                self._heartbeat = threading.Thread(target=self._renew_locks, name="kiln-lock-heartbeat", daemon=True)
                 self._heartbeat.start()
 
     def _renew_locks(self) -> None:
@@ -464,8 +538,13 @@ class AwsProvider(AmiLifecycle):
 
     # --- the build machine -----------------------------------------------------------
     def temporary_tags(self, ctx: BakeContext) -> dict[str, str]:
-        return {**self.settings.tags, TEMPORARY: "true", BUILD_ID: ctx.build_id, EXPIRES: iso(ctx.expires),
-                ROLE: ctx.role}
+        return {
+            **self.settings.tags,
+            TEMPORARY: "true",
+            BUILD_ID: ctx.build_id,
+            EXPIRES: iso(ctx.expires),
+            ROLE: ctx.role,
+        }
 
     def launch(self, ctx: BakeContext) -> Instance:
         s = self.settings
@@ -478,8 +557,11 @@ class AwsProvider(AmiLifecycle):
         ctx.instance = inst
         try:
             try:
-                ec2.import_key_pair(KeyName=name, PublicKeyMaterial=ctx.client_key.public_openssh.encode(),
-                                    TagSpecifications=[tag_spec("key-pair", {**tags, "Name": name})])
+                ec2.import_key_pair(
+                    KeyName=name,
+                    PublicKeyMaterial=ctx.client_key.public_openssh.encode(),
+                    TagSpecifications=[tag_spec("key-pair", {**tags, "Name": name})],
+                )
             except ClientError as exc:  # the name is this bake's: a retried request whose answer was lost
                 if error_code(exc) != "InvalidKeyPair.Duplicate":
                     raise
@@ -492,14 +574,24 @@ class AwsProvider(AmiLifecycle):
         try:
             self._instance_waiter(region, "instance_running", [inst.id])
         except WaiterError as exc:
-            raise ProviderError(f"instance {inst.id} did not reach running: {exc}") from exc
+            raise ProviderError(
+                f"instance {inst.id} did not reach running within 600 s ({exc}); it is terminated on the way out"
+            ) from exc
         described = self._describe_instance(region, inst.id)
-        inst.extra.update(root_device=described.get("RootDeviceName", ""), ena=bool(described.get("EnaSupport")),
-                          instance_type=described.get("InstanceType", ""),
-                          spot=described.get("InstanceLifecycle") == "spot" or s.spot)
+        inst.extra.update(
+            root_device=described.get("RootDeviceName", ""),
+            ena=bool(described.get("EnaSupport")),
+            instance_type=described.get("InstanceType", ""),
+            spot=described.get("InstanceLifecycle") == "spot" or s.spot,
+        )
         inst.ssh_host, inst.ssh_port = self._ssh_address(region, described)
-        log.info("instance running", instance=inst.id, type=inst.extra["instance_type"], region=region,
-                 ssh=f"{inst.ssh_user}@{inst.ssh_host}:{inst.ssh_port}")
+        log.info(
+            "instance running",
+            instance=inst.id,
+            type=inst.extra["instance_type"],
+            region=region,
+            ssh=f"{inst.ssh_user}@{inst.ssh_host}:{inst.ssh_port}",
+        )
         return inst
 
     def _security_group(self, ctx: BakeContext, inst: Instance, name: str, tags: dict[str, str]) -> str:
@@ -511,8 +603,11 @@ class AwsProvider(AmiLifecycle):
         inst.extra["security_group_name"] = name  # found by name if the answer to the create is lost
         try:
             group = ec2.create_security_group(
-                GroupName=name, Description=f"kiln build {ctx.build_id}: SSH from the controller only",
-                TagSpecifications=[tag_spec("security-group", {**tags, "Name": name})], **vpc)["GroupId"]
+                GroupName=name,
+                Description=f"kiln build {ctx.build_id}: SSH from the controller only",
+                TagSpecifications=[tag_spec("security-group", {**tags, "Name": name})],
+                **vpc,
+            )["GroupId"]
         except ClientError as exc:  # this bake's name: a retried request whose answer was lost
             if error_code(exc) != "InvalidGroup.Duplicate" or not (group := self._group_by_name(inst.region, name)):
                 raise
@@ -521,8 +616,10 @@ class AwsProvider(AmiLifecycle):
         v4 = [{"CidrIp": c, "Description": "kiln controller"} for c in cidrs if ":" not in c]
         v6 = [{"CidrIpv6": c, "Description": "kiln controller"} for c in cidrs if ":" in c]
         try:
-            ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
-                {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": v4, "Ipv6Ranges": v6}])
+            ec2.authorize_security_group_ingress(
+                GroupId=group,
+                IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": v4, "Ipv6Ranges": v6}],
+            )
         except ClientError as exc:
             if error_code(exc) != "InvalidPermission.Duplicate":
                 raise
@@ -530,8 +627,14 @@ class AwsProvider(AmiLifecycle):
 
     def _remember_root(self, image: dict[str, Any]) -> None:
         device = image.get("RootDeviceName") or "/dev/xvda"
-        size = next((m["Ebs"].get("VolumeSize") for m in image.get("BlockDeviceMappings") or []
-                     if m.get("DeviceName") == device and "Ebs" in m), None)
+        size = next(
+            (
+                m["Ebs"].get("VolumeSize")
+                for m in image.get("BlockDeviceMappings") or []
+                if m.get("DeviceName") == device and "Ebs" in m
+            ),
+            None,
+        )
         self._root_devices[image["ImageId"]] = (device, size)
 
     def _root_device(self, image_id: str) -> tuple[str, int | None]:
@@ -554,17 +657,26 @@ class AwsProvider(AmiLifecycle):
         """Everything of run_instances but the instance type (tried in order)."""
         s = self.settings
         params: dict[str, Any] = {
-            "ImageId": ctx.base.id, "MinCount": 1, "MaxCount": 1, "KeyName": f"kiln-build-{ctx.build_id}",
+            "ImageId": ctx.base.id,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "KeyName": f"kiln-build-{ctx.build_id}",
             "UserData": user_data(int(ctx.expires.timestamp()), s.user_data),
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             "InstanceInitiatedShutdownBehavior": "terminate",
             "BlockDeviceMappings": self.launch_mappings(ctx.base.id),
-            "TagSpecifications": [tag_spec("instance", {**tags, "Name": f"kiln-build-{ctx.role}-{ctx.build_id}"}),
-                                  tag_spec("volume", tags)],
+            "TagSpecifications": [
+                tag_spec("instance", {**tags, "Name": f"kiln-build-{ctx.role}-{ctx.build_id}"}),
+                tag_spec("volume", tags),
+            ],
         }
         if s.associate_public_ip is not None:
-            nic: dict[str, Any] = {"DeviceIndex": 0, "AssociatePublicIpAddress": s.associate_public_ip,
-                                   "Groups": [group], "DeleteOnTermination": True}
+            nic: dict[str, Any] = {
+                "DeviceIndex": 0,
+                "AssociatePublicIpAddress": s.associate_public_ip,
+                "Groups": [group],
+                "DeleteOnTermination": True,
+            }
             if s.subnet_id:
                 nic["SubnetId"] = s.subnet_id
             params["NetworkInterfaces"] = [nic]
@@ -589,16 +701,18 @@ class AwsProvider(AmiLifecycle):
         inst.extra["launching"] = True  # until the id is known, terminate() looks the instance up by build id
         for i, instance_type in enumerate(types):
             try:
-                resp = self.ec2(inst.region).run_instances(**params, InstanceType=instance_type,
-                                                           ClientToken=f"kiln-{ctx.build_id}-{i}")
+                resp = self.ec2(inst.region).run_instances(
+                    **params, InstanceType=instance_type, ClientToken=f"kiln-{ctx.build_id}-{i}"
+                )
             except ClientError as exc:
                 code = error_code(exc)
                 if code not in CAPACITY_ERRORS:
                     raise
                 if i + 1 == len(types):
                     raise ProviderError(f"no capacity in {inst.region} for any of {', '.join(types)}: {exc}") from exc
-                log.warning("instance type unavailable; trying the next one", type=instance_type, code=code,
-                            next=types[i + 1])
+                log.warning(
+                    "instance type unavailable; trying the next one", type=instance_type, code=code, next=types[i + 1]
+                )
                 continue
             inst.id = resp["Instances"][0]["InstanceId"]
             inst.extra["launching"] = False
@@ -617,9 +731,11 @@ class AwsProvider(AmiLifecycle):
             return s.ssh.host, s.ssh.port
         value = described.get(ADDRESS_FIELDS[s.ssh.address])
         if not value:
-            raise ProviderError(f"instance {described['InstanceId']} has no {s.ssh.address.replace('_', ' ')}: set "
-                                "ssh.address (e.g. private_ip from inside the VPC), associate_public_ip: true, or "
-                                "ssh.host/ssh.port")
+            raise ProviderError(
+                f"instance {described['InstanceId']} has no {s.ssh.address.replace('_', ' ')}: set "
+                "ssh.address (e.g. private_ip from inside the VPC), associate_public_ip: true, or "
+                "ssh.host/ssh.port"
+            )
         return value, s.ssh.port
 
     def host_key_expectation(self, ctx: BakeContext) -> HostKeyExpectation:
@@ -631,11 +747,17 @@ class AwsProvider(AmiLifecycle):
         latest = True
         while True:
             try:
-                resp = ec2.get_console_output(InstanceId=inst.id, Latest=True) if latest else \
-                    ec2.get_console_output(InstanceId=inst.id)
+                resp = (
+                    ec2.get_console_output(InstanceId=inst.id, Latest=True)
+                    if latest
+                    else ec2.get_console_output(InstanceId=inst.id)
+                )
             except ClientError as exc:  # Latest is for Nitro instances only
-                if latest and error_code(exc) in ("UnsupportedOperation", "InvalidParameterCombination",
-                                                  "InvalidParameter"):
+                if latest and error_code(exc) in (
+                    "UnsupportedOperation",
+                    "InvalidParameterCombination",
+                    "InvalidParameter",
+                ):
                     latest = False
                     continue
                 raise ProviderError(f"reading the console of {inst.id} failed: {exc}") from exc
@@ -647,12 +769,15 @@ class AwsProvider(AmiLifecycle):
         if found:
             log.info("host key fingerprints from the console", instance=inst.id, fingerprints=sorted(found))
             return HostKeyExpectation(fingerprints=found)
-        reason = (f"cloud-init printed no SSH host key fingerprints on the console of {inst.id} "
-                  f"within {timeout:.0f}s")
+        reason = f"cloud-init printed no SSH host key fingerprints on the console of {inst.id} within {timeout:.0f}s"
         if self.settings.ssh.host_key_policy == "refuse":
             raise ProviderError(f"{reason}; refusing to connect (ssh.host_key_policy: refuse)")
-        log.warning("host key cannot be verified", instance=inst.id, reason=reason,
-                    hint="set ssh.host_key_policy: refuse to stop instead")
+        log.warning(
+            "host key cannot be verified",
+            instance=inst.id,
+            reason=reason,
+            hint="set ssh.host_key_policy: refuse to stop instead",
+        )
         return HostKeyExpectation(unverified_reason=reason)
 
     def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
@@ -682,8 +807,10 @@ class AwsProvider(AmiLifecycle):
             if not ssh_answers(inst.ssh_host, inst.ssh_port, timeout=min(3.0, max(0.5, deadline - now))):
                 break
             if time.monotonic() >= deadline:
-                raise ProviderError(f"instance {inst.id} still answered SSH on {inst.ssh_host}:{inst.ssh_port} "
-                                    f"{timeout:.0f}s after it scheduled its reboot")
+                raise ProviderError(
+                    f"instance {inst.id} still answered SSH on {inst.ssh_host}:{inst.ssh_port} "
+                    f"{timeout:.0f}s after it scheduled its reboot"
+                )
             self.sleep(0.5)
         log.info("instance down for its reboot", instance=inst.id, seconds=round(time.monotonic() - started, 1))
         try:
@@ -718,22 +845,32 @@ class AwsProvider(AmiLifecycle):
             except ClientError as exc:
                 gone = error_code(exc) == "InvalidInstanceID.NotFound"
                 if not gone:
-                    log.error("could not terminate; remove by hand", instances=ids, region=region, error=str(exc),
-                              command=f"aws ec2 terminate-instances --region {region} --instance-ids {' '.join(ids)}")
+                    log.error(
+                        "could not terminate; remove by hand",
+                        instances=ids,
+                        region=region,
+                        error=str(exc),
+                        command=f"aws ec2 terminate-instances --region {region} --instance-ids {' '.join(ids)}",
+                    )
             if gone:
                 self._safely(self.data_plane.terminated, region, ids)
                 try:
                     self._instance_waiter(region, "instance_terminated", ids, max_seconds=300)
                 except (WaiterError, ClientError) as exc:
-                    log.warning("instance still terminating; its security group may stay", instances=ids,
-                                error=str(exc))
+                    log.warning(
+                        "instance still terminating; its security group may stay", instances=ids, error=str(exc)
+                    )
         key = instance.extra.get("key_name")
         if key:
             try:
                 ec2.delete_key_pair(KeyName=key)
             except ClientError as exc:
-                log.error("could not delete the key pair; remove by hand", key_pair=key, error=str(exc),
-                          command=f"aws ec2 delete-key-pair --region {region} --key-name {key}")
+                log.error(
+                    "could not delete the key pair; remove by hand",
+                    key_pair=key,
+                    error=str(exc),
+                    command=f"aws ec2 delete-key-pair --region {region} --key-name {key}",
+                )
         group = instance.extra.get("security_group_id")
         if not group and instance.extra.get("security_group_name"):
             group = self._group_by_name(region, instance.extra["security_group_name"])
@@ -748,9 +885,12 @@ class AwsProvider(AmiLifecycle):
 
     def _instances_of_build(self, region: str, build_id: str) -> list[str]:
         try:
-            rows = self.ec2(region).describe_instances(Filters=[
-                {"Name": f"tag:{BUILD_ID}", "Values": [build_id]},
-                {"Name": "instance-state-name", "Values": LIVE_STATES}])["Reservations"]
+            rows = self.ec2(region).describe_instances(
+                Filters=[
+                    {"Name": f"tag:{BUILD_ID}", "Values": [build_id]},
+                    {"Name": "instance-state-name", "Values": LIVE_STATES},
+                ]
+            )["Reservations"]
         except ClientError as exc:
             log.error("could not look for the build's instances", build_id=build_id, error=str(exc))
             return []
@@ -758,8 +898,9 @@ class AwsProvider(AmiLifecycle):
 
     def _group_by_name(self, region: str, name: str) -> str:
         try:
-            groups = self.ec2(region).describe_security_groups(
-                Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+            groups = self.ec2(region).describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])[
+                "SecurityGroups"
+            ]
         except ClientError:
             return ""
         return groups[0]["GroupId"] if groups else ""
@@ -776,8 +917,12 @@ class AwsProvider(AmiLifecycle):
                 if code == "DependencyViolation" and attempt + 1 < attempts:  # the ENI is still detaching
                     self.sleep(5)
                     continue
-                log.error("could not delete the security group; remove by hand", group=group, error=str(exc),
-                          command=f"aws ec2 delete-security-group --region {region} --group-id {group}")
+                log.error(
+                    "could not delete the security group; remove by hand",
+                    group=group,
+                    error=str(exc),
+                    command=f"aws ec2 delete-security-group --region {region} --group-id {group}",
+                )
                 return False
         return False
 
@@ -791,10 +936,13 @@ class AwsProvider(AmiLifecycle):
         for region in self.settings.regions:
             ec2 = self.ec2(region)
 
-            def note(kind: str, ident: str, tags: dict[str, str], when: dt.datetime, extra: str = "",
-                     region: str = region) -> None:
-                found.append(f"{kind} {ident} in {region} (build {tags.get(BUILD_ID, '?')}, role "
-                             f"{tags.get(ROLE, '?')}, expired {iso(when)}){extra}")
+            def note(
+                kind: str, ident: str, tags: dict[str, str], when: dt.datetime, extra: str = "", region: str = region
+            ) -> None:
+                found.append(
+                    f"{kind} {ident} in {region} (build {tags.get(BUILD_ID, '?')}, role "
+                    f"{tags.get(ROLE, '?')}, expired {iso(when)}){extra}"
+                )
 
             rows = ec2.describe_instances(Filters=temporary + [{"Name": "instance-state-name", "Values": LIVE_STATES}])
             instances = [(i, expired(tags_of(i), now)) for r in rows["Reservations"] for i in r["Instances"]]
@@ -818,15 +966,22 @@ class AwsProvider(AmiLifecycle):
             for group in ec2.describe_security_groups(Filters=temporary)["SecurityGroups"]:
                 if when := expired(tags_of(group), now):
                     ok = self._delete_group(region, group["GroupId"], attempts=6) if apply else True
-                    note("security group", group["GroupId"], tags_of(group), when,
-                         "" if ok else " - still in use, retry later")
-            for volume in ec2.describe_volumes(Filters=temporary + [{"Name": "status",
-                                                                     "Values": ["available"]}])["Volumes"]:
+                    note(
+                        "security group",
+                        group["GroupId"],
+                        tags_of(group),
+                        when,
+                        "" if ok else " - still in use, retry later",
+                    )
+            for volume in ec2.describe_volumes(Filters=temporary + [{"Name": "status", "Values": ["available"]}])[
+                "Volumes"
+            ]:
                 if when := expired(tags_of(volume), now):
                     note("volume", volume["VolumeId"], tags_of(volume), when)
                     if apply:
                         ec2.delete_volume(VolumeId=volume["VolumeId"])
         found += self._sweep_reservations(apply)
+        found += self.data_plane.sweep(apply)
         return found
 
     def _sweep_reservations(self, apply: bool) -> list[str]:
@@ -834,11 +989,12 @@ class AwsProvider(AmiLifecycle):
         ssm = self.ssm()
         names = []
         for page in ssm.get_paginator("describe_parameters").paginate(
-                ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": ["/kiln/"]}]):
+            ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": ["/kiln/"]}]
+        ):
             names += [p["Name"] for p in page["Parameters"] if "/versions/" in p["Name"]]
         found = []
         for start in range(0, len(names), 10):
-            for param in ssm.get_parameters(Names=names[start:start + 10])["Parameters"]:
+            for param in ssm.get_parameters(Names=names[start : start + 10])["Parameters"]:
                 role, version = param["Name"].removeprefix("/kiln/").split("/versions/", 1)
                 found += self._settle_reservation(role, version, param["Value"], apply)
         return found

@@ -86,7 +86,9 @@ class AmiLifecycle:
         try:
             self._instance_waiter(inst.region, "instance_stopped", [inst.id])
         except WaiterError as exc:
-            raise ProviderError(f"instance {inst.id} did not stop: {exc}") from exc
+            raise ProviderError(
+                f"instance {inst.id} did not stop within 600 s ({exc}); it is terminated on the way out"
+            ) from exc
         if self.settings.ena_support and not inst.extra.get("ena"):
             ec2.modify_instance_attribute(InstanceId=inst.id, EnaSupport={"Value": True})
             log.info("ENA support enabled on the build instance", instance=inst.id)
@@ -104,8 +106,11 @@ class AmiLifecycle:
         root = inst.extra.get("root_device") or "/dev/xvda"
         mappings: list[dict[str, Any]] = [{"DeviceName": root, "Ebs": {"DeleteOnTermination": True}}]
         for v in s.extra_volumes:
-            mappings.append({"DeviceName": v.device, "Ebs": {"DeleteOnTermination": v.delete_on_termination}}
-                            if v.in_image else {"DeviceName": v.device, "NoDevice": ""})
+            mappings.append(
+                {"DeviceName": v.device, "Ebs": {"DeleteOnTermination": v.delete_on_termination}}
+                if v.in_image
+                else {"DeviceName": v.device, "NoDevice": ""}
+            )
         mappings += [{"DeviceName": device, "VirtualName": name} for device, name in s.ephemeral_volumes]
         return mappings
 
@@ -116,8 +121,13 @@ class AmiLifecycle:
         name = f"kiln-{ctx.role}-{ctx.version}"
         tags = self.image_tags(ctx, name)
         description = f"kiln {ctx.role} {ctx.version}: {ctx.compiled.description}"[:255]
-        params = {"InstanceId": inst.id, "Name": name, "Description": description,
-                  "NoReboot": not inst.extra.get("spot"), "BlockDeviceMappings": self.image_mappings(inst)}
+        params = {
+            "InstanceId": inst.id,
+            "Name": name,
+            "Description": description,
+            "NoReboot": not inst.extra.get("spot"),
+            "BlockDeviceMappings": self.image_mappings(inst),
+        }
         specs = [tag_spec("image", tags), tag_spec("snapshot", tags)]
         try:
             try:
@@ -137,9 +147,19 @@ class AmiLifecycle:
             if isinstance(exc, ClientError):
                 raise ProviderError(f"create_image failed: {exc}") from exc
             raise
-        image = Image(id=resp["ImageId"], role=ctx.role, version=ctx.version, provider=self.name, region=region,
-                      name=name, created=iso(now_utc()), base=ctx.base.id, inputs_hash=ctx.inputs_hash,
-                      status="pending", extra={"tags": tags})
+        image = Image(
+            id=resp["ImageId"],
+            role=ctx.role,
+            version=ctx.version,
+            provider=self.name,
+            region=region,
+            name=name,
+            created=iso(now_utc()),
+            base=ctx.base.id,
+            inputs_hash=ctx.inputs_hash,
+            status="pending",
+            extra={"tags": tags},
+        )
         ctx.image = image  # owned from here: the stage's undo deregisters it if the bake fails
         self._safely(self.data_plane.image_created, region, inst.id, image.id)
         try:
@@ -169,8 +189,12 @@ class AmiLifecycle:
         if snapshots:
             ec2.create_tags(Resources=snapshots, Tags=tag_list(tags))
 
-    def wait_image(self, region: str, image_id: str, stop: threading.Event | None = None) -> dict[str, Any]:
-        """Poll until the AMI is available (waiter.delay x waiter.max_attempts); failed: ProviderError."""
+    def wait_image(
+        self, region: str, image_id: str, stop: threading.Event | None = None, left: str = ""
+    ) -> dict[str, Any]:
+        """Poll until the AMI is available (waiter.delay x waiter.max_attempts); failed: ProviderError.
+
+        ``left`` says in the timeout's error what becomes of the AMI (the default: the snapshot's)."""
         s = self.settings
         ec2 = self.ec2(region)
         state = "unknown"
@@ -189,19 +213,29 @@ class AmiLifecycle:
                     reason = images[0].get("StateReason", {}).get("Message", "")
                     raise ProviderError(f"AMI {image_id} in {region} is {state}: {reason}")
             if attempt and attempt % max(1, round(60 / max(s.waiter_delay, 0.001))) == 0:
-                log.info("still waiting for the AMI", image=image_id, region=region, state=state,
-                         seconds=round(attempt * s.waiter_delay))  # AMIs take minutes: show it is alive
+                log.info(
+                    "still waiting for the AMI",
+                    image=image_id,
+                    region=region,
+                    state=state,
+                    seconds=round(attempt * s.waiter_delay),
+                )  # AMIs take minutes: show it is alive
             if attempt + 1 < s.waiter_max_attempts:
                 if stop is not None:
                     if stop.wait(s.waiter_delay):
                         raise ProviderError(f"stopped waiting for AMI {image_id} in {region}")
                 else:
                     self.sleep(s.waiter_delay)
-        raise ImageWaitTimeout(f"AMI {image_id} in {region} is still {state} after {s.waiter_max_attempts} checks "
-                               f"{s.waiter_delay:g}s apart (providers.aws.waiter, about "
-                               f"{s.waiter_max_attempts * s.waiter_delay:.0f} s); its version reservation is kept "
-                               "as the proof: the next bake of the role or `invoke sweep --apply` removes it once "
-                               "it settles")
+        raise ImageWaitTimeout(
+            f"AMI {image_id} in {region} is still {state} after {s.waiter_max_attempts} checks "
+            f"{s.waiter_delay:g}s apart (providers.aws.waiter, about "
+            f"{s.waiter_max_attempts * s.waiter_delay:.0f} s); "
+            + (
+                left
+                or "recorded in its version reservation: the next bake of the role or "
+                "`invoke sweep --apply` removes it once it settles"
+            )
+        )
 
     def _record_pending(self, ctx: BakeContext, image: Image) -> None:
         """The AMI is still being made: it cannot be removed now. Its build's version reservation is
@@ -210,14 +244,32 @@ class AmiLifecycle:
         self._given_up.setdefault((ctx.role, ctx.version), []).append([image.region, image.id])
         moment = iso(now_utc())
         try:
-            manifest.append(self.state_dir / "manifest.json", [{
-                "role": ctx.role, "version": ctx.version, "provider": self.name, "build_id": ctx.build_id,
-                "region": image.region, "image_id": image.id, "image_name": image.name, "status": "pending",
-                "inputs_hash": ctx.inputs_hash, "started": ctx.started.isoformat(), "finished": moment}])
+            manifest.append(
+                self.state_dir / "manifest.json",
+                [
+                    {
+                        "role": ctx.role,
+                        "version": ctx.version,
+                        "provider": self.name,
+                        "build_id": ctx.build_id,
+                        "region": image.region,
+                        "image_id": image.id,
+                        "image_name": image.name,
+                        "status": "pending",
+                        "inputs_hash": ctx.inputs_hash,
+                        "started": ctx.started.isoformat(),
+                        "finished": moment,
+                    }
+                ],
+            )
         except OSError as exc:
             log.error("could not record the pending AMI in the manifest", image=image.id, error=str(exc))
-        log.warning("AMI still pending; its version reservation stays as the proof for the next run or sweep",
-                    image=image.id, region=image.region, version=ctx.version)
+        log.warning(
+            "AMI still pending; its version reservation stays as the proof for the next run or sweep",
+            image=image.id,
+            region=image.region,
+            version=ctx.version,
+        )
 
     def _image_by_name(self, region: str, name: str) -> dict[str, Any] | None:
         try:
@@ -228,11 +280,23 @@ class AmiLifecycle:
 
     def _image_from(self, row: dict[str, Any], region: str, role: str) -> Image:
         tags = tags_of(row)
-        return Image(id=row["ImageId"], role=role, version=tags.get(VERSION, ""), provider=self.name, region=region,
-                     name=row.get("Name", ""), created=row.get("CreationDate", ""), base=tags.get("kiln:base-image", ""),
-                     inputs_hash=tags.get("kiln:inputs-hash", ""), status=row.get("State", ""),
-                     extra={"snapshots": snapshot_ids(row), "build_id": tags.get(BUILD_ID, ""),
-                            "deprecation_time": row.get("DeprecationTime", "")})
+        return Image(
+            id=row["ImageId"],
+            role=role,
+            version=tags.get(VERSION, ""),
+            provider=self.name,
+            region=region,
+            name=row.get("Name", ""),
+            created=row.get("CreationDate", ""),
+            base=tags.get("kiln:base-image", ""),
+            inputs_hash=tags.get("kiln:inputs-hash", ""),
+            status=row.get("State", ""),
+            extra={
+                "snapshots": snapshot_ids(row),
+                "build_id": tags.get(BUILD_ID, ""),
+                "deprecation_time": row.get("DeprecationTime", ""),
+            },
+        )
 
     def remove_image(self, region: str, image_id: str) -> None:
         """Deregister the AMI and delete its snapshots (raises on failure; callers decide)."""
@@ -264,9 +328,14 @@ class AmiLifecycle:
         try:
             self.remove_image(image.region, image.id)
         except Exception as exc:
-            log.error("could not remove the unfinished AMI; remove by hand", image=image.id, region=image.region,
-                      error=str(exc), command=f"aws ec2 deregister-image --region {image.region} --image-id "
-                                              f"{image.id} (then delete its snapshots)")
+            log.error(
+                "could not remove the unfinished AMI; remove by hand",
+                image=image.id,
+                region=image.region,
+                error=str(exc),
+                command=f"aws ec2 deregister-image --region {image.region} --image-id "
+                f"{image.id} (then delete its snapshots)",
+            )
 
     # --- distribution ----------------------------------------------------------------
     def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
@@ -300,8 +369,9 @@ class AmiLifecycle:
         if permissions:
             for img in images:
                 self.ec2(img.region).modify_image_attribute(ImageId=img.id, LaunchPermission={"Add": permissions})
-            log.info("shared", accounts=s.share.accounts, orgs=s.share.org_arns, ous=s.share.ou_arns,
-                     public=s.share.public)
+            log.info(
+                "shared", accounts=s.share.accounts, orgs=s.share.org_arns, ous=s.share.ou_arns, public=s.share.public
+            )
         # every copy is available and tagged: the AMIs hold the version now, so the reservation goes
         # before latest moves (a crash from here on leaves a whole, unpublished-but-complete version,
         # never a reservation that would let sweep remove an AMI a latest pointer may already name)
@@ -316,13 +386,24 @@ class AmiLifecycle:
         current = self.latest(img.region, ctx.role)
         current_version = self._version_of(img.region, current) if current else ""
         if current_version and sort_key(current_version) >= sort_key(ctx.version):
-            log.warning("latest stayed at the newer version", role=ctx.role, region=img.region,
-                        latest=current_version, version=ctx.version, image=img.id)
+            log.warning(
+                "latest stayed at the newer version",
+                role=ctx.role,
+                region=img.region,
+                latest=current_version,
+                version=ctx.version,
+                image=img.id,
+            )
             return
         img.extra["previous_latest"] = current
         self.ssm(img.region).put_parameter(
-            Name=latest_parameter(ctx.role), Value=img.id, Type="String", DataType="aws:ec2:image",
-            Overwrite=True, Description=f"kiln: latest {ctx.role} ({ctx.version})")
+            Name=latest_parameter(ctx.role),
+            Value=img.id,
+            Type="String",
+            DataType="aws:ec2:image",
+            Overwrite=True,
+            Description=f"kiln: latest {ctx.role} ({ctx.version})",
+        )
         img.latest, img.status = True, "latest"
 
     def _version_of(self, region: str, image_id: str) -> str:
@@ -343,11 +424,16 @@ class AmiLifecycle:
         waited for at most ``2 * ttl``. Always released."""
         name = publishing_parameter(role)
         give_up = time.monotonic() + 2 * ttl
-        while True:
+        for _ in range(1000):  # bounded by time below; by attempts should it keep changing hands
             value = claim_value(BuildClaim.for_build(build_id, now_utc() + dt.timedelta(seconds=ttl)))
             try:
-                self.ssm().put_parameter(Name=name, Value=value, Type="String", Overwrite=False,
-                                         Description="kiln: a publish is moving latest")
+                self.ssm().put_parameter(
+                    Name=name,
+                    Value=value,
+                    Type="String",
+                    Overwrite=False,
+                    Description="kiln: a publish is moving latest",
+                )
                 break
             except ClientError as exc:
                 if error_code(exc) != "ParameterAlreadyExists":
@@ -357,25 +443,38 @@ class AmiLifecycle:
                 continue
             claim, _ = read_claim(held)
             if reason := stale_reason(claim):
-                log.warning("taking over a stale publish mutex", role=role, reason=reason,
-                            holder=claim.describe() if claim else held)
+                log.warning(
+                    "taking over a stale publish mutex",
+                    role=role,
+                    reason=reason,
+                    holder=claim.describe() if claim else held,
+                )
                 self._delete_if_unchanged(name, held)
                 continue
             if time.monotonic() >= give_up:
-                raise ProviderError(f"another publish of {role} ({claim.describe()}) held {name} for over "
-                                    f"{2 * ttl:.0f}s; latest was not moved (the AMIs are kept)")
+                raise ProviderError(
+                    f"another publish of {role} ({claim.describe()}) held {name} for over "
+                    f"{2 * ttl:.0f}s; latest was not moved (the AMIs are kept)"
+                )
             self.sleep(0.5)
+        else:
+            raise ProviderError(f"the publish mutex of {role} ({name}) kept changing hands; latest was not moved")
         try:
             yield
         finally:
             try:
                 self._delete_if_unchanged(name, value)
             except Exception as exc:  # it expires by itself after ttl; say so rather than fail the bake
-                log.error("could not release the publish mutex; it expires by itself", parameter=name,
-                          seconds=ttl, error=str(exc))
+                log.error(
+                    "could not release the publish mutex; it expires by itself",
+                    parameter=name,
+                    seconds=ttl,
+                    error=str(exc),
+                )
 
-    def _copy_to(self, ctx: BakeContext, image: Image, region: str, stop: threading.Event,
-                 published: list[Image]) -> Image:
+    def _copy_to(
+        self, ctx: BakeContext, image: Image, region: str, stop: threading.Event, published: list[Image]
+    ) -> Image:
         s = self.settings
         ec2 = self.ec2(region)
         tags = {**image.extra.get("tags", {}), "kiln:source-image": image.id, "kiln:source-region": image.region}
@@ -384,16 +483,31 @@ class AmiLifecycle:
             kwargs["Encrypted"] = True
             if s.kms_keys.get(region):
                 kwargs["KmsKeyId"] = s.kms_keys[region]
-        resp = ec2.copy_image(SourceImageId=image.id, SourceRegion=image.region, Name=image.name,
-                              Description=f"kiln {ctx.role} {ctx.version} (copy of {image.id} in {image.region})",
-                              ClientToken=f"kiln-{ctx.build_id}-{region}"[:64],
-                              TagSpecifications=[tag_spec("image", tags)], **kwargs)
-        copy = Image(id=resp["ImageId"], role=ctx.role, version=ctx.version, provider=self.name, region=region,
-                     name=image.name, created=iso(now_utc()), base=image.base, inputs_hash=image.inputs_hash,
-                     status="pending", extra={"tags": tags, "source": image.id})
+        resp = ec2.copy_image(
+            SourceImageId=image.id,
+            SourceRegion=image.region,
+            Name=image.name,
+            Description=f"kiln {ctx.role} {ctx.version} (copy of {image.id} in {image.region})",
+            ClientToken=f"kiln-{ctx.build_id}-{region}"[:64],
+            TagSpecifications=[tag_spec("image", tags)],
+            **kwargs,
+        )
+        copy = Image(
+            id=resp["ImageId"],
+            role=ctx.role,
+            version=ctx.version,
+            provider=self.name,
+            region=region,
+            name=image.name,
+            created=iso(now_utc()),
+            base=image.base,
+            inputs_hash=image.inputs_hash,
+            status="pending",
+            extra={"tags": tags, "source": image.id},
+        )
         published.append(copy)
         self._safely(self.data_plane.image_copied, image.region, image.id, region, copy.id)
-        described = self.wait_image(region, copy.id, stop)
+        described = self.wait_image(region, copy.id, stop, left="the copy is deregistered on the way out")
         # copies do not reliably carry tags (CopyImageTags, and moto, differ): tag explicitly
         ec2.create_tags(Resources=[copy.id], Tags=tag_list(tags))
         self._finish_image(region, copy.id, described, tags)
@@ -423,8 +537,12 @@ class AmiLifecycle:
                     for img in moved:
                         self._restore_latest(ctx.role, img)
             except Exception as exc:
-                log.error("could not restore latest; fix by hand", role=ctx.role, error=str(exc),
-                          previous={img.region: img.extra["previous_latest"] or "(delete it)" for img in moved})
+                log.error(
+                    "could not restore latest; fix by hand",
+                    role=ctx.role,
+                    error=str(exc),
+                    previous={img.region: img.extra["previous_latest"] or "(delete it)" for img in moved},
+                )
         own = ctx.image.id if ctx.image else ""
         for img in images:
             if img.id == own:
@@ -433,8 +551,9 @@ class AmiLifecycle:
                 self.remove_image(img.region, img.id)
                 log.info("AMI copy removed", image=img.id, region=img.region)
             except Exception as exc:
-                log.error("could not remove an AMI copy; remove by hand", image=img.id, region=img.region,
-                          error=str(exc))
+                log.error(
+                    "could not remove an AMI copy; remove by hand", image=img.id, region=img.region, error=str(exc)
+                )
 
     def _restore_latest(self, role: str, img: Image) -> None:
         name = latest_parameter(role)
@@ -442,8 +561,9 @@ class AmiLifecycle:
             return
         previous = img.extra["previous_latest"]
         if previous:
-            self.ssm(img.region).put_parameter(Name=name, Value=previous, Type="String", DataType="aws:ec2:image",
-                                               Overwrite=True)
+            self.ssm(img.region).put_parameter(
+                Name=name, Value=previous, Type="String", DataType="aws:ec2:image", Overwrite=True
+            )
         else:
             self._delete_parameter(self.ssm(img.region), name)
 
@@ -451,8 +571,9 @@ class AmiLifecycle:
         """Every AMI of ``role`` in every configured region: newest version first, regions in order."""
         found: list[Image] = []
         for region in self.settings.regions:
-            rows = self.ec2(region).describe_images(Owners=["self"],
-                                                    Filters=[{"Name": f"tag:{ROLE}", "Values": [role]}])["Images"]
+            rows = self.ec2(region).describe_images(
+                Owners=["self"], Filters=[{"Name": f"tag:{ROLE}", "Values": [role]}]
+            )["Images"]
             latest = self.latest(region, role)
             for row in rows:
                 image = self._image_from(row, region, role)

@@ -26,14 +26,43 @@ OU_ARN_RE = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:ou/o-[a-z0-9]{10,
 DEVICE_RE = re.compile(r"^/dev/(sd[b-z]|xvd[b-z]|xvd[a-z][a-z]?|sd[a-z][a-z]?)$")
 EPHEMERAL_RE = re.compile(r"^ephemeral([0-9]|1[0-9]|2[0-3])$")
 
-TOP_KEYS = ("regions", "profile", "instance_types", "instance_type", "subnet_id", "associate_public_ip",
-            "iam_instance_profile", "root_volume", "extra_volumes", "ephemeral_volumes", "spot", "ssh", "share",
-            "kms_keys", "waiter", "retention", "retries", "tags", "user_data", "ena_support", "lock_lease",
-            "virtualization_type")
+TOP_KEYS = (
+    "regions",
+    "profile",
+    "instance_types",
+    "instance_type",
+    "subnet_id",
+    "associate_public_ip",
+    "iam_instance_profile",
+    "root_volume",
+    "extra_volumes",
+    "ephemeral_volumes",
+    "spot",
+    "ssh",
+    "share",
+    "kms_keys",
+    "waiter",
+    "retention",
+    "retries",
+    "tags",
+    "user_data",
+    "ena_support",
+    "lock_lease",
+    "virtualization_type",
+)
 SSH_KEYS = ("address", "user", "cidrs", "security_group_id", "host", "port", "host_key_policy", "console_timeout")
 SHARE_KEYS = ("accounts", "org_arns", "ou_arns", "public", "allow_public")
-VOLUME_KEYS = ("device", "size", "type", "iops", "throughput", "encrypted", "kms_key_id", "in_image",
-               "delete_on_termination")
+VOLUME_KEYS = (
+    "device",
+    "size",
+    "type",
+    "iops",
+    "throughput",
+    "encrypted",
+    "kms_key_id",
+    "in_image",
+    "delete_on_termination",
+)
 EPHEMERAL_KEYS = ("device", "name")
 WAITER_KEYS = ("delay", "max_attempts")
 RETRIES_KEYS = ("mode", "max_attempts")
@@ -139,7 +168,7 @@ DiagFn = Callable[[tuple[Any, ...], str], Diagnostic]
 
 
 def whole_internet(networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
-    """"0.0.0.0/0" or "::/0" when the networks' union is all of it (e.g. 0.0.0.0/1 + 128.0.0.0/1), else ""."""
+    """ "0.0.0.0/0" or "::/0" when the networks' union is all of it (e.g. 0.0.0.0/1 + 128.0.0.0/1), else ""."""
     for everything in (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")):
         family = [n for n in networks if n.version == everything.version]
         if everything in ipaddress.collapse_addresses(family):
@@ -150,8 +179,14 @@ def whole_internet(networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 class _Reader:
     """Typed reads of one mapping, collecting every problem instead of stopping at the first."""
 
-    def __init__(self, data: dict[str, Any], path: tuple[Any, ...], diag: DiagFn, problems: list[Diagnostic],
-                 known: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any],
+        path: tuple[Any, ...],
+        diag: DiagFn,
+        problems: list[Diagnostic],
+        known: tuple[str, ...],
+    ) -> None:
         self.data, self.path, self.diag, self.problems = data, path, diag, problems
         for key in data:
             if key not in known:
@@ -180,22 +215,21 @@ class _Reader:
         return self.get(key, bool, default, "true or false")
 
     def number(self, key: str, default: float | None, minimum: float = 0, integer: bool = False) -> Any:
-        value = self.get(key, int if integer else (int, float), default,
-                         "a whole number" if integer else "a number")
+        value = self.get(key, int if integer else (int, float), default, "a whole number" if integer else "a number")
         if value is not None and value < minimum:
             self.fail((key,), f"{self.dotted(key)} must be >= {minimum}, got {value!r}")
             return default
         return value
 
-    def strings(self, key: str, default: list[str] | None = None, pattern: re.Pattern[str] | None = None,
-                what: str = "") -> list[str]:
+    def strings(
+        self, key: str, default: list[str] | None = None, pattern: re.Pattern[str] | None = None, what: str = ""
+    ) -> list[str]:
         value = self.data.get(key)
         if value is None:
             return list(default or [])
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
-                                                    for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
             self.fail((key,), f"{self.dotted(key)} must be a list of strings, got {value!r}")
             return list(default or [])
         out = [str(v) for v in value]
@@ -217,19 +251,27 @@ class _Reader:
 
 def _volume(data: Any, path: tuple[Any, ...], diag: DiagFn, problems: list[Diagnostic], root: bool) -> Volume:
     if not isinstance(data, dict):
-        problems.append(diag(path, f"{'.'.join(str(p) for p in path[2:])} must be a mapping like "
-                                   "{device: /dev/sdf, size: 20}"))
+        problems.append(
+            diag(path, f"{'.'.join(str(p) for p in path[2:])} must be a mapping like {{device: /dev/sdf, size: 20}}")
+        )
         return Volume()
     r = _Reader(data, path, diag, problems, VOLUME_KEYS)
     vol = Volume(
-        device=r.string("device"), size=r.number("size", None, 1, integer=True), type=r.string("type", "gp3"),
-        iops=r.number("iops", None, 100, integer=True), throughput=r.number("throughput", None, 125, integer=True),
-        encrypted=bool(r.boolean("encrypted", False)), kms_key_id=r.string("kms_key_id"),
+        device=r.string("device"),
+        size=r.number("size", None, 1, integer=True),
+        type=r.string("type", "gp3"),
+        iops=r.number("iops", None, 100, integer=True),
+        throughput=r.number("throughput", None, 125, integer=True),
+        encrypted=bool(r.boolean("encrypted", False)),
+        kms_key_id=r.string("kms_key_id"),
         in_image=bool(r.boolean("in_image", True)),
         delete_on_termination=bool(r.boolean("delete_on_termination", True)),
     )
     if vol.type not in VOLUME_TYPES:
-        r.fail(("type",), f"{r.dotted('type')}: unknown volume type '{vol.type}'{did_you_mean(vol.type, list(VOLUME_TYPES))}")
+        r.fail(
+            ("type",),
+            f"{r.dotted('type')}: unknown volume type '{vol.type}'{did_you_mean(vol.type, list(VOLUME_TYPES))}",
+        )
     if vol.kms_key_id and not vol.encrypted:
         r.fail(("kms_key_id",), f"{r.dotted('kms_key_id')} is set but encrypted is not true")
     if root and data.get("in_image") is not None:
@@ -265,8 +307,11 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
     s.subnet_id = r.string("subnet_id")
     s.associate_public_ip = r.boolean("associate_public_ip", None)
     s.iam_instance_profile = r.string("iam_instance_profile")
-    s.root_volume = _volume(raw["root_volume"], (*base, "root_volume"), diag, problems, root=True) \
-        if raw.get("root_volume") is not None else Volume()
+    s.root_volume = (
+        _volume(raw["root_volume"], (*base, "root_volume"), diag, problems, root=True)
+        if raw.get("root_volume") is not None
+        else Volume()
+    )
     extra = raw.get("extra_volumes") or []
     if not isinstance(extra, list):
         r.fail(("extra_volumes",), "providers.aws.extra_volumes must be a list of volumes")
@@ -301,15 +346,21 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
 
     ssh = _Reader(r.mapping("ssh"), (*base, "ssh"), diag, problems, SSH_KEYS)
     s.ssh = SSHSettings(
-        address=ssh.string("address", "public_ip"), user=ssh.string("user", "ec2-user"),
-        cidrs=ssh.strings("cidrs"), security_group_id=ssh.string("security_group_id"),
-        host=ssh.string("host"), port=ssh.number("port", 22, 1, integer=True),
+        address=ssh.string("address", "public_ip"),
+        user=ssh.string("user", "ec2-user"),
+        cidrs=ssh.strings("cidrs"),
+        security_group_id=ssh.string("security_group_id"),
+        host=ssh.string("host"),
+        port=ssh.number("port", 22, 1, integer=True),
         host_key_policy=ssh.string("host_key_policy", "warn"),
         console_timeout=float(ssh.number("console_timeout", 180.0, 0)),
     )
     if s.ssh.address not in ADDRESS_KINDS:
-        ssh.fail(("address",), f"ssh.address must be one of {', '.join(ADDRESS_KINDS)}, got {s.ssh.address!r}"
-                               f"{did_you_mean(s.ssh.address, list(ADDRESS_KINDS))}")
+        ssh.fail(
+            ("address",),
+            f"ssh.address must be one of {', '.join(ADDRESS_KINDS)}, got {s.ssh.address!r}"
+            f"{did_you_mean(s.ssh.address, list(ADDRESS_KINDS))}",
+        )
     if s.ssh.host_key_policy not in HOST_KEY_POLICIES:
         ssh.fail(("host_key_policy",), f"ssh.host_key_policy must be warn or refuse, got {s.ssh.host_key_policy!r}")
     networks = []
@@ -319,8 +370,11 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
         except ValueError:
             ssh.fail(("cidrs", i), f"ssh.cidrs: '{cidr}' is not a CIDR like 203.0.113.7/32")
     if s.ssh.security_group_id and s.ssh.cidrs:
-        ssh.fail(("cidrs",), "ssh.cidrs applies to the temporary security group; with ssh.security_group_id "
-                             "set, the existing group's rules are used as they are")
+        ssh.fail(
+            ("cidrs",),
+            "ssh.cidrs applies to the temporary security group; with ssh.security_group_id "
+            "set, the existing group's rules are used as they are",
+        )
     if whole := whole_internet(networks):
         ssh.fail(("cidrs",), f"ssh.cidrs must not open SSH to the whole internet: together they cover {whole}")
     if s.ssh.user == "":
@@ -331,7 +385,8 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
         accounts=share.strings("accounts"),
         org_arns=share.strings("org_arns", pattern=ORG_ARN_RE, what="an organization ARN"),
         ou_arns=share.strings("ou_arns", pattern=OU_ARN_RE, what="an organizational unit ARN"),
-        public=bool(share.boolean("public", False)), allow_public=bool(share.boolean("allow_public", False)),
+        public=bool(share.boolean("public", False)),
+        allow_public=bool(share.boolean("allow_public", False)),
     )
     if "all" in s.share.accounts:
         s.share.accounts.remove("all")
@@ -340,15 +395,20 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
         if not ACCOUNT_RE.match(account):
             share.fail(("accounts", i), f"share.accounts: '{account}' is not a 12-digit account id")
     if s.share.public and not s.share.allow_public:
-        share.fail(("public",) if "public" in share.data else ("accounts",),
-                   "sharing publicly makes the AMI launchable by every AWS account: refused unless "
-                   "share.allow_public: true is set as well")
+        share.fail(
+            ("public",) if "public" in share.data else ("accounts",),
+            "sharing publicly makes the AMI launchable by every AWS account: refused unless "
+            "share.allow_public: true is set as well",
+        )
 
     kms = r.mapping("kms_keys")
     for region, key in kms.items():
         if region not in s.regions:
-            r.fail(("kms_keys", region), f"kms_keys: '{region}' is not one of the regions "
-                                         f"{', '.join(s.regions)}{did_you_mean(str(region), s.regions)}")
+            r.fail(
+                ("kms_keys", region),
+                f"kms_keys: '{region}' is not one of the regions "
+                f"{', '.join(s.regions)}{did_you_mean(str(region), s.regions)}",
+            )
         elif not isinstance(key, str) or not key:
             r.fail(("kms_keys", region), f"kms_keys.{region} must be a key id, ARN or alias")
         else:
@@ -362,9 +422,12 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
             r.fail(("share",), "encrypted AMIs cannot be public")
         missing = [reg for reg in s.regions if reg not in s.kms_keys]
         if missing:
-            r.fail(("kms_keys",), "AMIs encrypted with the default aws/ebs key cannot be shared with other "
-                                  f"accounts: set a customer managed key for {', '.join(missing)} "
-                                  "(root_volume.kms_key_id for the build region, kms_keys for the others)")
+            r.fail(
+                ("kms_keys",),
+                "AMIs encrypted with the default aws/ebs key cannot be shared with other "
+                f"accounts: set a customer managed key for {', '.join(missing)} "
+                "(root_volume.kms_key_id for the build region, kms_keys for the others)",
+            )
 
     waiter = _Reader(r.mapping("waiter"), (*base, "waiter"), diag, problems, WAITER_KEYS)
     s.waiter_delay = float(waiter.number("delay", 15.0, 0))
@@ -391,9 +454,12 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
     s.lock_lease = float(r.number("lock_lease", 120.0, 1))
     virtualization = r.string("virtualization_type", "hvm")
     if virtualization != "hvm":
-        r.fail(("virtualization_type",), f"virtualization_type '{virtualization}' is refused: kiln bakes HVM "
-                                         "images only (paravirtual AMIs cannot use current instance types, "
-                                         "ENA or IMDSv2)")
+        r.fail(
+            ("virtualization_type",),
+            f"virtualization_type '{virtualization}' is refused: kiln bakes HVM "
+            "images only (paravirtual AMIs cannot use current instance types, "
+            "ENA or IMDSv2)",
+        )
     if problems:
         raise InvalidInput(problems)
     return s

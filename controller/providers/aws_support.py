@@ -32,11 +32,19 @@ ROLE = "kiln:role"
 VERSION = "kiln:version"
 
 # Errors that mean "this instance type cannot be had here now": try the next one.
-CAPACITY_ERRORS = frozenset({
-    "InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity", "Unsupported",
-    "InstanceLimitExceeded", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "UnfulfillableCapacity",
-    "InsufficientCapacityOnOutpost",
-})
+CAPACITY_ERRORS = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientCapacity",
+        "Unsupported",
+        "InstanceLimitExceeded",
+        "SpotMaxPriceTooLow",
+        "MaxSpotInstanceCountExceeded",
+        "UnfulfillableCapacity",
+        "InsufficientCapacityOnOutpost",
+    }
+)
 
 
 def kiln_version() -> str:
@@ -172,8 +180,19 @@ def console_block(host_public_keys: list[str], hostname: str) -> str:
         bits, label = kinds.get(kind, ("256", kind.upper()))
         fps.append(f"ec2: {bits} {fingerprint_of(base64.b64decode(blob))} root@{hostname} ({label})")
         keys.append(f"{kind} {blob} root@{hostname}")
-    return "\n".join(["ec2: ", "ec2: " + FINGERPRINTS_BEGIN, *fps, "ec2: " + FINGERPRINTS_END, "ec2: ",
-                      KEYS_BEGIN, *keys, KEYS_END, ""])
+    return "\n".join(
+        [
+            "ec2: ",
+            "ec2: " + FINGERPRINTS_BEGIN,
+            *fps,
+            "ec2: " + FINGERPRINTS_END,
+            "ec2: ",
+            KEYS_BEGIN,
+            *keys,
+            KEYS_END,
+            "",
+        ]
+    )
 
 
 # --- user data -------------------------------------------------------------------------
@@ -185,11 +204,13 @@ def deadline_cloud_config(expires_epoch: int) -> str:
     bootcmd runs at every boot: the minutes left are worked out from the absolute
     deadline each time, so a reboot step does not push the deadline later.
     """
-    return ("#cloud-config\n"
-            "# kiln build machine: halt (= terminate) at the build deadline, even if the controller died\n"
-            "bootcmd:\n"
-            f"  - [sh, -c, \"left=$(( ({expires_epoch} - $(date +%s)) / 60 )); [ $left -ge 1 ] || left=1; "
-            "shutdown -h +$left >/dev/null 2>&1 || true\"]\n")
+    return (
+        "#cloud-config\n"
+        "# kiln build machine: halt (= terminate) at the build deadline, even if the controller died\n"
+        "bootcmd:\n"
+        f'  - [sh, -c, "left=$(( ({expires_epoch} - $(date +%s)) / 60 )); [ $left -ge 1 ] || left=1; '
+        'shutdown -h +$left >/dev/null 2>&1 || true"]\n'
+    )
 
 
 def user_data(expires_epoch: int, extra: str = "") -> str:
@@ -199,8 +220,11 @@ def user_data(expires_epoch: int, extra: str = "") -> str:
         return ours
     message = MIMEMultipart()
     message.attach(MIMEText(ours, "cloud-config"))
-    subtype = "x-shellscript" if extra.startswith("#!") else (
-        "cloud-config" if extra.startswith("#cloud-config") else "x-shellscript")
+    subtype = (
+        "x-shellscript"
+        if extra.startswith("#!")
+        else ("cloud-config" if extra.startswith("#cloud-config") else "x-shellscript")
+    )
     message.attach(MIMEText(extra, subtype))
     return message.as_string()
 
@@ -211,8 +235,11 @@ def cloud_config_parts(data: str) -> list[str]:
         import email
 
         message = email.message_from_string(data)
-        return [part.get_payload(decode=True).decode(errors="replace") for part in message.walk()
-                if part.get_content_type() == "text/cloud-config"]
+        return [
+            part.get_payload(decode=True).decode(errors="replace")
+            for part in message.walk()
+            if part.get_content_type() == "text/cloud-config"
+        ]
     return [data] if data.startswith("#cloud-config") else []
 
 
@@ -248,6 +275,9 @@ class DataPlane(Protocol):
         containers) starts it again here, keeping its address and keys. Raise on failure.
         """
 
+    def sweep(self, apply: bool) -> list[str]:
+        """What the data plane made that outlived its owner (removed when ``apply``); part of ``sweep``."""
+
 
 class CloudDataPlane:
     """Real AWS: the cloud runs the machines; kiln only needs its own address."""
@@ -274,8 +304,10 @@ class CloudDataPlane:
             except (OSError, ValueError) as exc:
                 from controller.providers.base import ProviderError
 
-                raise ProviderError(f"could not find this controller's {kind} address for the temporary "
-                                    f"security group ({exc}); set providers.aws.ssh.cidrs") from exc
+                raise ProviderError(
+                    f"could not find this controller's {kind} address for the temporary "
+                    f"security group ({exc}); set providers.aws.ssh.cidrs"
+                ) from exc
             self._cidrs[kind] = [network]
         return self._cidrs[kind]
 
@@ -299,6 +331,9 @@ class CloudDataPlane:
 
     def rebooting(self, region: str, instance_id: str, timeout: float) -> None:
         pass  # EC2 reboots the instance in place
+
+    def sweep(self, apply: bool) -> list[str]:
+        return []  # the cloud's own resources are all swept through the API
 
 
 def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -326,8 +361,13 @@ def read_claim(value: str) -> tuple[BuildClaim | None, bool]:
         return None, False
     claim = BuildClaim.from_json(value)
     if claim is None and "expires" in data:
-        claim = BuildClaim(build_id=str(data.get("build_id") or data.get("owner") or ""),
-                           expires=str(data["expires"]), host="", pid=0, pid_started="")
+        claim = BuildClaim(
+            build_id=str(data.get("build_id") or data.get("owner") or ""),
+            expires=str(data["expires"]),
+            host="",
+            pid=0,
+            pid_started="",
+        )
     return claim, bool(data.get("ended"))
 
 
@@ -345,5 +385,6 @@ def stale_reason(claim: BuildClaim | None, now: dt.datetime | None = None) -> st
 
 
 def snapshot_ids(image: dict[str, Any]) -> list[str]:
-    return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings") or []
-            if m.get("Ebs", {}).get("SnapshotId")]
+    return [
+        m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings") or [] if m.get("Ebs", {}).get("SnapshotId")
+    ]
