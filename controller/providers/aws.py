@@ -151,6 +151,7 @@ class AwsProvider(AmiLifecycle):
         self._held: dict[str, tuple[str, float, float]] = {}  # role -> (owner, lease, renew until) of held locks
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
+        self._lease_lock = threading.Lock()  # a renewal and a release of a lock never interleave
         self.sandbox: Any = None  # set by controller.sandbox
         self._clients: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
@@ -499,10 +500,13 @@ class AwsProvider(AmiLifecycle):
                     with self._lock:
                         self._held.pop(role, None)
                     continue
-                try:
-                    self._renew(role, owner, lease)
-                except Exception as exc:  # a missed renewal is retried; the lease is three renewals long
-                    log.warning("could not renew the lock", role=role, error=str(exc))
+                with self._lease_lock:  # never renew a lock that release_lock is deleting: it would come back
+                    if self._held.get(role, ("",))[0] != owner:
+                        continue
+                    try:
+                        self._renew(role, owner, lease)
+                    except Exception as exc:  # a missed renewal is retried; the lease is three renewals long
+                        log.warning("could not renew the lock", role=role, error=str(exc))
 
     def _renew(self, role: str, owner: str, lease: float) -> None:
         name = lock_parameter(role)
@@ -517,16 +521,17 @@ class AwsProvider(AmiLifecycle):
 
     def release_lock(self, role: str, owner: str) -> None:
         name = lock_parameter(role)
-        with self._lock:
-            if self._held.get(role, ("",))[0] == owner:
-                self._held.pop(role)
-        try:
-            held = self._read_parameter(name)
-            claim, _ = read_claim(held) if held is not None else (None, False)
-            if claim is not None and json.loads(held).get("owner", claim.build_id) == owner:
-                self._delete_parameter(self.ssm(), name)
-        except ClientError as exc:
-            log.error("could not release the lock; remove by hand", parameter=name, error=str(exc))
+        with self._lease_lock:
+            with self._lock:
+                if self._held.get(role, ("",))[0] == owner:
+                    self._held.pop(role)
+            try:
+                held = self._read_parameter(name)
+                claim, _ = read_claim(held) if held is not None else (None, False)
+                if claim is not None and json.loads(held).get("owner", claim.build_id) == owner:
+                    self._delete_parameter(self.ssm(), name)
+            except ClientError as exc:
+                log.error("could not release the lock; remove by hand", parameter=name, error=str(exc))
 
     @staticmethod
     def _delete_parameter(ssm: Any, name: str) -> None:
