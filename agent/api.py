@@ -16,10 +16,12 @@ from __future__ import annotations
 import difflib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 
 class ModuleError(Exception):
@@ -29,6 +31,31 @@ class ModuleError(Exception):
         super().__init__(msg)
         self.msg = msg
         self.data = data
+
+
+class StepTimeout(BaseException):
+    """The step ran past its time limit. A BaseException, so that no module's ``except Exception`` swallows it."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"timed out after {limit:g}s")
+        self.limit = limit
+
+
+class StepClock:
+    """A step's time limit: what is left of it, and who noticed first that it ran out."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.ends = time.monotonic() + limit
+        self.expired = False
+
+    def left(self) -> float:
+        return self.ends - time.monotonic()
+
+    def expire(self) -> StepTimeout:
+        """Mark the limit as reached; the alarm backstop stays quiet once a command noticed it."""
+        self.expired = True
+        return StepTimeout(self.limit)
 
 
 @dataclass
@@ -59,6 +86,7 @@ class Context:
     templates_dir: str = "/"
     facts: Dict[str, Any] = field(default_factory=dict)
     variables: Dict[str, Any] = field(default_factory=dict)
+    clock: Optional[StepClock] = None  # the running step's time limit; every command stops at it
 
     def run(
         self,
@@ -74,28 +102,61 @@ class Context:
         full_env.setdefault("LC_ALL", "C.UTF-8")
         full_env.setdefault("DEBIAN_FRONTEND", "noninteractive")
         full_env.update(env or {})
+        clock = self.clock
+        step_bound = clock is not None and (timeout is None or clock.left() < timeout)
+        limit = max(clock.left(), 0.0) if clock is not None and step_bound else timeout
+        if step_bound and limit <= 0:
+            raise clock.expire()
         try:
-            proc = subprocess.run(
-                argv, shell=shell, input=input, capture_output=True, text=True,
-                env=full_env, cwd=cwd, timeout=timeout,
+            # a session of its own: on a timeout the whole process group goes, grandchildren included
+            proc = subprocess.Popen(
+                argv, shell=shell, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd,
+                start_new_session=True,
                 executable="/bin/bash" if shell and os.path.exists("/bin/bash") else None,
             )
         except FileNotFoundError as exc:
             raise ModuleError(f"command not found: {exc.filename}", rc=127) from None
+        try:
+            stdout, stderr = proc.communicate(input, timeout=limit)
         except subprocess.TimeoutExpired:
+            kill_group(proc)
+            if step_bound:
+                raise clock.expire() from None
             raise ModuleError(f"command timed out after {timeout}s", rc=124) from None
-        done = Completed(proc.returncode, proc.stdout, proc.stderr)
+        except BaseException:  # the step's alarm (StepTimeout) or an interrupt: leave nothing running
+            kill_group(proc)
+            raise
+        done = Completed(proc.returncode, stdout, stderr)
         if check and proc.returncode != 0:
             shown = argv if isinstance(argv, str) else " ".join(argv)
             raise ModuleError(
-                f"'{shown}' exited {proc.returncode}: {tail(proc.stderr or proc.stdout)}",
-                rc=proc.returncode, stdout=proc.stdout, stderr=proc.stderr,
+                f"'{shown}' exited {proc.returncode}: {tail(stderr or stdout)}",
+                rc=proc.returncode, stdout=stdout, stderr=stderr,
             )
         return done
 
     def source_path(self, src: str, kind: str = "files") -> str:
         base = self.files_dir if kind == "files" else self.templates_dir
         return src if os.path.isabs(src) else os.path.join(base, src)
+
+
+def kill_group(proc: "subprocess.Popen[str]") -> None:
+    """Kill a command started in its own session, and everything it started; reap it.
+
+    Its pipes are closed, not read: a process that left the group may still hold them open.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:  # stdin with unwritten input: nobody reads it any more
+                pass
 
 
 def require_command(name: str, install_hint: str) -> str:

@@ -18,13 +18,16 @@ fourth top-level step, ``(3, "block", 0)`` the first step of its block,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from agent import schema as argschema
-from agent.api import Context, ModuleError, Result, tail
+from agent.api import Context, ModuleError, Result, StepClock, StepTimeout, tail
 from agent.modules import discover
 from agent.templating import TemplateError, evaluate, render, resolve_variables
 
@@ -57,6 +60,37 @@ class RebootRequested(BaseException):
         self.handler = handler
         self.flush_rest: List[str] = []
         self.pending_failures: Dict[str, Dict[str, Any]] = {}
+
+
+@contextlib.contextmanager
+def time_limit(ctx: Context, limit: Optional[float]) -> Iterator[None]:
+    """Run the body within ``limit`` seconds or raise StepTimeout.
+
+    Commands run through ``ctx.run`` stop at the limit themselves (and take their
+    process group with them); SIGALRM is the backstop for module code that runs no
+    command (a download, a template, a retry's delay). The alarm needs the main thread.
+    """
+    if limit is None:
+        yield
+        return
+    clock = StepClock(limit)
+    ctx.clock = clock
+    alarm = threading.current_thread() is threading.main_thread()
+
+    def ring(signum: int, frame: Any) -> None:
+        if not clock.expired:
+            raise clock.expire()
+
+    previous = signal.signal(signal.SIGALRM, ring) if alarm else None
+    if alarm:
+        signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        ctx.clock = None
 
 
 class Runner:
@@ -139,13 +173,28 @@ class Runner:
         started, wall = time.monotonic(), time.time()
         reboot: Dict[str, Any] | None = None
         try:
-            outcome = self.execute(step)
+            with time_limit(self.ctx, self.limit_of(step)):
+                outcome = self.execute(step)
             reboot = outcome.pop("reboot", None)
         except StepFailed as exc:
             outcome = {"status": "failed", "msg": exc.msg}
+        except StepTimeout as exc:
+            outcome = self.timed_out(step, exc)
         if reboot is not None and outcome["status"] == "changed":
             raise RebootRequested(step, path, outcome, reboot, wall, handler)
         self.finish_step(step, outcome, time.monotonic() - started, handler)
+
+    def limit_of(self, step: Dict[str, Any]) -> Optional[float]:
+        """Seconds one execution of ``step`` may take (all its loop items and retries): its own, or the default."""
+        limit = step.get("timeout", self.bundle.get("step_timeout"))
+        return float(limit) if limit else None
+
+    def timed_out(self, step: Dict[str, Any], exc: StepTimeout) -> Dict[str, Any]:
+        """A timeout is a failure (failed_when cannot clear it); ``register`` still gets a result."""
+        msg = f"step {step.get('index')} '{step.get('name')}' timed out after {exc.limit:g}s"
+        if step.get("register"):
+            self.variables[step["register"]] = {"changed": False, "failed": True, "timed_out": True, "msg": msg}
+        return {"status": "failed", "msg": msg, "timed_out": True}
 
     def finish_step(self, step: Dict[str, Any], outcome: Dict[str, Any], duration: float, handler: bool) -> None:
         """Count, notify and report a step that ran; raise StepFailed when it failed for good."""

@@ -45,8 +45,10 @@ class BakeResult:
 
 
 def with_build_settings(options: BakeOptions, config: Config) -> BakeOptions:
-    """The options with kiln.yaml's ``build:`` settings (SSH wait, deadline) applied."""
-    return dataclasses.replace(options, ssh_timeout=config.ssh_timeout, deadline_hours=config.deadline_hours)
+    """The options with kiln.yaml's ``build:`` settings (SSH wait and keepalives, deadline, step limit) applied."""
+    return dataclasses.replace(options, ssh_timeout=config.ssh_timeout, deadline_hours=config.deadline_hours,
+                               step_timeout=config.step_timeout, ssh_keepalive=config.ssh_keepalive,
+                               ssh_keepalive_misses=config.ssh_keepalive_misses)
 
 
 def new_build_id() -> str:

@@ -25,7 +25,10 @@ from controller.model import Diagnostic, InvalidInput
 from controller.stepfiles.loader import Document, display_path, kind_of, load_yaml
 
 KNOWN_KEYS = ("providers", "retention", "vars", "build")
-BUILD_DEFAULTS = {"ssh_timeout": 180.0, "deadline_hours": 3.0}
+BUILD_DEFAULTS = {"ssh_timeout": 180.0, "deadline_hours": 3.0, "step_timeout": 3600.0, "ssh_keepalive": 15.0,
+                  "ssh_keepalive_misses": 3}
+#: build settings that count something: whole numbers
+WHOLE_BUILD_SETTINGS = ("ssh_keepalive_misses",)
 PROVIDERS = ("local", "aws")
 RETENTION_KEYS = ("keep",)
 DEFAULT_KEEP = 5
@@ -44,6 +47,11 @@ class Config:
     #: seconds to wait for a new machine's SSH; hours after which a build's temporaries expire
     ssh_timeout: float = BUILD_DEFAULTS["ssh_timeout"]
     deadline_hours: float = BUILD_DEFAULTS["deadline_hours"]
+    #: seconds a step may run unless it says ``timeout:``
+    step_timeout: float = BUILD_DEFAULTS["step_timeout"]
+    #: seconds between SSH keepalive probes; unanswered probes in a row before the machine counts as lost
+    ssh_keepalive: float = BUILD_DEFAULTS["ssh_keepalive"]
+    ssh_keepalive_misses: int = BUILD_DEFAULTS["ssh_keepalive_misses"]
     document: Document | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -64,6 +72,19 @@ class Config:
 
     def provider(self, name: str) -> dict[str, Any]:
         return self.providers.get(name) or {}
+
+
+def _build_setting_problem(key: Any, value: Any) -> str:
+    """What is wrong with ``build.<key>: <value>`` ("" when nothing)."""
+    if key not in BUILD_DEFAULTS:
+        return f"unknown build setting '{key}'{did_you_mean(key, list(BUILD_DEFAULTS))}"
+    if key in WHOLE_BUILD_SETTINGS:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"build.{key} must be a whole number >= 1, got {value!r}"
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        return f"build.{key} must be a positive number, got {kind_of(value)}"
+    return ""
 
 
 def load_config(path: Path) -> Config:
@@ -132,14 +153,11 @@ def load_config(path: Path) -> Config:
                                                  f"got {kind_of(build)}"))
         else:
             for key, value in build.items():
-                if key not in BUILD_DEFAULTS:
-                    problems.append(doc.diag(("build", key), f"unknown build setting '{key}'"
-                                             f"{did_you_mean(key, list(BUILD_DEFAULTS))}", key=True))
-                elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                    problems.append(doc.diag(("build", key), f"build.{key} must be a positive number, "
-                                                             f"got {kind_of(value)}"))
+                problem = _build_setting_problem(key, value)
+                if problem:
+                    problems.append(doc.diag(("build", key), problem, key=key not in BUILD_DEFAULTS))
                 else:
-                    setattr(config, key, float(value))
+                    setattr(config, key, value if key in WHOLE_BUILD_SETTINGS else float(value))
 
     variables = data.get("vars")
     if variables is not None:

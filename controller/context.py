@@ -22,6 +22,9 @@ class BakeOptions:
     idempotence_gate: bool = True
     ssh_timeout: float = 180.0  # seconds for a new machine's SSH to answer (kiln.yaml build.ssh_timeout)
     deadline_hours: float = 3.0  # temporaries expire after this (build.deadline_hours)
+    step_timeout: float = 3600.0  # seconds a step may run unless it says `timeout:` (build.step_timeout)
+    ssh_keepalive: float = 15.0  # seconds between keepalive probes (build.ssh_keepalive)
+    ssh_keepalive_misses: int = 3  # unanswered probes before the machine counts as lost (build.ssh_keepalive_misses)
     builds_dir: Path = Path("builds")
     playbooks_dir: Path = Path("playbooks")
 

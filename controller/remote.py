@@ -6,6 +6,7 @@ import io
 import json
 import shlex
 import tarfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import structlog
 from controller.agent_build import agent_zipapp
 from controller.context import BakeContext
 from controller.pipeline import BakeFailed
+from controller.ssh import CommandTimeout, ConnectionLost
 
 log = structlog.get_logger("kiln.agent")
 
@@ -47,8 +49,12 @@ def agent_command(ctx: BakeContext, *args: str) -> str:
 
 
 def run_agent(ctx: BakeContext, command: str, on_event: Callable[[dict[str, Any]], None],
-              stdin: bytes | None = None) -> tuple[int, list[dict[str, Any]], str]:
-    """Run a command printing agent events; hand each to ``on_event`` as it arrives."""
+              stdin: bytes | None = None, timeout: float | None = None) -> tuple[int, list[dict[str, Any]], str]:
+    """Run a command printing agent events; hand each to ``on_event`` as it arrives.
+
+    ``timeout`` bounds the whole command. When it passes, or the machine stops answering,
+    the bake fails saying which step was running and that the rest of the run is lost.
+    """
     events: list[dict[str, Any]] = []
 
     def on_line(line: str) -> None:
@@ -61,10 +67,38 @@ def run_agent(ctx: BakeContext, command: str, on_event: Callable[[dict[str, Any]
         events.append(event)
         on_event(event)
 
-    done = ctx.session.run(command, stdin=stdin, on_line=on_line)
+    started = time.monotonic()
+    try:
+        done = ctx.session.run(command, stdin=stdin, on_line=on_line, timeout=timeout)
+    except CommandTimeout as exc:
+        raise BakeFailed(f"the agent did not finish within {timeout:.0f}s (the steps' time limits and a margin); "
+                         f"{what_was_lost(events, started)}") from exc
+    except ConnectionLost as exc:
+        raise BakeFailed(f"{exc}; {what_was_lost(events, started)}") from exc
     if done.rc != 0 and not events:
         raise BakeFailed(f"agent did not run (exit {done.rc}): {done.stderr.strip()[-1500:]}")
     return done.rc, events, done.stderr
+
+
+def what_was_lost(events: list[dict[str, Any]], started: float) -> str:
+    """The agent's run as far as the controller saw it: the step it was in, and what did not report."""
+    finished = sum(1 for e in events if e.get("event") == "step")
+    running = running_step(events)
+    seconds = time.monotonic() - started
+    if running is not None:
+        return (f"lost step {running.get('index')} '{running.get('name')}' while it ran, and every step after it "
+                f"({finished} steps had reported, {seconds:.0f}s into the run)")
+    return f"lost the rest of the run ({finished} steps had reported, {seconds:.0f}s into the run)"
+
+
+def running_step(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last step the agent announced and has not reported on."""
+    for event in reversed(events):
+        if event.get("event") in ("step", "summary"):
+            return None
+        if event.get("event") == "start":
+            return event
+    return None
 
 
 def log_step(event: dict[str, Any], quiet_ok: bool = False, check_mode: bool = False) -> None:

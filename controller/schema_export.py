@@ -50,6 +50,10 @@ KEYWORDS: dict[str, tuple[dict[str, Any], str]] = {
                 "Retry a failing step (or until `until` holds) this many times."),
     "delay": ({"anyOf": [{"type": "integer", "minimum": 0}, TEMPLATED]}, "Seconds between retries (default 5)."),
     "until": (EXPRESSION, "Retry until the expression holds (3 retries unless `retries` says otherwise)."),
+    "timeout": ({"type": "number", "exclusiveMinimum": 0},
+                "Seconds the step may run (all its loop items and retries together; a handler, each time it "
+                "runs). Past it the step fails, whatever it started is killed, and `ignore_errors`/`rescue` "
+                "apply as to any failure. Default: kiln.yaml `build.step_timeout` (3600)."),
     "notify": (NAMES, "Handlers to run (once, at the end or at `flush_handlers`) when this step changed."),
     "no_log": ({"type": "boolean"}, "Redact this step's messages, diffs and output everywhere."),
     "tags": (NAMES, "Select steps with `--tags` / `--skip-tags` (`always` runs unless skipped by name; "

@@ -3,6 +3,13 @@
 kiln never trusts an unknown host key: the local provider injects a per-instance
 host key and pins it exactly; the AWS provider pins the fingerprints cloud-init
 prints to the console. The client key is a per-bake ed25519 key.
+
+A frozen or vanished machine does not close its TCP connection: it just stops
+answering. paramiko's own keepalive only sends, so a :class:`Heartbeat` asks the
+server for a reply (``keepalive@openssh.com`` with want-reply, as OpenSSH's
+``ServerAliveInterval`` does) and closes the transport once the machine has been
+silent for ``interval x misses`` seconds; a command waiting on it then raises
+:class:`ConnectionLost`, which says for how long the machine was silent.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from fabric import Config, Connection
 
 log = structlog.get_logger("kiln.ssh")
 
+#: How often a command with a time bound wakes up to look at it.
+POLL_SECONDS = 1.0
+
 
 class SSHError(RuntimeError):
     pass
@@ -30,6 +40,82 @@ class SSHError(RuntimeError):
 
 class HostKeyMismatch(SSHError):
     pass
+
+
+class ConnectionLost(SSHError):
+    """The machine stopped answering (or the connection dropped) while a command ran."""
+
+
+class CommandTimeout(SSHError):
+    """A command ran past the bound its caller gave; the channel was closed."""
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """Probe every ``interval`` seconds; ``misses`` unanswered intervals in a row and the machine is lost."""
+
+    interval: float = 15.0
+    misses: int = 3
+
+    @property
+    def silence(self) -> float:
+        return self.interval * self.misses
+
+
+class Heartbeat:
+    """A thread that notices a peer which stopped answering, and closes the transport.
+
+    One ``keepalive@openssh.com`` request with want-reply is outstanding at a time, sent
+    from a probe thread (paramiko's ``global_request`` waits with no bound of its own; it
+    returns once the transport closes). ``lost`` says why the connection was given up.
+    """
+
+    REQUEST = "keepalive@openssh.com"
+
+    def __init__(self, transport: paramiko.Transport, address: str, keepalive: Keepalive) -> None:
+        self.transport = transport
+        self.address = address
+        self.keepalive = keepalive
+        self.last_reply = time.monotonic()
+        self.lost = ""
+        self.stopped = threading.Event()
+        self.context = structlog.contextvars.get_contextvars()  # the bake's role and build id, for its log line
+        self.thread = threading.Thread(target=self._loop, name="kiln-keepalive", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_reply
+
+    def _loop(self) -> None:
+        structlog.contextvars.bind_contextvars(**self.context)
+        probe: threading.Thread | None = None
+        while not self.stopped.wait(self.keepalive.interval):
+            if not self.transport.is_active():
+                return
+            if probe is None or not probe.is_alive():
+                probe = threading.Thread(target=self._probe, name="kiln-keepalive-probe", daemon=True)
+                probe.start()
+            silent = self.silent_for()
+            if silent >= self.keepalive.silence:
+                self.lost = (f"the machine stopped answering: no reply to SSH keepalives for {silent:.0f}s "
+                             f"({self.keepalive.misses} probes, every {self.keepalive.interval:g}s)")
+                log.error("connection lost", address=self.address, silent_seconds=round(silent, 1))
+                self.transport.close()
+                return
+
+    def _probe(self) -> None:
+        try:
+            self.transport.global_request(self.REQUEST, wait=True)
+        except (OSError, EOFError, paramiko.SSHException):
+            return
+        if self.transport.is_active():  # a reply (OpenSSH refuses the request: that is an answer too)
+            self.last_reply = time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -100,9 +186,12 @@ class Completed:
 class Session:
     """A lazily opened SSH connection; ``close()`` is safe twice; a context manager."""
 
-    def __init__(self, host: str, port: int, user: str, key: KeyPair, expect: HostKeyExpectation) -> None:
+    def __init__(self, host: str, port: int, user: str, key: KeyPair, expect: HostKeyExpectation,
+                 keepalive: Keepalive | None = None) -> None:
         config = Config(overrides={"load_ssh_configs": False})
         self.address = f"{user}@{host}:{port}"
+        self.keepalive = keepalive or Keepalive()
+        self.heartbeat: Heartbeat | None = None
         self.conn = Connection(
             host, user=user, port=port, config=config,
             connect_kwargs={"pkey": key.paramiko_key(), "allow_agent": False, "look_for_keys": False,
@@ -120,7 +209,7 @@ class Session:
         while time.monotonic() - started < timeout:
             try:
                 self.conn.open()
-                self.conn.transport.set_keepalive(15)
+                self._start_heartbeat()
                 return time.monotonic() - started
             except HostKeyMismatch:
                 raise
@@ -131,47 +220,107 @@ class Session:
                 delay = min(delay * 1.5, 3.0)
         raise SSHError(f"SSH to {self.address} not ready after {timeout:.0f}s: {last}")
 
+    def use_keepalive(self, keepalive: Keepalive) -> None:
+        """Probe with these settings from now on (and after every reconnect)."""
+        self.keepalive = keepalive
+        if self.conn.is_connected:
+            self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        self.heartbeat = Heartbeat(self.conn.transport, self.address, self.keepalive).start()
+
     def run(self, command: str, stdin: bytes | None = None,
             on_line: Callable[[str], None] | None = None, timeout: float | None = None) -> Completed:
-        """Run one command; stream stdout lines to ``on_line``; feed ``stdin`` (binary) first."""
+        """Run one command; stream stdout lines to ``on_line``; feed ``stdin`` (binary) first.
+
+        ``timeout``: seconds for the whole command (CommandTimeout past it); a machine that
+        stops answering raises ConnectionLost within the keepalive's silence.
+        """
         if not self.conn.is_connected:
             self.wait_until_ready()
         self.round_trips += 1
-        chan = self.conn.client.get_transport().open_session()
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            if timeout:
-                chan.settimeout(timeout)
-            chan.exec_command(command)
-            err_chunks: list[bytes] = []
-            drain = threading.Thread(target=_drain, args=(chan, err_chunks), daemon=True)
-            drain.start()
-            if stdin is not None:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-            out_lines = []
-            buffer = b""
-            while True:
-                data = chan.recv(65536)
-                if not data:
-                    break
-                buffer += data
-                *lines, buffer = buffer.split(b"\n")
-                for raw in lines:
-                    line = raw.decode(errors="replace")
-                    out_lines.append(line)
-                    if on_line:
-                        on_line(line)
-            if buffer:
-                out_lines.append(buffer.decode(errors="replace"))
-                if on_line:
-                    on_line(out_lines[-1])
-            rc = chan.recv_exit_status()
-            drain.join(5)
-            return Completed(rc, "\n".join(out_lines), b"".join(err_chunks).decode(errors="replace"))
+            chan = self.conn.client.get_transport().open_session(timeout=self._left(deadline))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._lost_or(exc) from exc
+        try:
+            return self._exchange(chan, command, stdin, on_line, deadline)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._lost_or(exc) from exc
         finally:
             chan.close()
 
+    def _exchange(self, chan: paramiko.Channel, command: str, stdin: bytes | None,
+                  on_line: Callable[[str], None] | None, deadline: float | None) -> Completed:
+        chan.exec_command(command)
+        err_chunks: list[bytes] = []
+        drain = threading.Thread(target=_drain, args=(chan, err_chunks), daemon=True)
+        drain.start()
+        if stdin is not None:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        if deadline is not None:
+            chan.settimeout(POLL_SECONDS)  # wake up to look at the deadline (not while sending: slow is fine)
+        out_lines = []
+        buffer = b""
+        while True:
+            try:
+                data = chan.recv(65536)
+            except TimeoutError:
+                self._check_deadline(deadline)
+                continue
+            if not data:
+                break
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                out_lines.append(line)
+                if on_line:
+                    on_line(line)
+        if buffer:
+            out_lines.append(buffer.decode(errors="replace"))
+            if on_line:
+                on_line(out_lines[-1])
+        while not chan.exit_status_ready():
+            self._check_deadline(deadline)
+            time.sleep(0.05)
+        rc = chan.recv_exit_status()
+        if rc == -1:  # no exit status came: the command ended by a signal, or the connection went
+            self._check_alive()
+        drain.join(5)
+        return Completed(rc, "\n".join(out_lines), b"".join(err_chunks).decode(errors="replace"))
+
+    @staticmethod
+    def _left(deadline: float | None) -> float | None:
+        return None if deadline is None else max(deadline - time.monotonic(), 0.1)
+
+    def _check_deadline(self, deadline: float | None) -> None:
+        self._check_alive()
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CommandTimeout(f"the command on {self.address} did not finish in time")
+
+    def _check_alive(self) -> None:
+        """Raise ConnectionLost when the heartbeat gave the machine up or the transport is gone."""
+        transport = self.conn.client.get_transport()
+        if self.heartbeat is not None and self.heartbeat.lost:
+            raise ConnectionLost(f"lost the connection to {self.address}: {self.heartbeat.lost}")
+        if transport is None or not transport.is_active():
+            raise ConnectionLost(f"lost the connection to {self.address}: the connection closed")
+
+    def _lost_or(self, exc: Exception) -> Exception:
+        try:
+            self._check_alive()
+        except ConnectionLost as lost:
+            return lost
+        return exc
+
     def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.conn.close()
 
     def __enter__(self) -> Session:
@@ -183,7 +332,10 @@ class Session:
 
 def _drain(chan: paramiko.Channel, chunks: list[bytes]) -> None:
     while True:
-        data = chan.recv_stderr(65536)
+        try:
+            data = chan.recv_stderr(65536)
+        except TimeoutError:  # the channel's poll interval, when its command has a deadline
+            continue
         if not data:
             return
         chunks.append(data)

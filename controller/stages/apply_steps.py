@@ -29,6 +29,32 @@ log = structlog.get_logger("kiln.stage")
 PROGRESS_SECONDS = 10.0
 #: How many reboots one apply may do before kiln calls it a reboot loop.
 MAX_REBOOTS = 10
+#: Seconds an agent run may take beyond its steps' time limits: starting, facts, reporting (KILN_AGENT_MARGIN).
+AGENT_MARGIN = 120.0
+
+
+def apply_bound(steps: list[dict[str, Any]], handlers: list[dict[str, Any]], default: float) -> float:
+    """The longest one agent run may take: every step at its limit, each handler once per flush, and a margin.
+
+    A step's limit covers all its loop items and retries, so the sum holds whatever the box does.
+    """
+    limits = [float(step.get("timeout") or default) for step in module_steps(steps)]
+    flushes = 1 + sum(1 for step in module_steps(steps, flushes=True) if step.get("module") == "flush_handlers")
+    handler_limits = [float(h.get("timeout") or default) for h in module_steps(handlers)]
+    margin = float(os.environ.get("KILN_AGENT_MARGIN") or AGENT_MARGIN)
+    return sum(limits) + flushes * sum(handler_limits) + margin
+
+
+def module_steps(steps: list[dict[str, Any]], flushes: bool = False) -> list[dict[str, Any]]:
+    """The steps that run a module, blocks opened (with ``flushes``: the flush_handlers steps too)."""
+    found: list[dict[str, Any]] = []
+    for step in steps:
+        if "block" in step:
+            for section in ("block", "rescue", "always"):
+                found.extend(module_steps(step.get(section) or [], flushes))
+        elif step.get("module") != "flush_handlers" or flushes:
+            found.append(step)
+    return found
 
 
 def counts_of(summary: dict[str, Any]) -> StepCounts:
@@ -95,14 +121,16 @@ def apply(ctx: BakeContext, label: str, show_diff: bool, keep: list[dict[str, An
             if keep is not None and event.get("event") == "step":
                 keep.append(event)
 
-        rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, *flags), on_event)
+        bound = apply_bound(ctx.compiled.steps, ctx.compiled.handlers, ctx.options.step_timeout)
+        rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, *flags), on_event, timeout=bound)
         reboots = 0
         while (reboot := _reboot_event(events)) is not None:
             reboots += 1
             if reboots > MAX_REBOOTS:
                 raise BakeFailed(f"{label}: more than {MAX_REBOOTS} reboots in one apply (a reboot loop?)")
             reboot_and_reconnect(ctx, reboot)
-            rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, "--resume", *flags), on_event)
+            rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, "--resume", *flags), on_event,
+                                           timeout=bound)
     summary = next((e for e in events if e.get("event") == "summary"), None)
     if summary is None:
         raise BakeFailed(f"{label}: the agent stopped without a summary (exit {rc}): {stderr.strip()[-800:]}")

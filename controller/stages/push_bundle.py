@@ -6,9 +6,13 @@ import structlog
 
 from controller.context import BakeContext
 from controller.remote import AGENT, RUN_DIR, as_root, bundle_tar, run_agent
+from controller.ssh import Keepalive
 from controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
+
+#: Seconds for the transfer and the facts (a frozen machine is noticed sooner, by the keepalives).
+PUSH_TIMEOUT = 600.0
 
 
 def extra_vars(ctx: BakeContext) -> dict:
@@ -19,11 +23,12 @@ class PushBundle:
     name = "push agent and bundle"
 
     def run(self, ctx: BakeContext) -> None:
-        bundle = bundle_json(ctx.compiled, extra_vars(ctx))
+        ctx.session.use_keepalive(Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses))
+        bundle = dict(bundle_json(ctx.compiled, extra_vars(ctx)), step_timeout=ctx.options.step_timeout)
         payload = bundle_tar(bundle, ctx.compiled.checks, ctx.compiled.files)
         command = as_root(ctx, f"mkdir -p {RUN_DIR} && cd {RUN_DIR} && rm -rf bundle && umask 077 && "
                                f"tar -xzf - && python3 {AGENT} facts")
-        rc, events, stderr = run_agent(ctx, command, lambda e: None, stdin=payload)
+        rc, events, stderr = run_agent(ctx, command, lambda e: None, stdin=payload, timeout=PUSH_TIMEOUT)
         facts = next((e["facts"] for e in events if e.get("event") == "facts"), None)
         if rc != 0 or facts is None:
             from controller.pipeline import BakeFailed

@@ -44,7 +44,7 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXPRESSION_KEYS = ("when", "changed_when", "failed_when", "until")
 STEP_KEYS = ("name", "when", "loop", "loop_var", "loop_control", "register", "changed_when", "failed_when",
              "ignore_errors", "retries", "delay", "until", "notify", "no_log", "tags", "idempotent",
-             "idempotent_reason")
+             "idempotent_reason", "timeout")
 BLOCK_KEYS = ("name", "block", "rescue", "always", "when", "tags", "no_log", "ignore_errors")
 FLUSH_KEYS = ("name", "flush_handlers", "tags")
 CONTROL_KEYS = STEP_KEYS + ("block", "rescue", "always", "flush_handlers")
@@ -293,6 +293,8 @@ class StepCompiler:
                         self.error(path + (key,), f"{key} must be a whole number >= 0, got {value!r}")
                 else:
                     step[key] = value
+        if "timeout" in data:
+            self._timeout(data["timeout"], path + ("timeout",), step)
         for key in ("ignore_errors", "no_log"):
             value = self._bool(data, path, key) if key in data else getattr(ctx, key)
             if value is not None:
@@ -304,6 +306,13 @@ class StepCompiler:
             step["tags"] = tags
         self._idempotent(data, path, step)
         return loop_names
+
+    def _timeout(self, value: Any, path: tuple[Any, ...], step: dict[str, Any]) -> None:
+        """Seconds one execution of the step may take: a positive number, known before anything runs."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            self.error(path, f"timeout must be a positive number of seconds, got {value!r}")
+        else:
+            step["timeout"] = value
 
     def _name(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any]) -> None:
         if "name" not in data:
