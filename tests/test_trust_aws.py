@@ -432,3 +432,73 @@ def test_kill9_of_an_embedded_sandbox_bake_leaves_containers_and_images_sweep_re
     assert not engine.containers(f"kiln.build-id={seen['build_id']}"), swept.stdout
     assert not engine.image_exists(image), swept.stdout
     assert "died with process" in swept.stdout, swept.stdout
+
+
+NIGHTLY_ROLE = """\
+description: kill -9 during a nightly
+base:
+  aws: {{ssm_parameter: {base}}}
+vars:
+  nap: {nap}
+"""
+NIGHTLY_STEPS = MARKER + "- name: a nap\n  command: sleep {{ nap }}\n  changed_when: false\n"
+
+
+@pytest.mark.slow
+def test_kill9_during_a_nightly_the_next_nightly_takes_the_lock_over_and_sweep_cleans_up(
+    sandbox_env,  # noqa: F811
+    engine,
+    tmp_path,
+):
+    role = "k9nightly"
+    playbooks = make_playbooks(
+        tmp_path,
+        {"role.yml": NIGHTLY_ROLE.format(base=AL2023, nap=60), "steps.yml": NIGHTLY_STEPS},
+        role=role,
+        kiln_yaml=KILL_YAML,
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "playbooks").symlink_to(playbooks)
+    env = kill_env(work, AWS_ENDPOINT_URL=sandbox_env)
+    nightly = [sys.executable, "-m", "invoke", "-r", str(REPO), "nightly", "--roles", role, "--provider", "aws"]
+    proc = subprocess.Popen(
+        [*nightly, "--sandbox"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen = {"build_id": "", "version": ""}
+    try:
+        for line in proc.stderr:
+            event = json.loads(line) if line.startswith("{") else {}
+            seen["build_id"] = event.get("build_id") or seen["build_id"]
+            seen["version"] = event.get("version", "") if event.get("event") == "version" else seen["version"]
+            if event.get("event") == "stage" and event.get("stage") == "apply steps":
+                time.sleep(3)
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    assert seen["build_id"], "the nightly started a bake"
+    lock = sandbox_client("ssm", "us-east-1", sandbox_env).get_parameter(Name=f"/kiln/{role}/lock")
+    assert json.loads(lock["Parameter"]["Value"])["owner"].startswith("nightly"), "the killed nightly held the lock"
+
+    (playbooks / "roles" / role / "role.yml").write_text(NIGHTLY_ROLE.format(base=AL2023, nap=0))
+    time.sleep(2)  # past build.deadline_hours
+    again = subprocess.run([*nightly, "--sandbox"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "locked" not in again.stdout, again.stdout
+    assert "taking over a stale lock" in again.stderr and "dead" in again.stderr, again.stderr[-3000:]
+    report = sorted((work / "builds").glob("nightly-*.json"))[-1]
+    assert [r["result"] for r in json.loads(report.read_text())["roles"]] == ["baked"]
+
+    swept, seconds = sweep_after_deadline(work, env)
+    assert swept.returncode == 0, swept.stdout + swept.stderr[-3000:]
+    print(f"sweep after kill -9 during a nightly: {seconds:.1f} s")
+    found = leftovers(sandbox_env, engine, seen["build_id"], role, seen["version"])
+    found = {k: v for k, v in found.items() if not k.startswith("parameters")}  # latest is the new bake's now
+    assert nothing_left(found), f"sweep left {found}\n{swept.stdout}"
