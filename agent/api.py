@@ -48,9 +48,20 @@ class StepClock:
         self.limit = limit
         self.ends = time.monotonic() + limit
         self.expired = False
+        self.starting = False  # a command is being started: the alarm must not orphan it
+        self.deferred = False  # the alarm rang while one was
 
     def left(self) -> float:
         return self.ends - time.monotonic()
+
+    def ring(self) -> None:
+        """The alarm: raise StepTimeout now, or (while a command starts) as soon as the command is owned."""
+        if self.expired:
+            return
+        if self.starting:
+            self.deferred = True
+            return
+        raise self.expire()
 
     def expire(self) -> StepTimeout:
         """Mark the limit as reached; the alarm backstop stays quiet once a command noticed it."""
@@ -104,24 +115,17 @@ class Context:
         full_env.update(env or {})
         clock = self.clock
         step_bound = clock is not None and (timeout is None or clock.left() < timeout)
-        limit = max(clock.left(), 0.0) if clock is not None and step_bound else timeout
-        if step_bound and limit <= 0:
+        limit = clock.left() if clock is not None and step_bound else timeout
+        if clock is not None and step_bound and limit is not None and limit <= 0:
             raise clock.expire()
+        proc = self._start_owned(argv, shell, input is not None, full_env, cwd)
         try:
-            # a session of its own: on a timeout the whole process group goes, grandchildren included
-            proc = subprocess.Popen(
-                argv, shell=shell, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd,
-                start_new_session=True,
-                executable="/bin/bash" if shell and os.path.exists("/bin/bash") else None,
-            )
-        except FileNotFoundError as exc:
-            raise ModuleError(f"command not found: {exc.filename}", rc=127) from None
-        try:
+            if clock is not None and clock.deferred:  # the alarm rang while the command was starting
+                raise clock.expire()
             stdout, stderr = proc.communicate(input, timeout=limit)
         except subprocess.TimeoutExpired:
             kill_group(proc)
-            if step_bound:
+            if clock is not None and step_bound:
                 raise clock.expire() from None
             raise ModuleError(f"command timed out after {timeout}s", rc=124) from None
         except BaseException:  # the step's alarm (StepTimeout) or an interrupt: leave nothing running
@@ -132,13 +136,54 @@ class Context:
             shown = argv if isinstance(argv, str) else " ".join(argv)
             raise ModuleError(
                 f"'{shown}' exited {proc.returncode}: {tail(stderr or stdout)}",
-                rc=proc.returncode, stdout=stdout, stderr=stderr,
+                rc=proc.returncode,
+                stdout=stdout,
+                stderr=stderr,
             )
         return done
+
+    def _start_owned(
+        self, argv: Union[Sequence[str], str], shell: bool, with_input: bool, env: Dict[str, str], cwd: str | None
+    ) -> "subprocess.Popen[str]":
+        """Start a command; the step's alarm holds off meanwhile, so a started command always has an owner."""
+        clock = self.clock
+        if clock is None:
+            return _start(argv, shell, with_input, env, cwd)
+        clock.starting = True
+        try:
+            proc = _start(argv, shell, with_input, env, cwd)
+        except BaseException:
+            clock.starting = False
+            if clock.deferred:
+                raise clock.expire() from None
+            raise
+        clock.starting = False
+        return proc
 
     def source_path(self, src: str, kind: str = "files") -> str:
         base = self.files_dir if kind == "files" else self.templates_dir
         return src if os.path.isabs(src) else os.path.join(base, src)
+
+
+def _start(
+    argv: Union[Sequence[str], str], shell: bool, with_input: bool, env: Dict[str, str], cwd: str | None
+) -> "subprocess.Popen[str]":
+    """Start a command in a session of its own, so that a timeout can kill all it started."""
+    try:
+        return subprocess.Popen(
+            argv,
+            shell=shell,
+            stdin=subprocess.PIPE if with_input else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            executable="/bin/bash" if shell and os.path.exists("/bin/bash") else None,
+        )
+    except FileNotFoundError as exc:
+        raise ModuleError(f"command not found: {exc.filename}", rc=127) from None
 
 
 def kill_group(proc: "subprocess.Popen[str]") -> None:
@@ -174,14 +219,17 @@ def tail(text: str, lines: int = 8) -> str:
 def unified_diff(before: str, after: str, path: str) -> str:
     return "".join(
         difflib.unified_diff(
-            before.splitlines(keepends=True), after.splitlines(keepends=True),
-            fromfile=f"{path} (before)", tofile=f"{path} (after)",
+            before.splitlines(keepends=True),
+            after.splitlines(keepends=True),
+            fromfile=f"{path} (before)",
+            tofile=f"{path} (after)",
         )
     )
 
 
-def atomic_write(path: str, data: bytes, mode: int | None = None,
-                 validate: str | None = None, ctx: Context | None = None) -> None:
+def atomic_write(
+    path: str, data: bytes, mode: int | None = None, validate: str | None = None, ctx: Context | None = None
+) -> None:
     """Write via a temp file in the same directory, optionally validate it, then rename."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".kiln-", dir=directory)
@@ -216,7 +264,7 @@ def parse_mode(mode: str | None, current: int = 0) -> int | None:
     result = current
     for clause in mode.split(","):
         op_index = min(i for i in (clause.find("+"), clause.find("-"), clause.find("=")) if i >= 0)
-        who, op, perms = clause[:op_index] or "a", clause[op_index], clause[op_index + 1:]
+        who, op, perms = clause[:op_index] or "a", clause[op_index], clause[op_index + 1 :]
         bits = 0
         for w in who:
             shifts = {"u": [6], "g": [3], "o": [0], "a": [6, 3, 0]}[w]

@@ -49,8 +49,15 @@ class StepFailed(Exception):
 class RebootRequested(BaseException):
     """A step asked for a reboot: unwinds the step tree without running ``always`` or handlers."""
 
-    def __init__(self, step: Dict[str, Any], path: Path, outcome: Dict[str, Any], result: Dict[str, Any],
-                 started: float, handler: bool) -> None:
+    def __init__(
+        self,
+        step: Dict[str, Any],
+        path: Path,
+        outcome: Dict[str, Any],
+        result: Dict[str, Any],
+        started: float,
+        handler: bool,
+    ) -> None:
         super().__init__(step.get("name"))
         self.step = step
         self.path = path
@@ -78,8 +85,7 @@ def time_limit(ctx: Context, limit: Optional[float]) -> Iterator[None]:
     alarm = threading.current_thread() is threading.main_thread()
 
     def ring(signum: int, frame: Any) -> None:
-        if not clock.expired:
-            raise clock.expire()
+        clock.ring()
 
     previous = signal.signal(signal.SIGALRM, ring) if alarm else None
     if alarm:
@@ -94,8 +100,14 @@ def time_limit(ctx: Context, limit: Optional[float]) -> Iterator[None]:
 
 
 class Runner:
-    def __init__(self, bundle: Dict[str, Any], ctx: Context, emit: Emit,
-                 modules: Dict[str, Any] | None = None, state_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Dict[str, Any],
+        ctx: Context,
+        emit: Emit,
+        modules: Dict[str, Any] | None = None,
+        state_dir: str | None = None,
+    ) -> None:
         self.bundle = bundle
         self.ctx = ctx
         self.emit = emit
@@ -135,9 +147,13 @@ class Runner:
             failure = exc
         except RebootRequested as reboot:
             return self._reboot(reboot, started)
-        summary = dict(self.counts, event="summary",
-                       duration=round(self.elapsed_before + time.monotonic() - started, 3),
-                       changed_steps=self.changed_steps, ok_run=failure is None)
+        summary = dict(
+            self.counts,
+            event="summary",
+            duration=round(self.elapsed_before + time.monotonic() - started, 3),
+            changed_steps=self.changed_steps,
+            ok_run=failure is None,
+        )
         if failure is not None:
             summary["failed_step"] = failure.step.get("name")
             summary["error"] = failure.msg
@@ -163,10 +179,21 @@ class Runner:
             return self.flush_handlers(path)
         if self.cursor is not None:  # the way to the reboot step leads through blocks and flushes only
             self.cursor = None
-            return self.finish_step(step, {"status": "failed", "msg": "cannot resume after the reboot: the bundle "
-                                                                      "no longer matches the saved state"}, 0, handler)
-        announce: Dict[str, Any] = {"event": "start", "index": step.get("index"), "name": step.get("name"),
-                                    "module": step.get("module")}
+            return self.finish_step(
+                step,
+                {
+                    "status": "failed",
+                    "msg": "cannot resume after the reboot: the bundle no longer matches the saved state",
+                },
+                0,
+                handler,
+            )
+        announce: Dict[str, Any] = {
+            "event": "start",
+            "index": step.get("index"),
+            "name": step.get("name"),
+            "module": step.get("module"),
+        }
         if handler:
             announce["handler"] = True
         self.emit(announce)
@@ -198,8 +225,13 @@ class Runner:
 
     def finish_step(self, step: Dict[str, Any], outcome: Dict[str, Any], duration: float, handler: bool) -> None:
         """Count, notify and report a step that ran; raise StepFailed when it failed for good."""
-        event: Dict[str, Any] = {"event": "step", "index": step.get("index"), "name": step.get("name"),
-                                 "module": step.get("module"), "source": step.get("source")}
+        event: Dict[str, Any] = {
+            "event": "step",
+            "index": step.get("index"),
+            "name": step.get("name"),
+            "module": step.get("module"),
+            "source": step.get("source"),
+        }
         if handler:
             event["handler"] = True
         event.update(outcome)
@@ -218,8 +250,9 @@ class Runner:
         else:
             self.counts[status] += 1
         if status == "changed":
-            self.changed_steps.append({"index": step.get("index"), "name": step.get("name"),
-                                       "idempotent": step.get("idempotent", True)})
+            self.changed_steps.append(
+                {"index": step.get("index"), "name": step.get("name"), "idempotent": step.get("idempotent", True)}
+            )
             for name in step.get("notify", []):
                 if name not in self.notified:
                     self.notified.append(name)
@@ -250,10 +283,13 @@ class Runner:
         if loop is None:
             registered = results[0]
         else:
-            registered = {"results": results, "changed": any(r.get("changed") for r in results),
-                          "failed": any(r.get("failed") for r in results),
-                          "skipped": bool(results) and all(r.get("skipped") for r in results),
-                          "msg": f"{len(results)} items"}
+            registered = {
+                "results": results,
+                "changed": any(r.get("changed") for r in results),
+                "failed": any(r.get("failed") for r in results),
+                "skipped": bool(results) and all(r.get("skipped") for r in results),
+                "msg": f"{len(results)} items",
+            }
         if step.get("register"):
             self.variables[step["register"]] = registered
         outcome: Dict[str, Any] = {"msg": registered.get("msg", "")}
@@ -319,8 +355,11 @@ class Runner:
             return {"changed": False, "failed": True, "msg": f"templating: {exc}"}
         params, errors = argschema.validate(module.SCHEMA, args)
         if errors:
-            return {"changed": False, "failed": True,
-                    "msg": "; ".join((f"{e.key}: " if e.key else "") + e.message for e in errors)}
+            return {
+                "changed": False,
+                "failed": True,
+                "msg": "; ".join((f"{e.key}: " if e.key else "") + e.message for e in errors),
+            }
         self.ctx.variables = scope
         self.ctx.step = step  # type: ignore[attr-defined]  # for modules keyed on the step (reboot)
         try:
@@ -342,8 +381,11 @@ class Runner:
         except (OSError, ValueError, KeyError, TemplateError) as exc:
             out = {"changed": False, "failed": True, "msg": f"{type(exc).__name__}: {exc}"}
         except Exception as exc:  # a bug in a module fails its step, not the whole agent run
-            out = {"changed": False, "failed": True,
-                   "msg": f"module {step['module']} crashed: {type(exc).__name__}: {exc}"}
+            out = {
+                "changed": False,
+                "failed": True,
+                "msg": f"module {step['module']} crashed: {type(exc).__name__}: {exc}",
+            }
         local = dict(scope, **({step["register"]: out} if step.get("register") else {}))
         local["result"] = out
         if step.get("changed_when") is not None and not out["failed"]:
@@ -365,8 +407,17 @@ class Runner:
             except StepFailed as exc:
                 return self.finish_step(dict(step, module="block"), {"status": "failed", "msg": exc.msg}, 0, False)
             if not wanted:
-                self.emit({"event": "step", "index": step.get("index"), "name": step.get("name"),
-                           "module": "block", "status": "skipped", "msg": "when was false", "duration": 0})
+                self.emit(
+                    {
+                        "event": "step",
+                        "index": step.get("index"),
+                        "name": step.get("name"),
+                        "module": "block",
+                        "status": "skipped",
+                        "msg": "when was false",
+                        "duration": 0,
+                    }
+                )
                 self.counts["skipped"] += 1
                 return
         rescue = step.get("rescue") or []
@@ -398,8 +449,11 @@ class Runner:
             self.run_steps(step.get("always") or [], path + ("always",))
         except RebootRequested as reboot:
             if failure is not None:
-                reboot.pending_failures[json.dumps(path)] = {"name": failure.step.get("name"),
-                                                             "index": failure.step.get("index"), "msg": failure.msg}
+                reboot.pending_failures[json.dumps(path)] = {
+                    "name": failure.step.get("name"),
+                    "index": failure.step.get("index"),
+                    "msg": failure.msg,
+                }
             raise
 
     def flush_handlers(self, path: Path = ()) -> None:
@@ -414,20 +468,29 @@ class Runner:
             try:
                 self.run_step(self.handlers[name], path + ("handler", name), handler=True)
             except RebootRequested as reboot:
-                reboot.flush_rest = todo[position + 1:]
+                reboot.flush_rest = todo[position + 1 :]
                 raise
 
     # --- rebooting and resuming ---------------------------------------------------
     def _reboot(self, reboot: RebootRequested, started: float) -> bool:
         """Save where we are, schedule the reboot, say so; the agent then exits 3."""
         state = {
-            "version": 1, "cursor": list(reboot.path), "flush_rest": reboot.flush_rest,
-            "pending_failures": reboot.pending_failures, "notified": self.notified, "counts": self.counts,
+            "version": 1,
+            "cursor": list(reboot.path),
+            "flush_rest": reboot.flush_rest,
+            "pending_failures": reboot.pending_failures,
+            "notified": self.notified,
+            "counts": self.counts,
             "changed_steps": self.changed_steps,
             "variables": {k: v for k, v in self.variables.items() if k != "facts"},
-            "elapsed": round(self.elapsed_before + time.monotonic() - started, 3), "saved_at": time.time(),
-            "step": {"outcome": reboot.outcome, "result": reboot.result, "started": reboot.started,
-                     "handler": reboot.handler},
+            "elapsed": round(self.elapsed_before + time.monotonic() - started, 3),
+            "saved_at": time.time(),
+            "step": {
+                "outcome": reboot.outcome,
+                "result": reboot.result,
+                "started": reboot.started,
+                "handler": reboot.handler,
+            },
         }
         try:
             if self.state_dir is None:
@@ -443,14 +506,28 @@ class Runner:
             try:
                 self.finish_step(reboot.step, outcome, time.time() - reboot.started, reboot.handler)
             except StepFailed as failed:
-                self.emit(dict(self.counts, event="summary", duration=state["elapsed"],
-                               changed_steps=self.changed_steps, ok_run=False,
-                               failed_step=reboot.step.get("name"), error=failed.msg))
+                self.emit(
+                    dict(
+                        self.counts,
+                        event="summary",
+                        duration=state["elapsed"],
+                        changed_steps=self.changed_steps,
+                        ok_run=False,
+                        failed_step=reboot.step.get("name"),
+                        error=failed.msg,
+                    )
+                )
             self.exit_code = 1
             return False
-        self.emit({"event": "reboot", "index": reboot.step.get("index"), "name": reboot.step.get("name"),
-                   "timeout": reboot.result.get("reboot_timeout", 300),
-                   "msg": REDACTED if reboot.step.get("no_log") else reboot.outcome.get("msg", "")})
+        self.emit(
+            {
+                "event": "reboot",
+                "index": reboot.step.get("index"),
+                "name": reboot.step.get("name"),
+                "timeout": reboot.result.get("reboot_timeout", 300),
+                "msg": REDACTED if reboot.step.get("no_log") else reboot.outcome.get("msg", ""),
+            }
+        )
         self.exit_code = EXIT_REBOOT
         return True
 
@@ -464,8 +541,9 @@ class Runner:
         self.variables.update(state.get("variables", {}))
         self.variables["facts"] = self.ctx.facts
         # the run's duration counts the time the machine spent rebooting
-        self.elapsed_before = float(state.get("elapsed", 0)) + max(time.time() - float(state.get("saved_at", 0)
-                                                                                      or time.time()), 0.0)
+        self.elapsed_before = float(state.get("elapsed", 0)) + max(
+            time.time() - float(state.get("saved_at", 0) or time.time()), 0.0
+        )
         self.resume_state = state["step"]
 
     def _resume_reboot_step(self, step: Dict[str, Any], path: Path, handler: bool) -> None:

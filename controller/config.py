@@ -25,8 +25,13 @@ from controller.model import Diagnostic, InvalidInput
 from controller.stepfiles.loader import Document, display_path, kind_of, load_yaml
 
 KNOWN_KEYS = ("providers", "retention", "vars", "build")
-BUILD_DEFAULTS = {"ssh_timeout": 180.0, "deadline_hours": 3.0, "step_timeout": 3600.0, "ssh_keepalive": 15.0,
-                  "ssh_keepalive_misses": 3}
+BUILD_DEFAULTS = {
+    "ssh_timeout": 180.0,
+    "deadline_hours": 3.0,
+    "step_timeout": 3600.0,
+    "ssh_keepalive": 15.0,
+    "ssh_keepalive_misses": 3,
+}
 #: build settings that count something: whole numbers
 WHOLE_BUILD_SETTINGS = ("ssh_keepalive_misses",)
 PROVIDERS = ("local", "aws")
@@ -99,13 +104,13 @@ def load_config(path: Path) -> Config:
     if data is None:
         return config
     if not isinstance(data, dict):
-        raise InvalidInput([doc.diag((), f"kiln.yaml must be a mapping of {', '.join(KNOWN_KEYS)}; "
-                                          f"got {kind_of(data)}")])
+        raise InvalidInput(
+            [doc.diag((), f"kiln.yaml must be a mapping of {', '.join(KNOWN_KEYS)}; got {kind_of(data)}")]
+        )
     config.raw = data
     for key in data:
         if key not in KNOWN_KEYS:
-            problems.append(doc.diag((key,), f"unknown setting '{key}'{did_you_mean(key, list(KNOWN_KEYS))}",
-                                     key=True))
+            problems.append(doc.diag((key,), f"unknown setting '{key}'{did_you_mean(key, list(KNOWN_KEYS))}", key=True))
 
     providers = data.get("providers")
     if providers is not None:
@@ -114,14 +119,20 @@ def load_config(path: Path) -> Config:
         else:
             for name, section in providers.items():
                 if name not in PROVIDERS:
-                    problems.append(doc.diag(("providers", name), f"unknown provider '{name}'"
-                                             f"{did_you_mean(name, list(PROVIDERS))}", key=True))
+                    problems.append(
+                        doc.diag(
+                            ("providers", name),
+                            f"unknown provider '{name}'{did_you_mean(name, list(PROVIDERS))}",
+                            key=True,
+                        )
+                    )
                     continue
                 if section is None:
                     section = {}
                 if not isinstance(section, dict):
-                    problems.append(doc.diag(("providers", name),
-                                             f"providers.{name} must be a mapping, got {kind_of(section)}"))
+                    problems.append(
+                        doc.diag(("providers", name), f"providers.{name} must be a mapping, got {kind_of(section)}")
+                    )
                     continue
                 config.providers[name] = section
 
@@ -133,13 +144,19 @@ def load_config(path: Path) -> Config:
         else:
             keep_path = ("retention", "keep")
         if not isinstance(retention, dict):
-            problems.append(doc.diag(("retention",), f"retention must be a mapping like {{keep: 5}}, "
-                                                     f"got {kind_of(retention)}"))
+            problems.append(
+                doc.diag(("retention",), f"retention must be a mapping like {{keep: 5}}, got {kind_of(retention)}")
+            )
         else:
             for key in retention:
                 if key not in RETENTION_KEYS:
-                    problems.append(doc.diag(("retention", key), f"unknown retention setting '{key}'"
-                                             f"{did_you_mean(key, list(RETENTION_KEYS))}", key=True))
+                    problems.append(
+                        doc.diag(
+                            ("retention", key),
+                            f"unknown retention setting '{key}'{did_you_mean(key, list(RETENTION_KEYS))}",
+                            key=True,
+                        )
+                    )
             keep = retention.get("keep", DEFAULT_KEEP)
             if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
                 problems.append(doc.diag(keep_path, f"retention.keep must be a whole number >= 1, got {keep!r}"))
@@ -149,8 +166,9 @@ def load_config(path: Path) -> Config:
     build = data.get("build")
     if build is not None:
         if not isinstance(build, dict):
-            problems.append(doc.diag(("build",), f"build must be a mapping like {{ssh_timeout: 180}}, "
-                                                 f"got {kind_of(build)}"))
+            problems.append(
+                doc.diag(("build",), f"build must be a mapping like {{ssh_timeout: 180}}, got {kind_of(build)}")
+            )
         else:
             for key, value in build.items():
                 problem = _build_setting_problem(key, value)
@@ -166,13 +184,16 @@ def load_config(path: Path) -> Config:
         else:
             for name in variables:
                 if not IDENTIFIER.match(name):
-                    problems.append(doc.diag(("vars", name), f"variable name '{name}' is not an identifier "
-                                             "(letters, digits, _)", key=True))
+                    problems.append(
+                        doc.diag(
+                            ("vars", name),
+                            f"variable name '{name}' is not an identifier (letters, digits, _)",
+                            key=True,
+                        )
+                    )
                 elif name in ("facts", "kiln"):
                     problems.append(doc.diag(("vars", name), f"'{name}' is reserved", key=True))
             config.vars = dict(variables)
     if problems:
         raise InvalidInput(problems)
     return config
-
-

@@ -26,8 +26,11 @@ BUNDLE = f"{RUN_DIR}/bundle"
 
 def bundle_tar(bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes]) -> bytes:
     """agent.pyz + bundle/ as one gzip'd tar: the bake's single transfer."""
-    entries = {"agent.pyz": agent_zipapp(), "bundle/bundle.json": json.dumps(bundle).encode(),
-               "bundle/checks.json": json.dumps(checks).encode()}
+    entries = {
+        "agent.pyz": agent_zipapp(),
+        "bundle/bundle.json": json.dumps(bundle).encode(),
+        "bundle/checks.json": json.dumps(checks).encode(),
+    }
     entries.update({f"bundle/{path}": data for path, data in files.items()})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
@@ -48,8 +51,13 @@ def agent_command(ctx: BakeContext, *args: str) -> str:
     return as_root(ctx, " ".join(["python3", AGENT, *map(shlex.quote, args)]))
 
 
-def run_agent(ctx: BakeContext, command: str, on_event: Callable[[dict[str, Any]], None],
-              stdin: bytes | None = None, timeout: float | None = None) -> tuple[int, list[dict[str, Any]], str]:
+def run_agent(
+    ctx: BakeContext,
+    command: str,
+    on_event: Callable[[dict[str, Any]], None],
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+) -> tuple[int, list[dict[str, Any]], str]:
     """Run a command printing agent events; hand each to ``on_event`` as it arrives.
 
     ``timeout`` bounds the whole command. When it passes, or the machine stops answering,
@@ -71,8 +79,10 @@ def run_agent(ctx: BakeContext, command: str, on_event: Callable[[dict[str, Any]
     try:
         done = ctx.session.run(command, stdin=stdin, on_line=on_line, timeout=timeout)
     except CommandTimeout as exc:
-        raise BakeFailed(f"the agent did not finish within {timeout:.0f}s (the steps' time limits and a margin); "
-                         f"{what_was_lost(events, started)}") from exc
+        raise BakeFailed(
+            f"the agent did not finish within {timeout:.0f}s (the steps' time limits and a margin); "
+            f"{what_was_lost(events, started)}"
+        ) from exc
     except ConnectionLost as exc:
         raise BakeFailed(f"{exc}; {what_was_lost(events, started)}") from exc
     if done.rc != 0 and not events:
@@ -86,8 +96,10 @@ def what_was_lost(events: list[dict[str, Any]], started: float) -> str:
     running = running_step(events)
     seconds = time.monotonic() - started
     if running is not None:
-        return (f"lost step {running.get('index')} '{running.get('name')}' while it ran, and every step after it "
-                f"({finished} steps had reported, {seconds:.0f}s into the run)")
+        return (
+            f"lost step {running.get('index')} '{running.get('name')}' while it ran, and every step after it "
+            f"({finished} steps had reported, {seconds:.0f}s into the run)"
+        )
     return f"lost the rest of the run ({finished} steps had reported, {seconds:.0f}s into the run)"
 
 
@@ -111,8 +123,13 @@ def log_step(event: dict[str, Any], quiet_ok: bool = False, check_mode: bool = F
     status = event.get("status")
     if quiet_ok and status in ("ok", "skipped"):
         return
-    fields = {"index": event.get("index"), "step": event.get("name"), "module": event.get("module"),
-              "status": status, "seconds": event.get("duration")}
+    fields = {
+        "index": event.get("index"),
+        "step": event.get("name"),
+        "module": event.get("module"),
+        "status": status,
+        "seconds": event.get("duration"),
+    }
     if event.get("handler"):
         fields["handler"] = True
     if check_mode:

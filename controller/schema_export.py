@@ -24,45 +24,69 @@ from controller.stepfiles.validate import FACTS, KILN_ATTRS
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "step-files.md"
 
-EXPRESSION = {"description": "A Jinja2 expression (with or without {{ }}), true/false, or a list (all must hold).",
-              "anyOf": [{"type": "string"}, {"type": "boolean"},
-                        {"type": "array", "items": {"type": ["string", "boolean"]}}]}
+EXPRESSION = {
+    "description": "A Jinja2 expression (with or without {{ }}), true/false, or a list (all must hold).",
+    "anyOf": [{"type": "string"}, {"type": "boolean"}, {"type": "array", "items": {"type": ["string", "boolean"]}}],
+}
 NAMES = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 TEMPLATED = {"type": "string", "pattern": r"\{\{"}
 
 # keyword -> (JSON Schema, description for the reference)
 KEYWORDS: dict[str, tuple[dict[str, Any], str]] = {
-    "name": ({"type": "string"}, "What the step does; shown in output. Default: `<module> <main argument>`. "
-                                 "Handlers are notified by it."),
+    "name": (
+        {"type": "string"},
+        "What the step does; shown in output. Default: `<module> <main argument>`. Handlers are notified by it.",
+    ),
     "when": (EXPRESSION, "Run only when the expression holds (evaluated on the box, per loop item)."),
-    "loop": ({"anyOf": [{"type": "array"}, {"type": "string"}]},
-             "Run once per item: a list, or an expression giving one."),
-    "loop_var": ({"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-                 "The loop variable's name (default `item`)."),
-    "loop_control": ({"type": "object", "properties": {"loop_var": {"type": "string"}},
-                      "additionalProperties": False}, "Ansible's spelling of `loop_var`."),
-    "register": ({"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-                 "Keep the result (changed, failed, msg, rc, stdout, ...; `results` for loops) under this name."),
+    "loop": (
+        {"anyOf": [{"type": "array"}, {"type": "string"}]},
+        "Run once per item: a list, or an expression giving one.",
+    ),
+    "loop_var": (
+        {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "The loop variable's name (default `item`).",
+    ),
+    "loop_control": (
+        {"type": "object", "properties": {"loop_var": {"type": "string"}}, "additionalProperties": False},
+        "Ansible's spelling of `loop_var`.",
+    ),
+    "register": (
+        {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "Keep the result (changed, failed, msg, rc, stdout, ...; `results` for loops) under this name.",
+    ),
     "changed_when": (EXPRESSION, "Decide `changed` yourself (`result` is the module's result)."),
     "failed_when": (EXPRESSION, "Decide `failed` yourself (`result` is the module's result)."),
     "ignore_errors": ({"type": "boolean"}, "A failure is reported as ignored and the run goes on."),
-    "retries": ({"anyOf": [{"type": "integer", "minimum": 0}, TEMPLATED]},
-                "Retry a failing step (or until `until` holds) this many times."),
+    "retries": (
+        {"anyOf": [{"type": "integer", "minimum": 0}, TEMPLATED]},
+        "Retry a failing step (or until `until` holds) this many times.",
+    ),
     "delay": ({"anyOf": [{"type": "integer", "minimum": 0}, TEMPLATED]}, "Seconds between retries (default 5)."),
     "until": (EXPRESSION, "Retry until the expression holds (3 retries unless `retries` says otherwise)."),
-    "timeout": ({"type": "number", "exclusiveMinimum": 0},
-                "Seconds the step may run (all its loop items and retries together; a handler, each time it "
-                "runs). Past it the step fails, whatever it started is killed, and `ignore_errors`/`rescue` "
-                "apply as to any failure. Default: kiln.yaml `build.step_timeout` (3600)."),
+    "timeout": (
+        {"type": "number", "exclusiveMinimum": 0},
+        "Seconds the step may run (all its loop items and retries together; a handler, each time it "
+        "runs). Past it the step fails, whatever it started is killed, and `ignore_errors`/`rescue` "
+        "apply as to any failure. Default: kiln.yaml `build.step_timeout` (3600).",
+    ),
     "notify": (NAMES, "Handlers to run (once, at the end or at `flush_handlers`) when this step changed."),
     "no_log": ({"type": "boolean"}, "Redact this step's messages, diffs and output everywhere."),
-    "tags": (NAMES, "Select steps with `--tags` / `--skip-tags` (`always` runs unless skipped by name; "
-                    "`never` only when asked for). A block's tags apply to its steps."),
-    "idempotent": ({"type": "boolean"}, "`false` exempts the step from the idempotence gate; needs a reason: "
-                                        "`idempotent: false  # why` or `idempotent_reason`."),
+    "tags": (
+        NAMES,
+        "Select steps with `--tags` / `--skip-tags` (`always` runs unless skipped by name; "
+        "`never` only when asked for). A block's tags apply to its steps.",
+    ),
+    "idempotent": (
+        {"type": "boolean"},
+        "`false` exempts the step from the idempotence gate; needs a reason: "
+        "`idempotent: false  # why` or `idempotent_reason`.",
+    ),
     "idempotent_reason": ({"type": "string", "minLength": 1}, "Why the step changes on every run."),
-    "block": ({"$ref": "#/$defs/steps"}, "Steps run together (with `rescue` and `always`); "
-                                         "`when`, `tags`, `no_log`, `ignore_errors` apply to all of them."),
+    "block": (
+        {"$ref": "#/$defs/steps"},
+        "Steps run together (with `rescue` and `always`); "
+        "`when`, `tags`, `no_log`, `ignore_errors` apply to all of them.",
+    ),
     "rescue": ({"$ref": "#/$defs/steps"}, "Run when a step of the block fails (`kiln_failed_step` says which)."),
     "always": ({"$ref": "#/$defs/steps"}, "Run after the block, failed or not."),
     "flush_handlers": ({"const": True}, "`flush_handlers: true` runs the handlers notified so far, now."),
@@ -72,8 +96,10 @@ KEYWORDS: dict[str, tuple[dict[str, Any], str]] = {
 def _module_args_schema(schema: dict[str, Any]) -> dict[str, Any]:
     out = args_schema(schema)
     if schema.get("free_form"):
-        return {"description": out.get("description", ""),
-                "anyOf": [out, {"type": "string", "description": f"shorthand for {schema['free_form']}"}]}
+        return {
+            "description": out.get("description", ""),
+            "anyOf": [out, {"type": "string", "description": f"shorthand for {schema['free_form']}"}],
+        }
     return out
 
 
@@ -86,43 +112,62 @@ def json_schema() -> dict[str, Any]:
     for name, module in modules.items():
         defs[f"module_{name}"] = _module_args_schema(module.SCHEMA)
         step_props[name] = {"$ref": f"#/$defs/module_{name}"}
-    one_of = [{"required": [name]} for name in modules] + [{"required": ["block"]},
-                                                           {"required": ["flush_handlers"]}]
-    defs["step"] = {"type": "object", "description": "One step: exactly one module (or block, or flush_handlers) "
-                                                     "plus control keywords.",
-                    "properties": step_props, "additionalProperties": False, "oneOf": one_of}
+    one_of = [{"required": [name]} for name in modules] + [{"required": ["block"]}, {"required": ["flush_handlers"]}]
+    defs["step"] = {
+        "type": "object",
+        "description": "One step: exactly one module (or block, or flush_handlers) plus control keywords.",
+        "properties": step_props,
+        "additionalProperties": False,
+        "oneOf": one_of,
+    }
     defs["steps"] = {"type": "array", "items": {"$ref": "#/$defs/step"}}
     defs["steps_file"] = {"description": "steps.yml: the role's steps, in order.", "$ref": "#/$defs/steps"}
-    defs["handlers_file"] = {"description": "handlers.yml: named steps run once, when notified.", "type": "array",
-                             "items": {"allOf": [{"$ref": "#/$defs/step"}, {"required": ["name"]}]}}
+    defs["handlers_file"] = {
+        "description": "handlers.yml: named steps run once, when notified.",
+        "type": "array",
+        "items": {"allOf": [{"$ref": "#/$defs/step"}, {"required": ["name"]}]},
+    }
     check_entries = []
     for name, check in checks.items():
         schema = check.SCHEMA
         args = args_schema(schema)
         props = dict(args["properties"])
         free_form = schema.get("free_form")
-        main: dict[str, Any] = {"anyOf": [{"type": "object", "properties": args["properties"],
-                                           "additionalProperties": False}, {"type": "null"}]}
+        main: dict[str, Any] = {
+            "anyOf": [
+                {"type": "object", "properties": args["properties"], "additionalProperties": False},
+                {"type": "null"},
+            ]
+        }
         if free_form:
             main["anyOf"].insert(0, props.get(free_form, {}))
             main["description"] = f"the check's {free_form}"
         props[name] = main
         props["name"] = {"type": "string", "description": "Shown in output."}
-        check_entries.append({"type": "object", "description": schema.get("description", ""), "required": [name],
-                              "properties": props, "additionalProperties": False})
+        check_entries.append(
+            {
+                "type": "object",
+                "description": schema.get("description", ""),
+                "required": [name],
+                "properties": props,
+                "additionalProperties": False,
+            }
+        )
         defs[f"check_{name}"] = check_entries[-1]
     defs["check"] = {"oneOf": [{"$ref": f"#/$defs/check_{name}"} for name in checks]}
-    defs["verify_file"] = {"description": "verify.yml: checks run against the baked machine.", "type": "array",
-                           "items": {"$ref": "#/$defs/check"}}
+    defs["verify_file"] = {
+        "description": "verify.yml: checks run against the baked machine.",
+        "type": "array",
+        "items": {"$ref": "#/$defs/check"},
+    }
     return {
         "$schema": DRAFT,
         "$id": "https://kiln.invalid/schemas/step-files.json",
         "title": "kiln step files",
         "description": "steps.yml, handlers.yml and verify.yml of a kiln role. Generated from the modules' "
-                       "and checks' argument schemas; $defs/steps_file, $defs/handlers_file and "
-                       "$defs/verify_file describe each file.",
-        "anyOf": [{"$ref": "#/$defs/steps_file"}, {"$ref": "#/$defs/handlers_file"},
-                  {"$ref": "#/$defs/verify_file"}],
+        "and checks' argument schemas; $defs/steps_file, $defs/handlers_file and "
+        "$defs/verify_file describe each file.",
+        "anyOf": [{"$ref": "#/$defs/steps_file"}, {"$ref": "#/$defs/handlers_file"}, {"$ref": "#/$defs/verify_file"}],
         "$defs": defs,
     }
 
@@ -140,8 +185,7 @@ def _cell(value: Any) -> str:
 
 
 def _arg_table(schema: dict[str, Any]) -> list[str]:
-    rows = ["| argument | type | required | default | choices | description |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| argument | type | required | default | choices | description |", "|---|---|---|---|---|---|"]
     free_form = schema.get("free_form")
     for name, spec in schema.get("args", {}).items():
         label = f"`{name}`"
@@ -154,8 +198,10 @@ def _arg_table(schema: dict[str, Any]) -> list[str]:
             kind = f"list of {spec['elements']}"
         default = f"`{_cell(spec['default'])}`" if "default" in spec else ""
         choices = ", ".join(f"`{_cell(c)}`" for c in spec.get("choices", []))
-        rows.append(f"| {label} | {kind} | {'yes' if spec.get('required') else ''} | {default} | {choices} | "
-                    f"{_cell(spec.get('description', ''))} |")
+        rows.append(
+            f"| {label} | {kind} | {'yes' if spec.get('required') else ''} | {default} | {choices} | "
+            f"{_cell(spec.get('description', ''))} |"
+        )
     return rows
 
 
@@ -172,8 +218,16 @@ def _rules(schema: dict[str, Any]) -> list[str]:
 
 def _section(kind: str, name: str, schema: dict[str, Any]) -> list[str]:
     """A module's or check's anchor, heading, description, argument table and rules."""
-    return [f'<a id="{kind}-{name.replace("_", "-")}"></a>', f"### `{name}`", "",
-            schema.get("description", "").strip(), "", *_arg_table(schema), "", *_rules(schema)]
+    return [
+        f'<a id="{kind}-{name.replace("_", "-")}"></a>',
+        f"### `{name}`",
+        "",
+        schema.get("description", "").strip(),
+        "",
+        *_arg_table(schema),
+        "",
+        *_rules(schema),
+    ]
 
 
 def reference_markdown() -> str:
@@ -192,14 +246,14 @@ def reference_markdown() -> str:
         "",
         "```yaml",
         "- name: Site config",
-        "  template: {src: site.conf.j2, dest: /etc/nginx/sites-available/default, mode: \"0644\"}",
+        '  template: {src: site.conf.j2, dest: /etc/nginx/sites-available/default, mode: "0644"}',
         "  notify: reload nginx",
-        "  when: facts.os_family == \"debian\"",
+        '  when: facts.os_family == "debian"',
         "```",
         "",
         "Files are YAML 1.2: `yes`/`no`/`on`/`off` are strings, so kiln asks you to quote them where a string",
         "argument is meant (YAML 1.1 and Ansible read them as booleans); file modes must be quoted strings",
-        "(`mode: \"0644\"`; an unquoted `0644` or `644` is a number). `invoke validate` reports every problem",
+        '(`mode: "0644"`; an unquoted `0644` or `644` is a number). `invoke validate` reports every problem',
         "with file:line:column before anything is launched.",
         "",
         "## Variables",
@@ -224,17 +278,28 @@ def reference_markdown() -> str:
         schema = module.SCHEMA
         out += _section("module", name, schema)
         check_mode = schema.get("check_mode", "none")
-        out.append(f"- check mode: {'yes' if check_mode == 'full' else check_mode if check_mode != 'none' else 'no'}"
-                   f" · diff: {'yes' if schema.get('diff') else 'no'}")
+        out.append(
+            f"- check mode: {'yes' if check_mode == 'full' else check_mode if check_mode != 'none' else 'no'}"
+            f" · diff: {'yes' if schema.get('diff') else 'no'}"
+        )
         if schema.get("free_form"):
             out.append(f"- shorthand: `{name}: VALUE` sets `{schema['free_form']}`")
         out.append("")
         if schema.get("example"):
             out += ["```yaml", schema["example"].rstrip(), "```", ""]
-    out += ["## Checks (verify.yml)", "",
-            "A check names its kind as its key; the key's value is the check's main argument and the other",
-            "keys are its attributes:", "",
-            "```yaml", "- http: http://127.0.0.1/", "  status: 200", "  body: [\"kiln web\"]", "```", ""]
+    out += [
+        "## Checks (verify.yml)",
+        "",
+        "A check names its kind as its key; the key's value is the check's main argument and the other",
+        "keys are its attributes:",
+        "",
+        "```yaml",
+        "- http: http://127.0.0.1/",
+        "  status: 200",
+        '  body: ["kiln web"]',
+        "```",
+        "",
+    ]
     out.append(", ".join(f"[`{name}`](#check-{name.replace('_', '-')})" for name in checks))
     out.append("")
     for name, check in checks.items():

@@ -103,8 +103,10 @@ class Heartbeat:
                 probe.start()
             silent = self.silent_for()
             if silent >= self.keepalive.silence:
-                self.lost = (f"the machine stopped answering: no reply to SSH keepalives for {silent:.0f}s "
-                             f"({self.keepalive.misses} probes, every {self.keepalive.interval:g}s)")
+                self.lost = (
+                    f"the machine stopped answering: no reply to SSH keepalives for {silent:.0f}s "
+                    f"({self.keepalive.misses} probes, every {self.keepalive.interval:g}s)"
+                )
                 log.error("connection lost", address=self.address, silent_seconds=round(silent, 1))
                 self.transport.close()
                 return
@@ -186,16 +188,31 @@ class Completed:
 class Session:
     """A lazily opened SSH connection; ``close()`` is safe twice; a context manager."""
 
-    def __init__(self, host: str, port: int, user: str, key: KeyPair, expect: HostKeyExpectation,
-                 keepalive: Keepalive | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        key: KeyPair,
+        expect: HostKeyExpectation,
+        keepalive: Keepalive | None = None,
+    ) -> None:
         config = Config(overrides={"load_ssh_configs": False})
         self.address = f"{user}@{host}:{port}"
         self.keepalive = keepalive or Keepalive()
         self.heartbeat: Heartbeat | None = None
         self.conn = Connection(
-            host, user=user, port=port, config=config,
-            connect_kwargs={"pkey": key.paramiko_key(), "allow_agent": False, "look_for_keys": False,
-                            "banner_timeout": 20, "auth_timeout": 20},
+            host,
+            user=user,
+            port=port,
+            config=config,
+            connect_kwargs={
+                "pkey": key.paramiko_key(),
+                "allow_agent": False,
+                "look_for_keys": False,
+                "banner_timeout": 20,
+                "auth_timeout": 20,
+            },
             connect_timeout=10,
         )
         self.conn.client.set_missing_host_key_policy(_Pinned(expect))
@@ -231,8 +248,13 @@ class Session:
             self.heartbeat.stop()
         self.heartbeat = Heartbeat(self.conn.transport, self.address, self.keepalive).start()
 
-    def run(self, command: str, stdin: bytes | None = None,
-            on_line: Callable[[str], None] | None = None, timeout: float | None = None) -> Completed:
+    def run(
+        self,
+        command: str,
+        stdin: bytes | None = None,
+        on_line: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> Completed:
         """Run one command; stream stdout lines to ``on_line``; feed ``stdin`` (binary) first.
 
         ``timeout``: seconds for the whole command (CommandTimeout past it); a machine that
@@ -253,8 +275,14 @@ class Session:
         finally:
             chan.close()
 
-    def _exchange(self, chan: paramiko.Channel, command: str, stdin: bytes | None,
-                  on_line: Callable[[str], None] | None, deadline: float | None) -> Completed:
+    def _exchange(
+        self,
+        chan: paramiko.Channel,
+        command: str,
+        stdin: bytes | None,
+        on_line: Callable[[str], None] | None,
+        deadline: float | None,
+    ) -> Completed:
         chan.exec_command(command)
         err_chunks: list[bytes] = []
         drain = threading.Thread(target=_drain, args=(chan, err_chunks), daemon=True)

@@ -49,8 +49,6 @@ def test_timeout_keyword_reaches_the_bundle(tmp_path: Path):
     assert problem.line == 4 and "timeout" in problem.message, "a step keyword, not a block one"
 
 
-
-
 @pytest.mark.parametrize("value", ["0", "-3", "soon", "true", "[1]", ".inf"])
 def test_bad_timeout_is_invalid_input_at_its_place(tmp_path: Path, value: str):
     with pytest.raises(InvalidInput) as info:
@@ -76,14 +74,17 @@ def test_build_step_timeout_and_keepalive_settings(tmp_path: Path):
     assert (options.step_timeout, options.ssh_keepalive, options.ssh_keepalive_misses) == (90.0, 2.5, 4)
 
 
-@pytest.mark.parametrize("text, where, message", [
-    ("build: {step_timeout: 0}\n", (1, 23), "build.step_timeout must be a positive number"),
-    ("build: {step_timeout: soon}\n", (1, 23), "build.step_timeout must be a positive number, got a string"),
-    ("build: {ssh_keepalive: -1}\n", (1, 24), "build.ssh_keepalive must be a positive number"),
-    ("build: {ssh_keepalive_misses: 1.5}\n", (1, 31), "build.ssh_keepalive_misses must be a whole number >= 1"),
-    ("build: {ssh_keepalive_misses: 0}\n", (1, 31), "build.ssh_keepalive_misses must be a whole number >= 1"),
-    ("build: {step_timeot: 5}\n", (1, 9), "unknown build setting 'step_timeot' (did you mean 'step_timeout'?)"),
-])
+@pytest.mark.parametrize(
+    "text, where, message",
+    [
+        ("build: {step_timeout: 0}\n", (1, 23), "build.step_timeout must be a positive number"),
+        ("build: {step_timeout: soon}\n", (1, 23), "build.step_timeout must be a positive number, got a string"),
+        ("build: {ssh_keepalive: -1}\n", (1, 24), "build.ssh_keepalive must be a positive number"),
+        ("build: {ssh_keepalive_misses: 1.5}\n", (1, 31), "build.ssh_keepalive_misses must be a whole number >= 1"),
+        ("build: {ssh_keepalive_misses: 0}\n", (1, 31), "build.ssh_keepalive_misses must be a whole number >= 1"),
+        ("build: {step_timeot: 5}\n", (1, 9), "unknown build setting 'step_timeot' (did you mean 'step_timeout'?)"),
+    ],
+)
 def test_bad_build_time_settings(tmp_path: Path, text: str, where: tuple[int, int], message: str):
     (tmp_path / "kiln.yaml").write_text(text)
     with pytest.raises(InvalidInput) as info:
@@ -95,15 +96,22 @@ def test_bad_build_time_settings(tmp_path: Path, text: str, where: tuple[int, in
 def test_apply_bound_counts_every_step_at_its_limit():
     from controller.stages.apply_steps import apply_bound
 
-    steps = [{"module": "command", "timeout": 5},
-             {"module": "block", "block": [{"module": "command"}], "rescue": [{"module": "command", "timeout": 1}],
-              "always": [{"module": "flush_handlers"}]},
-             {"module": "command"}]
+    steps = [
+        {"module": "command", "timeout": 5},
+        {
+            "module": "block",
+            "block": [{"module": "command"}],
+            "rescue": [{"module": "command", "timeout": 1}],
+            "always": [{"module": "flush_handlers"}],
+        },
+        {"module": "command"},
+    ]
     handlers = [{"module": "service", "timeout": 3}, {"module": "command"}]
     default = 10.0
     # 5 + 10 + 1 + 10 steps; handlers (3 + 10) may run at the flush and at the end
     assert apply_bound(steps, handlers, default) - 26 - 2 * 13 == pytest.approx(
-        float(os.environ.get("KILN_AGENT_MARGIN") or 120.0))
+        float(os.environ.get("KILN_AGENT_MARGIN") or 120.0)
+    )
 
 
 # --- the agent in a real container -------------------------------------------------------------
@@ -119,8 +127,9 @@ def apply_bundle(box: AgentBox, bundle: dict, bound: float = 30) -> tuple[list[d
     box.sh("rm -rf /var/lib/kiln/tt")
     box.put({"/var/lib/kiln/tt/bundle.json": (json.dumps(bundle).encode(), 0o600)})
     started = time.monotonic()
-    out = box.engine.run("exec", box.name, "python3", "/var/lib/kiln/agent.pyz", "apply", "/var/lib/kiln/tt",
-                         check=False, timeout=bound)
+    out = box.engine.run(
+        "exec", box.name, "python3", "/var/lib/kiln/agent.pyz", "apply", "/var/lib/kiln/tt", check=False, timeout=bound
+    )
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")], time.monotonic() - started
 
 
@@ -130,11 +139,21 @@ def sleepers(box: AgentBox, marker: str) -> str:
 
 @pytest_slow
 def test_hung_step_fails_names_itself_and_kills_what_it_started(box: AgentBox):
-    events, took = apply_bundle(box, {"steps": [
-        {"name": "wait forever", "module": "shell", "args": {"cmd": "sleep 100001 & sleep 100002; wait"},
-         "timeout": 2, "ignore_errors": True},
-        {"name": "after", "module": "command", "args": {"cmd": "true"}},
-    ]})
+    events, took = apply_bundle(
+        box,
+        {
+            "steps": [
+                {
+                    "name": "wait forever",
+                    "module": "shell",
+                    "args": {"cmd": "sleep 100001 & sleep 100002; wait"},
+                    "timeout": 2,
+                    "ignore_errors": True,
+                },
+                {"name": "after", "module": "command", "args": {"cmd": "true"}},
+            ]
+        },
+    )
     hung, after = steps_of(events)
     assert hung["status"] == "failed" and hung["timed_out"] and hung["ignored"], hung
     assert hung["msg"] == "step 1 'wait forever' timed out after 2s"
@@ -146,16 +165,39 @@ def test_hung_step_fails_names_itself_and_kills_what_it_started(box: AgentBox):
 
 @pytest_slow
 def test_timeout_is_a_failure_for_rescue_failed_when_and_register(box: AgentBox):
-    events, _ = apply_bundle(box, {"steps": [
-        {"module": "block", "name": "guarded", "block": [
-            {"index": 2, "name": "stuck", "module": "command", "args": {"cmd": "sleep 100003"}, "timeout": 1,
-             "failed_when": False, "register": "stuck_result"},
-        ], "rescue": [
-            {"index": 3, "name": "recover", "module": "shell",
-             "args": {"cmd": "test '{{ stuck_result.timed_out }}' = True && "
-                              "test \"{{ kiln_failed_step.msg }}\" = \"step 2 'stuck' timed out after 1s\""}},
-        ]},
-    ]})
+    events, _ = apply_bundle(
+        box,
+        {
+            "steps": [
+                {
+                    "module": "block",
+                    "name": "guarded",
+                    "block": [
+                        {
+                            "index": 2,
+                            "name": "stuck",
+                            "module": "command",
+                            "args": {"cmd": "sleep 100003"},
+                            "timeout": 1,
+                            "failed_when": False,
+                            "register": "stuck_result",
+                        },
+                    ],
+                    "rescue": [
+                        {
+                            "index": 3,
+                            "name": "recover",
+                            "module": "shell",
+                            "args": {
+                                "cmd": "test '{{ stuck_result.timed_out }}' = True && "
+                                'test "{{ kiln_failed_step.msg }}" = "step 2 \'stuck\' timed out after 1s"'
+                            },
+                        },
+                    ],
+                },
+            ]
+        },
+    )
     stuck, recover = steps_of(events)
     assert stuck["status"] == "failed" and stuck["rescued"], "failed_when cannot clear a timeout"
     assert recover["status"] == "changed", recover["msg"]
@@ -166,28 +208,60 @@ def test_timeout_is_a_failure_for_rescue_failed_when_and_register(box: AgentBox)
 @pytest_slow
 def test_limit_covers_retries_and_module_code_that_runs_no_command(box: AgentBox):
     """until/retries: one limit for the whole step; the delay between attempts is Python (the alarm's job)."""
-    events, took = apply_bundle(box, {"steps": [
-        {"name": "poll", "module": "command", "args": {"cmd": "true"}, "until": "false", "retries": 100,
-         "delay": 1, "timeout": 2.5},
-        {"name": "after", "module": "command", "args": {"cmd": "true"}},
-    ]}, bound=30)
+    events, took = apply_bundle(
+        box,
+        {
+            "steps": [
+                {
+                    "name": "poll",
+                    "module": "command",
+                    "args": {"cmd": "true"},
+                    "until": "false",
+                    "retries": 100,
+                    "delay": 1,
+                    "timeout": 2.5,
+                },
+                {"name": "after", "module": "command", "args": {"cmd": "true"}},
+            ]
+        },
+        bound=30,
+    )
     poll = steps_of(events)[0]
     assert poll["msg"] == "step 1 'poll' timed out after 2.5s" and poll["duration"] < 4, poll
     assert len(steps_of(events)) == 1, "a timed-out step fails the run"
     assert took < 15
-    events, _ = apply_bundle(box, {"steps": [
-        {"name": "loop", "module": "command", "args": {"cmd": "sleep 1"}, "loop": [1, 2, 3, 4, 5], "timeout": 2.5},
-    ]}, bound=30)
+    events, _ = apply_bundle(
+        box,
+        {
+            "steps": [
+                {
+                    "name": "loop",
+                    "module": "command",
+                    "args": {"cmd": "sleep 1"},
+                    "loop": [1, 2, 3, 4, 5],
+                    "timeout": 2.5,
+                },
+            ]
+        },
+        bound=30,
+    )
     loop = steps_of(events)[0]
     assert loop["msg"] == "step 1 'loop' timed out after 2.5s", "the limit covers all the loop's items"
 
 
 @pytest_slow
 def test_bundle_default_limit_applies_to_steps_and_handlers(box: AgentBox):
-    events, took = apply_bundle(box, {"step_timeout": 1.5, "steps": [
-        {"name": "notify", "module": "command", "args": {"cmd": "true"}, "notify": ["slow handler"]},
-        {"name": "own limit", "module": "command", "args": {"cmd": "sleep 2"}, "timeout": 5},
-    ], "handlers": [{"index": 9, "name": "slow handler", "module": "command", "args": {"cmd": "sleep 100004"}}]})
+    events, took = apply_bundle(
+        box,
+        {
+            "step_timeout": 1.5,
+            "steps": [
+                {"name": "notify", "module": "command", "args": {"cmd": "true"}, "notify": ["slow handler"]},
+                {"name": "own limit", "module": "command", "args": {"cmd": "sleep 2"}, "timeout": 5},
+            ],
+            "handlers": [{"index": 9, "name": "slow handler", "module": "command", "args": {"cmd": "sleep 100004"}}],
+        },
+    )
     notify, own, handler = steps_of(events)
     assert own["status"] == "changed", "a step's own timeout wins over the default"
     assert handler["handler"] and handler["msg"] == "step 9 'slow handler' timed out after 1.5s"
@@ -196,7 +270,7 @@ def test_bundle_default_limit_applies_to_steps_and_handlers(box: AgentBox):
 
 
 # --- whole bakes over SSH ---------------------------------------------------------------------
-HUNG_STEPS = "- name: ok first\n  command: \"true\"\n- name: wait forever\n  command: sleep 100000\n{extra}"
+HUNG_STEPS = '- name: ok first\n  command: "true"\n- name: wait forever\n  command: sleep 100000\n{extra}'
 
 
 @pytest_slow
@@ -213,8 +287,12 @@ def test_bake_with_a_hung_step_fails_in_bounded_time(engine, tmp_path: Path):
 
 @pytest_slow
 def test_build_step_timeout_is_the_default_limit(engine, tmp_path: Path):
-    make_playbooks(tmp_path, {"steps.yml": HUNG_STEPS.format(extra="")}, role="hungdefault",
-                   kiln_yaml="build:\n  step_timeout: 2\n")
+    make_playbooks(
+        tmp_path,
+        {"steps.yml": HUNG_STEPS.format(extra="")},
+        role="hungdefault",
+        kiln_yaml="build:\n  step_timeout: 2\n",
+    )
     proc = invoke(tmp_path, "bake", "--role", "hungdefault", timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "step 2 'wait forever' timed out after 2s" in proc.stderr, proc.stderr[-3000:]
@@ -224,8 +302,11 @@ def test_build_step_timeout_is_the_default_limit(engine, tmp_path: Path):
 @pytest_slow
 def test_a_frozen_agent_is_bounded_by_the_controller(engine, tmp_path: Path):
     """The agent itself stops (SIGSTOP): its step limits cannot fire, the controller's bound does."""
-    make_playbooks(tmp_path, {"steps.yml": "- name: freeze the agent\n  shell: kill -STOP $PPID; sleep 1\n"
-                                           "  timeout: 2\n"}, role="frozenagent")
+    make_playbooks(
+        tmp_path,
+        {"steps.yml": "- name: freeze the agent\n  shell: kill -STOP $PPID; sleep 1\n  timeout: 2\n"},
+        role="frozenagent",
+    )
     started = time.monotonic()
     proc = invoke(tmp_path, "bake", "--role", "frozenagent", env={"KILN_AGENT_MARGIN": "3"}, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -237,8 +318,14 @@ def test_a_frozen_agent_is_bounded_by_the_controller(engine, tmp_path: Path):
 
 def start_bake(cwd: Path, role: str) -> subprocess.Popen:
     env = dict(os.environ, KILN_JSON="1", CI="", KILN_STATE_DIR=str(cwd / "state"))
-    return subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def wait_for_line(proc: subprocess.Popen, seen: list[str], needle: str, within: float) -> None:
@@ -253,8 +340,12 @@ def wait_for_line(proc: subprocess.Popen, seen: list[str], needle: str, within: 
 
 @pytest_slow
 def test_a_paused_build_machine_fails_the_bake_within_the_keepalive_silence(engine, tmp_path: Path):
-    make_playbooks(tmp_path, {"steps.yml": "- name: long sleep\n  command: sleep 60\n"}, role="frozen",
-                   kiln_yaml="build:\n  ssh_keepalive: 2\n  ssh_keepalive_misses: 3\n")
+    make_playbooks(
+        tmp_path,
+        {"steps.yml": "- name: long sleep\n  command: sleep 60\n"},
+        role="frozen",
+        kiln_yaml="build:\n  ssh_keepalive: 2\n  ssh_keepalive_misses: 3\n",
+    )
     proc = start_bake(tmp_path, "frozen")
     seen: list[str] = []
     paused: list[str] = []
@@ -278,8 +369,9 @@ def test_a_paused_build_machine_fails_the_bake_within_the_keepalive_silence(engi
             proc.communicate(timeout=120)
     output = "".join(seen) + rest
     assert proc.returncode == 1, output[-3000:]
-    assert "lost the connection to root@127.0.0.1:" in output and "the machine stopped answering" in output, \
-        output[-3000:]
+    assert "lost the connection to root@127.0.0.1:" in output and "the machine stopped answering" in output, output[
+        -3000:
+    ]
     assert "lost step 1 'long sleep' while it ran" in output
     # 2 s probes, 3 misses: silent 6 s, noticed within one more interval; the rest is the undo
     assert took < 30, f"the frozen machine took {took:.0f}s to fail the bake"

@@ -65,8 +65,9 @@ class Progress:
     """A ticker thread: logs "still running" for the step the agent announced and has not finished."""
 
     def __init__(self, interval: float | None = None) -> None:
-        self.interval = interval if interval is not None else float(
-            os.environ.get("KILN_PROGRESS_SECONDS") or PROGRESS_SECONDS)
+        self.interval = (
+            interval if interval is not None else float(os.environ.get("KILN_PROGRESS_SECONDS") or PROGRESS_SECONDS)
+        )
         self.current: dict[str, Any] | None = None
         self.since = 0.0
         self.last_tick = 0.0
@@ -103,8 +104,12 @@ class Progress:
                 if due:
                     self.last_tick = now
             if due:
-                fields = {"index": current.get("index"), "step": current.get("name"),
-                          "module": current.get("module"), "seconds": round(now - self.since, 1)}
+                fields = {
+                    "index": current.get("index"),
+                    "step": current.get("name"),
+                    "module": current.get("module"),
+                    "seconds": round(now - self.since, 1),
+                }
                 if current.get("handler"):
                     fields["handler"] = True
                 log.info("still running", **fields)
@@ -114,6 +119,7 @@ def apply(ctx: BakeContext, label: str, show_diff: bool, keep: list[dict[str, An
     flags = (["--check"] if ctx.options.check_mode else []) + (["--diff"] if ctx.options.diff else [])
 
     with Progress() as progress:
+
         def on_event(event: dict[str, Any]) -> None:
             progress.on_event(event)
             event["diff_shown"] = show_diff
@@ -129,16 +135,27 @@ def apply(ctx: BakeContext, label: str, show_diff: bool, keep: list[dict[str, An
             if reboots > MAX_REBOOTS:
                 raise BakeFailed(f"{label}: more than {MAX_REBOOTS} reboots in one apply (a reboot loop?)")
             reboot_and_reconnect(ctx, reboot)
-            rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, "--resume", *flags), on_event,
-                                           timeout=bound)
+            rc, events, stderr = run_agent(
+                ctx, agent_command(ctx, "apply", BUNDLE, "--resume", *flags), on_event, timeout=bound
+            )
     summary = next((e for e in events if e.get("event") == "summary"), None)
     if summary is None:
         raise BakeFailed(f"{label}: the agent stopped without a summary (exit {rc}): {stderr.strip()[-800:]}")
     if rc != 0 or not summary.get("ok_run"):
-        failed = next((e for e in events if e.get("event") == "step" and e.get("status") == "failed"
-                       and not e.get("ignored") and not e.get("rescued")), {})
-        raise BakeFailed(f"step '{summary.get('failed_step')}' ({failed.get('source', '?')}) failed: "
-                         f"{summary.get('error', '')}")
+        failed = next(
+            (
+                e
+                for e in events
+                if e.get("event") == "step"
+                and e.get("status") == "failed"
+                and not e.get("ignored")
+                and not e.get("rescued")
+            ),
+            {},
+        )
+        raise BakeFailed(
+            f"step '{summary.get('failed_step')}' ({failed.get('source', '?')}) failed: {summary.get('error', '')}"
+        )
     return summary
 
 
@@ -165,10 +182,12 @@ def reboot_and_reconnect(ctx: BakeContext, reboot: dict[str, Any]) -> None:
     except BakeFailed:
         raise
     except Exception as exc:  # the provider's or SSH's own errors, named as the reboot's
-        raise BakeFailed(f"step '{reboot.get('name')}': the machine did not come back from its reboot "
-                         f"within {timeout:.0f}s: {exc}") from exc
-    log.info("rebooted", index=reboot.get("index"), step=reboot.get("name"),
-             seconds=round(time.monotonic() - started, 1))
+        raise BakeFailed(
+            f"step '{reboot.get('name')}': the machine did not come back from its reboot within {timeout:.0f}s: {exc}"
+        ) from exc
+    log.info(
+        "rebooted", index=reboot.get("index"), step=reboot.get("name"), seconds=round(time.monotonic() - started, 1)
+    )
 
 
 class ApplySteps:
@@ -194,8 +213,9 @@ class IdempotenceCheck:
         again = [s for s in summary.get("changed_steps", []) if s.get("idempotent", True)]
         if again:
             names = ", ".join(f"#{s['index']} '{s['name']}'" for s in again)
-            raise BakeFailed(f"not idempotent: a second apply changed {names} "
-                             "(fix the step, or mark it `idempotent: false  # why`)")
+            raise BakeFailed(
+                f"not idempotent: a second apply changed {names} (fix the step, or mark it `idempotent: false  # why`)"
+            )
         log.info("idempotent", rerun_seconds=summary.get("duration"))
 
     def undo(self, ctx: BakeContext) -> None:

@@ -26,8 +26,10 @@ class PushBundle:
         ctx.session.use_keepalive(Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses))
         bundle = dict(bundle_json(ctx.compiled, extra_vars(ctx)), step_timeout=ctx.options.step_timeout)
         payload = bundle_tar(bundle, ctx.compiled.checks, ctx.compiled.files)
-        command = as_root(ctx, f"mkdir -p {RUN_DIR} && cd {RUN_DIR} && rm -rf bundle && umask 077 && "
-                               f"tar -xzf - && python3 {AGENT} facts")
+        command = as_root(
+            ctx,
+            f"mkdir -p {RUN_DIR} && cd {RUN_DIR} && rm -rf bundle && umask 077 && tar -xzf - && python3 {AGENT} facts",
+        )
         rc, events, stderr = run_agent(ctx, command, lambda e: None, stdin=payload, timeout=PUSH_TIMEOUT)
         facts = next((e["facts"] for e in events if e.get("event") == "facts"), None)
         if rc != 0 or facts is None:
@@ -35,8 +37,13 @@ class PushBundle:
 
             raise BakeFailed(f"agent could not start on the box (exit {rc}): {stderr.strip()[-800:]}")
         ctx.facts = facts
-        log.info("facts", bytes_sent=len(payload), os=f"{facts['distribution']} {facts['distribution_version']}",
-                 arch=facts["arch"], pkg_mgr=facts["pkg_mgr"])
+        log.info(
+            "facts",
+            bytes_sent=len(payload),
+            os=f"{facts['distribution']} {facts['distribution_version']}",
+            arch=facts["arch"],
+            pkg_mgr=facts["pkg_mgr"],
+        )
 
     def undo(self, ctx: BakeContext) -> None:
         """The bundle lives on the instance; cleaning the machine (or removing it) takes it."""
