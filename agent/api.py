@@ -161,8 +161,17 @@ class Context:
         return proc
 
     def source_path(self, src: str, kind: str = "files") -> str:
+        """An absolute ``src`` is a path on the box; a relative one is the role's own file in the bundle,
+        and must stay there (a src rendered on the box can hold ``..``)."""
+        if os.path.isabs(src):
+            return src
         base = self.files_dir if kind == "files" else self.templates_dir
-        return src if os.path.isabs(src) else os.path.join(base, src)
+        parts = src.split("/")
+        path = os.path.join(base, src)
+        role_dir = os.path.realpath(os.path.join(base, parts[0]))
+        if ".." in parts or len(parts) < 2 or not os.path.realpath(path).startswith(role_dir + os.sep):
+            raise ModuleError(f"src {src} leads out of the role's {kind}/")
+        return path
 
 
 def _start(

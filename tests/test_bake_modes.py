@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.playbooks import invoke, left_behind, make_playbooks
+from tests.playbooks import image_repo, invoke, left_behind, make_playbooks
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_bake_check_reports_changes_nothing_published(engine, tmp_path: Path):
     stages = [e["stage"] for e in events if e.get("event") == "stage"]
     assert stages[-1] == "apply steps" and "idempotence check" not in stages and "snapshot" not in stages
     assert not left_behind(engine, proc.stderr), "check mode left its machine behind"
-    assert not engine.images("localhost/kiln/cdcheck"), "check mode must not make an image"
+    assert not engine.images(image_repo("cdcheck")), "check mode must not make an image"
     assert not (tmp_path / "builds" / "manifest.json").exists()
     reserved = tmp_path / "state" / "versions" / "cdcheck"
     assert reserved.is_dir() and not any(reserved.iterdir()), "the version reservation must be released"
@@ -168,13 +168,13 @@ def test_no_log_secret_from_var_is_nowhere(engine, tmp_path: Path, json_output: 
     manifest = json.loads((tmp_path / "builds" / "manifest.json").read_text())
     assert manifest[-1]["role"] == role
     # the secret did reach the machine: the image has it, the logs do not
-    image = f"localhost/kiln/{role}:{manifest[-1]['version']}"
+    image = f"{image_repo(role)}:{manifest[-1]['version']}"
     try:
         content = engine.run("run", "--rm", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
                              "--entrypoint", "cat", image, "/etc/kiln-app.conf")
         assert content == f"password={SECRET}\n"
     finally:
-        for row in engine.images(f"localhost/kiln/{role}"):
+        for row in engine.images(image_repo(role)):
             engine.run("rmi", "-f", row["Id"], check=False)
 
 

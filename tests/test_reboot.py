@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.machines import AgentBox, steps_of, summary_of
-from tests.playbooks import invoke, make_playbooks
+from tests.playbooks import image_repo, invoke, make_playbooks
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +171,7 @@ def test_bake_reboots_reconnects_and_the_idempotence_check_does_not_reboot(engin
                       playbooks=tmp_path / "playbooks")
         _check_rebooting_bake(engine, tmp_path, proc)
     finally:
-        for row in engine.images("localhost/kiln/rebooter"):
+        for row in engine.images(image_repo("rebooter")):
             engine.run("rmi", "-f", row["Id"], check=False)
 
 

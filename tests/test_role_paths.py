@@ -284,6 +284,29 @@ def test_on_the_box_a_template_includes_its_own_role_templates_and_nothing_else(
     assert SECRET not in str(events)
 
 
+@pytest.mark.slow
+def test_on_the_box_a_src_rendered_with_dot_dot_is_refused(box, tmp_path):
+    """A src known only on the box (rendered from facts or registered values) may hold '..':
+    copy reads the role's own files and nothing beside them."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "files/motd": "hello\n",
+            "role.yml": "description: t\ndefaults:\n  up: '../../../../../../etc/hostname'\n",
+            "steps.yml": "- copy: {src: '{{ up }}', dest: /srv/srcpaths/leak}\n"
+            "- copy: {src: '{{ \"motd\" }}', dest: /srv/srcpaths/motd}\n",
+        },
+    )
+    compiled = compile_ok(tmp_path)
+    files = {name.split("/", 1)[1]: data for name, data in compiled.files.items() if name.startswith("files/")}
+    box.sh("rm -rf /srv/srcpaths && mkdir -p /srv/srcpaths")
+    events = box.apply(compiled.steps, variables=compiled.variables, files=files)
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps[0]["status"] == "failed" and "leads out of the role" in steps[0]["msg"], steps[0]
+    assert box.sh("ls /srv/srcpaths", check=False) == ""
+
+
 # --- the command line ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_validate_and_bake_refuse_an_escaping_symlink_and_launch_nothing(engine, tmp_path):

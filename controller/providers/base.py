@@ -92,6 +92,10 @@ class Provider(Protocol):
     def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
         """Undo a publish that did not complete: restore the previous ``latest``, drop copies."""
 
+    def keep_build(self, ctx: BakeContext) -> None:
+        """The build machine stays for debugging (--keep-on-error): its record is held by nobody
+        (``claim.keep()``), so only its deadline or ``invoke destroy`` ends it."""
+
     def terminate(self, ctx: BakeContext, instance: Instance) -> None:
         """Remove the build machine and every temporary resource made for it."""
 
@@ -102,4 +106,5 @@ class Provider(Protocol):
         """Remove versions beyond the newest ``keep``; never the one ``latest`` points to."""
 
     def sweep(self, apply: bool) -> list[str]:
-        """Temporary resources whose ``kiln:expires`` has passed; removed when ``apply``."""
+        """What builds that are over left behind (their machine, unpublished image, version reservation),
+        proven by the build's record: the holder is dead, or the deadline passed. Removed when ``apply``."""

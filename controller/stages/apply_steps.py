@@ -61,6 +61,27 @@ def counts_of(summary: dict[str, Any]) -> StepCounts:
     return StepCounts(**{k: int(summary.get(k, 0)) for k in ("ok", "changed", "failed", "skipped", "ignored")})
 
 
+def counts_seen(events: list[dict[str, Any]], lost: bool) -> StepCounts:
+    """The counts of the step events that arrived before the run broke off; ``lost``: the step
+    running then failed with it (a timeout, a lost machine)."""
+    counts = StepCounts()
+    for event in events:
+        status = "ignored" if event.get("ignored") else event.get("status")
+        if hasattr(counts, str(status)):
+            setattr(counts, status, getattr(counts, status) + 1)
+    if lost:
+        counts.failed += 1
+    return counts
+
+
+class StepsFailed(BakeFailed):
+    """A step failed and the agent said so in its summary (which holds the counts)."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class Progress:
     """A ticker thread: logs "still running" for the step the agent announced and has not finished."""
 
@@ -153,8 +174,9 @@ def apply(ctx: BakeContext, label: str, show_diff: bool, keep: list[dict[str, An
             ),
             {},
         )
-        raise BakeFailed(
-            f"step '{summary.get('failed_step')}' ({failed.get('source', '?')}) failed: {summary.get('error', '')}"
+        raise StepsFailed(
+            f"step '{summary.get('failed_step')}' ({failed.get('source', '?')}) failed: {summary.get('error', '')}",
+            summary,
         )
     return summary
 
@@ -194,7 +216,17 @@ class ApplySteps:
     name = "apply steps"
 
     def run(self, ctx: BakeContext) -> None:
-        summary = apply(ctx, "apply", show_diff=ctx.options.diff, keep=ctx.step_events)
+        try:
+            summary = apply(ctx, "apply", show_diff=ctx.options.diff, keep=ctx.step_events)
+        except StepsFailed as exc:  # RECAP must count the failure
+            ctx.apply_counts = counts_of(exc.summary)
+            raise
+        except Exception:
+            ctx.apply_counts = counts_seen(ctx.step_events, lost=True)
+            raise
+        except BaseException:  # noqa: B036 - interrupted: what finished, nothing more
+            ctx.apply_counts = counts_seen(ctx.step_events, lost=False)
+            raise
         ctx.apply_counts = counts_of(summary)
         log.info("applied", **ctx.apply_counts.as_dict(), seconds=summary.get("duration"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 
 from controller.context import BakeContext
-from controller.ssh import Session
+from controller.ssh import Keepalive, Session
 
 log = structlog.get_logger("kiln.stage")
 
@@ -16,7 +16,9 @@ class Connect:
     def run(self, ctx: BakeContext) -> None:
         inst = ctx.instance
         ctx.host_key_expectation = ctx.provider.host_key_expectation(ctx)
-        ctx.session = Session(inst.ssh_host, inst.ssh_port, inst.ssh_user, ctx.client_key, ctx.host_key_expectation)
+        keepalive = Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses)
+        ctx.session = Session(inst.ssh_host, inst.ssh_port, inst.ssh_user, ctx.client_key, ctx.host_key_expectation,
+                              keepalive=keepalive)
         waited = ctx.session.wait_until_ready(ctx.options.ssh_timeout)
         log.info("connected", address=ctx.session.address, waited=round(waited, 2))
 

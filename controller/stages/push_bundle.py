@@ -6,7 +6,6 @@ import structlog
 
 from controller.context import BakeContext
 from controller.remote import AGENT, RUN_DIR, as_root, bundle_tar, run_agent
-from controller.ssh import Keepalive
 from controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
@@ -23,7 +22,6 @@ class PushBundle:
     name = "push agent and bundle"
 
     def run(self, ctx: BakeContext) -> None:
-        ctx.session.use_keepalive(Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses))
         bundle = dict(bundle_json(ctx.compiled, extra_vars(ctx)), step_timeout=ctx.options.step_timeout)
         payload = bundle_tar(bundle, ctx.compiled.checks, ctx.compiled.files)
         command = as_root(

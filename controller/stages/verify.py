@@ -24,7 +24,9 @@ def log_check(event: dict[str, Any]) -> None:
 
 
 def verify(ctx: BakeContext) -> dict[str, Any]:
-    rc, events, stderr = run_agent(ctx, agent_command(ctx, "verify", f"{BUNDLE}/checks.json"), log_check)
+    # every check has its own limit; the run as a whole is bounded like one step
+    rc, events, stderr = run_agent(ctx, agent_command(ctx, "verify", f"{BUNDLE}/checks.json"), log_check,
+                                   timeout=ctx.options.step_timeout)
     summary = next((e for e in events if e.get("event") == "summary"), {"passed": 0, "failed": 0})
     failed = [e for e in events if e.get("event") == "check" and e.get("status") == "failed"]
     if rc != 0 or failed:
