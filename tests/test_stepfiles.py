@@ -315,7 +315,12 @@ def test_defined_and_default_guard_names(tmp_path: Path):
 - command: "echo {{ maybe | default('x') }}"
   when: other is defined and third.x is not defined
 """})
-    compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    assert compiled.steps[0]["when"] == "other is defined and third.x is not defined"
+    # the same names unguarded are undefined: the guard is what made them fine
+    make_role(tmp_path, "t", {"steps.yml": "- command: \"echo {{ maybe }}\"\n  when: other\n"})
+    messages = [d.message for d in compile_errors(tmp_path)]
+    assert any("maybe" in m for m in messages) and any("other" in m for m in messages), messages
 
 
 def test_registered_names_from_dependencies_are_known(tmp_path: Path):
@@ -407,7 +412,8 @@ def test_templated_variables_resolve_in_the_bundle(tmp_path: Path):
     bundle = bundle_json(compiled, {"kiln": {"role": "t", "version": "1", "build_id": "b"}})
     assert bundle["vars"]["html"] == "/srv/t/html"
     assert bundle["vars"]["arch_dir"] == "/opt/{{ facts.arch }}"  # facts: only the box knows
-    assert resolve_variables({"a": "{{ b }}", "b": "{{ a }}"}) == {"a": "{{ b }}", "b": "{{ a }}"} or True
+    # a cycle cannot be resolved here: it ends (no endless rendering) and stays as written
+    assert resolve_variables({"a": "{{ b }}", "b": "{{ a }}"}) == {"a": "{{ b }}", "b": "{{ a }}"}
 
 
 def test_undefined_names_in_variables_are_reported(tmp_path: Path):
@@ -498,6 +504,10 @@ def test_template_files_know_their_steps_loop_var(tmp_path: Path):
                               "steps.yml": "- template: {src: site.j2, dest: '/etc/{{ site.name }}'}\n"
                                            "  loop: [{name: a}]\n  loop_var: site\n"})
     compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    # the loop var is known to the template only under its own name
+    write(tmp_path / "roles/t/templates/site.j2", "{{ item.name }} {{ port }}\n")
+    messages = [d.message for d in compile_errors(tmp_path)]
+    assert any("item" in m for m in messages), messages
 
 
 def test_src_may_be_absolute_or_templated(tmp_path: Path):
