@@ -98,11 +98,18 @@ class BakeContext:
         }
 
 
-def packages_digest(packages: dict[str, str]) -> str:
-    import hashlib
+def inventory_bytes(packages: dict[str, str]) -> bytes:
+    """The package inventory artifact (builds/packages/<role>/<version>.json), byte for byte."""
     import json
 
-    return hashlib.sha256(json.dumps(packages, sort_keys=True).encode()).hexdigest()[:32]
+    return (json.dumps(packages, indent=1, sort_keys=True) + "\n").encode()
+
+
+def packages_digest(packages: dict[str, str]) -> str:
+    """sha256 of the inventory artifact's bytes: ``sha256sum`` of the file gives the same."""
+    import hashlib
+
+    return hashlib.sha256(inventory_bytes(packages)).hexdigest()
 
 
 def git_commit(path: Path) -> str:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import structlog
 
 from controller import manifest
-from controller.context import BakeContext
+from controller.context import BakeContext, inventory_bytes
 
 log = structlog.get_logger("kiln.stage")
 
@@ -23,7 +22,7 @@ class Record:
             manifest.append(builds / "manifest.json", manifest.entries_for(ctx))
             inventory = builds / "packages" / ctx.role / f"{ctx.version}.json"
             inventory.parent.mkdir(parents=True, exist_ok=True)
-            inventory.write_text(json.dumps(ctx.packages, indent=1, sort_keys=True) + "\n")
+            inventory.write_bytes(inventory_bytes(ctx.packages))
         except OSError as exc:  # the image is published; a lost record must not undo it
             log.error("could not write the manifest", error=str(exc))
 
