@@ -100,7 +100,7 @@ def run_to_completion(argv: list[str], input: bytes | None, timeout: float) -> t
 
 
 def _detect_runtime() -> str | None:
-    """crun cannot run on hosts with hybrid cgroups; runc can (see MACHINE.md)."""
+    """crun cannot run on hosts with hybrid cgroups ("cgroups in hybrid mode not supported"); runc can."""
     hybrid = Path("/sys/fs/cgroup/unified").is_dir() or not Path("/sys/fs/cgroup/cgroup.controllers").exists()
     if hybrid and shutil.which("runc"):
         return "runc"
