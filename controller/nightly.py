@@ -3,6 +3,19 @@
 A role's inputs (its content and its dependencies', variables, the agent, the base
 image resolved *now*) are folded into the ``inputs-hash`` every image carries; a role
 whose newest good image has the same hash is skipped without launching anything.
+
+Several identical runners share one night's work in either of two ways:
+
+* ``shard=K/N``: each runner takes a deterministic share, computed the same way by every
+  runner from the same roles: the dependency chains (connected components of the depends
+  graph) are dealt, largest first, to the least loaded share. A chain never spans shares.
+* no shard: every runner walks every role and takes whichever is free through the per-role
+  lock. A role found locked by another runner is not baked here; if roles of this runner
+  depend on it, it is tried again every ``POLL_SECONDS`` (without holding a bake slot, at
+  most the lock's ttl) until the holder lets go, so its dependents never bake before it.
+  Once free, an unchanged role is skipped (the holder baked it); one still changed was
+  failed or interrupted by its holder and is not baked a second time here (its dependents
+  are left to that runner, which reports them).
 """
 
 from __future__ import annotations
@@ -10,6 +23,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
+import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -21,7 +36,7 @@ import structlog
 from controller.bake import bake, make_provider
 from controller.config import Config, load_config
 from controller.context import BakeOptions
-from controller.model import CompiledRole, InvalidInput
+from controller.model import CompiledRole, Diagnostic, InvalidInput
 from controller.providers.base import Provider
 from controller.stages.resolve_base import inputs_hash
 from controller.stepfiles.compile import compile_role
@@ -29,6 +44,13 @@ from controller.stepfiles.compile import compile_role
 log = structlog.get_logger("kiln.nightly")
 
 BAKED, UNCHANGED, FAILED, LOCKED = "baked", "skipped-unchanged", "failed", "locked"
+RESULTS = (BAKED, UNCHANGED, FAILED, LOCKED)
+#: Seconds between two tries of a role another runner holds while roles here wait on it.
+POLL_SECONDS = 2.0
+#: The longest a runner polls a held dependency: a holder cannot keep a lock past its ttl.
+LOCK_TTL = 4 * 3600.0
+HELD = "another scheduler is baking this role"
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass
@@ -70,6 +92,68 @@ def dependency_order(compiled: dict[str, CompiledRole]) -> dict[str, set[str]]:
     return {role: {d for d in c.chain if d != role and d in compiled} for role, c in compiled.items()}
 
 
+@dataclass(frozen=True)
+class Shard:
+    index: int  # K, from 1
+    count: int  # N
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard | None:
+    """``K/N`` (``--shard``) with 1 <= K <= N; empty means no shard."""
+    if not text:
+        return None
+    index, sep, count = text.partition("/")
+    if sep and index.strip().isdigit() and count.strip().isdigit() and 1 <= int(index) <= int(count):
+        return Shard(int(index), int(count))
+    raise InvalidInput([Diagnostic("--shard", 1, 1, f"expected K/N with 1 <= K <= N, got '{text}'")])
+
+
+def check_run_id(run_id: str, flag: str = "--run-id") -> str:
+    if not RUN_ID.match(run_id):
+        message = f"expected letters, digits, '.', '_' or '-' (at most 100), got '{run_id}'"
+        raise InvalidInput([Diagnostic(flag, 1, 1, message)])
+    return run_id
+
+
+def dependency_chains(compiled: dict[str, CompiledRole]) -> list[list[str]]:
+    """The selected roles grouped by connected component of the depends graph (two roles sharing
+    a dependency, selected or not, are in one chain), largest first, then by name."""
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        parent.setdefault(name, name)
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for role, c in compiled.items():
+        for dependency in c.chain:
+            parent[root(dependency)] = root(role)
+    groups: dict[str, list[str]] = {}
+    for role in compiled:
+        groups.setdefault(root(role), []).append(role)
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: (-len(g), g[0]))
+
+
+def shard_roles(compiled: dict[str, CompiledRole], shard: Shard) -> set[str]:
+    """This shard's roles: chains dealt largest first to the share with the fewest roles so far
+    (ties to the lowest K). Balanced where a hash of names is not (12 roles over 3 could be 7/3/2),
+    and the same on every runner that reads the same roles; a runner on another commit could
+    differ, which the per-role lock still makes safe."""
+    loads = [0] * shard.count
+    mine: set[str] = set()
+    for chain in dependency_chains(compiled):
+        share = min(range(shard.count), key=lambda k: (loads[k], k))
+        loads[share] += len(chain)
+        if share == shard.index - 1:
+            mine.update(chain)
+    return mine
+
+
 class Nightly:
     def __init__(
         self,
@@ -82,6 +166,8 @@ class Nightly:
         on_locked: str = "skip",
         provider_name: str = "local",
         sandbox: bool = False,
+        shard: Shard | None = None,
+        lock_wait: float = LOCK_TTL,
     ) -> None:
         self.provider = provider
         self.config = config
@@ -92,7 +178,10 @@ class Nightly:
         self.on_locked = on_locked
         self.provider_name = provider_name
         self.sandbox = sandbox
+        self.shard = shard
+        self.lock_wait = lock_wait
         self.owner = f"nightly-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{id(self):x}"
+        self.held_since: dict[str, float] = {}  # roles found held by another runner -> when first
 
     def compile_all(self) -> dict[str, CompiledRole]:
         compiled, problems = {}, []
@@ -105,68 +194,124 @@ class Nightly:
             raise InvalidInput(problems)
         return compiled
 
+    def share(self, compiled: dict[str, CompiledRole]) -> list[str]:
+        """The roles this runner walks: all of them, or its shard's (every role compiled first, so
+        that invalid input anywhere stops every runner alike, and chains are seen whole)."""
+        if self.shard is None:
+            return list(self.roles)
+        mine = shard_roles(compiled, self.shard)
+        log.info("shard", shard=str(self.shard), roles=len(mine), of=len(compiled))
+        return [r for r in self.roles if r in mine]
+
     def run(self) -> list[RoleReport]:
         compiled = self.compile_all()
-        deps = dependency_order(compiled)
+        roles = self.share(compiled)
+        deps = dependency_order({r: compiled[r] for r in roles})
         reports: dict[str, RoleReport] = {}
         running: dict[Future, str] = {}
-        pending = list(self.roles)
+        pending = list(roles)
+        retry_at: dict[str, float] = {}
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bake") as pool:
             while pending or running:
-                for role in list(pending):
-                    if len(running) >= self.concurrency:
-                        break
-                    if not deps[role] <= reports.keys():
-                        continue
+                ready = self.ready(pending, deps, reports, retry_at, len(running))
+                for role in ready:
                     pending.remove(role)
-                    broken = [d for d in deps[role] if reports[d].result == FAILED]
-                    if broken:
-                        reports[role] = RoleReport(role, FAILED, error=f"dependency failed: {', '.join(broken)}")
-                        log.error("role", role=role, result=FAILED, error=reports[role].error)
-                        continue
-                    running[pool.submit(self.one_role, role, compiled[role])] = role
+                    retry_at.pop(role, None)
+                    if not self.settled_by_dependencies(role, deps[role], reports):
+                        running[pool.submit(self.one_role, role, compiled[role])] = role
                 if not running:
+                    if pending and not ready:  # every pending role waits to try a held dependency again
+                        time.sleep(self.until_next_try(retry_at) or POLL_SECONDS)
                     continue
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=self.until_next_try(retry_at), return_when=FIRST_COMPLETED)
                 for future in done:
                     role = running.pop(future)
-                    try:
-                        reports[role] = future.result()
-                    except Exception as exc:  # a broken role must not stop the others
-                        reports[role] = RoleReport(role, FAILED, error=f"{type(exc).__name__}: {exc}")
-                    r = reports[role]
-                    log.info(
-                        "role",
-                        role=role,
-                        result=r.result,
-                        old=r.old_version or "-",
-                        new=r.new_version or "-",
-                        seconds=r.duration,
-                        error=r.error or None,
-                    )
-        return [reports[r] for r in self.roles]
+                    report = self.outcome(role, future)
+                    if self.poll_later(report, deps, pending):
+                        retry_at[role] = time.monotonic() + POLL_SECONDS
+                        pending.insert(0, role)  # dependencies first, as before
+                        continue
+                    reports[role] = report
+                    log_role(report)
+        return [reports[r] for r in roles]
+
+    def ready(
+        self, pending: list[str], deps: dict[str, set[str]], reports: dict, retry_at: dict[str, float], busy: int
+    ) -> list[str]:
+        """Pending roles that may start now: their dependencies settled here, not waiting to be
+        tried again, within the free bake slots."""
+        now, chosen = time.monotonic(), []
+        for role in pending:
+            if busy + len(chosen) >= self.concurrency:
+                break
+            if deps[role] <= reports.keys() and retry_at.get(role, 0.0) <= now:
+                chosen.append(role)
+        return chosen
+
+    @staticmethod
+    def until_next_try(retry_at: dict[str, float]) -> float | None:
+        """Seconds until a held role is due again (None: none is waiting)."""
+        if not retry_at:
+            return None
+        return min(POLL_SECONDS, max(0.05, min(retry_at.values()) - time.monotonic()))
+
+    def settled_by_dependencies(self, role: str, deps: set[str], reports: dict[str, RoleReport]) -> bool:
+        """A dependency that failed fails the role; one another runner handled leaves the role to
+        that runner (which walks it after its dependency). Either way nothing is launched here."""
+        broken = sorted(d for d in deps if reports[d].result == FAILED)
+        elsewhere = sorted(d for d in deps if reports[d].result == LOCKED)
+        if broken:
+            reports[role] = RoleReport(role, FAILED, error=f"dependency failed: {', '.join(broken)}")
+        elif elsewhere:
+            reason = f"left to the runner that holds its dependency {', '.join(elsewhere)}"
+            reports[role] = RoleReport(role, LOCKED, reason=reason)
+        else:
+            return False
+        log_role(reports[role])
+        return True
+
+    def outcome(self, role: str, future: Future) -> RoleReport:
+        try:
+            return future.result()
+        except Exception as exc:  # a broken role must not stop the others
+            return RoleReport(role, FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    def poll_later(self, report: RoleReport, deps: dict[str, set[str]], pending: list[str]) -> bool:
+        """Try a held role again later when roles here wait on it (never past the lock's ttl)."""
+        if report.result != LOCKED or report.reason != HELD:
+            return False
+        waited = time.monotonic() - self.held_since[report.role]
+        return any(report.role in deps[r] for r in pending) and waited < self.lock_wait
 
     def one_role(self, role: str, compiled: CompiledRole) -> RoleReport:
         started = time.monotonic()
         report = RoleReport(role)
-        wait_for_lock = self.on_locked == "wait"
-        lock = self.provider.acquire_lock(role, self.owner, wait=wait_for_lock)
+        lock = self.provider.acquire_lock(role, self.owner, wait=False)
         if not lock:
-            report.result, report.reason = LOCKED, "another scheduler is baking this role"
-            return report
+            self.held_since.setdefault(role, started)
+            if self.on_locked != "wait":
+                report.result, report.reason = LOCKED, HELD
+                return report
+            lock = self.provider.acquire_lock(role, self.owner, wait=True)
         took_over = getattr(lock, "took_over", "")  # a provider may still answer a plain bool
         if took_over:
             log.warning("took over a stale lock", role=role, holder=took_over)
         try:
-            self.decide_and_bake(role, compiled, report)
+            self.decide_and_bake(role, compiled, report, held_elsewhere=role in self.held_since and not took_over)
             if took_over:
                 report.reason = f"{report.reason}; took over the lock of {took_over}"
+            if role in self.held_since:
+                report.reason = (
+                    f"{report.reason}; waited {time.monotonic() - self.held_since[role]:.0f} s for its holder"
+                )
         finally:
             self.provider.release_lock(role, self.owner)
-            report.duration = round(time.monotonic() - started, 2)
+            report.duration = round(time.monotonic() - self.held_since.get(role, started), 2)
         return report
 
-    def decide_and_bake(self, role: str, compiled: CompiledRole, report: RoleReport) -> None:
+    def decide_and_bake(
+        self, role: str, compiled: CompiledRole, report: RoleReport, held_elsewhere: bool = False
+    ) -> None:
         images = self.provider.images(role)
         current = next((i for i in images if i.latest), images[0] if images else None)
         report.old_version = current.version if current else ""
@@ -174,6 +319,10 @@ class Nightly:
         wanted = inputs_hash(compiled.content_hash, base.id)
         if current and current.inputs_hash == wanted and not self.force:
             report.result, report.reason = UNCHANGED, f"inputs {wanted[:12]} unchanged"
+            return
+        if held_elsewhere:  # its holder let go of it still changed: that bake failed or was stopped
+            report.result = LOCKED
+            report.reason = "another runner held it and let go with it still changed (failed there?): not baked twice"
             return
         report.reason = (
             "forced"
@@ -198,7 +347,44 @@ class Nightly:
         )
 
 
-def write_report(builds: Path, reports: list[RoleReport], provider: str, started: dt.datetime) -> tuple[Path, Path]:
+def log_role(r: RoleReport) -> None:
+    level = log.error if r.result == FAILED else log.info
+    level(
+        "role",
+        role=r.role,
+        result=r.result,
+        old=r.old_version or "-",
+        new=r.new_version or "-",
+        seconds=r.duration,
+        reason=r.reason or None,
+        error=r.error or None,
+    )
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """Who wrote a report, for ``nightly-report`` to merge the runners of one run."""
+
+    run_id: str
+    runner: str
+    shard: str = ""
+
+
+def default_runner(started: dt.datetime, run_id: str = "", runner: str = "", shard: Shard | None = None) -> RunnerInfo:
+    """The run id defaults to the UTC date the runner started (runners of one night share it; a
+    scheduler that starts runners near midnight should pass its own, e.g. the CI run's id); the
+    runner's name to host and pid (unique; a stable name lets a re-run replace its report)."""
+    return RunnerInfo(
+        run_id=check_run_id(run_id) if run_id else f"{started:%Y%m%d}",
+        runner=check_run_id(runner, "--runner") if runner else f"{socket.gethostname()}-{os.getpid()}",
+        shard=str(shard or ""),
+    )
+
+
+def write_report(
+    builds: Path, reports: list[RoleReport], provider: str, started: dt.datetime, runner: RunnerInfo | None = None
+) -> tuple[Path, Path]:
+    runner = runner or default_runner(started)
     builds.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     for n in range(1, 1000):  # two schedulers started the same second each keep their report
@@ -213,6 +399,7 @@ def write_report(builds: Path, reports: list[RoleReport], provider: str, started
         "started": started.isoformat(),
         "finished": dt.datetime.now(dt.UTC).isoformat(),
         "provider": provider,
+        **asdict(runner),
         "roles": [asdict(r) for r in reports],
     }
     json_path.write_text(json.dumps(data, indent=2) + "\n")
@@ -252,6 +439,12 @@ def render_markdown(reports: list[RoleReport], provider: str, started: dt.dateti
     return "\n".join(lines) + "\n"
 
 
+def check_on_locked(on_locked: str) -> str:
+    if on_locked not in ("skip", "wait"):
+        raise InvalidInput([Diagnostic("--on-locked", 1, 1, f"expected skip or wait, got '{on_locked}'")])
+    return on_locked
+
+
 def nightly(
     roles: list[str] | None,
     provider_name: str = "local",
@@ -260,19 +453,27 @@ def nightly(
     on_locked: str = "skip",
     sandbox: bool = False,
     options: BakeOptions | None = None,
+    shard: str = "",
+    run_id: str = "",
+    runner: str = "",
 ) -> int:
     options = options or BakeOptions()
     started = dt.datetime.now(dt.UTC)
     try:
+        share = parse_shard(shard)
+        who = default_runner(started, run_id, runner, share)
+        check_on_locked(on_locked)
         config = load_config(options.playbooks_dir / "kiln.yaml")
         selected = roles or discover_roles(options.playbooks_dir)
         provider = make_provider(provider_name, config, options.builds_dir, sandbox)
-        run = Nightly(provider, config, options, selected, force, concurrency, on_locked, provider_name, sandbox)
+        run = Nightly(
+            provider, config, options, selected, force, concurrency, on_locked, provider_name, sandbox, shard=share
+        )
         reports = run.run()
     except InvalidInput as exc:
         print(exc.render())
         return 2
-    json_path, md_path = write_report(options.builds_dir, reports, provider_name, started)
+    json_path, md_path = write_report(options.builds_dir, reports, provider_name, started, who)
     log.info(
         "nightly report",
         json=str(json_path),
