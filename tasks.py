@@ -202,13 +202,37 @@ def destroy(c, role="", build_id=""):
 
 @task(help={"roles": "Comma-separated roles (default: every role).", "provider": "local or aws.",
             "force": "Bake every selected role even if unchanged.", "concurrency": "Bakes at once.",
-            "on_locked": "When another scheduler holds a role: skip (default) or wait."})
-def nightly(c, roles="", provider="local", force=False, concurrency=2, on_locked="skip", sandbox=False, json=False):
+            "on_locked": "When another scheduler holds a role: skip (default) or wait.",
+            "shard": "K/N: only this runner's deterministic share (whole dependency chains) of N.",
+            "run_id": "Names the run several runners share, for nightly-report (default: the UTC date).",
+            "runner": "This runner's name in the report (default: host-pid)."})
+def nightly(c, roles="", provider="local", force=False, concurrency=2, on_locked="skip", sandbox=False, json=False,
+            shard="", run_id="", runner=""):
     """Rebake the roles whose inputs changed, in parallel; write builds/nightly-<time>.json and .md."""
     _setup(json, prefix_roles=True)
     from controller.nightly import nightly as run_nightly
 
-    code = run_nightly(_split(roles), provider, force, int(concurrency), on_locked, sandbox)
+    code = run_nightly(_split(roles), provider, force, int(concurrency), on_locked, sandbox, shard=shard,
+                       run_id=run_id, runner=runner)
+    if code:
+        raise Exit(code=code)
+
+
+@task(name="nightly-report", iterable=["report"], help={
+    "run_id": "The run to merge (default: the run of the newest report found).",
+    "report": "A runner's nightly-*.json (repeatable; default: every one under --dir).",
+    "dir": "Where to look for the runners' reports (any depth) and write the merged one.",
+    "json": "Print the merged report as JSON."})
+def nightly_report(c, run_id="", report=None, dir="builds", json=False):
+    """Merge the reports of the runners of one nightly run: every role once, who baked it, totals."""
+    from controller.nightly_report import nightly_report as merge_reports
+
+    code, run = merge_reports(report or [], Path(dir), run_id)
+    if run is not None:
+        totals = ", ".join(f"{v} {k}" for k, v in run.totals.items())
+        print(jsonlib.dumps(run.as_dict(), indent=1) if json else
+              f"run {run.run_id}: {len(run.runners)} runners, {totals}, {run.wall_seconds:.0f} s; "
+              f"{dir}/nightly-run-{run.run_id}.md")
     if code:
         raise Exit(code=code)
 
