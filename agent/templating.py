@@ -2,18 +2,19 @@
 
 Jinja2 and MarkupSafe are pure Python; the controller packs them into the agent's
 zipapp beside the agent, so nothing needs installing on the box. Every other part
-of the agent is stdlib-only.
+of the agent is stdlib-only. Jinja2 is imported the first time something is templated:
+a run whose steps template nothing never loads it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from typing import Any, Callable, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
 
-import jinja2
-import jinja2.meta
-import jinja2.sandbox
+if TYPE_CHECKING:
+    import jinja2
 
 WHOLE_EXPRESSION = re.compile(r"^[ \t]*\{\{(?!.*\{\{)(.*)\}\}[ \t]*\Z", re.S)
 
@@ -22,7 +23,10 @@ class TemplateError(Exception):
     pass
 
 
-def _environment(loader: Any = None) -> jinja2.Environment:
+def _environment(loader: Any = None) -> "jinja2.Environment":
+    import jinja2
+    import jinja2.sandbox
+
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -37,7 +41,17 @@ def _environment(loader: Any = None) -> jinja2.Environment:
     return env
 
 
-ENV = _environment()
+@functools.lru_cache(maxsize=None)
+def environment() -> "jinja2.Environment":
+    """The shared environment for expressions and inline templates (made on first use)."""
+    return _environment()
+
+
+def __getattr__(name: str) -> Any:
+    """``ENV``, the shared environment, for those who import it by that name (made on first use)."""
+    if name == "ENV":
+        return environment()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_templated(value: Any) -> bool:
@@ -51,8 +65,9 @@ def evaluate(expression: Any, variables: Dict[str, Any]) -> Any:
     match = WHOLE_EXPRESSION.match(expression)
     source = match.group(1) if match else expression
     try:
-        return ENV.compile_expression(source, undefined_to_none=False)(**variables)
-    except jinja2.TemplateError as exc:
+        compiled = environment().compile_expression(source, undefined_to_none=False)
+        return compiled(**variables)
+    except _jinja_error() as exc:
         raise TemplateError(f"{source.strip()}: {exc}") from exc
 
 
@@ -73,12 +88,18 @@ def render(value: Any, variables: Dict[str, Any], depth: int = 0) -> Any:
         result = evaluate(match.group(1), variables)
     else:
         try:
-            result = ENV.from_string(value).render(**variables)
-        except jinja2.TemplateError as exc:
+            result = environment().from_string(value).render(**variables)
+        except _jinja_error() as exc:
             raise TemplateError(f"{value!r}: {exc}") from None
     if depth < 5 and result != value and (is_templated(result) or isinstance(result, (dict, list))):
         return render(result, variables, depth + 1)
     return result
+
+
+def _jinja_error() -> type:
+    import jinja2
+
+    return jinja2.TemplateError
 
 
 def resolve_variables(variables: Dict[str, Any]) -> Dict[str, Any]:
@@ -112,23 +133,34 @@ def template_path(name: str) -> str | None:
     return "/".join(pieces)
 
 
-class RoleTemplates(jinja2.BaseLoader):
-    """One role's templates/: a name that leads out of it (``..``, absolute, a symlink out) is not found."""
+@functools.lru_cache(maxsize=None)
+def _role_templates_class() -> type:
+    import jinja2
 
-    def __init__(self, root: str) -> None:
-        self.root = os.path.realpath(root)
+    class RoleTemplates(jinja2.BaseLoader):
+        """One role's templates/: a name that leads out of it (``..``, absolute, a symlink out) is not found."""
 
-    def get_source(self, environment: jinja2.Environment, template: str) -> Tuple[str, str, Callable[[], bool]]:
-        rel = template_path(template)
-        path = os.path.realpath(os.path.join(self.root, rel)) if rel else ""
-        if not rel or os.path.commonpath([path, self.root]) != self.root:
-            raise jinja2.TemplateNotFound(template, f"{template} leads out of the role's templates/")
-        if not os.path.isfile(path):
-            raise jinja2.TemplateNotFound(template, f"{template} is not in the role's templates/")
-        with open(path, encoding="utf-8") as handle:
-            source = handle.read()
-        mtime = os.path.getmtime(path)
-        return source, path, lambda: os.path.getmtime(path) == mtime
+        def __init__(self, root: str) -> None:
+            self.root = os.path.realpath(root)
+
+        def get_source(self, environment: jinja2.Environment, template: str) -> Tuple[str, str, Callable[[], bool]]:
+            rel = template_path(template)
+            path = os.path.realpath(os.path.join(self.root, rel)) if rel else ""
+            if not rel or os.path.commonpath([path, self.root]) != self.root:
+                raise jinja2.TemplateNotFound(template, f"{template} leads out of the role's templates/")
+            if not os.path.isfile(path):
+                raise jinja2.TemplateNotFound(template, f"{template} is not in the role's templates/")
+            with open(path, encoding="utf-8") as handle:
+                source = handle.read()
+            mtime = os.path.getmtime(path)
+            return source, path, lambda: os.path.getmtime(path) == mtime
+
+    return RoleTemplates
+
+
+def RoleTemplates(root: str) -> "jinja2.BaseLoader":  # noqa: N802 - stands for the class, made on first use
+    """One role's templates/ as a Jinja2 loader (see ``_role_templates_class``)."""
+    return _role_templates_class()(root)
 
 
 def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str:
@@ -142,6 +174,8 @@ def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str
         root = os.path.join(templates_dir, role)
     else:
         root, rel = templates_dir, name
+    import jinja2
+
     env = _environment(RoleTemplates(root))
     try:
         if template_path(name) is None:
@@ -156,4 +190,6 @@ def undeclared(source: str) -> set:
     """Names a template or expression reads (for the controller's undefined-variable check)."""
     match = WHOLE_EXPRESSION.match(source)
     text = source if (match or "{{" in source or "{%" in source) else "{{ " + source + " }}"
-    return jinja2.meta.find_undeclared_variables(ENV.parse(text))
+    import jinja2.meta
+
+    return jinja2.meta.find_undeclared_variables(environment().parse(text))

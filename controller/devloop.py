@@ -7,60 +7,104 @@ each ``converge`` reconnects (host key still pinned) and applies only what diffe
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
+import secrets
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from controller.bake import (
-    EXIT_FAILED,
-    EXIT_INVALID,
-    EXIT_OK,
-    compile_for_bake,
-    make_provider,
-    new_build_id,
-    with_build_settings,
-)
-from controller.config import load_config
 from controller.context import BakeContext, BakeOptions
 from controller.model import Instance, InvalidInput
 from controller.pipeline import run_stages
-from controller.ssh import KeyPair
-from controller.stages.apply_steps import ApplySteps
-from controller.stages.connect import Connect
-from controller.stages.push_bundle import PushBundle
-from controller.stages.resolve_base import ResolveBase
-from controller.stages.verify import Verify
+from controller.ssh import KeyPair, SSHError
 
 log = structlog.get_logger("kiln.dev")
 
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 DEV_VERSION = "dev"
 KEPT_MACHINE_PREFIXES = ("kiln-build-", "kiln-sandbox-")
+#: Seconds a kept instance's SSH may take to answer before kiln asks the engine about it.
+QUICK_CONNECT = 3.0
 
 
 def state_path(builds: Path, role: str) -> Path:
     return builds / "dev" / f"{role}.json"
 
 
+def read_state(builds: Path, role: str) -> dict[str, Any] | None:
+    path = state_path(builds, role)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(builds: Path, role: str, saved: dict[str, Any]) -> None:
+    path = state_path(builds, role)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(saved))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
 class AttachDevInstance:
-    """Reuse the role's kept instance, or launch one and keep it (no undo)."""
+    """Reconnect to the role's kept instance (host key still pinned), or launch one and keep it (no undo).
+
+    The state file knows the instance, so the engine is asked nothing while its SSH
+    answers; only when it does not is the engine asked whether it is gone (launch
+    another) or stopped (start it again).
+    """
 
     name = "attach dev instance"
 
     def run(self, ctx: BakeContext) -> None:
-        path = state_path(ctx.options.builds_dir, ctx.role)
-        if path.exists():
-            saved = json.loads(path.read_text())
-            engine = getattr(ctx.provider, "engine", None)
-            if engine is None or engine.container_exists(saved["instance"]["id"]):
-                ctx.instance = Instance(**saved["instance"])
-                ctx.client_key = KeyPair(saved["client_key"].encode(), saved["client_pub"])
-                ctx.host_key = KeyPair(b"", saved["host_pub"])
-                log.info("reusing dev instance", instance=ctx.instance.id)
-                return
-            path.unlink()
+        saved = read_state(ctx.options.builds_dir, ctx.role)
+        if saved is not None and self._reattach(ctx, saved):
+            return
+        self._launch(ctx)
+
+    def _reattach(self, ctx: BakeContext, saved: dict[str, Any]) -> bool:
+        from controller.remote import box_agent
+
+        ctx.instance = Instance(**saved["instance"])
+        ctx.client_key = KeyPair(saved["client_key"].encode(), saved["client_pub"])
+        ctx.host_key = KeyPair(b"", saved["host_pub"])
+        ctx.build_id = saved.get("build_id") or ctx.build_id
+        engine = getattr(ctx.provider, "engine", None)
+        try:
+            connect(ctx, QUICK_CONNECT)
+        except SSHError as exc:
+            status = engine.status(ctx.instance.id) if engine is not None else "running"
+            if not status:
+                log.info("dev instance gone; launching another", instance=ctx.instance.id)
+                ctx.session.close()
+                state_path(ctx.options.builds_dir, ctx.role).unlink(missing_ok=True)
+                ctx.instance = ctx.session = None
+                return False
+            if status != "running":
+                log.info("starting the stopped dev instance", instance=ctx.instance.id, status=status)
+                engine.start(ctx.instance.id)
+            elif "host key" in str(exc):
+                raise
+            ctx.session.close()
+            connect(ctx, ctx.options.ssh_timeout)
+        box = box_agent(ctx)
+        agent = saved.get("agent") or {}
+        if agent.get("sha256") == box.sha256:  # sent before: checked by hash on the box, re-sent if it differs
+            box.sent, box.compiled = True, agent.get("compiled", "")
+        log.info("reusing dev instance", instance=ctx.instance.id)
+        return True
+
+    def _launch(self, ctx: BakeContext) -> None:
+        from controller.stages.resolve_base import ResolveBase
+
+        ResolveBase().run(ctx)
         ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
         ctx.host_key = KeyPair.generate(comment=f"kiln-host-{ctx.build_id}")
         try:
@@ -69,32 +113,115 @@ class AttachDevInstance:
             if ctx.instance is not None:
                 ctx.provider.terminate(ctx, ctx.instance)
             raise
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps(
-                {
-                    "instance": asdict(ctx.instance),
-                    "client_key": ctx.client_key.private_openssh.decode(),
-                    "client_pub": ctx.client_key.public_openssh,
-                    "host_pub": ctx.host_key.public_openssh,
-                }
-            )
+        write_state(
+            ctx.options.builds_dir,
+            ctx.role,
+            {
+                "instance": asdict(ctx.instance),
+                "build_id": ctx.build_id,
+                "client_key": ctx.client_key.private_openssh.decode(),
+                "client_pub": ctx.client_key.public_openssh,
+                "host_pub": ctx.host_key.public_openssh,
+            },
         )
-        path.chmod(0o600)
         log.info("dev instance launched", instance=ctx.instance.id)
+        connect(ctx, ctx.options.ssh_timeout)
 
     def undo(self, ctx: BakeContext) -> None:
-        """Kept on purpose: `invoke destroy` removes it."""
+        """Kept on purpose: `invoke destroy` removes it. The connection closes."""
+        if ctx.session is not None:
+            ctx.session.close()
+
+
+def connect(ctx: BakeContext, timeout: float) -> None:
+    from controller.ssh import HostKeyExpectation, Keepalive, Session
+
+    inst = ctx.instance
+    ctx.host_key_expectation = HostKeyExpectation(fingerprints={ctx.host_key.fingerprint})
+    keepalive = Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses)
+    ctx.session = Session(
+        inst.ssh_host, inst.ssh_port, inst.ssh_user, ctx.client_key, ctx.host_key_expectation, keepalive=keepalive
+    )
+    waited = ctx.session.wait_until_ready(timeout)
+    log.debug("connected", address=ctx.session.address, waited=round(waited, 2))
+
+
+def remember_agent(ctx: BakeContext) -> None:
+    """Note in the state file which agent the box holds (it is still checked by hash on the box every run)."""
+    from controller.remote import box_agent
+
+    if ctx.session is None:
+        return
+    box = box_agent(ctx)
+    saved = read_state(ctx.options.builds_dir, ctx.role)
+    if saved is None or saved["instance"]["id"] != getattr(ctx.instance, "id", None) or not box.sent:
+        return
+    agent = {"sha256": box.sha256, "compiled": box.compiled}
+    if saved.get("agent") != agent or not saved.get("build_id"):  # the build id: kiln.build_id stays put
+        write_state(ctx.options.builds_dir, ctx.role, {**saved, "agent": agent, "build_id": ctx.build_id})
+
+
+class StageBundle:
+    """Stage the bundle for the agent run that follows: push and apply (or verify) are one exec."""
+
+    name = "stage bundle"
+
+    def run(self, ctx: BakeContext) -> None:
+        from controller.remote import stage_bundle
+        from controller.stages.push_bundle import bundle_of
+
+        size = stage_bundle(ctx, bundle_of(ctx))
+        log.debug("bundle staged", bytes=size)
+
+    def undo(self, ctx: BakeContext) -> None:
+        """Nothing was sent yet."""
+
+
+BUILD_SETTINGS = ("ssh_timeout", "deadline_hours", "step_timeout", "ssh_keepalive", "ssh_keepalive_misses")
+
+
+def config_summary(config: Any) -> dict[str, Any]:
+    """What converge needs of kiln.yaml, as plain values: the build settings and the local provider's."""
+    local = json.loads(json.dumps(config.providers.get("local") or {}, default=str))
+    return {"build": {name: getattr(config, name) for name in BUILD_SETTINGS}, "local": local}
+
+
+def build_settings(options: BakeOptions, build: dict[str, Any]) -> BakeOptions:
+    """The options with kiln.yaml's ``build:`` settings (those controller.bake.with_build_settings applies)."""
+    return dataclasses.replace(options, **build)
+
+
+def compile_for_dev(role: str, options: BakeOptions, overrides: dict, tags, skip_tags):
+    """(options with kiln.yaml's build settings, local provider settings, compiled role): compiled once per inputs."""
+    from controller.log import REDACT
+    from controller.stepfiles.compile_cache import CompileCache, compile_cached
+
+    cache = CompileCache(options.builds_dir / "cache" / "compile")
+    summary, compiled, _ = compile_cached(
+        cache,
+        options.playbooks_dir,
+        role,
+        "local",
+        overrides,
+        tags,
+        skip_tags,
+        options.check_mode,
+        options.diff,
+        summarize=config_summary,
+    )
+    REDACT.secrets = [*REDACT.secrets, *compiled.no_log_values]
+    return build_settings(options, summary["build"]), summary["local"], compiled
 
 
 def _context(
     role: str, options: BakeOptions, overrides: dict, tags: list[str] | None, skip_tags: list[str] | None
 ) -> BakeContext:
-    config = load_config(options.playbooks_dir / "kiln.yaml")
-    options = with_build_settings(options, config)
-    compiled = compile_for_bake(role, "local", config, options, overrides, tags, skip_tags)
-    provider = make_provider("local", config, options.builds_dir)
-    ctx = BakeContext(role=role, compiled=compiled, provider=provider, options=options, build_id=new_build_id())
+    from controller.providers.local import LocalProvider
+
+    options, settings, compiled = compile_for_dev(role, options, overrides, tags, skip_tags)
+    provider = LocalProvider(state_dir=options.builds_dir, settings=settings)
+    build_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+    ctx = BakeContext(role=role, compiled=compiled, provider=provider, options=options, build_id=build_id)
     ctx.version = DEV_VERSION
     return ctx
 
@@ -112,13 +239,21 @@ def converge(
     except InvalidInput as exc:
         print(exc.render())
         return EXIT_INVALID
-    stages = [ResolveBase(), AttachDevInstance(), Connect(), PushBundle()]
-    stages += [Verify()] if verify else [ApplySteps()]
+    if verify:
+        from controller.stages.verify import Verify
+
+        last = Verify()
+    else:
+        from controller.stages.apply_steps import ApplySteps
+
+        last = ApplySteps()
     try:
-        run_stages(stages, ctx)
+        run_stages([AttachDevInstance(), StageBundle(), last], ctx)
     except BaseException as exc:  # noqa: B036 - reported through the exit code
         log.error("failed", stage=ctx.current_stage, error=str(exc))
         return EXIT_FAILED
+    finally:
+        remember_agent(ctx)
     if not verify:
         c = ctx.apply_counts
         log.info("converged", ok=c.ok, changed=c.changed, skipped=c.skipped, seconds=ctx.timings.get("apply steps"))

@@ -1,18 +1,29 @@
-"""What the controller runs on the box: the bundle transfer and the agent's commands."""
+"""What the controller runs on the box: the transfer of the agent and the bundle, and the agent's commands.
+
+Every agent run is one exec of :data:`BOOTSTRAP` (``python3 -c``), which takes what the
+controller sends on stdin (the bundle, and the agent only when the box does not have
+it), checks the agent on the box against the controller's sha256 before running any of
+it, and runs the agent in the same process. The box keeps the agent between runs
+(``/var/lib/kiln/agent.pyz``) and a byte-compiled copy of it; a copy whose sha256 is not
+the controller's is never run (the source is re-sent or re-compiled instead). Everything
+lives in /var/lib/kiln, which the clean stage removes: none of it reaches an image.
+"""
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import shlex
-import tarfile
+import threading
 import time
+import weakref
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from controller.agent_build import agent_zipapp
 from controller.context import BakeContext
 from controller.pipeline import BakeFailed
 from controller.ssh import CommandTimeout, ConnectionLost
@@ -22,23 +33,146 @@ log = structlog.get_logger("kiln.agent")
 RUN_DIR = "/var/lib/kiln"
 AGENT = f"{RUN_DIR}/agent.pyz"
 BUNDLE = f"{RUN_DIR}/bundle"
+#: The bootstrap's exit status when the box has no agent with the controller's sha256 (nothing ran).
+EXIT_NEED_AGENT = 10
+
+#: Runs on the box (Python >= 3.9, stdlib): unpack stdin, check the agent by sha256, run it in-process.
+BOOTSTRAP = r"""
+import hashlib, json, marshal, os, shutil, sys, zipfile, zlib
+RUN = "/var/lib/kiln"
+AGENT = RUN + "/agent.pyz"
+def say(event):
+    sys.stdout.write(json.dumps(event) + "\n"); sys.stdout.flush()
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+def read(path):
+    try:
+        with open(path, "rb") as handle: return handle.read()
+    except OSError: return b""
+def put(path, data):
+    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle: handle.write(data)
+    os.replace(tmp, path)
+def unpack(payload):
+    head, _, body = zlib.decompress(payload).partition(b"\n")
+    head = json.loads(head)
+    if head.get("bundle"):
+        shutil.rmtree(RUN + "/bundle", ignore_errors=True)
+    at = 0
+    for name, size in head["files"]:
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts or not (name == "agent.pyz" or parts[0] == "bundle"):
+            raise SystemExit("refusing payload entry " + name)
+        put(RUN + "/" + name, body[at:at + size]); at += size
+def compiled_copy(source, path):
+    import importlib.util, io
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(source)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in sorted(src.infolist(), key=lambda i: i.filename):
+            data = src.read(info)
+            name = info.filename
+            if name.endswith(".py") and name != "__main__.py":
+                code = compile(data, AGENT + "/" + name, "exec", dont_inherit=True)
+                data = importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
+                name += "c"
+            entry = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            dst.writestr(entry, data)
+    put(path, out.getvalue())
+    return sha(out.getvalue())
+want = json.loads(sys.argv[1])
+os.umask(0o077)
+os.makedirs(RUN, 0o700, exist_ok=True)
+payload = sys.stdin.buffer.read()
+if payload:
+    unpack(payload)
+source = read(AGENT)
+if sha(source) != want["agent"]:
+    say({"event": "need_agent", "had": sha(source) if source else ""})
+    sys.exit(10)
+compiled = "%s/agent-%s.%s.zip" % (RUN, want["agent"][:32], sys.implementation.cache_tag)
+run_from = compiled
+if not want.get("compiled") or sha(read(compiled)) != want["compiled"]:
+    try:
+        say({"event": "agent_compiled", "sha256": compiled_copy(source, compiled)})
+    except Exception as exc:
+        say({"event": "agent_not_compiled", "error": repr(exc)}); run_from = AGENT
+sys.path.insert(0, run_from)
+sys.argv = [AGENT] + want["args"]
+from agent.__main__ import main
+sys.exit(main(want["args"]))
+"""
 
 
-def bundle_tar(bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes]) -> bytes:
-    """agent.pyz + bundle/ as one gzip'd tar: the bake's single transfer."""
+@dataclass
+class BoxAgent:
+    """What the controller knows of one box's copy of the agent (it is checked on the box every run)."""
+
+    sha256: str
+    compiled: str = ""  # sha256 of the byte-compiled copy the box reported last
+    sent: bool = False  # the box was sent this agent (a bake's push; a dev instance's earlier converge)
+    pending: bytes | None = None  # what the next agent run carries on stdin (the bundle)
+    bytes_sent: int = 0
+    round_trips: int = 0
+
+
+_BOXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_BOXES_LOCK = threading.Lock()
+
+
+def box_agent(ctx: BakeContext) -> BoxAgent:
+    """The agent state of ``ctx``'s machine, for as long as its SSH session lives."""
+    from controller.agent_build import agent_sha256
+
+    with _BOXES_LOCK:
+        state = _BOXES.get(ctx.session)
+        if state is None:
+            state = _BOXES[ctx.session] = BoxAgent(agent_sha256())
+        return state
+
+
+def bundle_payload(
+    bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes], agent: bytes | None = None
+) -> bytes:
+    """The bundle (and the agent, when given) in the bootstrap's format: one zlib stream."""
     entries = {
-        "agent.pyz": agent_zipapp(),
         "bundle/bundle.json": json.dumps(bundle).encode(),
         "bundle/checks.json": json.dumps(checks).encode(),
     }
-    entries.update({f"bundle/{path}": data for path, data in files.items()})
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-        for name, data in sorted(entries.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o600
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    entries.update({f"bundle/{path}": data for path, data in sorted(files.items())})
+    return payload_of(entries, agent, bundle=True)
+
+
+def payload_of(entries: dict[str, bytes], agent: bytes | None, bundle: bool) -> bytes:
+    if agent is not None:
+        entries = {"agent.pyz": agent, **entries}
+    head = json.dumps({"bundle": bundle, "files": [[name, len(data)] for name, data in entries.items()]})
+    return zlib.compress(head.encode() + b"\n" + b"".join(entries.values()), 1)
+
+
+def with_agent(payload: bytes | None) -> bytes:
+    """``payload`` (or nothing) with the agent added: what is sent again when the box lacks it."""
+    from controller.agent_build import agent_zipapp
+
+    if payload is None:
+        return payload_of({}, agent_zipapp(), bundle=False)
+    head, _, body = zlib.decompress(payload).partition(b"\n")
+    meta = json.loads(head)
+    entries, at = {}, 0
+    for name, size in meta["files"]:
+        entries[name], at = body[at : at + size], at + size
+    return payload_of(entries, agent_zipapp(), bundle=meta["bundle"])
+
+
+def bundle_tar(bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes]) -> bytes:
+    """agent + bundle in one payload: a fresh machine's single transfer."""
+    from controller.agent_build import agent_zipapp
+
+    return bundle_payload(bundle, checks, files, agent_zipapp())
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def as_root(ctx: BakeContext, command: str) -> str:
@@ -48,7 +182,13 @@ def as_root(ctx: BakeContext, command: str) -> str:
 
 
 def agent_command(ctx: BakeContext, *args: str) -> str:
-    return as_root(ctx, " ".join(["python3", AGENT, *map(shlex.quote, args)]))
+    """One run of the agent with ``args``, through the bootstrap (which checks the agent's sha256 first)."""
+    box = box_agent(ctx)
+    want = json.dumps({"agent": box.sha256, "compiled": box.compiled, "args": list(args)})
+    return as_root(ctx, f"python3 -c {shlex.quote(BOOTSTRAP)} {shlex.quote(want)}")
+
+
+BOOTSTRAP_EVENTS = ("need_agent", "agent_compiled", "agent_not_compiled")
 
 
 def run_agent(
@@ -60,9 +200,39 @@ def run_agent(
 ) -> tuple[int, list[dict[str, Any]], str]:
     """Run a command printing agent events; hand each to ``on_event`` as it arrives.
 
-    ``timeout`` bounds the whole command. When it passes, or the machine stops answering,
-    the bake fails saying which step was running and that the rest of the run is lost.
+    Without ``stdin``, the run carries what was staged for the box (:func:`stage_bundle`).
+    When the box has no agent with the controller's sha256, nothing ran: the agent is sent
+    and the command runs again (once). ``timeout`` bounds each run. When it passes, or the
+    machine stops answering, the bake fails saying which step was running and that the
+    rest of the run is lost.
     """
+    box = box_agent(ctx)
+    if stdin is None and box.pending is not None:
+        stdin, box.pending = box.pending, None
+    rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout)
+    if rc == EXIT_NEED_AGENT and any(e.get("event") == "need_agent" for e in events):
+        log.info("agent sent", reason="the box had no copy with this sha256", sha256=box.sha256[:16])
+        rc, events, stderr = _run_once(ctx, box, command, on_event, with_agent(stdin), timeout)
+        if rc == EXIT_NEED_AGENT:
+            raise BakeFailed(f"the agent sent to the box does not have sha256 {box.sha256}: it was damaged on the way")
+    if done_without_events(rc, events):
+        raise BakeFailed(f"agent did not run (exit {rc}): {stderr.strip()[-1500:]}")
+    box.sent = True
+    return rc, [e for e in events if e.get("event") not in BOOTSTRAP_EVENTS], stderr
+
+
+def done_without_events(rc: int, events: list[dict[str, Any]]) -> bool:
+    return rc != 0 and not [e for e in events if e.get("event") not in BOOTSTRAP_EVENTS]
+
+
+def _run_once(
+    ctx: BakeContext,
+    box: BoxAgent,
+    command: str,
+    on_event: Callable[[dict[str, Any]], None],
+    stdin: bytes | None,
+    timeout: float | None,
+) -> tuple[int, list[dict[str, Any]], str]:
     events: list[dict[str, Any]] = []
 
     def on_line(line: str) -> None:
@@ -73,9 +243,16 @@ def run_agent(
         except ValueError:
             return
         events.append(event)
-        on_event(event)
+        if event.get("event") == "agent_compiled":
+            box.compiled = event.get("sha256", "")
+        elif event.get("event") == "facts":
+            ctx.facts = event["facts"]
+        if event.get("event") not in BOOTSTRAP_EVENTS:
+            on_event(event)
 
     started = time.monotonic()
+    box.round_trips += 1
+    box.bytes_sent += len(stdin or b"")
     try:
         done = ctx.session.run(command, stdin=stdin, on_line=on_line, timeout=timeout)
     except CommandTimeout as exc:
@@ -85,9 +262,20 @@ def run_agent(
         ) from exc
     except ConnectionLost as exc:
         raise BakeFailed(f"{exc}; {what_was_lost(events, started)}") from exc
-    if done.rc != 0 and not events:
-        raise BakeFailed(f"agent did not run (exit {done.rc}): {done.stderr.strip()[-1500:]}")
     return done.rc, events, done.stderr
+
+
+def stage_bundle(ctx: BakeContext, bundle: dict[str, Any]) -> int:
+    """Stage the bundle for the next agent run (push and apply in one exec); returns its size in bytes.
+
+    The agent rides along only when the box was never sent it; a box that lost or changed
+    its copy says so and is sent it again (see :func:`run_agent`).
+    """
+    from controller.agent_build import agent_zipapp
+
+    box = box_agent(ctx)
+    box.pending = bundle_payload(bundle, ctx.compiled.checks, ctx.compiled.files, None if box.sent else agent_zipapp())
+    return len(box.pending)
 
 
 def what_was_lost(events: list[dict[str, Any]], started: float) -> str:

@@ -1,11 +1,11 @@
-"""Send the agent and the bundle in one transfer; the same exec reports the box's facts."""
+"""Send the agent and the bundle in one transfer; the same exec checks the agent and reports the box's facts."""
 
 from __future__ import annotations
 
 import structlog
 
 from controller.context import BakeContext
-from controller.remote import AGENT, RUN_DIR, as_root, bundle_tar, run_agent
+from controller.remote import agent_command, run_agent, stage_bundle
 from controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
@@ -18,17 +18,16 @@ def extra_vars(ctx: BakeContext) -> dict:
     return {"kiln": {"role": ctx.role, "version": ctx.version, "build_id": ctx.build_id}}
 
 
+def bundle_of(ctx: BakeContext) -> dict:
+    return dict(bundle_json(ctx.compiled, extra_vars(ctx)), step_timeout=ctx.options.step_timeout)
+
+
 class PushBundle:
     name = "push agent and bundle"
 
     def run(self, ctx: BakeContext) -> None:
-        bundle = dict(bundle_json(ctx.compiled, extra_vars(ctx)), step_timeout=ctx.options.step_timeout)
-        payload = bundle_tar(bundle, ctx.compiled.checks, ctx.compiled.files)
-        command = as_root(
-            ctx,
-            f"mkdir -p {RUN_DIR} && cd {RUN_DIR} && rm -rf bundle && umask 077 && tar -xzf - && python3 {AGENT} facts",
-        )
-        rc, events, stderr = run_agent(ctx, command, lambda e: None, stdin=payload, timeout=PUSH_TIMEOUT)
+        size = stage_bundle(ctx, bundle_of(ctx))
+        rc, events, stderr = run_agent(ctx, agent_command(ctx, "facts"), lambda e: None, timeout=PUSH_TIMEOUT)
         facts = next((e["facts"] for e in events if e.get("event") == "facts"), None)
         if rc != 0 or facts is None:
             from controller.pipeline import BakeFailed
@@ -37,7 +36,7 @@ class PushBundle:
         ctx.facts = facts
         log.info(
             "facts",
-            bytes_sent=len(payload),
+            bytes_sent=size,
             os=f"{facts['distribution']} {facts['distribution_version']}",
             arch=facts["arch"],
             pkg_mgr=facts["pkg_mgr"],
