@@ -10,10 +10,10 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from controller import log as kiln_log
-
 
 def _setup(json: bool, prefix_roles: bool = False) -> None:
+    from controller import log as kiln_log  # here, not at the top: `invoke --list` loads no logging
+
     kiln_log.configure(json_output=json, prefix_roles=prefix_roles)
 
 
