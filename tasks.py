@@ -63,14 +63,18 @@ def _split(value: str) -> list[str] | None:
     "skip_tags": "Skip steps with these tags (comma separated).",
     "check": "Check mode: report what would change, change nothing, publish nothing.",
     "diff": "Show what each step changes.",
+    "no_test": "Skip the test stage (a fresh machine from the new image runs the checks): a fast inner loop.",
 })
 def bake(c, role, provider="local", sandbox=False, var=None, json=False, keep_on_error=False,
-         tags="", skip_tags="", check=False, diff=False):
+         tags="", skip_tags="", check=False, diff=False, no_test=False):
     """Bake one role into one new, verified, versioned image."""
     _setup(json)
+    import dataclasses
+
     from controller.bake import bake as run_bake
 
-    result = run_bake(role, provider, _options(keep_on_error, check, diff), overrides=_overrides(var),
+    options = dataclasses.replace(_options(keep_on_error, check, diff), test_image=not no_test)
+    result = run_bake(role, provider, options, overrides=_overrides(var),
                       tags=_split(tags), skip_tags=_split(skip_tags), sandbox=sandbox)
     if result.exit_code:
         raise Exit(code=result.exit_code)

@@ -15,16 +15,18 @@ from controller.config import Config, load_config
 from controller.context import BakeContext, BakeOptions
 from controller.model import CompiledRole, Image, InvalidInput
 from controller.pipeline import Stage, run_stages
-from controller.providers.base import Provider
+from controller.providers.base import Provider, ProviderError
 from controller.stages.allocate_version import AllocateVersion
 from controller.stages.apply_steps import ApplySteps, IdempotenceCheck
 from controller.stages.clean_machine import CleanMachine
 from controller.stages.connect import Connect
 from controller.stages.launch_instance import LaunchInstance
+from controller.stages.publish_consumers import PublishConsumers
 from controller.stages.push_bundle import PushBundle
 from controller.stages.record import Record
 from controller.stages.resolve_base import ResolveBase
 from controller.stages.snapshot import Publish, Retire, Snapshot
+from controller.stages.test_image import TestImage
 from controller.stages.verify import Verify
 from controller.stepfiles.compile import compile_role
 
@@ -46,9 +48,15 @@ class BakeResult:
 
 def with_build_settings(options: BakeOptions, config: Config) -> BakeOptions:
     """The options with kiln.yaml's ``build:`` settings (SSH wait and keepalives, deadline, step limit) applied."""
-    return dataclasses.replace(options, ssh_timeout=config.ssh_timeout, deadline_hours=config.deadline_hours,
-                               step_timeout=config.step_timeout, ssh_keepalive=config.ssh_keepalive,
-                               ssh_keepalive_misses=config.ssh_keepalive_misses)
+    return dataclasses.replace(
+        options,
+        ssh_timeout=config.ssh_timeout,
+        deadline_hours=config.deadline_hours,
+        step_timeout=config.step_timeout,
+        ssh_keepalive=config.ssh_keepalive,
+        ssh_keepalive_misses=config.ssh_keepalive_misses,
+        test_image=options.test_image and config.test_image,
+    )
 
 
 def new_build_id() -> str:
@@ -74,22 +82,66 @@ def _config_diag(config: Config, message: str):
     return Diagnostic(str(config.path), 1, 1, message)
 
 
-def stages_for(options: BakeOptions, keep: int) -> list[Stage]:
-    """The bake, in order; check mode stops after the apply (nothing is published)."""
-    stages: list[Stage] = [ResolveBase(), AllocateVersion(), LaunchInstance(), Connect(), PushBundle(),
-                           ApplySteps()]
+def stages_for(options: BakeOptions, keep: int, consumers: PublishConsumers | None = None) -> list[Stage]:
+    """The bake, in order; check mode stops after the apply (nothing is published).
+
+    The test stage (a fresh machine from the new image) sits between the snapshot and publish: a failure
+    there removes the image before anything points at it."""
+    stages: list[Stage] = [ResolveBase(), AllocateVersion(), LaunchInstance(), Connect(), PushBundle(), ApplySteps()]
     if options.idempotence_gate and not options.check_mode:
         stages.append(IdempotenceCheck())
     if options.check_mode:
         return stages
-    stages += [Verify(), CleanMachine(), Snapshot(), Publish(), Retire(keep), Record()]
+    stages += [Verify(), CleanMachine(), Snapshot()]
+    if options.test_image:
+        stages.append(TestImage())
+    stages.append(Publish())
+    if consumers is not None:
+        stages.append(consumers)
+    stages += [Retire(keep), Record()]
     return stages
 
 
-def compile_for_bake(role: str, provider_name: str, config: Config, options: BakeOptions,
-                     overrides: dict[str, Any], tags: list[str] | None, skip_tags: list[str] | None) -> CompiledRole:
-    compiled = compile_role(options.playbooks_dir, role, provider_name, config, overrides=overrides, tags=tags,
-                            skip_tags=skip_tags, check_mode=options.check_mode, diff=options.diff)
+def consumers_stage(provider: Provider, config: Config, role: str, options: BakeOptions) -> PublishConsumers | None:
+    """The consumers of providers.aws.publish / role.yml ``publish:``, checked before anything is launched
+    (InvalidInput: exit 2); None when there are none (or the provider has none)."""
+    if provider.name != "aws":
+        return None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from controller import consumers
+
+    settings = consumers.settings_for(config, options.playbooks_dir, role)
+    if not settings.any:
+        return None
+    base_dir = options.playbooks_dir.parent
+    try:
+        consumers.check_before_launch(provider, settings, base_dir)
+    except (BotoCoreError, ClientError) as exc:
+        raise ProviderError(f"checking the consumers failed: {exc}") from exc
+    return PublishConsumers(settings, base_dir)
+
+
+def compile_for_bake(
+    role: str,
+    provider_name: str,
+    config: Config,
+    options: BakeOptions,
+    overrides: dict[str, Any],
+    tags: list[str] | None,
+    skip_tags: list[str] | None,
+) -> CompiledRole:
+    compiled = compile_role(
+        options.playbooks_dir,
+        role,
+        provider_name,
+        config,
+        overrides=overrides,
+        tags=tags,
+        skip_tags=skip_tags,
+        check_mode=options.check_mode,
+        diff=options.diff,
+    )
     from controller.log import REDACT
 
     # every log line from here on (terminal, JSON) masks the values no_log steps use; added to,
@@ -98,10 +150,16 @@ def compile_for_bake(role: str, provider_name: str, config: Config, options: Bak
     return compiled
 
 
-def bake(role: str, provider_name: str = "local", options: BakeOptions | None = None,
-         overrides: dict[str, Any] | None = None, tags: list[str] | None = None,
-         skip_tags: list[str] | None = None, sandbox: bool = False,
-         provider: Provider | None = None) -> BakeResult:
+def bake(
+    role: str,
+    provider_name: str = "local",
+    options: BakeOptions | None = None,
+    overrides: dict[str, Any] | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+    sandbox: bool = False,
+    provider: Provider | None = None,
+) -> BakeResult:
     """Bake one role into one new image version. Never raises for user-facing failures."""
     options = options or BakeOptions()
     try:
@@ -109,16 +167,26 @@ def bake(role: str, provider_name: str = "local", options: BakeOptions | None = 
         options = with_build_settings(options, config)
         compiled = compile_for_bake(role, provider_name, config, options, overrides or {}, tags, skip_tags)
         provider = provider or make_provider(provider_name, config, options.builds_dir, sandbox)
+        consumers = consumers_stage(provider, config, role, options)
     except InvalidInput as exc:
         log.error("invalid input; nothing was launched", errors=len(exc.diagnostics))
         print(exc.render())
         return BakeResult(None, EXIT_INVALID, exc.render())
+    except ProviderError as exc:  # the cloud, asked about the consumers
+        log.error("checking the consumers failed; nothing was launched", error=str(exc))
+        return BakeResult(None, EXIT_FAILED, str(exc))
     ctx = BakeContext(role=role, compiled=compiled, provider=provider, options=options, build_id=new_build_id())
     structlog.contextvars.bind_contextvars(role=role, build_id=ctx.build_id)
-    log.info("bake", provider=provider.name, chain=" -> ".join(compiled.chain), steps=len(compiled.steps),
-             checks=len(compiled.checks), **({"check_mode": True} if options.check_mode else {}))
+    log.info(
+        "bake",
+        provider=provider.name,
+        chain=" -> ".join(compiled.chain),
+        steps=len(compiled.steps),
+        checks=len(compiled.checks),
+        **({"check_mode": True} if options.check_mode else {}),
+    )
     try:
-        run_stages(stages_for(options, config.retention), ctx)
+        run_stages(stages_for(options, config.retention, consumers), ctx)
     except BaseException as exc:  # noqa: B036 - reported, exit code carries it
         recap(ctx)
         log.error("bake failed", stage=ctx.current_stage, error=ctx.failure or type(exc).__name__)
@@ -126,8 +194,12 @@ def bake(role: str, provider_name: str = "local", options: BakeOptions | None = 
         return BakeResult(ctx, EXIT_FAILED, ctx.failure)
     recap(ctx)
     if ctx.image:
-        log.info("baked", image=ctx.image.name, version=ctx.version, seconds=round(sum(
-            v for k, v in ctx.timings.items() if not k.startswith("undo")), 2))
+        log.info(
+            "baked",
+            image=ctx.image.name,
+            version=ctx.version,
+            seconds=round(sum(v for k, v in ctx.timings.items() if not k.startswith("undo")), 2),
+        )
     structlog.contextvars.unbind_contextvars("role", "build_id")
     return BakeResult(ctx, EXIT_OK)
 
@@ -135,9 +207,17 @@ def bake(role: str, provider_name: str = "local", options: BakeOptions | None = 
 def recap(ctx: BakeContext) -> None:
     """Ansible's PLAY RECAP, one line per role, plus where the time went."""
     c = ctx.apply_counts
-    log.info("recap", host=ctx.instance.id if ctx.instance else "-", ok=c.ok, changed=c.changed, failed=c.failed,
-             skipped=c.skipped, ignored=c.ignored,
-             checks_passed=ctx.checks.get("passed", 0),
-             version=(ctx.version if not ctx.options.check_mode else "") or "-",
-             result="ok" if ctx.succeeded else "failed", **({"check_mode": True} if ctx.options.check_mode else {}))
+    log.info(
+        "recap",
+        host=ctx.instance.id if ctx.instance else "-",
+        ok=c.ok,
+        changed=c.changed,
+        failed=c.failed,
+        skipped=c.skipped,
+        ignored=c.ignored,
+        checks_passed=ctx.checks.get("passed", 0),
+        version=(ctx.version if not ctx.options.check_mode else "") or "-",
+        result="ok" if ctx.succeeded else "failed",
+        **({"check_mode": True} if ctx.options.check_mode else {}),
+    )
     log.info("timings", **{k.replace(" ", "_"): v for k, v in ctx.timings.items()})

@@ -31,9 +31,12 @@ BUILD_DEFAULTS = {
     "step_timeout": 3600.0,
     "ssh_keepalive": 15.0,
     "ssh_keepalive_misses": 3,
+    "test_image": True,
 }
 #: build settings that count something: whole numbers
 WHOLE_BUILD_SETTINGS = ("ssh_keepalive_misses",)
+#: build settings that switch something on or off
+BOOLEAN_BUILD_SETTINGS = ("test_image",)
 PROVIDERS = ("local", "aws")
 RETENTION_KEYS = ("keep",)
 DEFAULT_KEEP = 5
@@ -57,6 +60,8 @@ class Config:
     #: seconds between SSH keepalive probes; unanswered probes in a row before the machine counts as lost
     ssh_keepalive: float = BUILD_DEFAULTS["ssh_keepalive"]
     ssh_keepalive_misses: int = BUILD_DEFAULTS["ssh_keepalive_misses"]
+    #: launch a fresh machine from the new image and run the checks there before publishing it
+    test_image: bool = BUILD_DEFAULTS["test_image"]
     document: Document | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -83,6 +88,8 @@ def _build_setting_problem(key: Any, value: Any) -> str:
     """What is wrong with ``build.<key>: <value>`` ("" when nothing)."""
     if key not in BUILD_DEFAULTS:
         return f"unknown build setting '{key}'{did_you_mean(key, list(BUILD_DEFAULTS))}"
+    if key in BOOLEAN_BUILD_SETTINGS:
+        return "" if isinstance(value, bool) else f"build.{key} must be true or false, got {value!r}"
     if key in WHOLE_BUILD_SETTINGS:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             return f"build.{key} must be a whole number >= 1, got {value!r}"
@@ -175,7 +182,8 @@ def load_config(path: Path) -> Config:
                 if problem:
                     problems.append(doc.diag(("build", key), problem, key=key not in BUILD_DEFAULTS))
                 else:
-                    setattr(config, key, value if key in WHOLE_BUILD_SETTINGS else float(value))
+                    exact = key in WHOLE_BUILD_SETTINGS or key in BOOLEAN_BUILD_SETTINGS
+                    setattr(config, key, value if exact else float(value))
 
     variables = data.get("vars")
     if variables is not None:

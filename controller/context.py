@@ -25,6 +25,7 @@ class BakeOptions:
     step_timeout: float = 3600.0  # seconds a step may run unless it says `timeout:` (build.step_timeout)
     ssh_keepalive: float = 15.0  # seconds between keepalive probes (build.ssh_keepalive)
     ssh_keepalive_misses: int = 3  # unanswered probes before the machine counts as lost (build.ssh_keepalive_misses)
+    test_image: bool = True  # run the checks on a fresh machine from the new image (build.test_image; --no-test)
     builds_dir: Path = Path("builds")
     playbooks_dir: Path = Path("playbooks")
 
@@ -49,6 +50,8 @@ class BakeContext:
     options: BakeOptions
     build_id: str
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    #: which of the bake's machines this context launches: ``build``, or ``test`` (a fresh one from the new image)
+    machine: str = "build"
     # filled in by the stages, in order
     version: str = ""
     base: BaseImage | None = None
@@ -79,6 +82,11 @@ class BakeContext:
     def expires(self) -> dt.datetime:
         """When a temporary resource of this bake may be swept even if the controller died."""
         return self.started + dt.timedelta(hours=self.options.deadline_hours)
+
+    @property
+    def machine_name(self) -> str:
+        """The name of this bake's machine (and of its key pair and security group): unique per build and machine."""
+        return f"kiln-{self.machine}-{self.build_id}"
 
     @property
     def keep_instance(self) -> bool:

@@ -19,9 +19,13 @@ from typing import Any
 from agent.checks import discover as discover_checks
 from agent.modules import discover as discover_modules
 from agent.schema import json_schema as args_schema
-from controller.stepfiles.validate import FACTS, KILN_ATTRS
+from controller.stepfiles.validate import CHECK_ON, CHECK_ON_DEFAULT, FACTS, KILN_ATTRS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
+CHECK_ON_DESCRIPTION = (
+    "where the check runs: `build` only on the build machine (before it is cleaned), `image` only on a "
+    "fresh machine launched from the new image (the test stage, `build.test_image`), `both` on each."
+)
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "step-files.md"
 
 EXPRESSION = {
@@ -144,6 +148,7 @@ def json_schema() -> dict[str, Any]:
             main["description"] = f"the check's {free_form}"
         props[name] = main
         props["name"] = {"type": "string", "description": "Shown in output."}
+        props["on"] = {"enum": list(CHECK_ON), "default": CHECK_ON_DEFAULT, "description": CHECK_ON_DESCRIPTION}
         check_entries.append(
             {
                 "type": "object",
@@ -298,6 +303,9 @@ def reference_markdown() -> str:
         "  status: 200",
         '  body: ["kiln web"]',
         "```",
+        "",
+        f"Every check may also say `on:` ({', '.join(f'`{v}`' for v in CHECK_ON)}; default `{CHECK_ON_DEFAULT}`): "
+        f"{CHECK_ON_DESCRIPTION}",
         "",
     ]
     out.append(", ".join(f"[`{name}`](#check-{name.replace('_', '-')})" for name in checks))

@@ -259,7 +259,10 @@ def promote(provider: Any, role: str, version: str, settings: PublishSettings, b
             f"region: {', '.join(_complete(images, provider.settings.regions)) or 'none'}"
         )
     report = ConsumerReport(role=role, version=version)
-    _move_latest(provider, role, version, chosen, images, report)
+    # the bakes' publish mutex: a bake moving latest at the same moment never interleaves with this
+    with provider.publishing(role, promote_owner(role, version)):
+        current = [i for i in provider.images(role) if i.status != "pending"]  # read under the mutex
+        _move_latest(provider, role, version, chosen, current, report)
     return publish(
         provider,
         role,
@@ -271,6 +274,14 @@ def promote(provider: Any, role: str, version: str, settings: PublishSettings, b
         description=f"kiln {role} {version} (promoted)",
         message=f"kiln: promote {role} to {version}",
     )
+
+
+def promote_owner(role: str, version: str) -> str:
+    """Who holds the publish mutex during a promote (said in a waiting bake's log)."""
+    import datetime as dt
+    import secrets
+
+    return f"promote-{role}-{version}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
 def _complete(images: list[Image], regions: list[str]) -> list[str]:

@@ -555,7 +555,7 @@ class AwsProvider(AmiLifecycle):
         s = self.settings
         region = self.build_region
         ec2 = self.ec2(region)
-        name = f"kiln-build-{ctx.build_id}"
+        name = ctx.machine_name  # the build machine's, or the test stage's fresh one from the new AMI
         tags = self.temporary_tags(ctx)
         # The context owns what exists from here on; terminate() removes whatever is recorded.
         inst = Instance(id="", provider=self.name, region=region, ssh_user=s.ssh.user, extra={"key_name": name})
@@ -574,7 +574,7 @@ class AwsProvider(AmiLifecycle):
             self._run_instance(ctx, inst, group, tags)
         except ClientError as exc:
             hint = LAUNCH_HINTS.get(error_code(exc), "")
-            raise ProviderError(f"launching the build instance failed: {exc}{hint}") from exc
+            raise ProviderError(f"launching the {ctx.machine} instance failed: {exc}{hint}") from exc
         self.data_plane.launched(region, [inst.id])
         try:
             self._instance_waiter(region, "instance_running", [inst.id])
@@ -665,13 +665,13 @@ class AwsProvider(AmiLifecycle):
             "ImageId": ctx.base.id,
             "MinCount": 1,
             "MaxCount": 1,
-            "KeyName": f"kiln-build-{ctx.build_id}",
+            "KeyName": ctx.machine_name,
             "UserData": user_data(int(ctx.expires.timestamp()), s.user_data),
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             "InstanceInitiatedShutdownBehavior": "terminate",
             "BlockDeviceMappings": self.launch_mappings(ctx.base.id),
             "TagSpecifications": [
-                tag_spec("instance", {**tags, "Name": f"kiln-build-{ctx.role}-{ctx.build_id}"}),
+                tag_spec("instance", {**tags, "Name": f"kiln-{ctx.machine}-{ctx.role}-{ctx.build_id}"}),
                 tag_spec("volume", tags),
             ],
         }
@@ -707,7 +707,7 @@ class AwsProvider(AmiLifecycle):
         for i, instance_type in enumerate(types):
             try:
                 resp = self.ec2(inst.region).run_instances(
-                    **params, InstanceType=instance_type, ClientToken=f"kiln-{ctx.build_id}-{i}"
+                    **params, InstanceType=instance_type, ClientToken=f"{ctx.machine_name}-{i}"
                 )
             except ClientError as exc:
                 code = error_code(exc)
@@ -842,7 +842,7 @@ class AwsProvider(AmiLifecycle):
         ec2 = self.ec2(region)
         ids = [instance.id] if instance.id else []
         if instance.extra.get("launching") and ctx is not None:
-            ids += [i for i in self._instances_of_build(region, ctx.build_id) if i not in ids]
+            ids += [i for i in self._instances_of_build(region, ctx.build_id, ctx.machine) if i not in ids]
         if ids:
             try:
                 ec2.terminate_instances(InstanceIds=ids)
@@ -888,10 +888,13 @@ class AwsProvider(AmiLifecycle):
         except Exception as exc:  # the data plane must never stop the cleanup
             log.error("data plane hook failed", hook=getattr(hook, "__name__", str(hook)), error=str(exc))
 
-    def _instances_of_build(self, region: str, build_id: str) -> list[str]:
+    def _instances_of_build(self, region: str, build_id: str, machine: str = "") -> list[str]:
+        """The build's live instances (``machine``: only that one of its machines, by its Name tag)."""
+        named = [{"Name": "tag:Name", "Values": [f"kiln-{machine}-*-{build_id}"]}] if machine else []
         try:
             rows = self.ec2(region).describe_instances(
-                Filters=[
+                Filters=named
+                + [
                     {"Name": f"tag:{BUILD_ID}", "Values": [build_id]},
                     {"Name": "instance-state-name", "Values": LIVE_STATES},
                 ]

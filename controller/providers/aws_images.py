@@ -587,14 +587,20 @@ class AmiLifecycle:
         return sorted(found, key=lambda i: (sort_key(i.version), -order[i.region]), reverse=True)
 
     def retire(self, role: str, keep: int) -> list[Image]:
-        """Per region keep the newest ``keep`` versions (``retention`` overrides); never what latest points
-        to, nor an AMI still pending. Older ones are deprecated, deregistered, their snapshots deleted."""
+        """Per region keep the newest ``keep`` versions (``retention`` overrides); never what a latest
+        parameter (any architecture) or a launch template's default version names, nor an AMI still
+        pending. Older ones are deprecated, deregistered, their snapshots deleted."""
+        from controller import consumers
+
         keep = self.settings.retention or keep
         images = [i for i in self.images(role) if i.status != "pending"]
+        in_use = consumers.in_use(self, role)
         retired = []
         for region in self.settings.regions:
             for image in [i for i in images if i.region == region][keep:]:
-                if image.latest:
+                if image.latest or image.id in in_use:
+                    if not image.latest:
+                        log.info("kept beyond retention: in use", role=role, version=image.version, image=image.id)
                     continue
                 self._deprecate(image)
                 self.remove_image(region, image.id)

@@ -49,6 +49,7 @@ TOP_KEYS = (
     "ena_support",
     "lock_lease",
     "virtualization_type",
+    "publish",  # the new image's consumers: checked and used by controller/consumers
 )
 SSH_KEYS = ("address", "user", "cidrs", "security_group_id", "host", "port", "host_key_policy", "console_timeout")
 SHARE_KEYS = ("accounts", "org_arns", "ou_arns", "public", "allow_public")

@@ -220,10 +220,12 @@ class LocalProvider:
 
     # --- the build machine -----------------------------------------------------------
     def launch(self, ctx: BakeContext) -> Instance:
-        name = f"kiln-build-{ctx.role}-{ctx.build_id}"
+        """A container from ``ctx.base`` (the base image; for the test stage, the image just committed)."""
+        name = f"kiln-{ctx.machine}-{ctx.role}-{ctx.build_id}"
         # no temporary/expiry label: podman commit would copy it into the image and every workload
         labels = {"kiln.build-id": ctx.build_id, "kiln.role": ctx.role}
-        self._note(ctx, container=name)
+        record_key = machine_record_key(ctx.machine)
+        self._note(ctx, **{record_key: name})
         for attempt in range(3):
             port = free_port()
             ctx.instance = Instance(id=name, provider=self.name, ssh_port=port)
@@ -234,7 +236,7 @@ class LocalProvider:
                 self.engine.remove_container(name)
                 if "address already in use" not in str(exc) or attempt == 2:
                     raise ProviderError(str(exc)) from exc
-        self._note(ctx, container=name, container_id=container_id)
+        self._note(ctx, **{record_key: name, f"{record_key}_id": container_id})
         self.engine.copy_in(name, seed_files(ctx.client_key, ctx.host_key))
         try:
             self.engine.start(name)
@@ -406,8 +408,10 @@ class LocalProvider:
         """The record's container (only that exact one), image (only if that build made it), and the record."""
         claim: BuildClaim = record["claim"]
         what = []
-        name, wanted_id = record.get("container", ""), record.get("container_id", "")
-        if name:
+        for key in map(machine_record_key, MACHINES):  # the test machine first: it runs from the image
+            name, wanted_id = record.get(key, ""), record.get(f"{key}_id", "")
+            if not name:
+                continue
             actual_id = self.engine.container_id(name)
             # no recorded id: the bake died inside `create`, whose container bears the build's unique name
             if actual_id and (not wanted_id or actual_id == wanted_id):
@@ -435,6 +439,15 @@ class LocalProvider:
         if apply:
             path.unlink(missing_ok=True)
         return [f"unfinished record {path}: older than an hour"]
+
+
+#: the machines a bake launches, each recorded in its build record: a fresh one from the image, the build machine
+MACHINES = ("test", "build")
+
+
+def machine_record_key(machine: str) -> str:
+    """The build record's key for a machine's container (``container`` for the build machine, as ever)."""
+    return "container" if machine == "build" else f"{machine}_container"
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

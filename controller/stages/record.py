@@ -1,4 +1,4 @@
-"""Write the manifest entries (and the package inventory) of a published bake."""
+"""Write the manifest entries, ``builds/images.json`` (for consumers) and the package inventory of a published bake."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class Record:
         builds = ctx.options.builds_dir
         try:
             manifest.append(builds / "manifest.json", manifest.entries_for(ctx))
+            manifest.record_images(builds / "images.json", ctx.published)
             inventory = builds / "packages" / ctx.role / f"{ctx.version}.json"
             inventory.parent.mkdir(parents=True, exist_ok=True)
             inventory.write_bytes(inventory_bytes(ctx.packages))

@@ -1,38 +1,75 @@
-"""Run the role's checks on the box; any failing check fails the bake."""
+"""Run the role's checks on the box; any failing check fails the bake.
+
+A check runs on the build machine (before cleaning) and on a fresh machine from the new image
+(the test stage) unless its ``on:`` says ``build`` or ``image``.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
 
 from controller.context import BakeContext
 from controller.pipeline import BakeFailed
-from controller.remote import BUNDLE, agent_command, run_agent
+from controller.remote import BUNDLE, agent_command, as_root, run_agent
 
 log = structlog.get_logger("kiln.stage")
 
+#: the checks file the build machine runs when some checks are for the image only
+BUILD_CHECKS = f"{BUNDLE}/checks.build.json"
 
-def log_check(event: dict[str, Any]) -> None:
+
+def checks_on(checks: list[dict[str, Any]], machine: str) -> list[dict[str, Any]]:
+    """The checks that run on ``machine`` (``build`` or ``image``)."""
+    return [check for check in checks if check.get("on", "both") in ("both", machine)]
+
+
+def log_check(event: dict[str, Any], machine: str = "build") -> None:
     if event.get("event") != "check":
         return
-    fields = {"check": event.get("name"), "status": event.get("status"), "seconds": event.get("duration")}
+    fields = {
+        "check": event.get("name"),
+        "status": event.get("status"),
+        "seconds": event.get("duration"),
+        "machine": machine,
+    }
     if event.get("status") == "failed":
         log.error("check", **fields, observed=event.get("observed"), source=event.get("source"))
     else:
         log.info("check", **fields)
 
 
-def verify(ctx: BakeContext) -> dict[str, Any]:
+def run_checks(
+    ctx: BakeContext, command: str, machine: str, stdin: bytes | None = None, where: str = ""
+) -> dict[str, Any]:
+    """Run an agent ``verify`` command; fail naming every failed check (and ``where`` it failed)."""
     # every check has its own limit; the run as a whole is bounded like one step
-    rc, events, stderr = run_agent(ctx, agent_command(ctx, "verify", f"{BUNDLE}/checks.json"), log_check,
-                                   timeout=ctx.options.step_timeout)
+    rc, events, stderr = run_agent(
+        ctx, command, lambda event: log_check(event, machine), stdin=stdin, timeout=ctx.options.step_timeout
+    )
     summary = next((e for e in events if e.get("event") == "summary"), {"passed": 0, "failed": 0})
     failed = [e for e in events if e.get("event") == "check" and e.get("status") == "failed"]
     if rc != 0 or failed:
         detail = "; ".join(f"{e['name']} ({e.get('source', '?')}): {e.get('observed')}" for e in failed)
-        raise BakeFailed(f"{len(failed)} check(s) failed: {detail or stderr.strip()[-500:]}")
+        raise BakeFailed(f"{len(failed)} check(s) failed{where}: {detail or stderr.strip()[-500:]}")
     return summary
+
+
+def verify(ctx: BakeContext) -> dict[str, Any]:
+    """The checks for the build machine, from the bundle it already holds."""
+    checks = checks_on(ctx.compiled.checks, "build")
+    if len(checks) == len(ctx.compiled.checks):
+        return run_checks(ctx, agent_command(ctx, "verify", f"{BUNDLE}/checks.json"), "build")
+    # beside the bundle, whose variables the checks are rendered with; one more round trip, only for
+    # roles that have checks for the image alone
+    written = ctx.session.run(
+        as_root(ctx, f"umask 077 && cat > {BUILD_CHECKS}"), stdin=json.dumps(checks).encode(), timeout=60
+    )
+    if written.rc != 0:
+        raise BakeFailed(f"could not write the build machine's checks (exit {written.rc}): {written.stderr[-500:]}")
+    return run_checks(ctx, agent_command(ctx, "verify", BUILD_CHECKS), "build")
 
 
 class Verify:
@@ -41,6 +78,9 @@ class Verify:
     def run(self, ctx: BakeContext) -> None:
         if not ctx.compiled.checks:
             log.warning("no checks in verify.yml: the image is not verified", role=ctx.role)
+            return
+        if not checks_on(ctx.compiled.checks, "build"):
+            log.info("every check is for the image (on: image): none on the build machine")
             return
         summary = verify(ctx)
         ctx.checks = {"passed": summary.get("passed", 0), "failed": summary.get("failed", 0)}

@@ -39,7 +39,7 @@ from controller.stepfiles.validate import (
     kind_of,
 )
 
-ROLE_KEYS = ("description", "depends", "defaults", "vars", "base")
+ROLE_KEYS = ("description", "depends", "defaults", "vars", "base", "publish")  # publish: controller/consumers
 ROLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 STEP_FILES = ("role.yml", "steps.yml", "handlers.yml", "verify.yml")
 

@@ -627,6 +627,11 @@ def _yaml11_message(value: str) -> str:
 
 
 # --- verify checks ---------------------------------------------------------------------
+#: where a check runs (its ``on:`` key): the build machine before cleaning, a fresh machine from the image, or both
+CHECK_ON = ("both", "build", "image")
+CHECK_ON_DEFAULT = "both"
+
+
 def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: str,
                    doc: Document) -> list[dict[str, Any]]:
     """Validate a verify.yml; return check entries ``{"check", "args", "name", "source", "role"}``."""
@@ -658,13 +663,13 @@ def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: st
         spec_args = schema.get("args", {})
         alias_of = {alias: name for name, spec in spec_args.items() for alias in spec.get("aliases", [])}
         value = entry[kind]
-        siblings = {k: v for k, v in entry.items() if k not in (kind, "name")}
+        siblings = {k: v for k, v in entry.items() if k not in (kind, "name", "on")}
         errors_before = len(collector.diagnostics)
         for key in siblings:
             if key not in spec_args and key not in alias_of:
                 message = (f"two checks in one entry: '{kind}' and '{key}' (one check an entry)" if key in checks
                            else f"{kind} check: unknown attribute '{key}'"
-                                f"{did_you_mean(key, list(spec_args) + list(alias_of) + ['name'])}")
+                                f"{did_you_mean(key, list(spec_args) + list(alias_of) + ['name', 'on'])}")
                 collector.add(doc.diag(path + (key,), message, key=True))
         siblings = {k: v for k, v in siblings.items() if k in spec_args or k in alias_of}
         if isinstance(value, dict):
@@ -694,11 +699,24 @@ def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: st
             name = f"{kind} {_primary(schema, args)}".strip()
         line = doc.value_pos(path)[0]
         check = {"check": kind, "args": args, "name": str(name), "source": f"{doc.display}:{line}", "role": role}
+        where_runs = _check_on(collector, doc, entry, path)
+        if where_runs != CHECK_ON_DEFAULT:
+            check["on"] = where_runs
         if len(collector.diagnostics) == errors_before:
             for key, item in args.items():
                 _collect_check_templates(collector, check, doc, where.get(key, path), key, item)
         out.append(check)
     return out
+
+
+def _check_on(collector: Collector, doc: Document, entry: dict[str, Any], path: tuple[Any, ...]) -> str:
+    """Where a check runs: ``build`` (the build machine), ``image`` (a fresh machine from the new image) or both."""
+    value = entry.get("on", CHECK_ON_DEFAULT)
+    if value in CHECK_ON:
+        return value
+    collector.add(doc.diag(path + ("on",), f"on must be one of {', '.join(CHECK_ON)}, got {value!r}"
+                                           f"{did_you_mean(value, CHECK_ON) if isinstance(value, str) else ''}"))
+    return CHECK_ON_DEFAULT
 
 
 def _validate_check(collector: Collector, doc: Document, kind: str, schema: dict[str, Any], args: dict[str, Any],

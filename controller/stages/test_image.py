@@ -1,0 +1,92 @@
+"""Launch a fresh machine from the new image and run the role's checks there, before publishing it.
+
+The build machine passed its checks before it was cleaned; this catches what cleaning and a
+first boot break: host keys and machine-id regenerated, services that must start at boot,
+files that lived only in /run or /tmp. The machine is launched by the provider's own launch
+path (``ctx.base`` is the new image, ``ctx.machine`` is ``test``: its own names, keys, security
+group and ownership record), the agent and the checks go over in one transfer (cleaning removed
+the agent from the image), then it is removed. A failed check fails the bake: the snapshot
+stage's undo removes the image, and ``latest`` never moved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import structlog
+
+from controller.context import BakeContext, StepCounts
+from controller.model import BaseImage
+from controller.remote import BUNDLE, agent_command, bundle_tar
+from controller.ssh import KeyPair
+from controller.stages.connect import Connect
+from controller.stages.push_bundle import extra_vars
+from controller.stages.verify import checks_on, run_checks
+from controller.stepfiles.compile import bundle_json
+
+log = structlog.get_logger("kiln.stage")
+
+
+def machine_from_image(ctx: BakeContext) -> BakeContext:
+    """A context for the test machine: the bake's role, version and deadline, the new image as its base."""
+    image = ctx.image
+    return dataclasses.replace(
+        ctx,
+        machine="test",
+        base=BaseImage(id=image.id, name=image.name, spec=f"the new image {image.name}"),
+        client_key=KeyPair.generate(comment=f"kiln-test-{ctx.build_id}"),
+        host_key=KeyPair.generate(comment=f"kiln-host-test-{ctx.build_id}"),
+        instance=None,
+        host_key_expectation=None,
+        session=None,
+        apply_counts=StepCounts(),
+        step_events=[],
+        checks={},
+        timings={},
+    )
+
+
+class TestImage:
+    name = "test image"
+    __test__ = False  # not a pytest class
+
+    def __init__(self) -> None:
+        self.machine: BakeContext | None = None
+
+    def run(self, ctx: BakeContext) -> None:
+        checks = checks_on(ctx.compiled.checks, "image")
+        if not checks:
+            log.warning("no checks for the image (all are on: build): the fresh machine is not tested", role=ctx.role)
+            return
+        started = time.monotonic()
+        self.machine = fresh = machine_from_image(ctx)
+        ctx.provider.launch(fresh)  # sets fresh.instance the moment it exists: undo finds it
+        log.info("test machine", image=ctx.image.name, instance=fresh.instance.id)
+        Connect().run(fresh)
+        # the agent (cleaning removed it from the image) and the checks with the variables they render with
+        bundle = {"role": ctx.role, "vars": bundle_json(ctx.compiled, extra_vars(ctx))["vars"]}
+        payload = bundle_tar(bundle, checks, {})
+        command = agent_command(fresh, "verify", f"{BUNDLE}/checks.json")
+        where = f" on a fresh machine from the image {ctx.image.name} ({fresh.instance.id})"
+        summary = run_checks(fresh, command, "image", stdin=payload, where=where)
+        ctx.checks["image_passed"] = summary.get("passed", 0)
+        log.info(
+            "image tested",
+            passed=summary.get("passed", 0),
+            instance=fresh.instance.id,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        self.remove(ctx)
+
+    def remove(self, ctx: BakeContext) -> None:
+        fresh, self.machine = self.machine, None
+        if fresh is None:
+            return
+        Connect().undo(fresh)
+        if fresh.instance is not None:
+            ctx.provider.terminate(fresh, fresh.instance)
+            log.info("test machine removed", instance=fresh.instance.id)
+
+    def undo(self, ctx: BakeContext) -> None:
+        self.remove(ctx)

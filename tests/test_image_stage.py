@@ -1,0 +1,248 @@
+"""The test stage: a fresh machine from the new image runs the checks before the image is published.
+
+Locally a container from the committed image, in the sandbox an instance moto launches from the new AMI
+(a local container of the AMI's image), both through the real command line. The role writes a file in
+/run (a tmpfs: it never reaches the image), so its check passes on the build machine and fails on a
+fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from controller.sandbox import local_images, sandbox_client
+from tests.aws_harness import AL2023
+from tests.playbooks import build_ids, image_repo, invoke, left_behind, make_playbooks
+
+pytestmark = pytest.mark.slow
+
+IN_RUN_STEPS = """\
+- name: ready marker (in /run, a tmpfs)
+  copy: {content: "ready\\n", dest: /run/kiln-ready}
+- name: a file in /etc, kept in the image
+  copy: {content: "kept\\n", dest: /etc/kiln-kept}
+- name: scratch in /tmp (cleaning empties it)
+  copy: {content: "scratch\\n", dest: /tmp/kiln-scratch}
+"""
+IN_RUN_CHECK = "- file: /run/kiln-ready\n  name: ready marker\n"
+BUILD_ONLY_CHECK = IN_RUN_CHECK + "  on: build\n"
+GOOD_CHECKS = """\
+- file: /etc/kiln-kept
+  contains: [kept]
+- name: scratch gone from the image
+  file: {path: /tmp/kiln-scratch, exists: false}
+  on: image
+- name: scratch there on the build machine
+  file: /tmp/kiln-scratch
+  on: build
+"""
+KEPT_CHECK = "- file: /etc/kiln-kept\n  contains: [kept]\n"
+FRESH = "on a fresh machine from the image"
+
+
+def events(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def checks_by_machine(output: str) -> dict[str, list[tuple[str, str]]]:
+    found: dict[str, list[tuple[str, str]]] = {}
+    for event in events(output):
+        if event.get("event") == "check":
+            found.setdefault(event["machine"], []).append((event["check"], event["status"]))
+    return found
+
+
+def stages_run(output: str) -> list[str]:
+    return [e["stage"] for e in events(output) if e.get("event") == "stage"]
+
+
+def latest_id(engine, role: str) -> str:
+    ref = f"{image_repo(role)}:latest"
+    return engine.image_id(ref) if engine.image_exists(ref) else ""
+
+
+def bake_local(tmp_path: Path, *flags: str):
+    return invoke(tmp_path, "bake", "--role", "fresh", *flags, env={"KILN_JSON": "1"})
+
+
+# --- local -----------------------------------------------------------------------------------
+def test_a_check_only_the_build_machine_passes_fails_the_bake_and_removes_the_image(engine, tmp_path):
+    """on: build lets the /run check pass; the same check run on the fresh machine too fails the bake:
+    exit 1, the check named as failed on the fresh machine, no image, no container, latest unmoved."""
+    make_playbooks(tmp_path, {"steps.yml": IN_RUN_STEPS, "verify.yml": BUILD_ONLY_CHECK}, role="fresh")
+    good = bake_local(tmp_path)
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert "test image" in stages_run(good.stderr)
+    latest = latest_id(engine, "fresh")
+    assert latest, "the on: build bake published"
+    images_before = {row["Id"] for row in engine.images(image_repo("fresh"))}
+
+    (tmp_path / "playbooks" / "roles" / "fresh" / "verify.yml").write_text(IN_RUN_CHECK)
+    bad = bake_local(tmp_path)
+    assert bad.returncode == 1, bad.stderr[-3000:]
+    failure = next(e for e in events(bad.stderr) if e.get("event") == "bake failed")
+    assert failure["stage"] == "test image"
+    assert "ready marker" in failure["error"] and FRESH in failure["error"], failure
+    assert ("ready marker", "passed") in checks_by_machine(bad.stderr)["build"]
+    assert ("ready marker", "failed") in checks_by_machine(bad.stderr)["image"]
+    assert not left_behind(engine, bad.stderr), "the build or the test container was left behind"
+    assert {row["Id"] for row in engine.images(image_repo("fresh"))} == images_before, "the image was not removed"
+    assert latest_id(engine, "fresh") == latest, "latest moved"
+    assert not list((tmp_path / "state" / "versions" / "fresh").iterdir()), "the build record was not released"
+
+
+def test_no_test_skips_the_stage(engine, tmp_path):
+    make_playbooks(tmp_path, {"steps.yml": IN_RUN_STEPS, "verify.yml": IN_RUN_CHECK}, role="fresh")
+    proc = bake_local(tmp_path, "--no-test")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test image" not in stages_run(proc.stderr)
+    assert "image" not in checks_by_machine(proc.stderr)
+    assert not left_behind(engine, proc.stderr)
+
+
+def test_build_test_image_false_in_kiln_yaml_skips_the_stage(engine, tmp_path):
+    make_playbooks(
+        tmp_path,
+        {"steps.yml": IN_RUN_STEPS, "verify.yml": IN_RUN_CHECK},
+        role="fresh",
+        kiln_yaml="build:\n  test_image: false\n",
+    )
+    proc = bake_local(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test image" not in stages_run(proc.stderr)
+
+
+def test_a_good_role_passes_its_checks_on_the_fresh_machine(engine, tmp_path):
+    """The fresh machine really ran the checks: on: image ones there only, on: build ones on the build
+    machine only (each would fail on the other), and it is gone afterwards."""
+    make_playbooks(tmp_path, {"steps.yml": IN_RUN_STEPS, "verify.yml": GOOD_CHECKS}, role="fresh")
+    proc = bake_local(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = checks_by_machine(proc.stderr)
+    assert ran["build"] == [("file /etc/kiln-kept", "passed"), ("scratch there on the build machine", "passed")]
+    assert ran["image"] == [("file /etc/kiln-kept", "passed"), ("scratch gone from the image", "passed")]
+    machine = next(e for e in events(proc.stderr) if e.get("event") == "test machine")
+    build_id = build_ids(proc.stderr)[0]
+    assert machine["instance"] == f"kiln-test-fresh-{build_id}"
+    assert not engine.container_exists(machine["instance"]), "the test machine was not removed"
+    assert latest_id(engine, "fresh")
+
+
+# --- the sandbox -----------------------------------------------------------------------------
+SANDBOX_ROLE = f"description: the test stage in the sandbox\nbase:\n  aws: {{ssm_parameter: {AL2023}}}\n"
+SANDBOX_KILN_YAML = "providers:\n  aws:\n    regions: [us-east-1]\nretention:\n  keep: 3\n"
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in ("MOTO_ENABLE_AMI_VALIDATION", "MOTO_ENABLE_KEYPAIR_VALIDATION")}
+    os.environ.update(MOTO_ENABLE_AMI_VALIDATION="true", MOTO_ENABLE_KEYPAIR_VALIDATION="true")
+    logging.getLogger("werkzeug").disabled = True
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    sandbox_client("ec2", "us-east-1", url).describe_regions()
+    yield url
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def sandbox(moto_url, engine):
+    before = {row["Id"] for row in engine.images(local_images())}
+    yield moto_url
+    for row in engine.images(local_images()):
+        if row["Id"] not in before:
+            engine.run("rmi", "-f", row["Id"], check=False)
+
+
+def bake_sandbox(work: Path, url: str, role: str, *flags: str):
+    return invoke(
+        work,
+        "bake",
+        "--role",
+        role,
+        "--provider",
+        "aws",
+        "--sandbox",
+        *flags,
+        env={"KILN_JSON": "1", "AWS_ENDPOINT_URL": url},
+        timeout=600,
+    )
+
+
+def amis_of(url: str, role: str) -> list[str]:
+    ec2 = sandbox_client("ec2", "us-east-1", url)
+    rows = ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:kiln:role", "Values": [role]}])["Images"]
+    return sorted(i["ImageId"] for i in rows)
+
+
+def sandbox_latest(url: str, role: str) -> str:
+    ssm = sandbox_client("ssm", "us-east-1", url)
+    found = ssm.get_parameters(Names=[f"/kiln/{role}/latest"])["Parameters"]
+    return found[0]["Value"] if found else ""
+
+
+def temporaries_of(url: str, build_id: str) -> dict[str, list[str]]:
+    ec2 = sandbox_client("ec2", "us-east-1", url)
+    by_build = [{"Name": "tag:kiln:build-id", "Values": [build_id]}]
+    live = [{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+    return {
+        "instances": [
+            i["InstanceId"]
+            for r in ec2.describe_instances(Filters=by_build + live)["Reservations"]
+            for i in r["Instances"]
+        ],
+        "key pairs": [k["KeyName"] for k in ec2.describe_key_pairs(Filters=by_build)["KeyPairs"]],
+        "groups": [g["GroupId"] for g in ec2.describe_security_groups(Filters=by_build)["SecurityGroups"]],
+    }
+
+
+def test_sandbox_fresh_instance_from_the_new_ami_fails_the_bake_and_the_ami_goes(sandbox, engine, tmp_path):
+    url = sandbox
+    make_playbooks(
+        tmp_path,
+        {"role.yml": SANDBOX_ROLE, "steps.yml": IN_RUN_STEPS, "verify.yml": BUILD_ONLY_CHECK + KEPT_CHECK},
+        role="freshaws",
+        kiln_yaml=SANDBOX_KILN_YAML,
+    )
+    good = bake_sandbox(tmp_path, url, "freshaws")
+    assert good.returncode == 0, good.stderr[-4000:]
+    latest, amis = sandbox_latest(url, "freshaws"), amis_of(url, "freshaws")
+    assert latest and latest in amis
+    machine = next(e for e in events(good.stderr) if e.get("event") == "test machine")
+    assert machine["instance"].startswith("i-") and machine["image"] == f"kiln-freshaws-{good_version(good)}"
+    assert checks_by_machine(good.stderr)["image"] == [("file /etc/kiln-kept", "passed")], "on: build ran there"
+
+    (tmp_path / "playbooks" / "roles" / "freshaws" / "verify.yml").write_text(IN_RUN_CHECK)
+    bad = bake_sandbox(tmp_path, url, "freshaws")
+    assert bad.returncode == 1, bad.stderr[-4000:]
+    failure = next(e for e in events(bad.stderr) if e.get("event") == "bake failed")
+    assert failure["stage"] == "test image" and FRESH in failure["error"] and "ready marker" in failure["error"]
+    assert ("ready marker", "failed") in checks_by_machine(bad.stderr)["image"]
+    build_id = build_ids(bad.stderr)[-1]
+    assert amis_of(url, "freshaws") == amis, "the new AMI was not removed"
+    assert sandbox_latest(url, "freshaws") == latest, "latest moved"
+    assert not any(temporaries_of(url, build_id).values()), temporaries_of(url, build_id)
+    assert not engine.containers(f"kiln.build-id={build_id}"), "an instance container was left behind"
+    ec2 = sandbox_client("ec2", "us-east-1", url)
+    snapshots = ec2.describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag:kiln:build-id", "Values": [build_id]}]
+    )["Snapshots"]
+    assert not snapshots, "the AMI's snapshots were not deleted"
+
+
+def good_version(proc) -> str:
+    return next(e["version"] for e in events(proc.stderr) if e.get("event") == "version")
