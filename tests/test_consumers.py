@@ -491,3 +491,125 @@ def test_images_json_concurrent_bakes_lose_nothing(tmp_path):
         for n in range(15):
             entry = document[f"role{worker % 3}"][f"2026120{worker}.{n + 1}"]["us-east-1"]
             assert entry == {"x86_64": f"ami-{worker}-{n}-e", "arm64": f"ami-{worker}-{n}-a"}
+
+
+# --- wired into the bake: `invoke bake --provider aws --sandbox` -------------------------------
+BAKED_ROLE = f"description: handed to consumers\nbase:\n  aws: {{ssm_parameter: {AL2023}}}\n"
+BAKED_STEPS = '- name: marker\n  copy: {content: "hello\\n", dest: /etc/kiln-marker}\n'
+BAKED_CHECKS = '- file: /etc/kiln-marker\n  contains: ["hello"]\n'
+
+
+@pytest.fixture
+def sandbox_images(moto_url, engine):
+    """The local images the sandbox makes for this server's AMIs, removed afterwards."""
+    from controller.sandbox import local_images
+
+    before = {row["Id"] for row in engine.images(local_images())}
+    yield moto_url
+    for row in engine.images(local_images()):
+        if row["Id"] not in before:
+            engine.run("rmi", "-f", row["Id"], check=False)
+
+
+def baked_playbooks(tmp_path, role, kiln_publish="", role_publish=""):
+    from tests.playbooks import make_playbooks
+
+    kiln_yaml = "providers:\n  aws:\n    regions: [us-east-1]\n" + kiln_publish + "retention:\n  keep: 3\n"
+    files = {"role.yml": BAKED_ROLE + role_publish, "steps.yml": BAKED_STEPS, "verify.yml": BAKED_CHECKS}
+    return make_playbooks(tmp_path, files, role=role, kiln_yaml=kiln_yaml)
+
+
+def bake_in_sandbox(tmp_path, url, role):
+    from tests.playbooks import invoke
+
+    return invoke(
+        tmp_path,
+        "bake",
+        "--role",
+        role,
+        "--provider",
+        "aws",
+        "--sandbox",
+        env={"KILN_JSON": "1", "AWS_ENDPOINT_URL": url},
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_a_sandbox_bake_makes_the_launch_template_version_and_writes_images_json(sandbox_images, tmp_path):
+    from controller.sandbox import sandbox_client
+
+    url = sandbox_images
+    ec2 = sandbox_client("ec2", "us-east-1", url)
+    base = sandbox_client("ssm", "us-east-1", url).get_parameter(Name=AL2023)["Parameter"]["Value"]
+    template_id = ec2.create_launch_template(
+        LaunchTemplateName="baked-lt", LaunchTemplateData={"ImageId": base, "InstanceType": "t3.micro"}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    publish = "    publish:\n      launch_templates: [{name: baked-lt, set_default: true}]\n"
+    baked_playbooks(tmp_path, "ltbaked", kiln_publish=publish)
+
+    proc = bake_in_sandbox(tmp_path, url, "ltbaked")
+
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    version = next(json.loads(line)["version"] for line in proc.stderr.splitlines() if '"event": "version"' in line)
+    ami = sandbox_client("ssm", "us-east-1", url).get_parameter(Name="/kiln/ltbaked/latest")["Parameter"]["Value"]
+    rows = ec2.describe_launch_template_versions(LaunchTemplateId=template_id)["LaunchTemplateVersions"]
+    made = {int(r["VersionNumber"]): r for r in rows}[2]
+    assert made["LaunchTemplateData"]["ImageId"] == ami
+    assert made["VersionDescription"] == f"kiln ltbaked {version}"
+    template = ec2.describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"][0]
+    assert int(template["DefaultVersionNumber"]) == 2
+    images = json.loads((tmp_path / "builds" / "images.json").read_text())
+    assert images["ltbaked"] == {version: {"us-east-1": {"x86_64": ami}}}
+
+
+@pytest.mark.slow
+def test_a_role_publish_naming_a_missing_template_is_refused_before_launch(sandbox_images, tmp_path):
+    """role.yml's publish: is accepted and checked before launch: exit 2 at its file:line:column, nothing launched."""
+    from controller.sandbox import sandbox_client
+
+    url = sandbox_images
+    baked_playbooks(tmp_path, "ltmissing", role_publish="publish:\n  launch_templates: [{name: lt-nowhere}]\n")
+
+    proc = bake_in_sandbox(tmp_path, url, "ltmissing")
+
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "roles/ltmissing/role.yml:5:" in proc.stdout and "launch template lt-nowhere exists in none" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    rows = sandbox_client("ec2", "us-east-1", url).describe_instances(
+        Filters=[{"Name": "tag:kiln:role", "Values": ["ltmissing"]}]
+    )["Reservations"]
+    assert not rows, "an instance was launched"
+
+
+@pytest.mark.slow
+def test_a_bake_with_consumers_and_the_test_stage_calls_only_what_the_iam_policy_allows(
+    sandbox_images, monkeypatch, tmp_path
+):
+    """The whole bake in-process (test stage, launch templates, retire's in_use), every call recorded."""
+    from controller.bake import bake
+    from controller.context import BakeOptions
+    from controller.providers.aws import make_aws_provider
+    from controller.sandbox import sandbox_client
+    from tests.aws_harness import ApiCalls, not_in_policy
+
+    url = sandbox_images
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    base = sandbox_client("ssm", "us-east-1", url).get_parameter(Name=AL2023)["Parameter"]["Value"]
+    sandbox_client("ec2", "us-east-1", url).create_launch_template(
+        LaunchTemplateName="iam-lt", LaunchTemplateData={"ImageId": base}
+    )
+    publish = "    publish:\n      launch_templates: [{name: iam-lt, set_default: true}]\n"
+    playbooks = baked_playbooks(tmp_path, "iamlt", kiln_publish=publish)
+    prov = make_aws_provider({"regions": ["us-east-1"]}, sandbox=True, state_dir=tmp_path / "builds")
+    calls = ApiCalls().install(prov.session)
+    try:
+        result = bake("iamlt", "aws", BakeOptions(builds_dir=tmp_path / "builds", playbooks_dir=playbooks), provider=prov)
+    finally:
+        prov.close()
+    assert result.exit_code == 0, result.error
+    assert "test image" in result.ctx.timings
+    assert {"ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate", "ec2:DescribeLaunchTemplates"} <= calls.actions
+    assert calls.calls.count("ec2:RunInstances") == 2, "the build machine and the test machine"
+    missing = not_in_policy(calls.actions)
+    assert not missing, f"the bake called actions docs/iam-policy.json lacks: {sorted(missing)}"
