@@ -604,12 +604,18 @@ def test_a_bake_with_consumers_and_the_test_stage_calls_only_what_the_iam_policy
     prov = make_aws_provider({"regions": ["us-east-1"]}, sandbox=True, state_dir=tmp_path / "builds")
     calls = ApiCalls().install(prov.session)
     try:
-        result = bake("iamlt", "aws", BakeOptions(builds_dir=tmp_path / "builds", playbooks_dir=playbooks), provider=prov)
+        result = bake(
+            "iamlt", "aws", BakeOptions(builds_dir=tmp_path / "builds", playbooks_dir=playbooks), provider=prov
+        )
     finally:
         prov.close()
     assert result.exit_code == 0, result.error
     assert "test image" in result.ctx.timings
-    assert {"ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate", "ec2:DescribeLaunchTemplates"} <= calls.actions
+    assert {
+        "ec2:CreateLaunchTemplateVersion",
+        "ec2:ModifyLaunchTemplate",
+        "ec2:DescribeLaunchTemplates",
+    } <= calls.actions
     assert calls.calls.count("ec2:RunInstances") == 2, "the build machine and the test machine"
     missing = not_in_policy(calls.actions)
     assert not missing, f"the bake called actions docs/iam-policy.json lacks: {sorted(missing)}"

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from controller.bake import stages_for
+from controller.config import load_config
+from controller.context import BakeOptions
+from controller.model import InvalidInput
 from controller.sandbox import local_images, sandbox_client
+from controller.stepfiles.compile import compile_role
 from tests.aws_harness import AL2023
 from tests.playbooks import build_ids, image_repo, invoke, left_behind, make_playbooks
-
-pytestmark = pytest.mark.slow
 
 IN_RUN_STEPS = """\
 - name: ready marker (in /run, a tmpfs)
@@ -70,7 +73,56 @@ def bake_local(tmp_path: Path, *flags: str):
     return invoke(tmp_path, "bake", "--role", "fresh", *flags, env={"KILN_JSON": "1"})
 
 
+# --- input: the check's on: key, build.test_image ----------------------------------------------
+def compiled_checks(playbooks: Path, role: str) -> list[dict]:
+    return compile_role(playbooks, role, "local", load_config(playbooks / "kiln.yaml")).checks
+
+
+def test_on_says_where_a_check_runs(tmp_path):
+    verify = "- file: /a\n  on: build\n- file: /b\n  on: image\n- file: /c\n- file: /d\n  on: both\n"
+    playbooks = make_playbooks(tmp_path, {"steps.yml": "", "verify.yml": verify}, role="where")
+    checks = compiled_checks(playbooks, "where")
+    assert [c.get("on", "both") for c in checks] == ["build", "image", "both", "both"]
+    assert [c["args"] for c in checks] == [{"path": p} for p in ("/a", "/b", "/c", "/d")], "on is not an attribute"
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("imag", "on must be one of both, build, image, got 'imag' (did you mean 'image'?)"),
+        ("[build]", "got ['build']"),
+    ],
+)
+def test_a_bad_on_is_invalid_input_at_its_value(tmp_path, value, message):
+    verify = f"- file: /etc/hostname\n  on: {value}\n"
+    playbooks = make_playbooks(tmp_path, {"steps.yml": "", "verify.yml": verify}, role="badon")
+    with pytest.raises(InvalidInput) as info:
+        compiled_checks(playbooks, "badon")
+    (found,) = info.value.diagnostics
+    assert found.file.endswith("roles/badon/verify.yml") and (found.line, found.column) == (2, 7)
+    assert message in found.message
+
+
+def test_build_test_image_is_a_boolean_defaulting_on(tmp_path):
+    path = tmp_path / "kiln.yaml"
+    assert load_config(path).test_image is True
+    path.write_text("build:\n  test_image: false\n")
+    assert load_config(path).test_image is False
+    path.write_text("build:\n  test_image: 0\n")
+    with pytest.raises(InvalidInput) as info:
+        load_config(path)
+    (found,) = info.value.diagnostics
+    assert (found.line, found.column) == (2, 15) and "build.test_image must be true or false, got 0" in found.message
+
+
+def test_the_test_stage_sits_between_snapshot_and_publish_unless_turned_off():
+    names = [s.name for s in stages_for(BakeOptions(), 3)]
+    assert names[names.index("snapshot") + 1 : names.index("publish")] == ["test image"]
+    assert "test image" not in [s.name for s in stages_for(BakeOptions(test_image=False), 3)]
+
+
 # --- local -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_check_only_the_build_machine_passes_fails_the_bake_and_removes_the_image(engine, tmp_path):
     """on: build lets the /run check pass; the same check run on the fresh machine too fails the bake:
     exit 1, the check named as failed on the fresh machine, no image, no container, latest unmoved."""
@@ -96,6 +148,7 @@ def test_a_check_only_the_build_machine_passes_fails_the_bake_and_removes_the_im
     assert not list((tmp_path / "state" / "versions" / "fresh").iterdir()), "the build record was not released"
 
 
+@pytest.mark.slow
 def test_no_test_skips_the_stage(engine, tmp_path):
     make_playbooks(tmp_path, {"steps.yml": IN_RUN_STEPS, "verify.yml": IN_RUN_CHECK}, role="fresh")
     proc = bake_local(tmp_path, "--no-test")
@@ -105,6 +158,7 @@ def test_no_test_skips_the_stage(engine, tmp_path):
     assert not left_behind(engine, proc.stderr)
 
 
+@pytest.mark.slow
 def test_build_test_image_false_in_kiln_yaml_skips_the_stage(engine, tmp_path):
     make_playbooks(
         tmp_path,
@@ -117,6 +171,7 @@ def test_build_test_image_false_in_kiln_yaml_skips_the_stage(engine, tmp_path):
     assert "test image" not in stages_run(proc.stderr)
 
 
+@pytest.mark.slow
 def test_a_good_role_passes_its_checks_on_the_fresh_machine(engine, tmp_path):
     """The fresh machine really ran the checks: on: image ones there only, on: build ones on the build
     machine only (each would fail on the other), and it is gone afterwards."""
@@ -210,6 +265,7 @@ def temporaries_of(url: str, build_id: str) -> dict[str, list[str]]:
     }
 
 
+@pytest.mark.slow
 def test_sandbox_fresh_instance_from_the_new_ami_fails_the_bake_and_the_ami_goes(sandbox, engine, tmp_path):
     url = sandbox
     make_playbooks(
