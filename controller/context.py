@@ -52,6 +52,8 @@ class BakeContext:
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     #: which of the bake's machines this context launches: ``build``, or ``test`` (a fresh one from the new image)
     machine: str = "build"
+    #: the architecture this context builds ("": the provider's only one); see ``variants``
+    arch: str = ""
     # filled in by the stages, in order
     version: str = ""
     base: BaseImage | None = None
@@ -71,6 +73,9 @@ class BakeContext:
     published: list[Image] = field(default_factory=list)
     retired: list[Image] = field(default_factory=list)
     previous_latest: str = ""  # what `latest` pointed to before publish (for its undo)
+    #: a bake of several architectures: one context per architecture, each with its own machine and image,
+    #: all under this context's one version (controller/stages/architectures.py)
+    variants: list[BakeContext] = field(default_factory=list)
     # bookkeeping
     current_stage: str = ""
     succeeded: bool = False
@@ -86,11 +91,17 @@ class BakeContext:
     @property
     def machine_name(self) -> str:
         """The name of this bake's machine (and of its key pair and security group): unique per build and machine."""
-        return f"kiln-{self.machine}-{self.build_id}"
+        return f"kiln-{self.machine}-{self.build_id}" + (f"-{self.arch}" if self.arch not in ("", "x86_64") else "")
 
     @property
     def keep_instance(self) -> bool:
         return not self.succeeded and self.options.keep_on_error and not self.failure.startswith("interrupted")
+
+    def images_made(self) -> list[Image]:
+        """The bake's new images: one, or one per architecture (``variants``)."""
+        if self.variants:
+            return [v.image for v in self.variants if v.image is not None]
+        return [self.image] if self.image is not None else []
 
     def labels(self) -> dict[str, str]:
         """The build metadata every provider writes (as labels or tags) on the image."""

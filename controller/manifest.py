@@ -81,5 +81,16 @@ def entries_for(ctx: BakeContext) -> list[dict[str, Any]]:
         "steps": ctx.apply_counts.as_dict(), "checks": ctx.checks, "packages": len(ctx.packages),
         "timings": ctx.timings,
     }
-    return [dict(common, region=image.region, image_id=image.id, image_name=image.name, status="published")
-            for image in ctx.published]
+    return [dict(common, region=image.region, image_id=image.id, image_name=image.name, status="published",
+                 **of_architecture(ctx, image)) for image in ctx.published]
+
+
+def of_architecture(ctx: BakeContext, image: Image) -> dict[str, Any]:
+    """An image of a bake of several architectures: its arch, and its own base, inputs hash and counts."""
+    arch = image.extra.get("arch")
+    variant = next((v for v in ctx.variants if v.arch == arch), None)
+    if variant is None:
+        return {"arch": arch} if arch else {}
+    return {"arch": arch, "base": {"id": variant.base.id, "name": variant.base.name} if variant.base else None,
+            "inputs_hash": variant.inputs_hash, "steps": variant.apply_counts.as_dict(), "checks": variant.checks,
+            "packages": len(variant.packages)}

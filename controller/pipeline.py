@@ -81,14 +81,17 @@ def signals_deferred() -> Iterator[list[str]]:
             signal.signal(sig, old)
 
 
-def run_stages(stages: list[Stage], ctx: BakeContext) -> None:
-    """Run ``stages`` in order; unwind every started one in reverse. Raises on failure."""
+def run_stages(stages: list[Stage], ctx: BakeContext, cancel: threading.Event | None = None) -> None:
+    """Run ``stages`` in order; unwind every started one in reverse. Raises on failure.
+
+    ``cancel`` (besides :data:`CANCEL`) stops the run at its next stage: one architecture's chain
+    of a bake stops when another's failed (controller/stages/architectures.py)."""
     started: list[Stage] = []
     error: BaseException | None = None
     try:
         with signals_interrupt():
             for stage in stages:
-                if CANCEL.is_set():
+                if CANCEL.is_set() or (cancel is not None and cancel.is_set()):
                     raise Interrupted("cancelled")
                 started.append(stage)
                 ctx.current_stage = stage.name

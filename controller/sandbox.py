@@ -419,6 +419,12 @@ def make_sandbox_provider(
     if sandbox.embedded:
         atexit.register(plane.cleanup)
     log.info("sandbox", endpoint=sandbox.endpoint_url, embedded=sandbox.embedded, regions=settings.regions)
+    if settings.architectures != ["x86_64"]:
+        log.info(
+            "sandbox: every architecture's instances run as local x86_64 containers (moto keeps each AMI's "
+            "Architecture; the machines themselves are this host's)",
+            architectures=settings.architectures,
+        )
     return provider
 
 

@@ -17,7 +17,9 @@ plane (controller/sandbox.py); only the endpoint and the SSH address differ.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,8 +37,10 @@ from controller.ownership import BuildClaim
 from controller.providers.aws_images import AmiLifecycle, ImageWaitTimeout
 from controller.providers.aws_settings import AwsSettings, parse_settings
 from controller.providers.aws_support import (
+    ARCH,
     BUILD_ID,
     CAPACITY_ERRORS,
+    DEFAULT_ARCH,
     EXPIRES,
     ROLE,
     TEMPORARY,
@@ -59,7 +63,7 @@ from controller.providers.aws_support import (
     user_data,
     versions_path,
 )
-from controller.providers.base import Lock, ProviderError
+from controller.providers.base import Lock, ProviderError, UnknownBase
 from controller.ssh import HostKeyExpectation
 from controller.versions import next_version
 
@@ -90,6 +94,36 @@ if command -v cloud-init >/dev/null 2>&1; then
 fi
 rm -f /var/lib/dhclient/*.lease* /var/lib/dhcp/*.lease* /var/lib/NetworkManager/*.lease 2>/dev/null || true
 """
+
+
+def with_arch(spec: Any, arch: str) -> Any:
+    """The base spec with ``{arch}`` in its strings replaced (one role.yml names every architecture's base)."""
+    if isinstance(spec, str):
+        return spec.replace("{arch}", arch)
+    if isinstance(spec, dict):
+        return {key: with_arch(value, arch) for key, value in spec.items()}
+    if isinstance(spec, list):
+        return [with_arch(value, arch) for value in spec]
+    return spec
+
+
+_ARCH_WORDS = re.compile(r"x86_64|arm64|i386")
+
+
+def closest_names(name: str, names: list[str], count: int = 5) -> list[str]:
+    """The ``count`` names nearest ``name``: sharing its release numbers (2023 of amzn2023) first, then its
+    architecture, then by difflib's ratio of the last path part."""
+    leaf = name.rsplit("/", 1)[-1]
+
+    def marks(text: str) -> set[str]:
+        return set(re.findall(r"\d{3,}", _ARCH_WORDS.sub("", text)))
+
+    def rank(candidate: str) -> tuple[int, bool, float]:
+        other = candidate.rsplit("/", 1)[-1]
+        same_arch = set(_ARCH_WORDS.findall(leaf)) == set(_ARCH_WORDS.findall(other))
+        return len(marks(leaf) & marks(other)), same_arch, difflib.SequenceMatcher(None, leaf, other).ratio()
+
+    return sorted(names, key=rank, reverse=True)[:count]
 
 
 def make_aws_provider(
@@ -189,8 +223,20 @@ class AwsProvider(AmiLifecycle):
         self.ec2(region).get_waiter(name).wait(InstanceIds=ids, WaiterConfig={"Delay": delay, "MaxAttempts": attempts})
 
     # --- base image ------------------------------------------------------------------
-    def resolve_base(self, spec: Any) -> BaseImage:
-        """A pinned ``ami``, an ``ssm_parameter`` (e.g. AWS's public latest-AMI parameters) or a ``filter``."""
+    @property
+    def architectures(self) -> list[str]:
+        """What one bake makes an AMI of each (``providers.aws.architectures``)."""
+        return list(self.settings.architectures)
+
+    def resolve_base(self, spec: Any, arch: str = "") -> BaseImage:
+        """A pinned ``ami``, an ``ssm_parameter`` (e.g. AWS's public latest-AMI parameters) or a ``filter``.
+
+        ``{arch}`` in the spec becomes ``arch`` (x86_64 when none is given); with ``arch`` the base
+        must be of that architecture (a filter without one gets it)."""
+        written = spec
+        spec = with_arch(spec, arch or DEFAULT_ARCH)
+        if arch and isinstance(spec, dict) and isinstance(spec.get("filter"), dict):
+            spec = {**spec, "filter": {"architecture": arch, **spec["filter"]}}
         if not spec:
             raise ProviderError(
                 "the role has no AWS base image: set base: {aws: {ssm_parameter: /aws/service/...}} "
@@ -213,7 +259,7 @@ class AwsProvider(AmiLifecycle):
                 value = self.ssm().get_parameter(Name=name)["Parameter"]["Value"]
             except ClientError as exc:
                 if error_code(exc) == "ParameterNotFound":
-                    raise ProviderError(f"no base image: SSM parameter {name} does not exist in {region}") from exc
+                    raise self._unknown_parameter(name, written) from exc
                 raise ProviderError(f"reading SSM parameter {name} in {region} failed: {exc}") from exc
             image = self._describe_base(value, f"{name} ({value})")
         else:
@@ -226,10 +272,41 @@ class AwsProvider(AmiLifecycle):
             )
         if image.get("State", "available") != "available":
             raise ProviderError(f"base image {image['ImageId']} is {image.get('State')}, not available")
+        if arch and image.get("Architecture", arch) != arch:
+            raise ProviderError(
+                f"base image {image['ImageId']} ({image.get('Name', '')}) is {image.get('Architecture')}, but this "
+                f"build is {arch}: template the base by {{arch}} (e.g. .../al2023-ami-kernel-default-{{arch}})"
+            )
         self._remember_root(image)
         return BaseImage(
             id=image["ImageId"], name=image.get("Name", image["ImageId"]), spec=json.dumps(spec, sort_keys=True)
         )
+
+    def _unknown_parameter(self, name: str, written: Any) -> UnknownBase:
+        """The parameter does not exist: say which names do, closest first, under the same path."""
+        parent = name.rsplit("/", 1)[0] or "/"
+        try:
+            names = self._parameter_names(parent)
+        except ClientError as exc:
+            names = []
+            log.warning("could not list the parameters beside the missing one", path=parent, error=str(exc))
+        closest = closest_names(name, names)
+        listed = "; the closest that exist: " + ", ".join(closest) if closest else f" (nothing under {parent})"
+        text = written.get("ssm_parameter", name) if isinstance(written, dict) else str(written)
+        return UnknownBase(
+            f"base.aws: SSM parameter {name} does not exist in {self.build_region}{listed}",
+            written=str(text).removeprefix("resolve:ssm:"),
+        )
+
+    def _parameter_names(self, path: str, pages: int = 50) -> list[str]:
+        """The parameter names directly under ``path`` (at most ``pages`` pages of them)."""
+        names: list[str] = []
+        paginator = self.ssm().get_paginator("get_parameters_by_path")
+        for i, page in enumerate(paginator.paginate(Path=path, Recursive=False)):
+            names += [p["Name"] for p in page["Parameters"]]
+            if i + 1 >= pages:
+                break
+        return names
 
     def _describe_base(self, image_id: str, what: str) -> dict[str, Any]:
         try:
@@ -367,10 +444,10 @@ class AwsProvider(AmiLifecycle):
             return []
         found, waiting = [], False
         for region in self.settings.regions:
-            latest = self.latest(region, role)
+            latest = self.latest_ids(region, role)  # latest/arm64 too
             for row in self._images_of_build(region, claim.build_id):
                 where = f"AMI {row['ImageId']} in {region} (unpublished {role} {version} of {claim.describe()})"
-                if row["ImageId"] == latest:
+                if row["ImageId"] in latest:
                     log.warning(
                         "an AMI of an unfinished build is latest; left alone",
                         image=row["ImageId"],
@@ -549,6 +626,7 @@ class AwsProvider(AmiLifecycle):
             BUILD_ID: ctx.build_id,
             EXPIRES: iso(ctx.expires),
             ROLE: ctx.role,
+            **({ARCH: ctx.arch} if ctx.arch else {}),  # which of the bake's machines, with machine_name
         }
 
     def launch(self, ctx: BakeContext) -> Instance:
@@ -702,7 +780,7 @@ class AwsProvider(AmiLifecycle):
 
     def _run_instance(self, ctx: BakeContext, inst: Instance, group: str, tags: dict[str, str]) -> None:
         params = self.run_parameters(ctx, group, tags)
-        types = self.settings.instance_types
+        types = self.settings.instance_types_for(ctx.arch)
         inst.extra["launching"] = True  # until the id is known, terminate() looks the instance up by build id
         for i, instance_type in enumerate(types):
             try:
@@ -842,7 +920,7 @@ class AwsProvider(AmiLifecycle):
         ec2 = self.ec2(region)
         ids = [instance.id] if instance.id else []
         if instance.extra.get("launching") and ctx is not None:
-            ids += [i for i in self._instances_of_build(region, ctx.build_id, ctx.machine) if i not in ids]
+            ids += [i for i in self._instances_of_build(region, ctx.build_id, ctx.machine, ctx.arch) if i not in ids]
         if ids:
             try:
                 ec2.terminate_instances(InstanceIds=ids)
@@ -888,9 +966,11 @@ class AwsProvider(AmiLifecycle):
         except Exception as exc:  # the data plane must never stop the cleanup
             log.error("data plane hook failed", hook=getattr(hook, "__name__", str(hook)), error=str(exc))
 
-    def _instances_of_build(self, region: str, build_id: str, machine: str = "") -> list[str]:
-        """The build's live instances (``machine``: only that one of its machines, by its Name tag)."""
+    def _instances_of_build(self, region: str, build_id: str, machine: str = "", arch: str = "") -> list[str]:
+        """The build's live instances (``machine``: only that one of its machines, by its Name tag;
+        ``arch``: only that architecture's)."""
         named = [{"Name": "tag:Name", "Values": [f"kiln-{machine}-*-{build_id}"]}] if machine else []
+        named += [{"Name": f"tag:{ARCH}", "Values": [arch]}] if arch else []
         try:
             rows = self.ec2(region).describe_instances(
                 Filters=named

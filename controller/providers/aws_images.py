@@ -24,7 +24,9 @@ from controller.model import Image, Instance
 from controller.ownership import BuildClaim
 from controller.providers.aws_settings import AwsSettings
 from controller.providers.aws_support import (
+    ARCH,
     BUILD_ID,
+    DEFAULT_ARCH,
     ROLE,
     VERSION,
     DataPlane,
@@ -47,6 +49,27 @@ from controller.providers.base import ProviderError
 from controller.versions import sort_key
 
 log = structlog.get_logger("kiln.aws")
+
+
+def image_name(role: str, version: str, arch: str = "") -> str:
+    """``kiln-<role>-<version>``; another architecture's AMI of the version adds it (AMI names are unique)."""
+    return f"kiln-{role}-{version}" + ("" if arch in ("", DEFAULT_ARCH) else f"-{arch}")
+
+
+def arch_of(image: Image) -> str:
+    return str(image.extra.get("arch") or DEFAULT_ARCH)
+
+
+def arch_suffix(image: Image) -> str:
+    """Nothing for x86_64, ``-arm64`` for arm64: keeps one architecture's names and tokens apart from another's."""
+    return "" if arch_of(image) == DEFAULT_ARCH else f"-{arch_of(image)}"
+
+
+def beyond_retention(images: list[Image], region: str, keep: int) -> list[Image]:
+    """The images of ``region`` beyond the newest ``keep`` versions, counted per architecture
+    (``images`` newest first: a version has one AMI per architecture)."""
+    here = [i for i in images if i.region == region]
+    return [i for arch in dict.fromkeys(map(arch_of, here)) for i in [j for j in here if arch_of(j) == arch][keep:]]
 
 
 class ImageWaitTimeout(ProviderError):
@@ -97,6 +120,7 @@ class AmiLifecycle:
         tags = {"Name": name, **self.settings.tags}
         tags.update({f"kiln:{key}": value for key, value in ctx.labels().items()})
         tags.update({"kiln:kiln-version": kiln_version(), "kiln:base-name": ctx.base.name if ctx.base else ""})
+        tags[ARCH] = ctx.arch or DEFAULT_ARCH
         return tags
 
     def image_mappings(self, inst: Instance) -> list[dict[str, Any]]:
@@ -118,7 +142,7 @@ class AmiLifecycle:
         inst = ctx.instance
         region = inst.region
         ec2 = self.ec2(region)
-        name = f"kiln-{ctx.role}-{ctx.version}"
+        name = image_name(ctx.role, ctx.version, ctx.arch)
         tags = self.image_tags(ctx, name)
         description = f"kiln {ctx.role} {ctx.version}: {ctx.compiled.description}"[:255]
         params = {
@@ -158,7 +182,7 @@ class AmiLifecycle:
             base=ctx.base.id,
             inputs_hash=ctx.inputs_hash,
             status="pending",
-            extra={"tags": tags},
+            extra={"tags": tags, "arch": tags[ARCH]},
         )
         ctx.image = image  # owned from here: the stage's undo deregisters it if the bake fails
         self._safely(self.data_plane.image_created, region, inst.id, image.id)
@@ -295,6 +319,7 @@ class AmiLifecycle:
                 "snapshots": snapshot_ids(row),
                 "build_id": tags.get(BUILD_ID, ""),
                 "deprecation_time": row.get("DeprecationTime", ""),
+                "arch": tags.get(ARCH) or row.get("Architecture") or DEFAULT_ARCH,
             },
         )
 
@@ -346,15 +371,18 @@ class AmiLifecycle:
         """
         s = self.settings
         published = ctx.published
-        published.append(image)
+        originals = [i for i in ctx.images_made() if i is not image]
+        originals.insert(0, image)  # and, baking several architectures, each one's AMI of the version
+        published.extend(originals)
         targets = [r for r in s.regions if r != image.region]
         for region in targets:  # clients are made here: creating them is not thread-safe
             self.ec2(region)
             self.ssm(region)
         if targets:
             stop = threading.Event()
-            pool = ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="kiln-copy")
-            futures = [pool.submit(self._copy_to, ctx, image, region, stop, published) for region in targets]
+            copies = [(original, region) for original in originals for region in targets]
+            pool = ThreadPoolExecutor(max_workers=len(copies), thread_name_prefix="kiln-copy")
+            futures = [pool.submit(self._copy_to, ctx, one, region, stop, published) for one, region in copies]
             try:
                 for future in futures:
                     future.result()
@@ -364,7 +392,7 @@ class AmiLifecycle:
                 raise
             pool.shutdown(wait=True)
         order = {region: i for i, region in enumerate(s.regions)}
-        images = sorted(published, key=lambda i: order.get(i.region, 99))
+        images = sorted(published, key=lambda i: (order.get(i.region, 99), arch_of(i) != DEFAULT_ARCH, arch_of(i)))
         permissions = s.share.launch_permissions()
         if permissions:
             for img in images:
@@ -382,14 +410,15 @@ class AmiLifecycle:
         return images
 
     def _move_latest(self, ctx: BakeContext, img: Image) -> None:
-        """Point ``latest`` in the image's region to it, unless it already names a newer version."""
-        current = self.latest(img.region, ctx.role)
+        """Point ``latest`` (of the image's architecture) in its region to it, unless it names a newer version."""
+        current = self.latest(img.region, ctx.role, arch_of(img))
         current_version = self._version_of(img.region, current) if current else ""
         if current_version and sort_key(current_version) >= sort_key(ctx.version):
             log.warning(
                 "latest stayed at the newer version",
                 role=ctx.role,
                 region=img.region,
+                arch=arch_of(img),
                 latest=current_version,
                 version=ctx.version,
                 image=img.id,
@@ -397,12 +426,12 @@ class AmiLifecycle:
             return
         img.extra["previous_latest"] = current
         self.ssm(img.region).put_parameter(
-            Name=latest_parameter(ctx.role),
+            Name=latest_parameter(ctx.role, arch_of(img)),
             Value=img.id,
             Type="String",
             DataType="aws:ec2:image",
             Overwrite=True,
-            Description=f"kiln: latest {ctx.role} ({ctx.version})",
+            Description=f"kiln: latest {ctx.role} ({ctx.version}, {arch_of(img)})",
         )
         img.latest, img.status = True, "latest"
 
@@ -488,7 +517,7 @@ class AmiLifecycle:
             SourceRegion=image.region,
             Name=image.name,
             Description=f"kiln {ctx.role} {ctx.version} (copy of {image.id} in {image.region})",
-            ClientToken=f"kiln-{ctx.build_id}-{region}"[:64],
+            ClientToken=f"kiln-{ctx.build_id}-{region}{arch_suffix(image)}"[:64],
             TagSpecifications=[tag_spec("image", tags)],
             **kwargs,
         )
@@ -503,7 +532,7 @@ class AmiLifecycle:
             base=image.base,
             inputs_hash=image.inputs_hash,
             status="pending",
-            extra={"tags": tags, "source": image.id},
+            extra={"tags": tags, "source": image.id, "arch": arch_of(image)},
         )
         published.append(copy)
         self._safely(self.data_plane.image_copied, image.region, image.id, region, copy.id)
@@ -513,16 +542,27 @@ class AmiLifecycle:
         self._finish_image(region, copy.id, described, tags)
         copy.status = "available"
         copy.extra["snapshots"] = snapshot_ids(described)
-        log.info("copied", region=region, image=copy.id)
+        log.info("copied", region=region, image=copy.id, arch=arch_of(copy))
         return copy
 
-    def latest(self, region: str, role: str) -> str:
+    def latest(self, region: str, role: str, arch: str = "") -> str:
+        """What ``latest`` of ``arch`` (x86_64 when none) names in ``region`` ("" when there is none)."""
         try:
-            return self.ssm(region).get_parameter(Name=latest_parameter(role))["Parameter"]["Value"]
+            return self.ssm(region).get_parameter(Name=latest_parameter(role, arch))["Parameter"]["Value"]
         except ClientError as exc:
             if error_code(exc) == "ParameterNotFound":
                 return ""
             raise
+
+    def latest_ids(self, region: str, role: str) -> set[str]:
+        """Every AMI a ``latest`` parameter of ``role`` names in ``region``, whatever its architecture
+        (``latest/arm64`` too, even of an architecture kiln.yaml no longer bakes)."""
+        name = latest_parameter(role)
+        ssm = self.ssm(region)
+        found = {p["Value"] for p in ssm.get_parameters(Names=[name])["Parameters"]}
+        for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=name, Recursive=True):
+            found |= {p["Value"] for p in page["Parameters"]}
+        return found
 
     def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
         """Put ``latest`` back where it was (where it still names this bake's AMI) and remove the copies.
@@ -543,10 +583,10 @@ class AmiLifecycle:
                     error=str(exc),
                     previous={img.region: img.extra["previous_latest"] or "(delete it)" for img in moved},
                 )
-        own = ctx.image.id if ctx.image else ""
+        own = {i.id for i in ctx.images_made()} | ({ctx.image.id} if ctx.image else set())
         for img in images:
-            if img.id == own:
-                continue  # the snapshot stage's undo removes the original
+            if img.id in own:
+                continue  # the snapshot stage's undo removes the originals
             try:
                 self.remove_image(img.region, img.id)
                 log.info("AMI copy removed", image=img.id, region=img.region)
@@ -556,8 +596,8 @@ class AmiLifecycle:
                 )
 
     def _restore_latest(self, role: str, img: Image) -> None:
-        name = latest_parameter(role)
-        if self.latest(img.region, role) != img.id:
+        name = latest_parameter(role, arch_of(img))
+        if self.latest(img.region, role, arch_of(img)) != img.id:
             return
         previous = img.extra["previous_latest"]
         if previous:
@@ -574,12 +614,15 @@ class AmiLifecycle:
             rows = self.ec2(region).describe_images(
                 Owners=["self"], Filters=[{"Name": f"tag:{ROLE}", "Values": [role]}]
             )["Images"]
-            latest = self.latest(region, role)
+            latest: dict[str, str] = {}  # arch -> what its latest names here
             for row in rows:
                 image = self._image_from(row, region, role)
                 if not image.version:
                     continue
-                image.latest = image.id == latest
+                arch = arch_of(image)
+                if arch not in latest:
+                    latest[arch] = self.latest(region, role, arch)
+                image.latest = image.id == latest[arch]
                 if image.latest:
                     image.status = "latest"
                 found.append(image)
@@ -597,7 +640,7 @@ class AmiLifecycle:
         in_use = consumers.in_use(self, role)
         retired = []
         for region in self.settings.regions:
-            for image in [i for i in images if i.region == region][keep:]:
+            for image in beyond_retention(images, region, keep):
                 if image.latest or image.id in in_use:
                     if not image.latest:
                         log.info("kept beyond retention: in use", role=role, version=image.version, image=image.id)

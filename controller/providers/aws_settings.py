@@ -25,6 +25,10 @@ ORG_ARN_RE = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:organization/o-[
 OU_ARN_RE = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$")
 DEVICE_RE = re.compile(r"^/dev/(sd[b-z]|xvd[b-z]|xvd[a-z][a-z]?|sd[a-z][a-z]?)$")
 EPHEMERAL_RE = re.compile(r"^ephemeral([0-9]|1[0-9]|2[0-3])$")
+DEFAULT_ARCH = "x86_64"
+ARCHITECTURES = ("x86_64", "arm64")
+#: instance types when kiln.yaml names none: small burstable ones (Graviton for arm64)
+DEFAULT_INSTANCE_TYPES = {"x86_64": ["t3.small"], "arm64": ["t4g.small"]}
 
 TOP_KEYS = (
     "regions",
@@ -49,6 +53,8 @@ TOP_KEYS = (
     "ena_support",
     "lock_lease",
     "virtualization_type",
+    "root_device_type",
+    "architectures",
     "publish",  # the new image's consumers: checked and used by controller/consumers
 )
 SSH_KEYS = ("address", "user", "cidrs", "security_group_id", "host", "port", "host_key_policy", "console_timeout")
@@ -154,11 +160,18 @@ class AwsSettings:
     tags: dict[str, str] = field(default_factory=dict)
     user_data: str = ""
     ena_support: bool = True
+    root_device_type: str = "ebs"  # the only kind kiln makes (create_image); instance-store is refused
     lock_lease: float = 120.0  # a held lock's expiry, renewed every third of it while its holder lives
+    architectures: list[str] = field(default_factory=lambda: [DEFAULT_ARCH])  # one AMI of each per version
+    types_by_arch: dict[str, list[str]] = field(default_factory=dict)  # instance_types as a mapping
 
     @property
     def build_region(self) -> str:
         return self.regions[0]
+
+    def instance_types_for(self, arch: str) -> list[str]:
+        """The instance types tried, in order, for a build machine of ``arch`` ("" : the only architecture)."""
+        return self.types_by_arch.get(arch or self.architectures[0]) or self.instance_types
 
     @property
     def encrypted(self) -> bool:
@@ -284,6 +297,81 @@ def _volume(data: Any, path: tuple[Any, ...], diag: DiagFn, problems: list[Diagn
     return vol
 
 
+def _architectures(r: _Reader) -> list[str]:
+    """``architectures``: x86_64 and/or arm64, each once; the first is the one ``latest`` alone has always named."""
+    arches = r.strings("architectures", [DEFAULT_ARCH])
+    for i, arch in enumerate(arches):
+        if arch not in ARCHITECTURES:
+            r.fail(
+                ("architectures", i),
+                f"architectures: '{arch}' is not one kiln bakes ({', '.join(ARCHITECTURES)})"
+                f"{did_you_mean(arch, list(ARCHITECTURES))}",
+            )
+    if not arches:
+        r.fail(("architectures",), "providers.aws.architectures needs at least one architecture")
+    if len(set(arches)) != len(arches):
+        r.fail(("architectures",), "providers.aws.architectures lists an architecture twice")
+    return [a for a in dict.fromkeys(arches) if a in ARCHITECTURES] or [DEFAULT_ARCH]
+
+
+def _types_by_arch(r: _Reader, arches: list[str]) -> dict[str, list[str]]:
+    """``instance_types: {x86_64: [t3.micro], arm64: [t4g.micro]}``: one list per architecture baked."""
+    mapping = r.data["instance_types"]
+    found: dict[str, list[str]] = {}
+    for arch in mapping:
+        if arch not in arches:
+            r.fail(
+                ("instance_types", arch),
+                f"instance_types: '{arch}' is not one of architectures ({', '.join(arches)})"
+                f"{did_you_mean(str(arch), arches)}",
+            )
+    sub = _Reader(
+        {k: v for k, v in mapping.items() if k in arches},
+        (*r.path, "instance_types"),
+        r.diag,
+        r.problems,
+        tuple(arches),
+    )
+    for arch in arches:
+        found[arch] = sub.strings(arch, DEFAULT_INSTANCE_TYPES[arch] if arch not in mapping else [])
+        if not found[arch]:
+            sub.fail((arch,), f"instance_types.{arch} needs at least one instance type")
+            found[arch] = DEFAULT_INSTANCE_TYPES[arch]
+    return found
+
+
+def _one_list_for_one_architecture(r: _Reader, s: AwsSettings) -> None:
+    """The list form of instance_types fits one architecture; several need one list each."""
+    key = "instance_type" if "instance_type" in r.data else "instance_types"
+    if key in r.data and not s.instance_types:
+        r.fail((key,), "providers.aws.instance_types needs at least one instance type")
+    if len(s.architectures) > 1 and key in r.data:
+        example = ", ".join(f"{a}: [{DEFAULT_INSTANCE_TYPES[a][0]}]" for a in s.architectures)
+        r.fail(
+            (key,),
+            f"{key} is one list, but {len(s.architectures)} architectures are baked: give each its own, "
+            f"e.g. instance_types: {{{example}}}",
+        )
+    if not s.instance_types or len(s.architectures) > 1:
+        s.types_by_arch = {a: list(DEFAULT_INSTANCE_TYPES[a]) for a in s.architectures}
+        s.instance_types = s.types_by_arch[s.architectures[0]]
+
+
+def _root_device_type(r: _Reader) -> str:
+    """``ebs`` only: instance-store-backed AMIs need the legacy bundle tools and an S3 upload."""
+    value = r.string("root_device_type", "ebs")
+    if value == "instance-store":
+        r.fail(
+            ("root_device_type",),
+            "root_device_type 'instance-store' is refused: instance-store-backed AMIs are made with the legacy "
+            "AMI tools (ec2-bundle-vol, ec2-upload-bundle to S3, register-image), not create_image; bake an "
+            "EBS-backed AMI and map instance-store volumes with ephemeral_volumes (docs/aws.md)",
+        )
+    elif value != "ebs":
+        r.fail(("root_device_type",), f"root_device_type must be ebs (the default), got {value!r}")
+    return "ebs"
+
+
 def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
     """Read and check ``providers.aws``; raise InvalidInput listing every problem."""
     raw = raw or {}
@@ -301,10 +389,14 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
     s.profile = r.string("profile")
     if "instance_type" in raw and "instance_types" in raw:
         r.fail(("instance_type",), "set instance_types (a list tried in order) or instance_type, not both")
-    s.instance_types = r.strings("instance_types", r.strings("instance_type", s.instance_types))
-    if not s.instance_types:
-        r.fail(("instance_types",), "providers.aws.instance_types needs at least one instance type")
-        s.instance_types = ["t3.small"]
+    s.architectures = _architectures(r)
+    if isinstance(raw.get("instance_types"), dict):
+        s.types_by_arch = _types_by_arch(r, s.architectures)
+        s.instance_types = s.types_by_arch[s.architectures[0]]
+    else:
+        s.instance_types = r.strings("instance_types", r.strings("instance_type", []))
+        _one_list_for_one_architecture(r, s)
+    s.root_device_type = _root_device_type(r)
     s.subnet_id = r.string("subnet_id")
     s.associate_public_ip = r.boolean("associate_public_ip", None)
     s.iam_instance_profile = r.string("iam_instance_profile")

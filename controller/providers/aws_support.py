@@ -30,6 +30,8 @@ BUILD_ID = "kiln:build-id"
 EXPIRES = "kiln:expires"
 ROLE = "kiln:role"
 VERSION = "kiln:version"
+ARCH = "kiln:arch"
+DEFAULT_ARCH = "x86_64"  # the architecture ``/kiln/<role>/latest`` names; the others have ``latest/<arch>``
 
 # Errors that mean "this instance type cannot be had here now": try the next one.
 CAPACITY_ERRORS = frozenset(
@@ -64,8 +66,9 @@ def iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
 
 
-def latest_parameter(role: str) -> str:
-    return f"/kiln/{role}/latest"
+def latest_parameter(role: str, arch: str = "") -> str:
+    """``/kiln/<role>/latest`` for x86_64 (as it always was), ``/kiln/<role>/latest/<arch>`` for the others."""
+    return f"/kiln/{role}/latest" + ("" if arch in ("", DEFAULT_ARCH) else f"/{arch}")
 
 
 def versions_path(role: str) -> str:

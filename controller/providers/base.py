@@ -17,6 +17,15 @@ class ProviderError(RuntimeError):
     """The engine or the cloud failed (exit status 1)."""
 
 
+class UnknownBase(ProviderError):
+    """The role's base names something that does not exist (e.g. a misspelt SSM parameter): invalid input
+    (exit status 2), found before anything is launched. ``written`` is the name as role.yml has it."""
+
+    def __init__(self, message: str, written: str) -> None:
+        super().__init__(message)
+        self.written = written
+
+
 @dataclass(frozen=True)
 class Lock:
     """The answer to ``acquire_lock``: truthy when held; ``took_over`` names a stale holder replaced."""

@@ -16,8 +16,9 @@ log = structlog.get_logger("kiln.stage")
 HYGIENE = r"""
 set -e
 python3 {agent} packages
-sed -i '/ kiln-build-{build_id}$/d' /root/.ssh/authorized_keys 2>/dev/null || true
-for home in /home/*; do sed -i '/ kiln-build-{build_id}$/d' "$home/.ssh/authorized_keys" 2>/dev/null || true; done
+# the bake's key: named after the build, with its architecture beyond x86_64 (kiln-build-<id>-arm64)
+sed -i -E '/ kiln-build-{build_id}(-[a-z0-9_]+)?$/d' /root/.ssh/authorized_keys 2>/dev/null || true
+for home in /home/*; do sed -i -E '/ kiln-build-{build_id}(-[a-z0-9_]+)?$/d' "$home/.ssh/authorized_keys" 2>/dev/null || true; done
 rm -rf {run_dir}
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
