@@ -226,3 +226,60 @@ def test_three_shards_bake_each_role_once_and_keep_chains_whole(engine, tmp_path
     assert len(merged["runners"]) == RUNNERS
     assert_baked_once(url, merged, "s", set(SHAPE))
     assert_dependencies_first(dirs, "s")
+
+
+def launched(url: str, role: str) -> int:
+    """Build machines moto ever launched for ``role`` (terminated ones stay listed)."""
+    rows = sandbox_client("ec2", REGION, url).describe_instances(Filters=[{"Name": "tag:kiln:role", "Values": [role]}])[
+        "Reservations"
+    ]
+    return sum(len(r["Instances"]) for r in rows)
+
+
+def test_a_role_failing_on_one_runner_is_not_baked_again_and_its_dependent_waits(engine, tmp_path):
+    """fx fails (slowly) on whichever runner takes it; the other, finding it held, waits for it
+    instead of baking its dependent fy at once, then finds it let go still changed: fx is not
+    baked a second time, and fy is never launched (the runner that failed fx reports it)."""
+    url = os.environ["AWS_ENDPOINT_URL"]  # set by sandbox_env
+    playbooks = tmp_path / "playbooks"
+    roles = {
+        "fx": (
+            f"base:\n  aws: {{ssm_parameter: {AL2023}}}\n",
+            '- name: fails late\n  shell: {cmd: "sleep 6; exit 3"}\n',
+        ),
+        "fy": ("depends: [fx]\n", step("fy", "1")),
+    }
+    for role, (head, steps) in roles.items():
+        (playbooks / "roles" / role).mkdir(parents=True)
+        (playbooks / "roles" / role / "role.yml").write_text(f"description: {role}\n{head}")
+        (playbooks / "roles" / role / "steps.yml").write_text(steps)
+    (playbooks / "kiln.yaml").write_text(KILN_YAML)
+    dirs = runner_dirs(tmp_path, playbooks, 2)
+    done: dict[int, subprocess.CompletedProcess] = {}
+    threads = [
+        threading.Thread(
+            target=lambda k=k, d=d: done.__setitem__(k, nightly(d, "--run-id", "fails", "--runner", f"r{k}"))
+        )
+        for k, d in enumerate(dirs, 1)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reports = {k: {r["role"]: r for r in newest_report(d)["roles"]} for k, d in enumerate(dirs, 1)}
+    failed_on = [k for k, rep in reports.items() if rep["fx"]["result"] == "failed"]
+    assert len(failed_on) == 1, reports
+    other = 3 - failed_on[0]
+    assert done[failed_on[0]].returncode == 1 and done[other].returncode == 0, [p.stderr[-2000:] for p in done.values()]
+    assert reports[other]["fx"]["result"] == "locked" and "not baked twice" in reports[other]["fx"]["reason"]
+    assert (
+        reports[failed_on[0]]["fy"]["result"] == "failed"
+        and "dependency failed" in reports[failed_on[0]]["fy"]["error"]
+    )
+    assert launched(url, "fx") == 1, "fx was baked by both runners"
+    assert launched(url, "fy") == 0, "fy was baked while (or although) its dependency failed"
+    merged = invoke(tmp_path, "nightly-report", "--run-id", "fails", "--dir", str(tmp_path), "--json")
+    assert merged.returncode == 1, merged.stdout[-2000:]
+    roles_merged = {r["role"]: r for r in json.loads(merged.stdout)["roles"]}
+    assert {r: v["result"] for r, v in roles_merged.items()} == {"fx": "failed", "fy": "failed"}
+    assert roles_merged["fx"]["runner"] == f"r{failed_on[0]}"
