@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,107 @@ def test_markdown_names_failure_and_versions():
         dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
     )
     assert "20260101.1 → 20260102.1" in md and "Failing step: **install**" in md and "boom" in md
+
+
+# --- several runners: shards and merged reports (no machine launched) -------------------------
+def chains_playbooks(root: Path) -> Path:
+    """Chains of 4 (d0 <- d1 <- d2, d1 <- d3), 2 (e0 <- e1, through a role not selected below) and 5 lone roles."""
+    shape = {"d0": [], "d1": ["d0"], "d2": ["d1"], "d3": ["d1"], "e0": [], "e1": ["e0"]}
+    shape |= {f"f{i}": [] for i in range(5)}
+    playbooks = root / "playbooks"
+    for name, deps in shape.items():
+        d = playbooks / "roles" / name
+        d.mkdir(parents=True)
+        head = f"depends: [{', '.join(deps)}]\n" if deps else "base:\n  local: localhost/kiln-base/debian:bookworm\n"
+        (d / "role.yml").write_text(f"description: {name}\n{head}")
+        (d / "steps.yml").write_text(f'- name: {name}\n  command: {{cmd: "true"}}\n')
+    (playbooks / "kiln.yaml").write_text("retention:\n  keep: 3\n")
+    return playbooks
+
+
+def test_shards_keep_chains_whole_cover_every_role_once_and_balance(tmp_path):
+    from controller.config import load_config
+    from controller.nightly import Shard, dependency_chains, shard_roles
+    from controller.stepfiles.compile import compile_role
+
+    playbooks = chains_playbooks(tmp_path)
+    config = load_config(playbooks / "kiln.yaml")
+    names = sorted(p.name for p in (playbooks / "roles").iterdir() if p.name != "e0")  # e0 not selected
+    compiled = {n: compile_role(playbooks, n, "local", config) for n in names}
+    assert dependency_chains(compiled)[:2] == [["d0", "d1", "d2", "d3"], ["e1"]]
+    for count in range(1, 6):
+        shares = [shard_roles(compiled, Shard(k, count)) for k in range(1, count + 1)]
+        assert sorted(r for s in shares for r in s) == names, f"{count}: every role in exactly one share"
+        assert sum(1 for s in shares if {"d0", "d1", "d2", "d3"} <= s) == 1, shares
+        assert shares == [shard_roles(dict(reversed(compiled.items())), Shard(k, count)) for k in range(1, count + 1)]
+        sizes = sorted(len(s) for s in shares)
+        assert sizes[-1] - sizes[0] <= 4, f"{count}: balanced up to the largest chain: {shares}"
+    assert sorted(len(shard_roles(compiled, Shard(k, 3))) for k in (1, 2, 3)) == [3, 3, 4]
+
+
+@pytest.mark.parametrize("shard", ["0/3", "4/3", "3", "a/b", "1/0", "-1/2", "1/3/5"])
+def test_a_bad_shard_is_invalid_input_and_launches_nothing(tmp_path, shard):
+    chains_playbooks(tmp_path)
+    proc = invoke(tmp_path, "nightly", "--shard", shard)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--shard:1:1: error: expected K/N with 1 <= K <= N, got '{shard}'" in proc.stdout
+    assert not (tmp_path / "builds").exists(), "no report: nothing was looked at"
+
+
+def write_runner_report(builds: Path, runner: str, started: str, roles: dict[str, str], run_id: str = "n1") -> None:
+    """A runner's report as `invoke nightly` writes it, in a folder of its own (a CI artifact)."""
+    finished = started.replace(":00+", ":30+")
+    lines = [
+        {**asdict(RoleReport(r, result, new_version="20260102.1" if result == "baked" else "")), "duration": 1.0}
+        for r, result in roles.items()
+    ]
+    data = {
+        "started": started,
+        "finished": finished,
+        "provider": "aws",
+        "run_id": run_id,
+        "runner": runner,
+        "shard": "",
+        "roles": lines,
+    }
+    (builds / runner).mkdir(parents=True, exist_ok=True)
+    (builds / runner / f"nightly-{started[:19].replace(':', '')}.json").write_text(json.dumps(data))
+
+
+def test_nightly_report_merges_the_newest_report_of_each_runner_of_a_run(tmp_path):
+    t = "2026-01-02T02:{:02d}:00+00:00"
+    write_runner_report(tmp_path, "r1", t.format(0), {"web": "baked", "db": "locked", "cache": "skipped-unchanged"})
+    write_runner_report(tmp_path, "r2", t.format(1), {"web": "locked", "db": "failed", "cache": "skipped-unchanged"})
+    write_runner_report(tmp_path, "r2", t.format(5), {"web": "locked", "db": "baked", "cache": "skipped-unchanged"})
+    write_runner_report(tmp_path, "r3", t.format(2), {"web": "baked"}, run_id="other")
+    proc = invoke(tmp_path, "nightly-report", "--run-id", "n1", "--dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    merged = json.loads(proc.stdout)
+    assert {r["role"]: (r["result"], r["runner"]) for r in merged["roles"]} == {
+        "web": ("baked", "r1"),
+        "db": ("baked", "r2"),
+        "cache": ("skipped-unchanged", "r1"),
+    }
+    assert merged["totals"] == {"baked": 2, "skipped-unchanged": 1, "failed": 0, "locked": 0}
+    assert sorted(merged["runners"]) == ["r1", "r2"] and merged["runners"]["r2"]["baked"] == 1
+    assert merged["wall_seconds"] == 330.0 and not merged["duplicates"]
+    md = (tmp_path / "nightly-run-n1.md").read_text()
+    assert "| web | baked | r1 |" in md and "| db | baked | r2 |" in md
+
+    # the newest run by default; a role two runners baked is flagged (exit 1)
+    write_runner_report(tmp_path, "r4", t.format(9), {"web": "baked"}, run_id="other")
+    proc = invoke(tmp_path, "nightly-report", "--dir", str(tmp_path), "--json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["duplicates"] == {"web": ["r3 20260102.1", "r4 20260102.1"]}
+    assert "baked by more than one runner" in (tmp_path / "nightly-run-other.md").read_text()
+
+
+def test_nightly_report_of_nothing_or_garbage_is_invalid_input(tmp_path):
+    proc = invoke(tmp_path, "nightly-report", "--dir", str(tmp_path))
+    assert proc.returncode == 2 and "no nightly reports" in proc.stdout
+    (tmp_path / "nightly-x.json").write_text("{not json")
+    proc = invoke(tmp_path, "nightly-report", "--report", str(tmp_path / "nightly-x.json"))
+    assert (
+        proc.returncode == 2 and f"{tmp_path}/nightly-x.json:1:1: error: not a readable nightly report" in proc.stdout
+    )
+    proc = invoke(tmp_path, "nightly-report", "--run-id", "../x", "--dir", str(tmp_path))
+    assert proc.returncode == 2 and "--run-id:1:1" in proc.stdout
