@@ -1,8 +1,11 @@
-"""kiln agent: ``facts`` | ``apply BUNDLE_DIR [--resume]`` | ``verify CHECKS_FILE``.
+"""kiln agent: ``facts`` | ``apply BUNDLE_DIR [--resume]`` | ``verify CHECKS_FILE`` | ``serve BUNDLE_DIR``.
 
 Prints one JSON object per line; the exit status says ok (0), failed (1), or, for
 ``apply``, rebooting (3): the run state is saved in BUNDLE_DIR and ``apply --resume``
 after the boot continues with the step after the reboot.
+``serve`` keeps one agent warm for ``converge --watch``: each JSON line on stdin
+(``{"id", "bundle", "files"}``) writes the files that changed into BUNDLE_DIR and applies
+that bundle, ending with ``{"event": "served", "id": ...}``; end of input ends it.
 Stdlib only (Jinja2 rides along in the zipapp for templates), Python >= 3.9.
 """
 
@@ -28,11 +31,14 @@ def main(argv: Any = None) -> int:
     apply_p.add_argument("bundle")
     apply_p.add_argument("--check", action="store_true")
     apply_p.add_argument("--diff", action="store_true")
-    apply_p.add_argument("--resume", action="store_true",
-                         help="continue a run that rebooted the machine (state saved in the bundle dir)")
+    apply_p.add_argument(
+        "--resume", action="store_true", help="continue a run that rebooted the machine (state saved in the bundle dir)"
+    )
     verify_p = sub.add_parser("verify")
     verify_p.add_argument("checks")
     sub.add_parser("packages")
+    serve_p = sub.add_parser("serve")
+    serve_p.add_argument("bundle")
     args = parser.parse_args(argv)
 
     from agent import facts
@@ -58,21 +64,37 @@ def main(argv: Any = None) -> int:
                 with open(state_file) as handle:
                     resume = json.load(handle)
             except (OSError, ValueError) as exc:
-                emit({"event": "summary", "ok": 0, "changed": 0, "failed": 1, "skipped": 0, "ignored": 0,
-                      "duration": 0, "changed_steps": [], "ok_run": False,
-                      "error": f"nothing to resume: {type(exc).__name__}: {exc}"})
+                emit(
+                    {
+                        "event": "summary",
+                        "ok": 0,
+                        "changed": 0,
+                        "failed": 1,
+                        "skipped": 0,
+                        "ignored": 0,
+                        "duration": 0,
+                        "changed_steps": [],
+                        "ok_run": False,
+                        "error": f"nothing to resume: {type(exc).__name__}: {exc}",
+                    }
+                )
                 return 1
         if os.path.exists(state_file):  # consumed (resume) or stale (a fresh apply starts over)
             os.unlink(state_file)
         gathered = facts.gather()
         emit({"event": "facts", "facts": gathered})
-        ctx = Context(check_mode=args.check or bundle.get("check_mode", False),
-                      diff_mode=args.diff or bundle.get("diff", False),
-                      files_dir=os.path.join(args.bundle, "files"),
-                      templates_dir=os.path.join(args.bundle, "templates"), facts=gathered)
+        ctx = Context(
+            check_mode=args.check or bundle.get("check_mode", False),
+            diff_mode=args.diff or bundle.get("diff", False),
+            files_dir=os.path.join(args.bundle, "files"),
+            templates_dir=os.path.join(args.bundle, "templates"),
+            facts=gathered,
+        )
         runner = Runner(bundle, ctx, emit, state_dir=args.bundle)
         runner.run(resume)
         return runner.exit_code
+    if args.command == "serve":
+        return serve(args.bundle, facts.gather())
     if args.command == "verify":
         from agent.verify import run_checks
 
@@ -86,6 +108,49 @@ def main(argv: Any = None) -> int:
                 variables = dict(json.load(handle).get("vars", {}))
         return 0 if run_checks(checks, facts.gather(), emit, variables) else 1
     return 2
+
+
+def serve(bundle_dir: str, gathered: Dict[str, Any]) -> int:
+    """Apply each bundle that arrives on stdin with the modules and facts already loaded."""
+    import base64
+
+    from agent.api import Context
+    from agent.modules import discover
+    from agent.runner import Runner
+
+    modules = discover()
+    emit({"event": "facts", "facts": gathered})
+    emit({"event": "ready"})
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        for rel, data in sorted(request.get("files", {}).items()):
+            write_bundle_file(bundle_dir, rel, base64.b64decode(data))
+        bundle = request["bundle"]
+        ctx = Context(
+            check_mode=bundle.get("check_mode", False),
+            diff_mode=bundle.get("diff", False),
+            files_dir=os.path.join(bundle_dir, "files"),
+            templates_dir=os.path.join(bundle_dir, "templates"),
+            facts=gathered,
+        )
+        runner = Runner(bundle, ctx, emit, modules=modules, state_dir=bundle_dir)
+        runner.run()
+        emit({"event": "served", "id": request.get("id"), "exit": runner.exit_code})
+        if runner.exit_code == 3:  # rebooting: this process ends with the machine
+            return 3
+    return 0
+
+
+def write_bundle_file(bundle_dir: str, rel: str, data: bytes) -> None:
+    """A file of the bundle (``files/...`` or ``templates/...``), never a path out of it."""
+    parts = rel.split("/")
+    if rel.startswith("/") or ".." in parts or parts[0] not in ("files", "templates"):
+        raise ValueError(f"refusing bundle path {rel}")
+    path = os.path.join(bundle_dir, rel)
+    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    with open(path + ".tmp", "wb") as handle:
+        handle.write(data)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import signal
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -254,9 +255,17 @@ def converge(
         return EXIT_FAILED
     finally:
         remember_agent(ctx)
+    from controller.remote import box_agent
+
+    box = box_agent(ctx)
+    sent = {"bytes_sent": box.bytes_sent, "round_trips": box.round_trips}
     if not verify:
         c = ctx.apply_counts
-        log.info("converged", ok=c.ok, changed=c.changed, skipped=c.skipped, seconds=ctx.timings.get("apply steps"))
+        log.info(
+            "converged", ok=c.ok, changed=c.changed, skipped=c.skipped, seconds=ctx.timings.get("apply steps"), **sent
+        )
+    else:
+        log.info("verified", **sent)
     return EXIT_OK
 
 
@@ -322,3 +331,55 @@ def destroy(role: str | None, builds: Path, build_id: str | None = None) -> list
 def exec_login(role: str, builds: Path) -> None:
     argv = login_argv(role, builds)
     os.execvp(argv[0], argv)
+
+
+def watch(
+    role: str,
+    options: BakeOptions,
+    overrides: dict | None = None,
+    tags: list[str] | None = None,
+    skip_tags: list[str] | None = None,
+) -> int:
+    """``converge --watch``: converge, then re-apply on every save until Ctrl-C (the instance is kept)."""
+    from controller.pipeline import BakeFailed
+    from controller.remote import box_agent
+    from controller.watch import WarmAgent, Watch
+
+    try:
+        ctx = _context(role, options, overrides or {}, tags, skip_tags)
+    except InvalidInput as exc:
+        print(exc.render())
+        return EXIT_INVALID
+
+    def recompile():
+        return compile_for_dev(role, options, overrides or {}, tags, skip_tags)[2]
+
+    agent = WarmAgent(ctx)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        AttachDevInstance().run(ctx)
+        StageBundle().run(ctx)
+        box = box_agent(ctx)
+        payload, box.pending = box.pending, None
+        agent.start(payload)
+        session = Watch(ctx, agent, recompile)
+        session.first()
+        log.info("watching", role=role, paths=len(session.watched()), hint="Ctrl-C ends; the instance is kept")
+        session.loop()
+    except KeyboardInterrupt:
+        log.info("watch ended; the instance is kept", instance=getattr(ctx.instance, "id", None))
+        return EXIT_OK
+    except (BakeFailed, SSHError, OSError) as exc:
+        log.error("watch failed", error=str(exc))
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        agent.close()
+        if ctx.session is not None:
+            ctx.session.close()
+        remember_agent(ctx)
+    return EXIT_OK
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a watch as Ctrl-C does

@@ -83,9 +83,9 @@ def compiled_copy(source, path):
 want = json.loads(sys.argv[1])
 os.umask(0o077)
 os.makedirs(RUN, 0o700, exist_ok=True)
-payload = sys.stdin.buffer.read()
-if payload:
-    unpack(payload)
+size = int(sys.stdin.buffer.readline() or 0)  # what follows the payload is the agent's (serve)
+if size:
+    unpack(sys.stdin.buffer.read(size))
 source = read(AGENT)
 if sha(source) != want["agent"]:
     say({"event": "need_agent", "had": sha(source) if source else ""})
@@ -171,6 +171,11 @@ def bundle_tar(bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict
     return bundle_payload(bundle, checks, files, agent_zipapp())
 
 
+def framed(payload: bytes | None) -> bytes | None:
+    """The payload as the bootstrap reads it: its length on a line, then its bytes."""
+    return None if not payload else f"{len(payload)}\n".encode() + payload
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -254,7 +259,7 @@ def _run_once(
     box.round_trips += 1
     box.bytes_sent += len(stdin or b"")
     try:
-        done = ctx.session.run(command, stdin=stdin, on_line=on_line, timeout=timeout)
+        done = ctx.session.run(command, stdin=framed(stdin), on_line=on_line, timeout=timeout)
     except CommandTimeout as exc:
         raise BakeFailed(
             f"the agent did not finish within {timeout:.0f}s (the steps' time limits and a margin); "

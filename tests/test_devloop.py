@@ -58,3 +58,92 @@ def test_converge_applies_only_the_difference(engine, tmp_path):
     assert gone.returncode == 0 and re.search(r"removed kiln-build-devloop-", gone.stdout), gone.stdout
     assert not engine.containers("kiln.role=devloop")
     assert not (tmp_path / "builds/dev/devloop.json").exists()
+
+
+def converged(stderr: str) -> dict:
+    """The `converged` (or `verified`) JSON log line of one converge."""
+    for line in stderr.splitlines():
+        if line.startswith("{") and ('"event": "converged"' in line or '"event": "verified"' in line):
+            return json.loads(line)
+    raise AssertionError(f"no converged line in: {stderr[-2000:]}")
+
+
+def box_sha(engine, container: str, path: str) -> str:
+    return engine.exec(container, "sh", "-c", f"sha256sum {path} 2>/dev/null | cut -d' ' -f1").strip()
+
+
+def malicious_zip() -> bytes:
+    """A zip that passes for the agent and, if it ever ran, would leave /root/tampered behind."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("agent/__init__.py", "")
+        zf.writestr(
+            "agent/__main__.py", "def main(argv=None):\n    open('/root/tampered', 'w').write('ran')\n    return 0\n"
+        )
+    return buf.getvalue()
+
+
+def test_the_agent_stays_on_the_box_checked_by_hash_and_a_tampered_copy_never_runs(engine, tmp_path):
+    """One exec per converge; the agent crosses only when the box lacks the controller's copy (by sha256)."""
+    from controller.agent_build import agent_sha256
+
+    make_playbooks(tmp_path, {"steps.yml": STEPS}, role="devcache")
+    env = {"KILN_JSON": "1"}
+    try:
+        first = invoke(tmp_path, "converge", "--role", "devcache", env=env)
+        assert first.returncode == 0, first.stderr[-2000:]
+        sent = converged(first.stderr)
+        assert sent["bytes_sent"] > 100_000 and sent["round_trips"] == 1, sent  # a new box: the agent goes along
+        container = json.loads((tmp_path / "builds/dev/devcache.json").read_text())["instance"]["id"]
+        assert box_sha(engine, container, "/var/lib/kiln/agent.pyz") == agent_sha256()
+        written = engine.exec(container, "stat", "-c", "%i %Z %z", "/var/lib/kiln/agent.pyz")
+
+        again = invoke(tmp_path, "converge", "--role", "devcache", env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        sent = converged(again.stderr)
+        assert sent["bytes_sent"] < 10_000 and sent["round_trips"] == 1, sent  # unchanged: only the bundle
+        assert engine.exec(container, "stat", "-c", "%i %Z %z", "/var/lib/kiln/agent.pyz") == written, "re-written"
+        assert statuses(again.stderr) == {"first file": "ok", "second file": "ok"}
+
+        # the box's copy no longer has the controller's sha256: it is replaced, and never runs
+        bad = malicious_zip()
+        for path in ("/var/lib/kiln/agent.pyz", *compiled_copies(engine, container)):
+            engine.exec(container, "sh", "-c", f"cat > {path}", input=bad)
+        tampered = invoke(tmp_path, "converge", "--role", "devcache", env=env)
+        assert tampered.returncode == 0, tampered.stderr[-2000:]
+        sent = converged(tampered.stderr)
+        assert sent["bytes_sent"] > 100_000 and sent["round_trips"] == 2, sent  # asked, then sent
+        assert engine.exec(container, "sh", "-c", "test -e /root/tampered && echo ran || echo never").strip() == "never"
+        assert box_sha(engine, container, "/var/lib/kiln/agent.pyz") == agent_sha256()
+        assert statuses(tampered.stderr) == {"first file": "ok", "second file": "ok"}
+
+        # only the byte-compiled copy tampered with: compiled again from the checked source, not sent
+        for path in compiled_copies(engine, container):
+            engine.exec(container, "sh", "-c", f"cat > {path}", input=bad)
+        compiled = invoke(tmp_path, "converge", "--role", "devcache", env=env)
+        assert compiled.returncode == 0, compiled.stderr[-2000:]
+        sent = converged(compiled.stderr)
+        assert sent["bytes_sent"] < 10_000 and sent["round_trips"] == 1, sent
+        assert engine.exec(container, "sh", "-c", "test -e /root/tampered && echo ran || echo never").strip() == "never"
+
+        # the state file says the box holds another agent (the controller's changed): sent with the bundle
+        state_file = tmp_path / "builds/dev/devcache.json"
+        state = json.loads(state_file.read_text())
+        state["agent"] = {"sha256": "0" * 64, "compiled": ""}
+        state_file.write_text(json.dumps(state))
+        changed = invoke(tmp_path, "converge", "--role", "devcache", env=env)
+        assert changed.returncode == 0, changed.stderr[-2000:]
+        sent = converged(changed.stderr)
+        assert sent["bytes_sent"] > 100_000 and sent["round_trips"] == 1, sent
+    finally:
+        invoke(tmp_path, "destroy", "--role", "devcache")
+
+
+def compiled_copies(engine, container: str) -> list[str]:
+    listing = engine.exec(container, "sh", "-c", "ls /var/lib/kiln/agent-*.zip 2>/dev/null || true")
+    paths = listing.split()
+    assert paths, "the box keeps a byte-compiled copy of the agent"
+    return paths
