@@ -160,14 +160,16 @@ def sweep(c, provider="local", apply=False, sandbox=False, json=False):
         print("dry run: nothing was removed (--apply removes it)")
 
 
-@task(iterable=["var"], help={"role": "The role to converge on its kept dev instance."})
-def converge(c, role, var=None, json=False, tags="", skip_tags="", check=False, diff=False):
+@task(iterable=["var"], help={"role": "The role to converge on its kept dev instance.",
+                               "watch": "Stay connected and re-apply on every save of the role's files (Ctrl-C ends)."})
+def converge(c, role, var=None, json=False, tags="", skip_tags="", check=False, diff=False, watch=False):
     """Apply a role to its kept local instance (created on first use); only differences change."""
     _setup(json)
     from controller.devloop import converge as run_converge
+    from controller.devloop import watch as run_watch
 
-    code = run_converge(role, _options(check=check, diff=diff), _overrides(var), _split(tags),
-                        _split(skip_tags))
+    run = run_watch if watch else run_converge
+    code = run(role, _options(check=check, diff=diff), _overrides(var), _split(tags), _split(skip_tags))
     if code:
         raise Exit(code=code)
 
