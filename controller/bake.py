@@ -18,7 +18,6 @@ from controller.pipeline import Stage, run_stages
 from controller.providers.base import Provider, ProviderError
 from controller.stages.allocate_version import AllocateVersion
 from controller.stages.apply_steps import ApplySteps, IdempotenceCheck
-from controller.stages.architectures import by_architecture
 from controller.stages.clean_machine import CleanMachine
 from controller.stages.connect import Connect
 from controller.stages.launch_instance import LaunchInstance
@@ -83,7 +82,7 @@ def _config_diag(config: Config, message: str):
     return Diagnostic(str(config.path), 1, 1, message)
 
 
-def stages_for(options: BakeOptions, keep: int, consumers: PublishConsumers | None = None) -> list[Stage]:
+def stages_for(options: BakeOptions, keep: int) -> list[Stage]:
     """The bake, in order; check mode stops after the apply (nothing is published).
 
     The test stage (a fresh machine from the new image) sits between the snapshot and publish: a failure
@@ -96,21 +95,16 @@ def stages_for(options: BakeOptions, keep: int, consumers: PublishConsumers | No
     stages += [Verify(), CleanMachine(), Snapshot()]
     if options.test_image:
         stages.append(TestImage())
-    stages.append(Publish())
-    if consumers is not None:
-        stages.append(consumers)
-    stages += [Retire(keep), Record()]
+    stages += [Publish(), Retire(keep), Record()]
     return stages
 
 
-def bake_stages(ctx: BakeContext, options: BakeOptions, keep: int, consumers: PublishConsumers | None) -> list[Stage]:
-    """The stages; a provider that bakes several architectures gets each one's machine stages in parallel
-    under the one version (controller/stages/architectures.py), one architecture is the context's."""
-    arches = list(getattr(ctx.provider, "architectures", None) or [])
-    if len(arches) > 1:
-        return by_architecture(lambda: stages_for(options, keep, consumers), arches)
-    ctx.arch = arches[0] if arches else ""
-    return stages_for(options, keep, consumers)
+def with_consumers(stages: list[Stage], consumers: PublishConsumers | None) -> list[Stage]:
+    """``stages`` with the consumers' stage right after publish (none in check mode: nothing is published)."""
+    at = next((i + 1 for i, stage in enumerate(stages) if stage.name == Publish.name), None)
+    if consumers is None or at is None:
+        return stages
+    return [*stages[:at], consumers, *stages[at:]]
 
 
 def consumers_stage(provider: Provider, config: Config, role: str, options: BakeOptions) -> PublishConsumers | None:
@@ -197,12 +191,7 @@ def bake(
         **({"check_mode": True} if options.check_mode else {}),
     )
     try:
-        run_stages(bake_stages(ctx, options, config.retention, consumers), ctx)
-    except InvalidInput as exc:  # the base names nothing that exists (found before anything was launched)
-        log.error("invalid input; nothing was launched", errors=len(exc.diagnostics))
-        print(exc.render())
-        structlog.contextvars.unbind_contextvars("role", "build_id")
-        return BakeResult(ctx, EXIT_INVALID, exc.render())
+        run_stages(with_consumers(stages_for(options, config.retention), consumers), ctx)
     except BaseException as exc:  # noqa: B036 - reported, exit code carries it
         recap(ctx)
         log.error("bake failed", stage=ctx.current_stage, error=ctx.failure or type(exc).__name__)
