@@ -619,3 +619,46 @@ def test_a_bake_with_consumers_and_the_test_stage_calls_only_what_the_iam_policy
     assert calls.calls.count("ec2:RunInstances") == 2, "the build machine and the test machine"
     missing = not_in_policy(calls.actions)
     assert not missing, f"the bake called actions docs/iam-policy.json lacks: {sorted(missing)}"
+
+
+@pytest.mark.slow
+def test_sigterm_after_the_consumers_were_updated_withdraws_them_and_latest(sandbox_images, tmp_path):
+    """The bake is interrupted after the template got kiln's version: its undo puts the default back."""
+    import os
+    import signal
+    import sys
+
+    from controller.sandbox import sandbox_client
+    from tests.playbooks import REPO
+
+    url = sandbox_images
+    ec2 = sandbox_client("ec2", "us-east-1", url)
+    base = sandbox_client("ssm", "us-east-1", url).get_parameter(Name=AL2023)["Parameter"]["Value"]
+    template_id = ec2.create_launch_template(LaunchTemplateName="term-lt", LaunchTemplateData={"ImageId": base})[
+        "LaunchTemplate"
+    ]["LaunchTemplateId"]
+    baked_playbooks(
+        tmp_path, "ltterm", kiln_publish="    publish:\n      launch_templates: [{name: term-lt, set_default: true}]\n"
+    )
+    env = {**os.environ, "KILN_JSON": "1", "CI": "", "AWS_ENDPOINT_URL": url, "KILN_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", "ltterm", "--provider", "aws", "--sandbox"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if '"event": "consumers updated"' in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, rest = proc.communicate(timeout=300)
+    output = "".join(seen) + rest
+    assert proc.returncode == 1 and "interrupted" in output, output[-3000:]
+    template = ec2.describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"][0]
+    assert int(template["DefaultVersionNumber"]) == 1, "the template's default was not put back"
+    latest = sandbox_client("ssm", "us-east-1", url).get_parameters(Names=["/kiln/ltterm/latest"])["Parameters"]
+    assert not latest, "latest was not put back"
