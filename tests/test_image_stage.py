@@ -281,6 +281,8 @@ def test_sandbox_fresh_instance_from_the_new_ami_fails_the_bake_and_the_ami_goes
     machine = next(e for e in events(good.stderr) if e.get("event") == "test machine")
     assert machine["instance"].startswith("i-") and machine["image"] == f"kiln-freshaws-{good_version(good)}"
     assert checks_by_machine(good.stderr)["image"] == [("file /etc/kiln-kept", "passed")], "on: build ran there"
+    pinned = [e["instance"] for e in events(good.stderr) if e.get("event") == "host key fingerprints from the console"]
+    assert machine["instance"] in pinned and len(pinned) == 2, "the test instance's host key was not pinned"
 
     (tmp_path / "playbooks" / "roles" / "freshaws" / "verify.yml").write_text(IN_RUN_CHECK)
     bad = bake_sandbox(tmp_path, url, "freshaws")
@@ -302,3 +304,78 @@ def test_sandbox_fresh_instance_from_the_new_ami_fails_the_bake_and_the_ami_goes
 
 def good_version(proc) -> str:
     return next(e["version"] for e in events(proc.stderr) if e.get("event") == "version")
+
+
+# --- kill -9 while the test machine runs: sweep removes it with the rest of the build ------------
+def kill9_at_test_machine(work: Path, argv: list[str], env: dict) -> dict[str, str]:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.playbooks import REPO
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", *argv],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen = {"build_id": "", "version": "", "instance": ""}
+    try:
+        for line in proc.stderr:
+            if not line.startswith("{"):
+                continue
+            event = json.loads(line)
+            seen["build_id"] = event.get("build_id") or seen["build_id"]
+            seen["version"] = event["version"] if event.get("event") == "version" else seen["version"]
+            if event.get("event") == "test machine":
+                seen["instance"] = event["instance"]
+                break
+        else:
+            raise AssertionError(f"the bake ended before its test machine: {proc.wait()}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    return seen
+
+
+@pytest.mark.slow
+def test_kill9_while_the_local_test_machine_runs_then_sweep_removes_it_and_the_image(engine, tmp_path):
+    from tests.test_trust_local import leftovers
+
+    make_playbooks(tmp_path, {"steps.yml": IN_RUN_STEPS, "verify.yml": KEPT_CHECK}, role="freshkill")
+    env = {**os.environ, "KILN_JSON": "1", "CI": "", "KILN_STATE_DIR": str(tmp_path / "state")}
+    seen = kill9_at_test_machine(tmp_path, ["--role", "freshkill"], env)
+    left = leftovers(engine, tmp_path, "freshkill", seen["build_id"], seen["version"])
+    assert f"container {seen['instance']}" in left and any(x.startswith("image") for x in left), left
+
+    swept = invoke(tmp_path, "sweep", "--apply")
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    assert f"container {seen['instance']} of build {seen['build_id']}" in swept.stdout, swept.stdout
+    assert leftovers(engine, tmp_path, "freshkill", seen["build_id"], seen["version"]) == [], swept.stdout
+
+
+@pytest.mark.slow
+def test_kill9_while_the_sandbox_test_instance_runs_then_sweep_removes_everything(sandbox, engine, tmp_path):
+    from tests.test_aws_sandbox import leftovers, nothing_left
+    from tests.test_trust_aws import KILL_YAML, kill_env, sweep_after_deadline
+
+    make_playbooks(
+        tmp_path,
+        {"role.yml": SANDBOX_ROLE, "steps.yml": IN_RUN_STEPS, "verify.yml": KEPT_CHECK},
+        role="freshk9",
+        kiln_yaml=KILL_YAML,
+    )
+    env = kill_env(tmp_path, AWS_ENDPOINT_URL=sandbox)
+    seen = kill9_at_test_machine(tmp_path, ["--role", "freshk9", "--provider", "aws", "--sandbox"], env)
+    found = leftovers(sandbox, engine, seen["build_id"], "freshk9", seen["version"])
+    assert seen["instance"] in found["instances us-east-1"], found
+    assert len(found["key pairs us-east-1"]) == 2 and found["images us-east-1"], found
+
+    swept, _ = sweep_after_deadline(tmp_path, env)
+    assert swept.returncode == 0, swept.stdout + swept.stderr[-3000:]
+    found = leftovers(sandbox, engine, seen["build_id"], "freshk9", seen["version"])
+    assert nothing_left(found), f"sweep left {found}\n{swept.stdout}"
