@@ -355,7 +355,8 @@ def watch(
         return compile_for_dev(role, options, overrides or {}, tags, skip_tags)[2]
 
     agent = WarmAgent(ctx)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and SIGTERM end the watch alike (also where SIGINT was ignored, as in a background job)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         AttachDevInstance().run(ctx)
         StageBundle().run(ctx)
@@ -373,7 +374,8 @@ def watch(
         log.error("watch failed", error=str(exc))
         return EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         agent.close()
         if ctx.session is not None:
             ctx.session.close()
@@ -382,4 +384,4 @@ def watch(
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a watch as Ctrl-C does
+    raise KeyboardInterrupt

@@ -196,6 +196,7 @@ class Watch:
         self.recompile = recompile
         self.bundle: dict[str, Any] = {}
         self.files: dict[str, bytes] = {}
+        self.seen: dict[str, tuple[int, int]] = {}
 
     def watched(self) -> list[Path]:
         roles = self.ctx.options.playbooks_dir / "roles"
@@ -228,6 +229,7 @@ class Watch:
     def first(self) -> None:
         from controller.stages.push_bundle import bundle_of
 
+        self.seen = signature(self.watched())  # before the first apply: a save made meanwhile is seen
         self.bundle, self.files = bundle_of(self.ctx), dict(self.ctx.compiled.files)
         self.apply(None, {})  # the files arrived with the agent's start
 
@@ -250,11 +252,9 @@ class Watch:
 
     def loop(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Look at the files every POLL_SECONDS until ``stop()`` (or Ctrl-C)."""
-        seen = signature(self.watched())
         while not stop():
             time.sleep(POLL_SECONDS)
             now = signature(self.watched())
-            if now != seen:
-                seen = now
+            if now != self.seen:
+                self.seen = now
                 self.changed()
-                seen = signature(self.watched())  # the chain may have changed
