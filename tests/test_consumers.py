@@ -662,3 +662,43 @@ def test_sigterm_after_the_consumers_were_updated_withdraws_them_and_latest(sand
     assert int(template["DefaultVersionNumber"]) == 1, "the template's default was not put back"
     latest = sandbox_client("ssm", "us-east-1", url).get_parameters(Names=["/kiln/ltterm/latest"])["Parameters"]
     assert not latest, "latest was not put back"
+
+
+def test_promote_moves_latest_only_under_the_publish_mutex(aws, tmp_path):
+    """While a bake's publish holds /kiln/<role>/publishing, promote waits; latest moves after it is released."""
+    import threading
+    import time
+
+    ids = register(aws, "mutex", ["20261201.1", "20261201.2"])
+    set_latest(aws, "mutex", ids, "20261201.2")
+    held, seen = threading.Event(), {}
+
+    def publishing_bake():
+        with aws.publishing("mutex", "20261201T000000-b4ce01"):
+            held.set()
+            time.sleep(1.5)
+            seen["while held"] = aws.latest("us-east-1", "mutex")
+
+    holder = threading.Thread(target=publishing_bake)
+    holder.start()
+    assert held.wait(30)
+    consumers.promote(aws, "mutex", "20261201.1", PublishSettings(), tmp_path)
+    holder.join(30)
+    assert seen["while held"] == ids["us-east-1"]["20261201.2"], "promote moved latest inside another's publish"
+    assert aws.latest("us-east-1", "mutex") == ids["us-east-1"]["20261201.1"]
+
+
+def test_retire_spares_a_version_a_launch_template_still_launches(aws, tmp_path):
+    ids = register(aws, "spare", ["20261201.1", "20261201.2", "20261201.3"])
+    set_latest(aws, "spare", ids, "20261201.3")
+    template(aws, "eu-west-1", "spare-lt", ids["eu-west-1"]["20261201.1"])
+
+    retired = aws.retire("spare", keep=1)
+
+    assert sorted((i.region, i.version) for i in retired) == [
+        ("eu-west-1", "20261201.2"),
+        ("us-east-1", "20261201.1"),
+        ("us-east-1", "20261201.2"),
+    ]
+    left = {(i.region, i.version) for i in aws.images("spare")}
+    assert ("eu-west-1", "20261201.1") in left, "the template's default version's AMI was retired"
