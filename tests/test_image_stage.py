@@ -186,6 +186,9 @@ def test_a_good_role_passes_its_checks_on_the_fresh_machine(engine, tmp_path):
     assert machine["instance"] == f"kiln-test-fresh-{build_id}"
     assert not engine.container_exists(machine["instance"]), "the test machine was not removed"
     assert latest_id(engine, "fresh")
+    version = next(e["version"] for e in events(proc.stderr) if e.get("event") == "version")
+    recorded = json.loads((tmp_path / "builds" / "images.json").read_text())["fresh"][version]["local"]["x86_64"]
+    assert engine.image_id(f"{image_repo('fresh')}:{version}").startswith(recorded.removeprefix("sha256:")[:12])
 
 
 # --- the sandbox -----------------------------------------------------------------------------
