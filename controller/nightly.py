@@ -320,9 +320,9 @@ class Nightly:
         if current and current.inputs_hash == wanted and not self.force:
             report.result, report.reason = UNCHANGED, f"inputs {wanted[:12]} unchanged"
             return
-        if held_elsewhere:  # its holder let go of it still changed: that bake failed or was stopped
+        if held_elsewhere:  # its holder let go of it still changed (its bake failed or stopped) or forced it
             report.result = LOCKED
-            report.reason = "another runner held it and let go with it still changed (failed there?): not baked twice"
+            report.reason = "another runner held it and let go of it (failed, stopped or forced there): not baked twice"
             return
         report.reason = (
             "forced"

@@ -180,6 +180,34 @@ def test_two_nightlies_at_once_bake_each_role_once(engine, nightly_env):
 
 
 @pytest.mark.slow
+def test_three_nightlies_at_once_through_the_flock_bake_dependencies_first_and_once(engine, nightly_env):
+    """Without --on-locked wait: a runner finding common held waits for it (app depends on it)
+    instead of baking app at once; every role is baked once, on whichever runner."""
+    import datetime as dt
+
+    cwd, _ = nightly_env
+    results = {}
+    threads = [
+        threading.Thread(target=lambda k=k: results.__setitem__(k, run_nightly(cwd, "--runner", f"r{k}")))
+        for k in (1, 2, 3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.returncode == 0 for r in results.values()), [r.stderr[-2000:] for r in results.values()]
+    reports = [json.loads(p.read_text()) for p in sorted((cwd / "builds").glob("nightly-*.json"))]
+    baked = sorted(logical(r["role"]) for rep in reports for r in rep["roles"] if r["result"] == "baked")
+    assert baked == ["app", "common", "solo"], reports
+    entries = {logical(e["role"]): e for e in json.loads((cwd / "builds/manifest.json").read_text())}
+    started = dt.datetime.fromisoformat(entries["app"]["started"])
+    finished = dt.datetime.fromisoformat(entries["common"]["finished"])
+    assert started >= finished, f"app started baking at {started}, before common was baked ({finished})"
+    for role in ("common", "app", "solo"):
+        assert len({r["Id"] for r in engine.images(image_repo(ROLE[role]))}) == 1, role
+
+
+@pytest.mark.slow
 def test_package_diff_names_a_really_changed_package(engine, tmp_path):
     """Two versions of a role: the second installs a package; the report names it."""
     from tests.playbooks import make_playbooks
