@@ -18,6 +18,7 @@ from controller.pipeline import Stage, run_stages
 from controller.providers.base import Provider, ProviderError
 from controller.stages.allocate_version import AllocateVersion
 from controller.stages.apply_steps import ApplySteps, IdempotenceCheck
+from controller.stages.architectures import by_architecture
 from controller.stages.clean_machine import CleanMachine
 from controller.stages.connect import Connect
 from controller.stages.launch_instance import LaunchInstance
@@ -107,6 +108,16 @@ def with_consumers(stages: list[Stage], consumers: PublishConsumers | None) -> l
     return [*stages[:at], consumers, *stages[at:]]
 
 
+def bake_stages(ctx: BakeContext, options: BakeOptions, keep: int, consumers: PublishConsumers | None) -> list[Stage]:
+    """The stages; a provider that bakes several architectures gets each one's machine stages in parallel
+    under the one version (controller/stages/architectures.py), one architecture is the context's."""
+    arches = list(getattr(ctx.provider, "architectures", None) or [])
+    if len(arches) > 1:
+        return by_architecture(lambda: with_consumers(stages_for(options, keep), consumers), arches)
+    ctx.arch = arches[0] if arches else ""
+    return with_consumers(stages_for(options, keep), consumers)
+
+
 def consumers_stage(provider: Provider, config: Config, role: str, options: BakeOptions) -> PublishConsumers | None:
     """The consumers of providers.aws.publish / role.yml ``publish:``, checked before anything is launched
     (InvalidInput: exit 2); None when there are none (or the provider has none)."""
@@ -191,7 +202,12 @@ def bake(
         **({"check_mode": True} if options.check_mode else {}),
     )
     try:
-        run_stages(with_consumers(stages_for(options, config.retention), consumers), ctx)
+        run_stages(bake_stages(ctx, options, config.retention, consumers), ctx)
+    except InvalidInput as exc:  # the base names nothing that exists (found before anything was launched)
+        log.error("invalid input; nothing was launched", errors=len(exc.diagnostics))
+        print(exc.render())
+        structlog.contextvars.unbind_contextvars("role", "build_id")
+        return BakeResult(ctx, EXIT_INVALID, exc.render())
     except BaseException as exc:  # noqa: B036 - reported, exit code carries it
         recap(ctx)
         log.error("bake failed", stage=ctx.current_stage, error=ctx.failure or type(exc).__name__)
