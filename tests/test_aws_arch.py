@@ -6,6 +6,7 @@ architectures' machines are this host's x86_64 containers).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -165,6 +166,9 @@ def test_two_architectures_give_two_amis_two_pointers_one_version(sandbox_env, e
         assert parameter(url, "/kiln/duo/latest/arm64", region) == by_arch["arm64"]["ImageId"]
         entry = {e["arch"]: e for e in entries if e["region"] == region}
         assert entry["arm64"]["base"]["id"] != entry["x86_64"]["base"]["id"], "each architecture has its own base"
+        for arch, name in (("x86_64", f"{version}.json"), ("arm64", f"{version}.arm64.json")):
+            artifact = (work / "builds" / "packages" / "duo" / name).read_bytes()
+            assert tags(by_arch[arch])["kiln:packages-sha256"] == hashlib.sha256(artifact).hexdigest(), arch
     assert not live_instances(url, entries[0]["build_id"])
 
     images_json = tmp_path / "images.json"

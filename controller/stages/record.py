@@ -12,6 +12,16 @@ from controller.context import BakeContext, inventory_bytes
 log = structlog.get_logger("kiln.stage")
 
 
+def inventories(ctx: BakeContext) -> dict[str, dict[str, str]]:
+    """File name -> package inventory: ``<version>.json`` for x86_64 (or the only architecture),
+    ``<version>.<arch>.json`` for each other one, so every image's packages-sha256 names its own file."""
+    files = {f"{ctx.version}.json": ctx.packages}
+    for variant in ctx.variants:
+        if variant.arch not in ("", "x86_64"):
+            files[f"{ctx.version}.{variant.arch}.json"] = variant.packages
+    return files
+
+
 class Record:
     name = "record"
 
@@ -21,9 +31,10 @@ class Record:
         try:
             manifest.append(builds / "manifest.json", manifest.entries_for(ctx))
             manifest.record_images(builds / "images.json", ctx.published)
-            inventory = builds / "packages" / ctx.role / f"{ctx.version}.json"
-            inventory.parent.mkdir(parents=True, exist_ok=True)
-            inventory.write_bytes(inventory_bytes(ctx.packages))
+            for name, packages in inventories(ctx).items():
+                inventory = builds / "packages" / ctx.role / name
+                inventory.parent.mkdir(parents=True, exist_ok=True)
+                inventory.write_bytes(inventory_bytes(packages))
         except OSError as exc:  # the image is published; a lost record must not undo it
             log.error("could not write the manifest", error=str(exc))
 
