@@ -229,6 +229,8 @@ def _limits(value: Any, spec: Dict[str, Any]) -> Optional[str]:
         return spec.get("pattern_message", "'{value}' does not match {pattern}").format(
             value=value, pattern=spec["pattern"]
         )
+    if value in spec.get("reserved", ()):
+        return f"'{value}' is reserved"
     for check in spec.get("checks", ()):
         message = check(value)
         if message:
@@ -364,6 +366,8 @@ def value_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
     """The JSON Schema of one value: accepts exactly what :func:`check_value` accepts (but ``checks``)."""
     kind = spec.get("type", "str")
     strict = spec.get("strict")
+    if "json_schema" in spec:  # a value only the controller's own code judges (an expression, a list of steps)
+        return _with_meta(spec["json_schema"], spec)
     if kind in ("str", "path", "mode"):
         base: Dict[str, Any] = {"type": "string"}
         if kind == "path" and not spec.get("relative"):
@@ -372,6 +376,8 @@ def value_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
             base["pattern"] = MODE_RE.pattern
         elif spec.get("pattern"):
             base["pattern"] = spec["pattern"]
+        if spec.get("reserved"):
+            base["not"] = {"enum": list(spec["reserved"])}
         alternatives = [base]
         if kind == "str" and not strict:
             alternatives.append({"type": "number"})

@@ -39,7 +39,7 @@ from controller.context import BakeOptions
 from controller.model import CompiledRole, Diagnostic, InvalidInput
 from controller.providers.base import Provider
 from controller.stages.resolve_base import inputs_hash
-from controller.stepfiles.compile import compile_role
+from controller.stepfiles.compile import compile_role, list_roles
 
 log = structlog.get_logger("kiln.nightly")
 
@@ -65,10 +65,6 @@ class RoleReport:
     error: str = ""
     failed_step: str = ""
     packages: dict[str, Any] = field(default_factory=dict)  # added / removed / upgraded
-
-
-def discover_roles(playbooks: Path) -> list[str]:
-    return sorted(p.name for p in (playbooks / "roles").iterdir() if (p / "role.yml").exists())
 
 
 def package_changes(before: dict[str, str], after: dict[str, str]) -> dict[str, Any]:
@@ -464,7 +460,7 @@ def nightly(
         who = default_runner(started, run_id, runner, share)
         check_on_locked(on_locked)
         config = load_config(options.playbooks_dir / "kiln.yaml")
-        selected = roles or discover_roles(options.playbooks_dir)
+        selected = roles or list_roles(options.playbooks_dir)
         provider = make_provider(provider_name, config, options.builds_dir, sandbox)
         run = Nightly(
             provider, config, options, selected, force, concurrency, on_locked, provider_name, sandbox, shard=share

@@ -19,81 +19,25 @@ from typing import Any
 from agent.checks import discover as discover_checks
 from agent.modules import discover as discover_modules
 from agent.schema import json_schema as args_schema
-from controller.stepfiles.validate import CHECK_ON, CHECK_ON_DEFAULT, FACTS, KILN_ATTRS
+from agent.schema import value_schema
+from controller.stepfiles.keywords import (
+    BLOCK_KEYS,
+    CHECK_KEYWORDS,
+    CHECK_ON,
+    CHECK_ON_DEFAULT,
+    CHECK_ON_DESCRIPTION,
+    FLUSH_KEYS,
+    KEYWORDS,
+    STEP_KEYS,
+)
+from controller.stepfiles.validate import FACTS, KILN_ATTRS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
-CHECK_ON_DESCRIPTION = (
-    "where the check runs: `build` only on the build machine (before it is cleaned), `image` only on a "
-    "fresh machine launched from the new image (the test stage, `build.test_image`), `both` on each."
-)
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "step-files.md"
 
 EXPRESSION = {
     "description": "A Jinja2 expression (with or without {{ }}), true/false, or a list (all must hold).",
-    "anyOf": [{"type": "string"}, {"type": "boolean"}, {"type": "array", "items": {"type": ["string", "boolean"]}}],
-}
-NAMES = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
-TEMPLATED = {"type": "string", "pattern": r"\{\{"}
-
-# keyword -> (JSON Schema, description for the reference)
-KEYWORDS: dict[str, tuple[dict[str, Any], str]] = {
-    "name": (
-        {"type": "string"},
-        "What the step does; shown in output. Default: `<module> <main argument>`. Handlers are notified by it.",
-    ),
-    "when": (EXPRESSION, "Run only when the expression holds (evaluated on the box, per loop item)."),
-    "loop": (
-        {"anyOf": [{"type": "array"}, {"type": "string"}]},
-        "Run once per item: a list, or an expression giving one.",
-    ),
-    "loop_var": (
-        {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-        "The loop variable's name (default `item`).",
-    ),
-    "loop_control": (
-        {"type": "object", "properties": {"loop_var": {"type": "string"}}, "additionalProperties": False},
-        "Ansible's spelling of `loop_var`.",
-    ),
-    "register": (
-        {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-        "Keep the result (changed, failed, msg, rc, stdout, ...; `results` for loops) under this name.",
-    ),
-    "changed_when": (EXPRESSION, "Decide `changed` yourself (`result` is the module's result)."),
-    "failed_when": (EXPRESSION, "Decide `failed` yourself (`result` is the module's result)."),
-    "ignore_errors": ({"type": "boolean"}, "A failure is reported as ignored and the run goes on."),
-    "retries": (
-        {"anyOf": [{"type": "integer", "minimum": 0}, TEMPLATED]},
-        "Retry a failing step (or until `until` holds) this many times.",
-    ),
-    "delay": ({"anyOf": [{"type": "integer", "minimum": 0}, TEMPLATED]}, "Seconds between retries (default 5)."),
-    "until": (EXPRESSION, "Retry until the expression holds (3 retries unless `retries` says otherwise)."),
-    "timeout": (
-        {"type": "number", "exclusiveMinimum": 0},
-        "Seconds the step may run (all its loop items and retries together; a handler, each time it "
-        "runs). Past it the step fails, whatever it started is killed, and `ignore_errors`/`rescue` "
-        "apply as to any failure. Default: kiln.yaml `build.step_timeout` (3600).",
-    ),
-    "notify": (NAMES, "Handlers to run (once, at the end or at `flush_handlers`) when this step changed."),
-    "no_log": ({"type": "boolean"}, "Redact this step's messages, diffs and output everywhere."),
-    "tags": (
-        NAMES,
-        "Select steps with `--tags` / `--skip-tags` (`always` runs unless skipped by name; "
-        "`never` only when asked for). A block's tags apply to its steps.",
-    ),
-    "idempotent": (
-        {"type": "boolean"},
-        "`false` exempts the step from the idempotence gate; needs a reason: "
-        "`idempotent: false  # why` or `idempotent_reason`.",
-    ),
-    "idempotent_reason": ({"type": "string", "minLength": 1}, "Why the step changes on every run."),
-    "block": (
-        {"$ref": "#/$defs/steps"},
-        "Steps run together (with `rescue` and `always`); "
-        "`when`, `tags`, `no_log`, `ignore_errors` apply to all of them.",
-    ),
-    "rescue": ({"$ref": "#/$defs/steps"}, "Run when a step of the block fails (`kiln_failed_step` says which)."),
-    "always": ({"$ref": "#/$defs/steps"}, "Run after the block, failed or not."),
-    "flush_handlers": ({"const": True}, "`flush_handlers: true` runs the handlers notified so far, now."),
+    "anyOf": [{"type": "string"}, {"type": "boolean"}, {"type": "array", "items": {"$ref": "#/$defs/expression"}}],
 }
 
 
@@ -107,12 +51,17 @@ def _module_args_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _only_with(key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """A step with ``key`` takes only the keywords ``allowed`` beside it."""
+    return {"if": {"required": [key]}, "then": {"propertyNames": {"enum": list(allowed)}}}
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of steps, handlers and verify files (draft 2020-12)."""
     modules = discover_modules()
     checks = discover_checks()
-    defs: dict[str, Any] = {}
-    step_props: dict[str, Any] = {k: dict(v[0], description=v[1]) for k, v in KEYWORDS.items()}
+    defs: dict[str, Any] = {"expression": EXPRESSION}
+    step_props: dict[str, Any] = {k: value_schema(spec) for k, spec in KEYWORDS.items()}
     for name, module in modules.items():
         defs[f"module_{name}"] = _module_args_schema(module.SCHEMA)
         step_props[name] = {"$ref": f"#/$defs/module_{name}"}
@@ -123,6 +72,14 @@ def json_schema() -> dict[str, Any]:
         "properties": step_props,
         "additionalProperties": False,
         "oneOf": one_of,
+        "allOf": [
+            _only_with("block", BLOCK_KEYS),
+            _only_with("flush_handlers", FLUSH_KEYS),
+            {
+                "if": {"not": {"anyOf": [{"required": ["block"]}, {"required": ["flush_handlers"]}]}},
+                "then": {"propertyNames": {"enum": list(STEP_KEYS) + list(modules)}},
+            },
+        ],
     }
     defs["steps"] = {"type": "array", "items": {"$ref": "#/$defs/step"}}
     defs["steps_file"] = {"description": "steps.yml: the role's steps, in order.", "$ref": "#/$defs/steps"}
@@ -147,8 +104,7 @@ def json_schema() -> dict[str, Any]:
             main["anyOf"].insert(0, props.get(free_form, {}))
             main["description"] = f"the check's {free_form}"
         props[name] = main
-        props["name"] = {"type": "string", "description": "Shown in output."}
-        props["on"] = {"enum": list(CHECK_ON), "default": CHECK_ON_DEFAULT, "description": CHECK_ON_DESCRIPTION}
+        props.update({key: value_schema(spec) for key, spec in CHECK_KEYWORDS.items()})
         check_entries.append(
             {
                 "type": "object",
@@ -274,8 +230,8 @@ def reference_markdown() -> str:
         "| keyword | description |",
         "|---|---|",
     ]
-    for name, (_, description) in KEYWORDS.items():
-        out.append(f"| `{name}` | {_cell(description)} |")
+    for name, spec in KEYWORDS.items():
+        out.append(f"| `{name}` | {_cell(spec['description'])} |")
     out += ["", "## Modules", ""]
     out.append(", ".join(f"[`{name}`](#module-{name.replace('_', '-')})" for name in modules))
     out.append("")

@@ -274,7 +274,7 @@ def test_step_shape(tmp_path: Path):
   changed_when: false
   notify: reload nginx
   retries: 2
-  delay: "1"
+  delay: 1
 - block:
     - copy: {src: motd, dest: /etc/motd, mode: "0644"}
   rescue:
@@ -288,7 +288,7 @@ def test_step_shape(tmp_path: Path):
   idempotent: false
   idempotent_reason: prints the date
 - shell: echo
-  ignore_errors: yes
+  ignore_errors: true
 """})
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
     first, loop, block, date1, date2, shell = compiled.steps
@@ -481,7 +481,7 @@ def test_no_log_values_and_check_diff_flags(tmp_path: Path):
                               "steps.yml": "- copy: {content: '{{ secret }} {{ creds.token }}', dest: /etc/s}\n"
                                            "  no_log: true\n"
                                            "- block:\n    - command: 'echo {{ shown }}'\n  no_log: true\n"
-                                           "- command: 'echo {{ item }}'\n  loop: '{{ keys }}'\n  no_log: yes\n"})
+                                           "- command: 'echo {{ item }}'\n  loop: '{{ keys }}'\n  no_log: true\n"})
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path), check_mode=True, diff=True)
     assert compiled.no_log_values == ["abc123", "bob", "hunter2", "k1", "visible"]
     assert compiled.steps[0]["no_log"] is True and compiled.steps[1]["block"][0]["no_log"] is True

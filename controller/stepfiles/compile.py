@@ -32,6 +32,7 @@ from controller.stepfiles.validate import (
     Collector,
     Ref,
     StepCompiler,
+    any_templated,
     check_references,
     compile_checks,
     did_you_mean,
@@ -82,9 +83,11 @@ def parse_var_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def list_roles(playbooks_dir: Path) -> list[str]:
+    """Every role under ``roles/``: a folder with one of STEP_FILES (validate, bake and nightly agree)."""
     roles_dir = Path(playbooks_dir) / "roles"
     if not roles_dir.is_dir():
-        return []
+        message = "no roles directory: a role is roles/<role>/ with role.yml or steps.yml"
+        raise InvalidInput([Diagnostic(display_path(roles_dir), 1, 1, message)])
     return sorted(p.name for p in roles_dir.iterdir() if p.is_dir() and any((p / f).is_file() for f in STEP_FILES))
 
 
@@ -101,7 +104,7 @@ def resolve_variables(
     for _ in range(passes):
         changed = False
         for name, value in list(scope.items()):
-            if not _has_template(value):
+            if not any_templated(value):
                 continue
             try:
                 rendered = render(value, scope)
@@ -113,14 +116,6 @@ def resolve_variables(
         if not changed:
             break
     return scope
-
-
-def _has_template(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_has_template(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_template(v) for v in value)
-    return is_templated(value)
 
 
 # --- loading roles --------------------------------------------------------------------------

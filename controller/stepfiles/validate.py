@@ -29,26 +29,33 @@ import jinja2.meta
 from jinja2 import nodes
 
 from agent import schema as argschema
+from agent.schema import Code
 from agent.templating import ENV, WHOLE_EXPRESSION, template_path
 from controller.model import Diagnostic
+from controller.stepfiles.keywords import (
+    BLOCK_KEYS,
+    CHECK_KEYWORDS,
+    CHECK_ON,
+    CHECK_ON_DEFAULT,
+    CONTROL_KEYS,
+    FLUSH_KEYS,
+    JINJA_GLOBALS,
+    KEYWORDS,
+    RESERVED_NAMES,
+    STEP_KEYS,
+    judge,
+)
 from controller.stepfiles.loader import PLAIN, Document, RoleTree, display_path, kind_of
 
 FACTS = ("os_family", "distribution", "distribution_version", "distribution_codename", "arch", "cpus",
          "memory_mb", "hostname", "pkg_mgr", "init", "python_version")
 KILN_ATTRS = ("role", "version", "build_id")
-JINJA_GLOBALS = frozenset(ENV.globals) | {"range", "dict", "lipsum", "cycler", "joiner", "namespace"}
 BUILTIN_NAMES = frozenset({"facts", "kiln", "result"}) | JINJA_GLOBALS
 YAML11_BOOLS = ("yes", "no", "on", "off", "y", "n")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 EXPRESSION_KEYS = ("when", "changed_when", "failed_when", "until")
-STEP_KEYS = ("name", "when", "loop", "loop_var", "loop_control", "register", "changed_when", "failed_when",
-             "ignore_errors", "retries", "delay", "until", "notify", "no_log", "tags", "idempotent",
-             "idempotent_reason", "timeout")
-BLOCK_KEYS = ("name", "block", "rescue", "always", "when", "tags", "no_log", "ignore_errors")
-FLUSH_KEYS = ("name", "flush_handlers", "tags")
-CONTROL_KEYS = STEP_KEYS + ("block", "rescue", "always", "flush_handlers")
-RESERVED_NAMES = frozenset({"facts", "kiln", "item", "result", "kiln_failed_step"}) | JINJA_GLOBALS
+__all__ = ["BLOCK_KEYS", "CHECK_ON", "CHECK_ON_DEFAULT", "CONTROL_KEYS", "FLUSH_KEYS", "RESERVED_NAMES", "STEP_KEYS"]
 HINTS = {
     "with_items": "use 'loop'",
     "with_list": "use 'loop'",
@@ -269,32 +276,16 @@ class StepCompiler:
             if key in data:
                 step[key] = self._condition(data[key], path + (key,), extra)
         if "register" in data:
-            value = data["register"]
-            if not isinstance(value, str) or not IDENTIFIER.match(value):
-                self.error(path + ("register",), f"register needs a variable name (letters, digits, _), "
-                                                 f"got {value!r}")
-            elif value in RESERVED_NAMES:
-                self.error(path + ("register",), f"'{value}' is reserved; register under another name")
-            else:
+            value = self._judged(data, path, "register")
+            if value is not None:
                 step["register"] = value
                 self.c.registers.add(value)
-        for key in ("retries", "delay"):
-            if key in data:
-                value = data[key]
+        for key in ("retries", "delay", "timeout"):
+            value = self._judged(data, path, key) if key in data else None
+            if value is not None:
+                step[key] = value
                 if is_templated(value):
                     self.c.refs.append(Ref(self.doc, path + (key,), value, True, extra))
-                    step[key] = value
-                elif key == "delay" and isinstance(value, float) and value >= 0:
-                    step[key] = value
-                elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    if isinstance(value, str) and value.strip().isdigit():
-                        step[key] = int(value)
-                    else:
-                        self.error(path + (key,), f"{key} must be a whole number >= 0, got {value!r}")
-                else:
-                    step[key] = value
-        if "timeout" in data:
-            self._timeout(data["timeout"], path + ("timeout",), step)
         for key in ("ignore_errors", "no_log"):
             value = self._bool(data, path, key) if key in data else getattr(ctx, key)
             if value is not None:
@@ -307,30 +298,25 @@ class StepCompiler:
         self._idempotent(data, path, step)
         return loop_names
 
-    def _timeout(self, value: Any, path: tuple[Any, ...], step: dict[str, Any]) -> None:
-        """Seconds one execution of the step may take: a positive number, known before anything runs."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            self.error(path, f"timeout must be a positive number of seconds, got {value!r}")
-        else:
-            step["timeout"] = value
+    def _judged(self, data: dict[str, Any], path: tuple[Any, ...], key: str) -> Any:
+        """``data[key]`` as its declaration (keywords.py) types it; None (and a diagnostic) when it is not."""
+        value, problem = judge(key, data[key])
+        if problem:
+            self.error(path + (key,), problem)
+            return None
+        return value
 
     def _name(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any]) -> None:
         if "name" not in data:
             return
-        value = data["name"]
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or str(value).strip() == "":
-            self.error(path + ("name",), f"name must be a non-empty string, got {kind_of(value)}")
+        value, problem = judge("name", data["name"])
+        if problem:
+            self.error(path + ("name",), f"name must be a non-empty string, got {kind_of(data['name'])}")
         else:
             step["name"] = str(value)
 
     def _bool(self, data: dict[str, Any], path: tuple[Any, ...], key: str) -> bool | None:
-        value = data[key]
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false", "on", "off"):
-            return value.lower() in ("yes", "true", "on")
-        self.error(path + (key,), f"{key} must be true or false, got {value!r}")
-        return None
+        return self._judged(data, path, key)
 
     def _loop_var(self, data: dict[str, Any], path: tuple[Any, ...]) -> str:
         name: Any = "item"
@@ -338,11 +324,11 @@ class StepCompiler:
         if "loop_control" in data:
             control = data["loop_control"]
             if not isinstance(control, dict):
-                self.error(path + ("loop_control",), f"loop_control must be a mapping like {{loop_var: pkg}}, "
+                self.error(path + ("loop_control",), f"loop_control must be {KEYWORDS['loop_control']['expect']}, "
                                                      f"got {kind_of(control)}")
             else:
                 for key in control:
-                    if key != "loop_var":
+                    if key not in KEYWORDS["loop_control"]["args"]:
                         self.error(path + ("loop_control", key), f"unknown loop_control setting '{key}' "
                                                                  "(only loop_var)", key=True)
                 if "loop_var" in control:
@@ -351,7 +337,7 @@ class StepCompiler:
                 self.error(path + ("loop_var",), "loop_var is given twice (here and in loop_control)", key=True)
         if "loop_var" in data:
             name, where = data["loop_var"], path + ("loop_var",)
-        if not isinstance(name, str) or not IDENTIFIER.match(name):
+        if judge("loop_var", name)[1]:
             self.error(where, f"loop_var needs a variable name (letters, digits, _), got {name!r}")
             return "item"
         return name
@@ -420,8 +406,7 @@ class StepCompiler:
             value = data["tags"]
             if isinstance(value, str):
                 own = [t.strip() for t in value.split(",") if t.strip()]
-            elif isinstance(value, list) and all(isinstance(t, (str, int)) and not isinstance(t, bool)
-                                                 for t in value):
+            elif isinstance(value, list) and not judge("tags", value)[1]:
                 own = [str(t) for t in value]
             else:
                 self.error(path + ("tags",), f"tags must be a name or a list of names, got {kind_of(value)}")
@@ -433,7 +418,7 @@ class StepCompiler:
 
     def _idempotent(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any]) -> None:
         reason = data.get("idempotent_reason")
-        if "idempotent_reason" in data and (not isinstance(reason, str) or not reason.strip()):
+        if "idempotent_reason" in data and judge("idempotent_reason", reason)[1]:
             self.error(path + ("idempotent_reason",), "idempotent_reason must be a non-empty string")
             reason = None
         if "idempotent" not in data:
@@ -567,53 +552,53 @@ def _truthy(value: Any) -> bool:
 
 def check_args(doc: Document, what: str, schema: dict[str, Any], given: Any,
                path: tuple[Any, ...]) -> list[Diagnostic]:
-    """Validate ``given`` against ``schema``; every problem at its key or value."""
+    """Validate a module's arguments ``given`` at ``path``; every problem at its key or value."""
+    if isinstance(given, dict):
+        where = {key: path + (key,) for key in given}
+    elif schema.get("free_form") and isinstance(given, str):
+        where = {schema["free_form"]: path}
+    else:
+        where = {}
+    return arg_diagnostics(doc, schema, given, where, path, what, what + ".{key}", what + ": {key}")
+
+
+def arg_diagnostics(doc: Document, schema: dict[str, Any], given: Any, where: dict[Any, tuple[Any, ...]],
+                    path: tuple[Any, ...], what: str, at_value: str, elsewhere: str) -> list[Diagnostic]:
+    """The engine's verdict on ``given`` as diagnostics: each at the key or value ``where`` places it.
+
+    ``what`` heads whole-mapping and key problems; ``at_value`` (a format with ``{key}``) heads a
+    value's problem at its own place, ``elsewhere`` one whose key has no place of its own (a shorthand).
+    """
     out: list[Diagnostic] = []
     spec_args: dict[str, Any] = schema.get("args", {})
     alias_of = {alias: name for name, spec in spec_args.items() for alias in spec.get("aliases", [])}
-    trapped: set[str] = set()
-    if isinstance(given, dict):
-        for key, value in given.items():
-            spec = spec_args.get(alias_of.get(key, key))
-            if spec and _yaml11_trap(doc, path + (key,), spec, value):
-                out.append(doc.diag(path + (key,), _yaml11_message(value)))
-                trapped.add(key)
-    elif schema.get("free_form") and isinstance(given, str):
-        spec = spec_args.get(schema["free_form"], {})
-        if _yaml11_trap(doc, path, spec, given):
-            out.append(doc.diag(path, _yaml11_message(given)))
-            return out
+    trapped: set[Any] = set()
+    values = given if isinstance(given, dict) else {k: given for k in where}
+    for key, value in values.items():
+        spec = spec_args.get(alias_of.get(key, key))
+        if spec and _yaml11_trap(doc, where.get(key, path), spec, value):
+            out.append(doc.diag(where.get(key, path), _yaml11_message(value)))
+            trapped.add(key)
+    if trapped and not isinstance(given, dict):
+        return out
     _, errors = argschema.validate(schema, given)
-    suggested = {m.group(1) for e in errors if (m := re.search(r"did you mean '([^']+)'", e.message))
-                 and e.message.startswith("unknown argument")}
+    suggested = {e.suggestion for e in errors if e.code == Code.UNKNOWN_KEY and e.suggestion}
     for err in errors:
         if err.key is None:
-            if _about(err.message, suggested):
-                continue  # "unknown argument 'pth' (did you mean 'path'?)" already says it
-            out.append(doc.diag(path, f"{what}: {err.message}", key=True))
+            if not suggested & set(err.names):  # "unknown argument 'pth' (did you mean 'path'?)" already says it
+                out.append(doc.diag(path, f"{what}: {err.message}", key=True))
             continue
-        given_key = err.key
-        if isinstance(given, dict) and given_key not in given:
-            given_key = next((k for k in given if alias_of.get(k, k) == err.key), given_key)
-        if given_key in trapped:
+        key = err.key if err.key in where else next((k for k in where if alias_of.get(k, k) == err.key), err.key)
+        if key in trapped:
             continue
-        if isinstance(given, dict) and given_key in given:
-            at_key = err.message.startswith(("unknown argument", f"'{err.key}' repeats")) or \
-                "mutually exclusive" in err.message
-            message = f"{what}: {err.message}" if at_key else f"{what}.{given_key}: {err.message}"
-            out.append(doc.diag(path + (given_key,), message, key=at_key))
+        place = where.get(key)
+        if place is None or place == path:
+            out.append(doc.diag(path, f"{elsewhere.format(key=key)}: {err.message}"))
+        elif err.at_key:
+            out.append(doc.diag(place, f"{what}: {err.message}", key=True))
         else:
-            out.append(doc.diag(path, f"{what}: {err.key}: {err.message}"))
+            out.append(doc.diag(place, f"{at_value.format(key=key)}: {err.message}"))
     return out
-
-
-def _about(message: str, names: set[str]) -> bool:
-    """A missing-argument message about one of ``names`` (already suggested for a misspelt key)."""
-    missing = re.match(r"missing required argument '([^']+)'", message)
-    if missing:
-        return missing.group(1) in names
-    one_of = re.match(r"one of (.+) is required", message)
-    return bool(one_of) and any(n.strip() in names for n in one_of.group(1).split(","))
 
 
 def _yaml11_trap(doc: Document, path: tuple[Any, ...], spec: dict[str, Any], value: Any) -> bool:
@@ -627,10 +612,6 @@ def _yaml11_message(value: str) -> str:
 
 
 # --- verify checks ---------------------------------------------------------------------
-#: where a check runs (its ``on:`` key): the build machine before cleaning, a fresh machine from the image, or both
-CHECK_ON = ("both", "build", "image")
-CHECK_ON_DEFAULT = "both"
-
 
 def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: str,
                    doc: Document) -> list[dict[str, Any]]:
@@ -690,9 +671,11 @@ def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: st
             args[key] = item
             where[key] = path + (key,)
         # validate with positions: a synthetic mapping whose keys point at their own places
-        _validate_check(collector, doc, kind, schema, args, where, path + (kind,))
+        label = f"{kind} check"
+        collector.diagnostics += arg_diagnostics(doc, schema, args, where, path + (kind,), label,
+                                                 label + " {key}", label + " {key}")
         name = entry.get("name")
-        if "name" in entry and (not isinstance(name, (str, int, float)) or isinstance(name, bool)):
+        if "name" in entry and judge("name", name, CHECK_KEYWORDS)[1]:
             collector.add(doc.diag(path + ("name",), f"name must be a string, got {kind_of(name)}"))
             name = None
         if not name:
@@ -719,45 +702,18 @@ def _check_on(collector: Collector, doc: Document, entry: dict[str, Any], path: 
     return CHECK_ON_DEFAULT
 
 
-def _validate_check(collector: Collector, doc: Document, kind: str, schema: dict[str, Any], args: dict[str, Any],
-                    where: dict[str, tuple[Any, ...]], kind_path: tuple[Any, ...]) -> None:
-    spec_args = schema.get("args", {})
-    alias_of = {alias: name for name, spec in spec_args.items() for alias in spec.get("aliases", [])}
-    trapped = set()
-    for key, value in args.items():
-        spec = spec_args.get(alias_of.get(key, key))
-        if spec and _yaml11_trap(doc, where.get(key, kind_path), spec, value):
-            collector.add(doc.diag(where.get(key, kind_path), _yaml11_message(value)))
-            trapped.add(key)
-    _, errors = argschema.validate(schema, args)
-    suggested = {m.group(1) for e in errors if (m := re.search(r"did you mean '([^']+)'", e.message))
-                 and e.message.startswith("unknown argument")}
-    for err in errors:
-        if err.key is None:
-            if not _about(err.message, suggested):
-                collector.add(doc.diag(kind_path, f"{kind} check: {err.message}", key=True))
-            continue
-        key = err.key if err.key in args else next((k for k in args if alias_of.get(k, k) == err.key), err.key)
-        if key in trapped:
-            continue
-        at_key = err.message.startswith("unknown argument") or "mutually exclusive" in err.message
-        path = where.get(key, kind_path)
-        at_key = at_key and path != kind_path
-        collector.add(doc.diag(path, f"{kind} check: {err.message}" if at_key else f"{kind} check {key}: {err.message}",
-                               key=at_key))
-
-
 def _collect_check_templates(collector: Collector, check: dict[str, Any], doc: Document,
                              path: tuple[Any, ...], key: str, value: Any) -> None:
-    if is_templated(value) or (isinstance(value, (list, dict)) and _any_templated(value)):
+    if is_templated(value) or (isinstance(value, (list, dict)) and any_templated(value)):
         collector.check_templates.append((check, doc, path, key))
 
 
-def _any_templated(value: Any) -> bool:
+def any_templated(value: Any) -> bool:
+    """Whether ``value`` or anything inside it is templated."""
     if isinstance(value, dict):
-        return any(_any_templated(v) for v in value.values())
+        return any(any_templated(v) for v in value.values())
     if isinstance(value, list):
-        return any(_any_templated(v) for v in value)
+        return any(any_templated(v) for v in value)
     return is_templated(value)
 
 
