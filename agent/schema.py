@@ -213,6 +213,9 @@ def _map(value: Any, spec: Dict[str, Any]) -> Tuple[Any, List[ArgError]]:
             message = spec.get("key_message", f"'{key}' is not a valid name")
             nested.append(ArgError(key, message.format(key=key), Code.BAD_VALUE, at_key=True))
             continue
+        if key in spec.get("reserved_keys", ()):
+            nested.append(ArgError(key, f"'{key}' is reserved", Code.BAD_VALUE, at_key=True))
+            continue
         coerced, errors = check_value(spec["values"], item) if spec.get("values") else (item, [])
         nested += [e.under((key,)) for e in errors]
         out[key] = coerced
@@ -243,6 +246,8 @@ def check_value(spec: Dict[str, Any], value: Any) -> Tuple[Any, List[ArgError]]:
     kind = spec.get("type", "str")
     if is_templated(value) and kind not in ("list", "dict", "object", "map") and spec.get("templated", True):
         return value, []
+    if value is None and spec.get("nullable"):
+        return value, []
     nested: List[ArgError] = []
     if kind in ("str", "path"):
         value, err, code = _string(kind, value, spec)
@@ -256,6 +261,9 @@ def check_value(spec: Dict[str, Any], value: Any) -> Tuple[Any, List[ArgError]]:
         value, err, code = _bool(value, spec)
     elif kind == "list":
         value, err, code, nested = _list(value, spec)
+    elif kind == "object" and spec.get("free_form") and not isinstance(value, (dict, list, bool)):
+        value, nested = validate(spec, value)  # the shorthand: a scalar sets the free-form argument
+        err, code = None, Code.BAD_VALUE
     elif kind in ("dict", "object", "map"):
         if not isinstance(value, dict):
             return value, [ArgError(None, f"expected a mapping, got {type(value).__name__}", Code.WRONG_TYPE)]
@@ -403,13 +411,21 @@ def value_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
             single = dict(array["items"]) if items else {"type": "string"}
             alternatives.append(single if items and items.get("type", "str") in ("str", "path") else {"type": "string"})
     elif kind == "object":
-        return _with_meta(json_schema(spec), spec)
+        obj = json_schema(spec)
+        alternatives = [obj]
+        if spec.get("free_form"):
+            alternatives.append(value_schema(dict(spec["args"][spec["free_form"]], description="")))
+        if spec.get("nullable"):
+            alternatives.append({"type": "null"})
+        return _with_meta(alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}, spec)
     elif kind in ("dict", "map"):
         obj: Dict[str, Any] = {"type": "object"}
         if spec.get("values"):
             obj["additionalProperties"] = value_schema(spec["values"])
         if spec.get("key_pattern"):
             obj["propertyNames"] = {"pattern": spec["key_pattern"]}
+        if spec.get("reserved_keys"):
+            obj.setdefault("propertyNames", {})["not"] = {"enum": list(spec["reserved_keys"])}
         alternatives = [obj]
     else:
         alternatives = [{}]
@@ -423,6 +439,8 @@ def value_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
         alternatives = [{"enum": list(spec["choices"])}]
     if spec.get("templated", True) and kind not in ("list", "dict", "object", "map", "raw"):
         alternatives.append(dict(TEMPLATED))
+    if spec.get("nullable"):
+        alternatives.append({"type": "null"})
     out: Dict[str, Any] = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
     return _with_meta(out, spec)
 

@@ -15,16 +15,14 @@ as raw mappings for the providers to read; :meth:`Config.position` and
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.schema import did_you_mean
+from controller.declared import check_document
 from controller.model import Diagnostic, InvalidInput
 from controller.stepfiles.loader import Document, display_path, kind_of, load_yaml
 
-KNOWN_KEYS = ("providers", "retention", "vars", "build")
 BUILD_DEFAULTS = {
     "ssh_timeout": 180.0,
     "deadline_hours": 3.0,
@@ -33,14 +31,131 @@ BUILD_DEFAULTS = {
     "ssh_keepalive_misses": 3,
     "test_image": True,
 }
-#: build settings that count something: whole numbers
-WHOLE_BUILD_SETTINGS = ("ssh_keepalive_misses",)
-#: build settings that switch something on or off
-BOOLEAN_BUILD_SETTINGS = ("test_image",)
 PROVIDERS = ("local", "aws")
-RETENTION_KEYS = ("keep",)
 DEFAULT_KEEP = 5
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _positive(description: str, default: float) -> dict[str, Any]:
+    return {
+        "type": "number",
+        "exclusive_minimum": 0,
+        "templated": False,
+        "default": default,
+        "expect": "a positive number",
+        "show": "kind",
+        "description": description,
+    }
+
+
+def _setting(description: str, **spec: Any) -> dict[str, Any]:
+    return {"type": "str", "strict": True, "templated": False, "expect": "a string", **spec, "description": description}
+
+
+BUILD_SCHEMA: dict[str, Any] = {
+    "key_noun": "build setting",
+    "description": "How long builds may take and how a lost machine is noticed.",
+    "args": {
+        "ssh_timeout": _positive("Seconds a new machine's SSH may take to answer.", 180.0),
+        "deadline_hours": _positive(
+            "Hours after which a build's temporaries expire (an AWS build machine halts itself).", 3.0
+        ),
+        "step_timeout": _positive("Seconds a step may run unless it says `timeout:`.", 3600.0),
+        "ssh_keepalive": _positive("Seconds between SSH keepalive probes.", 15.0),
+        "ssh_keepalive_misses": {
+            "type": "int",
+            "strict": True,
+            "templated": False,
+            "minimum": 1,
+            "default": 3,
+            "expect": "a whole number >= 1",
+            "description": "Unanswered probes in a row before the machine is lost.",
+        },
+        "test_image": {
+            "type": "bool",
+            "strict": True,
+            "templated": False,
+            "default": True,
+            "expect": "true or false",
+            "description": "Launch a fresh machine from the new image and run the checks there before publishing.",
+        },
+    },
+}
+LOCAL_SCHEMA: dict[str, Any] = {
+    "key_noun": "providers.local setting",
+    "description": "The local provider: a podman (or docker CLI) engine on this machine.",
+    "args": {
+        "engine": _setting(
+            "The container CLI: `auto` (podman, else docker), `podman`, `docker` or a path; `KILN_ENGINE` overrides.",
+            default="auto",
+        ),
+        "runtime": _setting(
+            "The OCI runtime: `auto` (`runc` where crun fails on hybrid cgroups) or a name/path; "
+            "`KILN_RUNTIME` overrides.",
+            default="auto",
+        ),
+        "image_prefix": _setting(
+            "Where kiln's images live instead of `localhost/kiln` (`KILN_IMAGE_PREFIX` overrides).", default=""
+        ),
+    },
+}
+#: ``providers.aws`` is declared beside the code that reads it (controller/providers/aws_settings.py)
+AWS_SECTION: dict[str, Any] = {
+    "type": "dict",
+    "nullable": True,
+    "expect": "a mapping",
+    "description": "The AWS provider (docs/aws.md); checked by controller/providers/aws_settings.py.",
+}
+CONFIG_SCHEMA: dict[str, Any] = {
+    "key_noun": "setting",
+    "description": "playbooks/kiln.yaml: providers, retention, build settings and global variables.",
+    "args": {
+        "providers": {
+            "type": "object",
+            "key_noun": "provider",
+            "expect": "a mapping",
+            "description": "Each provider's settings.",
+            "args": {
+                "local": {"type": "object", "nullable": True, "expect": "a mapping", **LOCAL_SCHEMA},
+                "aws": AWS_SECTION,
+            },
+        },
+        "retention": {
+            "type": "object",
+            "free_form": "keep",
+            "key_noun": "retention setting",
+            "expect": "a mapping like {keep: 5}",
+            "show": "kind",
+            "description": "How many versions of each role are kept (`retention: 5` is short for `{keep: 5}`).",
+            "args": {
+                "keep": {
+                    "type": "int",
+                    "strict": True,
+                    "templated": False,
+                    "minimum": 1,
+                    "default": DEFAULT_KEEP,
+                    "expect": "a whole number >= 1",
+                    "description": "Versions kept per role; older ones are retired.",
+                },
+            },
+        },
+        "build": {
+            "type": "object",
+            "expect": "a mapping like {ssh_timeout: 180}",
+            "show": "kind",
+            **BUILD_SCHEMA,
+        },
+        "vars": {
+            "type": "map",
+            "key_pattern": IDENTIFIER,
+            "reserved_keys": ["facts", "kiln"],
+            "expect": "a mapping",
+            "show": "kind",
+            "key_message": "variable name '{key}' is not an identifier (letters, digits, _)",
+            "description": "Variables for every role: above role defaults and vars, below `--var`.",
+        },
+    },
+}
 
 
 @dataclass
@@ -84,124 +199,31 @@ class Config:
         return self.providers.get(name) or {}
 
 
-def _build_setting_problem(key: Any, value: Any) -> str:
-    """What is wrong with ``build.<key>: <value>`` ("" when nothing)."""
-    if key not in BUILD_DEFAULTS:
-        return f"unknown build setting '{key}'{did_you_mean(key, list(BUILD_DEFAULTS))}"
-    if key in BOOLEAN_BUILD_SETTINGS:
-        return "" if isinstance(value, bool) else f"build.{key} must be true or false, got {value!r}"
-    if key in WHOLE_BUILD_SETTINGS:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return f"build.{key} must be a whole number >= 1, got {value!r}"
-        return ""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        return f"build.{key} must be a positive number, got {kind_of(value)}"
-    return ""
-
-
 def load_config(path: Path) -> Config:
-    """Load and check kiln.yaml; raise InvalidInput with every problem at once."""
+    """Load and check kiln.yaml against CONFIG_SCHEMA; raise InvalidInput with every problem at once."""
     path = Path(path)
     if not path.exists():
         return Config(path=path)
     doc = load_yaml(path)
     data = doc.data
-    problems: list[Diagnostic] = []
     config = Config(path=path, document=doc)
     if data is None:
         return config
     if not isinstance(data, dict):
-        raise InvalidInput(
-            [doc.diag((), f"kiln.yaml must be a mapping of {', '.join(KNOWN_KEYS)}; got {kind_of(data)}")]
-        )
-    config.raw = data
-    for key in data:
-        if key not in KNOWN_KEYS:
-            problems.append(doc.diag((key,), f"unknown setting '{key}'{did_you_mean(key, list(KNOWN_KEYS))}", key=True))
-
-    providers = data.get("providers")
-    if providers is not None:
-        if not isinstance(providers, dict):
-            problems.append(doc.diag(("providers",), f"providers must be a mapping, got {kind_of(providers)}"))
-        else:
-            for name, section in providers.items():
-                if name not in PROVIDERS:
-                    problems.append(
-                        doc.diag(
-                            ("providers", name),
-                            f"unknown provider '{name}'{did_you_mean(name, list(PROVIDERS))}",
-                            key=True,
-                        )
-                    )
-                    continue
-                if section is None:
-                    section = {}
-                if not isinstance(section, dict):
-                    problems.append(
-                        doc.diag(("providers", name), f"providers.{name} must be a mapping, got {kind_of(section)}")
-                    )
-                    continue
-                config.providers[name] = section
-
-    retention = data.get("retention")
-    if retention is not None:
-        if isinstance(retention, int) and not isinstance(retention, bool):
-            retention = {"keep": retention}
-            keep_path: tuple[Any, ...] = ("retention",)
-        else:
-            keep_path = ("retention", "keep")
-        if not isinstance(retention, dict):
-            problems.append(
-                doc.diag(("retention",), f"retention must be a mapping like {{keep: 5}}, got {kind_of(retention)}")
-            )
-        else:
-            for key in retention:
-                if key not in RETENTION_KEYS:
-                    problems.append(
-                        doc.diag(
-                            ("retention", key),
-                            f"unknown retention setting '{key}'{did_you_mean(key, list(RETENTION_KEYS))}",
-                            key=True,
-                        )
-                    )
-            keep = retention.get("keep", DEFAULT_KEEP)
-            if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-                problems.append(doc.diag(keep_path, f"retention.keep must be a whole number >= 1, got {keep!r}"))
-            else:
-                config.retention = keep
-
-    build = data.get("build")
-    if build is not None:
-        if not isinstance(build, dict):
-            problems.append(
-                doc.diag(("build",), f"build must be a mapping like {{ssh_timeout: 180}}, got {kind_of(build)}")
-            )
-        else:
-            for key, value in build.items():
-                problem = _build_setting_problem(key, value)
-                if problem:
-                    problems.append(doc.diag(("build", key), problem, key=key not in BUILD_DEFAULTS))
-                else:
-                    exact = key in WHOLE_BUILD_SETTINGS or key in BOOLEAN_BUILD_SETTINGS
-                    setattr(config, key, value if exact else float(value))
-
-    variables = data.get("vars")
-    if variables is not None:
-        if not isinstance(variables, dict):
-            problems.append(doc.diag(("vars",), f"vars must be a mapping, got {kind_of(variables)}"))
-        else:
-            for name in variables:
-                if not IDENTIFIER.match(name):
-                    problems.append(
-                        doc.diag(
-                            ("vars", name),
-                            f"variable name '{name}' is not an identifier (letters, digits, _)",
-                            key=True,
-                        )
-                    )
-                elif name in ("facts", "kiln"):
-                    problems.append(doc.diag(("vars", name), f"'{name}' is reserved", key=True))
-            config.vars = dict(variables)
+        known = ", ".join(CONFIG_SCHEMA["args"])
+        raise InvalidInput([doc.diag((), f"kiln.yaml must be a mapping of {known}; got {kind_of(data)}")])
+    values, problems = check_document(
+        CONFIG_SCHEMA, data, lambda where, message, key: doc.diag(where, message, key=key)
+    )
     if problems:
         raise InvalidInput(problems)
+    config.raw = data
+    providers = data.get("providers") or {}  # as written: each provider applies its own defaults
+    config.providers = {name: dict(providers.get(name) or {}) for name in PROVIDERS}
+    config.retention = values["retention"]["keep"] if "retention" in values else DEFAULT_KEEP
+    build = values.get("build") or {}
+    for key, default in BUILD_DEFAULTS.items():
+        value = build.get(key, default)
+        setattr(config, key, float(value) if isinstance(default, float) else value)
+    config.vars = dict(values.get("vars") or {})
     return config
