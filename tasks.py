@@ -128,12 +128,13 @@ def validate(c, role=""):
     print("ok: no problems found")
 
 
-@task
-def schema(c, output="docs/kiln-steps.schema.json"):
-    """Export the JSON Schema of steps, handlers and checks (for editors' YAML support)."""
-    from controller.schema_export import json_schema
+@task(help={"config": "The schema of playbooks/kiln.yaml instead of the step files'.", "output": "The file to write."})
+def schema(c, output="", config=False):
+    """Export the JSON Schema of steps, handlers and checks, or with --config of kiln.yaml (for editors)."""
+    from controller.schema_export import config_schema, json_schema
 
-    Path(output).write_text(jsonlib.dumps(json_schema(), indent=2) + "\n")
+    output = output or ("docs/kiln-yaml.schema.json" if config else "docs/kiln-steps.schema.json")
+    Path(output).write_text(jsonlib.dumps(config_schema() if config else json_schema(), indent=2) + "\n")
     print(f"wrote {output}")
 
 
