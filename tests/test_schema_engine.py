@@ -16,9 +16,9 @@ import pytest
 
 from agent.schema import Code, validate
 from controller.config import CONFIG_SCHEMA, load_config
+from controller.context import BakeOptions
 from controller.model import InvalidInput
 from controller.nightly import nightly
-from controller.context import BakeOptions
 from controller.schema_export import CONFIG_DOC_PATH, config_markdown, config_schema, file_schema
 from controller.stepfiles.compile import compile_role, list_roles
 from controller.stepfiles.loader import load_text
