@@ -31,7 +31,7 @@ BUILD_DEFAULTS = {
     "ssh_keepalive_misses": 3,
     "test_image": True,
 }
-PROVIDERS = ("local", "aws")
+PROVIDERS = ("local", "aws", "ssh")
 DEFAULT_KEEP = 5
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -106,6 +106,14 @@ AWS_SECTION: dict[str, Any] = {
     "expect": "a mapping",
     "description": "The AWS provider (docs/aws.md); checked by controller/providers/aws_settings.py.",
 }
+#: ``providers.ssh`` is checked by controller/providers/ssh.py (``parse_settings``)
+SSH_SECTION: dict[str, Any] = {
+    "type": "dict",
+    "nullable": True,
+    "expect": "a mapping",
+    "description": "An existing host the developer loop converges and verifies (docs/internals.md); "
+    "checked by controller/providers/ssh.py.",
+}
 CONFIG_SCHEMA: dict[str, Any] = {
     "key_noun": "setting",
     "description": "playbooks/kiln.yaml: providers, retention, build settings and global variables.",
@@ -118,6 +126,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "args": {
                 "local": {"type": "object", "nullable": True, "expect": "a mapping", **LOCAL_SCHEMA},
                 "aws": AWS_SECTION,
+                "ssh": SSH_SECTION,
             },
         },
         "retention": {
