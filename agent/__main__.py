@@ -1,8 +1,13 @@
-"""kiln agent: ``facts`` | ``apply BUNDLE_DIR [--resume]`` | ``verify CHECKS_FILE`` | ``serve BUNDLE_DIR``.
+"""kiln agent: ``facts`` | ``apply BUNDLE_DIR [--resume] [--rerun] [--verify CHECKS_FILE]`` |
+``verify CHECKS_FILE`` | ``serve BUNDLE_DIR``.
 
 Prints one JSON object per line; the exit status says ok (0), failed (1), or, for
 ``apply``, rebooting (3): the run state is saved in BUNDLE_DIR and ``apply --resume``
 after the boot continues with the step after the reboot.
+``apply --rerun --verify CHECKS`` goes on, in the same process, once the apply is clean: a
+second apply (the idempotence check) and then the checks, each part opened by a ``phase``
+event and closed by its own ``summary``. A part that fails (a failed step, a step marked
+idempotent that changed again, a failed check) ends the run there.
 ``serve`` keeps one agent warm for ``converge --watch``: each JSON line on stdin
 (``{"id", "bundle", "files"}``) writes the files that changed into BUNDLE_DIR and applies
 that bundle, ending with ``{"event": "served", "id": ...}``; end of input ends it.
@@ -34,6 +39,8 @@ def main(argv: Any = None) -> int:
     apply_p.add_argument(
         "--resume", action="store_true", help="continue a run that rebooted the machine (state saved in the bundle dir)"
     )
+    apply_p.add_argument("--rerun", action="store_true", help="then apply again: it must change nothing")
+    apply_p.add_argument("--verify", metavar="CHECKS", help="then run these checks")
     verify_p = sub.add_parser("verify")
     verify_p.add_argument("checks")
     sub.add_parser("packages")
@@ -52,7 +59,6 @@ def main(argv: Any = None) -> int:
         emit({"event": "packages", "packages": installed_packages()})
         return 0
     if args.command == "apply":
-        from agent.api import Context
         from agent.runner import RESUME_FILE, Runner
 
         with open(os.path.join(args.bundle, "bundle.json")) as handle:
@@ -83,31 +89,55 @@ def main(argv: Any = None) -> int:
             os.unlink(state_file)
         gathered = facts.gather()
         emit({"event": "facts", "facts": gathered})
-        ctx = Context(
-            check_mode=args.check or bundle.get("check_mode", False),
-            diff_mode=args.diff or bundle.get("diff", False),
-            files_dir=os.path.join(args.bundle, "files"),
-            templates_dir=os.path.join(args.bundle, "templates"),
-            facts=gathered,
-        )
-        runner = Runner(bundle, ctx, emit, state_dir=args.bundle)
+        runner = Runner(bundle, apply_context(args, bundle, gathered), emit, state_dir=args.bundle)
         runner.run(resume)
-        return runner.exit_code
+        if runner.exit_code:
+            return runner.exit_code
+        if args.rerun:
+            emit({"event": "phase", "phase": "idempotence check"})
+            again = Runner(
+                bundle, apply_context(args, bundle, facts.gather()), emit, modules=runner.modules, state_dir=args.bundle
+            )
+            again.run()
+            if again.exit_code or any(step.get("idempotent", True) for step in again.changed_steps):
+                return again.exit_code  # the controller fails the idempotence check on this part's summary
+        if args.verify:
+            emit({"event": "phase", "phase": "verify"})
+            return verify(args.verify)
+        return 0
     if args.command == "serve":
         return serve(args.bundle, facts.gather())
     if args.command == "verify":
-        from agent.verify import run_checks
-
-        with open(args.checks) as handle:
-            checks = json.load(handle)
-        # checks may read variables, facts and kiln.version: render them here, with the bundle's vars
-        bundle_file = os.path.join(os.path.dirname(os.path.abspath(args.checks)), "bundle.json")
-        variables: Dict[str, Any] = {}
-        if os.path.exists(bundle_file):
-            with open(bundle_file) as handle:
-                variables = dict(json.load(handle).get("vars", {}))
-        return 0 if run_checks(checks, facts.gather(), emit, variables) else 1
+        return verify(args.checks)
     return 2
+
+
+def apply_context(args: argparse.Namespace, bundle: Dict[str, Any], gathered: Dict[str, Any]) -> Any:
+    from agent.api import Context
+
+    return Context(
+        check_mode=args.check or bundle.get("check_mode", False),
+        diff_mode=args.diff or bundle.get("diff", False),
+        files_dir=os.path.join(args.bundle, "files"),
+        templates_dir=os.path.join(args.bundle, "templates"),
+        facts=gathered,
+    )
+
+
+def verify(checks_file: str) -> int:
+    """Run the checks in ``checks_file`` (0: all passed), rendered with the bundle's variables beside it."""
+    from agent import facts
+    from agent.verify import run_checks
+
+    with open(checks_file) as handle:
+        checks = json.load(handle)
+    # checks may read variables, facts and kiln.version: render them here, with the bundle's vars
+    bundle_file = os.path.join(os.path.dirname(os.path.abspath(checks_file)), "bundle.json")
+    variables: Dict[str, Any] = {}
+    if os.path.exists(bundle_file):
+        with open(bundle_file) as handle:
+            variables = dict(json.load(handle).get("vars", {}))
+    return 0 if run_checks(checks, facts.gather(), emit, variables) else 1
 
 
 def serve(bundle_dir: str, gathered: Dict[str, Any]) -> int:

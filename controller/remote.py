@@ -19,14 +19,14 @@ import time
 import weakref
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from controller.context import BakeContext
 from controller.pipeline import BakeFailed
-from controller.ssh import CommandTimeout, ConnectionLost
+from controller.ssh import CommandTimeout, ConnectionLost, Deadline
 
 log = structlog.get_logger("kiln.agent")
 
@@ -114,6 +114,10 @@ class BoxAgent:
     pending: bytes | None = None  # what the next agent run carries on stdin (the bundle)
     bytes_sent: int = 0
     round_trips: int = 0
+    #: the bake's stages after the apply that run in the apply's exec (set by the bake's push stage)
+    later_parts: list[str] = field(default_factory=list)
+    #: later stages' parts that ran in an earlier exec (the apply's), by stage name, for those stages to report
+    done_parts: dict[str, Any] = field(default_factory=dict)
 
 
 _BOXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -132,13 +136,21 @@ def box_agent(ctx: BakeContext) -> BoxAgent:
 
 
 def bundle_payload(
-    bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes], agent: bytes | None = None
+    bundle: dict[str, Any],
+    checks: list[dict[str, Any]],
+    files: dict[str, bytes],
+    agent: bytes | None = None,
+    build_checks: list[dict[str, Any]] | None = None,
 ) -> bytes:
-    """The bundle (and the agent, when given) in the bootstrap's format: one zlib stream."""
+    """The bundle (and the agent, when given) in the bootstrap's format: one zlib stream.
+
+    ``build_checks``: the checks the build machine runs, when they are not all of ``checks``."""
     entries = {
         "bundle/bundle.json": json.dumps(bundle).encode(),
         "bundle/checks.json": json.dumps(checks).encode(),
     }
+    if build_checks is not None:
+        entries["bundle/checks.build.json"] = json.dumps(build_checks).encode()
     entries.update({f"bundle/{path}": data for path, data in sorted(files.items())})
     return payload_of(entries, agent, bundle=True)
 
@@ -196,28 +208,39 @@ def agent_command(ctx: BakeContext, *args: str) -> str:
 BOOTSTRAP_EVENTS = ("need_agent", "agent_compiled", "agent_not_compiled")
 
 
+class RunLost(BakeFailed):
+    """An agent run broke off (its time bound passed, the machine stopped answering) in ``phase``
+    ("" for the run's first part, else the name of the part the agent announced last)."""
+
+    def __init__(self, message: str, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
 def run_agent(
     ctx: BakeContext,
     command: str,
     on_event: Callable[[dict[str, Any]], None],
     stdin: bytes | None = None,
     timeout: float | None = None,
+    phase_bounds: dict[str, float] | None = None,
 ) -> tuple[int, list[dict[str, Any]], str]:
     """Run a command printing agent events; hand each to ``on_event`` as it arrives.
 
     Without ``stdin``, the run carries what was staged for the box (:func:`stage_bundle`).
     When the box has no agent with the controller's sha256, nothing ran: the agent is sent
-    and the command runs again (once). ``timeout`` bounds each run. When it passes, or the
-    machine stops answering, the bake fails saying which step was running and that the
-    rest of the run is lost.
+    and the command runs again (once). ``timeout`` bounds each run, and a run of several
+    parts (``phase`` events) gets the bound ``phase_bounds`` names for each part from the
+    moment it begins. When a bound passes, or the machine stops answering, the bake fails
+    (:class:`RunLost`) saying which part and step were running and that the rest is lost.
     """
     box = box_agent(ctx)
     if stdin is None and box.pending is not None:
         stdin, box.pending = box.pending, None
-    rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout)
+    rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout, phase_bounds or {})
     if rc == EXIT_NEED_AGENT and any(e.get("event") == "need_agent" for e in events):
         log.info("agent sent", reason="the box had no copy with this sha256", sha256=box.sha256[:16])
-        rc, events, stderr = _run_once(ctx, box, command, on_event, with_agent(stdin), timeout)
+        rc, events, stderr = _run_once(ctx, box, command, on_event, with_agent(stdin), timeout, phase_bounds or {})
         if rc == EXIT_NEED_AGENT:
             raise BakeFailed(f"the agent sent to the box does not have sha256 {box.sha256}: it was damaged on the way")
     if done_without_events(rc, events):
@@ -237,8 +260,11 @@ def _run_once(
     on_event: Callable[[dict[str, Any]], None],
     stdin: bytes | None,
     timeout: float | None,
+    phase_bounds: dict[str, float],
 ) -> tuple[int, list[dict[str, Any]], str]:
     events: list[dict[str, Any]] = []
+    deadline = None if timeout is None else Deadline(timeout)
+    part = {"phase": "", "started": time.monotonic(), "first": 0}
 
     def on_line(line: str) -> None:
         if not line.startswith("{"):
@@ -252,21 +278,28 @@ def _run_once(
             box.compiled = event.get("sha256", "")
         elif event.get("event") == "facts":
             ctx.facts = event["facts"]
+        elif event.get("event") == "phase":  # the next part of the run: its own bound from now
+            part.update(phase=event.get("phase", ""), started=time.monotonic(), first=len(events))
+            if deadline is not None and part["phase"] in phase_bounds:
+                deadline.restart(phase_bounds[part["phase"]])
         if event.get("event") not in BOOTSTRAP_EVENTS:
             on_event(event)
 
-    started = time.monotonic()
     box.round_trips += 1
     box.bytes_sent += len(stdin or b"")
     try:
-        done = ctx.session.run(command, stdin=framed(stdin), on_line=on_line, timeout=timeout)
+        done = ctx.session.run(command, stdin=framed(stdin), on_line=on_line, timeout=deadline)
     except CommandTimeout as exc:
-        raise BakeFailed(
-            f"the agent did not finish within {timeout:.0f}s (the steps' time limits and a margin); "
-            f"{what_was_lost(events, started)}"
+        which = f"the {part['phase']} " if part["phase"] else ""
+        raise RunLost(
+            f"the agent did not finish {which}within {deadline.seconds:.0f}s (the steps' time limits and a margin); "
+            f"{what_was_lost(events[part['first'] :], part['started'])}",
+            part["phase"],
         ) from exc
     except ConnectionLost as exc:
-        raise BakeFailed(f"{exc}; {what_was_lost(events, started)}") from exc
+        where = f"in the {part['phase']}: " if part["phase"] else ""
+        lost = what_was_lost(events[part["first"] :], part["started"])
+        raise RunLost(f"{exc}; {where}{lost}", part["phase"]) from exc
     return done.rc, events, done.stderr
 
 
@@ -279,7 +312,15 @@ def stage_bundle(ctx: BakeContext, bundle: dict[str, Any]) -> int:
     from controller.agent_build import agent_zipapp
 
     box = box_agent(ctx)
-    box.pending = bundle_payload(bundle, ctx.compiled.checks, ctx.compiled.files, None if box.sent else agent_zipapp())
+    checks = ctx.compiled.checks
+    build = [check for check in checks if check.get("on", "both") in ("both", "build")]
+    box.pending = bundle_payload(
+        bundle,
+        checks,
+        ctx.compiled.files,
+        None if box.sent else agent_zipapp(),
+        build_checks=build if len(build) != len(checks) else None,
+    )
     return len(box.pending)
 
 

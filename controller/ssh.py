@@ -178,6 +178,20 @@ class _Pinned(paramiko.MissingHostKeyPolicy):
         self.expectation.check(hostname, key)
 
 
+class Deadline:
+    """A command's time bound, which its caller may start again while it runs (one bound per part of a run)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.restart(seconds)
+
+    def restart(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+
 @dataclass
 class Completed:
     rc: int
@@ -217,6 +231,8 @@ class Session:
         )
         self.conn.client.set_missing_host_key_policy(_Pinned(expect))
         self.round_trips = 0
+        #: how long the connection that succeeded took (the rest of a wait is the machine booting)
+        self.handshake_seconds = 0.0
 
     def wait_until_ready(self, timeout: float = 120.0) -> float:
         """Connect, retrying with backoff while sshd is not up yet; returns seconds waited."""
@@ -224,9 +240,11 @@ class Session:
         delay = 0.2
         last: Exception | None = None
         while time.monotonic() - started < timeout:
+            attempt = time.monotonic()
             try:
                 self.conn.open()
                 self._start_heartbeat()
+                self.handshake_seconds = time.monotonic() - attempt
                 return time.monotonic() - started
             except HostKeyMismatch:
                 raise
@@ -253,17 +271,18 @@ class Session:
         command: str,
         stdin: bytes | None = None,
         on_line: Callable[[str], None] | None = None,
-        timeout: float | None = None,
+        timeout: float | Deadline | None = None,
     ) -> Completed:
         """Run one command; stream stdout lines to ``on_line``; feed ``stdin`` (binary) first.
 
-        ``timeout``: seconds for the whole command (CommandTimeout past it); a machine that
-        stops answering raises ConnectionLost within the keepalive's silence.
+        ``timeout``: seconds for the whole command, or a :class:`Deadline` that ``on_line`` may
+        start again (CommandTimeout past it); a machine that stops answering raises
+        ConnectionLost within the keepalive's silence.
         """
         if not self.conn.is_connected:
             self.wait_until_ready()
         self.round_trips += 1
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = timeout if isinstance(timeout, Deadline) or timeout is None else Deadline(timeout)
         try:
             chan = self.conn.client.get_transport().open_session(timeout=self._left(deadline))
         except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -281,7 +300,7 @@ class Session:
         command: str,
         stdin: bytes | None,
         on_line: Callable[[str], None] | None,
-        deadline: float | None,
+        deadline: Deadline | None,
     ) -> Completed:
         chan.exec_command(command)
         err_chunks: list[bytes] = []
@@ -313,9 +332,10 @@ class Session:
             out_lines.append(buffer.decode(errors="replace"))
             if on_line:
                 on_line(out_lines[-1])
-        while not chan.exit_status_ready():
+        # the status event is set when the exit status arrives or the channel closes (a lost transport
+        # closes its channels): wake at once for either, and every POLL_SECONDS to look at the bounds
+        while not chan.status_event.wait(POLL_SECONDS):
             self._check_deadline(deadline)
-            time.sleep(0.05)
         rc = chan.recv_exit_status()
         if rc == -1:  # no exit status came: the command ended by a signal, or the connection went
             self._check_alive()
@@ -323,12 +343,12 @@ class Session:
         return Completed(rc, "\n".join(out_lines), b"".join(err_chunks).decode(errors="replace"))
 
     @staticmethod
-    def _left(deadline: float | None) -> float | None:
-        return None if deadline is None else max(deadline - time.monotonic(), 0.1)
+    def _left(deadline: Deadline | None) -> float | None:
+        return None if deadline is None else max(deadline.left(), 0.1)
 
-    def _check_deadline(self, deadline: float | None) -> None:
+    def _check_deadline(self, deadline: Deadline | None) -> None:
         self._check_alive()
-        if deadline is not None and time.monotonic() >= deadline:
+        if deadline is not None and deadline.left() <= 0:
             raise CommandTimeout(f"the command on {self.address} did not finish in time")
 
     def _check_alive(self) -> None:

@@ -8,6 +8,15 @@ Two things happen between the agent's events:
   the SSH session is closed, the provider brings the machine back
   (``Provider.reboot_wait``), the session reconnects (same pinned host key) and the
   agent runs ``apply --resume``, which continues with the step after the reboot.
+
+The stages after the apply ride in its exec (:func:`folded_parts`): once the apply is
+clean, the same agent process applies again (the idempotence check) and runs the build
+machine's checks, announcing each part with a ``phase`` event; each part has its own
+time bound from the moment it begins. What each part reported is kept for its stage
+(``BoxAgent.done_parts``), which judges it as it would its own run: a step that changed
+again fails the idempotence check, a failed check fails verify, a part lost to a time
+bound or a silent machine fails its own stage. A role with a ``reboot`` step is not
+folded (a reboot ends the exec): its stages run their own execs.
 """
 
 from __future__ import annotations
@@ -15,13 +24,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from controller.context import BakeContext, StepCounts
 from controller.pipeline import BakeFailed
-from controller.remote import BUNDLE, agent_command, log_step, run_agent
+from controller.remote import BUNDLE, RunLost, agent_command, box_agent, log_step, run_agent
+from controller.stages.verify import BUILD_CHECKS, checks_on, log_check
 
 log = structlog.get_logger("kiln.stage")
 
@@ -55,6 +66,57 @@ def module_steps(steps: list[dict[str, Any]], flushes: bool = False) -> list[dic
         elif step.get("module") != "flush_handlers" or flushes:
             found.append(step)
     return found
+
+
+IDEMPOTENCE, VERIFY = "idempotence check", "verify"
+
+
+@dataclass
+class Part:
+    """A later stage's part of the apply's run: what the agent reported in it, or why it was lost."""
+
+    rc: int
+    events: list[dict[str, Any]]
+    stderr: str
+    lost: RunLost | None = None
+
+
+def folded_parts(ctx: BakeContext) -> list[str]:
+    """A bake's later stages that ride in the apply's exec: the idempotence check (when gated) and verify (when the
+    build machine has checks); none in check mode (they do not run) or when a step reboots (a reboot ends the exec).
+
+    The bake's push stage asks for them (``BoxAgent.later_parts``); converge, which has neither stage, does not."""
+    steps = module_steps(ctx.compiled.steps) + module_steps(ctx.compiled.handlers)
+    if ctx.options.check_mode or any(step.get("module") == "reboot" for step in steps):
+        return []
+    parts = [IDEMPOTENCE] if ctx.options.idempotence_gate else []
+    return parts + ([VERIFY] if checks_on(ctx.compiled.checks, "build") else [])
+
+
+def part_flags(ctx: BakeContext, parts: list[str]) -> list[str]:
+    flags = ["--rerun"] if IDEMPOTENCE in parts else []
+    if VERIFY in parts:
+        every = len(checks_on(ctx.compiled.checks, "build")) == len(ctx.compiled.checks)
+        flags += ["--verify", f"{BUNDLE}/checks.json" if every else BUILD_CHECKS]
+    return flags
+
+
+def split_parts(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The run's events by part: ``""`` (the apply), then each part a ``phase`` event opened."""
+    found: dict[str, list[dict[str, Any]]] = {"": []}
+    current = ""
+    for event in events:
+        if event.get("event") == "phase":
+            current = str(event.get("phase"))
+            found[current] = []
+        else:
+            found[current].append(event)
+    return found
+
+
+def take_part(ctx: BakeContext, stage: str) -> Part | None:
+    """What the apply's run did of ``stage`` (once), or None: the stage runs its own exec."""
+    return box_agent(ctx).done_parts.pop(stage, None)
 
 
 def counts_of(summary: dict[str, Any]) -> StepCounts:
@@ -136,29 +198,68 @@ class Progress:
                 log.info("still running", **fields)
 
 
-def apply(ctx: BakeContext, label: str, show_diff: bool, keep: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def apply(
+    ctx: BakeContext,
+    label: str,
+    show_diff: bool,
+    keep: list[dict[str, Any]] | None = None,
+    parts: list[str] | None = None,
+) -> dict[str, Any]:
+    """Apply the bundle (one agent run, and its resumes after reboots); the summary, or BakeFailed.
+
+    ``parts``: later stages that run in the same exec once the apply is clean (:func:`folded_parts`);
+    what each reported is kept for it in ``done_parts``."""
+    parts = list(parts or [])
     flags = (["--check"] if ctx.options.check_mode else []) + (["--diff"] if ctx.options.diff else [])
+    bound = apply_bound(ctx.compiled.steps, ctx.compiled.handlers, ctx.options.step_timeout)
+    phase = {"now": ""}
+    seen: list[dict[str, Any]] = []
 
     with Progress() as progress:
 
         def on_event(event: dict[str, Any]) -> None:
+            seen.append(event)
+            if event.get("event") == "phase":
+                phase["now"] = event.get("phase", "")
+                log.info("part of the apply's run", part=phase["now"])
             progress.on_event(event)
-            event["diff_shown"] = show_diff
-            log_step(event, quiet_ok=keep is None, check_mode=ctx.options.check_mode)
-            if keep is not None and event.get("event") == "step":
+            if phase["now"] == VERIFY:
+                log_check(event, "build")
+                return
+            event["diff_shown"] = show_diff or phase["now"] == IDEMPOTENCE
+            mine = phase["now"] == ""
+            log_step(event, quiet_ok=keep is None or not mine, check_mode=ctx.options.check_mode)
+            if mine and keep is not None and event.get("event") == "step":
                 keep.append(event)
 
-        bound = apply_bound(ctx.compiled.steps, ctx.compiled.handlers, ctx.options.step_timeout)
-        rc, events, stderr = run_agent(ctx, agent_command(ctx, "apply", BUNDLE, *flags), on_event, timeout=bound)
+        bounds = {IDEMPOTENCE: bound, VERIFY: ctx.options.step_timeout}
+        command = agent_command(ctx, "apply", BUNDLE, *flags, *part_flags(ctx, parts))
+        try:
+            rc, events, stderr = run_agent(ctx, command, on_event, timeout=bound, phase_bounds=bounds)
+        except RunLost as lost:
+            if not lost.phase:
+                raise
+            box_agent(ctx).done_parts[lost.phase] = Part(1, [], "", lost)  # the apply itself was whole
+            return _summary_or_fail(label, 0, split_parts(seen)[""], "")
         reboots = 0
         while (reboot := _reboot_event(events)) is not None:
             reboots += 1
             if reboots > MAX_REBOOTS:
                 raise BakeFailed(f"{label}: more than {MAX_REBOOTS} reboots in one apply (a reboot loop?)")
             reboot_and_reconnect(ctx, reboot)
+            parts = []  # the resumed run is the apply's alone: the later stages run their own
             rc, events, stderr = run_agent(
                 ctx, agent_command(ctx, "apply", BUNDLE, "--resume", *flags), on_event, timeout=bound
             )
+    by_part = split_parts(events)
+    later = [name for name in parts if name in by_part]
+    for name in later:  # the exit status is the last part's; the parts before it passed
+        box_agent(ctx).done_parts[name] = Part(rc if name == later[-1] else 0, by_part[name], stderr)
+    return _summary_or_fail(label, 0 if later else rc, by_part[""], stderr)
+
+
+def _summary_or_fail(label: str, rc: int, events: list[dict[str, Any]], stderr: str) -> dict[str, Any]:
+    """The run's summary when the steps all went well; else BakeFailed (StepsFailed naming the failed step)."""
     summary = next((e for e in events if e.get("event") == "summary"), None)
     if summary is None:
         raise BakeFailed(f"{label}: the agent stopped without a summary (exit {rc}): {stderr.strip()[-800:]}")
@@ -217,7 +318,8 @@ class ApplySteps:
 
     def run(self, ctx: BakeContext) -> None:
         try:
-            summary = apply(ctx, "apply", show_diff=ctx.options.diff, keep=ctx.step_events)
+            parts = box_agent(ctx).later_parts
+            summary = apply(ctx, "apply", show_diff=ctx.options.diff, keep=ctx.step_events, parts=parts)
         except StepsFailed as exc:  # RECAP must count the failure
             ctx.apply_counts = counts_of(exc.summary)
             raise
@@ -240,7 +342,13 @@ class IdempotenceCheck:
     name = "idempotence check"
 
     def run(self, ctx: BakeContext) -> None:
-        summary = apply(ctx, "idempotence check", show_diff=True)
+        part = take_part(ctx, self.name)
+        if part is None:
+            summary = apply(ctx, "idempotence check", show_diff=True)
+        elif part.lost is not None:
+            raise part.lost
+        else:  # it ran in the apply's exec, its steps logged as they came
+            summary = _summary_or_fail("idempotence check", part.rc, part.events, part.stderr)
         ctx.rerun_counts = counts_of(summary)
         again = [s for s in summary.get("changed_steps", []) if s.get("idempotent", True)]
         if again:

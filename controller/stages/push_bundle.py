@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 
 from controller.context import BakeContext
-from controller.remote import agent_command, run_agent, stage_bundle
+from controller.remote import agent_command, box_agent, run_agent, stage_bundle
 from controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
@@ -26,6 +26,9 @@ class PushBundle:
     name = "push agent and bundle"
 
     def run(self, ctx: BakeContext) -> None:
+        from controller.stages.apply_steps import folded_parts
+
+        box_agent(ctx).later_parts = folded_parts(ctx)  # the idempotence check and verify ride in the apply's exec
         size = stage_bundle(ctx, bundle_of(ctx))
         rc, events, stderr = run_agent(ctx, agent_command(ctx, "facts"), lambda e: None, timeout=PUSH_TIMEOUT)
         facts = next((e["facts"] for e in events if e.get("event") == "facts"), None)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,7 +137,7 @@ class CompileCache:
         entry = {"format": FORMAT, "chain": list(compiled.chain), "read": read, "config": config, "compiled": compiled}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self._path(f".{key}.{os.getpid()}")
+            tmp = self._path(f".{key}.{os.getpid()}.{threading.get_ident()}")  # concurrent bakes (nightly)
             with open(tmp, "wb") as handle:
                 pickle.dump(entry, handle, protocol=pickle.HIGHEST_PROTOCOL)
             tmp.replace(self._path(key))
@@ -155,10 +156,12 @@ def compile_cached(
     check_mode: bool,
     diff: bool,
     summarize: Callable[[Any], Any],
+    config: Any = None,
 ) -> tuple[Any, Any, bool]:
     """(``summarize(config)``, compiled role, whether it came from the cache); raises InvalidInput as
     compile_role does. The summary is what the caller needs of kiln.yaml, in plain values: the
-    loaded config itself is not kept (reading it back would load the YAML parser)."""
+    loaded config itself is not kept (reading it back would load the YAML parser). ``config``: kiln.yaml
+    as the caller already loaded it (a bake), used on a miss instead of loading it again."""
     config_path = Path(playbooks_dir) / "kiln.yaml"
     try:
         config_bytes = config_path.read_bytes()
@@ -173,7 +176,7 @@ def compile_cached(
     from controller.config import load_config
     from controller.stepfiles.compile import compile_role
 
-    config = load_config(config_path)
+    config = config if config is not None else load_config(config_path)
     started = time.time_ns()
     compiled = compile_role(
         playbooks_dir,

@@ -1,0 +1,105 @@
+"""The idempotence check and verify ride in the apply's exec: fewer round trips, the same guarantees.
+
+Each bake here is a real one (podman, systemd, SSH, the agent) run in-process, so the build
+machine's SSH session can be asked how many commands it ran: push + facts, then apply with its
+re-run and checks, then the hygiene script (it was five: push, apply, re-run, verify, hygiene).
+Whatever part fails still fails the bake at its own stage, with that stage's message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.bake import bake
+from controller.context import BakeOptions
+from tests.playbooks import image_repo, left_behind, make_playbooks
+
+pytestmark = pytest.mark.slow
+
+MARKER = '- name: marker\n  copy: {content: "x\\n", dest: /etc/kiln-marker, mode: "0644"}\n'
+
+
+def bake_in_process(tmp_path: Path, role: str, files: dict[str, str], kiln_yaml: str = ""):
+    playbooks = make_playbooks(tmp_path, files, role=role, kiln_yaml=kiln_yaml)
+    options = BakeOptions(builds_dir=tmp_path / "builds", playbooks_dir=playbooks, test_image=False)
+    return bake(role, "local", options)
+
+
+def remove_images(engine, role: str) -> None:
+    for row in engine.images(image_repo(role)):
+        engine.run("rmi", "-f", row["Id"], check=False)
+
+
+def announced(result) -> str:
+    """The bake's build id as its log announces it (what ``left_behind`` looks for)."""
+    return f"build {result.ctx.build_id}"
+
+
+def test_a_clean_bake_takes_three_commands_and_reports_every_stage(engine, tmp_path):
+    try:
+        result = bake_in_process(tmp_path, "parts", {"steps.yml": MARKER, "verify.yml": "- file: /etc/kiln-marker\n"})
+        assert result.exit_code == 0, result.error
+        ctx = result.ctx
+        assert ctx.session.round_trips == 3, f"{ctx.session.round_trips} commands over SSH (was 5)"
+        for stage in ("push agent and bundle", "apply steps", "idempotence check", "verify", "clean machine"):
+            assert stage in ctx.timings, ctx.timings
+        assert ctx.apply_counts.changed == 1 and ctx.rerun_counts.changed == 0 and ctx.rerun_counts.ok == 1
+        assert ctx.checks == {"passed": 1, "failed": 0}
+    finally:
+        remove_images(engine, "parts")
+
+
+def test_a_step_that_changes_again_fails_the_idempotence_check(engine, tmp_path):
+    steps = MARKER + "- name: stamp\n  shell: date +%N > /etc/kiln-stamp\n"
+    result = bake_in_process(tmp_path, "notidem", {"steps.yml": steps, "verify.yml": "- file: /etc/kiln-marker\n"})
+    try:
+        assert result.exit_code == 1
+        assert result.ctx.current_stage == "idempotence check"
+        assert result.error.startswith("idempotence check: not idempotent: a second apply changed #2 'stamp'"), (
+            result.error
+        )
+        assert result.ctx.apply_counts.changed == 2 and result.ctx.rerun_counts.changed == 1
+        assert result.ctx.checks == {}, "verify must not report on a machine that failed the idempotence check"
+        assert result.ctx.session.round_trips == 2, f"{result.ctx.session.round_trips} commands (was 3)"
+        assert not left_behind(engine, announced(result))
+        assert not engine.images(image_repo("notidem"))
+    finally:
+        remove_images(engine, "notidem")
+
+
+def test_a_failing_check_fails_verify_after_a_clean_idempotence_check(engine, tmp_path):
+    checks = "- file: /etc/kiln-marker\n- file: /etc/not-there\n"
+    result = bake_in_process(tmp_path, "badcheck", {"steps.yml": MARKER, "verify.yml": checks})
+    try:
+        assert result.exit_code == 1
+        assert result.ctx.current_stage == "verify"
+        assert result.error.startswith("verify: 1 check(s) failed: "), result.error
+        assert "/etc/not-there" in result.error, result.error
+        assert result.ctx.rerun_counts.changed == 0 and result.ctx.rerun_counts.ok == 1
+        assert result.ctx.session.round_trips == 2, f"{result.ctx.session.round_trips} commands (was 4)"
+        assert not left_behind(engine, announced(result))
+        assert not engine.images(image_repo("badcheck"))
+    finally:
+        remove_images(engine, "badcheck")
+
+
+def test_a_frozen_agent_in_the_checks_is_bounded_by_verify_s_own_limit(engine, tmp_path):
+    """The agent stops (SIGSTOP) inside a check: verify's bound (build.step_timeout) fires, not the apply's."""
+    checks = "- command: {cmd: 'kill -STOP $PPID; true', timeout: 2}\n"
+    result = bake_in_process(
+        tmp_path,
+        "frozencheck",
+        {"steps.yml": MARKER, "verify.yml": checks},
+        kiln_yaml="build:\n  step_timeout: 3\n",
+    )
+    try:
+        assert result.exit_code == 1
+        assert result.ctx.current_stage == "verify", result.error
+        assert "the agent did not finish the verify within 3s" in result.error, result.error
+        assert result.ctx.rerun_counts.ok == 1, "the idempotence check passed before the checks froze"
+        assert result.ctx.timings["apply steps"] < 60, result.ctx.timings
+        assert not left_behind(engine, announced(result))
+    finally:
+        remove_images(engine, "frozencheck")
