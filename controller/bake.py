@@ -29,7 +29,6 @@ from controller.stages.resolve_base import ResolveBase
 from controller.stages.snapshot import Publish, Retire, Snapshot
 from controller.stages.test_image import TestImage
 from controller.stages.verify import Verify
-from controller.stepfiles.compile import compile_role
 
 log = structlog.get_logger("kiln")
 
@@ -147,16 +146,21 @@ def compile_for_bake(
     tags: list[str] | None,
     skip_tags: list[str] | None,
 ) -> CompiledRole:
-    compiled = compile_role(
+    from controller.stepfiles.compile_cache import CompileCache, compile_cached
+
+    # compiled once per inputs (converge's cache): an unchanged role is read back, not compiled again
+    _, compiled, _ = compile_cached(
+        CompileCache(options.builds_dir / "cache" / "compile"),
         options.playbooks_dir,
         role,
         provider_name,
-        config,
-        overrides=overrides,
-        tags=tags,
-        skip_tags=skip_tags,
-        check_mode=options.check_mode,
-        diff=options.diff,
+        overrides,
+        tags,
+        skip_tags,
+        options.check_mode,
+        options.diff,
+        summarize=lambda _config: None,
+        config=config,
     )
     from controller.log import REDACT
 
