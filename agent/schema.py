@@ -27,8 +27,13 @@ with ``items``, ``map`` with ``values``) and constrain (``minimum``,
 refuses what YAML-ish coercion would accept (``"3"`` for an int, ``"yes"`` for a bool);
 ``templated: False`` refuses ``"{{ x }}"`` where it cannot be rendered. ``checks``
 (a list of ``fn(value) -> message | None``) and a schema's ``rules``
-(``fn(result) -> [(path, message)]``) carry semantic checks; they are the
-controller's, never serialised, and :func:`json_schema` leaves them out.
+(``fn(result) -> [(path, message)]``, run once the mapping is well-formed) carry
+semantic checks; they are the controller's, never serialised, and :func:`json_schema`
+leaves them out. ``any_of`` is a value of one of several ``options`` (a list, or a mapping
+of lists). ``messages`` words a constraint's refusal in full (``min_items``, ``unique``,
+``choices`` with ``{value}`` and ``{hint}``, ``required``) and ``refused`` maps a value to
+the reason it is refused; such messages, and the rules', name their setting themselves
+(:class:`Said`). A ``nullable`` argument given as null takes its default.
 Stdlib only: this runs inside the agent on Python >= 3.9.
 """
 
@@ -57,6 +62,10 @@ class Code:
 
 
 CODES = frozenset(v for k, v in vars(Code).items() if k.isupper())
+
+
+class Said(str):
+    """A message worded in full by the schema (``messages``, ``refused``, a rule): shown as it is."""
 
 
 class ArgError:
@@ -91,6 +100,11 @@ class ArgError:
     def __repr__(self) -> str:
         return f"ArgError({self.key!r}, {self.message!r}, {self.code!r})"
 
+    @property
+    def complete(self) -> bool:
+        """The message names its setting itself (:class:`Said`): a caller shows it without a prefix."""
+        return isinstance(self.message, Said)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ArgError) and (self.key, self.message) == (other.key, other.message)
 
@@ -115,6 +129,12 @@ def did_you_mean(word: str, candidates: List[str]) -> str:
 
 # --- one value ------------------------------------------------------------------------------
 Problem = Tuple[Any, Optional[str], str]  # (value, message or None, code)
+
+
+def said(spec: Dict[str, Any], constraint: str, default: str, **fields: Any) -> str:
+    """The refusal of ``constraint``: the spec's own wording (``messages``) if it has one, else ``default``."""
+    wording = spec.get("messages", {}).get(constraint)
+    return Said(wording.format(**fields)) if wording else default
 
 
 def _ok(value: Any) -> Problem:
@@ -189,9 +209,10 @@ def _list(value: Any, spec: Dict[str, Any]) -> Tuple[Any, Optional[str], str, Li
     if not isinstance(value, list):
         return value, f"expected a list, got {type(value).__name__}", Code.WRONG_TYPE, []
     if len(value) < spec.get("min_items", 0):
-        return value, f"needs at least {spec['min_items']} item(s)", Code.BAD_VALUE, []
+        message = said(spec, "min_items", f"needs at least {spec['min_items']} item(s)", value=value)
+        return value, message, Code.BAD_VALUE, []
     if spec.get("unique") and len({repr(v) for v in value}) != len(value):
-        return value, "lists an item twice", Code.BAD_VALUE, []
+        return value, said(spec, "unique", "lists an item twice", value=value), Code.BAD_VALUE, []
     items = spec.get("items") or ({"type": spec["elements"]} if spec.get("elements") else None)
     if not items:
         return value, None, Code.BAD_VALUE, []
@@ -241,13 +262,32 @@ def _limits(value: Any, spec: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def _fits(spec: Dict[str, Any], value: Any) -> bool:
+    """``value`` is of the kind ``spec`` takes (its errors, if any, are the ones to report)."""
+    kinds = {"list": list, "object": dict, "map": dict, "dict": dict, "bool": bool}
+    wanted = kinds.get(spec.get("type", "str"))
+    return wanted is not None and isinstance(value, wanted)
+
+
+def _any_of(value: Any, spec: Dict[str, Any]) -> Tuple[Any, List[ArgError]]:
+    """The first option that accepts ``value``; else the errors of the option of its kind (or the first's)."""
+    verdicts = [(option, check_value(option, value)) for option in spec["options"]]
+    for _, (coerced, errors) in verdicts:
+        if not errors:
+            return coerced, []
+    fitting = [errors for option, (_, errors) in verdicts if _fits(option, value)]
+    return value, (fitting or [verdicts[0][1][1]])[0]
+
+
 def check_value(spec: Dict[str, Any], value: Any) -> Tuple[Any, List[ArgError]]:
     """One value against one spec: (normalised value, errors with paths relative to the value)."""
     kind = spec.get("type", "str")
-    if is_templated(value) and kind not in ("list", "dict", "object", "map") and spec.get("templated", True):
+    if is_templated(value) and kind not in ("list", "dict", "object", "map", "any_of") and spec.get("templated", True):
         return value, []
     if value is None and spec.get("nullable"):
         return value, []
+    if kind == "any_of":
+        return _any_of(value, spec)
     nested: List[ArgError] = []
     if kind in ("str", "path"):
         value, err, code = _string(kind, value, spec)
@@ -278,11 +318,16 @@ def check_value(spec: Dict[str, Any], value: Any) -> Tuple[Any, List[ArgError]]:
         return value, [ArgError(None, err, code)]
     if nested:
         return value, nested
+    refused = spec.get("refused", {})
+    if isinstance(value, str) and value in refused:
+        return value, [ArgError(None, Said(refused[value]), Code.BAD_VALUE)]
     choices = spec.get("choices")
     if choices and not is_templated(value) and value not in choices:
         suggestion = closest(str(value), [str(c) for c in choices])
         hint = f" (did you mean '{suggestion}'?)" if suggestion else ""
-        message = f"'{value}' is not one of: {', '.join(map(str, choices))}{hint}"
+        message = said(
+            spec, "choices", f"'{value}' is not one of: {', '.join(map(str, choices))}{hint}", value=value, hint=hint
+        )
         return value, [ArgError(None, message, Code.BAD_VALUE, suggestion=suggestion)]
     problem = _limits(value, spec)
     return value, ([ArgError(None, problem, Code.BAD_VALUE)] if problem else [])
@@ -316,6 +361,8 @@ def validate(schema: Dict[str, Any], params: Any) -> Tuple[Dict[str, Any], List[
         if found:
             errors += [_at(key, e) for e in found]
             continue
+        if value is None and "default" in args[name]:
+            continue  # a nullable argument given as null: its default, filled in below
         result[name] = value
     errors += _groups(schema, args, result)
     for name, spec in args.items():
@@ -323,7 +370,7 @@ def validate(schema: Dict[str, Any], params: Any) -> Tuple[Dict[str, Any], List[
             result[name] = spec["default"]
     if not errors:
         for rule in schema.get("rules", ()):
-            errors += [ArgError(p[0] if p else None, m, Code.BAD_VALUE, tuple(p)) for p, m in rule(result)]
+            errors += [ArgError(p[0] if p else None, Said(m), Code.BAD_VALUE, tuple(p)) for p, m in rule(result)]
     return result, errors
 
 
@@ -352,7 +399,8 @@ def _groups(schema: Dict[str, Any], args: Dict[str, Any], result: Dict[str, Any]
             errors.append(ArgError(None, message, Code.MISSING, names=tuple(group)))
     for name, spec in args.items():
         if spec.get("required") and name not in result:
-            errors.append(ArgError(None, f"missing required argument '{name}'", Code.MISSING, names=(name,)))
+            message = said(spec, "required", f"missing required argument '{name}'")
+            errors.append(ArgError(None, message, Code.MISSING, names=(name,)))
     for when_key, when_value, needed in schema.get("required_if", []):
         if result.get(when_key, args.get(when_key, {}).get("default")) == when_value:
             for name in needed:
@@ -376,6 +424,9 @@ def value_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
     strict = spec.get("strict")
     if "json_schema" in spec:  # a value only the controller's own code judges (an expression, a list of steps)
         return _with_meta(spec["json_schema"], spec)
+    if kind == "any_of":
+        options = [value_schema(option) for option in spec["options"]]
+        return _with_meta({"anyOf": options + ([{"type": "null"}] if spec.get("nullable") else [])}, spec)
     if kind in ("str", "path", "mode"):
         base: Dict[str, Any] = {"type": "string"}
         if kind == "path" and not spec.get("relative"):
@@ -384,8 +435,8 @@ def value_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
             base["pattern"] = MODE_RE.pattern
         elif spec.get("pattern"):
             base["pattern"] = spec["pattern"]
-        if spec.get("reserved"):
-            base["not"] = {"enum": list(spec["reserved"])}
+        if spec.get("reserved") or spec.get("refused"):
+            base["not"] = {"enum": list(spec.get("reserved", ())) + list(spec.get("refused", {}))}
         alternatives = [base]
         if kind == "str" and not strict:
             alternatives.append({"type": "number"})
@@ -503,6 +554,8 @@ def json_schema(schema: Dict[str, Any]) -> Dict[str, Any]:
 def type_text(spec: Dict[str, Any]) -> str:
     """How the reference names a spec's type (``list of str``, ``number > 0``)."""
     kind = spec.get("type", "str")
+    if kind == "any_of":
+        return " or ".join(type_text(option) for option in spec["options"])
     if kind == "list" and (spec.get("elements") or spec.get("items")):
         inner = spec.get("elements") or type_text(spec["items"])
         kind = f"list of {inner}"
@@ -525,6 +578,13 @@ def rows(schema: Dict[str, Any], prefix: str = "") -> List[Tuple[str, Dict[str, 
             out += rows(spec, dotted + ".")
         elif spec.get("type") == "list" and (spec.get("items") or {}).get("type") == "object":
             out += rows(spec["items"], dotted + "[].")
+        elif spec.get("type") == "any_of":
+            out += [
+                row
+                for option in spec["options"]
+                if option.get("type") == "object"
+                for row in rows(option, dotted + ".")
+            ]
     return out
 
 

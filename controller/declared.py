@@ -4,7 +4,9 @@ kiln.yaml and its provider sections are declared as engine specs (:mod:`agent.sc
 :func:`check_document` validates a mapping of a :class:`~controller.stepfiles.loader.Document`
 against one and pins every problem at its key or value. Messages name the setting by its
 dotted path (``providers.local.engine``); a spec's ``expect`` says what a value must be and
-``show: kind`` names a bad value by its kind ("got a string") instead of its text.
+``show: kind`` names a bad value by its kind ("got a string") instead of its text. A message
+the schema words in full (:class:`~agent.schema.Said`: ``messages``, ``refused``, rules) is
+shown as it is.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ def spec_at(schema: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
     spec: dict[str, Any] = {"type": "object", **schema}
     for step in path:
         kind = spec.get("type")
+        if kind == "any_of":  # the option a step into it leads through: an index a list's, a key a mapping's
+            wanted = ("list",) if isinstance(step, int) else ("object", "map", "dict")
+            spec = next((o for o in spec["options"] if o.get("type") in wanted), {})
+            kind = spec.get("type")
         if kind == "object":
             spec = spec.get("args", {}).get(step, {})
         elif kind == "list" and isinstance(step, int):
@@ -51,7 +57,7 @@ def value_at(data: Any, path: tuple[Any, ...]) -> Any:
 def message_for(error: ArgError, schema: dict[str, Any], data: Any, prefix: tuple[Any, ...]) -> str:
     """The message of one engine error, naming the setting by its full dotted path."""
     full = prefix + error.path
-    if error.code == Code.UNKNOWN_KEY:
+    if error.code == Code.UNKNOWN_KEY or error.complete:
         return error.message
     if error.code == Code.MISSING or not error.path:
         return f"{dotted(prefix)}: {error.message}" if prefix else error.message
