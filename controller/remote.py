@@ -293,12 +293,12 @@ def _run_once(
         which = f"the {part['phase']} " if part["phase"] else ""
         raise RunLost(
             f"the agent did not finish {which}within {deadline.seconds:.0f}s (the steps' time limits and a margin); "
-            f"{what_was_lost(events[part['first'] :], part['started'])}",
+            f"{what_was_lost(events[part['first'] :], part['started'], part['phase'] == 'verify')}",
             part["phase"],
         ) from exc
     except ConnectionLost as exc:
         where = f"in the {part['phase']}: " if part["phase"] else ""
-        lost = what_was_lost(events[part["first"] :], part["started"])
+        lost = what_was_lost(events[part["first"] :], part["started"], part["phase"] == "verify")
         raise RunLost(f"{exc}; {where}{lost}", part["phase"]) from exc
     return done.rc, events, done.stderr
 
@@ -324,9 +324,10 @@ def stage_bundle(ctx: BakeContext, bundle: dict[str, Any]) -> int:
     return len(box.pending)
 
 
-def what_was_lost(events: list[dict[str, Any]], started: float) -> str:
+def what_was_lost(events: list[dict[str, Any]], started: float, checks: bool = False) -> str:
     """The agent's run as far as the controller saw it: the step it was in, and what did not report."""
     finished = sum(1 for e in events if e.get("event") == "step")
+    checked = sum(1 for e in events if e.get("event") == "check")
     running = running_step(events)
     seconds = time.monotonic() - started
     if running is not None:
@@ -334,7 +335,8 @@ def what_was_lost(events: list[dict[str, Any]], started: float) -> str:
             f"lost step {running.get('index')} '{running.get('name')}' while it ran, and every step after it "
             f"({finished} steps had reported, {seconds:.0f}s into the run)"
         )
-    return f"lost the rest of the run ({finished} steps had reported, {seconds:.0f}s into the run)"
+    reported = f"{checked} checks" if checked or checks else f"{finished} steps"
+    return f"lost the rest of the run ({reported} had reported, {seconds:.0f}s into the run)"
 
 
 def running_step(events: list[dict[str, Any]]) -> dict[str, Any] | None:

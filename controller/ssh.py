@@ -32,6 +32,8 @@ log = structlog.get_logger("kiln.ssh")
 
 #: How often a command with a time bound wakes up to look at it.
 POLL_SECONDS = 1.0
+#: How long closing a connection may take before its socket is dropped under it.
+CLOSE_SECONDS = 5.0
 
 
 class SSHError(RuntimeError):
@@ -287,12 +289,19 @@ class Session:
             chan = self.conn.client.get_transport().open_session(timeout=self._left(deadline))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._lost_or(exc) from exc
+        interrupted = False
         try:
             return self._exchange(chan, command, stdin, on_line, deadline)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._lost_or(exc) from exc
+        except BaseException as exc:
+            # a signal (not an Exception), maybe raised inside paramiko with the channel's lock held: closing
+            # it here could wait for ever; the session's close (bounded) drops the channel with the connection
+            interrupted = not isinstance(exc, Exception)
+            raise
         finally:
-            chan.close()
+            if not interrupted:
+                chan.close()
 
     def _exchange(
         self,
@@ -367,9 +376,31 @@ class Session:
         return exc
 
     def close(self) -> None:
+        """Close the connection, within CLOSE_SECONDS whatever state paramiko was left in.
+
+        A signal that interrupted a command (SIGINT, SIGTERM: raised in the main thread wherever it
+        was) can land inside paramiko between taking one of its locks and the ``try`` that releases
+        it; closing would then wait on that lock for ever. The close runs in a thread and, past the
+        bound, the socket is closed under it: the peer sees the connection drop, and the unwinding
+        goes on."""
         if self.heartbeat is not None:
             self.heartbeat.stop()
-        self.conn.close()
+        transport = self.conn.transport
+        closer = threading.Thread(target=self._close_quietly, name="kiln-ssh-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_SECONDS)
+        if closer.is_alive() and transport is not None:
+            log.warning("SSH close did not finish; dropping the socket", address=self.address, seconds=CLOSE_SECONDS)
+            try:
+                transport.sock.close()
+            except OSError:
+                pass
+
+    def _close_quietly(self) -> None:
+        try:
+            self.conn.close()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            log.debug("SSH close", address=self.address, error=str(exc))
 
     def __enter__(self) -> Session:
         return self
