@@ -349,6 +349,7 @@ def validate(schema: Dict[str, Any], params: Any) -> Tuple[Dict[str, Any], List[
     alias_of = {alias: name for name, spec in args.items() for alias in spec.get("aliases", [])}
     errors: List[ArgError] = []
     result: Dict[str, Any] = {}
+    given = {alias_of.get(key, key) for key in params}  # a required argument given a bad value is not missing too
     for key, value in params.items():
         name = alias_of.get(key, key)
         if name not in args:
@@ -364,7 +365,7 @@ def validate(schema: Dict[str, Any], params: Any) -> Tuple[Dict[str, Any], List[
         if value is None and "default" in args[name]:
             continue  # a nullable argument given as null: its default, filled in below
         result[name] = value
-    errors += _groups(schema, args, result)
+    errors += _groups(schema, args, result, given)
     for name, spec in args.items():
         if name not in result and "default" in spec:
             result[name] = spec["default"]
@@ -386,7 +387,7 @@ def _at(key: Any, error: ArgError) -> ArgError:
     return error.under((key,))
 
 
-def _groups(schema: Dict[str, Any], args: Dict[str, Any], result: Dict[str, Any]) -> List[ArgError]:
+def _groups(schema: Dict[str, Any], args: Dict[str, Any], result: Dict[str, Any], given: set) -> List[ArgError]:
     errors: List[ArgError] = []
     for group in schema.get("mutually_exclusive", []):
         given = [name for name in group if name in result]
@@ -398,7 +399,7 @@ def _groups(schema: Dict[str, Any], args: Dict[str, Any], result: Dict[str, Any]
             message = f"one of {', '.join(group)} is required"
             errors.append(ArgError(None, message, Code.MISSING, names=tuple(group)))
     for name, spec in args.items():
-        if spec.get("required") and name not in result:
+        if spec.get("required") and name not in result and name not in given:
             message = said(spec, "required", f"missing required argument '{name}'")
             errors.append(ArgError(None, message, Code.MISSING, names=(name,)))
     for when_key, when_value, needed in schema.get("required_if", []):

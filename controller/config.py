@@ -21,6 +21,7 @@ from typing import Any
 
 from controller.declared import check_document
 from controller.model import Diagnostic, InvalidInput
+from controller.providers.aws_settings import AWS_SCHEMA  # declared beside the settings it builds
 from controller.stepfiles.loader import Document, display_path, kind_of, load_yaml
 
 BUILD_DEFAULTS = {
@@ -99,13 +100,6 @@ LOCAL_SCHEMA: dict[str, Any] = {
         ),
     },
 }
-#: ``providers.aws`` is declared beside the code that reads it (controller/providers/aws_settings.py)
-AWS_SECTION: dict[str, Any] = {
-    "type": "dict",
-    "nullable": True,
-    "expect": "a mapping",
-    "description": "The AWS provider (docs/aws.md); checked by controller/providers/aws_settings.py.",
-}
 #: ``providers.ssh`` is checked by controller/providers/ssh.py (``parse_settings``)
 SSH_SECTION: dict[str, Any] = {
     "type": "dict",
@@ -125,7 +119,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "description": "Each provider's settings.",
             "args": {
                 "local": {"type": "object", "nullable": True, "expect": "a mapping", **LOCAL_SCHEMA},
-                "aws": AWS_SECTION,
+                "aws": {"type": "object", "nullable": True, "expect": "a mapping", **AWS_SCHEMA},
                 "ssh": SSH_SECTION,
             },
         },

@@ -47,6 +47,8 @@ def spec_at(schema: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
 
 def value_at(data: Any, path: tuple[Any, ...]) -> Any:
     for step in path:
+        if data is not None and not isinstance(data, (dict, list)):
+            return data  # a shorthand (``retention: 0``) stands for the mapping it sets
         try:
             data = data[step]
         except (KeyError, IndexError, TypeError):
@@ -60,7 +62,7 @@ def message_for(error: ArgError, schema: dict[str, Any], data: Any, prefix: tupl
     if error.code == Code.UNKNOWN_KEY or error.complete:
         return error.message
     if error.code == Code.MISSING or not error.path:
-        return f"{dotted(prefix)}: {error.message}" if prefix else error.message
+        return f"{dotted(full)}: {error.message}" if full else error.message
     spec = spec_at(schema, error.path)
     if error.at_key or "expect" not in spec:
         return error.message if error.at_key else f"{dotted(full)}: {error.message}"

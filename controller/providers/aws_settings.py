@@ -6,6 +6,7 @@ reported with every other problem at once. docs/aws.md documents each setting.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.schema import did_you_mean
+from controller.declared import check_document
 from controller.model import Diagnostic, InvalidInput
 
 ADDRESS_KINDS = ("public_ip", "private_ip", "public_dns", "private_dns")
@@ -20,7 +22,6 @@ HOST_KEY_POLICIES = ("warn", "refuse")
 RETRY_MODES = ("standard", "adaptive")
 VOLUME_TYPES = ("gp3", "gp2", "io1", "io2", "st1", "sc1", "standard")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-ACCOUNT_RE = re.compile(r"^\d{12}$")
 ORG_ARN_RE = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:organization/o-[a-z0-9]{10,32}$")
 OU_ARN_RE = re.compile(r"^arn:aws[a-z-]*:organizations::\d{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$")
 DEVICE_RE = re.compile(r"^/dev/(sd[b-z]|xvd[b-z]|xvd[a-z][a-z]?|sd[a-z][a-z]?)$")
@@ -29,51 +30,6 @@ DEFAULT_ARCH = "x86_64"
 ARCHITECTURES = ("x86_64", "arm64")
 #: instance types when kiln.yaml names none: small burstable ones (Graviton for arm64)
 DEFAULT_INSTANCE_TYPES = {"x86_64": ["t3.small"], "arm64": ["t4g.small"]}
-
-TOP_KEYS = (
-    "regions",
-    "profile",
-    "instance_types",
-    "instance_type",
-    "subnet_id",
-    "associate_public_ip",
-    "iam_instance_profile",
-    "root_volume",
-    "extra_volumes",
-    "ephemeral_volumes",
-    "spot",
-    "ssh",
-    "share",
-    "kms_keys",
-    "waiter",
-    "retention",
-    "retries",
-    "tags",
-    "user_data",
-    "ena_support",
-    "lock_lease",
-    "virtualization_type",
-    "root_device_type",
-    "architectures",
-    "publish",  # the new image's consumers: checked and used by controller/consumers
-)
-SSH_KEYS = ("address", "user", "cidrs", "security_group_id", "host", "port", "host_key_policy", "console_timeout")
-SHARE_KEYS = ("accounts", "org_arns", "ou_arns", "public", "allow_public")
-VOLUME_KEYS = (
-    "device",
-    "size",
-    "type",
-    "iops",
-    "throughput",
-    "encrypted",
-    "kms_key_id",
-    "in_image",
-    "delete_on_termination",
-)
-EPHEMERAL_KEYS = ("device", "name")
-WAITER_KEYS = ("delay", "max_attempts")
-RETRIES_KEYS = ("mode", "max_attempts")
-SPOT_KEYS = ("max_price",)
 
 
 @dataclass
@@ -190,369 +146,534 @@ def whole_internet(networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
     return ""
 
 
-class _Reader:
-    """Typed reads of one mapping, collecting every problem instead of stopping at the first."""
-
-    def __init__(
-        self,
-        data: dict[str, Any],
-        path: tuple[Any, ...],
-        diag: DiagFn,
-        problems: list[Diagnostic],
-        known: tuple[str, ...],
-    ) -> None:
-        self.data, self.path, self.diag, self.problems = data, path, diag, problems
-        for key in data:
-            if key not in known:
-                self.fail((key,), f"unknown setting '{self.dotted(key)}'{did_you_mean(str(key), list(known))}")
-
-    def dotted(self, *keys: Any) -> str:
-        return ".".join(str(k) for k in (*self.path, *keys) if not isinstance(k, int))
-
-    def fail(self, keys: tuple[Any, ...], message: str) -> None:
-        self.problems.append(self.diag((*self.path, *keys), message))
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any, what: str) -> Any:
-        value = self.data.get(key)
-        if value is None:
-            return default
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            self.fail((key,), f"{self.dotted(key)} must be {what}, got {value!r}")
-            return default
-        return value
-
-    def string(self, key: str, default: str = "") -> str:
-        return str(self.get(key, (str,), default, "a string"))
-
-    def boolean(self, key: str, default: bool | None = False) -> bool | None:
-        return self.get(key, bool, default, "true or false")
-
-    def number(self, key: str, default: float | None, minimum: float = 0, integer: bool = False) -> Any:
-        value = self.get(key, int if integer else (int, float), default, "a whole number" if integer else "a number")
-        if value is not None and value < minimum:
-            self.fail((key,), f"{self.dotted(key)} must be >= {minimum}, got {value!r}")
-            return default
-        return value
-
-    def strings(
-        self, key: str, default: list[str] | None = None, pattern: re.Pattern[str] | None = None, what: str = ""
-    ) -> list[str]:
-        value = self.data.get(key)
-        if value is None:
-            return list(default or [])
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
-            self.fail((key,), f"{self.dotted(key)} must be a list of strings, got {value!r}")
-            return list(default or [])
-        out = [str(v) for v in value]
-        if pattern is not None:
-            for i, v in enumerate(out):
-                if not pattern.match(v):
-                    self.fail((key, i), f"{self.dotted(key)}: '{v}' is not {what}")
-        return out
-
-    def mapping(self, key: str) -> dict[str, Any]:
-        value = self.data.get(key)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail((key,), f"{self.dotted(key)} must be a mapping, got {value!r}")
-            return {}
-        return value
+# --- the declaration: kiln.yaml validation, docs/kiln-yaml.md and the JSON Schema come from it ----------
+Rule = Callable[[dict[str, Any]], list[tuple[tuple[Any, ...], str]]]
+_SSH, _VOLUME, _AWS = SSHSettings(), Volume(), AwsSettings()
 
 
-def _volume(data: Any, path: tuple[Any, ...], diag: DiagFn, problems: list[Diagnostic], root: bool) -> Volume:
-    if not isinstance(data, dict):
+def _of(kind: str, description: str, expect: str, **spec: Any) -> dict[str, Any]:
+    """A setting as kiln.yaml writes it: never templated, null for its default."""
+    return {"type": kind, "templated": False, "nullable": True, "expect": expect, **spec, "description": description}
+
+
+def _text(description: str, default: Any = "", **spec: Any) -> dict[str, Any]:
+    return _of("str", description, spec.pop("expect", "a string"), strict=True, default=default, **spec)
+
+
+def _flag(description: str, default: Any = False) -> dict[str, Any]:
+    return _of("bool", description, "true or false", strict=True, default=default)
+
+
+def _whole(description: str, minimum: int, default: Any) -> dict[str, Any]:
+    return _of("int", description, f"a whole number >= {minimum}", strict=True, minimum=minimum, default=default)
+
+
+def _number(description: str, minimum: float, default: float) -> dict[str, Any]:
+    return _of("number", description, f"a number >= {minimum:g}", minimum=minimum, default=default)
+
+
+def _strings(description: str, item: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    """A list of strings; one string is a list of one (``regions: us-east-1``)."""
+    items = {"type": "str", "templated": False, **(item or {})}
+    return _of("list", description, spec.pop("expect", "a list of strings"), items=items, **spec)
+
+
+def _object(name: str, description: str, args: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return _of("object", description, "a mapping", key_noun=f"providers.aws.{name} setting", args=args, **spec)
+
+
+def _cidr_problem(cidr: str) -> str | None:
+    try:
+        ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return f"'{cidr}' is not a CIDR like 203.0.113.7/32"
+    return None
+
+
+def _ssh_rules(ssh: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    problems = []
+    if ssh.get("security_group_id") and ssh.get("cidrs"):
         problems.append(
-            diag(path, f"{'.'.join(str(p) for p in path[2:])} must be a mapping like {{device: /dev/sdf, size: 20}}")
-        )
-        return Volume()
-    r = _Reader(data, path, diag, problems, VOLUME_KEYS)
-    vol = Volume(
-        device=r.string("device"),
-        size=r.number("size", None, 1, integer=True),
-        type=r.string("type", "gp3"),
-        iops=r.number("iops", None, 100, integer=True),
-        throughput=r.number("throughput", None, 125, integer=True),
-        encrypted=bool(r.boolean("encrypted", False)),
-        kms_key_id=r.string("kms_key_id"),
-        in_image=bool(r.boolean("in_image", True)),
-        delete_on_termination=bool(r.boolean("delete_on_termination", True)),
-    )
-    if vol.type not in VOLUME_TYPES:
-        r.fail(
-            ("type",),
-            f"{r.dotted('type')}: unknown volume type '{vol.type}'{did_you_mean(vol.type, list(VOLUME_TYPES))}",
-        )
-    if vol.kms_key_id and not vol.encrypted:
-        r.fail(("kms_key_id",), f"{r.dotted('kms_key_id')} is set but encrypted is not true")
-    if root and data.get("in_image") is not None:
-        r.fail(("in_image",), "the root volume is always part of the image")
-    if not root and not DEVICE_RE.match(vol.device):
-        r.fail(("device",), f"{r.dotted('device')} must be a device name like /dev/sdf, got {vol.device!r}")
-    if not root and not vol.size:
-        r.fail(("size",), f"{r.dotted('size')} is required for an extra volume (GiB)")
-    return vol
-
-
-def _architectures(r: _Reader) -> list[str]:
-    """``architectures``: x86_64 and/or arm64, each once; the first is the one ``latest`` alone has always named."""
-    arches = r.strings("architectures", [DEFAULT_ARCH])
-    for i, arch in enumerate(arches):
-        if arch not in ARCHITECTURES:
-            r.fail(
-                ("architectures", i),
-                f"architectures: '{arch}' is not one kiln bakes ({', '.join(ARCHITECTURES)})"
-                f"{did_you_mean(arch, list(ARCHITECTURES))}",
+            (
+                ("cidrs",),
+                "ssh.cidrs applies to the temporary security group; with ssh.security_group_id "
+                "set, the existing group's rules are used as they are",
             )
-    if not arches:
-        r.fail(("architectures",), "providers.aws.architectures needs at least one architecture")
-    if len(set(arches)) != len(arches):
-        r.fail(("architectures",), "providers.aws.architectures lists an architecture twice")
-    return [a for a in dict.fromkeys(arches) if a in ARCHITECTURES] or [DEFAULT_ARCH]
+        )
+    if whole := whole_internet([ipaddress.ip_network(c, strict=False) for c in ssh.get("cidrs", [])]):
+        problems.append((("cidrs",), f"ssh.cidrs must not open SSH to the whole internet: together they cover {whole}"))
+    return problems
 
 
-def _types_by_arch(r: _Reader, arches: list[str]) -> dict[str, list[str]]:
-    """``instance_types: {x86_64: [t3.micro], arm64: [t4g.micro]}``: one list per architecture baked."""
-    mapping = r.data["instance_types"]
-    found: dict[str, list[str]] = {}
-    for arch in mapping:
-        if arch not in arches:
-            r.fail(
-                ("instance_types", arch),
-                f"instance_types: '{arch}' is not one of architectures ({', '.join(arches)})"
-                f"{did_you_mean(str(arch), arches)}",
+def _share_rules(share: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    if (share["public"] or "all" in share["accounts"]) and not share["allow_public"]:
+        return [
+            (
+                ("public",) if share["public"] else ("accounts",),
+                "sharing publicly makes the AMI launchable by every AWS account: refused unless "
+                "share.allow_public: true is set as well",
             )
-    sub = _Reader(
-        {k: v for k, v in mapping.items() if k in arches},
-        (*r.path, "instance_types"),
-        r.diag,
-        r.problems,
-        tuple(arches),
+        ]
+    return []
+
+
+def _volume_spec(where: str, root: bool) -> dict[str, Any]:
+    """``root_volume`` (the base AMI's root device) or one of ``extra_volumes`` (a device of its own)."""
+    dotted = f"providers.aws.{where}"
+    args: dict[str, Any] = {
+        "device": _text(
+            "The device name: the base AMI's root device for the root volume.", pattern=r"^$|^/", templated=False
+        )
+        if root
+        else {
+            **_text("The device name.", expect="a device name like /dev/sdf", pattern=DEVICE_RE.pattern),
+            "required": True,
+            "nullable": False,
+            "messages": {"required": f"{dotted}.device is required: a device name like /dev/sdf"},
+        },
+        "size": _whole("GiB; default: the snapshot's size.", 1, None)
+        if root
+        else {
+            **_whole("GiB.", 1, None),
+            "required": True,
+            "nullable": False,
+            "messages": {"required": f"{dotted}.size is required for an extra volume (GiB)"},
+        },
+        "type": _text(
+            "The EBS volume type.",
+            _VOLUME.type,
+            choices=list(VOLUME_TYPES),
+            messages={"choices": dotted + ".type: unknown volume type '{value}'{hint}"},
+        ),
+        "iops": _whole("Provisioned IOPS (io1, io2, gp3).", 100, None),
+        "throughput": _whole("MiB/s (gp3).", 125, None),
+        "encrypted": _flag("Encrypt the volume (and the AMI's snapshot)."),
+        "kms_key_id": _text("The KMS key when encrypted (default: aws/ebs); needs `encrypted: true`."),
+        "in_image": _flag("Always true for the root volume (setting it is refused).")
+        if root
+        else _flag("Part of the AMI's block device mappings (`false`: a scratch volume of the build only).", True),
+        "delete_on_termination": _flag("Deleted with the instance.", _VOLUME.delete_on_termination),
+    }
+    if root:
+        del args["in_image"]["default"]  # absent unless written, and then refused by the rule below
+
+    def rules(volume: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+        problems = []
+        if volume.get("kms_key_id") and not volume.get("encrypted"):
+            problems.append((("kms_key_id",), f"{dotted}.kms_key_id is set but encrypted is not true"))
+        if root and "in_image" in volume:
+            problems.append((("in_image",), "the root volume is always part of the image"))
+        return problems
+
+    return {"type": "object", "key_noun": f"{dotted} setting", "args": args, "rules": [rules]}
+
+
+def _encrypted(result: dict[str, Any]) -> bool:
+    volumes = [result.get("root_volume") or {}] + list(result.get("extra_volumes") or [])
+    return any(v.get("encrypted") for v in volumes)
+
+
+def _kms_keys(result: dict[str, Any]) -> dict[str, str]:
+    """kms_keys, the build region's defaulting to root_volume.kms_key_id when a volume is encrypted."""
+    keys = dict(result.get("kms_keys") or {})
+    root_key = (result.get("root_volume") or {}).get("kms_key_id")
+    if _encrypted(result) and root_key:
+        keys.setdefault(result["regions"][0], root_key)
+    return keys
+
+
+def _encryption_rules(result: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    regions, problems = result["regions"], []
+    for region in result.get("kms_keys") or {}:
+        if region not in regions:
+            problems.append(
+                (
+                    ("kms_keys", region),
+                    f"kms_keys: '{region}' is not one of the regions {', '.join(regions)}"
+                    f"{did_you_mean(str(region), regions)}",
+                )
+            )
+    if result.get("kms_keys") and not _encrypted(result):
+        problems.append((("kms_keys",), "kms_keys is set but no volume is encrypted (root_volume.encrypted: true)"))
+    share = result.get("share") or {}
+    public = share.get("public") or "all" in share.get("accounts", [])
+    shared = public or any(share.get(k) for k in ("accounts", "org_arns", "ou_arns"))
+    if _encrypted(result) and shared:
+        if public:
+            problems.append((("share",), "encrypted AMIs cannot be public"))
+        missing = [region for region in regions if region not in _kms_keys(result)]
+        if missing:
+            problems.append(
+                (
+                    ("kms_keys",),
+                    "AMIs encrypted with the default aws/ebs key cannot be shared with other "
+                    f"accounts: set a customer managed key for {', '.join(missing)} "
+                    "(root_volume.kms_key_id for the build region, kms_keys for the others)",
+                )
+            )
+    return problems
+
+
+def _instance_type_rules(result: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """A mapping names only architectures baked; the list form fits one architecture."""
+    arches, problems = result["architectures"], []
+    given = next((k for k in ("instance_type", "instance_types") if k in result), "")
+    if isinstance(result.get("instance_types"), dict):
+        for arch in result["instance_types"]:
+            if arch not in arches:
+                problems.append(
+                    (
+                        ("instance_types", arch),
+                        f"instance_types: '{arch}' is not one of architectures ({', '.join(arches)})"
+                        f"{did_you_mean(str(arch), arches)}",
+                    )
+                )
+    elif given and len(arches) > 1:
+        example = ", ".join(f"{a}: [{DEFAULT_INSTANCE_TYPES[a][0]}]" for a in arches)
+        problems.append(
+            (
+                (given,),
+                f"{given} is one list, but {len(arches)} architectures are baked: give each its own, "
+                f"e.g. instance_types: {{{example}}}",
+            )
+        )
+    return problems
+
+
+def _device_rules(result: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    devices = [v["device"] for v in result["extra_volumes"]] + [e["device"] for e in result["ephemeral_volumes"]]
+    return [(("extra_volumes",), "two volumes use the same device name")] if len(set(devices)) != len(devices) else []
+
+
+INSTANCE_TYPES = {**_strings("Instance types tried in order."), "min_items": 1, "expect": "a list of instance types"}
+SSH_SCHEMA = _object(
+    "ssh",
+    "How kiln reaches the build machine.",
+    {
+        "address": _text(
+            "Which address of the instance kiln connects to.",
+            _SSH.address,
+            choices=list(ADDRESS_KINDS),
+            messages={
+                "choices": f"ssh.address must be one of {', '.join(ADDRESS_KINDS)}, got {{value!r}}{{hint}}",
+            },
+        ),
+        "user": _text(
+            "The AMI's default user; commands run with `sudo -n` unless `root`.",
+            _SSH.user,
+            refused={"": "ssh.user must not be empty"},
+        ),
+        "cidrs": _strings(
+            "Who may reach port 22 of the temporary security group (default: the controller's own address /32); "
+            "entries whose union is the whole internet (`0.0.0.0/0`, `::/0`, `0.0.0.0/1` + `128.0.0.0/1`) "
+            "are refused.",
+            {"checks": [_cidr_problem]},
+            default=[],
+        ),
+        "security_group_id": _text("An existing security group used instead (never deleted); excludes `cidrs`."),
+        "host": _text("An explicit address (a tunnel, a bastion's forwarded port)."),
+        "port": _whole("The SSH port.", 1, _SSH.port),
+        "host_key_policy": _text(
+            "No fingerprints on the console: `warn` and continue, or `refuse`.",
+            _SSH.host_key_policy,
+            choices=list(HOST_KEY_POLICIES),
+            messages={"choices": "ssh.host_key_policy must be warn or refuse, got {value!r}"},
+        ),
+        "console_timeout": _number("Seconds to wait for cloud-init's fingerprints.", 0, _SSH.console_timeout),
+    },
+    rules=[_ssh_rules],
+)
+SHARE_SCHEMA = _object(
+    "share",
+    "Launch permissions on every copy of the AMI.",
+    {
+        "accounts": _strings(
+            "12-digit account ids (`all` counts as public).",
+            {"pattern": r"^(\d{12}|all)$", "pattern_message": "'{value}' is not a 12-digit account id"},
+            default=[],
+        ),
+        "org_arns": _strings(
+            "Organization ARNs.",
+            {"pattern": ORG_ARN_RE.pattern, "pattern_message": "'{value}' is not an organization ARN"},
+            default=[],
+        ),
+        "ou_arns": _strings(
+            "Organizational unit ARNs.",
+            {"pattern": OU_ARN_RE.pattern, "pattern_message": "'{value}' is not an organizational unit ARN"},
+            default=[],
+        ),
+        "public": _flag("Launchable by every AWS account; only with `allow_public: true`."),
+        "allow_public": _flag("The explicit consent `public` needs."),
+    },
+    rules=[_share_rules],
+)
+AWS_SCHEMA: dict[str, Any] = {
+    "key_noun": "providers.aws setting",
+    "description": "The AWS provider (docs/aws.md): where and how AMIs are baked.",
+    "args": {
+        "regions": _strings(
+            "The first builds; the others receive copies.",
+            {"pattern": REGION_RE.pattern, "pattern_message": "'{value}' is not a region name like eu-west-1"},
+            default=list(_AWS.regions),
+            min_items=1,
+            unique=True,
+            expect="a list of region names",
+            messages={
+                "min_items": "providers.aws.regions needs at least one region (the first one builds)",
+                "unique": "providers.aws.regions lists a region twice",
+            },
+        ),
+        "profile": _text("A named AWS profile (default: the credential chain)."),
+        "architectures": _strings(
+            "One AMI of each per version; the first is the one `latest` alone names.",
+            {
+                "choices": list(ARCHITECTURES),
+                "messages": {
+                    "choices": f"architectures: '{{value}}' is not one kiln bakes ({', '.join(ARCHITECTURES)}){{hint}}"
+                },
+            },
+            default=[DEFAULT_ARCH],
+            min_items=1,
+            unique=True,
+            expect="a list of architectures",
+            messages={
+                "min_items": "providers.aws.architectures needs at least one architecture",
+                "unique": "providers.aws.architectures lists an architecture twice",
+            },
+        ),
+        "instance_types": _of(
+            "any_of",
+            "Tried in order on InsufficientInstanceCapacity, Unsupported, ...; one list per architecture "
+            "(`{x86_64: [t3.micro], arm64: [t4g.micro]}`) when several are baked. Default: "
+            + ", ".join(f"`{a}: {t}`" for a, t in DEFAULT_INSTANCE_TYPES.items())
+            + ".",
+            "a list of instance types, or a mapping of architecture to one",
+            options=[
+                dict(
+                    INSTANCE_TYPES,
+                    messages={"min_items": "providers.aws.instance_types needs at least one instance type"},
+                ),
+                {"type": "map", "values": INSTANCE_TYPES, "expect": "a mapping of architecture to instance types"},
+            ],
+        ),
+        "instance_type": dict(
+            INSTANCE_TYPES,
+            description="`instance_types` by another name.",
+            messages={"min_items": "providers.aws.instance_types needs at least one instance type"},
+        ),
+        "subnet_id": _text("Where the build instance runs (its VPC gets the security group); default VPC if unset."),
+        "associate_public_ip": _flag("`true`/`false` to force; default: the subnet's.", None),
+        "iam_instance_profile": _text("A name or ARN (the policy lets kiln pass roles named `kiln-build-*`)."),
+        "root_volume": {**_volume_spec("root_volume", root=True), **_of("object", "The root volume.", "a mapping")},
+        "extra_volumes": _of(
+            "list",
+            "More EBS volumes, in the launch and (unless `in_image: false`) in the AMI.",
+            "a list of volumes",
+            strict_list=True,
+            default=[],
+            items={
+                **_volume_spec("extra_volumes", root=False),
+                "expect": "a mapping like {device: /dev/sdf, size: 20}",
+            },
+        ),
+        "ephemeral_volumes": _of(
+            "list",
+            "Instance-store volumes in the launch and in the AMI's mappings.",
+            "a list of {device, name}",
+            strict_list=True,
+            default=[],
+            items={
+                "type": "object",
+                "key_noun": "providers.aws.ephemeral_volumes setting",
+                "expect": "a mapping like {device: /dev/sdb, name: ephemeral0}",
+                "args": {
+                    "device": {
+                        **_text("The device name.", expect="a device name like /dev/sdb", pattern=DEVICE_RE.pattern),
+                        "required": True,
+                        "nullable": False,
+                    },
+                    "name": {
+                        **_text("The instance store.", expect="ephemeral0..ephemeral23", pattern=EPHEMERAL_RE.pattern),
+                        "required": True,
+                        "nullable": False,
+                    },
+                },
+            },
+        ),
+        "spot": _of(
+            "any_of",
+            'One-time spot (`true` or `{max_price: "0.05"}`); not stopped (create_image reboots it).',
+            "true, false or {max_price: ...}",
+            default=False,
+            options=[
+                {"type": "bool", "strict": True, "templated": False},
+                _object("spot", "", {"max_price": _of("str", "The highest hourly price.", "a price", default="")}),
+            ],
+        ),
+        "ssh": SSH_SCHEMA,
+        "share": SHARE_SCHEMA,
+        "kms_keys": _of(
+            "map",
+            "`{region: key}` for encrypted copies (the build region defaults to `root_volume.kms_key_id`).",
+            "a mapping of region to key",
+            default={},
+            values={**_text("", pattern="."), "nullable": False, "expect": "a key id, ARN or alias"},
+        ),
+        "waiter": _object(
+            "waiter",
+            "Polling of AMIs becoming available (and the cap of instance waits).",
+            {
+                "delay": _number("Seconds between polls.", 0, _AWS.waiter_delay),
+                "max_attempts": _whole("Polls before giving up.", 1, _AWS.waiter_max_attempts),
+            },
+        ),
+        "retention": _of(
+            "object",
+            "Versions kept per role and region, for AMIs (default: the global `retention.keep`); "
+            "`retention: 5` is short for `{keep: 5}`.",
+            "a mapping like {keep: 5}",
+            free_form="keep",
+            key_noun="providers.aws.retention setting",
+            args={"keep": _whole("Versions kept.", 1, None)},
+        ),
+        "retries": _object(
+            "retries",
+            "botocore's retries.",
+            {
+                "mode": _text(
+                    "botocore's retry mode.",
+                    _AWS.retry_mode,
+                    choices=list(RETRY_MODES),
+                    messages={"choices": "retries.mode must be standard or adaptive, got {value!r}"},
+                ),
+                "max_attempts": _whole("Attempts per call.", 1, _AWS.retry_max_attempts),
+            },
+        ),
+        "tags": _of(
+            "map",
+            "Extra tags on everything kiln creates (`kiln:` and `aws:` are reserved).",
+            "a mapping",
+            default={},
+            key_pattern=r"^(?![kK][iI][lL][nN]:|[aA][wW][sS]:)",
+            key_message="tags: '{key}' is reserved (kiln: and aws: tags are kiln's and AWS's own)",
+            values={"type": "str", "templated": False},
+        ),
+        "user_data": _text("Your own user data, sent as a second MIME part after kiln's cloud-config."),
+        "ena_support": _flag("Turn ENA on (instance stopped) when the base lacks it.", _AWS.ena_support),
+        "lock_lease": _number(
+            "Seconds a nightly's per-role lock lasts unless its holder renews it (every third of it).",
+            1,
+            _AWS.lock_lease,
+        ),
+        "virtualization_type": _text(
+            "HVM only (paravirtual AMIs cannot use current instance types, ENA or IMDSv2).",
+            "hvm",
+            choices=["hvm"],
+            messages={
+                "choices": "virtualization_type '{value}' is refused: kiln bakes HVM images only (paravirtual AMIs "
+                "cannot use current instance types, ENA or IMDSv2)"
+            },
+        ),
+        "root_device_type": _text(
+            "`ebs`, the only kind kiln makes; `instance-store` is refused (docs/aws.md).",
+            _AWS.root_device_type,
+            choices=["ebs"],
+            messages={"choices": "root_device_type must be ebs (the default), got {value!r}"},
+            refused={
+                "instance-store": "root_device_type 'instance-store' is refused: instance-store-backed AMIs are made "
+                "with the legacy AMI tools (ec2-bundle-vol, ec2-upload-bundle to S3, register-image), not "
+                "create_image; bake an EBS-backed AMI and map instance-store volumes with ephemeral_volumes "
+                "(docs/aws.md)"
+            },
+        ),
+        "publish": _of(
+            "dict",
+            "The new image's consumers (launch templates, instance refresh, git-ops file); checked by "
+            "controller/consumers.",
+            "a mapping",
+        ),
+    },
+    "mutually_exclusive": [["instance_types", "instance_type"]],
+    "rules": [_instance_type_rules, _device_rules, _encryption_rules],
+}
+
+
+# --- the typed settings, from values the declaration has judged -----------------------------------
+def _filled(spec: dict[str, Any], values: dict[str, Any] | None) -> dict[str, Any]:
+    """An object's values, with its defaults when kiln.yaml leaves it out."""
+    defaults = {name: arg["default"] for name, arg in spec["args"].items() if "default" in arg}
+    return {**defaults, **(values or {})}
+
+
+def _instance_types(values: dict[str, Any]) -> tuple[list[str], dict[str, list[str]]]:
+    """(the first architecture's instance types, each architecture's when they are per architecture)."""
+    arches = values["architectures"]
+    given = values.get("instance_types", values.get("instance_type"))
+    if isinstance(given, dict):
+        by_arch = {a: given.get(a) or list(DEFAULT_INSTANCE_TYPES[a]) for a in arches}
+    elif given and len(arches) == 1:
+        return given, {}
+    else:
+        by_arch = {a: list(DEFAULT_INSTANCE_TYPES[a]) for a in arches}
+    return by_arch[arches[0]], by_arch
+
+
+def _share(values: dict[str, Any]) -> ShareSettings:
+    share = ShareSettings(**_filled(SHARE_SCHEMA, values))
+    if "all" in share.accounts:
+        share.accounts = [a for a in share.accounts if a != "all"]
+        share.public = True
+    return share
+
+
+def _spot(values: dict[str, Any]) -> tuple[bool, str]:
+    spot = values["spot"]
+    return (True, spot.get("max_price", "")) if isinstance(spot, dict) else (bool(spot), "")
+
+
+def settings_from(values: dict[str, Any]) -> AwsSettings:
+    """The typed settings of ``providers.aws`` values :data:`AWS_SCHEMA` has accepted (defaults filled in)."""
+    values = copy.deepcopy(values)
+    instance_types, types_by_arch = _instance_types(values)
+    spot, spot_max_price = _spot(values)
+    ssh = _filled(SSH_SCHEMA, values.get("ssh"))
+    waiter = values.get("waiter") or {}
+    retries = values.get("retries") or {}
+    return AwsSettings(
+        regions=values["regions"],
+        profile=values["profile"],
+        instance_types=instance_types,
+        types_by_arch=types_by_arch,
+        architectures=values["architectures"],
+        subnet_id=values["subnet_id"],
+        associate_public_ip=values["associate_public_ip"],
+        iam_instance_profile=values["iam_instance_profile"],
+        root_volume=Volume(**_filled(AWS_SCHEMA["args"]["root_volume"], values.get("root_volume"))),
+        extra_volumes=[Volume(**v) for v in values["extra_volumes"]],
+        ephemeral_volumes=[(e["device"], e["name"]) for e in values["ephemeral_volumes"]],
+        spot=spot,
+        spot_max_price=spot_max_price,
+        ssh=SSHSettings(**dict(ssh, console_timeout=float(ssh["console_timeout"]))),
+        share=_share(values.get("share")),
+        kms_keys=_kms_keys(values),
+        waiter_delay=float(waiter.get("delay", _AWS.waiter_delay)),
+        waiter_max_attempts=waiter.get("max_attempts", _AWS.waiter_max_attempts),
+        retention=(values.get("retention") or {}).get("keep"),
+        retry_mode=retries.get("mode", _AWS.retry_mode),
+        retry_max_attempts=retries.get("max_attempts", _AWS.retry_max_attempts),
+        tags={str(k): v for k, v in values["tags"].items()},
+        user_data=values["user_data"],
+        ena_support=values["ena_support"],
+        root_device_type=values["root_device_type"],
+        lock_lease=float(values["lock_lease"]),
     )
-    for arch in arches:
-        found[arch] = sub.strings(arch, DEFAULT_INSTANCE_TYPES[arch] if arch not in mapping else [])
-        if not found[arch]:
-            sub.fail((arch,), f"instance_types.{arch} needs at least one instance type")
-            found[arch] = DEFAULT_INSTANCE_TYPES[arch]
-    return found
-
-
-def _one_list_for_one_architecture(r: _Reader, s: AwsSettings) -> None:
-    """The list form of instance_types fits one architecture; several need one list each."""
-    key = "instance_type" if "instance_type" in r.data else "instance_types"
-    if key in r.data and not s.instance_types:
-        r.fail((key,), "providers.aws.instance_types needs at least one instance type")
-    if len(s.architectures) > 1 and key in r.data:
-        example = ", ".join(f"{a}: [{DEFAULT_INSTANCE_TYPES[a][0]}]" for a in s.architectures)
-        r.fail(
-            (key,),
-            f"{key} is one list, but {len(s.architectures)} architectures are baked: give each its own, "
-            f"e.g. instance_types: {{{example}}}",
-        )
-    if not s.instance_types or len(s.architectures) > 1:
-        s.types_by_arch = {a: list(DEFAULT_INSTANCE_TYPES[a]) for a in s.architectures}
-        s.instance_types = s.types_by_arch[s.architectures[0]]
-
-
-def _root_device_type(r: _Reader) -> str:
-    """``ebs`` only: instance-store-backed AMIs need the legacy bundle tools and an S3 upload."""
-    value = r.string("root_device_type", "ebs")
-    if value == "instance-store":
-        r.fail(
-            ("root_device_type",),
-            "root_device_type 'instance-store' is refused: instance-store-backed AMIs are made with the legacy "
-            "AMI tools (ec2-bundle-vol, ec2-upload-bundle to S3, register-image), not create_image; bake an "
-            "EBS-backed AMI and map instance-store volumes with ephemeral_volumes (docs/aws.md)",
-        )
-    elif value != "ebs":
-        r.fail(("root_device_type",), f"root_device_type must be ebs (the default), got {value!r}")
-    return "ebs"
 
 
 def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
-    """Read and check ``providers.aws``; raise InvalidInput listing every problem."""
-    raw = raw or {}
-    problems: list[Diagnostic] = []
-    base = ("providers", "aws")
-    r = _Reader(raw, base, diag, problems, TOP_KEYS)
-    s = AwsSettings()
-
-    s.regions = r.strings("regions", s.regions, REGION_RE, "a region name like eu-west-1")
-    if not s.regions:
-        r.fail(("regions",), "providers.aws.regions needs at least one region (the first one builds)")
-        s.regions = ["us-east-1"]
-    if len(set(s.regions)) != len(s.regions):
-        r.fail(("regions",), "providers.aws.regions lists a region twice")
-    s.profile = r.string("profile")
-    if "instance_type" in raw and "instance_types" in raw:
-        r.fail(("instance_type",), "set instance_types (a list tried in order) or instance_type, not both")
-    s.architectures = _architectures(r)
-    if isinstance(raw.get("instance_types"), dict):
-        s.types_by_arch = _types_by_arch(r, s.architectures)
-        s.instance_types = s.types_by_arch[s.architectures[0]]
-    else:
-        s.instance_types = r.strings("instance_types", r.strings("instance_type", []))
-        _one_list_for_one_architecture(r, s)
-    s.root_device_type = _root_device_type(r)
-    s.subnet_id = r.string("subnet_id")
-    s.associate_public_ip = r.boolean("associate_public_ip", None)
-    s.iam_instance_profile = r.string("iam_instance_profile")
-    s.root_volume = (
-        _volume(raw["root_volume"], (*base, "root_volume"), diag, problems, root=True)
-        if raw.get("root_volume") is not None
-        else Volume()
+    """Check ``providers.aws`` against :data:`AWS_SCHEMA`; raise InvalidInput listing every problem."""
+    values, problems = check_document(
+        AWS_SCHEMA, raw or {}, lambda where, message, _at_key: diag(where, message), ("providers", "aws")
     )
-    extra = raw.get("extra_volumes") or []
-    if not isinstance(extra, list):
-        r.fail(("extra_volumes",), "providers.aws.extra_volumes must be a list of volumes")
-        extra = []
-    s.extra_volumes = [_volume(v, (*base, "extra_volumes", i), diag, problems, root=False) for i, v in enumerate(extra)]
-    devices = [v.device for v in s.extra_volumes]
-    ephemeral = raw.get("ephemeral_volumes") or []
-    if not isinstance(ephemeral, list):
-        r.fail(("ephemeral_volumes",), "providers.aws.ephemeral_volumes must be a list of {device, name}")
-        ephemeral = []
-    for i, item in enumerate(ephemeral):
-        if not isinstance(item, dict):
-            r.fail(("ephemeral_volumes", i), "an ephemeral volume is {device: /dev/sdb, name: ephemeral0}")
-            continue
-        er = _Reader(item, (*base, "ephemeral_volumes", i), diag, problems, EPHEMERAL_KEYS)
-        device, name = er.string("device"), er.string("name")
-        if not DEVICE_RE.match(device):
-            er.fail(("device",), f"ephemeral_volumes: device must be like /dev/sdb, got {device!r}")
-        if not EPHEMERAL_RE.match(name):
-            er.fail(("name",), f"ephemeral_volumes: name must be ephemeral0..ephemeral23, got {name!r}")
-        devices.append(device)
-        s.ephemeral_volumes.append((device, name))
-    if len(set(devices)) != len(devices):
-        r.fail(("extra_volumes",), "two volumes use the same device name")
-
-    spot = raw.get("spot")
-    if isinstance(spot, dict):
-        sr = _Reader(spot, (*base, "spot"), diag, problems, SPOT_KEYS)
-        s.spot, s.spot_max_price = True, str(sr.get("max_price", (str, int, float), "", "a price"))
-    else:
-        s.spot = bool(r.boolean("spot", False))
-
-    ssh = _Reader(r.mapping("ssh"), (*base, "ssh"), diag, problems, SSH_KEYS)
-    s.ssh = SSHSettings(
-        address=ssh.string("address", "public_ip"),
-        user=ssh.string("user", "ec2-user"),
-        cidrs=ssh.strings("cidrs"),
-        security_group_id=ssh.string("security_group_id"),
-        host=ssh.string("host"),
-        port=ssh.number("port", 22, 1, integer=True),
-        host_key_policy=ssh.string("host_key_policy", "warn"),
-        console_timeout=float(ssh.number("console_timeout", 180.0, 0)),
-    )
-    if s.ssh.address not in ADDRESS_KINDS:
-        ssh.fail(
-            ("address",),
-            f"ssh.address must be one of {', '.join(ADDRESS_KINDS)}, got {s.ssh.address!r}"
-            f"{did_you_mean(s.ssh.address, list(ADDRESS_KINDS))}",
-        )
-    if s.ssh.host_key_policy not in HOST_KEY_POLICIES:
-        ssh.fail(("host_key_policy",), f"ssh.host_key_policy must be warn or refuse, got {s.ssh.host_key_policy!r}")
-    networks = []
-    for i, cidr in enumerate(s.ssh.cidrs):
-        try:
-            networks.append(ipaddress.ip_network(cidr, strict=False))
-        except ValueError:
-            ssh.fail(("cidrs", i), f"ssh.cidrs: '{cidr}' is not a CIDR like 203.0.113.7/32")
-    if s.ssh.security_group_id and s.ssh.cidrs:
-        ssh.fail(
-            ("cidrs",),
-            "ssh.cidrs applies to the temporary security group; with ssh.security_group_id "
-            "set, the existing group's rules are used as they are",
-        )
-    if whole := whole_internet(networks):
-        ssh.fail(("cidrs",), f"ssh.cidrs must not open SSH to the whole internet: together they cover {whole}")
-    if s.ssh.user == "":
-        ssh.fail(("user",), "ssh.user must not be empty")
-
-    share = _Reader(r.mapping("share"), (*base, "share"), diag, problems, SHARE_KEYS)
-    s.share = ShareSettings(
-        accounts=share.strings("accounts"),
-        org_arns=share.strings("org_arns", pattern=ORG_ARN_RE, what="an organization ARN"),
-        ou_arns=share.strings("ou_arns", pattern=OU_ARN_RE, what="an organizational unit ARN"),
-        public=bool(share.boolean("public", False)),
-        allow_public=bool(share.boolean("allow_public", False)),
-    )
-    if "all" in s.share.accounts:
-        s.share.accounts.remove("all")
-        s.share.public = True
-    for i, account in enumerate(s.share.accounts):
-        if not ACCOUNT_RE.match(account):
-            share.fail(("accounts", i), f"share.accounts: '{account}' is not a 12-digit account id")
-    if s.share.public and not s.share.allow_public:
-        share.fail(
-            ("public",) if "public" in share.data else ("accounts",),
-            "sharing publicly makes the AMI launchable by every AWS account: refused unless "
-            "share.allow_public: true is set as well",
-        )
-
-    kms = r.mapping("kms_keys")
-    for region, key in kms.items():
-        if region not in s.regions:
-            r.fail(
-                ("kms_keys", region),
-                f"kms_keys: '{region}' is not one of the regions "
-                f"{', '.join(s.regions)}{did_you_mean(str(region), s.regions)}",
-            )
-        elif not isinstance(key, str) or not key:
-            r.fail(("kms_keys", region), f"kms_keys.{region} must be a key id, ARN or alias")
-        else:
-            s.kms_keys[region] = key
-    if s.kms_keys and not s.encrypted:
-        r.fail(("kms_keys",), "kms_keys is set but no volume is encrypted (root_volume.encrypted: true)")
-    if s.encrypted and s.root_volume.kms_key_id and s.build_region not in s.kms_keys:
-        s.kms_keys[s.build_region] = s.root_volume.kms_key_id
-    if s.encrypted and s.share.any:
-        if s.share.public:
-            r.fail(("share",), "encrypted AMIs cannot be public")
-        missing = [reg for reg in s.regions if reg not in s.kms_keys]
-        if missing:
-            r.fail(
-                ("kms_keys",),
-                "AMIs encrypted with the default aws/ebs key cannot be shared with other "
-                f"accounts: set a customer managed key for {', '.join(missing)} "
-                "(root_volume.kms_key_id for the build region, kms_keys for the others)",
-            )
-
-    waiter = _Reader(r.mapping("waiter"), (*base, "waiter"), diag, problems, WAITER_KEYS)
-    s.waiter_delay = float(waiter.number("delay", 15.0, 0))
-    s.waiter_max_attempts = int(waiter.number("max_attempts", 240, 1, integer=True))
-    retention = raw.get("retention")
-    if isinstance(retention, dict):
-        rr = _Reader(retention, (*base, "retention"), diag, problems, ("keep",))
-        s.retention = rr.number("keep", None, 1, integer=True)
-    else:
-        s.retention = r.number("retention", None, 1, integer=True)
-    retries = _Reader(r.mapping("retries"), (*base, "retries"), diag, problems, RETRIES_KEYS)
-    s.retry_mode = retries.string("mode", "standard")
-    if s.retry_mode not in RETRY_MODES:
-        retries.fail(("mode",), f"retries.mode must be standard or adaptive, got {s.retry_mode!r}")
-    s.retry_max_attempts = int(retries.number("max_attempts", 10, 1, integer=True))
-    tags = r.mapping("tags")
-    for key, value in tags.items():
-        if str(key).lower().startswith(("kiln:", "aws:")):
-            r.fail(("tags", key), f"tags: '{key}' is reserved (kiln: and aws: tags are kiln's and AWS's own)")
-        else:
-            s.tags[str(key)] = str(value)
-    s.user_data = r.string("user_data")
-    s.ena_support = bool(r.boolean("ena_support", True))
-    s.lock_lease = float(r.number("lock_lease", 120.0, 1))
-    virtualization = r.string("virtualization_type", "hvm")
-    if virtualization != "hvm":
-        r.fail(
-            ("virtualization_type",),
-            f"virtualization_type '{virtualization}' is refused: kiln bakes HVM "
-            "images only (paravirtual AMIs cannot use current instance types, "
-            "ENA or IMDSv2)",
-        )
     if problems:
         raise InvalidInput(problems)
-    return s
+    return settings_from(values)
