@@ -19,16 +19,17 @@ fourth top-level step, ``(3, "block", 0)`` the first step of its block,
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import signal
 import threading
 import time
+from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from agent import schema as argschema
 from agent.api import Context, ModuleError, Result, StepClock, StepTimeout, tail
-from agent.modules import discover
 from agent.templating import TemplateError, evaluate, render, resolve_variables
 
 REDACTED = "<redacted: no_log>"
@@ -99,6 +100,31 @@ def time_limit(ctx: Context, limit: Optional[float]) -> Iterator[None]:
         ctx.clock = None
 
 
+class Modules(dict):
+    """The agent's modules by name, each imported when a step first names it: a run loads only the
+    modules its steps use (all of them, with their imports, cost more than a small role's steps)."""
+
+    def __missing__(self, name: str) -> ModuleType:
+        if not name.isidentifier() or name.startswith("_"):
+            raise KeyError(name)
+        try:
+            module = importlib.import_module(f"agent.modules.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"agent.modules.{name}":
+                raise
+            raise KeyError(name) from None
+        if not hasattr(module, "SCHEMA"):
+            raise KeyError(name)
+        self[name] = module
+        return module
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
 class Runner:
     def __init__(
         self,
@@ -111,7 +137,7 @@ class Runner:
         self.bundle = bundle
         self.ctx = ctx
         self.emit = emit
-        self.modules = modules or discover()
+        self.modules = modules or Modules()
         self.state_dir = state_dir
         self.handlers = {h["name"]: h for h in bundle.get("handlers", [])}
         self.handler_order = [h["name"] for h in bundle.get("handlers", [])]
