@@ -460,8 +460,9 @@ def value_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
             array["uniqueItems"] = True
         alternatives = [array]
         if not spec.get("strict_list") and not strict:
-            single = dict(array["items"]) if items else {"type": "string"}
-            alternatives.append(single if items and items.get("type", "str") in ("str", "path") else {"type": "string"})
+            # only a string stands for a list of one (a number does not), judged as an item would be
+            of_strings = items and items.get("type", "str") in ("str", "path")
+            alternatives.append(value_schema(dict(items, strict=True)) if of_strings else {"type": "string"})
     elif kind == "object":
         obj = json_schema(spec)
         alternatives = [obj]
