@@ -162,26 +162,30 @@ def sweep(c, provider="local", apply=False, sandbox=False, json=False):
 
 
 @task(iterable=["var"], help={"role": "The role to converge on its kept dev instance.",
-                               "watch": "Stay connected and re-apply on every save of the role's files (Ctrl-C ends)."})
-def converge(c, role, var=None, json=False, tags="", skip_tags="", check=False, diff=False, watch=False):
+                               "watch": "Stay connected and re-apply on every save of the role's files (Ctrl-C ends).",
+                               "provider": "local (a kept container) or ssh (the existing host providers.ssh names)."})
+def converge(c, role, var=None, json=False, tags="", skip_tags="", check=False, diff=False, watch=False,
+             provider="local"):
     """Apply a role to its kept local instance (created on first use); only differences change."""
     _setup(json)
     from controller.devloop import converge as run_converge
     from controller.devloop import watch as run_watch
 
     run = run_watch if watch else run_converge
-    code = run(role, _options(check=check, diff=diff), _overrides(var), _split(tags), _split(skip_tags))
+    code = run(role, _options(check=check, diff=diff), _overrides(var), _split(tags), _split(skip_tags),
+               provider=provider)
     if code:
         raise Exit(code=code)
 
 
-@task(help={"role": "The role whose checks to run on its kept dev instance."})
-def verify(c, role, json=False):
+@task(help={"role": "The role whose checks to run on its kept dev instance.",
+            "provider": "local (a kept container) or ssh (the existing host providers.ssh names)."})
+def verify(c, role, json=False, provider="local"):
     """Run a role's verify.yml checks on its kept dev instance."""
     _setup(json)
     from controller.devloop import converge as run_converge
 
-    code = run_converge(role, _options(), verify=True)
+    code = run_converge(role, _options(), verify=True, provider=provider)
     if code:
         raise Exit(code=code)
 

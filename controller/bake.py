@@ -63,17 +63,20 @@ def new_build_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def make_provider(name: str, config: Config, builds_dir: Path, sandbox: bool = False) -> Provider:
-    settings = config.providers.get(name) or {}
-    if name == "local":
-        from controller.providers.local import LocalProvider
+def make_provider(name: str, config: Config, builds_dir: Path, sandbox: bool = False, images: bool = True) -> Provider:
+    """The provider registered under ``name`` (controller/providers/__init__.py), its settings checked.
 
-        return LocalProvider(state_dir=builds_dir, settings=settings)
-    if name == "aws":
-        from controller.providers.aws import make_aws_provider
+    ``images``: the caller makes or lists images (bake, images, sweep, nightly); a provider that makes
+    none (``makes_images = False``) is refused: invalid input, exit 2, nothing launched."""
+    from controller.providers import REGISTRY
 
-        return make_aws_provider(settings, sandbox=sandbox, state_dir=builds_dir, config=config)
-    raise InvalidInput([_config_diag(config, f"unknown provider '{name}' (local or aws)")])
+    if name not in REGISTRY:
+        raise InvalidInput([_config_diag(config, f"unknown provider '{name}' ({', '.join(REGISTRY)})")])
+    provider = REGISTRY[name](config.provider(name), config, builds_dir, sandbox)
+    if images and not getattr(provider, "makes_images", True):
+        reason = getattr(provider, "no_images_reason", f"the {name} provider makes no images")
+        raise InvalidInput([_config_diag(config, reason)])
+    return provider
 
 
 def _config_diag(config: Config, message: str):

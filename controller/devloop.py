@@ -1,8 +1,11 @@
 """The developer loop (Molecule's, faster): converge, verify, login, destroy on a kept instance.
 
-The kept instance is an ordinary build machine of the local provider that is not
-removed at the end; its keys and address live in ``builds/dev/<role>.json``, so
-each ``converge`` reconnects (host key still pinned) and applies only what differs.
+It works through the provider interface (controller/providers/base.py's ``Machines``): with
+``--provider local`` (the default) the kept instance is an ordinary build machine that is not
+removed at the end; its keys and address live in ``builds/dev/<role>.json``, so each
+``converge`` reconnects (host key still pinned) and applies only what differs. With
+``--provider ssh`` the machine is an existing host kiln.yaml names: its "launch" only gives
+its address, key and pinned host key, and it is never removed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import structlog
 
 from controller.context import BakeContext, BakeOptions
-from controller.model import Instance, InvalidInput
+from controller.model import Diagnostic, InvalidInput, Machine
 from controller.pipeline import run_stages
 from controller.ssh import KeyPair, SSHError
 
@@ -66,22 +69,22 @@ class AttachDevInstance:
 
     def run(self, ctx: BakeContext) -> None:
         saved = read_state(ctx.options.builds_dir, ctx.role)
-        if saved is not None and self._reattach(ctx, saved):
+        if saved is not None and saved.get("provider", "local") != ctx.provider.name:
+            saved = None  # another provider's machine: this one launches (or reaches) its own
+        if saved is not None and saved.get("client_key") and self._reattach(ctx, saved):
             return
-        self._launch(ctx)
+        self._launch(ctx, saved)
 
     def _reattach(self, ctx: BakeContext, saved: dict[str, Any]) -> bool:
-        from controller.remote import box_agent
 
-        ctx.instance = Instance(**saved["instance"])
+        ctx.instance = machine_of(saved["instance"])
         ctx.client_key = KeyPair(saved["client_key"].encode(), saved["client_pub"])
         ctx.host_key = KeyPair(b"", saved["host_pub"])
         ctx.build_id = saved.get("build_id") or ctx.build_id
-        engine = getattr(ctx.provider, "engine", None)
         try:
             connect(ctx, QUICK_CONNECT)
         except SSHError as exc:
-            status = engine.status(ctx.instance.id) if engine is not None else "running"
+            status = ctx.provider.machine_status(ctx.instance)
             if not status:
                 log.info("dev instance gone; launching another", instance=ctx.instance.id)
                 ctx.session.close()
@@ -90,43 +93,38 @@ class AttachDevInstance:
                 return False
             if status != "running":
                 log.info("starting the stopped dev instance", instance=ctx.instance.id, status=status)
-                engine.start(ctx.instance.id)
+                ctx.provider.start(ctx.instance)
             elif "host key" in str(exc):
                 raise
             ctx.session.close()
             connect(ctx, ctx.options.ssh_timeout)
-        box = box_agent(ctx)
-        agent = saved.get("agent") or {}
-        if agent.get("sha256") == box.sha256:  # sent before: checked by hash on the box, re-sent if it differs
-            box.sent, box.compiled = True, agent.get("compiled", "")
+        known_agent(ctx, saved)
         log.info("reusing dev instance", instance=ctx.instance.id)
         return True
 
-    def _launch(self, ctx: BakeContext) -> None:
+    def _launch(self, ctx: BakeContext, saved: dict[str, Any] | None) -> None:
+        from controller.providers.base import machine_spec
         from controller.stages.resolve_base import ResolveBase
 
         ResolveBase().run(ctx)
         ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
         ctx.host_key = KeyPair.generate(comment=f"kiln-host-{ctx.build_id}")
-        try:
-            ctx.provider.launch(ctx)
-        except BaseException:
-            if ctx.instance is not None:
-                ctx.provider.terminate(ctx, ctx.instance)
-            raise
-        write_state(
-            ctx.options.builds_dir,
-            ctx.role,
-            {
-                "instance": asdict(ctx.instance),
-                "build_id": ctx.build_id,
+        ctx.instance = ctx.provider.launch(machine_spec(ctx))  # the machine, or nothing left of it
+        ctx.client_key = ctx.instance.login_key or ctx.client_key
+        state = {"provider": ctx.provider.name, "instance": machine_record(ctx.instance), "build_id": ctx.build_id}
+        if ctx.instance.owned:  # kiln's own machine: its keys let the next converge reattach
+            state |= {
                 "client_key": ctx.client_key.private_openssh.decode(),
                 "client_pub": ctx.client_key.public_openssh,
                 "host_pub": ctx.host_key.public_openssh,
-            },
-        )
-        log.info("dev instance launched", instance=ctx.instance.id)
+            }
+        else:  # an existing host: reached afresh every time, with the user's key (never copied here)
+            state |= {"agent": (saved or {}).get("agent")} if saved and saved["instance"] == state["instance"] else {}
+        write_state(ctx.options.builds_dir, ctx.role, state)
+        log.info("dev instance launched" if ctx.instance.owned else "existing host", instance=ctx.instance.id)
         connect(ctx, ctx.options.ssh_timeout)
+        if not ctx.instance.owned:
+            known_agent(ctx, state)
 
     def undo(self, ctx: BakeContext) -> None:
         """Kept on purpose: `invoke destroy` removes it. The connection closes."""
@@ -134,11 +132,33 @@ class AttachDevInstance:
             ctx.session.close()
 
 
+def machine_record(machine: Machine) -> dict[str, Any]:
+    """The machine's plain fields for the state file (never a key)."""
+    return {k: v for k, v in asdict(machine).items() if k in MACHINE_FIELDS and k != "login_key"}
+
+
+def machine_of(record: dict[str, Any]) -> Machine:
+    return Machine(**{k: v for k, v in record.items() if k in MACHINE_FIELDS})
+
+
+MACHINE_FIELDS = {f.name for f in dataclasses.fields(Machine)}
+
+
+def known_agent(ctx: BakeContext, saved: dict[str, Any]) -> None:
+    """The agent the state file says the box holds: sent before, checked by hash on the box, re-sent if it differs."""
+    from controller.remote import box_agent
+
+    box = box_agent(ctx)
+    agent = saved.get("agent") or {}
+    if agent.get("sha256") == box.sha256:
+        box.sent, box.compiled = True, agent.get("compiled", "")
+
+
 def connect(ctx: BakeContext, timeout: float) -> None:
-    from controller.ssh import HostKeyExpectation, Keepalive, Session
+    from controller.ssh import Keepalive, Session
 
     inst = ctx.instance
-    ctx.host_key_expectation = HostKeyExpectation(fingerprints={ctx.host_key.fingerprint})
+    ctx.host_key_expectation = ctx.provider.host_key_expectation(ctx)
     keepalive = Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses)
     ctx.session = Session(
         inst.ssh_host, inst.ssh_port, inst.ssh_user, ctx.client_key, ctx.host_key_expectation, keepalive=keepalive
@@ -181,10 +201,14 @@ class StageBundle:
 BUILD_SETTINGS = ("ssh_timeout", "deadline_hours", "step_timeout", "ssh_keepalive", "ssh_keepalive_misses")
 
 
-def config_summary(config: Any) -> dict[str, Any]:
-    """What converge needs of kiln.yaml, as plain values: the build settings and the local provider's."""
-    local = json.loads(json.dumps(config.providers.get("local") or {}, default=str))
-    return {"build": {name: getattr(config, name) for name in BUILD_SETTINGS}, "local": local}
+def config_summary(config: Any, provider: str, builds: Path) -> dict[str, Any]:
+    """What converge needs of kiln.yaml, as plain values: the build settings and the provider's, checked
+    here (InvalidInput, file:line:column) so a cached summary holds only settings that were valid."""
+    from controller.bake import make_provider
+
+    make_provider(provider, config, builds, images=False)
+    settings = json.loads(json.dumps(config.provider(provider), default=str))
+    return {"build": {name: getattr(config, name) for name in BUILD_SETTINGS}, "provider": settings}
 
 
 def build_settings(options: BakeOptions, build: dict[str, Any]) -> BakeOptions:
@@ -192,8 +216,8 @@ def build_settings(options: BakeOptions, build: dict[str, Any]) -> BakeOptions:
     return dataclasses.replace(options, **build)
 
 
-def compile_for_dev(role: str, options: BakeOptions, overrides: dict, tags, skip_tags):
-    """(options with kiln.yaml's build settings, local provider settings, compiled role): compiled once per inputs."""
+def compile_for_dev(role: str, options: BakeOptions, overrides: dict, tags, skip_tags, provider: str = "local"):
+    """(options with kiln.yaml's build settings, the provider's settings, compiled role): compiled once per inputs."""
     from controller.log import REDACT
     from controller.stepfiles.compile_cache import CompileCache, compile_cached
 
@@ -202,25 +226,41 @@ def compile_for_dev(role: str, options: BakeOptions, overrides: dict, tags, skip
         cache,
         options.playbooks_dir,
         role,
-        "local",
+        provider,
         overrides,
         tags,
         skip_tags,
         options.check_mode,
         options.diff,
-        summarize=config_summary,
+        summarize=lambda config: config_summary(config, provider, options.builds_dir),
     )
     REDACT.secrets = [*REDACT.secrets, *compiled.no_log_values]
-    return build_settings(options, summary["build"]), summary["local"], compiled
+    return build_settings(options, summary["build"]), summary["provider"], compiled
 
 
 def _context(
-    role: str, options: BakeOptions, overrides: dict, tags: list[str] | None, skip_tags: list[str] | None
+    role: str,
+    options: BakeOptions,
+    overrides: dict,
+    tags: list[str] | None,
+    skip_tags: list[str] | None,
+    provider_name: str = "local",
 ) -> BakeContext:
-    from controller.providers.local import LocalProvider
+    from controller.providers import REGISTRY
 
-    options, settings, compiled = compile_for_dev(role, options, overrides, tags, skip_tags)
-    provider = LocalProvider(state_dir=options.builds_dir, settings=settings)
+    if provider_name not in REGISTRY:
+        raise InvalidInput(
+            [
+                Diagnostic(
+                    str(options.playbooks_dir / "kiln.yaml"),
+                    1,
+                    1,
+                    f"unknown provider '{provider_name}' ({', '.join(REGISTRY)})",
+                )
+            ]
+        )
+    options, settings, compiled = compile_for_dev(role, options, overrides, tags, skip_tags, provider_name)
+    provider = REGISTRY[provider_name](settings, None, options.builds_dir, False)
     build_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
     ctx = BakeContext(role=role, compiled=compiled, provider=provider, options=options, build_id=build_id)
     ctx.version = DEV_VERSION
@@ -234,9 +274,10 @@ def converge(
     tags: list[str] | None = None,
     skip_tags: list[str] | None = None,
     verify: bool = False,
+    provider: str = "local",
 ) -> int:
     try:
-        ctx = _context(role, options, overrides or {}, tags, skip_tags)
+        ctx = _context(role, options, overrides or {}, tags, skip_tags, provider)
     except InvalidInput as exc:
         print(exc.render())
         return EXIT_INVALID
@@ -274,6 +315,8 @@ def login_argv(role: str, builds: Path) -> list[str]:
     if not path.exists():
         raise FileNotFoundError(f"no dev instance for {role}: run `invoke converge --role {role}` first")
     saved = json.loads(path.read_text())
+    if "client_key" not in saved:
+        raise FileNotFoundError(f"the dev machine of {role} is an existing host: log in to it with your own ssh")
     key = path.with_suffix(".key")
     key.write_text(saved["client_key"])
     key.chmod(0o600)
@@ -308,8 +351,9 @@ def destroy(role: str | None, builds: Path, build_id: str | None = None) -> list
         if role and path.stem != role:
             continue
         saved = json.loads(path.read_text())
-        engine.remove_container(saved["instance"]["id"])
-        removed.append(saved["instance"]["id"])
+        if saved["instance"].get("owned", True) and saved.get("provider", "local") == "local":
+            engine.remove_container(saved["instance"]["id"])
+            removed.append(saved["instance"]["id"])
         for suffix in (".json", ".key", ".known_hosts"):
             path.with_suffix(suffix).unlink(missing_ok=True)
     if build_id:
@@ -339,6 +383,7 @@ def watch(
     overrides: dict | None = None,
     tags: list[str] | None = None,
     skip_tags: list[str] | None = None,
+    provider: str = "local",
 ) -> int:
     """``converge --watch``: converge, then re-apply on every save until Ctrl-C (the instance is kept)."""
     from controller.pipeline import BakeFailed
@@ -346,13 +391,13 @@ def watch(
     from controller.watch import WarmAgent, Watch
 
     try:
-        ctx = _context(role, options, overrides or {}, tags, skip_tags)
+        ctx = _context(role, options, overrides or {}, tags, skip_tags, provider)
     except InvalidInput as exc:
         print(exc.render())
         return EXIT_INVALID
 
     def recompile():
-        return compile_for_dev(role, options, overrides or {}, tags, skip_tags)[2]
+        return compile_for_dev(role, options, overrides or {}, tags, skip_tags, provider)[2]
 
     agent = WarmAgent(ctx)
     # Ctrl-C and SIGTERM end the watch alike (also where SIGINT was ignored, as in a background job)

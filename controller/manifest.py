@@ -68,7 +68,7 @@ def record_images(path: Path, images: list[Image]) -> None:
         for image in images:
             regions = document.setdefault(image.role, {}).setdefault(image.version, {})
             arches = regions.setdefault(image.region or LOCAL_REGION, {})
-            arches[str(image.extra.get("arch") or DEFAULT_ARCH)] = image.id
+            arches[image.arch or DEFAULT_ARCH] = image.id
         _replace(path, document)
 
 
@@ -87,7 +87,7 @@ def entries_for(ctx: BakeContext) -> list[dict[str, Any]]:
 
 def of_architecture(ctx: BakeContext, image: Image) -> dict[str, Any]:
     """An image of a bake of several architectures: its arch, and its own base, inputs hash and counts."""
-    arch = image.extra.get("arch")
+    arch = image.arch
     variant = next((v for v in ctx.variants if v.arch == arch), None)
     if variant is None:
         return {"arch": arch} if arch else {}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from controller.ssh import KeyPair
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,9 @@ class BaseImage:
 
 
 @dataclass
-class Instance:
-    """A launched build machine, as a provider knows it."""
+class Machine:
+    """A machine kiln reaches over SSH, as a provider knows it (providers add their own typed fields by
+    subclassing: an EC2 instance knows its key pair and security group)."""
 
     id: str
     provider: str
@@ -77,7 +81,14 @@ class Instance:
     ssh_host: str = "127.0.0.1"
     ssh_port: int = 22
     ssh_user: str = "root"
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: False for a host kiln did not make (the ssh provider's): never terminated, started or stopped
+    owned: bool = True
+    #: the key to log in with when the provider has its own (an existing host); None: the spec's client key
+    login_key: KeyPair | None = None
+
+
+#: the name the stages and tests have always used for a build machine
+Instance = Machine
 
 
 @dataclass
@@ -95,4 +106,5 @@ class Image:
     inputs_hash: str = ""
     status: str = "available"
     latest: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    arch: str = ""  # "" on a provider with one architecture
+    build_id: str = ""  # the build that made it (from its label or tag)

@@ -46,8 +46,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from controller.engine import BASE_IMAGE, Engine, EngineError, image_prefix
 from controller.ownership import BuildClaim
 from controller.providers.aws import AwsProvider
-from controller.providers.aws_settings import AwsSettings
-from controller.providers.aws_support import BUILD_ID, cloud_config_parts, console_block, error_code, tags_of
+from controller.providers.aws.cloud_init import cloud_config_parts, console_block
+from controller.providers.aws.settings import AwsSettings
+from controller.providers.aws.tags import BUILD_ID, error_code, tags_of
 from controller.providers.base import ProviderError
 from controller.ssh import KeyPair
 

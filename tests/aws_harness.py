@@ -88,13 +88,17 @@ def compiled(role: str, base: Any = None) -> CompiledRole:
     )
 
 
-def context(prov: Any, tmp_path: Path, role: str, base: Any = None, build_id: str = "") -> BakeContext:
+def context(
+    prov: Any, tmp_path: Path, role: str, base: Any = None, build_id: str = "", started: dt.datetime | None = None
+) -> BakeContext:
+    """A bake's context; ``started`` long enough ago puts its deadline (``kiln:expires``) in the past."""
     ctx = BakeContext(
         role=role,
         compiled=compiled(role, base),
         provider=prov,
         options=BakeOptions(builds_dir=tmp_path / "builds", playbooks_dir=tmp_path),
         build_id=build_id or f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{role[:6]}",
+        **({"started": started} if started else {}),
     )
     ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
     ctx.host_key = KeyPair.generate()

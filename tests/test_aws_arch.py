@@ -227,7 +227,7 @@ def test_sweep_never_removes_what_latest_arm64_names(sandbox_env, engine, tmp_pa
     """An over reservation whose build's arm64 AMI is what ``latest/arm64`` names: sweep leaves that AMI.
     Every call of the bake, a misspelt base's suggestions and the sweep is in docs/iam-policy.json."""
     from controller.ownership import BuildClaim
-    from controller.providers.aws_support import claim_value
+    from controller.providers.aws.tags import claim_value
 
     url = sandbox_env
     playbooks = make_playbooks(tmp_path, TINY, role="keep", kiln_yaml=TWO_ARCHES)
@@ -240,7 +240,7 @@ def test_sweep_never_removes_what_latest_arm64_names(sandbox_env, engine, tmp_pa
         prov.resolve_base(
             {"ssm_parameter": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-defualt-{arch}"}, "arm64"
         )
-    arm = {i.region: i.id for i in done.ctx.published if i.extra.get("arch") == "arm64"}
+    arm = {i.region: i.id for i in done.ctx.published if i.arch == "arm64"}
     claim = BuildClaim(build_id=done.ctx.build_id, expires="2000-01-01T00:00:00+00:00")  # over long ago
     ssm = client(url, "ssm")
     ssm.put_parameter(

@@ -16,14 +16,10 @@ from moto import mock_aws
 from controller.model import InvalidInput
 from controller.ownership import BuildClaim
 from controller.providers.aws import ImageWaitTimeout, make_aws_provider
-from controller.providers.aws_support import (
-    cloud_config_parts,
-    console_block,
-    console_fingerprints,
-    tags_of,
-    user_data,
-)
-from controller.providers.base import ProviderError
+from controller.providers.aws.cloud_init import cloud_config_parts, console_block, console_fingerprints, user_data
+from controller.providers.aws.instance import AwsInstance
+from controller.providers.aws.tags import tags_of
+from controller.providers.base import ProviderError, machine_spec
 from controller.ssh import KeyPair
 from tests.aws_harness import (
     AL2023,
@@ -68,7 +64,7 @@ def launched(prov, tmp_path, role, **kw):
     ctx = context(prov, tmp_path, role, **kw)
     ctx.base = prov.resolve_base(ctx.compiled.base["aws"])
     ctx.version = prov.allocate_version(role, BuildClaim.for_build(ctx.build_id, ctx.expires))
-    prov.launch(ctx)
+    ctx.instance = prov.launch(machine_spec(ctx))
     return ctx
 
 
@@ -235,13 +231,13 @@ def test_launch_tags_keys_group_volumes_imds_and_deadline(aws, tmp_path):
     pair = ec2().describe_key_pairs(KeyNames=[f"kiln-build-{ctx.build_id}"], IncludePublicKey=True)["KeyPairs"][0]
     assert tags_of(pair)["kiln:build-id"] == ctx.build_id
     assert pair["PublicKey"].split()[1] == ctx.client_key.public_openssh.split()[1]
-    group = ec2().describe_security_groups(GroupIds=[inst.extra["security_group_id"]])["SecurityGroups"][0]
+    group = ec2().describe_security_groups(GroupIds=[inst.security_group_id])["SecurityGroups"][0]
     assert tags_of(group)["kiln:temporary"] == "true"
     rule = group["IpPermissions"][0]
     assert (rule["FromPort"], rule["ToPort"], rule["IpRanges"][0]["CidrIp"]) == (22, 22, "203.0.113.7/32")
     assert prov.data_plane.calls[0] == ("launched", ("us-east-1", [inst.id]))
 
-    prov.terminate(ctx, inst)
+    prov.terminate(inst)
     assert instance_of(inst.id)["State"]["Name"] == "terminated"
     assert not ec2().describe_key_pairs(Filters=[{"Name": "key-name", "Values": [f"kiln-build-{ctx.build_id}"]}])[
         "KeyPairs"
@@ -261,7 +257,7 @@ def test_capacity_error_falls_back_to_the_next_type(aws, tmp_path):
     ctx = launched(prov, tmp_path, "capacity")
     assert [p["InstanceType"] for p in seen] == ["c7i.large", "t3.small"]
     assert instance_of(ctx.instance.id)["InstanceType"] == "t3.small"
-    prov.terminate(ctx, ctx.instance)
+    prov.terminate(ctx.instance)
 
 
 def test_no_capacity_anywhere_fails_and_leaves_nothing(aws, tmp_path):
@@ -271,8 +267,7 @@ def test_no_capacity_anywhere_fails_and_leaves_nothing(aws, tmp_path):
     ctx = context(prov, tmp_path, "nocap")
     ctx.base = prov.resolve_base(ctx.compiled.base["aws"])
     with pytest.raises(ProviderError, match="no capacity .* c7i.large, m7i.large"):
-        prov.launch(ctx)
-    prov.terminate(ctx, ctx.instance)
+        prov.launch(machine_spec(ctx))  # removes what it made itself: nothing is returned to remove
     leftovers = ec2().describe_key_pairs(Filters=[{"Name": "tag:kiln:build-id", "Values": [ctx.build_id]}])
     assert not leftovers["KeyPairs"]
     assert not ec2().describe_security_groups(Filters=[{"Name": "tag:kiln:build-id", "Values": [ctx.build_id]}])[
@@ -288,7 +283,7 @@ def test_host_key_warn_or_refuse_when_the_console_prints_none(aws, tmp_path):
     refusing = provider(tmp_path, ssh={"console_timeout": 0, "host_key_policy": "refuse"})
     with pytest.raises(ProviderError, match="refusing to connect"):
         refusing.host_key_expectation(ctx)
-    prov.terminate(ctx, ctx.instance)
+    prov.terminate(ctx.instance)
 
 
 def test_host_key_fingerprints_from_the_console_are_pinned(aws, tmp_path):
@@ -301,7 +296,7 @@ def test_host_key_fingerprints_from_the_console_are_pinned(aws, tmp_path):
     prov = provider(tmp_path, sess)
     ctx = launched(prov, tmp_path, "pinned")
     assert prov.host_key_expectation(ctx).fingerprints == {key.fingerprint}
-    prov.terminate(ctx, ctx.instance)
+    prov.terminate(ctx.instance)
 
 
 # --- snapshot, publish, retire -----------------------------------------------------------------
@@ -330,14 +325,14 @@ def test_snapshot_tags_image_and_snapshots(aws, tmp_path):
         "kiln:kiln-version",
     ):
         assert tags[key], key
-    snapshots = ctx.image.extra["snapshots"]
+    snapshots = ctx.image.snapshots
     assert snapshots
     for snap in ec2().describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
         assert tags_of(snap)["kiln:version"] == ctx.version
     prov.discard(ctx, ctx.image)
     assert not ec2().describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [image["Name"]]}])["Images"]
     assert not ec2().describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": snapshots}])["Snapshots"]
-    prov.terminate(ctx, ctx.instance)
+    prov.terminate(ctx.instance)
 
 
 def test_waiter_timeout_keeps_the_pending_ami_for_the_next_run(aws, tmp_path):
@@ -362,7 +357,7 @@ def test_waiter_timeout_keeps_the_pending_ami_for_the_next_run(aws, tmp_path):
     reservation = json.loads(ssm().get_parameter(Name=f"/kiln/slowpoke/versions/{ctx.version}")["Parameter"]["Value"])
     assert reservation["build_id"] == ctx.build_id and reservation["ended"], "kept as the proof, marked ended"
     assert reservation["pending"] == [["us-east-1", entry["image_id"]]]
-    prov.terminate(ctx, ctx.instance)
+    prov.terminate(ctx.instance)
 
     assert not [line for line in prov.sweep(apply=True) if "slowpoke" in line], "still pending: left for later"
     pending["on"] = False
@@ -398,7 +393,7 @@ def test_a_long_ami_wait_says_it_is_still_waiting(aws, tmp_path):
     waits = [e for e in logs if e["event"] == "still waiting for the AMI"]
     assert waits and waits[0]["state"] == "pending" and waits[0]["seconds"] == 60, logs
     prov.discard(ctx, ctx.image)
-    prov.terminate(ctx, ctx.instance)
+    prov.terminate(ctx.instance)
 
 
 def test_publish_copies_tags_shares_and_moves_latest_then_unpublish_restores(aws, tmp_path):
@@ -416,7 +411,7 @@ def test_publish_copies_tags_shares_and_moves_latest_then_unpublish_restores(aws
         assert {"UserId": "111122223333"} in perms and {"OrganizationArn": org} in perms
         param = ssm(image.region).get_parameter(Name="/kiln/pub/latest")["Parameter"]
         assert param["Value"] == image.id and param["DataType"] == "aws:ec2:image"
-    copy_snaps = published[1].extra["snapshots"]
+    copy_snaps = published[1].snapshots
     assert tags_of(ec2("eu-west-1").describe_snapshots(SnapshotIds=copy_snaps)["Snapshots"][0])["kiln:role"] == "pub"
     assert not ssm().get_parameters_by_path(Path="/kiln/pub/versions")["Parameters"], "reservation released"
 
@@ -428,7 +423,7 @@ def test_publish_copies_tags_shares_and_moves_latest_then_unpublish_restores(aws
         Owners=["self"], Filters=[{"Name": "tag:kiln:role", "Values": ["pub"]}]
     )["Images"]
     prov.discard(ctx, ctx.image)
-    prov.terminate(ctx, ctx.instance)
+    prov.terminate(ctx.instance)
 
 
 def register(region, role, versions):
@@ -480,10 +475,10 @@ def test_retire_keeps_n_per_region_and_never_latest(aws, tmp_path):
 
 def test_sweep_lists_then_removes_expired_temporaries_only(aws, tmp_path):
     prov = provider(tmp_path)
-    old = prov.temporary_tags
-    past = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
-    prov.temporary_tags = lambda ctx: {**old(ctx), "kiln:expires": past}
-    stale = launched(prov, tmp_path, "stale", build_id="20250101T000000-stale1")
+    # a build started four hours ago: its three-hour deadline passed an hour ago
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(hours=4)
+    past = (started + dt.timedelta(hours=3)).isoformat(timespec="seconds")
+    stale = launched(prov, tmp_path, "stale", build_id="20250101T000000-stale1", started=started)
     fresh_prov = provider(tmp_path)
     fresh = launched(fresh_prov, tmp_path, "fresh", build_id="20250101T000000-fresh1")
     ec2().create_volume(
@@ -513,7 +508,7 @@ def test_sweep_lists_then_removes_expired_temporaries_only(aws, tmp_path):
     assert instance_of(stale.instance.id)["State"]["Name"] == "terminated"
     assert instance_of(fresh.instance.id)["State"]["Name"] == "running"
     assert not ours(prov.sweep(apply=False))
-    fresh_prov.terminate(fresh, fresh.instance)
+    fresh_prov.terminate(fresh.instance)
 
 
 # --- versions and locks ------------------------------------------------------------------------
@@ -566,7 +561,7 @@ def test_whole_flow_under_throttling_uses_only_actions_in_the_iam_policy(aws, tm
         prov.retire("flow", keep=1)
         prov.unpublish(ctx, ctx.published)
         prov.discard(ctx, ctx.image)
-        prov.terminate(ctx, ctx.instance)
+        prov.terminate(ctx.instance)
         prov.sweep(apply=True)
         prov.release_version("flow", ctx.version)
         prov.release_lock("flow", "me")
@@ -586,14 +581,14 @@ def test_a_retried_create_whose_answer_was_lost_is_not_an_error(aws, tmp_path):
     name = f"kiln-build-{ctx.build_id}"
     ec2().import_key_pair(KeyName=name, PublicKeyMaterial=ctx.client_key.public_openssh.encode())
     group = ec2().create_security_group(GroupName=name, Description="lost answer")["GroupId"]
-    prov.launch(ctx)
-    assert ctx.instance.extra["security_group_id"] == group
-    prov.terminate(ctx, ctx.instance)
+    ctx.instance = prov.launch(machine_spec(ctx))
+    assert ctx.instance.security_group_id == group
+    prov.terminate(ctx.instance)
     assert not ec2().describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
 
 
 def test_the_controllers_address_is_found_or_the_error_says_how_to_set_it():
-    from controller.providers.aws_support import CloudDataPlane
+    from controller.providers.aws.data_plane import CloudDataPlane
 
     plane = CloudDataPlane(checkip_url="http://127.0.0.1:9/")  # nothing listens on the discard port
     with pytest.raises(ProviderError, match="set providers.aws.ssh.cidrs"):
@@ -619,13 +614,13 @@ def test_host_key_waits_for_cloud_init_to_print_the_fingerprints(aws, tmp_path):
     prov.sleep = slept.append
     assert prov.host_key_expectation(ctx).fingerprints == {key.fingerprint}
     assert len(reads) == 3 and slept == [5.0, 5.0]
-    prov.terminate(ctx, ctx.instance)
+    prov.terminate(ctx.instance)
 
 
 def test_spot_is_one_time_tagged_and_not_stopped(aws, tmp_path):
     prov = provider(tmp_path, spot={"max_price": "0.05"})
     ctx = launched(prov, tmp_path, "spotty")
-    params = prov.run_parameters(ctx, "sg-1", prov.temporary_tags(ctx))
+    params = prov.instances.run_parameters(machine_spec(ctx), "sg-1", prov.temporary_tags(machine_spec(ctx)))
     assert params["InstanceMarketOptions"] == {
         "MarketType": "spot",
         "SpotOptions": {
@@ -637,7 +632,7 @@ def test_spot_is_one_time_tagged_and_not_stopped(aws, tmp_path):
     assert "spot-instances-request" in [t["ResourceType"] for t in params["TagSpecifications"]]
     prov.prepare_snapshot(ctx)
     assert instance_of(ctx.instance.id)["State"]["Name"] == "running", "one-time spot cannot be stopped"
-    prov.terminate(ctx, ctx.instance)
+    prov.terminate(ctx.instance)
 
 
 def test_image_block_device_mappings(aws, tmp_path):
@@ -646,13 +641,13 @@ def test_image_block_device_mappings(aws, tmp_path):
         extra_volumes=[{"device": "/dev/sdf", "size": 20}, {"device": "/dev/sdg", "size": 50, "in_image": False}],
         ephemeral_volumes=[{"device": "/dev/sdb", "name": "ephemeral0"}],
     )
-    inst = type("I", (), {"extra": {"root_device": "/dev/xvda"}})()
-    assert prov.image_mappings(inst) == [
+    inst = AwsInstance(id="i-0", provider="aws", root_device="/dev/xvda")
+    assert prov.amis.image_mappings(inst) == [
         {"DeviceName": "/dev/xvda", "Ebs": {"DeleteOnTermination": True}},
         {"DeviceName": "/dev/sdf", "Ebs": {"DeleteOnTermination": True}},
         {"DeviceName": "/dev/sdg", "NoDevice": ""},
         {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"},
     ]
-    launch = prov.launch_mappings(ssm().get_parameter(Name=AL2023)["Parameter"]["Value"])
+    launch = prov.instances.launch_mappings(ssm().get_parameter(Name=AL2023)["Parameter"]["Value"])
     assert launch[0]["Ebs"]["VolumeType"] == "gp3" and launch[0]["Ebs"]["VolumeSize"]  # the AMI's own size
     assert launch[3] == {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}

@@ -337,7 +337,7 @@ def test_gitops_file_merged_and_committed_alone(infra, tmp_path):
         Image(id="ami-0e1", role="web", version="20261201.2", provider="aws", region="us-east-1"),
         Image(id="ami-0e2", role="web", version="20261201.2", provider="aws", region="eu-west-1"),
         Image(
-            id="ami-0a1", role="web", version="20261201.2", provider="aws", region="us-east-1", extra={"arch": "arm64"}
+            id="ami-0a1", role="web", version="20261201.2", provider="aws", region="us-east-1", arch="arm64"
         ),
     ]
     consumers.check_before_launch(None, settings, tmp_path)
@@ -469,7 +469,7 @@ def _record_many(path: str, worker: int) -> None:
                     version=f"2026120{worker}.{n + 1}",
                     provider="aws",
                     region="us-east-1",
-                    extra={"arch": "arm64"},
+                    arch="arm64",
                 ),
             ],
         )

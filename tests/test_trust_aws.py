@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from controller.ownership import BuildClaim, process_start_time
 from controller.providers.aws import make_aws_provider
-from controller.providers.base import ProviderError
+from controller.providers.base import ProviderError, machine_spec
 from controller.sandbox import local_images, sandbox_client
 from tests.aws_harness import AL2023, RecordingPlane, context, session
 from tests.playbooks import REPO, invoke, make_playbooks
@@ -59,7 +59,7 @@ def snapshotted(prov, tmp_path: Path, role: str, claim: BuildClaim | None = None
     ctx = context(prov, tmp_path, role, build_id=build_id)
     ctx.base = prov.resolve_base(ctx.compiled.base["aws"])
     ctx.version = prov.allocate_version(role, claim or BuildClaim.for_build(ctx.build_id, ctx.expires))
-    prov.launch(ctx)
+    ctx.instance = prov.launch(machine_spec(ctx))
     prov.prepare_snapshot(ctx)
     ctx.image = prov.snapshot(ctx)
     return ctx
@@ -137,7 +137,7 @@ def test_an_older_bake_publishing_last_keeps_its_version_and_latest_stays_newest
     prov.unpublish(older, published)  # undoing the older publish never moves latest either
     assert latest(endpoint, "race") == {region: newer.version for region in REGIONS}
     for ctx in (older, newer):
-        prov.terminate(ctx, ctx.instance)
+        prov.terminate(ctx.instance)
 
 
 def test_concurrent_publishes_leave_latest_at_the_newest(endpoint, tmp_path):
@@ -159,7 +159,7 @@ def test_concurrent_publishes_leave_latest_at_the_newest(endpoint, tmp_path):
     assert not errors, errors
     assert latest(endpoint, "crowd") == {region: bakes[-1].version for region in REGIONS}
     for ctx in bakes:
-        prov.terminate(ctx, ctx.instance)
+        prov.terminate(ctx.instance)
 
 
 # --- crash leftovers: the proof in the version reservation --------------------------------------
@@ -172,7 +172,7 @@ def test_sweep_removes_the_unpublished_amis_of_a_dead_build_and_nothing_else(end
     dead = snapshotted(
         prov, tmp_path, "crash", claim=dead_claim("20260101T000000-dead01", deadline), build_id="20260101T000000-dead01"
     )
-    prov._copy_to(dead, dead.image, "eu-west-1", threading.Event(), [])  # killed while publishing its copies
+    prov.copies._copy_to(dead, dead.image, "eu-west-1", threading.Event(), [])  # killed while publishing its copies
     snapshots = sandbox_client("ec2", "us-east-1", endpoint).describe_images(ImageIds=[dead.image.id])["Images"][0][
         "BlockDeviceMappings"
     ][0]["Ebs"]["SnapshotId"]
@@ -198,7 +198,7 @@ def test_sweep_removes_the_unpublished_amis_of_a_dead_build_and_nothing_else(end
     ]
     assert names == [f"/kiln/crash/versions/{running.version}"], "only the live build's reservation is left"
     for ctx in (published, dead, running):
-        prov.terminate(ctx, ctx.instance)
+        prov.terminate(ctx.instance)
 
 
 def test_a_reservation_holds_the_claim_until_the_build_deadline(endpoint, tmp_path):

@@ -73,7 +73,7 @@ class Reader:
 
 
 def arch_of(image: Image) -> str:
-    return str(image.extra.get("arch") or DEFAULT_ARCH)
+    return image.arch or DEFAULT_ARCH
 
 
 def by_region(images: list[Image], arch: str = DEFAULT_ARCH) -> dict[str, str]:

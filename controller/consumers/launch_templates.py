@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader
 from controller.model import Diagnostic
-from controller.providers.aws_support import error_code
+from controller.providers.aws.tags import error_code
 
 log = structlog.get_logger("kiln.consumers")
 

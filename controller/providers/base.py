@@ -1,16 +1,26 @@
-"""The one small interface every provider implements; the pipeline never asks which it has."""
+"""The provider boundary, split by concern; the pipeline never asks which provider it has.
+
+* :class:`Machines`: launch a machine from a typed :class:`MachineSpec`, give its SSH host key, wait for its
+  reboot, remove it. Enough for the developer loop (``converge``/``verify``): the ssh provider is only this.
+* :class:`Images`: snapshot a machine into a version, discard it, publish/unpublish it, list and retire versions.
+* :class:`Coordination`: version reservations, the per-role lock, sweep of what over builds left.
+
+A provider that bakes implements all three (:class:`Provider`); one that only reaches machines says
+``makes_images = False`` and ``invoke bake`` refuses it before anything runs (exit 2).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from controller.model import BaseImage, Image, Instance
+from controller.model import BaseImage, Image, Machine
 from controller.ownership import BuildClaim
 
 if TYPE_CHECKING:
     from controller.context import BakeContext
-    from controller.ssh import HostKeyExpectation
+    from controller.ssh import HostKeyExpectation, KeyPair
 
 
 class ProviderError(RuntimeError):
@@ -37,11 +47,115 @@ class Lock:
         return self.acquired
 
 
-class Provider(Protocol):
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything a provider needs to launch one machine; nothing else of the bake reaches it."""
+
+    role: str
+    build_id: str
+    base: BaseImage
+    client_key: KeyPair  # authorised for ssh_user
+    host_key: KeyPair  # the host key to place when the provider can (local); else the console's is pinned
+    expires: dt.datetime  # the deadline of everything temporary made for it
+    machine: str = "build"  # which of the bake's machines: ``build``, or ``test`` (a fresh one from the new image)
+    arch: str = ""  # "" : the provider's only architecture
+    version: str = ""  # the reserved version whose build record notes the machine ("dev": the developer loop's)
+
+    @property
+    def name(self) -> str:
+        """The machine's name (and its key pair's and security group's): unique per build, machine and arch."""
+        return f"kiln-{self.machine}-{self.build_id}" + (f"-{self.arch}" if self.arch not in ("", "x86_64") else "")
+
+
+def machine_spec(ctx: BakeContext) -> MachineSpec:
+    """The spec of the machine ``ctx`` stands for (its base, keys, names, deadline)."""
+    return MachineSpec(
+        role=ctx.role,
+        build_id=ctx.build_id,
+        base=ctx.base,
+        client_key=ctx.client_key,
+        host_key=ctx.host_key,
+        expires=ctx.expires,
+        machine=ctx.machine,
+        arch=ctx.arch,
+        version=ctx.version,
+    )
+
+
+class Machines(Protocol):
+    """Machines kiln reaches over SSH."""
+
     name: str
+    #: False: a provider that reaches existing hosts only (``invoke bake`` refuses it, exit 2)
+    makes_images: bool
 
     def resolve_base(self, spec: Any) -> BaseImage:
         """Turn the role's base spec into a concrete image id (building or looking it up)."""
+
+    def launch(self, spec: MachineSpec) -> Machine:
+        """Start a machine from ``spec.base`` with ``spec.client_key`` authorised, and return it.
+
+        Either the machine is returned, or everything made for it (key pair, security group,
+        instance, container) was removed before the error (or interrupt) is raised again."""
+
+    def host_key_expectation(self, ctx: BakeContext) -> HostKeyExpectation:
+        """What the machine's SSH host key must be (pinned key or console fingerprints)."""
+
+    def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
+        """The agent scheduled a reboot of ``ctx.instance`` and exited; the SSH session is closed.
+
+        Return once the machine has really gone down and is booting again (raise
+        ``ProviderError`` after ``timeout`` seconds). The caller then reconnects over SSH,
+        host key pinned as before, so the machine must keep its address, host key and
+        authorised key across the reboot. Local: the container's systemd exits on reboot;
+        wait for it to stop and start it again. A cloud VM reboots by itself: wait for SSH
+        to stop answering.
+        """
+
+    def machine_status(self, machine: Machine) -> str:
+        """``running``, another state the provider can ``start`` it from, or "" when it is gone (dev loop)."""
+
+    def start(self, machine: Machine) -> None:
+        """Start a stopped machine again (the developer loop's kept one)."""
+
+    def hygiene_script(self) -> str:
+        """Provider-specific shell lines run when cleaning the machine (e.g. cloud-init clean)."""
+
+    def keep_build(self, ctx: BakeContext) -> None:
+        """The build machine stays for debugging (--keep-on-error): its record is held by nobody
+        (``claim.keep()``), so only its deadline or ``invoke destroy`` ends it."""
+
+    def terminate(self, machine: Machine) -> None:
+        """Remove the machine and every temporary resource made for it; never raises, says what is left."""
+
+
+class Images(Protocol):
+    """Versions of a role's image: made from a machine, distributed, pointed to by ``latest``, retired."""
+
+    def prepare_snapshot(self, ctx: BakeContext) -> None:
+        """Quiesce the machine before the snapshot (e.g. stop an EC2 instance)."""
+
+    def snapshot(self, ctx: BakeContext) -> Image:
+        """Capture ``ctx.instance`` as ``ctx.version`` of ``ctx.role``, with ``ctx.labels()``."""
+
+    def discard(self, ctx: BakeContext, image: Image) -> None:
+        """Remove an image this bake made that must not survive (undo of snapshot)."""
+
+    def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
+        """Distribute and move the ``latest`` pointer to ``image``; return every copy."""
+
+    def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
+        """Undo a publish that did not complete: restore the previous ``latest``, drop copies."""
+
+    def images(self, role: str) -> list[Image]:
+        """Every version of ``role``, newest first."""
+
+    def retire(self, role: str, keep: int) -> list[Image]:
+        """Remove versions beyond the newest ``keep``; never the one ``latest`` points to."""
+
+
+class Coordination(Protocol):
+    """What concurrent bakes and schedulers agree through: versions, locks, the records sweep reads."""
 
     def allocate_version(self, role: str, claim: BuildClaim) -> str:
         """Reserve the next ``YYYYMMDD.N`` for ``role``; unique even under concurrent bakes.
@@ -62,58 +176,23 @@ class Provider(Protocol):
     def release_lock(self, role: str, owner: str) -> None:
         """Give the per-role lock back."""
 
-    def launch(self, ctx: BakeContext) -> Instance:
-        """Start a build machine from ``ctx.base`` with ``ctx.client_key`` authorised.
-
-        Must set ``ctx.instance`` as soon as the resource exists (before waiting on it)
-        so that an interrupt mid-launch still removes it.
-        """
-
-    def host_key_expectation(self, ctx: BakeContext) -> HostKeyExpectation:
-        """What the instance's SSH host key must be (pinned key or console fingerprints)."""
-
-    def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
-        """The agent scheduled a reboot of ``ctx.instance`` and exited; the SSH session is closed.
-
-        Return once the machine has really gone down and is booting again (raise
-        ``ProviderError`` after ``timeout`` seconds). The caller then reconnects over SSH,
-        host key pinned as before, so the machine must keep its address, host key and
-        authorised key across the reboot. Local: the container's systemd exits on reboot;
-        wait for it to stop and start it again. A cloud VM reboots by itself: wait for SSH
-        to stop answering.
-        """
-
-    def hygiene_script(self) -> str:
-        """Provider-specific shell lines run when cleaning the machine (e.g. cloud-init clean)."""
-
-    def prepare_snapshot(self, ctx: BakeContext) -> None:
-        """Quiesce the machine before the snapshot (e.g. stop an EC2 instance)."""
-
-    def snapshot(self, ctx: BakeContext) -> Image:
-        """Capture ``ctx.instance`` as ``ctx.version`` of ``ctx.role``, with ``ctx.labels()``."""
-
-    def discard(self, ctx: BakeContext, image: Image) -> None:
-        """Remove an image this bake made that must not survive (undo of snapshot)."""
-
-    def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
-        """Distribute and move the ``latest`` pointer to ``image``; return every copy."""
-
-    def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
-        """Undo a publish that did not complete: restore the previous ``latest``, drop copies."""
-
-    def keep_build(self, ctx: BakeContext) -> None:
-        """The build machine stays for debugging (--keep-on-error): its record is held by nobody
-        (``claim.keep()``), so only its deadline or ``invoke destroy`` ends it."""
-
-    def terminate(self, ctx: BakeContext, instance: Instance) -> None:
-        """Remove the build machine and every temporary resource made for it."""
-
-    def images(self, role: str) -> list[Image]:
-        """Every version of ``role``, newest first."""
-
-    def retire(self, role: str, keep: int) -> list[Image]:
-        """Remove versions beyond the newest ``keep``; never the one ``latest`` points to."""
-
     def sweep(self, apply: bool) -> list[str]:
         """What builds that are over left behind (their machine, unpublished image, version reservation),
         proven by the build's record: the holder is dead, or the deadline passed. Removed when ``apply``."""
+
+
+def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether an SSH server greets on ``host:port`` within ``timeout`` (a TCP connect and the banner):
+    how a provider whose machines reboot by themselves sees one go down."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+class Provider(Machines, Images, Coordination, Protocol):
+    """A provider that bakes: machines, images and coordination."""

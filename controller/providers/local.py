@@ -29,9 +29,9 @@ import structlog
 
 from controller.context import BakeContext
 from controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH, Engine, EngineError, image_prefix
-from controller.model import BaseImage, Image, Instance
+from controller.model import BaseImage, Image, Machine
 from controller.ownership import BuildClaim
-from controller.providers.base import Lock, ProviderError
+from controller.providers.base import Lock, MachineSpec, ProviderError
 from controller.ssh import HostKeyExpectation, KeyPair
 from controller.versions import next_version, sort_key
 
@@ -72,8 +72,16 @@ def shared_state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "kiln"
 
 
+def make_local_provider(
+    settings: dict[str, Any] | None, config: Any = None, state_dir: Path = Path("builds")
+) -> LocalProvider:
+    """``providers.local`` was checked with kiln.yaml (controller/config.py's LOCAL_SCHEMA)."""
+    return LocalProvider(state_dir=state_dir, settings=settings)
+
+
 class LocalProvider:
     name = "local"
+    makes_images = True
 
     def __init__(
         self, engine: Engine | None = None, state_dir: Path = Path("builds"), settings: dict[str, Any] | None = None
@@ -133,11 +141,11 @@ class LocalProvider:
     def release_version(self, role: str, version: str) -> None:
         (self._reservations(role) / version).unlink(missing_ok=True)
 
-    def _note(self, ctx: BakeContext, **facts: Any) -> None:
+    def _note(self, role: str, version: str, build_id: str, **facts: Any) -> None:
         """Add what the build made to its record (before it exists, so a crash cannot hide it)."""
-        path = self.shared_dir / "versions" / ctx.role / ctx.version
+        path = self.shared_dir / "versions" / role / version
         record = read_record(path)
-        if record is None or record["claim"].build_id != ctx.build_id:
+        if record is None or record["claim"].build_id != build_id:
             return  # not a bake's machine (the developer loop keeps its own)
         write_record(path, {**record, **facts})
 
@@ -219,30 +227,47 @@ class LocalProvider:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- the build machine -----------------------------------------------------------
-    def launch(self, ctx: BakeContext) -> Instance:
-        """A container from ``ctx.base`` (the base image; for the test stage, the image just committed)."""
-        name = f"kiln-{ctx.machine}-{ctx.role}-{ctx.build_id}"
+    def launch(self, spec: MachineSpec) -> Machine:
+        """A container from ``spec.base`` (the base image; for the test stage, the image just committed).
+
+        Interrupted or failed half way, the container is removed before the error goes on."""
+        name = f"kiln-{spec.machine}-{spec.role}-{spec.build_id}"
+        try:
+            return self._launch(spec, name)
+        except BaseException:  # noqa: B036 - an interrupt too: what was made goes, a second signal waits
+            from controller.pipeline import signals_deferred
+
+            with signals_deferred():
+                self.engine.remove_container(name)
+            raise
+
+    def _launch(self, spec: MachineSpec, name: str) -> Machine:
         # no temporary/expiry label: podman commit would copy it into the image and every workload
-        labels = {"kiln.build-id": ctx.build_id, "kiln.role": ctx.role}
-        record_key = machine_record_key(ctx.machine)
-        self._note(ctx, **{record_key: name})
+        labels = {"kiln.build-id": spec.build_id, "kiln.role": spec.role}
+        record_key = machine_record_key(spec.machine)
+        self._note(spec.role, spec.version, spec.build_id, **{record_key: name})
         for attempt in range(3):
             port = free_port()
-            ctx.instance = Instance(id=name, provider=self.name, ssh_port=port)
             try:
-                container_id = self.engine.create_machine(ctx.base.name, name, labels, ssh_port=port)
+                container_id = self.engine.create_machine(spec.base.name, name, labels, ssh_port=port)
                 break
             except EngineError as exc:
                 self.engine.remove_container(name)
                 if "address already in use" not in str(exc) or attempt == 2:
                     raise ProviderError(str(exc)) from exc
-        self._note(ctx, **{record_key: name, f"{record_key}_id": container_id})
-        self.engine.copy_in(name, seed_files(ctx.client_key, ctx.host_key))
+        self._note(spec.role, spec.version, spec.build_id, **{record_key: name, f"{record_key}_id": container_id})
+        self.engine.copy_in(name, seed_files(spec.client_key, spec.host_key))
         try:
             self.engine.start(name)
         except EngineError as exc:
             raise ProviderError(str(exc)) from exc
-        return ctx.instance
+        return Machine(id=name, provider=self.name, ssh_port=port)
+
+    def machine_status(self, machine: Machine) -> str:
+        return self.engine.status(machine.id)
+
+    def start(self, machine: Machine) -> None:
+        self.engine.start(machine.id)
 
     def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
         """A container's systemd exits on reboot: the engine starts it again (see Engine)."""
@@ -261,8 +286,8 @@ class LocalProvider:
     def prepare_snapshot(self, ctx: BakeContext) -> None:
         """podman commit pauses the container itself."""
 
-    def terminate(self, ctx: BakeContext | None, instance: Instance) -> None:
-        self.engine.remove_container(instance.id)
+    def terminate(self, machine: Machine) -> None:
+        self.engine.remove_container(machine.id)
 
     # --- images --------------------------------------------------------------------
     def snapshot(self, ctx: BakeContext) -> Image:
@@ -289,7 +314,7 @@ class LocalProvider:
             base=ctx.base.name,
             inputs_hash=ctx.inputs_hash,
         )
-        self._note(ctx, image=ref)
+        self._note(ctx.role, ctx.version, ctx.build_id, image=ref)
         ctx.image.id = self.engine.commit(ctx.instance.id, ref, labels)
         return ctx.image
 
@@ -356,7 +381,7 @@ class LocalProvider:
                 created=str(created),
                 base=labels.get("kiln.base-image", ""),
                 inputs_hash=labels.get("kiln.inputs-hash", ""),
-                extra={"build_id": labels.get("kiln.build-id", "")},
+                build_id=labels.get("kiln.build-id", ""),
             )
         images = sorted(found.values(), key=lambda i: sort_key(i.version), reverse=True)
         for image in images:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import structlog
 
 from controller.context import BakeContext
+from controller.providers.base import machine_spec
 from controller.ssh import KeyPair
 
 log = structlog.get_logger("kiln.stage")
@@ -16,21 +17,20 @@ class LaunchInstance:
     def run(self, ctx: BakeContext) -> None:
         ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
         ctx.host_key = KeyPair.generate(comment=f"kiln-host-{ctx.build_id}")
-        ctx.provider.launch(ctx)  # sets ctx.instance the moment it exists
+        # the machine, or nothing: a launch that fails or is interrupted removes what it made itself
+        ctx.instance = ctx.provider.launch(machine_spec(ctx))
         log.info("instance", id=ctx.instance.id, ssh=f"{ctx.instance.ssh_host}:{ctx.instance.ssh_port}")
 
     def undo(self, ctx: BakeContext) -> None:
         if ctx.instance is None:
             return
         if ctx.keep_instance:
-            keep_build = getattr(ctx.provider, "keep_build", None)
-            if keep_build is not None:  # its record now ends only at the deadline (or destroy)
-                keep_build(ctx)
+            ctx.provider.keep_build(ctx)  # its record now ends only at the deadline (or destroy)
             log.warning(
                 "keeping the instance for debugging (--keep-on-error)", instance=ctx.instance.id, login=login_hint(ctx)
             )
             return
-        ctx.provider.terminate(ctx, ctx.instance)
+        ctx.provider.terminate(ctx.instance)
         log.info("instance removed", instance=ctx.instance.id)
 
 

@@ -18,6 +18,7 @@ import structlog
 
 from controller.context import BakeContext, StepCounts
 from controller.model import BaseImage
+from controller.providers.base import machine_spec
 from controller.remote import BUNDLE, agent_command, bundle_tar
 from controller.ssh import KeyPair
 from controller.stages.connect import Connect
@@ -61,7 +62,7 @@ class TestImage:
             return
         started = time.monotonic()
         self.machine = fresh = machine_from_image(ctx)
-        ctx.provider.launch(fresh)  # sets fresh.instance the moment it exists: undo finds it
+        fresh.instance = ctx.provider.launch(machine_spec(fresh))  # the machine, or nothing left of it
         log.info("test machine", image=ctx.image.name, instance=fresh.instance.id)
         Connect().run(fresh)
         # the agent (cleaning removed it from the image) and the checks with the variables they render with
@@ -85,7 +86,7 @@ class TestImage:
             return
         Connect().undo(fresh)
         if fresh.instance is not None:
-            ctx.provider.terminate(fresh, fresh.instance)
+            ctx.provider.terminate(fresh.instance)
             log.info("test machine removed", instance=fresh.instance.id)
 
     def undo(self, ctx: BakeContext) -> None:
