@@ -14,6 +14,7 @@ import pytest
 
 from controller.bake import bake
 from controller.context import BakeOptions
+from controller.remote import box_agent
 from tests.playbooks import image_repo, left_behind, make_playbooks
 
 pytestmark = pytest.mark.slow
@@ -47,6 +48,7 @@ def test_a_clean_bake_takes_three_commands_and_reports_every_stage(engine, tmp_p
             assert stage in ctx.timings, ctx.timings
         assert ctx.apply_counts.changed == 1 and ctx.rerun_counts.changed == 0 and ctx.rerun_counts.ok == 1
         assert ctx.checks == {"passed": 1, "failed": 0}
+        assert box_agent(ctx).compiled == "", "no Jinja2 to import: the agent runs from its source, not compiled whole"
     finally:
         remove_images(engine, "parts")
 
