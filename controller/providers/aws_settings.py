@@ -178,6 +178,11 @@ def _strings(description: str, item: dict[str, Any] | None = None, **spec: Any) 
     return _of("list", description, spec.pop("expect", "a list of strings"), items=items, **spec)
 
 
+def _required(spec: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """A setting that must be written: no default, never null."""
+    return {**{k: v for k, v in spec.items() if k != "default"}, "required": True, "nullable": False, **more}
+
+
 def _object(name: str, description: str, args: dict[str, Any], **spec: Any) -> dict[str, Any]:
     return _of("object", description, "a mapping", key_noun=f"providers.aws.{name} setting", args=args, **spec)
 
@@ -225,20 +230,15 @@ def _volume_spec(where: str, root: bool) -> dict[str, Any]:
             "The device name: the base AMI's root device for the root volume.", pattern=r"^$|^/", templated=False
         )
         if root
-        else {
-            **_text("The device name.", expect="a device name like /dev/sdf", pattern=DEVICE_RE.pattern),
-            "required": True,
-            "nullable": False,
-            "messages": {"required": f"{dotted}.device is required: a device name like /dev/sdf"},
-        },
+        else _required(
+            _text("The device name.", expect="a device name like /dev/sdf", pattern=DEVICE_RE.pattern),
+            messages={"required": f"{dotted}.device is required: a device name like /dev/sdf"},
+        ),
         "size": _whole("GiB; default: the snapshot's size.", 1, None)
         if root
-        else {
-            **_whole("GiB.", 1, None),
-            "required": True,
-            "nullable": False,
-            "messages": {"required": f"{dotted}.size is required for an extra volume (GiB)"},
-        },
+        else _required(
+            _whole("GiB.", 1, None), messages={"required": f"{dotted}.size is required for an extra volume (GiB)"}
+        ),
         "type": _text(
             "The EBS volume type.",
             _VOLUME.type,
@@ -487,16 +487,12 @@ AWS_SCHEMA: dict[str, Any] = {
                 "key_noun": "providers.aws.ephemeral_volumes setting",
                 "expect": "a mapping like {device: /dev/sdb, name: ephemeral0}",
                 "args": {
-                    "device": {
-                        **_text("The device name.", expect="a device name like /dev/sdb", pattern=DEVICE_RE.pattern),
-                        "required": True,
-                        "nullable": False,
-                    },
-                    "name": {
-                        **_text("The instance store.", expect="ephemeral0..ephemeral23", pattern=EPHEMERAL_RE.pattern),
-                        "required": True,
-                        "nullable": False,
-                    },
+                    "device": _required(
+                        _text("The device name.", expect="a device name like /dev/sdb", pattern=DEVICE_RE.pattern)
+                    ),
+                    "name": _required(
+                        _text("The instance store.", expect="ephemeral0..ephemeral23", pattern=EPHEMERAL_RE.pattern)
+                    ),
                 },
             },
         ),
