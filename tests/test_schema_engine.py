@@ -339,3 +339,22 @@ def test_a_missing_roles_dir_is_invalid_input(tmp_path: Path, capsys):
     assert "no roles directory" in info.value.diagnostics[0].message
     code = nightly(None, "local", options=BakeOptions(playbooks_dir=tmp_path, builds_dir=tmp_path / "builds"))
     assert code == 2 and "no roles directory" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("retention: 0\n", "retention.keep must be a whole number >= 1, got 0"),
+        (
+            "providers:\n  aws:\n    extra_volumes: [{device: /dev/x, size: 2}]\n",
+            "providers.aws.extra_volumes.device must be a device name like /dev/sdf, got '/dev/x'",
+        ),
+    ],
+)
+def test_one_problem_is_one_message_naming_the_value_written(tmp_path: Path, text: str, message: str):
+    """A shorthand's value is the one shown; a required setting with a bad value is not reported missing too."""
+    path = tmp_path / "kiln.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidInput) as info:
+        load_config(path)
+    assert [d.message for d in info.value.diagnostics] == [message]
