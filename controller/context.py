@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.model import BaseImage, CompiledRole, Image, Instance
+from controller.model import BaseImage, CompiledRole, Image, Instance, Publication, PublishSpec
 
 if TYPE_CHECKING:
-    from controller.providers.base import Provider
+    from controller.providers.base import ImageSpec, MachineSpec, Provider
     from controller.ssh import HostKeyExpectation, KeyPair, Session
 
 
@@ -70,9 +70,9 @@ class BakeContext:
     checks: dict[str, int] = field(default_factory=dict)
     packages: dict[str, str] = field(default_factory=dict)
     image: Image | None = None
-    published: list[Image] = field(default_factory=list)
+    #: what publish did (copies, ``latest`` moved), held from its start so its undo finds a publish cut short
+    publication: Publication | None = None
     retired: list[Image] = field(default_factory=list)
-    previous_latest: str = ""  # what `latest` pointed to before publish (for its undo)
     #: a bake of several architectures: one context per architecture, each with its own machine and image,
     #: all under this context's one version (controller/stages/architectures.py)
     variants: list[BakeContext] = field(default_factory=list)
@@ -97,11 +97,54 @@ class BakeContext:
     def keep_instance(self) -> bool:
         return not self.succeeded and self.options.keep_on_error and not self.failure.startswith("interrupted")
 
+    @property
+    def published(self) -> list[Image]:
+        """Every image of the version publish made available: the originals and their copies."""
+        return self.publication.images if self.publication is not None else []
+
     def images_made(self) -> list[Image]:
         """The bake's new images: one, or one per architecture (``variants``)."""
         if self.variants:
             return [v.image for v in self.variants if v.image is not None]
         return [self.image] if self.image is not None else []
+
+    def machine_spec(self) -> MachineSpec:
+        """The spec of the machine this context stands for (its base, keys, names, deadline)."""
+        from controller.providers.base import MachineSpec
+
+        return MachineSpec(
+            role=self.role,
+            build_id=self.build_id,
+            base=self.base,
+            client_key=self.client_key,
+            host_key=self.host_key,
+            expires=self.expires,
+            machine=self.machine,
+            arch=self.arch,
+            version=self.version,
+        )
+
+    def image_spec(self) -> ImageSpec:
+        """The spec of the image this context's machine becomes."""
+        from controller.providers.base import ImageSpec
+
+        return ImageSpec(
+            role=self.role,
+            version=self.version,
+            build_id=self.build_id,
+            machine=self.instance,
+            base=self.base,
+            inputs_hash=self.inputs_hash,
+            labels=self.labels(),
+            description=self.compiled.description,
+            started=self.started,
+            arch=self.arch,
+        )
+
+    def publish_spec(self) -> PublishSpec:
+        """The version to publish: the primary image first, then each other architecture's."""
+        others = [image for image in self.images_made() if image is not self.image]
+        return PublishSpec(self.role, self.version, self.build_id, [self.image, *others])
 
     def labels(self) -> dict[str, str]:
         """The build metadata every provider writes (as labels or tags) on the image."""

@@ -80,6 +80,8 @@ class AttachDevInstance:
         ctx.instance = machine_of(saved["instance"])
         ctx.client_key = KeyPair(saved["client_key"].encode(), saved["client_pub"])
         ctx.host_key = KeyPair(b"", saved["host_pub"])
+        # a state file written before machines carried their host key names it beside the machine
+        ctx.instance.host_public_key = ctx.instance.host_public_key or saved["host_pub"]
         ctx.build_id = saved.get("build_id") or ctx.build_id
         try:
             connect(ctx, QUICK_CONNECT)
@@ -103,13 +105,12 @@ class AttachDevInstance:
         return True
 
     def _launch(self, ctx: BakeContext, saved: dict[str, Any] | None) -> None:
-        from controller.providers.base import machine_spec
         from controller.stages.resolve_base import ResolveBase
 
         ResolveBase().run(ctx)
         ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
         ctx.host_key = KeyPair.generate(comment=f"kiln-host-{ctx.build_id}")
-        ctx.instance = ctx.provider.launch(machine_spec(ctx))  # the machine, or nothing left of it
+        ctx.instance = ctx.provider.launch(ctx.machine_spec())  # the machine, or nothing left of it
         ctx.client_key = ctx.instance.login_key or ctx.client_key
         state = {"provider": ctx.provider.name, "instance": machine_record(ctx.instance), "build_id": ctx.build_id}
         if ctx.instance.owned:  # kiln's own machine: its keys let the next converge reattach
@@ -158,7 +159,7 @@ def connect(ctx: BakeContext, timeout: float) -> None:
     from controller.ssh import Keepalive, Session
 
     inst = ctx.instance
-    ctx.host_key_expectation = ctx.provider.host_key_expectation(ctx)
+    ctx.host_key_expectation = ctx.provider.host_key_expectation(ctx.instance)
     keepalive = Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses)
     ctx.session = Session(
         inst.ssh_host, inst.ssh_port, inst.ssh_user, ctx.client_key, ctx.host_key_expectation, keepalive=keepalive

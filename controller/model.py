@@ -85,6 +85,8 @@ class Machine:
     owned: bool = True
     #: the key to log in with when the provider has its own (an existing host); None: the spec's client key
     login_key: KeyPair | None = None
+    #: the SSH host public key line the provider placed on the machine (local), pinned on connect; "": none placed
+    host_public_key: str = ""
 
 
 #: the name the stages and tests have always used for a build machine
@@ -108,3 +110,35 @@ class Image:
     latest: bool = False
     arch: str = ""  # "" on a provider with one architecture
     build_id: str = ""  # the build that made it (from its label or tag)
+
+
+@dataclass(frozen=True)
+class PublishSpec:
+    """One version to publish: the bake's new images, one per architecture, the primary architecture's first."""
+
+    role: str
+    version: str
+    build_id: str
+    images: list[Image]
+
+
+@dataclass
+class Publication:
+    """What a publish did, recorded as it happens: the caller holds it from its start (``on_started``), so a
+    publish that fails or is interrupted half way is undone from it (``unpublish``)."""
+
+    spec: PublishSpec
+    #: the originals, then each copy the moment it exists (after a whole publish: in region order)
+    images: list[Image] = field(default_factory=list)
+    #: image id -> what its ``latest`` named before publish moved it to that image ("": nothing)
+    previous_latest: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def latest_moved(self) -> bool:
+        return bool(self.previous_latest)
+
+    @property
+    def copies(self) -> list[Image]:
+        """The images publish made (the originals are the snapshot stage's)."""
+        originals = {image.id for image in self.spec.images}
+        return [image for image in self.images if image.id not in originals]

@@ -19,8 +19,9 @@ from controller.providers.aws import ImageWaitTimeout, make_aws_provider
 from controller.providers.aws.cloud_init import cloud_config_parts, console_block, console_fingerprints, user_data
 from controller.providers.aws.instance import AwsInstance
 from controller.providers.aws.tags import tags_of
-from controller.providers.base import ProviderError, machine_spec
+from controller.providers.base import ProviderError
 from controller.ssh import KeyPair
+from controller.stages.snapshot import Publish, Snapshot
 from tests.aws_harness import (
     AL2023,
     ApiCalls,
@@ -64,7 +65,7 @@ def launched(prov, tmp_path, role, **kw):
     ctx = context(prov, tmp_path, role, **kw)
     ctx.base = prov.resolve_base(ctx.compiled.base["aws"])
     ctx.version = prov.allocate_version(role, BuildClaim.for_build(ctx.build_id, ctx.expires))
-    ctx.instance = prov.launch(machine_spec(ctx))
+    ctx.instance = prov.launch(ctx.machine_spec())
     return ctx
 
 
@@ -267,7 +268,7 @@ def test_no_capacity_anywhere_fails_and_leaves_nothing(aws, tmp_path):
     ctx = context(prov, tmp_path, "nocap")
     ctx.base = prov.resolve_base(ctx.compiled.base["aws"])
     with pytest.raises(ProviderError, match="no capacity .* c7i.large, m7i.large"):
-        prov.launch(machine_spec(ctx))  # removes what it made itself: nothing is returned to remove
+        prov.launch(ctx.machine_spec())  # removes what it made itself: nothing is returned to remove
     leftovers = ec2().describe_key_pairs(Filters=[{"Name": "tag:kiln:build-id", "Values": [ctx.build_id]}])
     assert not leftovers["KeyPairs"]
     assert not ec2().describe_security_groups(Filters=[{"Name": "tag:kiln:build-id", "Values": [ctx.build_id]}])[
@@ -278,11 +279,11 @@ def test_no_capacity_anywhere_fails_and_leaves_nothing(aws, tmp_path):
 def test_host_key_warn_or_refuse_when_the_console_prints_none(aws, tmp_path):
     prov = provider(tmp_path)
     ctx = launched(prov, tmp_path, "hostkeys")
-    expectation = prov.host_key_expectation(ctx)
+    expectation = prov.host_key_expectation(ctx.instance)
     assert not expectation.fingerprints and "no SSH host key fingerprints" in expectation.unverified_reason
     refusing = provider(tmp_path, ssh={"console_timeout": 0, "host_key_policy": "refuse"})
     with pytest.raises(ProviderError, match="refusing to connect"):
-        refusing.host_key_expectation(ctx)
+        refusing.host_key_expectation(ctx.instance)
     prov.terminate(ctx.instance)
 
 
@@ -295,7 +296,7 @@ def test_host_key_fingerprints_from_the_console_are_pinned(aws, tmp_path):
     )
     prov = provider(tmp_path, sess)
     ctx = launched(prov, tmp_path, "pinned")
-    assert prov.host_key_expectation(ctx).fingerprints == {key.fingerprint}
+    assert prov.host_key_expectation(ctx.instance).fingerprints == {key.fingerprint}
     prov.terminate(ctx.instance)
 
 
@@ -303,8 +304,7 @@ def test_host_key_fingerprints_from_the_console_are_pinned(aws, tmp_path):
 def baked(prov, tmp_path, role):
     ctx = launched(prov, tmp_path, role)
     ctx.inputs_hash = "f" * 32
-    prov.prepare_snapshot(ctx)
-    ctx.image = prov.snapshot(ctx)
+    Snapshot().run(ctx)  # the stage: the provider stops the instance and makes the AMI, the stage holds it
     return ctx
 
 
@@ -329,7 +329,7 @@ def test_snapshot_tags_image_and_snapshots(aws, tmp_path):
     assert snapshots
     for snap in ec2().describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
         assert tags_of(snap)["kiln:version"] == ctx.version
-    prov.discard(ctx, ctx.image)
+    prov.discard(ctx.image)
     assert not ec2().describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [image["Name"]]}])["Images"]
     assert not ec2().describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": snapshots}])["Snapshots"]
     prov.terminate(ctx.instance)
@@ -347,9 +347,8 @@ def test_waiter_timeout_keeps_the_pending_ami_for_the_next_run(aws, tmp_path):
     sess.events.register("after-call.ec2.DescribeImages", still_pending)
     prov = provider(tmp_path, sess)
     ctx = launched(prov, tmp_path, "slowpoke")
-    prov.prepare_snapshot(ctx)
     with pytest.raises(ImageWaitTimeout, match="still pending after 3 checks"):
-        prov.snapshot(ctx)
+        Snapshot().run(ctx)
     assert ctx.image is None, "a pending AMI is not deregistered now (its snapshots are still being made)"
     entry = json.loads((tmp_path / "builds" / "manifest.json").read_text())[-1]
     assert entry["status"] == "pending"
@@ -387,12 +386,11 @@ def test_a_long_ami_wait_says_it_is_still_waiting(aws, tmp_path):
     sess.events.register("after-call.ec2.DescribeImages", pending_a_while)
     prov = provider(tmp_path, sess, waiter={"delay": 30, "max_attempts": 10})
     ctx = launched(prov, tmp_path, "patient")
-    prov.prepare_snapshot(ctx)
     with capture_logs() as logs:
-        prov.snapshot(ctx)
+        Snapshot().run(ctx)
     waits = [e for e in logs if e["event"] == "still waiting for the AMI"]
     assert waits and waits[0]["state"] == "pending" and waits[0]["seconds"] == 60, logs
-    prov.discard(ctx, ctx.image)
+    prov.discard(ctx.image)
     prov.terminate(ctx.instance)
 
 
@@ -401,7 +399,8 @@ def test_publish_copies_tags_shares_and_moves_latest_then_unpublish_restores(aws
     prov = provider(tmp_path, share={"accounts": ["111122223333"], "org_arns": [org]})
     ssm("us-east-1").put_parameter(Name="/kiln/pub/latest", Value="ami-00000000000000001", Type="String")
     ctx = baked(prov, tmp_path, "pub")
-    published = prov.publish(ctx, ctx.image)
+    Publish().run(ctx)
+    published = ctx.published
     assert [i.region for i in published] == ["us-east-1", "eu-west-1"]
     for image in published:
         client = ec2(image.region)
@@ -415,14 +414,14 @@ def test_publish_copies_tags_shares_and_moves_latest_then_unpublish_restores(aws
     assert tags_of(ec2("eu-west-1").describe_snapshots(SnapshotIds=copy_snaps)["Snapshots"][0])["kiln:role"] == "pub"
     assert not ssm().get_parameters_by_path(Path="/kiln/pub/versions")["Parameters"], "reservation released"
 
-    prov.unpublish(ctx, published)
+    Publish().undo(ctx)  # the bake failed after publish
     assert ssm("us-east-1").get_parameter(Name="/kiln/pub/latest")["Parameter"]["Value"] == "ami-00000000000000001"
     with pytest.raises(ClientError, match="ParameterNotFound"):
         ssm("eu-west-1").get_parameter(Name="/kiln/pub/latest")
     assert not ec2("eu-west-1").describe_images(
         Owners=["self"], Filters=[{"Name": "tag:kiln:role", "Values": ["pub"]}]
     )["Images"]
-    prov.discard(ctx, ctx.image)
+    prov.discard(ctx.image)
     prov.terminate(ctx.instance)
 
 
@@ -555,12 +554,12 @@ def test_whole_flow_under_throttling_uses_only_actions_in_the_iam_policy(aws, tm
     try:
         assert prov.acquire_lock("flow", "me", wait=False)
         ctx = baked(prov, tmp_path, "flow")
-        prov.host_key_expectation(ctx)
-        prov.publish(ctx, ctx.image)
+        prov.host_key_expectation(ctx.instance)
+        Publish().run(ctx)
         prov.images("flow")
         prov.retire("flow", keep=1)
-        prov.unpublish(ctx, ctx.published)
-        prov.discard(ctx, ctx.image)
+        Publish().undo(ctx)
+        prov.discard(ctx.image)
         prov.terminate(ctx.instance)
         prov.sweep(apply=True)
         prov.release_version("flow", ctx.version)
@@ -581,7 +580,7 @@ def test_a_retried_create_whose_answer_was_lost_is_not_an_error(aws, tmp_path):
     name = f"kiln-build-{ctx.build_id}"
     ec2().import_key_pair(KeyName=name, PublicKeyMaterial=ctx.client_key.public_openssh.encode())
     group = ec2().create_security_group(GroupName=name, Description="lost answer")["GroupId"]
-    ctx.instance = prov.launch(machine_spec(ctx))
+    ctx.instance = prov.launch(ctx.machine_spec())
     assert ctx.instance.security_group_id == group
     prov.terminate(ctx.instance)
     assert not ec2().describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
@@ -612,7 +611,7 @@ def test_host_key_waits_for_cloud_init_to_print_the_fingerprints(aws, tmp_path):
     slept = []
     ctx = launched(prov, tmp_path, "slowconsole")
     prov.sleep = slept.append
-    assert prov.host_key_expectation(ctx).fingerprints == {key.fingerprint}
+    assert prov.host_key_expectation(ctx.instance).fingerprints == {key.fingerprint}
     assert len(reads) == 3 and slept == [5.0, 5.0]
     prov.terminate(ctx.instance)
 
@@ -620,7 +619,7 @@ def test_host_key_waits_for_cloud_init_to_print_the_fingerprints(aws, tmp_path):
 def test_spot_is_one_time_tagged_and_not_stopped(aws, tmp_path):
     prov = provider(tmp_path, spot={"max_price": "0.05"})
     ctx = launched(prov, tmp_path, "spotty")
-    params = prov.instances.run_parameters(machine_spec(ctx), "sg-1", prov.temporary_tags(machine_spec(ctx)))
+    params = prov.instances.run_parameters(ctx.machine_spec(), "sg-1", prov.temporary_tags(ctx.machine_spec()))
     assert params["InstanceMarketOptions"] == {
         "MarketType": "spot",
         "SpotOptions": {
@@ -630,7 +629,7 @@ def test_spot_is_one_time_tagged_and_not_stopped(aws, tmp_path):
         },
     }
     assert "spot-instances-request" in [t["ResourceType"] for t in params["TagSpecifications"]]
-    prov.prepare_snapshot(ctx)
+    prov.prepare_snapshot(ctx.instance)
     assert instance_of(ctx.instance.id)["State"]["Name"] == "running", "one-time spot cannot be stopped"
     prov.terminate(ctx.instance)
 

@@ -67,8 +67,9 @@ def _running(tmp_path):
     instance_id = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     sshd = FakeSshd()
     ctx = context(prov, tmp_path, "rebooty")
-    ctx.instance = Instance(id=instance_id, provider="aws", region="us-east-1", ssh_host="127.0.0.1",
-                            ssh_port=sshd.port)
+    ctx.instance = Instance(
+        id=instance_id, provider="aws", region="us-east-1", ssh_host="127.0.0.1", ssh_port=sshd.port
+    )
     yield prov, ctx, sshd, plane, ec2
     sshd.stop()
 
@@ -78,7 +79,7 @@ def test_reboot_wait_returns_once_ssh_stops_answering_and_tells_the_data_plane(r
     prov.sleep = time.sleep
     threading.Timer(1.0, sshd.stop).start()
     started = time.monotonic()
-    prov.reboot_wait(ctx, timeout=30)
+    prov.reboot_wait(ctx.instance, timeout=30)
     assert 0.9 <= time.monotonic() - started < 10
     assert sshd.greeted >= 1, "SSH was polled while it still answered"
     [(hook, (region, instance_id, timeout))] = [c for c in plane.calls if c[0] == "rebooting"]
@@ -89,7 +90,7 @@ def test_reboot_wait_times_out_when_the_machine_never_goes_down(running):
     prov, ctx, _, plane, _ = running
     started = time.monotonic()
     with pytest.raises(ProviderError, match="still answered SSH .* 2s after it scheduled its reboot"):
-        prov.reboot_wait(ctx, timeout=2)
+        prov.reboot_wait(ctx.instance, timeout=2)
     assert time.monotonic() - started < 8
     assert not [c for c in plane.calls if c[0] == "rebooting"]
 
@@ -98,7 +99,7 @@ def test_reboot_wait_fails_at_once_when_the_instance_was_terminated_instead(runn
     prov, ctx, _, plane, ec2 = running
     ec2.terminate_instances(InstanceIds=[ctx.instance.id])
     with pytest.raises(ProviderError, match="is (terminated|shutting-down) instead of rebooting"):
-        prov.reboot_wait(ctx, timeout=60)
+        prov.reboot_wait(ctx.instance, timeout=60)
 
 
 # --- a whole bake in the sandbox -------------------------------------------------------------
@@ -107,8 +108,9 @@ def test_reboot_wait_fails_at_once_when_the_instance_was_terminated_instead(runn
 def test_sandbox_bake_reboots_the_instance_and_runs_the_step_after_it(engine, tmp_path):
     files = {**REBOOT_ROLE, "role.yml": f"description: reboots\nbase:\n  aws: {{ssm_parameter: {AL2023}}}\n"}
     make_playbooks(tmp_path, files, role="awsreboot", kiln_yaml="providers:\n  aws:\n    regions: [us-east-1]\n")
-    proc = invoke(tmp_path, "bake", "--role", "awsreboot", "--provider", "aws", "--sandbox",
-                  env={"KILN_JSON": "1"}, timeout=600)
+    proc = invoke(
+        tmp_path, "bake", "--role", "awsreboot", "--provider", "aws", "--sandbox", env={"KILN_JSON": "1"}, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     events = json_events(proc.stderr)
     names = [e["event"] for e in events]
@@ -116,12 +118,15 @@ def test_sandbox_bake_reboots_the_instance_and_runs_the_step_after_it(engine, tm
     assert "instance down for its reboot" in names
     assert any("started again" in e["event"] for e in events), "the data plane restarted the container"
     steps = [(e["step"], e["status"]) for e in events if e["event"] == "step"]
-    assert steps == [("before the reboot", "changed"), ("reboot for the new kernel", "changed"),
-                     ("after the reboot", "changed")], steps
+    assert steps == [
+        ("before the reboot", "changed"),
+        ("reboot for the new kernel", "changed"),
+        ("after the reboot", "changed"),
+    ], steps
     assert any(e["event"] == "idempotent" for e in events)
-    assert any(e["event"] == "check" and "kiln-pid1-before" in e.get("check", "") and e["status"] == "passed"
-               for e in events), "verify must see a new PID 1 after the reboot"
+    assert any(
+        e["event"] == "check" and "kiln-pid1-before" in e.get("check", "") and e["status"] == "passed" for e in events
+    ), "verify must see a new PID 1 after the reboot"
     entry = json.loads((tmp_path / "builds" / "manifest.json").read_text())[-1]
     assert entry["role"] == "awsreboot" and entry["steps"]["changed"] == 3
     assert not engine.containers(f"kiln.build-id={entry['build_id']}"), "the instance's container was left behind"
-

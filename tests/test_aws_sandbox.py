@@ -23,7 +23,6 @@ import controller.bake
 from controller.bake import bake, stages_for
 from controller.context import BakeOptions
 from controller.providers.aws import make_aws_provider
-from controller.providers.base import machine_spec
 from controller.sandbox import local_images, sandbox_client
 from tests.aws_harness import AL2023, ApiCalls, Throttle, not_in_policy
 from tests.playbooks import REPO, invoke, make_playbooks
@@ -304,7 +303,7 @@ def test_sweep_in_the_sandbox_removes_an_expired_instance_and_its_container(sand
     # a build whose three-hour deadline passed five minutes ago
     ctx = context(prov, tmp_path, "swept", started=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3, minutes=5))
     ctx.base = prov.resolve_base({"ssm_parameter": AL2023})
-    ctx.instance = prov.launch(machine_spec(ctx))  # and the controller "dies" here
+    ctx.instance = prov.launch(ctx.machine_spec())  # and the controller "dies" here
     assert engine.containers(f"kiln.build-id={ctx.build_id}")
     listed = [line for line in prov.sweep(apply=False) if ctx.build_id in line]
     assert {line.split()[0] for line in listed} == {"instance", "key", "security"}

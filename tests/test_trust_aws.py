@@ -20,8 +20,9 @@ from structlog.testing import capture_logs
 
 from controller.ownership import BuildClaim, process_start_time
 from controller.providers.aws import make_aws_provider
-from controller.providers.base import ProviderError, machine_spec
+from controller.providers.base import ProviderError
 from controller.sandbox import local_images, sandbox_client
+from controller.stages.snapshot import Publish, Snapshot
 from tests.aws_harness import AL2023, RecordingPlane, context, session
 from tests.playbooks import REPO, invoke, make_playbooks
 from tests.test_aws_sandbox import leftovers, moto_url, nothing_left, sandbox_env  # noqa: F401 - shared fixtures
@@ -59,9 +60,8 @@ def snapshotted(prov, tmp_path: Path, role: str, claim: BuildClaim | None = None
     ctx = context(prov, tmp_path, role, build_id=build_id)
     ctx.base = prov.resolve_base(ctx.compiled.base["aws"])
     ctx.version = prov.allocate_version(role, claim or BuildClaim.for_build(ctx.build_id, ctx.expires))
-    ctx.instance = prov.launch(machine_spec(ctx))
-    prov.prepare_snapshot(ctx)
-    ctx.image = prov.snapshot(ctx)
+    ctx.instance = prov.launch(ctx.machine_spec())
+    Snapshot().run(ctx)
     return ctx
 
 
@@ -115,9 +115,10 @@ def test_an_older_bake_publishing_last_keeps_its_version_and_latest_stays_newest
     older = snapshotted(prov, tmp_path, "race", build_id="20260101T000000-older1")
     newer = snapshotted(prov, tmp_path, "race", build_id="20260101T000000-newer1")
     assert older.version < newer.version
-    prov.publish(newer, newer.image)
+    Publish().run(newer)
     with capture_logs() as logs:
-        published = prov.publish(older, older.image)  # the older bake finishes last
+        Publish().run(older)  # the older bake finishes last
+    published = older.published
 
     assert latest(endpoint, "race") == {region: newer.version for region in REGIONS}
     assert [i.latest for i in published] == [False, False]
@@ -134,7 +135,7 @@ def test_an_older_bake_publishing_last_keeps_its_version_and_latest_stays_newest
         if p["Name"].startswith("/kiln/race/publishing")
     ], "the publish mutex is always released"
 
-    prov.unpublish(older, published)  # undoing the older publish never moves latest either
+    Publish().undo(older)  # undoing the older publish never moves latest either
     assert latest(endpoint, "race") == {region: newer.version for region in REGIONS}
     for ctx in (older, newer):
         prov.terminate(ctx.instance)
@@ -147,7 +148,7 @@ def test_concurrent_publishes_leave_latest_at_the_newest(endpoint, tmp_path):
 
     def publish(ctx):
         try:
-            provider(tmp_path).publish(ctx, ctx.image)
+            provider(tmp_path).publish(ctx.publish_spec(), on_started=lambda publication: None)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -166,13 +167,14 @@ def test_concurrent_publishes_leave_latest_at_the_newest(endpoint, tmp_path):
 def test_sweep_removes_the_unpublished_amis_of_a_dead_build_and_nothing_else(endpoint, tmp_path):
     prov = provider(tmp_path)
     published = snapshotted(prov, tmp_path, "crash", build_id="20260101T000000-alive1")
-    prov.publish(published, published.image)
+    Publish().run(published)
     running = snapshotted(prov, tmp_path, "crash", build_id="20260101T000000-live01")  # a bake still going
     deadline = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
     dead = snapshotted(
         prov, tmp_path, "crash", claim=dead_claim("20260101T000000-dead01", deadline), build_id="20260101T000000-dead01"
     )
-    prov.copies._copy_to(dead, dead.image, "eu-west-1", threading.Event(), [])  # killed while publishing its copies
+    # killed while publishing its copies
+    prov.copies._copy_to(dead.publish_spec(), dead.image, "eu-west-1", threading.Event(), [])
     snapshots = sandbox_client("ec2", "us-east-1", endpoint).describe_images(ImageIds=[dead.image.id])["Images"][0][
         "BlockDeviceMappings"
     ][0]["Ebs"]["SnapshotId"]

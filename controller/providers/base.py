@@ -2,29 +2,39 @@
 
 * :class:`Machines`: launch a machine from a typed :class:`MachineSpec`, give its SSH host key, wait for its
   reboot, remove it. Enough for the developer loop (``converge``/``verify``): the ssh provider is only this.
-* :class:`Images`: snapshot a machine into a version, discard it, publish/unpublish it, list and retire versions.
+* :class:`Images`: snapshot a machine (an :class:`ImageSpec`) into a version, discard it, publish a
+  :class:`PublishSpec` (a :class:`Publication` records what it did) and unpublish it, list and retire versions.
 * :class:`Coordination`: version reservations, the per-role lock, sweep of what over builds left.
 
 A provider that bakes implements all three (:class:`Provider`); one that only reaches machines says
 ``makes_images = False`` and ``invoke bake`` refuses it before anything runs (exit 2).
+
+Providers take typed specs and return typed records; they never see the bake's context. What a
+provider makes is handed to the caller the moment it exists (``on_created``, ``on_started``), so the
+caller's undo removes it even when the call is interrupted half way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from controller.model import BaseImage, Image, Machine
+from controller.model import BaseImage, Image, Machine, Publication, PublishSpec
 from controller.ownership import BuildClaim
 
 if TYPE_CHECKING:
-    from controller.context import BakeContext
     from controller.ssh import HostKeyExpectation, KeyPair
 
 
 class ProviderError(RuntimeError):
     """The engine or the cloud failed (exit status 1)."""
+
+
+class ImageLeftToSweep(ProviderError):
+    """The image exists but cannot be removed yet (e.g. an AMI whose snapshots are still being made); the
+    provider recorded it so the next bake of the role or ``sweep`` removes it: the caller owns it no longer."""
 
 
 class UnknownBase(ProviderError):
@@ -67,19 +77,20 @@ class MachineSpec:
         return f"kiln-{self.machine}-{self.build_id}" + (f"-{self.arch}" if self.arch not in ("", "x86_64") else "")
 
 
-def machine_spec(ctx: BakeContext) -> MachineSpec:
-    """The spec of the machine ``ctx`` stands for (its base, keys, names, deadline)."""
-    return MachineSpec(
-        role=ctx.role,
-        build_id=ctx.build_id,
-        base=ctx.base,
-        client_key=ctx.client_key,
-        host_key=ctx.host_key,
-        expires=ctx.expires,
-        machine=ctx.machine,
-        arch=ctx.arch,
-        version=ctx.version,
-    )
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything a provider needs to capture one machine as one version of a role."""
+
+    role: str
+    version: str
+    build_id: str
+    machine: Machine
+    base: BaseImage
+    inputs_hash: str
+    labels: dict[str, str]  # the build metadata, written as labels or ``kiln:*`` tags (see BakeContext.labels)
+    description: str  # the role's
+    started: dt.datetime  # when the bake started (a record of an image left pending says it)
+    arch: str = ""  # "": the provider's only architecture
 
 
 class Machines(Protocol):
@@ -98,11 +109,11 @@ class Machines(Protocol):
         Either the machine is returned, or everything made for it (key pair, security group,
         instance, container) was removed before the error (or interrupt) is raised again."""
 
-    def host_key_expectation(self, ctx: BakeContext) -> HostKeyExpectation:
+    def host_key_expectation(self, machine: Machine) -> HostKeyExpectation:
         """What the machine's SSH host key must be (pinned key or console fingerprints)."""
 
-    def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
-        """The agent scheduled a reboot of ``ctx.instance`` and exited; the SSH session is closed.
+    def reboot_wait(self, machine: Machine, timeout: float = 300) -> None:
+        """The agent scheduled a reboot of ``machine`` and exited; the SSH session is closed.
 
         Return once the machine has really gone down and is booting again (raise
         ``ProviderError`` after ``timeout`` seconds). The caller then reconnects over SSH,
@@ -121,7 +132,7 @@ class Machines(Protocol):
     def hygiene_script(self) -> str:
         """Provider-specific shell lines run when cleaning the machine (e.g. cloud-init clean)."""
 
-    def keep_build(self, ctx: BakeContext) -> None:
+    def keep_build(self, spec: MachineSpec) -> None:
         """The build machine stays for debugging (--keep-on-error): its record is held by nobody
         (``claim.keep()``), so only its deadline or ``invoke destroy`` ends it."""
 
@@ -132,20 +143,29 @@ class Machines(Protocol):
 class Images(Protocol):
     """Versions of a role's image: made from a machine, distributed, pointed to by ``latest``, retired."""
 
-    def prepare_snapshot(self, ctx: BakeContext) -> None:
+    def prepare_snapshot(self, machine: Machine) -> None:
         """Quiesce the machine before the snapshot (e.g. stop an EC2 instance)."""
 
-    def snapshot(self, ctx: BakeContext) -> Image:
-        """Capture ``ctx.instance`` as ``ctx.version`` of ``ctx.role``, with ``ctx.labels()``."""
+    def snapshot(self, spec: ImageSpec, on_created: Callable[[Image], None]) -> Image:
+        """Capture ``spec.machine`` as ``spec.version`` of ``spec.role``, with ``spec.labels``.
 
-    def discard(self, ctx: BakeContext, image: Image) -> None:
-        """Remove an image this bake made that must not survive (undo of snapshot)."""
+        ``on_created`` gets the image the moment it exists (or is about to), before any wait: from then
+        on the caller owns it and its undo removes it (``discard``), interrupted or not. An image that
+        cannot be removed yet raises :class:`ImageLeftToSweep`: the caller owns it no longer."""
 
-    def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
-        """Distribute and move the ``latest`` pointer to ``image``; return every copy."""
+    def discard(self, image: Image) -> None:
+        """Remove an image this build made (``image.build_id``) that must not survive (undo of snapshot)."""
 
-    def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
-        """Undo a publish that did not complete: restore the previous ``latest``, drop copies."""
+    def publish(self, spec: PublishSpec, on_started: Callable[[Publication], None]) -> Publication:
+        """Distribute ``spec.images`` and move each one's ``latest`` to it, only forward, under the role's
+        publish mutex; the version's reservation is released once the images hold it.
+
+        ``on_started`` gets the :class:`Publication` before anything is made; it records each copy the
+        moment it exists and each ``latest`` moved, so ``unpublish`` can undo a publish cut short."""
+
+    def unpublish(self, publication: Publication) -> None:
+        """Undo a publish that did not complete: ``latest`` back where it was (where it still names this
+        publication's image), the copies removed (the originals are the snapshot's)."""
 
     def images(self, role: str) -> list[Image]:
         """Every version of ``role``, newest first."""

@@ -21,17 +21,16 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from controller.context import BakeContext
 from controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH, Engine, EngineError, image_prefix
-from controller.model import BaseImage, Image, Machine
+from controller.model import BaseImage, Image, Machine, Publication, PublishSpec
 from controller.ownership import BuildClaim
-from controller.providers.base import Lock, MachineSpec, ProviderError
+from controller.providers.base import ImageSpec, Lock, MachineSpec, ProviderError
 from controller.ssh import HostKeyExpectation, KeyPair
 from controller.versions import next_version, sort_key
 
@@ -149,11 +148,11 @@ class LocalProvider:
             return  # not a bake's machine (the developer loop keeps its own)
         write_record(path, {**record, **facts})
 
-    def keep_build(self, ctx: BakeContext) -> None:
+    def keep_build(self, spec: MachineSpec) -> None:
         """--keep-on-error: the record stays, held by nobody; only the deadline (or destroy) ends it."""
-        path = self.shared_dir / "versions" / ctx.role / ctx.version
+        path = self.shared_dir / "versions" / spec.role / spec.version
         record = read_record(path)
-        if record is not None and record["claim"].build_id == ctx.build_id:
+        if record is not None and record["claim"].build_id == spec.build_id:
             write_record(path, {**record, "claim": record["claim"].keep()})
 
     # --- the per-role lock (a second scheduler waits or skips) ------------------------
@@ -261,7 +260,7 @@ class LocalProvider:
             self.engine.start(name)
         except EngineError as exc:
             raise ProviderError(str(exc)) from exc
-        return Machine(id=name, provider=self.name, ssh_port=port)
+        return Machine(id=name, provider=self.name, ssh_port=port, host_public_key=spec.host_key.public_openssh)
 
     def machine_status(self, machine: Machine) -> str:
         return self.engine.status(machine.id)
@@ -269,90 +268,101 @@ class LocalProvider:
     def start(self, machine: Machine) -> None:
         self.engine.start(machine.id)
 
-    def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
+    def reboot_wait(self, machine: Machine, timeout: float = 300) -> None:
         """A container's systemd exits on reboot: the engine starts it again (see Engine)."""
         try:
-            status = self.engine.restart_after_reboot(ctx.instance.id, timeout)
+            status = self.engine.restart_after_reboot(machine.id, timeout)
         except EngineError as exc:
             raise ProviderError(str(exc)) from exc
-        log.info("container was down for its reboot; started again", instance=ctx.instance.id, status=status)
+        log.info("container was down for its reboot; started again", instance=machine.id, status=status)
 
-    def host_key_expectation(self, ctx: BakeContext) -> HostKeyExpectation:
-        return HostKeyExpectation(fingerprints={ctx.host_key.fingerprint})
+    def host_key_expectation(self, machine: Machine) -> HostKeyExpectation:
+        """The host key placed into the container before it booted: pinned exactly."""
+        return HostKeyExpectation(fingerprints={KeyPair(b"", machine.host_public_key).fingerprint})
 
     def hygiene_script(self) -> str:
         return ""
 
-    def prepare_snapshot(self, ctx: BakeContext) -> None:
+    def prepare_snapshot(self, machine: Machine) -> None:
         """podman commit pauses the container itself."""
 
     def terminate(self, machine: Machine) -> None:
         self.engine.remove_container(machine.id)
 
     # --- images --------------------------------------------------------------------
-    def snapshot(self, ctx: BakeContext) -> Image:
-        ref = f"{self.repo(ctx.role)}:{ctx.version}"
+    def snapshot(self, spec: ImageSpec, on_created: Callable[[Image], None]) -> Image:
+        ref = f"{self.repo(spec.role)}:{spec.version}"
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        labels = {f"{LABEL_PREFIX}{k}": v for k, v in ctx.labels().items()}
+        labels = {f"{LABEL_PREFIX}{k}": v for k, v in spec.labels.items()}
         labels.update(
             {
-                "org.opencontainers.image.version": ctx.version,
+                "org.opencontainers.image.version": spec.version,
                 "org.opencontainers.image.created": now,
                 "org.opencontainers.image.revision": labels["kiln.git-commit"],
-                "org.opencontainers.image.title": f"kiln {ctx.role}",
-                "org.opencontainers.image.description": ctx.compiled.description,
+                "org.opencontainers.image.title": f"kiln {spec.role}",
+                "org.opencontainers.image.description": spec.description,
             }
         )
-        # owned before it exists: an interrupt during the commit still finds (and removes) it
-        ctx.image = Image(
+        image = Image(
             id="",
-            role=ctx.role,
-            version=ctx.version,
+            role=spec.role,
+            version=spec.version,
             provider=self.name,
             name=ref,
             created=now,
-            base=ctx.base.name,
-            inputs_hash=ctx.inputs_hash,
+            base=spec.base.name,
+            inputs_hash=spec.inputs_hash,
+            build_id=spec.build_id,
         )
-        self._note(ctx.role, ctx.version, ctx.build_id, image=ref)
-        ctx.image.id = self.engine.commit(ctx.instance.id, ref, labels)
-        return ctx.image
+        # owned before it exists: an interrupt during the commit still finds (and removes) it
+        on_created(image)
+        self._note(spec.role, spec.version, spec.build_id, image=ref)
+        image.id = self.engine.commit(spec.machine.id, ref, labels)
+        return image
 
-    def discard(self, ctx: BakeContext, image: Image) -> None:
-        if self._built_by(image.name, ctx.build_id):
+    def discard(self, image: Image) -> None:
+        """Only an image of the build that made it (its ``kiln.build-id`` label): never another's under its name."""
+        if self._built_by(image.name, image.build_id):
             self.engine.remove_image(image.name)
 
     def _built_by(self, ref: str, build_id: str) -> bool:
         labels = self.engine.image_labels(ref)
         return labels is not None and labels.get("kiln.build-id") == build_id
 
-    def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
-        latest = f"{self.repo(ctx.role)}:latest"
-        self.release_version(ctx.role, ctx.version)  # the image itself now holds the version
-        with self._latest_lock(ctx.role):
+    def publish(self, spec: PublishSpec, on_started: Callable[[Publication], None]) -> Publication:
+        """One image, no copies: ``:latest`` moves to it unless it names a newer version."""
+        image = spec.images[0]
+        publication = Publication(spec, images=[image])
+        on_started(publication)
+        latest = f"{self.repo(spec.role)}:latest"
+        self.release_version(spec.role, spec.version)  # the image itself now holds the version
+        with self._latest_lock(spec.role):
             current = (self.engine.image_labels(latest) or {}).get("kiln.version", "")
-            if current and sort_key(current) >= sort_key(ctx.version):
+            if current and sort_key(current) >= sort_key(spec.version):
                 log.warning(
                     "latest stays at the newer version; this version is kept beside it",
                     latest=current,
-                    version=ctx.version,
+                    version=spec.version,
                     image=image.name,
                 )
-                return [image]
-            ctx.previous_latest = self.engine.image_id(latest) if current else ""
+                return publication
+            publication.previous_latest[image.id] = self.engine.image_id(latest) if current else ""
             self.engine.tag(image.name, latest)
         image.latest = True
-        return [image]
+        return publication
 
-    def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
+    def unpublish(self, publication: Publication) -> None:
         """Give ``latest`` back only if it still names this bake's image (a newer one stays)."""
-        mine = {i.id for i in images if i.latest}
-        latest = f"{self.repo(ctx.role)}:latest"
-        with self._latest_lock(ctx.role):
-            if not mine or not self.engine.image_exists(latest) or self.engine.image_id(latest) not in mine:
+        moved = publication.previous_latest
+        latest = f"{self.repo(publication.spec.role)}:latest"
+        with self._latest_lock(publication.spec.role):
+            if not moved or not self.engine.image_exists(latest):
                 return
-            if ctx.previous_latest:
-                self.engine.tag(ctx.previous_latest, latest)
+            current = self.engine.image_id(latest)
+            if current not in moved:
+                return
+            if moved[current]:
+                self.engine.tag(moved[current], latest)
             else:
                 self.engine.untag(latest)
 

@@ -163,10 +163,10 @@ class SshProvider:
             login_key=self.key,
         )
 
-    def host_key_expectation(self, ctx: Any) -> HostKeyExpectation:
+    def host_key_expectation(self, machine: Machine) -> HostKeyExpectation:
         return HostKeyExpectation(fingerprints={self.settings.host_fingerprint})
 
-    def reboot_wait(self, ctx: Any, timeout: float = 300) -> None:
+    def reboot_wait(self, machine: Machine, timeout: float = 300) -> None:
         """The host reboots by itself: return once its SSH stops answering (the caller reconnects)."""
         deadline = time.monotonic() + timeout
         while ssh_answers(self.settings.host, self.settings.port, timeout=2.0):
@@ -183,7 +183,7 @@ class SshProvider:
     def hygiene_script(self) -> str:
         return ""
 
-    def keep_build(self, ctx: Any) -> None:
+    def keep_build(self, spec: MachineSpec) -> None:
         """The host is never removed anyway."""
 
     def terminate(self, machine: Machine) -> None:

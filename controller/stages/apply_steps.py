@@ -299,7 +299,7 @@ def reboot_and_reconnect(ctx: BakeContext, reboot: dict[str, Any]) -> None:
     started = time.monotonic()
     ctx.session.close()
     try:
-        ctx.provider.reboot_wait(ctx, timeout)
+        ctx.provider.reboot_wait(ctx.instance, timeout)
         left = max(timeout - (time.monotonic() - started), 30.0)
         ctx.session.wait_until_ready(left)
     except BakeFailed:

@@ -169,5 +169,5 @@ class PerArchitecture:
             return
         for one in ctx.variants:
             if one.succeeded and one.image is not None:
-                ctx.provider.discard(one, one.image)
+                ctx.provider.discard(one.image)
                 log.info("image of another architecture removed", arch=one.arch, image=one.image.name)

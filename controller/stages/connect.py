@@ -15,7 +15,7 @@ class Connect:
 
     def run(self, ctx: BakeContext) -> None:
         inst = ctx.instance
-        ctx.host_key_expectation = ctx.provider.host_key_expectation(ctx)
+        ctx.host_key_expectation = ctx.provider.host_key_expectation(ctx.instance)
         keepalive = Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses)
         ctx.session = Session(
             inst.ssh_host, inst.ssh_port, inst.ssh_user, ctx.client_key, ctx.host_key_expectation, keepalive=keepalive

@@ -5,7 +5,6 @@ from __future__ import annotations
 import structlog
 
 from controller.context import BakeContext
-from controller.providers.base import machine_spec
 from controller.ssh import KeyPair
 
 log = structlog.get_logger("kiln.stage")
@@ -18,14 +17,14 @@ class LaunchInstance:
         ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
         ctx.host_key = KeyPair.generate(comment=f"kiln-host-{ctx.build_id}")
         # the machine, or nothing: a launch that fails or is interrupted removes what it made itself
-        ctx.instance = ctx.provider.launch(machine_spec(ctx))
+        ctx.instance = ctx.provider.launch(ctx.machine_spec())
         log.info("instance", id=ctx.instance.id, ssh=f"{ctx.instance.ssh_host}:{ctx.instance.ssh_port}")
 
     def undo(self, ctx: BakeContext) -> None:
         if ctx.instance is None:
             return
         if ctx.keep_instance:
-            ctx.provider.keep_build(ctx)  # its record now ends only at the deadline (or destroy)
+            ctx.provider.keep_build(ctx.machine_spec())  # its record now ends only at the deadline (or destroy)
             log.warning(
                 "keeping the instance for debugging (--keep-on-error)", instance=ctx.instance.id, login=login_hint(ctx)
             )

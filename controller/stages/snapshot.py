@@ -5,6 +5,8 @@ from __future__ import annotations
 import structlog
 
 from controller.context import BakeContext
+from controller.model import Image, Publication
+from controller.providers.base import ImageLeftToSweep
 
 log = structlog.get_logger("kiln.stage")
 
@@ -13,13 +15,21 @@ class Snapshot:
     name = "snapshot"
 
     def run(self, ctx: BakeContext) -> None:
-        ctx.provider.prepare_snapshot(ctx)
-        ctx.image = ctx.provider.snapshot(ctx)
+        ctx.provider.prepare_snapshot(ctx.instance)
+
+        def own(image: Image) -> None:  # from the moment it exists: an interrupt from here on still removes it
+            ctx.image = image
+
+        try:
+            ctx.image = ctx.provider.snapshot(ctx.image_spec(), on_created=own)
+        except ImageLeftToSweep:
+            ctx.image = None  # recorded for the next bake or sweep: not this bake's to remove now
+            raise
         log.info("image", id=ctx.image.id, name=ctx.image.name, version=ctx.version)
 
     def undo(self, ctx: BakeContext) -> None:
         if ctx.image is not None and not ctx.succeeded:
-            ctx.provider.discard(ctx, ctx.image)
+            ctx.provider.discard(ctx.image)
             log.info("unfinished image removed", image=ctx.image.name)
 
 
@@ -29,13 +39,16 @@ class Publish:
     name = "publish"
 
     def run(self, ctx: BakeContext) -> None:
-        ctx.published = ctx.provider.publish(ctx, ctx.image)
+        def hold(publication: Publication) -> None:  # before anything is made: its undo finds every copy
+            ctx.publication = publication
+
+        ctx.publication = ctx.provider.publish(ctx.publish_spec(), on_started=hold)
         log.info("published", copies=[f"{i.region or i.provider}:{i.id}" for i in ctx.published])
 
     def undo(self, ctx: BakeContext) -> None:
-        if ctx.published and not ctx.succeeded:
-            ctx.provider.unpublish(ctx, ctx.published)
-            ctx.published = []
+        if ctx.publication is not None and not ctx.succeeded:
+            ctx.provider.unpublish(ctx.publication)
+            ctx.publication = None
 
 
 class Retire:

@@ -18,7 +18,6 @@ import structlog
 
 from controller.context import BakeContext, StepCounts
 from controller.model import BaseImage
-from controller.providers.base import machine_spec
 from controller.remote import BUNDLE, agent_command, bundle_tar
 from controller.ssh import KeyPair
 from controller.stages.connect import Connect
@@ -62,7 +61,7 @@ class TestImage:
             return
         started = time.monotonic()
         self.machine = fresh = machine_from_image(ctx)
-        fresh.instance = ctx.provider.launch(machine_spec(fresh))  # the machine, or nothing left of it
+        fresh.instance = ctx.provider.launch(fresh.machine_spec())  # the machine, or nothing left of it
         log.info("test machine", image=ctx.image.name, instance=fresh.instance.id)
         Connect().run(fresh)
         # the agent (cleaning removed it from the image) and the checks with the variables they render with

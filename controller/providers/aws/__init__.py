@@ -19,15 +19,14 @@ Every temporary resource is tagged ``kiln:temporary=true``, ``kiln:build-id`` an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError
 
-from controller.context import BakeContext
-from controller.model import BaseImage, Diagnostic, Image, InvalidInput, Machine
+from controller.model import BaseImage, Diagnostic, Image, InvalidInput, Machine, Publication, PublishSpec
 from controller.ownership import BuildClaim
 from controller.providers.aws.api import AwsApi
 from controller.providers.aws.base_image import BaseImages
@@ -41,7 +40,7 @@ from controller.providers.aws.security_group import SecurityGroups
 from controller.providers.aws.settings import parse_settings
 from controller.providers.aws.sweep import Sweeper
 from controller.providers.aws.versions import Versions
-from controller.providers.base import Lock, MachineSpec
+from controller.providers.base import ImageSpec, Lock, MachineSpec
 from controller.ssh import HostKeyExpectation
 
 __all__ = ["AwsProvider", "ImageWaitTimeout", "make_aws_provider"]
@@ -114,11 +113,11 @@ class AwsProvider(AwsApi):
     def launch(self, spec: MachineSpec) -> Machine:
         return self.instances.launch(spec)
 
-    def host_key_expectation(self, ctx: BakeContext) -> HostKeyExpectation:
-        return self.instances.host_key_expectation(ctx.instance)
+    def host_key_expectation(self, machine: Machine) -> HostKeyExpectation:
+        return self.instances.host_key_expectation(machine)
 
-    def reboot_wait(self, ctx: BakeContext, timeout: float = 300) -> None:
-        self.instances.reboot_wait(ctx.instance, timeout)
+    def reboot_wait(self, machine: Machine, timeout: float = 300) -> None:
+        self.instances.reboot_wait(machine, timeout)
 
     def machine_status(self, machine: Machine) -> str:
         state = self.instances._instance_state(machine.region or self.build_region, machine.id)
@@ -130,27 +129,27 @@ class AwsProvider(AwsApi):
     def hygiene_script(self) -> str:
         return HYGIENE
 
-    def keep_build(self, ctx: BakeContext) -> None:
+    def keep_build(self, spec: MachineSpec) -> None:
         """The instance's ``kiln:expires`` tag and its deadline halt end it; nothing more to note."""
 
     def terminate(self, machine: Machine) -> None:
         self.instances.terminate(machine)
 
     # --- images ----------------------------------------------------------------------------
-    def prepare_snapshot(self, ctx: BakeContext) -> None:
-        self.amis.prepare_snapshot(ctx)
+    def prepare_snapshot(self, machine: Machine) -> None:
+        self.amis.prepare_snapshot(machine)
 
-    def snapshot(self, ctx: BakeContext) -> Image:
-        return self.amis.snapshot(ctx)
+    def snapshot(self, spec: ImageSpec, on_created: Callable[[Image], None]) -> Image:
+        return self.amis.snapshot(spec, on_created)
 
-    def discard(self, ctx: BakeContext, image: Image) -> None:
-        self.amis.discard(ctx, image)
+    def discard(self, image: Image) -> None:
+        self.amis.discard(image)
 
-    def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
-        return self.copies.publish(ctx, image)
+    def publish(self, spec: PublishSpec, on_started: Callable[[Publication], None]) -> Publication:
+        return self.copies.publish(spec, on_started)
 
-    def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
-        self.latest_pointer.unpublish(ctx, images)
+    def unpublish(self, publication: Publication) -> None:
+        self.latest_pointer.unpublish(publication)
 
     def images(self, role: str) -> list[Image]:
         return self.amis.images(role)

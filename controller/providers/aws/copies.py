@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from controller.context import BakeContext
-from controller.model import Image
+from controller.model import Image, Publication, PublishSpec
 from controller.providers.aws.image import AmiRecord, arch_of, arch_suffix
 from controller.providers.aws.tags import (
     DEFAULT_ARCH,
@@ -30,18 +30,19 @@ class Copies:
     def __init__(self, api: AwsApi) -> None:
         self.api = api
 
-    def publish(self, ctx: BakeContext, image: Image) -> list[Image]:
-        """Copy to the other regions in parallel, share, then move ``/kiln/<role>/latest`` in each region.
+    def publish(self, spec: PublishSpec, on_started: Callable[[Publication], None]) -> Publication:
+        """Copy every architecture's AMI to the other regions in parallel, share, then move
+        ``/kiln/<role>/latest`` (``/latest/<arch>``) in each region.
 
-        Every copy is appended to ``ctx.published`` as soon as it exists, so the stage's undo
-        (unpublish) finds copies of a publish that failed or was interrupted half way.
+        The caller holds the publication from the start and every copy is added to it as soon as it
+        exists, so its undo (unpublish) finds copies of a publish that failed or was interrupted half way.
         """
         s = self.api.settings
-        published = ctx.published
-        originals = [i for i in ctx.images_made() if i is not image]
-        originals.insert(0, image)  # and, baking several architectures, each one's AMI of the version
-        published.extend(originals)
-        targets = [r for r in s.regions if r != image.region]
+        originals = list(spec.images)
+        publication = Publication(spec, images=list(originals))
+        on_started(publication)
+        published = publication.images
+        targets = [r for r in s.regions if r != originals[0].region]
         for region in targets:  # clients are made here: creating them is not thread-safe
             self.api.ec2(region)
             self.api.ssm(region)
@@ -49,7 +50,7 @@ class Copies:
             stop = threading.Event()
             copies = [(original, region) for original in originals for region in targets]
             pool = ThreadPoolExecutor(max_workers=len(copies), thread_name_prefix="kiln-copy")
-            futures = [pool.submit(self._copy_to, ctx, one, region, stop, published) for one, region in copies]
+            futures = [pool.submit(self._copy_to, spec, one, region, stop, published) for one, region in copies]
             try:
                 for future in futures:
                     future.result()
@@ -59,7 +60,10 @@ class Copies:
                 raise
             pool.shutdown(wait=True)
         order = {region: i for i, region in enumerate(s.regions)}
-        images = sorted(published, key=lambda i: (order.get(i.region, 99), arch_of(i) != DEFAULT_ARCH, arch_of(i)))
+        published[:] = sorted(
+            published, key=lambda i: (order.get(i.region, 99), arch_of(i) != DEFAULT_ARCH, arch_of(i))
+        )
+        images = list(published)
         permissions = s.share.launch_permissions()
         if permissions:
             for img in images:
@@ -70,14 +74,14 @@ class Copies:
         # every copy is available and tagged: the AMIs hold the version now, so the reservation goes
         # before latest moves (a crash from here on leaves a whole, unpublished-but-complete version,
         # never a reservation that would let sweep remove an AMI a latest pointer may already name)
-        self.api.versions.release_version(ctx.role, ctx.version)
-        with self.api.latest_pointer.publishing(ctx.role, ctx.build_id):
+        self.api.versions.release_version(spec.role, spec.version)
+        with self.api.latest_pointer.publishing(spec.role, spec.build_id):
             for img in images:
-                self.api.latest_pointer._move_latest(ctx, img)
-        return images
+                self.api.latest_pointer._move_latest(spec, img, publication)
+        return publication
 
     def _copy_to(
-        self, ctx: BakeContext, image: Image, region: str, stop: threading.Event, published: list[Image]
+        self, spec: PublishSpec, image: Image, region: str, stop: threading.Event, published: list[Image]
     ) -> Image:
         s = self.api.settings
         ec2 = self.api.ec2(region)
@@ -91,15 +95,15 @@ class Copies:
             SourceImageId=image.id,
             SourceRegion=image.region,
             Name=image.name,
-            Description=f"kiln {ctx.role} {ctx.version} (copy of {image.id} in {image.region})",
-            ClientToken=f"kiln-{ctx.build_id}-{region}{arch_suffix(image)}"[:64],
+            Description=f"kiln {spec.role} {spec.version} (copy of {image.id} in {image.region})",
+            ClientToken=f"kiln-{spec.build_id}-{region}{arch_suffix(image)}"[:64],
             TagSpecifications=[tag_spec("image", tags)],
             **kwargs,
         )
         copy = AmiRecord(
             id=resp["ImageId"],
-            role=ctx.role,
-            version=ctx.version,
+            role=spec.role,
+            version=spec.version,
             provider=self.api.name,
             region=region,
             name=image.name,
@@ -110,6 +114,7 @@ class Copies:
             tags=tags,
             source=image.id,
             arch=arch_of(image),
+            build_id=spec.build_id,
         )
         published.append(copy)
         self.api._safely(self.api.data_plane.image_copied, image.region, image.id, region, copy.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,8 +12,7 @@ import structlog
 from botocore.exceptions import ClientError, WaiterError
 
 from controller import manifest
-from controller.context import BakeContext
-from controller.model import Image
+from controller.model import Image, Machine
 from controller.providers.aws.tags import (
     ARCH,
     BUILD_ID,
@@ -29,7 +29,7 @@ from controller.providers.aws.tags import (
     tags_of,
     unimplemented,
 )
-from controller.providers.base import ProviderError
+from controller.providers.base import ImageLeftToSweep, ImageSpec, ProviderError
 from controller.versions import sort_key
 
 if TYPE_CHECKING:
@@ -68,21 +68,23 @@ class AmiRecord(Image):
     snapshots: list[str] = field(default_factory=list)
     source: str = ""  # a copy's source AMI
     deprecation_time: str = ""
-    #: what ``latest`` named before publish moved it to this AMI (None: publish did not move it)
-    previous_latest: str | None = None
 
 
 class ImageWaitTimeout(ProviderError):
     """The AMI did not become available within the configured waiter."""
 
 
+class PendingAmi(ImageWaitTimeout, ImageLeftToSweep):
+    """The new AMI is still pending past the waiter: recorded in its version reservation for the next bake
+    of the role or ``sweep`` (it cannot be deregistered while its snapshots are being made)."""
+
+
 class Amis:
     def __init__(self, api: AwsApi) -> None:
         self.api = api
 
-    def prepare_snapshot(self, ctx: BakeContext) -> None:
+    def prepare_snapshot(self, inst: Machine) -> None:
         """Stop the instance (a consistent disk), and turn ENA on while it is stopped."""
-        inst = ctx.instance
         ec2 = self.api.ec2(inst.region)
         if inst.spot:
             log.info("spot instance: not stopped (one-time spot cannot be); create_image reboots it instead")
@@ -98,11 +100,11 @@ class Amis:
             ec2.modify_instance_attribute(InstanceId=inst.id, EnaSupport={"Value": True})
             log.info("ENA support enabled on the build instance", instance=inst.id)
 
-    def image_tags(self, ctx: BakeContext, name: str) -> dict[str, str]:
+    def image_tags(self, spec: ImageSpec, name: str) -> dict[str, str]:
         tags = {"Name": name, **self.api.settings.tags}
-        tags.update({f"kiln:{key}": value for key, value in ctx.labels().items()})
-        tags.update({"kiln:kiln-version": kiln_version(), "kiln:base-name": ctx.base.name if ctx.base else ""})
-        tags[ARCH] = ctx.arch or DEFAULT_ARCH
+        tags.update({f"kiln:{key}": value for key, value in spec.labels.items()})
+        tags.update({"kiln:kiln-version": kiln_version(), "kiln:base-name": spec.base.name if spec.base else ""})
+        tags[ARCH] = spec.arch or DEFAULT_ARCH
         return tags
 
     def image_mappings(self, inst: AwsInstance) -> list[dict[str, Any]]:
@@ -120,13 +122,13 @@ class Amis:
         mappings += [{"DeviceName": device, "VirtualName": name} for device, name in s.ephemeral_volumes]
         return mappings
 
-    def snapshot(self, ctx: BakeContext) -> Image:
-        inst = ctx.instance
+    def snapshot(self, spec: ImageSpec, on_created: Callable[[Image], None]) -> Image:
+        inst = spec.machine
         region = inst.region
         ec2 = self.api.ec2(region)
-        name = image_name(ctx.role, ctx.version, ctx.arch)
-        tags = self.image_tags(ctx, name)
-        description = f"kiln {ctx.role} {ctx.version}: {ctx.compiled.description}"[:255]
+        name = image_name(spec.role, spec.version, spec.arch)
+        tags = self.image_tags(spec, name)
+        description = f"kiln {spec.role} {spec.version}: {spec.description}"[:255]
         params = {
             "InstanceId": inst.id,
             "Name": name,
@@ -149,32 +151,32 @@ class Amis:
             if not isinstance(exc, ClientError):
                 found = self._image_by_name(region, name)
                 if found:
-                    ctx.image = self._image_from(found, region, ctx.role)
+                    on_created(self._image_from(found, region, spec.role))
             if isinstance(exc, ClientError):
                 raise ProviderError(f"create_image failed: {exc}") from exc
             raise
         image = AmiRecord(
             id=resp["ImageId"],
-            role=ctx.role,
-            version=ctx.version,
+            role=spec.role,
+            version=spec.version,
             provider=self.api.name,
             region=region,
             name=name,
             created=iso(now_utc()),
-            base=ctx.base.id,
-            inputs_hash=ctx.inputs_hash,
+            base=spec.base.id,
+            inputs_hash=spec.inputs_hash,
             status="pending",
             tags=tags,
             arch=tags[ARCH],
+            build_id=spec.build_id,
         )
-        ctx.image = image  # owned from here: the stage's undo deregisters it if the bake fails
+        on_created(image)  # owned from here: the caller's undo deregisters it if the bake fails
         self.api._safely(self.api.data_plane.image_created, region, inst.id, image.id)
         try:
             described = self.wait_image(region, image.id)
-        except ImageWaitTimeout:
-            self._record_pending(ctx, image)
-            ctx.image = None  # not deregistered now: its snapshots are still being made
-            raise
+        except ImageWaitTimeout as exc:
+            self._record_pending(spec, image)
+            raise PendingAmi(str(exc)) from exc  # not deregistered now: its snapshots are still being made
         if described.get("VirtualizationType", "hvm") != "hvm":
             raise ProviderError(f"AMI {image.id} is {described.get('VirtualizationType')}: HVM only")
         self._finish_image(region, image.id, described, tags)
@@ -244,27 +246,27 @@ class Amis:
             )
         )
 
-    def _record_pending(self, ctx: BakeContext, image: Image) -> None:
+    def _record_pending(self, spec: ImageSpec, image: Image) -> None:
         """The AMI is still being made: it cannot be removed now. Its build's version reservation is
         kept (marked ended) instead of released, and proves to the next run or sweep that the AMI is
         an unpublished leftover, to be removed once it settles."""
-        self.api._given_up.setdefault((ctx.role, ctx.version), []).append([image.region, image.id])
+        self.api._given_up.setdefault((spec.role, spec.version), []).append([image.region, image.id])
         moment = iso(now_utc())
         try:
             manifest.append(
                 self.api.state_dir / "manifest.json",
                 [
                     {
-                        "role": ctx.role,
-                        "version": ctx.version,
+                        "role": spec.role,
+                        "version": spec.version,
                         "provider": self.api.name,
-                        "build_id": ctx.build_id,
+                        "build_id": spec.build_id,
                         "region": image.region,
                         "image_id": image.id,
                         "image_name": image.name,
                         "status": "pending",
-                        "inputs_hash": ctx.inputs_hash,
-                        "started": ctx.started.isoformat(),
+                        "inputs_hash": spec.inputs_hash,
+                        "started": spec.started.isoformat(),
                         "finished": moment,
                     }
                 ],
@@ -275,7 +277,7 @@ class Amis:
             "AMI still pending; its version reservation stays as the proof for the next run or sweep",
             image=image.id,
             region=image.region,
-            version=ctx.version,
+            version=spec.version,
         )
 
     def _image_by_name(self, region: str, name: str) -> dict[str, Any] | None:
@@ -330,7 +332,7 @@ class Amis:
                     raise
         self.api._safely(self.api.data_plane.image_removed, region, image_id)
 
-    def discard(self, ctx: BakeContext, image: Image) -> None:
+    def discard(self, image: Image) -> None:
         try:
             self.remove_image(image.region, image.id)
         except Exception as exc:

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 from botocore.exceptions import ClientError
 
-from controller.context import BakeContext
-from controller.model import Image
+from controller.model import Image, Publication, PublishSpec
 from controller.ownership import BuildClaim
 from controller.providers.aws.image import arch_of
 from controller.providers.aws.tags import (
@@ -40,29 +39,31 @@ class Latest:
     def __init__(self, api: AwsApi) -> None:
         self.api = api
 
-    def _move_latest(self, ctx: BakeContext, img: Image) -> None:
-        """Point ``latest`` (of the image's architecture) in its region to it, unless it names a newer version."""
-        current = self.latest(img.region, ctx.role, arch_of(img))
+    def _move_latest(self, spec: PublishSpec, img: Image, publication: Publication) -> None:
+        """Point ``latest`` (of the image's architecture) in its region to it, unless it names a newer version.
+
+        What it named before goes into ``publication`` first: an interrupt right after the move is undone too."""
+        current = self.latest(img.region, spec.role, arch_of(img))
         current_version = self._version_of(img.region, current) if current else ""
-        if current_version and sort_key(current_version) >= sort_key(ctx.version):
+        if current_version and sort_key(current_version) >= sort_key(spec.version):
             log.warning(
                 "latest stayed at the newer version",
-                role=ctx.role,
+                role=spec.role,
                 region=img.region,
                 arch=arch_of(img),
                 latest=current_version,
-                version=ctx.version,
+                version=spec.version,
                 image=img.id,
             )
             return
-        img.previous_latest = current
+        publication.previous_latest[img.id] = current
         self.api.ssm(img.region).put_parameter(
-            Name=latest_parameter(ctx.role, arch_of(img)),
+            Name=latest_parameter(spec.role, arch_of(img)),
             Value=img.id,
             Type="String",
             DataType="aws:ec2:image",
             Overwrite=True,
-            Description=f"kiln: latest {ctx.role} ({ctx.version}, {arch_of(img)})",
+            Description=f"kiln: latest {spec.role} ({spec.version}, {arch_of(img)})",
         )
         img.latest, img.status = True, "latest"
 
@@ -151,29 +152,27 @@ class Latest:
             found |= {p["Value"] for p in page["Parameters"]}
         return found
 
-    def unpublish(self, ctx: BakeContext, images: list[Image]) -> None:
+    def unpublish(self, publication: Publication) -> None:
         """Put ``latest`` back where it was (where it still names this bake's AMI) and remove the copies.
 
         Under the publish mutex, so it never interleaves with another publish: a newer bake that
         moved ``latest`` meanwhile keeps it, and the pointer only ever goes back to what it named
         before this bake moved it."""
-        moved = [img for img in images if img.previous_latest is not None]
+        spec, previous = publication.spec, publication.previous_latest
+        moved = [img for img in publication.images if img.id in previous]
         if moved:
             try:
-                with self.publishing(ctx.role, ctx.build_id):
+                with self.publishing(spec.role, spec.build_id):
                     for img in moved:
-                        self._restore_latest(ctx.role, img)
+                        self._restore_latest(spec.role, img, previous[img.id])
             except Exception as exc:
                 log.error(
                     "could not restore latest; fix by hand",
-                    role=ctx.role,
+                    role=spec.role,
                     error=str(exc),
-                    previous={img.region: img.previous_latest or "(delete it)" for img in moved},
+                    previous={img.region: previous[img.id] or "(delete it)" for img in moved},
                 )
-        own = {i.id for i in ctx.images_made()} | ({ctx.image.id} if ctx.image else set())
-        for img in images:
-            if img.id in own:
-                continue  # the snapshot stage's undo removes the originals
+        for img in publication.copies:  # the snapshot stage's undo removes the originals
             try:
                 self.api.amis.remove_image(img.region, img.id)
                 log.info("AMI copy removed", image=img.id, region=img.region)
@@ -182,11 +181,10 @@ class Latest:
                     "could not remove an AMI copy; remove by hand", image=img.id, region=img.region, error=str(exc)
                 )
 
-    def _restore_latest(self, role: str, img: Image) -> None:
+    def _restore_latest(self, role: str, img: Image, previous: str) -> None:
         name = latest_parameter(role, arch_of(img))
         if self.latest(img.region, role, arch_of(img)) != img.id:
             return
-        previous = img.previous_latest
         if previous:
             self.api.ssm(img.region).put_parameter(
                 Name=name, Value=previous, Type="String", DataType="aws:ec2:image", Overwrite=True
