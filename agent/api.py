@@ -13,6 +13,7 @@ Stdlib only, Python >= 3.9.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import shutil
@@ -21,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 
 class ModuleError(Exception):
@@ -98,6 +99,35 @@ class Context:
     facts: Dict[str, Any] = field(default_factory=dict)
     variables: Dict[str, Any] = field(default_factory=dict)
     clock: Optional[StepClock] = None  # the running step's time limit; every command stops at it
+    environment: Dict[str, str] = field(default_factory=dict)  # the step's `environment:`, for its commands
+    become_user: Optional[str] = None  # the step's `become_user:`: its commands run as that user
+
+    @contextlib.contextmanager
+    def acting(
+        self, check_mode: Optional[bool], environment: Dict[str, str], become_user: Optional[str]
+    ) -> Iterator["Context"]:
+        """One step's own check_mode, environment and become_user, for as long as it runs."""
+        saved = (self.check_mode, self.environment, self.become_user)
+        if check_mode is not None:
+            self.check_mode = bool(check_mode)
+        self.environment = environment
+        self.become_user = become_user if become_user not in (None, "", "root") else None
+        try:
+            yield self
+        finally:
+            self.check_mode, self.environment, self.become_user = saved
+
+    def as_user(self, argv: Union[Sequence[str], str], shell: bool, env: Dict[str, str]) -> Any:
+        """The command run as ``become_user`` (runuser, with that user's HOME/USER), like Ansible's become."""
+        import pwd
+
+        try:
+            account = pwd.getpwnam(str(self.become_user))
+        except KeyError:
+            raise ModuleError(f"become_user: no user {self.become_user} on the box") from None
+        env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+        command = ["/bin/bash", "-c", argv] if shell else list(argv)
+        return ["runuser", "-u", account.pw_name, "--"] + command
 
     def run(
         self,
@@ -112,7 +142,10 @@ class Context:
         full_env = dict(os.environ)
         full_env.setdefault("LC_ALL", "C.UTF-8")
         full_env.setdefault("DEBIAN_FRONTEND", "noninteractive")
+        full_env.update(self.environment)
         full_env.update(env or {})
+        if self.become_user is not None:
+            argv, shell = self.as_user(argv, shell, full_env), False
         clock = self.clock
         step_bound = clock is not None and (timeout is None or clock.left() < timeout)
         limit = clock.left() if clock is not None and step_bound else timeout

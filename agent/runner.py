@@ -28,6 +28,7 @@ import time
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from agent import facts as boxfacts
 from agent import schema as argschema
 from agent.api import Context, ModuleError, Result, StepClock, StepTimeout, tail
 from agent.templating import TemplateError, evaluate, render, resolve_variables
@@ -142,7 +143,7 @@ class Runner:
         self.handlers = {h["name"]: h for h in bundle.get("handlers", [])}
         self.handler_order = [h["name"] for h in bundle.get("handlers", [])]
         self.notified: List[str] = []
-        self.variables: Dict[str, Any] = resolve_variables(dict(bundle.get("vars", {}), facts=ctx.facts))
+        self.variables: Dict[str, Any] = resolve_variables(self.initial_variables(bundle, ctx))
         self.counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0, "rescued": 0}
         self.changed_steps: List[Dict[str, Any]] = []
         self.rescue_depth = 0  # > 0: a failure here is handled by an enclosing block's rescue
@@ -153,6 +154,16 @@ class Runner:
         self.flush_rest: List[str] = []
         self.pending_failures: Dict[str, Dict[str, Any]] = {}
         self.elapsed_before = 0.0
+
+    @staticmethod
+    def initial_variables(bundle: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+        """Ansible's names (``ansible_facts``, ``ansible_*``, ``ansible_check_mode``) below the bundle's vars."""
+        scope = boxfacts.variables(ctx.facts, ctx.check_mode) if ctx.facts.get("ansible") else {}
+        scope["ansible_managed"] = "Ansible managed"
+        scope.update(bundle.get("vars", {}))
+        scope["facts"] = ctx.facts
+        scope["__kiln_bundle_dirs"] = {"files": ctx.files_dir, "templates": ctx.templates_dir}
+        return scope
 
     # --- entry point ----------------------------------------------------------
     def run(self, resume: Dict[str, Any] | None = None) -> bool:
@@ -289,22 +300,31 @@ class Runner:
     def execute(self, step: Dict[str, Any]) -> Dict[str, Any]:
         """Evaluate when/loop, run each item, register; return the step's outcome."""
         loop = step.get("loop")
-        loop_var = step.get("loop_var", "item")
+        control = step.get("loop_control") or {}
+        loop_var = control.get("loop_var") or step.get("loop_var", "item")
+        base = self.step_scope(step)
         if loop is None:
             items: List[Any] = [None]
         else:
-            items = self._eval(loop, self.variables, step, "loop")
+            items = self._eval(loop, base, step, "loop")
             if not isinstance(items, list):
                 raise StepFailed(step, f"loop must give a list, got {type(items).__name__}")
         results = []
-        for item in items:
-            scope = self.variables if loop is None else dict(self.variables, **{loop_var: item})
+        for position, item in enumerate(items):
+            scope = base if loop is None else dict(base, **{loop_var: item, "ansible_loop_var": loop_var})
+            if loop is not None and control.get("index_var"):
+                scope[control["index_var"]] = position
             if step.get("when") is not None and not self._truth(step["when"], scope, step, "when"):
                 results.append({"changed": False, "failed": False, "skipped": True, "msg": "when was false"})
                 continue
             result = self.run_with_retries(step, scope)
             if result.get("reboot_requested") and loop is not None:
                 result = {"changed": False, "failed": True, "msg": "a reboot cannot run in a loop"}
+            if loop is not None:
+                result.update({loop_var: item, "ansible_loop_var": loop_var})
+                if control.get("index_var"):
+                    result["ansible_index_var"], result[control["index_var"]] = control["index_var"], position
+            self.learn(result, scope)
             results.append(result)
         if loop is None:
             registered = results[0]
@@ -319,6 +339,8 @@ class Runner:
         if step.get("register"):
             self.variables[step["register"]] = registered
         outcome: Dict[str, Any] = {"msg": registered.get("msg", "")}
+        if loop is not None and control.get("label") is not None:
+            outcome["labels"] = [str(render(control["label"], dict(base, **{loop_var: i}))) for i in items]
         if loop is not None:
             outcome["items"] = len(results)
         for key in ("diff", "rc", "stderr"):
@@ -341,6 +363,29 @@ class Runner:
         if registered.get("reboot_requested") and not registered.get("failed"):
             outcome["reboot"] = registered
         return outcome
+
+    def step_scope(self, step: Dict[str, Any]) -> Dict[str, Any]:
+        """The run's variables, with the step's own ``vars`` and its role's name and path."""
+        if not step.get("vars") and not step.get("role"):
+            return self.variables
+        scope = dict(self.variables)
+        if step.get("role"):
+            scope["role_name"] = step["role"]
+            scope["role_path"] = os.path.join(self.ctx.files_dir, step["role"])
+        scope.update(step.get("vars") or {})
+        for name in step.get("vars") or {}:
+            try:
+                scope[name] = render(scope[name], scope)
+            except TemplateError:
+                pass  # read later than now (a registered result): rendered where it is used
+        return scope
+
+    def learn(self, result: Dict[str, Any], scope: Dict[str, Any]) -> None:
+        """set_fact and include_vars give variables (as ``ansible_facts`` in their result, as Ansible's do)."""
+        learned = result.get("ansible_facts")
+        if result.get("failed") or not isinstance(learned, dict):
+            return
+        self.variables.update(learned)
 
     def run_with_retries(self, step: Dict[str, Any], scope: Dict[str, Any]) -> Dict[str, Any]:
         until = step.get("until")
@@ -389,8 +434,13 @@ class Runner:
         self.ctx.variables = scope
         self.ctx.step = step  # type: ignore[attr-defined]  # for modules keyed on the step (reboot)
         try:
-            state = module.check(params, self.ctx)
-            result: Result = module.apply(params, state, self.ctx)
+            with self.ctx.acting(
+                check_mode=step.get("check_mode"),
+                environment={str(k): str(v) for k, v in render(step.get("environment") or {}, scope).items()},
+                become_user=render(step.get("become_user"), scope) if step.get("become") is not False else None,
+            ):
+                state = module.check(params, self.ctx)
+                result: Result = module.apply(params, state, self.ctx)
             out: Dict[str, Any] = dict(result.data, changed=result.changed, failed=False, msg=result.msg)
             if result.diff is not None:
                 out["diff"] = result.diff
@@ -414,7 +464,7 @@ class Runner:
             }
         local = dict(scope, **({step["register"]: out} if step.get("register") else {}))
         local["result"] = out
-        if step.get("changed_when") is not None and not out["failed"]:
+        if step.get("changed_when") is not None:  # it decides even on a failure that failed_when then clears
             out["changed"] = self._truth(step["changed_when"], local, step, "changed_when")
         if step.get("failed_when") is not None:
             out["failed"] = self._truth(step["failed_when"], local, step, "failed_when")

@@ -23,22 +23,135 @@ class TemplateError(Exception):
     pass
 
 
-def _environment(loader: Any = None) -> "jinja2.Environment":
+def _environment(loader: Any = None, **options: Any) -> "jinja2.Environment":
     import jinja2
     import jinja2.sandbox
+
+    from agent import ansible_jinja
 
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         loader=loader,
+        **options,
     )
-    env.filters.setdefault(
-        "bool", lambda v: str(v).lower() in ("1", "true", "yes", "on") if isinstance(v, str) else bool(v)
-    )
-    env.filters.setdefault("regex_search", lambda v, p: (re.search(p, str(v)) or [None])[0])
-    env.filters.setdefault("basename", os.path.basename)
-    env.filters.setdefault("dirname", os.path.dirname)
+    ansible_jinja.install(env)
+    env.globals["lookup"] = jinja2.pass_context(lookup)
+    env.globals["query"] = env.globals["q"] = jinja2.pass_context(query)
     return env
+
+
+# --- lookup/query: files of the running role only ---------------------------------------------
+def _role_file(ctx_vars: Dict[str, Any], kind: str, name: str) -> str:
+    """``name`` in the running role's ``files/`` or ``templates/`` in the bundle; never a path out of it."""
+    base = ctx_vars.get("__kiln_bundle_dirs", {}).get(kind)
+    role = ctx_vars.get("role_name")
+    if not base or not role:
+        raise TemplateError(f"lookup('{kind[:-1] if kind == 'files' else 'template'}', {name!r}): no role here")
+    root = os.path.realpath(os.path.join(base, role))
+    rel = template_path(name)
+    path = os.path.realpath(os.path.join(root, rel)) if rel else ""
+    if not rel or os.path.commonpath([path, root]) != root:
+        raise TemplateError(f"lookup: {name} leads out of the role's {kind}/")
+    if not os.path.isfile(path):
+        raise TemplateError(f"lookup: {name} is not in the role's {kind}/")
+    return path
+
+
+def _lookup_values(context: Any, kind: str, terms: tuple, kwargs: Dict[str, Any]) -> list:
+    scope = dict(context.get_all())
+    if kind == "file":
+        out = []
+        for term in terms:
+            with open(_role_file(scope, "files", term), encoding="utf-8") as handle:
+                text = handle.read()
+            out.append(text.rstrip("\n") if kwargs.get("rstrip", True) else text)
+        return out
+    if kind == "template":
+        return [
+            render_file(scope["__kiln_bundle_dirs"]["templates"], f"{scope['role_name']}/{t}", scope) for t in terms
+        ]
+    if kind == "vars":
+        missing = [t for t in terms if t not in scope]
+        if missing and "default" not in kwargs:
+            raise TemplateError(f"lookup('vars'): no variable {missing[0]!r}")
+        return [scope.get(t, kwargs.get("default")) for t in terms]
+    if kind == "varnames":
+        return [",".join(n for n in scope if re.search(t, n) and not n.startswith("__kiln")) for t in terms]
+    if kind == "first_found":
+        return _first_found(scope, terms, kwargs)
+    if kind == "env":
+        return [os.environ.get(t, kwargs.get("default", "")) for t in terms]
+    raise TemplateError(f"lookup({kind!r}): kiln has file, template, vars, varnames and env lookups")
+
+
+def _first_found(scope: Dict[str, Any], terms: tuple, kwargs: Dict[str, Any]) -> list:
+    """The first of ``terms`` that exists in the running role's vars/, files/ or templates/ (a path on the box)."""
+    dirs = scope.get("__kiln_bundle_dirs", {})
+    role = scope.get("role_name", "")
+    roots = [os.path.join(os.path.dirname(dirs.get("files", "/")), "vars", role)]
+    roots += [os.path.join(dirs[kind], role) for kind in ("files", "templates") if kind in dirs]
+    names = list(terms) + list(kwargs.get("files", []))
+    for name in names:
+        rel = template_path(str(name))
+        for root in roots:
+            path = os.path.realpath(os.path.join(root, rel)) if rel else ""
+            if (
+                rel
+                and os.path.isfile(path)
+                and os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root)
+            ):
+                return [path]
+    if kwargs.get("skip"):
+        return []
+    raise TemplateError(f"lookup('first_found'): none of {', '.join(map(str, names))} is in the role")
+
+
+def lookup(context: Any, kind: str, *terms: Any, wantlist: bool = False, **kwargs: Any) -> Any:
+    values = _lookup_values(context, kind, tuple(_flat_terms(terms)), kwargs)
+    if wantlist:
+        return values
+    return ",".join(str(v) for v in values) if len(values) != 1 else values[0]
+
+
+def query(context: Any, kind: str, *terms: Any, **kwargs: Any) -> list:
+    values = _lookup_values(context, kind, tuple(_flat_terms(terms)), kwargs)
+    if kind == "varnames":
+        return [name for joined in values for name in joined.split(",") if name]
+    return values
+
+
+def _flat_terms(terms: tuple) -> list:
+    return [t for term in terms for t in (term if isinstance(term, list) else [term])]
+
+
+HEADER_OPTIONS = (
+    "trim_blocks",
+    "lstrip_blocks",
+    "keep_trailing_newline",
+    "newline_sequence",
+    "block_start_string",
+    "block_end_string",
+    "variable_start_string",
+    "variable_end_string",
+    "comment_start_string",
+    "comment_end_string",
+)
+
+
+def template_options(source: str) -> Tuple[str, Dict[str, Any]]:
+    """Ansible's template defaults (trim_blocks) and a first-line ``#jinja2: key: value, ...`` header."""
+    options: Dict[str, Any] = {"trim_blocks": True}
+    if not source.startswith("#jinja2:"):
+        return source, options
+    header, _, body = source.partition("\n")
+    for pair in header[len("#jinja2:") :].split(","):
+        key, _, value = (part.strip() for part in pair.partition(":"))
+        if key not in HEADER_OPTIONS:
+            raise TemplateError(f"#jinja2: header: unknown option {key!r} (one of {', '.join(HEADER_OPTIONS)})")
+        literal = value.strip("'\"")
+        options[key] = {"true": True, "false": False}.get(literal.lower(), literal.encode().decode("unicode_escape"))
+    return body, options
 
 
 @functools.lru_cache(maxsize=None)
@@ -176,11 +289,16 @@ def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str
         root, rel = templates_dir, name
     import jinja2
 
-    env = _environment(RoleTemplates(root))
     try:
         if template_path(name) is None:
             raise jinja2.TemplateNotFound(name, f"{name} leads out of the role's templates/")
-        return env.get_template(rel).render(**variables)
+        loader = RoleTemplates(root)
+        source, _, _ = loader.get_source(environment(), rel)
+        body, options = template_options(source)
+        env = _environment(loader, **options)
+        scope = dict(variables, template_path=rel, template_host=os.uname().nodename)
+        scope.setdefault("ansible_managed", "Ansible managed")
+        return env.from_string(body).render(**scope)
     except jinja2.TemplateError as exc:
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise TemplateError(f"template {name}{where}: {exc}") from exc

@@ -57,10 +57,24 @@ def run_command(params: Dict[str, Any], state: Dict[str, Any], ctx: Context, she
     else:
         argv = params.get("argv") or shlex.split(params["cmd"])
     env = {str(k): str(v) for k, v in (params.get("env") or {}).items()}
-    done = ctx.run(argv, check=False, input=params.get("stdin"), env=env, shell=shell,
-                   cwd=params.get("chdir"), timeout=params.get("timeout"))
-    data = {"rc": done.rc, "stdout": done.stdout, "stderr": done.stderr,
-            "stdout_lines": done.stdout.splitlines()}
+    done = ctx.run(
+        argv,
+        check=False,
+        input=params.get("stdin"),
+        env=env,
+        shell=shell,
+        cwd=params.get("chdir"),
+        timeout=params.get("timeout"),
+    )
+    stdout, stderr = done.stdout.rstrip("\r\n"), done.stderr.rstrip("\r\n")  # as Ansible registers them
+    data = {
+        "rc": done.rc,
+        "stdout": stdout,
+        "stderr": stderr,
+        "stdout_lines": stdout.splitlines(),
+        "stderr_lines": stderr.splitlines(),
+        "cmd": argv,
+    }
     if done.rc != 0:
         raise ModuleError(f"exited {done.rc}", **data)
     return Result(True, f"ran (rc {done.rc})", data=data)

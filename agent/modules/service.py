@@ -17,14 +17,24 @@ from agent.api import Context, ModuleError, Result
 SCHEMA = {
     "description": "Manage a systemd service: started/stopped/restarted/reloaded, enabled at boot or not.",
     "args": {
-        "name": {"type": "str", "required": True, "aliases": ["service", "unit"],
-                 "description": "Unit name (\".service\" may be left out)."},
-        "state": {"type": "str", "choices": ["started", "stopped", "restarted", "reloaded"],
-                  "description": "started/stopped: only when different; restarted/reloaded: always "
-                                 "(reloaded starts a stopped service)."},
+        "name": {
+            "type": "str",
+            "required": True,
+            "aliases": ["service", "unit"],
+            "description": 'Unit name (".service" may be left out).',
+        },
+        "state": {
+            "type": "str",
+            "choices": ["started", "stopped", "restarted", "reloaded"],
+            "description": "started/stopped: only when different; restarted/reloaded: always "
+            "(reloaded starts a stopped service).",
+        },
         "enabled": {"type": "bool", "description": "Start at boot (systemctl enable) or not."},
-        "daemon_reload": {"type": "bool", "default": False,
-                          "description": "Run systemctl daemon-reload first (after changing unit files)."},
+        "daemon_reload": {
+            "type": "bool",
+            "default": False,
+            "description": "Run systemctl daemon-reload first (after changing unit files).",
+        },
     },
     "required_one_of": [["state", "enabled", "daemon_reload"]],
     "check_mode": "full",
@@ -77,7 +87,7 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         after["state"] = "inactive" if want == "stopped" else "active"
     enabled = params.get("enabled")
     if enabled is not None:
-        if state["enabled"] == "masked":
+        if state["enabled"].startswith("masked") and enabled:
             raise ModuleError(f"service {name} is masked; unmask it first")
         is_on = state["enabled"] in ENABLED
         if enabled and not is_on:
@@ -88,8 +98,9 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
             before["enabled"] = state["enabled"]
             after["enabled"] = "enabled" if enabled else "disabled"
     if not actions:
-        return Result(False, f"service {name} is as wanted ({state['active']}, {state['enabled']})",
-                      data={"status": state})
+        return Result(
+            False, f"service {name} is as wanted ({state['active']}, {state['enabled']})", data={"status": state}
+        )
     msg = f"service {name}: " + ", ".join(done for _, done in actions)
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode)", diff={"before": before, "after": after})
@@ -97,6 +108,8 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         done = ctx.run(["systemctl", verb, name], check=False)
         if done.rc != 0:
             status = ctx.run(["systemctl", "status", "--no-pager", "-n", "10", name], check=False)
-            raise ModuleError(f"systemctl {verb} {name} failed: {(done.stderr or done.stdout).strip()}\n"
-                              f"{status.stdout.strip()}", rc=done.rc)
+            raise ModuleError(
+                f"systemctl {verb} {name} failed: {(done.stderr or done.stdout).strip()}\n{status.stdout.strip()}",
+                rc=done.rc,
+            )
     return Result(True, msg, diff={"before": before, "after": after}, data={"status": check(params, ctx)})
