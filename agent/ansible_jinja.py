@@ -128,20 +128,36 @@ def unique(value: List[Any]) -> List[Any]:
     return out
 
 
+def _set_op(a: List[Any], b: List[Any], op: str) -> List[Any]:
+    """As ansible-core: a set operation (set order) when all items are hashable, else order kept."""
+    try:
+        left, right = set(a), set(b)
+    except TypeError:
+        both = unique(list(a) + list(b))
+        keep = {
+            "|": lambda x: True,
+            "&": lambda x: x in a and x in b,
+            "-": lambda x: x in a and x not in b,
+            "^": lambda x: (x in a) != (x in b),
+        }[op]
+        return [x for x in both if keep(x)]
+    return list({"|": left | right, "&": left & right, "-": left - right, "^": left ^ right}[op])
+
+
 def union(a: List[Any], b: List[Any]) -> List[Any]:
-    return unique(list(a) + list(b))
+    return _set_op(a, b, "|")
 
 
 def intersect(a: List[Any], b: List[Any]) -> List[Any]:
-    return unique([x for x in a if x in b])
+    return _set_op(a, b, "&")
 
 
 def difference(a: List[Any], b: List[Any]) -> List[Any]:
-    return unique([x for x in a if x not in b])
+    return _set_op(a, b, "-")
 
 
 def symmetric_difference(a: List[Any], b: List[Any]) -> List[Any]:
-    return unique([x for x in union(a, b) if x not in intersect(a, b)])
+    return _set_op(a, b, "^")
 
 
 def ternary(value: Any, true_val: Any, false_val: Any, none_val: Any = None) -> Any:
@@ -412,7 +428,7 @@ TESTS: Dict[str, Callable[..., bool]] = {
 
 # --- YAML (a safe subset) --------------------------------------------------------------------
 PLAIN_UNSAFE = re.compile(r"^[\s\-?:,\[\]{}#&*!|>'\"%@`]|:\s|\s#|\s$|^$")
-SPECIAL_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "~", "y", "n"}
+SPECIAL_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "~"}
 
 
 def _scalar(value: Any) -> str:
@@ -428,36 +444,52 @@ def _scalar(value: Any) -> str:
     return text
 
 
-def to_yaml(value: Any, nice: bool = False, indent: int = 0) -> str:
-    """Block-style YAML (keys in order); flow style only for empty collections."""
-    return _emit(value, indent, nice) + ("" if isinstance(value, (dict, list)) and value else "\n")
+def to_yaml(value: Any, nice: bool = False) -> str:
+    """YAML as ansible-core's to_yaml (PyYAML: sorted keys, flow style for collections of scalars) or
+    to_nice_yaml (block style, indent 4)."""
+    step = 4 if nice else 2
+    if not isinstance(value, (dict, list)) or not value or (not nice and _flat(value)):
+        return _inline(value) + "\n"
+    return "".join(_block_lines(value, 0, step, not nice))
 
 
-def _emit(value: Any, indent: int, nice: bool) -> str:
-    pad = " " * indent
-    if isinstance(value, dict) and value:
-        lines = []
-        for key, item in value.items():
-            if isinstance(item, (dict, list)) and item:
-                nested = indent + 2 if isinstance(item, dict) or nice else indent
-                lines.append(f"{pad}{_scalar(key)}:\n{_emit(item, nested, nice)}")
-            else:
-                lines.append(f"{pad}{_scalar(key)}: {_emit(item, 0, nice).strip()}\n")
-        return "".join(lines)
-    if isinstance(value, list) and value:
-        lines = []
-        for item in value:
-            if isinstance(item, (dict, list)) and item:
-                body = _emit(item, indent + 2, nice)
-                lines.append(f"{pad}- {body[indent + 2 :]}")
-            else:
-                lines.append(f"{pad}- {_emit(item, 0, nice).strip()}\n")
-        return "".join(lines)
+def _flat(value: Any) -> bool:
+    items = value.values() if isinstance(value, dict) else value
+    return all(not isinstance(item, (dict, list)) or not item for item in items)
+
+
+def _inline(value: Any) -> str:
     if isinstance(value, dict):
-        return "{}"
+        return "{" + ", ".join(f"{_scalar(k)}: {_inline(v)}" for k, v in sorted(value.items())) + "}"
     if isinstance(value, list):
-        return "[]"
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
     return _scalar(value)
+
+
+def _nested(value: Any, flow: bool) -> bool:
+    """A value written on lines of its own below its key or dash."""
+    return isinstance(value, (dict, list)) and bool(value) and not (flow and _flat(value))
+
+
+def _block_lines(value: Any, indent: int, step: int, flow: bool) -> List[str]:
+    pad = " " * indent
+    lines: List[str] = []
+    if isinstance(value, dict):
+        for key, item in sorted(value.items()):
+            if not _nested(item, flow):
+                lines.append(f"{pad}{_scalar(key)}: {_inline(item)}\n")
+            else:
+                lines.append(f"{pad}{_scalar(key)}:\n")
+                lines += _block_lines(item, indent + step if isinstance(item, dict) else indent, step, flow)
+        return lines
+    for item in value:
+        if not _nested(item, flow):
+            lines.append(f"{pad}- {_inline(item)}\n")
+            continue
+        inner = _block_lines(item, indent + step, step, flow)
+        lines.append(f"{pad}-{' ' * (step - 1)}{inner[0][indent + step :]}")
+        lines += inner[1:]
+    return lines
 
 
 def _number(text: str) -> Any:

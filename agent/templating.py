@@ -209,10 +209,12 @@ def render(value: Any, variables: Dict[str, Any], depth: int = 0) -> Any:
     return result
 
 
-def _jinja_error() -> type:
+def _jinja_error() -> tuple:
     import jinja2
 
-    return jinja2.TemplateError
+    from agent.ansible_jinja import FilterError
+
+    return (jinja2.TemplateError, FilterError)
 
 
 def resolve_variables(variables: Dict[str, Any]) -> Dict[str, Any]:
@@ -299,7 +301,7 @@ def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str
         scope = dict(variables, template_path=rel, template_host=os.uname().nodename)
         scope.setdefault("ansible_managed", "Ansible managed")
         return env.from_string(body).render(**scope)
-    except jinja2.TemplateError as exc:
+    except _jinja_error() as exc:
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise TemplateError(f"template {name}{where}: {exc}") from exc
 

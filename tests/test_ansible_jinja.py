@@ -1,0 +1,151 @@
+"""Ansible's filters and tests in the agent's Jinja environment, proved against ansible-core's own templar.
+
+Each expression is rendered by ansible-core (on the controller) and by the agent's environment; the two
+must agree. No expected values are written by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.templating import TemplateError, evaluate, render, template_options
+
+ansible_template = pytest.importorskip("ansible.template")
+
+VARIABLES = {
+    "word": "Hello World",
+    "version": "1.2.10",
+    "conf": {"a": 1, "b": {"c": 2, "d": [1, 2]}},
+    "other": {"b": {"c": 3, "e": 4}, "f": "x"},
+    "pairs": [{"key": "k1", "value": "v1"}, {"key": "k2", "value": 2}],
+    "nested": [1, [2, [3, None]], "4"],
+    "numbers": [3, 1, 3, 2],
+    "more": [2, 5],
+    "result_ok": {"changed": True, "failed": False, "rc": 0},
+    "result_bad": {"changed": False, "failed": True, "rc": 2},
+    "result_skip": {"changed": False, "skipped": True},
+    "data": {"name": "web", "ports": [80, 443], "tls": True, "empty": [], "note": "yes", "n": None},
+    "path": "/etc/nginx/sites-enabled/default.conf",
+    "multi": "line one\nline two",
+    "yaml_text": "---\na: 1  # one\nb:\n  - x\n  - y: 2\n    z: [1, two]\nc: {d: e}\nh: yes\ni: 'q: s'\nj:\nk: \"x\"\n",
+}
+
+EXPRESSIONS = [
+    "undefined_name | default('dflt')",
+    "undefined_name | d('short')",
+    "'' | default('x', true)",
+    "['yes', 'no', 'on', 'off', 'true', 1, 0, 'garbage'] | map('bool') | list",
+    "word | regex_search('W(or)ld')",
+    "word | regex_search('xyz')",
+    "word | regex_replace('o', '0')",
+    "word | regex_findall('[A-Z]')",
+    "'a.b*c' | regex_escape",
+    "version is version('1.2.9', '>')",
+    "version is version('1.10', '<')",
+    "version is version_compare('1.2.10', '==')",
+    "version is version('1.2.10', 'ge')",
+    "conf | combine(other)",
+    "conf | combine(other, recursive=true)",
+    "conf | dict2items",
+    "pairs | items2dict",
+    "conf | to_json",
+    "conf | to_nice_json",
+    "'{\"a\": [1, 2]}' | from_json",
+    "data | to_yaml",
+    "data | to_nice_yaml",
+    "conf | to_nice_yaml",
+    "yaml_text | from_yaml",
+    "data | to_nice_yaml | from_yaml",
+    "conf | to_yaml | from_yaml",
+    "word | b64encode",
+    "'SGVsbG8gV29ybGQ=' | b64decode",
+    "path | basename",
+    "path | dirname",
+    '"it\'s here" | quote',
+    "true | ternary('on', 'off')",
+    "false | ternary('on', 'off')",
+    "multi | comment",
+    "word | comment('c')",
+    "word | comment('cblock')",
+    "word | comment('xml')",
+    "word | hash('sha1')",
+    "word | hash('md5')",
+    "word | checksum",
+    "nested | flatten",
+    "nested | flatten(levels=1)",
+    "numbers | unique",
+    "numbers | union(more)",
+    "numbers | intersect(more)",
+    "numbers | difference(more)",
+    "numbers | symmetric_difference(more)",
+    "numbers | zip(more) | list",
+    "result_ok is succeeded",
+    "result_ok is changed",
+    "result_bad is failed",
+    "result_bad is success",
+    "result_skip is skipped",
+    "result_ok is skipped",
+    "word is match('Hel')",
+    "word is match('World')",
+    "word is search('World')",
+    "word is regex('W.rld')",
+    "'' is truthy",
+    "'x' is truthy",
+    "0 is falsy",
+    "data.note is truthy(convert_bool=true)",
+    "undefined_name is defined",
+    "word is defined",
+    "[1, 2] is subset([1, 2, 3])",
+    "'512 MB' | human_to_bytes",
+]
+
+
+@pytest.fixture(scope="module")
+def ansible_templar():
+    from ansible.parsing.dataloader import DataLoader
+
+    return ansible_template.Templar(loader=DataLoader(), variables=dict(VARIABLES))
+
+
+def ansible_renders(templar, source: str):
+    return templar.template(ansible_template.trust_as_template(source))
+
+
+@pytest.mark.parametrize("expression", EXPRESSIONS)
+def test_expression_matches_ansible(ansible_templar, expression):
+    expected = ansible_renders(ansible_templar, "{{ " + expression + " }}")
+    assert evaluate(expression, dict(VARIABLES)) == expected
+
+
+@pytest.mark.parametrize("expression", ["data | to_nice_yaml", "conf | to_yaml", "multi | comment", "numbers | unique"])
+def test_expression_inside_text_matches_ansible(ansible_templar, expression):
+    source = "before {{ " + expression + " }} after"
+    assert render(source, dict(VARIABLES)) == ansible_renders(ansible_templar, source)
+
+
+def test_mandatory_fails_like_ansible(ansible_templar):
+    with pytest.raises(Exception):  # noqa: B017 - ansible-core's own error class
+        ansible_renders(ansible_templar, "{{ undefined_name | mandatory }}")
+    with pytest.raises(TemplateError, match="undefined_name"):
+        evaluate("undefined_name | mandatory", {})
+
+
+def test_omit_is_a_placeholder():
+    assert evaluate("omit", {}) == evaluate("omit", {}) and "omit" in evaluate("omit", {})
+
+
+def test_template_defaults_trim_blocks_and_header():
+    body, options = template_options("{% if x %}\nyes\n{% endif %}\n")
+    assert options == {"trim_blocks": True} and body.startswith("{% if")
+    body, options = template_options("#jinja2: trim_blocks: False, lstrip_blocks: True\n{{ x }}\n")
+    assert options == {"trim_blocks": False, "lstrip_blocks": True} and body == "{{ x }}\n"
+    with pytest.raises(TemplateError, match="unknown option"):
+        template_options("#jinja2: trim_block: False\n")
+
+
+def test_lookup_vars_and_varnames():
+    scope = {"ntp_a": 1, "ntp_b": 2, "other": 3}
+    assert evaluate("lookup('vars', 'ntp_a')", scope) == 1
+    assert evaluate("query('varnames', '^ntp_')", scope) == ["ntp_a", "ntp_b"]
+    with pytest.raises(TemplateError, match="no role"):
+        evaluate("lookup('file', '../../etc/passwd')", scope)
