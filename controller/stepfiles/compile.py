@@ -42,7 +42,9 @@ from controller.stepfiles.validate import (
 
 ROLE_KEYS = ("description", "depends", "defaults", "vars", "base", "publish")  # publish: controller/consumers
 ROLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-STEP_FILES = ("role.yml", "steps.yml", "handlers.yml", "verify.yml")
+STEP_FILES = ("role.yml", "steps.yml", "handlers.yml", "verify.yml", "tasks/main.yml", "meta/main.yml")
+META_KEYS = ("dependencies", "galaxy_info", "allow_duplicates", "argument_specs", "collections")
+DEPENDENCY_KEYS = ("role", "name", "src", "version", "scm", "tags")
 
 
 @dataclass
@@ -61,6 +63,12 @@ class RoleSource:
     defaults: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
     base: dict[str, Any] = field(default_factory=dict)
+    ansible_meta_doc: Document | None = None  # meta/main.yml
+    defaults_doc: Document | None = None  # defaults/main.yml
+    vars_doc: Document | None = None  # vars/main.yml
+    ansible_vars: dict[str, Any] = field(default_factory=dict)  # vars/main.yml: above kiln.yaml, as in Ansible
+    vars_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # vars/*.yml for include_vars
+    dep_refs: list[tuple[Document, tuple[Any, ...]]] = field(default_factory=list)  # where each of depends is
 
 
 # --- helpers others call ------------------------------------------------------------------
@@ -122,8 +130,8 @@ def resolve_variables(
 def _load(tree: RoleTree, name: str, problems: list[Diagnostic]) -> Document | None:
     if name not in tree.files:  # absent, or refused: a link out of the role is never read
         return None
-    try:
-        return load_yaml(tree.dir / name)
+    try:  # Ansible's layout is read as Ansible reads it: YAML 1.1
+        return load_yaml(tree.dir / name, yaml11="/" in name)
     except InvalidInput as exc:
         problems.extend(exc.diagnostics)
         return None
@@ -137,6 +145,7 @@ def _load_role(roles_dir: Path, name: str, problems: list[Diagnostic]) -> RoleSo
     src.steps_doc = _load(tree, "steps.yml", problems)
     src.handlers_doc = _load(tree, "handlers.yml", problems)
     src.verify_doc = _load(tree, "verify.yml", problems)
+    _load_ansible_layout(src, problems)
     doc = src.meta_doc
     if doc is None or doc.data is None:
         return src
@@ -165,6 +174,7 @@ def _load_role(roles_dir: Path, name: str, problems: list[Diagnostic]) -> RoleSo
             problems.append(doc.diag(("depends", index), f"depends lists role names, got {dep!r}"))
         else:
             src.depends.append(dep)
+            src.dep_refs.append((doc, ("depends", index)))
     for key in ("defaults", "vars"):
         value = data.get(key)
         if value is None:
@@ -214,6 +224,95 @@ def _load_role(roles_dir: Path, name: str, problems: list[Diagnostic]) -> RoleSo
     return src
 
 
+def _load_ansible_layout(src: RoleSource, problems: list[Diagnostic]) -> None:
+    """Ansible's role layout: tasks/, handlers/, defaults/, vars/ and meta/ main.yml, and vars/*.yml."""
+    tree = src.tree
+    if src.steps_doc is None:
+        src.steps_doc = _load(tree, "tasks/main.yml", problems) or _load(tree, "tasks/main.yaml", problems)
+    if src.handlers_doc is None:
+        src.handlers_doc = _load(tree, "handlers/main.yml", problems) or _load(tree, "handlers/main.yaml", problems)
+    src.defaults_doc = _load(tree, "defaults/main.yml", problems)
+    src.defaults.update(_variables(src.defaults_doc, problems))
+    src.vars_doc = _load(tree, "vars/main.yml", problems)
+    src.ansible_vars = _variables(src.vars_doc, problems)
+    for rel in sorted(tree.under("vars")):
+        if rel.endswith((".yml", ".yaml", ".json")) and "/" not in rel:
+            doc = src.vars_doc if rel == "main.yml" else _load(tree, f"vars/{rel}", problems)
+            src.vars_files[rel] = _variables(doc, problems)
+    src.ansible_meta_doc = _load(tree, "meta/main.yml", problems)
+    _dependencies(src, problems)
+
+
+def _variables(doc: Document | None, problems: list[Diagnostic]) -> dict[str, Any]:
+    if doc is None or doc.data is None:
+        return {}
+    if not isinstance(doc.data, dict):
+        problems.append(doc.diag((), f"a variables file is a mapping of names to values, got {kind_of(doc.data)}"))
+        return {}
+    out = {}
+    for var, value in doc.data.items():
+        if not IDENTIFIER.match(var):
+            problems.append(
+                doc.diag((var,), f"variable name '{var}' is not an identifier (letters, digits, _)", key=True)
+            )
+        elif var in RESERVED_NAMES:
+            problems.append(doc.diag((var,), f"'{var}' is reserved and cannot be a variable", key=True))
+        else:
+            out[var] = _decrypted(doc, (var,), value, problems)
+    return out
+
+
+def _decrypted(doc: Document, path: tuple[Any, ...], value: Any, problems: list[Diagnostic]) -> Any:
+    """``value`` with every ``!vault`` scalar in it decrypted (a problem where that cannot be done)."""
+    from controller import vault
+
+    if isinstance(value, dict):
+        return {k: _decrypted(doc, path + (k,), v, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decrypted(doc, path + (i,), v, problems) for i, v in enumerate(value)]
+    if path not in doc.vaulted:
+        return value
+    try:
+        return vault.VaultSecret(vault.decrypt(value))
+    except vault.VaultError as exc:
+        problems.append(doc.diag(path, str(exc)))
+        return ""
+
+
+def _dependencies(src: RoleSource, problems: list[Diagnostic]) -> None:
+    doc = src.ansible_meta_doc
+    if doc is None or doc.data is None:
+        return
+    if not isinstance(doc.data, dict):
+        problems.append(
+            doc.diag((), f"meta/main.yml must be a mapping (dependencies, galaxy_info), got {kind_of(doc.data)}")
+        )
+        return
+    deps = doc.data.get("dependencies") or []
+    if not isinstance(deps, list):
+        problems.append(doc.diag(("dependencies",), f"dependencies must be a list of roles, got {kind_of(deps)}"))
+        return
+    for index, dep in enumerate(deps):
+        name = dep
+        if isinstance(dep, dict):
+            for key in dep:
+                if key not in DEPENDENCY_KEYS:
+                    problems.append(
+                        doc.diag(
+                            ("dependencies", index, key),
+                            f"dependency setting '{key}' is not supported: kiln bakes each role "
+                            "once with its own variables (set them in kiln.yaml vars)",
+                            key=True,
+                        )
+                    )
+            name = dep.get("role") or dep.get("name")
+        if not isinstance(name, str) or not ROLE_NAME.match(name.split(".")[-1]):
+            problems.append(doc.diag(("dependencies", index), f"a dependency is a role name, got {name!r}"))
+            continue
+        src.depends.append(name.split(".")[-1] if name not in ("",) else name)
+        src.dep_refs.append((doc, ("dependencies", index)))
+
+
 def _resolve_chain(
     playbooks_dir: Path, role: str, problems: list[Diagnostic]
 ) -> tuple[list[str], dict[str, RoleSource]]:
@@ -248,8 +347,8 @@ def _resolve_chain(
             return
         src = _load_role(roles_dir, name, problems)
         sources[name] = src
-        for index, dep in enumerate(src.depends):
-            visit(dep, stack + [name], (src.meta_doc, ("depends", index)) if src.meta_doc else None)
+        for dep, ref in zip(src.depends, src.dep_refs, strict=True):
+            visit(dep, stack + [name], ref)
         chain.append(name)
 
     visit(role, [], None)
@@ -284,6 +383,8 @@ def _role_files(src: RoleSource) -> dict[str, bytes]:
     for folder in ("files", "templates"):
         for rel, path in sorted(src.tree.under(folder).items()):
             out[f"{folder}/{src.name}/{rel}"] = path.read_bytes()
+    for rel, values in sorted(src.vars_files.items()):  # read (and decrypted) here: JSON for include_vars
+        out[f"vars/{src.name}/{rel}"] = json.dumps(values, default=str).encode()
     return out
 
 
@@ -328,6 +429,7 @@ def _compile(
     tags: list[str] | None,
     skip_tags: list[str] | None,
     want_hash: bool,
+    check_mode: bool = False,
 ) -> CompiledRole:
     playbooks_dir = Path(playbooks_dir)
     problems: list[Diagnostic] = []
@@ -339,13 +441,16 @@ def _compile(
     steps: list[dict[str, Any]] = []
     for name in chain:
         src = sources[name]
+        collector.vars_files[name] = src.vars_files
         if src.steps_doc is not None:
-            steps += StepCompiler(collector, modules, name, src.dir, src.steps_doc).compile_file()
+            steps += StepCompiler(collector, modules, name, src.dir, src.steps_doc, src.tree).compile_file()
     handlers: list[dict[str, Any]] = []
     for name in chain:
         src = sources[name]
         if src.handlers_doc is not None:
-            handlers += StepCompiler(collector, modules, name, src.dir, src.handlers_doc).compile_file(handlers=True)
+            handlers += StepCompiler(collector, modules, name, src.dir, src.handlers_doc, src.tree).compile_file(
+                handlers=True
+            )
     checks: list[dict[str, Any]] = []
     for name in chain:
         src = sources[name]
@@ -359,12 +464,15 @@ def _compile(
     for name in chain:
         variables.update(sources[name].vars)
     variables.update(config.vars)
+    for name in chain:  # Ansible's role vars win over inventory-like variables (kiln.yaml)
+        variables.update(sources[name].ansible_vars)
     variables.update(overrides or {})
     for key in overrides or {}:
         if not IDENTIFIER.match(str(key)) or key in RESERVED_NAMES:
             problems.append(Diagnostic("--var", 1, 1, f"'{key}' cannot be set as a variable"))
 
-    known = set(variables) | collector.registers | set(BUILTIN_NAMES)
+    included = {var for name in chain for values in sources[name].vars_files.values() for var in values}
+    known = set(variables) | collector.registers | set(BUILTIN_NAMES) | included
     var_refs: list[tuple[Document, tuple[Any, ...], Any]] = []
     for name in chain:
         src = sources[name]
@@ -372,13 +480,18 @@ def _compile(
             for section in ("defaults", "vars"):
                 for var, value in getattr(src, section).items():
                     var_refs.append((src.meta_doc, (section, var), value))
+    for name in chain:
+        src = sources[name]
+        for doc, values in ((src.defaults_doc, src.defaults), (src.vars_doc, src.ansible_vars)):
+            if doc is not None and isinstance(doc.data, dict):
+                var_refs += [(doc, (var,), value) for var, value in values.items() if var in doc.data]
     if config.document is not None:
         for var, value in config.vars.items():
             var_refs.append((config.document, ("vars", var), value))
     for doc, path, value in var_refs:
         _collect_var_refs(collector, doc, path, value)
     # a role.yml that did not load leaves its variables unknown: do not guess at undefined names then
-    unreadable = any(d.file.endswith("role.yml") for d in problems)
+    unreadable = any(d.file.endswith(("role.yml", "defaults/main.yml", "vars/main.yml")) for d in problems)
     check_references(collector, known, {name: sources[name].tree for name in chain}, check_names=not unreadable)
 
     resolved = resolve_variables(variables, {"kiln": {"role": role}})
@@ -398,6 +511,14 @@ def _compile(
             except Exception:  # noqa: BLE001 - the name stays as written
                 pass
 
+    for step, doc, path in collector.templated_flags:  # ignore_errors: "{{ ansible_check_mode }}"
+        try:
+            rendered = render(step["ignore_errors"], {**resolved, "ansible_check_mode": check_mode})
+        except Exception as exc:  # noqa: BLE001 - reported, never a traceback
+            problems.append(doc.diag(path, f"cannot decide ignore_errors here: {exc}"))
+            continue
+        step["ignore_errors"] = rendered is True or str(rendered).strip().lower() in ("true", "yes", "on", "1")
+    _render_names(steps + handlers, resolved, known)
     if problems:
         unique = list(dict.fromkeys(problems))
         raise InvalidInput(sorted(unique, key=lambda d: (d.file, d.line, d.column)))
@@ -431,6 +552,18 @@ def _compile(
     )
 
 
+def _render_names(steps: list[dict[str, Any]], resolved: dict[str, Any], known: set[str]) -> None:
+    """Step names with Jinja, rendered where the controller knows every name (the rest on the box)."""
+    for step in steps:
+        if is_templated(step.get("name")):
+            try:
+                step["name"] = str(render(step["name"], resolved))
+            except Exception:  # noqa: BLE001 - facts, registered results, loop items: the box renders it
+                pass
+        for key in ("block", "rescue", "always"):
+            _render_names(step.get(key, []), resolved, known)
+
+
 def _collect_var_refs(collector: Collector, doc: Document, path: tuple[Any, ...], value: Any) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
@@ -454,7 +587,9 @@ def compile_role(
     diff: bool = False,
 ) -> CompiledRole:
     """Validate and compile ``role`` with its dependencies; raise InvalidInput with every problem."""
-    compiled = _compile(playbooks_dir, role, provider, config, overrides, tags, skip_tags, want_hash=True)
+    compiled = _compile(
+        playbooks_dir, role, provider, config, overrides, tags, skip_tags, want_hash=True, check_mode=check_mode
+    )
     # not fields of CompiledRole (a shared contract): carried along for bundle_json
     compiled.check_mode = check_mode  # type: ignore[attr-defined]
     compiled.diff = diff  # type: ignore[attr-defined]

@@ -64,11 +64,80 @@ KEYWORDS: dict[str, dict[str, Any]] = {
     "loop_var": _keyword((STEP,), "The loop variable's name (default `item`).", **VARIABLE),
     "loop_control": _keyword(
         (STEP,),
-        "Ansible's spelling of `loop_var`.",
+        "How a loop runs: `loop_var` (the loop variable's name), `index_var` (a variable holding the item's "
+        "index), `label` (what output shows per item), `extended` (`ansible_loop`), `pause` (seconds between items).",
         type="object",
-        args={"loop_var": dict(VARIABLE, description="The loop variable's name.")},
+        args={
+            "loop_var": dict(VARIABLE, description="The loop variable's name."),
+            "index_var": dict(VARIABLE, description="A variable holding the item's index (0-based)."),
+            "label": {"type": "str", "description": "What output shows for each item."},
+            "extended": {"type": "bool", "description": "Set `ansible_loop` (index, first, last, ...)."},
+            "pause": {"type": "number", "minimum": 0, "description": "Seconds between items."},
+        },
         key_noun="loop_control setting",
-        expect="a mapping like {loop_var: pkg}",
+        expect="a mapping like {loop_var: pkg, label: '{{ pkg.name }}'}",
+    ),
+    **{
+        f"with_{kind}": _keyword(
+            (STEP,),
+            description,
+            type="raw",
+            json_schema={"anyOf": [{"type": "array"}, {"type": "string"}, {"type": "object"}]},
+        )
+        for kind, description in (
+            ("items", "Ansible's loop over a list (a list, or an expression giving one); same as `loop`."),
+            ("list", "Ansible's loop over a list; same as `loop`."),
+            ("dict", "Ansible's loop over a mapping: `item.key` and `item.value` per entry."),
+            ("fileglob", "Loop over the role's files/ matching these patterns (expanded when compiling)."),
+            (
+                "first_found",
+                "The first of these files that exists (include_vars: in vars/, include_tasks: in "
+                "tasks/), names rendered with facts on the box.",
+            ),
+        )
+    },
+    "become": _keyword(
+        (STEP, BLOCK),
+        "Run as another user (`become_user`); steps run as root already, so `become: true` alone changes nothing.",
+        **BOOLEAN,
+    ),
+    "become_user": _keyword(
+        (STEP, BLOCK),
+        "With `become: true`: the user the step runs as (default root).",
+        type="str",
+        pattern=r"\S",
+        expect="a user name",
+    ),
+    "vars": _keyword(
+        (STEP, BLOCK),
+        "Variables for this step (or block) only; they win over role and kiln.yaml variables.",
+        type="raw",
+        json_schema={"type": "object"},
+    ),
+    "environment": _keyword(
+        (STEP, BLOCK),
+        "Environment variables for the step's commands (a mapping of names to values).",
+        type="raw",
+        json_schema={"anyOf": [{"type": "object"}, {"type": "string"}]},
+    ),
+    "args": _keyword(
+        (STEP,),
+        "More arguments for the module (Ansible's spelling; merged with those under the module's key).",
+        type="raw",
+        json_schema={"type": "object"},
+    ),
+    "check_mode": _keyword(
+        (STEP, BLOCK),
+        "`true`: this step only reports what it would change, even in a normal run; "
+        "`false`: it changes things even under --check.",
+        **BOOLEAN,
+    ),
+    "listen": _keyword(
+        (STEP,),
+        "On a handler: more names `notify` may use to run it (a name or a list).",
+        type="list",
+        items={"type": "str", "strict": True, "templated": False},
+        expect="a name or a list of names",
     ),
     "register": _keyword(
         (STEP,),

@@ -128,6 +128,8 @@ class Document:
         self._vpos: dict[Path_, tuple[int, int]] = {(): (1, 1)}
         self._kpos: dict[Path_, tuple[int, int]] = {}
         self._style: dict[Path_, str] = {}
+        self.vaulted: set[Path_] = set()  # values tagged !vault (Ansible Vault ciphertext)
+        self.octal: set[Path_] = set()  # integers written 0644 (YAML 1.1, as Ansible reads its files)
 
     # --- positions ------------------------------------------------------------
     def value_pos(self, path: Iterable[Any] = ()) -> tuple[int, int]:
@@ -214,6 +216,8 @@ class Document:
     def _scalar(self, node: Any, path: Path_) -> Any:
         if isinstance(node, TaggedScalar):
             self._style[path] = PLAIN
+            if str(node.tag.value if hasattr(node.tag, "value") else node.tag) == "!vault":
+                self.vaulted.add(path)
             return str(node.value) if node.value is not None else None
         if isinstance(node, DoubleQuotedScalarString):
             self._style[path] = DOUBLE
@@ -231,6 +235,8 @@ class Document:
         if isinstance(node, bool) or node is None:
             return node if node is None else bool(node)
         if isinstance(node, int):
+            if type(node).__name__ == "OctalInt":
+                self.octal.add(path)
             return int(node)
         if isinstance(node, float):
             return float(node)
@@ -308,14 +314,23 @@ def _syntax_diagnostic(doc: Document, exc: BaseException) -> Diagnostic:
     return doc.diag_at(1, 1, f"YAML syntax error: {str(exc).strip() or type(exc).__name__}")
 
 
-def load_text(text: str, display: str, path: Path | None = None) -> Document:
-    """Parse ``text``; raise InvalidInput (never anything else) when it is not valid YAML."""
+def load_text(text: str, display: str, path: Path | None = None, yaml11: bool = False) -> Document:
+    """Parse ``text``; raise InvalidInput (never anything else) when it is not valid YAML.
+
+    ``yaml11``: read it as Ansible does (YAML 1.1: ``yes`` is true, ``0644`` is octal), for
+    the files of a role in Ansible's layout.
+    """
     doc = Document(path, display, text)
     yaml = YAML(typ="rt")
+    source = text
+    if yaml11:
+        yaml.version = (1, 1)
+        # ruamel goes back to YAML 1.2 at a '---' line: blank the opening one (the lines keep their numbers)
+        source = re.sub(r"\A((?:[ \t]*(?:#[^\n]*)?\n)*)---[ \t]*(?=\n|\Z)", r"\1", text, count=1)
     yaml.preserve_quotes = True
     yaml.allow_duplicate_keys = False
     try:
-        node = yaml.load(text)
+        node = yaml.load(source)
     except Exception as exc:  # ruamel raises more than YAMLError on hostile input; never a traceback
         raise InvalidInput([_syntax_diagnostic(doc, exc)]) from None
     try:
@@ -331,7 +346,7 @@ def load_text(text: str, display: str, path: Path | None = None) -> Document:
     return doc
 
 
-def load_yaml(path: Path, display: str | None = None) -> Document:
+def load_yaml(path: Path, display: str | None = None, yaml11: bool = False) -> Document:
     """Read and parse one YAML file (see :func:`load_text`)."""
     path = Path(path)
     shown = display or display_path(path)
@@ -347,7 +362,7 @@ def load_yaml(path: Path, display: str | None = None) -> Document:
         raise InvalidInput([Diagnostic(shown, line, col, "not UTF-8 text")]) from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    return load_text(text, shown, path)
+    return load_text(text, shown, path, yaml11)
 
 
 def kind_of(value: Any) -> str:

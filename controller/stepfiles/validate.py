@@ -18,6 +18,7 @@ of the key or value at fault.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,37 +46,33 @@ from controller.stepfiles.keywords import (
     STEP_KEYS,
     judge,
 )
-from controller.stepfiles.loader import PLAIN, Document, RoleTree, display_path, kind_of
+from controller.stepfiles import ansible
+from controller.stepfiles.ansible import REFUSED_KEYWORDS
+from controller.stepfiles.loader import PLAIN, Document, RoleTree, display_path, kind_of, load_yaml
 
 FACTS = ("os_family", "distribution", "distribution_version", "distribution_codename", "arch", "cpus",
          "memory_mb", "hostname", "pkg_mgr", "init", "python_version")
 KILN_ATTRS = ("role", "version", "build_id")
-BUILTIN_NAMES = frozenset({"facts", "kiln", "result"}) | JINJA_GLOBALS
+BUILTIN_NAMES = frozenset({"facts", "kiln", "result"}) | JINJA_GLOBALS | frozenset({
+    "ansible_facts", "omit", "role_path", "role_name", "inventory_hostname", "inventory_hostname_short",
+    "lookup", "query", "q", "playbook_dir", "group_names", "hostvars", "groups", "ansible_play_hosts", "now",
+    "ansible_loop", "ansible_loop_var", "ansible_index_var"})
 YAML11_BOOLS = ("yes", "no", "on", "off", "y", "n")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 EXPRESSION_KEYS = ("when", "changed_when", "failed_when", "until")
 __all__ = ["BLOCK_KEYS", "CHECK_ON", "CHECK_ON_DEFAULT", "CONTROL_KEYS", "FLUSH_KEYS", "RESERVED_NAMES", "STEP_KEYS"]
 HINTS = {
-    "with_items": "use 'loop'",
-    "with_list": "use 'loop'",
-    "with_dict": "use 'loop' with a list of mappings",
     "loop_with": "use 'loop'",
-    "become": "the agent runs steps as root; remove it",
-    "become_user": "the agent runs steps as root; use the module's owner/user arguments",
-    "sudo": "the agent runs steps as root; remove it",
-    "args": "put the arguments under the module key",
+    "sudo": "write 'become: true' (steps run as root already)",
     "action": "write the module as the step's key",
-    "local_action": "steps run on the machine being baked; there is no local action",
-    "delegate_to": "steps run on the machine being baked; there is no delegation",
-    "vars": "step variables are not supported; set them in role.yml (defaults or vars)",
-    "include_tasks": "split roles with 'depends' in role.yml",
-    "import_tasks": "split roles with 'depends' in role.yml",
-    "include_role": "use 'depends' in role.yml",
-    "import_role": "use 'depends' in role.yml",
-    "listen": "notify handlers by their name",
-    "check_mode": "check mode is for a whole run (--check), not a step",
-    "environment": "give the module its own env argument",
+    "with_nested": "use 'loop' with the product filter: loop: \"{{ a | product(b) | list }}\"",
+    "with_together": "use 'loop' with the zip filter: loop: \"{{ a | zip(b) | list }}\"",
+    "with_subelements": "use 'loop' with the subelements filter",
+    "with_sequence": "use 'loop' with range(): loop: \"{{ range(1, 5) | list }}\"",
+    "with_indexed_items": "use 'loop' with loop_control: {index_var: index}",
+    "with_flattened": "use 'loop' with the flatten filter",
+    **{key: f"kiln cannot honour it: {why}" for key, why in REFUSED_KEYWORDS.items()},
 }
 # the `src` of these modules names a file in the role's files/ or templates/
 SRC_DIRS = {"copy": "files", "unarchive": "files", "template": "templates"}
@@ -117,6 +114,9 @@ class Collector:
     registers: set[str] = field(default_factory=set)
     handlers: dict[str, str] = field(default_factory=dict)  # name -> "file:line" of its definition
     template_uses: list[TemplateUse] = field(default_factory=list)
+    templated_src: dict[str, set[str]] = field(default_factory=dict)  # role -> names a templated src may use
+    vars_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {vars/ file: its variables}
+    templated_flags: list[tuple[dict[str, Any], Document, tuple[Any, ...]]] = field(default_factory=list)
     no_log_names: set[str] = field(default_factory=set)
     check_templates: list[tuple[dict[str, Any], Document, tuple[Any, ...], str]] = field(default_factory=list)
     index: int = 0
@@ -132,6 +132,7 @@ class StepContext:
     no_log: bool | None = None
     ignore_errors: bool | None = None
     handler: bool = False
+    become: bool = False
 
 
 def _primary(schema: dict[str, Any], args: dict[str, Any]) -> str:
@@ -150,12 +151,14 @@ class StepCompiler:
     """Validate and compile one role's steps or handlers file."""
 
     def __init__(self, collector: Collector, modules: dict[str, ModuleType], role: str, role_dir: Path,
-                 doc: Document) -> None:
+                 doc: Document, tree: RoleTree | None = None, stack: tuple[str, ...] = ()) -> None:
         self.c = collector
         self.modules = modules
         self.role = role
         self.role_dir = role_dir
         self.doc = doc
+        self.tree = tree
+        self.stack = stack
 
     def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> None:
         self.c.add(self.doc.diag(path, message, key=key))
@@ -192,6 +195,8 @@ class StepCompiler:
             self.error(path + ("name",), f"duplicate handler '{name}' (first defined at {first})")
         elif name:
             self.c.handlers[name] = step["source"]
+        for topic in step.get("listen", []):
+            self.c.handlers.setdefault(topic, step["source"])
 
     # --- one step ------------------------------------------------------------
     def compile_step(self, data: Any, path: tuple[Any, ...], ctx: StepContext) -> dict[str, Any] | None:
@@ -208,8 +213,10 @@ class StepCompiler:
         step: dict[str, Any] = {"index": index, "name": "", "module": "", "args": {},
                                 "source": f"{self.doc.display}:{line}", "role": self.role}
 
-        module_keys = [k for k in data if k in self.modules]
-        unknown = [k for k in data if k not in self.modules and k not in CONTROL_KEYS]
+        module_keys = [k for k in data if k not in CONTROL_KEYS and (
+            ansible.resolve(k, self.modules) or ansible.is_controller_module(k))]
+        unknown = [k for k in data if k not in module_keys and k not in CONTROL_KEYS
+                   and k not in ansible.IGNORED_KEYWORDS]
         for key in unknown:
             self.error(path + (key,), self._unknown_message(key, bool(module_keys)), key=True)
 
@@ -230,13 +237,226 @@ class StepCompiler:
             if not unknown:
                 self.error(path, "this step has no module (one module key a step, e.g. command: or file:)")
             return None
-        module = module_keys[0]
+        key = module_keys[0]
+        special = ansible.is_controller_module(key)
+        if special:
+            return self._controller_module(special, key, data, path, ctx, step)
+        mapping = ansible.resolve(key, self.modules)
+        module = mapping.module
         step["module"] = module
         extra = ctx.extra | self._keywords(data, path, ctx, step)
-        self._args(module, data[module], path + (module,), step, extra)
+        given = self._given(mapping, data, path + (key,))
+        if mapping.ansible.split(".")[-1] in ansible.OTHER_OS:
+            self._templated(given, path + (key,), extra)
+            step["args"] = {"msg": f"'{key}' is {ansible.OTHER_OS[key.split('.')[-1]]}: kiln has no such module "
+                                   f"on this system ({step['source']})"}
+        elif module in self.modules:
+            self._args(module, given, path + (key,), step, extra, mapping)
+        else:  # an agent module still to come (ansible.py's contract): its arguments pass unchecked
+            self._templated(given, path + (key,), extra)
+            step["args"] = dict(given) if isinstance(given, dict) else {}
+        if module == "set_fact" and isinstance(step["args"].get("facts"), dict):
+            self.c.registers.update(step["args"]["facts"])
+        if module in ("service_facts", "package_facts"):
+            self.c.registers.add("services" if module == "service_facts" else "packages")
         if not step["name"]:
-            primary = _primary(self.modules[module].SCHEMA, step["args"])
-            step["name"] = f"{module} {primary}".strip()
+            schema = self.modules[module].SCHEMA if module in self.modules else {}
+            step["name"] = f"{key} {_primary(schema, step['args'])}".strip()
+        return step
+
+    def _given(self, mapping: ansible.Mapping, data: dict[str, Any], path: tuple[Any, ...]) -> Any:
+        """The module's arguments as kiln names them: key=value strings split, ``args:`` merged, names mapped."""
+        given = data[mapping.ansible]
+        schema = self.modules[mapping.module].SCHEMA if mapping.module in self.modules else {}
+        specs = schema.get("args", {})
+        if isinstance(given, str) and (not schema.get("free_form") or "=" in given):
+            free_form = schema.get("free_form", "")
+            if free_form or re.match(r"^\s*[A-Za-z_][A-Za-z0-9_-]*=", given):
+                try:
+                    parsed = ansible.parse_key_values(given, free_form)
+                except ansible.KeyValueError as exc:
+                    self.error(path, str(exc))
+                    return {}
+                given = {k: ansible.coerce(specs.get(mapping.renames.get(k, k)), v) if k != free_form else v
+                         for k, v in parsed.items()}
+                if free_form and list(given) == [free_form]:
+                    given = given[free_form]
+        if "args" in data:
+            extra = data["args"]
+            if not isinstance(extra, dict):
+                self.error(path[:-1] + ("args",), f"args must be a mapping of arguments, got {kind_of(extra)}")
+            else:
+                base = {schema["free_form"]: given} if schema.get("free_form") and isinstance(given, str) else (
+                    given if isinstance(given, dict) else {})
+                given = {**extra, **base}
+        if isinstance(given, dict):
+            renamed = {}
+            for key, value in given.items():
+                if key in mapping.ignored:
+                    continue
+                if key == "mode" and isinstance(value, int) and path + (key,) in self.doc.octal:
+                    value = f"0{value:o}"  # Ansible's `mode: 0644` (YAML 1.1 octal), as kiln spells it
+                renamed[mapping.renames.get(key, key)] = value
+            given = renamed
+            if mapping.module == "package" and "name" not in given and "update_cache" in given:
+                given["name"] = []  # Ansible's update-only apt: kiln refreshes the index with the install
+            if mapping.wrap and not (set(given) <= {mapping.wrap, *mapping.keep}
+                                     and isinstance(given.get(mapping.wrap), dict)):
+                given = {**{k: v for k, v in given.items() if k in mapping.keep},
+                         mapping.wrap: {k: v for k, v in given.items() if k not in mapping.keep}}
+        return given
+
+    # --- what the controller compiles itself: include/import_tasks, include_vars, meta ---------------
+    def _controller_module(self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...],
+                           ctx: StepContext, step: dict[str, Any]) -> dict[str, Any] | None:
+        if kind == "meta":
+            return self._meta(data, path + (key,), ctx, step)
+        if kind in ("include_role", "import_role"):
+            self.error(path + (key,), f"'{key}' is not supported yet: list the role under dependencies in "
+                                      "meta/main.yml (or depends in role.yml)", key=True)
+            return None
+        if kind == "include_vars":
+            return self._include_vars(key, data, path, ctx, step)
+        return self._include_tasks(kind, key, data, path, ctx, step)
+
+    def _meta(self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext,
+              step: dict[str, Any]) -> dict[str, Any] | None:
+        value = data[path[-1]]
+        if value == "flush_handlers":
+            flush = {k: v for k, v in data.items() if k != path[-1]}
+            flush["flush_handlers"] = True
+            return self._flush(flush, path[:-1], ctx, step, [])
+        if value == "noop":
+            return None
+        self.error(path, f"meta: {value!r} is not supported (kiln knows meta: flush_handlers; end_play and "
+                         "end_host: put the rest under a when instead)")
+        return None
+
+    def _task_file(self, name: str, where: tuple[Any, ...]) -> Document | None:
+        rel = "tasks/" + name
+        if self.tree is None or rel not in self.tree.files:
+            present = sorted(self.tree.under("tasks")) if self.tree else []
+            self.error(where, f"'{name}' not found in the role's tasks/{did_you_mean(name, present)}")
+            return None
+        if rel in self.stack:
+            self.error(where, f"'{name}' includes itself ({' -> '.join(self.stack + (rel,))})")
+            return None
+        try:
+            return load_yaml(self.tree.files[rel], self.tree.shown(rel), yaml11=True)
+        except Exception as exc:  # noqa: BLE001 - InvalidInput: its diagnostics are the problems
+            self.c.diagnostics.extend(getattr(exc, "diagnostics", []))
+            return None
+
+    def _include_tasks(self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...],
+                       ctx: StepContext, step: dict[str, Any]) -> dict[str, Any] | None:
+        """A block of the included file's steps (``when`` carried); a templated name: one block per candidate
+        file of tasks/, each selected on the box by the name rendered there."""
+        value = data[key]
+        where = path + (key,)
+        if isinstance(value, dict):
+            for name in value:
+                if name not in ansible.INCLUDE_KEYWORDS:
+                    self.error(where + (name,), f"unknown {kind} setting '{name}'", key=True)
+            value, where = value.get("file"), where + ("file",)
+        if not isinstance(value, str) or not value.strip():
+            self.error(where, f"{kind} needs the file to include (a name in the role's tasks/), got {kind_of(value)}")
+            return None
+        if "loop" in data or any(k.startswith("with_") for k in data):
+            self.error(path, f"{kind} with a loop is not supported yet: loop over the steps inside the file")
+            return None
+        block = {k: v for k, v in data.items() if k in ("when", "tags", "no_log", "ignore_errors", "become",
+                                                         "become_user", "vars", "environment", "name")}
+        if is_templated(value):
+            names = sorted(n for n in (self.tree.under("tasks") if self.tree else {})
+                           if fnmatch.fnmatch(n, ansible.glob_of(value)))
+            if not names:
+                self.error(where, f"no file in the role's tasks/ matches '{value}'")
+                return None
+            self._templated(value, where, ctx.extra)
+            chosen = ansible.template_to_expression(value)
+            options = []
+            for name in names:
+                inner = self._included(name, where, ctx)
+                options.append({"index": self._next(), "name": f"{kind} {name}", "module": "block",
+                                "source": f"{self.doc.display}:{self.doc.value_pos(path)[0]}", "role": self.role,
+                                "when": f"({chosen}) == {name!r}", "block": inner, "rescue": [], "always": []})
+            inner_steps = options
+        else:
+            inner_steps = self._included(value, where, ctx)
+        compiled = self._block(block, path, ctx, step, [])
+        compiled["block"] = inner_steps
+        _inherit(compiled)
+        if not block.get("name"):
+            compiled["name"] = f"{kind} {value}"
+        return compiled
+
+    def _included(self, name: str, where: tuple[Any, ...], ctx: StepContext) -> list[dict[str, Any]]:
+        doc = self._task_file(name, where)
+        if doc is None or doc.data is None:
+            return []
+        inner = StepCompiler(self.c, self.modules, self.role, self.role_dir, doc, self.tree,
+                             self.stack + ("tasks/" + name,))
+        if not isinstance(doc.data, list):
+            inner.error((), f"a tasks file is a list of steps (each starting with '- '), got {kind_of(doc.data)}")
+            return []
+        return inner.compile_list(doc.data, (), ctx)
+
+    def _next(self) -> int:
+        self.c.index += 1
+        return self.c.index
+
+    def _include_vars(self, key: str, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext,
+                      step: dict[str, Any]) -> dict[str, Any] | None:
+        """A step loading the first candidate found among the role's vars/ files (read here, chosen on the box)."""
+        value = data[key]
+        where = path + (key,)
+        if isinstance(value, dict):
+            value, where = value.get("file") or value.get("_raw_params"), where + ("file",)
+        step["module"] = "include_vars"
+        self._name(data, path, step)
+        for other in data:
+            if other not in (key, "name", "when", "with_first_found", "tags", "no_log", "loop", "vars",
+                             "ignore_errors"):
+                self.error(path + (other,), f"'{other}' cannot be used with include_vars", key=True)
+        if "when" in data:
+            step["when"] = self._condition(data["when"], path + ("when",), ctx.extra)
+        tags = self._tags(data, path, ctx)
+        if tags:
+            step["tags"] = tags
+        files = self.c.vars_files.get(self.role, {})
+        candidates: list[str] = []
+        places: list[tuple[Any, ...]] = []
+        if "with_first_found" in data:
+            found = data["with_first_found"]
+            if isinstance(found, dict):
+                found = found.get("files", [])
+            entries = found if isinstance(found, list) else [found]
+            for index, item in enumerate(entries):
+                where_item = path + ("with_first_found", index) if isinstance(found, list) else \
+                    path + ("with_first_found",)
+                if isinstance(item, str):
+                    candidates.append(item)
+                    places.append(where_item)
+                else:
+                    self.error(where_item, f"with_first_found lists file names, got {kind_of(item)}")
+            if not candidates:
+                self.error(path + ("with_first_found",), "with_first_found lists no file")
+                return None
+        elif isinstance(value, str):
+            candidates, places = [value], [where]
+        else:
+            self.error(where, f"include_vars needs a file of the role's vars/, got {kind_of(value)}")
+            return None
+        for name, place in zip(candidates, places, strict=True):
+            if is_templated(name):
+                self._templated(name, place, ctx.extra)
+                if not any(fnmatch.fnmatch(f, ansible.glob_of(name)) for f in files):
+                    self.error(place, f"no file in the role's vars/ matches '{name}'")
+            elif name not in files and "with_first_found" not in data:
+                self.error(place, f"'{name}' not found in the role's vars/{did_you_mean(name, list(files))}")
+        step["args"] = {"file": _first_found(candidates, files)}
+        if not step["name"]:
+            step["name"] = f"include_vars {', '.join(candidates)}"
         return step
 
     def _unknown_message(self, key: str, has_module: bool) -> str:
@@ -259,13 +479,17 @@ class StepCompiler:
                   step: dict[str, Any]) -> frozenset[str]:
         """Check the control keywords of a module step; return the loop variable's name (if any)."""
         self._name(data, path, step)
+        if is_templated(step["name"]):
+            self.c.refs.append(Ref(self.doc, path + ("name",), step["name"], True, ctx.extra | {"item"}))
         loop_names: frozenset[str] = frozenset()
-        if "loop" in data:
+        loops = [k for k in data if k == "loop" or (k.startswith("with_") and k in KEYWORDS)]
+        for key in loops[1:]:
+            self.error(path + (key,), f"two loops in one step: '{loops[0]}' and '{key}'", key=True)
+        if loops:
             loop_var = self._loop_var(data, path)
-            loop_names = frozenset({loop_var})
+            loop_names = frozenset({loop_var}) | self._loop_control(data, path, step, ctx.extra | {loop_var})
             secret = data.get("no_log", ctx.no_log) in (True, "yes", "true", "on")
-            self._loop(data["loop"], path + ("loop",), ctx.extra, secret)
-            step["loop"] = data["loop"]
+            step["loop"] = self._ansible_loop(loops[0], data[loops[0]], path + (loops[0],), ctx.extra, secret)
             if loop_var != "item":
                 step["loop_var"] = loop_var
         elif "loop_var" in data or "loop_control" in data:
@@ -286,17 +510,132 @@ class StepCompiler:
                 step[key] = value
                 if is_templated(value):
                     self.c.refs.append(Ref(self.doc, path + (key,), value, True, extra))
+        if is_templated(data.get("ignore_errors")):  # rendered when compiling (ansible_check_mode, variables)
+            self.c.refs.append(Ref(self.doc, path + ("ignore_errors",), data["ignore_errors"], True, extra))
+            self.c.templated_flags.append((step, self.doc, path + ("ignore_errors",)))
+            step["ignore_errors"] = data["ignore_errors"]
         for key in ("ignore_errors", "no_log"):
+            if key == "ignore_errors" and is_templated(data.get(key)):
+                continue
             value = self._bool(data, path, key) if key in data else getattr(ctx, key)
             if value is not None:
                 step[key] = value
         if "notify" in data:
             step["notify"] = self._notify(data["notify"], path + ("notify",))
+        extra = ctx.extra | loop_names | self._scoped(data, path, step, ctx.extra | loop_names)
+        if "listen" in data:
+            if not ctx.handler:
+                self.error(path + ("listen",), "'listen' belongs to a handler (handlers/main.yml or handlers.yml)",
+                           key=True)
+            value = self._judged(data, path, "listen")
+            if value is not None:
+                step["listen"] = value
         tags = self._tags(data, path, ctx)
         if tags:
             step["tags"] = tags
         self._idempotent(data, path, step)
-        return loop_names
+        return extra
+
+    def _scoped(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any],
+                extra: frozenset[str]) -> frozenset[str]:
+        """become/become_user, vars, environment and check_mode; the names ``vars`` defines."""
+        names: frozenset[str] = frozenset()
+        if "become" in data:
+            self._judged(data, path, "become")
+        if "become_user" in data:
+            value = self._judged(data, path, "become_user")
+            if value is not None and data.get("become", True) is not False:
+                step["become_user"] = value
+                if is_templated(value):
+                    self.c.refs.append(Ref(self.doc, path + ("become_user",), value, True, extra))
+        if "vars" in data:
+            value = data["vars"]
+            if not isinstance(value, dict):
+                self.error(path + ("vars",), f"vars must be a mapping of variables, got {kind_of(value)}")
+            else:
+                for name in value:
+                    if not IDENTIFIER.match(name) or name in RESERVED_NAMES:
+                        self.error(path + ("vars", name), f"'{name}' cannot be a variable name", key=True)
+                names = frozenset(value)
+                self._templated(value, path + ("vars",), extra | names)
+                step["vars"] = value
+        if "environment" in data:
+            value = data["environment"]
+            if isinstance(value, str) and is_templated(value):
+                self.c.refs.append(Ref(self.doc, path + ("environment",), value, True, extra | names))
+            elif not isinstance(value, dict):
+                self.error(path + ("environment",), f"environment must be a mapping of names to values, "
+                                                    f"got {kind_of(value)}")
+                value = None
+            else:
+                self._templated(value, path + ("environment",), extra | names)
+            if value is not None:
+                step["environment"] = value
+        if "check_mode" in data:
+            value = self._judged(data, path, "check_mode")
+            if value is not None:
+                step["check_mode"] = value
+        return names
+
+    def _loop_control(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any],
+                      extra: frozenset[str]) -> frozenset[str]:
+        control = data.get("loop_control")
+        if not isinstance(control, dict):
+            return frozenset()
+        names = set()
+        out = {}
+        for key in ("label", "index_var", "extended", "pause", "loop_var"):
+            if key in control:
+                out[key] = control[key]
+        if isinstance(control.get("index_var"), str):
+            names.add(control["index_var"])
+        if control.get("extended") is True:
+            names.add("ansible_loop")
+        if is_templated(control.get("label")):
+            self.c.refs.append(Ref(self.doc, path + ("loop_control", "label"), control["label"], True,
+                                   extra | names))
+        step["loop_control"] = out
+        return frozenset(names)
+
+    def _ansible_loop(self, key: str, value: Any, path: tuple[Any, ...], extra: frozenset[str],
+                      secret: bool) -> Any:
+        """The bundle's ``loop`` for ``loop`` or one of Ansible's ``with_*``."""
+        if key == "with_dict":
+            if isinstance(value, dict):
+                self._templated(value, path, extra, secret)
+                return [{"key": k, "value": v} for k, v in value.items()]
+            if isinstance(value, str):
+                self._expression(value, path, extra)
+                inner = WHOLE_EXPRESSION.match(value)
+                return "{{ (" + (inner.group(1) if inner else value) + ") | dict2items }}"
+            self.error(path, f"with_dict needs a mapping or an expression giving one, got {kind_of(value)}")
+            return []
+        if key == "with_fileglob":
+            return self._fileglob(value, path)
+        if key == "with_first_found":
+            self.error(path, "with_first_found is for include_vars and include_tasks (a file of the role); "
+                             "for another module, name the file or choose it with a when")
+            return []
+        if key == "with_items" and isinstance(value, list):  # with_items flattens one level
+            value = [x for item in value for x in (item if isinstance(item, list) else [item])]
+        self._loop(value, path, extra, secret)
+        return value
+
+    def _fileglob(self, value: Any, path: tuple[Any, ...]) -> list[str]:
+        patterns = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+        if patterns is None or not all(isinstance(p, str) for p in patterns):
+            self.error(path, f"with_fileglob needs a pattern or a list of them, got {kind_of(value)}")
+            return []
+        found: list[str] = []
+        files = self.tree.under("files") if self.tree else {}
+        for index, pattern in enumerate(patterns):
+            where = path + (index,) if isinstance(value, list) else path
+            if is_templated(pattern) or pattern.startswith("/") or ".." in pattern.split("/"):
+                self.error(where, f"with_fileglob pattern '{pattern}': kiln expands it in the role's files/ when "
+                                  "compiling; give a literal pattern relative to files/")
+                continue
+            found += sorted(rel for rel in files if fnmatch.fnmatch(rel, pattern))
+        return found
 
     def _judged(self, data: dict[str, Any], path: tuple[Any, ...], key: str) -> Any:
         """``data[key]`` as its declaration (keywords.py) types it; None (and a diagnostic) when it is not."""
@@ -329,8 +668,8 @@ class StepCompiler:
             else:
                 for key in control:
                     if key not in KEYWORDS["loop_control"]["args"]:
-                        self.error(path + ("loop_control", key), f"unknown loop_control setting '{key}' "
-                                                                 "(only loop_var)", key=True)
+                        self.error(path + ("loop_control", key), f"unknown loop_control setting '{key}'"
+                                                                 f"{did_you_mean(key, KEYWORDS['loop_control']['args'])}", key=True)
                 if "loop_var" in control:
                     name, where = control["loop_var"], path + ("loop_control", "loop_var")
             if "loop_var" in data:
@@ -445,12 +784,19 @@ class StepCompiler:
 
     # --- module arguments --------------------------------------------------------
     def _args(self, module: str, given: Any, path: tuple[Any, ...], step: dict[str, Any],
-              extra: frozenset[str]) -> None:
+              extra: frozenset[str], mapping: ansible.Mapping | None = None) -> None:
         schema = self.modules[module].SCHEMA
-        errors = check_args(self.doc, module, schema, given, path)
+        pending = {}
+        if mapping and isinstance(given, dict):  # arguments the agent module has yet to learn pass unchecked
+            known = set(schema.get("args", {})) | {a for s in schema.get("args", {}).values()
+                                                   for a in s.get("aliases", [])}
+            pending = {k: v for k, v in given.items() if k in mapping.pending and k not in known}
+            given = {k: v for k, v in given.items() if k not in pending}
+        errors = check_args(self.doc, mapping.ansible if mapping else module, schema, given, path)
         self.c.diagnostics.extend(errors)
+        self._templated(pending, path, extra)
         if isinstance(given, dict):
-            args = dict(given)
+            args = dict(given, **pending)
         elif given is None:
             args = {}
         elif schema.get("free_form") and isinstance(given, (str, int, float)) and not isinstance(given, bool):
@@ -466,6 +812,8 @@ class StepCompiler:
                 self._check_src(src, folder, src_path)
                 if folder == "templates":
                     self.c.template_uses.append(TemplateUse(self.role, src, extra))
+            elif folder == "templates" and is_templated(src):  # any template of the role may be the one
+                self.c.templated_src.setdefault(self.role, set()).update(extra)
             if not src.startswith("/"):
                 args["src"] = f"{self.role}/{src}"
         step["args"] = args
@@ -508,7 +856,8 @@ class StepCompiler:
             step["tags"] = tags
         no_log = self._bool(data, path, "no_log") if "no_log" in data else ctx.no_log
         ignore = self._bool(data, path, "ignore_errors") if "ignore_errors" in data else ctx.ignore_errors
-        inner = StepContext(tuple(tags), ctx.extra, no_log, ignore, ctx.handler)
+        names = self._scoped(data, path, step, ctx.extra)
+        inner = StepContext(tuple(tags), ctx.extra | names, no_log, ignore, ctx.handler)
         for key in ("block", "rescue", "always"):
             if key not in data:
                 continue
@@ -526,6 +875,7 @@ class StepCompiler:
             step[key] = self.compile_list(value, path + (key,), scope)
         step.setdefault("rescue", [])
         step.setdefault("always", [])
+        _inherit(step)
         if not step["name"]:
             step["name"] = "block"
         return step
@@ -544,6 +894,35 @@ class StepCompiler:
         # flushing is not a change of its own: it stays under --tags unless given tags of its own
         out["tags"] = self._tags(data, path, ctx) if "tags" in data else list(ctx.tags) + ["always"]
         return out
+
+
+def _first_found(candidates: list[str], files: dict[str, Any]) -> str:
+    """The first candidate that names one of ``files``, as a template the box renders with its facts."""
+    if len(candidates) == 1:
+        return candidates[0]
+    options = ", ".join(ansible.template_to_expression(c) for c in candidates)
+    present = sorted(files)
+    return "{{ ([" + options + "] | select('in', " + repr(present) + ") | list + [" + \
+        ansible.template_to_expression(candidates[-1]) + "]) | first }}"
+
+
+INHERITED = ("become_user", "environment", "vars", "check_mode")
+
+
+def _inherit(block: dict[str, Any]) -> None:
+    """A block's become_user, environment, vars and check_mode hold for its steps (theirs win)."""
+    given = {k: block[k] for k in INHERITED if k in block}
+    if not given:
+        return
+    for key in ("block", "rescue", "always"):
+        for inner in block.get(key, []):
+            for name, value in given.items():
+                if name == "vars" and isinstance(inner.get("vars"), dict):
+                    inner["vars"] = {**value, **inner["vars"]}
+                else:
+                    inner.setdefault(name, value)
+            if inner.get("module") == "block":
+                _inherit(inner)
 
 
 def _truthy(value: Any) -> bool:
@@ -780,6 +1159,10 @@ def undeclared_names(ast: nodes.Template) -> set[str]:
         return set(jinja2.meta.find_undeclared_variables(ast))
     except jinja2.TemplateError:  # the code generator refuses unknown filters/tests: approximate
         stored = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+        if any(True for _ in ast.find_all(nodes.For)):
+            stored.add("loop")  # a for loop's own variable, as Jinja's code generator knows it
+        if any(True for _ in ast.find_all(nodes.Macro)):
+            stored.update({"varargs", "kwargs", "caller"})
         return {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"} - stored
 
 
@@ -798,7 +1181,7 @@ def ast_problems(ast: nodes.Template, known: set[str] | frozenset[str]) -> list[
     first_line = {}
     for name_node in ast.find_all(nodes.Name):
         first_line.setdefault(name_node.name, name_node.lineno)
-    for name in sorted(n for n in undeclared - guarded if n not in known):
+    for name in sorted(n for n in undeclared - guarded if n not in known and not n.startswith("ansible_")):
         candidates = sorted(n for n in set(known) if n not in JINJA_GLOBALS)
         problems.append((f"undefined variable '{name}'{did_you_mean(name, candidates)}", first_line.get(name), name))
     for attr_node in ast.find_all((nodes.Getattr, nodes.Getitem)):
@@ -817,6 +1200,12 @@ def ast_problems(ast: nodes.Template, known: set[str] | frozenset[str]) -> list[
             problems.append((f"unknown {'fact' if allowed is FACTS else 'kiln attribute'} "
                              f"'{attr_node.node.name}.{attr}'{did_you_mean(attr, allowed)} "
                              f"(known: {', '.join(allowed)})", attr_node.lineno, attr))
+    for item in ast.find_all(nodes.Getitem):
+        if isinstance(item.node, nodes.Name) and item.node.name == "hostvars" and not (
+                isinstance(item.arg, nodes.Name) and item.arg.name == "inventory_hostname"):
+            problems.append(("another host's hostvars: a bake has one host (this one); read its own variables "
+                             "directly, or pass the other host's values in with kiln.yaml vars or --var",
+                             item.lineno, "hostvars"))
     for flt in ast.find_all(nodes.Filter):
         if flt.name not in ENV.filters:
             problems.append((f"unknown filter '{flt.name}'{did_you_mean(flt.name, sorted(ENV.filters))}",
@@ -853,6 +1242,9 @@ def check_template_files(collector: Collector, known: set[str], roles: dict[str,
     """Every file in each role's templates/: Jinja syntax, what it includes; undefined names in the
     ones steps use. Only the files the role's tree holds are read: never a link out of the role."""
     used: dict[tuple[str, str], set[str] | None] = {}
+    for role, extra in collector.templated_src.items():  # a templated src may name any of them
+        for rel in roles[role].under("templates") if role in roles else {}:
+            used[(role, rel)] = set(extra)
     for use in collector.template_uses:
         previous = used.get((use.role, use.src))
         used[(use.role, use.src)] = set(use.extra) | (previous or set())
