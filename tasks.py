@@ -6,6 +6,7 @@ Exit status: 0 success; 1 the bake failed; 2 invalid input (nothing was launched
 from __future__ import annotations
 
 import json as jsonlib
+import os
 from pathlib import Path
 
 from invoke import Exit, task
@@ -48,6 +49,12 @@ def _provider(name: str, sandbox: bool):
         raise Exit(code=2) from None
 
 
+def _vault_password_file(path: str) -> None:
+    """--vault-password-file wins over ANSIBLE_VAULT_PASSWORD_FILE (controller/vault.py reads the variable)."""
+    if path:
+        os.environ["ANSIBLE_VAULT_PASSWORD_FILE"] = str(Path(path).expanduser().resolve())
+
+
 def _split(value: str) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] or None
 
@@ -64,11 +71,13 @@ def _split(value: str) -> list[str] | None:
     "check": "Check mode: report what would change, change nothing, publish nothing.",
     "diff": "Show what each step changes.",
     "no_test": "Skip the test stage (a fresh machine from the new image runs the checks): a fast inner loop.",
+    "vault_password_file": "A file holding the password of the role's !vault values (or ANSIBLE_VAULT_PASSWORD_FILE).",
 })
 def bake(c, role, provider="local", sandbox=False, var=None, json=False, keep_on_error=False,
-         tags="", skip_tags="", check=False, diff=False, no_test=False):
+         tags="", skip_tags="", check=False, diff=False, no_test=False, vault_password_file=""):
     """Bake one role into one new, verified, versioned image."""
     _setup(json)
+    _vault_password_file(vault_password_file)
     import dataclasses
 
     from controller.bake import bake as run_bake
@@ -107,10 +116,12 @@ def _when(value: str) -> str:
     return text[:16] if len(text) >= 16 else text
 
 
-@task(help={"role": "Validate one role (default: all)."})
-def validate(c, role=""):
+@task(help={"role": "Validate one role (default: all).",
+            "vault_password_file": "A file holding the password of !vault values (or ANSIBLE_VAULT_PASSWORD_FILE)."})
+def validate(c, role="", vault_password_file=""):
     """Validate config and step files; report every error with file:line:column (exit 2 on any)."""
     _setup(False)
+    _vault_password_file(vault_password_file)
     from controller.config import load_config
     from controller.model import InvalidInput
     from controller.stepfiles.compile import validate_roles

@@ -535,6 +535,7 @@ def _compile(
         files.update(_role_files(sources[name]))
     secret_names = _names_behind(collector.no_log_names, variables)
     no_log_values = sorted({s for n in secret_names if n in resolved for s in _string_leaves(resolved[n])})
+    no_log_values = sorted(set(no_log_values) | _vault_values(variables, sources, chain))
     selection = sorted(f"+{t}" for t in selected) + sorted(f"-{t}" for t in skipped)
     content_hash = _content_hash(sources, chain, variables, provider, selection) if want_hash else ""
     return CompiledRole(
@@ -550,6 +551,23 @@ def _compile(
         content_hash=content_hash,
         no_log_values=no_log_values,
     )
+
+
+def _vault_values(variables: dict[str, Any], sources: dict[str, RoleSource], chain: list[str]) -> set[str]:
+    """Every decrypted vault value (variables and vars/ files): redacted everywhere, as no_log values."""
+    from controller.vault import VaultSecret
+
+    found: set[str] = set()
+    todo: list[Any] = [variables] + [sources[name].vars_files for name in chain]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+        elif isinstance(value, VaultSecret) and value:
+            found.add(str(value))
+    return found
 
 
 def _render_names(steps: list[dict[str, Any]], resolved: dict[str, Any], known: set[str]) -> None:

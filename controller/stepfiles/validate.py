@@ -434,7 +434,10 @@ class StepCompiler:
             for index, item in enumerate(entries):
                 where_item = path + ("with_first_found", index) if isinstance(found, list) else \
                     path + ("with_first_found",)
-                if isinstance(item, str):
+                if isinstance(item, dict) and isinstance(item.get("files"), list):  # {files: [...], paths: [...]}
+                    candidates += [f for f in item["files"] if isinstance(f, str)]
+                    places += [where_item] * len([f for f in item["files"] if isinstance(f, str)])
+                elif isinstance(item, str):
                     candidates.append(item)
                     places.append(where_item)
                 else:
@@ -447,14 +450,19 @@ class StepCompiler:
         else:
             self.error(where, f"include_vars needs a file of the role's vars/, got {kind_of(value)}")
             return None
+        matching = {name: any(fnmatch.fnmatch(f, ansible.glob_of(name)) for f in files) for name in candidates}
         for name, place in zip(candidates, places, strict=True):
-            if is_templated(name):
-                self._templated(name, place, ctx.extra)
-                if not any(fnmatch.fnmatch(f, ansible.glob_of(name)) for f in files):
-                    self.error(place, f"no file in the role's vars/ matches '{name}'")
-            elif name not in files and "with_first_found" not in data:
+            self._templated(name, place, ctx.extra)
+            if "with_first_found" in data and any(matching.values()):
+                continue  # the first that exists wins: the others may be missing
+            if is_templated(name) and not matching[name]:
+                self.error(place, f"no file in the role's vars/ matches '{name}'")
+            elif not is_templated(name) and name not in files:
                 self.error(place, f"'{name}' not found in the role's vars/{did_you_mean(name, list(files))}")
         step["args"] = {"file": _first_found(candidates, files)}
+        if isinstance(data[key], dict) and isinstance(data[key].get("name"), str):
+            step["args"]["name"] = data[key]["name"]
+            self.c.registers.add(data[key]["name"])
         if not step["name"]:
             step["name"] = f"include_vars {', '.join(candidates)}"
         return step
@@ -607,7 +615,7 @@ class StepCompiler:
             if isinstance(value, str):
                 self._expression(value, path, extra)
                 inner = WHOLE_EXPRESSION.match(value)
-                return "{{ (" + (inner.group(1) if inner else value) + ") | dict2items }}"
+                return "{{ (" + (inner.group(1) if inner else value).strip() + ") | dict2items }}"
             self.error(path, f"with_dict needs a mapping or an expression giving one, got {kind_of(value)}")
             return []
         if key == "with_fileglob":

@@ -1,0 +1,204 @@
+"""Roles in Ansible's layout: loaded, compiled and refused (file:line:column) through compile_role/validate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.config import Config
+from controller.stepfiles.compile import bundle_json, compile_role, list_roles, validate_roles
+from tests.playbooks import invoke
+
+
+def write_role(root: Path, name: str, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / "roles" / name / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def config(root: Path) -> Config:
+    return Config(path=root / "kiln.yaml")
+
+
+def problems(root: Path, role: str) -> list[str]:
+    return [f"{Path(d.file).name}:{d.line}:{d.column}: {d.message}" for d in validate_roles(root, [role], config(root))]
+
+
+WEB = {
+    "tasks/main.yml": """---
+- name: Include OS-specific variables.
+  include_vars: "{{ item }}"
+  with_first_found:
+    - "{{ ansible_facts['distribution'] }}-{{ ansible_facts['distribution_major_version'] }}.yml"
+    - "{{ ansible_os_family }}.yml"
+- name: Define web_user.
+  set_fact:
+    web_user: "{{ __web_user }}"
+  when: web_user is not defined
+- include_tasks: "setup-{{ ansible_os_family }}.yml"
+- import_tasks: pages.yml
+  when: web_pages | length > 0
+- name: Configure {{ web_name }}
+  ansible.builtin.template:
+    src: site.conf.j2
+    dest: /etc/site.conf
+    mode: 0644
+  notify: reload site
+""",
+    "tasks/setup-Debian.yml": """---
+- apt: update_cache=yes cache_valid_time=86400
+  changed_when: false
+- name: Install the server.
+  ansible.builtin.apt:
+    name: "{{ web_package }}"
+    state: present
+""",
+    "tasks/setup-Archlinux.yml": "---\n- pacman:\n    name: nginx\n    state: present\n",
+    "tasks/pages.yml": """---
+- copy:
+    content: "{{ item.value }}"
+    dest: "/srv/{{ item.key }}"
+  with_dict: "{{ web_pages }}"
+  loop_control:
+    label: "{{ item.key }}"
+    index_var: page_index
+  become: true
+  become_user: www-data
+  environment:
+    LANG: C
+  vars:
+    owner: "{{ web_user }}"
+""",
+    "handlers/main.yml": """---
+- name: restart site
+  service: name=nginx state=restarted
+  listen: reload site
+- name: check config
+  command: nginx -t -c /etc/nginx/nginx.conf
+  changed_when: false
+""",
+    "defaults/main.yml": "---\nweb_package: nginx\nweb_pages: {index.html: hi}\nweb_name: '{{ web_package }}'\n",
+    "vars/Debian.yml": "---\n__web_user: www-data\n",
+    "vars/Archlinux.yml": "---\n__web_user: http\n",
+    "templates/site.conf.j2": "user {{ web_user }};\n",
+    "meta/main.yml": "---\ndependencies:\n  - role: base\ngalaxy_info:\n  author: someone\n",
+}
+BASE = {  # kiln's own layout, a dependency of an Ansible-layout role
+    "role.yml": "description: base\n",
+    "steps.yml": "- file: {path: /srv, state: directory}\n",
+}
+
+
+def test_an_ansible_layout_role_compiles_with_its_dependency(tmp_path):
+    write_role(tmp_path, "web", WEB)
+    write_role(tmp_path, "base", BASE)
+    assert list_roles(tmp_path) == ["base", "web"]
+    assert problems(tmp_path, "web") == []
+    compiled = compile_role(tmp_path, "web", "local", config(tmp_path))
+    assert compiled.chain == ["base", "web"]
+    bundle = bundle_json(compiled, {"kiln": {"role": "web"}})
+    steps = bundle["steps"]
+    modules = [s["module"] for s in steps]
+    assert modules == ["file", "include_vars", "set_fact", "block", "block", "template"]
+    include_vars = steps[1]["args"]["file"]
+    assert "select('in', ['Archlinux.yml', 'Debian.yml'])" in include_vars
+    assert steps[2]["args"] == {"facts": {"web_user": "{{ __web_user }}"}}
+    per_os = steps[3]["block"]
+    assert [b["when"] for b in per_os] == [
+        "('setup-' ~ (ansible_os_family) ~ '.yml') == 'setup-Archlinux.yml'",
+        "('setup-' ~ (ansible_os_family) ~ '.yml') == 'setup-Debian.yml'",
+    ]
+    assert per_os[0]["block"][0]["module"] == "fail"  # pacman: another OS's module
+    apt_update, apt = per_os[1]["block"]
+    assert apt_update["args"] == {"update_cache": True, "cache_valid_time": 86400, "name": []}
+    assert apt["module"] == "package"
+    pages = steps[4]
+    assert pages["when"] == "web_pages | length > 0"
+    copy = pages["block"][0]
+    assert copy["loop"] == "{{ (web_pages) | dict2items }}"
+    assert copy["loop_control"] == {"label": "{{ item.key }}", "index_var": "page_index"}
+    assert copy["become_user"] == "www-data" and copy["environment"] == {"LANG": "C"}
+    assert copy["vars"] == {"owner": "{{ web_user }}"}
+    assert steps[5]["args"]["mode"] == "0644" and steps[5]["name"] == "Configure nginx"
+    restart, check = bundle["handlers"]
+    assert restart["listen"] == ["reload site"] and restart["args"] == {"name": "nginx", "state": "restarted"}
+    assert check["args"] == {"cmd": "nginx -t -c /etc/nginx/nginx.conf"}
+    assert json.loads(compiled.files["vars/web/Debian.yml"]) == {"__web_user": "www-data"}
+
+
+def test_kiln_layout_role_may_depend_on_an_ansible_layout_role(tmp_path):
+    write_role(tmp_path, "common", {"tasks/main.yml": "- debug: msg=hi\n", "defaults/main.yml": "x: 1\n"})
+    write_role(tmp_path, "app", {"role.yml": "depends: [common]\n", "steps.yml": "- command: echo {{ x }}\n"})
+    compiled = compile_role(tmp_path, "app", "local", config(tmp_path))
+    assert compiled.chain == ["common", "app"] and compiled.variables["x"] == 1
+
+
+REFUSALS = {
+    "delegate_to": ("- command: echo hi\n  delegate_to: localhost\n", "main.yml:2:3: 'delegate_to' is not a kiln"),
+    "local_action": ("- local_action: command echo hi\n", "main.yml:1:3: 'local_action' is not a kiln"),
+    "run_once": ("- command: echo hi\n  run_once: true\n", "main.yml:2:3: 'run_once' is not a kiln"),
+    "hostvars": ("- debug:\n    msg: \"{{ hostvars['db1'].ip }}\"\n", "main.yml:2:10: another host's hostvars"),
+    "missing include": ("- include_tasks: nope.yml\n", "main.yml:1:18: 'nope.yml' not found in the role's tasks/"),
+    "templated include": (
+        "- include_tasks: 'x-{{ ansible_os_family }}.yml'\n",
+        "main.yml:1:18: no file in the role's tasks/ matches",
+    ),
+    "include_role": ("- include_role: {name: other}\n", "main.yml:1:3: 'include_role' is not supported yet"),
+    "bad key=value": ("- file: path=/x bogus\n", "main.yml:1:9: 'bogus' is not key=value"),
+    "unknown FQCN": ("- community.crypto.openssh_keypair: {path: /k}\n", "main.yml:1:3: unknown module"),
+    "listen off a handler": ("- command: echo\n  listen: x\n", "main.yml:2:3: 'listen' belongs to a handler"),
+    "meta end_play": ("- meta: end_play\n", "main.yml:1:9: meta: 'end_play' is not supported"),
+    "unknown filter no bogus loop": ("- template: {src: t.j2, dest: /t}\n", "t.j2:1:35: unknown filter 'nofilter'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals_name_file_line_column(tmp_path, case):
+    tasks, expected = REFUSALS[case]
+    template = "{% for x in [1] %}{{ loop.index | nofilter }}{% endfor %}\n"
+    write_role(tmp_path, "r", {"tasks/main.yml": tasks, "templates/t.j2": template})
+    found = problems(tmp_path, "r")
+    assert any(p.startswith(expected) for p in found), found
+    assert not any("undefined variable 'loop'" in p for p in found), found
+
+
+def test_templated_src_checks_every_template_of_the_role(tmp_path):
+    write_role(
+        tmp_path,
+        "r",
+        {
+            "tasks/main.yml": "- template:\n    src: '{{ name }}.j2'\n    dest: /x\n",
+            "defaults/main.yml": "name: a\n",
+            "templates/a.j2": "{{ undefined_thing }}\n",
+        },
+    )
+    assert problems(tmp_path, "r") == ["a.j2:1:4: undefined variable 'undefined_thing'"]
+
+
+def test_dependency_from_meta_that_does_not_exist(tmp_path):
+    write_role(tmp_path, "r", {"tasks/main.yml": "- debug: msg=hi\n", "meta/main.yml": "dependencies: [nope]\n"})
+    assert problems(tmp_path, "r") == ["main.yml:1:16: unknown role 'nope'"]
+
+
+@pytest.mark.slow
+def test_bake_an_ansible_layout_role(tmp_path):
+    playbooks = tmp_path / "playbooks"
+    write_role(
+        playbooks,
+        "motd",
+        {
+            "tasks/main.yml": "---\n- include_tasks: 'setup-{{ ansible_os_family }}.yml'\n"
+            '- name: Write the motd.\n  ansible.builtin.copy:\n    content: "{{ motd_text }}\\n"\n'
+            "    dest: /etc/motd\n    mode: 0644\n",
+            "tasks/setup-Debian.yml": "- file: path=/srv/motd state=directory mode=0755\n",
+            "tasks/setup-RedHat.yml": "- dnf: name=nothing\n",
+            "defaults/main.yml": "motd_text: baked by kiln\n",
+        },
+    )
+    (playbooks / "kiln.yaml").write_text("retention:\n  keep: 3\n")
+    done = invoke(tmp_path, "validate", "--role", "motd", playbooks=playbooks, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
