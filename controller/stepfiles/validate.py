@@ -33,6 +33,8 @@ from agent import schema as argschema
 from agent.schema import Code
 from agent.templating import ENV, WHOLE_EXPRESSION, template_path
 from controller.model import Diagnostic
+from controller.stepfiles import ansible
+from controller.stepfiles.ansible import REFUSED_KEYWORDS
 from controller.stepfiles.keywords import (
     BLOCK_KEYS,
     CHECK_KEYWORDS,
@@ -46,8 +48,6 @@ from controller.stepfiles.keywords import (
     STEP_KEYS,
     judge,
 )
-from controller.stepfiles import ansible
-from controller.stepfiles.ansible import REFUSED_KEYWORDS
 from controller.stepfiles.loader import PLAIN, Document, RoleTree, display_path, kind_of, load_yaml
 
 FACTS = ("os_family", "distribution", "distribution_version", "distribution_codename", "arch", "cpus",
