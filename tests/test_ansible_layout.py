@@ -186,6 +186,7 @@ def test_dependency_from_meta_that_does_not_exist(tmp_path):
 
 @pytest.mark.slow
 def test_bake_an_ansible_layout_role(tmp_path):
+    """An untouched Ansible-layout role (per-OS include_tasks, key=value, FQCN, YAML 1.1 modes) bakes."""
     playbooks = tmp_path / "playbooks"
     write_role(
         playbooks,
@@ -193,12 +194,17 @@ def test_bake_an_ansible_layout_role(tmp_path):
         {
             "tasks/main.yml": "---\n- include_tasks: 'setup-{{ ansible_os_family }}.yml'\n"
             '- name: Write the motd.\n  ansible.builtin.copy:\n    content: "{{ motd_text }}\\n"\n'
-            "    dest: /etc/motd\n    mode: 0644\n",
+            "    dest: /srv/motd/motd\n    mode: 0640\n",
             "tasks/setup-Debian.yml": "- file: path=/srv/motd state=directory mode=0755\n",
             "tasks/setup-RedHat.yml": "- dnf: name=nothing\n",
             "defaults/main.yml": "motd_text: baked by kiln\n",
         },
     )
     (playbooks / "kiln.yaml").write_text("retention:\n  keep: 3\n")
-    done = invoke(tmp_path, "validate", "--role", "motd", playbooks=playbooks, timeout=120)
+    (playbooks / "roles" / "motd" / "verify.yml").write_text(
+        "- file: {path: /srv/motd/motd, mode: '0640', contains: baked by kiln}\n"
+    )
+    done = invoke(tmp_path, "bake", "--role", "motd", "--no-test", playbooks=playbooks, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "baked  image=" in output and "checks_passed=1" in output, output
