@@ -62,6 +62,10 @@ def summary(result: Comparison) -> dict:
 
 def _first_error(output: str) -> str:
     lines = output.strip().splitlines()
+    for line in reversed(lines):
+        if line.startswith("{") and '"summary"' in line:
+            event = json.loads(line)
+            return f"failed at {event.get('failed_step')!r}: {str(event.get('error'))[:160]}"
     errors = [line for line in lines if ": error: " in line]
     count = next((line for line in reversed(lines) if "error(s)" in line), "")
     if errors:

@@ -32,8 +32,7 @@ KINDS = ("files", "packages", "services", "users", "groups", "registered")
 #: (role, what) -> the feature kiln lacks today; "applies" is kiln's run finishing without refusal
 MISSING: dict[tuple[str, str], str] = {
     **{
-        ("kiln_app", what): "validate refuses with_first_found whose first candidate is a templated name with no "
-        "matching file in vars/ (Ansible skips to the next), and systemd with daemon_reload alone (no name)"
+        ("kiln_app", what): "systemd with daemon_reload alone (no name) is refused at validate: missing 'name'"
         for what in ("applies", *KINDS)
     },
     **{
