@@ -1,8 +1,8 @@
 """Whole AWS bakes in the sandbox: a moto server on 127.0.0.1, real containers as the instances.
 
-The bakes run in this process (a signal at every stage boundary, throttling, retention) or
-through the real command line (`invoke bake --provider aws --sandbox`, then SIGTERM) against
-one moto server this module starts, so what a bake leaves behind can be inspected after it.
+The bakes run in this process (throttling, retention) or through the real command line (`invoke bake
+--provider aws --sandbox`, signalled at every stage boundary and in the middle of launch and publish)
+against one moto server this module starts, so what a bake leaves behind can be inspected after it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-import controller.bake
 from controller.bake import bake, stages_for
 from controller.context import BakeOptions
 from controller.providers.aws import make_aws_provider
@@ -188,91 +186,86 @@ def test_web_baked_in_the_sandbox_is_in_both_regions_shared_and_latest(sandbox_e
 
 
 # --- interrupts ------------------------------------------------------------------------------
-class SignalAtStart:
-    """Deliver a real signal to this process as the wrapped stage starts (just after its log line)."""
-
-    def __init__(self, inner, signum: int) -> None:
-        self.inner, self.signum, self.name = inner, signum, inner.name
-
-    def run(self, ctx) -> None:
-        os.kill(os.getpid(), self.signum)
-        time.sleep(10)  # the handler raises Interrupted here
-        raise AssertionError("the signal did not interrupt the bake")
-
-    def undo(self, ctx) -> None:
-        self.inner.undo(ctx)
+#: stages a signal may reach only after the bake is whole (the last one ends in milliseconds)
+MAY_FINISH = {"record"}
 
 
-@pytest.mark.parametrize("index, stage", list(enumerate(STAGES)))
-def test_a_signal_at_any_stage_boundary_leaves_nothing(sandbox_env, engine, tmp_path, monkeypatch, index, stage):
-    signum = signal.SIGINT if index % 2 else signal.SIGTERM
-    role = f"int{index}"
+def signalled_bake(url: str, tmp_path: Path, role: str, signum: int, moment) -> tuple[int, dict, str]:
+    """The real ``invoke bake --provider aws --sandbox`` against the shared moto server, sent ``signum`` as
+    soon as a JSON log line for which ``moment(event)`` holds appears: (exit status, build id and version
+    it logged, everything it said)."""
     playbooks = make_playbooks(tmp_path, TINY, role=role, kiln_yaml=KILN_YAML)
-
-    def wrapped(opts, keep):
-        stages = stages_for(opts, keep)
-        return [SignalAtStart(s, signum) if s.name == stage else s for s in stages]
-
-    monkeypatch.setattr(controller.bake, "stages_for", wrapped)
-    result = bake(role, "aws", options(tmp_path, playbooks), sandbox=True)
-    ctx = result.ctx
-    assert result.exit_code == 1 and ctx.failure.startswith("interrupted"), result.error
-    found = leftovers(sandbox_env, engine, ctx.build_id, role, ctx.version or "none")
-    assert nothing_left(found), f"signal {signal.Signals(signum).name} at '{stage}' left {found}"
-
-
-@pytest.mark.parametrize("hook", ["launched", "image_copied"])
-def test_a_signal_in_the_middle_of_launch_or_publish_leaves_nothing(sandbox_env, engine, tmp_path, hook):
-    """Mid-stage: the instance booting (launched), a copy still pending in another region (copied,
-    signalled from the copy's worker thread while the bake waits for it)."""
-    role = f"mid{hook[:5]}"
-    playbooks = make_playbooks(tmp_path, TINY, role=role, kiln_yaml=KILN_YAML)
-    prov = sandbox_provider(tmp_path)
-    original = getattr(prov.data_plane, hook)
-
-    def interrupt(*args):
-        original(*args)
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(2)
-
-    setattr(prov.data_plane, hook, interrupt)
-    result = bake(role, "aws", options(tmp_path, playbooks), provider=prov)
-    ctx = result.ctx
-    assert result.exit_code == 1 and ctx.failure.startswith("interrupted"), result.error
-    assert nothing_left(found := leftovers(sandbox_env, engine, ctx.build_id, role, ctx.version)), found
-
-
-def test_sigterm_to_the_command_line_bake_during_publish_leaves_nothing(sandbox_env, engine, tmp_path):
-    playbooks = make_playbooks(tmp_path, TINY, role="term", kiln_yaml=KILN_YAML)
     work = tmp_path / "work"
     work.mkdir()
     (work / "playbooks").symlink_to(playbooks)
-    env = dict(os.environ, KILN_JSON="1", AWS_ENDPOINT_URL=sandbox_env)
+    env = dict(os.environ, KILN_JSON="1", AWS_ENDPOINT_URL=url)
+    command = [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role, "--provider", "aws"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", "term", "--provider", "aws", "--sandbox"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [*command, "--sandbox"], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    build_id = version = ""
+    seen = {"build_id": "", "version": "", "signalled": False}
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if line.startswith("{"):
-            event = json.loads(line)
-            build_id = event.get("build_id", build_id)
-            version = event.get("version", version) if event.get("event") == "version" else version
-            if event.get("event") == "stage" and event.get("stage") == "publish":
-                proc.send_signal(signal.SIGTERM)
-                break
-    _, rest = proc.communicate(timeout=180)
-    lines.append(rest)
-    assert proc.returncode == 1, "".join(lines)[-3000:]
-    assert build_id and version
-    found = leftovers(sandbox_env, engine, build_id, "term", version)
-    assert nothing_left(found), found
+        if not line.startswith("{"):
+            continue
+        event = json.loads(line)
+        seen["build_id"] = event.get("build_id", seen["build_id"])
+        if event.get("event") == "version":
+            seen["version"] = event["version"]
+        if moment(event):
+            proc.send_signal(signum)
+            seen["signalled"] = True
+            break
+    out, rest = proc.communicate(timeout=300)
+    return proc.returncode, seen, "".join(lines) + rest + out
+
+
+def assert_whole_or_nothing(url: str, engine, code: int, seen: dict, role: str, output: str) -> None:
+    """Interrupted (exit 1): nothing of the bake is left and ``latest`` never moved. Finished (exit 0):
+    the version is whole, one AMI in every region, ``latest`` names it, no temporaries or reservation left."""
+    assert seen["signalled"], f"the moment never came:\n{output[-3000:]}"
+    assert "Traceback" not in output, output[-3000:]
+    found = leftovers(url, engine, seen["build_id"], role, seen["version"] or "none")
+    if code != 0:
+        assert code == 1 and "interrupted" in output, output[-3000:]
+        assert nothing_left(found), f"left {found}"
+        return
+    temporaries = {k: v for k, v in found.items() if not k.startswith(("images", "parameters"))}
+    assert nothing_left(temporaries), f"a whole bake left {temporaries}"
+    for region, ssm in clients(url, "ssm").items():
+        [image] = found[f"images {region}"]
+        assert found[f"parameters {region}"] == [f"/kiln/{role}/latest"], "the version reservation is gone"
+        assert ssm.get_parameter(Name=f"/kiln/{role}/latest")["Parameter"]["Value"] == image
+
+
+@pytest.mark.parametrize("index, stage", list(enumerate(STAGES)))
+def test_a_signal_at_any_stage_boundary_leaves_nothing(sandbox_env, engine, tmp_path, index, stage):
+    """SIGINT and SIGTERM by turns, each as a stage begins (its log line): nothing left, or (only at the last
+    stage, which may end before the signal lands) a whole version."""
+    signum = signal.SIGTERM if index % 2 else signal.SIGINT  # publish (11) gets SIGTERM, as a scheduler sends
+    role = f"int{index}"
+
+    def at_stage(event: dict) -> bool:
+        return event.get("event") == "stage" and event.get("stage") == stage
+
+    code, seen, output = signalled_bake(sandbox_env, tmp_path, role, signum, at_stage)
+    if code == 0:
+        assert stage in MAY_FINISH, f"signal {signal.Signals(signum).name} at '{stage}' did not interrupt the bake"
+    assert_whole_or_nothing(sandbox_env, engine, code, seen, role, output)
+
+
+@pytest.mark.parametrize(
+    "moment, signum",
+    [("sandbox: instance booted as a container", signal.SIGINT), ("copy started", signal.SIGTERM)],
+)
+def test_a_signal_in_the_middle_of_launch_or_publish_leaves_nothing(sandbox_env, engine, tmp_path, moment, signum):
+    """Mid-stage: the instance booting (launch has not returned it yet), a copy just requested in another
+    region (publish waits for it)."""
+    role = "mid" + moment.split()[0].rstrip(":")[:5]
+    code, seen, output = signalled_bake(sandbox_env, tmp_path, role, signum, lambda e: e.get("event") == moment)
+    assert code == 1, f"a signal at '{moment}' did not interrupt the bake:\n{output[-3000:]}"
+    assert_whole_or_nothing(sandbox_env, engine, code, seen, role, output)
 
 
 # --- throttling, retention, least privilege, sweep ------------------------------------------

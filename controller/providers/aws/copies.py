@@ -117,6 +117,7 @@ class Copies:
             build_id=spec.build_id,
         )
         published.append(copy)
+        log.info("copy started", region=region, image=copy.id, source=image.id)  # minutes on AWS: say it began
         self.api._safely(self.api.data_plane.image_copied, image.region, image.id, region, copy.id)
         described = self.api.amis.wait_image(region, copy.id, stop, left="the copy is deregistered on the way out")
         # copies do not reliably carry tags (CopyImageTags, and moto, differ): tag explicitly
