@@ -5,7 +5,8 @@ diff), the bytes of kiln.yaml and a fingerprint of kiln's own code; it holds the
 role, the loaded config, and what the compile read: every file, link and directory listing
 of the roles in the chain. It is used only while all of those are as they were (a file
 whose size or mtime moved is hashed again: touched but unchanged still counts as the
-same). A compile that fails is never stored: errors are reported every time.
+same). A compile that fails is never stored: errors are reported every time; nor is one whose
+role uses secrets (``no_log`` values): nothing under builds/ may hold them.
 
 This module imports nothing heavy: a command whose role did not change never loads the
 YAML parser, the validators or Jinja2.
@@ -190,7 +191,9 @@ def compile_cached(
         diff=diff,
     )
     read = snapshot([roles_dir / name for name in compiled.chain])
-    # a file written while (or just before) it was compiled may have been read half-way: compile again next time
-    if not any(entry[0] == "file" and entry[1][1] >= started - SETTLE_NS for entry in read.values()):
+    # a file written while (or just before) it was compiled may have been read half-way: compile again next
+    # time; a role that uses secrets (no_log) is never written to disk: they stay out of builds/
+    settled = not any(entry[0] == "file" and entry[1][1] >= started - SETTLE_NS for entry in read.values())
+    if settled and not getattr(compiled, "no_log_values", None):
         cache.store(key, roles_dir, summarize(config), compiled, read)
     return summarize(config), compiled, False
