@@ -81,7 +81,7 @@ CASES = [
     Case(
         "register",
         steps=[sh("echo hello; echo warn >&2", "say hello", register="out", changed_when=False),
-               copy(f"{_d('register')}/said", "{{ out.stdout }}", "write what was said",
+               copy(f"{_d('register')}/said", "{{ out.stdout }}\n", "write what was said",
                     when="'hello' in out.stdout and out.rc == 0"),
                copy(f"{_d('register')}/never", "x", "skipped on rc", when="out.rc != 0"),
                copy(f"{_d('register')}/stderr", "err={{ out.stderr | trim }}\n", "stderr registered too"),
