@@ -21,7 +21,7 @@ import pytest
 from controller.bake import bake, stages_for
 from controller.context import BakeOptions
 from controller.providers.aws import make_aws_provider
-from controller.sandbox import local_images, sandbox_client
+from controller.sandbox import INSTANCE, local_images, sandbox_client
 from tests.aws_harness import AL2023, ApiCalls, Throttle, not_in_policy
 from tests.playbooks import REPO, invoke, make_playbooks
 
@@ -115,6 +115,20 @@ def leftovers(url: str, engine, build_id: str, role: str, version: str) -> dict[
     return found
 
 
+def sandbox_containers(url: str, engine, build_id: str) -> list:
+    """The sandbox's containers of the build's instances (terminated ones too): other bakes on this machine
+    (another test run) have their own."""
+    by_build = [{"Name": "tag:kiln:build-id", "Values": [build_id]}]
+    instances = {
+        i["InstanceId"]
+        for ec2 in clients(url, "ec2").values()
+        for r in ec2.describe_instances(Filters=by_build)["Reservations"]
+        for i in r["Instances"]
+    }
+    assert instances, f"moto knows no instance of build {build_id}"
+    return [c["Names"] for c in engine.containers(INSTANCE) if (c.get("Labels") or {}).get(INSTANCE) in instances]
+
+
 def nothing_left(found: dict[str, list]) -> bool:
     return not any(found.values())
 
@@ -177,7 +191,7 @@ def test_web_baked_in_the_sandbox_is_in_both_regions_shared_and_latest(sandbox_e
             if not k.startswith(("images", "parameters"))
         }
     )
-    assert not engine.containers("kiln.sandbox.instance"), "a sandbox container was left behind"
+    assert not sandbox_containers(url, engine, build_id), "a sandbox container was left behind"
     assert "host key fingerprints from the console" in proc.stderr, "the host key was not pinned"
 
     listing = invoke(work, "images", "--role", "web", "--provider", "aws", "--sandbox")
