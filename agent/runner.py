@@ -324,7 +324,7 @@ class Runner:
                 result.update({loop_var: item, "ansible_loop_var": loop_var})
                 if control.get("index_var"):
                     result["ansible_index_var"], result[control["index_var"]] = control["index_var"], position
-            self.learn(result, scope)
+            self.learn(result, scope, step.get("module", ""))
             results.append(result)
         if loop is None:
             registered = results[0]
@@ -380,12 +380,15 @@ class Runner:
                 pass  # read later than now (a registered result): rendered where it is used
         return scope
 
-    def learn(self, result: Dict[str, Any], scope: Dict[str, Any]) -> None:
-        """set_fact and include_vars give variables (as ``ansible_facts`` in their result, as Ansible's do)."""
+    def learn(self, result: Dict[str, Any], scope: Dict[str, Any], module: str = "") -> None:
+        """set_fact and include_vars give variables (as ``ansible_facts`` in their result, as Ansible's do);
+        the facts of other modules (service_facts, package_facts) are also under ``ansible_facts``, as in Ansible."""
         learned = result.get("ansible_facts")
         if result.get("failed") or not isinstance(learned, dict):
             return
         self.variables.update(learned)
+        if module not in ("set_fact", "include_vars"):
+            self.variables["ansible_facts"] = dict(self.variables.get("ansible_facts") or {}, **learned)
 
     def run_with_retries(self, step: Dict[str, Any], scope: Dict[str, Any]) -> Dict[str, Any]:
         until = step.get("until")

@@ -4,9 +4,19 @@ and results that ansible-core can produce are compared with its own module's out
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
 import pytest
 
-from tests.machines import converge, run_step
+from controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH
+from controller.ssh import KeyPair
+from tests.machines import SESSION, TEST_LABEL, AgentBox, agent_zipapp, converge, run_step, steps_of
+from tests.test_ssh_provider import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -23,3 +33,74 @@ def test_timezone_converges_and_restores(box):
         assert unknown["status"] == "failed" and "Mars/Olympus" in unknown["msg"], unknown
     finally:
         box.sh("ln -sf /usr/share/zoneinfo/Etc/UTC /etc/localtime && echo Etc/UTC > /etc/timezone")
+
+
+@pytest.fixture(scope="module")
+def ssh_box(engine, tmp_path_factory):
+    """One container reachable over SSH (for ansible-core) with the agent in it (for kiln)."""
+    user_key = KeyPair.generate(comment="user")
+    name, port = f"kiln-test-ans2-{uuid.uuid4().hex[:8]}", free_port()
+    engine.create_machine(BASE_IMAGE, name, {TEST_LABEL: SESSION}, ssh_port=port)
+    engine.copy_in(
+        name,
+        {
+            "/root/.ssh": (None, 0o700),
+            "/root/.ssh/authorized_keys": (user_key.public_openssh.encode() + b"\n", 0o600),
+            HOSTKEYS_UNIT_PATH: (HOSTKEYS_UNIT.encode(), 0o644),
+            "/var/lib/kiln/agent.pyz": (agent_zipapp(), 0o644),
+        },
+    )
+    engine.start(name)
+    key_file = tmp_path_factory.mktemp("ssh") / "id"
+    key_file.write_bytes(user_key.private_openssh)
+    key_file.chmod(0o600)
+    yield AgentBox(engine, name=name), port, key_file
+    engine.remove_container(name)
+
+
+def ansible_module(ssh_box, module: str, args: str = "") -> dict:
+    """ansible-core's own module run on the container over SSH: its result."""
+    _, port, key_file = ssh_box
+    env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_LOCAL_TEMP=str(key_file.parent / "tmp"))
+    argv = [os.path.join(os.path.dirname(sys.executable), "ansible"), "all", "-i", "127.0.0.1,", "-m", module]
+    argv += ["-a", args] if args else []
+    argv += ["-e", f"ansible_port={port} ansible_user=root ansible_ssh_private_key_file={key_file}"]
+    argv += ["-e", "ansible_python_interpreter=/usr/bin/python3", "-o"]
+    deadline = time.monotonic() + 60
+    while True:  # sshd may still be starting
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(done.stdout[done.stdout.index("{") :])
+
+
+def values_after(box, steps: list[dict], expression: str) -> tuple[list[dict], object]:
+    """Apply steps, then write ``expression`` (rendered on the box) as JSON: the step events and that value."""
+    dump = {
+        "module": "copy",
+        "args": {"dest": "/tmp/kt-values.json", "content": "{{ (" + expression + ") | to_json }}"},
+    }
+    events = steps_of(box.apply(steps + [dump]))
+    return events[:-1], json.loads(box.sh("cat /tmp/kt-values.json"))
+
+
+def test_service_facts_equal_ansible_and_reach_later_steps(ssh_box):
+    box = ssh_box[0]
+    box.sh("systemctl mask cron.service")
+    theirs = ansible_module(ssh_box, "service_facts")["ansible_facts"]["services"]
+    later = {
+        "that": [
+            "services['cron.service'].status == 'masked'",
+            "ansible_facts.services['ssh.service'].state == 'running'",
+            "ansible_facts.distribution == 'Debian'",
+        ]
+    }
+    steps, ours = values_after(
+        box,
+        [{"module": "service_facts", "args": {}, "register": "gathered"}, {"module": "assert", "args": later}],
+        "gathered.ansible_facts.services",
+    )
+    assert [s["status"] for s in steps] == ["ok", "ok"], steps
+    assert ours == theirs
