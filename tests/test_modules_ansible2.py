@@ -104,3 +104,12 @@ def test_service_facts_equal_ansible_and_reach_later_steps(ssh_box):
     )
     assert [s["status"] for s in steps] == ["ok", "ok"], steps
     assert ours == theirs
+
+
+def test_package_facts_equal_ansible(ssh_box):
+    box = ssh_box[0]
+    box.sh("apt-get install -y -q python3-apt >/dev/null 2>&1")  # what ansible-core's package_facts reads
+    theirs = ansible_module(ssh_box, "package_facts")["ansible_facts"]["packages"]
+    steps, ours = values_after(box, [{"module": "package_facts", "args": {}}], "ansible_facts.packages")
+    assert [s["status"] for s in steps] == ["ok"], steps
+    assert ours == theirs
