@@ -113,3 +113,16 @@ def test_package_facts_equal_ansible(ssh_box):
     steps, ours = values_after(box, [{"module": "package_facts", "args": {}}], "ansible_facts.packages")
     assert [s["status"] for s in steps] == ["ok"], steps
     assert ours == theirs
+
+
+@pytest.mark.parametrize("path", ["/etc/kt-stat/file", "/etc/kt-stat", "/etc/kt-stat/link", "/etc/kt-stat/none"])
+def test_stat_equals_ansible(ssh_box, path):
+    box = ssh_box[0]
+    box.sh(
+        "mkdir -p /etc/kt-stat && printf 'x = 1\\n' > /etc/kt-stat/file && chmod 4750 /etc/kt-stat/file"
+        " && chown nobody:daemon /etc/kt-stat/file && ln -sfn file /etc/kt-stat/link"
+    )
+    theirs = ansible_module(ssh_box, "stat", f"path={path}")["stat"]
+    steps, ours = values_after(box, [{"module": "stat", "args": {"path": path}, "register": "found"}], "found.stat")
+    assert [s["status"] for s in steps] == ["ok"], steps
+    assert {k: v for k, v in ours.items() if k != "atime"} == {k: v for k, v in theirs.items() if k != "atime"}
