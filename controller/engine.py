@@ -59,6 +59,10 @@ WantedBy=multi-user.target
 """
 
 
+#: how podman and docker say an image does not exist (anything else is an engine failure)
+NOT_FOUND = ("image not known", "no such image", "no such object")
+
+
 class EngineError(RuntimeError):
     """The container engine refused or failed a command."""
 
@@ -146,7 +150,15 @@ class Engine:
         return rc == 0
 
     def image_exists(self, ref: str) -> bool:
-        return self.succeeds("image", "inspect", ref)
+        """Whether image ``ref`` exists. An engine that cannot answer (a timeout, a busy storage lock)
+        raises instead: "missing" would make a caller build or replace what is there."""
+        rc, _, stderr = run_to_completion([self.command, *self._global_args(), "image", "inspect", ref], None, 60)
+        if rc == 0:
+            return True
+        said = stderr.decode(errors="replace")
+        if any(phrase in said.lower() for phrase in NOT_FOUND):
+            return False
+        raise EngineError(f"{self.command} could not say whether image {ref} exists (exit {rc}): {said.strip()[-500:]}")
 
     def image_labels(self, ref: str) -> dict[str, str] | None:
         """The labels of image ``ref``; None when there is no such image."""
