@@ -26,6 +26,8 @@ def _options(keep_on_error: bool = False, check: bool = False, diff: bool = Fals
 
 def _overrides(var: list[str] | None) -> dict:
     """--var k=v pairs; a malformed one is invalid input (exit 2), like any other."""
+    if not var:
+        return {}  # no compiler import on the developer loop's hot path
     from controller.model import InvalidInput
     from controller.stepfiles.compile import parse_var_overrides
 

@@ -7,7 +7,7 @@ import datetime as dt
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -22,13 +22,15 @@ from controller.stages.architectures import by_architecture
 from controller.stages.clean_machine import CleanMachine
 from controller.stages.connect import Connect
 from controller.stages.launch_instance import LaunchInstance
-from controller.stages.publish_consumers import PublishConsumers
 from controller.stages.push_bundle import PushBundle
 from controller.stages.record import Record
 from controller.stages.resolve_base import ResolveBase
 from controller.stages.snapshot import Publish, Retire, Snapshot
 from controller.stages.test_image import TestImage
 from controller.stages.verify import Verify
+
+if TYPE_CHECKING:  # the consumers' stage loads boto3: a local bake never pays for it
+    from controller.stages.publish_consumers import PublishConsumers
 
 log = structlog.get_logger("kiln")
 
@@ -137,6 +139,8 @@ def consumers_stage(provider: Provider, config: Config, role: str, options: Bake
         consumers.check_before_launch(provider, settings, base_dir)
     except (BotoCoreError, ClientError) as exc:
         raise ProviderError(f"checking the consumers failed: {exc}") from exc
+    from controller.stages.publish_consumers import PublishConsumers
+
     return PublishConsumers(settings, base_dir)
 
 
