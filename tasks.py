@@ -61,22 +61,38 @@ def _split(value: str) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] or None
 
 
-@task(iterable=["var"], help={
-    "role": "The role to bake (playbooks/roles/<role>).",
-    "provider": "local (podman/docker) or aws.",
-    "sandbox": "aws only: run against an embedded moto server (or AWS_ENDPOINT_URL) with local containers.",
-    "var": "Override a variable: --var k=v (repeatable); highest precedence.",
-    "json": "Log JSON lines instead of the terminal view.",
-    "keep_on_error": "Keep the build machine when the bake fails, and print how to log in.",
-    "tags": "Only steps with these tags (comma separated).",
-    "skip_tags": "Skip steps with these tags (comma separated).",
-    "check": "Check mode: report what would change, change nothing, publish nothing.",
-    "diff": "Show what each step changes.",
-    "no_test": "Skip the test stage (a fresh machine from the new image runs the checks): a fast inner loop.",
-    "vault_password_file": "A file holding the password of the role's !vault values (or ANSIBLE_VAULT_PASSWORD_FILE).",
-})
-def bake(c, role, provider="local", sandbox=False, var=None, json=False, keep_on_error=False,
-         tags="", skip_tags="", check=False, diff=False, no_test=False, vault_password_file=""):
+@task(
+    iterable=["var"],
+    help={
+        "role": "The role to bake (playbooks/roles/<role>).",
+        "provider": "local (podman/docker) or aws.",
+        "sandbox": "aws only: run against an embedded moto server (or AWS_ENDPOINT_URL) with local containers.",
+        "var": "Override a variable: --var k=v (repeatable); highest precedence.",
+        "json": "Log JSON lines instead of the terminal view.",
+        "keep_on_error": "Keep the build machine when the bake fails, and print how to log in.",
+        "tags": "Only steps with these tags (comma separated).",
+        "skip_tags": "Skip steps with these tags (comma separated).",
+        "check": "Check mode: report what would change, change nothing, publish nothing.",
+        "diff": "Show what each step changes.",
+        "no_test": "Skip the test stage (a fresh machine from the new image runs the checks): a fast inner loop.",
+        "vault_password_file": "A file holding the password of the role's !vault values (or ANSIBLE_VAULT_PASSWORD_FILE).",
+    },
+)
+def bake(
+    c,
+    role,
+    provider="local",
+    sandbox=False,
+    var=None,
+    json=False,
+    keep_on_error=False,
+    tags="",
+    skip_tags="",
+    check=False,
+    diff=False,
+    no_test=False,
+    vault_password_file="",
+):
     """Bake one role into one new, verified, versioned image."""
     _setup(json)
     _vault_password_file(vault_password_file)
@@ -85,8 +101,15 @@ def bake(c, role, provider="local", sandbox=False, var=None, json=False, keep_on
     from controller.bake import bake as run_bake
 
     options = dataclasses.replace(_options(keep_on_error, check, diff), test_image=not no_test)
-    result = run_bake(role, provider, options, overrides=_overrides(var),
-                      tags=_split(tags), skip_tags=_split(skip_tags), sandbox=sandbox)
+    result = run_bake(
+        role,
+        provider,
+        options,
+        overrides=_overrides(var),
+        tags=_split(tags),
+        skip_tags=_split(skip_tags),
+        sandbox=sandbox,
+    )
     if result.exit_code:
         raise Exit(code=result.exit_code)
 
@@ -108,8 +131,10 @@ def images(c, role, provider="local", sandbox=False, json=False):
         entry = recorded.get((role, image.version, image.region), {})
         base = entry.get("base") or {}
         base_text = f"{base['name']}@{image.base[:12]}" if base.get("name") else image.base[:12]
-        print(f"{image.version:<13} {image.status:<10} {_when(entry.get('finished') or image.created):<17} "
-              f"{base_text[:44]:<44} {image.inputs_hash[:12]:<13} {image.region or '-':<10} {image.id[:21]}")
+        print(
+            f"{image.version:<13} {image.status:<10} {_when(entry.get('finished') or image.created):<17} "
+            f"{base_text[:44]:<44} {image.inputs_hash[:12]:<13} {image.region or '-':<10} {image.id[:21]}"
+        )
 
 
 def _when(value: str) -> str:
@@ -118,8 +143,12 @@ def _when(value: str) -> str:
     return text[:16] if len(text) >= 16 else text
 
 
-@task(help={"role": "Validate one role (default: all).",
-            "vault_password_file": "A file holding the password of !vault values (or ANSIBLE_VAULT_PASSWORD_FILE)."})
+@task(
+    help={
+        "role": "Validate one role (default: all).",
+        "vault_password_file": "A file holding the password of !vault values (or ANSIBLE_VAULT_PASSWORD_FILE).",
+    }
+)
 def validate(c, role="", vault_password_file=""):
     """Validate config and step files; report every error with file:line:column (exit 2 on any)."""
     _setup(False)
@@ -174,25 +203,36 @@ def sweep(c, provider="local", apply=False, sandbox=False, json=False):
         print("dry run: nothing was removed (--apply removes it)")
 
 
-@task(iterable=["var"], help={"role": "The role to converge on its kept dev instance.",
-                               "watch": "Stay connected and re-apply on every save of the role's files (Ctrl-C ends).",
-                               "provider": "local (a kept container) or ssh (the existing host providers.ssh names)."})
-def converge(c, role, var=None, json=False, tags="", skip_tags="", check=False, diff=False, watch=False,
-             provider="local"):
+@task(
+    iterable=["var"],
+    help={
+        "role": "The role to converge on its kept dev instance.",
+        "watch": "Stay connected and re-apply on every save of the role's files (Ctrl-C ends).",
+        "provider": "local (a kept container) or ssh (the existing host providers.ssh names).",
+    },
+)
+def converge(
+    c, role, var=None, json=False, tags="", skip_tags="", check=False, diff=False, watch=False, provider="local"
+):
     """Apply a role to its kept local instance (created on first use); only differences change."""
     _setup(json)
     from controller.devloop import converge as run_converge
     from controller.devloop import watch as run_watch
 
     run = run_watch if watch else run_converge
-    code = run(role, _options(check=check, diff=diff), _overrides(var), _split(tags), _split(skip_tags),
-               provider=provider)
+    code = run(
+        role, _options(check=check, diff=diff), _overrides(var), _split(tags), _split(skip_tags), provider=provider
+    )
     if code:
         raise Exit(code=code)
 
 
-@task(help={"role": "The role whose checks to run on its kept dev instance.",
-            "provider": "local (a kept container) or ssh (the existing host providers.ssh names)."})
+@task(
+    help={
+        "role": "The role whose checks to run on its kept dev instance.",
+        "provider": "local (a kept container) or ssh (the existing host providers.ssh names).",
+    }
+)
 def verify(c, role, json=False, provider="local"):
     """Run a role's verify.yml checks on its kept dev instance."""
     _setup(json)
@@ -214,8 +254,12 @@ def login(c, role):
         raise Exit(str(exc), code=1) from None
 
 
-@task(help={"role": "Only this role's dev instance (default: all).",
-            "build_id": "Also remove what a --keep-on-error bake kept."})
+@task(
+    help={
+        "role": "Only this role's dev instance (default: all).",
+        "build_id": "Also remove what a --keep-on-error bake kept.",
+    }
+)
 def destroy(c, role="", build_id=""):
     """Remove kept dev instances (and a kept failed build with --build-id)."""
     from controller.devloop import destroy as run_destroy
@@ -224,29 +268,52 @@ def destroy(c, role="", build_id=""):
         print(f"removed {name}")
 
 
-@task(help={"roles": "Comma-separated roles (default: every role).", "provider": "local or aws.",
-            "force": "Bake every selected role even if unchanged.", "concurrency": "Bakes at once.",
-            "on_locked": "When another scheduler holds a role: skip (default) or wait.",
-            "shard": "K/N: only this runner's deterministic share (whole dependency chains) of N.",
-            "run_id": "Names the run several runners share, for nightly-report (default: the UTC date).",
-            "runner": "This runner's name in the report (default: host-pid)."})
-def nightly(c, roles="", provider="local", force=False, concurrency=2, on_locked="skip", sandbox=False, json=False,
-            shard="", run_id="", runner=""):
+@task(
+    help={
+        "roles": "Comma-separated roles (default: every role).",
+        "provider": "local or aws.",
+        "force": "Bake every selected role even if unchanged.",
+        "concurrency": "Bakes at once.",
+        "on_locked": "When another scheduler holds a role: skip (default) or wait.",
+        "shard": "K/N: only this runner's deterministic share (whole dependency chains) of N.",
+        "run_id": "Names the run several runners share, for nightly-report (default: the UTC date).",
+        "runner": "This runner's name in the report (default: host-pid).",
+    }
+)
+def nightly(
+    c,
+    roles="",
+    provider="local",
+    force=False,
+    concurrency=2,
+    on_locked="skip",
+    sandbox=False,
+    json=False,
+    shard="",
+    run_id="",
+    runner="",
+):
     """Rebake the roles whose inputs changed, in parallel; write builds/nightly-<time>.json and .md."""
     _setup(json, prefix_roles=True)
     from controller.nightly import nightly as run_nightly
 
-    code = run_nightly(_split(roles), provider, force, int(concurrency), on_locked, sandbox, shard=shard,
-                       run_id=run_id, runner=runner)
+    code = run_nightly(
+        _split(roles), provider, force, int(concurrency), on_locked, sandbox, shard=shard, run_id=run_id, runner=runner
+    )
     if code:
         raise Exit(code=code)
 
 
-@task(name="nightly-report", iterable=["report"], help={
-    "run_id": "The run to merge (default: the run of the newest report found).",
-    "report": "A runner's nightly-*.json (repeatable; default: every one under --dir).",
-    "dir": "Where to look for the runners' reports (any depth) and write the merged one.",
-    "json": "Print the merged report as JSON."})
+@task(
+    name="nightly-report",
+    iterable=["report"],
+    help={
+        "run_id": "The run to merge (default: the run of the newest report found).",
+        "report": "A runner's nightly-*.json (repeatable; default: every one under --dir).",
+        "dir": "Where to look for the runners' reports (any depth) and write the merged one.",
+        "json": "Print the merged report as JSON.",
+    },
+)
 def nightly_report(c, run_id="", report=None, dir="builds", json=False):
     """Merge the reports of the runners of one nightly run: every role once, who baked it, totals."""
     from controller.nightly_report import nightly_report as merge_reports
@@ -254,15 +321,24 @@ def nightly_report(c, run_id="", report=None, dir="builds", json=False):
     code, run = merge_reports(report or [], Path(dir), run_id)
     if run is not None:
         totals = ", ".join(f"{v} {k}" for k, v in run.totals.items())
-        print(jsonlib.dumps(run.as_dict(), indent=1) if json else
-              f"run {run.run_id}: {len(run.runners)} runners, {totals}, {run.wall_seconds:.0f} s; "
-              f"{dir}/nightly-run-{run.run_id}.md")
+        print(
+            jsonlib.dumps(run.as_dict(), indent=1)
+            if json
+            else f"run {run.run_id}: {len(run.runners)} runners, {totals}, {run.wall_seconds:.0f} s; "
+            f"{dir}/nightly-run-{run.run_id}.md"
+        )
     if code:
         raise Exit(code=code)
 
 
-@task(help={"role": "The role to promote.", "version": "A retained version (YYYYMMDD.N), older or newer.",
-            "provider": "aws (the consumers are AWS's).", "json": "JSON output."})
+@task(
+    help={
+        "role": "The role to promote.",
+        "version": "A retained version (YYYYMMDD.N), older or newer.",
+        "provider": "aws (the consumers are AWS's).",
+        "json": "JSON output.",
+    }
+)
 def promote(c, role, version, provider="aws", sandbox=False, json=False):
     """Point latest, the launch templates, the instance refresh and the git-ops file at a retained version."""
     _setup(json)

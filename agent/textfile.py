@@ -20,7 +20,7 @@ def args() -> Dict[str, Any]:
         "create": {"type": "bool", "default": False, "description": "Create the file when it is missing."},
         "backup": {"type": "bool", "default": False, "description": "Keep the old file as <path>.<timestamp>~."},
         "validate": {"type": "str", "description": "Command checking the new file (%s is the temp file)."},
-        "mode": {"type": "mode", "description": "Mode, quoted octal (\"0644\") or symbolic."},
+        "mode": {"type": "mode", "description": 'Mode, quoted octal ("0644") or symbolic.'},
         "owner": {"type": "str", "description": "Owning user name."},
         "group": {"type": "str", "description": "Owning group name."},
     }
@@ -38,9 +38,17 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     return {"attrs": attrs, "text": text}
 
 
-def apply_edit(params: Dict[str, Any], state: Dict[str, Any], ctx: Context,
-               edit: Callable[[Dict[str, Any], str], str], *, removing: bool, nothing_to_remove: str,
-               unchanged: str, describe: Callable[[str], str]) -> Result:
+def apply_edit(
+    params: Dict[str, Any],
+    state: Dict[str, Any],
+    ctx: Context,
+    edit: Callable[[Dict[str, Any], str], str],
+    *,
+    removing: bool,
+    nothing_to_remove: str,
+    unchanged: str,
+    describe: Callable[[str], str],
+) -> Result:
     """Apply ``edit(params, old_text)`` to the file ``params["path"]`` whose ``check`` state is ``state``.
 
     ``removing``: the edit only takes away (a missing file is then fine as it is);
@@ -81,8 +89,9 @@ def apply_edit(params: Dict[str, Any], state: Dict[str, Any], ctx: Context,
             data["backup_file"] = copymod.backup_file(path)
         current = int(attrs["mode"], 8) if attrs else 0o644
         mode = parse_mode(params["mode"], current) if params.get("mode") else None
-        atomic_write(path, new.encode("utf-8", errors="surrogateescape"), mode=mode,
-                     validate=params.get("validate"), ctx=ctx)
+        atomic_write(
+            path, new.encode("utf-8", errors="surrogateescape"), mode=mode, validate=params.get("validate"), ctx=ctx
+        )
     if wanted:
         filemod.set_attributes(path, wanted)
     return Result(True, msg, diff=diff, data=data)

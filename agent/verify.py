@@ -13,17 +13,25 @@ from agent.api import Context, ModuleError
 from agent.checks import discover
 
 
-def run_checks(checks: List[Dict[str, Any]], facts: Dict[str, Any],
-               emit: Callable[[Dict[str, Any]], None], variables: Optional[Dict[str, Any]] = None) -> bool:
+def run_checks(
+    checks: List[Dict[str, Any]],
+    facts: Dict[str, Any],
+    emit: Callable[[Dict[str, Any]], None],
+    variables: Optional[Dict[str, Any]] = None,
+) -> bool:
     available = discover()
     ctx = Context(facts=facts)
     counts = {"passed": 0, "failed": 0}
     for index, check in enumerate(checks, 1):
         started = time.monotonic()
         kind = check["check"]
-        event: Dict[str, Any] = {"event": "check", "index": index, "check": kind,
-                                 "name": check.get("name") or f"{kind} {check.get('target', '')}".strip(),
-                                 "source": check.get("source")}
+        event: Dict[str, Any] = {
+            "event": "check",
+            "index": index,
+            "check": kind,
+            "name": check.get("name") or f"{kind} {check.get('target', '')}".strip(),
+            "source": check.get("source"),
+        }
         impl = available.get(kind)
         try:
             if impl is None:
@@ -51,8 +59,9 @@ def run_checks(checks: List[Dict[str, Any]], facts: Dict[str, Any],
             passed, observed = False, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug in a check fails that check, not the whole verify run
             passed, observed = False, f"check {kind} crashed: {type(exc).__name__}: {exc}"
-        event.update(status="passed" if passed else "failed", observed=observed,
-                     duration=round(time.monotonic() - started, 4))
+        event.update(
+            status="passed" if passed else "failed", observed=observed, duration=round(time.monotonic() - started, 4)
+        )
         counts[event["status"]] += 1
         emit(event)
     emit(dict(counts, event="summary"))

@@ -131,9 +131,15 @@ def generated(root: Path, steps: int) -> Path:
     role_dir = root / "playbooks" / "roles" / f"gen{steps}"
     role_dir.mkdir(parents=True)
     (root / "playbooks" / "kiln.yaml").write_text("retention: {keep: 5}\n")
-    (role_dir / "role.yml").write_text(f"description: {steps} generated steps\nbase:\n  aws: {{ssm_parameter: {AL2023}}}\n")
-    (role_dir / "steps.yml").write_text("- name: directory\n  file: {path: /etc/kiln-bench, state: directory}\n" + "".join(
-        f"- name: file {i}\n  copy: {{content: \"{i}\\n\", dest: /etc/kiln-bench/f{i}}}\n" for i in range(steps - 1)))
+    (role_dir / "role.yml").write_text(
+        f"description: {steps} generated steps\nbase:\n  aws: {{ssm_parameter: {AL2023}}}\n"
+    )
+    (role_dir / "steps.yml").write_text(
+        "- name: directory\n  file: {path: /etc/kiln-bench, state: directory}\n"
+        + "".join(
+            f'- name: file {i}\n  copy: {{content: "{i}\\n", dest: /etc/kiln-bench/f{i}}}\n' for i in range(steps - 1)
+        )
+    )
     (role_dir / "verify.yml").write_text("- file: /etc/kiln-bench\n")
     return root / "playbooks"
 

@@ -99,28 +99,39 @@ def slow_cloud(plane: Any, boot: float, image: float) -> None:
 def generate(root: Path, count: int, regions: list[str]) -> Path:
     playbooks = root / "playbooks"
     (playbooks / "roles").mkdir(parents=True)
-    (playbooks / "kiln.yaml").write_text(f"providers:\n  aws:\n    regions: [{', '.join(regions)}]\n"
-                                         "retention:\n  keep: 2\n")
+    (playbooks / "kiln.yaml").write_text(
+        f"providers:\n  aws:\n    regions: [{', '.join(regions)}]\nretention:\n  keep: 2\n"
+    )
     for i in range(count):
         role = playbooks / "roles" / f"gen{i:02d}"
         role.mkdir()
         (role / "role.yml").write_text(f"description: generated role {i}\nbase:\n  aws: {{ssm_parameter: {AL2023}}}\n")
         (role / "steps.yml").write_text(
             f"- name: directory\n  file: {{path: /etc/gen{i:02d}, state: directory}}\n"
-            f"- name: first\n  copy: {{content: \"{i} one\\n\", dest: /etc/gen{i:02d}/one}}\n"
-            f"- name: second\n  copy: {{content: \"{i} two\\n\", dest: /etc/gen{i:02d}/two}}\n")
-        (role / "verify.yml").write_text(f"- file: /etc/gen{i:02d}/two\n  contains: [\"{i} two\"]\n")
+            f'- name: first\n  copy: {{content: "{i} one\\n", dest: /etc/gen{i:02d}/one}}\n'
+            f'- name: second\n  copy: {{content: "{i} two\\n", dest: /etc/gen{i:02d}/two}}\n'
+        )
+        (role / "verify.yml").write_text(f'- file: /etc/gen{i:02d}/two\n  contains: ["{i} two"]\n')
     return playbooks
 
 
-def one_nightly(playbooks: Path, builds: Path, roles: list[str], concurrency: int, force: bool,
-                args: argparse.Namespace) -> tuple[float, list[RoleReport], Latency]:
+def one_nightly(
+    playbooks: Path, builds: Path, roles: list[str], concurrency: int, force: bool, args: argparse.Namespace
+) -> tuple[float, list[RoleReport], Latency]:
     prov = make_aws_provider({"regions": args.regions}, sandbox=True, state_dir=builds)
     latency = Latency(*args.latency)
     latency.install(prov.session)
     slow_cloud(prov.data_plane, args.boot, args.image)
-    run = Nightly(prov, load_config(playbooks / "kiln.yaml"), BakeOptions(builds_dir=builds, playbooks_dir=playbooks),
-                  roles, force=force, concurrency=concurrency, provider_name="aws", sandbox=True)
+    run = Nightly(
+        prov,
+        load_config(playbooks / "kiln.yaml"),
+        BakeOptions(builds_dir=builds, playbooks_dir=playbooks),
+        roles,
+        force=force,
+        concurrency=concurrency,
+        provider_name="aws",
+        sandbox=True,
+    )
     started = time.monotonic()
     try:
         reports = run.run()
@@ -136,10 +147,14 @@ def describe(label: str, wall: float, reports: list[RoleReport], latency: Latenc
     calls = sum(latency.calls.values())
     print(f"  {label:<34} wall {wall:7.1f} s   " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if baked:
-        print(f"  {'':<34} longest bake {max(baked):5.1f} s, shortest {min(baked):5.1f} s, sum of bakes "
-              f"{sum(baked):6.1f} s (wall / longest {wall / max(baked):.1f}x, sum / wall {sum(baked) / wall:.1f}x)")
-    print(f"  {'':<34} {calls} API calls ({calls / len(reports):.1f} a role), {latency.slept:.1f} s of simulated "
-          f"latency, {latency.calls['ec2:RunInstances']} RunInstances")
+        print(
+            f"  {'':<34} longest bake {max(baked):5.1f} s, shortest {min(baked):5.1f} s, sum of bakes "
+            f"{sum(baked):6.1f} s (wall / longest {wall / max(baked):.1f}x, sum / wall {sum(baked) / wall:.1f}x)"
+        )
+    print(
+        f"  {'':<34} {calls} API calls ({calls / len(reports):.1f} a role), {latency.slept:.1f} s of simulated "
+        f"latency, {latency.calls['ec2:RunInstances']} RunInstances"
+    )
     failed = [r for r in reports if r.result not in (BAKED, UNCHANGED)]
     for r in failed:
         print(f"    {r.role}: {r.result} {r.error[-300:]}")
@@ -171,9 +186,11 @@ def main() -> None:
     sandbox_client("ec2", args.regions[0], os.environ["AWS_ENDPOINT_URL"]).describe_regions()  # moto's AMIs, once
     engine = Engine()
     before = {row["Id"] for row in engine.images(LOCAL_IMAGES)}
-    print(f"nightly over {args.roles} generated roles, AWS sandbox ({', '.join(args.regions)}); latency "
-          f"{args.latency[0] * 1000:.0f}-{args.latency[1] * 1000:.0f} ms a request, boot +{args.boot:g} s, "
-          f"AMI +{args.image:g} s; {os.cpu_count()} cores")
+    print(
+        f"nightly over {args.roles} generated roles, AWS sandbox ({', '.join(args.regions)}); latency "
+        f"{args.latency[0] * 1000:.0f}-{args.latency[1] * 1000:.0f} ms a request, boot +{args.boot:g} s, "
+        f"AMI +{args.image:g} s; {os.cpu_count()} cores"
+    )
     total = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="kiln-bench-nightly-") as tmp:

@@ -34,23 +34,25 @@ def generated_role(root: Path, steps: int) -> Path:
     role = playbooks / "roles" / "bench"
     (role / "templates").mkdir(parents=True)
     (playbooks / "kiln.yaml").write_text("retention:\n  keep: 2\n")
-    (role / "role.yml").write_text("description: generated\nbase:\n  local: localhost/kiln-base/debian:bookworm\n"
-                                   "defaults:\n  app_dir: /srv/bench\n  workers: 4\n  users: [a, b, c]\n")
+    (role / "role.yml").write_text(
+        "description: generated\nbase:\n  local: localhost/kiln-base/debian:bookworm\n"
+        "defaults:\n  app_dir: /srv/bench\n  workers: 4\n  users: [a, b, c]\n"
+    )
     (role / "templates" / "app.conf.j2").write_text("workers={{ workers }}\nhost={{ facts.hostname }}\n")
     (role / "handlers.yml").write_text("- name: reload app\n  command: {cmd: /bin/true}\n")
     kinds = [
         '- name: dir {i}\n  file: {{path: "{{{{ app_dir }}}}/d{i}", state: directory, mode: "0755"}}\n  tags: [dirs]\n',
         '- name: file {i}\n  copy: {{content: "value {i}\\n", dest: "{{{{ app_dir }}}}/f{i}", mode: "0644"}}\n'
-        '  notify: reload app\n',
+        "  notify: reload app\n",
         '- name: template {i}\n  template: {{src: app.conf.j2, dest: "{{{{ app_dir }}}}/t{i}.conf", mode: "0640"}}\n'
         '  when: facts.os_family == "debian"\n',
         '- name: line {i}\n  line_in_file: {{path: "{{{{ app_dir }}}}/lines", line: "k{i}=v", create: true}}\n',
         '- name: probe {i}\n  command: {{cmd: "test -d {{{{ app_dir }}}}"}}\n  register: probe{i}\n'
-        '  changed_when: false\n',
+        "  changed_when: false\n",
         '- name: per user {i}\n  file: {{path: "{{{{ app_dir }}}}/u{i}-{{{{ user }}}}", state: directory}}\n'
         '  loop: "{{{{ users }}}}"\n  loop_var: user\n',
         '- name: guarded {i}\n  block:\n    - name: inner {i}\n      file: {{path: "{{{{ app_dir }}}}/b{i}", '
-        'state: directory}}\n  rescue:\n    - name: rescue {i}\n      command: {{cmd: /bin/true}}\n',
+        "state: directory}}\n  rescue:\n    - name: rescue {i}\n      command: {{cmd: /bin/true}}\n",
     ]
     lines = ["- name: base dir\n  file: {path: /srv/bench, state: directory}\n"]
     lines += [kinds[i % len(kinds)].format(i=i) for i in range(1, steps)]

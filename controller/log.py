@@ -60,8 +60,13 @@ class Redact:
 
 REDACT = Redact()
 
-STATUS_COLORS = {"ok": "\x1b[32m", "changed": "\x1b[33m", "failed": "\x1b[31m", "skipped": "\x1b[36m",
-                 "passed": "\x1b[32m"}
+STATUS_COLORS = {
+    "ok": "\x1b[32m",
+    "changed": "\x1b[33m",
+    "failed": "\x1b[31m",
+    "skipped": "\x1b[36m",
+    "passed": "\x1b[32m",
+}
 RESET = "\x1b[0m"
 QUIET_KEYS = ("timestamp", "level", "role", "build_id", "logger")
 
@@ -103,8 +108,10 @@ class TerminalRenderer:
 
     def _bake(self, e: dict) -> str:
         mode = " in check mode (nothing is changed or published)" if e.get("check_mode") else ""
-        return (f"kiln: baking {e.get('role')} on {e.get('provider')}, build {e.get('build_id')}{mode} "
-                f"(roles {e.get('chain')}; {e.get('steps')} steps, {e.get('checks')} checks)")
+        return (
+            f"kiln: baking {e.get('role')} on {e.get('provider')}, build {e.get('build_id')}{mode} "
+            f"(roles {e.get('chain')}; {e.get('steps')} steps, {e.get('checks')} checks)"
+        )
 
     def _role(self, e: dict) -> str:
         """nightly: one role finished (baked, skipped, failed or locked)."""
@@ -153,8 +160,10 @@ class TerminalRenderer:
     def _recap(self, e: dict) -> str:
         counts = " ".join(f"{k}={e.get(k, 0)}" for k in ("ok", "changed", "failed", "skipped", "ignored"))
         result = self.paint("ok" if e.get("result") == "ok" else "failed", str(e.get("result")))
-        text = (f"\nRECAP {e.get('role', '')} : {counts} checks_passed={e.get('checks_passed', 0)}"
-                f" version={e.get('version')} result={result}")
+        text = (
+            f"\nRECAP {e.get('role', '')} : {counts} checks_passed={e.get('checks_passed', 0)}"
+            f" version={e.get('version')} result={result}"
+        )
         if e.get("check_mode"):
             text += "\n      check mode: 'changed' is what would change; nothing was changed or published"
         return text
@@ -209,8 +218,11 @@ def _short(value: Any) -> str:
 
 def _before_after(before: Any, after: Any) -> str:
     if isinstance(before, dict) and isinstance(after, dict):
-        lines = [f"{key}: {_short(before.get(key))} -> {_short(after.get(key))}"
-                 for key in list(dict.fromkeys([*before, *after])) if before.get(key) != after.get(key)]
+        lines = [
+            f"{key}: {_short(before.get(key))} -> {_short(after.get(key))}"
+            for key in list(dict.fromkeys([*before, *after]))
+            if before.get(key) != after.get(key)
+        ]
         return "\n".join(lines)
     return f"{_short(before)} -> {_short(after)}"
 

@@ -75,14 +75,30 @@ def record_images(path: Path, images: list[Image]) -> None:
 def entries_for(ctx: BakeContext) -> list[dict[str, Any]]:
     finished = ctx.finished.isoformat() if ctx.finished else ""
     common = {
-        "role": ctx.role, "version": ctx.version, "provider": ctx.provider.name, "build_id": ctx.build_id,
+        "role": ctx.role,
+        "version": ctx.version,
+        "provider": ctx.provider.name,
+        "build_id": ctx.build_id,
         "base": {"id": ctx.base.id, "name": ctx.base.name} if ctx.base else None,
-        "inputs_hash": ctx.inputs_hash, "started": ctx.started.isoformat(), "finished": finished,
-        "steps": ctx.apply_counts.as_dict(), "checks": ctx.checks, "packages": len(ctx.packages),
+        "inputs_hash": ctx.inputs_hash,
+        "started": ctx.started.isoformat(),
+        "finished": finished,
+        "steps": ctx.apply_counts.as_dict(),
+        "checks": ctx.checks,
+        "packages": len(ctx.packages),
         "timings": ctx.timings,
     }
-    return [dict(common, region=image.region, image_id=image.id, image_name=image.name, status="published",
-                 **of_architecture(ctx, image)) for image in ctx.published]
+    return [
+        dict(
+            common,
+            region=image.region,
+            image_id=image.id,
+            image_name=image.name,
+            status="published",
+            **of_architecture(ctx, image),
+        )
+        for image in ctx.published
+    ]
 
 
 def of_architecture(ctx: BakeContext, image: Image) -> dict[str, Any]:
@@ -91,6 +107,11 @@ def of_architecture(ctx: BakeContext, image: Image) -> dict[str, Any]:
     variant = next((v for v in ctx.variants if v.arch == arch), None)
     if variant is None:
         return {"arch": arch} if arch else {}
-    return {"arch": arch, "base": {"id": variant.base.id, "name": variant.base.name} if variant.base else None,
-            "inputs_hash": variant.inputs_hash, "steps": variant.apply_counts.as_dict(), "checks": variant.checks,
-            "packages": len(variant.packages)}
+    return {
+        "arch": arch,
+        "base": {"id": variant.base.id, "name": variant.base.name} if variant.base else None,
+        "inputs_hash": variant.inputs_hash,
+        "steps": variant.apply_counts.as_dict(),
+        "checks": variant.checks,
+        "packages": len(variant.packages),
+    }

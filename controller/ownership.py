@@ -53,9 +53,14 @@ class BuildClaim:
         """The claim written by :meth:`to_json`; None for anything else (never raises)."""
         try:
             data = json.loads(text)
-            return cls(build_id=str(data["build_id"]), expires=str(data["expires"]), host=str(data["host"]),
-                       pid=int(data["pid"]), pid_started=str(data.get("pid_started", "")),
-                       kept=bool(data.get("kept", False)))
+            return cls(
+                build_id=str(data["build_id"]),
+                expires=str(data["expires"]),
+                host=str(data["host"]),
+                pid=int(data["pid"]),
+                pid_started=str(data.get("pid_started", "")),
+                kept=bool(data.get("kept", False)),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 

@@ -38,10 +38,12 @@ STEPS = """\
 - name: migrate
   command: {cmd: "touch /srv/kiln-cd/migrated", creates: /srv/kiln-cd/migrated}
 """
-VERIFY = "- file: /etc/kiln-cd.conf\n  contains: [\"port=8080\"]\n"
+VERIFY = '- file: /etc/kiln-cd.conf\n  contains: ["port=8080"]\n'
 NAMES = ["app dir", "app config", "app user", "hello package", "app unit", "app service", "migrate"]
-PROBE = ("ls -d /srv/kiln-cd /etc/kiln-cd.conf /etc/systemd/system/kiln-cd.service 2>&1; id kcd 2>&1; "
-         "dpkg-query -W hello 2>&1; systemctl is-active kiln-cd 2>&1; true")
+PROBE = (
+    "ls -d /srv/kiln-cd /etc/kiln-cd.conf /etc/systemd/system/kiln-cd.service 2>&1; id kcd 2>&1; "
+    "dpkg-query -W hello 2>&1; systemctl is-active kiln-cd 2>&1; true"
+)
 
 
 def json_lines(text: str) -> list[dict]:
@@ -141,7 +143,7 @@ NO_LOG_STEPS = """\
   no_log: true
   ignore_errors: true
 """
-NO_LOG_VERIFY = "- file: /etc/kiln-app.conf\n  contains: [\"password=\"]\n"
+NO_LOG_VERIFY = '- file: /etc/kiln-app.conf\n  contains: ["password="]\n'
 
 
 @pytest.mark.parametrize("json_output", [False, True], ids=["terminal", "json"])
@@ -170,8 +172,18 @@ def test_no_log_secret_from_var_is_nowhere(engine, tmp_path: Path, json_output: 
     # the secret did reach the machine: the image has it, the logs do not
     image = f"{image_repo(role)}:{manifest[-1]['version']}"
     try:
-        content = engine.run("run", "--rm", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-                             "--entrypoint", "cat", image, "/etc/kiln-app.conf")
+        content = engine.run(
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=4096:4096",
+            "--entrypoint",
+            "cat",
+            image,
+            "/etc/kiln-app.conf",
+        )
         assert content == f"password={SECRET}\n"
     finally:
         for row in engine.images(image_repo(role)):
@@ -180,9 +192,14 @@ def test_no_log_secret_from_var_is_nowhere(engine, tmp_path: Path, json_output: 
 
 # --- progress -----------------------------------------------------------------------------------
 def test_long_step_shows_still_running(engine, tmp_path: Path):
-    make_playbooks(tmp_path, {"steps.yml": "- name: slow install\n  command: {cmd: sleep 4}\n"
-                                           "  idempotent: false\n  idempotent_reason: just sleeps\n"},
-                   role="slowstep")
+    make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": "- name: slow install\n  command: {cmd: sleep 4}\n"
+            "  idempotent: false\n  idempotent_reason: just sleeps\n"
+        },
+        role="slowstep",
+    )
     env = {"KILN_PROGRESS_SECONDS": "1", "KILN_JSON": "1"}
     proc = invoke(tmp_path, "converge", "--role", "slowstep", env=env)
     try:

@@ -14,14 +14,17 @@ PORT = 8766
 
 @pytest.fixture(scope="module")
 def checked_box(box):
-    box.put({
-        "/srv/chk/www/index.html": (b"<h1>kiln web</h1>\n", 0o644),
-        "/srv/chk/www/sub/index.html": (b"sub\n", 0o644),
-        "/srv/chk/f": (b"hello kiln\n", 0o640),
-    })
+    box.put(
+        {
+            "/srv/chk/www/index.html": (b"<h1>kiln web</h1>\n", 0o644),
+            "/srv/chk/www/sub/index.html": (b"sub\n", 0o644),
+            "/srv/chk/f": (b"hello kiln\n", 0o640),
+        }
+    )
     box.sh("chown nobody:nogroup /srv/chk/f && ln -sfn /srv/chk/f /srv/chk/link && groupadd -f -g 3301 kt-chk")
-    box.sh(f"cd /srv/chk/www && setsid nohup python3 -m http.server {PORT} --bind 127.0.0.1 "
-           ">/dev/null 2>&1 < /dev/null &")
+    box.sh(
+        f"cd /srv/chk/www && setsid nohup python3 -m http.server {PORT} --bind 127.0.0.1 >/dev/null 2>&1 < /dev/null &"
+    )
     for _ in range(50):
         if f":{PORT:04X} " in box.sh("cat /proc/net/tcp"):
             break
@@ -57,25 +60,57 @@ CASES = [
     ("port-bad", "port", "foo:1", "failed", "port must be"),
     # http
     ("http-body", "http", {"url": f"{URL}/", "body": ["kiln web"]}, "passed", "status 200, body contained 'kiln web'"),
-    ("http-body-missing", "http", {"url": f"{URL}/", "body": ["nope"]}, "failed",
-     "status 200, body did not contain 'nope'"),
+    (
+        "http-body-missing",
+        "http",
+        {"url": f"{URL}/", "body": ["nope"]},
+        "failed",
+        "status 200, body did not contain 'nope'",
+    ),
     ("http-404", "http", f"{URL}/missing", "failed", "status 404 (wanted 200)"),
     ("http-404-wanted", "http", {"url": f"{URL}/missing", "status": 404}, "passed", "status 404"),
-    ("http-no-follow", "http", {"url": f"{URL}/sub", "status": 301, "no_follow_redirects": True}, "passed",
-     "status 301"),
+    (
+        "http-no-follow",
+        "http",
+        {"url": f"{URL}/sub", "status": 301, "no_follow_redirects": True},
+        "passed",
+        "status 301",
+    ),
     ("http-follow", "http", {"url": f"{URL}/sub", "body": ["sub"]}, "passed", "status 200"),
     ("http-refused", "http", "http://127.0.0.1:9/", "failed", "no response from http://127.0.0.1:9/"),
     # command
     ("command-ok", "command", "true", "passed", "exit 0"),
     ("command-exit", "command", "echo boom >&2; exit 3", "failed", "exit 3 (wanted 0): boom"),
-    ("command-output", "command", {"cmd": "echo hi; echo err >&2", "stdout": ["hi"], "stderr": ["err"]}, "passed",
-     "exit 0"),
-    ("command-output-missing", "command", {"cmd": "echo hi", "stdout": ["bye"]}, "failed",
-     "stdout did not contain 'bye'"),
+    (
+        "command-output",
+        "command",
+        {"cmd": "echo hi; echo err >&2", "stdout": ["hi"], "stderr": ["err"]},
+        "passed",
+        "exit 0",
+    ),
+    (
+        "command-output-missing",
+        "command",
+        {"cmd": "echo hi", "stdout": ["bye"]},
+        "failed",
+        "stdout did not contain 'bye'",
+    ),
     ("command-exit-wanted", "command", {"cmd": "exit 2", "exit_status": 2}, "passed", "exit 2"),
     # file
-    ("file-all", "file", {"path": "/srv/chk/f", "filetype": "file", "mode": "0640", "owner": "nobody",
-                          "group": "nogroup", "contains": ["kiln"]}, "passed", "/srv/chk/f: file 0640 nobody:nogroup"),
+    (
+        "file-all",
+        "file",
+        {
+            "path": "/srv/chk/f",
+            "filetype": "file",
+            "mode": "0640",
+            "owner": "nobody",
+            "group": "nogroup",
+            "contains": ["kiln"],
+        },
+        "passed",
+        "/srv/chk/f: file 0640 nobody:nogroup",
+    ),
     ("file-missing", "file", "/srv/chk/none", "failed", "/srv/chk/none does not exist"),
     ("file-absent-ok", "file", {"path": "/srv/chk/none", "exists": False}, "passed", "does not exist"),
     ("file-wanted-absent", "file", {"path": "/srv/chk/f", "exists": False}, "failed", "wanted absent"),
@@ -83,12 +118,22 @@ CASES = [
     ("file-mode", "file", {"path": "/srv/chk/f", "mode": "0600"}, "failed", "mode 0640 (wanted 0600)"),
     ("file-owner", "file", {"path": "/srv/chk/f", "owner": "root"}, "failed", "owner nobody (wanted root)"),
     ("file-contains", "file", {"path": "/srv/chk/f", "contains": ["nginx"]}, "failed", "does not contain 'nginx'"),
-    ("file-symlink", "file", {"path": "/srv/chk/link", "filetype": "symlink", "linked_to": "/srv/chk/f"}, "passed",
-     "symlink 0777 root:root -> /srv/chk/f"),
+    (
+        "file-symlink",
+        "file",
+        {"path": "/srv/chk/link", "filetype": "symlink", "linked_to": "/srv/chk/f"},
+        "passed",
+        "symlink 0777 root:root -> /srv/chk/f",
+    ),
     ("file-dir", "file", {"path": "/srv/chk/www", "filetype": "directory"}, "passed", "directory"),
     # user
-    ("user-root", "user", {"name": "root", "uid": 0, "home": "/root", "shell": "/bin/bash", "groups": ["root"]},
-     "passed", "user root: uid 0"),
+    (
+        "user-root",
+        "user",
+        {"name": "root", "uid": 0, "home": "/root", "shell": "/bin/bash", "groups": ["root"]},
+        "passed",
+        "user root: uid 0",
+    ),
     ("user-missing", "user", "kt-nouser", "failed", "user kt-nouser does not exist"),
     ("user-absent-ok", "user", {"name": "kt-nouser", "exists": False}, "passed", "does not exist"),
     ("user-groups", "user", {"name": "nobody", "groups": ["kt-chk"]}, "failed", "not in group(s) kt-chk"),
@@ -100,10 +145,20 @@ CASES = [
     ("group-absent-ok", "group", {"name": "kt-nogroup", "exists": False}, "passed", "does not exist"),
     # kernel_param
     ("kernel-param", "kernel_param", {"name": "kernel.ostype", "value": "Linux"}, "passed", "kernel.ostype = Linux"),
-    ("kernel-param-wrong", "kernel_param", {"name": "kernel.ostype", "value": "BSD"}, "failed",
-     "kernel.ostype = Linux (wanted BSD)"),
-    ("kernel-param-missing", "kernel_param", {"name": "kernel.kt_nope", "value": "1"}, "failed",
-     "no such kernel parameter"),
+    (
+        "kernel-param-wrong",
+        "kernel_param",
+        {"name": "kernel.ostype", "value": "BSD"},
+        "failed",
+        "kernel.ostype = Linux (wanted BSD)",
+    ),
+    (
+        "kernel-param-missing",
+        "kernel_param",
+        {"name": "kernel.kt_nope", "value": "1"},
+        "failed",
+        "no such kernel parameter",
+    ),
     # the harness
     ("unknown-check", "kt_nosuch", {}, "failed", "unknown check 'kt_nosuch'"),
     ("bad-args", "file", {"path": "/srv/chk/f", "colour": "red"}, "failed", "unknown argument 'colour'"),

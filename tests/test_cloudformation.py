@@ -30,8 +30,13 @@ def moto_endpoint():
 
 
 def client(service: str, endpoint: str):
-    return boto3.client(service, region_name="us-east-1", endpoint_url=endpoint, aws_access_key_id="testing",
-                        aws_secret_access_key="testing")
+    return boto3.client(
+        service,
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def test_template_passes_cfn_lint():
@@ -44,11 +49,13 @@ def test_template_passes_cfn_lint():
 def test_stack_launches_the_image_latest_names(moto_endpoint):
     ec2, ssm, cfn = (client(s, moto_endpoint) for s in ("ec2", "ssm", "cloudformation"))
     baked = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
-    ssm.put_parameter(Name="/kiln/web/latest", Value=baked, Type="String", DataType="aws:ec2:image",
-                      Overwrite=True)
+    ssm.put_parameter(Name="/kiln/web/latest", Value=baked, Type="String", DataType="aws:ec2:image", Overwrite=True)
 
-    cfn.create_stack(StackName="web-fleet", TemplateBody=TEMPLATE.read_text(),
-                     Parameters=[{"ParameterKey": "FleetSize", "ParameterValue": "1"}])
+    cfn.create_stack(
+        StackName="web-fleet",
+        TemplateBody=TEMPLATE.read_text(),
+        Parameters=[{"ParameterKey": "FleetSize", "ParameterValue": "1"}],
+    )
     stack = cfn.describe_stacks(StackName="web-fleet")["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}

@@ -44,12 +44,15 @@ def test_shipped_config():
     assert config.retention == 5
     assert config.vars == {}
     line, column = config.position("providers", "aws", "regions", 1)
-    assert "eu-west-1" in (ROOT / "playbooks/kiln.yaml").read_text().splitlines()[line - 1][column - 1:]
+    assert "eu-west-1" in (ROOT / "playbooks/kiln.yaml").read_text().splitlines()[line - 1][column - 1 :]
 
 
 def test_values_and_positions(tmp_path: Path):
-    config = load(tmp_path, "providers:\n  aws:\n    regions: [us-east-1]\n    instance_type: t3.small\n"
-                            "retention: {keep: 3}\nvars:\n  greeting: hi\n")
+    config = load(
+        tmp_path,
+        "providers:\n  aws:\n    regions: [us-east-1]\n    instance_type: t3.small\n"
+        "retention: {keep: 3}\nvars:\n  greeting: hi\n",
+    )
     assert config.providers["aws"] == {"regions": ["us-east-1"], "instance_type": "t3.small"}
     assert config.providers["local"] == {}
     assert config.retention == 3 and config.vars == {"greeting": "hi"}
@@ -69,7 +72,9 @@ def test_null_provider_section_is_empty(tmp_path: Path):
 
 
 def test_every_problem_at_once(tmp_path: Path):
-    found = errors(tmp_path, """\
+    found = errors(
+        tmp_path,
+        """\
 provider:
   local: {}
 providers:
@@ -81,7 +86,8 @@ retention:
 vars:
   bad-name: 1
   facts: 2
-""")
+""",
+    )
     got = [(d.line, d.column, d.message) for d in found]
     assert len(got) == 7, got
     assert (1, 1, "unknown setting 'provider' (did you mean 'providers'?)") in got
@@ -93,18 +99,21 @@ vars:
     assert any(line == 11 and col == 3 and "'facts' is reserved" in m for line, col, m in got)
 
 
-@pytest.mark.parametrize("text, where, message", [
-    ("providers: [local]\n", (1, 12), "providers must be a mapping"),
-    ("- a\n- b\n", (1, 1), "kiln.yaml must be a mapping"),
-    ("retention: {keep: five}\n", (1, 19), "retention.keep must be a whole number"),
-    ("retention: true\n", (1, 12), "retention must be a mapping"),
-    ("vars: [a]\n", (1, 7), "vars must be a mapping"),
-    ("providers:\n  aws: {regions: [us-east-1}\n", (2, 28), "YAML syntax error"),
-    ("vars: {a: 1, a: 2}\n", (1, 14), "duplicate key 'a'"),
-    ("build: {ssh_timeot: 30}\n", (1, 9), "unknown build setting 'ssh_timeot' (did you mean 'ssh_timeout'?)"),
-    ("build: {deadline_hours: -1}\n", (1, 25), "build.deadline_hours must be a positive number"),
-    ("build: {ssh_timeout: soon}\n", (1, 22), "build.ssh_timeout must be a positive number, got a string"),
-])
+@pytest.mark.parametrize(
+    "text, where, message",
+    [
+        ("providers: [local]\n", (1, 12), "providers must be a mapping"),
+        ("- a\n- b\n", (1, 1), "kiln.yaml must be a mapping"),
+        ("retention: {keep: five}\n", (1, 19), "retention.keep must be a whole number"),
+        ("retention: true\n", (1, 12), "retention must be a mapping"),
+        ("vars: [a]\n", (1, 7), "vars must be a mapping"),
+        ("providers:\n  aws: {regions: [us-east-1}\n", (2, 28), "YAML syntax error"),
+        ("vars: {a: 1, a: 2}\n", (1, 14), "duplicate key 'a'"),
+        ("build: {ssh_timeot: 30}\n", (1, 9), "unknown build setting 'ssh_timeot' (did you mean 'ssh_timeout'?)"),
+        ("build: {deadline_hours: -1}\n", (1, 25), "build.deadline_hours must be a positive number"),
+        ("build: {ssh_timeout: soon}\n", (1, 22), "build.ssh_timeout must be a positive number, got a string"),
+    ],
+)
 def test_single_problems(tmp_path: Path, text: str, where: tuple[int, int], message: str):
     found = errors(tmp_path, text)
     assert len(found) == 1, [d.render() for d in found]

@@ -336,9 +336,7 @@ def test_gitops_file_merged_and_committed_alone(infra, tmp_path):
     images = [
         Image(id="ami-0e1", role="web", version="20261201.2", provider="aws", region="us-east-1"),
         Image(id="ami-0e2", role="web", version="20261201.2", provider="aws", region="eu-west-1"),
-        Image(
-            id="ami-0a1", role="web", version="20261201.2", provider="aws", region="us-east-1", arch="arm64"
-        ),
+        Image(id="ami-0a1", role="web", version="20261201.2", provider="aws", region="us-east-1", arch="arm64"),
     ]
     consumers.check_before_launch(None, settings, tmp_path)
     report = consumers.publish(None, "web", "20261201.2", images, settings, tmp_path)

@@ -26,8 +26,12 @@ def test_command_creates_guard(box):
 
 
 def test_failing_command_fails_the_run(box):
-    events = box.apply([{"module": "command", "args": {"cmd": "false"}},
-                        {"module": "file", "args": {"path": "/srv/t3", "state": "directory"}}])
+    events = box.apply(
+        [
+            {"module": "command", "args": {"cmd": "false"}},
+            {"module": "file", "args": {"path": "/srv/t3", "state": "directory"}},
+        ]
+    )
     assert steps_of(events)[0]["status"] == "failed"
     assert len(steps_of(events)) == 1
     assert summary_of(events)["ok_run"] is False

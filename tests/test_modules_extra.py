@@ -37,8 +37,12 @@ def test_block_in_file(box, name, initial, args, expected):
 
 
 def test_block_in_file_create_and_noops(box):
-    out = converge(box, "block_in_file", {"path": "/srv/bif-new", "block": "x", "create": True, "mode": "0600"},
-                   "cat /srv/bif-new; stat -c %a /srv/bif-new")
+    out = converge(
+        box,
+        "block_in_file",
+        {"path": "/srv/bif-new", "block": "x", "create": True, "mode": "0600"},
+        "cat /srv/bif-new; stat -c %a /srv/bif-new",
+    )
     assert out["after"] == f"{BEGIN}\nx\n{END}\n600\n"
     assert run_step(box, "block_in_file", {"path": "/srv/bif-none", "block": "x"})["status"] == "failed"
     assert run_step(box, "block_in_file", {"path": "/srv/bif-none", "state": "absent"})["status"] == "ok"
@@ -66,16 +70,21 @@ def test_sysctl_live_value(box):
     live = box.sh("cat /proc/sys/net/ipv4/ip_forward").strip()
     path = "/srv/sysctl2/99-kiln.conf"
     # the live value already matches: only the file changes
-    out = converge(box, "sysctl", {"name": "net.ipv4.ip_forward", "value": live, "sysctl_file": path},
-                   f"cat {path} 2>/dev/null")
+    out = converge(
+        box, "sysctl", {"name": "net.ipv4.ip_forward", "value": live, "sysctl_file": path}, f"cat {path} 2>/dev/null"
+    )
     assert out["after"] == f"net.ipv4.ip_forward = {live}\n"
     assert "before" not in out["first"]["diff"]
     # /proc/sys is read-only in the container: a live change fails clearly, or is ignored
     other = "0" if live == "1" else "1"
     failed = run_step(box, "sysctl", {"name": "net.ipv4.ip_forward", "value": other, "sysctl_file": path})
     assert failed["status"] == "failed" and "cannot set net.ipv4.ip_forward live" in failed["msg"]
-    ignored = {"name": "net.ipv4.ip_forward", "value": other, "sysctl_file": "/srv/sysctl2/b.conf",
-               "ignoreerrors": True}
+    ignored = {
+        "name": "net.ipv4.ip_forward",
+        "value": other,
+        "sysctl_file": "/srv/sysctl2/b.conf",
+        "ignoreerrors": True,
+    }
     first = run_step(box, "sysctl", ignored)
     assert first["status"] == "changed" and "live value not set" in first["msg"]
     assert run_step(box, "sysctl", ignored)["status"] == "ok"
@@ -103,8 +112,12 @@ mkdir -p /var/spool/cron/crontabs && cat > "$tab"
 def test_cron(box):
     missing = run_step(box, "cron", {"name": "kt", "job": "true"})
     assert missing["status"] == "failed" and "crontab is not installed" in missing["msg"]
-    box.put({"/usr/local/bin/crontab": (FAKE_CRONTAB, 0o755),
-             "/var/spool/cron/crontabs/nobody": (b"MAILTO=\"\"\n5 * * * * /bin/other\n", 0o600)})
+    box.put(
+        {
+            "/usr/local/bin/crontab": (FAKE_CRONTAB, 0o755),
+            "/var/spool/cron/crontabs/nobody": (b'MAILTO=""\n5 * * * * /bin/other\n', 0o600),
+        }
+    )
     try:
         tab = "cat /var/spool/cron/crontabs/nobody"
         args = {"name": "rotate", "minute": "0", "hour": "3", "job": "/usr/local/bin/rotate", "user": "nobody"}
@@ -119,8 +132,12 @@ def test_cron(box):
         out = converge(box, "cron", {"name": "rotate", "state": "absent", "user": "nobody"}, tab)
         assert out["after"] == 'MAILTO=""\n5 * * * * /bin/other\n#kiln: boot\n@reboot /bin/up\n'
         # a user without a crontab yet
-        out = converge(box, "cron", {"name": "x", "job": "/bin/x", "user": "daemon"},
-                       "cat /var/spool/cron/crontabs/daemon 2>/dev/null")
+        out = converge(
+            box,
+            "cron",
+            {"name": "x", "job": "/bin/x", "user": "daemon"},
+            "cat /var/spool/cron/crontabs/daemon 2>/dev/null",
+        )
         assert out["after"] == "#kiln: x\n* * * * * /bin/x\n"
         assert run_step(box, "cron", {"name": "never", "state": "absent", "user": "daemon"})["status"] == "ok"
     finally:
@@ -154,8 +171,9 @@ def zip_of(entries: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-SITE = tar_gz({"site": None, "site/index.html": b"<h1>kiln</h1>\n", "site/css/a.css": b"body{}\n",
-               "site/home.html": "index.html"})
+SITE = tar_gz(
+    {"site": None, "site/index.html": b"<h1>kiln</h1>\n", "site/css/a.css": b"body{}\n", "site/home.html": "index.html"}
+)
 LISTING = "cd /srv/unar1 2>/dev/null && find . -printf '%y %p %u\\n' | LC_ALL=C sort && cat site/index.html"
 
 
@@ -163,8 +181,10 @@ def test_unarchive_tar(box):
     box.sh("mkdir -p /srv/unar1")
     args = {"src": "web/site.tar.gz", "dest": "/srv/unar1", "owner": "nobody"}
     out = converge(box, "unarchive", args, LISTING, files={"web/site.tar.gz": SITE})
-    assert out["after"] == ("d . root\nd ./site nobody\nd ./site/css root\nf ./site/css/a.css nobody\n"
-                            "f ./site/index.html nobody\nl ./site/home.html nobody\n<h1>kiln</h1>\n")
+    assert out["after"] == (
+        "d . root\nd ./site nobody\nd ./site/css root\nf ./site/css/a.css nobody\n"
+        "f ./site/index.html nobody\nl ./site/home.html nobody\n<h1>kiln</h1>\n"
+    )
     assert "site/index.html" in out["first"]["diff"]["before"]["differs"]
     # one changed file makes it unpack again
     box.sh("echo changed > /srv/unar1/site/css/a.css")
@@ -176,11 +196,13 @@ def test_unarchive_tar(box):
 def test_unarchive_zip_creates_and_failures(box):
     box.sh("mkdir -p /srv/unar2")
     files = {"r/app.zip": zip_of({"app/run.sh": b"#!/bin/sh\necho hi\n", "app/README": b"readme\n"})}
-    out = converge(box, "unarchive", {"src": "r/app.zip", "dest": "/srv/unar2"}, "cat /srv/unar2/app/README",
-                   files=files)
+    out = converge(
+        box, "unarchive", {"src": "r/app.zip", "dest": "/srv/unar2"}, "cat /srv/unar2/app/README", files=files
+    )
     assert out["after"] == "readme\n"
-    skipped = run_step(box, "unarchive", {"src": "r/app.zip", "dest": "/srv/unar3", "creates": "/srv/unar2/app"},
-                       files=files)
+    skipped = run_step(
+        box, "unarchive", {"src": "r/app.zip", "dest": "/srv/unar3", "creates": "/srv/unar2/app"}, files=files
+    )
     assert skipped["status"] == "ok" and "skipped" in skipped["msg"]
     nodir = run_step(box, "unarchive", {"src": "r/app.zip", "dest": "/srv/unar3"}, files=files)
     assert nodir["status"] == "failed" and "is not a directory" in nodir["msg"]

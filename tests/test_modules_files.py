@@ -41,9 +41,12 @@ def test_copy_src_from_files_into_directory(box):
 
 
 def test_copy_replaces_changed_content_with_backup(box):
-    box.sh("mkdir -p /srv/copy3 && printf 'old\\n' > /srv/copy3/f && chown nobody /srv/copy3/f && chmod 0600 /srv/copy3/f")
-    out = converge(box, "copy", {"content": "new\n", "dest": "/srv/copy3/f", "backup": True},
-                   cat_and_stat("/srv/copy3/f"))
+    box.sh(
+        "mkdir -p /srv/copy3 && printf 'old\\n' > /srv/copy3/f && chown nobody /srv/copy3/f && chmod 0600 /srv/copy3/f"
+    )
+    out = converge(
+        box, "copy", {"content": "new\n", "dest": "/srv/copy3/f", "backup": True}, cat_and_stat("/srv/copy3/f")
+    )
     # the replaced file's owner and mode are kept
     assert out["after"] == "new\n--\n600 nobody root\n"
     unified = out["first"]["diff"]["unified"]
@@ -54,21 +57,34 @@ def test_copy_replaces_changed_content_with_backup(box):
 
 def test_copy_attributes_only(box):
     box.sh("mkdir -p /srv/copy4 && printf 'same\\n' > /srv/copy4/f && chmod 0644 /srv/copy4/f")
-    out = converge(box, "copy", {"content": "same\n", "dest": "/srv/copy4/f", "mode": "0600"},
-                   cat_and_stat("/srv/copy4/f"))
+    out = converge(
+        box, "copy", {"content": "same\n", "dest": "/srv/copy4/f", "mode": "0600"}, cat_and_stat("/srv/copy4/f")
+    )
     assert out["after"] == "same\n--\n600 root root\n"
     assert out["first"]["diff"] == {"before": {"mode": "0644"}, "after": {"mode": "0600"}}
 
 
-@pytest.mark.parametrize("args, setup, status, msg", [
-    ({"content": "x\n", "dest": "/srv/copy5/keep", "force": False}, "printf 'keep\\n' > /srv/copy5/keep",
-     "ok", "as wanted"),
-    ({"content": "x\n", "dest": "/srv/copy5/bad", "validate": "grep -q never %s"}, "printf 'bad\\n' > /srv/copy5/bad",
-     "failed", "validate"),
-    ({"src": "nope/missing", "dest": "/srv/copy5/m"}, "", "failed", "not found in the role's files/"),
-    ({"content": "x\n", "dest": "/srv/copy5/no/such/dir/f"}, "", "failed", "does not exist"),
-    ({"content": "x\n", "dest": "/srv/copy5"}, "", "failed", "is a directory"),
-], ids=["force-false-keeps", "validate-rejects", "missing-src", "missing-parent", "dest-is-dir"])
+@pytest.mark.parametrize(
+    "args, setup, status, msg",
+    [
+        (
+            {"content": "x\n", "dest": "/srv/copy5/keep", "force": False},
+            "printf 'keep\\n' > /srv/copy5/keep",
+            "ok",
+            "as wanted",
+        ),
+        (
+            {"content": "x\n", "dest": "/srv/copy5/bad", "validate": "grep -q never %s"},
+            "printf 'bad\\n' > /srv/copy5/bad",
+            "failed",
+            "validate",
+        ),
+        ({"src": "nope/missing", "dest": "/srv/copy5/m"}, "", "failed", "not found in the role's files/"),
+        ({"content": "x\n", "dest": "/srv/copy5/no/such/dir/f"}, "", "failed", "does not exist"),
+        ({"content": "x\n", "dest": "/srv/copy5"}, "", "failed", "is a directory"),
+    ],
+    ids=["force-false-keeps", "validate-rejects", "missing-src", "missing-parent", "dest-is-dir"],
+)
 def test_copy_noop_and_failures(box, args, setup, status, msg):
     box.sh("mkdir -p /srv/copy5 && " + (setup or "true"))
     before = box.sh("find /srv/copy5 -type f -exec cat {} +")
@@ -84,8 +100,7 @@ def test_template_renders_vars_and_facts(box):
     box.sh("mkdir -p /srv/tmpl1")
     templates = {"web/site.conf.j2": b"listen {{ port }}\nos {{ facts.os_family }}\n"}
     args = {"src": "web/site.conf.j2", "dest": "/srv/tmpl1/site.conf", "mode": "0644"}
-    out = converge(box, "template", args, "cat /srv/tmpl1/site.conf", templates=templates,
-                   variables={"port": 8080})
+    out = converge(box, "template", args, "cat /srv/tmpl1/site.conf", templates=templates, variables={"port": 8080})
     assert out["after"] == "listen 8080\nos debian\n"
     assert "+listen 8080" in out["first"]["diff"]["unified"]
     # a new value changes the file and shows in the diff
@@ -96,8 +111,14 @@ def test_template_renders_vars_and_facts(box):
 
 def test_template_into_directory_drops_j2(box):
     box.sh("mkdir -p /srv/tmpl2")
-    out = converge(box, "template", {"src": "r/app.ini.j2", "dest": "/srv/tmpl2/"}, "cat /srv/tmpl2/app.ini",
-                   templates={"r/app.ini.j2": b"name={{ name }}\n"}, variables={"name": "kiln"})
+    out = converge(
+        box,
+        "template",
+        {"src": "r/app.ini.j2", "dest": "/srv/tmpl2/"},
+        "cat /srv/tmpl2/app.ini",
+        templates={"r/app.ini.j2": b"name={{ name }}\n"},
+        variables={"name": "kiln"},
+    )
     assert out["after"] == "name=kiln\n"
 
 
@@ -111,8 +132,10 @@ def test_template_undefined_variable_fails_and_writes_nothing(box):
 
 def test_template_registered_result_is_visible(box):
     box.sh("mkdir -p /srv/tmpl4")
-    steps = [{"module": "command", "args": {"cmd": "echo 42"}, "register": "answer"},
-             {"module": "template", "args": {"src": "r/a.j2", "dest": "/srv/tmpl4/a"}}]
+    steps = [
+        {"module": "command", "args": {"cmd": "echo 42"}, "register": "answer"},
+        {"module": "template", "args": {"src": "r/a.j2", "dest": "/srv/tmpl4/a"}},
+    ]
     box.apply(steps, templates={"r/a.j2": b"answer={{ answer.stdout | trim }}\n"})
     assert box.sh("cat /srv/tmpl4/a") == "answer=42\n"
 
@@ -123,13 +146,23 @@ LINE_CASES = [
     ("append-no-final-newline", "a\nb", {"line": "c"}, "a\nb\nc\n", "+c"),
     ("replace-regexp", "Port 22\nX 1\n", {"regexp": "^#?Port ", "line": "Port 2222"}, "Port 2222\nX 1\n", "-Port 22"),
     ("replace-last-match", "k=1\nk=2\n", {"regexp": "^k=", "line": "k=9"}, "k=1\nk=9\n", "+k=9"),
-    ("insertafter", "[main]\nx=1\n[other]\n", {"line": "y=2", "insertafter": r"^\[main\]"},
-     "[main]\ny=2\nx=1\n[other]\n", "+y=2"),
+    (
+        "insertafter",
+        "[main]\nx=1\n[other]\n",
+        {"line": "y=2", "insertafter": r"^\[main\]"},
+        "[main]\ny=2\nx=1\n[other]\n",
+        "+y=2",
+    ),
     ("insertbefore-bof", "a\n", {"line": "# header", "insertbefore": "BOF"}, "# header\na\n", "+# header"),
     ("insertbefore-regex", "a\nend\n", {"line": "b", "insertbefore": "^end"}, "a\nb\nend\n", "+b"),
     ("insertafter-no-match-goes-to-eof", "a\n", {"line": "b", "insertafter": "^zzz"}, "a\nb\n", "+b"),
-    ("backrefs", "listen 80 default\n", {"regexp": r"^listen (\d+) (default)$", "line": r"listen \1 \2 http2",
-                                         "backrefs": True}, "listen 80 default http2\n", "+listen 80 default http2"),
+    (
+        "backrefs",
+        "listen 80 default\n",
+        {"regexp": r"^listen (\d+) (default)$", "line": r"listen \1 \2 http2", "backrefs": True},
+        "listen 80 default http2\n",
+        "+listen 80 default http2",
+    ),
     ("absent-regexp", "a\n#x\nb\n#y\n", {"regexp": "^#", "state": "absent"}, "a\nb\n", "-#x"),
     ("absent-line", "a\nb\n", {"line": "a", "state": "absent"}, "b\n", "-a"),
 ]
@@ -145,8 +178,12 @@ def test_line_in_file(box, name, initial, args, expected, diff_line):
 
 
 def test_line_in_file_create_with_mode(box):
-    out = converge(box, "line_in_file", {"path": "/srv/lif-create", "line": "x=1", "create": True, "mode": "0600"},
-                   cat_and_stat("/srv/lif-create"))
+    out = converge(
+        box,
+        "line_in_file",
+        {"path": "/srv/lif-create", "line": "x=1", "create": True, "mode": "0600"},
+        cat_and_stat("/srv/lif-create"),
+    )
     assert out["after"] == "x=1\n--\n600 root root\n"
 
 
@@ -186,10 +223,17 @@ PORT = 8765
 @pytest.fixture(scope="module")
 def web(box):
     box.put({"/srv/dl-www/payload.bin": (PAYLOAD, 0o644)})
-    box.sh(f"cd /srv/dl-www && setsid nohup python3 -m http.server {PORT} --bind 127.0.0.1 >/dev/null 2>&1 < /dev/null &")
+    box.sh(
+        f"cd /srv/dl-www && setsid nohup python3 -m http.server {PORT} --bind 127.0.0.1 >/dev/null 2>&1 < /dev/null &"
+    )
     for _ in range(50):
-        if box.sh(f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {PORT}), 1)\" 2>/dev/null "
-                  "&& echo up || echo down").strip() == "up":
+        if (
+            box.sh(
+                f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {PORT}), 1)\" 2>/dev/null "
+                "&& echo up || echo down"
+            ).strip()
+            == "up"
+        ):
             break
         time.sleep(0.1)
     yield f"http://127.0.0.1:{PORT}"
@@ -206,8 +250,11 @@ def test_download_fetches_verifies_and_sets_mode(box, web):
 
 def test_download_matching_dest_needs_no_network(box):
     box.put({"/srv/dl2/p.bin": (PAYLOAD, 0o644)})
-    event = run_step(box, "download", {"url": "http://127.0.0.1:1/unreachable", "dest": "/srv/dl2/p.bin",
-                                       "sha256": f"sha256:{PAYLOAD_SHA.upper()}"})
+    event = run_step(
+        box,
+        "download",
+        {"url": "http://127.0.0.1:1/unreachable", "dest": "/srv/dl2/p.bin", "sha256": f"sha256:{PAYLOAD_SHA.upper()}"},
+    )
     assert event["status"] == "ok", event
 
 
@@ -218,11 +265,15 @@ def test_download_replaces_wrong_content(box, web):
     assert out["first"]["diff"]["before"]["sha256"] == hashlib.sha256(b"stale\n").hexdigest()
 
 
-@pytest.mark.parametrize("path, sha, msg", [
-    ("payload.bin", "0" * 64, "sha256 mismatch"),
-    ("missing.bin", PAYLOAD_SHA, "HTTP 404"),
-    ("payload.bin", "abc", "64 hex digits"),
-], ids=["wrong-sha", "http-404", "bad-sha-arg"])
+@pytest.mark.parametrize(
+    "path, sha, msg",
+    [
+        ("payload.bin", "0" * 64, "sha256 mismatch"),
+        ("missing.bin", PAYLOAD_SHA, "HTTP 404"),
+        ("payload.bin", "abc", "64 hex digits"),
+    ],
+    ids=["wrong-sha", "http-404", "bad-sha-arg"],
+)
 def test_download_failures_leave_nothing(box, web, path, sha, msg):
     box.sh("mkdir -p /srv/dl4")
     event = run_step(box, "download", {"url": f"{web}/{path}", "dest": "/srv/dl4/p.bin", "sha256": sha})

@@ -47,17 +47,26 @@ def test_empty_lists_trigger_one_update_then_install(box, apt_log):
 
 def test_already_installed_calls_no_apt(box, apt_log):
     apt_log()
-    for args in ({"name": ["hello", "bash"]}, {"name": "hello", "update_cache": True},
-                 {"pkg": "hello", "state": "latest"}, {"name": "hello=2.10-3"}, {"name": "hello=2.10*"},
-                 {"name": "no-such-package-kiln", "state": "absent"}):
+    for args in (
+        {"name": ["hello", "bash"]},
+        {"name": "hello", "update_cache": True},
+        {"pkg": "hello", "state": "latest"},
+        {"name": "hello=2.10-3"},
+        {"name": "hello=2.10*"},
+        {"name": "no-such-package-kiln", "state": "absent"},
+    ):
         event = run_step(box, "package", args)
         assert event["status"] == "ok", (args, event)
     assert apt_log() == []
 
 
 def test_pinned_version_install(box, apt_log):
-    out = converge(box, "package", {"name": ["tree=2.1.0-1"], "update_cache": True, "cache_valid_time": 3600},
-                   "dpkg-query -W -f '${db:Status-Abbrev} ${Version}' tree 2>/dev/null")
+    out = converge(
+        box,
+        "package",
+        {"name": ["tree=2.1.0-1"], "update_cache": True, "cache_valid_time": 3600},
+        "dpkg-query -W -f '${db:Status-Abbrev} ${Version}' tree 2>/dev/null",
+    )
     assert out["after"].strip() == "ii  2.1.0-1"
     assert out["first"]["diff"]["after"] == {"tree": "2.1.0-1"}
     # the cache was updated in the first test: cache_valid_time skips the update
@@ -65,11 +74,17 @@ def test_pinned_version_install(box, apt_log):
 
 
 def test_remove(box, apt_log):
-    out = converge(box, "package", {"name": ["hello", "tree"], "state": "absent"},
-                   "dpkg-query -W -f '${db:Status-Abbrev}\\n' hello tree 2>/dev/null")
+    out = converge(
+        box,
+        "package",
+        {"name": ["hello", "tree"], "state": "absent"},
+        "dpkg-query -W -f '${db:Status-Abbrev}\\n' hello tree 2>/dev/null",
+    )
     assert "ii" not in out["after"]
-    assert out["first"]["diff"] == {"before": {"hello": "2.10-3", "tree": "2.1.0-1"},
-                                    "after": {"hello": "absent", "tree": "absent"}}
+    assert out["first"]["diff"] == {
+        "before": {"hello": "2.10-3", "tree": "2.1.0-1"},
+        "after": {"hello": "absent", "tree": "absent"},
+    }
     assert installed(box, "hello").startswith(("none", "un", "rc")) or "ii" not in installed(box, "hello")
 
 

@@ -44,7 +44,8 @@ def test_schema_is_well_formed(kind, name, mod):
             assert not errors, (arg, errors)
     named = {a for group in schema.get("mutually_exclusive", []) + schema.get("required_one_of", []) for a in group}
     named |= {k for k, _, needed in schema.get("required_if", [])} | {
-        n for _, _, needed in schema.get("required_if", []) for n in needed}
+        n for _, _, needed in schema.get("required_if", []) for n in needed
+    }
     assert named <= set(args), named - set(args)
     if kind == "module":
         assert schema["check_mode"] in ("full", "none")
@@ -131,8 +132,10 @@ def test_file_modules_apply_on_python39(python39_agent, tmp_path):
         {"module": "line_in_file", "args": {"path": f"{out}/l.txt", "line": "a", "insertbefore": "BOF"}},
         {"module": "block_in_file", "args": {"path": f"{out}/b.txt", "block": "k=v", "create": True}},
         {"module": "unarchive", "args": {"src": "r/t.tgz", "dest": str(out)}},
-        {"module": "sysctl", "args": {"name": "net.ipv4.ip_forward", "value": "1", "reload": False,
-                                      "sysctl_file": f"{out}/sysctl.conf"}},
+        {
+            "module": "sysctl",
+            "args": {"name": "net.ipv4.ip_forward", "value": "1", "reload": False, "sysctl_file": f"{out}/sysctl.conf"},
+        },
     ]
     for i, step in enumerate(steps, 1):
         step.update(index=i, name=f"step {i}")

@@ -10,8 +10,9 @@ pytestmark = pytest.mark.slow
 
 
 def account(name: str) -> str:
-    return (f"getent passwd {name}; echo groups: $(id -nG {name} 2>/dev/null); "
-            f"getent shadow {name} | cut -d: -f2 | cut -c1")
+    return (
+        f"getent passwd {name}; echo groups: $(id -nG {name} 2>/dev/null); getent shadow {name} | cut -d: -f2 | cut -c1"
+    )
 
 
 # --- group -------------------------------------------------------------------------------
@@ -45,11 +46,14 @@ def test_user_create(box):
 
 def test_user_modify_append_groups_and_shell(box):
     box.sh("groupadd -f kt-a; groupadd -f kt-b; id kt-bob >/dev/null 2>&1 || useradd -M -s /bin/sh -G kt-a kt-bob")
-    out = converge(box, "user", {"name": "kt-bob", "shell": "/bin/bash", "groups": ["kt-b"], "append": True},
-                   account("kt-bob"))
+    out = converge(
+        box, "user", {"name": "kt-bob", "shell": "/bin/bash", "groups": ["kt-b"], "append": True}, account("kt-bob")
+    )
     assert "groups: kt-bob kt-a kt-b" in out["after"] and ":/bin/bash" in out["after"]
-    assert out["first"]["diff"] == {"before": {"shell": "/bin/sh", "groups": ["kt-a"]},
-                                    "after": {"shell": "/bin/bash", "groups": ["kt-a", "kt-b"]}}
+    assert out["first"]["diff"] == {
+        "before": {"shell": "/bin/sh", "groups": ["kt-a"]},
+        "after": {"shell": "/bin/bash", "groups": ["kt-a", "kt-b"]},
+    }
     # append false: groups is the whole list
     out = converge(box, "user", {"name": "kt-bob", "groups": ["kt-b"]}, account("kt-bob"))
     assert "groups: kt-bob kt-b\n" in out["after"]
@@ -64,17 +68,25 @@ def test_user_password_lock(box):
 
 def test_user_remove_with_home(box):
     box.sh("id kt-dave >/dev/null 2>&1 || useradd -m kt-dave")
-    out = converge(box, "user", {"name": "kt-dave", "state": "absent", "remove": True},
-                   "getent passwd kt-dave; test -d /home/kt-dave && echo home || true")
+    out = converge(
+        box,
+        "user",
+        {"name": "kt-dave", "state": "absent", "remove": True},
+        "getent passwd kt-dave; test -d /home/kt-dave && echo home || true",
+    )
     assert out["after"] == ""
     assert out["first"]["diff"]["after"] == "absent"
 
 
-@pytest.mark.parametrize("args, status, msg", [
-    ({"name": "root", "uid": 0, "home": "/root"}, "ok", "as wanted"),
-    ({"name": "kt-ghost", "state": "absent"}, "ok", "already absent"),
-    ({"name": "kt-eve", "groups": ["kt-no-such-group"]}, "failed", "kt-no-such-group"),
-], ids=["as-wanted", "absent-already", "missing-group"])
+@pytest.mark.parametrize(
+    "args, status, msg",
+    [
+        ({"name": "root", "uid": 0, "home": "/root"}, "ok", "as wanted"),
+        ({"name": "kt-ghost", "state": "absent"}, "ok", "already absent"),
+        ({"name": "kt-eve", "groups": ["kt-no-such-group"]}, "failed", "kt-no-such-group"),
+    ],
+    ids=["as-wanted", "absent-already", "missing-group"],
+)
 def test_user_noops_and_failures(box, args, status, msg):
     event = run_step(box, "user", args)
     assert event["status"] == status, event
@@ -104,8 +116,10 @@ def test_service_start_enable_then_stop_disable(box):
     args = {"name": "kt-svc1", "state": "started", "enabled": True, "daemon_reload": True}
     out = converge(box, "service", args, service_state("kt-svc1"))
     assert out["after"] == "active\nenabled\n"
-    assert out["first"]["diff"] == {"before": {"state": "inactive", "enabled": "disabled"},
-                                    "after": {"state": "active", "enabled": "enabled"}}
+    assert out["first"]["diff"] == {
+        "before": {"state": "inactive", "enabled": "disabled"},
+        "after": {"state": "active", "enabled": "enabled"},
+    }
     out = converge(box, "service", {"name": "kt-svc1", "state": "stopped", "enabled": False}, service_state("kt-svc1"))
     assert out["after"] == "inactive\ndisabled\n"
 

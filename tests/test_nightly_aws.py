@@ -47,14 +47,23 @@ def write_roles(root: Path, roles: dict[str, tuple[str, str]]) -> Path:
 
 def three_roles(root: Path) -> Path:
     """common <- app, and an independent solo, as in tests/test_nightly.py, on the test's base AMI."""
-    return write_roles(root, {
-        "common": ("description: shared\n" + BASE,
-                   "- name: common marker\n  copy: {content: \"common 1\\n\", dest: /etc/kiln-common}\n"),
-        "app": ("description: app\ndepends: [common]\n",
-                "- name: app marker\n  copy: {content: \"app 1\\n\", dest: /etc/kiln-app}\n"),
-        "solo": ("description: solo\n" + BASE,
-                 "- name: solo marker\n  copy: {content: \"solo 1\\n\", dest: /etc/kiln-solo}\n"),
-    })
+    return write_roles(
+        root,
+        {
+            "common": (
+                "description: shared\n" + BASE,
+                '- name: common marker\n  copy: {content: "common 1\\n", dest: /etc/kiln-common}\n',
+            ),
+            "app": (
+                "description: app\ndepends: [common]\n",
+                '- name: app marker\n  copy: {content: "app 1\\n", dest: /etc/kiln-app}\n',
+            ),
+            "solo": (
+                "description: solo\n" + BASE,
+                '- name: solo marker\n  copy: {content: "solo 1\\n", dest: /etc/kiln-solo}\n',
+            ),
+        },
+    )
 
 
 def release_base(url: str, name: str) -> str:
@@ -63,9 +72,14 @@ def release_base(url: str, name: str) -> str:
     al2023 = ec2.describe_images(ImageIds=[ssm.get_parameter(Name=AL2023)["Parameter"]["Value"]])["Images"][0]
     root = al2023["BlockDeviceMappings"][0]
     image_id = ec2.register_image(
-        Name=name, RootDeviceName=root["DeviceName"], VirtualizationType="hvm", Architecture="x86_64",
-        BlockDeviceMappings=[{"DeviceName": root["DeviceName"],
-                              "Ebs": {"SnapshotId": root["Ebs"]["SnapshotId"], "VolumeSize": 8}}])["ImageId"]
+        Name=name,
+        RootDeviceName=root["DeviceName"],
+        VirtualizationType="hvm",
+        Architecture="x86_64",
+        BlockDeviceMappings=[
+            {"DeviceName": root["DeviceName"], "Ebs": {"SnapshotId": root["Ebs"]["SnapshotId"], "VolumeSize": 8}}
+        ],
+    )["ImageId"]
     ssm.put_parameter(Name=BASE_PARAMETER, Value=image_id, Type="String", DataType="aws:ec2:image", Overwrite=True)
     return image_id
 
@@ -79,7 +93,8 @@ def instances(url: str) -> dict[str, str]:
 def amis(url: str, role: str) -> dict[str, str]:
     """version -> AMI id of ``role``'s images."""
     rows = sandbox_client("ec2", REGION, url).describe_images(
-        Owners=["self"], Filters=[{"Name": "tag:kiln:role", "Values": [role]}])["Images"]
+        Owners=["self"], Filters=[{"Name": "tag:kiln:role", "Values": [role]}]
+    )["Images"]
     return {next(t["Value"] for t in i["Tags"] if t["Key"] == "kiln:version"): i["ImageId"] for i in rows}
 
 
@@ -124,16 +139,22 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
     # nothing changed: every role skipped, nothing launched
     second = nightly(tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
-    assert results(builds) == {"common": "skipped-unchanged", "app": "skipped-unchanged",
-                               "solo": "skipped-unchanged"}
+    assert results(builds) == {"common": "skipped-unchanged", "app": "skipped-unchanged", "solo": "skipped-unchanged"}
     assert instances(url) == launched, "a no-change nightly launched an instance"
 
     # ... and in a few API calls: the same nightly in this process, every call counted
     prov = make_aws_provider({"regions": [REGION]}, sandbox=True, state_dir=builds)
     calls = ApiCalls().install(prov.session)
     options = BakeOptions(builds_dir=builds, playbooks_dir=playbooks)
-    run = Nightly(prov, load_config(playbooks / "kiln.yaml"), options, ["app", "common", "solo"],
-                  concurrency=3, provider_name="aws", sandbox=True)
+    run = Nightly(
+        prov,
+        load_config(playbooks / "kiln.yaml"),
+        options,
+        ["app", "common", "solo"],
+        concurrency=3,
+        provider_name="aws",
+        sandbox=True,
+    )
     assert {r.result for r in run.run()} == {"skipped-unchanged"}
     # per role: take the lock, its AMIs and latest, the base parameter and AMI, release the lock (2 calls)
     assert len(calls.calls) <= 3 * 7, sorted(calls.calls)
@@ -145,8 +166,11 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
     third = nightly(tmp_path)
     assert third.returncode == 0, third.stderr[-4000:]
     report = latest_report(builds)
-    assert {r: v["result"] for r, v in report.items()} == {"common": "baked", "app": "baked",
-                                                           "solo": "skipped-unchanged"}
+    assert {r: v["result"] for r, v in report.items()} == {
+        "common": "baked",
+        "app": "baked",
+        "solo": "skipped-unchanged",
+    }
     assert report["app"]["old_version"] and report["app"]["new_version"] != report["app"]["old_version"]
     assert "inputs changed" in report["common"]["reason"]
     assert len(instances(url)) == len(before) + 5
@@ -173,8 +197,15 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
 def test_the_ssm_lock_makes_a_second_nightly_skip_or_wait(engine, tmp_path):
     url = os.environ["AWS_ENDPOINT_URL"]  # set by sandbox_env
     release_base(url, "kiln-test-base-lock")
-    write_roles(tmp_path, {"locky": ("description: locked\n" + BASE,
-                                     "- name: marker\n  copy: {content: \"1\\n\", dest: /etc/kiln-locky}\n")})
+    write_roles(
+        tmp_path,
+        {
+            "locky": (
+                "description: locked\n" + BASE,
+                '- name: marker\n  copy: {content: "1\\n", dest: /etc/kiln-locky}\n',
+            )
+        },
+    )
     builds = tmp_path / "builds"
     ssm = sandbox_client("ssm", REGION, url)
     lock = "/kiln/locky/lock"
@@ -192,8 +223,10 @@ def test_the_ssm_lock_makes_a_second_nightly_skip_or_wait(engine, tmp_path):
 
     # two nightlies at once, both waiting on a held lock: the role is baked once, one version exists
     done: dict[str, subprocess.CompletedProcess] = {}
-    threads = [threading.Thread(target=lambda k=k: done.__setitem__(k, nightly(tmp_path, "--on-locked", "wait")))
-               for k in ("a", "b")]
+    threads = [
+        threading.Thread(target=lambda k=k: done.__setitem__(k, nightly(tmp_path, "--on-locked", "wait")))
+        for k in ("a", "b")
+    ]
     for t in threads:
         t.start()
     for t in threads:

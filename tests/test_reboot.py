@@ -65,24 +65,36 @@ def apply_through_reboots(box: AgentBox, steps: list[dict], **kwargs) -> tuple[l
 
 
 def note(text: str, name: str | None = None, **keywords) -> dict:
-    return {"module": "shell", "name": name or f"note {text}", "args": {"cmd": f"echo {text} >> /srv/rb/log"},
-            **keywords}
+    return {
+        "module": "shell",
+        "name": name or f"note {text}",
+        "args": {"cmd": f"echo {text} >> /srv/rb/log"},
+        **keywords,
+    }
 
 
 def test_resume_keeps_registered_results_blocks_and_handlers(rebootable: AgentBox):
     box = rebootable
     box.sh(f"mkdir -p /srv/rb && {PID1_START} > /srv/rb/pid1-before && touch /run/kiln-test-before")
     steps = [
-        {"module": "shell", "name": "say one", "args": {"cmd": "echo one"}, "register": "said",
-         "changed_when": False},
-        {"module": "copy", "name": "config", "args": {"content": "x\n", "dest": "/srv/rb/conf"},
-         "notify": ["restart thing"]},
-        {"module": "block", "name": "guarded", "block": [
-            {"module": "reboot", "name": "reboot in a block", "args": {"msg": "test"}, "register": "rb"},
-            note("after-{{ said.stdout | trim }}-{{ rb.rebooted }}", name="after reboot"),
-            {"module": "shell", "name": "fails", "args": {"cmd": "exit 1"}}],
-         "rescue": [note("rescued-{{ kiln_failed_step.name }}", name="rescue")],
-         "always": [note("always", name="always")]},
+        {"module": "shell", "name": "say one", "args": {"cmd": "echo one"}, "register": "said", "changed_when": False},
+        {
+            "module": "copy",
+            "name": "config",
+            "args": {"content": "x\n", "dest": "/srv/rb/conf"},
+            "notify": ["restart thing"],
+        },
+        {
+            "module": "block",
+            "name": "guarded",
+            "block": [
+                {"module": "reboot", "name": "reboot in a block", "args": {"msg": "test"}, "register": "rb"},
+                note("after-{{ said.stdout | trim }}-{{ rb.rebooted }}", name="after reboot"),
+                {"module": "shell", "name": "fails", "args": {"cmd": "exit 1"}},
+            ],
+            "rescue": [note("rescued-{{ kiln_failed_step.name }}", name="rescue")],
+            "always": [note("always", name="always")],
+        },
         note("last"),
     ]
     handlers = [note("handler", name="restart thing")]
@@ -91,9 +103,17 @@ def test_resume_keeps_registered_results_blocks_and_handlers(rebootable: AgentBo
     reboot = next(e for e in events if e["event"] == "reboot")
     assert reboot["name"] == "reboot in a block" and reboot["timeout"] == 300
     statuses = [(s["name"], s["status"]) for s in steps_of(events)]
-    assert statuses == [("say one", "ok"), ("config", "changed"), ("reboot in a block", "changed"),
-                        ("after reboot", "changed"), ("fails", "failed"), ("rescue", "changed"),
-                        ("always", "changed"), ("note last", "changed"), ("restart thing", "changed")]
+    assert statuses == [
+        ("say one", "ok"),
+        ("config", "changed"),
+        ("reboot in a block", "changed"),
+        ("after reboot", "changed"),
+        ("fails", "failed"),
+        ("rescue", "changed"),
+        ("always", "changed"),
+        ("note last", "changed"),
+        ("restart thing", "changed"),
+    ]
     summary = summary_of(events)
     assert summary["ok_run"] is True and summary["changed"] == 7 and summary["rescued"] == 1, summary
     assert [c["name"] for c in summary["changed_steps"]][:2] == ["config", "reboot in a block"]
@@ -119,16 +139,25 @@ def test_resume_keeps_registered_results_blocks_and_handlers(rebootable: AgentBo
 def test_a_handler_that_reboots_then_the_next_handler(rebootable: AgentBox):
     box = rebootable
     box.sh("mkdir -p /srv/rb")
-    steps = [{"module": "copy", "name": "kernel", "args": {"content": "k\n", "dest": "/srv/rb/kernel"},
-              "notify": ["after reboot", "reboot host"]},
-             {"module": "flush_handlers", "name": "flush"},
-             note("after-flush")]
+    steps = [
+        {
+            "module": "copy",
+            "name": "kernel",
+            "args": {"content": "k\n", "dest": "/srv/rb/kernel"},
+            "notify": ["after reboot", "reboot host"],
+        },
+        {"module": "flush_handlers", "name": "flush"},
+        note("after-flush"),
+    ]
     handlers = [{"module": "reboot", "name": "reboot host", "args": {}}, note("handler-after", name="after reboot")]
     events, reboots = apply_through_reboots(box, steps, handlers=handlers)
     assert reboots == 1
     assert [(s["name"], s["status"], s.get("handler", False)) for s in steps_of(events)] == [
-        ("kernel", "changed", False), ("reboot host", "changed", True), ("after reboot", "changed", True),
-        ("note after-flush", "changed", False)]
+        ("kernel", "changed", False),
+        ("reboot host", "changed", True),
+        ("after reboot", "changed", True),
+        ("note after-flush", "changed", False),
+    ]
     assert box.sh("cat /srv/rb/log") == "handler-after\nafter-flush\n"
 
 
@@ -167,8 +196,7 @@ def json_events(stderr: str) -> list[dict]:
 def test_bake_reboots_reconnects_and_the_idempotence_check_does_not_reboot(engine, tmp_path):
     make_playbooks(tmp_path, REBOOT_ROLE, role="rebooter")
     try:
-        proc = invoke(tmp_path, "bake", "--role", "rebooter", env={"KILN_JSON": "1"},
-                      playbooks=tmp_path / "playbooks")
+        proc = invoke(tmp_path, "bake", "--role", "rebooter", env={"KILN_JSON": "1"}, playbooks=tmp_path / "playbooks")
         _check_rebooting_bake(engine, tmp_path, proc)
     finally:
         for row in engine.images(image_repo("rebooter")):
@@ -183,12 +211,16 @@ def _check_rebooting_bake(engine, tmp_path, proc) -> None:
     steps = [(e["step"], e["status"]) for e in events if e["event"] == "step"]
     # first apply: all three changed (the reboot step too); the idempotence re-run (which logs only
     # what is not ok) changed nothing and did not reboot
-    assert steps == [("before the reboot", "changed"), ("reboot for the new kernel", "changed"),
-                     ("after the reboot", "changed")], steps
+    assert steps == [
+        ("before the reboot", "changed"),
+        ("reboot for the new kernel", "changed"),
+        ("after the reboot", "changed"),
+    ], steps
     assert any(e["event"] == "idempotent" for e in events)
     assert next(e for e in events if e["event"] == "applied")["changed"] == 3
-    assert any(e["event"] == "check" and "kiln-pid1-before" in e.get("check", "") and e["status"] == "passed"
-               for e in events), "verify must see a new PID 1 after the reboot"
+    assert any(
+        e["event"] == "check" and "kiln-pid1-before" in e.get("check", "") and e["status"] == "passed" for e in events
+    ), "verify must see a new PID 1 after the reboot"
     entry = json.loads((tmp_path / "builds" / "manifest.json").read_text())[-1]
     assert entry["role"] == "rebooter" and entry["steps"]["changed"] == 3
     assert not engine.containers(f"kiln.build-id={entry['build_id']}"), "the build container was left behind"

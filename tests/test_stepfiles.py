@@ -60,8 +60,17 @@ def corpus_playbooks(tmp: Path, entry: Path) -> Path:
     """A playbooks dir with role ``t`` (defaults port, packages; handler 'reload nginx'; files/ok.txt,
     templates/ok.j2) and an empty role ``base``, then the corpus entry laid over role ``t``."""
     make_role(tmp, "base", {"role.yml": "description: base\n", "steps.yml": "[]\n"})
-    role = make_role(tmp, "t", {"role.yml": ROLE_YML, "handlers.yml": HANDLERS_YML, "files/ok.txt": "ok\n",
-                                "templates/ok.j2": "{{ port }}\n", "steps.yml": "[]\n"})
+    role = make_role(
+        tmp,
+        "t",
+        {
+            "role.yml": ROLE_YML,
+            "handlers.yml": HANDLERS_YML,
+            "files/ok.txt": "ok\n",
+            "templates/ok.j2": "{{ port }}\n",
+            "steps.yml": "[]\n",
+        },
+    )
     if entry.is_dir():
         for path in entry.rglob("*"):
             if path.is_file() and path.name != "expect.txt":
@@ -77,7 +86,7 @@ def corpus_expectations(entry: Path) -> list[tuple[str, int, int, str]]:
     if entry.is_dir():
         lines = (entry / "expect.txt").read_text().splitlines()
     else:
-        lines = [line[len("# expect:"):] for line in entry.read_text().splitlines() if line.startswith("# expect:")]
+        lines = [line[len("# expect:") :] for line in entry.read_text().splitlines() if line.startswith("# expect:")]
     out = []
     for line in lines:
         if not line.strip():
@@ -108,8 +117,13 @@ def test_corpus(entry: Path, tmp_path: Path):
     found = compile_errors(root)
     rendered = "\n".join(d.render() for d in found)
     for file, line, column, message in expected:
-        matches = [d for d in found if d.file.replace("\\", "/").endswith("/t/" + file)
-                   and (d.line, d.column) == (line, column) and message in d.message]
+        matches = [
+            d
+            for d in found
+            if d.file.replace("\\", "/").endswith("/t/" + file)
+            and (d.line, d.column) == (line, column)
+            and message in d.message
+        ]
         assert matches, f"expected {file}:{line}:{column}: {message}\ngot:\n{rendered}"
         # the caret line quotes the offending source line
         assert matches[0].source_line.strip()
@@ -118,7 +132,13 @@ def test_corpus(entry: Path, tmp_path: Path):
 
 
 def test_all_errors_of_a_file_are_reported_together(tmp_path: Path):
-    make_role(tmp_path, "t", {"role.yml": ROLE_YML, "handlers.yml": HANDLERS_YML, "steps.yml": """\
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": ROLE_YML,
+            "handlers.yml": HANDLERS_YML,
+            "steps.yml": """\
 - file: {pth: /srv}
 - comand: echo hi
 - command: echo hi
@@ -133,7 +153,9 @@ def test_all_errors_of_a_file_are_reported_together(tmp_path: Path):
   idempotent: false
 - file: {path: /a}
   command: ls
-"""})
+""",
+        },
+    )
     found = compile_errors(tmp_path)
     lines = sorted({d.line for d in found})
     assert lines == [1, 2, 4, 5, 6, 7, 9, 10, 12, 14], "\n".join(d.render() for d in found)
@@ -144,8 +166,11 @@ def test_all_errors_of_a_file_are_reported_together(tmp_path: Path):
 
 def test_problems_in_several_files_and_roles_are_reported_together(tmp_path: Path):
     make_role(tmp_path, "lib", {"role.yml": "defaults: {x: 1}\n", "steps.yml": "- comand: echo\n"})
-    make_role(tmp_path, "t", {"role.yml": "depends: [lib]\nfoo: 1\n", "steps.yml": "- file: {path: x}\n",
-                              "verify.yml": "- htp: x\n"})
+    make_role(
+        tmp_path,
+        "t",
+        {"role.yml": "depends: [lib]\nfoo: 1\n", "steps.yml": "- file: {path: x}\n", "verify.yml": "- htp: x\n"},
+    )
     files = {Path(d.file).parent.name + "/" + Path(d.file).name for d in compile_errors(tmp_path)}
     assert files == {"lib/steps.yml", "t/role.yml", "t/steps.yml", "t/verify.yml"}
 
@@ -167,8 +192,20 @@ def test_loader_plain_values():
     json.dumps(doc.data)
 
 
-@pytest.mark.parametrize("text", ["a: &x [*x]\n", "- &a {b: *a}\n", "[" * 5000, "\x00", "a: 1\n---\nb: 2\n",
-                                  "a: b: c\n", "? [a, b]\n: 1\n", "{a: 1, a: 2}\n", "%YAML 1.1\n---\na: yes\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x [*x]\n",
+        "- &a {b: *a}\n",
+        "[" * 5000,
+        "\x00",
+        "a: 1\n---\nb: 2\n",
+        "a: b: c\n",
+        "? [a, b]\n: 1\n",
+        "{a: 1, a: 2}\n",
+        "%YAML 1.1\n---\na: yes\n",
+    ],
+)
 def test_loader_hostile_input(text: str):
     try:
         load_text(text, "hostile.yml")
@@ -176,9 +213,12 @@ def test_loader_hostile_input(text: str):
         assert exc.diagnostics and exc.diagnostics[0].line >= 1
 
 
-YAMLISH = st.lists(st.sampled_from(list("-:{}[],&*!|>'\"#%@`?~ \n\t.aAzZ0189_=") + ["yes", "no", "{{", "}}", "\n- ",
-                                                                                       ": ", "  ", "\n  "]),
-                   max_size=80).map("".join)
+YAMLISH = st.lists(
+    st.sampled_from(
+        list("-:{}[],&*!|>'\"#%@`?~ \n\t.aAzZ0189_=") + ["yes", "no", "{{", "}}", "\n- ", ": ", "  ", "\n  "]
+    ),
+    max_size=80,
+).map("".join)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -192,15 +232,58 @@ def test_fuzz_loader_never_tracebacks(text: str):
     json.dumps(doc.data)  # plain data only
 
 
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 1000), st.floats(allow_nan=False, allow_infinity=False),
-                    st.sampled_from(["yes", "no", "on", "/srv", "0644", "{{ port }}", "{{ nope }}", "item", "{%",
-                                     "reload nginx", "ok.txt", "ok.j2", "x == 1", "echo hi", "directory"]),
-                    st.text(max_size=12))
-KEYS = st.sampled_from(list(CONTROL_KEYS) + ["file", "command", "shell", "copy", "template", "path", "cmd", "src",
-                                             "dest", "mode", "state", "content", "loop_control", "with_items",
-                                             "frobnicate", "x"])
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(KEYS, inner, max_size=4)), max_leaves=12)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 1000),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(
+        [
+            "yes",
+            "no",
+            "on",
+            "/srv",
+            "0644",
+            "{{ port }}",
+            "{{ nope }}",
+            "item",
+            "{%",
+            "reload nginx",
+            "ok.txt",
+            "ok.j2",
+            "x == 1",
+            "echo hi",
+            "directory",
+        ]
+    ),
+    st.text(max_size=12),
+)
+KEYS = st.sampled_from(
+    list(CONTROL_KEYS)
+    + [
+        "file",
+        "command",
+        "shell",
+        "copy",
+        "template",
+        "path",
+        "cmd",
+        "src",
+        "dest",
+        "mode",
+        "state",
+        "content",
+        "loop_control",
+        "with_items",
+        "frobnicate",
+        "x",
+    ]
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)),
+    max_leaves=12,
+)
 STEPS = st.one_of(VALUES, st.lists(st.dictionaries(KEYS, VALUES, max_size=5), max_size=5))
 
 
@@ -221,9 +304,18 @@ def _yaml_dump(value) -> str:
 def test_fuzz_compile_never_tracebacks(steps, handlers, verify):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_role(root, "t", {"role.yml": ROLE_YML, "steps.yml": _yaml_dump(steps),
-                              "handlers.yml": _yaml_dump(handlers), "verify.yml": _yaml_dump(verify),
-                              "files/ok.txt": "ok", "templates/ok.j2": "{{ port }}"})
+        make_role(
+            root,
+            "t",
+            {
+                "role.yml": ROLE_YML,
+                "steps.yml": _yaml_dump(steps),
+                "handlers.yml": _yaml_dump(handlers),
+                "verify.yml": _yaml_dump(verify),
+                "files/ok.txt": "ok",
+                "templates/ok.j2": "{{ port }}",
+            },
+        )
         try:
             compiled = compile_role(root, "t", "local", config_for(root))
         except InvalidInput as exc:
@@ -249,8 +341,10 @@ def test_web_role_compiles():
     assert {"http", "port", "service", "package", "command"} <= set(kinds)
     port = next(c for c in compiled.checks if c["check"] == "port")
     assert port["args"]["port"] == 80 and port["name"] == "port 80"
-    assert all(step["source"].startswith("playbooks/roles/") or "/playbooks/roles/" in step["source"]
-               for step in compiled.steps)
+    assert all(
+        step["source"].startswith("playbooks/roles/") or "/playbooks/roles/" in step["source"]
+        for step in compiled.steps
+    )
     bundle = bundle_json(compiled, {"kiln": {"role": "web", "version": "20240101.1", "build_id": "b1"}})
     assert set(bundle) == {"role", "vars", "steps", "handlers", "check_mode", "diff"}
     assert bundle["vars"]["kiln"]["version"] == "20240101.1"
@@ -263,8 +357,14 @@ def test_all_shipped_roles_validate():
 
 
 def test_step_shape(tmp_path: Path):
-    make_role(tmp_path, "t", {"role.yml": ROLE_YML, "handlers.yml": HANDLERS_YML, "files/motd": "hi\n",
-                              "steps.yml": """\
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": ROLE_YML,
+            "handlers.yml": HANDLERS_YML,
+            "files/motd": "hi\n",
+            "steps.yml": """\
 - file: {path: /srv, state: directory}
 - name: Loop
   command: "echo {{ pkg }}"
@@ -289,7 +389,9 @@ def test_step_shape(tmp_path: Path):
   idempotent_reason: prints the date
 - shell: echo
   ignore_errors: true
-"""})
+""",
+        },
+    )
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
     first, loop, block, date1, date2, shell = compiled.steps
     assert first["name"] == "file /srv" and first["args"] == {"path": "/srv", "state": "directory"}
@@ -301,8 +403,15 @@ def test_step_shape(tmp_path: Path):
     assert [s["index"] for s in (first, loop, block)] == [1, 2, 3]
     assert block["block"][0]["index"] == 4 and block["block"][0]["args"]["src"] == "t/motd"
     assert block["rescue"][0]["index"] == 5
-    assert block["always"][0] == {"index": 6, "name": "flush handlers", "module": "flush_handlers", "args": {},
-                                  "source": block["always"][0]["source"], "role": "t", "tags": ["always"]}
+    assert block["always"][0] == {
+        "index": 6,
+        "name": "flush handlers",
+        "module": "flush_handlers",
+        "args": {},
+        "source": block["always"][0]["source"],
+        "role": "t",
+        "tags": ["always"],
+    }
     assert date1["idempotent"] is False and date1["idempotent_reason"] == "the clock moves"
     assert date2["idempotent_reason"] == "prints the date"
     assert shell["ignore_errors"] is True
@@ -311,22 +420,34 @@ def test_step_shape(tmp_path: Path):
 
 
 def test_defined_and_default_guard_names(tmp_path: Path):
-    make_role(tmp_path, "t", {"steps.yml": """\
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "steps.yml": """\
 - command: "echo {{ maybe | default('x') }}"
   when: other is defined and third.x is not defined
-"""})
+"""
+        },
+    )
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
     assert compiled.steps[0]["when"] == "other is defined and third.x is not defined"
     # the same names unguarded are undefined: the guard is what made them fine
-    make_role(tmp_path, "t", {"steps.yml": "- command: \"echo {{ maybe }}\"\n  when: other\n"})
+    make_role(tmp_path, "t", {"steps.yml": '- command: "echo {{ maybe }}"\n  when: other\n'})
     messages = [d.message for d in compile_errors(tmp_path)]
     assert any("maybe" in m for m in messages) and any("other" in m for m in messages), messages
 
 
 def test_registered_names_from_dependencies_are_known(tmp_path: Path):
     make_role(tmp_path, "lib", {"steps.yml": "- command: uname\n  register: kernel\n"})
-    make_role(tmp_path, "t", {"role.yml": "depends: [lib]\n",
-                              "steps.yml": "- command: echo\n  when: kernel.rc == 0 and facts.arch == 'x86_64'\n"})
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": "depends: [lib]\n",
+            "steps.yml": "- command: echo\n  when: kernel.rc == 0 and facts.arch == 'x86_64'\n",
+        },
+    )
     assert compile_role(tmp_path, "t", "local", config_for(tmp_path)).chain == ["lib", "t"]
 
 
@@ -345,8 +466,10 @@ def test_diamond_dependencies_run_once_in_order(tmp_path: Path):
 def test_own_base_beats_dependencies(tmp_path: Path):
     make_role(tmp_path, "d", {"role.yml": "base: {local: img/d, aws: {ssm_parameter: /p}}\n"})
     make_role(tmp_path, "a", {"role.yml": "depends: [d]\nbase: {local: img/a}\n"})
-    assert compile_role(tmp_path, "a", "local", config_for(tmp_path)).base == {"local": "img/a",
-                                                                              "aws": {"ssm_parameter": "/p"}}
+    assert compile_role(tmp_path, "a", "local", config_for(tmp_path)).base == {
+        "local": "img/a",
+        "aws": {"ssm_parameter": "/p"},
+    }
 
 
 def test_dependency_cycle_names_the_chain(tmp_path: Path):
@@ -372,15 +495,34 @@ def test_unknown_role(tmp_path: Path):
 
 # --- variables -----------------------------------------------------------------------------
 def test_variable_precedence(tmp_path: Path):
-    make_role(tmp_path, "lib", {"role.yml": "defaults: {a: lib-default, b: lib-default, c: lib-default, "
-                                            "d: lib-default, e: lib-default}\nvars: {b: lib-vars}\n"})
-    make_role(tmp_path, "t", {"role.yml": "depends: [lib]\ndefaults: {a: t-default, b: t-default, c: t-default}\n"
-                                          "vars: {c: t-vars, d: t-vars}\n"})
+    make_role(
+        tmp_path,
+        "lib",
+        {
+            "role.yml": "defaults: {a: lib-default, b: lib-default, c: lib-default, "
+            "d: lib-default, e: lib-default}\nvars: {b: lib-vars}\n"
+        },
+    )
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": "depends: [lib]\ndefaults: {a: t-default, b: t-default, c: t-default}\n"
+            "vars: {c: t-vars, d: t-vars}\n"
+        },
+    )
     write(tmp_path / "kiln.yaml", "vars: {d: config, e: config, f: config}\n")
     config = load_config(tmp_path / "kiln.yaml")
     compiled = compile_role(tmp_path, "t", "local", config, overrides=parse_var_overrides(["e=cli", "g=x=y"]))
-    assert compiled.variables == {"a": "t-default", "b": "lib-vars", "c": "t-vars", "d": "config", "e": "cli",
-                                  "f": "config", "g": "x=y"}
+    assert compiled.variables == {
+        "a": "t-default",
+        "b": "lib-vars",
+        "c": "t-vars",
+        "d": "config",
+        "e": "cli",
+        "f": "config",
+        "g": "x=y",
+    }
 
 
 def test_parse_var_overrides_rejects_garbage():
@@ -391,7 +533,7 @@ def test_parse_var_overrides_rejects_garbage():
 
 
 def test_overrides_satisfy_undefined_names_and_change_the_hash(tmp_path: Path):
-    make_role(tmp_path, "t", {"steps.yml": "- command: \"echo {{ greeting }}\"\n"})
+    make_role(tmp_path, "t", {"steps.yml": '- command: "echo {{ greeting }}"\n'})
     assert "undefined variable 'greeting'" in compile_errors(tmp_path)[0].message
     one = compile_role(tmp_path, "t", "local", config_for(tmp_path), overrides={"greeting": "hi"})
     two = compile_role(tmp_path, "t", "local", config_for(tmp_path), overrides={"greeting": "hi"})
@@ -405,9 +547,15 @@ def test_overrides_satisfy_undefined_names_and_change_the_hash(tmp_path: Path):
 
 
 def test_templated_variables_resolve_in_the_bundle(tmp_path: Path):
-    make_role(tmp_path, "t", {"role.yml": "defaults:\n  root: /srv/{{ kiln.role }}\n  html: '{{ root }}/html'\n"
-                                          "  arch_dir: '/opt/{{ facts.arch }}'\n",
-                              "steps.yml": "- file: {path: '{{ html }}', state: directory}\n"})
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": "defaults:\n  root: /srv/{{ kiln.role }}\n  html: '{{ root }}/html'\n"
+            "  arch_dir: '/opt/{{ facts.arch }}'\n",
+            "steps.yml": "- file: {path: '{{ html }}', state: directory}\n",
+        },
+    )
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
     bundle = bundle_json(compiled, {"kiln": {"role": "t", "version": "1", "build_id": "b"}})
     assert bundle["vars"]["html"] == "/srv/t/html"
@@ -476,12 +624,18 @@ def test_tags_change_the_hash(tmp_path: Path):
 
 
 def test_no_log_values_and_check_diff_flags(tmp_path: Path):
-    make_role(tmp_path, "t", {"role.yml": "defaults:\n  secret: hunter2\n  creds: {user: bob, token: abc123}\n"
-                                          "  shown: visible\n  keys: [k1]\n",
-                              "steps.yml": "- copy: {content: '{{ secret }} {{ creds.token }}', dest: /etc/s}\n"
-                                           "  no_log: true\n"
-                                           "- block:\n    - command: 'echo {{ shown }}'\n  no_log: true\n"
-                                           "- command: 'echo {{ item }}'\n  loop: '{{ keys }}'\n  no_log: true\n"})
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": "defaults:\n  secret: hunter2\n  creds: {user: bob, token: abc123}\n"
+            "  shown: visible\n  keys: [k1]\n",
+            "steps.yml": "- copy: {content: '{{ secret }} {{ creds.token }}', dest: /etc/s}\n"
+            "  no_log: true\n"
+            "- block:\n    - command: 'echo {{ shown }}'\n  no_log: true\n"
+            "- command: 'echo {{ item }}'\n  loop: '{{ keys }}'\n  no_log: true\n",
+        },
+    )
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path), check_mode=True, diff=True)
     assert compiled.no_log_values == ["abc123", "bob", "hunter2", "k1", "visible"]
     assert compiled.steps[0]["no_log"] is True and compiled.steps[1]["block"][0]["no_log"] is True
@@ -491,18 +645,31 @@ def test_no_log_values_and_check_diff_flags(tmp_path: Path):
 
 
 def test_no_log_hides_the_variables_a_secret_is_made_of(tmp_path: Path):
-    make_role(tmp_path, "t", {"role.yml": "defaults:\n  db_password: hunter2secret\n"
-                                          "  db_url: 'postgres://app:{{ db_password }}@db'\n  other: plain\n",
-                              "steps.yml": "- copy: {content: '{{ db_url }}', dest: /etc/db}\n  no_log: true\n"})
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": "defaults:\n  db_password: hunter2secret\n"
+            "  db_url: 'postgres://app:{{ db_password }}@db'\n  other: plain\n",
+            "steps.yml": "- copy: {content: '{{ db_url }}', dest: /etc/db}\n  no_log: true\n",
+        },
+    )
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
     assert compiled.no_log_values == ["hunter2secret", "postgres://app:hunter2secret@db"]
 
 
 def test_template_files_know_their_steps_loop_var(tmp_path: Path):
-    make_role(tmp_path, "t", {"role.yml": ROLE_YML, "templates/site.j2": "{{ site.name }} {{ port }}\n",
-                              "templates/unused.j2": "{{ anything_goes }}\n",
-                              "steps.yml": "- template: {src: site.j2, dest: '/etc/{{ site.name }}'}\n"
-                                           "  loop: [{name: a}]\n  loop_var: site\n"})
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": ROLE_YML,
+            "templates/site.j2": "{{ site.name }} {{ port }}\n",
+            "templates/unused.j2": "{{ anything_goes }}\n",
+            "steps.yml": "- template: {src: site.j2, dest: '/etc/{{ site.name }}'}\n"
+            "  loop: [{name: a}]\n  loop_var: site\n",
+        },
+    )
     compile_role(tmp_path, "t", "local", config_for(tmp_path))
     # the loop var is known to the template only under its own name
     write(tmp_path / "roles/t/templates/site.j2", "{{ item.name }} {{ port }}\n")
@@ -511,9 +678,16 @@ def test_template_files_know_their_steps_loop_var(tmp_path: Path):
 
 
 def test_src_may_be_absolute_or_templated(tmp_path: Path):
-    make_role(tmp_path, "t", {"role.yml": ROLE_YML, "files/a.txt": "a",
-                              "steps.yml": "- copy: {src: /etc/hostname, dest: /tmp/h}\n"
-                                           "- copy: {src: '{{ item }}', dest: /tmp/}\n  loop: [a.txt]\n"})
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": ROLE_YML,
+            "files/a.txt": "a",
+            "steps.yml": "- copy: {src: /etc/hostname, dest: /tmp/h}\n"
+            "- copy: {src: '{{ item }}', dest: /tmp/}\n  loop: [a.txt]\n",
+        },
+    )
     steps = compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps
     assert steps[0]["args"]["src"] == "/etc/hostname"
     assert steps[1]["args"]["src"] == "t/{{ item }}"
@@ -527,8 +701,9 @@ def test_empty_files_are_fine(tmp_path: Path):
 
 def test_notify_may_name_a_dependency_handler(tmp_path: Path):
     make_role(tmp_path, "lib", {"handlers.yml": HANDLERS_YML})
-    make_role(tmp_path, "t", {"role.yml": "depends: [lib]\n",
-                              "steps.yml": "- command: echo\n  notify: [reload nginx]\n"})
+    make_role(
+        tmp_path, "t", {"role.yml": "depends: [lib]\n", "steps.yml": "- command: echo\n  notify: [reload nginx]\n"}
+    )
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
     assert compiled.handlers[0]["role"] == "lib"
 
@@ -553,8 +728,9 @@ def test_validate_roles_reports_every_role(tmp_path: Path):
 # --- schema export -------------------------------------------------------------------------
 def test_docs_step_files_md_is_current():
     doc = ROOT / "docs" / "step-files.md"
-    assert doc.exists() and doc.read_text() == reference_markdown(), \
+    assert doc.exists() and doc.read_text() == reference_markdown(), (
         "docs/step-files.md is stale: run `python -m controller.schema_export`"
+    )
 
 
 def test_reference_lists_every_module_and_check():

@@ -24,7 +24,7 @@ SCHEMA = {
         "stderr": {"type": "list", "elements": "str", "description": "Substrings stderr must contain."},
         "timeout": {"type": "int", "default": 60, "description": "Seconds before the command is killed."},
     },
-    "example": "- command: \"nginx -t\"\n- command: {cmd: \"id deploy\", stdout: [sudo]}",
+    "example": '- command: "nginx -t"\n- command: {cmd: "id deploy", stdout: [sudo]}',
 }
 
 

@@ -21,13 +21,13 @@ SCHEMA = {
         "path": {"type": "path", "required": True, "description": "The path (symlinks are not followed)."},
         "exists": {"type": "bool", "default": True, "description": "true: the path exists; false: it does not."},
         "filetype": {"type": "str", "choices": ["file", "directory", "symlink"], "description": "Its type."},
-        "mode": {"type": "mode", "description": "Its mode, quoted octal (\"0644\")."},
+        "mode": {"type": "mode", "description": 'Its mode, quoted octal ("0644").'},
         "owner": {"type": "str", "description": "Owning user name."},
         "group": {"type": "str", "description": "Owning group name."},
         "contains": {"type": "list", "elements": "str", "description": "Substrings the file must contain."},
         "linked_to": {"type": "str", "description": "A symlink's target (as stored)."},
     },
-    "example": "- file: /etc/nginx/nginx.conf\n- file: {path: /srv/www, filetype: directory, mode: \"0755\"}",
+    "example": '- file: /etc/nginx/nginx.conf\n- file: {path: /srv/www, filetype: directory, mode: "0755"}',
 }
 
 

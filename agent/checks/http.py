@@ -23,12 +23,15 @@ SCHEMA = {
         "status": {"type": "int", "default": 200, "description": "Expected HTTP status."},
         "body": {"type": "list", "elements": "str", "description": "Substrings the body must contain."},
         "timeout": {"type": "int", "default": 10, "description": "Seconds before giving up."},
-        "no_follow_redirects": {"type": "bool", "default": False,
-                                "description": "Report a redirect's own status instead of following it."},
+        "no_follow_redirects": {
+            "type": "bool",
+            "default": False,
+            "description": "Report a redirect's own status instead of following it.",
+        },
         "insecure": {"type": "bool", "default": False, "description": "Do not verify the TLS certificate."},
         "headers": {"type": "dict", "description": "Extra request headers."},
     },
-    "example": "- http: http://127.0.0.1/\n- http: {url: \"http://127.0.0.1/health\", body: [ok]}",
+    "example": '- http: http://127.0.0.1/\n- http: {url: "http://127.0.0.1/health", body: [ok]}',
 }
 
 MAX_BODY = 1 << 20
@@ -52,8 +55,9 @@ def probe(params: Dict[str, Any], ctx: Context) -> Tuple[bool, str]:
         context.verify_mode = ssl.CERT_NONE
         handlers.append(urllib.request.HTTPSHandler(context=context))
     opener = urllib.request.build_opener(*handlers)
-    request = urllib.request.Request(url, headers={"User-Agent": "kiln-verify",
-                                                   **{str(k): str(v) for k, v in (params.get("headers") or {}).items()}})
+    request = urllib.request.Request(
+        url, headers={"User-Agent": "kiln-verify", **{str(k): str(v) for k, v in (params.get("headers") or {}).items()}}
+    )
     try:
         with opener.open(request, timeout=params["timeout"]) as response:
             status, body = response.status, response.read(MAX_BODY)

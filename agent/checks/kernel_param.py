@@ -16,10 +16,13 @@ SCHEMA = {
     "free_form": "name",
     "args": {
         "name": {"type": "str", "required": True, "description": "Parameter name, e.g. net.ipv4.ip_forward."},
-        "value": {"type": "str", "required": True,
-                  "description": "Expected value (whitespace between fields is normalised)."},
+        "value": {
+            "type": "str",
+            "required": True,
+            "description": "Expected value (whitespace between fields is normalised).",
+        },
     },
-    "example": "- kernel_param: {name: net.ipv4.ip_forward, value: \"1\"}",
+    "example": '- kernel_param: {name: net.ipv4.ip_forward, value: "1"}',
 }
 
 

@@ -19,8 +19,11 @@ SCHEMA = {
     "args": {
         "name": {"type": "str", "required": True, "description": "Package name."},
         "installed": {"type": "bool", "default": True, "description": "true: installed; false: not installed."},
-        "versions": {"type": "list", "elements": "str",
-                     "description": "The installed version must be one of these (prefix glob with *)."},
+        "versions": {
+            "type": "list",
+            "elements": "str",
+            "description": "The installed version must be one of these (prefix glob with *).",
+        },
     },
     "example": "- package: nginx\n- package: {name: telnet, installed: false}",
 }

@@ -20,15 +20,19 @@ SCHEMA = {
     "description": "A TCP (or UDP) port has a listening socket (or has none).",
     "free_form": "port",
     "args": {
-        "port": {"type": "str", "required": True,
-                 "description": "Port number, or protocol:port (tcp:80, tcp6:80, udp:53; plain number: tcp "
-                                "and tcp6)."},
+        "port": {
+            "type": "str",
+            "required": True,
+            "description": "Port number, or protocol:port (tcp:80, tcp6:80, udp:53; plain number: tcp and tcp6).",
+        },
         "listening": {"type": "bool", "default": True, "description": "true: something listens; false: nothing."},
-        "ip": {"type": "list", "elements": "str",
-               "description": "Address(es) it must listen on, exactly as bound (0.0.0.0 and :: are the "
-                              "wildcards)."},
+        "ip": {
+            "type": "list",
+            "elements": "str",
+            "description": "Address(es) it must listen on, exactly as bound (0.0.0.0 and :: are the wildcards).",
+        },
     },
-    "example": "- port: 80\n- port: {port: \"tcp:22\", ip: 0.0.0.0}",
+    "example": '- port: 80\n- port: {port: "tcp:22", ip: 0.0.0.0}',
 }
 
 TCP_LISTEN = "0A"
@@ -68,8 +72,15 @@ def listeners(protocols: List[str], port: int) -> List[str]:
 def parse_port(value: str) -> Tuple[List[str], int]:
     proto, _, number = str(value).strip().rpartition(":")
     proto = proto.lower()
-    tables = {"": ["tcp", "tcp6"], "tcp": ["tcp", "tcp6"], "tcp4": ["tcp"], "tcp6": ["tcp6"],
-              "udp": ["udp", "udp6"], "udp4": ["udp"], "udp6": ["udp6"]}
+    tables = {
+        "": ["tcp", "tcp6"],
+        "tcp": ["tcp", "tcp6"],
+        "tcp4": ["tcp"],
+        "tcp6": ["tcp6"],
+        "udp": ["udp", "udp6"],
+        "udp4": ["udp"],
+        "udp6": ["udp6"],
+    }
     if proto not in tables or not number.isdigit() or not 0 < int(number) < 65536:
         raise ModuleError(f"port must be a number or tcp:N / tcp6:N / udp:N, got {value!r}")
     return tables[proto], int(number)

@@ -16,9 +16,12 @@ SCHEMA = {
     "description": "A systemd service is running (or not), and enabled at boot (or not).",
     "free_form": "name",
     "args": {
-        "name": {"type": "str", "required": True, "description": "Unit name (\".service\" may be left out)."},
+        "name": {"type": "str", "required": True, "description": 'Unit name (".service" may be left out).'},
         "running": {"type": "bool", "default": True, "description": "true: active; false: not active."},
-        "enabled": {"type": "bool", "description": "true: enabled at boot; false: not enabled (unchecked when left out)."},
+        "enabled": {
+            "type": "bool",
+            "description": "true: enabled at boot; false: not enabled (unchecked when left out).",
+        },
     },
     "example": "- service: nginx\n- service: {name: ssh, running: true, enabled: true}",
 }

@@ -20,8 +20,11 @@ SCHEMA = {
         "name": {"type": "str", "required": True, "description": "User name."},
         "exists": {"type": "bool", "default": True, "description": "true: the user exists; false: it does not."},
         "uid": {"type": "int", "description": "User id."},
-        "groups": {"type": "list", "elements": "str",
-                   "description": "Groups the user must belong to (primary or supplementary)."},
+        "groups": {
+            "type": "list",
+            "elements": "str",
+            "description": "Groups the user must belong to (primary or supplementary).",
+        },
         "shell": {"type": "str", "description": "Login shell."},
         "home": {"type": "str", "description": "Home directory."},
     },
@@ -35,8 +38,7 @@ def probe(params: Dict[str, Any], ctx: Context) -> Tuple[bool, str]:
     if user is None:
         return not params["exists"], f"user {name} does not exist"
     member_of = [user["group"]] + user["groups"]
-    seen = (f"user {name}: uid {user['uid']}, groups {','.join(member_of)}, "
-            f"shell {user['shell']}, home {user['home']}")
+    seen = f"user {name}: uid {user['uid']}, groups {','.join(member_of)}, shell {user['shell']}, home {user['home']}"
     if not params["exists"]:
         return False, f"{seen} (wanted absent)"
     problems = []

@@ -24,20 +24,34 @@ SCHEMA = {
     "description": "Insert, update or remove a block of lines between kiln's marker lines in a file.",
     "args": {
         "path": {"type": "path", "required": True, "aliases": ["dest", "name"], "description": "The file."},
-        "block": {"type": "str", "default": "", "aliases": ["content"],
-                  "description": "The lines to keep between the markers; empty removes the block."},
-        "marker": {"type": "str", "default": "# {mark} KILN MANAGED BLOCK",
-                   "description": "Marker line template; {mark} becomes marker_begin or marker_end. Give each "
-                                  "block in one file its own marker."},
+        "block": {
+            "type": "str",
+            "default": "",
+            "aliases": ["content"],
+            "description": "The lines to keep between the markers; empty removes the block.",
+        },
+        "marker": {
+            "type": "str",
+            "default": "# {mark} KILN MANAGED BLOCK",
+            "description": "Marker line template; {mark} becomes marker_begin or marker_end. Give each "
+            "block in one file its own marker.",
+        },
         "marker_begin": {"type": "str", "default": "BEGIN", "description": "{mark} of the first marker line."},
         "marker_end": {"type": "str", "default": "END", "description": "{mark} of the last marker line."},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present",
-                  "description": "present: the block is there; absent: block and markers are removed."},
-        "insertafter": {"type": "str",
-                        "description": "A new block goes after the last line matching this regexp, or EOF "
-                                       "(default)."},
-        "insertbefore": {"type": "str",
-                         "description": "A new block goes before the last line matching this regexp, or BOF."},
+        "state": {
+            "type": "str",
+            "choices": ["present", "absent"],
+            "default": "present",
+            "description": "present: the block is there; absent: block and markers are removed.",
+        },
+        "insertafter": {
+            "type": "str",
+            "description": "A new block goes after the last line matching this regexp, or EOF (default).",
+        },
+        "insertbefore": {
+            "type": "str",
+            "description": "A new block goes before the last line matching this regexp, or BOF.",
+        },
         **textfile.args(),
     },
     "mutually_exclusive": [["insertafter", "insertbefore"]],
@@ -60,7 +74,7 @@ def edit(params: Dict[str, Any], text: str) -> str:
     block: List[str] = params["block"].splitlines()
     wanted = [] if params["state"] == "absent" or not block else [begin, *block, end]
     if start is not None and stop is not None:
-        new = lines[:start] + wanted + lines[stop + 1:]
+        new = lines[:start] + wanted + lines[stop + 1 :]
     elif not wanted:
         return text
     else:
@@ -83,6 +97,12 @@ def edit(params: Dict[str, Any], text: str) -> str:
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
     removing = params["state"] == "absent" or not params["block"]
     return textfile.apply_edit(
-        params, state, ctx, edit, removing=removing, nothing_to_remove="no block to remove",
+        params,
+        state,
+        ctx,
+        edit,
+        removing=removing,
+        nothing_to_remove="no block to remove",
         unchanged=f"block already {params['state'] if params['block'] else 'absent'}",
-        describe=lambda old: "block removed" if removing else "block written")
+        describe=lambda old: "block removed" if removing else "block written",
+    )

@@ -22,23 +22,34 @@ from agent.modules import file as filemod
 
 SCHEMA = {
     "description": "Copy a file from the role's files/ (or inline content) to dest; written only when the "
-                   "content differs.",
+    "content differs.",
     "args": {
-        "src": {"type": "path", "relative": True,
-                "description": "File in the role's files/ directory (or an absolute path on the box)."},
+        "src": {
+            "type": "path",
+            "relative": True,
+            "description": "File in the role's files/ directory (or an absolute path on the box).",
+        },
         "content": {"type": "str", "description": "The file's content, inline (instead of src)."},
-        "dest": {"type": "path", "required": True, "aliases": ["path"],
-                 "description": "Destination path; a directory (or a path ending in /) gets src's name."},
-        "mode": {"type": "mode", "description": "Mode, quoted octal (\"0644\") or symbolic (\"u+x\")."},
+        "dest": {
+            "type": "path",
+            "required": True,
+            "aliases": ["path"],
+            "description": "Destination path; a directory (or a path ending in /) gets src's name.",
+        },
+        "mode": {"type": "mode", "description": 'Mode, quoted octal ("0644") or symbolic ("u+x").'},
         "owner": {"type": "str", "description": "Owning user name."},
         "group": {"type": "str", "description": "Owning group name."},
-        "backup": {"type": "bool", "default": False,
-                   "description": "Keep the replaced file as <dest>.<timestamp>~."},
-        "validate": {"type": "str",
-                     "description": "Command run on the new content before it replaces dest; %s is the "
-                                    "temp file (e.g. \"visudo -cf %s\")."},
-        "force": {"type": "bool", "default": True,
-                  "description": "false: only create dest when missing, never replace its content."},
+        "backup": {"type": "bool", "default": False, "description": "Keep the replaced file as <dest>.<timestamp>~."},
+        "validate": {
+            "type": "str",
+            "description": "Command run on the new content before it replaces dest; %s is the "
+            'temp file (e.g. "visudo -cf %s").',
+        },
+        "force": {
+            "type": "bool",
+            "default": True,
+            "description": "false: only create dest when missing, never replace its content.",
+        },
     },
     "mutually_exclusive": [["src", "content"]],
     "required_one_of": [["src", "content"]],

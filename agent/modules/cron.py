@@ -16,25 +16,34 @@ from agent.api import Context, ModuleError, Result, require_command, unified_dif
 SCHEMA = {
     "description": "Add, change or remove a named job in a user's crontab.",
     "args": {
-        "name": {"type": "str", "required": True,
-                 "description": "The job's name, kept in a '#kiln: <name>' marker line; unique per crontab."},
+        "name": {
+            "type": "str",
+            "required": True,
+            "description": "The job's name, kept in a '#kiln: <name>' marker line; unique per crontab.",
+        },
         "job": {"type": "str", "description": "The command line (state=present)."},
         "minute": {"type": "str", "default": "*", "description": "Minute field."},
         "hour": {"type": "str", "default": "*", "description": "Hour field."},
         "day": {"type": "str", "default": "*", "description": "Day of month field."},
         "month": {"type": "str", "default": "*", "description": "Month field."},
         "weekday": {"type": "str", "default": "*", "description": "Day of week field."},
-        "special_time": {"type": "str",
-                         "choices": ["reboot", "yearly", "annually", "monthly", "weekly", "daily", "hourly"],
-                         "description": "@reboot, @daily, ... instead of the five time fields."},
+        "special_time": {
+            "type": "str",
+            "choices": ["reboot", "yearly", "annually", "monthly", "weekly", "daily", "hourly"],
+            "description": "@reboot, @daily, ... instead of the five time fields.",
+        },
         "user": {"type": "str", "default": "root", "description": "Whose crontab."},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present",
-                  "description": "present: the job is there as given; absent: it is removed."},
+        "state": {
+            "type": "str",
+            "choices": ["present", "absent"],
+            "default": "present",
+            "description": "present: the job is there as given; absent: it is removed.",
+        },
     },
     "required_if": [["state", "present", ["job"]]],
     "check_mode": "full",
     "diff": True,
-    "example": "- cron: {name: rotate-logs, minute: \"0\", hour: \"3\", job: /usr/local/bin/rotate}",
+    "example": '- cron: {name: rotate-logs, minute: "0", hour: "3", job: /usr/local/bin/rotate}',
 }
 
 MARK = "#kiln: "
@@ -69,15 +78,15 @@ def _new_text(params: Dict[str, Any], text: str) -> str:
     if params["state"] == "absent":
         if index is None:
             return text
-        del lines[index:index + 2]
+        del lines[index : index + 2]
     else:
         wanted = [marker, job_line(params)]
         if index is None:
             lines += wanted
-        elif lines[index:index + 2] == wanted:
+        elif lines[index : index + 2] == wanted:
             return text
         else:
-            lines[index:index + 2] = wanted
+            lines[index : index + 2] = wanted
     return "\n".join(lines) + ("\n" if lines else "")
 
 

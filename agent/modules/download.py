@@ -27,13 +27,17 @@ from agent.modules import file as filemod
 
 SCHEMA = {
     "description": "Download a file over HTTP(S) to dest, verified by its sha256; skipped when dest already "
-                   "has that sha256.",
+    "has that sha256.",
     "args": {
         "url": {"type": "str", "required": True, "description": "http:// or https:// URL."},
         "dest": {"type": "path", "required": True, "aliases": ["path"], "description": "Destination file."},
-        "sha256": {"type": "str", "required": True, "aliases": ["checksum"],
-                   "description": "Expected sha256 in hex (\"sha256:\" prefix allowed)."},
-        "mode": {"type": "mode", "description": "Mode, quoted octal (\"0644\") or symbolic."},
+        "sha256": {
+            "type": "str",
+            "required": True,
+            "aliases": ["checksum"],
+            "description": 'Expected sha256 in hex ("sha256:" prefix allowed).',
+        },
+        "mode": {"type": "mode", "description": 'Mode, quoted octal ("0644") or symbolic.'},
         "owner": {"type": "str", "description": "Owning user name."},
         "group": {"type": "str", "description": "Owning group name."},
         "timeout": {"type": "int", "default": 30, "description": "Seconds before the request is given up."},
@@ -41,8 +45,7 @@ SCHEMA = {
     },
     "check_mode": "full",
     "diff": True,
-    "example": "- download: {url: \"https://example.org/tool.tar.gz\", dest: /opt/tool.tar.gz, "
-               "sha256: \"9f86d081...\"}",
+    "example": '- download: {url: "https://example.org/tool.tar.gz", dest: /opt/tool.tar.gz, sha256: "9f86d081..."}',
 }
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -51,7 +54,7 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 def _wanted_sha(params: Dict[str, Any]) -> str:
     value = params["sha256"].strip().lower()
     if value.startswith("sha256:"):
-        value = value[len("sha256:"):]
+        value = value[len("sha256:") :]
     if not HEX64.match(value):
         raise ModuleError(f"sha256 must be 64 hex digits, got {params['sha256']!r}")
     return value
@@ -70,8 +73,9 @@ def fetch(params: Dict[str, Any], dest: str, want: str) -> str:
     parent = os.path.dirname(dest) or "."
     if not os.path.isdir(parent):
         raise ModuleError(f"directory {parent} does not exist (create it first with file: state=directory)")
-    request = urllib.request.Request(url, headers={"User-Agent": "kiln-agent",
-                                                   **{str(k): str(v) for k, v in (params.get("headers") or {}).items()}})
+    request = urllib.request.Request(
+        url, headers={"User-Agent": "kiln-agent", **{str(k): str(v) for k, v in (params.get("headers") or {}).items()}}
+    )
     fd, tmp = tempfile.mkstemp(prefix=".kiln-download-", dir=parent)
     digest = hashlib.sha256()
     try:
@@ -115,8 +119,11 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         if exists:
             before.update({k: state["attrs"].get(k) for k in wanted})
         after.update(wanted)
-    msg = f"{dest}: " + ("downloaded " + params["url"] if fetch_needed else "") + (
-        ("; " if fetch_needed and wanted else "") + ", ".join(f"{k} {v}" for k, v in sorted(wanted.items())))
+    msg = (
+        f"{dest}: "
+        + ("downloaded " + params["url"] if fetch_needed else "")
+        + (("; " if fetch_needed and wanted else "") + ", ".join(f"{k} {v}" for k, v in sorted(wanted.items())))
+    )
     diff = {"before": before, "after": after}
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode: nothing fetched)", diff=diff, data={"dest": dest, "sha256": want})

@@ -20,14 +20,22 @@ SCHEMA = {
     "description": "Manage a path's type (file, directory, link, touch), mode and owner; or remove it.",
     "args": {
         "path": {"type": "path", "required": True, "aliases": ["dest", "name"], "description": "Path to manage."},
-        "state": {"type": "str", "choices": ["file", "directory", "link", "touch", "absent"], "default": "file",
-                  "description": "file: must exist (not created); directory: created with parents; "
-                                 "link: symlink to src; touch: created empty if missing; absent: removed."},
+        "state": {
+            "type": "str",
+            "choices": ["file", "directory", "link", "touch", "absent"],
+            "default": "file",
+            "description": "file: must exist (not created); directory: created with parents; "
+            "link: symlink to src; touch: created empty if missing; absent: removed.",
+        },
         "src": {"type": "path", "relative": True, "description": "Link target, with state=link."},
-        "mode": {"type": "mode", "description": "Mode as a quoted octal string (\"0644\") or symbolic (\"u+x\")."},
+        "mode": {"type": "mode", "description": 'Mode as a quoted octal string ("0644") or symbolic ("u+x").'},
         "owner": {"type": "str", "description": "Owning user name."},
         "group": {"type": "str", "description": "Owning group name."},
-        "recurse": {"type": "bool", "default": False, "description": "Apply owner/group/mode to a directory's contents."},
+        "recurse": {
+            "type": "bool",
+            "default": False,
+            "description": "Apply owner/group/mode to a directory's contents.",
+        },
     },
     "required_if": [["state", "link", ["src"]]],
     "check_mode": "full",
@@ -113,8 +121,11 @@ def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) ->
             if state is not None:
                 os.unlink(path)
             os.symlink(params["src"], path)
-        return Result(True, f"linked {path} -> {params['src']}",
-                      diff={"before": state.get("src") if state else "absent", "after": params["src"]})
+        return Result(
+            True,
+            f"linked {path} -> {params['src']}",
+            diff={"before": state.get("src") if state else "absent", "after": params["src"]},
+        )
     if state is not None and want in ("file", "directory") and state["state"] != want:
         raise ModuleError(f"{path} is a {state['state']}, not a {want}")
     changes = []

@@ -21,16 +21,22 @@ SCHEMA = {
     "args": {
         "repo": {"type": "str", "required": True, "aliases": ["url"], "description": "Repository URL or path."},
         "dest": {"type": "path", "required": True, "description": "Checkout directory."},
-        "version": {"type": "str", "default": "HEAD",
-                    "description": "Branch, tag or full commit sha (HEAD: the remote's default branch)."},
+        "version": {
+            "type": "str",
+            "default": "HEAD",
+            "description": "Branch, tag or full commit sha (HEAD: the remote's default branch).",
+        },
         "depth": {"type": "int", "description": "Shallow clone with this many commits."},
         "force": {"type": "bool", "default": False, "description": "Discard local modifications."},
-        "update": {"type": "bool", "default": True,
-                   "description": "false: clone when missing, never move an existing checkout."},
+        "update": {
+            "type": "bool",
+            "default": True,
+            "description": "false: clone when missing, never move an existing checkout.",
+        },
     },
     "check_mode": "full",
     "diff": True,
-    "example": "- git: {repo: \"https://github.com/example/site.git\", dest: /srv/site, version: main}",
+    "example": '- git: {repo: "https://github.com/example/site.git", dest: /srv/site, version: main}',
 }
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -50,7 +56,9 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
             raise ModuleError(f"{dest} exists and is not a git checkout")
         return {"head": None}
     head = ctx.run([git, "-C", dest, "rev-parse", "HEAD"], check=False).stdout.strip() or None
-    dirty = bool(ctx.run([git, "-C", dest, "status", "--porcelain", "--untracked-files=no"], check=False).stdout.strip())
+    dirty = bool(
+        ctx.run([git, "-C", dest, "status", "--porcelain", "--untracked-files=no"], check=False).stdout.strip()
+    )
     return {"head": head, "dirty": dirty}
 
 
@@ -59,8 +67,11 @@ def remote_sha(git: str, params: Dict[str, Any], ctx: Context) -> Optional[str]:
     version = params["version"]
     if SHA.match(version):
         return version
-    refs = [version] if version == "HEAD" else [f"refs/heads/{version}", f"refs/tags/{version}",
-                                                f"refs/tags/{version}^{{}}"]
+    refs = (
+        [version]
+        if version == "HEAD"
+        else [f"refs/heads/{version}", f"refs/tags/{version}", f"refs/tags/{version}^{{}}"]
+    )
     done = ctx.run([git, "ls-remote", params["repo"], *refs], timeout=300)
     found = {}
     for line in done.stdout.splitlines():
@@ -86,8 +97,11 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     if head is not None and state.get("dirty") and not params["force"]:
         raise ModuleError(f"{dest} has local modifications (set force: true to discard them)")
     diff = {"before": head or "absent", "after": want}
-    msg = (f"cloned {params['repo']} at {version} ({want[:12]})" if head is None
-           else f"{dest}: {head[:12]} -> {want[:12]} ({version})")
+    msg = (
+        f"cloned {params['repo']} at {version} ({want[:12]})"
+        if head is None
+        else f"{dest}: {head[:12]} -> {want[:12]} ({version})"
+    )
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode)", diff=diff)
     depth = ["--depth", str(params["depth"])] if params.get("depth") else []

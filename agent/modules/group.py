@@ -16,8 +16,12 @@ SCHEMA = {
     "description": "Create, change (gid) or remove a local group.",
     "args": {
         "name": {"type": "str", "required": True, "description": "The group name."},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present",
-                  "description": "present: the group exists; absent: it does not."},
+        "state": {
+            "type": "str",
+            "choices": ["present", "absent"],
+            "default": "present",
+            "description": "present: the group exists; absent: it does not.",
+        },
         "gid": {"type": "int", "description": "Group id."},
         "system": {"type": "bool", "default": False, "description": "A system group (on creation only)."},
     },
@@ -53,12 +57,16 @@ def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) ->
                 argv.append("-r")
             ctx.run(argv + [name])
             after = {"gid": grp.getgrnam(name).gr_gid}
-        return Result(True, f"created group {name}", diff={"before": "absent", "after": after},
-                      data={"gid": after["gid"]})
+        return Result(
+            True, f"created group {name}", diff={"before": "absent", "after": after}, data={"gid": after["gid"]}
+        )
     if params.get("gid") is not None and params["gid"] != state["gid"]:
         if not ctx.check_mode:
             ctx.run(["groupmod", "-g", str(params["gid"]), name])
-        return Result(True, f"group {name}: gid {state['gid']} -> {params['gid']}",
-                      diff={"before": {"gid": state["gid"]}, "after": {"gid": params["gid"]}},
-                      data={"gid": params["gid"]})
+        return Result(
+            True,
+            f"group {name}: gid {state['gid']} -> {params['gid']}",
+            diff={"before": {"gid": state["gid"]}, "after": {"gid": params["gid"]}},
+            data={"gid": params["gid"]},
+        )
     return Result(False, f"group {name} is as wanted", data={"gid": state["gid"]})

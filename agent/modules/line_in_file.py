@@ -27,22 +27,38 @@ SCHEMA = {
     "args": {
         "path": {"type": "path", "required": True, "aliases": ["dest", "name"], "description": "The file."},
         "line": {"type": "str", "aliases": ["value"], "description": "The line wanted (state=present)."},
-        "regexp": {"type": "str", "aliases": ["regex"],
-                   "description": "Python regular expression finding the line to replace (present) or the "
-                                  "lines to remove (absent)."},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present",
-                  "description": "present: the line is there; absent: no matching line is."},
-        "insertafter": {"type": "str",
-                        "description": "Where a new line goes: after the last line matching this regexp, or EOF "
-                                       "(default). When nothing matches: at the end."},
-        "insertbefore": {"type": "str",
-                         "description": "Where a new line goes: before the last line matching this regexp, or "
-                                        "BOF. When nothing matches: at the end."},
-        "firstmatch": {"type": "bool", "default": False,
-                       "description": "insertafter/insertbefore use the first matching line, not the last."},
-        "backrefs": {"type": "bool", "default": False,
-                     "description": "line may use \\1 groups of regexp; nothing is inserted when regexp "
-                                    "matches no line."},
+        "regexp": {
+            "type": "str",
+            "aliases": ["regex"],
+            "description": "Python regular expression finding the line to replace (present) or the "
+            "lines to remove (absent).",
+        },
+        "state": {
+            "type": "str",
+            "choices": ["present", "absent"],
+            "default": "present",
+            "description": "present: the line is there; absent: no matching line is.",
+        },
+        "insertafter": {
+            "type": "str",
+            "description": "Where a new line goes: after the last line matching this regexp, or EOF "
+            "(default). When nothing matches: at the end.",
+        },
+        "insertbefore": {
+            "type": "str",
+            "description": "Where a new line goes: before the last line matching this regexp, or "
+            "BOF. When nothing matches: at the end.",
+        },
+        "firstmatch": {
+            "type": "bool",
+            "default": False,
+            "description": "insertafter/insertbefore use the first matching line, not the last.",
+        },
+        "backrefs": {
+            "type": "bool",
+            "default": False,
+            "description": "line may use \\1 groups of regexp; nothing is inserted when regexp matches no line.",
+        },
         **textfile.args(),
     },
     "mutually_exclusive": [["insertafter", "insertbefore"]],
@@ -51,7 +67,7 @@ SCHEMA = {
     "check_mode": "full",
     "diff": True,
     "example": '- line_in_file: {path: /etc/ssh/sshd_config, regexp: "^#?PasswordAuthentication", '
-               'line: "PasswordAuthentication no"}',
+    'line: "PasswordAuthentication no"}',
 }
 
 
@@ -127,8 +143,16 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
             return "line removed"
         return "line replaced" if params.get("regexp") and _replaced(params, old) else "line added"
 
-    return textfile.apply_edit(params, state, ctx, edit, removing=removing, nothing_to_remove="nothing to remove",
-                               unchanged=f"line already {params['state']}", describe=describe)
+    return textfile.apply_edit(
+        params,
+        state,
+        ctx,
+        edit,
+        removing=removing,
+        nothing_to_remove="nothing to remove",
+        unchanged=f"line already {params['state']}",
+        describe=describe,
+    )
 
 
 def _replaced(params: Dict[str, Any], text: str) -> bool:

@@ -22,21 +22,38 @@ from agent.api import Context, ModuleError, Result, as_list
 SCHEMA = {
     "description": "Install (present), upgrade (latest) or remove (absent) packages with apt or dnf.",
     "args": {
-        "name": {"type": "list", "elements": "str", "required": True, "aliases": ["pkg", "names"],
-                 "description": "Package name or list of names; pin a version with name=1.2.3 (apt) "
-                                "or name-1.2.3 (dnf)."},
-        "state": {"type": "str", "choices": ["present", "absent", "latest"], "default": "present",
-                  "description": "present: installed (any version unless pinned); latest: the newest "
-                                 "available version; absent: removed."},
-        "update_cache": {"type": "bool", "default": False, "aliases": ["update"],
-                         "description": "Refresh the package index before installing (apt-get update / "
-                                        "dnf makecache). Not a change by itself, and skipped when nothing "
-                                        "needs installing."},
-        "cache_valid_time": {"type": "int",
-                             "description": "Seconds the apt index stays fresh: the update is skipped when "
-                                            "the last one is younger than this (implies update_cache)."},
-        "purge": {"type": "bool", "default": False,
-                  "description": "With state=absent on apt: also remove configuration files."},
+        "name": {
+            "type": "list",
+            "elements": "str",
+            "required": True,
+            "aliases": ["pkg", "names"],
+            "description": "Package name or list of names; pin a version with name=1.2.3 (apt) or name-1.2.3 (dnf).",
+        },
+        "state": {
+            "type": "str",
+            "choices": ["present", "absent", "latest"],
+            "default": "present",
+            "description": "present: installed (any version unless pinned); latest: the newest "
+            "available version; absent: removed.",
+        },
+        "update_cache": {
+            "type": "bool",
+            "default": False,
+            "aliases": ["update"],
+            "description": "Refresh the package index before installing (apt-get update / "
+            "dnf makecache). Not a change by itself, and skipped when nothing "
+            "needs installing.",
+        },
+        "cache_valid_time": {
+            "type": "int",
+            "description": "Seconds the apt index stays fresh: the update is skipped when "
+            "the last one is younger than this (implies update_cache).",
+        },
+        "purge": {
+            "type": "bool",
+            "default": False,
+            "description": "With state=absent on apt: also remove configuration files.",
+        },
     },
     "check_mode": "full",
     "diff": True,
@@ -45,8 +62,13 @@ SCHEMA = {
 
 APT_LISTS = "/var/lib/apt/lists"
 APT_STAMP = "/var/lib/apt/periodic/update-success-stamp"
-APT_OPTIONS = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
-               "--no-install-recommends"]
+APT_OPTIONS = [
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
+    "--no-install-recommends",
+]
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "a"}
 
 
@@ -75,8 +97,7 @@ def apt_installed(names: List[str], ctx: Context) -> Dict[str, str | None]:
     found: Dict[str, str | None] = {name: None for name in names}
     if not names:
         return found
-    done = ctx.run(["dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\t${Version}\n", *names],
-                   check=False)
+    done = ctx.run(["dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\t${Version}\n", *names], check=False)
     for line in done.stdout.splitlines():
         parts = line.split("\t")
         if len(parts) != 3:
@@ -138,14 +159,19 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     specs = as_list(params["name"])
     if manager == "apt":
         names = [split_spec(s, manager)[0] for s in specs]
-        return {"manager": manager, "installed": apt_installed(names, ctx),
-                "lists_empty": apt_lists_empty(), "cache_age": apt_cache_age()}
+        return {
+            "manager": manager,
+            "installed": apt_installed(names, ctx),
+            "lists_empty": apt_lists_empty(),
+            "cache_age": apt_cache_age(),
+        }
     return {"manager": manager, "installed": rpm_installed(specs, ctx)}
 
 
 # --- deciding and changing (apply) ----------------------------------------------------
-def _apt_todo(params: Dict[str, Any], installed: Dict[str, str | None],
-              candidates: Dict[str, str | None] | None) -> List[str]:
+def _apt_todo(
+    params: Dict[str, Any], installed: Dict[str, str | None], candidates: Dict[str, str | None] | None
+) -> List[str]:
     todo = []
     for spec in as_list(params["name"]):
         name, pin = split_spec(spec, "apt")
@@ -178,8 +204,11 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
     want = params["state"]
     installed = state["installed"]
     names = list(installed)
-    fresh = (params.get("cache_valid_time") is not None and state["cache_age"] is not None
-             and state["cache_age"] < params["cache_valid_time"])
+    fresh = (
+        params.get("cache_valid_time") is not None
+        and state["cache_age"] is not None
+        and state["cache_age"] < params["cache_valid_time"]
+    )
     cache_updated = False
     wants_update = params["update_cache"] or params.get("cache_valid_time") is not None
 
@@ -198,22 +227,28 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
     todo = _apt_todo(params, installed, candidates)
     before = {n: (v or "absent") for n, v in installed.items()}
     if not todo:
-        return Result(False, f"{', '.join(names)}: already {want}",
-                      data={"cache_updated": cache_updated, "versions": installed})
+        return Result(
+            False, f"{', '.join(names)}: already {want}", data={"cache_updated": cache_updated, "versions": installed}
+        )
     if want == "absent":
         after = dict(before, **{n: "absent" for n in todo})
         if ctx.check_mode:
             return Result(True, f"would remove {', '.join(todo)}", diff={"before": before, "after": after})
-        ctx.run(["apt-get", "purge" if params["purge"] else "remove", "-y", "-q", *APT_OPTIONS, *todo],
-                env=APT_ENV, timeout=1800)
+        ctx.run(
+            ["apt-get", "purge" if params["purge"] else "remove", "-y", "-q", *APT_OPTIONS, *todo],
+            env=APT_ENV,
+            timeout=1800,
+        )
     else:
         if ctx.check_mode:
             if not state["lists_empty"]:
                 known = apt_candidates([split_spec(s, "apt")[0] for s in todo], ctx)
                 missing = [n for n, v in known.items() if v is None]
                 if missing:
-                    raise ModuleError(f"no package available named {', '.join(missing)} "
-                                      "(the index may be stale: set update_cache: true)")
+                    raise ModuleError(
+                        f"no package available named {', '.join(missing)} "
+                        "(the index may be stale: set update_cache: true)"
+                    )
             after = dict(before)
             for spec in todo:
                 name, pin = split_spec(spec, "apt")
@@ -226,8 +261,12 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
     now = apt_installed(names, ctx)
     after = {n: (v or "absent") for n, v in now.items()}
     verb = "removed" if want == "absent" else "installed"
-    return Result(True, f"{verb} {', '.join(todo)}", diff={"before": before, "after": after},
-                  data={"cache_updated": cache_updated, "versions": now})
+    return Result(
+        True,
+        f"{verb} {', '.join(todo)}",
+        diff={"before": before, "after": after},
+        data={"cache_updated": cache_updated, "versions": now},
+    )
 
 
 def _apply_dnf(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
@@ -245,8 +284,11 @@ def _apply_dnf(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
             cache = [] if params["update_cache"] else ["-C"]
             done = ctx.run(["dnf", "-q", *cache, "check-update", *have], check=False)
             if done.rc == 100:
-                upgradable = {line.split()[0].rsplit(".", 1)[0] for line in done.stdout.splitlines()
-                              if line.strip() and not line.startswith(" ")}
+                upgradable = {
+                    line.split()[0].rsplit(".", 1)[0]
+                    for line in done.stdout.splitlines()
+                    if line.strip() and not line.startswith(" ")
+                }
                 todo += [s for s in have if s in upgradable]
     before = {s: (v or "absent") for s, v in installed.items()}
     if not todo:
@@ -266,8 +308,7 @@ def _apply_dnf(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
     now = rpm_installed(specs, ctx)
     after = {s: (v or "absent") for s, v in now.items()}
     verb = "removed" if want == "absent" else "installed"
-    return Result(True, f"{verb} {', '.join(todo)}", diff={"before": before, "after": after},
-                  data={"versions": now})
+    return Result(True, f"{verb} {', '.join(todo)}", diff={"before": before, "after": after}, data={"versions": now})
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:

@@ -36,8 +36,11 @@ from agent.api import Context, ModuleError, Result
 SCHEMA = {
     "description": "Reboot the machine once; the controller reconnects and the next step runs after the boot.",
     "args": {
-        "reboot_timeout": {"type": "int", "default": 300,
-                           "description": "Seconds the controller waits for the machine to come back."},
+        "reboot_timeout": {
+            "type": "int",
+            "default": 300,
+            "description": "Seconds the controller waits for the machine to come back.",
+        },
         "msg": {"type": "str", "description": "Why (shown in the log and in the system's shutdown message)."},
     },
     "check_mode": "full",
@@ -70,14 +73,16 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
     if state["rebooted"]:
-        return Result(False, "already rebooted for this step since the machine booted",
-                      data={"rebooted": False})
+        return Result(False, "already rebooted for this step since the machine booted", data={"rebooted": False})
     why = f" ({params['msg']})" if params.get("msg") else ""
     if ctx.check_mode:
         return Result(True, f"would reboot{why}", data={"rebooted": False})
     # The runner saves its state, then calls schedule(); the reboot happens after the agent exits.
-    return Result(True, f"rebooting{why}", data={"reboot_requested": True, "key": state["key"],
-                                                  "reboot_timeout": params["reboot_timeout"]})
+    return Result(
+        True,
+        f"rebooting{why}",
+        data={"reboot_requested": True, "key": state["key"], "reboot_timeout": params["reboot_timeout"]},
+    )
 
 
 def schedule(result: Dict[str, Any], ctx: Context) -> None:
@@ -86,14 +91,30 @@ def schedule(result: Dict[str, Any], ctx: Context) -> None:
     with open(pending_marker(result["key"]), "w") as handle:
         handle.write(str(time.time()))
     if shutil.which("systemd-run") and ctx.facts.get("init", "systemd") == "systemd":
-        done = ctx.run(["systemd-run", "--unit", f"kiln-reboot-{result['key']}", "--on-active=1",
-                        "--timer-property=AccuracySec=100ms", "systemctl", "reboot"], check=False)
+        done = ctx.run(
+            [
+                "systemd-run",
+                "--unit",
+                f"kiln-reboot-{result['key']}",
+                "--on-active=1",
+                "--timer-property=AccuracySec=100ms",
+                "systemctl",
+                "reboot",
+            ],
+            check=False,
+        )
         if done.rc == 0:
             return
     command = "sleep 1; systemctl reboot || shutdown -r now || reboot"
     try:
-        subprocess.Popen(["sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        subprocess.Popen(
+            ["sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
     except OSError as exc:
         raise ModuleError(f"could not schedule the reboot: {exc}") from None
 

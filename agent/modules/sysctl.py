@@ -19,23 +19,40 @@ from agent.api import Context, ModuleError, Result, atomic_write, unified_diff
 SCHEMA = {
     "description": "Set a kernel parameter (sysctl) in a sysctl.d file and, with reload, live.",
     "args": {
-        "name": {"type": "str", "required": True, "aliases": ["key"],
-                 "description": "Parameter name, e.g. net.ipv4.ip_forward."},
+        "name": {
+            "type": "str",
+            "required": True,
+            "aliases": ["key"],
+            "description": "Parameter name, e.g. net.ipv4.ip_forward.",
+        },
         "value": {"type": "str", "aliases": ["val"], "description": "The value (state=present)."},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present",
-                  "description": "present: set in the file (and live); absent: removed from the file (the live "
-                                 "value is left as is)."},
-        "sysctl_file": {"type": "path", "default": "/etc/sysctl.d/99-kiln.conf",
-                        "description": "The file holding the setting."},
-        "reload": {"type": "bool", "default": True,
-                   "description": "Also set the live value (write /proc/sys) when it differs."},
-        "ignoreerrors": {"type": "bool", "default": False,
-                         "description": "Do not fail when the live value cannot be set (e.g. in a container)."},
+        "state": {
+            "type": "str",
+            "choices": ["present", "absent"],
+            "default": "present",
+            "description": "present: set in the file (and live); absent: removed from the file (the live "
+            "value is left as is).",
+        },
+        "sysctl_file": {
+            "type": "path",
+            "default": "/etc/sysctl.d/99-kiln.conf",
+            "description": "The file holding the setting.",
+        },
+        "reload": {
+            "type": "bool",
+            "default": True,
+            "description": "Also set the live value (write /proc/sys) when it differs.",
+        },
+        "ignoreerrors": {
+            "type": "bool",
+            "default": False,
+            "description": "Do not fail when the live value cannot be set (e.g. in a container).",
+        },
     },
     "required_if": [["state", "present", ["value"]]],
     "check_mode": "full",
     "diff": True,
-    "example": "- sysctl: {name: net.ipv4.ip_forward, value: \"1\"}",
+    "example": '- sysctl: {name: net.ipv4.ip_forward, value: "1"}',
 }
 
 
@@ -102,15 +119,15 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     new = _new_text(params, old)
     file_changes = new != old
     live = state["live"]
-    set_live = (params["state"] == "present" and params["reload"]
-                and live != normalise(params["value"]))
+    set_live = params["state"] == "present" and params["reload"] and live != normalise(params["value"])
     if params["state"] == "present" and live is None and params["reload"]:
         if not params["ignoreerrors"]:
             raise ModuleError(f"no such kernel parameter: {name} ({proc_path(name)} missing)")
         set_live = False
     if not file_changes and not set_live:
-        return Result(False, f"{name} is {'absent from ' + path if params['state'] == 'absent' else 'set'}",
-                      data={"live": live})
+        return Result(
+            False, f"{name} is {'absent from ' + path if params['state'] == 'absent' else 'set'}", data={"live": live}
+        )
     diff: Dict[str, Any] = {}
     msgs = []
     if file_changes:
@@ -134,8 +151,10 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
                 handle.write(str(params["value"]))
         except OSError as exc:
             if not params["ignoreerrors"]:
-                raise ModuleError(f"cannot set {name} live ({exc.strerror}); the setting is saved in {path} "
-                                  "(set ignoreerrors: true or reload: false in containers)") from None
+                raise ModuleError(
+                    f"cannot set {name} live ({exc.strerror}); the setting is saved in {path} "
+                    "(set ignoreerrors: true or reload: false in containers)"
+                ) from None
             diff.pop("before", None)
             diff.pop("after", None)
             note = f"live value not set: {exc.strerror}"

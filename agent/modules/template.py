@@ -23,13 +23,22 @@ _COPY_ARGS = copymod.SCHEMA["args"]
 SCHEMA = {
     "description": "Render a Jinja2 template from the role's templates/ and write it to dest when it differs.",
     "args": {
-        "src": {"type": "path", "relative": True, "required": True,
-                "description": "Template in the role's templates/ directory."},
-        "dest": dict(_COPY_ARGS["dest"], description="Destination path; a directory (or a path ending in /) gets "
-                                                     "src's name without .j2."),
+        "src": {
+            "type": "path",
+            "relative": True,
+            "required": True,
+            "description": "Template in the role's templates/ directory.",
+        },
+        "dest": dict(
+            _COPY_ARGS["dest"],
+            description="Destination path; a directory (or a path ending in /) gets src's name without .j2.",
+        ),
         **{key: dict(_COPY_ARGS[key]) for key in ("mode", "owner", "group", "backup")},
-        "validate": dict(_COPY_ARGS["validate"], description="Command run on the rendered file before it replaces "
-                                                             "dest; %s is the temp file (e.g. \"nginx -t -c %s\")."),
+        "validate": dict(
+            _COPY_ARGS["validate"],
+            description="Command run on the rendered file before it replaces "
+            'dest; %s is the temp file (e.g. "nginx -t -c %s").',
+        ),
         "force": dict(_COPY_ARGS["force"]),
     },
     "check_mode": "full",

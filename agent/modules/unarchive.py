@@ -25,10 +25,14 @@ from agent.api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Unpack a tar or zip archive from the role's files/ into an existing directory, when its "
-                   "content differs.",
+    "content differs.",
     "args": {
-        "src": {"type": "path", "relative": True, "required": True,
-                "description": "Archive in the role's files/ (or an absolute path on the box)."},
+        "src": {
+            "type": "path",
+            "relative": True,
+            "required": True,
+            "description": "Archive in the role's files/ (or an absolute path on the box).",
+        },
         "dest": {"type": "path", "required": True, "description": "Directory to unpack into (must exist)."},
         "creates": {"type": "path", "description": "Skip when this path exists (no comparison)."},
         "owner": {"type": "str", "description": "Owner of the unpacked files (default: root)."},
@@ -192,8 +196,9 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     todo: List[str] = state["todo"]
     if not todo and not state["dest_missing"]:
         return Result(False, f"{dest} already has the content of {params['src']}")
-    listed: Optional[List[str]] = todo[:MAX_LISTED] + ([f"... {len(todo) - MAX_LISTED} more"]
-                                                       if len(todo) > MAX_LISTED else [])
+    listed: Optional[List[str]] = todo[:MAX_LISTED] + (
+        [f"... {len(todo) - MAX_LISTED} more"] if len(todo) > MAX_LISTED else []
+    )
     diff = {"before": {"differs": listed or ["(dest missing)"]}, "after": {"unpacked": params["src"]}}
     msg = f"unpacked {params['src']} into {dest} ({len(todo)} members differed)"
     if ctx.check_mode:

@@ -20,21 +20,29 @@ SCHEMA = {
     "description": "Create, change or remove a local user account.",
     "args": {
         "name": {"type": "str", "required": True, "aliases": ["user"], "description": "The user name."},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present",
-                  "description": "present: the account exists as described; absent: it does not."},
+        "state": {
+            "type": "str",
+            "choices": ["present", "absent"],
+            "default": "present",
+            "description": "present: the account exists as described; absent: it does not.",
+        },
         "uid": {"type": "int", "description": "User id."},
         "group": {"type": "str", "description": "Primary group (name); created by useradd when not given."},
-        "groups": {"type": "list", "elements": "str",
-                   "description": "Supplementary groups (they must exist)."},
-        "append": {"type": "bool", "default": False,
-                   "description": "true: add to groups, keep the others; false: groups is the whole list."},
+        "groups": {"type": "list", "elements": "str", "description": "Supplementary groups (they must exist)."},
+        "append": {
+            "type": "bool",
+            "default": False,
+            "description": "true: add to groups, keep the others; false: groups is the whole list.",
+        },
         "shell": {"type": "str", "description": "Login shell."},
         "home": {"type": "path", "description": "Home directory."},
         "create_home": {"type": "bool", "default": True, "description": "Create the home directory on creation."},
         "system": {"type": "bool", "default": False, "description": "A system account (on creation only)."},
         "comment": {"type": "str", "description": "GECOS comment (full name)."},
-        "password_lock": {"type": "bool",
-                          "description": "true: lock the password (no password logins); false: unlock it."},
+        "password_lock": {
+            "type": "bool",
+            "description": "true: lock the password (no password logins); false: unlock it.",
+        },
         "remove": {"type": "bool", "default": False, "description": "With state=absent: also remove the home."},
     },
     "check_mode": "full",
@@ -65,9 +73,16 @@ def read_user(name: str) -> Dict[str, Any] | None:
     except KeyError:
         primary = str(entry.pw_gid)
     groups = sorted(g.gr_name for g in grp.getgrall() if name in g.gr_mem and g.gr_name != primary)
-    return {"name": name, "uid": entry.pw_uid, "group": primary, "groups": groups,
-            "shell": entry.pw_shell, "home": entry.pw_dir, "comment": entry.pw_gecos,
-            "password_lock": _shadow_locked(name)}
+    return {
+        "name": name,
+        "uid": entry.pw_uid,
+        "group": primary,
+        "groups": groups,
+        "shell": entry.pw_shell,
+        "home": entry.pw_dir,
+        "comment": entry.pw_gecos,
+        "password_lock": _shadow_locked(name),
+    }
 
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any] | None:
@@ -115,8 +130,11 @@ def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) ->
         if missing:
             raise ModuleError(f"group(s) {', '.join(missing)} do not exist (create them with the group module)")
     if state is None:
-        after = {k: params[k] for k in ("uid", "group", "groups", "shell", "home", "comment", "password_lock")
-                 if params.get(k) is not None}
+        after = {
+            k: params[k]
+            for k in ("uid", "group", "groups", "shell", "home", "comment", "password_lock")
+            if params.get(k) is not None
+        }
         if ctx.check_mode:
             return Result(True, f"would create user {name}", diff={"before": "absent", "after": after})
         argv = ["useradd"]
@@ -139,8 +157,12 @@ def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) ->
         if params.get("password_lock") is not None:
             ctx.run(["usermod", "-L" if params["password_lock"] else "-U", name])
         created = read_user(name) or {}
-        return Result(True, f"created user {name}", diff={"before": "absent", "after": created},
-                      data={"uid": created.get("uid"), "home": created.get("home")})
+        return Result(
+            True,
+            f"created user {name}",
+            diff={"before": "absent", "after": created},
+            data={"uid": created.get("uid"), "home": created.get("home")},
+        )
     wanted = _wanted(params, state)
     if not wanted:
         return Result(False, f"user {name} is as wanted", data={"uid": state["uid"], "home": state["home"]})
@@ -158,5 +180,9 @@ def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) ->
     if "password_lock" in wanted:
         argv.append("-L" if wanted["password_lock"] else "-U")
     ctx.run(argv + [name])
-    return Result(True, msg, diff={"before": before, "after": wanted},
-                  data={"uid": wanted.get("uid", state["uid"]), "home": wanted.get("home", state["home"])})
+    return Result(
+        True,
+        msg,
+        diff={"before": before, "after": wanted},
+        data={"uid": wanted.get("uid", state["uid"]), "home": wanted.get("home", state["home"])},
+    )

@@ -39,8 +39,9 @@ class CleanMachine:
     name = "clean machine"
 
     def run(self, ctx: BakeContext) -> None:
-        script = HYGIENE.format(agent=AGENT, build_id=ctx.build_id, run_dir=RUN_DIR,
-                                extra=ctx.provider.hygiene_script())
+        script = HYGIENE.format(
+            agent=AGENT, build_id=ctx.build_id, run_dir=RUN_DIR, extra=ctx.provider.hygiene_script()
+        )
         done = ctx.session.run(as_root(ctx, "sh -s"), stdin=script.encode(), timeout=ctx.options.step_timeout)
         if done.rc != 0:
             raise BakeFailed(f"cleaning the machine failed (exit {done.rc}): {done.stderr.strip()[-800:]}")

@@ -26,15 +26,23 @@ def resolve(ctx: BakeContext) -> None:
     except UnknownBase as exc:
         raise InvalidInput([base_diagnostic(ctx, exc)]) from exc
     ctx.inputs_hash = inputs_hash(ctx.compiled.content_hash, ctx.base.id)
-    log.info("base image", base=ctx.base.name, id=ctx.base.id, inputs_hash=ctx.inputs_hash,
-             **({"arch": ctx.arch} if ctx.arch else {}))
+    log.info(
+        "base image",
+        base=ctx.base.name,
+        id=ctx.base.id,
+        inputs_hash=ctx.inputs_hash,
+        **({"arch": ctx.arch} if ctx.arch else {}),
+    )
 
 
 def base_diagnostic(ctx: BakeContext, exc: UnknownBase) -> Diagnostic:
     """The error pinned where a role file of the chain (the role's own first) writes the base's name."""
     roles = Path(ctx.options.playbooks_dir) / "roles"
-    files = [roles / role / name for role in [ctx.role, *reversed(ctx.compiled.chain)]
-             for name in ("role.yml", "meta/main.yml")]
+    files = [
+        roles / role / name
+        for role in [ctx.role, *reversed(ctx.compiled.chain)]
+        for name in ("role.yml", "meta/main.yml")
+    ]
     for path in dict.fromkeys(files):
         try:
             lines = path.read_text().splitlines()

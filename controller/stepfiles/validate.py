@@ -50,13 +50,46 @@ from controller.stepfiles.keywords import (
 )
 from controller.stepfiles.loader import PLAIN, Document, RoleTree, display_path, kind_of, load_yaml
 
-FACTS = ("os_family", "distribution", "distribution_version", "distribution_codename", "arch", "cpus",
-         "memory_mb", "hostname", "pkg_mgr", "init", "python_version")
+FACTS = (
+    "os_family",
+    "distribution",
+    "distribution_version",
+    "distribution_codename",
+    "arch",
+    "cpus",
+    "memory_mb",
+    "hostname",
+    "pkg_mgr",
+    "init",
+    "python_version",
+)
 KILN_ATTRS = ("role", "version", "build_id")
-BUILTIN_NAMES = frozenset({"facts", "kiln", "result"}) | JINJA_GLOBALS | frozenset({
-    "ansible_facts", "omit", "role_path", "role_name", "inventory_hostname", "inventory_hostname_short",
-    "lookup", "query", "q", "playbook_dir", "group_names", "hostvars", "groups", "ansible_play_hosts", "now",
-    "ansible_loop", "ansible_loop_var", "ansible_index_var"})
+BUILTIN_NAMES = (
+    frozenset({"facts", "kiln", "result"})
+    | JINJA_GLOBALS
+    | frozenset(
+        {
+            "ansible_facts",
+            "omit",
+            "role_path",
+            "role_name",
+            "inventory_hostname",
+            "inventory_hostname_short",
+            "lookup",
+            "query",
+            "q",
+            "playbook_dir",
+            "group_names",
+            "hostvars",
+            "groups",
+            "ansible_play_hosts",
+            "now",
+            "ansible_loop",
+            "ansible_loop_var",
+            "ansible_index_var",
+        }
+    )
+)
 YAML11_BOOLS = ("yes", "no", "on", "off", "y", "n")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -150,8 +183,16 @@ def _primary(schema: dict[str, Any], args: dict[str, Any]) -> str:
 class StepCompiler:
     """Validate and compile one role's steps or handlers file."""
 
-    def __init__(self, collector: Collector, modules: dict[str, ModuleType], role: str, role_dir: Path,
-                 doc: Document, tree: RoleTree | None = None, stack: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        collector: Collector,
+        modules: dict[str, ModuleType],
+        role: str,
+        role_dir: Path,
+        doc: Document,
+        tree: RoleTree | None = None,
+        stack: tuple[str, ...] = (),
+    ) -> None:
         self.c = collector
         self.modules = modules
         self.role = role
@@ -210,13 +251,23 @@ class StepCompiler:
         self.c.index += 1
         index = self.c.index
         line = self.doc.value_pos(path)[0]
-        step: dict[str, Any] = {"index": index, "name": "", "module": "", "args": {},
-                                "source": f"{self.doc.display}:{line}", "role": self.role}
+        step: dict[str, Any] = {
+            "index": index,
+            "name": "",
+            "module": "",
+            "args": {},
+            "source": f"{self.doc.display}:{line}",
+            "role": self.role,
+        }
 
-        module_keys = [k for k in data if k not in CONTROL_KEYS and (
-            ansible.resolve(k, self.modules) or ansible.is_controller_module(k))]
-        unknown = [k for k in data if k not in module_keys and k not in CONTROL_KEYS
-                   and k not in ansible.IGNORED_KEYWORDS]
+        module_keys = [
+            k
+            for k in data
+            if k not in CONTROL_KEYS and (ansible.resolve(k, self.modules) or ansible.is_controller_module(k))
+        ]
+        unknown = [
+            k for k in data if k not in module_keys and k not in CONTROL_KEYS and k not in ansible.IGNORED_KEYWORDS
+        ]
         for key in unknown:
             self.error(path + (key,), self._unknown_message(key, bool(module_keys)), key=True)
 
@@ -231,8 +282,11 @@ class StepCompiler:
             return self._flush(data, path, ctx, step, module_keys)
 
         if len(module_keys) > 1:
-            self.error(path + (module_keys[1],), f"two modules in one step: '{module_keys[0]}' and "
-                                                  f"'{module_keys[1]}' (one module a step)", key=True)
+            self.error(
+                path + (module_keys[1],),
+                f"two modules in one step: '{module_keys[0]}' and '{module_keys[1]}' (one module a step)",
+                key=True,
+            )
         if not module_keys:
             if not unknown:
                 self.error(path, "this step has no module (one module key a step, e.g. command: or file:)")
@@ -248,8 +302,10 @@ class StepCompiler:
         given = self._given(mapping, data, path + (key,))
         if mapping.ansible.split(".")[-1] in ansible.OTHER_OS:
             self._templated(given, path + (key,), extra)
-            step["args"] = {"msg": f"'{key}' is {ansible.OTHER_OS[key.split('.')[-1]]}: kiln has no such module "
-                                   f"on this system ({step['source']})"}
+            step["args"] = {
+                "msg": f"'{key}' is {ansible.OTHER_OS[key.split('.')[-1]]}: kiln has no such module "
+                f"on this system ({step['source']})"
+            }
         elif module in self.modules:
             self._args(module, given, path + (key,), step, extra, mapping)
         else:  # an agent module still to come (ansible.py's contract): its arguments pass unchecked
@@ -277,8 +333,10 @@ class StepCompiler:
                 except ansible.KeyValueError as exc:
                     self.error(path, str(exc))
                     return {}
-                given = {k: ansible.coerce(specs.get(mapping.renames.get(k, k)), v) if k != free_form else v
-                         for k, v in parsed.items()}
+                given = {
+                    k: ansible.coerce(specs.get(mapping.renames.get(k, k)), v) if k != free_form else v
+                    for k, v in parsed.items()
+                }
                 if free_form and list(given) == [free_form]:
                     given = given[free_form]
         if "args" in data:
@@ -286,8 +344,11 @@ class StepCompiler:
             if not isinstance(extra, dict):
                 self.error(path[:-1] + ("args",), f"args must be a mapping of arguments, got {kind_of(extra)}")
             else:
-                base = {schema["free_form"]: given} if schema.get("free_form") and isinstance(given, str) else (
-                    given if isinstance(given, dict) else {})
+                base = (
+                    {schema["free_form"]: given}
+                    if schema.get("free_form") and isinstance(given, str)
+                    else (given if isinstance(given, dict) else {})
+                )
                 given = {**extra, **base}
         if isinstance(given, dict):
             renamed = {}
@@ -300,27 +361,36 @@ class StepCompiler:
             given = renamed
             if mapping.module == "package" and "name" not in given and "update_cache" in given:
                 given["name"] = []  # Ansible's update-only apt: kiln refreshes the index with the install
-            if mapping.wrap and not (set(given) <= {mapping.wrap, *mapping.keep}
-                                     and isinstance(given.get(mapping.wrap), dict)):
-                given = {**{k: v for k, v in given.items() if k in mapping.keep},
-                         mapping.wrap: {k: v for k, v in given.items() if k not in mapping.keep}}
+            if mapping.wrap and not (
+                set(given) <= {mapping.wrap, *mapping.keep} and isinstance(given.get(mapping.wrap), dict)
+            ):
+                given = {
+                    **{k: v for k, v in given.items() if k in mapping.keep},
+                    mapping.wrap: {k: v for k, v in given.items() if k not in mapping.keep},
+                }
         return given
 
     # --- what the controller compiles itself: include/import_tasks, include_vars, meta ---------------
-    def _controller_module(self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...],
-                           ctx: StepContext, step: dict[str, Any]) -> dict[str, Any] | None:
+    def _controller_module(
+        self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
+    ) -> dict[str, Any] | None:
         if kind == "meta":
             return self._meta(data, path + (key,), ctx, step)
         if kind in ("include_role", "import_role"):
-            self.error(path + (key,), f"'{key}' is not supported yet: list the role under dependencies in "
-                                      "meta/main.yml (or depends in role.yml)", key=True)
+            self.error(
+                path + (key,),
+                f"'{key}' is not supported yet: list the role under dependencies in "
+                "meta/main.yml (or depends in role.yml)",
+                key=True,
+            )
             return None
         if kind == "include_vars":
             return self._include_vars(key, data, path, ctx, step)
         return self._include_tasks(kind, key, data, path, ctx, step)
 
-    def _meta(self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext,
-              step: dict[str, Any]) -> dict[str, Any] | None:
+    def _meta(
+        self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
+    ) -> dict[str, Any] | None:
         value = data[path[-1]]
         if value == "flush_handlers":
             flush = {k: v for k, v in data.items() if k != path[-1]}
@@ -328,8 +398,11 @@ class StepCompiler:
             return self._flush(flush, path[:-1], ctx, step, [])
         if value == "noop":
             return None
-        self.error(path, f"meta: {value!r} is not supported (kiln knows meta: flush_handlers; end_play and "
-                         "end_host: put the rest under a when instead)")
+        self.error(
+            path,
+            f"meta: {value!r} is not supported (kiln knows meta: flush_handlers; end_play and "
+            "end_host: put the rest under a when instead)",
+        )
         return None
 
     def _task_file(self, name: str, where: tuple[Any, ...]) -> Document | None:
@@ -347,8 +420,9 @@ class StepCompiler:
             self.c.diagnostics.extend(getattr(exc, "diagnostics", []))
             return None
 
-    def _include_tasks(self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...],
-                       ctx: StepContext, step: dict[str, Any]) -> dict[str, Any] | None:
+    def _include_tasks(
+        self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """A block of the included file's steps (``when`` carried); a templated name: one block per candidate
         file of tasks/, each selected on the box by the name rendered there."""
         value = data[key]
@@ -364,11 +438,15 @@ class StepCompiler:
         if "loop" in data or any(k.startswith("with_") for k in data):
             self.error(path, f"{kind} with a loop is not supported yet: loop over the steps inside the file")
             return None
-        block = {k: v for k, v in data.items() if k in ("when", "tags", "no_log", "ignore_errors", "become",
-                                                         "become_user", "vars", "environment", "name")}
+        block = {
+            k: v
+            for k, v in data.items()
+            if k in ("when", "tags", "no_log", "ignore_errors", "become", "become_user", "vars", "environment", "name")
+        }
         if is_templated(value):
-            names = sorted(n for n in (self.tree.under("tasks") if self.tree else {})
-                           if fnmatch.fnmatch(n, ansible.glob_of(value)))
+            names = sorted(
+                n for n in (self.tree.under("tasks") if self.tree else {}) if fnmatch.fnmatch(n, ansible.glob_of(value))
+            )
             if not names:
                 self.error(where, f"no file in the role's tasks/ matches '{value}'")
                 return None
@@ -377,9 +455,19 @@ class StepCompiler:
             options = []
             for name in names:
                 inner = self._included(name, where, ctx)
-                options.append({"index": self._next(), "name": f"{kind} {name}", "module": "block",
-                                "source": f"{self.doc.display}:{self.doc.value_pos(path)[0]}", "role": self.role,
-                                "when": f"({chosen}) == {name!r}", "block": inner, "rescue": [], "always": []})
+                options.append(
+                    {
+                        "index": self._next(),
+                        "name": f"{kind} {name}",
+                        "module": "block",
+                        "source": f"{self.doc.display}:{self.doc.value_pos(path)[0]}",
+                        "role": self.role,
+                        "when": f"({chosen}) == {name!r}",
+                        "block": inner,
+                        "rescue": [],
+                        "always": [],
+                    }
+                )
             inner_steps = options
         else:
             inner_steps = self._included(value, where, ctx)
@@ -394,8 +482,9 @@ class StepCompiler:
         doc = self._task_file(name, where)
         if doc is None or doc.data is None:
             return []
-        inner = StepCompiler(self.c, self.modules, self.role, self.role_dir, doc, self.tree,
-                             self.stack + ("tasks/" + name,))
+        inner = StepCompiler(
+            self.c, self.modules, self.role, self.role_dir, doc, self.tree, self.stack + ("tasks/" + name,)
+        )
         if not isinstance(doc.data, list):
             inner.error((), f"a tasks file is a list of steps (each starting with '- '), got {kind_of(doc.data)}")
             return []
@@ -405,8 +494,9 @@ class StepCompiler:
         self.c.index += 1
         return self.c.index
 
-    def _include_vars(self, key: str, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext,
-                      step: dict[str, Any]) -> dict[str, Any] | None:
+    def _include_vars(
+        self, key: str, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """A step loading the first candidate found among the role's vars/ files (read here, chosen on the box)."""
         value = data[key]
         where = path + (key,)
@@ -415,8 +505,17 @@ class StepCompiler:
         step["module"] = "include_vars"
         self._name(data, path, step)
         for other in data:
-            if other not in (key, "name", "when", "with_first_found", "tags", "no_log", "loop", "vars",
-                             "ignore_errors"):
+            if other not in (
+                key,
+                "name",
+                "when",
+                "with_first_found",
+                "tags",
+                "no_log",
+                "loop",
+                "vars",
+                "ignore_errors",
+            ):
                 self.error(path + (other,), f"'{other}' cannot be used with include_vars", key=True)
         if "when" in data:
             step["when"] = self._condition(data["when"], path + ("when",), ctx.extra)
@@ -432,8 +531,9 @@ class StepCompiler:
                 found = found.get("files", [])
             entries = found if isinstance(found, list) else [found]
             for index, item in enumerate(entries):
-                where_item = path + ("with_first_found", index) if isinstance(found, list) else \
-                    path + ("with_first_found",)
+                where_item = (
+                    path + ("with_first_found", index) if isinstance(found, list) else path + ("with_first_found",)
+                )
                 if isinstance(item, dict) and isinstance(item.get("files"), list):  # {files: [...], paths: [...]}
                     candidates += [f for f in item["files"] if isinstance(f, str)]
                     places += [where_item] * len([f for f in item["files"] if isinstance(f, str)])
@@ -483,8 +583,9 @@ class StepCompiler:
         return f"unknown step keyword '{key}'"
 
     # --- keywords --------------------------------------------------------------
-    def _keywords(self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext,
-                  step: dict[str, Any]) -> frozenset[str]:
+    def _keywords(
+        self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
+    ) -> frozenset[str]:
         """Check the control keywords of a module step; return the loop variable's name (if any)."""
         self._name(data, path, step)
         if is_templated(step["name"]):
@@ -533,8 +634,9 @@ class StepCompiler:
         extra = ctx.extra | loop_names | self._scoped(data, path, step, ctx.extra | loop_names)
         if "listen" in data:
             if not ctx.handler:
-                self.error(path + ("listen",), "'listen' belongs to a handler (handlers/main.yml or handlers.yml)",
-                           key=True)
+                self.error(
+                    path + ("listen",), "'listen' belongs to a handler (handlers/main.yml or handlers.yml)", key=True
+                )
             value = self._judged(data, path, "listen")
             if value is not None:
                 step["listen"] = value
@@ -544,8 +646,9 @@ class StepCompiler:
         self._idempotent(data, path, step)
         return extra
 
-    def _scoped(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any],
-                extra: frozenset[str]) -> frozenset[str]:
+    def _scoped(
+        self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any], extra: frozenset[str]
+    ) -> frozenset[str]:
         """become/become_user, vars, environment and check_mode; the names ``vars`` defines."""
         names: frozenset[str] = frozenset()
         if "become" in data:
@@ -572,8 +675,9 @@ class StepCompiler:
             if isinstance(value, str) and is_templated(value):
                 self.c.refs.append(Ref(self.doc, path + ("environment",), value, True, extra | names))
             elif not isinstance(value, dict):
-                self.error(path + ("environment",), f"environment must be a mapping of names to values, "
-                                                    f"got {kind_of(value)}")
+                self.error(
+                    path + ("environment",), f"environment must be a mapping of names to values, got {kind_of(value)}"
+                )
                 value = None
             else:
                 self._templated(value, path + ("environment",), extra | names)
@@ -585,8 +689,9 @@ class StepCompiler:
                 step["check_mode"] = value
         return names
 
-    def _loop_control(self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any],
-                      extra: frozenset[str]) -> frozenset[str]:
+    def _loop_control(
+        self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any], extra: frozenset[str]
+    ) -> frozenset[str]:
         control = data.get("loop_control")
         if not isinstance(control, dict):
             return frozenset()
@@ -600,13 +705,11 @@ class StepCompiler:
         if control.get("extended") is True:
             names.add("ansible_loop")
         if is_templated(control.get("label")):
-            self.c.refs.append(Ref(self.doc, path + ("loop_control", "label"), control["label"], True,
-                                   extra | names))
+            self.c.refs.append(Ref(self.doc, path + ("loop_control", "label"), control["label"], True, extra | names))
         step["loop_control"] = out
         return frozenset(names)
 
-    def _ansible_loop(self, key: str, value: Any, path: tuple[Any, ...], extra: frozenset[str],
-                      secret: bool) -> Any:
+    def _ansible_loop(self, key: str, value: Any, path: tuple[Any, ...], extra: frozenset[str], secret: bool) -> Any:
         """The bundle's ``loop`` for ``loop`` or one of Ansible's ``with_*``."""
         if key == "with_dict":
             if isinstance(value, dict):
@@ -621,8 +724,11 @@ class StepCompiler:
         if key == "with_fileglob":
             return self._fileglob(value, path)
         if key == "with_first_found":
-            self.error(path, "with_first_found is for include_vars and include_tasks (a file of the role); "
-                             "for another module, name the file or choose it with a when")
+            self.error(
+                path,
+                "with_first_found is for include_vars and include_tasks (a file of the role); "
+                "for another module, name the file or choose it with a when",
+            )
             return []
         if key == "with_items" and isinstance(value, list):  # with_items flattens one level
             value = [x for item in value for x in (item if isinstance(item, list) else [item])]
@@ -639,8 +745,11 @@ class StepCompiler:
         for index, pattern in enumerate(patterns):
             where = path + (index,) if isinstance(value, list) else path
             if is_templated(pattern) or pattern.startswith("/") or ".." in pattern.split("/"):
-                self.error(where, f"with_fileglob pattern '{pattern}': kiln expands it in the role's files/ when "
-                                  "compiling; give a literal pattern relative to files/")
+                self.error(
+                    where,
+                    f"with_fileglob pattern '{pattern}': kiln expands it in the role's files/ when "
+                    "compiling; give a literal pattern relative to files/",
+                )
                 continue
             found += sorted(rel for rel in files if fnmatch.fnmatch(rel, pattern))
         return found
@@ -671,13 +780,19 @@ class StepCompiler:
         if "loop_control" in data:
             control = data["loop_control"]
             if not isinstance(control, dict):
-                self.error(path + ("loop_control",), f"loop_control must be {KEYWORDS['loop_control']['expect']}, "
-                                                     f"got {kind_of(control)}")
+                self.error(
+                    path + ("loop_control",),
+                    f"loop_control must be {KEYWORDS['loop_control']['expect']}, got {kind_of(control)}",
+                )
             else:
                 for key in control:
                     if key not in KEYWORDS["loop_control"]["args"]:
-                        self.error(path + ("loop_control", key), f"unknown loop_control setting '{key}'"
-                                                                 f"{did_you_mean(key, KEYWORDS['loop_control']['args'])}", key=True)
+                        self.error(
+                            path + ("loop_control", key),
+                            f"unknown loop_control setting '{key}'"
+                            f"{did_you_mean(key, KEYWORDS['loop_control']['args'])}",
+                            key=True,
+                        )
                 if "loop_var" in control:
                     name, where = control["loop_var"], path + ("loop_control", "loop_var")
             if "loop_var" in data:
@@ -708,8 +823,11 @@ class StepCompiler:
             return value
         if isinstance(value, str):
             if self.doc.style(path) == PLAIN and value.lower() in YAML11_BOOLS:
-                self.error(path, f"'{value}' is a string in YAML 1.2, not a boolean (YAML 1.1 reads it as one);"
-                                 f" write {'true' if value.lower() in ('yes', 'on', 'y') else 'false'}")
+                self.error(
+                    path,
+                    f"'{value}' is a string in YAML 1.2, not a boolean (YAML 1.1 reads it as one);"
+                    f" write {'true' if value.lower() in ('yes', 'on', 'y') else 'false'}",
+                )
                 return value
             self._expression(value, path, extra)
             return value
@@ -735,8 +853,11 @@ class StepCompiler:
 
     def _notify(self, value: Any, path: tuple[Any, ...]) -> list[str]:
         names: list[str] = []
-        items = [(value, path)] if isinstance(value, str) else (
-            [(v, path + (i,)) for i, v in enumerate(value)] if isinstance(value, list) else [])
+        items = (
+            [(value, path)]
+            if isinstance(value, str)
+            else ([(v, path + (i,)) for i, v in enumerate(value)] if isinstance(value, list) else [])
+        )
         if not items and not isinstance(value, list):
             self.error(path, f"notify must be a handler name or a list of them, got {kind_of(value)}")
         for name, where in items:
@@ -770,34 +891,45 @@ class StepCompiler:
             reason = None
         if "idempotent" not in data:
             if "idempotent_reason" in data:
-                self.error(path + ("idempotent_reason",), "idempotent_reason without 'idempotent: false'",
-                           key=True)
+                self.error(path + ("idempotent_reason",), "idempotent_reason without 'idempotent: false'", key=True)
             return
         value = self._bool(data, path, "idempotent")
         if value is None:
             return
         if value:
             if "idempotent_reason" in data:
-                self.error(path + ("idempotent_reason",), "idempotent_reason only applies to "
-                                                          "'idempotent: false'", key=True)
+                self.error(
+                    path + ("idempotent_reason",), "idempotent_reason only applies to 'idempotent: false'", key=True
+                )
             return
         comment = self.doc.line_comment(path + ("idempotent",))
         why = (reason or "").strip() or comment
         if not why:
-            self.error(path + ("idempotent",), "'idempotent: false' needs a reason: a comment on the same line "
-                                               "(idempotent: false  # why) or idempotent_reason: \"...\"")
+            self.error(
+                path + ("idempotent",),
+                "'idempotent: false' needs a reason: a comment on the same line "
+                '(idempotent: false  # why) or idempotent_reason: "..."',
+            )
             return
         step["idempotent"] = False
         step["idempotent_reason"] = why
 
     # --- module arguments --------------------------------------------------------
-    def _args(self, module: str, given: Any, path: tuple[Any, ...], step: dict[str, Any],
-              extra: frozenset[str], mapping: ansible.Mapping | None = None) -> None:
+    def _args(
+        self,
+        module: str,
+        given: Any,
+        path: tuple[Any, ...],
+        step: dict[str, Any],
+        extra: frozenset[str],
+        mapping: ansible.Mapping | None = None,
+    ) -> None:
         schema = self.modules[module].SCHEMA
         pending = {}
         if mapping and isinstance(given, dict):  # arguments the agent module has yet to learn pass unchecked
-            known = set(schema.get("args", {})) | {a for s in schema.get("args", {}).values()
-                                                   for a in s.get("aliases", [])}
+            known = set(schema.get("args", {})) | {
+                a for s in schema.get("args", {}).values() for a in s.get("aliases", [])
+            }
             pending = {k: v for k, v in given.items() if k in mapping.pending and k not in known}
             given = {k: v for k, v in given.items() if k not in pending}
         errors = check_args(self.doc, mapping.ansible if mapping else module, schema, given, path)
@@ -831,7 +963,7 @@ class StepCompiler:
             self.error(path, f"src '{src}' uses '..': name a file of the role's {folder}/ by its path there")
             return
         base = self.role_dir / folder
-        target = (base / src)
+        target = base / src
         try:  # without '..' only a symlink can lead elsewhere: one within the role is followed, as in Ansible
             inside = target.resolve().is_relative_to(self.role_dir.resolve())
         except OSError:
@@ -840,22 +972,31 @@ class StepCompiler:
             self.error(path, f"src '{src}' leads out of the role (through a symlink)")
             return
         if not target.exists():
-            present = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()) \
-                if base.is_dir() else []
+            present = (
+                sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
+            )
             self.error(path, f"'{src}' not found in {display_path(base)}/{did_you_mean(src, present)}")
 
     # --- blocks, flush_handlers -----------------------------------------------------
-    def _block(self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any],
-               module_keys: list[str]) -> dict[str, Any]:
+    def _block(
+        self,
+        data: dict[str, Any],
+        path: tuple[Any, ...],
+        ctx: StepContext,
+        step: dict[str, Any],
+        module_keys: list[str],
+    ) -> dict[str, Any]:
         step["module"] = "block"
         del step["args"]
         for key in module_keys:
-            self.error(path + (key,), f"a block cannot also run a module ('{key}'): move it into the block",
-                       key=True)
+            self.error(path + (key,), f"a block cannot also run a module ('{key}'): move it into the block", key=True)
         for key in data:
             if key in CONTROL_KEYS and key not in BLOCK_KEYS:
-                self.error(path + (key,), f"'{key}' cannot be used on a block (only "
-                                          f"{', '.join(k for k in BLOCK_KEYS)})", key=True)
+                self.error(
+                    path + (key,),
+                    f"'{key}' cannot be used on a block (only {', '.join(k for k in BLOCK_KEYS)})",
+                    key=True,
+                )
         self._name(data, path, step)
         if "when" in data:
             step["when"] = self._condition(data["when"], path + ("when",), ctx.extra)
@@ -874,12 +1015,19 @@ class StepCompiler:
                 step[key] = []
                 continue
             if not isinstance(value, list) or (key == "block" and not value):
-                self.error(path + (key,), f"{key} must be a non-empty list of steps, got {kind_of(value)}"
-                           if not isinstance(value, list) else f"{key} is empty")
+                self.error(
+                    path + (key,),
+                    f"{key} must be a non-empty list of steps, got {kind_of(value)}"
+                    if not isinstance(value, list)
+                    else f"{key} is empty",
+                )
                 step[key] = []
                 continue
-            scope = inner if key != "rescue" else StepContext(inner.tags, inner.extra | {"kiln_failed_step"},
-                                                              no_log, ignore, ctx.handler)
+            scope = (
+                inner
+                if key != "rescue"
+                else StepContext(inner.tags, inner.extra | {"kiln_failed_step"}, no_log, ignore, ctx.handler)
+            )
             step[key] = self.compile_list(value, path + (key,), scope)
         step.setdefault("rescue", [])
         step.setdefault("always", [])
@@ -888,17 +1036,28 @@ class StepCompiler:
             step["name"] = "block"
         return step
 
-    def _flush(self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any],
-               module_keys: list[str]) -> dict[str, Any]:
+    def _flush(
+        self,
+        data: dict[str, Any],
+        path: tuple[Any, ...],
+        ctx: StepContext,
+        step: dict[str, Any],
+        module_keys: list[str],
+    ) -> dict[str, Any]:
         for key in data:
             if key in module_keys or (key in CONTROL_KEYS and key not in FLUSH_KEYS):
-                self.error(path + (key,), f"'{key}' cannot be used with flush_handlers (only name, tags)",
-                           key=True)
+                self.error(path + (key,), f"'{key}' cannot be used with flush_handlers (only name, tags)", key=True)
         if data["flush_handlers"] is not True:
             self.error(path + ("flush_handlers",), f"write 'flush_handlers: true', got {data['flush_handlers']!r}")
         self._name(data, path, step)
-        out = {"index": step["index"], "name": step["name"] or "flush handlers", "module": "flush_handlers",
-               "args": {}, "source": step["source"], "role": self.role}
+        out = {
+            "index": step["index"],
+            "name": step["name"] or "flush handlers",
+            "module": "flush_handlers",
+            "args": {},
+            "source": step["source"],
+            "role": self.role,
+        }
         # flushing is not a change of its own: it stays under --tags unless given tags of its own
         out["tags"] = self._tags(data, path, ctx) if "tags" in data else list(ctx.tags) + ["always"]
         return out
@@ -910,8 +1069,15 @@ def _first_found(candidates: list[str], files: dict[str, Any]) -> str:
         return candidates[0]
     options = ", ".join(ansible.template_to_expression(c) for c in candidates)
     present = sorted(files)
-    return "{{ ([" + options + "] | select('in', " + repr(present) + ") | list + [" + \
-        ansible.template_to_expression(candidates[-1]) + "]) | first }}"
+    return (
+        "{{ (["
+        + options
+        + "] | select('in', "
+        + repr(present)
+        + ") | list + ["
+        + ansible.template_to_expression(candidates[-1])
+        + "]) | first }}"
+    )
 
 
 INHERITED = ("become_user", "environment", "vars", "check_mode")
@@ -937,8 +1103,7 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in ("yes", "true", "on", "1"))
 
 
-def check_args(doc: Document, what: str, schema: dict[str, Any], given: Any,
-               path: tuple[Any, ...]) -> list[Diagnostic]:
+def check_args(doc: Document, what: str, schema: dict[str, Any], given: Any, path: tuple[Any, ...]) -> list[Diagnostic]:
     """Validate a module's arguments ``given`` at ``path``; every problem at its key or value."""
     if isinstance(given, dict):
         where = {key: path + (key,) for key in given}
@@ -949,8 +1114,16 @@ def check_args(doc: Document, what: str, schema: dict[str, Any], given: Any,
     return arg_diagnostics(doc, schema, given, where, path, what, what + ".{key}", what + ": {key}")
 
 
-def arg_diagnostics(doc: Document, schema: dict[str, Any], given: Any, where: dict[Any, tuple[Any, ...]],
-                    path: tuple[Any, ...], what: str, at_value: str, elsewhere: str) -> list[Diagnostic]:
+def arg_diagnostics(
+    doc: Document,
+    schema: dict[str, Any],
+    given: Any,
+    where: dict[Any, tuple[Any, ...]],
+    path: tuple[Any, ...],
+    what: str,
+    at_value: str,
+    elsewhere: str,
+) -> list[Diagnostic]:
     """The engine's verdict on ``given`` as diagnostics: each at the key or value ``where`` places it.
 
     ``what`` heads whole-mapping and key problems; ``at_value`` (a format with ``{key}``) heads a
@@ -989,33 +1162,41 @@ def arg_diagnostics(doc: Document, schema: dict[str, Any], given: Any, where: di
 
 
 def _yaml11_trap(doc: Document, path: tuple[Any, ...], spec: dict[str, Any], value: Any) -> bool:
-    return (spec.get("type", "str") in ("str", "path") and isinstance(value, str)
-            and value.lower() in YAML11_BOOLS and doc.style(path) == PLAIN)
+    return (
+        spec.get("type", "str") in ("str", "path")
+        and isinstance(value, str)
+        and value.lower() in YAML11_BOOLS
+        and doc.style(path) == PLAIN
+    )
 
 
 def _yaml11_message(value: str) -> str:
-    return (f"'{value}' unquoted: YAML 1.1 (and Ansible) reads this as a boolean, kiln's YAML 1.2 as the "
-            f"string '{value}'; quote it (\"{value}\") to say which you mean")
+    return (
+        f"'{value}' unquoted: YAML 1.1 (and Ansible) reads this as a boolean, kiln's YAML 1.2 as the "
+        f"string '{value}'; quote it (\"{value}\") to say which you mean"
+    )
 
 
 # --- verify checks ---------------------------------------------------------------------
 
-def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: str,
-                   doc: Document) -> list[dict[str, Any]]:
+
+def compile_checks(
+    collector: Collector, checks: dict[str, ModuleType], role: str, doc: Document
+) -> list[dict[str, Any]]:
     """Validate a verify.yml; return check entries ``{"check", "args", "name", "source", "role"}``."""
     data = doc.data
     if data is None:
         return []
     if not isinstance(data, list):
-        collector.add(doc.diag((), f"a verify file is a list of checks (each starting with '- '), "
-                                   f"got {kind_of(data)}"))
+        collector.add(doc.diag((), f"a verify file is a list of checks (each starting with '- '), got {kind_of(data)}"))
         return []
     out = []
     for index, entry in enumerate(data):
         path = (index,)
         if not isinstance(entry, dict) or not entry:
-            collector.add(doc.diag(path, f"a check must be a mapping like '- http: http://127.0.0.1/', "
-                                         f"got {kind_of(entry)}"))
+            collector.add(
+                doc.diag(path, f"a check must be a mapping like '- http: http://127.0.0.1/', got {kind_of(entry)}")
+            )
             continue
         kinds = [k for k in entry if k in checks]
         if not kinds:
@@ -1023,8 +1204,9 @@ def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: st
             if first is None:
                 collector.add(doc.diag(path, "this check has no kind (e.g. http:, port:, service:)"))
             else:
-                collector.add(doc.diag(path + (first,), f"unknown check '{first}'"
-                                                         f"{did_you_mean(first, list(checks))}", key=True))
+                collector.add(
+                    doc.diag(path + (first,), f"unknown check '{first}'{did_you_mean(first, list(checks))}", key=True)
+                )
             continue
         kind = kinds[0]
         schema = checks[kind].SCHEMA
@@ -1035,9 +1217,12 @@ def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: st
         errors_before = len(collector.diagnostics)
         for key in siblings:
             if key not in spec_args and key not in alias_of:
-                message = (f"two checks in one entry: '{kind}' and '{key}' (one check an entry)" if key in checks
-                           else f"{kind} check: unknown attribute '{key}'"
-                                f"{did_you_mean(key, list(spec_args) + list(alias_of) + ['name', 'on'])}")
+                message = (
+                    f"two checks in one entry: '{kind}' and '{key}' (one check an entry)"
+                    if key in checks
+                    else f"{kind} check: unknown attribute '{key}'"
+                    f"{did_you_mean(key, list(spec_args) + list(alias_of) + ['name', 'on'])}"
+                )
                 collector.add(doc.diag(path + (key,), message, key=True))
         siblings = {k: v for k, v in siblings.items() if k in spec_args or k in alias_of}
         if isinstance(value, dict):
@@ -1050,17 +1235,23 @@ def compile_checks(collector: Collector, checks: dict[str, ModuleType], role: st
         elif schema.get("free_form") and isinstance(value, (str, int, float, list)) and not isinstance(value, bool):
             args, where = {schema["free_form"]: value}, {schema["free_form"]: path + (kind,)}
         else:
-            collector.add(doc.diag(path + (kind,), f"{kind} check: expected a mapping of attributes"
-                                                   f"{' or its ' + schema['free_form'] if schema.get('free_form') else ''}"
-                                                   f", got {kind_of(value)}"))
+            collector.add(
+                doc.diag(
+                    path + (kind,),
+                    f"{kind} check: expected a mapping of attributes"
+                    f"{' or its ' + schema['free_form'] if schema.get('free_form') else ''}"
+                    f", got {kind_of(value)}",
+                )
+            )
             continue
         for key, item in siblings.items():
             args[key] = item
             where[key] = path + (key,)
         # validate with positions: a synthetic mapping whose keys point at their own places
         label = f"{kind} check"
-        collector.diagnostics += arg_diagnostics(doc, schema, args, where, path + (kind,), label,
-                                                 label + " {key}", label + " {key}")
+        collector.diagnostics += arg_diagnostics(
+            doc, schema, args, where, path + (kind,), label, label + " {key}", label + " {key}"
+        )
         name = entry.get("name")
         if "name" in entry and judge("name", name, CHECK_KEYWORDS)[1]:
             collector.add(doc.diag(path + ("name",), f"name must be a string, got {kind_of(name)}"))
@@ -1084,13 +1275,19 @@ def _check_on(collector: Collector, doc: Document, entry: dict[str, Any], path: 
     value = entry.get("on", CHECK_ON_DEFAULT)
     if value in CHECK_ON:
         return value
-    collector.add(doc.diag(path + ("on",), f"on must be one of {', '.join(CHECK_ON)}, got {value!r}"
-                                           f"{did_you_mean(value, CHECK_ON) if isinstance(value, str) else ''}"))
+    collector.add(
+        doc.diag(
+            path + ("on",),
+            f"on must be one of {', '.join(CHECK_ON)}, got {value!r}"
+            f"{did_you_mean(value, CHECK_ON) if isinstance(value, str) else ''}",
+        )
+    )
     return CHECK_ON_DEFAULT
 
 
-def _collect_check_templates(collector: Collector, check: dict[str, Any], doc: Document,
-                             path: tuple[Any, ...], key: str, value: Any) -> None:
+def _collect_check_templates(
+    collector: Collector, check: dict[str, Any], doc: Document, path: tuple[Any, ...], key: str, value: Any
+) -> None:
     if is_templated(value) or (isinstance(value, (list, dict)) and any_templated(value)):
         collector.check_templates.append((check, doc, path, key))
 
@@ -1205,28 +1402,45 @@ def ast_problems(ast: nodes.Template, known: set[str] | frozenset[str]) -> list[
             continue
         allowed = FACTS if attr_node.node.name == "facts" else KILN_ATTRS
         if attr not in allowed:
-            problems.append((f"unknown {'fact' if allowed is FACTS else 'kiln attribute'} "
-                             f"'{attr_node.node.name}.{attr}'{did_you_mean(attr, allowed)} "
-                             f"(known: {', '.join(allowed)})", attr_node.lineno, attr))
+            problems.append(
+                (
+                    f"unknown {'fact' if allowed is FACTS else 'kiln attribute'} "
+                    f"'{attr_node.node.name}.{attr}'{did_you_mean(attr, allowed)} "
+                    f"(known: {', '.join(allowed)})",
+                    attr_node.lineno,
+                    attr,
+                )
+            )
     for item in ast.find_all(nodes.Getitem):
-        if isinstance(item.node, nodes.Name) and item.node.name == "hostvars" and not (
-                isinstance(item.arg, nodes.Name) and item.arg.name == "inventory_hostname"):
-            problems.append(("another host's hostvars: a bake has one host (this one); read its own variables "
-                             "directly, or pass the other host's values in with kiln.yaml vars or --var",
-                             item.lineno, "hostvars"))
+        if (
+            isinstance(item.node, nodes.Name)
+            and item.node.name == "hostvars"
+            and not (isinstance(item.arg, nodes.Name) and item.arg.name == "inventory_hostname")
+        ):
+            problems.append(
+                (
+                    "another host's hostvars: a bake has one host (this one); read its own variables "
+                    "directly, or pass the other host's values in with kiln.yaml vars or --var",
+                    item.lineno,
+                    "hostvars",
+                )
+            )
     for flt in ast.find_all(nodes.Filter):
         if flt.name not in ENV.filters:
-            problems.append((f"unknown filter '{flt.name}'{did_you_mean(flt.name, sorted(ENV.filters))}",
-                             flt.lineno, flt.name))
+            problems.append(
+                (f"unknown filter '{flt.name}'{did_you_mean(flt.name, sorted(ENV.filters))}", flt.lineno, flt.name)
+            )
     for test in ast.find_all(nodes.Test):
         if test.name not in ENV.tests:
-            problems.append((f"unknown test '{test.name}'{did_you_mean(test.name, sorted(ENV.tests))}",
-                             test.lineno, test.name))
+            problems.append(
+                (f"unknown test '{test.name}'{did_you_mean(test.name, sorted(ENV.tests))}", test.lineno, test.name)
+            )
     return problems
 
 
-def check_references(collector: Collector, known: set[str], roles: dict[str, RoleTree],
-                     check_names: bool = True) -> None:
+def check_references(
+    collector: Collector, known: set[str], roles: dict[str, RoleTree], check_names: bool = True
+) -> None:
     """Phase 2: expressions and templated values, notify names, template files."""
     if not check_names:
         known = _Everything()
@@ -1241,8 +1455,9 @@ def check_references(collector: Collector, known: set[str], roles: dict[str, Rol
             collector.add(ref.doc.diag(ref.path, message))
     for doc, path, name in collector.notifies:
         if name not in collector.handlers:
-            collector.add(doc.diag(path, f"notify names no handler '{name}'"
-                                         f"{did_you_mean(name, list(collector.handlers))}"))
+            collector.add(
+                doc.diag(path, f"notify names no handler '{name}'{did_you_mean(name, list(collector.handlers))}")
+            )
     check_template_files(collector, known, roles)
 
 
@@ -1303,13 +1518,28 @@ def _loading_problems(ast: nodes.Template, templates: set[str]) -> list[tuple[st
         names = _literal_names(node.template)
         for name in names:
             if template_path(name) is None:
-                problems.append((f"'{name}' leads out of the role's templates/: include, import and extend "
-                                 "templates of this role by their path in its templates/", node.lineno, name))
+                problems.append(
+                    (
+                        f"'{name}' leads out of the role's templates/: include, import and extend "
+                        "templates of this role by their path in its templates/",
+                        node.lineno,
+                        name,
+                    )
+                )
         inside = [template_path(n) for n in names if template_path(n) is not None]
-        if inside and len(inside) == len(names) and not any(n in templates for n in inside) \
-                and not getattr(node, "ignore_missing", False):
-            problems.append((f"'{names[0]}' not found in the role's templates/{did_you_mean(names[0], templates)}",
-                             node.lineno, names[0]))
+        if (
+            inside
+            and len(inside) == len(names)
+            and not any(n in templates for n in inside)
+            and not getattr(node, "ignore_missing", False)
+        ):
+            problems.append(
+                (
+                    f"'{names[0]}' not found in the role's templates/{did_you_mean(names[0], templates)}",
+                    node.lineno,
+                    names[0],
+                )
+            )
     return problems
 
 

@@ -1,4 +1,5 @@
 """A tiny HTTP service for kiln's differential tests."""
+
 import http.server
 import sys
 
