@@ -22,9 +22,13 @@ import os
 import sys
 from typing import Any, Dict
 
+from agent.protocol import EXIT_REBOOT, Event, Phase
+
 
 def emit(event: Dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event, default=str, sort_keys=False) + "\n")
+    from agent.protocol import encode
+
+    sys.stdout.write(encode(event) + "\n")
     sys.stdout.flush()
 
 
@@ -51,12 +55,12 @@ def main(argv: Any = None) -> int:
     from agent import facts
 
     if args.command == "facts":
-        emit({"event": "facts", "facts": facts.gather()})
+        emit({"event": Event.FACTS, "facts": facts.gather()})
         return 0
     if args.command == "packages":
         from agent.inventory import installed_packages
 
-        emit({"event": "packages", "packages": installed_packages()})
+        emit({"event": Event.PACKAGES, "packages": installed_packages()})
         return 0
     if args.command == "apply":
         from agent.runner import RESUME_FILE, Runner
@@ -72,7 +76,7 @@ def main(argv: Any = None) -> int:
             except (OSError, ValueError) as exc:
                 emit(
                     {
-                        "event": "summary",
+                        "event": Event.SUMMARY,
                         "ok": 0,
                         "changed": 0,
                         "failed": 1,
@@ -88,13 +92,13 @@ def main(argv: Any = None) -> int:
         if os.path.exists(state_file):  # consumed (resume) or stale (a fresh apply starts over)
             os.unlink(state_file)
         gathered = facts.gather()
-        emit({"event": "facts", "facts": gathered})
+        emit({"event": Event.FACTS, "facts": gathered})
         runner = Runner(bundle, apply_context(args, bundle, gathered), emit, state_dir=args.bundle)
         runner.run(resume)
         if runner.exit_code:
             return runner.exit_code
         if args.rerun:
-            emit({"event": "phase", "phase": "idempotence check"})
+            emit({"event": Event.PHASE, "phase": Phase.IDEMPOTENCE})
             again = Runner(
                 bundle, apply_context(args, bundle, facts.gather()), emit, modules=runner.modules, state_dir=args.bundle
             )
@@ -102,7 +106,7 @@ def main(argv: Any = None) -> int:
             if again.exit_code or any(step.get("idempotent", True) for step in again.changed_steps):
                 return again.exit_code  # the controller fails the idempotence check on this part's summary
         if args.verify:
-            emit({"event": "phase", "phase": "verify"})
+            emit({"event": Event.PHASE, "phase": Phase.VERIFY})
             return verify(args.verify)
         return 0
     if args.command == "serve":
@@ -149,8 +153,8 @@ def serve(bundle_dir: str, gathered: Dict[str, Any]) -> int:
     from agent.runner import Runner
 
     modules = discover()
-    emit({"event": "facts", "facts": gathered})
-    emit({"event": "ready"})
+    emit({"event": Event.FACTS, "facts": gathered})
+    emit({"event": Event.READY})
     for line in sys.stdin.buffer:
         request = json.loads(line)
         for rel, data in sorted(request.get("files", {}).items()):
@@ -165,8 +169,8 @@ def serve(bundle_dir: str, gathered: Dict[str, Any]) -> int:
         )
         runner = Runner(bundle, ctx, emit, modules=modules, state_dir=bundle_dir)
         runner.run()
-        emit({"event": "served", "id": request.get("id"), "exit": runner.exit_code})
-        if runner.exit_code == 3:  # rebooting: this process ends with the machine
+        emit({"event": Event.SERVED, "id": request.get("id"), "exit": runner.exit_code})
+        if runner.exit_code == EXIT_REBOOT:  # rebooting: this process ends with the machine
             return 3
     return 0
 

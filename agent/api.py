@@ -101,6 +101,7 @@ class Context:
     clock: Optional[StepClock] = None  # the running step's time limit; every command stops at it
     environment: Dict[str, str] = field(default_factory=dict)  # the step's `environment:`, for its commands
     become_user: Optional[str] = None  # the step's `become_user:`: its commands run as that user
+    step: Dict[str, Any] = field(default_factory=dict)  # the running step, for modules keyed on it (reboot)
 
     @contextlib.contextmanager
     def acting(

@@ -31,11 +31,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from agent import facts as boxfacts
 from agent import schema as argschema
 from agent.api import Context, ModuleError, Result, StepClock, StepTimeout, tail
+from agent.protocol import EXIT_REBOOT, REBOOT_REQUESTED, Event, RebootingModule, StepStatus
 from agent.templating import TemplateError, evaluate, render, resolve_variables
 
 REDACTED = "<redacted: no_log>"
 RESUME_FILE = "resume.json"
-EXIT_REBOOT = 3
 
 Emit = Callable[[Dict[str, Any]], None]
 Path = Tuple[Any, ...]
@@ -186,7 +186,7 @@ class Runner:
             return self._reboot(reboot, started)
         summary = dict(
             self.counts,
-            event="summary",
+            event=Event.SUMMARY,
             duration=round(self.elapsed_before + time.monotonic() - started, 3),
             changed_steps=self.changed_steps,
             ok_run=failure is None,
@@ -219,14 +219,14 @@ class Runner:
             return self.finish_step(
                 step,
                 {
-                    "status": "failed",
+                    "status": StepStatus.FAILED,
                     "msg": "cannot resume after the reboot: the bundle no longer matches the saved state",
                 },
                 0,
                 handler,
             )
         announce: Dict[str, Any] = {
-            "event": "start",
+            "event": Event.START,
             "index": step.get("index"),
             "name": step.get("name"),
             "module": step.get("module"),
@@ -241,10 +241,10 @@ class Runner:
                 outcome = self.execute(step)
             reboot = outcome.pop("reboot", None)
         except StepFailed as exc:
-            outcome = {"status": "failed", "msg": exc.msg}
+            outcome = {"status": StepStatus.FAILED, "msg": exc.msg}
         except StepTimeout as exc:
             outcome = self.timed_out(step, exc)
-        if reboot is not None and outcome["status"] == "changed":
+        if reboot is not None and outcome["status"] == StepStatus.CHANGED:
             raise RebootRequested(step, path, outcome, reboot, wall, handler)
         self.finish_step(step, outcome, time.monotonic() - started, handler)
 
@@ -258,12 +258,12 @@ class Runner:
         msg = f"step {step.get('index')} '{step.get('name')}' timed out after {exc.limit:g}s"
         if step.get("register"):
             self.variables[step["register"]] = {"changed": False, "failed": True, "timed_out": True, "msg": msg}
-        return {"status": "failed", "msg": msg, "timed_out": True}
+        return {"status": StepStatus.FAILED, "msg": msg, "timed_out": True}
 
     def finish_step(self, step: Dict[str, Any], outcome: Dict[str, Any], duration: float, handler: bool) -> None:
         """Count, notify and report a step that ran; raise StepFailed when it failed for good."""
         event: Dict[str, Any] = {
-            "event": "step",
+            "event": Event.STEP,
             "index": step.get("index"),
             "name": step.get("name"),
             "module": step.get("module"),
@@ -278,15 +278,15 @@ class Runner:
                 if key in event:
                     event[key] = REDACTED
         status = event["status"]
-        if status == "failed" and step.get("ignore_errors"):
+        if status == StepStatus.FAILED and step.get("ignore_errors"):
             event["ignored"] = True
             self.counts["ignored"] += 1
-        elif status == "failed" and self.rescue_depth:
+        elif status == StepStatus.FAILED and self.rescue_depth:
             event["rescued"] = True  # an enclosing block's rescue takes over
             self.counts["rescued"] += 1
         else:
             self.counts[status] += 1
-        if status == "changed":
+        if status == StepStatus.CHANGED:
             self.changed_steps.append(
                 {"index": step.get("index"), "name": step.get("name"), "idempotent": step.get("idempotent", True)}
             )
@@ -294,7 +294,7 @@ class Runner:
                 if name not in self.notified:
                     self.notified.append(name)
         self.emit(event)
-        if status == "failed" and not step.get("ignore_errors"):
+        if status == StepStatus.FAILED and not step.get("ignore_errors"):
             raise StepFailed(step, event.get("msg") or "failed")
 
     def execute(self, step: Dict[str, Any]) -> Dict[str, Any]:
@@ -318,7 +318,7 @@ class Runner:
                 results.append({"changed": False, "failed": False, "skipped": True, "msg": "when was false"})
                 continue
             result = self.run_with_retries(step, scope)
-            if result.get("reboot_requested") and loop is not None:
+            if result.get(REBOOT_REQUESTED) and loop is not None:
                 result = {"changed": False, "failed": True, "msg": "a reboot cannot run in a loop"}
             if loop is not None:
                 result.update({loop_var: item, "ansible_loop_var": loop_var})
@@ -353,14 +353,14 @@ class Runner:
         if registered.get("predicted") is False:
             outcome["predicted"] = False
         if registered.get("failed"):
-            outcome["status"] = "failed"
+            outcome["status"] = StepStatus.FAILED
         elif registered.get("skipped"):
-            outcome["status"] = "skipped"
+            outcome["status"] = StepStatus.SKIPPED
         elif registered.get("changed"):
-            outcome["status"] = "changed"
+            outcome["status"] = StepStatus.CHANGED
         else:
-            outcome["status"] = "ok"
-        if registered.get("reboot_requested") and not registered.get("failed"):
+            outcome["status"] = StepStatus.OK
+        if registered.get(REBOOT_REQUESTED) and not registered.get("failed"):
             outcome["reboot"] = registered
         return outcome
 
@@ -402,7 +402,7 @@ class Runner:
         for attempt in range(1, attempts + 1):
             result = self.run_once(step, scope)
             result["attempts"] = attempt
-            if result.get("reboot_requested"):
+            if result.get(REBOOT_REQUESTED):
                 return result
             if until is None and not result.get("failed"):
                 break
@@ -435,7 +435,7 @@ class Runner:
                 "msg": "; ".join((f"{e.key}: " if e.key else "") + e.message for e in errors),
             }
         self.ctx.variables = scope
-        self.ctx.step = step  # type: ignore[attr-defined]  # for modules keyed on the step (reboot)
+        self.ctx.step = step
         try:
             with self.ctx.acting(
                 check_mode=step.get("check_mode"),
@@ -473,8 +473,8 @@ class Runner:
             out["failed"] = self._truth(step["failed_when"], local, step, "failed_when")
             if out["failed"] and not out.get("msg"):
                 out["msg"] = "failed_when was true"
-        if out.get("reboot_requested") and (out["failed"] or not out["changed"]):
-            out.pop("reboot_requested")
+        if out.get(REBOOT_REQUESTED) and (out["failed"] or not out["changed"]):
+            out.pop(REBOOT_REQUESTED)
         return out
 
     # --- blocks and handlers ----------------------------------------------------
@@ -484,15 +484,17 @@ class Runner:
             try:
                 wanted = self._truth(step["when"], self.variables, step, "when")
             except StepFailed as exc:
-                return self.finish_step(dict(step, module="block"), {"status": "failed", "msg": exc.msg}, 0, False)
+                return self.finish_step(
+                    dict(step, module="block"), {"status": StepStatus.FAILED, "msg": exc.msg}, 0, False
+                )
             if not wanted:
                 self.emit(
                     {
-                        "event": "step",
+                        "event": Event.STEP,
                         "index": step.get("index"),
                         "name": step.get("name"),
                         "module": "block",
-                        "status": "skipped",
+                        "status": StepStatus.SKIPPED,
                         "msg": "when was false",
                         "duration": 0,
                     }
@@ -578,17 +580,17 @@ class Runner:
             with open(path + ".tmp", "w") as handle:
                 json.dump(state, handle, default=str)
             os.replace(path + ".tmp", path)
-            self.modules[reboot.step["module"]].schedule(reboot.result, self.ctx)
+            self._rebooting(reboot.step["module"]).schedule(reboot.result, self.ctx)
         except (OSError, ModuleError) as exc:
             msg = getattr(exc, "msg", None) or f"{type(exc).__name__}: {exc}"
-            outcome = dict(reboot.outcome, status="failed", msg=f"cannot reboot: {msg}")
+            outcome = dict(reboot.outcome, status=StepStatus.FAILED, msg=f"cannot reboot: {msg}")
             try:
                 self.finish_step(reboot.step, outcome, time.time() - reboot.started, reboot.handler)
             except StepFailed as failed:
                 self.emit(
                     dict(
                         self.counts,
-                        event="summary",
+                        event=Event.SUMMARY,
                         duration=state["elapsed"],
                         changed_steps=self.changed_steps,
                         ok_run=False,
@@ -600,7 +602,7 @@ class Runner:
             return False
         self.emit(
             {
-                "event": "reboot",
+                "event": Event.REBOOT,
                 "index": reboot.step.get("index"),
                 "name": reboot.step.get("name"),
                 "timeout": reboot.result.get("reboot_timeout", 300),
@@ -609,6 +611,13 @@ class Runner:
         )
         self.exit_code = EXIT_REBOOT
         return True
+
+    def _rebooting(self, name: str) -> RebootingModule:
+        """The module that asked for the reboot, with the hooks the protocol declares for it."""
+        module = self.modules[name]
+        if not (callable(getattr(module, "schedule", None)) and callable(getattr(module, "confirm", None))):
+            raise ModuleError(f"module '{name}' asked for a reboot but has no schedule/confirm hooks")
+        return module  # type: ignore[return-value]
 
     def _load(self, state: Dict[str, Any]) -> None:
         self.cursor = tuple(state["cursor"])
@@ -631,16 +640,15 @@ class Runner:
         saved = self.resume_state
         outcome = dict(saved["outcome"])
         result = dict(saved["result"])
-        module = self.modules[step["module"]]
         try:
-            module.confirm(result, self.ctx)
+            self._rebooting(step["module"]).confirm(result, self.ctx)
             took = time.time() - float(saved["started"])
             outcome["msg"] = f"{outcome.get('msg') or 'rebooting'}: back after {took:.1f}s"
             result.update(rebooted=True, elapsed=round(took, 1))
         except ModuleError as exc:
-            outcome.update(status="failed", msg=exc.msg)
+            outcome.update(status=StepStatus.FAILED, msg=exc.msg)
             result.update(failed=True, msg=exc.msg)
-        result.pop("reboot_requested", None)
+        result.pop(REBOOT_REQUESTED, None)
         if step.get("register"):
             self.variables[step["register"]] = result
         self.finish_step(step, outcome, time.time() - float(saved["started"]), handler or saved.get("handler", False))

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 from agent import schema as argschema
 from agent.api import Context, ModuleError
 from agent.checks import discover
+from agent.protocol import CheckStatus, Event
 
 
 def run_checks(
@@ -21,12 +22,12 @@ def run_checks(
 ) -> bool:
     available = discover()
     ctx = Context(facts=facts)
-    counts = {"passed": 0, "failed": 0}
+    counts = {CheckStatus.PASSED.value: 0, CheckStatus.FAILED.value: 0}
     for index, check in enumerate(checks, 1):
         started = time.monotonic()
         kind = check["check"]
         event: Dict[str, Any] = {
-            "event": "check",
+            "event": Event.CHECK,
             "index": index,
             "check": kind,
             "name": check.get("name") or f"{kind} {check.get('target', '')}".strip(),
@@ -60,9 +61,11 @@ def run_checks(
         except Exception as exc:  # a bug in a check fails that check, not the whole verify run
             passed, observed = False, f"check {kind} crashed: {type(exc).__name__}: {exc}"
         event.update(
-            status="passed" if passed else "failed", observed=observed, duration=round(time.monotonic() - started, 4)
+            status=CheckStatus.PASSED if passed else CheckStatus.FAILED,
+            observed=observed,
+            duration=round(time.monotonic() - started, 4),
         )
-        counts[event["status"]] += 1
+        counts[event["status"].value] += 1
         emit(event)
-    emit(dict(counts, event="summary"))
-    return counts["failed"] == 0
+    emit(dict(counts, event=Event.SUMMARY))
+    return counts[CheckStatus.FAILED.value] == 0

@@ -80,6 +80,7 @@ class BakeContext:
     current_stage: str = ""
     succeeded: bool = False
     failure: str = ""
+    interrupted: bool = False  # a signal or a cancel stopped the bake (not a failure of the machine)
     timings: dict[str, float] = field(default_factory=dict)
     finished: dt.datetime | None = None
 
@@ -95,7 +96,7 @@ class BakeContext:
 
     @property
     def keep_instance(self) -> bool:
-        return not self.succeeded and self.options.keep_on_error and not self.failure.startswith("interrupted")
+        return not self.succeeded and self.options.keep_on_error and not self.interrupted
 
     @property
     def published(self) -> list[Image]:

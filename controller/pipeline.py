@@ -103,7 +103,8 @@ def run_stages(stages: list[Stage], ctx: BakeContext, cancel: threading.Event | 
             ctx.succeeded = True
     except BaseException as exc:  # noqa: B036 - unwinding must happen for signals too
         error = exc
-        ctx.failure = f"{ctx.current_stage}: {exc}" if not isinstance(exc, Interrupted) else f"interrupted ({exc})"
+        ctx.interrupted = isinstance(exc, Interrupted)
+        ctx.failure = f"interrupted ({exc})" if ctx.interrupted else f"{ctx.current_stage}: {exc}"
     finally:
         with signals_deferred():
             unwind(started, ctx)

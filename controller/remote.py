@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from agent.protocol import Event, StepStatus
 from controller.context import BakeContext
 from controller.pipeline import BakeFailed
 from controller.ssh import CommandTimeout, ConnectionLost, Deadline
@@ -213,7 +214,7 @@ def agent_command(ctx: BakeContext, *args: str) -> str:
     return as_root(ctx, f"python3 -c {shlex.quote(BOOTSTRAP)} {shlex.quote(want)}")
 
 
-BOOTSTRAP_EVENTS = ("need_agent", "agent_compiled", "agent_not_compiled")
+BOOTSTRAP_EVENTS = (Event.NEED_AGENT, Event.AGENT_COMPILED, Event.AGENT_NOT_COMPILED)
 
 
 class RunLost(BakeFailed):
@@ -246,7 +247,7 @@ def run_agent(
     if stdin is None and box.pending is not None:
         stdin, box.pending = box.pending, None
     rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout, phase_bounds or {})
-    if rc == EXIT_NEED_AGENT and any(e.get("event") == "need_agent" for e in events):
+    if rc == EXIT_NEED_AGENT and any(e.get("event") == Event.NEED_AGENT for e in events):
         log.info("agent sent", reason="the box had no copy with this sha256", sha256=box.sha256[:16])
         rc, events, stderr = _run_once(ctx, box, command, on_event, with_agent(stdin), timeout, phase_bounds or {})
         if rc == EXIT_NEED_AGENT:
@@ -282,11 +283,11 @@ def _run_once(
         except ValueError:
             return
         events.append(event)
-        if event.get("event") == "agent_compiled":
+        if event.get("event") == Event.AGENT_COMPILED:
             box.compiled = event.get("sha256", "")
-        elif event.get("event") == "facts":
+        elif event.get("event") == Event.FACTS:
             ctx.facts = event["facts"]
-        elif event.get("event") == "phase":  # the next part of the run: its own bound from now
+        elif event.get("event") == Event.PHASE:  # the next part of the run: its own bound from now
             part.update(phase=event.get("phase", ""), started=time.monotonic(), first=len(events))
             if deadline is not None and part["phase"] in phase_bounds:
                 deadline.restart(phase_bounds[part["phase"]])
@@ -334,8 +335,8 @@ def stage_bundle(ctx: BakeContext, bundle: dict[str, Any]) -> int:
 
 def what_was_lost(events: list[dict[str, Any]], started: float, checks: bool = False) -> str:
     """The agent's run as far as the controller saw it: the step it was in, and what did not report."""
-    finished = sum(1 for e in events if e.get("event") == "step")
-    checked = sum(1 for e in events if e.get("event") == "check")
+    finished = sum(1 for e in events if e.get("event") == Event.STEP)
+    checked = sum(1 for e in events if e.get("event") == Event.CHECK)
     running = running_step(events)
     seconds = time.monotonic() - started
     if running is not None:
@@ -350,22 +351,22 @@ def what_was_lost(events: list[dict[str, Any]], started: float, checks: bool = F
 def running_step(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The last step the agent announced and has not reported on."""
     for event in reversed(events):
-        if event.get("event") in ("step", "summary"):
+        if event.get("event") in (Event.STEP, Event.SUMMARY):
             return None
-        if event.get("event") == "start":
+        if event.get("event") == Event.START:
             return event
     return None
 
 
 def log_step(event: dict[str, Any], quiet_ok: bool = False, check_mode: bool = False) -> None:
     """One agent step event as one log line (``start`` events only at debug level)."""
-    if event.get("event") == "start":
+    if event.get("event") == Event.START:
         log.debug("start", index=event.get("index"), step=event.get("name"), module=event.get("module"))
         return
-    if event.get("event") != "step":
+    if event.get("event") != Event.STEP:
         return
     status = event.get("status")
-    if quiet_ok and status in ("ok", "skipped"):
+    if quiet_ok and status in (StepStatus.OK, StepStatus.SKIPPED):
         return
     fields = {
         "index": event.get("index"),
@@ -378,7 +379,7 @@ def log_step(event: dict[str, Any], quiet_ok: bool = False, check_mode: bool = F
         fields["handler"] = True
     if check_mode:
         fields["check_mode"] = True
-        if status == "changed" and event.get("msg"):
+        if status == StepStatus.CHANGED and event.get("msg"):
             fields["msg"] = event["msg"]
     if event.get("predicted") is False:
         fields["predicted"] = False
@@ -387,7 +388,7 @@ def log_step(event: dict[str, Any], quiet_ok: bool = False, check_mode: bool = F
         fields["note"] = "rescued"
     if event.get("ignored"):
         fields["note"] = "ignored"
-    if status == "failed":
+    if status == StepStatus.FAILED:
         fields["error"] = event.get("msg")
         fields["source"] = event.get("source")
         (log.warning if event.get("ignored") or event.get("rescued") else log.error)("step", **fields)

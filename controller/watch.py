@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from agent.protocol import Event
 from controller.context import BakeContext
 from controller.pipeline import BakeFailed
 
@@ -92,13 +93,13 @@ class WarmAgent:
         from controller.remote import EXIT_NEED_AGENT, with_agent
 
         events = self._open(payload)
-        if any(e.get("event") == "need_agent" for e in events):
+        if any(e.get("event") == Event.NEED_AGENT for e in events):
             log.info("agent sent", reason="the box had no copy with this sha256")
             self.close()
             events = self._open(with_agent(payload))
-            if any(e.get("event") == "need_agent" for e in events):
+            if any(e.get("event") == Event.NEED_AGENT for e in events):
                 raise BakeFailed(f"the agent sent to the box did not arrive whole (exit {EXIT_NEED_AGENT})")
-        if not any(e.get("event") == "ready" for e in events):
+        if not any(e.get("event") == Event.READY for e in events):
             raise BakeFailed(f"the agent did not start serving: {events[-3:] if events else 'no output'}")
 
     def _open(self, payload: bytes | None) -> list[dict[str, Any]]:
@@ -113,13 +114,13 @@ class WarmAgent:
         box.round_trips += 1
         box.bytes_sent += len(payload or b"")
         self.buffer = b""
-        events = self.read_until(lambda e: e.get("event") in ("ready", "need_agent"), START_TIMEOUT)
+        events = self.read_until(lambda e: e.get("event") in (Event.READY, Event.NEED_AGENT), START_TIMEOUT)
         for event in events:
-            if event.get("event") == "agent_compiled":
+            if event.get("event") == Event.AGENT_COMPILED:
                 box.compiled = event.get("sha256", "")
-            elif event.get("event") == "facts":
+            elif event.get("event") == Event.FACTS:
                 self.ctx.facts = event["facts"]
-        box.sent = box.sent or any(e.get("event") == "ready" for e in events)
+        box.sent = box.sent or any(e.get("event") == Event.READY for e in events)
         return events
 
     def apply(
@@ -136,7 +137,7 @@ class WarmAgent:
         from controller.remote import box_agent
 
         box_agent(self.ctx).bytes_sent += len(line)
-        return self.read_until(lambda e: e.get("event") == "served", bound, on_event)
+        return self.read_until(lambda e: e.get("event") == Event.SERVED, bound, on_event)
 
     def read_until(
         self,
@@ -166,7 +167,7 @@ class WarmAgent:
                 self.ctx.session._check_alive()
                 continue
             if not data:
-                if events and events[-1].get("event") == "need_agent":
+                if events and events[-1].get("event") == Event.NEED_AGENT:
                     return events
                 err = self.chan.recv_stderr(65536).decode(errors="replace") if self.chan.recv_stderr_ready() else ""
                 raise BakeFailed(f"the warm agent ended: {err.strip()[-800:] or 'no output'}")
@@ -212,7 +213,7 @@ class Watch:
         started = time.monotonic()
         bound = apply_bound(bundle["steps"], bundle["handlers"], self.ctx.options.step_timeout)
         events = self.agent.apply(bundle, files, lambda e: log_step(e, quiet_ok=True), bound)
-        summary = next((e for e in events if e.get("event") == "summary"), {})
+        summary = next((e for e in events if e.get("event") == Event.SUMMARY), {})
         log.info(
             "re-applied" if self.requests_done else "applied",
             steps="all" if only is None else len(only),

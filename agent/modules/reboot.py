@@ -32,6 +32,7 @@ import time
 from typing import Any, Dict
 
 from agent.api import Context, ModuleError, Result
+from agent.protocol import REBOOT_REQUESTED
 
 SCHEMA = {
     "description": "Reboot the machine once; the controller reconnects and the next step runs after the boot.",
@@ -53,8 +54,7 @@ MARKER_DIR = "/run/kiln"
 
 def step_key(ctx: Context) -> str:
     """The reboot step's identity: its role, name and (unrendered) arguments."""
-    step = getattr(ctx, "step", None) or {}
-    ident = {k: step.get(k) for k in ("role", "name", "args")}
+    ident = {k: ctx.step.get(k) for k in ("role", "name", "args")}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -81,10 +81,11 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     return Result(
         True,
         f"rebooting{why}",
-        data={"reboot_requested": True, "key": state["key"], "reboot_timeout": params["reboot_timeout"]},
+        data={REBOOT_REQUESTED: True, "key": state["key"], "reboot_timeout": params["reboot_timeout"]},
     )
 
 
+# The hooks of a rebooting module (agent.protocol.RebootingModule): schedule, then confirm after the boot.
 def schedule(result: Dict[str, Any], ctx: Context) -> None:
     """Reboot a moment from now, detached from the agent (which exits first)."""
     os.makedirs(MARKER_DIR, exist_ok=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from agent.protocol import Event, StepStatus
 from controller.context import BakeContext, StepCounts
 from controller.pipeline import BakeFailed
 from controller.remote import BUNDLE, RunLost, agent_command, box_agent, log_step, run_agent
@@ -106,7 +107,7 @@ def split_parts(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     found: dict[str, list[dict[str, Any]]] = {"": []}
     current = ""
     for event in events:
-        if event.get("event") == "phase":
+        if event.get("event") == Event.PHASE:
             current = str(event.get("phase"))
             found[current] = []
         else:
@@ -219,7 +220,7 @@ def apply(
 
         def on_event(event: dict[str, Any]) -> None:
             seen.append(event)
-            if event.get("event") == "phase":
+            if event.get("event") == Event.PHASE:
                 phase["now"] = event.get("phase", "")
                 log.info("part of the apply's run", part=phase["now"])
             progress.on_event(event)
@@ -229,7 +230,7 @@ def apply(
             event["diff_shown"] = show_diff or phase["now"] == IDEMPOTENCE
             mine = phase["now"] == ""
             log_step(event, quiet_ok=keep is None or not mine, check_mode=ctx.options.check_mode)
-            if mine and keep is not None and event.get("event") == "step":
+            if mine and keep is not None and event.get("event") == Event.STEP:
                 keep.append(event)
 
         bounds = {IDEMPOTENCE: bound, VERIFY: ctx.options.step_timeout}
@@ -260,7 +261,7 @@ def apply(
 
 def _summary_or_fail(label: str, rc: int, events: list[dict[str, Any]], stderr: str) -> dict[str, Any]:
     """The run's summary when the steps all went well; else BakeFailed (StepsFailed naming the failed step)."""
-    summary = next((e for e in events if e.get("event") == "summary"), None)
+    summary = next((e for e in events if e.get("event") == Event.SUMMARY), None)
     if summary is None:
         raise BakeFailed(f"{label}: the agent stopped without a summary (exit {rc}): {stderr.strip()[-800:]}")
     if rc != 0 or not summary.get("ok_run"):
@@ -268,8 +269,8 @@ def _summary_or_fail(label: str, rc: int, events: list[dict[str, Any]], stderr: 
             (
                 e
                 for e in events
-                if e.get("event") == "step"
-                and e.get("status") == "failed"
+                if e.get("event") == Event.STEP
+                and e.get("status") == StepStatus.FAILED
                 and not e.get("ignored")
                 and not e.get("rescued")
             ),
@@ -285,9 +286,9 @@ def _summary_or_fail(label: str, rc: int, events: list[dict[str, Any]], stderr: 
 def _reboot_event(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The agent's ``reboot`` event when it is the last word of this run (no summary after it)."""
     for event in reversed(events):
-        if event.get("event") == "summary":
+        if event.get("event") == Event.SUMMARY:
             return None
-        if event.get("event") == "reboot":
+        if event.get("event") == Event.REBOOT:
             return event
     return None
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import structlog
 
+from agent.protocol import Event, first, parse_lines
 from controller.context import BakeContext
 from controller.pipeline import BakeFailed
 from controller.remote import AGENT, RUN_DIR, as_root
@@ -45,9 +44,9 @@ class CleanMachine:
         done = ctx.session.run(as_root(ctx, "sh -s"), stdin=script.encode(), timeout=ctx.options.step_timeout)
         if done.rc != 0:
             raise BakeFailed(f"cleaning the machine failed (exit {done.rc}): {done.stderr.strip()[-800:]}")
-        for line in done.stdout.splitlines():
-            if line.startswith('{"event": "packages"'):
-                ctx.packages = json.loads(line)["packages"]
+        inventory = first(parse_lines(done.stdout), Event.PACKAGES)
+        if inventory is not None:
+            ctx.packages = inventory["packages"]
         log.info("cleaned", packages=len(ctx.packages))
 
     def undo(self, ctx: BakeContext) -> None:

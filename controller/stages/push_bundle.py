@@ -6,6 +6,7 @@ import json
 
 import structlog
 
+from agent.protocol import Event
 from controller.context import BakeContext
 from controller.remote import agent_command, box_agent, run_agent, stage_bundle
 from controller.stepfiles.compile import bundle_json
@@ -61,7 +62,7 @@ class PushBundle:
         box.compile = uses_jinja(ctx, bundle)
         size = stage_bundle(ctx, bundle)
         rc, events, stderr = run_agent(ctx, agent_command(ctx, "facts"), lambda e: None, timeout=PUSH_TIMEOUT)
-        facts = next((e["facts"] for e in events if e.get("event") == "facts"), None)
+        facts = next((e["facts"] for e in events if e.get("event") == Event.FACTS), None)
         if rc != 0 or facts is None:
             from controller.pipeline import BakeFailed
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from agent.protocol import CheckStatus, Event
 from controller.context import BakeContext
 from controller.pipeline import BakeFailed
 from controller.remote import BUNDLE, agent_command, as_root, run_agent
@@ -27,7 +28,7 @@ def checks_on(checks: list[dict[str, Any]], machine: str) -> list[dict[str, Any]
 
 
 def log_check(event: dict[str, Any], machine: str = "build") -> None:
-    if event.get("event") != "check":
+    if event.get("event") != Event.CHECK:
         return
     fields = {
         "check": event.get("name"),
@@ -35,7 +36,7 @@ def log_check(event: dict[str, Any], machine: str = "build") -> None:
         "seconds": event.get("duration"),
         "machine": machine,
     }
-    if event.get("status") == "failed":
+    if event.get("status") == CheckStatus.FAILED:
         log.error("check", **fields, observed=event.get("observed"), source=event.get("source"))
     else:
         log.info("check", **fields)
@@ -54,8 +55,8 @@ def run_checks(
 
 def checks_outcome(rc: int, events: list[dict[str, Any]], stderr: str, where: str = "") -> dict[str, Any]:
     """The checks' summary when every check passed; else BakeFailed naming every failed check."""
-    summary = next((e for e in events if e.get("event") == "summary"), {"passed": 0, "failed": 0})
-    failed = [e for e in events if e.get("event") == "check" and e.get("status") == "failed"]
+    summary = next((e for e in events if e.get("event") == Event.SUMMARY), {"passed": 0, "failed": 0})
+    failed = [e for e in events if e.get("event") == Event.CHECK and e.get("status") == CheckStatus.FAILED]
     if rc != 0 or failed:
         detail = "; ".join(f"{e['name']} ({e.get('source', '?')}): {e.get('observed')}" for e in failed)
         raise BakeFailed(f"{len(failed)} check(s) failed{where}: {detail or stderr.strip()[-500:]}")
