@@ -13,13 +13,13 @@ from invoke import Exit, task
 
 
 def _setup(json: bool, prefix_roles: bool = False) -> None:
-    from controller import log as kiln_log  # here, not at the top: `invoke --list` loads no logging
+    from kiln.controller import log as kiln_log  # here, not at the top: `invoke --list` loads no logging
 
     kiln_log.configure(json_output=json, prefix_roles=prefix_roles)
 
 
 def _options(keep_on_error: bool = False, check: bool = False, diff: bool = False):
-    from controller.context import BakeOptions
+    from kiln.controller.context import BakeOptions
 
     return BakeOptions(keep_on_error=keep_on_error, check_mode=check, diff=diff)
 
@@ -28,8 +28,8 @@ def _overrides(var: list[str] | None) -> dict:
     """--var k=v pairs; a malformed one is invalid input (exit 2), like any other."""
     if not var:
         return {}  # no compiler import on the developer loop's hot path
-    from controller.model import InvalidInput
-    from controller.stepfiles.compile import parse_var_overrides
+    from kiln.controller.model import InvalidInput
+    from kiln.controller.stepfiles.compile import parse_var_overrides
 
     try:
         return parse_var_overrides(var or [])
@@ -40,9 +40,9 @@ def _overrides(var: list[str] | None) -> dict:
 
 def _provider(name: str, sandbox: bool):
     """The configured provider; bad config or an unknown name is invalid input (exit 2)."""
-    from controller.bake import make_provider
-    from controller.config import load_config
-    from controller.model import InvalidInput
+    from kiln.controller.bake import make_provider
+    from kiln.controller.config import load_config
+    from kiln.controller.model import InvalidInput
 
     try:
         return make_provider(name, load_config(Path("playbooks/kiln.yaml")), Path("builds"), sandbox)
@@ -98,7 +98,7 @@ def bake(
     _vault_password_file(vault_password_file)
     import dataclasses
 
-    from controller.bake import bake as run_bake
+    from kiln.controller.bake import bake as run_bake
 
     options = dataclasses.replace(_options(keep_on_error, check, diff), test_image=not no_test)
     result = run_bake(
@@ -118,7 +118,7 @@ def bake(
 def images(c, role, provider="local", sandbox=False, json=False):
     """List a role's image versions, newest first."""
     _setup(json)
-    from controller.manifest import read
+    from kiln.controller.manifest import read
 
     prov = _provider(provider, sandbox)
     found = prov.images(role)
@@ -153,9 +153,9 @@ def validate(c, role="", vault_password_file=""):
     """Validate config and step files; report every error with file:line:column (exit 2 on any)."""
     _setup(False)
     _vault_password_file(vault_password_file)
-    from controller.config import load_config
-    from controller.model import InvalidInput
-    from controller.stepfiles.compile import validate_roles
+    from kiln.controller.config import load_config
+    from kiln.controller.model import InvalidInput
+    from kiln.controller.stepfiles.compile import validate_roles
 
     try:
         config = load_config(Path("playbooks/kiln.yaml"))
@@ -173,7 +173,7 @@ def validate(c, role="", vault_password_file=""):
 @task(help={"config": "The schema of playbooks/kiln.yaml instead of the step files'.", "output": "The file to write."})
 def schema(c, output="", config=False):
     """Export the JSON Schema of steps, handlers and checks, or with --config of kiln.yaml (for editors)."""
-    from controller.schema_export import config_schema, json_schema
+    from kiln.controller.schema_export import config_schema, json_schema
 
     output = output or ("docs/kiln-yaml.schema.json" if config else "docs/kiln-steps.schema.json")
     Path(output).write_text(jsonlib.dumps(config_schema() if config else json_schema(), indent=2) + "\n")
@@ -184,7 +184,7 @@ def schema(c, output="", config=False):
 def base_image(c, json=False):
     """(Re)build the local base image localhost/kiln-base/debian:bookworm with debootstrap."""
     _setup(json)
-    from controller.engine import BASE_IMAGE, Engine
+    from kiln.controller.engine import BASE_IMAGE, Engine
 
     Engine().build_base_image(BASE_IMAGE)
     print(BASE_IMAGE)
@@ -216,8 +216,8 @@ def converge(
 ):
     """Apply a role to its kept local instance (created on first use); only differences change."""
     _setup(json)
-    from controller.devloop import converge as run_converge
-    from controller.devloop import watch as run_watch
+    from kiln.controller.devloop import converge as run_converge
+    from kiln.controller.devloop import watch as run_watch
 
     run = run_watch if watch else run_converge
     code = run(
@@ -236,7 +236,7 @@ def converge(
 def verify(c, role, json=False, provider="local"):
     """Run a role's verify.yml checks on its kept dev instance."""
     _setup(json)
-    from controller.devloop import converge as run_converge
+    from kiln.controller.devloop import converge as run_converge
 
     code = run_converge(role, _options(), verify=True, provider=provider)
     if code:
@@ -246,7 +246,7 @@ def verify(c, role, json=False, provider="local"):
 @task(help={"role": "The role whose kept dev instance to log in to."})
 def login(c, role):
     """An SSH shell on a role's kept dev instance (host key pinned)."""
-    from controller.devloop import exec_login
+    from kiln.controller.devloop import exec_login
 
     try:
         exec_login(role, Path("builds"))
@@ -262,7 +262,7 @@ def login(c, role):
 )
 def destroy(c, role="", build_id=""):
     """Remove kept dev instances (and a kept failed build with --build-id)."""
-    from controller.devloop import destroy as run_destroy
+    from kiln.controller.devloop import destroy as run_destroy
 
     for name in run_destroy(role or None, Path("builds"), build_id or None):
         print(f"removed {name}")
@@ -295,7 +295,7 @@ def nightly(
 ):
     """Rebake the roles whose inputs changed, in parallel; write builds/nightly-<time>.json and .md."""
     _setup(json, prefix_roles=True)
-    from controller.nightly import nightly as run_nightly
+    from kiln.controller.nightly import nightly as run_nightly
 
     code = run_nightly(
         _split(roles), provider, force, int(concurrency), on_locked, sandbox, shard=shard, run_id=run_id, runner=runner
@@ -316,7 +316,7 @@ def nightly(
 )
 def nightly_report(c, run_id="", report=None, dir="builds", json=False):
     """Merge the reports of the runners of one nightly run: every role once, who baked it, totals."""
-    from controller.nightly_report import nightly_report as merge_reports
+    from kiln.controller.nightly_report import nightly_report as merge_reports
 
     code, run = merge_reports(report or [], Path(dir), run_id)
     if run is not None:
@@ -343,12 +343,11 @@ def promote(c, role, version, provider="aws", sandbox=False, json=False):
     """Point latest, the launch templates, the instance refresh and the git-ops file at a retained version."""
     _setup(json)
     from botocore.exceptions import BotoCoreError, ClientError
-
-    from controller.config import load_config
-    from controller.consumers import NotRetained, settings_for
-    from controller.consumers import promote as run_promote
-    from controller.model import InvalidInput
-    from controller.providers.base import ProviderError
+    from kiln.controller.config import load_config
+    from kiln.controller.consumers import NotRetained, settings_for
+    from kiln.controller.consumers import promote as run_promote
+    from kiln.controller.model import InvalidInput
+    from kiln.controller.providers.base import ProviderError
 
     if provider != "aws":
         print(f"promote: the consumers (latest, launch templates, git-ops) are AWS's; got --provider {provider}")

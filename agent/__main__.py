@@ -22,11 +22,11 @@ import os
 import sys
 from typing import Any, Dict
 
-from agent.protocol import EXIT_REBOOT, Event, Phase
+from .protocol import EXIT_REBOOT, Event, Phase
 
 
 def emit(event: Dict[str, Any]) -> None:
-    from agent.protocol import encode
+    from .protocol import encode
 
     sys.stdout.write(encode(event) + "\n")
     sys.stdout.flush()
@@ -52,18 +52,18 @@ def main(argv: Any = None) -> int:
     serve_p.add_argument("bundle")
     args = parser.parse_args(argv)
 
-    from agent import facts
+    from . import facts
 
     if args.command == "facts":
         emit({"event": Event.FACTS, "facts": facts.gather()})
         return 0
     if args.command == "packages":
-        from agent.inventory import installed_packages
+        from .inventory import installed_packages
 
         emit({"event": Event.PACKAGES, "packages": installed_packages()})
         return 0
     if args.command == "apply":
-        from agent.runner import RESUME_FILE, Runner
+        from .runner import RESUME_FILE, Runner
 
         with open(os.path.join(args.bundle, "bundle.json")) as handle:
             bundle = json.load(handle)
@@ -117,7 +117,7 @@ def main(argv: Any = None) -> int:
 
 
 def apply_context(args: argparse.Namespace, bundle: Dict[str, Any], gathered: Dict[str, Any]) -> Any:
-    from agent.api import Context
+    from .api import Context
 
     return Context(
         check_mode=args.check or bundle.get("check_mode", False),
@@ -130,8 +130,8 @@ def apply_context(args: argparse.Namespace, bundle: Dict[str, Any], gathered: Di
 
 def verify(checks_file: str) -> int:
     """Run the checks in ``checks_file`` (0: all passed), rendered with the bundle's variables beside it."""
-    from agent import facts
-    from agent.verify import run_checks
+    from . import facts
+    from .verify import run_checks
 
     with open(checks_file) as handle:
         checks = json.load(handle)
@@ -148,9 +148,9 @@ def serve(bundle_dir: str, gathered: Dict[str, Any]) -> int:
     """Apply each bundle that arrives on stdin with the modules and facts already loaded."""
     import base64
 
-    from agent.api import Context
-    from agent.modules import discover
-    from agent.runner import Runner
+    from .api import Context
+    from .modules import discover
+    from .runner import Runner
 
     modules = discover()
     emit({"event": Event.FACTS, "facts": gathered})

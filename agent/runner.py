@@ -28,11 +28,14 @@ import time
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from agent import facts as boxfacts
-from agent import schema as argschema
-from agent.api import Context, ModuleError, Result, StepClock, StepTimeout, tail
-from agent.protocol import EXIT_REBOOT, REBOOT_REQUESTED, Event, RebootingModule, StepStatus
-from agent.templating import TemplateError, evaluate, render, resolve_variables
+from . import facts as boxfacts
+from . import schema as argschema
+from .api import Context, ModuleError, Result, StepClock, StepTimeout, tail
+from .protocol import EXIT_REBOOT, REBOOT_REQUESTED, Event, RebootingModule, StepStatus
+from .templating import TemplateError, evaluate, render, resolve_variables
+
+#: where the modules live: ``agent.modules`` in the zipapp, ``kiln.agent.modules`` when installed
+MODULES_PACKAGE = __name__.rpartition(".")[0] + ".modules"
 
 REDACTED = "<redacted: no_log>"
 RESUME_FILE = "resume.json"
@@ -109,9 +112,9 @@ class Modules(dict):
         if not name.isidentifier() or name.startswith("_"):
             raise KeyError(name)
         try:
-            module = importlib.import_module(f"agent.modules.{name}")
+            module = importlib.import_module(f"{MODULES_PACKAGE}.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"agent.modules.{name}":
+            if exc.name != f"{MODULES_PACKAGE}.{name}":
                 raise
             raise KeyError(name) from None
         if not hasattr(module, "SCHEMA"):

@@ -27,7 +27,7 @@ def _environment(loader: Any = None, **options: Any) -> "jinja2.Environment":
     import jinja2
     import jinja2.sandbox
 
-    from agent import ansible_jinja
+    from . import ansible_jinja
 
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         undefined=jinja2.StrictUndefined,
@@ -212,7 +212,7 @@ def render(value: Any, variables: Dict[str, Any], depth: int = 0) -> Any:
 def _jinja_error() -> tuple:
     import jinja2
 
-    from agent.ansible_jinja import FilterError
+    from .ansible_jinja import FilterError
 
     return (jinja2.TemplateError, FilterError)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-from agent.api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
-from agent.modules import copy as copymod
-from agent.modules import file as filemod
+from .api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
+from .modules import copy as copymod
+from .modules import file as filemod
 
 
 def args() -> Dict[str, Any]:

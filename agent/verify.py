@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from agent import schema as argschema
-from agent.api import Context, ModuleError
-from agent.checks import discover
-from agent.protocol import CheckStatus, Event
+from . import schema as argschema
+from .api import Context, ModuleError
+from .checks import discover
+from .protocol import CheckStatus, Event
 
 
 def run_checks(
@@ -39,7 +39,7 @@ def run_checks(
                 raise ModuleError(f"unknown check '{kind}'")
             args = check.get("args", {})
             if variables is not None:
-                from agent.templating import TemplateError, render
+                from .templating import TemplateError, render
 
                 try:
                     args = render(args, dict(variables, facts=facts))

@@ -26,11 +26,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller import log as kiln_log  # noqa: E402
-from controller import ssh  # noqa: E402
-from controller.bake import bake  # noqa: E402
-from controller.context import BakeOptions  # noqa: E402
-from controller.providers.aws import make_aws_provider  # noqa: E402
+from kiln.controller import log as kiln_log  # noqa: E402
+from kiln.controller import ssh  # noqa: E402
+from kiln.controller.bake import bake  # noqa: E402
+from kiln.controller.context import BakeOptions  # noqa: E402
+from kiln.controller.providers.aws import make_aws_provider  # noqa: E402
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 SETTINGS = {"regions": ["us-east-1", "eu-west-1"], "share": {"accounts": ["111122223333"]}}

@@ -36,18 +36,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller import log as kiln_log  # noqa: E402
-from controller.config import load_config  # noqa: E402
-from controller.context import BakeContext, BakeOptions  # noqa: E402
-from controller.pipeline import run_stages  # noqa: E402
-from controller.providers.local import LocalProvider  # noqa: E402
-from controller.stages.allocate_version import AllocateVersion  # noqa: E402
-from controller.stages.apply_steps import ApplySteps, IdempotenceCheck  # noqa: E402
-from controller.stages.connect import Connect  # noqa: E402
-from controller.stages.launch_instance import LaunchInstance  # noqa: E402
-from controller.stages.push_bundle import PushBundle  # noqa: E402
-from controller.stages.resolve_base import ResolveBase  # noqa: E402
-from controller.stepfiles.compile import compile_role  # noqa: E402
+from kiln.controller import log as kiln_log  # noqa: E402
+from kiln.controller.config import load_config  # noqa: E402
+from kiln.controller.context import BakeContext, BakeOptions  # noqa: E402
+from kiln.controller.pipeline import run_stages  # noqa: E402
+from kiln.controller.providers.local import LocalProvider  # noqa: E402
+from kiln.controller.stages.allocate_version import AllocateVersion  # noqa: E402
+from kiln.controller.stages.apply_steps import ApplySteps, IdempotenceCheck  # noqa: E402
+from kiln.controller.stages.connect import Connect  # noqa: E402
+from kiln.controller.stages.launch_instance import LaunchInstance  # noqa: E402
+from kiln.controller.stages.push_bundle import PushBundle  # noqa: E402
+from kiln.controller.stages.resolve_base import ResolveBase  # noqa: E402
+from kiln.controller.stepfiles.compile import compile_role  # noqa: E402
 
 ENGINE_STAGES = ("launch instance", "snapshot", "undo launch instance")
 IMAGE_PREFIX = "localhost/kiln-bench-bake"

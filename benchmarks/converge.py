@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.devloop import login_argv  # noqa: E402
+from kiln.controller.devloop import login_argv  # noqa: E402
 
 BASE_IMAGE = "localhost/kiln-base/debian:bookworm"
 

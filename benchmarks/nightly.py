@@ -44,13 +44,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller import log as kiln_log  # noqa: E402
-from controller.config import load_config  # noqa: E402
-from controller.context import BakeOptions  # noqa: E402
-from controller.engine import Engine  # noqa: E402
-from controller.nightly import BAKED, UNCHANGED, Nightly, RoleReport  # noqa: E402
-from controller.providers.aws import make_aws_provider  # noqa: E402
-from controller.sandbox import LOCAL_IMAGES, MOTO_ENV, sandbox_client  # noqa: E402
+from kiln.controller import log as kiln_log  # noqa: E402
+from kiln.controller.config import load_config  # noqa: E402
+from kiln.controller.context import BakeOptions  # noqa: E402
+from kiln.controller.engine import Engine  # noqa: E402
+from kiln.controller.nightly import BAKED, UNCHANGED, Nightly, RoleReport  # noqa: E402
+from kiln.controller.providers.aws import make_aws_provider  # noqa: E402
+from kiln.controller.sandbox import LOCAL_IMAGES, MOTO_ENV, sandbox_client  # noqa: E402
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 

@@ -23,10 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller import log as kiln_log  # noqa: E402
-from controller.config import load_config  # noqa: E402
-from controller.context import BakeOptions  # noqa: E402
-from controller.stepfiles.compile import compile_role  # noqa: E402
+from kiln.controller import log as kiln_log  # noqa: E402
+from kiln.controller.config import load_config  # noqa: E402
+from kiln.controller.context import BakeOptions  # noqa: E402
+from kiln.controller.stepfiles.compile import compile_role  # noqa: E402
 
 
 def generated_role(root: Path, steps: int) -> Path:
@@ -78,7 +78,7 @@ def bench_validate(steps: int, repeat: int) -> None:
 
 
 def bench_converge() -> None:
-    from controller.devloop import converge, destroy
+    from kiln.controller.devloop import converge, destroy
 
     with tempfile.TemporaryDirectory() as builds:
         options = BakeOptions(builds_dir=Path(builds), playbooks_dir=REPO / "playbooks")

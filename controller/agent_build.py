@@ -16,7 +16,8 @@ import zipfile
 from pathlib import Path
 
 ENTRY = "import sys\nfrom agent.__main__ import main\nsys.exit(main())\n"
-PACKAGES = ("agent", "jinja2", "markupsafe")
+#: the zipapp's top-level packages and where they are found (the agent ships as kiln.agent, runs as agent)
+PACKAGES = {"agent": "kiln.agent", "jinja2": "jinja2", "markupsafe": "markupsafe"}
 
 
 def cache_dir() -> Path:
@@ -41,7 +42,7 @@ def _package_files(package_dir: Path, arcname: str):
 
 
 def _sources() -> list[tuple[Path, str]]:
-    return [entry for name in PACKAGES for entry in _package_files(_package_root(name), name)]
+    return [entry for arcname, name in PACKAGES.items() for entry in _package_files(_package_root(name), arcname)]
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,27 +10,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
-
-from controller.config import Config, load_config
-from controller.context import BakeContext, BakeOptions
-from controller.model import CompiledRole, Image, InvalidInput
-from controller.pipeline import Stage, run_stages
-from controller.providers.base import Provider, ProviderError
-from controller.stages.allocate_version import AllocateVersion
-from controller.stages.apply_steps import ApplySteps, IdempotenceCheck
-from controller.stages.architectures import by_architecture
-from controller.stages.clean_machine import CleanMachine
-from controller.stages.connect import Connect
-from controller.stages.launch_instance import LaunchInstance
-from controller.stages.push_bundle import PushBundle
-from controller.stages.record import Record
-from controller.stages.resolve_base import ResolveBase
-from controller.stages.snapshot import Publish, Retire, Snapshot
-from controller.stages.test_image import TestImage
-from controller.stages.verify import Verify
+from kiln.controller.config import Config, load_config
+from kiln.controller.context import BakeContext, BakeOptions
+from kiln.controller.model import CompiledRole, Image, InvalidInput
+from kiln.controller.pipeline import Stage, run_stages
+from kiln.controller.providers.base import Provider, ProviderError
+from kiln.controller.stages.allocate_version import AllocateVersion
+from kiln.controller.stages.apply_steps import ApplySteps, IdempotenceCheck
+from kiln.controller.stages.architectures import by_architecture
+from kiln.controller.stages.clean_machine import CleanMachine
+from kiln.controller.stages.connect import Connect
+from kiln.controller.stages.launch_instance import LaunchInstance
+from kiln.controller.stages.push_bundle import PushBundle
+from kiln.controller.stages.record import Record
+from kiln.controller.stages.resolve_base import ResolveBase
+from kiln.controller.stages.snapshot import Publish, Retire, Snapshot
+from kiln.controller.stages.test_image import TestImage
+from kiln.controller.stages.verify import Verify
 
 if TYPE_CHECKING:  # the consumers' stage loads boto3: a local bake never pays for it
-    from controller.stages.publish_consumers import PublishConsumers
+    from kiln.controller.stages.publish_consumers import PublishConsumers
 
 log = structlog.get_logger("kiln")
 
@@ -70,7 +69,7 @@ def make_provider(name: str, config: Config, builds_dir: Path, sandbox: bool = F
 
     ``images``: the caller makes or lists images (bake, images, sweep, nightly); a provider that makes
     none (``makes_images = False``) is refused: invalid input, exit 2, nothing launched."""
-    from controller.providers import REGISTRY
+    from kiln.controller.providers import REGISTRY
 
     if name not in REGISTRY:
         raise InvalidInput([_config_diag(config, f"unknown provider '{name}' ({', '.join(REGISTRY)})")])
@@ -82,7 +81,7 @@ def make_provider(name: str, config: Config, builds_dir: Path, sandbox: bool = F
 
 
 def _config_diag(config: Config, message: str):
-    from controller.model import Diagnostic
+    from kiln.controller.model import Diagnostic
 
     return Diagnostic(str(config.path), 1, 1, message)
 
@@ -128,8 +127,7 @@ def consumers_stage(provider: Provider, config: Config, role: str, options: Bake
     if provider.name != "aws":
         return None
     from botocore.exceptions import BotoCoreError, ClientError
-
-    from controller import consumers
+    from kiln.controller import consumers
 
     settings = consumers.settings_for(config, options.playbooks_dir, role)
     if not settings.any:
@@ -139,7 +137,7 @@ def consumers_stage(provider: Provider, config: Config, role: str, options: Bake
         consumers.check_before_launch(provider, settings, base_dir)
     except (BotoCoreError, ClientError) as exc:
         raise ProviderError(f"checking the consumers failed: {exc}") from exc
-    from controller.stages.publish_consumers import PublishConsumers
+    from kiln.controller.stages.publish_consumers import PublishConsumers
 
     return PublishConsumers(settings, base_dir)
 
@@ -153,7 +151,7 @@ def compile_for_bake(
     tags: list[str] | None,
     skip_tags: list[str] | None,
 ) -> CompiledRole:
-    from controller.stepfiles.compile_cache import CompileCache, compile_cached
+    from kiln.controller.stepfiles.compile_cache import CompileCache, compile_cached
 
     # compiled once per inputs (converge's cache): an unchanged role is read back, not compiled again
     _, compiled, _ = compile_cached(
@@ -169,7 +167,7 @@ def compile_for_bake(
         summarize=lambda _config: None,
         config=config,
     )
-    from controller.log import REDACT
+    from kiln.controller.log import REDACT
 
     # every log line from here on (terminal, JSON) masks the values no_log steps use; added to,
     # never replaced, so concurrent bakes in one process (nightly) keep each other's secrets masked

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.declared import check_document
-from controller.model import Diagnostic, InvalidInput
-from controller.providers.aws_settings import AWS_SCHEMA  # declared beside the settings it builds
-from controller.stepfiles.loader import Document, display_path, kind_of, load_yaml
+from kiln.controller.declared import check_document
+from kiln.controller.model import Diagnostic, InvalidInput
+from kiln.controller.providers.aws_settings import AWS_SCHEMA  # declared beside the settings it builds
+from kiln.controller.stepfiles.loader import Document, display_path, kind_of, load_yaml
 
 BUILD_DEFAULTS = {
     "ssh_timeout": 180.0,

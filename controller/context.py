@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.model import BaseImage, CompiledRole, Image, Instance, Publication, PublishSpec
+from kiln.controller.model import BaseImage, CompiledRole, Image, Instance, Publication, PublishSpec
 
 if TYPE_CHECKING:
-    from controller.providers.base import ImageSpec, MachineSpec, Provider
-    from controller.ssh import HostKeyExpectation, KeyPair, Session
+    from kiln.controller.providers.base import ImageSpec, MachineSpec, Provider
+    from kiln.controller.ssh import HostKeyExpectation, KeyPair, Session
 
 
 @dataclass
@@ -111,7 +111,7 @@ class BakeContext:
 
     def machine_spec(self) -> MachineSpec:
         """The spec of the machine this context stands for (its base, keys, names, deadline)."""
-        from controller.providers.base import MachineSpec
+        from kiln.controller.providers.base import MachineSpec
 
         return MachineSpec(
             role=self.role,
@@ -127,7 +127,7 @@ class BakeContext:
 
     def image_spec(self) -> ImageSpec:
         """The spec of the image this context's machine becomes."""
-        from controller.providers.base import ImageSpec
+        from kiln.controller.providers.base import ImageSpec
 
         return ImageSpec(
             role=self.role,

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agent.schema import ArgError, Code, validate
-from controller.model import Diagnostic
-from controller.stepfiles.loader import kind_of
+from kiln.agent.schema import ArgError, Code, validate
+from kiln.controller.model import Diagnostic
+from kiln.controller.stepfiles.loader import kind_of
 
 DiagFn = Callable[[tuple[Any, ...], str, bool], Diagnostic]
 

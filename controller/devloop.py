@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
-from controller.context import BakeContext, BakeOptions
-from controller.model import Diagnostic, InvalidInput, Machine
-from controller.pipeline import run_stages
-from controller.ssh import KeyPair, SSHError
+from kiln.controller.context import BakeContext, BakeOptions
+from kiln.controller.model import Diagnostic, InvalidInput, Machine
+from kiln.controller.pipeline import run_stages
+from kiln.controller.ssh import KeyPair, SSHError
 
 log = structlog.get_logger("kiln.dev")
 
@@ -105,7 +104,7 @@ class AttachDevInstance:
         return True
 
     def _launch(self, ctx: BakeContext, saved: dict[str, Any] | None) -> None:
-        from controller.stages.resolve_base import ResolveBase
+        from kiln.controller.stages.resolve_base import ResolveBase
 
         ResolveBase().run(ctx)
         ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
@@ -147,7 +146,7 @@ MACHINE_FIELDS = {f.name for f in dataclasses.fields(Machine)}
 
 def known_agent(ctx: BakeContext, saved: dict[str, Any]) -> None:
     """The agent the state file says the box holds: sent before, checked by hash on the box, re-sent if it differs."""
-    from controller.remote import box_agent
+    from kiln.controller.remote import box_agent
 
     box = box_agent(ctx)
     agent = saved.get("agent") or {}
@@ -156,7 +155,7 @@ def known_agent(ctx: BakeContext, saved: dict[str, Any]) -> None:
 
 
 def connect(ctx: BakeContext, timeout: float) -> None:
-    from controller.ssh import Keepalive, Session
+    from kiln.controller.ssh import Keepalive, Session
 
     inst = ctx.instance
     ctx.host_key_expectation = ctx.provider.host_key_expectation(ctx.instance)
@@ -170,7 +169,7 @@ def connect(ctx: BakeContext, timeout: float) -> None:
 
 def remember_agent(ctx: BakeContext) -> None:
     """Note in the state file which agent the box holds (it is still checked by hash on the box every run)."""
-    from controller.remote import box_agent
+    from kiln.controller.remote import box_agent
 
     if ctx.session is None:
         return
@@ -189,8 +188,8 @@ class StageBundle:
     name = "stage bundle"
 
     def run(self, ctx: BakeContext) -> None:
-        from controller.remote import stage_bundle
-        from controller.stages.push_bundle import bundle_of
+        from kiln.controller.remote import stage_bundle
+        from kiln.controller.stages.push_bundle import bundle_of
 
         size = stage_bundle(ctx, bundle_of(ctx))
         log.debug("bundle staged", bytes=size)
@@ -205,7 +204,7 @@ BUILD_SETTINGS = ("ssh_timeout", "deadline_hours", "step_timeout", "ssh_keepaliv
 def config_summary(config: Any, provider: str, builds: Path) -> dict[str, Any]:
     """What converge needs of kiln.yaml, as plain values: the build settings and the provider's, checked
     here (InvalidInput, file:line:column) so a cached summary holds only settings that were valid."""
-    from controller.bake import make_provider
+    from kiln.controller.bake import make_provider
 
     make_provider(provider, config, builds, images=False)
     settings = json.loads(json.dumps(config.provider(provider), default=str))
@@ -219,8 +218,8 @@ def build_settings(options: BakeOptions, build: dict[str, Any]) -> BakeOptions:
 
 def compile_for_dev(role: str, options: BakeOptions, overrides: dict, tags, skip_tags, provider: str = "local"):
     """(options with kiln.yaml's build settings, the provider's settings, compiled role): compiled once per inputs."""
-    from controller.log import REDACT
-    from controller.stepfiles.compile_cache import CompileCache, compile_cached
+    from kiln.controller.log import REDACT
+    from kiln.controller.stepfiles.compile_cache import CompileCache, compile_cached
 
     cache = CompileCache(options.builds_dir / "cache" / "compile")
     summary, compiled, _ = compile_cached(
@@ -247,7 +246,7 @@ def _context(
     skip_tags: list[str] | None,
     provider_name: str = "local",
 ) -> BakeContext:
-    from controller.providers import REGISTRY
+    from kiln.controller.providers import REGISTRY
 
     if provider_name not in REGISTRY:
         raise InvalidInput(
@@ -283,11 +282,11 @@ def converge(
         print(exc.render())
         return EXIT_INVALID
     if verify:
-        from controller.stages.verify import Verify
+        from kiln.controller.stages.verify import Verify
 
         last = Verify()
     else:
-        from controller.stages.apply_steps import ApplySteps
+        from kiln.controller.stages.apply_steps import ApplySteps
 
         last = ApplySteps()
     try:
@@ -297,7 +296,7 @@ def converge(
         return EXIT_FAILED
     finally:
         remember_agent(ctx)
-    from controller.remote import box_agent
+    from kiln.controller.remote import box_agent
 
     box = box_agent(ctx)
     sent = {"bytes_sent": box.bytes_sent, "round_trips": box.round_trips}
@@ -343,7 +342,7 @@ def login_argv(role: str, builds: Path) -> list[str]:
 
 def destroy(role: str | None, builds: Path, build_id: str | None = None) -> list[str]:
     """Remove kept dev instances (one role, or all) and --keep-on-error leftovers of ``build_id``."""
-    from controller.engine import Engine
+    from kiln.controller.engine import Engine
 
     engine = Engine()
     removed = []
@@ -358,7 +357,7 @@ def destroy(role: str | None, builds: Path, build_id: str | None = None) -> list
         for suffix in (".json", ".key", ".known_hosts"):
             path.with_suffix(suffix).unlink(missing_ok=True)
     if build_id:
-        from controller.providers.local import LocalProvider
+        from kiln.controller.providers.local import LocalProvider
 
         removed += LocalProvider(engine=engine).destroy_build(build_id)
         # a sandbox build's machines have no local record; images made from a build inherit its
@@ -387,9 +386,9 @@ def watch(
     provider: str = "local",
 ) -> int:
     """``converge --watch``: converge, then re-apply on every save until Ctrl-C (the instance is kept)."""
-    from controller.pipeline import BakeFailed
-    from controller.remote import box_agent
-    from controller.watch import WarmAgent, Watch
+    from kiln.controller.pipeline import BakeFailed
+    from kiln.controller.remote import box_agent
+    from kiln.controller.watch import WarmAgent, Watch
 
     try:
         ctx = _context(role, options, overrides or {}, tags, skip_tags, provider)

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from controller.context import BakeContext
-from controller.model import Image
+from kiln.controller.context import BakeContext
+from kiln.controller.model import Image
 
 LOCAL_REGION = "local"
 DEFAULT_ARCH = "x86_64"

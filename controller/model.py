@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from controller.ssh import KeyPair
+    from kiln.controller.ssh import KeyPair
 
 
 @dataclass(frozen=True)

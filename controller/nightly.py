@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
-from controller.bake import bake, make_provider
-from controller.config import Config, load_config
-from controller.context import BakeOptions
-from controller.model import CompiledRole, Diagnostic, InvalidInput
-from controller.providers.base import Provider
-from controller.stages.resolve_base import inputs_hash
-from controller.stepfiles.compile import compile_role, list_roles
+from kiln.controller.bake import bake, make_provider
+from kiln.controller.config import Config, load_config
+from kiln.controller.context import BakeOptions
+from kiln.controller.model import CompiledRole, Diagnostic, InvalidInput
+from kiln.controller.providers.base import Provider
+from kiln.controller.stages.resolve_base import inputs_hash
+from kiln.controller.stepfiles.compile import compile_role, list_roles
 
 log = structlog.get_logger("kiln.nightly")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.model import Diagnostic, InvalidInput
-from controller.nightly import BAKED, FAILED, LOCKED, RESULTS, UNCHANGED, check_run_id
+from kiln.controller.model import Diagnostic, InvalidInput
+from kiln.controller.nightly import BAKED, FAILED, LOCKED, RESULTS, UNCHANGED, check_run_id
 
 #: Which runner's line a role gets when runners saw it differently (lowest first).
 PRECEDENCE = {BAKED: 0, FAILED: 1, UNCHANGED: 2, LOCKED: 3}

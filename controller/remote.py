@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-
-from agent.protocol import Event, StepStatus
-from controller.context import BakeContext
-from controller.pipeline import BakeFailed
-from controller.ssh import CommandTimeout, ConnectionLost, Deadline
+from kiln.agent.protocol import Event, StepStatus
+from kiln.controller.context import BakeContext
+from kiln.controller.pipeline import BakeFailed
+from kiln.controller.ssh import CommandTimeout, ConnectionLost, Deadline
 
 log = structlog.get_logger("kiln.agent")
 
@@ -133,7 +132,7 @@ _BOXES_LOCK = threading.Lock()
 
 def box_agent(ctx: BakeContext) -> BoxAgent:
     """The agent state of ``ctx``'s machine, for as long as its SSH session lives."""
-    from controller.agent_build import agent_sha256
+    from kiln.controller.agent_build import agent_sha256
 
     with _BOXES_LOCK:
         state = _BOXES.get(ctx.session)
@@ -171,7 +170,7 @@ def payload_of(entries: dict[str, bytes], agent: bytes | None, bundle: bool) -> 
 
 def with_agent(payload: bytes | None) -> bytes:
     """``payload`` (or nothing) with the agent added: what is sent again when the box lacks it."""
-    from controller.agent_build import agent_zipapp
+    from kiln.controller.agent_build import agent_zipapp
 
     if payload is None:
         return payload_of({}, agent_zipapp(), bundle=False)
@@ -185,7 +184,7 @@ def with_agent(payload: bytes | None) -> bytes:
 
 def bundle_tar(bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes]) -> bytes:
     """agent + bundle in one payload: a fresh machine's single transfer."""
-    from controller.agent_build import agent_zipapp
+    from kiln.controller.agent_build import agent_zipapp
 
     return bundle_payload(bundle, checks, files, agent_zipapp())
 
@@ -318,7 +317,7 @@ def stage_bundle(ctx: BakeContext, bundle: dict[str, Any]) -> int:
     The agent rides along only when the box was never sent it; a box that lost or changed
     its copy says so and is sent it again (see :func:`run_agent`).
     """
-    from controller.agent_build import agent_zipapp
+    from kiln.controller.agent_build import agent_zipapp
 
     box = box_agent(ctx)
     checks = ctx.compiled.checks

@@ -42,15 +42,14 @@ import boto3
 import structlog
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
-
-from controller.engine import BASE_IMAGE, Engine, EngineError, image_prefix
-from controller.ownership import BuildClaim
-from controller.providers.aws import AwsProvider
-from controller.providers.aws.cloud_init import cloud_config_parts, console_block
-from controller.providers.aws.settings import AwsSettings
-from controller.providers.aws.tags import BUILD_ID, error_code, tags_of
-from controller.providers.base import ProviderError
-from controller.ssh import KeyPair
+from kiln.controller.engine import BASE_IMAGE, Engine, EngineError, image_prefix
+from kiln.controller.ownership import BuildClaim
+from kiln.controller.providers.aws import AwsProvider
+from kiln.controller.providers.aws.cloud_init import cloud_config_parts, console_block
+from kiln.controller.providers.aws.settings import AwsSettings
+from kiln.controller.providers.aws.tags import BUILD_ID, error_code, tags_of
+from kiln.controller.providers.base import ProviderError
+from kiln.controller.ssh import KeyPair
 
 log = structlog.get_logger("kiln.sandbox")
 

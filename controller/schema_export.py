@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.checks import discover as discover_checks
-from agent.modules import discover as discover_modules
-from agent.schema import json_schema as args_schema
-from agent.schema import rows, type_text, value_schema
-from controller.config import CONFIG_SCHEMA
-from controller.stepfiles.keywords import (
+from kiln.agent.checks import discover as discover_checks
+from kiln.agent.modules import discover as discover_modules
+from kiln.agent.schema import json_schema as args_schema
+from kiln.agent.schema import rows, type_text, value_schema
+from kiln.controller.config import CONFIG_SCHEMA
+from kiln.controller.stepfiles.keywords import (
     BLOCK_KEYS,
     CHECK_KEYWORDS,
     CHECK_ON,
@@ -33,7 +33,7 @@ from controller.stepfiles.keywords import (
     KEYWORDS,
     STEP_KEYS,
 )
-from controller.stepfiles.validate import FACTS, KILN_ATTRS
+from kiln.controller.stepfiles.validate import FACTS, KILN_ATTRS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "step-files.md"

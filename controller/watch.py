@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
-from agent.protocol import Event
-from controller.context import BakeContext
-from controller.pipeline import BakeFailed
+from kiln.agent.protocol import Event
+from kiln.controller.context import BakeContext
+from kiln.controller.pipeline import BakeFailed
 
 log = structlog.get_logger("kiln.watch")
 
@@ -90,7 +89,7 @@ class WarmAgent:
         self.requests = 0
 
     def start(self, payload: bytes | None) -> None:
-        from controller.remote import EXIT_NEED_AGENT, with_agent
+        from kiln.controller.remote import EXIT_NEED_AGENT, with_agent
 
         events = self._open(payload)
         if any(e.get("event") == Event.NEED_AGENT for e in events):
@@ -103,7 +102,7 @@ class WarmAgent:
             raise BakeFailed(f"the agent did not start serving: {events[-3:] if events else 'no output'}")
 
     def _open(self, payload: bytes | None) -> list[dict[str, Any]]:
-        from controller.remote import BUNDLE, agent_command, box_agent, framed
+        from kiln.controller.remote import BUNDLE, agent_command, box_agent, framed
 
         box = box_agent(self.ctx)
         transport = self.ctx.session.conn.client.get_transport()
@@ -134,7 +133,7 @@ class WarmAgent:
         }
         line = json.dumps(request).encode() + b"\n"
         self.chan.sendall(line)
-        from controller.remote import box_agent
+        from kiln.controller.remote import box_agent
 
         box_agent(self.ctx).bytes_sent += len(line)
         return self.read_until(lambda e: e.get("event") == Event.SERVED, bound, on_event)
@@ -204,8 +203,8 @@ class Watch:
         return [roles / name for name in self.ctx.compiled.chain] + [self.ctx.options.playbooks_dir / "kiln.yaml"]
 
     def apply(self, only: list[int] | None, files: dict[str, bytes]) -> dict[str, Any]:
-        from controller.remote import log_step
-        from controller.stages.apply_steps import apply_bound
+        from kiln.controller.remote import log_step
+        from kiln.controller.stages.apply_steps import apply_bound
 
         bundle = dict(self.bundle)
         if only is not None:
@@ -228,7 +227,7 @@ class Watch:
     requests_done = 0
 
     def first(self) -> None:
-        from controller.stages.push_bundle import bundle_of
+        from kiln.controller.stages.push_bundle import bundle_of
 
         self.seen = signature(self.watched())  # before the first apply: a save made meanwhile is seen
         self.bundle, self.files = bundle_of(self.ctx), dict(self.ctx.compiled.files)
@@ -236,8 +235,8 @@ class Watch:
 
     def changed(self) -> None:
         """A save: compile again (an error is shown, and the watch goes on) and apply what it touched."""
-        from controller.model import InvalidInput
-        from controller.stages.push_bundle import bundle_of
+        from kiln.controller.model import InvalidInput
+        from kiln.controller.stages.push_bundle import bundle_of
 
         try:
             self.ctx.compiled = self.recompile()

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.agent_build import agent_zipapp
-from controller.engine import BASE_IMAGE, Engine, tar_of
+from kiln.controller.agent_build import agent_zipapp
+from kiln.controller.engine import BASE_IMAGE, Engine, tar_of
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = Path(__file__).resolve().parent / "ansible_roles"
@@ -356,9 +356,9 @@ def flatten(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def kiln_apply(machine: Machine, role_dir: Path, work: Path, overrides: dict | None = None) -> Run:
     """Compile the role with kiln's library (refusals are the run's output) and apply it with the real agent."""
-    from controller.config import load_config
-    from controller.model import InvalidInput
-    from controller.stepfiles.compile import bundle_json, compile_role
+    from kiln.controller.config import load_config
+    from kiln.controller.model import InvalidInput
+    from kiln.controller.stepfiles.compile import bundle_json, compile_role
 
     playbooks = kiln_playbooks(role_dir, work)
     started = time.monotonic()
@@ -405,7 +405,7 @@ def kiln_registered(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _agent(machine: Machine) -> tuple[int, str, str]:
-    from controller.engine import run_to_completion
+    from kiln.controller.engine import run_to_completion
 
     argv = [machine.engine.command, *machine.engine._global_args(), "exec", machine.name]
     argv += ["python3", "/var/lib/kiln/agent.pyz", "apply", "/var/lib/kiln/t"]

@@ -14,11 +14,10 @@ import boto3
 import botocore.loaders
 import botocore.session
 from botocore.awsrequest import AWSResponse
-
-from controller.context import BakeContext, BakeOptions
-from controller.model import CompiledRole
-from controller.providers.aws import AwsProvider, make_aws_provider
-from controller.ssh import KeyPair
+from kiln.controller.context import BakeContext, BakeOptions
+from kiln.controller.model import CompiledRole
+from kiln.controller.providers.aws import AwsProvider, make_aws_provider
+from kiln.controller.ssh import KeyPair
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY = REPO / "docs" / "iam-policy.json"

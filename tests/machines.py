@@ -11,8 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.agent_build import agent_zipapp
-from controller.engine import BASE_IMAGE, Engine, tar_of
+from kiln.controller.agent_build import agent_zipapp
+from kiln.controller.engine import BASE_IMAGE, Engine, tar_of
 
 TEST_LABEL = "kiln.test"
 #: Containers of this test session (concurrent sessions must not remove each other's).

@@ -69,6 +69,6 @@ def left_behind(engine, output: str) -> list[str]:
 
 def image_repo(role: str) -> str:
     """Where this test session's bakes put ``role`` (conftest sets KILN_IMAGE_PREFIX)."""
-    from controller.engine import image_prefix
+    from kiln.controller.engine import image_prefix
 
     return f"{image_prefix()}/{role}"

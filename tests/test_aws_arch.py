@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from botocore.awsrequest import AWSResponse
+from kiln.controller.bake import bake
+from kiln.controller.context import BakeOptions
+from kiln.controller.manifest import read_images, record_images
+from kiln.controller.providers.aws import make_aws_provider
+from kiln.controller.providers.base import UnknownBase
+from kiln.controller.sandbox import local_images, sandbox_client
 
-from controller.bake import bake
-from controller.context import BakeOptions
-from controller.manifest import read_images, record_images
-from controller.providers.aws import make_aws_provider
-from controller.providers.base import UnknownBase
-from controller.sandbox import local_images, sandbox_client
 from tests.aws_harness import ApiCalls, not_in_policy
 from tests.playbooks import invoke, make_playbooks
 
@@ -226,8 +226,8 @@ def test_one_architecture_failing_publishes_neither(sandbox_env, engine, tmp_pat
 def test_sweep_never_removes_what_latest_arm64_names(sandbox_env, engine, tmp_path):
     """An over reservation whose build's arm64 AMI is what ``latest/arm64`` names: sweep leaves that AMI.
     Every call of the bake, a misspelt base's suggestions and the sweep is in docs/iam-policy.json."""
-    from controller.ownership import BuildClaim
-    from controller.providers.aws.tags import claim_value
+    from kiln.controller.ownership import BuildClaim
+    from kiln.controller.providers.aws.tags import claim_value
 
     url = sandbox_env
     playbooks = make_playbooks(tmp_path, TINY, role="keep", kiln_yaml=TWO_ARCHES)

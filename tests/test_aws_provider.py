@@ -11,17 +11,17 @@ import threading
 
 import pytest
 from botocore.exceptions import ClientError
+from kiln.controller.model import InvalidInput
+from kiln.controller.ownership import BuildClaim
+from kiln.controller.providers.aws import ImageWaitTimeout, make_aws_provider
+from kiln.controller.providers.aws.cloud_init import cloud_config_parts, console_block, console_fingerprints, user_data
+from kiln.controller.providers.aws.instance import AwsInstance
+from kiln.controller.providers.aws.tags import tags_of
+from kiln.controller.providers.base import ProviderError
+from kiln.controller.ssh import KeyPair
+from kiln.controller.stages.snapshot import Publish, Snapshot
 from moto import mock_aws
 
-from controller.model import InvalidInput
-from controller.ownership import BuildClaim
-from controller.providers.aws import ImageWaitTimeout, make_aws_provider
-from controller.providers.aws.cloud_init import cloud_config_parts, console_block, console_fingerprints, user_data
-from controller.providers.aws.instance import AwsInstance
-from controller.providers.aws.tags import tags_of
-from controller.providers.base import ProviderError
-from controller.ssh import KeyPair
-from controller.stages.snapshot import Publish, Snapshot
 from tests.aws_harness import (
     AL2023,
     ApiCalls,
@@ -587,7 +587,7 @@ def test_a_retried_create_whose_answer_was_lost_is_not_an_error(aws, tmp_path):
 
 
 def test_the_controllers_address_is_found_or_the_error_says_how_to_set_it():
-    from controller.providers.aws.data_plane import CloudDataPlane
+    from kiln.controller.providers.aws.data_plane import CloudDataPlane
 
     plane = CloudDataPlane(checkip_url="http://127.0.0.1:9/")  # nothing listens on the discard port
     with pytest.raises(ProviderError, match="set providers.aws.ssh.cidrs"):

@@ -172,7 +172,7 @@ def test_malformed_steps_exit_2_and_launch_nothing(engine, tmp_path):
 
 
 def _free_port() -> int:
-    from controller.providers.local import free_port
+    from kiln.controller.providers.local import free_port
 
     return free_port()
 

@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from controller.stepfiles.compile_cache import CompileCache, compile_cached
+from kiln.controller.stepfiles.compile_cache import CompileCache, compile_cached
+
 from tests.playbooks import make_playbooks
 
 SECRET = "Zq-cache-s3cret-41"

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from controller.config import DEFAULT_KEEP, Config, load_config
-from controller.model import InvalidInput
+from kiln.controller.config import DEFAULT_KEEP, Config, load_config
+from kiln.controller.model import InvalidInput
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,8 +123,8 @@ def test_build_settings_reach_the_bake(tmp_path: Path):
     """build.ssh_timeout and build.deadline_hours: the SSH wait and when temporaries expire."""
     import datetime as dt
 
-    from controller.bake import with_build_settings
-    from controller.context import BakeContext, BakeOptions
+    from kiln.controller.bake import with_build_settings
+    from kiln.controller.context import BakeContext, BakeOptions
 
     config = load(tmp_path, "build:\n  ssh_timeout: 45\n  deadline_hours: 1.5\n")
     assert (config.ssh_timeout, config.deadline_hours) == (45.0, 1.5)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from botocore.awsrequest import AWSResponse
+from kiln.controller import consumers, manifest
+from kiln.controller.consumers import ConsumerError, NotRetained, PublishSettings, parse_publish
+from kiln.controller.model import Diagnostic, Image, InvalidInput
 
-from controller import consumers, manifest
-from controller.consumers import ConsumerError, NotRetained, PublishSettings, parse_publish
-from controller.model import Diagnostic, Image, InvalidInput
 from tests.aws_harness import AL2023, _Raw, provider
 
 REGIONS = ("us-east-1", "eu-west-1")
@@ -500,7 +500,7 @@ BAKED_CHECKS = '- file: /etc/kiln-marker\n  contains: ["hello"]\n'
 @pytest.fixture
 def sandbox_images(moto_url, engine):
     """The local images the sandbox makes for this server's AMIs, removed afterwards."""
-    from controller.sandbox import local_images
+    from kiln.controller.sandbox import local_images
 
     before = {row["Id"] for row in engine.images(local_images())}
     yield moto_url
@@ -535,7 +535,7 @@ def bake_in_sandbox(tmp_path, url, role):
 
 @pytest.mark.slow
 def test_a_sandbox_bake_makes_the_launch_template_version_and_writes_images_json(sandbox_images, tmp_path):
-    from controller.sandbox import sandbox_client
+    from kiln.controller.sandbox import sandbox_client
 
     url = sandbox_images
     ec2 = sandbox_client("ec2", "us-east-1", url)
@@ -564,7 +564,7 @@ def test_a_sandbox_bake_makes_the_launch_template_version_and_writes_images_json
 @pytest.mark.slow
 def test_a_role_publish_naming_a_missing_template_is_refused_before_launch(sandbox_images, tmp_path):
     """role.yml's publish: is accepted and checked before launch: exit 2 at its file:line:column, nothing launched."""
-    from controller.sandbox import sandbox_client
+    from kiln.controller.sandbox import sandbox_client
 
     url = sandbox_images
     baked_playbooks(tmp_path, "ltmissing", role_publish="publish:\n  launch_templates: [{name: lt-nowhere}]\n")
@@ -585,10 +585,11 @@ def test_a_bake_with_consumers_and_the_test_stage_calls_only_what_the_iam_policy
     sandbox_images, monkeypatch, tmp_path
 ):
     """The whole bake in-process (test stage, launch templates, retire's in_use), every call recorded."""
-    from controller.bake import bake
-    from controller.context import BakeOptions
-    from controller.providers.aws import make_aws_provider
-    from controller.sandbox import sandbox_client
+    from kiln.controller.bake import bake
+    from kiln.controller.context import BakeOptions
+    from kiln.controller.providers.aws import make_aws_provider
+    from kiln.controller.sandbox import sandbox_client
+
     from tests.aws_harness import ApiCalls, not_in_policy
 
     url = sandbox_images
@@ -626,7 +627,8 @@ def test_sigterm_after_the_consumers_were_updated_withdraws_them_and_latest(sand
     import signal
     import sys
 
-    from controller.sandbox import sandbox_client
+    from kiln.controller.sandbox import sandbox_client
+
     from tests.playbooks import REPO
 
     url = sandbox_images

@@ -72,7 +72,7 @@ def agent_sha256() -> str:
     """The controller's agent, hashed here from its bytes."""
     import hashlib
 
-    from controller.agent_build import agent_zipapp
+    from kiln.controller.agent_build import agent_zipapp
 
     return hashlib.sha256(agent_zipapp()).hexdigest()
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from controller.engine import Engine, EngineError, image_prefix
+from kiln.controller.engine import Engine, EngineError, image_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -14,7 +13,7 @@ def test_a_missing_image_is_missing(engine):
 
 
 def test_an_image_that_exists_exists(engine):
-    from controller.engine import BASE_IMAGE
+    from kiln.controller.engine import BASE_IMAGE
 
     assert engine.image_exists(BASE_IMAGE) is True
 

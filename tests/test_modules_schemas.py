@@ -13,11 +13,10 @@ import shutil
 import subprocess
 
 import pytest
+from kiln.agent import checks as checks_pkg
+from kiln.agent import modules as modules_pkg
+from kiln.agent import schema as argschema
 from ruamel.yaml import YAML
-
-from agent import checks as checks_pkg
-from agent import modules as modules_pkg
-from agent import schema as argschema
 
 MODULES = modules_pkg.discover()
 CHECKS = checks_pkg.discover()
@@ -83,7 +82,7 @@ def python39_agent(tmp_path):
     python = _python39()
     if python is None:
         pytest.skip("no python3.9 here")
-    from controller.agent_build import agent_zipapp
+    from kiln.controller.agent_build import agent_zipapp
 
     pyz = tmp_path / "agent.pyz"
     pyz.write_bytes(agent_zipapp())

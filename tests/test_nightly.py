@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from kiln.controller.nightly import RoleReport, package_changes, render_markdown
 
-from controller.nightly import RoleReport, package_changes, render_markdown
 from tests.machines import SESSION, SESSION_LABEL
 from tests.playbooks import image_repo, invoke
 
@@ -48,7 +48,7 @@ def three_roles(root: Path) -> Path:
 
 def rebuild_test_base(engine, marker: str) -> None:
     """A 'new base release': the real base plus one file, under the test base's name."""
-    from controller.engine import BASE_IMAGE
+    from kiln.controller.engine import BASE_IMAGE
 
     name = f"kiln-test-basebuild-{marker}"
     engine.run("create", "--name", name, "--label", SESSION_LABEL, BASE_IMAGE, "/bin/true")
@@ -60,7 +60,7 @@ def rebuild_test_base(engine, marker: str) -> None:
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
-    from controller.engine import tar_of
+    from kiln.controller.engine import tar_of
 
     return tar_of({k: (v, 0o644) for k, v in files.items()})
 
@@ -270,9 +270,9 @@ def chains_playbooks(root: Path) -> Path:
 
 
 def test_shards_keep_chains_whole_cover_every_role_once_and_balance(tmp_path):
-    from controller.config import load_config
-    from controller.nightly import Shard, dependency_chains, shard_roles
-    from controller.stepfiles.compile import compile_role
+    from kiln.controller.config import load_config
+    from kiln.controller.nightly import Shard, dependency_chains, shard_roles
+    from kiln.controller.stepfiles.compile import compile_role
 
     playbooks = chains_playbooks(tmp_path)
     config = load_config(playbooks / "kiln.yaml")

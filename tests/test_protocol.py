@@ -8,9 +8,9 @@ import sys
 import types
 from pathlib import Path
 
-from agent.api import Context, Result
-from agent.protocol import Event, StepStatus, first, parse_lines
-from agent.runner import Runner
+from kiln.agent.api import Context, Result
+from kiln.agent.protocol import Event, StepStatus, first, parse_lines
+from kiln.agent.runner import Runner
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
-from agent.schema import Code, validate
-from controller.config import CONFIG_SCHEMA, load_config
-from controller.context import BakeOptions
-from controller.model import InvalidInput
-from controller.nightly import nightly
-from controller.schema_export import CONFIG_DOC_PATH, config_markdown, config_schema, file_schema
-from controller.stepfiles.compile import compile_role, list_roles
-from controller.stepfiles.loader import load_text
+from kiln.agent.schema import Code, validate
+from kiln.controller.config import CONFIG_SCHEMA, load_config
+from kiln.controller.context import BakeOptions
+from kiln.controller.model import InvalidInput
+from kiln.controller.nightly import nightly
+from kiln.controller.schema_export import CONFIG_DOC_PATH, config_markdown, config_schema, file_schema
+from kiln.controller.stepfiles.compile import compile_role, list_roles
+from kiln.controller.stepfiles.loader import load_text
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE_YML = "defaults:\n  n: 3\n"

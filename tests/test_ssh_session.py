@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
+from kiln.controller.bake import make_provider
+from kiln.controller.config import load_config
+from kiln.controller.context import BakeContext, BakeOptions
+from kiln.controller.ssh import CLOSE_SECONDS
+from kiln.controller.stages.allocate_version import AllocateVersion
+from kiln.controller.stages.connect import Connect
+from kiln.controller.stages.launch_instance import LaunchInstance
+from kiln.controller.stages.resolve_base import ResolveBase
+from kiln.controller.stepfiles.compile import compile_role
 
-from controller.bake import make_provider
-from controller.config import load_config
-from controller.context import BakeContext, BakeOptions
-from controller.ssh import CLOSE_SECONDS
-from controller.stages.allocate_version import AllocateVersion
-from controller.stages.connect import Connect
-from controller.stages.launch_instance import LaunchInstance
-from controller.stages.resolve_base import ResolveBase
-from controller.stepfiles.compile import compile_role
 from tests.playbooks import make_playbooks
 
 pytestmark = pytest.mark.slow

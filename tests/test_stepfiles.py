@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from controller.config import Config, load_config
-from controller.model import InvalidInput
-from controller.schema_export import file_schema, json_schema, reference_markdown
-from controller.stepfiles.compile import (
+from kiln.controller.config import Config, load_config
+from kiln.controller.model import InvalidInput
+from kiln.controller.schema_export import file_schema, json_schema, reference_markdown
+from kiln.controller.stepfiles.compile import (
     bundle_json,
     compile_role,
     list_roles,
@@ -22,8 +21,8 @@ from controller.stepfiles.compile import (
     resolve_variables,
     validate_roles,
 )
-from controller.stepfiles.loader import load_text
-from controller.stepfiles.validate import CONTROL_KEYS
+from kiln.controller.stepfiles.loader import load_text
+from kiln.controller.stepfiles.validate import CONTROL_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -734,8 +733,8 @@ def test_docs_step_files_md_is_current():
 
 
 def test_reference_lists_every_module_and_check():
-    from agent.checks import discover as checks
-    from agent.modules import discover as modules
+    from kiln.agent.checks import discover as checks
+    from kiln.agent.modules import discover as modules
 
     text = reference_markdown()
     for name in list(modules()) + list(checks()):
@@ -744,7 +743,7 @@ def test_reference_lists_every_module_and_check():
 
 def test_json_schema_is_valid_and_accepts_the_shipped_roles():
     jsonschema = pytest.importorskip("jsonschema")
-    from controller.stepfiles.loader import load_yaml
+    from kiln.controller.stepfiles.loader import load_yaml
 
     jsonschema.Draft202012Validator.check_schema(json_schema())
     for kind in ("steps", "handlers", "verify"):

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from kiln.controller.bake import with_build_settings
+from kiln.controller.config import load_config
+from kiln.controller.context import BakeOptions
+from kiln.controller.model import InvalidInput
+from kiln.controller.schema_export import DOC_PATH, json_schema
+from kiln.controller.stepfiles.compile import compile_role
 
-from controller.bake import with_build_settings
-from controller.config import load_config
-from controller.context import BakeOptions
-from controller.model import InvalidInput
-from controller.schema_export import DOC_PATH, json_schema
-from controller.stepfiles.compile import compile_role
 from tests.machines import AgentBox, steps_of, summary_of
 from tests.playbooks import REPO, build_ids, invoke, left_behind, make_playbooks
 
@@ -94,7 +94,7 @@ def test_bad_build_time_settings(tmp_path: Path, text: str, where: tuple[int, in
 
 
 def test_apply_bound_counts_every_step_at_its_limit():
-    from controller.stages.apply_steps import apply_bound
+    from kiln.controller.stages.apply_steps import apply_bound
 
     steps = [
         {"module": "command", "timeout": 5},

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from kiln.controller.ownership import BuildClaim, process_start_time
+from kiln.controller.providers.aws import make_aws_provider
+from kiln.controller.providers.base import ProviderError
+from kiln.controller.sandbox import local_images, sandbox_client
+from kiln.controller.stages.snapshot import Publish, Snapshot
 from structlog.testing import capture_logs
 
-from controller.ownership import BuildClaim, process_start_time
-from controller.providers.aws import make_aws_provider
-from controller.providers.base import ProviderError
-from controller.sandbox import local_images, sandbox_client
-from controller.stages.snapshot import Publish, Snapshot
 from tests.aws_harness import AL2023, RecordingPlane, context, session
 from tests.playbooks import REPO, invoke, make_playbooks
 from tests.test_aws_sandbox import leftovers, moto_url, nothing_left, sandbox_env  # noqa: F401 - shared fixtures
@@ -218,7 +218,7 @@ def test_a_reservation_holds_the_claim_until_the_build_deadline(endpoint, tmp_pa
 # --- the per-role lock -------------------------------------------------------------------------
 HOLDER = textwrap.dedent("""
     import sys, time
-    from controller.providers.aws import make_aws_provider
+    from kiln.controller.providers.aws import make_aws_provider
     from tests.aws_harness import RecordingPlane, session
     prov = make_aws_provider({"regions": ["us-east-1"]}, session=session(), data_plane=RecordingPlane())
     print(bool(prov.acquire_lock(sys.argv[1], "nightly-killed", wait=False)), flush=True)

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from kiln.controller.engine import BASE_IMAGE
 
-from controller.engine import BASE_IMAGE
 from tests.machines import SESSION, SESSION_LABEL, TEST_LABEL
 from tests.playbooks import REPO, build_ids, image_repo, invoke, make_playbooks
 
@@ -30,11 +30,11 @@ MARKER_STEPS = '- name: marker\n  copy: {content: "x\\n", dest: /etc/kiln-marker
 DRIVER = r"""
 import sys, time
 from pathlib import Path
-from controller import log
-from controller.bake import compile_for_bake, make_provider, new_build_id, stages_for, with_build_settings
-from controller.config import load_config
-from controller.context import BakeContext, BakeOptions
-from controller.pipeline import run_stages
+from kiln.controller import log
+from kiln.controller.bake import compile_for_bake, make_provider, new_build_id, stages_for, with_build_settings
+from kiln.controller.config import load_config
+from kiln.controller.context import BakeContext, BakeOptions
+from kiln.controller.pipeline import run_stages
 
 role, upto, gate = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 log.configure(json_output=True)  # log lines on stderr; stdout says where the bake holds
@@ -354,7 +354,7 @@ def test_keep_on_error_is_kept_until_its_deadline_and_destroy_removes_it(engine,
 
 LOCK_HOLDER = r"""
 import subprocess, sys, time
-from controller.providers.local import LocalProvider
+from kiln.controller.providers.local import LocalProvider
 provider = LocalProvider()
 lock = provider.acquire_lock(sys.argv[1], "nightly-test-holder", wait=False, ttl=float(sys.argv[2]))
 assert lock
@@ -396,7 +396,7 @@ def test_a_killed_nightly_lock_holder_is_taken_over_and_reported(engine, tmp_pat
 
 def test_a_lock_held_past_its_ttl_is_taken_over(tmp_path, monkeypatch):
     monkeypatch.setenv("KILN_STATE_DIR", str(tmp_path / "state"))
-    from controller.providers.local import LocalProvider
+    from kiln.controller.providers.local import LocalProvider
 
     holder = hold_lock(tmp_path, "web", ttl=2)
     try:

@@ -7,10 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from controller.config import Config
-from controller.stepfiles.compile import compile_role, validate_roles
-from controller.vault import PASSWORD_FILE_ENV, VaultError, decrypt
+from kiln.controller.config import Config
+from kiln.controller.stepfiles.compile import compile_role, validate_roles
+from kiln.controller.vault import PASSWORD_FILE_ENV, VaultError, decrypt
 
 ANSIBLE_VAULT = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "ansible-vault"
 

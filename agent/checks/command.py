@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from agent.api import Context, ModuleError, as_list, tail
+from ..api import Context, ModuleError, as_list, tail
 
 SCHEMA = {
     "description": "A (read-only) command exits with the wanted status and prints the given strings.",

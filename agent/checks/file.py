@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Tuple
 
-from agent.api import Context, as_list, parse_mode
-from agent.modules import file as filemod
+from ..api import Context, as_list, parse_mode
+from ..modules import file as filemod
 
 SCHEMA = {
     "description": "A path exists (or not) with the given type, mode, owner and group; a file contains strings.",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import grp
 from typing import Any, Dict, Tuple
 
-from agent.api import Context
+from ..api import Context
 
 SCHEMA = {
     "description": "A local group exists (or not) with the given gid.",

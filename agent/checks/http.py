@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, Tuple
 
-from agent.api import Context, as_list
+from ..api import Context, as_list
 
 SCHEMA = {
     "description": "An HTTP(S) URL answers with the wanted status and its body contains the given strings.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from agent.api import Context
+from ..api import Context
 
 SCHEMA = {
     "description": "A kernel parameter (sysctl) has the given live value.",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
-from agent.api import Context, ModuleError, as_list
-from agent.modules import package as pkgmod
+from ..api import Context, ModuleError, as_list
+from ..modules import package as pkgmod
 
 SCHEMA = {
     "description": "A package is installed (or not), optionally at one of the given versions.",

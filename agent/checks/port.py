@@ -14,7 +14,7 @@ import socket
 import struct
 from typing import Any, Dict, List, Tuple
 
-from agent.api import Context, ModuleError
+from ..api import Context, ModuleError
 
 SCHEMA = {
     "description": "A TCP (or UDP) port has a listening socket (or has none).",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from agent.api import Context
+from ..api import Context
 
 SCHEMA = {
     "description": "A systemd service is running (or not), and enabled at boot (or not).",

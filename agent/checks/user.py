@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from agent.api import Context
-from agent.modules.user import read_user
+from ..api import Context
+from ..modules.user import read_user
 
 SCHEMA = {
     "description": "A local user exists (or not) with the given uid, groups, shell and home.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Dict
 
-from agent.plugins import discover as _discover
+from ..plugins import discover as _discover
 
 
 def discover() -> Dict[str, ModuleType]:

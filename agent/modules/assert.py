@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result
+from ..api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Fail unless every expression in `that` is true.",
@@ -31,7 +31,7 @@ SCHEMA = {
 
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
-    from agent.templating import TemplateError, evaluate
+    from ..templating import TemplateError, evaluate
 
     for condition in params["that"]:
         try:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from agent import textfile
-from agent.api import Context, ModuleError, Result
-from agent.modules import line_in_file as lif
+from .. import textfile
+from ..api import Context, ModuleError, Result
+from ..modules import line_in_file as lif
 
 SCHEMA = {
     "description": "Insert, update or remove a block of lines between kiln's marker lines in a file.",

@@ -12,7 +12,7 @@ import os
 import shlex
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result
+from ..api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Run a command without a shell; skipped when `creates` exists or `removes` does not.",

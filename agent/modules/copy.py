@@ -17,8 +17,8 @@ import shutil
 import time
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
-from agent.modules import file as filemod
+from ..api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
+from ..modules import file as filemod
 
 SCHEMA = {
     "description": "Copy a file from the role's files/ (or inline content) to dest; written only when the "

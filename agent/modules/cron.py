@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from agent.api import Context, ModuleError, Result, require_command, unified_diff
+from ..api import Context, ModuleError, Result, require_command, unified_diff
 
 SCHEMA = {
     "description": "Add, change or remove a named job in a user's crontab.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from agent.api import Context, Result
+from ..api import Context, Result
 
 SCHEMA = {
     "description": "Show a message or a variable in the run's report; changes nothing.",
@@ -32,7 +32,7 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
     if params.get("var"):
-        from agent.templating import TemplateError, evaluate
+        from ..templating import TemplateError, evaluate
 
         try:
             value: Any = evaluate(params["var"], ctx.variables)

@@ -21,9 +21,9 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result, parse_mode
-from agent.modules import copy as copymod
-from agent.modules import file as filemod
+from ..api import Context, ModuleError, Result, parse_mode
+from ..modules import copy as copymod
+from ..modules import file as filemod
 
 SCHEMA = {
     "description": "Download a file over HTTP(S) to dest, verified by its sha256; skipped when dest already "

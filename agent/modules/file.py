@@ -14,7 +14,7 @@ import shutil
 import stat
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result, parse_mode
+from ..api import Context, ModuleError, Result, parse_mode
 
 SCHEMA = {
     "description": "Manage a path's type (file, directory, link, touch), mode and owner; or remove it.",

@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any, Dict, Optional
 
-from agent.api import Context, ModuleError, Result, require_command
+from ..api import Context, ModuleError, Result, require_command
 
 SCHEMA = {
     "description": "Clone a git repository and check out a branch, tag or commit; needs git on the box.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import grp
 from typing import Any, Dict
 
-from agent.api import Context, Result
+from ..api import Context, Result
 
 SCHEMA = {
     "description": "Create, change (gid) or remove a local group.",

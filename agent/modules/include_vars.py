@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result
+from ..api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Load variables from a vars file of the role (Ansible's include_vars).",
@@ -52,7 +52,7 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
 
 
 def parse(text: str, name: str) -> Dict[str, Any]:
-    from agent.ansible_jinja import FilterError, from_yaml
+    from ..ansible_jinja import FilterError, from_yaml
 
     try:
         loaded = json.loads(text)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List
 
-from agent import textfile
-from agent.api import Context, ModuleError, Result
+from .. import textfile
+from ..api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Ensure a line is present in (or absent from) a file, replacing the line a regexp matches.",

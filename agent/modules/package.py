@@ -17,7 +17,7 @@ import shutil
 import time
 from typing import Any, Dict, List, Tuple
 
-from agent.api import Context, ModuleError, Result, as_list
+from ..api import Context, ModuleError, Result, as_list
 
 SCHEMA = {
     "description": "Install (present), upgrade (latest) or remove (absent) packages with apt or dnf.",

@@ -20,7 +20,7 @@ import os
 import shutil
 from typing import Any, Dict, List, Tuple
 
-from agent.api import Context, ModuleError, Result
+from ..api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Gather the installed packages into ansible_facts.packages (Ansible's package_facts); "

@@ -31,8 +31,8 @@ import subprocess
 import time
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result
-from agent.protocol import REBOOT_REQUESTED
+from ..api import Context, ModuleError, Result
+from ..protocol import REBOOT_REQUESTED
 
 SCHEMA = {
     "description": "Reboot the machine once; the controller reconnects and the next step runs after the boot.",

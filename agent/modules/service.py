@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result
+from ..api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Manage a systemd service: started/stopped/restarted/reloaded, enabled at boot or not.",

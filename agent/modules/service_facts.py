@@ -18,7 +18,7 @@ import re
 import shutil
 from typing import Any, Dict
 
-from agent.api import Context, Result
+from ..api import Context, Result
 
 SCHEMA = {
     "description": "Gather the box's services into ansible_facts.services (Ansible's service_facts); changes nothing.",

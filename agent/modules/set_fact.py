@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from agent.api import Context, Result
+from ..api import Context, Result
 
 SCHEMA = {
     "description": "Set variables for later steps, templates and verify.yml (Ansible's set_fact).",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from agent.api import Context, Result
-from agent.modules import command
+from ..api import Context, Result
+from ..modules import command
 
 SCHEMA = dict(
     command.SCHEMA,

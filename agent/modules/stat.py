@@ -21,7 +21,7 @@ import shutil
 import stat as st_mode
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result
+from ..api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Read a path's facts (Ansible's stat) into the registered result's `stat`; changes nothing.",

@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional
 
-from agent.api import Context, ModuleError, Result, atomic_write, unified_diff
+from ..api import Context, ModuleError, Result, atomic_write, unified_diff
 
 SCHEMA = {
     "description": "Set a kernel parameter (sysctl) in a sysctl.d file and, with reload, live.",

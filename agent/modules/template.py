@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from agent.api import Context, ModuleError, Result
-from agent.modules import copy as copymod
-from agent.templating import render_file
+from ..api import Context, ModuleError, Result
+from ..modules import copy as copymod
+from ..templating import render_file
 
 # the arguments template shares with copy (only some descriptions differ)
 _COPY_ARGS = copymod.SCHEMA["args"]

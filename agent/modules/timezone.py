@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-from agent.api import Context, ModuleError, Result, atomic_write
+from ..api import Context, ModuleError, Result, atomic_write
 
 ZONEINFO = "/usr/share/zoneinfo"
 LOCALTIME = "/etc/localtime"

@@ -21,7 +21,7 @@ import tarfile
 import zipfile
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from agent.api import Context, ModuleError, Result
+from ..api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Unpack a tar or zip archive from the role's files/ into an existing directory, when its "

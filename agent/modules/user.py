@@ -14,7 +14,7 @@ import grp
 import pwd
 from typing import Any, Dict, List
 
-from agent.api import Context, ModuleError, Result
+from ..api import Context, ModuleError, Result
 
 SCHEMA = {
     "description": "Create, change or remove a local user account.",

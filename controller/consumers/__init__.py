@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
-from controller.consumers import gitops, instance_refresh, launch_templates
-from controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader, arch_of, by_region
-from controller.consumers.gitops import GitopsSetting, GitopsWrite
-from controller.consumers.instance_refresh import InstanceRefreshSetting, Refresh
-from controller.consumers.launch_templates import LaunchTemplateSetting, TemplateVersion
-from controller.model import Diagnostic, Image, InvalidInput
-from controller.versions import sort_key
+from kiln.controller.consumers import gitops, instance_refresh, launch_templates
+from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader, arch_of, by_region
+from kiln.controller.consumers.gitops import GitopsSetting, GitopsWrite
+from kiln.controller.consumers.instance_refresh import InstanceRefreshSetting, Refresh
+from kiln.controller.consumers.launch_templates import LaunchTemplateSetting, TemplateVersion
+from kiln.controller.model import Diagnostic, Image, InvalidInput
+from kiln.controller.versions import sort_key
 
 log = structlog.get_logger("kiln.consumers")
 
@@ -321,7 +320,7 @@ def _move_latest(
 
 def settings_for(config: Any, playbooks_dir: Path, role: str) -> PublishSettings:
     """kiln.yaml's ``providers.aws.publish`` overridden by ``publish:`` in the role's role.yml."""
-    from controller.stepfiles.loader import load_yaml
+    from kiln.controller.stepfiles.loader import load_yaml
 
     raw = (config.provider("aws") or {}).get("publish")
     settings = parse_publish(raw, config.diagnostic, KILN_YAML_PATH)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agent.schema import did_you_mean
-from controller.model import Diagnostic, Image
-from controller.providers.base import ProviderError
+from kiln.agent.schema import did_you_mean
+from kiln.controller.model import Diagnostic, Image
+from kiln.controller.providers.base import ProviderError
 
 DiagFn = Callable[[tuple[Any, ...], str], Diagnostic]
 DEFAULT_ARCH = "x86_64"

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
-from controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader, arch_of
-from controller.model import Diagnostic, Image
+from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader, arch_of
+from kiln.controller.model import Diagnostic, Image
 
 log = structlog.get_logger("kiln.consumers")
 

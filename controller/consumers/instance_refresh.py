@@ -14,10 +14,9 @@ from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError
-
-from controller.consumers.common import ConsumerError, DiagFn, Reader
-from controller.consumers.launch_templates import TemplateVersion
-from controller.model import Diagnostic
+from kiln.controller.consumers.common import ConsumerError, DiagFn, Reader
+from kiln.controller.consumers.launch_templates import TemplateVersion
+from kiln.controller.model import Diagnostic
 
 log = structlog.get_logger("kiln.consumers")
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError
-
-from controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader
-from controller.model import Diagnostic
-from controller.providers.aws.tags import error_code
+from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader
+from kiln.controller.model import Diagnostic
+from kiln.controller.providers.aws.tags import error_code
 
 log = structlog.get_logger("kiln.consumers")
 

@@ -15,19 +15,19 @@ from typing import Any
 
 
 def _local(settings: dict[str, Any], config: Any, builds_dir: Path, sandbox: bool) -> Any:
-    from controller.providers.local import make_local_provider
+    from kiln.controller.providers.local import make_local_provider
 
     return make_local_provider(settings, config=config, state_dir=builds_dir)
 
 
 def _aws(settings: dict[str, Any], config: Any, builds_dir: Path, sandbox: bool) -> Any:
-    from controller.providers.aws import make_aws_provider
+    from kiln.controller.providers.aws import make_aws_provider
 
     return make_aws_provider(settings, sandbox=sandbox, state_dir=builds_dir, config=config)
 
 
 def _ssh(settings: dict[str, Any], config: Any, builds_dir: Path, sandbox: bool) -> Any:
-    from controller.providers.ssh import make_ssh_provider
+    from kiln.controller.providers.ssh import make_ssh_provider
 
     return make_ssh_provider(settings, config=config)
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.schema import did_you_mean
-from controller.declared import check_document
-from controller.model import Diagnostic, InvalidInput
+from kiln.agent.schema import did_you_mean
+from kiln.controller.declared import check_document
+from kiln.controller.model import Diagnostic, InvalidInput
 
 ADDRESS_KINDS = ("public_ip", "private_ip", "public_dns", "private_dns")
 HOST_KEY_POLICIES = ("warn", "refuse")

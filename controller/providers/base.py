@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from controller.model import BaseImage, Image, Machine, Publication, PublishSpec
-from controller.ownership import BuildClaim
+from kiln.controller.model import BaseImage, Image, Machine, Publication, PublishSpec
+from kiln.controller.ownership import BuildClaim
 
 if TYPE_CHECKING:
-    from controller.ssh import HostKeyExpectation, KeyPair
+    from kiln.controller.ssh import HostKeyExpectation, KeyPair
 
 
 class ProviderError(RuntimeError):

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
-from controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH, Engine, EngineError, image_prefix
-from controller.model import BaseImage, Image, Machine, Publication, PublishSpec
-from controller.ownership import BuildClaim
-from controller.providers.base import ImageSpec, Lock, MachineSpec, ProviderError
-from controller.ssh import HostKeyExpectation, KeyPair
-from controller.versions import next_version, sort_key
+from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH, Engine, EngineError, image_prefix
+from kiln.controller.model import BaseImage, Image, Machine, Publication, PublishSpec
+from kiln.controller.ownership import BuildClaim
+from kiln.controller.providers.base import ImageSpec, Lock, MachineSpec, ProviderError
+from kiln.controller.ssh import HostKeyExpectation, KeyPair
+from kiln.controller.versions import next_version, sort_key
 
 log = structlog.get_logger("kiln.local")
 
@@ -234,7 +233,7 @@ class LocalProvider:
         try:
             return self._launch(spec, name)
         except BaseException:  # noqa: B036 - an interrupt too: what was made goes, a second signal waits
-            from controller.pipeline import signals_deferred
+            from kiln.controller.pipeline import signals_deferred
 
             with signals_deferred():
                 self.engine.remove_container(name)

@@ -26,10 +26,9 @@ from typing import Any
 
 import paramiko
 import structlog
-
-from controller.model import BaseImage, Diagnostic, InvalidInput, Machine
-from controller.providers.base import MachineSpec, ProviderError, ssh_answers
-from controller.ssh import HostKeyExpectation, KeyPair, fingerprint_of
+from kiln.controller.model import BaseImage, Diagnostic, InvalidInput, Machine
+from kiln.controller.providers.base import MachineSpec, ProviderError, ssh_answers
+from kiln.controller.ssh import HostKeyExpectation, KeyPair, fingerprint_of
 
 log = structlog.get_logger("kiln.ssh-provider")
 

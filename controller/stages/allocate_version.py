@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import structlog
-
-from controller.context import BakeContext
-from controller.ownership import BuildClaim
+from kiln.controller.context import BakeContext
+from kiln.controller.ownership import BuildClaim
 
 log = structlog.get_logger("kiln.stage")
 

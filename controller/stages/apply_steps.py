@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-
-from agent.protocol import Event, StepStatus
-from controller.context import BakeContext, StepCounts
-from controller.pipeline import BakeFailed
-from controller.remote import BUNDLE, RunLost, agent_command, box_agent, log_step, run_agent
-from controller.stages.verify import BUILD_CHECKS, checks_on, log_check
+from kiln.agent.protocol import Event, StepStatus
+from kiln.controller.context import BakeContext, StepCounts
+from kiln.controller.pipeline import BakeFailed
+from kiln.controller.remote import BUNDLE, RunLost, agent_command, box_agent, log_step, run_agent
+from kiln.controller.stages.verify import BUILD_CHECKS, checks_on, log_check
 
 log = structlog.get_logger("kiln.stage")
 

@@ -25,12 +25,11 @@ import time
 from collections.abc import Callable
 
 import structlog
-
-from controller.context import BakeContext
-from controller.pipeline import BakeFailed, Interrupted, Stage, run_stages
-from controller.stages.allocate_version import AllocateVersion
-from controller.stages.resolve_base import ResolveBase, resolve
-from controller.stages.snapshot import Publish
+from kiln.controller.context import BakeContext
+from kiln.controller.pipeline import BakeFailed, Interrupted, Stage, run_stages
+from kiln.controller.stages.allocate_version import AllocateVersion
+from kiln.controller.stages.resolve_base import ResolveBase, resolve
+from kiln.controller.stages.snapshot import Publish
 
 log = structlog.get_logger("kiln.stage")
 

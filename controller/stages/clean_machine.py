@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import structlog
-
-from agent.protocol import Event, first, parse_lines
-from controller.context import BakeContext
-from controller.pipeline import BakeFailed
-from controller.remote import AGENT, RUN_DIR, as_root
+from kiln.agent.protocol import Event, first, parse_lines
+from kiln.controller.context import BakeContext
+from kiln.controller.pipeline import BakeFailed
+from kiln.controller.remote import AGENT, RUN_DIR, as_root
 
 log = structlog.get_logger("kiln.stage")
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import structlog
-
-from controller.context import BakeContext
-from controller.ssh import KeyPair
+from kiln.controller.context import BakeContext
+from kiln.controller.ssh import KeyPair
 
 log = structlog.get_logger("kiln.stage")
 

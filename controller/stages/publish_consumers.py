@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-
-from controller import consumers
-from controller.consumers import ConsumerReport, PublishSettings
-from controller.context import BakeContext
+from kiln.controller import consumers
+from kiln.controller.consumers import ConsumerReport, PublishSettings
+from kiln.controller.context import BakeContext
 
 log = structlog.get_logger("kiln.stage")
 

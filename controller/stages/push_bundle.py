@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import structlog
-
-from agent.protocol import Event
-from controller.context import BakeContext
-from controller.remote import agent_command, box_agent, run_agent, stage_bundle
-from controller.stepfiles.compile import bundle_json
+from kiln.agent.protocol import Event
+from kiln.controller.context import BakeContext
+from kiln.controller.remote import agent_command, box_agent, run_agent, stage_bundle
+from kiln.controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
 
@@ -54,7 +53,7 @@ class PushBundle:
     name = "push agent and bundle"
 
     def run(self, ctx: BakeContext) -> None:
-        from controller.stages.apply_steps import folded_parts
+        from kiln.controller.stages.apply_steps import folded_parts
 
         box = box_agent(ctx)
         box.later_parts = folded_parts(ctx)  # the idempotence check and verify ride in the apply's exec
@@ -64,7 +63,7 @@ class PushBundle:
         rc, events, stderr = run_agent(ctx, agent_command(ctx, "facts"), lambda e: None, timeout=PUSH_TIMEOUT)
         facts = next((e["facts"] for e in events if e.get("event") == Event.FACTS), None)
         if rc != 0 or facts is None:
-            from controller.pipeline import BakeFailed
+            from kiln.controller.pipeline import BakeFailed
 
             raise BakeFailed(f"agent could not start on the box (exit {rc}): {stderr.strip()[-800:]}")
         ctx.facts = facts

@@ -5,9 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import structlog
-
-from controller import manifest
-from controller.context import BakeContext, inventory_bytes
+from kiln.controller import manifest
+from kiln.controller.context import BakeContext, inventory_bytes
 
 log = structlog.get_logger("kiln.stage")
 

@@ -6,10 +6,9 @@ import hashlib
 from pathlib import Path
 
 import structlog
-
-from controller.context import BakeContext
-from controller.model import Diagnostic, InvalidInput
-from controller.providers.base import UnknownBase
+from kiln.controller.context import BakeContext
+from kiln.controller.model import Diagnostic, InvalidInput
+from kiln.controller.providers.base import UnknownBase
 
 log = structlog.get_logger("kiln.stage")
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import structlog
-
-from controller.context import BakeContext
-from controller.model import Image, Publication
-from controller.providers.base import ImageLeftToSweep
+from kiln.controller.context import BakeContext
+from kiln.controller.model import Image, Publication
+from kiln.controller.providers.base import ImageLeftToSweep
 
 log = structlog.get_logger("kiln.stage")
 

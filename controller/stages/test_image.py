@@ -15,15 +15,14 @@ import dataclasses
 import time
 
 import structlog
-
-from controller.context import BakeContext, StepCounts
-from controller.model import BaseImage
-from controller.remote import BUNDLE, agent_command, bundle_tar
-from controller.ssh import KeyPair
-from controller.stages.connect import Connect
-from controller.stages.push_bundle import extra_vars
-from controller.stages.verify import checks_on, run_checks
-from controller.stepfiles.compile import bundle_json
+from kiln.controller.context import BakeContext, StepCounts
+from kiln.controller.model import BaseImage
+from kiln.controller.remote import BUNDLE, agent_command, bundle_tar
+from kiln.controller.ssh import KeyPair
+from kiln.controller.stages.connect import Connect
+from kiln.controller.stages.push_bundle import extra_vars
+from kiln.controller.stages.verify import checks_on, run_checks
+from kiln.controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
 

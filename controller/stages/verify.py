@@ -10,11 +10,10 @@ import json
 from typing import Any
 
 import structlog
-
-from agent.protocol import CheckStatus, Event
-from controller.context import BakeContext
-from controller.pipeline import BakeFailed
-from controller.remote import BUNDLE, agent_command, as_root, run_agent
+from kiln.agent.protocol import CheckStatus, Event
+from kiln.controller.context import BakeContext
+from kiln.controller.pipeline import BakeFailed
+from kiln.controller.remote import BUNDLE, agent_command, as_root, run_agent
 
 log = structlog.get_logger("kiln.stage")
 
@@ -88,7 +87,7 @@ class Verify:
         if not checks_on(ctx.compiled.checks, "build"):
             log.info("every check is for the image (on: image): none on the build machine")
             return
-        from controller.stages.apply_steps import take_part
+        from kiln.controller.stages.apply_steps import take_part
 
         part = take_part(ctx, self.name)
         if part is None:

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.checks import discover as discover_checks
-from agent.modules import discover as discover_modules
-from agent.templating import render
-from controller.config import PROVIDERS, Config
-from controller.model import CompiledRole, Diagnostic, InvalidInput
-from controller.stepfiles.loader import Document, RoleTree, display_path, load_yaml, scan_role
-from controller.stepfiles.validate import (
+from kiln.agent.checks import discover as discover_checks
+from kiln.agent.modules import discover as discover_modules
+from kiln.agent.templating import render
+from kiln.controller.config import PROVIDERS, Config
+from kiln.controller.model import CompiledRole, Diagnostic, InvalidInput
+from kiln.controller.stepfiles.loader import Document, RoleTree, display_path, load_yaml, scan_role
+from kiln.controller.stepfiles.validate import (
     BUILTIN_NAMES,
     IDENTIFIER,
     JINJA_GLOBALS,
@@ -264,7 +264,7 @@ def _variables(doc: Document | None, problems: list[Diagnostic]) -> dict[str, An
 
 def _decrypted(doc: Document, path: tuple[Any, ...], value: Any, problems: list[Diagnostic]) -> Any:
     """``value`` with every ``!vault`` scalar in it decrypted (a problem where that cannot be done)."""
-    from controller import vault
+    from kiln.controller import vault
 
     if isinstance(value, dict):
         return {k: _decrypted(doc, path + (k,), v, problems) for k, v in value.items()}
@@ -391,7 +391,7 @@ def _role_files(src: RoleSource) -> dict[str, bytes]:
 def _content_hash(
     sources: dict[str, RoleSource], chain: list[str], variables: dict[str, Any], provider: str, selection: list[str]
 ) -> str:
-    from controller.agent_build import agent_version
+    from kiln.controller.agent_build import agent_version
 
     digest = hashlib.sha256()
     entries = []
@@ -555,7 +555,7 @@ def _compile(
 
 def _vault_values(variables: dict[str, Any], sources: dict[str, RoleSource], chain: list[str]) -> set[str]:
     """Every decrypted vault value (variables and vars/ files): redacted everywhere, as no_log values."""
-    from controller.vault import VaultSecret
+    from kiln.controller.vault import VaultSecret
 
     found: set[str] = set()
     todo: list[Any] = [variables] + [sources[name].vars_files for name in chain]
@@ -653,7 +653,7 @@ __all__ = [
 
 
 def _undeclared_in(value: Any) -> set[str]:
-    from agent.templating import undeclared
+    from kiln.agent.templating import undeclared
 
     if isinstance(value, dict):
         return set().union(*(_undeclared_in(v) for v in value.values())) if value else set()

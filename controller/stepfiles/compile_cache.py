@@ -174,8 +174,8 @@ def compile_cached(
     found = cache.load(key, roles_dir)
     if found is not None:
         return found[0], found[1], True
-    from controller.config import load_config
-    from controller.stepfiles.compile import compile_role
+    from kiln.controller.config import load_config
+    from kiln.controller.stepfiles.compile import compile_role
 
     config = config if config is not None else load_config(config_path)
     started = time.time_ns()

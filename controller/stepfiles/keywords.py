@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.schema import BOOL_WORDS, check_value
-from agent.templating import ENV
+from kiln.agent.schema import BOOL_WORDS, check_value
+from kiln.agent.templating import ENV
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 JINJA_GLOBALS = frozenset(ENV.globals) | {"range", "dict", "lipsum", "cycler", "joiner", "namespace"}

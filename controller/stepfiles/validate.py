@@ -28,14 +28,13 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2 import nodes
-
-from agent import schema as argschema
-from agent.schema import Code
-from agent.templating import ENV, WHOLE_EXPRESSION, template_path
-from controller.model import Diagnostic
-from controller.stepfiles import ansible
-from controller.stepfiles.ansible import REFUSED_KEYWORDS
-from controller.stepfiles.keywords import (
+from kiln.agent import schema as argschema
+from kiln.agent.schema import Code
+from kiln.agent.templating import ENV, WHOLE_EXPRESSION, template_path
+from kiln.controller.model import Diagnostic
+from kiln.controller.stepfiles import ansible
+from kiln.controller.stepfiles.ansible import REFUSED_KEYWORDS
+from kiln.controller.stepfiles.keywords import (
     BLOCK_KEYS,
     CHECK_KEYWORDS,
     CHECK_ON,
@@ -48,7 +47,7 @@ from controller.stepfiles.keywords import (
     STEP_KEYS,
     judge,
 )
-from controller.stepfiles.loader import PLAIN, Document, RoleTree, display_path, kind_of, load_yaml
+from kiln.controller.stepfiles.loader import PLAIN, Document, RoleTree, display_path, kind_of, load_yaml
 
 FACTS = (
     "os_family",

@@ -25,23 +25,22 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError
-
-from controller.model import BaseImage, Diagnostic, Image, InvalidInput, Machine, Publication, PublishSpec
-from controller.ownership import BuildClaim
-from controller.providers.aws.api import AwsApi
-from controller.providers.aws.base_image import BaseImages
-from controller.providers.aws.copies import Copies
-from controller.providers.aws.data_plane import DataPlane
-from controller.providers.aws.image import Amis, ImageWaitTimeout
-from controller.providers.aws.instance import HYGIENE, Instances
-from controller.providers.aws.latest import Latest
-from controller.providers.aws.locks import Locks
-from controller.providers.aws.security_group import SecurityGroups
-from controller.providers.aws.settings import parse_settings
-from controller.providers.aws.sweep import Sweeper
-from controller.providers.aws.versions import Versions
-from controller.providers.base import ImageSpec, Lock, MachineSpec
-from controller.ssh import HostKeyExpectation
+from kiln.controller.model import BaseImage, Diagnostic, Image, InvalidInput, Machine, Publication, PublishSpec
+from kiln.controller.ownership import BuildClaim
+from kiln.controller.providers.aws.api import AwsApi
+from kiln.controller.providers.aws.base_image import BaseImages
+from kiln.controller.providers.aws.copies import Copies
+from kiln.controller.providers.aws.data_plane import DataPlane
+from kiln.controller.providers.aws.image import Amis, ImageWaitTimeout
+from kiln.controller.providers.aws.instance import HYGIENE, Instances
+from kiln.controller.providers.aws.latest import Latest
+from kiln.controller.providers.aws.locks import Locks
+from kiln.controller.providers.aws.security_group import SecurityGroups
+from kiln.controller.providers.aws.settings import parse_settings
+from kiln.controller.providers.aws.sweep import Sweeper
+from kiln.controller.providers.aws.versions import Versions
+from kiln.controller.providers.base import ImageSpec, Lock, MachineSpec
+from kiln.controller.ssh import HostKeyExpectation
 
 __all__ = ["AwsProvider", "ImageWaitTimeout", "make_aws_provider"]
 
@@ -66,7 +65,7 @@ def make_aws_provider(
 
     parsed = parse_settings(settings, diag)
     if sandbox:
-        from controller.sandbox import make_sandbox_provider
+        from kiln.controller.sandbox import make_sandbox_provider
 
         return make_sandbox_provider(parsed, Path(state_dir))
     if session is None:

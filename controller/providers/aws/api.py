@@ -12,11 +12,10 @@ import boto3
 import structlog
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
-
-from controller.providers.aws.data_plane import CloudDataPlane, DataPlane
-from controller.providers.aws.settings import AwsSettings
-from controller.providers.aws.tags import ARCH, BUILD_ID, EXPIRES, ROLE, TEMPORARY, error_code, iso, kiln_version
-from controller.providers.base import MachineSpec
+from kiln.controller.providers.aws.data_plane import CloudDataPlane, DataPlane
+from kiln.controller.providers.aws.settings import AwsSettings
+from kiln.controller.providers.aws.tags import ARCH, BUILD_ID, EXPIRES, ROLE, TEMPORARY, error_code, iso, kiln_version
+from kiln.controller.providers.base import MachineSpec
 
 log = structlog.get_logger("kiln.aws")
 

@@ -10,17 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError
-
-from controller.model import BaseImage
-from controller.providers.aws.tags import (
+from kiln.controller.model import BaseImage
+from kiln.controller.providers.aws.tags import (
     DEFAULT_ARCH,
     error_code,
     now_utc,
 )
-from controller.providers.base import ProviderError, UnknownBase
+from kiln.controller.providers.base import ProviderError, UnknownBase
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.api import AwsApi
 
 log = structlog.get_logger("kiln.aws")
 

@@ -9,7 +9,7 @@ import re
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
-from controller.ssh import fingerprint_of
+from kiln.controller.ssh import fingerprint_of
 
 # --- host keys printed by cloud-init ----------------------------------------------------
 FINGERPRINTS_BEGIN = "-----BEGIN SSH HOST KEY FINGERPRINTS-----"

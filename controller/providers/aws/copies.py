@@ -8,10 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import structlog
-
-from controller.model import Image, Publication, PublishSpec
-from controller.providers.aws.image import AmiRecord, arch_of, arch_suffix
-from controller.providers.aws.tags import (
+from kiln.controller.model import Image, Publication, PublishSpec
+from kiln.controller.providers.aws.image import AmiRecord, arch_of, arch_suffix
+from kiln.controller.providers.aws.tags import (
     DEFAULT_ARCH,
     iso,
     now_utc,
@@ -21,7 +20,7 @@ from controller.providers.aws.tags import (
 )
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.api import AwsApi
 
 log = structlog.get_logger("kiln.aws")
 

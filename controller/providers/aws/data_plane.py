@@ -10,7 +10,7 @@ import socket
 import urllib.request
 from typing import Protocol
 
-from controller.providers.base import ssh_answers  # noqa: F401 - the reboot wait's probe, here as ever
+from kiln.controller.providers.base import ssh_answers  # noqa: F401 - the reboot wait's probe, here as ever
 
 
 # --- the data plane --------------------------------------------------------------------
@@ -72,7 +72,7 @@ class CloudDataPlane:
 
                 ipaddress.ip_network(network)
             except (OSError, ValueError) as exc:
-                from controller.providers.base import ProviderError
+                from kiln.controller.providers.base import ProviderError
 
                 raise ProviderError(
                     f"could not find this controller's {kind} address for the temporary "

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError, WaiterError
-
-from controller import manifest
-from controller.model import Image, Machine
-from controller.providers.aws.tags import (
+from kiln.controller import manifest
+from kiln.controller.model import Image, Machine
+from kiln.controller.providers.aws.tags import (
     ARCH,
     BUILD_ID,
     DEFAULT_ARCH,
@@ -29,12 +28,12 @@ from controller.providers.aws.tags import (
     tags_of,
     unimplemented,
 )
-from controller.providers.base import ImageLeftToSweep, ImageSpec, ProviderError
-from controller.versions import sort_key
+from kiln.controller.providers.base import ImageLeftToSweep, ImageSpec, ProviderError
+from kiln.controller.versions import sort_key
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
-    from controller.providers.aws.instance import AwsInstance
+    from kiln.controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.instance import AwsInstance
 
 log = structlog.get_logger("kiln.aws")
 
@@ -371,7 +370,7 @@ class Amis:
         """Per region keep the newest ``keep`` versions (``retention`` overrides); never what a latest
         parameter (any architecture) or a launch template's default version names, nor an AMI still
         pending. Older ones are deprecated, deregistered, their snapshots deleted."""
-        from controller import consumers
+        from kiln.controller import consumers
 
         keep = self.api.settings.retention or keep
         images = [i for i in self.images(role) if i.status != "pending"]

@@ -9,24 +9,23 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError, WaiterError
-
-from controller.model import Machine
-from controller.pipeline import run_stages
-from controller.providers.aws.cloud_init import console_fingerprints, user_data
-from controller.providers.aws.key_pair import KeyPairStep, delete_key_pair
-from controller.providers.aws.security_group import SecurityGroupStep
-from controller.providers.aws.tags import (
+from kiln.controller.model import Machine
+from kiln.controller.pipeline import run_stages
+from kiln.controller.providers.aws.cloud_init import console_fingerprints, user_data
+from kiln.controller.providers.aws.key_pair import KeyPairStep, delete_key_pair
+from kiln.controller.providers.aws.security_group import SecurityGroupStep
+from kiln.controller.providers.aws.tags import (
     ARCH,
     BUILD_ID,
     CAPACITY_ERRORS,
     error_code,
     tag_spec,
 )
-from controller.providers.base import MachineSpec, ProviderError, ssh_answers
-from controller.ssh import HostKeyExpectation
+from kiln.controller.providers.base import MachineSpec, ProviderError, ssh_answers
+from kiln.controller.ssh import HostKeyExpectation
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.api import AwsApi
 
 log = structlog.get_logger("kiln.aws")
 

@@ -6,12 +6,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import ClientError
-
-from controller.providers.aws.tags import error_code, tag_spec
+from kiln.controller.providers.aws.tags import error_code, tag_spec
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
-    from controller.providers.aws.instance import Launch
+    from kiln.controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.instance import Launch
 
 log = structlog.get_logger("kiln.aws")
 

@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import ClientError
-
-from controller.model import Image, Publication, PublishSpec
-from controller.ownership import BuildClaim
-from controller.providers.aws.image import arch_of
-from controller.providers.aws.tags import (
+from kiln.controller.model import Image, Publication, PublishSpec
+from kiln.controller.ownership import BuildClaim
+from kiln.controller.providers.aws.image import arch_of
+from kiln.controller.providers.aws.tags import (
     VERSION,
     claim_value,
     error_code,
@@ -26,11 +25,11 @@ from controller.providers.aws.tags import (
     stale_reason,
     tags_of,
 )
-from controller.providers.base import ProviderError
-from controller.versions import sort_key
+from kiln.controller.providers.base import ProviderError
+from kiln.controller.versions import sort_key
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.api import AwsApi
 
 log = structlog.get_logger("kiln.aws")
 

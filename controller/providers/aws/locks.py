@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import ClientError
-
-from controller.ownership import BuildClaim
-from controller.providers.aws.tags import (
+from kiln.controller.ownership import BuildClaim
+from kiln.controller.providers.aws.tags import (
     claim_value,
     error_code,
     lock_parameter,
@@ -20,10 +19,10 @@ from controller.providers.aws.tags import (
     read_claim,
     stale_reason,
 )
-from controller.providers.base import Lock, ProviderError
+from kiln.controller.providers.base import Lock, ProviderError
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.api import AwsApi
 
 log = structlog.get_logger("kiln.aws")
 

@@ -6,15 +6,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import ClientError
-
-from controller.providers.aws.tags import (
+from kiln.controller.providers.aws.tags import (
     error_code,
     tag_spec,
 )
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
-    from controller.providers.aws.instance import AwsInstance, Launch
+    from kiln.controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.instance import AwsInstance, Launch
 
 log = structlog.get_logger("kiln.aws")
 

@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import WaiterError
-
-from controller.providers.aws.instance import LIVE_STATES
-from controller.providers.aws.tags import (
+from kiln.controller.providers.aws.instance import LIVE_STATES
+from kiln.controller.providers.aws.tags import (
     BUILD_ID,
     ROLE,
     TEMPORARY,
@@ -20,7 +19,7 @@ from controller.providers.aws.tags import (
 )
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.api import AwsApi
 
 log = structlog.get_logger("kiln.aws")
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
-
-from controller.ownership import BuildClaim
+from kiln.controller.ownership import BuildClaim
 
 TEMPORARY = "kiln:temporary"
 BUILD_ID = "kiln:build-id"

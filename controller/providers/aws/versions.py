@@ -6,9 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError
-
-from controller.ownership import BuildClaim
-from controller.providers.aws.tags import (
+from kiln.controller.ownership import BuildClaim
+from kiln.controller.providers.aws.tags import (
     BUILD_ID,
     ROLE,
     VERSION,
@@ -18,11 +17,11 @@ from controller.providers.aws.tags import (
     tags_of,
     versions_path,
 )
-from controller.providers.base import ProviderError
-from controller.versions import next_version
+from kiln.controller.providers.base import ProviderError
+from kiln.controller.versions import next_version
 
 if TYPE_CHECKING:
-    from controller.providers.aws.api import AwsApi
+    from kiln.controller.providers.aws.api import AwsApi
 
 log = structlog.get_logger("kiln.aws")
 
