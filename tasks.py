@@ -343,6 +343,7 @@ def promote(c, role, version, provider="aws", sandbox=False, json=False):
     """Point latest, the launch templates, the instance refresh and the git-ops file at a retained version."""
     _setup(json)
     from botocore.exceptions import BotoCoreError, ClientError
+
     from kiln.controller.config import load_config
     from kiln.controller.consumers import NotRetained, settings_for
     from kiln.controller.consumers import promote as run_promote

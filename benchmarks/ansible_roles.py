@@ -23,7 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kiln.controller.engine import Engine  # noqa: E402
-
 from tests.ansible_diff import Comparison, compare_role, workdir  # noqa: E402
 from tests.machines import ensure_base_image  # noqa: E402
 

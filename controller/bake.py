@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from kiln.controller.config import Config, load_config
 from kiln.controller.context import BakeContext, BakeOptions
 from kiln.controller.model import CompiledRole, Image, InvalidInput
@@ -127,6 +128,7 @@ def consumers_stage(provider: Provider, config: Config, role: str, options: Bake
     if provider.name != "aws":
         return None
     from botocore.exceptions import BotoCoreError, ClientError
+
     from kiln.controller import consumers
 
     settings = consumers.settings_for(config, options.playbooks_dir, role)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from kiln.controller.context import BakeContext, BakeOptions
 from kiln.controller.model import Diagnostic, InvalidInput, Machine
 from kiln.controller.pipeline import run_stages

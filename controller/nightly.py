@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from kiln.controller.bake import bake, make_provider
 from kiln.controller.config import Config, load_config
 from kiln.controller.context import BakeOptions

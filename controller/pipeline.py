@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 import structlog
+
 from kiln.controller.context import BakeContext
 
 log = structlog.get_logger("kiln.pipeline")

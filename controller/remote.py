@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+
 from kiln.agent.protocol import Event, StepStatus
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed

@@ -42,6 +42,7 @@ import boto3
 import structlog
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+
 from kiln.controller.engine import BASE_IMAGE, Engine, EngineError, image_prefix
 from kiln.controller.ownership import BuildClaim
 from kiln.controller.providers.aws import AwsProvider

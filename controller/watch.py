@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from kiln.agent.protocol import Event
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed

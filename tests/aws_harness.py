@@ -14,6 +14,7 @@ import boto3
 import botocore.loaders
 import botocore.session
 from botocore.awsrequest import AWSResponse
+
 from kiln.controller.context import BakeContext, BakeOptions
 from kiln.controller.model import CompiledRole
 from kiln.controller.providers.aws import AwsProvider, make_aws_provider

@@ -5,8 +5,8 @@ import shutil
 import tempfile
 
 import pytest
-from kiln.controller.engine import Engine, image_prefix
 
+from kiln.controller.engine import Engine, image_prefix
 from tests.machines import SESSION, SESSION_LABEL, AgentBox, ensure_base_image
 
 # Set at import, so every `invoke` a test starts inherits them: test bakes tag, retire and move

@@ -10,9 +10,9 @@ import sys
 import uuid
 
 import pytest
+
 from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH
 from kiln.controller.ssh import KeyPair
-
 from tests.machines import SESSION, TEST_LABEL, agent_zipapp
 from tests.test_ssh_provider import free_port
 

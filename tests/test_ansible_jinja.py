@@ -7,6 +7,7 @@ must agree. No expected values are written by hand.
 from __future__ import annotations
 
 import pytest
+
 from kiln.agent.templating import TemplateError, evaluate, render, template_options
 
 ansible_template = pytest.importorskip("ansible.template")

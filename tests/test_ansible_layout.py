@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+
 from kiln.controller.config import Config
 from kiln.controller.stepfiles.compile import bundle_json, compile_role, list_roles, validate_roles
-
 from tests.playbooks import invoke
 
 

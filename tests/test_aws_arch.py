@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from botocore.awsrequest import AWSResponse
+
 from kiln.controller.bake import bake
 from kiln.controller.context import BakeOptions
 from kiln.controller.manifest import read_images, record_images
 from kiln.controller.providers.aws import make_aws_provider
 from kiln.controller.providers.base import UnknownBase
 from kiln.controller.sandbox import local_images, sandbox_client
-
 from tests.aws_harness import ApiCalls, not_in_policy
 from tests.playbooks import invoke, make_playbooks
 

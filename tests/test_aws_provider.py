@@ -11,6 +11,8 @@ import threading
 
 import pytest
 from botocore.exceptions import ClientError
+from moto import mock_aws
+
 from kiln.controller.model import InvalidInput
 from kiln.controller.ownership import BuildClaim
 from kiln.controller.providers.aws import ImageWaitTimeout, make_aws_provider
@@ -20,8 +22,6 @@ from kiln.controller.providers.aws.tags import tags_of
 from kiln.controller.providers.base import ProviderError
 from kiln.controller.ssh import KeyPair
 from kiln.controller.stages.snapshot import Publish, Snapshot
-from moto import mock_aws
-
 from tests.aws_harness import (
     AL2023,
     ApiCalls,

@@ -9,10 +9,10 @@ import threading
 import time
 
 import pytest
-from kiln.controller.model import Instance
-from kiln.controller.providers.base import ProviderError
 from moto import mock_aws
 
+from kiln.controller.model import Instance
+from kiln.controller.providers.base import ProviderError
 from tests.aws_harness import AL2023, RecordingPlane, context, provider, session
 from tests.playbooks import invoke, make_playbooks
 from tests.test_aws_sandbox import moto_url, sandbox_env  # noqa: F401 - the moto server fixtures, shared

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from kiln.controller.bake import bake, stages_for
 from kiln.controller.context import BakeOptions
 from kiln.controller.providers.aws import make_aws_provider
 from kiln.controller.sandbox import INSTANCE, local_images, sandbox_client
-
 from tests.aws_harness import AL2023, ApiCalls, Throttle, not_in_policy
 from tests.playbooks import REPO, invoke, make_playbooks
 

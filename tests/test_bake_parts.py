@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from kiln.controller.bake import bake
 from kiln.controller.context import BakeOptions
 from kiln.controller.remote import box_agent
-
 from tests.playbooks import image_repo, left_behind, make_playbooks
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from kiln.controller.stepfiles.compile_cache import CompileCache, compile_cached
-
 from tests.playbooks import make_playbooks
 
 SECRET = "Zq-cache-s3cret-41"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from kiln.controller.config import DEFAULT_KEEP, Config, load_config
 from kiln.controller.model import InvalidInput
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from botocore.awsrequest import AWSResponse
+
 from kiln.controller import consumers, manifest
 from kiln.controller.consumers import ConsumerError, NotRetained, PublishSettings, parse_publish
 from kiln.controller.model import Diagnostic, Image, InvalidInput
-
 from tests.aws_harness import AL2023, _Raw, provider
 
 REGIONS = ("us-east-1", "eu-west-1")
@@ -589,7 +589,6 @@ def test_a_bake_with_consumers_and_the_test_stage_calls_only_what_the_iam_policy
     from kiln.controller.context import BakeOptions
     from kiln.controller.providers.aws import make_aws_provider
     from kiln.controller.sandbox import sandbox_client
-
     from tests.aws_harness import ApiCalls, not_in_policy
 
     url = sandbox_images
@@ -628,7 +627,6 @@ def test_sigterm_after_the_consumers_were_updated_withdraws_them_and_latest(sand
     import sys
 
     from kiln.controller.sandbox import sandbox_client
-
     from tests.playbooks import REPO
 
     url = sandbox_images

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kiln.controller.engine import Engine, EngineError, image_prefix
 
 pytestmark = pytest.mark.slow

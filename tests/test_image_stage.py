@@ -14,13 +14,13 @@ import os
 from pathlib import Path
 
 import pytest
+
 from kiln.controller.bake import stages_for
 from kiln.controller.config import load_config
 from kiln.controller.context import BakeOptions
 from kiln.controller.model import InvalidInput
 from kiln.controller.sandbox import local_images, sandbox_client
 from kiln.controller.stepfiles.compile import compile_role
-
 from tests.aws_harness import AL2023
 from tests.playbooks import build_ids, image_repo, invoke, left_behind, make_playbooks
 

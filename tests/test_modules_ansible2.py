@@ -12,9 +12,9 @@ import time
 import uuid
 
 import pytest
+
 from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH
 from kiln.controller.ssh import KeyPair
-
 from tests.machines import SESSION, TEST_LABEL, AgentBox, agent_zipapp, converge, run_step, steps_of
 from tests.test_ssh_provider import free_port
 

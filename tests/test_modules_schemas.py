@@ -13,10 +13,11 @@ import shutil
 import subprocess
 
 import pytest
+from ruamel.yaml import YAML
+
 from kiln.agent import checks as checks_pkg
 from kiln.agent import modules as modules_pkg
 from kiln.agent import schema as argschema
-from ruamel.yaml import YAML
 
 MODULES = modules_pkg.discover()
 CHECKS = checks_pkg.discover()

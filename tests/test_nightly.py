@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from kiln.controller.nightly import RoleReport, package_changes, render_markdown
 
+from kiln.controller.nightly import RoleReport, package_changes, render_markdown
 from tests.machines import SESSION, SESSION_LABEL
 from tests.playbooks import image_repo, invoke
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from kiln.controller.sandbox import sandbox_client
 
+from kiln.controller.sandbox import sandbox_client
 from tests.aws_harness import AL2023
 from tests.playbooks import invoke
 from tests.test_aws_sandbox import moto_url, sandbox_env  # noqa: F401 - the moto server fixtures, shared

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import jinja2
 import pytest
+
 from kiln.agent.templating import TemplateError, render_file
 from kiln.controller.config import Config
 from kiln.controller.model import InvalidInput
 from kiln.controller.stepfiles.compile import compile_role, validate_roles
-
 from tests.playbooks import invoke, make_playbooks
 
 SECRET = "KILN-SECRET-7f3a"

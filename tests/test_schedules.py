@@ -8,9 +8,9 @@ import shutil
 import subprocess
 
 import pytest
-from kiln.controller.nightly import Shard, parse_shard
 from ruamel.yaml import YAML
 
+from kiln.controller.nightly import Shard, parse_shard
 from tests.playbooks import REPO
 
 EXAMPLES = REPO / "examples"

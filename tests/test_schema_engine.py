@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
 from kiln.agent.schema import Code, validate
 from kiln.controller.config import CONFIG_SCHEMA, load_config
 from kiln.controller.context import BakeOptions

@@ -6,9 +6,9 @@ import socket
 import uuid
 
 import pytest
+
 from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH
 from kiln.controller.ssh import KeyPair
-
 from tests.machines import SESSION, TEST_LABEL
 from tests.playbooks import invoke, make_playbooks
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from kiln.controller.bake import make_provider
 from kiln.controller.config import load_config
 from kiln.controller.context import BakeContext, BakeOptions
@@ -23,7 +24,6 @@ from kiln.controller.stages.connect import Connect
 from kiln.controller.stages.launch_instance import LaunchInstance
 from kiln.controller.stages.resolve_base import ResolveBase
 from kiln.controller.stepfiles.compile import compile_role
-
 from tests.playbooks import make_playbooks
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from kiln.controller.config import Config, load_config
 from kiln.controller.model import InvalidInput
 from kiln.controller.schema_export import file_schema, json_schema, reference_markdown

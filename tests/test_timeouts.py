@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+
 from kiln.controller.bake import with_build_settings
 from kiln.controller.config import load_config
 from kiln.controller.context import BakeOptions
 from kiln.controller.model import InvalidInput
 from kiln.controller.schema_export import DOC_PATH, json_schema
 from kiln.controller.stepfiles.compile import compile_role
-
 from tests.machines import AgentBox, steps_of, summary_of
 from tests.playbooks import REPO, build_ids, invoke, left_behind, make_playbooks
 

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
+
 from kiln.controller.ownership import BuildClaim, process_start_time
 from kiln.controller.providers.aws import make_aws_provider
 from kiln.controller.providers.base import ProviderError
 from kiln.controller.sandbox import local_images, sandbox_client
 from kiln.controller.stages.snapshot import Publish, Snapshot
-from structlog.testing import capture_logs
-
 from tests.aws_harness import AL2023, RecordingPlane, context, session
 from tests.playbooks import REPO, invoke, make_playbooks
 from tests.test_aws_sandbox import leftovers, moto_url, nothing_left, sandbox_env  # noqa: F401 - shared fixtures

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from kiln.controller.engine import BASE_IMAGE
 
+from kiln.controller.engine import BASE_IMAGE
 from tests.machines import SESSION, SESSION_LABEL, TEST_LABEL
 from tests.playbooks import REPO, build_ids, image_repo, invoke, make_playbooks
 

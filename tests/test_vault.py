@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from kiln.controller.config import Config
 from kiln.controller.stepfiles.compile import compile_role, validate_roles
 from kiln.controller.vault import PASSWORD_FILE_ENV, VaultError, decrypt

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from kiln.controller.consumers import gitops, instance_refresh, launch_templates
 from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader, arch_of, by_region
 from kiln.controller.consumers.gitops import GitopsSetting, GitopsWrite

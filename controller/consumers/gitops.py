@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader, arch_of
 from kiln.controller.model import Diagnostic, Image
 

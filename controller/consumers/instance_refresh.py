@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError
+
 from kiln.controller.consumers.common import ConsumerError, DiagFn, Reader
 from kiln.controller.consumers.launch_templates import TemplateVersion
 from kiln.controller.model import Diagnostic

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError
+
 from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader
 from kiln.controller.model import Diagnostic
 from kiln.controller.providers.aws.tags import error_code

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH, Engine, EngineError, image_prefix
 from kiln.controller.model import BaseImage, Image, Machine, Publication, PublishSpec
 from kiln.controller.ownership import BuildClaim

@@ -26,6 +26,7 @@ from typing import Any
 
 import paramiko
 import structlog
+
 from kiln.controller.model import BaseImage, Diagnostic, InvalidInput, Machine
 from kiln.controller.providers.base import MachineSpec, ProviderError, ssh_answers
 from kiln.controller.ssh import HostKeyExpectation, KeyPair, fingerprint_of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import structlog
+
 from kiln.controller.context import BakeContext
 from kiln.controller.ownership import BuildClaim
 

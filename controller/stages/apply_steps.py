@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+
 from kiln.agent.protocol import Event, StepStatus
 from kiln.controller.context import BakeContext, StepCounts
 from kiln.controller.pipeline import BakeFailed

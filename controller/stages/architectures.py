@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import structlog
+
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed, Interrupted, Stage, run_stages
 from kiln.controller.stages.allocate_version import AllocateVersion

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import structlog
+
 from kiln.agent.protocol import Event, first, parse_lines
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
+
 from kiln.controller import consumers
 from kiln.controller.consumers import ConsumerReport, PublishSettings
 from kiln.controller.context import BakeContext

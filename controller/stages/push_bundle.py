@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import structlog
+
 from kiln.agent.protocol import Event
 from kiln.controller.context import BakeContext
 from kiln.controller.remote import agent_command, box_agent, run_agent, stage_bundle

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import structlog
+
 from kiln.controller import manifest
 from kiln.controller.context import BakeContext, inventory_bytes
 

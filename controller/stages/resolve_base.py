@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import structlog
+
 from kiln.controller.context import BakeContext
 from kiln.controller.model import Diagnostic, InvalidInput
 from kiln.controller.providers.base import UnknownBase

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import structlog
+
 from kiln.controller.context import BakeContext
 from kiln.controller.model import Image, Publication
 from kiln.controller.providers.base import ImageLeftToSweep

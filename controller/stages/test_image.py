@@ -15,6 +15,7 @@ import dataclasses
 import time
 
 import structlog
+
 from kiln.controller.context import BakeContext, StepCounts
 from kiln.controller.model import BaseImage
 from kiln.controller.remote import BUNDLE, agent_command, bundle_tar

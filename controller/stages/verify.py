@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import structlog
+
 from kiln.agent.protocol import CheckStatus, Event
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.controller.model import Diagnostic, InvalidInput
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError
@@ -33,6 +32,8 @@ from ruamel.yaml.scalarstring import (
     LiteralScalarString,
     SingleQuotedScalarString,
 )
+
+from kiln.controller.model import Diagnostic, InvalidInput
 
 Path_ = tuple[Any, ...]
 MAX_DEPTH = 100

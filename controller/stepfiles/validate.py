@@ -28,6 +28,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2 import nodes
+
 from kiln.agent import schema as argschema
 from kiln.agent.schema import Code
 from kiln.agent.templating import ENV, WHOLE_EXPRESSION, template_path

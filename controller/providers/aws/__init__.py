@@ -25,6 +25,7 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError
+
 from kiln.controller.model import BaseImage, Diagnostic, Image, InvalidInput, Machine, Publication, PublishSpec
 from kiln.controller.ownership import BuildClaim
 from kiln.controller.providers.aws.api import AwsApi

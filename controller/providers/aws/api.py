@@ -12,6 +12,7 @@ import boto3
 import structlog
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
+
 from kiln.controller.providers.aws.data_plane import CloudDataPlane, DataPlane
 from kiln.controller.providers.aws.settings import AwsSettings
 from kiln.controller.providers.aws.tags import ARCH, BUILD_ID, EXPIRES, ROLE, TEMPORARY, error_code, iso, kiln_version

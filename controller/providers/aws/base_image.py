@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError
+
 from kiln.controller.model import BaseImage
 from kiln.controller.providers.aws.tags import (
     DEFAULT_ARCH,

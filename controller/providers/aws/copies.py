@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
 from kiln.controller.model import Image, Publication, PublishSpec
 from kiln.controller.providers.aws.image import AmiRecord, arch_of, arch_suffix
 from kiln.controller.providers.aws.tags import (

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError, WaiterError
+
 from kiln.controller import manifest
 from kiln.controller.model import Image, Machine
 from kiln.controller.providers.aws.tags import (

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError, WaiterError
+
 from kiln.controller.model import Machine
 from kiln.controller.pipeline import run_stages
 from kiln.controller.providers.aws.cloud_init import console_fingerprints, user_data

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import ClientError
+
 from kiln.controller.model import Image, Publication, PublishSpec
 from kiln.controller.ownership import BuildClaim
 from kiln.controller.providers.aws.image import arch_of

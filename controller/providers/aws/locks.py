@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import ClientError
+
 from kiln.controller.ownership import BuildClaim
 from kiln.controller.providers.aws.tags import (
     claim_value,

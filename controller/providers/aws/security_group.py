@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import ClientError
+
 from kiln.controller.providers.aws.tags import (
     error_code,
     tag_spec,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from botocore.exceptions import WaiterError
+
 from kiln.controller.providers.aws.instance import LIVE_STATES
 from kiln.controller.providers.aws.tags import (
     BUILD_ID,

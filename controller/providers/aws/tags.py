@@ -8,6 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
+
 from kiln.controller.ownership import BuildClaim
 
 TEMPORARY = "kiln:temporary"

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import ClientError
+
 from kiln.controller.ownership import BuildClaim
 from kiln.controller.providers.aws.tags import (
     BUILD_ID,
