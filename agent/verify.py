@@ -6,19 +6,20 @@ A check's ``probe(params, ctx) -> (passed, observed)`` only reads.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 from . import schema as argschema
 from .api import Context, ModuleError
 from .checks import discover
 from .protocol import CheckStatus, Event
+from .templating import TemplateError, render
 
 
 def run_checks(
     checks: List[Dict[str, Any]],
     facts: Dict[str, Any],
     emit: Callable[[Dict[str, Any]], None],
-    variables: Optional[Dict[str, Any]] = None,
+    variables: Dict[str, Any],
 ) -> bool:
     available = discover()
     ctx = Context(facts=facts)
@@ -38,18 +39,15 @@ def run_checks(
             if impl is None:
                 raise ModuleError(f"unknown check '{kind}'")
             args = check.get("args", {})
-            if variables is not None:
-                from .templating import TemplateError, render
-
+            try:
+                args = render(args, dict(variables, facts=facts))
+            except TemplateError as exc:
+                raise ModuleError(f"templating: {exc}") from None
+            if "{{" in event["name"]:
                 try:
-                    args = render(args, dict(variables, facts=facts))
-                except TemplateError as exc:
-                    raise ModuleError(f"templating: {exc}") from None
-                if "{{" in event["name"]:
-                    try:
-                        event["name"] = str(render(event["name"], dict(variables, facts=facts)))
-                    except TemplateError:
-                        pass
+                    event["name"] = str(render(event["name"], dict(variables, facts=facts)))
+                except TemplateError:
+                    pass
             params, errors = argschema.validate(impl.SCHEMA, args)
             if errors:
                 raise ModuleError("; ".join(e.message for e in errors))

@@ -174,7 +174,7 @@ def bench_steps(builds: Path, steps: int) -> None:
         ctx = BakeContext(
             role="bench",
             compiled=compiled,
-            provider=LocalProvider(state_dir=builds),
+            provider=LocalProvider(),
             options=options,
             build_id=f"bench-{int(time.time())}",
         )

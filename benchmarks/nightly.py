@@ -130,7 +130,6 @@ def one_nightly(
         force=force,
         concurrency=concurrency,
         provider_name="aws",
-        sandbox=True,
     )
     started = time.monotonic()
     try:

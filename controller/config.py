@@ -9,8 +9,8 @@
     vars: {}
 
 A missing file is an empty configuration (every default). Provider sections are kept
-as raw mappings for the providers to read; :meth:`Config.position` and
-:meth:`Config.diagnostic` let them report a bad value at its file:line:column.
+as raw mappings for the providers to read; :meth:`Config.diagnostic` lets them report a
+bad value at its file:line:column.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from kiln.controller.declared import check_document
 from kiln.controller.model import Diagnostic, InvalidInput
-from kiln.controller.providers.aws_settings import AWS_SCHEMA  # declared beside the settings it builds
+from kiln.controller.providers import REGISTRY  # each provider declares its own section
 from kiln.controller.stepfiles.loader import Document, display_path, kind_of, load_yaml
 
 BUILD_DEFAULTS = {
@@ -32,7 +32,7 @@ BUILD_DEFAULTS = {
     "ssh_keepalive_misses": 3,
     "test_image": True,
 }
-PROVIDERS = ("local", "aws", "ssh")
+PROVIDERS = tuple(REGISTRY)
 DEFAULT_KEEP = 5
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -47,10 +47,6 @@ def _positive(description: str, default: float) -> dict[str, Any]:
         "show": "kind",
         "description": description,
     }
-
-
-def _setting(description: str, **spec: Any) -> dict[str, Any]:
-    return {"type": "str", "strict": True, "templated": False, "expect": "a string", **spec, "description": description}
 
 
 BUILD_SCHEMA: dict[str, Any] = {
@@ -82,32 +78,6 @@ BUILD_SCHEMA: dict[str, Any] = {
         },
     },
 }
-LOCAL_SCHEMA: dict[str, Any] = {
-    "key_noun": "providers.local setting",
-    "description": "The local provider: a podman (or docker CLI) engine on this machine.",
-    "args": {
-        "engine": _setting(
-            "The container CLI: `auto` (podman, else docker), `podman`, `docker` or a path; `KILN_ENGINE` overrides.",
-            default="auto",
-        ),
-        "runtime": _setting(
-            "The OCI runtime: `auto` (`runc` where crun fails on hybrid cgroups) or a name/path; "
-            "`KILN_RUNTIME` overrides.",
-            default="auto",
-        ),
-        "image_prefix": _setting(
-            "Where kiln's images live instead of `localhost/kiln` (`KILN_IMAGE_PREFIX` overrides).", default=""
-        ),
-    },
-}
-#: ``providers.ssh`` is checked by controller/providers/ssh.py (``parse_settings``)
-SSH_SECTION: dict[str, Any] = {
-    "type": "dict",
-    "nullable": True,
-    "expect": "a mapping",
-    "description": "An existing host the developer loop converges and verifies (docs/internals.md); "
-    "checked by controller/providers/ssh.py.",
-}
 CONFIG_SCHEMA: dict[str, Any] = {
     "key_noun": "setting",
     "description": "playbooks/kiln.yaml: providers, retention, build settings and global variables.",
@@ -117,11 +87,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "key_noun": "provider",
             "expect": "a mapping",
             "description": "Each provider's settings.",
-            "args": {
-                "local": {"type": "object", "nullable": True, "expect": "a mapping", **LOCAL_SCHEMA},
-                "aws": {"type": "object", "nullable": True, "expect": "a mapping", **AWS_SCHEMA},
-                "ssh": SSH_SECTION,
-            },
+            "args": {name: registration.settings_section() for name, registration in REGISTRY.items()},
         },
         "retention": {
             "type": "object",
@@ -163,10 +129,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
 
 @dataclass
 class Config:
-    """The parsed kiln.yaml; ``raw`` is the whole file as plain data."""
+    """The parsed kiln.yaml."""
 
     path: Path
-    raw: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
     providers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"local": {}, "aws": {}})
     retention: int = DEFAULT_KEEP
@@ -185,12 +150,6 @@ class Config:
     @property
     def display(self) -> str:
         return self.document.display if self.document else display_path(self.path)
-
-    def position(self, *keys: Any) -> tuple[int, int]:
-        """1-based (line, column) of the value at ``keys`` (e.g. ``"providers", "aws", "regions", 0``)."""
-        if self.document is None:
-            return 1, 1
-        return self.document.value_pos(keys)
 
     def diagnostic(self, keys: tuple[Any, ...] | list[Any], message: str) -> Diagnostic:
         """A diagnostic pinned to the value at ``keys``, for providers validating their section."""
@@ -220,7 +179,6 @@ def load_config(path: Path) -> Config:
     )
     if problems:
         raise InvalidInput(problems)
-    config.raw = data
     providers = data.get("providers") or {}  # as written: each provider applies its own defaults
     config.providers = {name: dict(providers.get(name) or {}) for name in PROVIDERS}
     config.retention = values["retention"]["keep"] if "retention" in values else DEFAULT_KEEP

@@ -161,7 +161,6 @@ class Nightly:
         concurrency: int = 2,
         on_locked: str = "skip",
         provider_name: str = "local",
-        sandbox: bool = False,
         shard: Shard | None = None,
         lock_wait: float = LOCK_TTL,
     ) -> None:
@@ -173,7 +172,6 @@ class Nightly:
         self.concurrency = max(1, concurrency)
         self.on_locked = on_locked
         self.provider_name = provider_name
-        self.sandbox = sandbox
         self.shard = shard
         self.lock_wait = lock_wait
         self.owner = f"nightly-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{id(self):x}"
@@ -462,9 +460,7 @@ def nightly(
         config = load_config(options.playbooks_dir / "kiln.yaml")
         selected = roles or list_roles(options.playbooks_dir)
         provider = make_provider(provider_name, config, options.builds_dir, sandbox)
-        run = Nightly(
-            provider, config, options, selected, force, concurrency, on_locked, provider_name, sandbox, shard=share
-        )
+        run = Nightly(provider, config, options, selected, force, concurrency, on_locked, provider_name, shard=share)
         reports = run.run()
     except InvalidInput as exc:
         print(exc.render())

@@ -26,9 +26,10 @@ def errors(tmp_path: Path, text: str) -> list:
 
 def test_missing_file_is_the_default_config(tmp_path: Path):
     config = load_config(tmp_path / "kiln.yaml")
-    assert config.raw == {} and config.vars == {} and config.retention == DEFAULT_KEEP == 5
+    assert config.vars == {} and config.retention == DEFAULT_KEEP == 5
     assert config.providers == {"local": {}, "aws": {}}
-    assert config.position("providers", "aws") == (1, 1)
+    diag = config.diagnostic(("providers", "aws"), "x")
+    assert (diag.line, diag.column) == (1, 1)
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
@@ -43,8 +44,8 @@ def test_shipped_config():
     assert config.providers["aws"]["regions"] == ["us-east-1", "eu-west-1"]
     assert config.retention == 5
     assert config.vars == {}
-    line, column = config.position("providers", "aws", "regions", 1)
-    assert "eu-west-1" in (ROOT / "playbooks/kiln.yaml").read_text().splitlines()[line - 1][column - 1 :]
+    diag = config.diagnostic(("providers", "aws", "regions", 1), "x")
+    assert "eu-west-1" in (ROOT / "playbooks/kiln.yaml").read_text().splitlines()[diag.line - 1][diag.column - 1 :]
 
 
 def test_values_and_positions(tmp_path: Path):
@@ -56,7 +57,6 @@ def test_values_and_positions(tmp_path: Path):
     assert config.providers["aws"] == {"regions": ["us-east-1"], "instance_type": "t3.small"}
     assert config.providers["local"] == {}
     assert config.retention == 3 and config.vars == {"greeting": "hi"}
-    assert config.position("providers", "aws", "instance_type") == (4, 20)
     diag = config.diagnostic(("providers", "aws", "instance_type"), "no such instance type")
     assert (diag.line, diag.column) == (4, 20) and diag.file.endswith("kiln.yaml")
     assert "t3.small" in diag.render()
@@ -134,3 +134,14 @@ def test_build_settings_reach_the_bake(tmp_path: Path):
     ctx = BakeContext(role="r", compiled=None, provider=None, options=options, build_id="b")
     assert ctx.expires - ctx.started == dt.timedelta(hours=1.5)
     assert load(tmp_path, "vars: {}\n").deadline_hours == 3.0
+
+
+def test_kiln_yaml_declares_the_providers_the_registry_names():
+    """A provider is registered once (controller/providers/__init__.py); kiln.yaml's schema follows."""
+    from kiln.controller.config import CONFIG_SCHEMA, PROVIDERS
+    from kiln.controller.providers import REGISTRY
+
+    sections = CONFIG_SCHEMA["args"]["providers"]["args"]
+    assert PROVIDERS == tuple(REGISTRY) == tuple(sections)
+    for name, registration in REGISTRY.items():
+        assert sections[name] is registration.settings_section(), name

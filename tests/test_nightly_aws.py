@@ -153,7 +153,6 @@ def test_skip_unchanged_rebake_changed_and_dependents_rebake_all_on_new_base(eng
         ["app", "common", "solo"],
         concurrency=3,
         provider_name="aws",
-        sandbox=True,
     )
     assert {r.result for r in run.run()} == {"skipped-unchanged"}
     # per role: take the lock, its AMIs and latest, the base parameter and AMI, release the lock (2 calls)

@@ -1,40 +1,44 @@
 """The providers kiln knows, by the name kiln.yaml and ``--provider`` use.
 
 Adding a provider is one package under controller/providers/ and one line in :data:`REGISTRY`
-(docs/internals.md, "Adding a provider"). A factory gets the provider's kiln.yaml settings
-(``providers.<name>``, maybe empty) and builds the provider, raising ``InvalidInput`` (exit 2,
-file:line:column from ``config``) for bad settings before anything is launched; it imports its
-own package lazily, so a command pays only for the provider it uses.
+(docs/internals.md, "Adding a provider"). A registration names two things, each imported only
+when used, so a command pays only for the provider it uses:
+
+- ``module``: the provider's module, whose ``make_provider(settings, config, builds_dir, sandbox)``
+  gets the provider's kiln.yaml settings (``providers.<name>``, maybe empty) and builds the provider,
+  raising ``InvalidInput`` (exit 2, file:line:column from ``config``) for bad settings before anything
+  is launched;
+- ``section``: ``"module:NAME"``, the declaration of ``providers.<name>`` for the schema engine
+  (controller/config.py builds kiln.yaml's schema from these). Its module must be light: no cloud SDK,
+  no SSH library, and it must not import controller/config.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
-def _local(settings: dict[str, Any], config: Any, builds_dir: Path, sandbox: bool) -> Any:
-    from kiln.controller.providers.local import make_local_provider
+@dataclass(frozen=True)
+class Registration:
+    module: str
+    section: str
 
-    return make_local_provider(settings, config=config, state_dir=builds_dir)
+    def __call__(self, settings: dict[str, Any], config: Any, builds_dir: Path, sandbox: bool) -> Any:
+        return importlib.import_module(self.module).make_provider(settings, config, builds_dir, sandbox)
 
-
-def _aws(settings: dict[str, Any], config: Any, builds_dir: Path, sandbox: bool) -> Any:
-    from kiln.controller.providers.aws import make_aws_provider
-
-    return make_aws_provider(settings, sandbox=sandbox, state_dir=builds_dir, config=config)
-
-
-def _ssh(settings: dict[str, Any], config: Any, builds_dir: Path, sandbox: bool) -> Any:
-    from kiln.controller.providers.ssh import make_ssh_provider
-
-    return make_ssh_provider(settings, config=config)
+    def settings_section(self) -> dict[str, Any]:
+        module, _, name = self.section.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
-#: name -> factory(settings, config, builds_dir, sandbox)
-REGISTRY: dict[str, Callable[[dict[str, Any], Any, Path, bool], Any]] = {
-    "local": _local,
-    "aws": _aws,
-    "ssh": _ssh,
+_HERE = __name__
+
+#: name -> where the provider and its kiln.yaml section are
+REGISTRY: dict[str, Registration] = {
+    "local": Registration(f"{_HERE}.local", f"{_HERE}.local_settings:LOCAL_SECTION"),
+    "aws": Registration(f"{_HERE}.aws", f"{_HERE}.aws_settings:AWS_SECTION"),
+    "ssh": Registration(f"{_HERE}.ssh", f"{_HERE}.ssh_settings:SSH_SECTION"),
 }

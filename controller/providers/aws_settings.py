@@ -44,7 +44,7 @@ class Volume:
     in_image: bool = True  # extra volumes: part of the AMI's block device mappings
     delete_on_termination: bool = True
 
-    def ebs(self, for_launch: bool = True) -> dict[str, Any]:
+    def ebs(self) -> dict[str, Any]:
         ebs: dict[str, Any] = {"VolumeType": self.type, "DeleteOnTermination": self.delete_on_termination}
         if self.size:
             ebs["VolumeSize"] = self.size
@@ -673,3 +673,7 @@ def parse_settings(raw: dict[str, Any] | None, diag: DiagFn) -> AwsSettings:
     if problems:
         raise InvalidInput(problems)
     return settings_from(values)
+
+
+#: the whole ``providers.aws`` section (what the registry hands to controller/config.py)
+AWS_SECTION: dict[str, Any] = {"type": "object", "nullable": True, "expect": "a mapping", **AWS_SCHEMA}

@@ -71,20 +71,16 @@ def shared_state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "kiln"
 
 
-def make_local_provider(
-    settings: dict[str, Any] | None, config: Any = None, state_dir: Path = Path("builds")
-) -> LocalProvider:
-    """``providers.local`` was checked with kiln.yaml (controller/config.py's LOCAL_SCHEMA)."""
-    return LocalProvider(state_dir=state_dir, settings=settings)
+def make_provider(settings: dict[str, Any] | None, config: Any, builds_dir: Path, sandbox: bool) -> LocalProvider:
+    """``providers.local`` was checked with kiln.yaml (local_settings.py's LOCAL_SCHEMA)."""
+    return LocalProvider(settings=settings)
 
 
 class LocalProvider:
     name = "local"
     makes_images = True
 
-    def __init__(
-        self, engine: Engine | None = None, state_dir: Path = Path("builds"), settings: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, engine: Engine | None = None, settings: dict[str, Any] | None = None) -> None:
         settings = settings or {}
         if engine is None:
             engine = Engine()
@@ -93,7 +89,6 @@ class LocalProvider:
             if settings.get("runtime") not in (None, "", "auto"):
                 engine.runtime = settings["runtime"]
         self.engine = engine
-        self.state_dir = state_dir
         self.prefix = image_prefix(str(settings.get("image_prefix") or ""))
         # versions and locks must be seen by every bake using this engine's storage,
         # whichever checkout or builds/ directory it runs from
@@ -157,7 +152,7 @@ class LocalProvider:
 
     # --- the per-role lock (a second scheduler waits or skips) ------------------------
     def acquire_lock(self, role: str, owner: str, wait: bool, ttl: float = 4 * 3600) -> Lock:
-        """flock on <state>/locks/<role>.lock, which also names its holder.
+        """flock on <machine-wide state>/locks/<role>.lock (shared_state_dir: not builds/), which names its holder.
 
         The kernel drops a flock when its holder dies; a holder recorded there that did not
         release (killed) is reported as taken over. A lock still flocked by a dead or expired

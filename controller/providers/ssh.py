@@ -128,7 +128,8 @@ def _host_fingerprint(value: Any, problem: Any) -> str:
     return ""
 
 
-def make_ssh_provider(settings: dict[str, Any] | None, config: Any = None) -> SshProvider:
+def make_provider(settings: dict[str, Any] | None, config: Any, builds_dir: Path, sandbox: bool) -> SshProvider:
+    """The registry's factory (controller/providers/__init__.py): the host of ``providers.ssh``."""
     return SshProvider(parse_settings(settings, config))
 
 

@@ -46,6 +46,11 @@ from kiln.controller.ssh import HostKeyExpectation
 __all__ = ["AwsProvider", "ImageWaitTimeout", "make_aws_provider"]
 
 
+def make_provider(settings: dict[str, Any] | None, config: Any, builds_dir: Path, sandbox: bool) -> AwsProvider:
+    """The registry's factory (controller/providers/__init__.py)."""
+    return make_aws_provider(settings, sandbox=sandbox, state_dir=builds_dir, config=config)
+
+
 def make_aws_provider(
     settings: dict[str, Any] | None,
     sandbox: bool = False,
