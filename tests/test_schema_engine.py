@@ -292,7 +292,7 @@ def test_errors_carry_codes_and_nested_paths():
 
 def test_the_kiln_yaml_reference_is_current():
     assert CONFIG_DOC_PATH.exists() and CONFIG_DOC_PATH.read_text() == config_markdown(), (
-        "docs/kiln-yaml.md is stale: run `python -m controller.schema_export`"
+        "docs/kiln-yaml.md is stale: run `python -m kiln.controller.schema_export`"
     )
     for name in (
         "providers.local.engine",

@@ -729,7 +729,7 @@ def test_validate_roles_reports_every_role(tmp_path: Path):
 def test_docs_step_files_md_is_current():
     doc = ROOT / "docs" / "step-files.md"
     assert doc.exists() and doc.read_text() == reference_markdown(), (
-        "docs/step-files.md is stale: run `python -m controller.schema_export`"
+        "docs/step-files.md is stale: run `python -m kiln.controller.schema_export`"
     )
 
 
