@@ -46,3 +46,42 @@ def box(engine: Engine) -> AgentBox:
     machine = AgentBox(engine).start()
     yield machine
     machine.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    """A moto server over HTTP on 127.0.0.1 for one test module, with AWS's NotFound validations on."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    from kiln.controller.sandbox import sandbox_client
+
+    saved = {k: os.environ.get(k) for k in ("MOTO_ENABLE_AMI_VALIDATION", "MOTO_ENABLE_KEYPAIR_VALIDATION")}
+    os.environ.update(MOTO_ENABLE_AMI_VALIDATION="true", MOTO_ENABLE_KEYPAIR_VALIDATION="true")
+    logging.getLogger("werkzeug").disabled = True
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    sandbox_client("ec2", "us-east-1", url).describe_regions()  # warm up: moto loads its AMIs once
+    yield url
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def sandbox_env(moto_url, engine, monkeypatch):
+    """AWS_ENDPOINT_URL at the module's moto server; the sandbox images its AMIs made are removed after."""
+    from kiln.controller.sandbox import local_images
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    before = {row["Id"] for row in engine.images(local_images())}
+    yield moto_url
+    for row in engine.images(local_images()):  # AMIs of this server outlive the bakes: so do their images
+        if row["Id"] not in before:
+            engine.run("rmi", "-f", row["Id"], check=False)

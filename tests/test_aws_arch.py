@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from kiln.controller.context import BakeOptions
 from kiln.controller.manifest import read_images, record_images
 from kiln.controller.providers.aws import make_aws_provider
 from kiln.controller.providers.base import UnknownBase
-from kiln.controller.sandbox import local_images, sandbox_client
+from kiln.controller.sandbox import sandbox_client
 from tests.aws_harness import ApiCalls, not_in_policy
 from tests.playbooks import invoke, make_playbooks
 
@@ -42,37 +40,6 @@ TINY = {
     "steps.yml": '- name: marker\n  copy: {content: "hello\\n", dest: /etc/kiln-marker}\n',
     "verify.yml": '- file: /etc/kiln-marker\n  contains: ["hello"]\n',
 }
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("MOTO_ENABLE_AMI_VALIDATION", "MOTO_ENABLE_KEYPAIR_VALIDATION")}
-    os.environ.update(MOTO_ENABLE_AMI_VALIDATION="true", MOTO_ENABLE_KEYPAIR_VALIDATION="true")
-    logging.getLogger("werkzeug").disabled = True
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    sandbox_client("ec2", "us-east-1", url).describe_regions()  # moto loads its AMIs once
-    yield url
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture
-def sandbox_env(moto_url, engine, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-    before = {row["Id"] for row in engine.images(local_images())}
-    yield moto_url
-    for row in engine.images(local_images()):
-        if row["Id"] not in before:
-            engine.run("rmi", "-f", row["Id"], check=False)
 
 
 def client(url: str, service: str, region: str = "us-east-1"):

@@ -15,7 +15,6 @@ from kiln.controller.model import Instance
 from kiln.controller.providers.base import ProviderError
 from tests.aws_harness import AL2023, RecordingPlane, context, provider, session
 from tests.playbooks import invoke, make_playbooks
-from tests.test_aws_sandbox import moto_url, sandbox_env  # noqa: F401 - the moto server fixtures, shared
 from tests.test_reboot import REBOOT_ROLE, json_events
 
 

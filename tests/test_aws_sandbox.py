@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -43,37 +42,6 @@ TINY = {
     "verify.yml": '- file: /etc/kiln-marker\n  contains: ["hello"]\n',
 }
 STAGES = [s.name for s in stages_for(BakeOptions(), 3)]
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("MOTO_ENABLE_AMI_VALIDATION", "MOTO_ENABLE_KEYPAIR_VALIDATION")}
-    os.environ.update(MOTO_ENABLE_AMI_VALIDATION="true", MOTO_ENABLE_KEYPAIR_VALIDATION="true")
-    logging.getLogger("werkzeug").disabled = True
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    sandbox_client("ec2", "us-east-1", url).describe_regions()  # warm up: moto loads its AMIs once
-    yield url
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture
-def sandbox_env(moto_url, engine, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-    before = {row["Id"] for row in engine.images(local_images())}
-    yield moto_url
-    for row in engine.images(local_images()):  # AMIs of this server outlive the bakes: so do their images
-        if row["Id"] not in before:
-            engine.run("rmi", "-f", row["Id"], check=False)
 
 
 def clients(url: str, service: str) -> dict:

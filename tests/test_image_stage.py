@@ -9,7 +9,6 @@ fresh one.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from kiln.controller.bake import stages_for
 from kiln.controller.config import load_config
 from kiln.controller.context import BakeOptions
 from kiln.controller.model import InvalidInput
-from kiln.controller.sandbox import local_images, sandbox_client
+from kiln.controller.sandbox import sandbox_client
 from kiln.controller.stepfiles.compile import compile_role
 from tests.aws_harness import AL2023
 from tests.playbooks import build_ids, image_repo, invoke, left_behind, make_playbooks
@@ -196,36 +195,6 @@ SANDBOX_ROLE = f"description: the test stage in the sandbox\nbase:\n  aws: {{ssm
 SANDBOX_KILN_YAML = "providers:\n  aws:\n    regions: [us-east-1]\nretention:\n  keep: 3\n"
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("MOTO_ENABLE_AMI_VALIDATION", "MOTO_ENABLE_KEYPAIR_VALIDATION")}
-    os.environ.update(MOTO_ENABLE_AMI_VALIDATION="true", MOTO_ENABLE_KEYPAIR_VALIDATION="true")
-    logging.getLogger("werkzeug").disabled = True
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    sandbox_client("ec2", "us-east-1", url).describe_regions()
-    yield url
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture
-def sandbox(moto_url, engine):
-    before = {row["Id"] for row in engine.images(local_images())}
-    yield moto_url
-    for row in engine.images(local_images()):
-        if row["Id"] not in before:
-            engine.run("rmi", "-f", row["Id"], check=False)
-
-
 def bake_sandbox(work: Path, url: str, role: str, *flags: str):
     return invoke(
         work,
@@ -269,8 +238,8 @@ def temporaries_of(url: str, build_id: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_sandbox_fresh_instance_from_the_new_ami_fails_the_bake_and_the_ami_goes(sandbox, engine, tmp_path):
-    url = sandbox
+def test_sandbox_fresh_instance_from_the_new_ami_fails_the_bake_and_the_ami_goes(sandbox_env, engine, tmp_path):
+    url = sandbox_env
     make_playbooks(
         tmp_path,
         {"role.yml": SANDBOX_ROLE, "steps.yml": IN_RUN_STEPS, "verify.yml": BUILD_ONLY_CHECK + KEPT_CHECK},
@@ -362,7 +331,7 @@ def test_kill9_while_the_local_test_machine_runs_then_sweep_removes_it_and_the_i
 
 
 @pytest.mark.slow
-def test_kill9_while_the_sandbox_test_instance_runs_then_sweep_removes_everything(sandbox, engine, tmp_path):
+def test_kill9_while_the_sandbox_test_instance_runs_then_sweep_removes_everything(sandbox_env, engine, tmp_path):
     from tests.test_aws_sandbox import leftovers, nothing_left
     from tests.test_trust_aws import KILL_YAML, kill_env, sweep_after_deadline
 
@@ -372,13 +341,13 @@ def test_kill9_while_the_sandbox_test_instance_runs_then_sweep_removes_everythin
         role="freshk9",
         kiln_yaml=KILL_YAML,
     )
-    env = kill_env(tmp_path, AWS_ENDPOINT_URL=sandbox)
+    env = kill_env(tmp_path, AWS_ENDPOINT_URL=sandbox_env)
     seen = kill9_at_test_machine(tmp_path, ["--role", "freshk9", "--provider", "aws", "--sandbox"], env)
-    found = leftovers(sandbox, engine, seen["build_id"], "freshk9", seen["version"])
+    found = leftovers(sandbox_env, engine, seen["build_id"], "freshk9", seen["version"])
     assert seen["instance"] in found["instances us-east-1"], found
     assert len(found["key pairs us-east-1"]) == 2 and found["images us-east-1"], found
 
     swept, _ = sweep_after_deadline(tmp_path, env)
     assert swept.returncode == 0, swept.stdout + swept.stderr[-3000:]
-    found = leftovers(sandbox, engine, seen["build_id"], "freshk9", seen["version"])
+    found = leftovers(sandbox_env, engine, seen["build_id"], "freshk9", seen["version"])
     assert nothing_left(found), f"sweep left {found}\n{swept.stdout}"

@@ -24,7 +24,6 @@ from kiln.controller.providers.aws import make_aws_provider
 from kiln.controller.sandbox import container_name, sandbox_client
 from tests.aws_harness import AL2023, ApiCalls
 from tests.playbooks import invoke
-from tests.test_aws_sandbox import moto_url, sandbox_env  # noqa: F401 - the moto server fixtures, shared
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("sandbox_env")]
 

@@ -25,13 +25,13 @@ from kiln.controller.sandbox import local_images, sandbox_client
 from kiln.controller.stages.snapshot import Publish, Snapshot
 from tests.aws_harness import AL2023, RecordingPlane, context, session
 from tests.playbooks import REPO, invoke, make_playbooks
-from tests.test_aws_sandbox import leftovers, moto_url, nothing_left, sandbox_env  # noqa: F401 - shared fixtures
+from tests.test_aws_sandbox import leftovers, nothing_left
 
 REGIONS = ["us-east-1", "eu-west-1"]
 
 
 @pytest.fixture
-def endpoint(moto_url, monkeypatch):  # noqa: F811 - the shared fixture, by name
+def endpoint(moto_url, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
     return moto_url
 
@@ -365,7 +365,7 @@ def kill_env(work: Path, **extra: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_kill9_of_a_sandbox_bake_then_sweep_leaves_nothing_of_it(sandbox_env, engine, tmp_path, point):  # noqa: F811
+def test_kill9_of_a_sandbox_bake_then_sweep_leaves_nothing_of_it(sandbox_env, engine, tmp_path, point):
     role, trigger, delay = KILL_POINTS[point]
     steps = MARKER + (NAP if point == "during apply" else "")
     playbooks = make_playbooks(
@@ -448,7 +448,7 @@ NIGHTLY_STEPS = MARKER + "- name: a nap\n  command: sleep {{ nap }}\n  changed_w
 
 @pytest.mark.slow
 def test_kill9_during_a_nightly_the_next_nightly_takes_the_lock_over_and_sweep_cleans_up(
-    sandbox_env,  # noqa: F811
+    sandbox_env,
     engine,
     tmp_path,
 ):
