@@ -23,7 +23,7 @@ reference docs (:func:`rows`). Every problem is an :class:`ArgError` with a
 
 Beyond module arguments, a spec may nest (``object`` with its own ``args``, ``list``
 with ``items``, ``map`` with ``values``) and constrain (``minimum``,
-``exclusive_minimum``, ``pattern``, ``min_items``, ``unique``). ``strict: True``
+``exclusive_minimum``, ``maximum``, ``pattern``, ``min_items``, ``unique``). ``strict: True``
 refuses what YAML-ish coercion would accept (``"3"`` for an int, ``"yes"`` for a bool);
 ``templated: False`` refuses ``"{{ x }}"`` where it cannot be rendered. ``checks``
 (a list of ``fn(value) -> message | None``) and a schema's ``rules``
@@ -249,6 +249,8 @@ def _limits(value: Any, spec: Dict[str, Any]) -> Optional[str]:
             return f"must be >= {spec['minimum']}, got {value!r}"
         if "exclusive_minimum" in spec and not value > spec["exclusive_minimum"]:
             return f"must be > {spec['exclusive_minimum']}, got {value!r}"
+        if "maximum" in spec and value > spec["maximum"]:
+            return f"must be <= {spec['maximum']}, got {value!r}"
     if isinstance(value, str) and spec.get("pattern") and not re.search(spec["pattern"], value):
         return spec.get("pattern_message", "'{value}' does not match {pattern}").format(
             value=value, pattern=spec["pattern"]
@@ -488,6 +490,8 @@ def value_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
                 alt["minimum"] = spec["minimum"]
             if "exclusive_minimum" in spec:
                 alt["exclusiveMinimum"] = spec["exclusive_minimum"]
+            if "maximum" in spec:
+                alt["maximum"] = spec["maximum"]
     if "choices" in spec:
         alternatives = [{"enum": list(spec["choices"])}]
     if spec.get("templated", True) and kind not in ("list", "dict", "object", "map", "raw"):
@@ -567,6 +571,8 @@ def type_text(spec: Dict[str, Any]) -> str:
         kind += f" >= {spec['minimum']}"
     if "exclusive_minimum" in spec:
         kind += f" > {spec['exclusive_minimum']}"
+    if "maximum" in spec:
+        kind += f" and <= {spec['maximum']}"
     return kind
 
 

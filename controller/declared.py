@@ -22,7 +22,11 @@ DiagFn = Callable[[tuple[Any, ...], str, bool], Diagnostic]
 
 
 def dotted(path: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in path if not isinstance(p, int))
+    """``providers.aws.publish.launch_templates[0].name``."""
+    text = ""
+    for step in path:
+        text += f"[{step}]" if isinstance(step, int) else f".{step}" if text else str(step)
+    return text
 
 
 def spec_at(schema: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
@@ -59,8 +63,15 @@ def value_at(data: Any, path: tuple[Any, ...]) -> Any:
 def message_for(error: ArgError, schema: dict[str, Any], data: Any, prefix: tuple[Any, ...]) -> str:
     """The message of one engine error, naming the setting by its full dotted path."""
     full = prefix + error.path
+    if error.code == Code.UNKNOWN_KEY and "key_noun" not in spec_at(schema, error.path[:-1]):
+        hint = f" (did you mean '{error.suggestion}'?)" if error.suggestion else ""
+        return f"unknown setting '{dotted(full)}'{hint}"
     if error.code == Code.UNKNOWN_KEY or error.complete:
         return error.message
+    if error.code == Code.MISSING and len(error.names) == 1:
+        return f"{dotted(full + error.names)} is required"
+    if not error.path and error.code == Code.WRONG_TYPE and "expect" in schema:
+        return f"{dotted(prefix)} must be {schema['expect']}, got {data!r}"
     if error.code == Code.MISSING or not error.path:
         return f"{dotted(full)}: {error.message}" if full else error.message
     spec = spec_at(schema, error.path)

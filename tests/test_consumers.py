@@ -17,6 +17,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from kiln.controller import consumers, manifest
+from kiln.controller.config import load_config
 from kiln.controller.consumers import ConsumerError, NotRetained, PublishSettings, parse_publish
 from kiln.controller.model import Diagnostic, Image, InvalidInput
 from tests.aws_harness import AL2023, _Raw, provider
@@ -197,12 +198,31 @@ def infra(tmp_path):
         ({"gitops": {"path": "x.json", "comit": True}}, "unknown setting 'providers.aws.publish.gitops.comit'"),
         ({"gitops": {"path": "x.json", "key": "1bad"}}, "must be a Terraform variable name"),
         ({"launch_template": []}, "did you mean"),
+        ({"launch_templates": ["lt", {"name": "lt"}]}, "launch template 'lt' is listed twice"),
+        ({"launch_templates": [3]}, "providers.aws.publish.launch_templates[0] must be a template name or a mapping"),
+        ({"gitops": {"path": "x.yaml"}}, "providers.aws.publish.gitops.path must be a JSON file"),
+        ({"instance_refresh": {"asg": " "}}, "providers.aws.publish.instance_refresh.asg must be a group name"),
+        ("lt", "providers.aws.publish must be a mapping like"),
     ],
 )
 def test_bad_settings_are_invalid_input_naming_the_key(raw, message):
     with pytest.raises(InvalidInput) as err:
         publish_settings(raw)
     assert message in err.value.render()
+
+
+def test_publish_is_declared_once_and_pinned_where_it_is_written(tmp_path):
+    """kiln.yaml's providers.aws.publish is judged when kiln.yaml loads, at the line and column of the value."""
+    path = tmp_path / "kiln.yaml"
+    path.write_text("providers:\n  aws:\n    publish:\n      instance_refresh: {asg: g, min_healthy_percentage: 101}\n")
+    with pytest.raises(InvalidInput) as err:
+        load_config(path)
+    [found] = err.value.diagnostics
+    assert (found.line, found.column) == (4, 58), found
+    assert (
+        found.message
+        == "providers.aws.publish.instance_refresh.min_healthy_percentage must be between 0 and 100, got 101"
+    )
 
 
 def test_role_publish_overrides_kiln_yaml_key_by_key():

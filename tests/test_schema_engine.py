@@ -347,7 +347,7 @@ def test_a_missing_roles_dir_is_invalid_input(tmp_path: Path, capsys):
         ("retention: 0\n", "retention.keep must be a whole number >= 1, got 0"),
         (
             "providers:\n  aws:\n    extra_volumes: [{device: /dev/x, size: 2}]\n",
-            "providers.aws.extra_volumes.device must be a device name like /dev/sdf, got '/dev/x'",
+            "providers.aws.extra_volumes[0].device must be a device name like /dev/sdf, got '/dev/x'",
         ),
     ],
 )

@@ -22,11 +22,20 @@ from typing import Any
 import structlog
 
 from kiln.controller.consumers import gitops, instance_refresh, launch_templates
-from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader, arch_of, by_region
-from kiln.controller.consumers.gitops import GitopsSetting, GitopsWrite
-from kiln.controller.consumers.instance_refresh import InstanceRefreshSetting, Refresh
-from kiln.controller.consumers.launch_templates import LaunchTemplateSetting, TemplateVersion
+from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, arch_of, by_region
+from kiln.controller.consumers.gitops import GitopsWrite
+from kiln.controller.consumers.instance_refresh import Refresh
+from kiln.controller.consumers.launch_templates import TemplateVersion
+from kiln.controller.declared import check_document
 from kiln.controller.model import Diagnostic, Image, InvalidInput
+from kiln.controller.publish_settings import (
+    PUBLISH_SCHEMA,
+    PUBLISH_SECTION,
+    GitopsSetting,
+    InstanceRefreshSetting,
+    LaunchTemplateSetting,
+    typed,
+)
 from kiln.controller.versions import sort_key
 
 log = structlog.get_logger("kiln.consumers")
@@ -45,7 +54,7 @@ __all__ = [
     "withdraw",
 ]
 
-KEYS = ("launch_templates", "instance_refresh", "gitops")
+KEYS = tuple(PUBLISH_SCHEMA["args"])
 KILN_YAML_PATH = ("providers", "aws", "publish")
 ROLE_YML_PATH = ("publish",)
 
@@ -78,23 +87,16 @@ def _plain_diag(keys: tuple[Any, ...], message: str) -> Diagnostic:
 def parse_publish(raw: Any, diag: DiagFn, path: tuple[Any, ...] = KILN_YAML_PATH) -> PublishSettings:
     """Check one ``publish`` block (``path``: where it is, for ``diag``); InvalidInput lists every problem.
 
-    A key present with a null value is kept as "off", so a role can turn off what kiln.yaml sets.
+    The block is declared once (controller/publish_settings.py) and judged by the schema engine. A key
+    present with a null value is kept as "off", so a role can turn off what kiln.yaml sets.
     """
-    problems: list[Diagnostic] = []
-    settings = PublishSettings()
     if raw is None:
-        return settings
-    r = Reader(raw, path, diag, problems, KEYS, "{launch_templates: [...], instance_refresh: {...}, gitops: {...}}")
-    settings.launch_templates = launch_templates.parse(
-        r.data.get("launch_templates"), (*path, "launch_templates"), diag, problems
-    )
-    settings.instance_refresh = instance_refresh.parse(
-        r.data.get("instance_refresh"), (*path, "instance_refresh"), diag, problems
-    )
-    settings.gitops = gitops.parse(r.data.get("gitops"), (*path, "gitops"), diag, problems)
-    settings.origin = {key: (diag, (*path, key)) for key in KEYS if key in r.data}
+        return PublishSettings()
+    values, problems = check_document(PUBLISH_SECTION, raw, lambda where, message, _at_key: diag(where, message), path)
     if problems:
         raise InvalidInput(problems)
+    settings = PublishSettings(**typed(values))
+    settings.origin = {key: (diag, (*path, key)) for key in KEYS if key in raw}
     return settings
 
 

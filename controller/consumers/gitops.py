@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -29,22 +28,13 @@ from typing import Any
 
 import structlog
 
-from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader, arch_of
-from kiln.controller.model import Diagnostic, Image
+from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, arch_of
+from kiln.controller.model import Image
+from kiln.controller.publish_settings import GitopsSetting
 
 log = structlog.get_logger("kiln.consumers")
 
-KEYS = ("path", "commit", "key")
-DEFAULT_KEY = "kiln_images"
-TERRAFORM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 GIT_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class GitopsSetting:
-    path: str
-    commit: bool = False
-    key: str = DEFAULT_KEY
 
 
 @dataclass
@@ -52,22 +42,6 @@ class GitopsWrite:
     path: Path
     commit: str  # the commit made in the other tree; "" when not committing (or nothing changed)
     previous: str | None  # the file's content before, None if it did not exist
-
-
-def parse(value: Any, path: tuple[Any, ...], diag: DiagFn, problems: list[Diagnostic]) -> GitopsSetting | None:
-    if value is None:
-        return None
-    r = Reader(value, path, diag, problems, KEYS, "{path: ../infra/images.auto.tfvars.json, commit: true}")
-    setting = GitopsSetting(
-        path=r.string("path", required=True), commit=r.boolean("commit", False), key=r.string("key", DEFAULT_KEY)
-    )
-    if setting.path and not setting.path.endswith(".json"):
-        r.fail(
-            ("path",), f"{r.dotted('path')} must name a JSON file (e.g. images.auto.tfvars.json), got {setting.path!r}"
-        )
-    if not TERRAFORM_NAME.match(setting.key):
-        r.fail(("key",), f"{r.dotted('key')} must be a Terraform variable name, got {setting.key!r}")
-    return setting
 
 
 def target(setting: GitopsSetting, base_dir: Path) -> Path:

@@ -15,24 +15,14 @@ from typing import Any
 import structlog
 from botocore.exceptions import ClientError
 
-from kiln.controller.consumers.common import ConsumerError, DiagFn, Reader
+from kiln.controller.consumers.common import ConsumerError
 from kiln.controller.consumers.launch_templates import TemplateVersion
-from kiln.controller.model import Diagnostic
+from kiln.controller.publish_settings import InstanceRefreshSetting
 
 log = structlog.get_logger("kiln.consumers")
 
-KEYS = ("asg", "min_healthy_percentage", "wait", "wait_timeout", "poll_interval")
 DONE = ("Successful",)
 FAILED = ("Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed")
-
-
-@dataclass(frozen=True)
-class InstanceRefreshSetting:
-    asg: str
-    min_healthy_percentage: int = 90
-    wait: bool = False
-    wait_timeout: float = 3600.0  # seconds
-    poll_interval: float = 30.0
 
 
 @dataclass
@@ -42,19 +32,6 @@ class Refresh:
     refresh_id: str
     status: str = "Pending"
     percentage_complete: int = 0
-
-
-def parse(value: Any, path: tuple[Any, ...], diag: DiagFn, problems: list[Diagnostic]) -> InstanceRefreshSetting | None:
-    if value is None:
-        return None
-    r = Reader(value, path, diag, problems, KEYS, "{asg: web-asg, min_healthy_percentage: 90}")
-    return InstanceRefreshSetting(
-        asg=r.string("asg", required=True),
-        min_healthy_percentage=int(r.number("min_healthy_percentage", 90, 0, 100)),
-        wait=r.boolean("wait", False),
-        wait_timeout=float(r.number("wait_timeout", 3600.0, 1)),
-        poll_interval=float(r.number("poll_interval", 30.0, 0)),
-    )
 
 
 def groups(provider: Any, name: str) -> dict[str, dict[str, Any]]:

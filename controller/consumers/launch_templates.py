@@ -13,25 +13,17 @@ from typing import Any
 import structlog
 from botocore.exceptions import ClientError
 
-from kiln.controller.consumers.common import DEFAULT_ARCH, ConsumerError, DiagFn, Reader
-from kiln.controller.model import Diagnostic
+from kiln.controller.consumers.common import ConsumerError
 from kiln.controller.providers.aws.tags import error_code
+from kiln.controller.publish_settings import LaunchTemplateSetting
 
 log = structlog.get_logger("kiln.consumers")
 
-KEYS = ("name", "set_default", "arch")
 NOT_FOUND = (
     "InvalidLaunchTemplateName.NotFoundException",
     "InvalidLaunchTemplateId.NotFound",
     "InvalidLaunchTemplateId.Malformed",
 )
-
-
-@dataclass(frozen=True)
-class LaunchTemplateSetting:
-    name: str
-    set_default: bool = False
-    arch: str = DEFAULT_ARCH  # which of the version's AMIs the template launches
 
 
 @dataclass
@@ -45,33 +37,6 @@ class TemplateVersion:
     image_id: str
     previous_default: int
     made_default: bool
-
-
-def parse(value: Any, path: tuple[Any, ...], diag: DiagFn, problems: list[Diagnostic]) -> list[LaunchTemplateSetting]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        problems.append(
-            diag(
-                path,
-                f"{'.'.join(map(str, path))} must be a list like [{{name: web-lt, set_default: true}}], got {value!r}",
-            )
-        )
-        return []
-    found: list[LaunchTemplateSetting] = []
-    for i, item in enumerate(value):
-        if isinstance(item, str):
-            item = {"name": item}
-        r = Reader(item, (*path, i), diag, problems, KEYS, "{name: web-lt, set_default: true}")
-        setting = LaunchTemplateSetting(
-            name=r.string("name", required=True),
-            set_default=r.boolean("set_default", False),
-            arch=r.string("arch", DEFAULT_ARCH),
-        )
-        if setting.name and setting.name in [s.name for s in found]:
-            r.fail(("name",), f"{r.dotted('name')}: launch template '{setting.name}' is listed twice")
-        found.append(setting)
-    return found
 
 
 def find(provider: Any, name: str) -> dict[str, dict[str, Any]]:

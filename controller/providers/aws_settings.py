@@ -16,6 +16,7 @@ from typing import Any
 from kiln.agent.schema import did_you_mean
 from kiln.controller.declared import check_document
 from kiln.controller.model import Diagnostic, InvalidInput
+from kiln.controller.publish_settings import PUBLISH_SECTION
 
 ADDRESS_KINDS = ("public_ip", "private_ip", "public_dns", "private_dns")
 HOST_KEY_POLICIES = ("warn", "refuse")
@@ -582,12 +583,7 @@ AWS_SCHEMA: dict[str, Any] = {
                 "(docs/aws.md)"
             },
         ),
-        "publish": _of(
-            "dict",
-            "The new image's consumers (launch templates, instance refresh, git-ops file); checked by "
-            "controller/consumers.",
-            "a mapping",
-        ),
+        "publish": PUBLISH_SECTION,
     },
     "mutually_exclusive": [["instance_types", "instance_type"]],
     "rules": [_instance_type_rules, _device_rules, _encryption_rules],
