@@ -21,6 +21,7 @@ from kiln.controller.config import load_config
 from kiln.controller.consumers import ConsumerError, NotRetained, PublishSettings, parse_publish
 from kiln.controller.model import Diagnostic, Image, InvalidInput
 from tests.aws_harness import AL2023, _Raw, provider
+from tests.playbooks import TINY_ROLE, invoke, make_playbooks
 
 REGIONS = ("us-east-1", "eu-west-1")
 
@@ -223,6 +224,22 @@ def test_publish_is_declared_once_and_pinned_where_it_is_written(tmp_path):
         found.message
         == "providers.aws.publish.instance_refresh.min_healthy_percentage must be between 0 and 100, got 101"
     )
+
+
+def test_validate_reports_a_bad_role_publish_at_its_line_and_column(tmp_path):
+    """role.yml's publish: is the same declaration: `invoke validate` refuses it (exit 2) before any bake."""
+    role_yml = TINY_ROLE + "publish:\n  gitops: {path: images.yaml}\n  instance_refresh: {asg: web-asg, wiat: true}\n"
+    playbooks = make_playbooks(tmp_path, {"role.yml": role_yml, "steps.yml": '- command: "true"\n'}, role="pub")
+    checked = invoke(tmp_path, "validate", "--role", "pub", playbooks=playbooks, timeout=120)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert (
+        "roles/pub/role.yml:5:18: error: publish.gitops.path must be a JSON file (e.g. images.auto.tfvars.json), "
+        "got 'images.yaml'" in checked.stdout
+    ), checked.stdout
+    assert (
+        "roles/pub/role.yml:6:36: error: unknown setting 'publish.instance_refresh.wiat' (did you mean 'wait'?)"
+        in checked.stdout
+    ), checked.stdout
 
 
 def test_role_publish_overrides_kiln_yaml_key_by_key():
