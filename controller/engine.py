@@ -224,6 +224,14 @@ class Engine:
     def exec(self, container: str, *cmd: str, input: bytes | None = None, check: bool = True) -> str:
         return self.run("exec", "-i" if input else "-t=false", container, *cmd, input=input, check=check)
 
+    def exec_status(
+        self, container: str, *cmd: str, input: bytes | None = None, timeout: float = 60
+    ) -> tuple[int, str, str]:
+        """Run ``cmd`` in ``container``: its exit status, stdout and stderr (bounded by ``timeout``)."""
+        argv = [self.command, *self._global_args(), "exec", "-i" if input else "-t=false", container, *cmd]
+        rc, stdout, stderr = run_to_completion(argv, input, timeout)
+        return rc, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
     def remove_container(self, container: str) -> None:
         self.run("rm", "-f", "-t", "2", container, check=False, timeout=120)
         if self.status(container) == "paused":  # an engine that cannot remove a frozen container

@@ -45,20 +45,83 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def seed_files(client_key: KeyPair, host_key: KeyPair) -> dict[str, tuple[bytes | None, int]]:
-    """What cloud-init would write: the authorised key and this instance's host key.
+def seed_files(host_key: KeyPair) -> dict[str, tuple[bytes | None, int]]:
+    """What cloud-init would write before sshd starts: this instance's host key.
 
     Also the current host-key unit: base images built before it only made keys when the
     ed25519 one was missing, so a machine with its pinned ed25519 key had no rsa/ecdsa keys.
     Placing it here reaches every existing base image without rebuilding it.
     """
     return {
-        "/root/.ssh": (None, 0o700),
-        "/root/.ssh/authorized_keys": (client_key.public_openssh.encode() + b"\n", 0o600),
         "/etc/ssh/ssh_host_ed25519_key": (host_key.private_openssh, 0o600),
         "/etc/ssh/ssh_host_ed25519_key.pub": (host_key.public_openssh.encode() + b"\n", 0o644),
         HOSTKEYS_UNIT_PATH: (HOSTKEYS_UNIT.encode(), 0o644),
     }
+
+
+#: who kiln logs in as: a user of its own with passwordless sudo, as a cloud image's default user, never root
+#: (a role may forbid root's SSH login, as hardening roles do; the image must still serve as a kiln base)
+BUILD_USER = "kiln-build"
+#: where its uid and gid are looked for: above UID_MAX/GID_MAX (60000) and below systemd's dynamic users
+#: (61184), so the users and groups a role creates get the ids they get without kiln
+BUILD_USER_IDS = (60100, 61100)
+#: exit status of the script below when the image cannot run kiln's build user
+NO_SUDO = 3
+
+# Made as the container starts, before kiln's first connection; kept across the dev loop's converges
+# (the key is the instance's own) and removed by the clean stage (REMOVE_BUILD_USER).
+ADD_BUILD_USER = f"""
+set -e
+user={BUILD_USER}
+for tool in sudo groupadd useradd runuser; do
+  command -v $tool >/dev/null || {{ echo "the image has no $tool" >&2; exit {NO_SUDO}; }}
+done
+if ! id -u $user >/dev/null 2>&1; then
+  id={BUILD_USER_IDS[0]}
+  while getent passwd $id >/dev/null || getent group $id >/dev/null; do
+    id=$((id + 1)); [ $id -lt {BUILD_USER_IDS[1]} ] || {{ echo "no free uid for $user" >&2; exit 1; }}
+  done
+  shell=/bin/sh; [ -x /bin/bash ] && shell=/bin/bash
+  # password '*': no password logs in, yet the account is not locked ('!'), which sshd refuses without PAM
+  groupadd --gid $id $user
+  useradd --uid $id --gid $id --create-home --shell $shell --password '*' \\
+    --comment "kiln build user (removed before the image is made)" $user
+fi
+echo "$user ALL=(ALL) NOPASSWD:ALL" > /etc/sudoers.d/$user
+chmod 0440 /etc/sudoers.d/$user
+home=$(getent passwd $user | cut -d: -f6)
+install -d -m 0700 -o $user -g $user "$home/.ssh"
+cat > "$home/.ssh/authorized_keys"
+chown $user:$user "$home/.ssh/authorized_keys"
+chmod 0600 "$home/.ssh/authorized_keys"
+runuser -u $user -- sudo -n true || {{ echo "sudo does not let $user run commands as root" >&2; exit {NO_SUDO}; }}
+"""
+
+# Part of the clean stage (run as root): no account, group, home, mail, sudoers file or key of the build
+# user reaches the image. userdel --force: the bake's own session still runs as it. The shadow tools' backup
+# files (/etc/passwd- ...) hold the entries as they were before the removal.
+REMOVE_BUILD_USER = f"""
+rm -f /etc/sudoers.d/{BUILD_USER}
+if id -u {BUILD_USER} >/dev/null 2>&1; then userdel --force --remove {BUILD_USER}; fi
+for file in /etc/passwd- /etc/shadow- /etc/group- /etc/gshadow- /etc/subuid- /etc/subgid-; do
+  if [ -f $file ]; then sed -i '/^{BUILD_USER}:/d' $file; fi
+done
+"""
+
+
+def add_build_user(engine: Engine, container: str, client_key: KeyPair, image: str) -> None:
+    """The build user with ``client_key`` authorised and passwordless sudo, before kiln's first connection.
+
+    An image that cannot have it (no sudo, as a base built by hand may be) is refused, saying why."""
+    key = client_key.public_openssh.encode() + b"\n"
+    rc, _, stderr = engine.exec_status(container, "sh", "-c", ADD_BUILD_USER, input=key, timeout=120)
+    if rc == NO_SUDO:
+        raise ProviderError(
+            f"{image} cannot serve as a base: {stderr.strip()}. kiln logs in as a build user ({BUILD_USER}) "
+            "and runs as root through sudo; install sudo in the image (kiln's own base has it)"
+        )
+    if rc != 0:
+        raise ProviderError(f"could not add the build user {BUILD_USER} to {container} (exit {rc}): {stderr.strip()}")
 
 
 def shared_state_dir() -> Path:
@@ -250,12 +313,19 @@ class LocalProvider:
                 if "address already in use" not in str(exc) or attempt == 2:
                     raise ProviderError(str(exc)) from exc
         self._note(spec.role, spec.version, spec.build_id, **{record_key: name, f"{record_key}_id": container_id})
-        self.engine.copy_in(name, seed_files(spec.client_key, spec.host_key))
+        self.engine.copy_in(name, seed_files(spec.host_key))
         try:
             self.engine.start(name)
+            add_build_user(self.engine, name, spec.client_key, spec.base.name)
         except EngineError as exc:
             raise ProviderError(str(exc)) from exc
-        return Machine(id=name, provider=self.name, ssh_port=port, host_public_key=spec.host_key.public_openssh)
+        return Machine(
+            id=name,
+            provider=self.name,
+            ssh_port=port,
+            ssh_user=BUILD_USER,
+            host_public_key=spec.host_key.public_openssh,
+        )
 
     def machine_status(self, machine: Machine) -> str:
         return self.engine.status(machine.id)
@@ -276,7 +346,7 @@ class LocalProvider:
         return HostKeyExpectation(fingerprints={KeyPair(b"", machine.host_public_key).fingerprint})
 
     def hygiene_script(self) -> str:
-        return ""
+        return REMOVE_BUILD_USER
 
     def prepare_snapshot(self, machine: Machine) -> None:
         """podman commit pauses the container itself."""
