@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +54,43 @@ def invoke(
         timeout=timeout,
         env=full_env,
     )
+
+
+def kill9_bake(
+    work: Path, argv: list[str], env: dict, until: Callable[[dict], bool], delay: float = 0.0
+) -> dict[str, str]:
+    """Run `invoke bake <argv>` (``env`` asks for JSON lines), kill -9 its process group ``delay`` seconds
+    after the first event ``until`` accepts; what it announced: build_id, version, image, instance."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", *argv],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen = {"build_id": "", "version": "", "image": "", "instance": ""}
+    announced = {"version": ("version", "version"), "image": ("image", "id"), "test machine": ("instance", "instance")}
+    try:
+        for line in proc.stderr:
+            if not line.startswith("{"):
+                continue
+            event = json.loads(line)
+            seen["build_id"] = event.get("build_id") or seen["build_id"]
+            if event.get("event") in announced:
+                name, field = announced[event["event"]]
+                seen[name] = event[field]
+            if until(event):
+                time.sleep(delay)
+                break
+        else:
+            raise AssertionError(f"the bake ended before the kill: {proc.wait()}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    assert seen["build_id"] and seen["version"], seen
+    return seen
 
 
 def build_ids(output: str) -> list[str]:

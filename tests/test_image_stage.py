@@ -21,7 +21,7 @@ from kiln.controller.model import InvalidInput
 from kiln.controller.sandbox import sandbox_client
 from kiln.controller.stepfiles.compile import compile_role
 from tests.aws_harness import AL2023
-from tests.playbooks import build_ids, image_repo, invoke, left_behind, make_playbooks
+from tests.playbooks import build_ids, image_repo, invoke, kill9_bake, left_behind, make_playbooks
 
 IN_RUN_STEPS = """\
 - name: ready marker (in /run, a tmpfs)
@@ -280,38 +280,7 @@ def good_version(proc) -> str:
 
 # --- kill -9 while the test machine runs: sweep removes it with the rest of the build ------------
 def kill9_at_test_machine(work: Path, argv: list[str], env: dict) -> dict[str, str]:
-    import signal
-    import subprocess
-    import sys
-
-    from tests.playbooks import REPO
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", *argv],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    seen = {"build_id": "", "version": "", "instance": ""}
-    try:
-        for line in proc.stderr:
-            if not line.startswith("{"):
-                continue
-            event = json.loads(line)
-            seen["build_id"] = event.get("build_id") or seen["build_id"]
-            seen["version"] = event["version"] if event.get("event") == "version" else seen["version"]
-            if event.get("event") == "test machine":
-                seen["instance"] = event["instance"]
-                break
-        else:
-            raise AssertionError(f"the bake ended before its test machine: {proc.wait()}")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(60)
-    return seen
+    return kill9_bake(work, argv, env, lambda event: event.get("event") == "test machine")
 
 
 @pytest.mark.slow

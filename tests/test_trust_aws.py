@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from kiln.controller.providers.base import ProviderError
 from kiln.controller.sandbox import local_images, sandbox_client
 from kiln.controller.stages.snapshot import Publish, Snapshot
 from tests.aws_harness import AL2023, RecordingPlane, context, session
-from tests.playbooks import REPO, invoke, make_playbooks
+from tests.playbooks import REPO, invoke, kill9_bake, make_playbooks
 from tests.test_aws_sandbox import leftovers, nothing_left
 
 REGIONS = ["us-east-1", "eu-west-1"]
@@ -308,38 +309,12 @@ KILL_POINTS = {  # point: (role, the JSON log line that triggers the kill, secon
 }
 
 
-def kill9_bake(work: Path, role: str, trigger: tuple[str, str], delay: float, env: dict) -> dict[str, str]:
-    """Run `invoke bake --provider aws --sandbox`, kill -9 its process group at ``trigger``; what it announced."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role, "--provider", "aws", "--sandbox"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    seen = {"build_id": "", "version": "", "image": ""}
-    try:
-        for line in proc.stderr:
-            if not line.startswith("{"):
-                continue
-            event = json.loads(line)
-            seen["build_id"] = event.get("build_id") or seen["build_id"]
-            if event.get("event") == "version":
-                seen["version"] = event["version"]
-            if event.get("event") == "image":
-                seen["image"] = event["id"]
-            if (event.get("event"), event.get("stage", "")) == trigger:
-                time.sleep(delay)
-                break
-        else:
-            raise AssertionError(f"the bake ended before {trigger}: {proc.wait()}")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(60)
-    assert seen["build_id"] and seen["version"], seen
-    return seen
+def sandbox_bake(role: str) -> list[str]:
+    return ["--role", role, "--provider", "aws", "--sandbox"]
+
+
+def at_event(name: str, stage: str = "") -> Callable[[dict], bool]:
+    return lambda event: (event.get("event"), event.get("stage", "")) == (name, stage)
 
 
 def sweep_after_deadline(work: Path, env: dict) -> tuple[subprocess.CompletedProcess, float]:
@@ -378,7 +353,7 @@ def test_kill9_of_a_sandbox_bake_then_sweep_leaves_nothing_of_it(sandbox_env, en
     work.mkdir()
     (work / "playbooks").symlink_to(playbooks)
     env = kill_env(work, AWS_ENDPOINT_URL=sandbox_env)
-    seen = kill9_bake(work, role, trigger, delay, env)
+    seen = kill9_bake(work, sandbox_bake(role), env, at_event(*trigger), delay)
     assert not nothing_left(leftovers(sandbox_env, engine, seen["build_id"], role, seen["version"])), (
         "the kill left something to sweep"
     )
@@ -423,7 +398,7 @@ def test_kill9_of_an_embedded_sandbox_bake_leaves_containers_and_images_sweep_re
     work.mkdir()
     (work / "playbooks").symlink_to(playbooks)
     env = kill_env(work)
-    seen = kill9_bake(work, role, ("image", ""), 0, env)
+    seen = kill9_bake(work, sandbox_bake(role), env, at_event("image"))
     containers = engine.containers(f"kiln.build-id={seen['build_id']}")
     image = f"{local_images()}:{seen['image']}"
     assert containers and engine.image_exists(image), "the killed bake left its container and AMI image"
