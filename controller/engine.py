@@ -6,6 +6,7 @@ goes through :class:`Engine`, so engine quirks (runtime, ulimits) live in one pl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -57,6 +58,18 @@ ExecStart=/usr/bin/ssh-keygen -A
 [Install]
 WantedBy=multi-user.target
 """
+
+
+#: the label on kiln's base image naming the recipe it was built from (:func:`base_recipe`)
+BASE_RECIPE_LABEL = "kiln.base-recipe"
+
+
+def base_recipe() -> str:
+    """What kiln's base image is made of, hashed: a base whose label differs (or an older kiln's, with none)
+    is stale and built again, never silently reused (kiln's launch needs what the recipe puts there, e.g. sudo
+    for the build user)."""
+    recipe = {"suite": "bookworm", "variant": "minbase", "packages": BASE_PACKAGES, "hostkeys_unit": HOSTKEYS_UNIT}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 #: how podman and docker say an image does not exist (anything else is an engine failure)
@@ -167,6 +180,21 @@ class Engine:
         except (EngineError, ValueError, IndexError):
             return None
         return inspected.get("Labels") or (inspected.get("Config") or {}).get("Labels") or {}
+
+    def base_staleness(self, ref: str) -> str:
+        """Why image ``ref`` is not kiln's base of today's recipe ("missing", "stale: ..."); "" when it is.
+
+        An engine that cannot answer raises (EngineError) rather than call the image missing or stale."""
+        if not self.image_exists(ref):
+            return "missing"
+        inspected = self.image_inspect(ref)
+        labels = inspected.get("Labels") or (inspected.get("Config") or {}).get("Labels") or {}
+        built_from = labels.get(BASE_RECIPE_LABEL, "")
+        if built_from == base_recipe():
+            return ""
+        if not built_from:
+            return "stale: built by an older kiln (no recipe label)"
+        return f"stale: built from recipe {built_from}, kiln's is now {base_recipe()}"
 
     def image_inspect(self, ref: str) -> dict:
         return json.loads(self.run("image", "inspect", ref))[0]
@@ -317,7 +345,16 @@ class Engine:
             log.info("base image: import", image=ref)
             tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
             proc = subprocess.run(
-                [self.command, "import", "--change", 'CMD ["/sbin/init"]', "-", ref],
+                [
+                    self.command,
+                    "import",
+                    "--change",
+                    'CMD ["/sbin/init"]',
+                    "--change",
+                    f"LABEL {BASE_RECIPE_LABEL}={base_recipe()}",
+                    "-",
+                    ref,
+                ],
                 stdin=tar.stdout,
                 capture_output=True,
                 timeout=BASE_BUILD_TIMEOUT,

@@ -107,3 +107,41 @@ def test_image_without_root_login_serves_as_a_base_and_has_no_build_user(engine,
     assert time.monotonic() - started < 120
     assert not left_behind(engine, again.stderr)
     assert traces_in_image(engine, f"{image_repo('onnoroot')}:latest") == []
+
+
+def image_from_base(engine, ref: str, script: str = "true", labels: dict[str, str] | None = None) -> str:
+    """``ref`` (under this session's prefix): kiln's base after ``script`` ran in it, with ``labels``."""
+    name = f"kiln-test-image-{SESSION}-{int(time.monotonic() * 1000)}"
+    changes = [arg for key, value in (labels or {}).items() for arg in ("--change", f"LABEL {key}={value}")]
+    try:
+        engine.run("run", "--name", name, "--label", SESSION_LABEL, *_ulimit_args(), BASE_IMAGE, "sh", "-c", script)
+        engine.run("commit", *changes, "--change", 'CMD ["/sbin/init"]', name, ref)
+    finally:
+        engine.remove_container(name)
+    return ref
+
+
+def test_a_base_without_sudo_is_refused_saying_why_and_nothing_is_left(engine, tmp_path):
+    """The build user needs sudo: an image without it fails the launch, saying so, not a login 180 s later."""
+    base = image_from_base(engine, f"{image_repo('nosudo-base')}:1", "rm /usr/bin/sudo")
+    playbooks = make_playbooks(tmp_path, role_files(base), role="onnosudo", kiln_yaml=KILN_YAML)
+    started = time.monotonic()
+    proc = invoke(tmp_path, "bake", "--role", "onnosudo", playbooks=playbooks, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    assert f"{base} cannot serve as a base: the image has no sudo" in proc.stdout + proc.stderr
+    assert time.monotonic() - started < 30
+    assert not left_behind(engine, proc.stderr)
+    assert not engine.images(f"{image_repo('onnosudo')}")
+
+
+def test_kiln_base_of_another_recipe_is_stale(engine):
+    """kiln's base carries its recipe: one an older kiln built (no label) or of another recipe is built again."""
+    from kiln.controller.engine import BASE_RECIPE_LABEL, base_recipe
+
+    assert engine.base_staleness(BASE_IMAGE) == "", "the base the session uses is today's"
+    assert engine.image_labels(BASE_IMAGE)[BASE_RECIPE_LABEL] == base_recipe()
+    other = image_from_base(engine, f"{image_repo('other-recipe')}:1", labels={BASE_RECIPE_LABEL: "0123abcd"})
+    assert engine.base_staleness(other) == f"stale: built from recipe 0123abcd, kiln's is now {base_recipe()}"
+    older = image_from_base(engine, f"{image_repo('older-kiln')}:1", labels={BASE_RECIPE_LABEL: ""})
+    assert engine.base_staleness(older) == "stale: built by an older kiln (no recipe label)"
+    assert engine.base_staleness(f"{image_repo('no-such-base')}:1") == "missing"

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +28,15 @@ from typing import Any
 
 import structlog
 
-from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH, Engine, EngineError, image_prefix
+from kiln.controller.engine import (
+    BASE_BUILD_TIMEOUT,
+    BASE_IMAGE,
+    HOSTKEYS_UNIT,
+    HOSTKEYS_UNIT_PATH,
+    Engine,
+    EngineError,
+    image_prefix,
+)
 from kiln.controller.model import BaseImage, Image, Machine, Publication, PublishSpec
 from kiln.controller.ownership import BuildClaim
 from kiln.controller.providers.base import ImageSpec, Lock, MachineSpec, ProviderError
@@ -124,6 +133,32 @@ def add_build_user(engine: Engine, container: str, client_key: KeyPair, image: s
         raise ProviderError(f"could not add the build user {BUILD_USER} to {container} (exit {rc}): {stderr.strip()}")
 
 
+def base_image_lock() -> Path:
+    """The lock around building kiln's base image: one per engine storage (this user's), whatever
+    ``KILN_STATE_DIR`` a bake uses, as the base image is shared by all of them."""
+    return Path(tempfile.gettempdir()) / f"kiln-base-image-{os.geteuid()}.lock"
+
+
+@contextlib.contextmanager
+def flocked(path: Path, timeout: float) -> Iterator[None]:
+    """flock on ``path``, waited for at most ``timeout`` seconds (ProviderError past it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ProviderError(f"{path} stayed locked for {timeout:.0f}s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def shared_state_dir() -> Path:
     """Machine-wide state of the local provider: ``KILN_STATE_DIR``, else /var/lib/kiln as root,
     else ~/.local/state/kiln (one per engine storage, as podman's own is per user)."""
@@ -164,12 +199,22 @@ class LocalProvider:
     # --- base ------------------------------------------------------------------------
     def resolve_base(self, spec: Any) -> BaseImage:
         ref = (spec.get("image") if isinstance(spec, dict) else spec) or BASE_IMAGE
-        if not self.engine.image_exists(ref):
-            if ref != BASE_IMAGE:
-                raise ProviderError(f"base image {ref} not found in {self.engine.command}")
-            log.info("base image missing: building it once with debootstrap (about a minute)", image=ref)
-            self.engine.build_base_image(ref)
+        if ref == BASE_IMAGE:
+            self._current_kiln_base(ref)
+        elif not self.engine.image_exists(ref):
+            raise ProviderError(f"base image {ref} not found in {self.engine.command}")
         return BaseImage(id=self.engine.image_id(ref), name=ref, spec=str(spec or BASE_IMAGE))
+
+    def _current_kiln_base(self, ref: str) -> None:
+        """kiln's own base, built with debootstrap when missing or stale (its recipe label is not today's):
+        one bake builds it while concurrent ones wait for it. The stale one is left to the engine (untagged)."""
+        if not self.engine.base_staleness(ref):
+            return
+        with flocked(base_image_lock(), BASE_BUILD_TIMEOUT + 60):
+            why = self.engine.base_staleness(ref)
+            if why:
+                log.info("base image: building it with debootstrap (about a minute)", image=ref, why=why)
+                self.engine.build_base_image(ref)
 
     # --- versions: each reservation is the build's record ------------------------------
     def _reservations(self, role: str) -> Path:
@@ -263,25 +308,9 @@ class LocalProvider:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
 
-    @contextlib.contextmanager
-    def _latest_lock(self, role: str, timeout: float = 120) -> Iterator[None]:
+    def _latest_lock(self, role: str, timeout: float = 120) -> contextlib.AbstractContextManager[None]:
         """A short per-role lock around compare-and-tag of ``latest`` (two publishes never interleave)."""
-        path = self.shared_dir / "locks" / f"{role}.latest.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout
-        with open(path, "a") as handle:
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise ProviderError(f"{path} stayed locked for {timeout:.0f}s") from None
-                    time.sleep(0.1)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return flocked(self.shared_dir / "locks" / f"{role}.latest.lock", timeout)
 
     # --- the build machine -----------------------------------------------------------
     def launch(self, spec: MachineSpec) -> Machine:
