@@ -485,7 +485,7 @@ class Runner:
         section = self.cursor[len(path)] if self.cursor is not None else None
         if section is None and step.get("when") is not None:
             try:
-                wanted = self._truth(step["when"], self.variables, step, "when")
+                wanted = self._truth(step["when"], self.step_scope(step), step, "when")
             except StepFailed as exc:
                 return self.finish_step(
                     dict(step, module="block"), {"status": StepStatus.FAILED, "msg": exc.msg}, 0, False

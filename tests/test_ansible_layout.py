@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from kiln.controller.config import Config
 from kiln.controller.stepfiles.compile import bundle_json, compile_role, list_roles, validate_roles
+from tests.ansible_diff import ROLES, compare_role, workdir
+from tests.machines import SESSION, TEST_LABEL
 from tests.playbooks import invoke
 
 
@@ -115,7 +118,7 @@ def test_an_ansible_layout_role_compiles_with_its_dependency(tmp_path):
     assert per_os[0]["block"][0]["module"] == "fail"  # pacman: another OS's module
     apt_update, apt = per_os[1]["block"]
     assert apt_update["args"] == {"update_cache": True, "cache_valid_time": 86400, "name": []}
-    assert apt["module"] == "package"
+    assert apt["module"] == "apt"
     pages = steps[4]
     assert pages["when"] == "web_pages | length > 0"
     copy = pages["block"][0]
@@ -147,7 +150,6 @@ REFUSALS = {
         "- include_tasks: 'x-{{ ansible_os_family }}.yml'\n",
         "main.yml:1:18: no file in the role's tasks/ matches",
     ),
-    "include_role": ("- include_role: {name: other}\n", "main.yml:1:3: 'include_role' is not supported yet"),
     "bad key=value": ("- file: path=/x bogus\n", "main.yml:1:9: 'bogus' is not key=value"),
     "unknown FQCN": ("- community.crypto.openssh_keypair: {path: /k}\n", "main.yml:1:3: unknown module"),
     "listen off a handler": ("- command: echo\n  listen: x\n", "main.yml:2:3: 'listen' belongs to a handler"),
@@ -208,3 +210,171 @@ def test_bake_an_ansible_layout_role(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     output = done.stdout + done.stderr
     assert "baked  image=" in output and "checks_passed=1" in output, output
+
+
+# --- include_role / import_role --------------------------------------------------------------------------
+SITE = {
+    "tasks/main.yml": """---
+- import_role:
+    name: vhost
+    tasks_from: user
+  tags: [users]
+- name: Configure each host.
+  include_role:
+    name: vhost
+  loop: "{{ hosts_list }}"
+  loop_control:
+    loop_var: host
+    index_var: position
+  when: host != 'skip'
+- include_role: name=vhost tasks_from=page defaults_from=page vars_from=page
+  vars:
+    page_name: index
+- include_role:
+    name: galaxy.tools
+    apply:
+      become: true
+      become_user: nobody
+      tags: [tools]
+""",
+    "defaults/main.yml": "hosts_list: [a, skip, c]\n",
+}
+VHOST = {
+    "tasks/main.yml": "- template: {src: host.j2, dest: '/etc/{{ host }}.conf'}\n  notify: hosts changed\n",
+    "tasks/user.yml": "- user: {name: '{{ vhost_user }}'}\n",
+    "tasks/page.yml": "- copy: {content: '{{ page_title }} {{ page_size }}', dest: '/srv/{{ page_name }}'}\n",
+    "defaults/main.yml": "vhost_user: web\nhost: none\n",
+    "defaults/page.yml": "page_title: Hi\n",
+    "vars/main.yml": "vhost_conf: /etc/vhost\n",
+    "vars/page.yml": "page_size: 10\n",
+    "handlers/main.yml": "- name: reload hosts\n  command: echo reload\n  listen: hosts changed\n",
+    "templates/host.j2": "{{ host }} {{ position | default('-') }} {{ vhost_conf }}\n",
+    "meta/main.yml": "dependencies: [base]\n",
+}
+TOOLS = {"tasks/main.yml": "- command: echo {{ tools_word }}\n", "defaults/main.yml": "tools_word: hi\n"}
+
+
+def test_include_and_import_role_compile_the_named_roles_tasks(tmp_path):
+    write_role(tmp_path, "site", SITE)
+    write_role(tmp_path, "vhost", VHOST)
+    write_role(tmp_path, "base", BASE)
+    write_role(tmp_path, "galaxy.tools", TOOLS)  # as ansible-galaxy installs it
+    assert problems(tmp_path, "site") == []
+    compiled = compile_role(tmp_path, "site", "local", config(tmp_path))
+    assert compiled.chain == ["base", "vhost", "galaxy.tools", "site"]
+    user, hosts, page, tools = compiled.steps
+    base, create_user = user["block"]  # the included role's dependency first, once
+    assert (base["role"], base["module"]) == ("base", "file")
+    assert (create_user["role"], create_user["module"], create_user["tags"]) == ("vhost", "user", ["users"])
+    assert "when" not in hosts and [c["when"] for c in hosts["block"]] == ["host != 'skip'"] * 3
+    assert [c["vars"] for c in hosts["block"]] == [
+        {"host": "a", "position": 0},
+        {"host": "skip", "position": 1},
+        {"host": "c", "position": 2},
+    ]
+    templates = [c["block"][0] for c in hosts["block"]]
+    assert [t["vars"]["host"] for t in templates] == ["a", "skip", "c"]
+    assert templates[0]["args"]["src"] == "vhost/host.j2" and templates[0]["notify"] == ["hosts changed"]
+    assert len({step["index"] for step in flatten(compiled.steps + compiled.handlers)}) == len(
+        flatten(compiled.steps + compiled.handlers)
+    ), "every step keeps an index of its own"
+    assert page["block"][0]["vars"] == {"page_name": "index"}
+    (echo,) = tools["block"]
+    assert (echo["become_user"], echo["tags"]) == ("nobody", ["tools"]) and "tags" not in tools
+    assert [h["name"] for h in compiled.handlers] == ["reload hosts"]
+    variables = compiled.variables
+    assert (variables["vhost_user"], variables["vhost_conf"], variables["page_title"]) == ("web", "/etc/vhost", "Hi")
+    assert (variables["page_size"], variables["tools_word"]) == (10, "hi")
+    assert {"templates/vhost/host.j2", "vars/vhost/page.yml"} <= set(compiled.files)
+
+
+def flatten(steps):
+    return [s for step in steps for s in [step, *flatten(step.get("block", []))]]
+
+
+ROLE_REFUSALS = {
+    "unknown role": (
+        "- include_role:\n    name: vhosts\n",
+        "main.yml:2:11: unknown role 'vhosts' in playbooks/roles/ (did you mean 'vhost'?)",
+    ),
+    "unknown role, key=value": ("- import_role: name=nope\n", "main.yml:1:16: unknown role 'nope'"),
+    "missing tasks_from": (
+        "- include_role: {name: vhost, tasks_from: pages}\n",
+        "main.yml:1:43: 'pages' not found in vhost's tasks/ (did you mean 'page.yml'?)",
+    ),
+    "missing vars_from": ("- import_role: {name: vhost, vars_from: nope}\n", "main.yml:1:41: 'nope' not found in"),
+    "templated name": (
+        "- include_role: {name: '{{ which }}'}\n",
+        "main.yml:1:24: include_role needs a literal role name",
+    ),
+    "unknown setting": (
+        "- include_role: {name: vhost, task_from: page}\n",
+        "main.yml:1:31: unknown include_role setting 'task_from' (did you mean 'tasks_from'?)",
+    ),
+    "apply on import_role": (
+        "- import_role: {name: vhost, apply: {become: true}}\n",
+        "main.yml:1:30: unknown import_role setting 'apply': apply is for include_role",
+    ),
+    "apply with a step keyword": (
+        "- include_role: {name: vhost, apply: {register: x}}\n",
+        "main.yml:1:39: apply cannot carry 'register'",
+    ),
+    "import_role loop": (
+        "- import_role: {name: vhost}\n  loop: [a, b]\n",
+        "main.yml:2:3: import_role cannot loop",
+    ),
+    "loop over a registered result": (
+        "- command: ls\n  register: listing\n- include_role: {name: vhost}\n  loop: '{{ listing.stdout_lines }}'\n",
+        "main.yml:4:9: include_role loops over listing, known only on the box",
+    ),
+    "a role including itself": ("- include_role: {name: r}\n", "main.yml:1:24: include_role of 'r' includes itself"),
+    "register on an include": (
+        "- include_role: {name: vhost}\n  register: x\n",
+        "main.yml:2:3: 'register' cannot be used with include_role",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROLE_REFUSALS))
+def test_include_role_refusals_name_file_line_column(tmp_path, case):
+    tasks, expected = ROLE_REFUSALS[case]
+    write_role(tmp_path, "r", {"tasks/main.yml": tasks})
+    write_role(tmp_path, "vhost", VHOST)
+    write_role(tmp_path, "base", BASE)
+    found = problems(tmp_path, "r")
+    assert any(p.startswith(expected) for p in found), found
+
+
+@pytest.mark.slow
+def test_an_unknown_included_role_is_refused_and_nothing_is_launched(engine, tmp_path):
+    playbooks = tmp_path / "playbooks"
+    write_role(playbooks, "site", {"tasks/main.yml": "---\n- name: Hosts.\n  include_role:\n    name: vhots\n"})
+    write_role(playbooks, "vhost", VHOST)
+    write_role(playbooks, "base", BASE)
+    (playbooks / "kiln.yaml").write_text("retention:\n  keep: 3\n")
+    shown = "playbooks/roles/site/tasks/main.yml:4:11: error: unknown role 'vhots' in playbooks/roles/"
+    checked = invoke(tmp_path, "validate", "--role", "site", playbooks=playbooks, timeout=120)
+    assert checked.returncode == 2 and shown in checked.stdout, checked.stdout + checked.stderr
+    baked = invoke(tmp_path, "bake", "--role", "site", playbooks=playbooks, timeout=300)
+    assert baked.returncode == 2, baked.stdout + baked.stderr
+    assert shown in baked.stdout and "nothing was launched" in baked.stdout, baked.stdout
+    assert "==> launch" not in baked.stderr and "Traceback" not in baked.stderr, baked.stderr
+    assert not engine.containers("kiln.role=site"), "a build machine was launched"
+
+
+@pytest.mark.slow
+def test_include_and_import_role_end_state_equals_ansible_playbooks(engine):
+    """kiln_site (tests/ansible_roles) includes and imports kiln_site_vhost: import_role with tasks_from,
+    include_role looped with loop_var and a per-item when, tasks_from with defaults_from and role params,
+    vars_from with apply; the included role's handler runs through listen. Both roles are used unchanged."""
+    work = workdir()
+    try:
+        for staged in (work / "ansible" / "roles", work / "kiln" / "playbooks" / "roles"):
+            staged.mkdir(parents=True)
+        (work / "ansible" / "roles" / "kiln_site_vhost").symlink_to(ROLES / "kiln_site_vhost")
+        shutil.copytree(ROLES / "kiln_site_vhost", work / "kiln" / "playbooks" / "roles" / "kiln_site_vhost")
+        result = compare_role(engine, ROLES / "kiln_site", work, labels={TEST_LABEL: SESSION})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert result.ansible.ok, result.ansible.output[-3000:]
+    assert result.equal, result.report()

@@ -5,12 +5,18 @@ everything in one pass (raising :class:`~controller.model.InvalidInput` with *ev
 problem), and returns a :class:`~controller.model.CompiledRole`; ``bundle_json``
 turns that into ``bundle.json`` (docs/internals.md).
 
-Variables, lowest to highest precedence: role defaults (dependencies first, in chain
-order) < role vars (same order) < ``kiln.yaml`` ``vars`` < ``--var k=v``.
+Roles that ``include_role``/``import_role`` name are loaded like dependencies (validate.py
+compiles their tasks in place) and are part of ``chain``, before the roles of the dependency chain.
+
+Variables, lowest to highest precedence: role defaults (included roles first, then the
+dependency chain in order) < role.yml vars (same order) < ``kiln.yaml`` ``vars`` < vars/
+files (same order) < ``--var k=v``. One scope holds them all: a role's own defaults do not
+win over another role's for its own tasks, as they do in Ansible.
 """
 
 from __future__ import annotations
 
+import copy as copy_module
 import hashlib
 import json
 import re
@@ -20,7 +26,7 @@ from typing import Any
 
 from kiln.agent.checks import discover as discover_checks
 from kiln.agent.modules import discover as discover_modules
-from kiln.agent.templating import render
+from kiln.agent.templating import evaluate, render
 from kiln.controller.config import PROVIDERS, Config
 from kiln.controller.model import CompiledRole, Diagnostic, InvalidInput
 from kiln.controller.stepfiles.loader import Document, RoleTree, display_path, load_yaml, scan_role
@@ -31,11 +37,14 @@ from kiln.controller.stepfiles.validate import (
     RESERVED_NAMES,
     Collector,
     Ref,
+    RoleLoop,
+    RoleUse,
     StepCompiler,
     any_templated,
     check_references,
     compile_checks,
     did_you_mean,
+    inherit_keywords,
     is_templated,
     kind_of,
 )
@@ -309,8 +318,45 @@ def _dependencies(src: RoleSource, problems: list[Diagnostic]) -> None:
         if not isinstance(name, str) or not ROLE_NAME.match(name.split(".")[-1]):
             problems.append(doc.diag(("dependencies", index), f"a dependency is a role name, got {name!r}"))
             continue
-        src.depends.append(name.split(".")[-1] if name not in ("",) else name)
+        src.depends.append(name)  # its folder: role_folder (as written, or its last part)
         src.dep_refs.append((doc, ("dependencies", index)))
+
+
+def role_folder(roles_dir: Path, name: str) -> str | None:
+    """The folder of roles/ a task or dependency means by ``name``: as written (``geerlingguy.nginx``, as
+    ansible-galaxy installs it), else its last part (``nginx``, ``devsec.hardening.ssh_hardening``)."""
+    for folder in (name, name.split(".")[-1]):
+        if ROLE_NAME.match(folder) and folder not in (".", "..") and (Path(roles_dir) / folder).is_dir():
+            return folder
+    return None
+
+
+class RoleCatalog:
+    """The roles of playbooks/roles/ that include_role/import_role name, each loaded once (the chain's
+    roles are already loaded): the :class:`~controller.stepfiles.validate.RoleFinder` of a compile."""
+
+    def __init__(self, roles_dir: Path, sources: dict[str, RoleSource], chain: list[str], problems: list[Diagnostic]):
+        self.roles_dir = Path(roles_dir)
+        self.sources = sources
+        self.problems = problems
+        self.already_ran = set(chain)
+
+    def find(self, name: str) -> RoleSource | None:
+        folder = role_folder(self.roles_dir, name)
+        if folder is None:
+            return None
+        if folder not in self.sources:
+            self.sources[folder] = _load_role(self.roles_dir, folder, self.problems)
+        return self.sources[folder]
+
+    def names(self) -> list[str]:
+        return list_roles(self.roles_dir.parent)
+
+    def ran(self, name: str) -> bool:
+        return name in self.already_ran
+
+    def mark_ran(self, name: str) -> None:
+        self.already_ran.add(name)
 
 
 def _resolve_chain(
@@ -334,16 +380,18 @@ def _resolve_chain(
     sources: dict[str, RoleSource] = {}
 
     def visit(name: str, stack: list[str], ref: tuple[Document, tuple[Any, ...]] | None) -> None:
+        folder = role_folder(roles_dir, name) if stack else name
+        if folder is None:
+            if ref:
+                problems.append(ref[0].diag(ref[1], f"unknown role '{name}'{did_you_mean(name, available)}"))
+            return
+        name = folder
         if name in stack:
             cycle = " -> ".join(stack[stack.index(name) :] + [name])
             if ref:
                 problems.append(ref[0].diag(ref[1], f"dependency cycle: {cycle}"))
             return
         if name in sources:
-            return
-        if not (roles_dir / name).is_dir():
-            if ref:
-                problems.append(ref[0].diag(ref[1], f"unknown role '{name}'{did_you_mean(name, available)}"))
             return
         src = _load_role(roles_dir, name, problems)
         sources[name] = src
@@ -434,7 +482,7 @@ def _compile(
     playbooks_dir = Path(playbooks_dir)
     problems: list[Diagnostic] = []
     chain, sources = _resolve_chain(playbooks_dir, role, problems)
-    collector = Collector(diagnostics=problems)
+    collector = Collector(diagnostics=problems, roles=RoleCatalog(playbooks_dir / "roles", sources, chain, problems))
     modules = discover_modules()
     checks_available = discover_checks()
 
@@ -451,38 +499,42 @@ def _compile(
             handlers += StepCompiler(collector, modules, name, src.dir, src.handlers_doc, src.tree).compile_file(
                 handlers=True
             )
+    handlers += _included_handlers(collector, modules, chain, sources, problems)
+    included_roles = list(dict.fromkeys(use.name for use in collector.role_uses if use.name not in chain))
+    roles = included_roles + chain  # every role whose files, variables and templates the bake uses
     checks: list[dict[str, Any]] = []
-    for name in chain:
+    main_uses = {use.name for use in collector.role_uses if use.main}
+    for name in [n for n in included_roles if n in main_uses] + chain:
         src = sources[name]
         if src.verify_doc is not None:
             checks += compile_checks(collector, checks_available, name, src.verify_doc)
 
-    # variables: defaults (chain order) < vars (chain order) < kiln.yaml < --var
+    # variables: defaults < role.yml vars < kiln.yaml < vars/ < --var; included roles first, then the chain
+    layers = _included_layers(collector.role_uses, chain, sources, problems) + [_layer(sources[n]) for n in chain]
     variables: dict[str, Any] = {}
-    for name in chain:
-        variables.update(sources[name].defaults)
-    for name in chain:
-        variables.update(sources[name].vars)
+    for layer in layers:
+        variables.update(layer.defaults)
+    for layer in layers:
+        variables.update(layer.vars)
     variables.update(config.vars)
-    for name in chain:  # Ansible's role vars win over inventory-like variables (kiln.yaml)
-        variables.update(sources[name].ansible_vars)
+    for layer in layers:  # Ansible's role vars win over inventory-like variables (kiln.yaml)
+        variables.update(layer.ansible_vars)
     variables.update(overrides or {})
     for key in overrides or {}:
         if not IDENTIFIER.match(str(key)) or key in RESERVED_NAMES:
             problems.append(Diagnostic("--var", 1, 1, f"'{key}' cannot be set as a variable"))
 
-    included = {var for name in chain for values in sources[name].vars_files.values() for var in values}
+    included = {var for name in roles for values in sources[name].vars_files.values() for var in values}
     known = set(variables) | collector.registers | set(BUILTIN_NAMES) | included
     var_refs: list[tuple[Document, tuple[Any, ...], Any]] = []
-    for name in chain:
+    for name in roles:
         src = sources[name]
         if src.meta_doc is not None:
             for section in ("defaults", "vars"):
                 for var, value in getattr(src, section).items():
                     var_refs.append((src.meta_doc, (section, var), value))
-    for name in chain:
-        src = sources[name]
-        for doc, values in ((src.defaults_doc, src.defaults), (src.vars_doc, src.ansible_vars)):
+    for layer in layers:
+        for doc, values in layer.docs:
             if doc is not None and isinstance(doc.data, dict):
                 var_refs += [(doc, (var,), value) for var, value in values.items() if var in doc.data]
     if config.document is not None:
@@ -492,16 +544,18 @@ def _compile(
         _collect_var_refs(collector, doc, path, value)
     # a role.yml that did not load leaves its variables unknown: do not guess at undefined names then
     unreadable = any(d.file.endswith(("role.yml", "defaults/main.yml", "vars/main.yml")) for d in problems)
-    check_references(collector, known, {name: sources[name].tree for name in chain}, check_names=not unreadable)
+    check_references(collector, known, {name: sources[name].tree for name in roles}, check_names=not unreadable)
 
     resolved = resolve_variables(variables, {"kiln": {"role": role}})
+    expand_role_loops(collector, variables, resolved, collector.registers | included, problems)
     for check, doc, path, key in collector.check_templates:
         try:
             check["args"][key] = render(check["args"][key], resolved)
         except Exception as exc:  # noqa: BLE001 - reported, never a traceback
             # facts and kiln.version (directly or through a variable) exist only on the box:
             # every name is known, so the agent renders the value at verify time
-            unknown = _undeclared_in(check["args"][key]) - known
+            # Ansible's names (ansible_facts, ansible_os_family...) are the box's, as in steps
+            unknown = {n for n in _undeclared_in(check["args"][key]) - known if not n.startswith("ansible_")}
             if unknown:
                 problems.append(doc.diag(path, f"cannot render this check value: {exc}"))
     for check in checks:
@@ -531,16 +585,16 @@ def _compile(
     for name in chain:
         base.update(sources[name].base)
     files: dict[str, bytes] = {}
-    for name in chain:
+    for name in roles:
         files.update(_role_files(sources[name]))
     secret_names = _names_behind(collector.no_log_names, variables)
     no_log_values = sorted({s for n in secret_names if n in resolved for s in _string_leaves(resolved[n])})
-    no_log_values = sorted(set(no_log_values) | _vault_values(variables, sources, chain))
+    no_log_values = sorted(set(no_log_values) | _vault_values(variables, sources, roles))
     selection = sorted(f"+{t}" for t in selected) + sorted(f"-{t}" for t in skipped)
-    content_hash = _content_hash(sources, chain, variables, provider, selection) if want_hash else ""
+    content_hash = _content_hash(sources, roles, variables, provider, selection) if want_hash else ""
     return CompiledRole(
         role=role,
-        chain=chain,
+        chain=roles,
         description=sources[role].description,
         steps=steps,
         handlers=handlers,
@@ -551,6 +605,149 @@ def _compile(
         content_hash=content_hash,
         no_log_values=no_log_values,
     )
+
+
+@dataclass
+class RoleLayer:
+    """What one role, or one include_role/import_role of it, adds to the bake's variables."""
+
+    defaults: dict[str, Any] = field(default_factory=dict)
+    vars: dict[str, Any] = field(default_factory=dict)  # role.yml vars: below kiln.yaml
+    ansible_vars: dict[str, Any] = field(default_factory=dict)  # vars/main.yml or vars_from: above kiln.yaml
+    docs: list[tuple[Document | None, dict[str, Any]]] = field(default_factory=list)  # where values were written
+
+
+def _layer(src: RoleSource) -> RoleLayer:
+    return RoleLayer(
+        src.defaults, src.vars, src.ansible_vars, [(src.defaults_doc, src.defaults), (src.vars_doc, src.ansible_vars)]
+    )
+
+
+def _included_layers(
+    uses: list[RoleUse], chain: list[str], sources: dict[str, RoleSource], problems: list[Diagnostic]
+) -> list[RoleLayer]:
+    """The variables of the roles include_role/import_role bring in: their main.yml files the first time (the
+    chain's roles have theirs already), ``defaults_from``/``vars_from`` files instead where given."""
+    layers: list[RoleLayer] = []
+    loaded = {(name, part) for name in chain for part in ("defaults", "vars")}  # main.yml files already in
+    for use in uses:
+        src = sources[use.name]
+        layer = RoleLayer()
+        for setting, part in (("defaults_from", "defaults"), ("vars_from", "vars")):
+            rel = getattr(use, setting)
+            if rel:
+                doc = _load(src.tree, rel, problems)
+                values = _variables(doc, problems)
+            elif (use.name, part) not in loaded:
+                loaded.add((use.name, part))
+                doc, values = (
+                    (src.defaults_doc, src.defaults) if part == "defaults" else (src.vars_doc, src.ansible_vars)
+                )
+                if part == "vars":
+                    layer.vars = src.vars  # role.yml's (kiln's layout): below kiln.yaml
+            else:
+                continue
+            setattr(layer, "defaults" if part == "defaults" else "ansible_vars", values)
+            layer.docs.append((doc, values))
+        layers.append(layer)
+    return layers
+
+
+def _included_handlers(
+    collector: Collector,
+    modules: dict[str, Any],
+    chain: list[str],
+    sources: dict[str, RoleSource],
+    problems: list[Diagnostic],
+) -> list[dict[str, Any]]:
+    """The handlers of included roles (``handlers_from`` or main.yml), each file once; a handler may
+    include a role in turn, so the list of uses may grow while it is read."""
+    handlers: list[dict[str, Any]] = []
+    done: set[tuple[str, str]] = set()
+    position = 0
+    while position < len(collector.role_uses):
+        use = collector.role_uses[position]
+        position += 1
+        key = (use.name, use.handlers_from)
+        if key in done or (not use.handlers_from and use.name in chain):
+            continue
+        done.add(key)
+        src = sources[use.name]
+        doc = _load(src.tree, use.handlers_from, problems) if use.handlers_from else src.handlers_doc
+        if doc is not None:
+            compiler = StepCompiler(collector, modules, use.name, src.dir, doc, src.tree)
+            handlers += compiler.compile_file(handlers=True)
+    return handlers
+
+
+def expand_role_loops(
+    collector: Collector,
+    variables: dict[str, Any],
+    resolved: dict[str, Any],
+    runtime: set[str],
+    problems: list[Diagnostic],
+) -> None:
+    """Each looped include_role becomes a block of one copy per item (its ``when`` per copy, the item in
+    its ``vars``). The items must be known here: a list, or variables of the roles, kiln.yaml or --var."""
+    for loop in collector.role_loops:
+        items = _loop_items(loop, variables, resolved, runtime, problems)
+        include = loop.block
+        copies = []
+        for position, item in enumerate(items or []):
+            copy = copy_module.deepcopy(include)
+            copy["vars"] = {**copy.get("vars", {}), loop.loop_var: item}
+            if loop.index_var:
+                copy["vars"][loop.index_var] = position
+            copy["name"] = f"{include['name']} ({loop.loop_var}={_short(item)})"
+            inherit_keywords(copy)
+            _renumber(copy, collector)
+            copies.append(copy)
+        include.pop("when", None)  # decided per item, in each copy
+        include["block"] = copies
+
+
+def _loop_items(
+    loop: RoleLoop, variables: dict[str, Any], resolved: dict[str, Any], runtime: set[str], problems: list[Diagnostic]
+) -> list[Any] | None:
+    if isinstance(loop.loop, list):
+        return loop.loop  # templated items are rendered on the box, as any variable
+    names = _undeclared_in(loop.loop)
+    box_only = sorted(n for n in names if n in runtime or (n not in variables and n not in JINJA_GLOBALS))
+    if box_only:
+        problems.append(
+            loop.doc.diag(
+                loop.path,
+                f"include_role loops over {', '.join(box_only)}, known only on the box (facts, registered "
+                "results, set_fact): kiln expands an include_role loop when compiling; loop over a list or "
+                "over variables of the roles, kiln.yaml or --var (or loop inside the role's tasks)",
+            )
+        )
+        return None
+    try:
+        items = evaluate(loop.loop, resolved)
+    except Exception as exc:  # noqa: BLE001 - reported, never a traceback
+        problems.append(loop.doc.diag(loop.path, f"cannot expand this include_role loop: {exc}"))
+        return None
+    if isinstance(items, dict):
+        return [{"key": k, "value": v} for k, v in items.items()]
+    if not isinstance(items, list):
+        problems.append(loop.doc.diag(loop.path, f"an include_role loop must give a list, got {kind_of(items)}"))
+        return None
+    return items
+
+
+def _renumber(step: dict[str, Any], collector: Collector) -> None:
+    """New step indexes for a copy (the agent's events name steps by index)."""
+    collector.index += 1
+    step["index"] = collector.index
+    for key in ("block", "rescue", "always"):
+        for inner in step.get(key) or []:
+            _renumber(inner, collector)
+
+
+def _short(item: Any) -> str:
+    text = item if isinstance(item, str) else json.dumps(item, default=str, sort_keys=True)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _vault_values(variables: dict[str, Any], sources: dict[str, RoleSource], chain: list[str]) -> set[str]:
@@ -630,7 +827,9 @@ def bundle_json(
     compiled: CompiledRole, extra_vars: dict[str, Any], *, check_mode: bool | None = None, diff: bool | None = None
 ) -> dict[str, Any]:
     """The bundle.json dict (docs/internals.md); ``extra_vars`` carries ``kiln: {role, version, build_id}``."""
-    variables = resolve_variables(compiled.variables, extra_vars)
+    # as written: the agent renders each variable when it is read, with the run's variables as they are then
+    # (Ansible's lazy templating: a set_fact or a registered result changes what later reads give)
+    variables = {**compiled.variables, **extra_vars}
     return {
         "role": compiled.role,
         "vars": variables,

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 import jinja2.meta
@@ -107,6 +107,36 @@ HINTS = {
     "with_flattened": "use 'loop' with the flatten filter",
     **{key: f"kiln cannot honour it: {why}" for key, why in REFUSED_KEYWORDS.items()},
 }
+# include_role/import_role: their settings, the files they may read instead of main.yml, the task keys they take
+ROLE_SETTINGS = (
+    "name",
+    "tasks_from",
+    "vars_from",
+    "defaults_from",
+    "handlers_from",
+    "public",
+    "apply",
+    "allow_duplicates",
+    "rolespec_validate",
+)
+ROLE_FILES = {"tasks_from": "tasks", "vars_from": "vars", "defaults_from": "defaults", "handlers_from": "handlers"}
+ROLE_STEP_KEYS = (
+    "name",
+    "when",
+    "tags",
+    "vars",
+    "become",
+    "become_user",
+    "environment",
+    "no_log",
+    "ignore_errors",
+    "check_mode",
+    "loop",
+    "loop_control",
+    "with_items",
+    "with_list",
+    "with_dict",
+)
 # the `src` of these modules names a file in the role's files/ or templates/
 SRC_DIRS = {"copy": "files", "unarchive": "files", "template": "templates"}
 
@@ -153,9 +183,52 @@ class Collector:
     no_log_names: set[str] = field(default_factory=set)
     check_templates: list[tuple[dict[str, Any], Document, tuple[Any, ...], str]] = field(default_factory=list)
     index: int = 0
+    roles: RoleFinder | None = None  # the roles include_role/import_role may name (compile.py gives it)
+    role_uses: list[RoleUse] = field(default_factory=list)
+    role_loops: list[RoleLoop] = field(default_factory=list)
 
     def add(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
+
+
+class RoleFinder(Protocol):
+    """Finds a role of playbooks/roles/ by the name a task gives it (loaded once, shared with the chain)."""
+
+    def find(self, name: str) -> Any:
+        """The role's source (name, dir, tree, steps_doc, depends, vars_files), or None."""
+
+    def names(self) -> list[str]: ...
+
+    def ran(self, name: str) -> bool:
+        """Whether the role's main tasks already run in this bake (in the chain, or as an included role's
+        dependency)."""
+
+    def mark_ran(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class RoleUse:
+    """A role that include_role/import_role brings in, and the files it reads instead of the main.yml ones."""
+
+    name: str  # its folder in roles/
+    doc: Document
+    path: tuple[Any, ...]
+    vars_from: str = ""  # vars/<file>, relative to vars/
+    defaults_from: str = ""
+    handlers_from: str = ""
+    main: bool = True  # its tasks/main.yml (or steps.yml) ran: its verify.yml applies
+
+
+@dataclass
+class RoleLoop:
+    """An include_role with a loop: expanded when compiling, one copy of the block per item."""
+
+    block: dict[str, Any]
+    doc: Document
+    path: tuple[Any, ...]
+    loop: Any  # a list, or an expression giving one
+    loop_var: str
+    index_var: str = ""
 
 
 @dataclass(frozen=True)
@@ -326,7 +399,8 @@ class StepCompiler:
         schema = self.modules[mapping.module].SCHEMA if mapping.module in self.modules else {}
         specs = schema.get("args", {})
         if isinstance(given, str) and (not schema.get("free_form") or "=" in given):
-            free_form = schema.get("free_form", "")
+            # only a command's free form keeps its words as written (debug: msg="a b" is key=value)
+            free_form = schema.get("free_form", "") if mapping.free_form else ""
             if free_form or re.match(r"^\s*[A-Za-z_][A-Za-z0-9_-]*=", given):
                 try:
                     parsed = ansible.parse_key_values(given, free_form)
@@ -377,13 +451,7 @@ class StepCompiler:
         if kind == "meta":
             return self._meta(data, path + (key,), ctx, step)
         if kind in ("include_role", "import_role"):
-            self.error(
-                path + (key,),
-                f"'{key}' is not supported yet: list the role under dependencies in "
-                "meta/main.yml (or depends in role.yml)",
-                key=True,
-            )
-            return None
+            return self._include_role(kind, key, data, path, ctx, step)
         if kind == "include_vars":
             return self._include_vars(key, data, path, ctx, step)
         return self._include_tasks(kind, key, data, path, ctx, step)
@@ -411,8 +479,8 @@ class StepCompiler:
             present = sorted(self.tree.under("tasks")) if self.tree else []
             self.error(where, f"'{name}' not found in the role's tasks/{did_you_mean(name, present)}")
             return None
-        if rel in self.stack:
-            self.error(where, f"'{name}' includes itself ({' -> '.join(self.stack + (rel,))})")
+        if f"{self.role}:{rel}" in self.stack:
+            self.error(where, f"'{name}' includes itself ({' -> '.join(self.stack + (f'{self.role}:{rel}',))})")
             return None
         try:
             return load_yaml(self.tree.files[rel], self.tree.shown(rel), yaml11=True)
@@ -473,7 +541,7 @@ class StepCompiler:
             inner_steps = self._included(value, where, ctx)
         compiled = self._block(block, path, ctx, step, [])
         compiled["block"] = inner_steps
-        _inherit(compiled)
+        inherit_keywords(compiled)
         if not block.get("name"):
             compiled["name"] = f"{kind} {value}"
         return compiled
@@ -483,12 +551,182 @@ class StepCompiler:
         if doc is None or doc.data is None:
             return []
         inner = StepCompiler(
-            self.c, self.modules, self.role, self.role_dir, doc, self.tree, self.stack + ("tasks/" + name,)
+            self.c, self.modules, self.role, self.role_dir, doc, self.tree, self.stack + (f"{self.role}:tasks/{name}",)
         )
         if not isinstance(doc.data, list):
             inner.error((), f"a tasks file is a list of steps (each starting with '- '), got {kind_of(doc.data)}")
             return []
         return inner.compile_list(doc.data, (), ctx)
+
+    # --- include_role / import_role ---------------------------------------------------------------
+    def _include_role(
+        self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """A block of the named role's tasks (``tasks_from`` or main), the role found in playbooks/roles/ like
+        a dependency; its defaults, vars and handlers join the bake's (compile.py). A loop is expanded when
+        compiling (:class:`RoleLoop`), so it must be over values the controller knows."""
+        where = path + (key,)
+        settings = self._role_settings(kind, data[key], where)
+        if settings is None:
+            return None
+        at = (lambda name: where + (name,)) if isinstance(data[key], dict) else (lambda name: where)
+        source = self._named_role(kind, settings.get("name"), at("name"))
+        if source is None:
+            return None
+        for other in data:
+            if other != key and other not in ROLE_STEP_KEYS and other not in ansible.IGNORED_KEYWORDS:
+                if other not in CONTROL_KEYS and other not in HINTS:
+                    continue  # reported as unknown already
+                self.error(path + (other,), f"'{other}' cannot be used with {kind}", key=True)
+        loops = [k for k in data if k == "loop" or (k.startswith("with_") and k in KEYWORDS)]
+        if loops and kind == "import_role":
+            self.error(
+                path + (loops[0],),
+                "import_role cannot loop (Ansible refuses it too): use include_role to run a role once per item",
+                key=True,
+            )
+            return None
+        files = {
+            setting: self._role_file(source, folder, settings.get(setting), at(setting))
+            for setting, folder in ROLE_FILES.items()
+        }
+        if any(rel is None for rel in files.values()):
+            return None
+        tasks_rel = files["tasks_from"] or ""
+        entry = f"{source.name}:{tasks_rel or 'tasks/main.yml'}"
+        if entry in self.stack or (not self.stack and source.name == self.role and not tasks_rel):
+            self.error(at("name"), f"{kind} of '{source.name}' includes itself ({' -> '.join(self.stack + (entry,))})")
+            return None
+        apply = self._apply(settings.get("apply"), at("apply"))
+        block = _with_applied(
+            {k: v for k, v in data.items() if k in BLOCK_KEYS and k not in ("block", "rescue", "always")}, apply
+        )
+        loop_var, index_var = (self._loop_var(data, path), _index_var(data)) if loops else ("", "")
+        loop_names = frozenset(n for n in (loop_var, index_var) if n)
+        param_names = frozenset(block["vars"]) if isinstance(block.get("vars"), dict) else frozenset()
+        own_tags = self._tags(data, path, StepContext()) if kind == "import_role" else []
+        inner_tags = tuple(dict.fromkeys([*ctx.tags, *own_tags, *self._tags(apply, at("apply"), StepContext())]))
+        inner = StepContext(inner_tags, ctx.extra | loop_names | param_names, ctx.no_log, ctx.ignore_errors)
+        steps = self._role_tasks(source, tasks_rel, inner, entry)
+        if steps is None:
+            return None
+        outer = StepContext(ctx.tags, ctx.extra | loop_names, ctx.no_log, ctx.ignore_errors)
+        compiled = self._block(block, path, outer, step, [])
+        compiled["block"] = steps
+        inherit_keywords(compiled)
+        if not block.get("name"):
+            compiled["name"] = f"{kind} {source.name}" + (f" ({tasks_rel[len('tasks/') :]})" if tasks_rel else "")
+        self.c.role_uses.append(
+            RoleUse(
+                source.name,
+                self.doc,
+                at("name"),
+                files["vars_from"] or "",
+                files["defaults_from"] or "",
+                files["handlers_from"] or "",
+                main=not tasks_rel,
+            )
+        )
+        if loops:
+            secret = data.get("no_log", ctx.no_log) in (True, "yes", "true", "on")
+            value = self._ansible_loop(loops[0], data[loops[0]], path + (loops[0],), ctx.extra, secret)
+            self.c.role_loops.append(RoleLoop(compiled, self.doc, path + (loops[0],), value, loop_var, index_var))
+        return compiled
+
+    def _role_settings(self, kind: str, value: Any, where: tuple[Any, ...]) -> dict[str, Any] | None:
+        if isinstance(value, str) and "=" in value:
+            try:
+                value = ansible.parse_key_values(value)
+            except ansible.KeyValueError as exc:
+                self.error(where, str(exc))
+                return None
+        if not isinstance(value, dict):
+            self.error(
+                where, f"{kind} needs settings with the role's name ({kind}: {{name: my_role}}), got {kind_of(value)}"
+            )
+            return None
+        known = ROLE_SETTINGS if kind == "include_role" else tuple(s for s in ROLE_SETTINGS if s != "apply")
+        for name in value:
+            if name not in known:
+                why = (
+                    ": apply is for include_role (import_role's keywords hold for every task already)"
+                    if name == "apply"
+                    else did_you_mean(name, known)
+                )
+                self.error(where + (name,), f"unknown {kind} setting '{name}'{why}", key=True)
+                return None
+        for name in ("public", "allow_duplicates", "rolespec_validate"):
+            if name in value and not isinstance(value[name], bool):
+                self.error(where + (name,), f"{name} must be true or false, got {value[name]!r}")
+                return None
+        return value
+
+    def _named_role(self, kind: str, name: Any, where: tuple[Any, ...]) -> Any:
+        if not isinstance(name, str) or not name.strip():
+            self.error(where, f"{kind} needs the name of a role in playbooks/roles/, got {kind_of(name)}")
+            return None
+        if is_templated(name):
+            self.error(where, f"{kind} needs a literal role name (kiln reads the role when compiling), got '{name}'")
+            return None
+        source = self.c.roles.find(name) if self.c.roles is not None else None
+        if source is None:
+            known = self.c.roles.names() if self.c.roles is not None else []
+            self.error(where, f"unknown role '{name}' in playbooks/roles/{did_you_mean(name, known)}")
+        return source
+
+    def _role_file(self, source: Any, folder: str, name: Any, where: tuple[Any, ...]) -> str | None:
+        """``tasks/<name>.yml`` as the role's tree has it ("" when no name is given); None: not there."""
+        if name is None:
+            return ""
+        if not isinstance(name, str) or not name.strip() or is_templated(name) or ".." in name.split("/"):
+            self.error(where, f"name a file of the role's {folder}/ (a literal name), got {name!r}")
+            return None
+        for candidate in (name, f"{name}.yml", f"{name}.yaml", f"{name}.json"):
+            if f"{folder}/{candidate}" in source.tree.files:
+                return f"{folder}/{candidate}"
+        present = sorted(source.tree.under(folder))
+        self.error(where, f"'{name}' not found in {source.name}'s {folder}/{did_you_mean(name, present)}")
+        return None
+
+    def _apply(self, value: Any, where: tuple[Any, ...]) -> dict[str, Any]:
+        """include_role's ``apply``: keywords for every included task, as a block's (tags, become, when, ...)."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(where, f"apply must be a mapping of task keywords (tags, become, ...), got {kind_of(value)}")
+            return {}
+        for name in value:
+            if name not in BLOCK_KEYS or name in ("block", "rescue", "always"):
+                allowed = ", ".join(k for k in BLOCK_KEYS if k not in ("block", "rescue", "always"))
+                self.error(where + (name,), f"apply cannot carry '{name}' (kiln applies {allowed})", key=True)
+        return {k: v for k, v in value.items() if k in BLOCK_KEYS}
+
+    def _role_tasks(self, source: Any, tasks_rel: str, ctx: StepContext, entry: str) -> list[dict[str, Any]] | None:
+        """The included role's dependencies that have not run yet, then its tasks."""
+        self.c.vars_files.setdefault(source.name, source.vars_files)
+        steps: list[dict[str, Any]] = []
+        for dep, (doc, dep_path) in zip(source.depends, source.dep_refs, strict=True):
+            found = self.c.roles.find(dep) if self.c.roles is not None else None
+            if found is None or self.c.roles.ran(found.name) or f"{found.name}:tasks/main.yml" in self.stack:
+                continue  # an unknown dependency is reported where it is listed
+            self.c.roles.mark_ran(found.name)  # a dependency runs once (Ansible's allow_duplicates: false)
+            self.c.role_uses.append(RoleUse(found.name, doc, dep_path))
+            steps += self._role_tasks(found, "", ctx, f"{found.name}:tasks/main.yml") or []
+        if tasks_rel:
+            try:
+                doc = load_yaml(source.tree.files[tasks_rel], source.tree.shown(tasks_rel), yaml11=True)
+            except Exception as exc:  # noqa: BLE001 - InvalidInput: its diagnostics are the problems
+                self.c.diagnostics.extend(getattr(exc, "diagnostics", []))
+                return None
+        else:
+            doc = source.steps_doc
+        if doc is None or doc.data is None:
+            return steps
+        inner = StepCompiler(self.c, self.modules, source.name, source.dir, doc, source.tree, self.stack + (entry,))
+        if not isinstance(doc.data, list):
+            inner.error((), f"a tasks file is a list of steps (each starting with '- '), got {kind_of(doc.data)}")
+            return None
+        return steps + inner.compile_list(doc.data, (), ctx)
 
     def _next(self) -> int:
         self.c.index += 1
@@ -1031,7 +1269,7 @@ class StepCompiler:
             step[key] = self.compile_list(value, path + (key,), scope)
         step.setdefault("rescue", [])
         step.setdefault("always", [])
-        _inherit(step)
+        inherit_keywords(step)
         if not step["name"]:
             step["name"] = "block"
         return step
@@ -1080,10 +1318,35 @@ def _first_found(candidates: list[str], files: dict[str, Any]) -> str:
     )
 
 
+def _index_var(data: dict[str, Any]) -> str:
+    control = data.get("loop_control")
+    value = control.get("index_var") if isinstance(control, dict) else None
+    return value if isinstance(value, str) and IDENTIFIER.match(value) else ""
+
+
+def _with_applied(block: dict[str, Any], apply: dict[str, Any]) -> dict[str, Any]:
+    """include_role's own keywords with ``apply``'s for its tasks: conditions both hold, apply's vars win."""
+    out = dict(block)
+    for key, value in apply.items():
+        if key == "tags":
+            continue  # the included tasks' own tags (StepContext), not the include's
+        if key == "when" and "when" in out:
+            out["when"] = [*_as_list(out["when"]), *_as_list(value)]
+        elif key == "vars" and isinstance(out.get("vars"), dict) and isinstance(value, dict):
+            out["vars"] = {**out["vars"], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
 INHERITED = ("become_user", "environment", "vars", "check_mode")
 
 
-def _inherit(block: dict[str, Any]) -> None:
+def inherit_keywords(block: dict[str, Any]) -> None:
     """A block's become_user, environment, vars and check_mode hold for its steps (theirs win)."""
     given = {k: block[k] for k in INHERITED if k in block}
     if not given:
@@ -1096,7 +1359,7 @@ def _inherit(block: dict[str, Any]) -> None:
                 else:
                     inner.setdefault(name, value)
             if inner.get("module") == "block":
-                _inherit(inner)
+                inherit_keywords(inner)
 
 
 def _truthy(value: Any) -> bool:
