@@ -32,13 +32,11 @@ KINDS = ("files", "packages", "services", "users", "groups", "registered")
 #: (role, what) -> the feature kiln lacks today; "applies" is kiln's run finishing without refusal
 MISSING: dict[tuple[str, str], str] = {
     **{
-        ("kiln_app", what): "systemd with daemon_reload alone (no name) is refused at validate: missing 'name'"
-        for what in ("applies", *KINDS)
+        (role, "registered"): "step events do not carry the registered value (stdout, stdout_lines, results, stat)"
+        for role in ("kiln_app", "kiln_pkgs")
     },
-    **{
-        ("kiln_pkgs", what): "apt's install_recommends is not an argument of kiln's package module"
-        for what in ("applies", *KINDS)
-    },
+    ("kiln_app", "files"): "a second handler listening to the same topic does not run (data/config-changed)",
+    ("kiln_pkgs", "files"): "a handler notified through listen does not run (/etc/kiln-tools/changed)",
 }
 
 _results: dict[str, Comparison] = {}

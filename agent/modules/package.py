@@ -54,6 +54,18 @@ SCHEMA = {
             "default": False,
             "description": "With state=absent on apt: also remove configuration files.",
         },
+        "install_recommends": {
+            "type": "bool",
+            "default": False,
+            "aliases": ["install-recommends"],
+            "description": "apt: install the packages' recommended packages too (kiln's package leaves them out "
+            "unless asked; Ansible's apt follows apt's own setting).",
+        },
+        "default_release": {
+            "type": "str",
+            "aliases": ["default-release"],
+            "description": "apt: the release to install from (apt-get -t), e.g. bookworm-backports.",
+        },
     },
     "check_mode": "full",
     "diff": True,
@@ -62,14 +74,20 @@ SCHEMA = {
 
 APT_LISTS = "/var/lib/apt/lists"
 APT_STAMP = "/var/lib/apt/periodic/update-success-stamp"
-APT_OPTIONS = [
-    "-o",
-    "Dpkg::Options::=--force-confdef",
-    "-o",
-    "Dpkg::Options::=--force-confold",
-    "--no-install-recommends",
-]
+DPKG_OPTIONS = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "a"}
+
+
+def apt_options(params: Dict[str, Any]) -> List[str]:
+    """apt-get's options for this step: dpkg keeps changed config files, recommends and release as asked
+    (Ansible's spelling: ``-o APT::Install-Recommends=``, ``-t``); install_recommends None is apt's own setting."""
+    options = list(DPKG_OPTIONS)
+    recommends = params.get("install_recommends")
+    if recommends is not None:
+        options += ["-o", f"APT::Install-Recommends={'yes' if recommends else 'no'}"]
+    if params.get("default_release"):
+        options += ["-t", params["default_release"]]
+    return options
 
 
 def _manager(ctx: Context) -> str:
@@ -109,12 +127,12 @@ def apt_installed(names: List[str], ctx: Context) -> Dict[str, str | None]:
     return found
 
 
-def apt_candidates(names: List[str], ctx: Context) -> Dict[str, str | None]:
-    """name -> the version apt would install (None when apt knows no such package)."""
+def apt_candidates(names: List[str], ctx: Context, release: str | None = None) -> Dict[str, str | None]:
+    """name -> the version apt would install (None when apt knows no such package), from ``release`` if given."""
     found: Dict[str, str | None] = {name: None for name in names}
     if not names:
         return found
-    done = ctx.run(["apt-cache", "policy", *names], check=False)
+    done = ctx.run(["apt-cache", *(["-t", release] if release else []), "policy", *names], check=False)
     current = None
     for line in done.stdout.splitlines():
         if line and not line[0].isspace() and line.rstrip().endswith(":"):
@@ -223,7 +241,7 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
         if wants_update and not fresh and not ctx.check_mode:
             update_once()
         if not state["lists_empty"] or cache_updated:
-            candidates = apt_candidates(names, ctx)
+            candidates = apt_candidates(names, ctx, params.get("default_release"))
     todo = _apt_todo(params, installed, candidates)
     before = {n: (v or "absent") for n, v in installed.items()}
     if not todo:
@@ -235,14 +253,14 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
         if ctx.check_mode:
             return Result(True, f"would remove {', '.join(todo)}", diff={"before": before, "after": after})
         ctx.run(
-            ["apt-get", "purge" if params["purge"] else "remove", "-y", "-q", *APT_OPTIONS, *todo],
+            ["apt-get", "purge" if params["purge"] else "remove", "-y", "-q", *DPKG_OPTIONS, *todo],
             env=APT_ENV,
             timeout=1800,
         )
     else:
         if ctx.check_mode:
             if not state["lists_empty"]:
-                known = apt_candidates([split_spec(s, "apt")[0] for s in todo], ctx)
+                known = apt_candidates([split_spec(s, "apt")[0] for s in todo], ctx, params.get("default_release"))
                 missing = [n for n, v in known.items() if v is None]
                 if missing:
                     raise ModuleError(
@@ -257,7 +275,7 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
         if (wants_update and not fresh) or state["lists_empty"]:
             update_once()
         pinned = ["--allow-downgrades"] if any(split_spec(s, "apt")[1] for s in todo) else []
-        ctx.run(["apt-get", "install", "-y", "-q", *APT_OPTIONS, *pinned, *todo], env=APT_ENV, timeout=1800)
+        ctx.run(["apt-get", "install", "-y", "-q", *apt_options(params), *pinned, *todo], env=APT_ENV, timeout=1800)
     now = apt_installed(names, ctx)
     after = {n: (v or "absent") for n, v in now.items()}
     verb = "removed" if want == "absent" else "installed"

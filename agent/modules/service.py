@@ -10,18 +10,25 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from ..api import Context, ModuleError, Result
+
+
+def _name_needed(args: Dict[str, Any]) -> List[Tuple[Tuple[str, ...], str]]:
+    acting = [key for key in ("state", "enabled", "masked") if args.get(key) is not None]
+    if acting and not args.get("name"):
+        return [((), f"missing required argument 'name' ({acting[0]} acts on a unit; daemon_reload alone needs none)")]
+    return []
+
 
 SCHEMA = {
     "description": "Manage a systemd service: started/stopped/restarted/reloaded, enabled at boot or not.",
     "args": {
         "name": {
             "type": "str",
-            "required": True,
             "aliases": ["service", "unit"],
-            "description": 'Unit name (".service" may be left out).',
+            "description": 'Unit name (".service" may be left out); needed by state, enabled and masked.',
         },
         "state": {
             "type": "str",
@@ -30,13 +37,20 @@ SCHEMA = {
             "(reloaded starts a stopped service).",
         },
         "enabled": {"type": "bool", "description": "Start at boot (systemctl enable) or not."},
+        "masked": {
+            "type": "bool",
+            "description": "Mask the unit (it cannot be started at all) or unmask it; applied before enabled and state.",
+        },
         "daemon_reload": {
             "type": "bool",
             "default": False,
-            "description": "Run systemctl daemon-reload first (after changing unit files).",
+            "aliases": ["daemon-reload"],
+            "description": "Run systemctl daemon-reload first (after changing unit files); alone, it needs no name "
+            "and is not a change, as in Ansible.",
         },
     },
-    "required_one_of": [["state", "enabled", "daemon_reload"]],
+    "required_one_of": [["state", "enabled", "masked", "daemon_reload"]],
+    "rules": [_name_needed],
     "check_mode": "full",
     "diff": True,
     "example": "- service: {name: nginx, state: started, enabled: true}",
@@ -53,25 +67,39 @@ def _systemd(ctx: Context) -> None:
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     _systemd(ctx)
-    name = params["name"]
+    name = params.get("name")
+    if not name:
+        return {}
     load = ctx.run(["systemctl", "show", "-p", "LoadState", "--value", name], check=False).stdout.strip()
     active = ctx.run(["systemctl", "is-active", name], check=False).stdout.strip() or "unknown"
     enabled = ctx.run(["systemctl", "is-enabled", name], check=False).stdout.strip() or "unknown"
     return {"load": load, "active": active, "enabled": enabled}
 
 
+def _masking(masked: Any, state: Dict[str, Any]) -> List[Tuple[str, str]]:
+    is_masked = state["enabled"].startswith("masked")
+    if masked is True and not is_masked:
+        return [("mask", "masked")]
+    if masked is False and is_masked:
+        return [("unmask", "unmasked")]
+    return []
+
+
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
-    name = params["name"]
+    name = params.get("name")
     if params["daemon_reload"] and not ctx.check_mode:
         ctx.run(["systemctl", "daemon-reload"])
         state = check(params, ctx)
-    if state["load"] == "not-found":
+    if not name:
+        return Result(False, "systemd reloaded its units" + (" (check mode: not run)" if ctx.check_mode else ""))
+    if state["load"] == "not-found" and params.get("masked") is None:
         if ctx.check_mode:
             return Result(True, f"service {name} is not installed (yet?); cannot predict", predicted=False)
         raise ModuleError(f"service {name} not found (no such unit)")
-    actions = []
-    before: Dict[str, Any] = {}
-    after: Dict[str, Any] = {}
+    actions = _masking(params.get("masked"), state)
+    before: Dict[str, Any] = {"masked": not params["masked"]} if actions else {}
+    after: Dict[str, Any] = {"masked": params["masked"]} if actions else {}
+    masked_after = state["enabled"].startswith("masked") if params.get("masked") is None else params["masked"]
     want = params.get("state")
     running = state["active"] in ACTIVE
     if want == "started" and not running:
@@ -87,9 +115,9 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         after["state"] = "inactive" if want == "stopped" else "active"
     enabled = params.get("enabled")
     if enabled is not None:
-        if state["enabled"].startswith("masked") and enabled:
-            raise ModuleError(f"service {name} is masked; unmask it first")
-        is_on = state["enabled"] in ENABLED
+        if masked_after and enabled:
+            raise ModuleError(f"service {name} is masked; unmask it first (masked: false)")
+        is_on = state["enabled"] in ENABLED and not actions[:1] == [("unmask", "unmasked")]
         if enabled and not is_on:
             actions.append(("enable", "enabled"))
         elif not enabled and state["enabled"] in ("enabled", "enabled-runtime", "alias", "linked"):

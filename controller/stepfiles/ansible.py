@@ -83,13 +83,11 @@ class Mapping:
     keep: tuple[str, ...] = ()  # with wrap: the arguments that stay where they are
 
 
-_PACKAGE = Mapping(
-    "package",
+_APT = Mapping(
+    "apt",
     renames={"pkg": "name", "update-cache": "update_cache"},
     ignored={"force_apt_get": "kiln always uses apt-get on Debian", "lock_timeout": "the step's timeout bounds it"},
     pending=(
-        "default_release",
-        "install_recommends",
         "autoremove",
         "autoclean",
         "upgrade",
@@ -104,7 +102,6 @@ _PACKAGE = Mapping(
 _SERVICE = Mapping(
     "service",
     pending=(
-        "masked",
         "scope",
         "no_block",
         "daemon_reexec",
@@ -133,7 +130,7 @@ _SHELL = Mapping(
 _FILE_COMMON = ("seuser", "serole", "setype", "selevel", "unsafe_writes", "attributes")
 
 TABLE: dict[str, Mapping] = {
-    "apt": _PACKAGE,
+    "apt": _APT,
     "dnf": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check", "install_weak_deps")),
     "yum": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check")),
     "package": Mapping("package", renames={"pkg": "name"}, pending=("use",)),
@@ -167,7 +164,7 @@ TABLE: dict[str, Mapping] = {
         pending=("search_string", "unsafe_writes", "others") + _FILE_COMMON,
     ),
     "blockinfile": Mapping(
-        "block_in_file",
+        "blockinfile",
         renames={"dest": "path", "content": "block"},
         pending=("append_newline", "prepend_newline") + _FILE_COMMON,
     ),
