@@ -131,17 +131,10 @@ def apply_context(args: argparse.Namespace, bundle: Dict[str, Any], gathered: Di
 def verify(checks_file: str) -> int:
     """Run the checks in ``checks_file`` (0: all passed), rendered with the bundle's variables beside it."""
     from . import facts
-    from .verify import run_checks
+    from .verify import run_checks_file
 
-    with open(checks_file) as handle:
-        checks = json.load(handle)
-    # checks may read variables, facts and kiln.version: render them here, with the bundle's vars
-    bundle_file = os.path.join(os.path.dirname(os.path.abspath(checks_file)), "bundle.json")
-    variables: Dict[str, Any] = {}
-    if os.path.exists(bundle_file):
-        with open(bundle_file) as handle:
-            variables = dict(json.load(handle).get("vars", {}))
-    return 0 if run_checks(checks, facts.gather(), emit, variables) else 1
+    # checks may read variables, facts, kiln.version and what the apply registered: the bundle's beside them
+    return 0 if run_checks_file(checks_file, facts.gather(), emit) else 1
 
 
 def serve(bundle_dir: str, gathered: Dict[str, Any]) -> int:

@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 
 class ModuleError(Exception):
@@ -97,7 +97,7 @@ class Context:
     files_dir: str = "/"
     templates_dir: str = "/"
     facts: Dict[str, Any] = field(default_factory=dict)
-    variables: Dict[str, Any] = field(default_factory=dict)
+    variables: Mapping[str, Any] = field(default_factory=dict)  # the step's variables (a Scope: rendered when read)
     clock: Optional[StepClock] = None  # the running step's time limit; every command stops at it
     environment: Dict[str, str] = field(default_factory=dict)  # the step's `environment:`, for its commands
     become_user: Optional[str] = None  # the step's `become_user:`: its commands run as that user

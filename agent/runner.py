@@ -26,19 +26,22 @@ import signal
 import threading
 import time
 from types import ModuleType
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import facts as boxfacts
 from . import schema as argschema
+from .ansible_jinja import OMIT
 from .api import Context, ModuleError, Result, StepClock, StepTimeout, tail
 from .protocol import EXIT_REBOOT, REBOOT_REQUESTED, Event, RebootingModule, StepStatus
-from .templating import TemplateError, evaluate, render, resolve_variables
+from .templating import Scope, TemplateError, evaluate, render
 
 #: where the modules live: ``agent.modules`` in the zipapp, ``kiln.agent.modules`` when installed
 MODULES_PACKAGE = __name__.rpartition(".")[0] + ".modules"
 
 REDACTED = "<redacted: no_log>"
 RESUME_FILE = "resume.json"
+#: what the run set (registered results, set_fact and include_vars values), for verify.yml's checks
+RUN_VARIABLES_FILE = "run-vars.json"
 
 Emit = Callable[[Dict[str, Any]], None]
 Path = Tuple[Any, ...]
@@ -146,7 +149,12 @@ class Runner:
         self.handlers = {h["name"]: h for h in bundle.get("handlers", [])}
         self.handler_order = [h["name"] for h in bundle.get("handlers", [])]
         self.notified: List[str] = []
-        self.variables: Dict[str, Any] = resolve_variables(self.initial_variables(bundle, ctx))
+        # the run's variables as written: those named in ``templated`` are rendered when read (Scope),
+        # the rest (facts, registered results, set_fact values) are data
+        self.variables: Dict[str, Any] = self.initial_variables(bundle, ctx)
+        self.templated: Set[str] = set(bundle.get("vars", {}))
+        self.learned: Set[str] = set()  # the variables the run set: kept for verify (RUN_VARIABLES_FILE)
+        self.var_sources: Dict[str, str] = dict(bundle.get("var_sources") or {})
         self.counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0, "rescued": 0}
         self.changed_steps: List[Dict[str, Any]] = []
         self.rescue_depth = 0  # > 0: a failure here is handled by an enclosing block's rescue
@@ -199,7 +207,26 @@ class Runner:
             summary["error"] = failure.msg
         self.emit(summary)
         self.exit_code = 0 if failure is None else 1
+        self.keep_run_variables()
         return failure is None
+
+    def keep_run_variables(self) -> None:
+        """Write what the run set beside the bundle: verify.yml's checks read it as the steps did."""
+        if self.state_dir is None:
+            return
+        learned = sorted(self.learned)
+        state = {
+            "variables": {name: self.variables[name] for name in learned},
+            "templated": [name for name in learned if name in self.templated],
+        }
+        path = os.path.join(self.state_dir, RUN_VARIABLES_FILE)
+        try:
+            fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(state, handle, default=str)
+            os.replace(path + ".tmp", path)
+        except OSError:  # verify then reads the bundle's variables alone
+            pass
 
     def run_steps(self, steps: List[Dict[str, Any]], prefix: Path) -> None:
         start = 0
@@ -260,7 +287,7 @@ class Runner:
         """A timeout is a failure (failed_when cannot clear it); ``register`` still gets a result."""
         msg = f"step {step.get('index')} '{step.get('name')}' timed out after {exc.limit:g}s"
         if step.get("register"):
-            self.variables[step["register"]] = {"changed": False, "failed": True, "timed_out": True, "msg": msg}
+            self.set_variable(step["register"], {"changed": False, "failed": True, "timed_out": True, "msg": msg})
         return {"status": StepStatus.FAILED, "msg": msg, "timed_out": True}
 
     def finish_step(self, step: Dict[str, Any], outcome: Dict[str, Any], duration: float, handler: bool) -> None:
@@ -277,7 +304,7 @@ class Runner:
         event.update(outcome)
         event["duration"] = round(duration, 4)
         if step.get("no_log"):
-            for key in ("msg", "diff", "stdout", "stderr"):
+            for key in ("msg", "diff", "stdout", "stderr", "registered"):
                 if key in event:
                     event[key] = REDACTED
         status = event["status"]
@@ -314,9 +341,12 @@ class Runner:
                 raise StepFailed(step, f"loop must give a list, got {type(items).__name__}")
         results = []
         for position, item in enumerate(items):
-            scope = base if loop is None else dict(base, **{loop_var: item, "ansible_loop_var": loop_var})
-            if loop is not None and control.get("index_var"):
-                scope[control["index_var"]] = position
+            scope = base
+            if loop is not None:  # a new scope each item: it sees what earlier items set (set_fact)
+                own = {loop_var: item, "ansible_loop_var": loop_var}
+                if control.get("index_var"):
+                    own[control["index_var"]] = position
+                scope = base.child(own)
             if step.get("when") is not None and not self._truth(step["when"], scope, step, "when"):
                 results.append({"changed": False, "failed": False, "skipped": True, "msg": "when was false"})
                 continue
@@ -327,7 +357,7 @@ class Runner:
                 result.update({loop_var: item, "ansible_loop_var": loop_var})
                 if control.get("index_var"):
                     result["ansible_index_var"], result[control["index_var"]] = control["index_var"], position
-            self.learn(result, scope, step.get("module", ""))
+            self.learn(result, step.get("module", ""))
             results.append(result)
         if loop is None:
             registered = results[0]
@@ -339,11 +369,13 @@ class Runner:
                 "skipped": bool(results) and all(r.get("skipped") for r in results),
                 "msg": f"{len(results)} items",
             }
-        if step.get("register"):
-            self.variables[step["register"]] = registered
         outcome: Dict[str, Any] = {"msg": registered.get("msg", "")}
+        if step.get("register"):
+            self.set_variable(step["register"], registered)
+        if step.get("register") or step.get("module") == "debug":  # what it registers (or shows)
+            outcome["registered"] = registered
         if loop is not None and control.get("label") is not None:
-            outcome["labels"] = [str(render(control["label"], dict(base, **{loop_var: i}))) for i in items]
+            outcome["labels"] = [str(render(control["label"], base.child({loop_var: i}))) for i in items]
         if loop is not None:
             outcome["items"] = len(results)
         for key in ("diff", "rc", "stderr"):
@@ -367,33 +399,42 @@ class Runner:
             outcome["reboot"] = registered
         return outcome
 
-    def step_scope(self, step: Dict[str, Any]) -> Dict[str, Any]:
-        """The run's variables, with the step's own ``vars`` and its role's name and path."""
-        if not step.get("vars") and not step.get("role"):
-            return self.variables
-        scope = dict(self.variables)
+    def scope(self) -> Scope:
+        """The run's variables as they are now, each rendered when read."""
+        return Scope([(self.variables, self.templated)], self.var_sources)
+
+    def step_scope(self, step: Dict[str, Any]) -> Scope:
+        """The run's variables, with the step's role's name and path and its own ``vars`` (templates too)."""
+        scope = self.scope()
         if step.get("role"):
-            scope["role_name"] = step["role"]
-            scope["role_path"] = os.path.join(self.ctx.files_dir, step["role"])
-        scope.update(step.get("vars") or {})
-        for name in step.get("vars") or {}:
-            try:
-                scope[name] = render(scope[name], scope)
-            except TemplateError:
-                pass  # read later than now (a registered result): rendered where it is used
+            scope = scope.child(
+                {"role_name": step["role"], "role_path": os.path.join(self.ctx.files_dir, step["role"])}
+            )
+        if step.get("vars"):
+            scope = scope.child(step["vars"], True)
         return scope
 
-    def learn(self, result: Dict[str, Any], scope: Dict[str, Any], module: str = "") -> None:
+    def set_variable(self, name: str, value: Any, templated: bool = False) -> None:
+        """Set a variable of the run: data (a registered result, a set_fact value) or a template (include_vars)."""
+        self.variables[name] = value
+        self.learned.add(name)
+        if templated:
+            self.templated.add(name)
+        else:
+            self.templated.discard(name)
+
+    def learn(self, result: Dict[str, Any], module: str = "") -> None:
         """set_fact and include_vars give variables (as ``ansible_facts`` in their result, as Ansible's do);
         the facts of other modules (service_facts, package_facts) are also under ``ansible_facts``, as in Ansible."""
         learned = result.get("ansible_facts")
         if result.get("failed") or not isinstance(learned, dict):
             return
-        self.variables.update(learned)
+        for name, value in learned.items():
+            self.set_variable(name, value, templated=module == "include_vars")
         if module not in ("set_fact", "include_vars"):
             self.variables["ansible_facts"] = dict(self.variables.get("ansible_facts") or {}, **learned)
 
-    def run_with_retries(self, step: Dict[str, Any], scope: Dict[str, Any]) -> Dict[str, Any]:
+    def run_with_retries(self, step: Dict[str, Any], scope: Scope) -> Dict[str, Any]:
         until = step.get("until")
         try:
             retries = int(self._eval(step.get("retries", 0), scope, step, "retries") or 0)
@@ -410,9 +451,7 @@ class Runner:
             if until is None and not result.get("failed"):
                 break
             if until is not None:
-                local = dict(scope, **({step["register"]: result} if step.get("register") else {}))
-                local["result"] = result
-                if self._truth(until, local, step, "until"):
+                if self._truth(until, self.with_result(scope, step, result), step, "until"):
                     break
             if attempt < attempts:
                 time.sleep(max(delay, 0.0))
@@ -422,12 +461,19 @@ class Runner:
                 result["msg"] = f"'until' still false after {attempts} attempts: {result.get('msg', '')}"
         return result
 
-    def run_once(self, step: Dict[str, Any], scope: Dict[str, Any]) -> Dict[str, Any]:
+    def with_result(self, scope: Scope, step: Dict[str, Any], result: Dict[str, Any]) -> Scope:
+        """``scope`` with the step's result as ``result`` and as its ``register`` name (until, changed_when...)."""
+        own = {"result": result}
+        if step.get("register"):
+            own[step["register"]] = result
+        return scope.child(own)
+
+    def run_once(self, step: Dict[str, Any], scope: Scope) -> Dict[str, Any]:
         module = self.modules.get(step["module"])
         if module is None:
             return {"changed": False, "failed": True, "msg": f"unknown module '{step['module']}'"}
         try:
-            args = render(step.get("args", {}), scope)
+            args = without_omitted(render(step.get("args", {}), scope))
         except TemplateError as exc:
             return {"changed": False, "failed": True, "msg": f"templating: {exc}"}
         params, errors = argschema.validate(module.SCHEMA, args)
@@ -468,8 +514,7 @@ class Runner:
                 "failed": True,
                 "msg": f"module {step['module']} crashed: {type(exc).__name__}: {exc}",
             }
-        local = dict(scope, **({step["register"]: out} if step.get("register") else {}))
-        local["result"] = out
+        local = self.with_result(scope, step, out)
         if step.get("changed_when") is not None:  # it decides even on a failure that failed_when then clears
             out["changed"] = self._truth(step["changed_when"], local, step, "changed_when")
         if step.get("failed_when") is not None:
@@ -547,13 +592,19 @@ class Runner:
             todo = [current] + list(self.flush_rest)
         else:
             pending, self.notified = self.notified, []
-            todo = [name for name in self.handler_order if name in pending]
+            todo = [name for name in self.handler_order if self.is_notified(self.handlers[name], pending)]
         for position, name in enumerate(todo):
             try:
                 self.run_step(self.handlers[name], path + ("handler", name), handler=True)
             except RebootRequested as reboot:
                 reboot.flush_rest = todo[position + 1 :]
                 raise
+
+    @staticmethod
+    def is_notified(handler: Dict[str, Any], notified: List[str]) -> bool:
+        """Notified by its name or by a topic it listens to (``listen``), as in Ansible."""
+        listens = handler.get("listen") or []
+        return handler["name"] in notified or any(topic in notified for topic in as_topics(listens))
 
     # --- rebooting and resuming ---------------------------------------------------
     def _reboot(self, reboot: RebootRequested, started: float) -> bool:
@@ -567,6 +618,8 @@ class Runner:
             "counts": self.counts,
             "changed_steps": self.changed_steps,
             "variables": {k: v for k, v in self.variables.items() if k != "facts"},
+            "templated": sorted(self.templated),
+            "learned": sorted(self.learned),
             "elapsed": round(self.elapsed_before + time.monotonic() - started, 3),
             "saved_at": time.time(),
             "step": {
@@ -630,6 +683,8 @@ class Runner:
         self.counts.update(state.get("counts", {}))
         self.changed_steps = list(state.get("changed_steps", []))
         self.variables.update(state.get("variables", {}))
+        self.templated = set(state.get("templated", self.templated))
+        self.learned = set(state.get("learned", []))
         self.variables["facts"] = self.ctx.facts
         # the run's duration counts the time the machine spent rebooting
         self.elapsed_before = float(state.get("elapsed", 0)) + max(
@@ -653,17 +708,31 @@ class Runner:
             result.update(failed=True, msg=exc.msg)
         result.pop(REBOOT_REQUESTED, None)
         if step.get("register"):
-            self.variables[step["register"]] = result
+            self.set_variable(step["register"], result)
+            outcome["registered"] = result
         self.finish_step(step, outcome, time.time() - float(saved["started"]), handler or saved.get("handler", False))
 
     # --- expressions ------------------------------------------------------------
-    def _eval(self, expression: Any, scope: Dict[str, Any], step: Dict[str, Any], keyword: str) -> Any:
+    def _eval(self, expression: Any, scope: Scope, step: Dict[str, Any], keyword: str) -> Any:
         try:
             return evaluate(expression, scope)
         except TemplateError as exc:
             raise StepFailed(step, f"{keyword}: {exc}") from exc
 
-    def _truth(self, expression: Any, scope: Dict[str, Any], step: Dict[str, Any], keyword: str) -> bool:
+    def _truth(self, expression: Any, scope: Scope, step: Dict[str, Any], keyword: str) -> bool:
         if isinstance(expression, list):
             return all(self._truth(e, scope, step, keyword) for e in expression)
         return bool(self._eval(expression, scope, step, keyword))
+
+
+def without_omitted(value: Any) -> Any:
+    """``value`` without the arguments (and the items and keys inside them) that templated to ``omit``."""
+    if isinstance(value, dict):
+        return {k: without_omitted(v) for k, v in value.items() if v != OMIT}
+    if isinstance(value, list):
+        return [without_omitted(v) for v in value if v != OMIT]
+    return value
+
+
+def as_topics(listen: Any) -> List[str]:
+    return [listen] if isinstance(listen, str) else [str(topic) for topic in listen]

@@ -8,10 +8,11 @@ a run whose steps template nothing never loads it.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 if TYPE_CHECKING:
     import jinja2
@@ -20,7 +21,132 @@ WHOLE_EXPRESSION = re.compile(r"^[ \t]*\{\{(?!.*\{\{)(.*)\}\}[ \t]*\Z", re.S)
 
 
 class TemplateError(Exception):
-    pass
+    """A template or expression could not be rendered; ``undefined``: because a name is not defined."""
+
+    def __init__(self, msg: str, undefined: bool = False) -> None:
+        super().__init__(msg)
+        self.undefined = undefined
+
+
+class VariableCycle(TemplateError):
+    """Variables that need each other to be templated."""
+
+
+#: a layer of a Scope: its values, and which of them are templates to render when read
+#: (True: all, False: none, a set: those names; the set is read live, so it may change)
+Layer = Tuple[Mapping[str, Any], Union[bool, "set[str]", "frozenset[str]"]]
+
+
+class Scope(Mapping):
+    """Variables as Ansible has them: a variable written as a template is rendered when it is read,
+    with the variables as they are then, so a variable may use one defined after it (``a: "{{ b.port }}"``,
+    ``b: {port: "{{ c }}"}``) or one a later step registers. Data (facts, registered results, set_fact
+    values, loop items) is never templated again.
+
+    A name not defined reads as Jinja's undefined; a variable whose own template reads an undefined name
+    reads as undefined too, with a message naming the variable (and where it is written, from ``sources``),
+    so ``| default(...)`` and ``is defined`` work on it as in Ansible. Variables that need each other in a
+    cycle are an error naming them. Each Scope renders a variable at most once: make a new one (``child``)
+    when the variables change.
+    """
+
+    def __init__(self, layers: List[Layer], sources: Optional[Mapping[str, str]] = None) -> None:
+        self.layers = layers
+        self.sources = sources or {}
+        self._done: Dict[str, Any] = {}
+        self._reading: List[str] = []
+
+    def child(self, values: Mapping[str, Any], templated: Union[bool, "set[str]"] = False) -> "Scope":
+        """A new scope with ``values`` above this one's layers (nothing rendered yet)."""
+        return Scope([(values, templated)] + self.layers, self.sources)
+
+    def raw(self, name: str) -> Tuple[Any, bool]:
+        """``name``'s value as written, and whether it is a template to render."""
+        for values, templated in self.layers:
+            if name in values:
+                return values[name], (templated if isinstance(templated, bool) else name in templated)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return any(name in values for values, _ in self.layers)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name for values, _ in self.layers for name in values))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._done:
+            return self._done[name]
+        value, templated = self.raw(name)
+        if templated and has_template(value):
+            value = self._render(name, value)
+        self._done[name] = value
+        return value
+
+    def _render(self, name: str, value: Any) -> Any:
+        if name in self._reading:
+            cycle = self._reading[self._reading.index(name) :] + [name]
+            raise VariableCycle(
+                "variables "
+                + " -> ".join(f"'{n}'{self._where(n)}" for n in cycle)
+                + " need each other in a cycle: none of them can be templated"
+            )
+        self._reading.append(name)
+        try:
+            result = render(value, self)
+        except TemplateError as exc:
+            if isinstance(exc, VariableCycle):
+                raise
+            if not exc.undefined:
+                raise TemplateError(f"variable '{name}'{self._where(name)}: {exc}") from None
+            return environment().undefined(hint=f"variable '{name}'{self._where(name)}: {exc}", name=name)
+        finally:
+            self._reading.pop()
+        return result
+
+    def _where(self, name: str) -> str:
+        return f" ({self.sources[name]})" if name in self.sources else ""
+
+    def plain(self, names: Optional[List[str]] = None) -> Dict[str, Any]:
+        """The variables (or ``names`` of them) rendered, as a plain dict; those that cannot be are left out."""
+        out = {}
+        for name in self if names is None else names:
+            try:
+                value = self[name]
+            except TemplateError:
+                continue
+            if not _is_undefined(value):
+                out[name] = value
+        return out
+
+
+def has_template(value: Any) -> bool:
+    """Whether ``value`` holds a template anywhere (a string, or one inside a dict or list)."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(has_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_template(v) for v in value)
+    return False
+
+
+def _is_undefined(value: Any) -> bool:
+    import jinja2
+
+    return isinstance(value, jinja2.Undefined)
+
+
+def as_scope(variables: Mapping[str, Any]) -> Scope:
+    """``variables`` as a Scope: itself, or a plain mapping read as data (nothing templated again)."""
+    return variables if isinstance(variables, Scope) else Scope([(variables, False)])
+
+
+def _context_parent(variables: Mapping[str, Any], template: Any) -> Mapping[str, Any]:
+    """What a template reads names from: the variables (read lazily, never copied), then its globals."""
+    return collections.ChainMap(variables, template.globals)  # type: ignore[arg-type]
 
 
 def _environment(loader: Any = None, **options: Any) -> "jinja2.Environment":
@@ -59,7 +185,7 @@ def _role_file(ctx_vars: Dict[str, Any], kind: str, name: str) -> str:
 
 
 def _lookup_values(context: Any, kind: str, terms: tuple, kwargs: Dict[str, Any]) -> list:
-    scope = dict(context.get_all())
+    scope = collections.ChainMap(context.vars, context.parent)  # read name by name: a copy would render them all
     if kind == "file":
         out = []
         for term in terms:
@@ -171,24 +297,58 @@ def is_templated(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
-def evaluate(expression: Any, variables: Dict[str, Any]) -> Any:
-    """A bare expression (``when``, ``until``, ``changed_when``, ``loop``) to its value."""
+@functools.lru_cache(maxsize=1024)
+def _expression(source: str) -> Any:
+    return environment().compile_expression(source, undefined_to_none=False)
+
+
+@functools.lru_cache(maxsize=1024)
+def _inline_template(source: str) -> Any:
+    return environment().from_string(source)
+
+
+def evaluate(expression: Any, variables: Mapping[str, Any]) -> Any:
+    """A bare expression (``when``, ``until``, ``changed_when``, ``loop``) to its value.
+
+    Names are read from ``variables`` one by one as the expression needs them (a Scope renders each
+    when read), never all at once. An expression that is only an undefined name is an error.
+    """
     if not isinstance(expression, str):
         return expression
     match = WHOLE_EXPRESSION.match(expression)
     source = match.group(1) if match else expression
+    import jinja2
+
     try:
-        compiled = environment().compile_expression(source, undefined_to_none=False)
-        return compiled(**variables)
+        template = _expression(source)._template
+        context = template.new_context(_context_parent(variables, template), shared=True)
+        for _ in template.root_render_func(context):
+            pass
+        result = context.vars["result"]
+        if isinstance(result, jinja2.Undefined):
+            result._fail_with_undefined_error()
+        return result
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"{source.strip()}: {exc}", undefined=True) from None
     except _jinja_error() as exc:
         raise TemplateError(f"{source.strip()}: {exc}") from exc
 
 
-def render(value: Any, variables: Dict[str, Any], depth: int = 0) -> Any:
+def render_template(template: Any, variables: Mapping[str, Any]) -> str:
+    """A compiled template rendered with ``variables`` (read lazily, never copied)."""
+    context = template.new_context(_context_parent(variables, template), shared=True)
+    try:
+        return template.environment.concat(template.root_render_func(context))  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - Jinja's own handling: its errors with the template's line numbers
+        return template.environment.handle_exception()  # type: ignore[no-any-return]
+
+
+def render(value: Any, variables: Mapping[str, Any], depth: int = 0) -> Any:
     """Render every templated string inside ``value``; "{{ x }}" alone keeps x's type.
 
-    A variable whose own value is a template (``dir: "/opt/{{ facts.arch }}"``) is
-    rendered in turn, as Ansible does, up to a few levels deep.
+    With a Scope, each variable is rendered when read (Ansible's lazy templating). With a plain
+    mapping (the controller's), a variable whose own value is a template (``dir: "/opt/{{ facts.arch }}"``)
+    comes out as that template, and is rendered in turn, up to a few levels deep.
     """
     if isinstance(value, dict):
         return {k: render(v, variables, depth) for k, v in value.items()}
@@ -200,10 +360,16 @@ def render(value: Any, variables: Dict[str, Any], depth: int = 0) -> Any:
     if match:
         result = evaluate(match.group(1), variables)
     else:
+        import jinja2
+
         try:
-            result = environment().from_string(value).render(**variables)
+            result = render_template(_inline_template(value), variables)
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"{value!r}: {exc}", undefined=True) from None
         except _jinja_error() as exc:
             raise TemplateError(f"{value!r}: {exc}") from None
+    if isinstance(variables, Scope):
+        return result
     if depth < 5 and result != value and (is_templated(result) or isinstance(result, (dict, list))):
         return render(result, variables, depth + 1)
     return result
@@ -215,28 +381,6 @@ def _jinja_error() -> tuple:
     from .ansible_jinja import FilterError
 
     return (jinja2.TemplateError, FilterError)
-
-
-def resolve_variables(variables: Dict[str, Any]) -> Dict[str, Any]:
-    """Variables whose values are templates (``dir: "/opt/{{ facts.arch }}"``) rendered once
-    facts are known, so templates and expressions see final values. A value that reads what
-    is not known yet (a registered result) stays a template and is rendered where it is used.
-    """
-    resolved = dict(variables)
-    for _ in range(5):
-        progress = False
-        for name, value in resolved.items():
-            if name == "facts" or not (is_templated(value) or isinstance(value, (dict, list))):
-                continue
-            try:
-                new = render(value, resolved)
-            except TemplateError:
-                continue
-            if new != value:
-                resolved[name], progress = new, True
-        if not progress:
-            break
-    return resolved
 
 
 def template_path(name: str) -> str | None:
@@ -298,9 +442,12 @@ def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str
         source, _, _ = loader.get_source(environment(), rel)
         body, options = template_options(source)
         env = _environment(loader, **options)
-        scope = dict(variables, template_path=rel, template_host=os.uname().nodename)
-        scope.setdefault("ansible_managed", "Ansible managed")
-        return env.from_string(body).render(**scope)
+        own = {"template_path": rel, "template_host": os.uname().nodename}
+        if "ansible_managed" not in variables:
+            own["ansible_managed"] = "Ansible managed"
+        return render_template(env.from_string(body), as_scope(variables).child(own))
+    except TemplateError as exc:
+        raise TemplateError(f"template {name}: {exc}", exc.undefined) from None
     except _jinja_error() as exc:
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise TemplateError(f"template {name}{where}: {exc}") from exc

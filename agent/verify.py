@@ -1,26 +1,76 @@
 """Run goss-like checks: each a file in ``agent/checks/`` with SCHEMA and ``probe``.
 
-A check's ``probe(params, ctx) -> (passed, observed)`` only reads.
+A check's ``probe(params, ctx) -> (passed, observed)`` only reads. Its arguments are rendered with
+the variables the steps had: the bundle's (each rendered when read, as in the apply), Ansible's names
+(``ansible_facts``, ``ansible_*``), ``facts`` and what the apply set (registered results, set_fact and
+include_vars values), kept beside the bundle by the runner.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Mapping
 
+from . import facts as boxfacts
 from . import schema as argschema
 from .api import Context, ModuleError
 from .checks import discover
 from .protocol import CheckStatus, Event
-from .templating import TemplateError, render
+from .templating import Scope, TemplateError, render
+
+BUNDLE_FILE = "bundle.json"
+RUN_VARIABLES_FILE = "run-vars.json"  # agent/runner.py writes it
+
+
+def run_checks_file(checks_file: str, facts: Dict[str, Any], emit: Callable[[Dict[str, Any]], None]) -> bool:
+    """Run the checks in ``checks_file`` with the variables of the bundle (and of its apply) beside it."""
+    with open(checks_file) as handle:
+        checks = json.load(handle)
+    return run_checks(checks, facts, emit, checks_scope(os.path.dirname(os.path.abspath(checks_file)), facts))
+
+
+def _read(path: str) -> Dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        return dict(json.load(handle))
+
+
+def checks_scope(bundle_dir: str, facts: Dict[str, Any]) -> Scope:
+    """The variables the steps had, as they were when the apply ended."""
+    bundle = _read(os.path.join(bundle_dir, BUNDLE_FILE))
+    run = _read(os.path.join(bundle_dir, RUN_VARIABLES_FILE))
+    return variables_scope(bundle.get("vars") or {}, facts, run, bundle.get("var_sources") or {})
+
+
+def variables_scope(
+    variables: Mapping[str, Any],
+    facts: Dict[str, Any],
+    run: Mapping[str, Any] | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> Scope:
+    """``variables`` (templates, rendered when read) with the run's own values above and Ansible's names below."""
+    names = boxfacts.variables(facts) if facts.get("ansible") else {}
+    learned = dict((run or {}).get("variables") or {})
+    layers = [
+        ({"facts": facts}, False),
+        (learned, set((run or {}).get("templated") or [])),
+        (variables, True),
+        (names, False),
+    ]
+    return Scope(layers, sources)  # type: ignore[arg-type]
 
 
 def run_checks(
     checks: List[Dict[str, Any]],
     facts: Dict[str, Any],
     emit: Callable[[Dict[str, Any]], None],
-    variables: Dict[str, Any],
+    variables: Mapping[str, Any],
 ) -> bool:
+    """Run ``checks``; ``variables``: a Scope, or the bundle's variables as written."""
+    scope = variables if isinstance(variables, Scope) else variables_scope(variables, facts)
     available = discover()
     ctx = Context(facts=facts)
     counts = {CheckStatus.PASSED.value: 0, CheckStatus.FAILED.value: 0}
@@ -40,12 +90,12 @@ def run_checks(
                 raise ModuleError(f"unknown check '{kind}'")
             args = check.get("args", {})
             try:
-                args = render(args, dict(variables, facts=facts))
+                args = render(args, scope)
             except TemplateError as exc:
                 raise ModuleError(f"templating: {exc}") from None
             if "{{" in event["name"]:
                 try:
-                    event["name"] = str(render(event["name"], dict(variables, facts=facts)))
+                    event["name"] = str(render(event["name"], scope))
                 except TemplateError:
                     pass
             params, errors = argschema.validate(impl.SCHEMA, args)

@@ -390,18 +390,15 @@ def kiln_apply(machine: Machine, role_dir: Path, work: Path, overrides: dict | N
             run.registered[step["register"]] = kiln_registered(event)
         var = (step.get("args") or {}).get("var") if step.get("module") == "debug" else None
         if var:
-            run.debug[var] = event.get(var, event.get("value", event.get("msg")))
+            run.debug[var] = (event.get("registered") or {}).get(var, event.get("msg"))
     return run
 
 
 def kiln_registered(event: dict[str, Any]) -> dict[str, Any]:
-    """What a step event tells of the value kiln registered (the whole value when the agent sends it)."""
-    if isinstance(event.get("registered"), dict):
-        return event["registered"]
-    status = event.get("status")
-    value = {k: v for k, v in event.items() if k in REGISTERED_KEYS}
-    value.update(changed=status == "changed", failed=status == "failed", skipped=status == "skipped")
-    return value
+    """The value kiln registered, as the agent's step event carries it (``registered``)."""
+    if not isinstance(event.get("registered"), dict):  # a difference in every compared key
+        return {key: "(not in kiln's step event)" for key in REGISTERED_KEYS}
+    return event["registered"]
 
 
 def _agent(machine: Machine) -> tuple[int, str, str]:

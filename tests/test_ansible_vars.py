@@ -1,0 +1,334 @@
+"""Ansible's variable semantics on the box (issue 9), proved against ansible-core where they mean what they
+mean in Ansible: a role of ours, written here, applied unchanged by ansible-playbook and by kiln to two
+containers from the same base (tests/ansible_diff.py); the end states and the registered and debugged
+values must be equal. There are no expected values for those: ansible-playbook's result is the expectation.
+
+What Ansible has no counterpart for (kiln's error messages, verify.yml) is checked on kiln alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.ansible_diff import Comparison, compare_role, workdir
+from tests.machines import SESSION, TEST_LABEL, AgentBox, steps_of, summary_of
+
+# --- the differential role: one ansible-playbook run and one kiln run for every case below -------------
+#: case -> (defaults/main.yml lines, tasks/main.yml steps); the role is all of them, in this order
+CASES: dict[str, tuple[str, str]] = {
+    "lazy": (
+        """
+# bug 1: a variable reads an attribute of a later variable that is itself still a template, and the
+# chain ends in a fact (only the box can render it)
+lazy_port_next: "{{ lazy_server.port + 1 }}"
+lazy_server:
+  port: "{{ lazy_port }}"
+  name: "{{ lazy_family }}.example"
+lazy_port: "{{ 80 if ansible_os_family == 'Debian' else 81 }}"
+lazy_family: "{{ ansible_facts.os_family | lower }}"
+lazy_url: "http://{{ lazy_server.name }}:{{ lazy_server.port }}/"
+""",
+        """
+- name: lazy variables, in dependency order
+  copy:
+    dest: /etc/kiln-vars/lazy.txt
+    content: "{{ lazy_port_next }} {{ lazy_url }} {{ lazy_server.port }}\\n"
+- {name: show lazy_port_next, debug: {var: lazy_port_next}}
+""",
+    ),
+    "registered": (
+        """
+# bug 3: variables built from registered results (a loop's too) and from set_fact values
+number_list: "{{ numbers.results | map(attribute='stdout') | map('int') | list }}"
+number_codes: "{{ numbers.results | map(attribute='rc') | list }}"
+number_sum: "{{ number_list | sum }}"
+first_word: "{{ words.stdout_lines[0] }}"
+greeting_name: world
+greeting: "hello {{ greeting_name }}"
+doubled_sum: "{{ doubled | int }}"
+""",
+        """
+- name: numbers
+  command: "echo {{ item }}"
+  loop: [3, 5, 7]
+  register: numbers
+  changed_when: false
+- name: words
+  shell: printf 'alpha\\nbeta\\n'
+  register: words
+  changed_when: false
+- name: the greeting is for kiln from now on
+  set_fact:
+    greeting_name: kiln
+    doubled: "{{ number_sum | int * 2 }}"
+- name: derived values
+  copy:
+    dest: /etc/kiln-vars/derived.txt
+    content: "{{ number_sum }} {{ number_list | join(',') }} {{ number_codes }} {{ first_word }} {{ greeting }}\\n"
+- name: derived values in a template
+  template: {src: report.j2, dest: /etc/kiln-vars/report.txt, mode: "0644"}
+- {name: show number_list, debug: {var: number_list}}
+- {name: show greeting, debug: {var: greeting}}
+- {name: show doubled_sum, debug: {var: doubled_sum}}
+""",
+    ),
+    "loop_set_fact": (
+        """
+counter: 0
+""",
+        """
+- name: set_fact in a loop
+  set_fact:
+    collected: "{{ (collected | default([])) + [item] }}"
+    counter: "{{ counter | int + 1 }}"
+  loop: [a, b, c]
+- name: what the loop collected
+  copy:
+    dest: /etc/kiln-vars/collected.txt
+    content: "{{ collected | join(',') }} {{ counter }}\\n"
+- {name: show collected, debug: {var: collected}}
+- {name: show counter, debug: {var: counter}}
+""",
+    ),
+    "omit": (
+        """
+wanted_mode: "0640"
+""",
+        """
+- name: an argument that is omitted
+  copy:
+    dest: /etc/kiln-vars/omitted.txt
+    content: "omitted\\n"
+    mode: "{{ no_such_mode | default(omit) }}"
+    owner: "{{ omit }}"
+- name: an argument that is not omitted
+  copy:
+    dest: /etc/kiln-vars/kept.txt
+    content: "kept\\n"
+    mode: "{{ wanted_mode | default(omit) }}"
+""",
+    ),
+    "listen": (
+        "",
+        """
+- name: a config that tells its listeners
+  copy: {dest: /etc/kiln-vars/a.conf, content: "a\\n"}
+  notify: config changed
+- name: another that tells a topic and a handler by name
+  copy: {dest: /etc/kiln-vars/b.conf, content: "b\\n"}
+  notify: [other topic, third handler, config changed]
+""",
+    ),
+    "registered_values": (
+        "",
+        """
+- name: a command that exits 2
+  shell: "echo out; echo err >&2; exit 2"
+  register: exits_two
+  failed_when: exits_two.rc not in [0, 2]
+  changed_when: false
+""",
+    ),
+}
+
+FIRST_TASK = """
+- name: the directory for what the cases write
+  file: {path: /etc/kiln-vars, state: directory, mode: "0755"}
+"""
+
+HANDLERS = """
+- name: first handler
+  listen: config changed
+  shell: echo first >> /etc/kiln-vars/handlers.log
+
+- name: second handler
+  listen: [other topic, config changed]
+  shell: echo second >> /etc/kiln-vars/handlers.log
+
+- name: third handler
+  shell: echo third >> /etc/kiln-vars/handlers.log
+
+- name: nobody's handler
+  listen: nobody
+  shell: echo nobody >> /etc/kiln-vars/handlers.log
+"""
+
+REPORT = """sum={{ number_sum }}
+{% for n in number_list %}
+n={{ n }}
+{% endfor %}
+first={{ first_word }}
+greeting={{ greeting }}
+doubled={{ doubled_sum }}
+"""
+
+
+def role_files(cases: list[str]) -> dict[str, str]:
+    """The role made of ``cases`` (all of them: the differential group; one: to show a case alone)."""
+    return {
+        "defaults/main.yml": "".join(CASES[case][0] for case in cases) or "{}\n",
+        "tasks/main.yml": FIRST_TASK + "".join(CASES[case][1] for case in cases),
+        "handlers/main.yml": HANDLERS,
+        "templates/report.j2": REPORT,
+    }
+
+
+ROLE = role_files(list(CASES))
+KINDS = ("files", "packages", "services", "users", "groups", "registered")
+
+
+def write_role(root: Path, name: str, files: dict[str, str]) -> Path:
+    role = root / name
+    for rel, text in files.items():
+        (role / rel).parent.mkdir(parents=True, exist_ok=True)
+        (role / rel).write_text(text.lstrip("\n"))
+    return role
+
+
+_compared: dict[str, Comparison] = {}
+
+
+@pytest.fixture(scope="module")
+def comparison(engine) -> Comparison:
+    if "kiln_vars" not in _compared:
+        work = workdir()
+        try:
+            role = write_role(work / "role", "kiln_vars", ROLE)
+            _compared["kiln_vars"] = compare_role(engine, role, work, labels={TEST_LABEL: SESSION})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    result = _compared["kiln_vars"]
+    assert result.ansible.ok, f"ansible-playbook itself failed:\n{result.ansible.output[-3000:]}"
+    return result
+
+
+@pytest.mark.slow
+def test_kiln_applies_the_variables_role(comparison: Comparison) -> None:
+    assert comparison.kiln.ok, comparison.report(kinds=())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_variables_end_state_equals_ansible_playbooks(comparison: Comparison, kind: str) -> None:
+    assert comparison.kiln.ok and not comparison.state[kind], comparison.report(kinds=(kind,))
+
+
+@pytest.mark.slow
+def test_the_comparison_saw_every_case(comparison: Comparison) -> None:
+    """The cases above ran on both sides (a case that ran on neither would compare equal)."""
+    for name in ("numbers", "words", "exits_two"):
+        assert name in comparison.ansible.registered and name in comparison.kiln.registered, name
+    for var in ("lazy_port_next", "number_list", "collected", "counter", "greeting", "doubled_sum"):
+        assert var in comparison.ansible.debug and var in comparison.kiln.debug, var
+
+
+# --- kiln alone: what Ansible has no counterpart for ---------------------------------------------------
+def kiln_run(box: AgentBox, work: Path, files: dict[str, str], verify: bool = False) -> tuple[list[dict], str]:
+    """Compile the role in ``files`` as ``invoke bake`` does and run the real agent on ``box``: its events
+    and its stderr (``apply``, then ``verify.yml``'s checks with ``verify``)."""
+    from kiln.controller.config import load_config
+    from kiln.controller.engine import run_to_completion
+    from kiln.controller.stepfiles.compile import bundle_json, compile_role
+
+    playbooks = work / "playbooks"
+    write_role(playbooks / "roles", "vars_role", files)
+    (playbooks / "kiln.yaml").write_text("retention:\n  keep: 3\n")
+    compiled = compile_role(playbooks, "vars_role", "local", load_config(playbooks / "kiln.yaml"))
+    bundle = bundle_json(compiled, {"kiln": {"role": "vars_role", "version": "t", "build_id": "t"}})
+    content: dict[str, tuple[bytes | None, int]] = {
+        "/var/lib/kiln/v/bundle.json": (json.dumps(bundle).encode(), 0o600),
+        "/var/lib/kiln/v/checks.json": (json.dumps(compiled.checks).encode(), 0o600),
+    }
+    for rel, data in compiled.files.items():
+        content[f"/var/lib/kiln/v/{rel}"] = (data, 0o644)
+    box.sh("rm -rf /var/lib/kiln/v")
+    box.put(content)
+    argv = [box.engine.command, *box.engine._global_args(), "exec", box.name, "python3", "/var/lib/kiln/agent.pyz"]
+    argv += ["apply", "/var/lib/kiln/v"] + (["--verify", "/var/lib/kiln/v/checks.json"] if verify else [])
+    _, out, err = run_to_completion(argv, None, 300)
+    lines = out.decode(errors="replace").splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")], err.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_variables_that_need_each_other_are_an_error_naming_them(box: AgentBox, tmp_path: Path) -> None:
+    files = {
+        "defaults/main.yml": """
+cycle_a: "{{ cycle_b.port }}"
+cycle_b: {port: "{{ cycle_c }}"}
+cycle_c: "{{ cycle_a if ansible_os_family == 'Debian' else 1 }}"
+""",
+        "tasks/main.yml": """
+- name: uses the cycle
+  copy: {dest: /tmp/cycle.txt, content: "{{ cycle_a }}"}
+""",
+    }
+    events, stderr = kiln_run(box, tmp_path, files)
+    (step,) = steps_of(events)
+    assert step["status"] == "failed", step
+    assert "'cycle_a'" in step["msg"] and "'cycle_b'" in step["msg"] and "'cycle_c'" in step["msg"], step
+    assert "cycle" in step["msg"], step
+    assert summary_of(events)["ok_run"] is False
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_an_undefined_name_read_through_variables_names_the_variable(box: AgentBox, tmp_path: Path) -> None:
+    files = {
+        "defaults/main.yml": """
+listen_port: "{{ server.port }}"
+server: {port: "{{ ansible_facts.no_such_fact }}"}
+""",
+        "tasks/main.yml": """
+- name: uses it
+  copy: {dest: /tmp/undefined.txt, content: "{{ listen_port }}"}
+""",
+    }
+    events, stderr = kiln_run(box, tmp_path, files)
+    (step,) = steps_of(events)
+    assert step["status"] == "failed", step
+    assert "variable 'listen_port'" in step["msg"] and "variable 'server'" in step["msg"], step
+    assert "no_such_fact" in step["msg"], step
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_verify_reads_facts_based_nested_and_registered_variables(box: AgentBox, tmp_path: Path) -> None:
+    files = {
+        "defaults/main.yml": """
+app:
+  dir: "/opt/{{ app_family }}"
+  conf: "{{ app_conf_name }}"
+app_family: "{{ ansible_os_family | lower }}"
+app_conf_name: "{{ app_name.stdout }}.conf"
+app_path: "{{ app.dir }}/{{ app.conf }}"
+""",
+        "tasks/main.yml": """
+- name: the app's name
+  command: echo kilnapp
+  register: app_name
+  changed_when: false
+- name: the app's file size
+  set_fact:
+    app_size: "{{ app_name.stdout | length }}"
+- name: the app's directory
+  file: {path: "{{ app.dir }}", state: directory}
+- name: the app's config
+  copy: {dest: "{{ app_path }}", content: "size={{ app_size }} family={{ ansible_os_family }}\\n"}
+""",
+        "verify.yml": """
+- file: "{{ app_path }}"
+  contains: ["size={{ app_size }} family={{ ansible_os_family }}"]
+- file: "/opt/{{ ansible_facts.os_family | lower }}/{{ app_name.stdout }}.conf"
+""",
+    }
+    events, stderr = kiln_run(box, tmp_path, files, verify=True)
+    assert summary_of(events)["ok_run"], steps_of(events)
+    checks = [e for e in events if e["event"] == "check"]
+    assert len(checks) == 2 and all(c["status"] == "passed" for c in checks), checks
+    assert box.sh("cat /opt/debian/kilnapp.conf") == "size=7 family=Debian\n"
+    assert "Traceback" not in stderr, stderr
