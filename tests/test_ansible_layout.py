@@ -378,3 +378,52 @@ def test_include_and_import_role_end_state_equals_ansible_playbooks(engine):
         shutil.rmtree(work, ignore_errors=True)
     assert result.ansible.ok, result.ansible.output[-3000:]
     assert result.equal, result.report()
+
+
+def test_include_tasks_loops_with_apply_and_role_params(tmp_path):
+    write_role(
+        tmp_path,
+        "r",
+        {
+            "tasks/main.yml": """---
+- include_tasks: user.yml
+  loop: [alice, bob]
+  loop_control: {loop_var: person}
+  vars: {shell: /bin/sh}
+  args:
+    apply:
+      become: true
+      become_user: nobody
+      tags: [users]
+- debug: msg="{{ greeting }} world"
+""",
+            "tasks/user.yml": "- command: echo {{ person }} {{ shell }}\n",
+            "defaults/main.yml": "greeting: hello\n",
+        },
+    )
+    assert problems(tmp_path, "r") == []
+    looped, debug = compile_role(tmp_path, "r", "local", config(tmp_path)).steps
+    echoes = [copy["block"][0] for copy in looped["block"]]
+    assert [echo["vars"] for echo in echoes] == [
+        {"shell": "/bin/sh", "person": "alice"},
+        {"shell": "/bin/sh", "person": "bob"},
+    ]
+    assert {(echo["become_user"], tuple(echo["tags"])) for echo in echoes} == {("nobody", ("users",))}
+    assert debug["args"] == {"msg": "{{ greeting }} world"}  # key=value, though debug has a free form
+
+
+@pytest.mark.parametrize(
+    ("tasks", "expected"),
+    [
+        ("- import_tasks: user.yml\n  loop: [a]\n", "main.yml:2:3: import_tasks cannot loop"),
+        (
+            "- include_tasks: user.yml\n  loop: '{{ ansible_interfaces }}'\n",
+            "main.yml:2:9: include_tasks loops over ansible_interfaces, known only on the box",
+        ),
+        ("- import_tasks: {file: user.yml, apply: {become: true}}\n", "main.yml:1:34: apply is for include_tasks"),
+    ],
+)
+def test_include_tasks_loop_refusals(tmp_path, tasks, expected):
+    write_role(tmp_path, "r", {"tasks/main.yml": tasks, "tasks/user.yml": "- command: echo {{ item }}\n"})
+    found = problems(tmp_path, "r")
+    assert any(p.startswith(expected) for p in found), found

@@ -36,8 +36,8 @@ from kiln.controller.stepfiles.validate import (
     JINJA_GLOBALS,
     RESERVED_NAMES,
     Collector,
+    IncludeLoop,
     Ref,
-    RoleLoop,
     RoleUse,
     StepCompiler,
     any_templated,
@@ -547,7 +547,7 @@ def _compile(
     check_references(collector, known, {name: sources[name].tree for name in roles}, check_names=not unreadable)
 
     resolved = resolve_variables(variables, {"kiln": {"role": role}})
-    expand_role_loops(collector, variables, resolved, collector.registers | included, problems)
+    expand_include_loops(collector, variables, resolved, collector.registers | included, problems)
     for check, doc, path, key in collector.check_templates:
         try:
             check["args"][key] = render(check["args"][key], resolved)
@@ -680,16 +680,16 @@ def _included_handlers(
     return handlers
 
 
-def expand_role_loops(
+def expand_include_loops(
     collector: Collector,
     variables: dict[str, Any],
     resolved: dict[str, Any],
     runtime: set[str],
     problems: list[Diagnostic],
 ) -> None:
-    """Each looped include_role becomes a block of one copy per item (its ``when`` per copy, the item in
+    """Each looped include_role or include_tasks becomes a block of one copy per item (its ``when`` per copy, the item in
     its ``vars``). The items must be known here: a list, or variables of the roles, kiln.yaml or --var."""
-    for loop in collector.role_loops:
+    for loop in collector.include_loops:
         items = _loop_items(loop, variables, resolved, runtime, problems)
         include = loop.block
         copies = []
@@ -707,7 +707,11 @@ def expand_role_loops(
 
 
 def _loop_items(
-    loop: RoleLoop, variables: dict[str, Any], resolved: dict[str, Any], runtime: set[str], problems: list[Diagnostic]
+    loop: IncludeLoop,
+    variables: dict[str, Any],
+    resolved: dict[str, Any],
+    runtime: set[str],
+    problems: list[Diagnostic],
 ) -> list[Any] | None:
     if isinstance(loop.loop, list):
         return loop.loop  # templated items are rendered on the box, as any variable
@@ -717,8 +721,8 @@ def _loop_items(
         problems.append(
             loop.doc.diag(
                 loop.path,
-                f"include_role loops over {', '.join(box_only)}, known only on the box (facts, registered "
-                "results, set_fact): kiln expands an include_role loop when compiling; loop over a list or "
+                f"{loop.kind} loops over {', '.join(box_only)}, known only on the box (facts, registered "
+                "results, set_fact): kiln expands such a loop when compiling; loop over a list or "
                 "over variables of the roles, kiln.yaml or --var (or loop inside the role's tasks)",
             )
         )
@@ -726,12 +730,12 @@ def _loop_items(
     try:
         items = evaluate(loop.loop, resolved)
     except Exception as exc:  # noqa: BLE001 - reported, never a traceback
-        problems.append(loop.doc.diag(loop.path, f"cannot expand this include_role loop: {exc}"))
+        problems.append(loop.doc.diag(loop.path, f"cannot expand this {loop.kind} loop: {exc}"))
         return None
     if isinstance(items, dict):
         return [{"key": k, "value": v} for k, v in items.items()]
     if not isinstance(items, list):
-        problems.append(loop.doc.diag(loop.path, f"an include_role loop must give a list, got {kind_of(items)}"))
+        problems.append(loop.doc.diag(loop.path, f"a {loop.kind} loop must give a list, got {kind_of(items)}"))
         return None
     return items
 

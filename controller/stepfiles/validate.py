@@ -185,7 +185,7 @@ class Collector:
     index: int = 0
     roles: RoleFinder | None = None  # the roles include_role/import_role may name (compile.py gives it)
     role_uses: list[RoleUse] = field(default_factory=list)
-    role_loops: list[RoleLoop] = field(default_factory=list)
+    include_loops: list[IncludeLoop] = field(default_factory=list)
 
     def add(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
@@ -220,9 +220,10 @@ class RoleUse:
 
 
 @dataclass
-class RoleLoop:
-    """An include_role with a loop: expanded when compiling, one copy of the block per item."""
+class IncludeLoop:
+    """An include_role or include_tasks with a loop: expanded when compiling, one copy of the block per item."""
 
+    kind: str
     block: dict[str, Any]
     doc: Document
     path: tuple[Any, ...]
@@ -492,25 +493,45 @@ class StepCompiler:
         self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
     ) -> dict[str, Any] | None:
         """A block of the included file's steps (``when`` carried); a templated name: one block per candidate
-        file of tasks/, each selected on the box by the name rendered there."""
+        file of tasks/, each selected on the box by the name rendered there. A loop is expanded when compiling
+        (:class:`IncludeLoop`); ``apply`` (in the settings or under ``args``) holds for the included steps."""
         value = data[key]
         where = path + (key,)
+        settings: dict[str, Any] = dict(data["args"]) if isinstance(data.get("args"), dict) else {}
         if isinstance(value, dict):
             for name in value:
                 if name not in ansible.INCLUDE_KEYWORDS:
                     self.error(where + (name,), f"unknown {kind} setting '{name}'", key=True)
+            settings.update(value)
             value, where = value.get("file"), where + ("file",)
         if not isinstance(value, str) or not value.strip():
             self.error(where, f"{kind} needs the file to include (a name in the role's tasks/), got {kind_of(value)}")
             return None
-        if "loop" in data or any(k.startswith("with_") for k in data):
-            self.error(path, f"{kind} with a loop is not supported yet: loop over the steps inside the file")
+        loops = [k for k in data if k == "loop" or (k.startswith("with_") and k in KEYWORDS)]
+        if loops and kind == "import_tasks":
+            self.error(
+                path + (loops[0],),
+                "import_tasks cannot loop (Ansible refuses it too): use include_tasks to run a file once per item",
+                key=True,
+            )
             return None
-        block = {
-            k: v
-            for k, v in data.items()
-            if k in ("when", "tags", "no_log", "ignore_errors", "become", "become_user", "vars", "environment", "name")
-        }
+        apply_at = path + ("args", "apply") if "apply" in (data.get("args") or {}) else where[:-1] + ("apply",)
+        if "apply" in settings and kind != "include_tasks":
+            self.error(
+                apply_at, f"apply is for include_tasks ({kind}'s keywords hold for every task already)", key=True
+            )
+        apply = self._apply(settings.get("apply"), apply_at) if kind == "include_tasks" else {}
+        block = _with_applied(
+            {k: v for k, v in data.items() if k in BLOCK_KEYS and k not in ("block", "rescue", "always")}, apply
+        )
+        loop_var, index_var = (self._loop_var(data, path), _index_var(data)) if loops else ("", "")
+        loop_names = frozenset(n for n in (loop_var, index_var) if n)
+        param_names = frozenset(block["vars"]) if isinstance(block.get("vars"), dict) else frozenset()
+        own_tags = self._tags(data, path, StepContext()) if kind == "import_tasks" else []
+        inner_tags = tuple(dict.fromkeys([*ctx.tags, *own_tags, *self._tags(apply, apply_at, StepContext())]))
+        inner = StepContext(
+            inner_tags, ctx.extra | loop_names | param_names, ctx.no_log, ctx.ignore_errors, ctx.handler
+        )
         if is_templated(value):
             names = sorted(
                 n for n in (self.tree.under("tasks") if self.tree else {}) if fnmatch.fnmatch(n, ansible.glob_of(value))
@@ -518,11 +539,10 @@ class StepCompiler:
             if not names:
                 self.error(where, f"no file in the role's tasks/ matches '{value}'")
                 return None
-            self._templated(value, where, ctx.extra)
+            self._templated(value, where, ctx.extra | loop_names | param_names)
             chosen = ansible.template_to_expression(value)
             options = []
             for name in names:
-                inner = self._included(name, where, ctx)
                 options.append(
                     {
                         "index": self._next(),
@@ -531,20 +551,40 @@ class StepCompiler:
                         "source": f"{self.doc.display}:{self.doc.value_pos(path)[0]}",
                         "role": self.role,
                         "when": f"({chosen}) == {name!r}",
-                        "block": inner,
+                        "block": self._included(name, where, inner),
                         "rescue": [],
                         "always": [],
                     }
                 )
             inner_steps = options
         else:
-            inner_steps = self._included(value, where, ctx)
-        compiled = self._block(block, path, ctx, step, [])
+            inner_steps = self._included(value, where, inner)
+        outer = StepContext(ctx.tags, ctx.extra | loop_names, ctx.no_log, ctx.ignore_errors, ctx.handler)
+        compiled = self._block(block, path, outer, step, [])
         compiled["block"] = inner_steps
         inherit_keywords(compiled)
         if not block.get("name"):
             compiled["name"] = f"{kind} {value}"
+        if loops:
+            self._include_loop(kind, data, path, loops[0], ctx, compiled, loop_var, index_var)
         return compiled
+
+    def _include_loop(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        path: tuple[Any, ...],
+        loop_key: str,
+        ctx: StepContext,
+        compiled: dict[str, Any],
+        loop_var: str,
+        index_var: str,
+    ) -> None:
+        secret = data.get("no_log", ctx.no_log) in (True, "yes", "true", "on")
+        value = self._ansible_loop(loop_key, data[loop_key], path + (loop_key,), ctx.extra, secret)
+        self.c.include_loops.append(
+            IncludeLoop(kind, compiled, self.doc, path + (loop_key,), value, loop_var, index_var)
+        )
 
     def _included(self, name: str, where: tuple[Any, ...], ctx: StepContext) -> list[dict[str, Any]]:
         doc = self._task_file(name, where)
@@ -564,7 +604,7 @@ class StepCompiler:
     ) -> dict[str, Any] | None:
         """A block of the named role's tasks (``tasks_from`` or main), the role found in playbooks/roles/ like
         a dependency; its defaults, vars and handlers join the bake's (compile.py). A loop is expanded when
-        compiling (:class:`RoleLoop`), so it must be over values the controller knows."""
+        compiling (:class:`IncludeLoop`), so it must be over values the controller knows."""
         where = path + (key,)
         settings = self._role_settings(kind, data[key], where)
         if settings is None:
@@ -628,9 +668,7 @@ class StepCompiler:
             )
         )
         if loops:
-            secret = data.get("no_log", ctx.no_log) in (True, "yes", "true", "on")
-            value = self._ansible_loop(loops[0], data[loops[0]], path + (loops[0],), ctx.extra, secret)
-            self.c.role_loops.append(RoleLoop(compiled, self.doc, path + (loops[0],), value, loop_var, index_var))
+            self._include_loop(kind, data, path, loops[0], ctx, compiled, loop_var, index_var)
         return compiled
 
     def _role_settings(self, kind: str, value: Any, where: tuple[Any, ...]) -> dict[str, Any] | None:
