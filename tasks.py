@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import json as jsonlib
 import os
+import sys
 from pathlib import Path
 
 from invoke import Exit, task
+
+# invoke turns byte-code writing off before it loads this file (so that no tasks.pyc is left); kiln's own
+# modules keep theirs as any program's do (-B and PYTHONDONTWRITEBYTECODE still apply): a checkout run only
+# through invoke otherwise compiles every edited module from source on every command (~70 ms a converge)
+sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode)
 
 
 def _setup(json: bool, prefix_roles: bool = False) -> None:

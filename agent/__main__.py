@@ -8,6 +8,8 @@ after the boot continues with the step after the reboot.
 second apply (the idempotence check) and then the checks, each part opened by a ``phase``
 event and closed by its own ``summary``. A part that fails (a failed step, a step marked
 idempotent that changed again, a failed check) ends the run there.
+``apply --linger SECONDS`` (a converge on its kept machine) leaves a warm agent behind that runs the
+next converges' commands without starting python again (agent/warm.py).
 ``serve`` keeps one agent warm for ``converge --watch``: each JSON line on stdin
 (``{"id", "bundle", "files"}``) writes the files that changed into BUNDLE_DIR and applies
 that bundle, ending with ``{"event": "served", "id": ...}``; end of input ends it.
@@ -45,6 +47,9 @@ def main(argv: Any = None) -> int:
     )
     apply_p.add_argument("--rerun", action="store_true", help="then apply again: it must change nothing")
     apply_p.add_argument("--verify", metavar="CHECKS", help="then run these checks")
+    apply_p.add_argument(
+        "--linger", type=float, default=0, metavar="SECONDS", help="then leave a warm agent (idle for SECONDS at most)"
+    )
     verify_p = sub.add_parser("verify")
     verify_p.add_argument("checks")
     sub.add_parser("packages")
@@ -63,57 +68,67 @@ def main(argv: Any = None) -> int:
         emit({"event": Event.PACKAGES, "packages": installed_packages()})
         return 0
     if args.command == "apply":
-        from .runner import RESUME_FILE, Runner
+        rc = apply(args, facts)
+        if args.linger > 0 and rc != EXIT_REBOOT:
+            from .warm import linger
 
-        with open(os.path.join(args.bundle, "bundle.json")) as handle:
-            bundle = json.load(handle)
-        state_file = os.path.join(args.bundle, RESUME_FILE)
-        resume = None
-        if args.resume:
-            try:
-                with open(state_file) as handle:
-                    resume = json.load(handle)
-            except (OSError, ValueError) as exc:
-                emit(
-                    {
-                        "event": Event.SUMMARY,
-                        "ok": 0,
-                        "changed": 0,
-                        "failed": 1,
-                        "skipped": 0,
-                        "ignored": 0,
-                        "duration": 0,
-                        "changed_steps": [],
-                        "ok_run": False,
-                        "error": f"nothing to resume: {type(exc).__name__}: {exc}",
-                    }
-                )
-                return 1
-        if os.path.exists(state_file):  # consumed (resume) or stale (a fresh apply starts over)
-            os.unlink(state_file)
-        gathered = facts.gather()
-        emit({"event": Event.FACTS, "facts": gathered})
-        runner = Runner(bundle, apply_context(args, bundle, gathered), emit, state_dir=args.bundle)
-        runner.run(resume)
-        if runner.exit_code:
-            return runner.exit_code
-        if args.rerun:
-            emit({"event": Event.PHASE, "phase": Phase.IDEMPOTENCE})
-            again = Runner(
-                bundle, apply_context(args, bundle, facts.gather()), emit, modules=runner.modules, state_dir=args.bundle
-            )
-            again.run()
-            if again.exit_code or any(step.get("idempotent", True) for step in again.changed_steps):
-                return again.exit_code  # the controller fails the idempotence check on this part's summary
-        if args.verify:
-            emit({"event": Event.PHASE, "phase": Phase.VERIFY})
-            return verify(args.verify)
-        return 0
+            linger(os.path.dirname(os.path.abspath(args.bundle)), args.linger, main, emit)
+        return rc
     if args.command == "serve":
         return serve(args.bundle, facts.gather())
     if args.command == "verify":
         return verify(args.checks)
     return 2
+
+
+def apply(args: argparse.Namespace, facts: Any) -> int:
+    """``apply``: the bundle's steps (then, with --rerun and --verify, the later parts); the exit status."""
+    from .runner import RESUME_FILE, Runner
+
+    with open(os.path.join(args.bundle, "bundle.json")) as handle:
+        bundle = json.load(handle)
+    state_file = os.path.join(args.bundle, RESUME_FILE)
+    resume = None
+    if args.resume:
+        try:
+            with open(state_file) as handle:
+                resume = json.load(handle)
+        except (OSError, ValueError) as exc:
+            emit(
+                {
+                    "event": Event.SUMMARY,
+                    "ok": 0,
+                    "changed": 0,
+                    "failed": 1,
+                    "skipped": 0,
+                    "ignored": 0,
+                    "duration": 0,
+                    "changed_steps": [],
+                    "ok_run": False,
+                    "error": f"nothing to resume: {type(exc).__name__}: {exc}",
+                }
+            )
+            return 1
+    if os.path.exists(state_file):  # consumed (resume) or stale (a fresh apply starts over)
+        os.unlink(state_file)
+    gathered = facts.gather()
+    emit({"event": Event.FACTS, "facts": gathered})
+    runner = Runner(bundle, apply_context(args, bundle, gathered), emit, state_dir=args.bundle)
+    runner.run(resume)
+    if runner.exit_code:
+        return runner.exit_code
+    if args.rerun:
+        emit({"event": Event.PHASE, "phase": Phase.IDEMPOTENCE})
+        again = Runner(
+            bundle, apply_context(args, bundle, facts.gather()), emit, modules=runner.modules, state_dir=args.bundle
+        )
+        again.run()
+        if again.exit_code or any(step.get("idempotent", True) for step in again.changed_steps):
+            return again.exit_code  # the controller fails the idempotence check on this part's summary
+    if args.verify:
+        emit({"event": Event.PHASE, "phase": Phase.VERIFY})
+        return verify(args.verify)
+    return 0
 
 
 def apply_context(args: argparse.Namespace, bundle: Dict[str, Any], gathered: Dict[str, Any]) -> Any:

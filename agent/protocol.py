@@ -27,6 +27,8 @@ class Event(str, Enum):
     PHASE = "phase"  # the next part of ``apply --rerun --verify``: phase (Phase)
     READY = "ready"  # ``serve`` has loaded its modules and waits for bundles
     SERVED = "served"  # ``serve`` applied one bundle: id, exit
+    WARM = "warm"  # ``apply --linger`` left a warm agent on the box: port, token (agent/warm.py)
+    EXIT = "exit"  # a warm agent's run ended: rc (the exit status an exec would have had), stderr
     # said by the controller's bootstrap (controller/remote.py) before the agent runs
     NEED_AGENT = "need_agent"
     AGENT_COMPILED = "agent_compiled"

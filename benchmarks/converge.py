@@ -113,11 +113,31 @@ def make_workdir(root: Path, counts: list[int]) -> None:
 
 
 # --- running ----------------------------------------------------------------------------------
+def checkout_env(repo: Path, scratch: Path) -> dict[str, str]:
+    """The environment that makes ``invoke -r repo`` import *that* checkout's ``kiln`` package.
+
+    The venv's editable install maps ``kiln.controller`` and ``kiln.agent`` to this checkout; for
+    another one, a ``kiln`` package of links to its folders goes first on PYTHONPATH (the editable
+    finder comes after the path's)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if repo.resolve() == REPO:
+        return env
+    package = scratch / "kiln-checkout" / "kiln"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").touch()
+    for folder in ("controller", "agent"):
+        link = package / folder
+        if not link.is_symlink():
+            link.symlink_to(repo.resolve() / folder)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package.parent), env.get("PYTHONPATH", "")]))
+    return env
+
+
 class Bench:
     def __init__(self, root: Path, repo: Path) -> None:
         self.root = root
         self.repo = repo
-        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        self.env = checkout_env(repo, root)
         self.env.update(
             KILN_STATE_DIR=str(root / "state"), KILN_IMAGE_PREFIX="localhost/kiln-bench", KILN_JSON="", CI=""
         )

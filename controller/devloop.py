@@ -34,6 +34,9 @@ DEV_VERSION = "dev"
 KEPT_MACHINE_PREFIXES = ("kiln-build-", "kiln-sandbox-")
 #: Seconds a kept instance's SSH may take to answer before kiln asks the engine about it.
 QUICK_CONNECT = 3.0
+#: Seconds of idleness after which the warm agent a converge leaves on its kept instance exits
+#: (KILN_WARM_AGENT_SECONDS; 0: leave none).
+WARM_AGENT_SECONDS = 900.0
 
 
 def state_path(builds: Path, role: str) -> Path:
@@ -124,8 +127,7 @@ class AttachDevInstance:
         write_state(ctx.options.builds_dir, ctx.role, state)
         log.info("dev instance launched" if ctx.instance.owned else "existing host", instance=ctx.instance.id)
         connect(ctx, ctx.options.ssh_timeout)
-        if not ctx.instance.owned:
-            known_agent(ctx, state)
+        known_agent(ctx, state)
 
     def undo(self, ctx: BakeContext) -> None:
         """Kept on purpose: `invoke destroy` removes it. The connection closes."""
@@ -146,13 +148,29 @@ MACHINE_FIELDS = {f.name for f in dataclasses.fields(Machine)}
 
 
 def known_agent(ctx: BakeContext, saved: dict[str, Any]) -> None:
-    """The agent the state file says the box holds: sent before, checked by hash on the box, re-sent if it differs."""
+    """The agent the state file says the box holds: sent before, checked by hash on the box, re-sent if it differs.
+
+    On kiln's own instance (never on an existing host: nothing of kiln's stays running there) an apply leaves
+    a warm agent for the next converge, and the one the state file names is tried first when it runs this
+    very agent (controller/remote.py ``warm_run``; agent/warm.py)."""
     from kiln.controller.remote import box_agent
 
     box = box_agent(ctx)
     agent = saved.get("agent") or {}
     if agent.get("sha256") == box.sha256:
         box.sent, box.compiled = True, agent.get("compiled", "")
+    if ctx.instance.owned:
+        box.linger = warm_agent_seconds()
+    warm = saved.get("warm") or {}
+    if box.linger > 0 and box.sent and warm.get("agent") == box.sha256:
+        box.warm = {"port": warm.get("port"), "token": warm.get("token")}
+
+
+def warm_agent_seconds() -> float:
+    try:
+        return max(float(os.environ.get("KILN_WARM_AGENT_SECONDS") or WARM_AGENT_SECONDS), 0.0)
+    except ValueError:
+        return WARM_AGENT_SECONDS
 
 
 def connect(ctx: BakeContext, timeout: float) -> None:
@@ -179,8 +197,14 @@ def remember_agent(ctx: BakeContext) -> None:
     if saved is None or saved["instance"]["id"] != getattr(ctx.instance, "id", None) or not box.sent:
         return
     agent = {"sha256": box.sha256, "compiled": box.compiled}
-    if saved.get("agent") != agent or not saved.get("build_id"):  # the build id: kiln.build_id stays put
-        write_state(ctx.options.builds_dir, ctx.role, {**saved, "agent": agent, "build_id": ctx.build_id})
+    state = {**saved, "agent": agent, "build_id": saved.get("build_id") or ctx.build_id}  # kiln.build_id stays put
+    state.pop("warm", None)
+    if box.left_warm:  # this converge's apply left a warm agent (it replaces any earlier one)
+        state["warm"] = {**box.left_warm, "agent": box.sha256}
+    elif box.warm is not None and saved.get("warm"):  # the one it used is still there
+        state["warm"] = saved["warm"]
+    if state != saved:
+        write_state(ctx.options.builds_dir, ctx.role, state)
 
 
 class StageBundle:
@@ -190,13 +214,54 @@ class StageBundle:
 
     def run(self, ctx: BakeContext) -> None:
         from kiln.controller.remote import stage_bundle
-        from kiln.controller.stages.push_bundle import bundle_of
 
-        size = stage_bundle(ctx, bundle_of(ctx))
+        size = stage_bundle(ctx, dev_bundle(ctx))
         log.debug("bundle staged", bytes=size)
 
     def undo(self, ctx: BakeContext) -> None:
         """Nothing was sent yet."""
+
+
+def dev_bundle(ctx: BakeContext) -> dict[str, Any]:
+    """``bundle_of(ctx)``, read back when the same compiled role, build and kiln code made it before.
+
+    Resolving the role's variables needs the compiler's module (~45 ms to import, with Jinja2); a converge
+    whose role did not change has its compiled role from the compile cache and needs none of it. A role
+    that uses secrets (``no_log`` values) is never written: its bundle holds them."""
+    key = bundle_key(ctx)
+    path = ctx.options.builds_dir / "cache" / "bundle" / f"{key}.json"
+    if key:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    from kiln.controller.stages.push_bundle import bundle_of
+
+    bundle = bundle_of(ctx)
+    if key and not ctx.compiled.no_log_values:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(bundle))
+            tmp.replace(path)
+        except (OSError, TypeError, ValueError):
+            pass  # no entry: the next converge resolves it again
+    return bundle
+
+
+def bundle_key(ctx: BakeContext) -> str:
+    """What the bundle is made of: the compiled role, the build's ``kiln`` variables, the step timeout, kiln's code."""
+    import hashlib
+    import pickle
+
+    from kiln.controller.stepfiles.compile_cache import code_fingerprint
+
+    try:
+        compiled = pickle.dumps(ctx.compiled, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return ""
+    build = json.dumps([ctx.role, ctx.version, ctx.build_id, ctx.provider.name, ctx.options.step_timeout]).encode()
+    return hashlib.sha256(code_fingerprint().encode() + b"\0" + build + b"\0" + compiled).hexdigest()[:40]
 
 
 BUILD_SETTINGS = ("ssh_timeout", "deadline_hours", "step_timeout", "ssh_keepalive", "ssh_keepalive_misses")
@@ -300,7 +365,7 @@ def converge(
     from kiln.controller.remote import box_agent
 
     box = box_agent(ctx)
-    sent = {"bytes_sent": box.bytes_sent, "round_trips": box.round_trips}
+    sent = {"bytes_sent": box.bytes_sent, "round_trips": box.round_trips, "via": box.via}
     if not verify:
         c = ctx.apply_counts
         log.info(

@@ -12,7 +12,10 @@ lives in /var/lib/kiln, which the clean stage removes: none of it reaches an ima
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import logging
+import secrets
 import shlex
 import threading
 import time
@@ -24,10 +27,11 @@ from typing import Any
 
 import structlog
 
-from kiln.agent.protocol import Event, StepStatus
+from kiln.agent.protocol import Event, StepStatus, parse_line
+from kiln.agent.warm import proof
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed
-from kiln.controller.ssh import CommandTimeout, ConnectionLost, Deadline
+from kiln.controller.ssh import CommandTimeout, Completed, ConnectionLost, Deadline
 
 log = structlog.get_logger("kiln.agent")
 
@@ -125,6 +129,14 @@ class BoxAgent:
     later_parts: list[str] = field(default_factory=list)
     #: later stages' parts that ran in an earlier exec (the apply's), by stage name, for those stages to report
     done_parts: dict[str, Any] = field(default_factory=dict)
+    #: seconds of idleness the warm agent a converge's apply leaves on its kept machine may live (0: none)
+    linger: float = 0.0
+    #: the warm agent to try before an exec ({"port", "token"}, from the dev state); None once it did not answer
+    warm: dict[str, Any] | None = None
+    #: the warm agent this command's apply left on the box, for the dev state
+    left_warm: dict[str, Any] | None = None
+    #: how the last agent run reached the box: "exec" or "warm agent"
+    via: str = ""
 
 
 _BOXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -205,16 +217,42 @@ def as_root(ctx: BakeContext, command: str) -> str:
     return f"sudo -n sh -c {shlex.quote(command)}"
 
 
+class AgentCommand(str):
+    """The command line of one agent run, which also knows the agent's own arguments (a warm agent takes those)."""
+
+    args: tuple[str, ...] = ()
+
+
 def agent_command(ctx: BakeContext, *args: str) -> str:
     """One run of the agent with ``args``, through the bootstrap (which checks the agent's sha256 first)."""
     box = box_agent(ctx)
     # a one-off verify (the test machine, `invoke verify`) uses a compiled copy the box has, never makes one
     compile_it = box.compile and args[:1] != ("verify",)
-    want = json.dumps({"agent": box.sha256, "compiled": box.compiled, "compile": compile_it, "args": list(args)})
-    return as_root(ctx, f"python3 -c {shlex.quote(BOOTSTRAP)} {shlex.quote(want)}")
+    run_args = [*args, *linger_args(box, args)]
+    want = json.dumps({"agent": box.sha256, "compiled": box.compiled, "compile": compile_it, "args": run_args})
+    command = AgentCommand(as_root(ctx, f"python3 -c {shlex.quote(BOOTSTRAP)} {shlex.quote(want)}"))
+    command.args = args
+    return command
 
 
-BOOTSTRAP_EVENTS = (Event.NEED_AGENT, Event.AGENT_COMPILED, Event.AGENT_NOT_COMPILED)
+def linger_args(box: BoxAgent, args: tuple[str, ...]) -> list[str]:
+    """An apply on a kept machine leaves a warm agent for the next converge (agent/warm.py)."""
+    return ["--linger", f"{box.linger:g}"] if box.linger > 0 and warm_runs(args) and args[0] == "apply" else []
+
+
+def warm_runs(args: tuple[str, ...]) -> bool:
+    """Whether a warm agent may run this command: an apply or a verify (a resume follows a reboot: a fresh exec)."""
+    return args[:1] in (("apply",), ("verify",)) and "--resume" not in args
+
+
+#: the transport's events, not the agent run's: the bootstrap's, and a warm agent's
+BOOTSTRAP_EVENTS = (
+    Event.NEED_AGENT,
+    Event.AGENT_COMPILED,
+    Event.AGENT_NOT_COMPILED,
+    Event.WARM,
+    Event.EXIT,
+)
 
 
 class RunLost(BakeFailed):
@@ -246,6 +284,18 @@ def run_agent(
     box = box_agent(ctx)
     if stdin is None and box.pending is not None:
         stdin, box.pending = box.pending, None
+    args = getattr(command, "args", ())
+    if box.warm is not None and warm_runs(args):
+        try:
+            rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout, phase_bounds or {}, warm=True)
+        except WarmUnavailable as exc:
+            log.info("warm agent not used; a fresh run instead", reason=str(exc))
+            box.warm = None
+        else:
+            if done_without_events(rc, events):
+                raise BakeFailed(f"the warm agent did not run (exit {rc}): {stderr.strip()[-1500:]}")
+            box.via = "warm agent"
+            return rc, [e for e in events if e.get("event") not in BOOTSTRAP_EVENTS], stderr
     rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout, phase_bounds or {})
     if rc == EXIT_NEED_AGENT and any(e.get("event") == Event.NEED_AGENT for e in events):
         log.info("agent sent", reason="the box had no copy with this sha256", sha256=box.sha256[:16])
@@ -255,6 +305,7 @@ def run_agent(
     if done_without_events(rc, events):
         raise BakeFailed(f"agent did not run (exit {rc}): {stderr.strip()[-1500:]}")
     box.sent = True
+    box.via = "exec"
     return rc, [e for e in events if e.get("event") not in BOOTSTRAP_EVENTS], stderr
 
 
@@ -270,7 +321,9 @@ def _run_once(
     stdin: bytes | None,
     timeout: float | None,
     phase_bounds: dict[str, float],
+    warm: bool = False,
 ) -> tuple[int, list[dict[str, Any]], str]:
+    """One run: an exec of the bootstrap, or with ``warm`` the warm agent's (WarmUnavailable: nothing was sent)."""
     events: list[dict[str, Any]] = []
     deadline = None if timeout is None else Deadline(timeout)
     part = {"phase": "", "started": time.monotonic(), "first": 0}
@@ -285,6 +338,8 @@ def _run_once(
         events.append(event)
         if event.get("event") == Event.AGENT_COMPILED:
             box.compiled = event.get("sha256", "")
+        elif event.get("event") == Event.WARM:
+            box.left_warm = {"port": event.get("port"), "token": event.get("token")}
         elif event.get("event") == Event.FACTS:
             ctx.facts = event["facts"]
         elif event.get("event") == Event.PHASE:  # the next part of the run: its own bound from now
@@ -294,10 +349,13 @@ def _run_once(
         if event.get("event") not in BOOTSTRAP_EVENTS:
             on_event(event)
 
-    box.round_trips += 1
-    box.bytes_sent += len(stdin or b"")
     try:
-        done = ctx.session.run(command, stdin=framed(stdin), on_line=on_line, timeout=deadline)
+        if warm:
+            done = warm_run(ctx, box, getattr(command, "args", ()), stdin, on_line, deadline)
+        else:
+            box.round_trips += 1
+            box.bytes_sent += len(stdin or b"")
+            done = ctx.session.run(command, stdin=framed(stdin), on_line=on_line, timeout=deadline)
     except CommandTimeout as exc:
         which = f"the {part['phase']} " if part["phase"] else ""
         raise RunLost(
@@ -310,6 +368,116 @@ def _run_once(
         lost = what_was_lost(events[part["first"] :], part["started"], part["phase"] == "verify")
         raise RunLost(f"{exc}; {where}{lost}", part["phase"]) from exc
     return done.rc, events, done.stderr
+
+
+class _QuietRefusal(logging.Filter):
+    """paramiko logs a refused channel as an error on stderr; for a warm agent that is gone, kiln says it itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open FAILED" not in record.getMessage()
+
+
+class WarmUnavailable(Exception):
+    """The warm agent did not answer, or did not prove it holds the token: it was sent nothing."""
+
+
+#: Seconds a warm agent may take to open its channel and prove its token.
+WARM_HANDSHAKE_SECONDS = 5.0
+
+
+def warm_run(
+    ctx: BakeContext,
+    box: BoxAgent,
+    args: tuple[str, ...],
+    payload: bytes | None,
+    on_line: Callable[[str], None],
+    deadline: Deadline | None,
+) -> Completed:
+    """One run of the agent by the warm agent a converge left (agent/warm.py), through the SSH connection.
+
+    It proves the token first; only then is it sent the request. A run that ends before any output (the
+    warm agent went away in between) is WarmUnavailable too: the caller runs it afresh."""
+    from paramiko import SSHException
+
+    quiet = logging.getLogger("paramiko.transport")
+    if not any(isinstance(f, _QuietRefusal) for f in quiet.filters):
+        quiet.addFilter(_QuietRefusal())
+    reply = b""
+    try:
+        chan = ctx.session.conn.client.get_transport().open_channel(
+            "direct-tcpip", ("127.0.0.1", int(box.warm["port"])), ("127.0.0.1", 0), timeout=WARM_HANDSHAKE_SECONDS
+        )
+    except (OSError, EOFError, SSHException, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise WarmUnavailable(f"no warm agent at its port ({exc or type(exc).__name__})") from exc
+    try:
+        chan.settimeout(WARM_HANDSHAKE_SECONDS)
+        nonce = secrets.token_hex(16)
+        chan.sendall(json.dumps({"nonce": nonce}).encode() + b"\n")
+        line, reply = _read_line(chan, reply)
+        answer = json.loads(line)
+        token = str(box.warm["token"])
+        if not hmac.compare_digest(str(answer.get("proof", "")), proof(token, "agent", nonce)):
+            raise WarmUnavailable("what answered at the warm agent's port does not hold its token")
+        request = {"proof": proof(token, "controller", str(answer["nonce"])), "args": list(args)}
+        chan.sendall(json.dumps({**request, "size": len(payload or b"")}).encode() + b"\n" + (payload or b""))
+    except WarmUnavailable:
+        chan.close()
+        raise
+    except (OSError, EOFError, SSHException, ValueError, KeyError, TypeError, AttributeError) as exc:
+        chan.close()
+        raise WarmUnavailable(f"the warm agent did not answer ({exc or type(exc).__name__})") from exc
+    box.round_trips += 1
+    box.bytes_sent += len(payload or b"")
+    try:
+        return _warm_output(ctx, chan, reply, on_line, deadline)
+    finally:
+        chan.close()
+
+
+def _read_line(chan: Any, buffer: bytes) -> tuple[bytes, bytes]:
+    """One line from ``chan`` (within its timeout), and what came after it."""
+    while b"\n" not in buffer:
+        data = chan.recv(65536)
+        if not data:
+            raise EOFError("the warm agent closed the connection")
+        buffer += data
+    line, _, rest = buffer.partition(b"\n")
+    return line, rest
+
+
+def _warm_output(
+    ctx: BakeContext, chan: Any, buffer: bytes, on_line: Callable[[str], None], deadline: Deadline | None
+) -> Completed:
+    """The run's lines, each to ``on_line``, up to the warm agent's ``exit`` event (its exit status)."""
+    from kiln.controller.ssh import POLL_SECONDS
+
+    chan.settimeout(POLL_SECONDS)
+    lines: list[str] = []
+    end: dict[str, Any] | None = None
+    while end is None:
+        while b"\n" in buffer and end is None:
+            raw, buffer = buffer.split(b"\n", 1)
+            line = raw.decode(errors="replace")
+            event = parse_line(line)
+            if event is not None and event.get("event") == Event.EXIT:
+                end = event
+                break
+            lines.append(line)
+            on_line(line)
+        if end is not None:
+            break
+        try:
+            data = chan.recv(65536)
+        except TimeoutError:
+            ctx.session._check_deadline(deadline)
+            continue
+        if not data:
+            if not lines:
+                raise WarmUnavailable("the warm agent went away before it ran anything")
+            ctx.session._check_alive()
+            raise ConnectionLost("the warm agent's connection closed in the middle of the run")
+        buffer += data
+    return Completed(int(end.get("rc", 1)), "\n".join(lines), str(end.get("stderr", "")))
 
 
 def stage_bundle(ctx: BakeContext, bundle: dict[str, Any]) -> int:

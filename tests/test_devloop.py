@@ -153,3 +153,126 @@ def compiled_copies(engine, container: str) -> list[str]:
     paths = listing.split()
     assert paths, "the box keeps a byte-compiled copy of the agent"
     return paths
+
+
+#: listens on a warm agent's port, answers the greeting with a proof it cannot have, and keeps what it heard
+IMPOSTOR = r"""
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(1)
+server.settimeout(120)
+conn, _ = server.accept()
+conn.settimeout(10)
+conn.sendall(b'{"proof": "0000", "nonce": "1111"}\n')
+heard = b""
+try:
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        heard += data
+except OSError:
+    pass
+open("/root/impostor-heard", "wb").write(heard)
+"""
+#: the agent's processes on the box: the bootstrap's command line (the bracket keeps the looking shell out)
+AGENT_PATTERN = "'import hashlib, jso[n], marshal'"
+
+
+def warm_agents(engine, container: str) -> list[str]:
+    """The pids of the agents running on the box (a warm one, between converges)."""
+    return engine.exec(container, "sh", "-c", f"pgrep -f {AGENT_PATTERN} || true").split()
+
+
+def kill_warm_agents(engine, container: str) -> None:
+    engine.exec(container, "sh", "-c", f"pkill -f {AGENT_PATTERN} || true")
+    assert wait_for(lambda: not warm_agents(engine, container)), "the warm agent did not exit"
+
+
+def listening(engine, container: str, port: int) -> bool:
+    table = engine.exec(container, "cat", "/proc/net/tcp")
+    return f"0100007F:{port:04X} 00000000:0000 0A" in table
+
+
+def wait_for(check, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return check()
+
+
+def test_a_converge_leaves_a_warm_agent_the_next_one_uses_and_anything_else_gets_a_fresh_run(engine, tmp_path):
+    """The next converge skips python's start on the box; a warm agent that is gone, runs another agent, or
+    cannot prove the token is never sent anything: the run is an ordinary exec (which leaves a new one)."""
+    playbooks = make_playbooks(
+        tmp_path, {"steps.yml": STEPS, "verify.yml": '- file: /etc/kiln-dev-2\n  contains: ["two"]\n'}, role="devwarm"
+    )
+    env = {"KILN_JSON": "1"}
+    state_file = tmp_path / "builds/dev/devwarm.json"
+
+    def converge(**extra: str) -> dict:
+        done = invoke(tmp_path, "converge", "--role", "devwarm", env={**env, **extra})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {**converged(done.stderr), "stderr": done.stderr}
+
+    try:
+        assert converge()["via"] == "exec"
+        state = json.loads(state_file.read_text())
+        container, warm = state["instance"]["id"], state["warm"]
+        assert warm["agent"] == agent_sha256() and warm["port"] and len(warm["token"]) == 64
+        assert len(warm_agents(engine, container)) == 1
+
+        (playbooks / "roles/devwarm/steps.yml").write_text(STEPS.replace("two", "TWO"))
+        second = converge()
+        assert second["via"] == "warm agent" and second["round_trips"] == 1
+        assert statuses(second["stderr"]) == {"first file": "ok", "second file": "changed"}
+        assert engine.exec(container, "cat", "/etc/kiln-dev-2").strip() == "TWO"
+        assert json.loads(state_file.read_text())["warm"] == warm and len(warm_agents(engine, container)) == 1
+
+        failing = invoke(tmp_path, "verify", "--role", "devwarm", env=env)  # a failed check, by the warm agent
+        assert failing.returncode == 1 and "two" in failing.stderr
+
+        # a token that is not the warm agent's: it cannot prove it, so it is sent nothing; the exec leaves another
+        state = json.loads(state_file.read_text())
+        state["warm"]["token"] = "f" * 64
+        state_file.write_text(json.dumps(state))
+        wrong = converge()
+        assert wrong["via"] == "exec" and "warm agent not used" in wrong["stderr"]
+        assert json.loads(state_file.read_text())["warm"]["token"] != "f" * 64
+        assert wait_for(lambda: len(warm_agents(engine, container)) == 1), "the replaced warm agent did not exit"
+
+        # the state names another agent (the controller's changed): the warm one is not asked
+        state = json.loads(state_file.read_text())
+        state["warm"]["agent"] = "0" * 64
+        state_file.write_text(json.dumps(state))
+        assert converge()["via"] == "exec"
+
+        # gone (the machine restarted, or it was idle for its bound): a fresh run
+        kill_warm_agents(engine, container)
+        assert converge()["via"] == "exec"
+
+        # gone, and its port taken by one that cannot prove the token: it hears the greeting, nothing more
+        port = json.loads(state_file.read_text())["warm"]["port"]
+        kill_warm_agents(engine, container)
+        engine.exec(container, "sh", "-c", "cat > /root/impostor.py", input=IMPOSTOR.encode())
+        engine.exec(container, "sh", "-c", f"nohup python3 /root/impostor.py {port} >/dev/null 2>&1 &")
+        assert wait_for(lambda: listening(engine, container, port))
+        assert converge()["via"] == "exec"
+        assert wait_for(lambda: engine.exec_status(container, "test", "-e", "/root/impostor-heard")[0] == 0)
+        heard = engine.exec(container, "cat", "/root/impostor-heard")
+        assert heard.count("\n") == 1 and '"nonce"' in heard and "steps" not in heard, heard
+
+        # idle for its bound, the warm agent exits
+        kill_warm_agents(engine, container)
+        assert converge(KILN_WARM_AGENT_SECONDS="2")["via"] == "exec"
+        assert len(warm_agents(engine, container)) == 1
+        assert wait_for(lambda: not warm_agents(engine, container), 8.0), "the idle warm agent did not exit"
+    finally:
+        gone = invoke(tmp_path, "destroy", "--role", "devwarm")
+    assert gone.returncode == 0 and not engine.containers("kiln.role=devwarm")
