@@ -483,8 +483,8 @@ class Comparison:
 
 
 #: what ansible-playbook leaves on a box whatever the role says: its apt module installs python3-apt
-#: (and what that depends on) to work at all. Ignored only when ansible's side alone has it.
-ANSIBLE_FOOTPRINT = {"packages": {"python3-apt", "python-apt-common", "distro-info-data"}}
+#: (with what that depends on and recommends) to work at all. Ignored only when ansible's side alone has it.
+ANSIBLE_FOOTPRINT = {"packages": {"python3-apt", "python-apt-common", "distro-info-data", "lsb-release", "iso-codes"}}
 
 
 def compare_states(a: dict[str, Any], k: dict[str, Any]) -> dict[str, list[str]]:
