@@ -121,7 +121,8 @@ def test_resume_keeps_registered_results_blocks_and_handlers(rebootable: AgentBo
     # the box really rebooted: a new PID 1, a fresh /run, the run state consumed
     assert box.sh(PID1_START) != box.sh("cat /srv/rb/pid1-before")
     assert box.sh("test -e /run/kiln-test-before && echo kept || echo gone").strip() == "gone"
-    assert box.sh("ls /var/lib/kiln/t").split() == ["bundle.json"]
+    # the run state consumed: what is left is the bundle and what the run set, for verify.yml (run-vars.json)
+    assert box.sh("ls /var/lib/kiln/t").split() == ["bundle.json", "run-vars.json"]
 
     # again: already rebooted for this step since the boot, so nothing reboots, nothing changes
     pid1 = box.sh(PID1_START)
