@@ -145,3 +145,53 @@ def test_kiln_base_of_another_recipe_is_stale(engine):
     older = image_from_base(engine, f"{image_repo('older-kiln')}:1", labels={BASE_RECIPE_LABEL: ""})
     assert engine.base_staleness(older) == "stale: built by an older kiln (no recipe label)"
     assert engine.base_staleness(f"{image_repo('no-such-base')}:1") == "missing"
+
+
+@pytest.fixture
+def host_with_admin(engine, tmp_path):
+    """An existing host (not kiln's) reached as its own sudo user ``admin``, as a Debian cloud image is."""
+    from kiln.controller.engine import HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH
+    from kiln.controller.providers.local import free_port
+    from kiln.controller.ssh import KeyPair
+
+    user_key, host_key = KeyPair.generate(comment="admin-key"), KeyPair.generate(comment="host")
+    name, port = f"kiln-test-admin-host-{SESSION}", free_port()
+    engine.create_machine(BASE_IMAGE, name, {"kiln.test": SESSION}, ssh_port=port)
+    engine.copy_in(
+        name,
+        {
+            "/etc/ssh/ssh_host_ed25519_key": (host_key.private_openssh, 0o600),
+            "/etc/ssh/ssh_host_ed25519_key.pub": (host_key.public_openssh.encode() + b"\n", 0o644),
+            "/etc/sudoers.d/90-cloud-init-users": (b"admin ALL=(ALL) NOPASSWD:ALL\n", 0o440),
+            HOSTKEYS_UNIT_PATH: (HOSTKEYS_UNIT.encode(), 0o644),
+        },
+    )
+    try:
+        engine.start(name)
+        add_admin = "useradd -m -s /bin/bash admin && install -d -m 700 -o admin -g admin ~admin/.ssh && "
+        add_admin += "cat > ~admin/.ssh/authorized_keys && chown admin: ~admin/.ssh/authorized_keys"
+        engine.exec(name, "sh", "-c", add_admin, input=user_key.public_openssh.encode() + b"\n")
+        key_file = tmp_path / "admin_key"
+        key_file.write_bytes(user_key.private_openssh)
+        key_file.chmod(0o600)
+        yield name, port, key_file, host_key.fingerprint
+    finally:
+        engine.remove_container(name)
+
+
+def test_ssh_provider_converges_as_its_sudo_user_after_root_login_is_forbidden(engine, tmp_path, host_with_admin):
+    """providers.ssh.user that is not root: every command goes through sudo; root's login is never needed."""
+    name, port, key_file, fingerprint = host_with_admin
+    kiln_yaml = (
+        f"build:\n  ssh_timeout: 30\nproviders:\n  ssh:\n    host: 127.0.0.1\n    port: {port}\n    user: admin\n"
+        f"    key: {key_file}\n    host_key: '{fingerprint}'\n"
+    )
+    playbooks = make_playbooks(tmp_path, role_files(), role="sshnoroot", kiln_yaml=kiln_yaml)
+    for _ in range(2):
+        started = time.monotonic()
+        done = invoke(tmp_path, "converge", "--provider", "ssh", "--role", "sshnoroot", playbooks=playbooks)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert time.monotonic() - started < 20
+    assert "PermitRootLogin no" in engine.exec(name, "cat", "/etc/ssh/sshd_config")
+    assert engine.exec(name, "stat", "-c", "%U", "/var/lib/kiln").strip() == "root", "the agent ran as root"
+    assert invoke(tmp_path, "verify", "--provider", "ssh", "--role", "sshnoroot").returncode == 0
