@@ -427,3 +427,12 @@ def test_include_tasks_loop_refusals(tmp_path, tasks, expected):
     write_role(tmp_path, "r", {"tasks/main.yml": tasks, "tasks/user.yml": "- command: echo {{ item }}\n"})
     found = problems(tmp_path, "r")
     assert any(p.startswith(expected) for p in found), found
+
+
+def test_selinux_modules_fail_only_where_their_task_runs(tmp_path):
+    """dev-sec's ssh_hardening manages SELinux ports in a file included when SELinux is enabled: valid here."""
+    tasks = "- community.general.seport: {ports: 22, proto: tcp, setype: ssh_port_t}\n  when: ansible_selinux\n"
+    write_role(tmp_path, "r", {"tasks/main.yml": tasks})
+    assert problems(tmp_path, "r") == []
+    (step,) = compile_role(tmp_path, "r", "local", config(tmp_path)).steps
+    assert step["module"] == "fail" and "SELinux's port labelling" in step["args"]["msg"], step

@@ -32,6 +32,9 @@ FQCN_PREFIXES = ("ansible.builtin.", "ansible.legacy.")
 POSIX = ("sysctl", "authorized_key", "mount", "synchronize", "acl", "seboolean", "selinux", "firewalld", "at")
 COMMUNITY_GENERAL = (
     "timezone",
+    "seport",
+    "sefcontext",
+    "selinux_permissive",
     "ufw",
     "pam_limits",
     "locale_gen",
@@ -66,6 +69,12 @@ OTHER_OS = {
     "yum_repository": "RedHat's repository manager",
     "rpm_key": "RedHat's key manager",
     "win_package": "Windows",
+    # SELinux is the RedHat family's: roles reach these only where ansible_selinux says it is enabled
+    "seport": "SELinux's port labelling",
+    "sefcontext": "SELinux's file contexts",
+    "seboolean": "SELinux's booleans",
+    "selinux": "SELinux's mode",
+    "selinux_permissive": "SELinux's permissive domains",
 }
 
 
