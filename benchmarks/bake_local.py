@@ -57,8 +57,9 @@ def at(event: dict) -> float:
     return dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
-def account(events: list[dict], wall: float) -> dict[str, float]:
-    """The bake's wall time split into engine, package installs and kiln's own (see the module's doc)."""
+def account(events: list[dict], wall: float, started: float | None = None) -> dict[str, float]:
+    """The bake's wall time split into engine, package installs and kiln's own (see the module's doc);
+    with ``started`` (the wall clock when the command was started), kiln's own time by part too."""
     timings = next(e for e in events if e.get("event") == "timings")
     stage_started = {e["stage"]: at(e) for e in events if e.get("event") == "stage"}
     connects = [e for e in events if e.get("event") == "connected"]
@@ -77,14 +78,47 @@ def account(events: list[dict], wall: float) -> dict[str, float]:
         and e.get("module") == "package"
         and at(e) < stage_started.get("idempotence check", 1e18)
     )
-    return {
+    split = {
         "wall": wall,
         "engine": engine,
         "packages": packages,
         "kiln": wall - engine - packages,
         "test checks (kiln)": test_kiln,
-        **{k: float(v) for k, v in timings.items() if isinstance(v, (int, float))},
     }
+    if started is not None:
+        handshake = float(connects[0].get("handshake", 0.0)) if connects else 0.0
+        split.update(kiln_parts(events, timings, started, wall, packages, handshake, test_kiln, split["kiln"]))
+    return {**split, **{k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}}
+
+
+#: the stages whose time is all the engine's (kiln_parts); connect's and the test stage's are split
+ENGINE_ONLY = {name.replace(" ", "_") for name in ENGINE_STAGES}
+
+
+def kiln_parts(
+    events: list[dict],
+    timings: dict,
+    started: float,
+    wall: float,
+    packages: float,
+    handshake: float,
+    test_kiln: float,
+    kiln: float,
+) -> dict[str, float]:
+    """kiln's own time by part ("kiln: ..." keys): the command's start before the first stage, each stage's own
+    share (connect: the handshake; apply: minus package installs; the test stage: its handshake and checks), the
+    command's end after the last event, and what falls between stages."""
+    first = min(at(e) for e in events if e.get("event") == "stage")
+    last = max(at(e) for e in events)
+    parts = {"kiln: start-up (python, invoke, imports, compile)": first - started}
+    for name, seconds in timings.items():
+        if not isinstance(seconds, (int, float)) or name in ENGINE_ONLY:
+            continue
+        own = {"connect": handshake, "apply_steps": float(seconds) - packages, "test_image": test_kiln}
+        parts[f"kiln: {name}"] = own.get(name, float(seconds))
+    parts["kiln: end (after the last event)"] = started + wall - last
+    parts["kiln: between stages"] = kiln - sum(parts.values())
+    return parts
 
 
 def web_workdir(root: Path) -> None:
@@ -98,7 +132,7 @@ def web_workdir(root: Path) -> None:
 def bake_web_cli(repo: Path, root: Path) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env.update(KILN_STATE_DIR=str(root / "state"), KILN_IMAGE_PREFIX=IMAGE_PREFIX, CI="")
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "invoke", "-r", str(repo), "bake", "--role", "web", "--json"],
         cwd=root,
@@ -111,7 +145,7 @@ def bake_web_cli(repo: Path, root: Path) -> dict[str, float]:
     if proc.returncode:
         raise SystemExit(f"web bake failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
-    return account(events, wall)
+    return account(events, wall, started_wall)
 
 
 def remove_bench_images() -> None:

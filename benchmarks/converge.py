@@ -22,6 +22,7 @@ dropped for the timed commands). The instances are removed at the end unless ``-
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -36,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kiln.controller.devloop import login_argv  # noqa: E402
+from kiln.controller.devloop import login_argv, state_path  # noqa: E402
 
 BASE_IMAGE = "localhost/kiln-base/debian:bookworm"
 
@@ -157,8 +158,13 @@ class Bench:
             raise SystemExit(f"invoke {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         return took
 
+    def as_root(self, role: str) -> list[str]:
+        """The floor, like kiln, works as root: through ``sudo -n`` when the box's login is a build user."""
+        user = json.loads(state_path(self.root / "builds", role).read_text())["instance"]["ssh_user"]
+        return [] if user == "root" else ["sudo", "-n"]
+
     def ssh(self, role: str, script: str) -> float:
-        argv = login_argv(role, self.root / "builds")
+        argv = [*login_argv(role, self.root / "builds"), *self.as_root(role)]
         started = time.monotonic()
         proc = subprocess.run([*argv, "bash", "-s"], input=script, capture_output=True, text=True, timeout=900)
         took = time.monotonic() - started
@@ -167,8 +173,10 @@ class Bench:
         return took
 
     def box(self, role: str, command: str) -> str:
-        argv = login_argv(role, self.root / "builds")
-        return subprocess.run([*argv, command], capture_output=True, text=True, timeout=120, check=True).stdout
+        sudo = self.as_root(role)
+        remote = [*sudo, "sh", "-c", shlex.quote(command)] if sudo else [command]  # ssh joins them with spaces
+        argv = [*login_argv(role, self.root / "builds"), *remote]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
 def interleaved(reps: int, contenders: dict[str, Callable[[], float]], before: Callable[[], None] | None = None):
@@ -197,8 +205,6 @@ def bench_steps(bench: Bench, count: int, reps: int) -> list[str]:
 
 def bench_watch(bench: Bench, role: str, reps: int) -> tuple[float, float]:
     """(median seconds of a no-op re-apply, of a one-template change) in `converge --watch`, as it logs them."""
-    import json
-
     proc = subprocess.Popen(
         [sys.executable, "-m", "invoke", "-r", str(bench.repo), "converge", "--watch", "--role", role],
         cwd=bench.root,
