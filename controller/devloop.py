@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import signal
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import structlog
 from kiln.controller.context import BakeContext, BakeOptions
 from kiln.controller.model import Diagnostic, InvalidInput, Machine
 from kiln.controller.pipeline import run_stages
-from kiln.controller.ssh import KeyPair, SSHError
+from kiln.controller.ssh import Keepalive, KeyPair, SSHError
 
 log = structlog.get_logger("kiln.dev")
 
@@ -70,6 +71,9 @@ class AttachDevInstance:
 
     name = "attach dev instance"
 
+    def __init__(self, early: EarlyConnect | None = None) -> None:
+        self.early = early
+
     def run(self, ctx: BakeContext) -> None:
         saved = read_state(ctx.options.builds_dir, ctx.role)
         if saved is not None and saved.get("provider", "local") != ctx.provider.name:
@@ -87,7 +91,8 @@ class AttachDevInstance:
         ctx.instance.host_public_key = ctx.instance.host_public_key or saved["host_pub"]
         ctx.build_id = saved.get("build_id") or ctx.build_id
         try:
-            connect(ctx, QUICK_CONNECT)
+            if self.early is None or not self.early.adopt(ctx):
+                connect(ctx, QUICK_CONNECT)
         except SSHError as exc:
             status = ctx.provider.machine_status(ctx.instance)
             if not status:
@@ -135,6 +140,68 @@ class AttachDevInstance:
             ctx.session.close()
 
 
+class EarlyConnect:
+    """The kept instance's SSH connection, opened in a thread while the command compiles the role.
+
+    sshd readies a new connection for its first channel after the handshake (~50 ms here), so
+    the thread opens (and closes) one channel too: the agent's run then starts at once. Only
+    kiln's own instance, with the host key its state file pins; the attach stage adopts the
+    connection when the provider pins that same key, and connects itself otherwise."""
+
+    def __init__(self, builds: Path, role: str, provider: str) -> None:
+        saved = read_state(builds, role)
+        usable = bool(saved and saved.get("client_key") and saved.get("provider", "local") == provider)
+        self.saved = saved if usable and saved["instance"].get("owned", True) else None
+        self.session: Any = None
+        self.error: SSHError | None = None
+        self.thread = threading.Thread(target=self._connect, name="kiln-early-connect", daemon=True)
+        if self.saved is not None:
+            self.thread.start()
+
+    def _connect(self) -> None:
+        from kiln.controller.ssh import HostKeyExpectation, Session
+
+        inst, saved = self.saved["instance"], self.saved
+        try:
+            key = KeyPair(saved["client_key"].encode(), saved["client_pub"])
+            pinned = HostKeyExpectation(fingerprints={self.fingerprint()})
+            self.session = Session(inst["ssh_host"], inst["ssh_port"], inst["ssh_user"], key, pinned)
+            self.session.wait_until_ready(QUICK_CONNECT)
+            self.session.conn.client.get_transport().open_session(timeout=QUICK_CONNECT).close()
+        except SSHError as exc:
+            self.error = exc
+        except Exception as exc:  # noqa: BLE001 - the attach stage connects itself, and says what is wrong
+            self.error = SSHError(str(exc))
+
+    def fingerprint(self) -> str:
+        host_pub = self.saved["instance"].get("host_public_key") or self.saved["host_pub"]
+        return KeyPair(b"", host_pub).fingerprint
+
+    def adopt(self, ctx: BakeContext) -> bool:
+        """Give ``ctx`` the early connection (True); raise the early attempt's SSHError; False: connect afresh."""
+        if self.saved is None:
+            return False
+        self.thread.join(QUICK_CONNECT + 5)
+        expected = ctx.provider.host_key_expectation(ctx.instance)
+        if self.thread.is_alive() or ctx.instance.id != self.saved["instance"]["id"]:
+            return False
+        if self.session is None or self.fingerprint() not in expected.fingerprints:
+            self.discard()
+            return False
+        ctx.host_key_expectation, ctx.session, self.session = expected, self.session, None
+        if self.error is not None:
+            raise self.error
+        ctx.session.use_keepalive(Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses))
+        log.debug("connected", address=ctx.session.address, early=True)
+        return True
+
+    def discard(self) -> None:
+        """Close the connection if nobody adopted it (a bounded close, in the thread's wake)."""
+        if self.saved is not None and not self.thread.is_alive() and self.session is not None:
+            self.session.close()
+            self.session = None
+
+
 def machine_record(machine: Machine) -> dict[str, Any]:
     """The machine's plain fields for the state file (never a key)."""
     return {k: v for k, v in asdict(machine).items() if k in MACHINE_FIELDS and k != "login_key"}
@@ -174,7 +241,7 @@ def warm_agent_seconds() -> float:
 
 
 def connect(ctx: BakeContext, timeout: float) -> None:
-    from kiln.controller.ssh import Keepalive, Session
+    from kiln.controller.ssh import Session
 
     inst = ctx.instance
     ctx.host_key_expectation = ctx.provider.host_key_expectation(ctx.instance)
@@ -342,6 +409,23 @@ def converge(
     verify: bool = False,
     provider: str = "local",
 ) -> int:
+    early = EarlyConnect(options.builds_dir, role, provider)
+    try:
+        return _converge(early, role, options, overrides, tags, skip_tags, verify, provider)
+    finally:
+        early.discard()
+
+
+def _converge(
+    early: EarlyConnect,
+    role: str,
+    options: BakeOptions,
+    overrides: dict | None,
+    tags: list[str] | None,
+    skip_tags: list[str] | None,
+    verify: bool,
+    provider: str,
+) -> int:
     try:
         ctx = _context(role, options, overrides or {}, tags, skip_tags, provider)
     except InvalidInput as exc:
@@ -356,7 +440,7 @@ def converge(
 
         last = ApplySteps()
     try:
-        run_stages([AttachDevInstance(), StageBundle(), last], ctx)
+        run_stages([AttachDevInstance(early), StageBundle(), last], ctx)
     except BaseException as exc:  # noqa: B036 - reported through the exit code
         log.error("failed", stage=ctx.current_stage, error=str(exc))
         return EXIT_FAILED
