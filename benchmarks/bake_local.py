@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from converge import checkout_env  # noqa: E402  (benchmarks/converge.py, beside this file)
 
 from kiln.controller import log as kiln_log  # noqa: E402
 from kiln.controller.config import load_config  # noqa: E402
@@ -130,7 +131,7 @@ def web_workdir(root: Path) -> None:
 
 
 def bake_web_cli(repo: Path, root: Path) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = checkout_env(repo, root)  # that checkout's kiln package, not this one's
     env.update(KILN_STATE_DIR=str(root / "state"), KILN_IMAGE_PREFIX=IMAGE_PREFIX, CI="")
     started, started_wall = time.monotonic(), time.time()
     proc = subprocess.run(
