@@ -336,7 +336,7 @@ class Runner:
         if loop is None:
             items: List[Any] = [None]
         else:
-            items = self._eval(loop, base, step, "loop")
+            items = self._loop_items(loop, base, step)
             if not isinstance(items, list):
                 raise StepFailed(step, f"loop must give a list, got {type(items).__name__}")
         results = []
@@ -367,7 +367,7 @@ class Runner:
                 "changed": any(r.get("changed") for r in results),
                 "failed": any(r.get("failed") for r in results),
                 "skipped": bool(results) and all(r.get("skipped") for r in results),
-                "msg": f"{len(results)} items",
+                "msg": next((r.get("msg") for r in results if r.get("failed")), f"{len(results)} items"),
             }
         outcome: Dict[str, Any] = {"msg": registered.get("msg", "")}
         if step.get("register"):
@@ -718,6 +718,15 @@ class Runner:
             return evaluate(expression, scope)
         except TemplateError as exc:
             raise StepFailed(step, f"{keyword}: {exc}") from exc
+
+    def _loop_items(self, loop: Any, scope: Scope, step: Dict[str, Any]) -> Any:
+        """A ``loop`` expression's value, or a written list with its templates rendered (as Ansible does)."""
+        if not isinstance(loop, list):
+            return self._eval(loop, scope, step, "loop")
+        try:
+            return render(loop, scope)
+        except TemplateError as exc:
+            raise StepFailed(step, f"loop: {exc}") from exc
 
     def _truth(self, expression: Any, scope: Scope, step: Dict[str, Any], keyword: str) -> bool:
         if isinstance(expression, list):

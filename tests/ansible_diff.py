@@ -45,6 +45,8 @@ MAX_SHOWN = 40  # differences shown per kind
 
 #: registered-result keys both tools must agree on (Ansible's shape; messages are worded per tool)
 REGISTERED_KEYS = ("changed", "failed", "skipped", "rc", "stdout", "stdout_lines", "stderr", "stat")
+#: stat keys that differ between two machines whatever the tools do (times, inode, device, inode generation)
+MACHINE_OWN_STAT = frozenset({"atime", "mtime", "ctime", "inode", "dev", "version"})
 
 # --- the probe: one script, run as is in both containers -----------------------------------------
 PROBE = r"""
@@ -420,7 +422,15 @@ def registered_view(value: Any) -> Any:
     view.update({flag: bool(value.get(flag)) for flag in ("changed", "failed", "skipped")})
     if isinstance(value.get("results"), list):
         view["results"] = [registered_view(item) for item in value["results"]]
+    if isinstance(value.get("stat"), dict):  # two machines: the same file has its own times and inode on each
+        view["stat"] = {k: v for k, v in value["stat"].items() if k not in MACHINE_OWN_STAT}
     return view
+
+
+def debug_view(run: Run, other: Run) -> dict[str, Any]:
+    """What ``debug: var=`` showed; a registered result (on either side) compared as registered values are."""
+    registered = set(run.registered) | set(other.registered)
+    return {name: registered_view(value) if name in registered else value for name, value in run.debug.items()}
 
 
 def differences(ansible: dict[str, Any], kiln: dict[str, Any], kind: str) -> list[str]:
@@ -520,7 +530,7 @@ def compare_role(
             {n: registered_view(v) for n, v in k_run.registered.items()},
             "registered",
         )
-        registered += differences(a_run.debug, k_run.debug, "debug")
+        registered += differences(debug_view(a_run, k_run), debug_view(k_run, a_run), "debug")
         state["registered"] = registered
         return Comparison(role_dir.name, a_run, k_run, state)
     finally:
