@@ -292,6 +292,7 @@ server: {port: "{{ ansible_facts.no_such_fact }}"}
     (step,) = steps_of(events)
     assert step["status"] == "failed", step
     assert "variable 'listen_port'" in step["msg"] and "variable 'server'" in step["msg"], step
+    assert "defaults/main.yml:1)" in step["msg"] and "defaults/main.yml:2)" in step["msg"], step  # where each is
     assert "no_such_fact" in step["msg"], step
     assert "Traceback" not in stderr, stderr
 

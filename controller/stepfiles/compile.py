@@ -542,6 +542,12 @@ def _compile(
             var_refs.append((config.document, ("vars", var), value))
     for doc, path, value in var_refs:
         _collect_var_refs(collector, doc, path, value)
+    # where each variable's value in effect is written, for the agent's messages about it
+    var_sources = {
+        path[-1]: f"{doc.display}:{doc.value_pos(path)[0]}"
+        for doc, path, value in var_refs
+        if path[-1] in variables and variables[path[-1]] is value
+    }
     # a role.yml that did not load leaves its variables unknown: do not guess at undefined names then
     unreadable = any(d.file.endswith(("role.yml", "defaults/main.yml", "vars/main.yml")) for d in problems)
     check_references(collector, known, {name: sources[name].tree for name in roles}, check_names=not unreadable)
@@ -592,7 +598,7 @@ def _compile(
     no_log_values = sorted(set(no_log_values) | _vault_values(variables, sources, roles))
     selection = sorted(f"+{t}" for t in selected) + sorted(f"-{t}" for t in skipped)
     content_hash = _content_hash(sources, roles, variables, provider, selection) if want_hash else ""
-    return CompiledRole(
+    compiled = CompiledRole(
         role=role,
         chain=roles,
         description=sources[role].description,
@@ -605,6 +611,8 @@ def _compile(
         content_hash=content_hash,
         no_log_values=no_log_values,
     )
+    compiled.var_sources = var_sources  # type: ignore[attr-defined]  # not a field (a shared contract)
+    return compiled
 
 
 @dataclass
@@ -837,6 +845,7 @@ def bundle_json(
     return {
         "role": compiled.role,
         "vars": variables,
+        "var_sources": getattr(compiled, "var_sources", {}),
         "steps": compiled.steps,
         "handlers": compiled.handlers,
         "check_mode": bool(getattr(compiled, "check_mode", False) if check_mode is None else check_mode),
