@@ -436,3 +436,22 @@ def test_selinux_modules_fail_only_where_their_task_runs(tmp_path):
     assert problems(tmp_path, "r") == []
     (step,) = compile_role(tmp_path, "r", "local", config(tmp_path)).steps
     assert step["module"] == "fail" and "SELinux's port labelling" in step["args"]["msg"], step
+
+
+def test_an_unknown_module_is_the_one_problem_not_the_uses_of_what_it_registers(tmp_path):
+    tasks = "- ansible.mysql.mysql_info: {filter: settings}\n  register: mysql_settings\n"
+    tasks += "- debug: msg={{ mysql_settings.settings.datadir }}\n"
+    write_role(tmp_path, "r", {"tasks/main.yml": tasks})
+    assert problems(tmp_path, "r") == [
+        "main.yml:1:3: unknown module 'ansible.mysql.mysql_info' (see docs/step-files.md for the modules)"
+    ]
+
+
+def test_key_value_arguments_keep_jinja_whole(tmp_path):
+    """Ansible splits ``msg={{ x | default('a b') }}`` as one argument; so does kiln."""
+    tasks = "- debug: msg={{ greeting | default('hello world') }}\n- file: path={{ base }}/x state=directory\n"
+    write_role(tmp_path, "r", {"tasks/main.yml": tasks, "defaults/main.yml": "base: /srv\n"})
+    assert problems(tmp_path, "r") == []
+    debug, directory = compile_role(tmp_path, "r", "local", config(tmp_path)).steps
+    assert debug["args"] == {"msg": "{{ greeting | default('hello world') }}"}
+    assert directory["args"] == {"path": "{{ base }}/x", "state": "directory"}

@@ -375,11 +375,11 @@ def parse_key_values(text: str, free_form: str = "") -> dict[str, Any]:
     For modules with a free form (command, shell) only the keys Ansible takes from it
     (creates, chdir, ...) are arguments; the rest is the command as written.
     """
-    try:
-        words = shlex.split(text, posix=True)
-    except ValueError as exc:
-        raise KeyValueError(f"cannot split the key=value arguments: {exc}") from None
     if free_form:
+        try:
+            words = shlex.split(text, posix=True)
+        except ValueError as exc:
+            raise KeyValueError(f"cannot split the key=value arguments: {exc}") from None
         rest, args = [], {}
         for raw, word in zip(_raw_words(text), words, strict=False):
             match = KV.match(word)
@@ -390,6 +390,11 @@ def parse_key_values(text: str, free_form: str = "") -> dict[str, Any]:
         if rest:
             args[free_form] = " ".join(rest)
         return args
+    shielded, spans = _shield_jinja(text)  # msg={{ a | default('b c') }} is one argument, as Ansible splits it
+    try:
+        words = [_unshield(word, spans) for word in shlex.split(shielded, posix=True)]
+    except ValueError as exc:
+        raise KeyValueError(f"cannot split the key=value arguments: {exc}") from None
     args = {}
     for word in words:
         match = KV.match(word)
@@ -397,6 +402,24 @@ def parse_key_values(text: str, free_form: str = "") -> dict[str, Any]:
             raise KeyValueError(f"'{word}' is not key=value (write the arguments as a mapping, or as key=value pairs)")
         args[match.group(1)] = match.group(2)
     return args
+
+
+JINJA_SPAN = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
+
+
+def _shield_jinja(text: str) -> tuple[str, list[str]]:
+    """``text`` with each Jinja span replaced by a placeholder without blanks or quotes, and the spans."""
+    spans: list[str] = []
+
+    def keep(match: re.Match[str]) -> str:
+        spans.append(match.group(0))
+        return f"\0{len(spans) - 1}\0"
+
+    return JINJA_SPAN.sub(keep, text), spans
+
+
+def _unshield(word: str, spans: list[str]) -> str:
+    return re.sub("\0(\\d+)\0", lambda match: spans[int(match.group(1))], word)
 
 
 def _raw_words(text: str) -> list[str]:

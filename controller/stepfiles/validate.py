@@ -364,6 +364,8 @@ class StepCompiler:
         if not module_keys:
             if not unknown:
                 self.error(path, "this step has no module (one module key a step, e.g. command: or file:)")
+            elif isinstance(data.get("register"), str):  # its unknown module is the one problem, not its uses
+                self.c.registers.add(data["register"])
             return None
         key = module_keys[0]
         special = ansible.is_controller_module(key)
