@@ -346,7 +346,7 @@ def test_web_role_compiles():
         for step in compiled.steps
     )
     bundle = bundle_json(compiled, {"kiln": {"role": "web", "version": "20240101.1", "build_id": "b1"}})
-    assert set(bundle) == {"role", "vars", "steps", "handlers", "check_mode", "diff"}
+    assert set(bundle) == {"role", "vars", "var_sources", "steps", "handlers", "check_mode", "diff"}
     assert bundle["vars"]["kiln"]["version"] == "20240101.1"
     json.dumps(bundle)
 
