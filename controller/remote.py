@@ -106,6 +106,7 @@ if not want.get("compiled") or sha(read(compiled)) != want["compiled"]:
         except Exception as exc:
             say({"event": "agent_not_compiled", "error": repr(exc)}); run_from = AGENT
 sys.path.insert(0, run_from)
+os.umask(0o022)  # the role runs with root's umask, as Ansible's modules do; only the bootstrap's own files are private
 sys.argv = [AGENT] + want["args"]
 from agent.__main__ import main
 sys.exit(main(want["args"]))

@@ -455,3 +455,23 @@ def test_key_value_arguments_keep_jinja_whole(tmp_path):
     debug, directory = compile_role(tmp_path, "r", "local", config(tmp_path)).steps
     assert debug["args"] == {"msg": "{{ greeting | default('hello world') }}"}
     assert directory["args"] == {"path": "{{ base }}/x", "state": "directory"}
+
+
+@pytest.mark.slow
+def test_a_bake_applies_the_role_with_roots_umask(tmp_path):
+    """Files and directories a role makes without a mode get what root's umask (022) gives, as with Ansible:
+    the agent does not inherit the private umask kiln's bootstrap keeps for its own files."""
+    playbooks = tmp_path / "playbooks"
+    write_role(
+        playbooks,
+        "umask",
+        {
+            "tasks/main.yml": "---\n- file: path=/srv/umask/conf.d state=directory mode=0755\n"
+            "- shell: echo hi > /srv/umask/made-by-shell\n  args:\n    creates: /srv/umask/made-by-shell\n",
+            "verify.yml": "- file: {path: /srv/umask, mode: '0755'}\n- file: {path: /srv/umask/made-by-shell, mode: '0644'}\n",
+        },
+    )
+    (playbooks / "kiln.yaml").write_text("retention:\n  keep: 3\n")
+    done = invoke(tmp_path, "bake", "--role", "umask", "--no-test", playbooks=playbooks, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "checks_passed=2" in output, output[-3000:]
