@@ -61,6 +61,7 @@ STEPS = [
     ("module bool as yes", "- file: {path: /srv, state: directory, recurse: yes}\n"),
     ("module unknown argument", "- file: {pth: /srv}\n"),
 ]
+SSH_FINGERPRINT = "SHA256:" + "A" * 43
 CONFIGS = [
     ("engnie: docker", "providers:\n  local:\n    engnie: docker\n"),
     ("engine: docker", "providers:\n  local:\n    engine: docker\n"),
@@ -119,11 +120,24 @@ CONFIGS = [
     ("aws tags", "providers:\n  aws:\n    tags: {team: web}\n"),
     ("aws tags kiln:", "providers:\n  aws:\n    tags: {'kiln:role': x}\n"),
     ("aws kms_keys", "providers:\n  aws:\n    root_volume: {encrypted: true}\n    kms_keys: {us-east-1: alias/k}\n"),
+    ("publish", "providers:\n  aws:\n    publish: {launch_templates: [lt, {name: lt2, set_default: true}]}\n"),
+    ("publish typo", "providers:\n  aws:\n    publish: {gitops: {path: x.json, comit: true}}\n"),
+    (
+        "publish percentage 101",
+        "providers:\n  aws:\n    publish: {instance_refresh: {asg: g, min_healthy_percentage: 101}}\n",
+    ),
+    ("publish gitops path not JSON", "providers:\n  aws:\n    publish: {gitops: {path: x.yaml}}\n"),
+    ("ssh", "providers:\n  ssh: {host: h, key: k, host_key: " + SSH_FINGERPRINT + "}\n"),
+    ("ssh without host", "providers:\n  ssh: {key: k, host_key: " + SSH_FINGERPRINT + "}\n"),
+    ("ssh port 70000", "providers:\n  ssh: {host: h, port: 70000, key: k, host_key: " + SSH_FINGERPRINT + "}\n"),
+    ("ssh usr", "providers:\n  ssh: {host: h, key: k, host_key: " + SSH_FINGERPRINT + ", usr: x}\n"),
 ]
 #: Semantic checks (the declaration's rules and checks) have no JSON Schema equivalent: kiln refuses
 #: these, an editor's JSON Schema accepts them. Each is here so the gap is written down, not hidden;
 #: should the schema learn to express one, its test fails and the case moves to CONFIGS.
 SEMANTIC = [
+    ("ssh host_key neither a key line nor a fingerprint", "providers:\n  ssh: {host: h, key: k, host_key: nope}\n"),
+    ("publish: a launch template twice", "providers:\n  aws:\n    publish: {launch_templates: [lt, {name: lt}]}\n"),
     ("ssh.cidrs cover the internet", 'providers:\n  aws:\n    ssh: {cidrs: ["0.0.0.0/1", "128.0.0.0/1"]}\n'),
     ("ssh.cidrs not a CIDR", 'providers:\n  aws:\n    ssh: {cidrs: ["10.0.0.300/32"]}\n'),
     (

@@ -89,5 +89,13 @@ def test_bad_ssh_settings_are_invalid_input_with_their_place(tmp_path):
     )
     result = invoke(tmp_path, "converge", "--provider", "ssh", "--role", "sshbad")
     assert result.returncode == 2
-    assert "kiln.yaml:4:10: error: providers.ssh.key" in result.stdout
-    assert "kiln.yaml:5:15: error: providers.ssh.host_key" in result.stdout
+    assert "kiln.yaml:5:15: error: providers.ssh.host_key must be the host's public key line" in result.stdout
+
+    # the key file is read once the section's shape is right (kiln.yaml loads without paramiko)
+    pinned = f"    host_key: {KeyPair.generate().fingerprint}\n"
+    (tmp_path / "playbooks/kiln.yaml").write_text(
+        "providers:\n  ssh:\n    host: 127.0.0.1\n    key: /nonexistent/key\n" + pinned
+    )
+    result = invoke(tmp_path, "converge", "--provider", "ssh", "--role", "sshbad")
+    assert result.returncode == 2
+    assert "kiln.yaml:4:10: error: providers.ssh.key: /nonexistent/key is not a readable private key" in result.stdout

@@ -16,9 +16,6 @@ kiln never made the host, so it never removes, starts or stops it.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +24,15 @@ from typing import Any
 import paramiko
 import structlog
 
+from kiln.controller.declared import check_document
 from kiln.controller.model import BaseImage, Diagnostic, InvalidInput, Machine
 from kiln.controller.providers.base import MachineSpec, ProviderError, ssh_answers
-from kiln.controller.ssh import HostKeyExpectation, KeyPair, fingerprint_of
+from kiln.controller.providers.ssh_settings import SSH_SECTION, host_fingerprint
+from kiln.controller.ssh import HostKeyExpectation, KeyPair
 
 log = structlog.get_logger("kiln.ssh-provider")
 
 REFUSED_BAKE = "the ssh provider converges and verifies an existing host; it makes no images"
-KEYS = ("host", "port", "user", "key", "host_key")
-_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 
 
 @dataclass(frozen=True)
@@ -64,68 +61,24 @@ class FileKey(KeyPair):
 
 def parse_settings(raw: Any, config: Any = None) -> SshSettings:
     """``providers.ssh`` checked whole (every problem at once, file:line:column): InvalidInput, nothing launched."""
-    problems: list[Diagnostic] = []
 
-    def problem(key: str, message: str) -> None:
-        keys = ("providers", "ssh", key) if key else ("providers", "ssh")
-        if config is not None:
-            problems.append(config.diagnostic(keys, f"providers.ssh{'.' + key if key else ''}: {message}"))
-        else:
-            problems.append(Diagnostic("kiln.yaml", 1, 1, f"providers.ssh{'.' + key if key else ''}: {message}"))
+    def diag(keys: tuple[Any, ...], message: str, _at_key: bool = False) -> Diagnostic:
+        return config.diagnostic(keys, message) if config is not None else Diagnostic("kiln.yaml", 1, 1, message)
 
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        problem("", "must be a mapping of host, port, user, key, host_key")
-        raise InvalidInput(problems)
-    for unknown in sorted(set(raw) - set(KEYS), key=str):
-        problem(str(unknown), f"unknown setting (known: {', '.join(KEYS)})")
-    for required in ("host", "key", "host_key"):
-        if not raw.get(required):
-            problem(required, "is required: the ssh provider reaches an existing host, pinned by its host key")
-    port = raw.get("port", 22)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        problem("port", f"must be a port number (1-65535); got {port!r}")
-    user = raw.get("user", "root")
-    if not isinstance(user, str) or not user:
-        problem("user", f"must be a user name; got {user!r}")
-    key_path = _key_path(raw.get("key"), config, problem)
-    fingerprint = _host_fingerprint(raw.get("host_key"), problem)
+    values, problems = check_document(SSH_SECTION, raw or {}, diag, ("providers", "ssh"))
+    key_path = Path(str(values.get("key") or "")).expanduser()
+    if not key_path.is_absolute() and config is not None:
+        key_path = Path(config.path).parent / key_path
+    if isinstance(values.get("key"), str) and values["key"].strip():
+        try:
+            paramiko.PKey.from_path(key_path)
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            message = f"providers.ssh.key: {key_path} is not a readable private key file without a passphrase ({exc})"
+            problems.append(diag(("providers", "ssh", "key"), message))
     if problems:
         raise InvalidInput(problems)
-    return SshSettings(str(raw["host"]), port, user, key_path, fingerprint)
-
-
-def _key_path(value: Any, config: Any, problem: Any) -> Path:
-    """The private key file (``~`` expanded; relative to kiln.yaml's directory), readable as a private key."""
-    if not value:
-        return Path()
-    path = Path(str(value)).expanduser()
-    if not path.is_absolute() and config is not None:
-        path = Path(config.path).parent / path
-    try:
-        paramiko.PKey.from_path(path)
-    except (OSError, paramiko.SSHException, ValueError) as exc:
-        problem("key", f"{path} is not a readable private key file without a passphrase ({exc})")
-    return path
-
-
-def _host_fingerprint(value: Any, problem: Any) -> str:
-    """``SHA256:...`` as given, or worked out from a public key line (``ssh-ed25519 AAAA... comment``)."""
-    if not value:
-        return ""
-    text = str(value).strip()
-    if _FINGERPRINT.match(text):
-        return text.rstrip("=")
-    parts = text.split()
-    if len(parts) >= 2:
-        try:
-            blob = base64.b64decode(parts[1], validate=True)
-            if blob[4 : 4 + len(parts[0])] == parts[0].encode():
-                return fingerprint_of(blob)
-        except (binascii.Error, ValueError):
-            pass
-    problem("host_key", "must be the host's public key line (ssh-ed25519 AAAA...) or its SHA256:... fingerprint")
-    return ""
+    fingerprint = host_fingerprint(values["host_key"]) or ""
+    return SshSettings(values["host"], values["port"], values["user"], key_path, fingerprint)
 
 
 def make_provider(settings: dict[str, Any] | None, config: Any, builds_dir: Path, sandbox: bool) -> SshProvider:
