@@ -333,3 +333,63 @@ app_path: "{{ app.dir }}/{{ app.conf }}"
     assert len(checks) == 2 and all(c["status"] == "passed" for c in checks), checks
     assert box.sh("cat /opt/debian/kilnapp.conf") == "size=7 family=Debian\n"
     assert "Traceback" not in stderr, stderr
+
+
+# --- the same variables through ansible-core's own templar (no machine: the templating alone) ----------
+LAZY_VARIABLES = {
+    "a": "{{ b.port + 1 }}",
+    "b": {"port": "{{ c }}", "hosts": ["{{ d }}", "x"]},
+    "c": 80,
+    "d": "{{ 'h' ~ c }}",
+    "undefined_inside": "{{ nope }}",
+    "uses_default": "{{ undefined_inside | default('fallback') }}",
+    "text": "port {{ a }} on {{ b.hosts | join(',') }}",
+}
+LAZY_EXPRESSIONS = [
+    "{{ a }}",
+    "{{ b }}",
+    "{{ text }}",
+    "{{ undefined_inside is defined }}",
+    "{{ uses_default }}",
+    "{{ b.hosts[0] }}-{{ d }}",
+]
+
+
+@pytest.mark.parametrize("expression", LAZY_EXPRESSIONS)
+def test_lazy_variables_render_as_ansibles_templar_does(expression: str) -> None:
+    ansible_template = pytest.importorskip("ansible.template")
+    from ansible.parsing.dataloader import DataLoader
+
+    from kiln.agent.templating import Scope, render
+
+    def trusted(value):
+        if isinstance(value, dict):
+            return {k: trusted(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [trusted(v) for v in value]
+        return ansible_template.trust_as_template(value) if isinstance(value, str) else value
+
+    templar = ansible_template.Templar(loader=DataLoader(), variables=trusted(LAZY_VARIABLES))
+    expected = templar.template(ansible_template.trust_as_template(expression))
+    assert render(expression, Scope([(LAZY_VARIABLES, True)])) == expected
+
+
+@pytest.mark.parametrize(
+    ("variables", "expression"),
+    [({"x": "{{ y }}", "y": "{{ x }}"}, "{{ x }}"), ({"u": "{{ nope }}"}, "{{ u }}")],
+    ids=["cycle", "undefined"],
+)
+def test_what_ansibles_templar_refuses_kiln_refuses(variables: dict, expression: str) -> None:
+    ansible_template = pytest.importorskip("ansible.template")
+    from ansible.errors import AnsibleError
+    from ansible.parsing.dataloader import DataLoader
+
+    from kiln.agent.templating import Scope, TemplateError, render
+
+    trusted = {k: ansible_template.trust_as_template(v) for k, v in variables.items()}
+    with pytest.raises(AnsibleError):
+        ansible_template.Templar(loader=DataLoader(), variables=trusted).template(
+            ansible_template.trust_as_template(expression)
+        )
+    with pytest.raises(TemplateError):
+        render(expression, Scope([(variables, True)]))
