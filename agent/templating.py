@@ -109,18 +109,6 @@ class Scope(Mapping):
     def _where(self, name: str) -> str:
         return f" ({self.sources[name]})" if name in self.sources else ""
 
-    def plain(self, names: Optional[List[str]] = None) -> Dict[str, Any]:
-        """The variables (or ``names`` of them) rendered, as a plain dict; those that cannot be are left out."""
-        out = {}
-        for name in self if names is None else names:
-            try:
-                value = self[name]
-            except TemplateError:
-                continue
-            if not _is_undefined(value):
-                out[name] = value
-        return out
-
 
 def has_template(value: Any) -> bool:
     """Whether ``value`` holds a template anywhere (a string, or one inside a dict or list)."""
@@ -328,10 +316,14 @@ def evaluate(expression: Any, variables: Mapping[str, Any]) -> Any:
         if isinstance(result, jinja2.Undefined):
             result._fail_with_undefined_error()
         return result
+    except TemplateError:
+        raise
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"{source.strip()}: {exc}", undefined=True) from None
     except _jinja_error() as exc:
         raise TemplateError(f"{source.strip()}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - Python's own error inside the expression ("x" + 1): the step's
+        raise TemplateError(f"{source.strip()}: {type(exc).__name__}: {exc}") from None
 
 
 def render_template(template: Any, variables: Mapping[str, Any]) -> str:
@@ -364,10 +356,14 @@ def render(value: Any, variables: Mapping[str, Any], depth: int = 0) -> Any:
 
         try:
             result = render_template(_inline_template(value), variables)
+        except TemplateError:
+            raise
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"{value!r}: {exc}", undefined=True) from None
         except _jinja_error() as exc:
             raise TemplateError(f"{value!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - Python's own error inside the template: the step's
+            raise TemplateError(f"{value!r}: {type(exc).__name__}: {exc}") from None
     if isinstance(variables, Scope):
         return result
     if depth < 5 and result != value and (is_templated(result) or isinstance(result, (dict, list))):
@@ -451,6 +447,8 @@ def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str
     except _jinja_error() as exc:
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise TemplateError(f"template {name}{where}: {exc}") from exc
+    except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:  # Python's, inside it
+        raise TemplateError(f"template {name}: {type(exc).__name__}: {exc}") from None
 
 
 def undeclared(source: str) -> set:

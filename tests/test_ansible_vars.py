@@ -393,3 +393,22 @@ def test_what_ansibles_templar_refuses_kiln_refuses(variables: dict, expression:
         )
     with pytest.raises(TemplateError):
         render(expression, Scope([(variables, True)]))
+
+
+@pytest.mark.slow
+def test_a_python_error_inside_a_variables_template_fails_the_step_naming_it(box: AgentBox, tmp_path: Path) -> None:
+    files = {
+        "defaults/main.yml": """
+next_port: "{{ base_port + 1 }}"
+base_port: "{{ ansible_os_family }}"
+""",
+        "tasks/main.yml": """
+- name: uses it
+  copy: {dest: /tmp/python-error.txt, content: "{{ next_port }}"}
+""",
+    }
+    events, stderr = kiln_run(box, tmp_path, files)
+    (step,) = steps_of(events)
+    assert step["status"] == "failed", step
+    assert "variable 'next_port' (" in step["msg"] and "TypeError" in step["msg"], step
+    assert "Traceback" not in stderr, stderr
