@@ -375,7 +375,7 @@ class Runner:
         if step.get("register") or step.get("module") == "debug":  # what it registers (or shows)
             outcome["registered"] = registered
         if loop is not None and control.get("label") is not None:
-            outcome["labels"] = [str(render(control["label"], base.child({loop_var: i}))) for i in items]
+            outcome["labels"] = [self._label(control["label"], base.child({loop_var: i}), step) for i in items]
         if loop is not None:
             outcome["items"] = len(results)
         for key in ("diff", "rc", "stderr"):
@@ -718,6 +718,12 @@ class Runner:
             return evaluate(expression, scope)
         except TemplateError as exc:
             raise StepFailed(step, f"{keyword}: {exc}") from exc
+
+    def _label(self, label: Any, scope: Scope, step: Dict[str, Any]) -> str:
+        try:
+            return str(render(label, scope))
+        except TemplateError as exc:
+            raise StepFailed(step, f"loop_control.label: {exc}") from exc
 
     def _loop_items(self, loop: Any, scope: Scope, step: Dict[str, Any]) -> Any:
         """A ``loop`` expression's value, or a written list with its templates rendered (as Ansible does)."""
