@@ -197,9 +197,20 @@ TABLE: dict[str, Mapping] = {
     "cron": Mapping("cron", pending=("cron_file", "disabled", "env", "insertafter", "insertbefore", "backup")),
     "sysctl": Mapping("sysctl", renames={"key": "name", "val": "value"}, pending=("sysctl_set",)),
     "get_url": Mapping(
-        "download",
-        renames={"checksum": "checksum"},
-        pending=("force", "validate_certs", "url_username", "url_password", "backup", "tmp_dest"),
+        "get_url",
+        pending=(
+            "url_username",
+            "url_password",
+            "force_basic_auth",
+            "backup",
+            "tmp_dest",
+            "use_proxy",
+            "http_agent",
+            "client_cert",
+            "client_key",
+            "use_netrc",
+            "decompress",
+        ),
     ),
     "unarchive": Mapping(
         "unarchive",
