@@ -1,6 +1,6 @@
 """Benchmark: a local bake of `web`, kiln's own time, and a generated role's apply.
 
-    .venv/bin/python benchmarks/bake_local.py [--reps 3] [--repo OLD_CHECKOUT] [--steps 100] [--skip-web]
+    .venv/bin/python benchmarks/bake_local.py [--reps 3] [--repo OLD_CHECKOUT ...] [--steps 100] [--skip-web]
 
 The web bake is the real command line (``invoke bake --role web --json``) in a work directory
 holding kiln's own ``base`` and ``web`` roles; with ``--repo`` another checkout is timed too,
@@ -172,13 +172,13 @@ def bench_web(repos: dict[str, Path], reps: int) -> None:
             remove_bench_images()
     print(f"\n== invoke bake --role web (local), medians of {reps} ==")
     keys = list(dict.fromkeys(k for runs in seen.values() for run in runs for k in run))
-    print(f"  {'':<28}" + "".join(f"{label:>12}" for label in repos))
+    print(f"  {'':<52}" + "".join(f"{label:>12}" for label in repos))
     for key in keys:
         cells = []
         for label in repos:
             values = [run[key] for run in seen[label] if key in run]
             cells.append(f"{statistics.median(values):10.3f} s" if values else f"{'-':>12}")
-        print(f"  {key:<28}" + "".join(cells))
+        print(f"  {key:<52}" + "".join(cells))
 
 
 def generated_role(root: Path, steps: int) -> Path:
@@ -243,11 +243,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--skip-web", action="store_true")
     parser.add_argument("--skip-steps", action="store_true")
-    parser.add_argument("--repo", type=Path, help="another kiln checkout, timed interleaved with this one")
+    parser.add_argument(
+        "--repo", type=Path, action="append", default=[], help="another kiln checkout, timed interleaved (repeatable)"
+    )
     args = parser.parse_args()
     kiln_log.configure(json_output=False, level=30)  # warnings only: the figures are the output
     if not args.skip_web:
-        bench_web({**({"other": args.repo} if args.repo else {}), "this": REPO}, args.reps)
+        bench_web({**{repo.name: repo for repo in args.repo}, "this": REPO}, args.reps)
     if not args.skip_steps:
         with tempfile.TemporaryDirectory() as builds:
             bench_steps(Path(builds), args.steps)

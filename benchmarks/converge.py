@@ -22,6 +22,7 @@ dropped for the timed commands). The instances are removed at the end unless ``-
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -121,7 +122,7 @@ def checkout_env(repo: Path, scratch: Path) -> dict[str, str]:
     another one, a ``kiln`` package of links to its folders goes first on PYTHONPATH (the editable
     finder comes after the path's)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    if repo.resolve() == REPO:
+    if repo.resolve() == installed_checkout():
         return env
     package = scratch / "kiln-checkout" / "kiln"
     package.mkdir(parents=True, exist_ok=True)
@@ -132,6 +133,12 @@ def checkout_env(repo: Path, scratch: Path) -> dict[str, str]:
             link.symlink_to(repo.resolve() / folder)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package.parent), env.get("PYTHONPATH", "")]))
     return env
+
+
+def installed_checkout() -> Path:
+    """The checkout the venv's ``kiln`` package is (the editable install's)."""
+    spec = importlib.util.find_spec("kiln.controller")
+    return Path(next(iter(spec.submodule_search_locations))).resolve().parent
 
 
 class Bench:
