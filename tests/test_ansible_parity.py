@@ -11,6 +11,7 @@ turns into a failure the moment it passes, and its marker must then go.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,9 @@ from tests.ansible_diff import (
 )
 from tests.machines import SESSION, TEST_LABEL
 
-GROUPS = ("kiln_app", "kiln_pkgs")
+#: group -> the folder of its role: tests/ansible_roles (Galaxy-style roles) and tests/parity_roles (one role per
+#: group of modules: apt, apt_key, apt_repository, hostname, wait_for, get_url, pip in kiln_mods)
+GROUPS = {"kiln_app": ROLES, "kiln_pkgs": ROLES, "kiln_mods": Path(__file__).resolve().parent / "parity_roles"}
 KINDS = ("files", "packages", "services", "users", "groups", "registered")
 
 #: (role, what) -> the feature kiln lacks today; "applies" is kiln's run finishing without refusal
@@ -42,7 +45,7 @@ def comparison(engine, role: str) -> Comparison:
     if role not in _results:
         work = workdir()
         try:
-            _results[role] = compare_role(engine, ROLES / role, work, labels={TEST_LABEL: SESSION})
+            _results[role] = compare_role(engine, GROUPS[role] / role, work, labels={TEST_LABEL: SESSION})
         finally:
             shutil.rmtree(work, ignore_errors=True)
     result = _results[role]

@@ -229,6 +229,8 @@ def _timeout_message(params: Dict[str, Any]) -> str:
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    if ctx.check_mode:  # ansible-core's wait_for does not support check mode: the task is skipped
+        return Result(False, "remote module (wait_for) does not support check mode", data={"skipped": True})
     waiter = Waiter(params, ctx)
     if params["delay"] > 0:
         time.sleep(min(params["delay"], max(waiter.left(), 0.0)))
