@@ -28,6 +28,7 @@ class BakeOptions:
     test_image: bool = True  # run the checks on a fresh machine from the new image (build.test_image; --no-test)
     builds_dir: Path = Path("builds")
     playbooks_dir: Path = Path("playbooks")
+    nightly_run: str = ""  # the nightly run that bakes (its --run-id), written on the image
 
 
 @dataclass
@@ -158,6 +159,8 @@ class BakeContext:
             "git-commit": git_commit(self.options.playbooks_dir),
             # the package inventory artifact (builds/packages/<role>/<version>.json), by content
             "packages-sha256": packages_digest(self.packages) if self.packages else "",
+            # a forced nightly bakes each role once per run, whichever runner reaches it first
+            "nightly-run": self.options.nightly_run,
         }
 
 

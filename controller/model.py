@@ -110,6 +110,7 @@ class Image:
     latest: bool = False
     arch: str = ""  # "" on a provider with one architecture
     build_id: str = ""  # the build that made it (from its label or tag)
+    nightly_run: str = ""  # the nightly run (--run-id) that baked it, if one did
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import re
 import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +314,13 @@ class Nightly:
         if current and current.inputs_hash == wanted and not self.force:
             report.result, report.reason = UNCHANGED, f"inputs {wanted[:12]} unchanged"
             return
+        if self.force and current and current.nightly_run == self.options.nightly_run:
+            report.result = UNCHANGED
+            report.reason = (
+                f"forced, but {current.version} was baked in this run ({current.nightly_run}) already: "
+                "not baked twice (another --run-id forces it again)"
+            )
+            return
         if held_elsewhere:  # its holder let go of it still changed (its bake failed or stopped) or forced it
             report.result = LOCKED
             report.reason = "another runner held it and let go of it (failed, stopped or forced there): not baked twice"
@@ -456,6 +463,7 @@ def nightly(
     try:
         share = parse_shard(shard)
         who = default_runner(started, run_id, runner, share)
+        options = replace(options, nightly_run=who.run_id)
         check_on_locked(on_locked)
         config = load_config(options.playbooks_dir / "kiln.yaml")
         selected = roles or list_roles(options.playbooks_dir)

@@ -210,6 +210,14 @@ def test_three_runners_share_12_roles_through_the_lock_each_baked_once(engine, t
     assert {r["result"] for r in merged["roles"] if r["result"] != "baked"} == {"skipped-unchanged"}
     assert_dependencies_first(dirs, "l")
 
+    # a forced night: every role rebakes, still once each, whichever runner reaches it first
+    at_once(dirs, lambda k: ("--run-id", "forced3", "--runner", f"r{k}", "--force"))
+    merged = merge(root, "forced3")
+    assert_baked_once(url, merged, "l", set(SHAPE), versions=None)
+    for name in SHAPE:
+        assert len(amis(url, f"l{name}")) == (3 if name in ("a0", "a1", "a2") else 2), name
+    assert_dependencies_first(dirs, "l")
+
 
 def test_three_shards_bake_each_role_once_and_keep_chains_whole(engine, tmp_path):
     url = os.environ["AWS_ENDPOINT_URL"]  # set by sandbox_env

@@ -486,6 +486,7 @@ class LocalProvider:
                 base=labels.get("kiln.base-image", ""),
                 inputs_hash=labels.get("kiln.inputs-hash", ""),
                 build_id=labels.get("kiln.build-id", ""),
+                nightly_run=labels.get("kiln.nightly-run", ""),
             )
         images = sorted(found.values(), key=lambda i: sort_key(i.version), reverse=True)
         for image in images:

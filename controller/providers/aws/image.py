@@ -302,6 +302,7 @@ class Amis:
             status=row.get("State", ""),
             snapshots=snapshot_ids(row),
             build_id=tags.get(BUILD_ID, ""),
+            nightly_run=tags.get("kiln:nightly-run", ""),
             deprecation_time=row.get("DeprecationTime", ""),
             arch=tags.get(ARCH) or row.get("Architecture") or DEFAULT_ARCH,
         )
