@@ -162,6 +162,7 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_skipped(self, result):
         self._record(result, "skipped")
+        self.records[-1]["result"]["skipped"] = True  # what the task registers; the callback's copy lacks it
 
     def v2_playbook_on_stats(self, stats):
         with open(os.environ["KILN_RECORD_FILE"], "w") as f:

@@ -565,6 +565,8 @@ class StepCompiler:
         compiled = self._block(block, path, outer, step, [])
         compiled["block"] = inner_steps
         inherit_keywords(compiled)
+        if kind == "import_tasks":
+            check_per_task(compiled)
         if not block.get("name"):
             compiled["name"] = f"{kind} {value}"
         if loops:
@@ -656,6 +658,8 @@ class StepCompiler:
         compiled = self._block(block, path, outer, step, [])
         compiled["block"] = steps
         inherit_keywords(compiled)
+        if kind == "import_role":
+            check_per_task(compiled)
         if not block.get("name"):
             compiled["name"] = f"{kind} {source.name}" + (f" ({tasks_rel[len('tasks/') :]})" if tasks_rel else "")
         self.c.role_uses.append(
@@ -1377,6 +1381,23 @@ def _with_applied(block: dict[str, Any], apply: dict[str, Any]) -> dict[str, Any
         else:
             out[key] = value
     return out
+
+
+def check_per_task(imported: dict[str, Any]) -> None:
+    """An import's ``when`` as Ansible has it: each imported task checks it when it runs (a task before it may
+    change what it reads; a skipped task still registers its skip), not the import once."""
+    condition = imported.pop("when", None)
+    if condition is not None:
+        _add_condition(imported.get("block", []), condition)
+
+
+def _add_condition(steps: list[dict[str, Any]], condition: Any) -> None:
+    for step in steps:
+        if step.get("module") == "flush_handlers":
+            continue  # meta tasks take no condition in Ansible either
+        step["when"] = [*_as_list(condition), *_as_list(step["when"])] if "when" in step else condition
+        for part in ("block", "rescue", "always"):
+            _add_condition(step.get(part) or [], condition)
 
 
 def _as_list(value: Any) -> list[Any]:
