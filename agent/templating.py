@@ -328,11 +328,26 @@ def evaluate(expression: Any, variables: Mapping[str, Any]) -> Any:
 
 def render_template(template: Any, variables: Mapping[str, Any]) -> str:
     """A compiled template rendered with ``variables`` (read lazily, never copied)."""
+    # errors propagate as raised, with the template's line: Jinja's own traceback rewriting would copy
+    # every variable (rendering them all)
     context = template.new_context(_context_parent(variables, template), shared=True)
     try:
         return template.environment.concat(template.root_render_func(context))  # type: ignore[no-any-return]
-    except Exception:  # noqa: BLE001 - Jinja's own handling: its errors with the template's line numbers
-        return template.environment.handle_exception()  # type: ignore[no-any-return]
+    except Exception as exc:
+        if getattr(exc, "lineno", None) is None:
+            exc.lineno = _template_line(exc.__traceback__, template)  # type: ignore[attr-defined]
+        raise
+
+
+def _template_line(tb: Any, template: Any) -> Optional[int]:
+    """The line of ``template`` the error was raised at (the innermost frame of its code)."""
+    filename = template.filename or "<template>"
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = template.get_corresponding_lineno(tb.tb_lineno)
+        tb = tb.tb_next
+    return line
 
 
 def render(value: Any, variables: Mapping[str, Any], depth: int = 0) -> Any:
@@ -448,7 +463,8 @@ def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise TemplateError(f"template {name}{where}: {exc}") from exc
     except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:  # Python's, inside it
-        raise TemplateError(f"template {name}: {type(exc).__name__}: {exc}") from None
+        where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+        raise TemplateError(f"template {name}{where}: {type(exc).__name__}: {exc}") from None
 
 
 def undeclared(source: str) -> set:
