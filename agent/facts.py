@@ -235,6 +235,33 @@ def default_ipv4() -> Dict[str, Any]:
     return {}
 
 
+def selinux_facts() -> Dict[str, Any]:
+    """``selinux`` and ``selinux_python_present`` as Ansible's setup reads them: through libselinux
+    (its ctypes binding), "disabled" where the library says so, as on Debian."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libselinux.so.1", use_errno=True)
+    except OSError:
+        return {"selinux": {"status": "Missing selinux Python library"}, "selinux_python_present": False}
+    if lib.is_selinux_enabled() != 1:
+        return {"selinux": {"status": "disabled"}, "selinux_python_present": True}
+    config = dict(
+        line.split("=", 1) for line in _read("/etc/selinux/config").splitlines() if "=" in line and line[:1] != "#"
+    )
+    modes = {1: "enforcing", 0: "permissive"}
+    return {
+        "selinux": {
+            "status": "enabled",
+            "policyvers": lib.security_policyvers(),
+            "config_mode": config.get("SELINUX", "unknown").strip(),
+            "mode": modes.get(lib.security_getenforce(), "unknown"),
+            "type": config.get("SELINUXTYPE", "unknown").strip(),
+        },
+        "selinux_python_present": True,
+    }
+
+
 def python_facts() -> Dict[str, Any]:
     info = sys.version_info
     return {
@@ -288,6 +315,7 @@ def ansible_facts(kiln: Dict[str, Any]) -> Dict[str, Any]:
         facts["distribution_minor_version"] = version.split(".")[1]
     facts.update(processors())
     facts.update(memory())
+    facts.update(selinux_facts())
     facts.pop("os_release")
     return facts
 
