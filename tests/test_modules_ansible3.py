@@ -106,3 +106,24 @@ def test_systemd_masks_and_reloads_without_a_name(box):
         assert reload["status"] == "ok", reload
     finally:
         box.sh("systemctl unmask cron.service")
+
+
+def test_deb822_repository_converges_and_goes(box):
+    args = {
+        "name": "KT Backports",
+        "uris": "http://deb.debian.org/debian",
+        "suites": "bookworm-backports",
+        "components": ["main"],
+        "signed_by": "/usr/share/keyrings/debian-archive-keyring.gpg",
+    }
+    probe = "cat /etc/apt/sources.list.d/kt-backports.sources 2>/dev/null"
+    try:
+        done = converge(box, "deb822_repository", args, probe)
+        assert done["after"] == (
+            "Components: main\nX-Repolib-Name: KT Backports\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            "Suites: bookworm-backports\nTypes: deb\nURIs: http://deb.debian.org/debian\n"
+        )
+        gone = converge(box, "deb822_repository", {"name": "KT Backports", "state": "absent"}, probe)
+        assert gone["after"] == ""
+    finally:
+        box.sh("rm -f /etc/apt/sources.list.d/kt-backports.sources")
