@@ -408,7 +408,11 @@ class Runner:
         scope = self.scope()
         if step.get("role"):
             scope = scope.child(
-                {"role_name": step["role"], "role_path": os.path.join(self.ctx.files_dir, step["role"])}
+                {
+                    "role_name": step["role"],
+                    "ansible_role_name": step["role"],
+                    "role_path": os.path.join(self.ctx.files_dir, step["role"]),
+                }
             )
         if step.get("vars"):
             scope = scope.child(step["vars"], True)
