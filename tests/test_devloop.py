@@ -276,3 +276,23 @@ def test_a_converge_leaves_a_warm_agent_the_next_one_uses_and_anything_else_gets
     finally:
         gone = invoke(tmp_path, "destroy", "--role", "devwarm")
     assert gone.returncode == 0 and not engine.containers("kiln.role=devwarm")
+
+
+def test_a_kept_instance_whose_host_key_is_not_the_pinned_one_is_refused(engine, tmp_path):
+    """The connection opened early pins the state file's host key: another key is refused, nothing runs."""
+    from kiln.controller.ssh import KeyPair
+
+    make_playbooks(tmp_path, {"steps.yml": STEPS}, role="devpin")
+    env = {"KILN_JSON": "1"}
+    state_file = tmp_path / "builds/dev/devpin.json"
+    try:
+        assert invoke(tmp_path, "converge", "--role", "devpin", env=env).returncode == 0
+        state = json.loads(state_file.read_text())
+        other = KeyPair.generate().public_openssh
+        state["host_pub"] = state["instance"]["host_public_key"] = other
+        state_file.write_text(json.dumps(state))
+        refused = invoke(tmp_path, "converge", "--role", "devpin", env=env)
+        assert refused.returncode == 1 and "host key" in refused.stderr, refused.stderr[-2000:]
+        assert not statuses(refused.stderr), "a step ran on a machine whose host key is not the pinned one"
+    finally:
+        invoke(tmp_path, "destroy", "--role", "devpin")
