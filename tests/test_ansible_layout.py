@@ -475,3 +475,11 @@ def test_a_bake_applies_the_role_with_roots_umask(tmp_path):
     done = invoke(tmp_path, "bake", "--role", "umask", "--no-test", playbooks=playbooks, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "checks_passed=2" in output, output[-3000:]
+
+
+def test_set_fact_with_templated_names_is_rendered_whole_on_the_box(tmp_path):
+    tasks = '- set_fact:\n    "os_{{ item.key }}": "{{ item.value }}"\n    plain: [1, "{{ x }}"]\n  with_dict: {a: 1}\n'
+    write_role(tmp_path, "r", {"tasks/main.yml": tasks, "defaults/main.yml": "x: 2\n"})
+    assert problems(tmp_path, "r") == []
+    (step,) = compile_role(tmp_path, "r", "local", config(tmp_path)).steps
+    assert step["args"]["facts"] == "{{ {('os_' ~ (item.key)): (item.value), 'plain': [1, (x)]} }}"

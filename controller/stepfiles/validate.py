@@ -388,7 +388,10 @@ class StepCompiler:
             self._templated(given, path + (key,), extra)
             step["args"] = dict(given) if isinstance(given, dict) else {}
         if module == "set_fact" and isinstance(step["args"].get("facts"), dict):
-            self.c.registers.update(step["args"]["facts"])
+            facts = step["args"]["facts"]
+            self.c.registers.update(k for k in facts if not is_templated(k))
+            if any(is_templated(k) for k in facts):  # "{{ item.key }}": the names are rendered on the box too
+                step["args"]["facts"] = "{{ " + as_expression(facts) + " }}"
         if module in ("service_facts", "package_facts"):
             self.c.registers.add("services" if module == "service_facts" else "packages")
         if not step["name"]:
@@ -1381,6 +1384,21 @@ def _with_applied(block: dict[str, Any], apply: dict[str, Any]) -> dict[str, Any
         else:
             out[key] = value
     return out
+
+
+def as_expression(value: Any) -> str:
+    """A Jinja expression giving ``value``, its templated strings rendered natively (as Ansible renders a
+    set_fact), so a mapping whose names are templated becomes one expression the box renders whole."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{as_expression(k)}: {as_expression(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(as_expression(v) for v in value) + "]"
+    if isinstance(value, str):
+        if not is_templated(value):
+            return repr(value)
+        expression = ansible.template_to_expression(value)
+        return f"({expression})" if " ~ " in expression else expression
+    return repr(value)  # numbers, True, False, None: Jinja reads Python's spelling
 
 
 def check_per_task(imported: dict[str, Any]) -> None:
