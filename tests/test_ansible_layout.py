@@ -328,6 +328,12 @@ ROLE_REFUSALS = {
         "main.yml:4:9: include_role loops over listing, known only on the box",
     ),
     "a role including itself": ("- include_role: {name: r}\n", "main.yml:1:24: include_role of 'r' includes itself"),
+    "public not a boolean": (
+        "- include_role: {name: vhost, public: maybe}\n",
+        "main.yml:1:39: public must be true or false",
+    ),
+    "apply not a mapping": ("- include_role: {name: vhost, apply: become}\n", "main.yml:1:38: apply must be a mapping"),
+    "a bare role name": ("- include_role: vhost\n", "main.yml:1:17: include_role needs settings with the role's name"),
     "register on an include": (
         "- include_role: {name: vhost}\n  register: x\n",
         "main.yml:2:3: 'register' cannot be used with include_role",
