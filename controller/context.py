@@ -69,6 +69,8 @@ class BakeContext:
     rerun_counts: StepCounts | None = None
     step_events: list[dict[str, Any]] = field(default_factory=list)  # the first apply's, in order
     checks: dict[str, int] = field(default_factory=dict)
+    #: what the apply set (registered results, set_fact values): the agent's run-vars.json, for the image's checks
+    run_variables: bytes = b""
     packages: dict[str, str] = field(default_factory=dict)
     image: Image | None = None
     #: what publish did (copies, ``latest`` moved), held from its start so its undo finds a publish cut short

@@ -412,3 +412,32 @@ base_port: "{{ ansible_os_family }}"
     assert step["status"] == "failed", step
     assert "variable 'next_port' (" in step["msg"] and "TypeError" in step["msg"], step
     assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_a_bakes_image_checks_read_what_the_apply_registered(engine, tmp_path: Path) -> None:
+    """The test stage's fresh machine never ran the steps: it gets what the apply set from the build machine."""
+    from tests.playbooks import invoke, left_behind, make_playbooks
+
+    playbooks = make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": """
+- name: the app's name
+  command: echo kilnapp
+  register: app_name
+  changed_when: false
+- name: the app's user
+  set_fact: {app_user: "{{ app_name.stdout }}"}
+- name: the app's config
+  copy: {dest: "/etc/{{ app_user }}.conf", content: "user={{ app_user }}\\n"}
+""",
+            "verify.yml": """
+- file: "/etc/{{ app_user }}.conf"
+  contains: ["user={{ app_name.stdout }}"]
+""",
+        },
+    )
+    proc = invoke(tmp_path, "bake", "--role", "tiny", playbooks=playbooks)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not left_behind(engine, proc.stderr)

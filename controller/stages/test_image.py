@@ -22,7 +22,7 @@ from kiln.controller.remote import BUNDLE, agent_command, bundle_tar
 from kiln.controller.ssh import KeyPair
 from kiln.controller.stages.connect import Connect
 from kiln.controller.stages.push_bundle import extra_vars
-from kiln.controller.stages.verify import checks_on, run_checks
+from kiln.controller.stages.verify import checks_on, image_run_files, run_checks
 from kiln.controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
@@ -66,7 +66,7 @@ class TestImage:
         Connect().run(fresh)
         # the agent (cleaning removed it from the image) and the checks with the variables they render with
         bundle = {"role": ctx.role, "vars": bundle_json(ctx.compiled, extra_vars(ctx))["vars"]}
-        payload = bundle_tar(bundle, checks, {})
+        payload = bundle_tar(bundle, checks, image_run_files(ctx))
         command = agent_command(fresh, "verify", f"{BUNDLE}/checks.json")
         where = f" on a fresh machine from the image {ctx.image.name} ({fresh.instance.id})"
         summary = run_checks(fresh, command, "image", stdin=payload, where=where)

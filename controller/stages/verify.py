@@ -20,6 +20,8 @@ log = structlog.get_logger("kiln.stage")
 
 #: the checks file the build machine runs when some checks are for the image only
 BUILD_CHECKS = f"{BUNDLE}/checks.build.json"
+#: what the apply set (registered results, set_fact and include_vars values), kept beside the bundle by the agent
+RUN_VARIABLES = "run-vars.json"
 
 
 def checks_on(checks: list[dict[str, Any]], machine: str) -> list[dict[str, Any]]:
@@ -78,6 +80,23 @@ def verify(ctx: BakeContext) -> dict[str, Any]:
     return run_checks(ctx, agent_command(ctx, "verify", BUILD_CHECKS), "build")
 
 
+def keep_run_variables(ctx: BakeContext) -> None:
+    """What the apply set, read from the build machine when checks run on the image: the test stage's fresh
+    machine never ran the steps, and its checks read those variables as the build machine's did."""
+    if not checks_on(ctx.compiled.checks, "image"):
+        return
+    read = ctx.session.run(as_root(ctx, f"cat {BUNDLE}/{RUN_VARIABLES}"), timeout=60)
+    if read.rc == 0:
+        ctx.run_variables = read.stdout.encode()
+    else:
+        log.debug("no run variables on the build machine", stderr=read.stderr[-300:])
+
+
+def image_run_files(ctx: BakeContext) -> dict[str, bytes]:
+    """The files beside the image's checks: what the apply set on the build machine (none when it set nothing)."""
+    return {RUN_VARIABLES: ctx.run_variables} if ctx.run_variables else {}
+
+
 class Verify:
     name = "verify"
 
@@ -87,6 +106,7 @@ class Verify:
             return
         if not checks_on(ctx.compiled.checks, "build"):
             log.info("every check is for the image (on: image): none on the build machine")
+            keep_run_variables(ctx)
             return
         from kiln.controller.stages.apply_steps import take_part
 
@@ -99,6 +119,7 @@ class Verify:
             summary = checks_outcome(part.rc, part.events, part.stderr)
         ctx.checks = {"passed": summary.get("passed", 0), "failed": summary.get("failed", 0)}
         log.info("verified", **ctx.checks)
+        keep_run_variables(ctx)
 
     def undo(self, ctx: BakeContext) -> None:
         """Nothing to undo."""
