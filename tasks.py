@@ -63,6 +63,19 @@ def _vault_password_file(path: str) -> None:
         os.environ["ANSIBLE_VAULT_PASSWORD_FILE"] = str(Path(path).expanduser().resolve())
 
 
+def _exit_now(code: int) -> None:
+    """End the developer loop's command without tearing the interpreter down.
+
+    Its exit handlers run and its output is flushed, as at any exit; what is skipped is clearing the
+    ~400 modules it loaded (paramiko, cryptography, invoke), 0.05-0.1 s of a 0.35 s converge."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def _split(value: str) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] or None
 
@@ -229,8 +242,7 @@ def converge(
     code = run(
         role, _options(check=check, diff=diff), _overrides(var), _split(tags), _split(skip_tags), provider=provider
     )
-    if code:
-        raise Exit(code=code)
+    _exit_now(code)
 
 
 @task(
@@ -245,8 +257,7 @@ def verify(c, role, json=False, provider="local"):
     from kiln.controller.devloop import converge as run_converge
 
     code = run_converge(role, _options(), verify=True, provider=provider)
-    if code:
-        raise Exit(code=code)
+    _exit_now(code)
 
 
 @task(help={"role": "The role whose kept dev instance to log in to."})
