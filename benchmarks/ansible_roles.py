@@ -248,6 +248,17 @@ def measure(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def measured_once_more_on_a_flake(
+    engine: Engine, name: str, source: Path, companions: dict[str, Path], overrides: dict[str, str], baking: bool
+) -> Figures:
+    """The role measured; measured again once when the machinery itself failed (podman, SSH), not a tool."""
+    try:
+        return measure(engine, name, source, companions, overrides, baking)
+    except Exception as exc:  # noqa: BLE001 - the run goes on to the next role either way
+        print(f"({name}: the measurement itself failed, once more: {type(exc).__name__}: {exc})", flush=True)
+        return measure(engine, name, source, companions, overrides, baking)
+
+
 def remove_bench_images(engine: Engine) -> None:
     for row in engine.images(IMAGE_PREFIX):
         for tag in row.get("Names") or []:
@@ -398,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.paths:
             name, source = role_source(spec)
             overrides = dict(item.split("=", 1) for item in args.vars)
-            figures = measure(engine, name, source, companions, overrides, baking=not args.no_bake)
+            figures = measured_once_more_on_a_flake(engine, name, source, companions, overrides, not args.no_bake)
             measured.append(figures)
             print(json.dumps(as_json(figures)) if args.json else role_table(figures) + "\n", flush=True)
     finally:
