@@ -153,7 +153,11 @@ def run_request(conn: socket.socket, run_dir: str, payload: bytes, args: List[st
     sys.stdout, sys.stderr = out, err
     try:
         if payload:
-            unpack(run_dir, payload)
+            role_umask = os.umask(0o077)  # private, as the bootstrap unpacks; the role runs with root's umask
+            try:
+                unpack(run_dir, payload)
+            finally:
+                os.umask(role_umask)
         rc = run(args)
     except SystemExit as exc:
         rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -233,6 +233,7 @@ def test_a_converge_leaves_a_warm_agent_the_next_one_uses_and_anything_else_gets
         assert second["via"] == "warm agent" and second["round_trips"] == 1
         assert statuses(second["stderr"]) == {"first file": "ok", "second file": "changed"}
         assert engine.exec(container, "cat", "/etc/kiln-dev-2").strip() == "TWO"
+        assert engine.exec(container, "stat", "-c", "%a", "/etc/kiln-dev-2").strip() == "644"  # root's umask
         assert json.loads(state_file.read_text())["warm"] == warm and len(warm_agents(engine, container)) == 1
 
         failing = invoke(tmp_path, "verify", "--role", "devwarm", env=env)  # a failed check, by the warm agent
