@@ -70,6 +70,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def root_authorized_keys(keys: list[str], user: str) -> bytes:
+    """root's authorized_keys as cloud-init writes it (``disable_root``): with a default user, each key
+    only says to log in as that user, so root's SSH login is refused as on a real instance."""
+    if user == "root":
+        return ("\n".join(keys) + "\n").encode()
+    refusal = (
+        "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo 'Please login as the user "
+        f'\\"{user}\\" rather than the user \\"root\\".\';exit 142" '
+    )
+    return "".join(f"{refusal}{key}\n" for key in keys).encode()
+
+
 def container_name(instance_id: str) -> str:
     return f"kiln-sandbox-{instance_id}"
 
@@ -288,13 +300,13 @@ class SandboxDataPlane:
                     raise
         self.containers[instance_id] = name
         authorized = ("\n".join(keys) + "\n").encode()
+        user = self.default_user
         files: dict[str, tuple[bytes | None, int]] = {
             "/root/.ssh": (None, 0o700),
-            "/root/.ssh/authorized_keys": (authorized, 0o600),
+            "/root/.ssh/authorized_keys": (root_authorized_keys(keys, user), 0o600),
             "/etc/ssh/ssh_host_ed25519_key": (host_key.private_openssh, 0o600),
             "/etc/ssh/ssh_host_ed25519_key.pub": (host_key.public_openssh.encode() + b"\n", 0o644),
         }
-        user = self.default_user
         if user != "root":
             files["/etc/sudoers.d/90-cloud-init-users"] = (f"{user} ALL=(ALL) NOPASSWD:ALL\n".encode(), 0o440)
         self.engine.copy_in(name, files)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,49 @@ def test_sweep_in_the_sandbox_removes_an_expired_instance_and_its_container(sand
     prov.sweep(apply=True)
     assert not engine.containers(f"kiln.build-id={ctx.build_id}")
     assert nothing_left(leftovers(sandbox_env, engine, ctx.build_id, "swept", "none"))
+
+
+# --- what cloud-init does on a real instance ------------------------------------------------
+@pytest.mark.slow
+def test_a_sandbox_instance_refuses_root_and_takes_its_default_user_as_cloud_init_does(sandbox_env, engine):
+    """root's key only says to log in as ec2-user (cloud-init's disable_root); ec2-user logs in, with sudo."""
+    import paramiko
+
+    from kiln.controller.sandbox import Sandbox, SandboxDataPlane
+    from kiln.controller.ssh import KeyPair
+
+    key = KeyPair.generate()
+    ec2 = sandbox_client("ec2", "us-east-1", sandbox_env)
+    name = f"rootless-{os.getpid()}"
+    ec2.import_key_pair(KeyName=name, PublicKeyMaterial=key.public_openssh.encode())
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=ami, KeyName=name, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    plane = SandboxDataPlane(Sandbox(sandbox_env), engine)
+    try:
+        plane.launched("us-east-1", [instance])
+        host, port = plane.address("us-east-1", instance)
+
+        def run(user: str, command: str) -> tuple[int, str]:
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # a throwaway container of this test
+            for _ in range(100):  # sshd starts with systemd
+                try:
+                    client.connect(host, port, user, pkey=key.paramiko_key(), timeout=5, look_for_keys=False)
+                    break
+                except (paramiko.SSHException, OSError):
+                    time.sleep(0.2)
+            else:
+                raise AssertionError("sshd of the sandbox instance never answered")
+            try:
+                _, out, _ = client.exec_command(command, timeout=30)
+                return out.channel.recv_exit_status(), out.read().decode()
+            finally:
+                client.close()
+
+        status, said = run("root", "id -u")
+        assert status == 142 and 'Please login as the user "ec2-user"' in said, (status, said)
+        assert run("ec2-user", "sudo -n id -u") == (0, "0\n")
+    finally:
+        plane.terminated("us-east-1", [instance])
+        ec2.terminate_instances(InstanceIds=[instance])
+        ec2.delete_key_pair(KeyName=name)
