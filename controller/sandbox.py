@@ -50,6 +50,7 @@ from kiln.controller.providers.aws.cloud_init import cloud_config_parts, console
 from kiln.controller.providers.aws.settings import AwsSettings
 from kiln.controller.providers.aws.tags import BUILD_ID, error_code, tags_of
 from kiln.controller.providers.base import ProviderError
+from kiln.controller.providers.local import ensure_kiln_base
 from kiln.controller.ssh import KeyPair
 
 log = structlog.get_logger("kiln.sandbox")
@@ -248,9 +249,7 @@ class SandboxDataPlane:
         ref = f"{local_images()}:{ami}"
         if self.engine.image_exists(ref):
             return ref
-        if not self.engine.image_exists(BASE_IMAGE):
-            log.info("sandbox: building the base image once with debootstrap (about a minute)", image=BASE_IMAGE)
-            self.engine.build_base_image(BASE_IMAGE)
+        ensure_kiln_base(self.engine)  # built when missing or stale, once however many bakes ask
         return BASE_IMAGE
 
     def authorized_keys(self, region: str, instance: dict[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from kiln.controller.agent_build import agent_zipapp
 from kiln.controller.engine import BASE_IMAGE, Engine, tar_of
+from kiln.controller.providers.local import ensure_kiln_base
 
 TEST_LABEL = "kiln.test"
 #: Containers of this test session (concurrent sessions must not remove each other's).
@@ -21,8 +22,7 @@ SESSION_LABEL = f"{TEST_LABEL}={SESSION}"
 
 
 def ensure_base_image(engine: Engine) -> None:
-    if not engine.image_exists(BASE_IMAGE):
-        engine.build_base_image()
+    ensure_kiln_base(engine)
 
 
 @dataclass

@@ -159,6 +159,18 @@ def flocked(path: Path, timeout: float) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def ensure_kiln_base(engine: Engine, ref: str = BASE_IMAGE) -> None:
+    """kiln's own base, built with debootstrap when missing or stale (its recipe label is not today's):
+    one bake builds it while concurrent ones wait for it. The stale one is left to the engine (untagged)."""
+    if not engine.base_staleness(ref):
+        return
+    with flocked(base_image_lock(), BASE_BUILD_TIMEOUT + 60):
+        why = engine.base_staleness(ref)
+        if why:
+            log.info("base image: building it with debootstrap (about a minute)", image=ref, why=why)
+            engine.build_base_image(ref)
+
+
 def shared_state_dir() -> Path:
     """Machine-wide state of the local provider: ``KILN_STATE_DIR``, else /var/lib/kiln as root,
     else ~/.local/state/kiln (one per engine storage, as podman's own is per user)."""
@@ -200,21 +212,10 @@ class LocalProvider:
     def resolve_base(self, spec: Any) -> BaseImage:
         ref = (spec.get("image") if isinstance(spec, dict) else spec) or BASE_IMAGE
         if ref == BASE_IMAGE:
-            self._current_kiln_base(ref)
+            ensure_kiln_base(self.engine, ref)
         elif not self.engine.image_exists(ref):
             raise ProviderError(f"base image {ref} not found in {self.engine.command}")
         return BaseImage(id=self.engine.image_id(ref), name=ref, spec=str(spec or BASE_IMAGE))
-
-    def _current_kiln_base(self, ref: str) -> None:
-        """kiln's own base, built with debootstrap when missing or stale (its recipe label is not today's):
-        one bake builds it while concurrent ones wait for it. The stale one is left to the engine (untagged)."""
-        if not self.engine.base_staleness(ref):
-            return
-        with flocked(base_image_lock(), BASE_BUILD_TIMEOUT + 60):
-            why = self.engine.base_staleness(ref)
-            if why:
-                log.info("base image: building it with debootstrap (about a minute)", image=ref, why=why)
-                self.engine.build_base_image(ref)
 
     # --- versions: each reservation is the build's record ------------------------------
     def _reservations(self, role: str) -> Path:
