@@ -489,3 +489,30 @@ def test_set_fact_with_templated_names_is_rendered_whole_on_the_box(tmp_path):
     assert problems(tmp_path, "r") == []
     (step,) = compile_role(tmp_path, "r", "local", config(tmp_path)).steps
     assert step["args"]["facts"] == "{{ {('os_' ~ (item.key)): (item.value), 'plain': [1, (x)]} }}"
+
+
+def test_a_dependency_with_when_tags_vars_and_role_params(tmp_path):
+    meta = "dependencies:\n  - role: repo\n    when: ansible_os_family == 'RedHat'\n    repo_name: epel\n"
+    meta += "    vars: {repo_gpg: true}\n    tags: [repos]\n"
+    write_role(tmp_path, "app", {"tasks/main.yml": "- debug: msg=app\n", "meta/main.yml": meta})
+    repo_tasks = "- debug: msg={{ repo_name }}\n- block:\n    - command: echo {{ repo_gpg }}\n"
+    write_role(tmp_path, "repo", {"tasks/main.yml": repo_tasks})
+    assert problems(tmp_path, "app") == []
+    repo, _ = compile_role(tmp_path, "app", "local", config(tmp_path)).steps
+    assert (repo["name"], "when" in repo) == ("role repo", False)
+    debug, block = repo["block"]
+    condition = "ansible_os_family == 'RedHat'"
+    assert (debug["when"], debug["tags"]) == (condition, ["repos"])
+    assert debug["vars"] == {"repo_name": "epel", "repo_gpg": True}
+    assert block["when"] == condition and block["block"][0]["when"] == condition  # checked task by task
+    assert block["block"][0]["vars"]["repo_name"] == "epel"
+
+
+def test_a_dependency_refuses_task_keywords_it_cannot_carry(tmp_path):
+    meta = "dependencies:\n  - role: repo\n    become: true\n"
+    write_role(tmp_path, "app", {"tasks/main.yml": "- debug: msg=app\n", "meta/main.yml": meta})
+    write_role(tmp_path, "repo", {"tasks/main.yml": "- debug: msg=repo\n"})
+    assert problems(tmp_path, "app") == [
+        "main.yml:3:5: dependency setting 'become' is not supported: a dependency takes when, vars, tags and "
+        "role parameters (variables for its tasks)"
+    ]

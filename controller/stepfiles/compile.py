@@ -8,10 +8,11 @@ turns that into ``bundle.json`` (docs/internals.md).
 Roles that ``include_role``/``import_role`` name are loaded like dependencies (validate.py
 compiles their tasks in place) and are part of ``chain``, before the roles of the dependency chain.
 
-Variables, lowest to highest precedence: role defaults (included roles first, then the
-dependency chain in order) < role.yml vars (same order) < ``kiln.yaml`` ``vars`` < vars/
-files (same order) < ``--var k=v``. One scope holds them all: a role's own defaults do not
-win over another role's for its own tasks, as they do in Ansible.
+Variables, lowest to highest precedence: role defaults (included roles' main.yml first, then
+the dependency chain in order, then the files defaults_from names) < role.yml vars (same order)
+< ``kiln.yaml`` ``vars`` < vars/ files (same order, vars_from last) < ``--var k=v``. One scope
+holds them all: a role's own defaults do not win over another role's for its own tasks, as they
+do in Ansible.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kiln.agent.modules import discover as discover_modules
 from kiln.agent.templating import evaluate, render
 from kiln.controller.config import PROVIDERS, Config
 from kiln.controller.model import CompiledRole, Diagnostic, InvalidInput
+from kiln.controller.stepfiles.keywords import CONTROL_KEYS
 from kiln.controller.stepfiles.loader import Document, RoleTree, display_path, load_yaml, scan_role
 from kiln.controller.stepfiles.validate import (
     BUILTIN_NAMES,
@@ -40,7 +42,9 @@ from kiln.controller.stepfiles.validate import (
     Ref,
     RoleUse,
     StepCompiler,
+    StepContext,
     any_templated,
+    check_per_task,
     check_references,
     compile_checks,
     did_you_mean,
@@ -53,7 +57,8 @@ ROLE_KEYS = ("description", "depends", "defaults", "vars", "base", "publish")  #
 ROLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 STEP_FILES = ("role.yml", "steps.yml", "handlers.yml", "verify.yml", "tasks/main.yml", "meta/main.yml")
 META_KEYS = ("dependencies", "galaxy_info", "allow_duplicates", "argument_specs", "collections")
-DEPENDENCY_KEYS = ("role", "name", "src", "version", "scm", "tags")
+DEPENDENCY_KEYS = ("role", "name", "src", "version", "scm", "tags", "when", "vars")
+DEPENDENCY_SETTINGS = ("when", "vars", "tags")  # what a dependency's block takes; other names are role params
 
 
 @dataclass
@@ -305,12 +310,12 @@ def _dependencies(src: RoleSource, problems: list[Diagnostic]) -> None:
         name = dep
         if isinstance(dep, dict):
             for key in dep:
-                if key not in DEPENDENCY_KEYS:
+                if key not in DEPENDENCY_KEYS and (key in CONTROL_KEYS or not IDENTIFIER.match(str(key))):
                     problems.append(
                         doc.diag(
                             ("dependencies", index, key),
-                            f"dependency setting '{key}' is not supported: kiln bakes each role "
-                            "once with its own variables (set them in kiln.yaml vars)",
+                            f"dependency setting '{key}' is not supported: a dependency takes when, vars, "
+                            "tags and role parameters (variables for its tasks)",
                             key=True,
                         )
                     )
@@ -361,8 +366,9 @@ class RoleCatalog:
 
 def _resolve_chain(
     playbooks_dir: Path, role: str, problems: list[Diagnostic]
-) -> tuple[list[str], dict[str, RoleSource]]:
-    """Dependencies first (depth first, each once), the role last; cycles reported with their chain."""
+) -> tuple[list[str], dict[str, RoleSource], dict[str, tuple[Document, tuple[Any, ...]]]]:
+    """Dependencies first (depth first, each once), the role last; cycles reported with their chain. Also
+    where each dependency is first listed (its when, vars, tags and role parameters)."""
     roles_dir = Path(playbooks_dir) / "roles"
     available = list_roles(playbooks_dir)
     if not ROLE_NAME.match(role) or not (roles_dir / role).is_dir():
@@ -378,6 +384,7 @@ def _resolve_chain(
         )
     chain: list[str] = []
     sources: dict[str, RoleSource] = {}
+    listed: dict[str, tuple[Document, tuple[Any, ...]]] = {}  # each dependency's first listing (its settings)
 
     def visit(name: str, stack: list[str], ref: tuple[Document, tuple[Any, ...]] | None) -> None:
         folder = role_folder(roles_dir, name) if stack else name
@@ -395,12 +402,14 @@ def _resolve_chain(
             return
         src = _load_role(roles_dir, name, problems)
         sources[name] = src
+        if ref is not None:
+            listed[name] = ref
         for dep, ref in zip(src.depends, src.dep_refs, strict=True):
             visit(dep, stack + [name], ref)
         chain.append(name)
 
     visit(role, [], None)
-    return chain, sources
+    return chain, sources, listed
 
 
 # --- compiling --------------------------------------------------------------------------------
@@ -481,7 +490,7 @@ def _compile(
 ) -> CompiledRole:
     playbooks_dir = Path(playbooks_dir)
     problems: list[Diagnostic] = []
-    chain, sources = _resolve_chain(playbooks_dir, role, problems)
+    chain, sources, listed = _resolve_chain(playbooks_dir, role, problems)
     collector = Collector(diagnostics=problems, roles=RoleCatalog(playbooks_dir / "roles", sources, chain, problems))
     modules = discover_modules()
     checks_available = discover_checks()
@@ -491,7 +500,8 @@ def _compile(
         src = sources[name]
         collector.vars_files[name] = src.vars_files
         if src.steps_doc is not None:
-            steps += StepCompiler(collector, modules, name, src.dir, src.steps_doc, src.tree).compile_file()
+            own = StepCompiler(collector, modules, name, src.dir, src.steps_doc, src.tree).compile_file()
+            steps += _with_dependency_settings(collector, modules, sources, name, listed.get(name), own)
     handlers: list[dict[str, Any]] = []
     for name in chain:
         src = sources[name]
@@ -510,7 +520,8 @@ def _compile(
             checks += compile_checks(collector, checks_available, name, src.verify_doc)
 
     # variables: defaults < role.yml vars < kiln.yaml < vars/ < --var; included roles first, then the chain
-    layers = _included_layers(collector.role_uses, chain, sources, problems) + [_layer(sources[n]) for n in chain]
+    mains, named = _included_layers(collector.role_uses, chain, sources, problems)
+    layers = mains + [_layer(sources[n]) for n in chain] + named
     variables: dict[str, Any] = {}
     for layer in layers:
         variables.update(layer.defaults)
@@ -615,6 +626,50 @@ def _compile(
     return compiled
 
 
+def _with_dependency_settings(
+    collector: Collector,
+    modules: dict[str, Any],
+    sources: dict[str, RoleSource],
+    name: str,
+    listing: tuple[Document, tuple[Any, ...]] | None,
+    steps: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """A dependency listed with when, vars, tags or role parameters: its steps in a block that carries them,
+    its when checked by each of its tasks and its tags on each, as Ansible applies them to a role."""
+    entry = listing[0].data[listing[1][0]][listing[1][1]] if listing else None
+    if not isinstance(entry, dict):
+        return steps
+    params = {k: v for k, v in entry.items() if k not in DEPENDENCY_KEYS}
+    settings = {k: entry[k] for k in DEPENDENCY_SETTINGS if k in entry}
+    if params:
+        settings["vars"] = {**params, **(settings.get("vars") if isinstance(settings.get("vars"), dict) else {})}
+    if not settings:
+        return steps
+    doc, path = listing
+    dependent = next((s for s in sources.values() if s.ansible_meta_doc is doc), sources[name])
+    compiler = StepCompiler(collector, modules, dependent.name, dependent.dir, doc, dependent.tree)
+    block = compiler.compile_step(
+        {**settings, "name": f"role {name}", "block": [{"meta": "noop"}]}, path, StepContext()
+    )
+    if block is None:
+        return steps
+    if isinstance(settings.get("vars"), dict):
+        collector.registers.update(settings["vars"])  # names the role's tasks may read
+    block["block"] = steps
+    _add_tags(steps, block.pop("tags", []))
+    inherit_keywords(block)
+    check_per_task(block)
+    return [block]
+
+
+def _add_tags(steps: list[dict[str, Any]], tags: list[str]) -> None:
+    for step in steps:
+        if tags:
+            step["tags"] = list(dict.fromkeys([*step.get("tags", []), *tags]))
+        for part in ("block", "rescue", "always"):
+            _add_tags(step.get(part) or [], tags)
+
+
 @dataclass
 class RoleLayer:
     """What one role, or one include_role/import_role of it, adds to the bake's variables."""
@@ -633,32 +688,35 @@ def _layer(src: RoleSource) -> RoleLayer:
 
 def _included_layers(
     uses: list[RoleUse], chain: list[str], sources: dict[str, RoleSource], problems: list[Diagnostic]
-) -> list[RoleLayer]:
+) -> tuple[list[RoleLayer], list[RoleLayer]]:
     """The variables of the roles include_role/import_role bring in: their main.yml files the first time (the
-    chain's roles have theirs already), ``defaults_from``/``vars_from`` files instead where given."""
-    layers: list[RoleLayer] = []
+    chain's roles have theirs already), and the ``defaults_from``/``vars_from`` files asked for. The first go
+    below the chain's, the second above: a file a task names is meant for the tasks it brings in."""
+    mains: list[RoleLayer] = []
+    named: list[RoleLayer] = []
     loaded = {(name, part) for name in chain for part in ("defaults", "vars")}  # main.yml files already in
     for use in uses:
         src = sources[use.name]
-        layer = RoleLayer()
         for setting, part in (("defaults_from", "defaults"), ("vars_from", "vars")):
             rel = getattr(use, setting)
             if rel:
                 doc = _load(src.tree, rel, problems)
                 values = _variables(doc, problems)
+                layer = RoleLayer(**{"defaults" if part == "defaults" else "ansible_vars": values})
+                named.append(layer)
             elif (use.name, part) not in loaded:
                 loaded.add((use.name, part))
                 doc, values = (
                     (src.defaults_doc, src.defaults) if part == "defaults" else (src.vars_doc, src.ansible_vars)
                 )
-                if part == "vars":
-                    layer.vars = src.vars  # role.yml's (kiln's layout): below kiln.yaml
+                layer = (
+                    RoleLayer(defaults=values) if part == "defaults" else RoleLayer(vars=src.vars, ansible_vars=values)
+                )
+                mains.append(layer)
             else:
                 continue
-            setattr(layer, "defaults" if part == "defaults" else "ansible_vars", values)
             layer.docs.append((doc, values))
-        layers.append(layer)
-    return layers
+    return mains, named
 
 
 def _included_handlers(
