@@ -1,4 +1,4 @@
-"""kiln agent: ``facts`` | ``apply BUNDLE_DIR [--resume] [--rerun] [--verify CHECKS_FILE]`` |
+"""kiln agent: ``facts`` | ``apply BUNDLE_DIR [--resume] [--rerun] [--verify CHECKS_FILE] [--packages]`` |
 ``verify CHECKS_FILE`` | ``serve BUNDLE_DIR``.
 
 Prints one JSON object per line; the exit status says ok (0), failed (1), or, for
@@ -7,7 +7,9 @@ after the boot continues with the step after the reboot.
 ``apply --rerun --verify CHECKS`` goes on, in the same process, once the apply is clean: a
 second apply (the idempotence check) and then the checks, each part opened by a ``phase``
 event and closed by its own ``summary``. A part that fails (a failed step, a step marked
-idempotent that changed again, a failed check) ends the run there.
+idempotent that changed again, a failed check) ends the run there. ``--packages`` ends a run whose
+parts all passed with the installed packages (the ``packages`` event, as ``packages`` prints it): a
+bake's build machine then starts python once.
 ``apply --linger SECONDS`` (a converge on its kept machine) leaves a warm agent behind that runs the
 next converges' commands without starting python again (agent/warm.py).
 ``serve`` keeps one agent warm for ``converge --watch``: each JSON line on stdin
@@ -47,6 +49,7 @@ def main(argv: Any = None) -> int:
     )
     apply_p.add_argument("--rerun", action="store_true", help="then apply again: it must change nothing")
     apply_p.add_argument("--verify", metavar="CHECKS", help="then run these checks")
+    apply_p.add_argument("--packages", action="store_true", help="then, when every part passed, list the packages")
     apply_p.add_argument(
         "--linger", type=float, default=0, metavar="SECONDS", help="then leave a warm agent (idle for SECONDS at most)"
     )
@@ -63,10 +66,7 @@ def main(argv: Any = None) -> int:
         emit({"event": Event.FACTS, "facts": facts.gather()})
         return 0
     if args.command == "packages":
-        from .inventory import installed_packages
-
-        emit({"event": Event.PACKAGES, "packages": installed_packages()})
-        return 0
+        return packages()
     if args.command == "apply":
         rc = apply(args, facts)
         if args.linger > 0 and rc != EXIT_REBOOT:
@@ -79,6 +79,13 @@ def main(argv: Any = None) -> int:
     if args.command == "verify":
         return verify(args.checks)
     return 2
+
+
+def packages() -> int:
+    from .inventory import installed_packages
+
+    emit({"event": Event.PACKAGES, "packages": installed_packages()})
+    return 0
 
 
 def apply(args: argparse.Namespace, facts: Any) -> int:
@@ -127,8 +134,9 @@ def apply(args: argparse.Namespace, facts: Any) -> int:
             return again.exit_code  # the controller fails the idempotence check on this part's summary
     if args.verify:
         emit({"event": Event.PHASE, "phase": Phase.VERIFY})
-        return verify(args.verify)
-    return 0
+        if verify(args.verify):
+            return 1
+    return packages() if args.packages else 0
 
 
 def apply_context(args: argparse.Namespace, bundle: Dict[str, Any], gathered: Dict[str, Any]) -> Any:

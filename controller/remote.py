@@ -130,6 +130,8 @@ class BoxAgent:
     later_parts: list[str] = field(default_factory=list)
     #: later stages' parts that ran in an earlier exec (the apply's), by stage name, for those stages to report
     done_parts: dict[str, Any] = field(default_factory=dict)
+    #: the installed packages an agent run reported last (the apply's, ``--packages``), for the clean stage
+    packages: dict[str, str] | None = None
     #: seconds of idleness the warm agent a converge's apply leaves on its kept machine may live (0: none)
     linger: float = 0.0
     #: the warm agent to try before an exec ({"port", "token"}, from the dev state); None once it did not answer
@@ -343,6 +345,8 @@ def _run_once(
             box.left_warm = {"port": event.get("port"), "token": event.get("token")}
         elif event.get("event") == Event.FACTS:
             ctx.facts = event["facts"]
+        elif event.get("event") == Event.PACKAGES:
+            box.packages = event["packages"]
         elif event.get("event") == Event.PHASE:  # the next part of the run: its own bound from now
             part.update(phase=event.get("phase", ""), started=time.monotonic(), first=len(events))
             if deadline is not None and part["phase"] in phase_bounds:

@@ -1,9 +1,11 @@
 """The idempotence check and verify ride in the apply's exec: fewer round trips, the same guarantees.
 
 Each bake here is a real one (podman, systemd, SSH, the agent) run in-process, so the build
-machine's SSH session can be asked how many commands it ran: push + facts, then apply with its
-re-run and checks, then the hygiene script (it was five: push, apply, re-run, verify, hygiene).
-Whatever part fails still fails the bake at its own stage, with that stage's message.
+machine's SSH session can be asked how many commands it ran: the apply with the facts before it and
+its re-run, checks and package inventory after it, then reading what the apply set (for the image's
+checks), then the hygiene script (it was five: push, apply, re-run, verify, hygiene; then the push
+and the facts had an exec of their own, and the hygiene script started the agent again for the
+inventory). Whatever part fails still fails the bake at its own stage, with that stage's message.
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ def announced(result) -> str:
     return f"build {result.ctx.build_id}"
 
 
-def test_a_clean_bake_takes_three_commands_and_reports_every_stage(engine, tmp_path):
+def test_a_clean_bake_starts_the_agent_once_and_reports_every_stage(engine, tmp_path):
     try:
         result = bake_in_process(tmp_path, "parts", {"steps.yml": MARKER, "verify.yml": "- file: /etc/kiln-marker\n"})
         assert result.exit_code == 0, result.error
         ctx = result.ctx
-        assert ctx.session.round_trips == 3, f"{ctx.session.round_trips} commands over SSH (was 5)"
+        box = box_agent(ctx)
+        assert box.round_trips == 1, f"{box.round_trips} agent runs on the build machine (was 2: facts, apply)"
+        assert ctx.session.round_trips == 3, f"{ctx.session.round_trips} commands over SSH (was 4)"
+        assert box.packages is not None, "the apply's run lists the packages: the hygiene script starts no agent"
+        assert ctx.packages == box.packages and "openssh-server" in ctx.packages, sorted(ctx.packages)[:5]
+        assert ctx.facts["pkg_mgr"] == "apt", "the facts came with the apply's run"
         for stage in ("push agent and bundle", "apply steps", "idempotence check", "verify", "clean machine"):
             assert stage in ctx.timings, ctx.timings
         assert ctx.apply_counts.changed == 1 and ctx.rerun_counts.changed == 0 and ctx.rerun_counts.ok == 1
@@ -64,7 +71,7 @@ def test_a_step_that_changes_again_fails_the_idempotence_check(engine, tmp_path)
         )
         assert result.ctx.apply_counts.changed == 2 and result.ctx.rerun_counts.changed == 1
         assert result.ctx.checks == {}, "verify must not report on a machine that failed the idempotence check"
-        assert result.ctx.session.round_trips == 2, f"{result.ctx.session.round_trips} commands (was 3)"
+        assert result.ctx.session.round_trips == 1, f"{result.ctx.session.round_trips} commands (was 3, then 2)"
         assert not left_behind(engine, announced(result))
         assert not engine.images(image_repo("notidem"))
     finally:
@@ -80,7 +87,7 @@ def test_a_failing_check_fails_verify_after_a_clean_idempotence_check(engine, tm
         assert result.error.startswith("verify: 1 check(s) failed: "), result.error
         assert "/etc/not-there" in result.error, result.error
         assert result.ctx.rerun_counts.changed == 0 and result.ctx.rerun_counts.ok == 1
-        assert result.ctx.session.round_trips == 2, f"{result.ctx.session.round_trips} commands (was 4)"
+        assert result.ctx.session.round_trips == 1, f"{result.ctx.session.round_trips} commands (was 4, then 2)"
         assert not left_behind(engine, announced(result))
         assert not engine.images(image_repo("badcheck"))
     finally:

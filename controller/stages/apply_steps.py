@@ -15,8 +15,10 @@ machine's checks, announcing each part with a ``phase`` event; each part has its
 time bound from the moment it begins. What each part reported is kept for its stage
 (``BoxAgent.done_parts``), which judges it as it would its own run: a step that changed
 again fails the idempotence check, a failed check fails verify, a part lost to a time
-bound or a silent machine fails its own stage. A role with a ``reboot`` step is not
-folded (a reboot ends the exec): its stages run their own execs.
+bound or a silent machine fails its own stage. The same run reports the facts first (for the
+push stage, which only stages the bundle) and, when every part passed, the installed packages
+last (for the clean stage): a bake starts python once on its build machine. A role with a
+``reboot`` step is not folded (a reboot ends the exec): its stages run their own execs.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def module_steps(steps: list[dict[str, Any]], flushes: bool = False) -> list[dic
 
 
 IDEMPOTENCE, VERIFY = "idempotence check", "verify"
+#: the clean stage's package inventory: the apply's run ends with it when every part passed (``BoxAgent.packages``)
+INVENTORY = "package inventory"
 
 
 @dataclass
@@ -82,16 +86,22 @@ class Part:
     lost: RunLost | None = None
 
 
-def folded_parts(ctx: BakeContext) -> list[str]:
-    """A bake's later stages that ride in the apply's exec: the idempotence check (when gated) and verify (when the
-    build machine has checks); none in check mode (they do not run) or when a step reboots (a reboot ends the exec).
-
-    The bake's push stage asks for them (``BoxAgent.later_parts``); converge, which has neither stage, does not."""
+def reboots(ctx: BakeContext) -> bool:
+    """Whether a step or handler of the role reboots the machine (a reboot ends the agent's exec)."""
     steps = module_steps(ctx.compiled.steps) + module_steps(ctx.compiled.handlers)
-    if ctx.options.check_mode or any(step.get("module") == "reboot" for step in steps):
+    return any(step.get("module") == "reboot" for step in steps)
+
+
+def folded_parts(ctx: BakeContext) -> list[str]:
+    """A bake's later stages that ride in the apply's exec: the idempotence check (when gated), verify (when the
+    build machine has checks) and the clean stage's package inventory; none in check mode (they do not run) or
+    when a step reboots (a reboot ends the exec).
+
+    The bake's push stage asks for them (``BoxAgent.later_parts``); converge, which has none of them, does not."""
+    if ctx.options.check_mode or reboots(ctx):
         return []
     parts = [IDEMPOTENCE] if ctx.options.idempotence_gate else []
-    return parts + ([VERIFY] if checks_on(ctx.compiled.checks, "build") else [])
+    return parts + ([VERIFY] if checks_on(ctx.compiled.checks, "build") else []) + [INVENTORY]
 
 
 def part_flags(ctx: BakeContext, parts: list[str]) -> list[str]:
@@ -99,7 +109,7 @@ def part_flags(ctx: BakeContext, parts: list[str]) -> list[str]:
     if VERIFY in parts:
         every = len(checks_on(ctx.compiled.checks, "build")) == len(ctx.compiled.checks)
         flags += ["--verify", f"{BUNDLE}/checks.json" if every else BUILD_CHECKS]
-    return flags
+    return flags + (["--packages"] if INVENTORY in parts else [])
 
 
 def split_parts(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -220,6 +230,10 @@ def apply(
 
         def on_event(event: dict[str, Any]) -> None:
             seen.append(event)
+            if event.get("event") == Event.FACTS:
+                from kiln.controller.stages.push_bundle import log_facts
+
+                log_facts(event["facts"], box_agent(ctx).bytes_sent)
             if event.get("event") == Event.PHASE:
                 phase["now"] = event.get("phase", "")
                 log.info("part of the apply's run", part=phase["now"])

@@ -1,4 +1,5 @@
-"""Record the package inventory, then make the machine safe to copy (hygiene)."""
+"""Record the package inventory (the apply's run listed it, or the agent lists it now), then make the machine safe
+to copy (hygiene)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import structlog
 from kiln.agent.protocol import Event, first, parse_lines
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed
-from kiln.controller.remote import AGENT, RUN_DIR, as_root
+from kiln.controller.remote import AGENT, RUN_DIR, as_root, box_agent
 
 log = structlog.get_logger("kiln.stage")
 
 # Each copy of the image must get its own identity and none of the bake's access.
 HYGIENE = r"""
 set -e
-python3 {agent} packages
+{inventory}
 # the bake's key: named after the build, with its architecture beyond x86_64 (kiln-build-<id>-arm64)
 sed -i -E '/ kiln-build-{build_id}(-[a-z0-9_]+)?$/d' /root/.ssh/authorized_keys 2>/dev/null || true
 for home in /home/*; do sed -i -E '/ kiln-build-{build_id}(-[a-z0-9_]+)?$/d' "$home/.ssh/authorized_keys" 2>/dev/null || true; done
@@ -38,13 +39,18 @@ class CleanMachine:
     name = "clean machine"
 
     def run(self, ctx: BakeContext) -> None:
+        # the apply's run listed the packages as it ended (apply --packages); else the agent lists them here
+        listed = box_agent(ctx).packages
         script = HYGIENE.format(
-            agent=AGENT, build_id=ctx.build_id, run_dir=RUN_DIR, extra=ctx.provider.hygiene_script()
+            inventory="" if listed is not None else f"python3 {AGENT} packages",
+            build_id=ctx.build_id,
+            run_dir=RUN_DIR,
+            extra=ctx.provider.hygiene_script(),
         )
         done = ctx.session.run(as_root(ctx, "sh -s"), stdin=script.encode(), timeout=ctx.options.step_timeout)
         if done.rc != 0:
             raise BakeFailed(f"cleaning the machine failed (exit {done.rc}): {done.stderr.strip()[-800:]}")
-        inventory = first(parse_lines(done.stdout), Event.PACKAGES)
+        inventory = {"packages": listed} if listed is not None else first(parse_lines(done.stdout), Event.PACKAGES)
         if inventory is not None:
             ctx.packages = inventory["packages"]
         log.info("cleaned", packages=len(ctx.packages))

@@ -1,4 +1,4 @@
-"""Send the agent and the bundle in one transfer; the same exec checks the agent and reports the box's facts."""
+"""Stage the agent and the bundle for one transfer: the apply's exec carries them and reports the box's facts."""
 
 from __future__ import annotations
 
@@ -6,15 +6,11 @@ import json
 
 import structlog
 
-from kiln.agent.protocol import Event
 from kiln.controller.context import BakeContext
-from kiln.controller.remote import agent_command, box_agent, run_agent, stage_bundle
+from kiln.controller.remote import box_agent, stage_bundle
 from kiln.controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
-
-#: Seconds for the transfer and the facts (a frozen machine is noticed sooner, by the keepalives).
-PUSH_TIMEOUT = 600.0
 
 
 def extra_vars(ctx: BakeContext) -> dict:
@@ -28,9 +24,8 @@ def bundle_of(ctx: BakeContext) -> dict:
 def uses_jinja(ctx: BakeContext, bundle: dict) -> bool:
     """Whether the agent's runs on this machine import Jinja2 (a template, an expression anywhere).
 
-    A build machine runs the agent twice (facts, then the apply with its re-run and checks): compiling
-    the whole agent there (~150 ms) pays only when Jinja2 would otherwise be compiled from source in
-    each run; without it, the few modules a run imports compile faster in memory."""
+    Compiling the whole agent on the box (~150 ms) pays only when several runs would each compile Jinja2 from
+    source (a role that reboots: the apply resumes in another run); one run compiles what it imports, in memory."""
     text = json.dumps([bundle, ctx.compiled.checks])
     if "{{" in text or "{%" in text or any(path.startswith("templates/") for path in ctx.compiled.files):
         return True
@@ -51,30 +46,31 @@ def has_expressions(steps: list) -> bool:
 
 
 class PushBundle:
+    """Stages the agent and the bundle for the apply's exec, which carries them, reports the facts first and runs
+    the later parts (:func:`~kiln.controller.stages.apply_steps.folded_parts`): one python start on the box."""
+
     name = "push agent and bundle"
 
     def run(self, ctx: BakeContext) -> None:
-        from kiln.controller.stages.apply_steps import folded_parts
+        from kiln.controller.stages.apply_steps import folded_parts, reboots
 
         box = box_agent(ctx)
-        box.later_parts = folded_parts(ctx)  # the idempotence check and verify ride in the apply's exec
+        box.later_parts = folded_parts(ctx)  # the idempotence check, verify and the inventory ride in the apply's
         bundle = bundle_of(ctx)
-        box.compile = uses_jinja(ctx, bundle)
+        # one run on the box compiles only the modules it imports; runs resumed after reboots reuse a compiled copy
+        box.compile = reboots(ctx) and uses_jinja(ctx, bundle)
         size = stage_bundle(ctx, bundle)
-        rc, events, stderr = run_agent(ctx, agent_command(ctx, "facts"), lambda e: None, timeout=PUSH_TIMEOUT)
-        facts = next((e["facts"] for e in events if e.get("event") == Event.FACTS), None)
-        if rc != 0 or facts is None:
-            from kiln.controller.pipeline import BakeFailed
-
-            raise BakeFailed(f"agent could not start on the box (exit {rc}): {stderr.strip()[-800:]}")
-        ctx.facts = facts
-        log.info(
-            "facts",
-            bytes_sent=size,
-            os=f"{facts['distribution']} {facts['distribution_version']}",
-            arch=facts["arch"],
-            pkg_mgr=facts["pkg_mgr"],
-        )
+        log.info("staged", bytes=size, parts=", ".join(box.later_parts) or "-")
 
     def undo(self, ctx: BakeContext) -> None:
         """The bundle lives on the instance; cleaning the machine (or removing it) takes it."""
+
+
+def log_facts(facts: dict, bytes_sent: int) -> None:
+    log.info(
+        "facts",
+        bytes_sent=bytes_sent,
+        os=f"{facts['distribution']} {facts['distribution_version']}",
+        arch=facts["arch"],
+        pkg_mgr=facts["pkg_mgr"],
+    )
