@@ -34,8 +34,51 @@ SCHEMA = {
             "aliases": ["install-recommends"],
             "description": "Install recommended packages too (true) or not (false); unset: apt's own setting.",
         },
+        "upgrade": {
+            "type": "raw",
+            "description": "Upgrade the installed packages instead: yes/safe (apt-get upgrade --with-new-pkgs), "
+            "dist/full (apt-get dist-upgrade), no; true is yes. Packages in name are not installed then.",
+        },
+        "autoremove": {
+            "type": "bool",
+            "default": False,
+            "description": "Remove the packages nothing needs any more (--auto-remove; alone: apt-get autoremove).",
+        },
+        "autoclean": {
+            "type": "bool",
+            "default": False,
+            "description": "Without name: drop downloaded packages that can no longer be fetched (apt-get autoclean).",
+        },
+        "only_upgrade": {
+            "type": "bool",
+            "default": False,
+            "description": "Only upgrade packages already installed (--only-upgrade).",
+        },
+        "allow_downgrade": {
+            "type": "bool",
+            "default": False,
+            "aliases": ["allow-downgrade", "allow_downgrades", "allow-downgrades"],
+            "description": "Allow a pinned version older than the installed one (--allow-downgrades).",
+        },
+        "dpkg_options": {
+            "type": "str",
+            "default": "force-confdef,force-confold",
+            "description": "dpkg options, comma-separated (each as -o Dpkg::Options::=--OPTION).",
+        },
+        "force": {"type": "bool", "default": False, "description": "apt-get --force-yes (dangerous)."},
+        "allow_unauthenticated": {
+            "type": "bool",
+            "default": False,
+            "aliases": ["allow-unauthenticated"],
+            "description": "Install packages that cannot be authenticated (--allow-unauthenticated).",
+        },
+        "fail_on_autoremove": {
+            "type": "bool",
+            "default": False,
+            "description": "Fail rather than remove packages an install would remove (--no-remove).",
+        },
     },
-    "required_one_of": [["name", "update_cache", "cache_valid_time"]],
+    "required_one_of": [["name", "update_cache", "cache_valid_time", "upgrade", "autoremove", "autoclean"]],
     "example": "- apt: {name: nginx, default_release: bookworm-backports, install_recommends: false}",
 }
 

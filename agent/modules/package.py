@@ -78,10 +78,34 @@ DPKG_OPTIONS = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "a"}
 
 
+def dpkg_options(params: Dict[str, Any]) -> List[str]:
+    """``-o Dpkg::Options::=--force-confdef ...``: Ansible's dpkg_options (kiln's package keeps both)."""
+    given = params.get("dpkg_options")
+    if given is None:
+        return list(DPKG_OPTIONS)
+    return [
+        word for option in given.split(",") if option.strip() for word in ("-o", f"Dpkg::Options::=--{option.strip()}")
+    ]
+
+
+def apt_flags(params: Dict[str, Any]) -> List[str]:
+    """The flags Ansible's apt adds to apt-get as its arguments ask (all false for kiln's package)."""
+    flags = {
+        "force": "--force-yes",
+        "allow_unauthenticated": "--allow-unauthenticated",
+        "allow_downgrade": "--allow-downgrades",
+        "autoremove": "--auto-remove",
+        "fail_on_autoremove": "--no-remove",
+    }
+    return [flag for name, flag in flags.items() if params.get(name)]
+
+
 def apt_options(params: Dict[str, Any]) -> List[str]:
     """apt-get's options for this step: dpkg keeps changed config files, recommends and release as asked
     (Ansible's spelling: ``-o APT::Install-Recommends=``, ``-t``); install_recommends None is apt's own setting."""
-    options = list(DPKG_OPTIONS)
+    options = dpkg_options(params) + apt_flags(params)
+    if params.get("only_upgrade"):
+        options.append("--only-upgrade")
     recommends = params.get("install_recommends")
     if recommends is not None:
         options += ["-o", f"APT::Install-Recommends={'yes' if recommends else 'no'}"]
@@ -253,7 +277,15 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
         if ctx.check_mode:
             return Result(True, f"would remove {', '.join(todo)}", diff={"before": before, "after": after})
         ctx.run(
-            ["apt-get", "purge" if params["purge"] else "remove", "-y", "-q", *DPKG_OPTIONS, *todo],
+            [
+                "apt-get",
+                "purge" if params["purge"] else "remove",
+                "-y",
+                "-q",
+                *dpkg_options(params),
+                *apt_flags(params),
+                *todo,
+            ],
             env=APT_ENV,
             timeout=1800,
         )
@@ -329,7 +361,77 @@ def _apply_dnf(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
     return Result(True, f"{verb} {', '.join(todo)}", diff={"before": before, "after": after}, data={"versions": now})
 
 
+UPGRADES = {"dist": "dist-upgrade", "full": "dist-upgrade", "yes": "upgrade", "safe": "upgrade"}
+CLEANUPS = (("autoclean", "Del "), ("autoremove", "Remv "))
+
+
+def apt_upgrade_mode(params: Dict[str, Any]) -> str | None:
+    """Ansible's upgrade (yes/safe/full/dist; true is yes), or name '*' with state latest (yes)."""
+    mode = params.get("upgrade")
+    if mode is True:
+        mode = "yes"
+    if mode in (None, False, "no") and as_list(params["name"]) == ["*"] and params["state"] == "latest":
+        mode = "yes"
+    if mode in (None, False, "no"):
+        return None
+    if mode not in UPGRADES:
+        raise ModuleError(f"upgrade: value must be one of: dist, full, no, safe, yes, got: {mode}")
+    return mode
+
+
+def _simulated(argv: List[str], marker: str, ctx: Context) -> List[str]:
+    """What apt-get would do (its --simulate lines starting with ``marker``): read before acting."""
+    done = ctx.run(["apt-get", "-s", *argv], env=APT_ENV, timeout=900)
+    return [line.split()[1] for line in done.stdout.splitlines() if line.startswith(marker) and len(line.split()) > 1]
+
+
+def _apt_upgrade(params: Dict[str, Any], state: Dict[str, Any], ctx: Context, mode: str) -> Result:
+    """apt-get dist-upgrade / upgrade --with-new-pkgs, as Ansible's apt runs them when aptitude is absent."""
+    wants_update = params["update_cache"] or params.get("cache_valid_time") is not None
+    age = state["cache_age"]
+    fresh = params.get("cache_valid_time") is not None and age is not None and age < params["cache_valid_time"]
+    updated = False
+    if (wants_update and not fresh or state["lists_empty"]) and not ctx.check_mode:
+        _apt_update(ctx)
+        updated = True
+    argv = [UPGRADES[mode], *(["--with-new-pkgs"] if UPGRADES[mode] == "upgrade" else [])]
+    release = ["-t", params["default_release"]] if params.get("default_release") else []
+    flags = [*dpkg_options(params), *apt_flags(params), *release]
+    todo = _simulated([*flags, *argv], "Inst ", ctx) + _simulated([*flags, *argv], "Remv ", ctx)
+    data = {"cache_updated": updated}
+    if not todo:
+        return Result(False, f"apt-get {' '.join(argv)}: nothing to upgrade", data=data)
+    msg = f"apt-get {' '.join(argv)}: {', '.join(sorted(set(todo)))}"
+    if ctx.check_mode:
+        return Result(True, f"{msg} (check mode)", data=data)
+    done = ctx.run(["apt-get", "-y", "-q", *flags, *argv], env=APT_ENV, timeout=3600)
+    return Result(True, msg, data=dict(data, stdout=done.stdout, stderr=done.stderr))
+
+
+def _apt_cleanup(params: Dict[str, Any], ctx: Context) -> Result | None:
+    """autoclean / autoremove without packages (apt-get autoclean, autoremove): changed when apt says it did."""
+    acted: List[str] = []
+    flags = [*dpkg_options(params), *(["--purge"] if params["purge"] else []), *apt_flags(params)]
+    for operation, marker in CLEANUPS:
+        if not params.get(operation):
+            continue
+        todo = _simulated([*flags, operation], marker, ctx)
+        if todo and not ctx.check_mode:
+            ctx.run(["apt-get", "-y", *flags, operation], env=APT_ENV, timeout=1800)
+        acted += [f"{operation} {', '.join(todo)}"] if todo else []
+    if not any(params.get(operation) for operation, _ in CLEANUPS):
+        return None
+    return Result(bool(acted), "; ".join(acted) or "nothing to clean or remove")
+
+
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
     if state["manager"] == "apt":
+        mode = apt_upgrade_mode(params)
+        if mode is not None:
+            return _apt_upgrade(params, state, ctx, mode)
+        if not as_list(params["name"]):
+            cleaned = _apt_cleanup(params, ctx)
+            if cleaned is not None:
+                return cleaned
         return _apply_apt(params, state, ctx)
     return _apply_dnf(params, state, ctx)

@@ -96,17 +96,7 @@ _APT = Mapping(
     "apt",
     renames={"pkg": "name", "update-cache": "update_cache"},
     ignored={"force_apt_get": "kiln always uses apt-get on Debian", "lock_timeout": "the step's timeout bounds it"},
-    pending=(
-        "autoremove",
-        "autoclean",
-        "upgrade",
-        "deb",
-        "only_upgrade",
-        "allow_downgrade",
-        "dpkg_options",
-        "force",
-        "allow_unauthenticated",
-    ),
+    pending=("deb", "allow_change_held_packages", "clean", "policy_rc_d", "auto_install_module_deps"),
 )
 _SERVICE = Mapping(
     "service",
