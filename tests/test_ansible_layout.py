@@ -516,3 +516,21 @@ def test_a_dependency_refuses_task_keywords_it_cannot_carry(tmp_path):
         "main.yml:3:5: dependency setting 'become' is not supported: a dependency takes when, vars, tags and "
         "role parameters (variables for its tasks)"
     ]
+
+
+def test_step_names_render_with_their_own_vars_never_with_a_value_the_box_sets(tmp_path):
+    tasks = """---
+- name: Configure each host.
+  include_role: {name: vhost}
+  loop: [a, b]
+  loop_control: {loop_var: host}
+- set_fact: {vhost_user: changed}
+- name: Greet {{ vhost_user }}
+  debug: msg=hi
+"""
+    write_role(tmp_path, "site", {"tasks/main.yml": tasks})
+    write_role(tmp_path, "vhost", {**VHOST, "tasks/main.yml": "- name: Configure {{ host }}\n  debug: msg=hi\n"})
+    write_role(tmp_path, "base", BASE)
+    hosts, _, greet = compile_role(tmp_path, "site", "local", config(tmp_path)).steps
+    assert [copy["block"][-1]["name"] for copy in hosts["block"]] == ["Configure a", "Configure b"]
+    assert greet["name"] == "Greet {{ vhost_user }}"  # vhost_user's default 'web' is not what the box has then

@@ -496,12 +496,15 @@ def _compile(
     checks_available = discover_checks()
 
     steps: list[dict[str, Any]] = []
+    dependency_params: dict[str, Any] = {}  # role parameters of dependencies: names their tasks read
     for name in chain:
         src = sources[name]
         collector.vars_files[name] = src.vars_files
         if src.steps_doc is not None:
             own = StepCompiler(collector, modules, name, src.dir, src.steps_doc, src.tree).compile_file()
-            steps += _with_dependency_settings(collector, modules, sources, name, listed.get(name), own)
+            steps += _with_dependency_settings(
+                collector, modules, sources, name, listed.get(name), own, dependency_params
+            )
     handlers: list[dict[str, Any]] = []
     for name in chain:
         src = sources[name]
@@ -536,7 +539,7 @@ def _compile(
             problems.append(Diagnostic("--var", 1, 1, f"'{key}' cannot be set as a variable"))
 
     included = {var for name in roles for values in sources[name].vars_files.values() for var in values}
-    known = set(variables) | collector.registers | set(BUILTIN_NAMES) | included
+    known = set(variables) | collector.registers | set(BUILTIN_NAMES) | included | set(dependency_params)
     var_refs: list[tuple[Document, tuple[Any, ...], Any]] = []
     for name in roles:
         src = sources[name]
@@ -589,7 +592,7 @@ def _compile(
             problems.append(doc.diag(path, f"cannot decide ignore_errors here: {exc}"))
             continue
         step["ignore_errors"] = rendered is True or str(rendered).strip().lower() in ("true", "yes", "on", "1")
-    _render_names(steps + handlers, resolved, known)
+    _render_names(steps + handlers, resolved, collector.registers | included)
     if problems:
         unique = list(dict.fromkeys(problems))
         raise InvalidInput(sorted(unique, key=lambda d: (d.file, d.line, d.column)))
@@ -633,16 +636,17 @@ def _with_dependency_settings(
     name: str,
     listing: tuple[Document, tuple[Any, ...]] | None,
     steps: list[dict[str, Any]],
+    params: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """A dependency listed with when, vars, tags or role parameters: its steps in a block that carries them,
     its when checked by each of its tasks and its tags on each, as Ansible applies them to a role."""
     entry = listing[0].data[listing[1][0]][listing[1][1]] if listing else None
     if not isinstance(entry, dict):
         return steps
-    params = {k: v for k, v in entry.items() if k not in DEPENDENCY_KEYS}
+    given = {k: v for k, v in entry.items() if k not in DEPENDENCY_KEYS}
     settings = {k: entry[k] for k in DEPENDENCY_SETTINGS if k in entry}
-    if params:
-        settings["vars"] = {**params, **(settings.get("vars") if isinstance(settings.get("vars"), dict) else {})}
+    if given:
+        settings["vars"] = {**given, **(settings.get("vars") if isinstance(settings.get("vars"), dict) else {})}
     if not settings:
         return steps
     doc, path = listing
@@ -654,7 +658,7 @@ def _with_dependency_settings(
     if block is None:
         return steps
     if isinstance(settings.get("vars"), dict):
-        collector.registers.update(settings["vars"])  # names the role's tasks may read
+        params.update(settings["vars"])  # names the role's tasks may read
     block["block"] = steps
     _add_tags(steps, block.pop("tags", []))
     inherit_keywords(block)
@@ -837,16 +841,28 @@ def _vault_values(variables: dict[str, Any], sources: dict[str, RoleSource], cha
     return found
 
 
-def _render_names(steps: list[dict[str, Any]], resolved: dict[str, Any], known: set[str]) -> None:
-    """Step names with Jinja, rendered where the controller knows every name (the rest on the box)."""
+def _render_names(steps: list[dict[str, Any]], resolved: dict[str, Any], runtime: set[str]) -> None:
+    """Step names with Jinja, rendered where the controller knows every name (the rest on the box): with the
+    step's own vars (an include loop's item), never with a value a loop, set_fact or register gives there."""
     for step in steps:
-        if is_templated(step.get("name")):
-            try:
-                step["name"] = str(render(step["name"], resolved))
-            except Exception:  # noqa: BLE001 - facts, registered results, loop items: the box renders it
-                pass
+        name = step.get("name")
+        if is_templated(name):
+            own = step.get("vars") or {}
+            reads = _undeclared_in(name)
+            if not reads & (runtime | _loop_names(step)) and not any(any_templated(own[n]) for n in reads & set(own)):
+                try:
+                    step["name"] = str(render(name, {**resolved, **own}))
+                except Exception:  # noqa: BLE001 - facts, registered results, loop items: the box renders it
+                    pass
         for key in ("block", "rescue", "always"):
-            _render_names(step.get(key, []), resolved, known)
+            _render_names(step.get(key, []), resolved, runtime)
+
+
+def _loop_names(step: dict[str, Any]) -> set[str]:
+    if "loop" not in step:
+        return set()
+    control = step.get("loop_control") or {}
+    return {step.get("loop_var") or control.get("loop_var") or "item", control.get("index_var") or "item"}
 
 
 def _collect_var_refs(collector: Collector, doc: Document, path: tuple[Any, ...], value: Any) -> None:
