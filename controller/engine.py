@@ -76,6 +76,23 @@ def base_recipe() -> str:
 NOT_FOUND = ("image not known", "no such image", "no such object")
 
 
+def labels_of(inspected: dict) -> dict[str, str]:
+    """An image's labels as ``image inspect`` shows them (podman at the top, docker under Config)."""
+    return inspected.get("Labels") or (inspected.get("Config") or {}).get("Labels") or {}
+
+
+def base_staleness_of(inspected: dict | None) -> str:
+    """Why an inspected image is not kiln's base of today's recipe ("missing", "stale: ..."); "" when it is."""
+    if inspected is None:
+        return "missing"
+    built_from = labels_of(inspected).get(BASE_RECIPE_LABEL, "")
+    if built_from == base_recipe():
+        return ""
+    if not built_from:
+        return "stale: built by an older kiln (no recipe label)"
+    return f"stale: built from recipe {built_from}, kiln's is now {base_recipe()}"
+
+
 class EngineError(RuntimeError):
     """The container engine refused or failed a command."""
 
@@ -165,12 +182,17 @@ class Engine:
     def image_exists(self, ref: str) -> bool:
         """Whether image ``ref`` exists. An engine that cannot answer (a timeout, a busy storage lock)
         raises instead: "missing" would make a caller build or replace what is there."""
-        rc, _, stderr = run_to_completion([self.command, *self._global_args(), "image", "inspect", ref], None, 60)
+        return self.inspect_image(ref) is not None
+
+    def inspect_image(self, ref: str) -> dict | None:
+        """Image ``ref`` as the engine describes it (one call); None when there is no such image. An engine that
+        cannot answer raises (EngineError), as :meth:`image_exists` does."""
+        rc, stdout, stderr = run_to_completion([self.command, *self._global_args(), "image", "inspect", ref], None, 60)
         if rc == 0:
-            return True
+            return json.loads(stdout)[0]
         said = stderr.decode(errors="replace")
         if any(phrase in said.lower() for phrase in NOT_FOUND):
-            return False
+            return None
         raise EngineError(f"{self.command} could not say whether image {ref} exists (exit {rc}): {said.strip()[-500:]}")
 
     def image_labels(self, ref: str) -> dict[str, str] | None:
@@ -179,22 +201,13 @@ class Engine:
             inspected = json.loads(self.run("image", "inspect", ref, timeout=60))[0]
         except (EngineError, ValueError, IndexError):
             return None
-        return inspected.get("Labels") or (inspected.get("Config") or {}).get("Labels") or {}
+        return labels_of(inspected)
 
     def base_staleness(self, ref: str) -> str:
         """Why image ``ref`` is not kiln's base of today's recipe ("missing", "stale: ..."); "" when it is.
 
         An engine that cannot answer raises (EngineError) rather than call the image missing or stale."""
-        if not self.image_exists(ref):
-            return "missing"
-        inspected = self.image_inspect(ref)
-        labels = inspected.get("Labels") or (inspected.get("Config") or {}).get("Labels") or {}
-        built_from = labels.get(BASE_RECIPE_LABEL, "")
-        if built_from == base_recipe():
-            return ""
-        if not built_from:
-            return "stale: built by an older kiln (no recipe label)"
-        return f"stale: built from recipe {built_from}, kiln's is now {base_recipe()}"
+        return base_staleness_of(self.inspect_image(ref))
 
     def image_inspect(self, ref: str) -> dict:
         return json.loads(self.run("image", "inspect", ref))[0]

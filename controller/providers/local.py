@@ -35,6 +35,7 @@ from kiln.controller.engine import (
     HOSTKEYS_UNIT_PATH,
     Engine,
     EngineError,
+    base_staleness_of,
     image_prefix,
 )
 from kiln.controller.model import BaseImage, Image, Machine, Publication, PublishSpec
@@ -159,16 +160,20 @@ def flocked(path: Path, timeout: float) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_kiln_base(engine: Engine, ref: str = BASE_IMAGE) -> None:
+def ensure_kiln_base(engine: Engine, ref: str = BASE_IMAGE) -> dict:
     """kiln's own base, built with debootstrap when missing or stale (its recipe label is not today's):
-    one bake builds it while concurrent ones wait for it. The stale one is left to the engine (untagged)."""
-    if not engine.base_staleness(ref):
-        return
+    one bake builds it while concurrent ones wait for it. The stale one is left to the engine (untagged).
+
+    Returns the base as ``image inspect`` describes it (a current base costs that one engine call)."""
+    inspected = engine.inspect_image(ref)
+    if not base_staleness_of(inspected):
+        return inspected
     with flocked(base_image_lock(), BASE_BUILD_TIMEOUT + 60):
         why = engine.base_staleness(ref)
         if why:
             log.info("base image: building it with debootstrap (about a minute)", image=ref, why=why)
             engine.build_base_image(ref)
+    return engine.image_inspect(ref)
 
 
 def shared_state_dir() -> Path:
@@ -211,11 +216,10 @@ class LocalProvider:
     # --- base ------------------------------------------------------------------------
     def resolve_base(self, spec: Any) -> BaseImage:
         ref = (spec.get("image") if isinstance(spec, dict) else spec) or BASE_IMAGE
-        if ref == BASE_IMAGE:
-            ensure_kiln_base(self.engine, ref)
-        elif not self.engine.image_exists(ref):
+        inspected = ensure_kiln_base(self.engine, ref) if ref == BASE_IMAGE else self.engine.inspect_image(ref)
+        if inspected is None:
             raise ProviderError(f"base image {ref} not found in {self.engine.command}")
-        return BaseImage(id=self.engine.image_id(ref), name=ref, spec=str(spec or BASE_IMAGE))
+        return BaseImage(id=inspected["Id"], name=ref, spec=str(spec or BASE_IMAGE))
 
     # --- versions: each reservation is the build's record ------------------------------
     def _reservations(self, role: str) -> Path:
