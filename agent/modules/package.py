@@ -276,7 +276,7 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
         after = dict(before, **{n: "absent" for n in todo})
         if ctx.check_mode:
             return Result(True, f"would remove {', '.join(todo)}", diff={"before": before, "after": after})
-        ctx.run(
+        done = ctx.run(
             [
                 "apt-get",
                 "purge" if params["purge"] else "remove",
@@ -307,15 +307,18 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
         if (wants_update and not fresh) or state["lists_empty"]:
             update_once()
         pinned = ["--allow-downgrades"] if any(split_spec(s, "apt")[1] for s in todo) else []
-        ctx.run(["apt-get", "install", "-y", "-q", *apt_options(params), *pinned, *todo], env=APT_ENV, timeout=1800)
+        # without -q, as ansible-core runs it: the registered stdout reads the same
+        done = ctx.run(["apt-get", "install", "-y", *apt_options(params), *pinned, *todo], env=APT_ENV, timeout=1800)
     now = apt_installed(names, ctx)
     after = {n: (v or "absent") for n, v in now.items()}
     verb = "removed" if want == "absent" else "installed"
+    output = {"stdout": done.stdout, "stderr": done.stderr}
+    output.update(stdout_lines=done.stdout.splitlines(), stderr_lines=done.stderr.splitlines())
     return Result(
         True,
         f"{verb} {', '.join(todo)}",
         diff={"before": before, "after": after},
-        data={"cache_updated": cache_updated, "versions": now},
+        data={"cache_updated": cache_updated, "versions": now, **output},
     )
 
 
