@@ -534,3 +534,19 @@ def test_step_names_render_with_their_own_vars_never_with_a_value_the_box_sets(t
     hosts, _, greet = compile_role(tmp_path, "site", "local", config(tmp_path)).steps
     assert [copy["block"][-1]["name"] for copy in hosts["block"]] == ["Configure a", "Configure b"]
     assert greet["name"] == "Greet {{ vhost_user }}"  # vhost_user's default 'web' is not what the box has then
+
+
+def test_an_included_roles_dependency_keeps_its_settings(tmp_path):
+    meta = "dependencies:\n  - role: repo\n    when: ansible_os_family == 'Debian'\n    repo_name: main\n"
+    write_role(tmp_path, "site", {"tasks/main.yml": "- include_role: {name: app}\n"})
+    write_role(tmp_path, "app", {"tasks/main.yml": "- debug: msg=app\n", "meta/main.yml": meta})
+    write_role(tmp_path, "repo", {"tasks/main.yml": "- debug: msg={{ repo_name }}\n"})
+    assert problems(tmp_path, "site") == []
+    (include,) = compile_role(tmp_path, "site", "local", config(tmp_path)).steps
+    repo, app = include["block"]
+    (debug,) = repo["block"]
+    assert (repo["name"], debug["when"], debug["vars"]) == (
+        "role repo",
+        "ansible_os_family == 'Debian'",
+        {"repo_name": "main"},
+    )

@@ -29,13 +29,12 @@ from kiln.agent.checks import discover as discover_checks
 from kiln.agent.modules import discover as discover_modules
 from kiln.agent.templating import evaluate, render
 from kiln.controller.config import PROVIDERS, Config
-from kiln.controller.declared import check_document
 from kiln.controller.model import CompiledRole, Diagnostic, InvalidInput
-from kiln.controller.publish_settings import PUBLISH_SECTION
 from kiln.controller.stepfiles.keywords import CONTROL_KEYS
 from kiln.controller.stepfiles.loader import Document, RoleTree, display_path, load_yaml, scan_role
 from kiln.controller.stepfiles.validate import (
     BUILTIN_NAMES,
+    DEPENDENCY_KEYS,
     IDENTIFIER,
     JINJA_GLOBALS,
     RESERVED_NAMES,
@@ -44,9 +43,7 @@ from kiln.controller.stepfiles.validate import (
     Ref,
     RoleUse,
     StepCompiler,
-    StepContext,
     any_templated,
-    check_per_task,
     check_references,
     compile_checks,
     did_you_mean,
@@ -59,8 +56,6 @@ ROLE_KEYS = ("description", "depends", "defaults", "vars", "base", "publish")  #
 ROLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 STEP_FILES = ("role.yml", "steps.yml", "handlers.yml", "verify.yml", "tasks/main.yml", "meta/main.yml")
 META_KEYS = ("dependencies", "galaxy_info", "allow_duplicates", "argument_specs", "collections")
-DEPENDENCY_KEYS = ("role", "name", "src", "version", "scm", "tags", "when", "vars")
-DEPENDENCY_SETTINGS = ("when", "vars", "tags")  # what a dependency's block takes; other names are role params
 
 
 @dataclass
@@ -172,11 +167,6 @@ def _load_role(roles_dir: Path, name: str, problems: list[Diagnostic]) -> RoleSo
     for key in data:
         if key not in ROLE_KEYS:
             problems.append(doc.diag((key,), f"unknown role setting '{key}'{did_you_mean(key, ROLE_KEYS)}", key=True))
-    if data.get("publish") is not None:  # what bake and promote act on, judged here so validate reports it too
-        _, found = check_document(
-            PUBLISH_SECTION, data["publish"], lambda at, m, key: doc.diag(at, m, key=key), ("publish",)
-        )
-        problems.extend(found)
     description = data.get("description", "")
     if description is None:
         description = ""
@@ -503,15 +493,12 @@ def _compile(
     checks_available = discover_checks()
 
     steps: list[dict[str, Any]] = []
-    dependency_params: dict[str, Any] = {}  # role parameters of dependencies: names their tasks read
     for name in chain:
         src = sources[name]
         collector.vars_files[name] = src.vars_files
         if src.steps_doc is not None:
             own = StepCompiler(collector, modules, name, src.dir, src.steps_doc, src.tree).compile_file()
-            steps += _with_dependency_settings(
-                collector, modules, sources, name, listed.get(name), own, dependency_params
-            )
+            steps += _with_dependency_settings(collector, modules, sources, listed.get(name), own)
     handlers: list[dict[str, Any]] = []
     for name in chain:
         src = sources[name]
@@ -546,7 +533,7 @@ def _compile(
             problems.append(Diagnostic("--var", 1, 1, f"'{key}' cannot be set as a variable"))
 
     included = {var for name in roles for values in sources[name].vars_files.values() for var in values}
-    known = set(variables) | collector.registers | set(BUILTIN_NAMES) | included | set(dependency_params)
+    known = set(variables) | collector.registers | set(BUILTIN_NAMES) | included | collector.params
     var_refs: list[tuple[Document, tuple[Any, ...], Any]] = []
     for name in roles:
         src = sources[name]
@@ -640,45 +627,16 @@ def _with_dependency_settings(
     collector: Collector,
     modules: dict[str, Any],
     sources: dict[str, RoleSource],
-    name: str,
     listing: tuple[Document, tuple[Any, ...]] | None,
     steps: list[dict[str, Any]],
-    params: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """A dependency listed with when, vars, tags or role parameters: its steps in a block that carries them,
-    its when checked by each of its tasks and its tags on each, as Ansible applies them to a role."""
-    entry = listing[0].data[listing[1][0]][listing[1][1]] if listing else None
-    if not isinstance(entry, dict):
-        return steps
-    given = {k: v for k, v in entry.items() if k not in DEPENDENCY_KEYS}
-    settings = {k: entry[k] for k in DEPENDENCY_SETTINGS if k in entry}
-    if given:
-        settings["vars"] = {**given, **(settings.get("vars") if isinstance(settings.get("vars"), dict) else {})}
-    if not settings:
+    """A chain role's steps, in a block with the settings its first listing gives (validate.py)."""
+    if listing is None:
         return steps
     doc, path = listing
-    dependent = next((s for s in sources.values() if s.ansible_meta_doc is doc), sources[name])
+    dependent = next(s for s in sources.values() if doc in (s.ansible_meta_doc, s.meta_doc))
     compiler = StepCompiler(collector, modules, dependent.name, dependent.dir, doc, dependent.tree)
-    block = compiler.compile_step(
-        {**settings, "name": f"role {name}", "block": [{"meta": "noop"}]}, path, StepContext()
-    )
-    if block is None:
-        return steps
-    if isinstance(settings.get("vars"), dict):
-        params.update(settings["vars"])  # names the role's tasks may read
-    block["block"] = steps
-    _add_tags(steps, block.pop("tags", []))
-    inherit_keywords(block)
-    check_per_task(block)
-    return [block]
-
-
-def _add_tags(steps: list[dict[str, Any]], tags: list[str]) -> None:
-    for step in steps:
-        if tags:
-            step["tags"] = list(dict.fromkeys([*step.get("tags", []), *tags]))
-        for part in ("block", "rescue", "always"):
-            _add_tags(step.get(part) or [], tags)
+    return compiler.with_dependency_settings(path, steps)
 
 
 @dataclass

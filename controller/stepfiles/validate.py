@@ -107,6 +107,9 @@ HINTS = {
     "with_flattened": "use 'loop' with the flatten filter",
     **{key: f"kiln cannot honour it: {why}" for key, why in REFUSED_KEYWORDS.items()},
 }
+# meta/main.yml dependencies: the keys a listing may have (the rest are role parameters) and those its block takes
+DEPENDENCY_KEYS = ("role", "name", "src", "version", "scm", "tags", "when", "vars")
+DEPENDENCY_SETTINGS = ("when", "vars", "tags")
 # include_role/import_role: their settings, the files they may read instead of main.yml, the task keys they take
 ROLE_SETTINGS = (
     "name",
@@ -186,6 +189,7 @@ class Collector:
     roles: RoleFinder | None = None  # the roles include_role/import_role may name (compile.py gives it)
     role_uses: list[RoleUse] = field(default_factory=list)
     include_loops: list[IncludeLoop] = field(default_factory=list)
+    params: set[str] = field(default_factory=set)  # role parameters given to dependencies: names their tasks read
 
     def add(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
@@ -748,6 +752,34 @@ class StepCompiler:
                 self.error(where + (name,), f"apply cannot carry '{name}' (kiln applies {allowed})", key=True)
         return {k: v for k, v in value.items() if k in BLOCK_KEYS}
 
+    def with_dependency_settings(self, path: tuple[Any, ...], steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A dependency listed (in this document, at ``path``) with when, vars, tags or role parameters: its
+        steps in a block that carries them, its when checked by each task and its tags on each, as Ansible
+        applies them to a role."""
+        entry = self.doc.data[path[0]][path[1]]
+        if not isinstance(entry, dict):
+            return steps
+        given = {k: v for k, v in entry.items() if k not in DEPENDENCY_KEYS}
+        settings = {k: entry[k] for k in DEPENDENCY_SETTINGS if k in entry}
+        if given:
+            own = settings.get("vars") if isinstance(settings.get("vars"), dict) else {}
+            settings["vars"] = {**given, **own}
+        if not settings:
+            return steps
+        name = entry.get("role") or entry.get("name")
+        block = self.compile_step(
+            {**settings, "name": f"role {name}", "block": [{"meta": "noop"}]}, path, StepContext()
+        )
+        if block is None:
+            return steps
+        if isinstance(settings.get("vars"), dict):
+            self.c.params.update(settings["vars"])
+        block["block"] = steps
+        _add_tags(steps, block.pop("tags", []))
+        inherit_keywords(block)
+        check_per_task(block)
+        return [block]
+
     def _role_tasks(self, source: Any, tasks_rel: str, ctx: StepContext, entry: str) -> list[dict[str, Any]] | None:
         """The included role's dependencies that have not run yet, then its tasks."""
         self.c.vars_files.setdefault(source.name, source.vars_files)
@@ -758,7 +790,9 @@ class StepCompiler:
                 continue  # an unknown dependency is reported where it is listed
             self.c.roles.mark_ran(found.name)  # a dependency runs once (Ansible's allow_duplicates: false)
             self.c.role_uses.append(RoleUse(found.name, doc, dep_path))
-            steps += self._role_tasks(found, "", ctx, f"{found.name}:tasks/main.yml") or []
+            listing = StepCompiler(self.c, self.modules, source.name, source.dir, doc, source.tree, self.stack)
+            found_steps = self._role_tasks(found, "", ctx, f"{found.name}:tasks/main.yml") or []
+            steps += listing.with_dependency_settings(dep_path, found_steps)
         if tasks_rel:
             try:
                 doc = load_yaml(source.tree.files[tasks_rel], source.tree.shown(tasks_rel), yaml11=True)
@@ -1416,6 +1450,14 @@ def _add_condition(steps: list[dict[str, Any]], condition: Any) -> None:
         step["when"] = [*_as_list(condition), *_as_list(step["when"])] if "when" in step else condition
         for part in ("block", "rescue", "always"):
             _add_condition(step.get(part) or [], condition)
+
+
+def _add_tags(steps: list[dict[str, Any]], tags: list[str]) -> None:
+    for step in steps:
+        if tags:
+            step["tags"] = list(dict.fromkeys([*step.get("tags", []), *tags]))
+        for part in ("block", "rescue", "always"):
+            _add_tags(step.get(part) or [], tags)
 
 
 def _as_list(value: Any) -> list[Any]:
