@@ -443,7 +443,7 @@ class StepCompiler:
                     value = f"0{value:o}"  # Ansible's `mode: 0644` (YAML 1.1 octal), as kiln spells it
                 renamed[mapping.renames.get(key, key)] = value
             given = renamed
-            if mapping.module == "package" and "name" not in given and "update_cache" in given:
+            if mapping.module in ("package", "apt") and "name" not in given and "update_cache" in given:
                 given["name"] = []  # Ansible's update-only apt: kiln refreshes the index with the install
             if mapping.wrap and not (
                 set(given) <= {mapping.wrap, *mapping.keep} and isinstance(given.get(mapping.wrap), dict)
