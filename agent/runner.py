@@ -435,8 +435,9 @@ class Runner:
             return
         for name, value in learned.items():
             self.set_variable(name, value, templated=module == "include_vars")
-        if module not in ("set_fact", "include_vars"):
-            self.variables["ansible_facts"] = dict(self.variables.get("ansible_facts") or {}, **learned)
+        if module not in ("set_fact", "include_vars"):  # in the namespace without the prefix: ansible_facts.hostname
+            named = {name[len("ansible_") :] if name.startswith("ansible_") else name: v for name, v in learned.items()}
+            self.variables["ansible_facts"] = dict(self.variables.get("ansible_facts") or {}, **named)
 
     def run_with_retries(self, step: Dict[str, Any], scope: Scope) -> Dict[str, Any]:
         until = step.get("until")

@@ -1,6 +1,7 @@
 """Benchmark: a local bake of `web`, kiln's own time, and a generated role's apply.
 
-    .venv/bin/python benchmarks/bake_local.py [--reps 3] [--repo OLD_CHECKOUT ...] [--steps 100] [--skip-web]
+    .venv/bin/python benchmarks/bake_local.py [--reps 3] [--repo OLD_CHECKOUT ...] [--without-this] [--steps 100]
+        [--skip-web]
 
 The web bake is the real command line (``invoke bake --role web --json``) in a work directory
 holding kiln's own ``base`` and ``web`` roles; with ``--repo`` another checkout is timed too,
@@ -246,10 +247,17 @@ def main() -> None:
     parser.add_argument(
         "--repo", type=Path, action="append", default=[], help="another kiln checkout, timed interleaved (repeatable)"
     )
+    parser.add_argument(
+        "--without-this",
+        action="store_true",
+        help="time only the --repo checkouts (frozen copies: others' edits in "
+        "this working tree stay out of the comparison)",
+    )
     args = parser.parse_args()
     kiln_log.configure(json_output=False, level=30)  # warnings only: the figures are the output
     if not args.skip_web:
-        bench_web({**{repo.name: repo for repo in args.repo}, "this": REPO}, args.reps)
+        repos = {repo.name: repo for repo in args.repo}
+        bench_web(repos if args.without_this and repos else {**repos, "this": REPO}, args.reps)
     if not args.skip_steps:
         with tempfile.TemporaryDirectory() as builds:
             bench_steps(Path(builds), args.steps)

@@ -11,19 +11,26 @@ lives in /var/lib/kiln, which the clean stage removes: none of it reaches an ima
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import importlib.util
+import io
 import json
 import logging
+import marshal
+import os
 import secrets
 import shlex
+import sys
 import threading
 import time
 import weakref
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -31,7 +38,9 @@ from kiln.agent.protocol import Event, StepStatus, parse_line
 from kiln.agent.warm import proof
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed
-from kiln.controller.ssh import CommandTimeout, Completed, ConnectionLost, Deadline
+
+if TYPE_CHECKING:  # at run time, imported where used: the bake's start does not wait for paramiko (bake.py)
+    from kiln.controller.ssh import Completed, Deadline
 
 log = structlog.get_logger("kiln.agent")
 
@@ -46,6 +55,7 @@ BOOTSTRAP = r"""
 import hashlib, json, marshal, os, shutil, sys, zipfile, zlib
 RUN = "/var/lib/kiln"
 AGENT = RUN + "/agent.pyz"
+COMPILED_ENTRY = "agent-compiled."
 def say(event):
     sys.stdout.write(json.dumps(event) + "\n"); sys.stdout.flush()
 def sha(data):
@@ -59,7 +69,7 @@ def put(path, data):
     tmp = path + ".tmp"
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle: handle.write(data)
     os.replace(tmp, path)
-def unpack(payload):
+def unpack(payload, compiled):
     head, _, body = zlib.decompress(payload).partition(b"\n")
     head = json.loads(head)
     if head.get("bundle"):
@@ -67,9 +77,14 @@ def unpack(payload):
     at = 0
     for name, size in head["files"]:
         parts = name.split("/")
+        data = body[at:at + size]; at += size
+        if name.startswith(COMPILED_ENTRY):  # the controller's byte code: kept only for this python's cache tag
+            if name == COMPILED_ENTRY + sys.implementation.cache_tag:
+                put(compiled, data)
+            continue
         if name.startswith("/") or ".." in parts or not (name == "agent.pyz" or parts[0] == "bundle"):
             raise SystemExit("refusing payload entry " + name)
-        put(RUN + "/" + name, body[at:at + size]); at += size
+        put(RUN + "/" + name, data)
 def compiled_copy(source, path):
     import importlib.util, io
     out = io.BytesIO()
@@ -88,14 +103,14 @@ def compiled_copy(source, path):
 want = json.loads(sys.argv[1])
 os.umask(0o077)
 os.makedirs(RUN, 0o700, exist_ok=True)
+compiled = "%s/agent-%s.%s.zip" % (RUN, want["agent"][:32], sys.implementation.cache_tag)
 size = int(sys.stdin.buffer.readline() or 0)  # what follows the payload is the agent's (serve)
 if size:
-    unpack(sys.stdin.buffer.read(size))
+    unpack(sys.stdin.buffer.read(size), compiled)
 source = read(AGENT)
 if sha(source) != want["agent"]:
     say({"event": "need_agent", "had": sha(source) if source else ""})
     sys.exit(10)
-compiled = "%s/agent-%s.%s.zip" % (RUN, want["agent"][:32], sys.implementation.cache_tag)
 run_from = compiled
 if not want.get("compiled") or sha(read(compiled)) != want["compiled"]:
     if not want.get("compile", True):
@@ -163,11 +178,14 @@ def bundle_payload(
     files: dict[str, bytes],
     agent: bytes | None = None,
     build_checks: list[dict[str, Any]] | None = None,
+    byte_code: dict[str, bytes] | None = None,
 ) -> bytes:
     """The bundle (and the agent, when given) in the bootstrap's format: one zlib stream.
 
-    ``build_checks``: the checks the build machine runs, when they are not all of ``checks``."""
+    ``build_checks``: the checks the build machine runs, when they are not all of ``checks``; ``byte_code``: the
+    agent compiled by the controller (:func:`byte_code_for`)."""
     entries = {
+        **(byte_code or {}),
         "bundle/bundle.json": json.dumps(bundle).encode(),
         "bundle/checks.json": json.dumps(checks).encode(),
     }
@@ -198,11 +216,73 @@ def with_agent(payload: bytes | None) -> bytes:
     return payload_of(entries, agent_zipapp(), bundle=meta["bundle"])
 
 
-def bundle_tar(bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes]) -> bytes:
-    """agent + bundle in one payload: a fresh machine's single transfer."""
+def bundle_tar(
+    bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes], box: BoxAgent | None = None
+) -> bytes:
+    """agent + bundle in one payload: a fresh machine's single transfer; with ``box``, the agent's byte code too
+    (:func:`byte_code_for`)."""
     from kiln.controller.agent_build import agent_zipapp
 
-    return bundle_payload(bundle, checks, files, agent_zipapp())
+    return bundle_payload(bundle, checks, files, agent_zipapp(), byte_code=byte_code_for(box) if box else None)
+
+
+#: the payload entry of the agent's byte code, named for the python that compiled it (the bootstrap's COMPILED_ENTRY)
+COMPILED_ENTRY = "agent-compiled."
+
+
+def byte_code_for(box: BoxAgent) -> dict[str, bytes]:
+    """The agent compiled by the controller's python, as a payload entry, and ``box`` told to run it.
+
+    A machine that runs the agent once (a bake's build and test machines) would otherwise compile what it imports
+    from source, each time (~0.3 s: the runner, Jinja2, the modules). The box keeps the entry only when its python's
+    cache tag is the controller's, and runs it only when its sha256 is the one the command names (as any compiled
+    copy); else it runs the source. Nothing (and the box compiles as before) when this python cannot compile it."""
+    try:
+        data = controller_compiled()
+    except (OSError, SyntaxError, ValueError) as exc:
+        log.info("agent not compiled here; the box runs its source", error=str(exc))
+        return {}
+    box.compiled = digest(data)
+    return {COMPILED_ENTRY + sys.implementation.cache_tag: data}
+
+
+@functools.lru_cache(maxsize=1)
+def controller_compiled() -> bytes:
+    """The agent zipapp compiled by this python, as the bootstrap's ``compiled_copy`` makes it on a box; kept in
+    kiln's cache by the agent's sha256 and the cache tag (compiling it takes ~0.5 s)."""
+    from kiln.controller.agent_build import agent_sha256, agent_zipapp, cache_dir
+
+    sha = agent_sha256()
+    path = cache_dir() / "agent" / f"compiled-{sha[:32]}.{sys.implementation.cache_tag}.zip"
+    try:
+        stored = path.read_bytes()
+        if path.with_suffix(".sha256").read_text().strip() == digest(stored):
+            return stored
+    except OSError:
+        pass
+    data = compile_zipapp(agent_zipapp())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for target, content in ((path, data), (path.with_suffix(".sha256"), digest(data).encode())):
+            tmp = target.with_name(f".{target.name}.{os.getpid()}")
+            tmp.write_bytes(content)
+            tmp.replace(target)  # the .sha256 last: it says the zip is whole
+    except OSError:
+        pass  # no cache: the next command compiles it again
+    return data
+
+
+def compile_zipapp(source: bytes) -> bytes:
+    """Every module of the zipapp as byte code (``__main__.py`` stays source), in a zip of fixed timestamps."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(source)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in sorted(src.infolist(), key=lambda i: i.filename):
+            data, name = src.read(info), info.filename
+            if name.endswith(".py") and name != "__main__.py":
+                code = compile(data, f"{AGENT}/{name}", "exec", dont_inherit=True)
+                data, name = importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code), name + "c"
+            dst.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
 
 
 def framed(payload: bytes | None) -> bytes | None:
@@ -327,6 +407,8 @@ def _run_once(
     warm: bool = False,
 ) -> tuple[int, list[dict[str, Any]], str]:
     """One run: an exec of the bootstrap, or with ``warm`` the warm agent's (WarmUnavailable: nothing was sent)."""
+    from kiln.controller.ssh import CommandTimeout, ConnectionLost, Deadline
+
     events: list[dict[str, Any]] = []
     deadline = None if timeout is None else Deadline(timeout)
     part = {"phase": "", "started": time.monotonic(), "first": 0}
@@ -454,7 +536,7 @@ def _warm_output(
     ctx: BakeContext, chan: Any, buffer: bytes, on_line: Callable[[str], None], deadline: Deadline | None
 ) -> Completed:
     """The run's lines, each to ``on_line``, up to the warm agent's ``exit`` event (its exit status)."""
-    from kiln.controller.ssh import POLL_SECONDS
+    from kiln.controller.ssh import POLL_SECONDS, Completed, ConnectionLost
 
     chan.settimeout(POLL_SECONDS)
     lines: list[str] = []
@@ -485,11 +567,11 @@ def _warm_output(
     return Completed(int(end.get("rc", 1)), "\n".join(lines), str(end.get("stderr", "")))
 
 
-def stage_bundle(ctx: BakeContext, bundle: dict[str, Any]) -> int:
+def stage_bundle(ctx: BakeContext, bundle: dict[str, Any], byte_code: bool = False) -> int:
     """Stage the bundle for the next agent run (push and apply in one exec); returns its size in bytes.
 
-    The agent rides along only when the box was never sent it; a box that lost or changed
-    its copy says so and is sent it again (see :func:`run_agent`).
+    The agent rides along only when the box was never sent it (with ``byte_code``, its byte code too:
+    :func:`byte_code_for`); a box that lost or changed its copy says so and is sent it again (see :func:`run_agent`).
     """
     from kiln.controller.agent_build import agent_zipapp
 
@@ -502,6 +584,7 @@ def stage_bundle(ctx: BakeContext, bundle: dict[str, Any]) -> int:
         ctx.compiled.files,
         None if box.sent else agent_zipapp(),
         build_checks=build if len(build) != len(checks) else None,
+        byte_code=byte_code_for(box) if byte_code and not box.sent else None,
     )
     return len(box.pending)
 

@@ -16,7 +16,7 @@ import pytest
 
 from kiln.controller.bake import bake
 from kiln.controller.context import BakeOptions
-from kiln.controller.remote import box_agent
+from kiln.controller.remote import box_agent, controller_compiled, digest
 from tests.playbooks import image_repo, left_behind, make_playbooks
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def test_a_clean_bake_starts_the_agent_once_and_reports_every_stage(engine, tmp_
             assert stage in ctx.timings, ctx.timings
         assert ctx.apply_counts.changed == 1 and ctx.rerun_counts.changed == 0 and ctx.rerun_counts.ok == 1
         assert ctx.checks == {"passed": 1, "failed": 0}
-        assert box_agent(ctx).compiled == "", "no Jinja2 to import: the agent runs from its source, not compiled whole"
+        assert box.compiled == digest(controller_compiled()), "the box runs the byte code the controller sent it"
     finally:
         remove_images(engine, "parts")
 

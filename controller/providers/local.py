@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -37,12 +37,15 @@ from kiln.controller.engine import (
     EngineError,
     base_staleness_of,
     image_prefix,
+    labels_of,
 )
 from kiln.controller.model import BaseImage, Image, Machine, Publication, PublishSpec
 from kiln.controller.ownership import BuildClaim
 from kiln.controller.providers.base import ImageSpec, Lock, MachineSpec, ProviderError
-from kiln.controller.ssh import HostKeyExpectation, KeyPair
 from kiln.controller.versions import next_version, sort_key
+
+if TYPE_CHECKING:  # paramiko: a bake loads it while its first engine calls run (bake.py)
+    from kiln.controller.ssh import HostKeyExpectation, KeyPair
 
 log = structlog.get_logger("kiln.local")
 
@@ -377,6 +380,8 @@ class LocalProvider:
 
     def host_key_expectation(self, machine: Machine) -> HostKeyExpectation:
         """The host key placed into the container before it booted: pinned exactly."""
+        from kiln.controller.ssh import HostKeyExpectation, KeyPair
+
         return HostKeyExpectation(fingerprints={KeyPair(b"", machine.host_public_key).fingerprint})
 
     def hygiene_script(self) -> str:
@@ -436,7 +441,8 @@ class LocalProvider:
         latest = f"{self.repo(spec.role)}:latest"
         self.release_version(spec.role, spec.version)  # the image itself now holds the version
         with self._latest_lock(spec.role):
-            current = (self.engine.image_labels(latest) or {}).get("kiln.version", "")
+            shown = self._inspected_or_none(latest)  # one engine call: its version label and its id
+            current = labels_of(shown).get("kiln.version", "") if shown else ""
             if current and sort_key(current) >= sort_key(spec.version):
                 log.warning(
                     "latest stays at the newer version; this version is kept beside it",
@@ -445,10 +451,18 @@ class LocalProvider:
                     image=image.name,
                 )
                 return publication
-            publication.previous_latest[image.id] = self.engine.image_id(latest) if current else ""
+            publication.previous_latest[image.id] = shown["Id"] if current else ""
             self.engine.tag(image.name, latest)
         image.latest = True
         return publication
+
+    def _inspected_or_none(self, ref: str) -> dict | None:
+        """Image ``ref`` as the engine describes it; None when there is none or the engine cannot say (as
+        :meth:`Engine.image_labels` has it)."""
+        try:
+            return self.engine.inspect_image(ref)
+        except (EngineError, ValueError, IndexError):
+            return None
 
     def unpublish(self, publication: Publication) -> None:
         """Give ``latest`` back only if it still names this bake's image (a newer one stays)."""

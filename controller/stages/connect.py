@@ -5,7 +5,6 @@ from __future__ import annotations
 import structlog
 
 from kiln.controller.context import BakeContext
-from kiln.controller.ssh import Keepalive, Session
 
 log = structlog.get_logger("kiln.stage")
 
@@ -14,6 +13,8 @@ class Connect:
     name = "connect"
 
     def run(self, ctx: BakeContext) -> None:
+        from kiln.controller.ssh import Keepalive, Session  # paramiko: loaded while the machine launched (bake.py)
+
         inst = ctx.instance
         ctx.host_key_expectation = ctx.provider.host_key_expectation(ctx.instance)
         keepalive = Keepalive(ctx.options.ssh_keepalive, ctx.options.ssh_keepalive_misses)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import structlog
 
 from kiln.controller.context import BakeContext
-from kiln.controller.ssh import KeyPair
 
 log = structlog.get_logger("kiln.stage")
 
@@ -14,6 +13,8 @@ class LaunchInstance:
     name = "launch instance"
 
     def run(self, ctx: BakeContext) -> None:
+        from kiln.controller.ssh import KeyPair  # paramiko and cryptography: loaded since the bake began (bake.py)
+
         ctx.client_key = KeyPair.generate(comment=f"kiln-build-{ctx.build_id}")
         ctx.host_key = KeyPair.generate(comment=f"kiln-host-{ctx.build_id}")
         # the machine, or nothing: a launch that fails or is interrupted removes what it made itself

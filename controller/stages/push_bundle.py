@@ -8,7 +8,6 @@ import structlog
 
 from kiln.controller.context import BakeContext
 from kiln.controller.remote import box_agent, stage_bundle
-from kiln.controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
 
@@ -18,6 +17,8 @@ def extra_vars(ctx: BakeContext) -> dict:
 
 
 def bundle_of(ctx: BakeContext) -> dict:
+    from kiln.controller.stepfiles.compile import bundle_json  # not on the command line's start: a cached role
+
     return dict(bundle_json(ctx.compiled, extra_vars(ctx)), step_timeout=ctx.options.step_timeout)
 
 
@@ -57,9 +58,10 @@ class PushBundle:
         box = box_agent(ctx)
         box.later_parts = folded_parts(ctx)  # the idempotence check, verify and the inventory ride in the apply's
         bundle = bundle_of(ctx)
-        # one run on the box compiles only the modules it imports; runs resumed after reboots reuse a compiled copy
+        # the agent's byte code rides along (remote.byte_code_for); a box whose python cannot use it compiles what it
+        # imports, or the whole agent once when runs resumed after reboots would compile Jinja2 again
         box.compile = reboots(ctx) and uses_jinja(ctx, bundle)
-        size = stage_bundle(ctx, bundle)
+        size = stage_bundle(ctx, bundle, byte_code=True)
         log.info("staged", bytes=size, parts=", ".join(box.later_parts) or "-")
 
     def undo(self, ctx: BakeContext) -> None:

@@ -18,18 +18,18 @@ import structlog
 
 from kiln.controller.context import BakeContext, StepCounts
 from kiln.controller.model import BaseImage
-from kiln.controller.remote import BUNDLE, agent_command, bundle_tar
-from kiln.controller.ssh import KeyPair
+from kiln.controller.remote import BUNDLE, agent_command, box_agent, bundle_tar
 from kiln.controller.stages.connect import Connect
 from kiln.controller.stages.push_bundle import extra_vars
 from kiln.controller.stages.verify import checks_on, image_run_files, run_checks
-from kiln.controller.stepfiles.compile import bundle_json
 
 log = structlog.get_logger("kiln.stage")
 
 
 def machine_from_image(ctx: BakeContext) -> BakeContext:
     """A context for the test machine: the bake's role, version and deadline, the new image as its base."""
+    from kiln.controller.ssh import KeyPair
+
     image = ctx.image
     return dataclasses.replace(
         ctx,
@@ -65,8 +65,10 @@ class TestImage:
         log.info("test machine", image=ctx.image.name, instance=fresh.instance.id)
         Connect().run(fresh)
         # the agent (cleaning removed it from the image) and the checks with the variables they render with
+        from kiln.controller.stepfiles.compile import bundle_json
+
         bundle = {"role": ctx.role, "vars": bundle_json(ctx.compiled, extra_vars(ctx))["vars"]}
-        payload = bundle_tar(bundle, checks, image_run_files(ctx))
+        payload = bundle_tar(bundle, checks, image_run_files(ctx), box=box_agent(fresh))  # with its byte code
         command = agent_command(fresh, "verify", f"{BUNDLE}/checks.json")
         where = f" on a fresh machine from the image {ctx.image.name} ({fresh.instance.id})"
         summary = run_checks(fresh, command, "image", stdin=payload, where=where)
