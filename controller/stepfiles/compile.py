@@ -29,7 +29,9 @@ from kiln.agent.checks import discover as discover_checks
 from kiln.agent.modules import discover as discover_modules
 from kiln.agent.templating import evaluate, render
 from kiln.controller.config import PROVIDERS, Config
+from kiln.controller.declared import check_document
 from kiln.controller.model import CompiledRole, Diagnostic, InvalidInput
+from kiln.controller.publish_settings import PUBLISH_SECTION
 from kiln.controller.stepfiles.keywords import CONTROL_KEYS
 from kiln.controller.stepfiles.loader import Document, RoleTree, display_path, load_yaml, scan_role
 from kiln.controller.stepfiles.validate import (
@@ -167,6 +169,11 @@ def _load_role(roles_dir: Path, name: str, problems: list[Diagnostic]) -> RoleSo
     for key in data:
         if key not in ROLE_KEYS:
             problems.append(doc.diag((key,), f"unknown role setting '{key}'{did_you_mean(key, ROLE_KEYS)}", key=True))
+    if data.get("publish") is not None:  # what bake and promote act on, judged here so validate reports it too
+        _, found = check_document(
+            PUBLISH_SECTION, data["publish"], lambda at, m, key: doc.diag(at, m, key=key), ("publish",)
+        )
+        problems.extend(found)
     description = data.get("description", "")
     if description is None:
         description = ""
