@@ -6,14 +6,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kiln.controller.agent_build import agent_zipapp
-from kiln.controller.engine import BASE_IMAGE, Engine, tar_of
-from kiln.controller.providers.local import ensure_kiln_base
+from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH, Engine, tar_of
+from kiln.controller.providers.local import ensure_kiln_base, free_port
+from kiln.controller.ssh import KeyPair
 
 TEST_LABEL = "kiln.test"
 #: Containers of this test session (concurrent sessions must not remove each other's).
@@ -23,6 +27,53 @@ SESSION_LABEL = f"{TEST_LABEL}={SESSION}"
 
 def ensure_base_image(engine: Engine) -> None:
     ensure_kiln_base(engine)
+
+
+@dataclass(frozen=True)
+class SshHost:
+    """A container of this test session reachable over SSH on 127.0.0.1:``port`` (not one kiln made)."""
+
+    name: str
+    port: int
+    key_file: Path  # the private key ``user`` logs in with
+    host_key: KeyPair
+    user: str
+
+
+@contextlib.contextmanager
+def ssh_host(engine: Engine, key_dir: Path, kind: str, user: str = "root", agent: bool = False) -> Iterator[SshHost]:
+    """A container booting systemd with sshd, its own host key, a fresh key authorised for ``user``
+    (anyone but root gets passwordless sudo, as a cloud image's default user has) and, with ``agent``,
+    the agent zipapp where kiln's bootstrap leaves it; removed when the block ends."""
+    user_key, host_key = KeyPair.generate(comment=user), KeyPair.generate(comment="host")
+    name, port = f"kiln-test-{kind}-{uuid.uuid4().hex[:8]}", free_port()
+    home = "/root" if user == "root" else f"/home/{user}"
+    files: dict[str, tuple[bytes | None, int]] = {
+        "/etc/ssh/ssh_host_ed25519_key": (host_key.private_openssh, 0o600),
+        "/etc/ssh/ssh_host_ed25519_key.pub": (host_key.public_openssh.encode() + b"\n", 0o644),
+        HOSTKEYS_UNIT_PATH: (HOSTKEYS_UNIT.encode(), 0o644),
+    }
+    if user == "root":
+        files["/root/.ssh"] = (None, 0o700)
+        files["/root/.ssh/authorized_keys"] = (user_key.public_openssh.encode() + b"\n", 0o600)
+    else:
+        files["/etc/sudoers.d/90-cloud-init-users"] = (f"{user} ALL=(ALL) NOPASSWD:ALL\n".encode(), 0o440)
+    if agent:
+        files["/var/lib/kiln/agent.pyz"] = (agent_zipapp(), 0o644)
+    engine.create_machine(BASE_IMAGE, name, {TEST_LABEL: SESSION}, ssh_port=port)
+    try:
+        engine.copy_in(name, files)
+        engine.start(name)
+        if user != "root":
+            add = f"useradd -m -s /bin/bash {user} && install -d -m 700 -o {user} -g {user} {home}/.ssh && "
+            add += f"cat > {home}/.ssh/authorized_keys && chown {user}: {home}/.ssh/authorized_keys"
+            engine.exec(name, "sh", "-c", add, input=user_key.public_openssh.encode() + b"\n")
+        key_file = key_dir / f"{name}.key"
+        key_file.write_bytes(user_key.private_openssh)
+        key_file.chmod(0o600)
+        yield SshHost(name, port, key_file, host_key, user)
+    finally:
+        engine.remove_container(name)
 
 
 @dataclass

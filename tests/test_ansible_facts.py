@@ -7,14 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
-from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH
-from kiln.controller.ssh import KeyPair
-from tests.machines import SESSION, TEST_LABEL, agent_zipapp
-from tests.test_ssh_provider import free_port
+from tests.machines import ssh_host
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ansible")
@@ -23,25 +19,9 @@ CHANGING = {"memfree_mb", "swapfree_mb"}  # read at different instants
 
 
 @pytest.fixture
-def ssh_host(engine, tmp_path):
-    user_key = KeyPair.generate(comment="user")
-    name, port = f"kiln-test-facts-{uuid.uuid4().hex[:8]}", free_port()
-    engine.create_machine(BASE_IMAGE, name, {TEST_LABEL: SESSION}, ssh_port=port)
-    engine.copy_in(
-        name,
-        {
-            "/root/.ssh": (None, 0o700),
-            "/root/.ssh/authorized_keys": (user_key.public_openssh.encode() + b"\n", 0o600),
-            HOSTKEYS_UNIT_PATH: (HOSTKEYS_UNIT.encode(), 0o644),
-            "/var/lib/kiln/agent.pyz": (agent_zipapp(), 0o644),
-        },
-    )
-    engine.start(name)
-    key_file = tmp_path / "id"
-    key_file.write_bytes(user_key.private_openssh)
-    key_file.chmod(0o600)
-    yield name, port, key_file
-    engine.remove_container(name)
+def facts_host(engine, tmp_path):
+    with ssh_host(engine, tmp_path, "facts", agent=True) as found:
+        yield found.name, found.port, found.key_file
 
 
 def ansible_setup(port: int, key_file, tmp_path) -> dict:
@@ -66,8 +46,8 @@ def ansible_setup(port: int, key_file, tmp_path) -> dict:
     raise AssertionError(done.stdout[-2000:] + done.stderr[-2000:])
 
 
-def test_facts_equal_ansible_setup(engine, ssh_host, tmp_path):
-    name, port, key_file = ssh_host
+def test_facts_equal_ansible_setup(engine, facts_host, tmp_path):
+    name, port, key_file = facts_host
     theirs = ansible_setup(port, key_file, tmp_path)
     out = engine.exec(name, "python3", "/var/lib/kiln/agent.pyz", "facts")
     ours = next(json.loads(line) for line in out.splitlines() if line.startswith("{"))["facts"]["ansible"]

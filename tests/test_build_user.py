@@ -13,7 +13,7 @@ import time
 import pytest
 
 from kiln.controller.engine import BASE_IMAGE, _ulimit_args
-from tests.machines import SESSION, SESSION_LABEL
+from tests.machines import SESSION, SESSION_LABEL, ssh_host
 from tests.playbooks import image_repo, invoke, left_behind, make_playbooks
 
 pytestmark = pytest.mark.slow
@@ -150,33 +150,8 @@ def test_kiln_base_of_another_recipe_is_stale(engine):
 @pytest.fixture
 def host_with_admin(engine, tmp_path):
     """An existing host (not kiln's) reached as its own sudo user ``admin``, as a Debian cloud image is."""
-    from kiln.controller.engine import HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH
-    from kiln.controller.providers.local import free_port
-    from kiln.controller.ssh import KeyPair
-
-    user_key, host_key = KeyPair.generate(comment="admin-key"), KeyPair.generate(comment="host")
-    name, port = f"kiln-test-admin-host-{SESSION}", free_port()
-    engine.create_machine(BASE_IMAGE, name, {"kiln.test": SESSION}, ssh_port=port)
-    engine.copy_in(
-        name,
-        {
-            "/etc/ssh/ssh_host_ed25519_key": (host_key.private_openssh, 0o600),
-            "/etc/ssh/ssh_host_ed25519_key.pub": (host_key.public_openssh.encode() + b"\n", 0o644),
-            "/etc/sudoers.d/90-cloud-init-users": (b"admin ALL=(ALL) NOPASSWD:ALL\n", 0o440),
-            HOSTKEYS_UNIT_PATH: (HOSTKEYS_UNIT.encode(), 0o644),
-        },
-    )
-    try:
-        engine.start(name)
-        add_admin = "useradd -m -s /bin/bash admin && install -d -m 700 -o admin -g admin ~admin/.ssh && "
-        add_admin += "cat > ~admin/.ssh/authorized_keys && chown admin: ~admin/.ssh/authorized_keys"
-        engine.exec(name, "sh", "-c", add_admin, input=user_key.public_openssh.encode() + b"\n")
-        key_file = tmp_path / "admin_key"
-        key_file.write_bytes(user_key.private_openssh)
-        key_file.chmod(0o600)
-        yield name, port, key_file, host_key.fingerprint
-    finally:
-        engine.remove_container(name)
+    with ssh_host(engine, tmp_path, "admin-host", user="admin") as found:
+        yield found.name, found.port, found.key_file, found.host_key.fingerprint
 
 
 def test_ssh_provider_converges_as_its_sudo_user_after_root_login_is_forbidden(engine, tmp_path, host_with_admin):

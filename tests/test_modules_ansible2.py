@@ -9,14 +9,10 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
-from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH
-from kiln.controller.ssh import KeyPair
-from tests.machines import SESSION, TEST_LABEL, AgentBox, agent_zipapp, converge, run_step, steps_of
-from tests.test_ssh_provider import free_port
+from tests.machines import AgentBox, converge, run_step, ssh_host, steps_of
 
 pytestmark = pytest.mark.slow
 
@@ -38,24 +34,8 @@ def test_timezone_converges_and_restores(box):
 @pytest.fixture(scope="module")
 def ssh_box(engine, tmp_path_factory):
     """One container reachable over SSH (for ansible-core) with the agent in it (for kiln)."""
-    user_key = KeyPair.generate(comment="user")
-    name, port = f"kiln-test-ans2-{uuid.uuid4().hex[:8]}", free_port()
-    engine.create_machine(BASE_IMAGE, name, {TEST_LABEL: SESSION}, ssh_port=port)
-    engine.copy_in(
-        name,
-        {
-            "/root/.ssh": (None, 0o700),
-            "/root/.ssh/authorized_keys": (user_key.public_openssh.encode() + b"\n", 0o600),
-            HOSTKEYS_UNIT_PATH: (HOSTKEYS_UNIT.encode(), 0o644),
-            "/var/lib/kiln/agent.pyz": (agent_zipapp(), 0o644),
-        },
-    )
-    engine.start(name)
-    key_file = tmp_path_factory.mktemp("ssh") / "id"
-    key_file.write_bytes(user_key.private_openssh)
-    key_file.chmod(0o600)
-    yield AgentBox(engine, name=name), port, key_file
-    engine.remove_container(name)
+    with ssh_host(engine, tmp_path_factory.mktemp("ssh"), "ans2", agent=True) as found:
+        yield AgentBox(engine, name=found.name), found.port, found.key_file
 
 
 def ansible_module(ssh_box, module: str, args: str = "") -> dict:

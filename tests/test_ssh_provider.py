@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-import uuid
-
 import pytest
 
-from kiln.controller.engine import BASE_IMAGE, HOSTKEYS_UNIT, HOSTKEYS_UNIT_PATH
 from kiln.controller.ssh import KeyPair
-from tests.machines import SESSION, TEST_LABEL
+from tests.machines import ssh_host
 from tests.playbooks import invoke, make_playbooks
 
 pytestmark = pytest.mark.slow
@@ -18,34 +14,11 @@ STEPS = '- name: marker\n  copy: {content: "ssh provider\\n", dest: /etc/kiln-ss
 CHECKS = '- file: /etc/kiln-ssh-provider\n  contains: ["ssh provider"]\n'
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def host(engine, tmp_path):
     """An existing host: a container with sshd, the user's key authorised, its own host key."""
-    user_key, host_key = KeyPair.generate(comment="user"), KeyPair.generate(comment="host")
-    name, port = f"kiln-test-host-{uuid.uuid4().hex[:8]}", free_port()
-    engine.create_machine(BASE_IMAGE, name, {TEST_LABEL: SESSION}, ssh_port=port)
-    engine.copy_in(
-        name,
-        {
-            "/root/.ssh": (None, 0o700),
-            "/root/.ssh/authorized_keys": (user_key.public_openssh.encode() + b"\n", 0o600),
-            "/etc/ssh/ssh_host_ed25519_key": (host_key.private_openssh, 0o600),
-            "/etc/ssh/ssh_host_ed25519_key.pub": (host_key.public_openssh.encode() + b"\n", 0o644),
-            HOSTKEYS_UNIT_PATH: (HOSTKEYS_UNIT.encode(), 0o644),
-        },
-    )
-    engine.start(name)
-    key_file = tmp_path / "id_ed25519"
-    key_file.write_bytes(user_key.private_openssh)
-    key_file.chmod(0o600)
-    yield name, port, key_file, host_key
-    engine.remove_container(name)
+    with ssh_host(engine, tmp_path, "host") as found:
+        yield found.name, found.port, found.key_file, found.host_key
 
 
 def kiln_yaml(port: int, key_file, host_key: str) -> str:
