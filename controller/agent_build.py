@@ -75,14 +75,31 @@ def _stored(name: str) -> Path:
 
 
 def _store(data: bytes, sha: str) -> None:
+    store_whole(_stored(".pyz"), data, _stored(".sha256"), sha)
+
+
+#: cached files kept in ``cache_dir()/agent`` (an agent version is two: its bytes and their sha256)
+CACHE_KEEP = 12
+
+
+def store_whole(path: Path, data: bytes, checksum_path: Path, checksum: str) -> None:
+    """``data`` at ``path``, then its checksum (last: it says the data is whole); older versions beyond
+    the newest :data:`CACHE_KEEP` files go. No cache (a read-only home) only means building it again."""
     try:
-        _stored(".pyz").parent.mkdir(parents=True, exist_ok=True)
-        for path, content in ((_stored(".pyz"), data), (_stored(".sha256"), sha.encode())):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for target, content in ((path, data), (checksum_path, checksum.encode())):
+            tmp = target.with_name(f".{target.name}.{os.getpid()}")
             tmp.write_bytes(content)
-            tmp.replace(path)  # the .sha256 last: it says the .pyz is whole
+            tmp.replace(target)
+        _prune(path.parent)
     except OSError:
-        pass  # no cache: the next command builds it again
+        pass
+
+
+def _prune(directory: Path) -> None:
+    files = sorted((p for p in directory.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+    for old in files[:-CACHE_KEEP]:
+        old.unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import marshal
-import os
 import secrets
 import shlex
 import sys
@@ -250,7 +249,7 @@ def byte_code_for(box: BoxAgent) -> dict[str, bytes]:
 def controller_compiled() -> bytes:
     """The agent zipapp compiled by this python, as the bootstrap's ``compiled_copy`` makes it on a box; kept in
     kiln's cache by the agent's sha256 and the cache tag (compiling it takes ~0.5 s)."""
-    from kiln.controller.agent_build import agent_sha256, agent_zipapp, cache_dir
+    from kiln.controller.agent_build import agent_sha256, agent_zipapp, cache_dir, store_whole
 
     sha = agent_sha256()
     path = cache_dir() / "agent" / f"compiled-{sha[:32]}.{sys.implementation.cache_tag}.zip"
@@ -261,14 +260,7 @@ def controller_compiled() -> bytes:
     except OSError:
         pass
     data = compile_zipapp(agent_zipapp())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for target, content in ((path, data), (path.with_suffix(".sha256"), digest(data).encode())):
-            tmp = target.with_name(f".{target.name}.{os.getpid()}")
-            tmp.write_bytes(content)
-            tmp.replace(target)  # the .sha256 last: it says the zip is whole
-    except OSError:
-        pass  # no cache: the next command compiles it again
+    store_whole(path, data, path.with_suffix(".sha256"), digest(data))
     return data
 
 

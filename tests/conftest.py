@@ -17,6 +17,21 @@ if not os.environ.get("KILN_STATE_DIR"):
     _OWN_STATE_DIR = os.environ["KILN_STATE_DIR"]
 else:
     _OWN_STATE_DIR = ""
+# kiln's cache (the agent zipapp, its byte code, compiled roles) of this session, not the user's ~/.cache
+if not os.environ.get("KILN_CACHE_DIR"):
+    os.environ["KILN_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"kiln-test-cache-{SESSION}-")
+    _OWN_CACHE_DIR = os.environ["KILN_CACHE_DIR"]
+else:
+    _OWN_CACHE_DIR = ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_directories():
+    """The session's state and cache directories go with it, whichever tests ran."""
+    yield
+    for directory in (_OWN_STATE_DIR, _OWN_CACHE_DIR):
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +42,6 @@ def engine() -> Engine:
     for row in eng.containers(SESSION_LABEL):
         eng.remove_container(row["Id"])
     remove_session_images(eng)
-    if _OWN_STATE_DIR:
-        shutil.rmtree(_OWN_STATE_DIR, ignore_errors=True)
 
 
 def remove_session_images(eng: Engine) -> None:
