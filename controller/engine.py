@@ -401,4 +401,7 @@ def tar_of(files: dict[str, tuple[bytes | None, int]]) -> bytes:
             else:
                 info.size = len(content)
                 tar.addfile(info, io.BytesIO(content))
-    return buf.getvalue()
+        end = tar.offset + 2 * tarfile.BLOCKSIZE
+    # without the record's zero padding after the end-of-archive blocks: `podman cp -` into a running
+    # container stops reading there, and the rest of a 10 KiB record then fails it ("closed pipe")
+    return buf.getvalue()[:end]

@@ -29,3 +29,21 @@ def test_an_engine_failure_is_an_error_not_a_missing_image(tmp_path, monkeypatch
     monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
     with pytest.raises(EngineError, match="could not say whether image"):
         Engine().image_exists("localhost/kiln-base/debian:bookworm")
+
+
+@pytest.mark.parametrize("size", [1000, 30000, 60000])
+def test_files_copy_into_a_running_container_whatever_their_size(engine, size):
+    """`podman cp -` into a running container stops reading at the archive's end: a tar padded to its
+    10 KiB record failed with "read/write on closed pipe" (a 30 kB bundle in the differential harness)."""
+    import uuid
+
+    from kiln.controller.engine import BASE_IMAGE, _ulimit_args, tar_of
+
+    name = f"kiln-tar-{uuid.uuid4().hex[:8]}"
+    engine.run("create", "--name", name, *_ulimit_args(), BASE_IMAGE, "sleep", "120")
+    try:
+        engine.start(name)
+        engine.run("cp", "-", f"{name}:/", input=tar_of({"/srv/tar/blob": (b"x" * size, 0o644)}))
+        assert engine.exec(name, "stat", "-c", "%s", "/srv/tar/blob").strip() == str(size)
+    finally:
+        engine.remove_container(name)
