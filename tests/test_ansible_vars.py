@@ -437,7 +437,8 @@ def test_a_bakes_image_checks_read_what_the_apply_registered(engine, tmp_path: P
   contains: ["user={{ app_name.stdout }}"]
 """,
         },
+        role="bakedvars",  # its own image repository: other tests' bakes of "tiny" expect theirs empty
     )
-    proc = invoke(tmp_path, "bake", "--role", "tiny", playbooks=playbooks)
+    proc = invoke(tmp_path, "bake", "--role", "bakedvars", playbooks=playbooks)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not left_behind(engine, proc.stderr)

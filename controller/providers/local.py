@@ -87,7 +87,7 @@ ADD_BUILD_USER = f"""
 set -e
 user={BUILD_USER}
 for tool in sudo groupadd useradd runuser; do
-  command -v $tool >/dev/null || {{ echo "the image has no $tool" >&2; exit {NO_SUDO}; }}
+  command -v $tool >/dev/null || {{ echo "the image has no $tool"; exit {NO_SUDO}; }}
 done
 if ! id -u $user >/dev/null 2>&1; then
   id={BUILD_USER_IDS[0]}
@@ -107,7 +107,7 @@ install -d -m 0700 -o $user -g $user "$home/.ssh"
 cat > "$home/.ssh/authorized_keys"
 chown $user:$user "$home/.ssh/authorized_keys"
 chmod 0600 "$home/.ssh/authorized_keys"
-runuser -u $user -- sudo -n true || {{ echo "sudo does not let $user run commands as root" >&2; exit {NO_SUDO}; }}
+runuser -u $user -- sudo -n true >&2 || {{ echo "sudo does not let $user run commands as root"; exit {NO_SUDO}; }}
 """
 
 # Part of the clean stage (run as root): no account, group, home, mail, sudoers file or key of the build
@@ -127,10 +127,11 @@ def add_build_user(engine: Engine, container: str, client_key: KeyPair, image: s
 
     An image that cannot have it (no sudo, as a base built by hand may be) is refused, saying why."""
     key = client_key.public_openssh.encode() + b"\n"
-    rc, _, stderr = engine.exec_status(container, "sh", "-c", ADD_BUILD_USER, input=key, timeout=120)
-    if rc == NO_SUDO:
+    rc, stdout, stderr = engine.exec_status(container, "sh", "-c", ADD_BUILD_USER, input=key, timeout=120)
+    if rc == NO_SUDO:  # the script says why on stdout: the engine's own warnings go to stderr
+        why = (stdout.strip().splitlines() or ["no reason given"])[-1]
         raise ProviderError(
-            f"{image} cannot serve as a base: {stderr.strip()}. kiln logs in as a build user ({BUILD_USER}) "
+            f"{image} cannot serve as a base: {why}. kiln logs in as a build user ({BUILD_USER}) "
             "and runs as root through sudo; install sudo in the image (kiln's own base has it)"
         )
     if rc != 0:
