@@ -99,6 +99,22 @@ def set_attributes(path: str, wanted: Dict[str, Any], follow: bool = True) -> No
         os.chmod(path, int(wanted["mode"], 8))
 
 
+def make_directories(path: str, params: Dict[str, Any]) -> None:
+    """``path`` and its missing parents; each new parent gets the step's owner, group and mode, as
+    Ansible's file module gives them (``path`` itself is left to the caller)."""
+    missing = []
+    head = path.rstrip("/") or "/"
+    while not os.path.lexists(head):
+        missing.append(head)
+        head = os.path.dirname(head)
+    for directory in reversed(missing):
+        os.mkdir(directory)
+        if directory != missing[0]:
+            wanted = attributes_wanted(params, None)
+            if wanted:
+                set_attributes(directory, wanted)
+
+
 def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) -> Result:
     path, want = params["path"], params["state"]
     if want == "absent":
@@ -133,7 +149,7 @@ def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) ->
         changes.append("created")
         if not ctx.check_mode:
             if want == "directory":
-                os.makedirs(path)
+                make_directories(path, params)
             else:
                 open(path, "a").close()
     wanted = attributes_wanted(params, state)
