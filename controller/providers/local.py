@@ -78,16 +78,24 @@ BUILD_USER = "kiln-build"
 #: where its uid and gid are looked for: above UID_MAX/GID_MAX (60000) and below systemd's dynamic users
 #: (61184), so the users and groups a role creates get the ids they get without kiln
 BUILD_USER_IDS = (60100, 61100)
-#: exit status of the script below when the image cannot run kiln's build user
-NO_SUDO = 3
+#: why the script below says the image cannot run kiln's build user, by its exit status (the reason is
+#: in the status: a quick exec's output can be lost by the engine under load)
+CANNOT_SERVE = {
+    3: "the image has no sudo",
+    4: "the image has no groupadd",
+    5: "the image has no useradd",
+    6: "the image has no runuser",
+    7: f"sudo does not let {BUILD_USER} run commands as root",
+}
 
 # Made as the container starts, before kiln's first connection; kept across the dev loop's converges
 # (the key is the instance's own) and removed by the clean stage (REMOVE_BUILD_USER).
 ADD_BUILD_USER = f"""
 set -e
 user={BUILD_USER}
-for tool in sudo groupadd useradd runuser; do
-  command -v $tool >/dev/null || {{ echo "the image has no $tool"; exit {NO_SUDO}; }}
+for needed in 3:sudo 4:groupadd 5:useradd 6:runuser; do
+  tool=${{needed#*:}}
+  command -v $tool >/dev/null || {{ echo "the image has no $tool"; exit ${{needed%%:*}}; }}
 done
 if ! id -u $user >/dev/null 2>&1; then
   id={BUILD_USER_IDS[0]}
@@ -107,7 +115,7 @@ install -d -m 0700 -o $user -g $user "$home/.ssh"
 cat > "$home/.ssh/authorized_keys"
 chown $user:$user "$home/.ssh/authorized_keys"
 chmod 0600 "$home/.ssh/authorized_keys"
-runuser -u $user -- sudo -n true >&2 || {{ echo "sudo does not let $user run commands as root"; exit {NO_SUDO}; }}
+runuser -u $user -- sudo -n true >&2 || {{ echo "sudo does not let $user run commands as root"; exit 7; }}
 """
 
 # Part of the clean stage (run as root): no account, group, home, mail, sudoers file or key of the build
@@ -127,11 +135,10 @@ def add_build_user(engine: Engine, container: str, client_key: KeyPair, image: s
 
     An image that cannot have it (no sudo, as a base built by hand may be) is refused, saying why."""
     key = client_key.public_openssh.encode() + b"\n"
-    rc, stdout, stderr = engine.exec_status(container, "sh", "-c", ADD_BUILD_USER, input=key, timeout=120)
-    if rc == NO_SUDO:  # the script says why on stdout: the engine's own warnings go to stderr
-        why = (stdout.strip().splitlines() or ["no reason given"])[-1]
+    rc, _, stderr = engine.exec_status(container, "sh", "-c", ADD_BUILD_USER, input=key, timeout=120)
+    if rc in CANNOT_SERVE:
         raise ProviderError(
-            f"{image} cannot serve as a base: {why}. kiln logs in as a build user ({BUILD_USER}) "
+            f"{image} cannot serve as a base: {CANNOT_SERVE[rc]}. kiln logs in as a build user ({BUILD_USER}) "
             "and runs as root through sudo; install sudo in the image (kiln's own base has it)"
         )
     if rc != 0:
