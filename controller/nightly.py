@@ -314,7 +314,7 @@ class Nightly:
         if current and current.inputs_hash == wanted and not self.force:
             report.result, report.reason = UNCHANGED, f"inputs {wanted[:12]} unchanged"
             return
-        if self.force and current and current.nightly_run == self.options.nightly_run:
+        if self.force and current and self.options.nightly_run and current.nightly_run == self.options.nightly_run:
             report.result = UNCHANGED
             report.reason = (
                 f"forced, but {current.version} was baked in this run ({current.nightly_run}) already: "

@@ -107,12 +107,11 @@ def make_directories(path: str, params: Dict[str, Any]) -> None:
     while not os.path.lexists(head):
         missing.append(head)
         head = os.path.dirname(head)
+    wanted = attributes_wanted(params, None)
     for directory in reversed(missing):
         os.mkdir(directory)
-        if directory != missing[0]:
-            wanted = attributes_wanted(params, None)
-            if wanted:
-                set_attributes(directory, wanted)
+        if directory != missing[0] and wanted:
+            set_attributes(directory, wanted)
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) -> Result:
