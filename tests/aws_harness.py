@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import http.client
+import http.server
 import json
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import botocore.loaders
@@ -202,3 +205,63 @@ def policy_allows() -> list[str]:
 def not_in_policy(actions: set[str]) -> set[str]:
     allowed = [a.lower() for a in policy_allows()]
     return {a for a in actions if not any(fnmatch.fnmatchcase(a.lower(), pattern) for pattern in allowed)}
+
+
+class HeldRequests:
+    """An HTTP relay in front of the moto server that holds requests from a chosen one on, until
+    :meth:`release`: a test can then act (send a signal) while a bake is provably inside a stage.
+
+    ``hold_from(operation, body)`` picks the first request to hold (its operation: ``CopyImage``,
+    ``DeleteParameter``, ...); ``including=False`` holds only the requests after it. A held request
+    waits at most ``bound`` seconds."""
+
+    def __init__(self, upstream: str, hold_from: Any, including: bool = True, bound: float = 120.0) -> None:
+        self.released = threading.Event()
+        self.holding = threading.Event()
+        target = urlsplit(upstream)
+        relay = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                operation = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2]
+                operation = operation or parse_qs(body.decode(errors="replace")).get("Action", [""])[0]
+                if not relay.holding.is_set() and hold_from(operation, body):
+                    relay.holding.set()
+                    if including:
+                        relay.released.wait(bound)
+                elif relay.holding.is_set():
+                    relay.released.wait(bound)
+                upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                upstream_conn.request(self.command, self.path, body=body, headers=headers)
+                answer = upstream_conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream_conn.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True, name="held-requests").start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()

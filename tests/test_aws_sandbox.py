@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from kiln.controller.bake import bake, stages_for
 from kiln.controller.context import BakeOptions
 from kiln.controller.providers.aws import make_aws_provider
 from kiln.controller.sandbox import INSTANCE, local_images, sandbox_client
-from tests.aws_harness import AL2023, ApiCalls, Throttle, not_in_policy
+from tests.aws_harness import AL2023, ApiCalls, HeldRequests, Throttle, not_in_policy
 from tests.playbooks import REPO, invoke, make_playbooks
 
 pytestmark = pytest.mark.slow
@@ -171,23 +172,44 @@ def test_web_baked_in_the_sandbox_is_in_both_regions_shared_and_latest(sandbox_e
 # --- interrupts ------------------------------------------------------------------------------
 #: stages a signal may reach only after the bake is whole (the last one ends in milliseconds)
 MAY_FINISH = {"record"}
+#: stages that end in well under a second against moto: the relay holds their first AWS request
+#: (a copy request; the first request after the publish mutex is let go), so the signal lands
+#: while the stage is provably still running
+HELD_FROM = {
+    "publish": (lambda operation, body: operation == "CopyImage", True),
+    "retire old versions": (lambda operation, body: operation == "DeleteParameter" and b"/publishing" in body, False),
+}
 
 
-def signalled_bake(url: str, tmp_path: Path, role: str, signum: int, moment) -> tuple[int, dict, str]:
+def signalled_bake(
+    url: str, tmp_path: Path, role: str, signum: int, moment, relay: HeldRequests | None = None
+) -> tuple[int, dict, str]:
     """The real ``invoke bake --provider aws --sandbox`` against the shared moto server, sent ``signum`` as
-    soon as a JSON log line for which ``moment(event)`` holds appears: (exit status, build id and version
-    it logged, everything it said)."""
+    soon as a JSON log line for which ``moment(event)`` holds appears (``moment`` None: as soon as ``relay``
+    holds a request): (exit status, build id and version it logged, everything it said). Through ``relay``,
+    if given, whose held requests go on once signalled."""
     playbooks = make_playbooks(tmp_path, TINY, role=role, kiln_yaml=KILN_YAML)
     work = tmp_path / "work"
     work.mkdir()
     (work / "playbooks").symlink_to(playbooks)
-    env = dict(os.environ, KILN_JSON="1", AWS_ENDPOINT_URL=url)
+    env = dict(os.environ, KILN_JSON="1", AWS_ENDPOINT_URL=relay.url if relay else url)
     command = [sys.executable, "-m", "invoke", "-r", str(REPO), "bake", "--role", role, "--provider", "aws"]
     proc = subprocess.Popen(
         [*command, "--sandbox"], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     seen = {"build_id": "", "version": "", "signalled": False}
     lines = []
+
+    def signal_once_held() -> None:
+        if relay.holding.wait(300):
+            proc.send_signal(signum)
+            seen["signalled"] = True
+            time.sleep(0.5)  # the signal is taken while the request is still on its way
+        relay.release()
+
+    if moment is None:
+        threading.Thread(target=signal_once_held, daemon=True).start()
+        moment = lambda event: False  # noqa: E731 - the thread signals
     for line in proc.stderr:
         lines.append(line)
         if not line.startswith("{"):
@@ -196,9 +218,11 @@ def signalled_bake(url: str, tmp_path: Path, role: str, signum: int, moment) -> 
         seen["build_id"] = event.get("build_id", seen["build_id"])
         if event.get("event") == "version":
             seen["version"] = event["version"]
-        if moment(event):
+        if moment(event) and not seen["signalled"]:
             proc.send_signal(signum)
             seen["signalled"] = True
+            if relay:
+                relay.release()
             break
     out, rest = proc.communicate(timeout=300)
     return proc.returncode, seen, "".join(lines) + rest + out
@@ -232,7 +256,12 @@ def test_a_signal_at_any_stage_boundary_leaves_nothing(sandbox_env, engine, tmp_
     def at_stage(event: dict) -> bool:
         return event.get("event") == "stage" and event.get("stage") == stage
 
-    code, seen, output = signalled_bake(sandbox_env, tmp_path, role, signum, at_stage)
+    relay = HeldRequests(sandbox_env, *HELD_FROM[stage]) if stage in HELD_FROM else None
+    try:
+        code, seen, output = signalled_bake(sandbox_env, tmp_path, role, signum, at_stage, relay)
+    finally:
+        if relay:
+            relay.close()
     if code == 0:
         assert stage in MAY_FINISH, f"signal {signal.Signals(signum).name} at '{stage}' did not interrupt the bake"
     assert_whole_or_nothing(sandbox_env, engine, code, seen, role, output)
@@ -249,6 +278,19 @@ def test_a_signal_in_the_middle_of_launch_or_publish_leaves_nothing(sandbox_env,
     code, seen, output = signalled_bake(sandbox_env, tmp_path, role, signum, lambda e: e.get("event") == moment)
     assert code == 1, f"a signal at '{moment}' did not interrupt the bake:\n{output[-3000:]}"
     assert_whole_or_nothing(sandbox_env, engine, code, seen, role, output)
+
+
+def test_a_copy_requested_as_the_signal_lands_is_found_and_removed(sandbox_env, engine, tmp_path):
+    """SIGTERM while a CopyImage request is on its way: the copy it makes after the signal is waited for
+    (bounded) and removed with the rest, not left unknown to the undo."""
+    relay = HeldRequests(sandbox_env, lambda operation, body: operation == "CopyImage")
+    try:
+        code, seen, output = signalled_bake(sandbox_env, tmp_path, "inflight", signal.SIGTERM, None, relay)
+    finally:
+        relay.close()
+    assert code == 1, f"a signal during a copy request did not interrupt the bake:\n{output[-3000:]}"
+    assert "copy started" in output, "the held copy request never made its copy"
+    assert_whole_or_nothing(sandbox_env, engine, code, seen, "inflight", output)
 
 
 # --- throttling, retention, least privilege, sweep ------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from kiln.controller.providers.aws.api import AwsApi
 
 log = structlog.get_logger("kiln.aws")
+
+#: How long a stopped publish waits for CopyImage requests already sent: a copy made by one that
+#: returns later would be unknown to the undo, and left behind.
+COPY_REQUEST_BOUND = 60.0
 
 
 class Copies:
@@ -57,6 +61,7 @@ class Copies:
             except BaseException:
                 stop.set()
                 pool.shutdown(wait=False, cancel_futures=True)
+                self._await_requests_in_flight(futures, copies)
                 raise
             pool.shutdown(wait=True)
         order = {region: i for i, region in enumerate(s.regions)}
@@ -79,6 +84,20 @@ class Copies:
             for img in images:
                 self.api.latest_pointer._move_latest(spec, img, publication)
         return publication
+
+    def _await_requests_in_flight(self, futures: list, copies: list[tuple[Image, str]]) -> None:
+        """Once stopped, every copy still being requested is waited for (bounded), so the undo knows
+        each copy that exists; one that does not answer in time is named, with how to find it."""
+        _, pending = wait(futures, timeout=COPY_REQUEST_BOUND)
+        for future in pending:
+            original, region = copies[futures.index(future)]
+            log.error(
+                "a copy request did not answer in time; if it made a copy, remove it by hand",
+                region=region,
+                source=original.id,
+                name=original.name,
+                seconds=COPY_REQUEST_BOUND,
+            )
 
     def _copy_to(
         self, spec: PublishSpec, image: Image, region: str, stop: threading.Event, published: list[Image]
