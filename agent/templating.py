@@ -137,13 +137,13 @@ def _context_parent(variables: Mapping[str, Any], template: Any) -> Mapping[str,
     return collections.ChainMap(variables, template.globals)  # type: ignore[arg-type]
 
 
-def _environment(loader: Any = None, **options: Any) -> "jinja2.Environment":
+def _environment(loader: Any = None, escape_backslashes: bool = False, **options: Any) -> "jinja2.Environment":
     import jinja2
-    import jinja2.sandbox
 
     from . import ansible_jinja
 
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+    kind = _value_environment_class() if escape_backslashes else _sandboxed_class()
+    env = kind(
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         loader=loader,
@@ -153,6 +153,45 @@ def _environment(loader: Any = None, **options: Any) -> "jinja2.Environment":
     env.globals["lookup"] = jinja2.pass_context(lookup)
     env.globals["query"] = env.globals["q"] = jinja2.pass_context(query)
     return env
+
+
+def _sandboxed_class() -> type:
+    import jinja2.sandbox
+
+    return jinja2.sandbox.ImmutableSandboxedEnvironment
+
+
+@functools.lru_cache(maxsize=None)
+def _value_environment_class() -> type:
+    """The environment for templates written in YAML values: inside ``{{ }}``, a string literal's backslashes
+    are kept as written (``'\\1'`` stays a backreference, not ``\\x01``), as ansible-core's AnsibleLexer does.
+    YAML has already read its own escapes once; Ansible does not let Jinja read them a second time. ``{% %}``
+    statements, bare expressions (``when``) and template files are read by Jinja as usual, as in Ansible."""
+    import jinja2.lexer
+
+    class BackslashKeepingLexer(jinja2.lexer.Lexer):
+        def tokeniter(
+            self, source: str, name: Optional[str], filename: Optional[str] = None, state: Optional[str] = None
+        ) -> Iterator[Tuple[int, str, str]]:
+            in_variable = state == "variable"  # an expression compiled alone: the inside of a {{ }}
+            for lineno, kind, value in super().tokeniter(source, name, filename, state):
+                if kind == jinja2.lexer.TOKEN_VARIABLE_BEGIN:
+                    in_variable = True
+                elif kind == jinja2.lexer.TOKEN_VARIABLE_END:
+                    in_variable = False
+                elif in_variable and kind == jinja2.lexer.TOKEN_STRING:
+                    value = value.replace("\\", "\\\\")
+                yield lineno, kind, value
+
+    class ValueEnvironment(_sandboxed_class()):  # type: ignore[misc]
+        @property
+        def lexer(self) -> jinja2.lexer.Lexer:
+            lexer = self.__dict__.get("_kiln_lexer")
+            if lexer is None:
+                lexer = self.__dict__["_kiln_lexer"] = BackslashKeepingLexer(self)
+            return lexer
+
+    return ValueEnvironment
 
 
 # --- lookup/query: files of the running role only ---------------------------------------------
@@ -270,8 +309,14 @@ def template_options(source: str) -> Tuple[str, Dict[str, Any]]:
 
 @functools.lru_cache(maxsize=None)
 def environment() -> "jinja2.Environment":
-    """The shared environment for expressions and inline templates (made on first use)."""
+    """The shared environment for bare expressions (``when``, ``that``) and for parsing (made on first use)."""
     return _environment()
+
+
+@functools.lru_cache(maxsize=None)
+def value_environment() -> "jinja2.Environment":
+    """The shared environment for templates in YAML values (``"{{ ... }}"``): see ``_value_environment_class``."""
+    return _environment(escape_backslashes=True)
 
 
 def __getattr__(name: str) -> Any:
@@ -286,17 +331,19 @@ def is_templated(value: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _expression(source: str) -> Any:
-    return environment().compile_expression(source, undefined_to_none=False)
+def _expression(source: str, in_value: bool) -> Any:
+    env = value_environment() if in_value else environment()
+    return env.compile_expression(source, undefined_to_none=False)._template
 
 
 @functools.lru_cache(maxsize=1024)
 def _inline_template(source: str) -> Any:
-    return environment().from_string(source)
+    return value_environment().from_string(source)
 
 
 def evaluate(expression: Any, variables: Mapping[str, Any]) -> Any:
-    """A bare expression (``when``, ``until``, ``changed_when``, ``loop``) to its value.
+    """A bare expression (``when``, ``until``, ``changed_when``, ``loop``) to its value; one written as
+    ``"{{ ... }}"`` is read as a template in a value (its string literals keep their backslashes).
 
     Names are read from ``variables`` one by one as the expression needs them (a Scope renders each
     when read), never all at once. An expression that is only an undefined name is an error.
@@ -308,7 +355,7 @@ def evaluate(expression: Any, variables: Mapping[str, Any]) -> Any:
     import jinja2
 
     try:
-        template = _expression(source)._template
+        template = _expression(source, bool(match))
         context = template.new_context(_context_parent(variables, template), shared=True)
         for _ in template.root_render_func(context):
             pass
@@ -363,9 +410,8 @@ def render(value: Any, variables: Mapping[str, Any], depth: int = 0) -> Any:
         return [render(v, variables, depth) for v in value]
     if not is_templated(value):
         return value
-    match = WHOLE_EXPRESSION.match(value)
-    if match:
-        result = evaluate(match.group(1), variables)
+    if WHOLE_EXPRESSION.match(value):
+        result = evaluate(value, variables)
     else:
         import jinja2
 

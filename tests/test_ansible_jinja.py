@@ -149,3 +149,67 @@ def test_lookup_vars_and_varnames():
     assert evaluate("query('varnames', '^ntp_')", scope) == ["ntp_a", "ntp_b"]
     with pytest.raises(TemplateError, match="no role"):
         evaluate("lookup('file', '../../etc/passwd')", scope)
+
+
+# --- backslashes in Jinja string literals ------------------------------------------------------------
+#: values as a role writes them in YAML: ansible-core keeps a string literal's backslashes inside {{ }}
+#: (YAML has read its escapes already), not inside {% %} (dev-sec's ssh_hardening reads sshd's version with
+#: the first one)
+BACKSLASH_VALUES = r"""
+backreference: "{{ version_line | regex_replace('.*_([0-9]*.[0-9]).*', '\\1') }}"
+single_quoted_yaml: '{{ version_line | regex_replace(".*_([0-9]*.[0-9]).*", "\\1") }}'
+escape_letters: "{{ 'a\\nb\\tc\\x41\\u0041' }}"
+in_text: 'v\1 {{ "\1" }} and {{ "a\tb" }}'
+escaped_quote: "{{ 'it\\'s' }}"
+double_backslash: '{{ "x\\y" }}'
+in_statement: '{% set y = "a\nb" %}{{ y }}|{{ "a\nb" }}'
+in_a_list: "{{ ['\\1', 'x\\\\y'] | join(',') }}"
+in_a_mapping: "{{ {'k': 'a\\nb'} }}"
+"""
+
+#: bare expressions (when, that, failed_when, debug's var): Jinja reads their escapes, as in ansible-core
+BACKSLASH_CONDITIONS = [
+    r"'a\nb' == 'a' + '\n' + 'b'",
+    r"version_line | regex_replace('.*_([0-9]*.[0-9]).*', '\\1') == '8.4'",
+    r"'\x41' == 'A'",
+]
+
+
+def backslash_values() -> dict:
+    import yaml
+
+    return yaml.safe_load(BACKSLASH_VALUES)
+
+
+@pytest.mark.parametrize("name", sorted(backslash_values()))
+def test_backslashes_in_a_values_template_as_ansible(name):
+    source = backslash_values()[name]
+    variables = {"version_line": "OpenSSH_8.4p1 Debian-5"}
+    from ansible.parsing.dataloader import DataLoader
+
+    templar = ansible_template.Templar(loader=DataLoader(), variables=variables)
+    assert render(source, variables) == ansible_renders(templar, source)
+
+
+@pytest.mark.parametrize("condition", BACKSLASH_CONDITIONS)
+def test_backslashes_in_a_bare_expression_as_ansible(condition):
+    variables = {"version_line": "OpenSSH_8.4p1 Debian-5"}
+    from ansible.parsing.dataloader import DataLoader
+
+    templar = ansible_template.Templar(loader=DataLoader(), variables=variables)
+    expected = templar.evaluate_conditional(ansible_template.trust_as_template(condition))
+    assert expected is True and evaluate(condition, variables) is expected
+
+
+def test_backslashes_in_a_template_file_as_ansible(tmp_path):
+    """The template module renders files without keeping backslashes (escape_backslashes=False in ansible-core)."""
+    from ansible.parsing.dataloader import DataLoader
+
+    from kiln.agent.templating import render_file
+
+    source = '{{ "a\\nb" }} {{ version_line | regex_replace(".*_([0-9]*.[0-9]).*", "\\\\1") }} {{ "\\x41" }}\n'
+    (tmp_path / "t.j2").write_text(source)
+    variables = {"version_line": "OpenSSH_8.4p1 Debian-5"}
+    templar = ansible_template.Templar(loader=DataLoader(), variables=variables)
+    expected = templar.template(ansible_template.trust_as_template(source), escape_backslashes=False)
+    assert render_file(str(tmp_path), "t.j2", variables).rstrip("\n") == expected.rstrip("\n")

@@ -31,7 +31,7 @@ from jinja2 import nodes
 
 from kiln.agent import schema as argschema
 from kiln.agent.schema import Code
-from kiln.agent.templating import ENV, WHOLE_EXPRESSION, template_path
+from kiln.agent.templating import ENV, WHOLE_EXPRESSION, template_path, value_environment
 from kiln.controller.model import Diagnostic
 from kiln.controller.stepfiles import ansible
 from kiln.controller.stepfiles.ansible import REFUSED_KEYWORDS
@@ -1708,18 +1708,21 @@ class _Syntax(Exception):
 
 def parse(text: str, template: bool) -> nodes.Template:
     """The Jinja AST of a templated value or a bare expression (as the agent evaluates it)."""
+    # a value's {{ }} keeps its string literals' backslashes (value_environment), a bare expression does not
+    env = value_environment()
     if template:
         source = text
     else:
         match = WHOLE_EXPRESSION.match(text)
         inner = match.group(1) if match else text
+        env = env if match else ENV
         try:
-            ENV.compile_expression(inner)
+            env.compile_expression(inner)
         except jinja2.TemplateSyntaxError as exc:
             raise _Syntax(exc.message or str(exc)) from None
         source = "{{ " + inner + " }}"
     try:
-        return ENV.parse(source)
+        return env.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise _Syntax(exc.message or str(exc), exc.lineno) from None
 
