@@ -151,7 +151,7 @@ REFUSALS = {
         "main.yml:1:18: no file in the role's tasks/ matches",
     ),
     "bad key=value": ("- file: path=/x bogus\n", "main.yml:1:9: 'bogus' is not key=value"),
-    "unknown FQCN": ("- community.crypto.openssh_keypair: {path: /k}\n", "main.yml:1:3: unknown module"),
+    "unknown FQCN": ("- community.crypto.openssl_privatekey: {path: /k}\n", "main.yml:1:3: unknown module"),
     "listen off a handler": ("- command: echo\n  listen: x\n", "main.yml:2:3: 'listen' belongs to a handler"),
     "meta end_play": ("- meta: end_play\n", "main.yml:1:9: meta: 'end_play' is not supported"),
     "unknown filter no bogus loop": ("- template: {src: t.j2, dest: /t}\n", "t.j2:1:35: unknown filter 'nofilter'"),

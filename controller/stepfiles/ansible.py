@@ -56,7 +56,9 @@ COMMUNITY_GENERAL = (
     "lvol",
     "parted",
     "ssh_config",
+    "pamd",
 )
+COMMUNITY_CRYPTO = ("openssh_keypair",)
 OTHER_OS = {
     "pacman": "Arch Linux's package manager",
     "pkgng": "FreeBSD's package manager",
@@ -127,6 +129,7 @@ _SHELL = Mapping(
     pending=("executable", "stdin_add_newline"),
 )
 _FILE_COMMON = ("seuser", "serole", "setype", "selevel", "unsafe_writes", "attributes")
+_NO_SELINUX = "Debian runs without SELinux labels"
 
 TABLE: dict[str, Mapping] = {
     "apt": _APT,
@@ -244,6 +247,14 @@ TABLE: dict[str, Mapping] = {
         ),
     ),
     "set_fact": Mapping("set_fact", wrap="facts", keep=("cacheable",)),
+    "openssh_keypair": Mapping(
+        "openssh_keypair",
+        ignored={
+            **{name: _NO_SELINUX for name in ("seuser", "serole", "setype", "selevel")},
+            "unsafe_writes": "kiln always writes through a temporary file",
+        },
+    ),
+    "pamd": Mapping("pamd"),
     # modules of the same name on the agent (issue 9's agent side adds those that are missing)
     **{
         name: Mapping(name)
@@ -352,6 +363,9 @@ def short_name(key: str) -> str | None:
     if key.startswith("community.general."):
         name = key[len("community.general.") :]
         return name if name in COMMUNITY_GENERAL else None
+    if key.startswith("community.crypto."):
+        name = key[len("community.crypto.") :]
+        return name if name in COMMUNITY_CRYPTO else None
     if "." in key:
         return None
     return key
