@@ -123,6 +123,50 @@ wanted_mode: "0640"
   notify: [other topic, third handler, config changed]
 """,
     ),
+    "block_when": (
+        """
+# a block's when is inherited by each of its tasks (block, rescue and always) and checked by each as it runs
+block_gate: true
+rescue_gate: true
+""",
+        """
+- name: a block whose own task closes its condition
+  when: block_gate | bool
+  block:
+    - name: before the gate closes
+      copy: {dest: /etc/kiln-vars/block-first.txt, content: "first\\n"}
+    - name: the gate closes
+      set_fact: {block_gate: false}
+    - name: after the gate closed
+      copy: {dest: /etc/kiln-vars/block-later.txt, content: "later\\n"}
+      register: block_later
+  always:
+    - name: the always part checks the condition too
+      copy: {dest: /etc/kiln-vars/block-always.txt, content: "always\\n"}
+      register: block_always
+- name: a block gated on what its own task registers
+  when: gate_probe is not defined or gate_probe.stdout == 'open'
+  block:
+    - name: the probe
+      command: echo closed
+      register: gate_probe
+      changed_when: false
+    - name: after the probe
+      copy: {dest: /etc/kiln-vars/probe-after.txt, content: "after\\n"}
+      register: probe_after
+- name: a block whose rescue closes its condition
+  when: rescue_gate | bool
+  block:
+    - name: a task that fails
+      command: "false"
+  rescue:
+    - name: the rescue closes the gate
+      set_fact: {rescue_gate: false}
+    - name: after the rescue closed the gate
+      copy: {dest: /etc/kiln-vars/rescue-later.txt, content: "rescue\\n"}
+      register: rescue_later
+""",
+    ),
     "registered_values": (
         "",
         """
@@ -220,7 +264,7 @@ def test_variables_end_state_equals_ansible_playbooks(comparison: Comparison, ki
 @pytest.mark.slow
 def test_the_comparison_saw_every_case(comparison: Comparison) -> None:
     """The cases above ran on both sides (a case that ran on neither would compare equal)."""
-    for name in ("numbers", "words", "exits_two"):
+    for name in ("numbers", "words", "exits_two", "block_later", "block_always", "probe_after", "rescue_later"):
         assert name in comparison.ansible.registered and name in comparison.kiln.registered, name
     for var in ("lazy_port_next", "number_list", "collected", "counter", "greeting", "doubled_sum"):
         assert var in comparison.ansible.debug and var in comparison.kiln.debug, var

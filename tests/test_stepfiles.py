@@ -399,7 +399,8 @@ def test_step_shape(tmp_path: Path):
     assert loop["loop"] == "{{ packages }}" and loop["loop_var"] == "pkg" and loop["register"] == "echoed"
     assert loop["notify"] == ["reload nginx"] and loop["changed_when"] is False
     assert loop["retries"] == 2 and loop["delay"] == 1
-    assert block["module"] == "block" and block["when"] == "port == 80"
+    assert block["module"] == "block" and "when" not in block  # each step inside checks it, as in Ansible
+    assert block["block"][0]["when"] == block["rescue"][0]["when"] == "port == 80"
     assert [s["index"] for s in (first, loop, block)] == [1, 2, 3]
     assert block["block"][0]["index"] == 4 and block["block"][0]["args"]["src"] == "t/motd"
     assert block["rescue"][0]["index"] == 5

@@ -352,7 +352,9 @@ class StepCompiler:
         if any(k.startswith("with_") for k in unknown):  # reported above; spare the 'item' that goes with it
             ctx = StepContext(ctx.tags, ctx.extra | {"item"}, ctx.no_log, ctx.ignore_errors, ctx.handler)
         if "block" in data:
-            return self._block(data, path, ctx, step, module_keys)
+            block = self._block(data, path, ctx, step, module_keys)
+            check_per_task(block)  # a block's when is each of its tasks' (block, rescue, always), as in Ansible
+            return block
         for key in ("rescue", "always"):
             if key in data:
                 self.error(path + (key,), f"'{key}' belongs to a block: add 'block:' to this step", key=True)
@@ -768,12 +770,14 @@ class StepCompiler:
             return steps
         name = entry.get("role") or entry.get("name")
         block = self.compile_step(
-            {**settings, "name": f"role {name}", "block": [{"meta": "noop"}]}, path, StepContext()
+            {**without(settings, "when"), "name": f"role {name}", "block": [{"meta": "noop"}]}, path, StepContext()
         )
         if block is None:
             return steps
         if isinstance(settings.get("vars"), dict):
             self.c.params.update(settings["vars"])
+        if "when" in settings:  # checked by each of the role's tasks (check_per_task below)
+            block["when"] = self._condition(settings["when"], path + ("when",), StepContext().extra)
         block["block"] = steps
         _add_tags(steps, block.pop("tags", []))
         inherit_keywords(block)
@@ -1436,11 +1440,12 @@ def as_expression(value: Any) -> str:
 
 
 def check_per_task(imported: dict[str, Any]) -> None:
-    """An import's ``when`` as Ansible has it: each imported task checks it when it runs (a task before it may
-    change what it reads; a skipped task still registers its skip), not the import once."""
+    """An import's or a block's ``when`` as Ansible has it: each task inside checks it when it runs (a task before
+    it may change what it reads; a skipped task still registers its skip), not the import or block once."""
     condition = imported.pop("when", None)
     if condition is not None:
-        _add_condition(imported.get("block", []), condition)
+        for part in ("block", "rescue", "always"):
+            _add_condition(imported.get(part) or [], condition)
 
 
 def _add_condition(steps: list[dict[str, Any]], condition: Any) -> None:
@@ -1458,6 +1463,10 @@ def _add_tags(steps: list[dict[str, Any]], tags: list[str]) -> None:
             step["tags"] = list(dict.fromkeys([*step.get("tags", []), *tags]))
         for part in ("block", "rescue", "always"):
             _add_tags(step.get(part) or [], tags)
+
+
+def without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k != key}
 
 
 def _as_list(value: Any) -> list[Any]:
