@@ -271,3 +271,83 @@ def test_bad_command_line_is_invalid_input(tmp_path, args, message):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stdout and "nothing was launched" in proc.stdout
     assert "Traceback" not in proc.stderr and "==> launch" not in proc.stderr
+
+
+def _recording_engine(tmp_path):
+    """The real engine behind a script that writes down each command it is given (one line each)."""
+    from kiln.controller.engine import Engine
+
+    real = Engine()
+    calls = tmp_path / "engine-calls"
+    script = tmp_path / "engine"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\nexec {real.command} "$@"\n')
+    script.chmod(0o755)
+    return Engine(command=str(script), runtime=real.runtime), calls
+
+
+def _role_image(engine, container: str, repo: str, role: str, version: str) -> str:
+    """An image of ``role`` at ``version``, as a bake's commit labels it (kiln.role, kiln.version)."""
+    changes = ["--change", f"LABEL kiln.role={role}", "--change", f"LABEL kiln.version={version}"]
+    return engine.run("commit", *changes, container, f"{repo}:{version}").strip()
+
+
+def _published_versions(engine, repo: str) -> set[str]:
+    return {name.rsplit(":", 1)[1] for row in engine.images(repo) for name in row.get("Names") or []}
+
+
+def test_publish_then_retire_list_the_images_once(engine, tmp_path):
+    """Publish and the retire after it: one listing of the role's images (publish's, under its lock), one tag, and
+    one engine call per retired version; retire keeps the newest versions and latest's."""
+    from kiln.controller.model import Image, PublishSpec
+    from kiln.controller.providers.local import LocalProvider
+
+    recording, calls = _recording_engine(tmp_path)
+    provider = LocalProvider(engine=recording)
+    role = "retiring"
+    repo = provider.repo(role)
+    holder = engine.run("create", "--label", SESSION_LABEL, "localhost/kiln-base/debian:bookworm", "true").strip()
+    try:
+        versions = [f"20200101.{n}" for n in range(1, 5)]
+        ids = {version: _role_image(engine, holder, repo, role, version) for version in versions}
+        engine.tag(f"{repo}:20200101.3", f"{repo}:latest")
+        new = Image(id=ids["20200101.4"], role=role, version="20200101.4", provider="local", name=f"{repo}:20200101.4")
+        calls.write_text("")
+        provider.publish(PublishSpec(role, "20200101.4", "b-retiring", [new]), on_started=lambda _: None)
+        retired = provider.retire(role, keep=2)
+        commands = calls.read_text().splitlines()
+        assert [i.version for i in retired] == ["20200101.2", "20200101.1"]
+        assert _published_versions(engine, repo) == {"20200101.4", "20200101.3", "latest"}
+        assert engine.image_id(f"{repo}:latest") == ids["20200101.4"]
+        assert [c.split()[0] for c in commands if c.split()[0] in ("images", "image")] == ["images"], commands
+        assert len(commands) == 1 + 1 + len(retired), commands  # the listing, the tag, one rmi per version
+    finally:
+        engine.run("rm", "-f", holder, check=False)
+        for row in engine.images(repo):
+            engine.remove_image(row["Id"])
+
+
+def test_retire_leaves_a_version_in_use_tagged(engine, tmp_path):
+    """A version a container still runs from cannot be removed: it keeps its name (listed, retired by a later bake),
+    never left as an untagged image nobody can name."""
+    from kiln.controller.providers.local import LocalProvider
+
+    provider = LocalProvider(engine=engine)
+    role = "retire-in-use"
+    repo = provider.repo(role)
+    holder = engine.run("create", "--label", SESSION_LABEL, "localhost/kiln-base/debian:bookworm", "true").strip()
+    user = ""
+    try:
+        ids = {v: _role_image(engine, holder, repo, role, v) for v in ("20200101.1", "20200101.2", "20200101.3")}
+        engine.tag(f"{repo}:20200101.3", f"{repo}:latest")
+        user = engine.run("create", "--label", SESSION_LABEL, f"{repo}:20200101.1", "true").strip()
+        retired = provider.retire(role, keep=1)
+        assert [i.version for i in retired] == ["20200101.2", "20200101.1"]
+        assert _published_versions(engine, repo) == {"20200101.3", "20200101.1", "latest"}
+        assert [i.version for i in provider.images(role)] == ["20200101.3", "20200101.1"]
+        assert engine.image_id(f"{repo}:20200101.1") == ids["20200101.1"]
+    finally:
+        for container in (user, holder):
+            if container:
+                engine.run("rm", "-f", container, check=False)
+        for row in engine.images(repo):
+            engine.remove_image(row["Id"])

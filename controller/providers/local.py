@@ -220,6 +220,8 @@ class LocalProvider:
         # whichever checkout or builds/ directory it runs from
         self.shared_dir = shared_state_dir()
         self._locks: dict[str, Any] = {}
+        #: the listing each role's last publish made, for the retire that follows it
+        self._published: dict[str, RoleListing] = {}
 
     def repo(self, role: str) -> str:
         return f"{self.prefix}/{role}"
@@ -442,14 +444,18 @@ class LocalProvider:
         return labels is not None and labels.get("kiln.build-id") == build_id
 
     def publish(self, spec: PublishSpec, on_started: Callable[[Publication], None]) -> Publication:
-        """One image, no copies: ``:latest`` moves to it unless it names a newer version."""
+        """One image, no copies: ``:latest`` moves to it unless it names a newer version.
+
+        The role's images are listed once, under the lock: the listing says what ``latest`` names (its version
+        label and its id) and is kept for :meth:`retire`, which comes next."""
         image = spec.images[0]
         publication = Publication(spec, images=[image])
         on_started(publication)
         latest = f"{self.repo(spec.role)}:latest"
         self.release_version(spec.role, spec.version)  # the image itself now holds the version
         with self._latest_lock(spec.role):
-            shown = self._inspected_or_none(latest)  # one engine call: its version label and its id
+            listed = self._listing_or_none(spec.role)
+            shown = listed.latest if listed else None
             current = labels_of(shown).get("kiln.version", "") if shown else ""
             if current and sort_key(current) >= sort_key(spec.version):
                 log.warning(
@@ -458,24 +464,33 @@ class LocalProvider:
                     version=spec.version,
                     image=image.name,
                 )
+                self._keep_listing(spec.role, listed)
                 return publication
             publication.previous_latest[image.id] = shown["Id"] if current else ""
             self.engine.tag(image.name, latest)
+            if listed is not None:
+                listed.latest_id = image.id
+            self._keep_listing(spec.role, listed)
         image.latest = True
         return publication
 
-    def _inspected_or_none(self, ref: str) -> dict | None:
-        """Image ``ref`` as the engine describes it; None when there is none or the engine cannot say (as
-        :meth:`Engine.image_labels` has it)."""
+    def _keep_listing(self, role: str, listed: RoleListing | None) -> None:
+        if listed is not None:
+            self._published[role] = listed
+
+    def _listing_or_none(self, role: str) -> RoleListing | None:
+        """The role's images as the engine lists them (one call); None when the engine cannot say (then ``latest``
+        is taken to name nothing, as an image the engine cannot describe)."""
         try:
-            return self.engine.inspect_image(ref)
-        except (EngineError, ValueError, IndexError):
+            return RoleListing(self.engine.images(self.repo(role)), f"{self.repo(role)}:latest")
+        except (EngineError, ValueError, TypeError):
             return None
 
     def unpublish(self, publication: Publication) -> None:
         """Give ``latest`` back only if it still names this bake's image (a newer one stays)."""
         moved = publication.previous_latest
         latest = f"{self.repo(publication.spec.role)}:latest"
+        self._published.pop(publication.spec.role, None)  # no retire follows it
         with self._latest_lock(publication.spec.role):
             if not moved or not self.engine.image_exists(latest):
                 return
@@ -489,16 +504,14 @@ class LocalProvider:
 
     def images(self, role: str) -> list[Image]:
         """Published versions; an image whose build record is still there is a build's, not available."""
+        return self._images_of(role, RoleListing(self.engine.images(self.repo(role)), f"{self.repo(role)}:latest"))
+
+    def _images_of(self, role: str, listed: RoleListing) -> list[Image]:
         repo = self.repo(role)
         unpublished = set(self._reserved(role))
-        rows = self.engine.images(repo)
-        latest_id = ""
         found: dict[str, Image] = {}
-        for row in rows:
+        for row in listed.rows:
             labels = row.get("Labels") or {}
-            names = row.get("Names") or []
-            if f"{repo}:latest" in names:
-                latest_id = row["Id"]
             version = labels.get("kiln.version")
             if not version or labels.get("kiln.role") != role or version in unpublished:
                 continue
@@ -517,16 +530,21 @@ class LocalProvider:
             )
         images = sorted(found.values(), key=lambda i: sort_key(i.version), reverse=True)
         for image in images:
-            image.latest = image.id == latest_id
+            image.latest = image.id == listed.latest_id
             image.status = "latest" if image.latest else "available"
         return images
 
     def retire(self, role: str, keep: int) -> list[Image]:
-        images = self.images(role)
+        """Remove the versions past the newest ``keep`` (never ``latest``'s), each with one engine call.
+
+        Right after a publish, from the listing it made (a version published since by another bake is missing from
+        it: kept, not removed; ``latest`` as that publish left it). ``rmi`` of a version's name removes its tag, and
+        the image with its last tag; an image a container still uses keeps its tag: the next bake retires it."""
+        listed = self._published.pop(role, None)
+        images = self._images_of(role, listed) if listed is not None else self.images(role)
         retired = [i for i in images[keep:] if not i.latest]
         for image in retired:
-            self.engine.untag(image.name)
-            self.engine.run("rmi", image.id, check=False)  # refused while another tag still uses it
+            self.engine.run("rmi", image.name, check=False)
         return retired
 
     # --- what a dead build left ---------------------------------------------------------
@@ -596,6 +614,15 @@ class LocalProvider:
         if apply:
             path.unlink(missing_ok=True)
         return [f"unfinished record {path}: older than an hour"]
+
+
+class RoleListing:
+    """A role's images as one ``images`` call listed them, and the one its ``latest`` tag names."""
+
+    def __init__(self, rows: list[dict], latest_name: str) -> None:
+        self.rows = rows
+        self.latest = next((row for row in rows if latest_name in (row.get("Names") or [])), None)
+        self.latest_id = self.latest["Id"] if self.latest else ""
 
 
 #: the machines a bake launches, each recorded in its build record: a fresh one from the image, the build machine
