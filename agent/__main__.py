@@ -81,10 +81,21 @@ def main(argv: Any = None) -> int:
     return 2
 
 
-def packages() -> int:
+def packages(bundle_dir: Any = None) -> int:
+    """The installed packages; at the end of an apply (``bundle_dir``), with what the run set (its run-vars.json,
+    "" when it set nothing): the image's checks read it, and the controller need not fetch it."""
     from .inventory import installed_packages
 
-    emit({"event": Event.PACKAGES, "packages": installed_packages()})
+    event: Dict[str, Any] = {"event": Event.PACKAGES, "packages": installed_packages()}
+    if bundle_dir is not None:
+        from .runner import RUN_VARIABLES_FILE
+
+        try:
+            with open(os.path.join(bundle_dir, RUN_VARIABLES_FILE)) as handle:
+                event["run_variables"] = handle.read()
+        except OSError:
+            event["run_variables"] = ""
+    emit(event)
     return 0
 
 
@@ -136,7 +147,7 @@ def apply(args: argparse.Namespace, facts: Any) -> int:
         emit({"event": Event.PHASE, "phase": Phase.VERIFY})
         if verify(args.verify):
             return 1
-    return packages() if args.packages else 0
+    return packages(args.bundle) if args.packages else 0
 
 
 def apply_context(args: argparse.Namespace, bundle: Dict[str, Any], gathered: Dict[str, Any]) -> Any:

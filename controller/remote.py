@@ -146,6 +146,8 @@ class BoxAgent:
     done_parts: dict[str, Any] = field(default_factory=dict)
     #: the installed packages an agent run reported last (the apply's, ``--packages``), for the clean stage
     packages: dict[str, str] | None = None
+    #: what the apply set (its run-vars.json), reported with those packages, for the image's checks
+    run_variables: bytes | None = None
     #: seconds of idleness the warm agent a converge's apply leaves on its kept machine may live (0: none)
     linger: float = 0.0
     #: the warm agent to try before an exec ({"port", "token"}, from the dev state); None once it did not answer
@@ -421,6 +423,8 @@ def _run_once(
             ctx.facts = event["facts"]
         elif event.get("event") == Event.PACKAGES:
             box.packages = event["packages"]
+            if "run_variables" in event:
+                box.run_variables = str(event["run_variables"]).encode()
         elif event.get("event") == Event.PHASE:  # the next part of the run: its own bound from now
             part.update(phase=event.get("phase", ""), started=time.monotonic(), first=len(events))
             if deadline is not None and part["phase"] in phase_bounds:

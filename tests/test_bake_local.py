@@ -351,3 +351,34 @@ def test_retire_leaves_a_version_in_use_tagged(engine, tmp_path):
                 engine.run("rm", "-f", container, check=False)
         for row in engine.images(repo):
             engine.remove_image(row["Id"])
+
+
+def test_the_apply_s_run_reports_what_it_set_for_the_image_s_checks(engine, tmp_path):
+    """What the apply set reaches the test machine's checks without a command of its own on the build machine:
+    the apply's run reports it with the package inventory. The build machine runs 2 commands over SSH (the apply
+    and the hygiene script; reading run-vars.json was a third)."""
+    from kiln.controller.bake import bake
+    from kiln.controller.context import BakeOptions
+
+    playbooks = make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": (
+                "- name: the app's name\n  command: echo kilnapp\n  register: app_name\n  changed_when: false\n"
+                '- name: the config\n  copy: {dest: "/etc/{{ app_name.stdout }}.conf", content: "x\\n"}\n'
+            ),
+            "verify.yml": '- file: "/etc/{{ app_name.stdout }}.conf"\n',
+        },
+        role="setvars",
+    )
+    options = BakeOptions(builds_dir=tmp_path / "builds", playbooks_dir=playbooks)
+    try:
+        result = bake("setvars", "local", options)
+        assert result.exit_code == 0, result.error
+        ctx = result.ctx
+        assert ctx.checks.get("image_passed") == 1, ctx.checks
+        assert b'"stdout": "kilnapp"' in ctx.run_variables, ctx.run_variables[:300]
+        assert ctx.session.round_trips == 2, f"{ctx.session.round_trips} commands over SSH on the build machine"
+    finally:
+        for row in engine.images(image_repo("setvars")):
+            engine.remove_image(row["Id"])

@@ -14,7 +14,7 @@ import structlog
 from kiln.agent.protocol import CheckStatus, Event
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed
-from kiln.controller.remote import BUNDLE, agent_command, as_root, run_agent
+from kiln.controller.remote import BUNDLE, agent_command, as_root, box_agent, run_agent
 
 log = structlog.get_logger("kiln.stage")
 
@@ -81,9 +81,14 @@ def verify(ctx: BakeContext) -> dict[str, Any]:
 
 
 def keep_run_variables(ctx: BakeContext) -> None:
-    """What the apply set, read from the build machine when checks run on the image: the test stage's fresh
-    machine never ran the steps, and its checks read those variables as the build machine's did."""
-    if not checks_on(ctx.compiled.checks, "image"):
+    """What the apply set, kept when checks run on the image: the test stage's fresh machine never ran the steps,
+    and its checks read those variables as the build machine's did. The apply's run reported them as it ended
+    (with the package inventory); else they are read from the build machine."""
+    if not ctx.options.test_image or not checks_on(ctx.compiled.checks, "image"):
+        return
+    reported = box_agent(ctx).run_variables
+    if reported is not None:
+        ctx.run_variables = reported
         return
     read = ctx.session.run(as_root(ctx, f"cat {BUNDLE}/{RUN_VARIABLES}"), timeout=60)
     if read.rc == 0:
