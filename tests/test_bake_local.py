@@ -382,3 +382,22 @@ def test_the_apply_s_run_reports_what_it_set_for_the_image_s_checks(engine, tmp_
     finally:
         for row in engine.images(image_repo("setvars")):
             engine.remove_image(row["Id"])
+
+
+def test_the_base_asked_about_while_the_role_compiles_answers_the_resolve_stage(engine, tmp_path):
+    """A local bake asks the engine about kiln's base in the background before compiling; the resolve stage takes
+    that answer (once) and makes no engine call of its own. A later resolve asks the engine again."""
+    from kiln.controller.engine import BASE_IMAGE
+    from kiln.controller.providers.local import LocalProvider, prefetch_kiln_base
+
+    recording, calls = _recording_engine(tmp_path)
+    settings = {"engine": recording.command, "runtime": recording.runtime or "auto"}
+    prefetch_kiln_base(settings).thread.join(120)
+    asked = calls.read_text().splitlines()
+    assert asked == [f"image inspect {BASE_IMAGE}"], asked
+    provider = LocalProvider(settings=settings)
+    base = provider.resolve_base(None)
+    assert calls.read_text().splitlines() == asked, "the resolve stage asked the engine again"
+    assert base.id == engine.image_id(BASE_IMAGE) and base.name == BASE_IMAGE
+    assert provider.resolve_base(None).id == base.id
+    assert calls.read_text().splitlines() == asked * 2, "a prefetch answers one resolve only"

@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,12 +172,13 @@ def flocked(path: Path, timeout: float) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_kiln_base(engine: Engine, ref: str = BASE_IMAGE) -> dict:
+def ensure_kiln_base(engine: Engine, ref: str = BASE_IMAGE, prefetched: Prefetch | None = None) -> dict:
     """kiln's own base, built with debootstrap when missing or stale (its recipe label is not today's):
     one bake builds it while concurrent ones wait for it. The stale one is left to the engine (untagged).
 
-    Returns the base as ``image inspect`` describes it (a current base costs that one engine call)."""
-    inspected = engine.inspect_image(ref)
+    Returns the base as ``image inspect`` describes it (a current base costs that one engine call, none when
+    ``prefetched`` holds the answer of one made while the role compiled)."""
+    inspected = prefetched.inspected if prefetched is not None else engine.inspect_image(ref)
     if not base_staleness_of(inspected):
         return inspected
     with flocked(base_image_lock(), BASE_BUILD_TIMEOUT + 60):
@@ -185,6 +187,67 @@ def ensure_kiln_base(engine: Engine, ref: str = BASE_IMAGE) -> dict:
             log.info("base image: building it with debootstrap (about a minute)", image=ref, why=why)
             engine.build_base_image(ref)
     return engine.image_inspect(ref)
+
+
+#: seconds a prefetched answer about the base stays good to use (a bake uses it right after its compile)
+PREFETCH_FRESH_SECONDS = 60.0
+#: seconds the resolve stage waits for a prefetch still under way (the engine call itself is bounded: 60 s)
+PREFETCH_WAIT_SECONDS = 90.0
+
+
+class Prefetch:
+    """One ``image inspect`` of a base image, made in a thread while the bake compiles its role."""
+
+    def __init__(self, engine: Engine, ref: str) -> None:
+        self.engine, self.ref = engine, ref
+        self.started = time.monotonic()
+        self.inspected: dict | None = None
+        self.failed = False
+        self.thread = threading.Thread(target=self._ask, name="kiln-base-image", daemon=True)
+
+    def _ask(self) -> None:
+        try:
+            self.inspected = self.engine.inspect_image(self.ref)
+        except Exception:  # the resolve stage asks again, and reports what the engine says then
+            self.failed = True
+
+    def answered(self) -> bool:
+        """Whether it holds a fresh answer (waiting, bounded, for one under way)."""
+        self.thread.join(PREFETCH_WAIT_SECONDS)
+        fresh = time.monotonic() - self.started < PREFETCH_FRESH_SECONDS
+        return not self.thread.is_alive() and not self.failed and fresh
+
+
+_PREFETCHES: dict[tuple[str, str | None, str], Prefetch] = {}
+_PREFETCHES_LOCK = threading.Lock()
+
+
+def prefetch_kiln_base(settings: dict[str, Any] | None) -> Prefetch:
+    """Ask the engine about kiln's base image in the background: a local bake starts it before compiling its role,
+    and the resolve stage takes the answer (once) instead of asking then (one podman call off the bake's path)."""
+    engine = engine_for(settings or {})
+    prefetch = Prefetch(engine, BASE_IMAGE)
+    with _PREFETCHES_LOCK:
+        _PREFETCHES[(engine.command, engine.runtime, BASE_IMAGE)] = prefetch
+    prefetch.thread.start()
+    return prefetch
+
+
+def take_prefetch(engine: Engine, ref: str) -> Prefetch | None:
+    """The answer a prefetch holds about ``ref`` for ``engine``, taken once; None when there is no fresh one."""
+    with _PREFETCHES_LOCK:
+        prefetch = _PREFETCHES.pop((engine.command, engine.runtime, ref), None)
+    return prefetch if prefetch is not None and prefetch.answered() else None
+
+
+def engine_for(settings: dict[str, Any]) -> Engine:
+    """The engine ``providers.local`` names (its ``engine`` and ``runtime``; ``auto``: detected)."""
+    engine = Engine()
+    if settings.get("engine") not in (None, "", "auto"):
+        engine.command = settings["engine"]
+    if settings.get("runtime") not in (None, "", "auto"):
+        engine.runtime = settings["runtime"]
+    return engine
 
 
 def shared_state_dir() -> Path:
@@ -208,13 +271,7 @@ class LocalProvider:
 
     def __init__(self, engine: Engine | None = None, settings: dict[str, Any] | None = None) -> None:
         settings = settings or {}
-        if engine is None:
-            engine = Engine()
-            if settings.get("engine") not in (None, "", "auto"):
-                engine.command = settings["engine"]
-            if settings.get("runtime") not in (None, "", "auto"):
-                engine.runtime = settings["runtime"]
-        self.engine = engine
+        self.engine = engine if engine is not None else engine_for(settings)
         self.prefix = image_prefix(str(settings.get("image_prefix") or ""))
         # versions and locks must be seen by every bake using this engine's storage,
         # whichever checkout or builds/ directory it runs from
@@ -229,7 +286,10 @@ class LocalProvider:
     # --- base ------------------------------------------------------------------------
     def resolve_base(self, spec: Any) -> BaseImage:
         ref = (spec.get("image") if isinstance(spec, dict) else spec) or BASE_IMAGE
-        inspected = ensure_kiln_base(self.engine, ref) if ref == BASE_IMAGE else self.engine.inspect_image(ref)
+        if ref == BASE_IMAGE:
+            inspected = ensure_kiln_base(self.engine, ref, take_prefetch(self.engine, ref))
+        else:
+            inspected = self.engine.inspect_image(ref)
         if inspected is None:
             raise ProviderError(f"base image {ref} not found in {self.engine.command}")
         return BaseImage(id=inspected["Id"], name=ref, spec=str(spec or BASE_IMAGE))
