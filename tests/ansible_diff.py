@@ -35,6 +35,7 @@ from kiln.controller.engine import BASE_IMAGE, Engine, tar_of
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = Path(__file__).resolve().parent / "ansible_roles"
+COLLECTIONS = REPO / ".venv" / "ansible-collections"  # community.general and .crypto (scripts/setup.sh --test)
 LABEL = "kiln.ansible-diff"
 BOOT_TIMEOUT = 60.0
 ANSIBLE_TIMEOUT = 900.0
@@ -313,6 +314,7 @@ def ansible_playbook(machine: Machine, keys: Keys, role_dir: Path, work: Path, e
         "ANSIBLE_LOCAL_TEMP": str(work / "tmp"),
         "ANSIBLE_HOME": str(work / "home"),
         "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_COLLECTIONS_PATH": os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(COLLECTIONS)),
         "KILN_RECORD_FILE": str(record),
     }
     playbook = str(Path(sys.executable).with_name("ansible-playbook"))

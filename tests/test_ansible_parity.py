@@ -27,9 +27,11 @@ from tests.ansible_diff import (
 )
 from tests.machines import SESSION, TEST_LABEL
 
+PARITY_ROLES = Path(__file__).resolve().parent / "parity_roles"
 #: group -> the folder of its role: tests/ansible_roles (Galaxy-style roles) and tests/parity_roles (one role per
-#: group of modules: apt, apt_key, apt_repository, hostname, wait_for, get_url, pip in kiln_mods)
-GROUPS = {"kiln_app": ROLES, "kiln_pkgs": ROLES, "kiln_mods": Path(__file__).resolve().parent / "parity_roles"}
+#: group of modules: apt, apt_key, apt_repository, hostname, wait_for, get_url, pip in kiln_mods; community.general's
+#: pamd and community.crypto's openssh_keypair in kiln_auth, with the collections from .venv/ansible-collections)
+GROUPS = {"kiln_app": ROLES, "kiln_pkgs": ROLES, "kiln_mods": PARITY_ROLES, "kiln_auth": PARITY_ROLES}
 KINDS = ("files", "packages", "services", "users", "groups", "registered")
 
 #: (role, what) -> the feature kiln lacks today; "applies" is kiln's run finishing without refusal
