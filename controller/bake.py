@@ -122,7 +122,9 @@ def stages_for(options: BakeOptions, keep: int) -> list[Stage]:
     from kiln.controller.stages.test_image import TestImage
     from kiln.controller.stages.verify import Verify
 
-    stages: list[Stage] = [ResolveBase(), AllocateVersion(), LaunchInstance(), Connect(), PushBundle(), ApplySteps()]
+    push = PushBundle()
+    connect = Connect(while_booting=push.prepare_while_booting)  # the payload is made while the machine boots
+    stages: list[Stage] = [ResolveBase(), AllocateVersion(), LaunchInstance(), connect, push, ApplySteps()]
     if options.idempotence_gate and not options.check_mode:
         stages.append(IdempotenceCheck())
     if options.check_mode:

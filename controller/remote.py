@@ -217,14 +217,28 @@ def with_agent(payload: bytes | None) -> bytes:
     return payload_of(entries, agent_zipapp(), bundle=meta["bundle"])
 
 
-def bundle_tar(
-    bundle: dict[str, Any], checks: list[dict[str, Any]], files: dict[str, bytes], box: BoxAgent | None = None
-) -> bytes:
-    """agent + bundle in one payload: a fresh machine's single transfer; with ``box``, the agent's byte code too
-    (:func:`byte_code_for`)."""
+@dataclass
+class FreshPayload:
+    """A new machine's first and only transfer: the agent, its byte code (:func:`byte_code_for`) and the bundle."""
+
+    payload: bytes
+    #: sha256 of the byte code it carries ("": none), which the box is told to run (``BoxAgent.compiled``)
+    compiled: str
+
+
+def fresh_payload(
+    bundle: dict[str, Any],
+    checks: list[dict[str, Any]],
+    files: dict[str, bytes],
+    build_checks: list[dict[str, Any]] | None = None,
+) -> FreshPayload:
+    """The payload of a box that was never sent the agent. It needs no machine: a bake makes it while the machine
+    boots (controller/stages/connect.py ``WhileBooting``)."""
     from kiln.controller.agent_build import agent_zipapp
 
-    return bundle_payload(bundle, checks, files, agent_zipapp(), byte_code=byte_code_for(box) if box else None)
+    byte_code, compiled = controller_byte_code()
+    payload = bundle_payload(bundle, checks, files, agent_zipapp(), build_checks=build_checks, byte_code=byte_code)
+    return FreshPayload(payload, compiled)
 
 
 #: the payload entry of the agent's byte code, named for the python that compiled it (the bootstrap's COMPILED_ENTRY)
@@ -238,13 +252,21 @@ def byte_code_for(box: BoxAgent) -> dict[str, bytes]:
     from source, each time (~0.3 s: the runner, Jinja2, the modules). The box keeps the entry only when its python's
     cache tag is the controller's, and runs it only when its sha256 is the one the command names (as any compiled
     copy); else it runs the source. Nothing (and the box compiles as before) when this python cannot compile it."""
+    entry, compiled = controller_byte_code()
+    if entry:
+        box.compiled = compiled
+    return entry
+
+
+def controller_byte_code() -> tuple[dict[str, bytes], str]:
+    """The payload entry of the agent's byte code (:func:`controller_compiled`) and its sha256; ({}, "") when this
+    python cannot compile it."""
     try:
         data = controller_compiled()
     except (OSError, SyntaxError, ValueError) as exc:
         log.info("agent not compiled here; the box runs its source", error=str(exc))
-        return {}
-    box.compiled = digest(data)
-    return {COMPILED_ENTRY + sys.implementation.cache_tag: data}
+        return {}, ""
+    return {COMPILED_ENTRY + sys.implementation.cache_tag: data}, digest(data)
 
 
 @functools.lru_cache(maxsize=1)
@@ -563,11 +585,11 @@ def _warm_output(
     return Completed(int(end.get("rc", 1)), "\n".join(lines), str(end.get("stderr", "")))
 
 
-def stage_bundle(ctx: BakeContext, bundle: dict[str, Any], byte_code: bool = False) -> int:
+def stage_bundle(ctx: BakeContext, bundle: dict[str, Any]) -> int:
     """Stage the bundle for the next agent run (push and apply in one exec); returns its size in bytes.
 
-    The agent rides along only when the box was never sent it (with ``byte_code``, its byte code too:
-    :func:`byte_code_for`); a box that lost or changed its copy says so and is sent it again (see :func:`run_agent`).
+    The agent rides along only when the box was never sent it; a box that lost or changed its copy says so and is
+    sent it again (see :func:`run_agent`). A bake's new machines get :func:`fresh_payload` instead.
     """
     from kiln.controller.agent_build import agent_zipapp
 
@@ -580,7 +602,6 @@ def stage_bundle(ctx: BakeContext, bundle: dict[str, Any], byte_code: bool = Fal
         ctx.compiled.files,
         None if box.sent else agent_zipapp(),
         build_checks=build if len(build) != len(checks) else None,
-        byte_code=byte_code_for(box) if byte_code and not box.sent else None,
     )
     return len(box.pending)
 

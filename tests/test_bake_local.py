@@ -401,3 +401,27 @@ def test_the_base_asked_about_while_the_role_compiles_answers_the_resolve_stage(
     assert base.id == engine.image_id(BASE_IMAGE) and base.name == BASE_IMAGE
     assert provider.resolve_base(None).id == base.id
     assert calls.read_text().splitlines() == asked * 2, "a prefetch answers one resolve only"
+
+
+def test_the_agent_s_payloads_are_made_while_the_machines_boot(engine, tmp_path):
+    """The build and the test machine's payloads (the agent, its byte code, the bundle or the checks) need no
+    machine: each is made while its machine boots, not after the SSH connection."""
+    playbooks = make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": '- name: marker\n  copy: {content: "x\\n", dest: /etc/kiln-marker, mode: "0644"}\n',
+            "verify.yml": "- file: /etc/kiln-marker\n",
+        },
+        role="booting",
+    )
+    try:
+        proc = invoke(tmp_path, "bake", "--role", "booting", "--json", playbooks=playbooks)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+        staged = next(e for e in events if e["event"] == "staged")
+        tested = next(e for e in events if e["event"] == "image tested")
+        assert staged["made"] == "while the machine booted", staged
+        assert tested["payload_made"] == "while the machine booted", tested
+    finally:
+        for row in engine.images(image_repo("booting")):
+            engine.remove_image(row["Id"])

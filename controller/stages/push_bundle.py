@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import structlog
 
 from kiln.controller.context import BakeContext
-from kiln.controller.remote import box_agent, stage_bundle
+from kiln.controller.remote import FreshPayload, box_agent, fresh_payload
+from kiln.controller.stages.connect import WhileBooting
 
 log = structlog.get_logger("kiln.stage")
 
@@ -46,23 +48,53 @@ def has_expressions(steps: list) -> bool:
     return False
 
 
+@dataclass
+class Staged:
+    """What the build machine's one agent run carries and does: its payload, the later stages' parts, and whether
+    the box compiles the whole agent."""
+
+    fresh: FreshPayload
+    later_parts: list[str]
+    compile: bool
+
+
+def staged_for(ctx: BakeContext) -> Staged:
+    """The build machine's payload (the agent, its byte code, the bundle) and run: nothing of it needs the machine."""
+    from kiln.controller.stages.apply_steps import folded_parts, reboots
+
+    bundle = bundle_of(ctx)
+    checks = ctx.compiled.checks
+    build = [check for check in checks if check.get("on", "both") in ("both", "build")]
+    fresh = fresh_payload(bundle, checks, ctx.compiled.files, build_checks=build if len(build) != len(checks) else None)
+    # the agent's byte code rides along (remote.byte_code_for); a box whose python cannot use it compiles what it
+    # imports, or the whole agent once when runs resumed after reboots would compile Jinja2 again
+    return Staged(fresh, folded_parts(ctx), reboots(ctx) and uses_jinja(ctx, bundle))
+
+
 class PushBundle:
     """Stages the agent and the bundle for the apply's exec, which carries them, reports the facts first and runs
-    the later parts (:func:`~kiln.controller.stages.apply_steps.folded_parts`): one python start on the box."""
+    the later parts (:func:`~kiln.controller.stages.apply_steps.folded_parts`): one python start on the box.
+
+    In a bake the connect stage has it make the payload while the machine boots (:meth:`prepare_while_booting`)."""
 
     name = "push agent and bundle"
 
-    def run(self, ctx: BakeContext) -> None:
-        from kiln.controller.stages.apply_steps import folded_parts, reboots
+    def __init__(self) -> None:
+        self.preparing: WhileBooting[Staged] | None = None
 
+    def prepare_while_booting(self, ctx: BakeContext) -> None:
+        self.preparing = WhileBooting(lambda: staged_for(ctx))
+
+    def run(self, ctx: BakeContext) -> None:
         box = box_agent(ctx)
-        box.later_parts = folded_parts(ctx)  # the idempotence check, verify and the inventory ride in the apply's
-        bundle = bundle_of(ctx)
-        # the agent's byte code rides along (remote.byte_code_for); a box whose python cannot use it compiles what it
-        # imports, or the whole agent once when runs resumed after reboots would compile Jinja2 again
-        box.compile = reboots(ctx) and uses_jinja(ctx, bundle)
-        size = stage_bundle(ctx, bundle, byte_code=True)
-        log.info("staged", bytes=size, parts=", ".join(box.later_parts) or "-")
+        prepared, self.preparing = self.preparing, None
+        staged = prepared.result() if prepared is not None else None
+        made = "while the machine booted" if staged is not None else "now"
+        staged = staged or staged_for(ctx)
+        box.later_parts = staged.later_parts  # the idempotence check, verify and the inventory ride in the apply's
+        box.compile = staged.compile
+        box.pending, box.compiled = staged.fresh.payload, staged.fresh.compiled
+        log.info("staged", bytes=len(box.pending), parts=", ".join(box.later_parts) or "-", made=made)
 
     def undo(self, ctx: BakeContext) -> None:
         """The bundle lives on the instance; cleaning the machine (or removing it) takes it."""

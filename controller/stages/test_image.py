@@ -18,8 +18,8 @@ import structlog
 
 from kiln.controller.context import BakeContext, StepCounts
 from kiln.controller.model import BaseImage
-from kiln.controller.remote import BUNDLE, agent_command, box_agent, bundle_tar
-from kiln.controller.stages.connect import Connect
+from kiln.controller.remote import BUNDLE, FreshPayload, agent_command, box_agent, fresh_payload
+from kiln.controller.stages.connect import Connect, WhileBooting
 from kiln.controller.stages.push_bundle import extra_vars
 from kiln.controller.stages.verify import checks_on, image_run_files, run_checks
 
@@ -47,6 +47,15 @@ def machine_from_image(ctx: BakeContext) -> BakeContext:
     )
 
 
+def image_payload(ctx: BakeContext, checks: list[dict]) -> FreshPayload:
+    """The test machine's one transfer: the agent (cleaning removed it from the image) with its byte code, and the
+    checks with the variables they render with; made while the machine boots."""
+    from kiln.controller.stepfiles.compile import bundle_json
+
+    bundle = {"role": ctx.role, "vars": bundle_json(ctx.compiled, extra_vars(ctx))["vars"]}
+    return fresh_payload(bundle, checks, image_run_files(ctx))
+
+
 class TestImage:
     name = "test image"
     __test__ = False  # not a pytest class
@@ -63,21 +72,22 @@ class TestImage:
         self.machine = fresh = machine_from_image(ctx)
         fresh.instance = ctx.provider.launch(fresh.machine_spec())  # the machine, or nothing left of it
         log.info("test machine", image=ctx.image.name, instance=fresh.instance.id)
+        preparing = WhileBooting(lambda: image_payload(ctx, checks))
         Connect().run(fresh)
-        # the agent (cleaning removed it from the image) and the checks with the variables they render with
-        from kiln.controller.stepfiles.compile import bundle_json
-
-        bundle = {"role": ctx.role, "vars": bundle_json(ctx.compiled, extra_vars(ctx))["vars"]}
-        payload = bundle_tar(bundle, checks, image_run_files(ctx), box=box_agent(fresh))  # with its byte code
+        prepared = preparing.result()
+        made = "while the machine booted" if prepared is not None else "now"
+        prepared = prepared or image_payload(ctx, checks)
+        box_agent(fresh).compiled = prepared.compiled
         command = agent_command(fresh, "verify", f"{BUNDLE}/checks.json")
         where = f" on a fresh machine from the image {ctx.image.name} ({fresh.instance.id})"
-        summary = run_checks(fresh, command, "image", stdin=payload, where=where)
+        summary = run_checks(fresh, command, "image", stdin=prepared.payload, where=where)
         ctx.checks["image_passed"] = summary.get("passed", 0)
         log.info(
             "image tested",
             passed=summary.get("passed", 0),
             instance=fresh.instance.id,
             seconds=round(time.monotonic() - started, 2),
+            payload_made=made,
         )
         self.remove(ctx)
 
