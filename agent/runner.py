@@ -155,6 +155,9 @@ class Runner:
         self.templated: Set[str] = set(bundle.get("vars", {}))
         self.learned: Set[str] = set()  # the variables the run set: kept for verify (RUN_VARIABLES_FILE)
         self.var_sources: Dict[str, str] = dict(bundle.get("var_sources") or {})
+        # per role, the names its own tasks see otherwise (its own defaults over another role's; a private
+        # include_role's variables): templates, below what the run sets (set_fact, register, include_vars)
+        self.role_vars: Dict[str, Dict[str, Any]] = dict(bundle.get("role_vars") or {})
         self.counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0, "rescued": 0}
         self.changed_steps: List[Dict[str, Any]] = []
         self.rescue_depth = 0  # > 0: a failure here is handled by an enclosing block's rescue
@@ -406,6 +409,9 @@ class Runner:
     def step_scope(self, step: Dict[str, Any]) -> Scope:
         """The run's variables, with the step's role's name and path and its own ``vars`` (templates too)."""
         scope = self.scope()
+        seen_by_role = self.role_vars.get(step.get("role") or "")
+        if seen_by_role:
+            scope = scope.child({k: v for k, v in seen_by_role.items() if k not in self.learned}, True)
         if step.get("role"):
             scope = scope.child(
                 {

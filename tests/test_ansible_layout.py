@@ -284,7 +284,9 @@ def test_include_and_import_role_compile_the_named_roles_tasks(tmp_path):
     assert [h["name"] for h in compiled.handlers] == ["reload hosts"]
     variables = compiled.variables
     assert (variables["vhost_user"], variables["vhost_conf"], variables["page_title"]) == ("web", "/etc/vhost", "Hi")
-    assert (variables["page_size"], variables["tools_word"]) == (10, "hi")
+    assert variables["page_size"] == 10  # vhost is imported: its variables are public
+    # galaxy.tools is included (public: false, Ansible's default): its defaults are its own tasks' only
+    assert "tools_word" not in variables and compiled.role_vars["galaxy.tools"]["tools_word"] == "hi"
     assert {"templates/vhost/host.j2", "vars/vhost/page.yml"} <= set(compiled.files)
 
 
@@ -550,3 +552,23 @@ def test_an_included_roles_dependency_keeps_its_settings(tmp_path):
         "ansible_os_family == 'Debian'",
         {"repo_name": "main"},
     )
+
+
+@pytest.mark.slow
+def test_role_variable_scope_equals_ansible_playbooks(engine):
+    """kiln_scope (tests/ansible_roles) reads names its dependency and the roles it includes privately,
+    includes publicly and imports also define: each role's tasks see its own defaults over the others', and a
+    private include_role's defaults and vars stay its own; each role writes what it sees."""
+    siblings = ("kiln_scope_dep", "kiln_scope_private", "kiln_scope_public", "kiln_scope_imported")
+    work = workdir()
+    try:
+        for staged in (work / "ansible" / "roles", work / "kiln" / "playbooks" / "roles"):
+            staged.mkdir(parents=True)
+        for sibling in siblings:
+            (work / "ansible" / "roles" / sibling).symlink_to(ROLES / sibling)
+            shutil.copytree(ROLES / sibling, work / "kiln" / "playbooks" / "roles" / sibling)
+        result = compare_role(engine, ROLES / "kiln_scope", work, labels={TEST_LABEL: SESSION})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert result.ansible.ok, result.ansible.output[-3000:]
+    assert result.equal, result.report()

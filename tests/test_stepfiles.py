@@ -346,7 +346,7 @@ def test_web_role_compiles():
         for step in compiled.steps
     )
     bundle = bundle_json(compiled, {"kiln": {"role": "web", "version": "20240101.1", "build_id": "b1"}})
-    assert set(bundle) == {"role", "vars", "var_sources", "steps", "handlers", "check_mode", "diff"}
+    assert set(bundle) == {"role", "vars", "var_sources", "role_vars", "steps", "handlers", "check_mode", "diff"}
     assert bundle["vars"]["kiln"]["version"] == "20240101.1"
     json.dumps(bundle)
 
@@ -711,12 +711,19 @@ def test_notify_may_name_a_dependency_handler(tmp_path: Path):
     assert compiled.handlers[0]["role"] == "lib"
 
 
-def test_duplicate_handler_across_roles(tmp_path: Path):
+def test_a_handler_name_in_two_roles_runs_the_one_loaded_last(tmp_path: Path):
+    """As in Ansible (compared with ansible-playbook by kiln_scope in test_ansible_layout.py)."""
     make_role(tmp_path, "lib", {"handlers.yml": HANDLERS_YML})
     make_role(tmp_path, "t", {"role.yml": "depends: [lib]\n", "handlers.yml": HANDLERS_YML})
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    assert [(h["name"], h["role"]) for h in compiled.handlers if h["name"] == "reload nginx"] == [("reload nginx", "t")]
+
+
+def test_duplicate_handler_in_one_role(tmp_path: Path):
+    make_role(tmp_path, "t", {"handlers.yml": HANDLERS_YML + HANDLERS_YML})
     found = compile_errors(tmp_path)
     assert "duplicate handler 'reload nginx' (first defined at" in found[0].message
-    assert "lib/handlers.yml:1" in found[0].message
+    assert "t/handlers.yml:1" in found[0].message
 
 
 def test_validate_roles_reports_every_role(tmp_path: Path):

@@ -8,11 +8,9 @@ turns that into ``bundle.json`` (docs/internals.md).
 Roles that ``include_role``/``import_role`` name are loaded like dependencies (validate.py
 compiles their tasks in place) and are part of ``chain``, before the roles of the dependency chain.
 
-Variables, lowest to highest precedence: role defaults (included roles' main.yml first, then
-the dependency chain in order, then the files defaults_from names) < role.yml vars (same order)
-< ``kiln.yaml`` ``vars`` < vars/ files (same order, vars_from last) < ``--var k=v``. One scope
-holds them all: a role's own defaults do not win over another role's for its own tasks, as they
-do in Ansible.
+Variables, lowest to highest precedence: role defaults < role.yml vars < ``kiln.yaml`` ``vars``
+< vars/ files < ``--var k=v``, each role's tasks seeing them as Ansible shows them (:class:`Scopes`):
+its own defaults over another role's, and a private ``include_role``'s variables its tasks' only.
 """
 
 from __future__ import annotations
@@ -514,6 +512,7 @@ def _compile(
                 handlers=True
             )
     handlers += _included_handlers(collector, modules, chain, sources, problems)
+    handlers = _last_loaded(handlers)
     included_roles = list(dict.fromkeys(use.name for use in collector.role_uses if use.name not in chain))
     roles = included_roles + chain  # every role whose files, variables and templates the bake uses
     checks: list[dict[str, Any]] = []
@@ -523,24 +522,19 @@ def _compile(
         if src.verify_doc is not None:
             checks += compile_checks(collector, checks_available, name, src.verify_doc)
 
-    # variables: defaults < role.yml vars < kiln.yaml < vars/ < --var; included roles first, then the chain
-    mains, named = _included_layers(collector.role_uses, chain, sources, problems)
-    layers = mains + [_layer(sources[n]) for n in chain] + named
-    variables: dict[str, Any] = {}
-    for layer in layers:
-        variables.update(layer.defaults)
-    for layer in layers:
-        variables.update(layer.vars)
-    variables.update(config.vars)
-    for layer in layers:  # Ansible's role vars win over inventory-like variables (kiln.yaml)
-        variables.update(layer.ansible_vars)
-    variables.update(overrides or {})
+    # variables: defaults < role.yml vars < kiln.yaml < vars/ < --var, each role's tasks seeing its own (Scopes)
+    own, layers = _own_layers(collector.role_uses, chain, sources, problems)
+    scopes = _role_scopes(
+        role, chain, sources, own, collector.role_uses, playbooks_dir / "roles", config.vars, overrides
+    )
+    variables = scopes.public
+    everything = scopes.everything()
     for key in overrides or {}:
         if not IDENTIFIER.match(str(key)) or key in RESERVED_NAMES:
             problems.append(Diagnostic("--var", 1, 1, f"'{key}' cannot be set as a variable"))
 
     included = {var for name in roles for values in sources[name].vars_files.values() for var in values}
-    known = set(variables) | collector.registers | set(BUILTIN_NAMES) | included | collector.params
+    known = set(everything) | collector.registers | set(BUILTIN_NAMES) | included | collector.params
     var_refs: list[tuple[Document, tuple[Any, ...], Any]] = []
     for name in roles:
         src = sources[name]
@@ -561,14 +555,14 @@ def _compile(
     var_sources = {
         path[-1]: f"{doc.display}:{doc.value_pos(path)[0]}"
         for doc, path, value in var_refs
-        if path[-1] in variables and variables[path[-1]] is value
+        if path[-1] in everything and everything[path[-1]] is value
     }
     # a role.yml that did not load leaves its variables unknown: do not guess at undefined names then
     unreadable = any(d.file.endswith(("role.yml", "defaults/main.yml", "vars/main.yml")) for d in problems)
     check_references(collector, known, {name: sources[name].tree for name in roles}, check_names=not unreadable)
 
-    resolved = resolve_variables(variables, {"kiln": {"role": role}})
-    expand_include_loops(collector, variables, resolved, collector.registers | included, problems)
+    resolved = resolve_variables(everything, {"kiln": {"role": role}})
+    expand_include_loops(collector, everything, resolved, collector.registers | included, problems)
     for check, doc, path, key in collector.check_templates:
         try:
             check["args"][key] = render(check["args"][key], resolved)
@@ -593,7 +587,7 @@ def _compile(
             problems.append(doc.diag(path, f"cannot decide ignore_errors here: {exc}"))
             continue
         step["ignore_errors"] = rendered is True or str(rendered).strip().lower() in ("true", "yes", "on", "1")
-    _render_names(steps + handlers, resolved, collector.registers | included)
+    _render_names(steps + handlers, scopes.resolver(role), collector.registers | included)
     if problems:
         unique = list(dict.fromkeys(problems))
         raise InvalidInput(sorted(unique, key=lambda d: (d.file, d.line, d.column)))
@@ -627,6 +621,7 @@ def _compile(
         no_log_values=no_log_values,
     )
     compiled.var_sources = var_sources  # type: ignore[attr-defined]  # not a field (a shared contract)
+    compiled.role_vars = scopes.own  # type: ignore[attr-defined]  # likewise
     return compiled
 
 
@@ -662,24 +657,27 @@ def _layer(src: RoleSource) -> RoleLayer:
     )
 
 
-def _included_layers(
+def _own_layers(
     uses: list[RoleUse], chain: list[str], sources: dict[str, RoleSource], problems: list[Diagnostic]
-) -> tuple[list[RoleLayer], list[RoleLayer]]:
-    """The variables of the roles include_role/import_role bring in: their main.yml files the first time (the
-    chain's roles have theirs already), and the ``defaults_from``/``vars_from`` files asked for. The first go
-    below the chain's, the second above: a file a task names is meant for the tasks it brings in."""
-    mains: list[RoleLayer] = []
-    named: list[RoleLayer] = []
+) -> tuple[dict[str, RoleLayer], list[RoleLayer]]:
+    """Each role's own variables: the chain's roles their main.yml files; the roles include_role/import_role
+    bring in their main.yml files unless a use names other files, and the ``defaults_from``/``vars_from``
+    files asked for (above main: a file a task names is meant for the tasks it brings in). Also every layer
+    read, for where each value is written."""
+    own = {name: _layer(sources[name]) for name in chain}
+    layers = list(own.values())
     loaded = {(name, part) for name in chain for part in ("defaults", "vars")}  # main.yml files already in
+    named: list[tuple[str, RoleLayer]] = []
     for use in uses:
         src = sources[use.name]
+        mine = own.setdefault(use.name, RoleLayer())
         for setting, part in (("defaults_from", "defaults"), ("vars_from", "vars")):
             rel = getattr(use, setting)
             if rel:
                 doc = _load(src.tree, rel, problems)
                 values = _variables(doc, problems)
                 layer = RoleLayer(**{"defaults" if part == "defaults" else "ansible_vars": values})
-                named.append(layer)
+                named.append((use.name, layer))
             elif (use.name, part) not in loaded:
                 loaded.add((use.name, part))
                 doc, values = (
@@ -688,11 +686,135 @@ def _included_layers(
                 layer = (
                     RoleLayer(defaults=values) if part == "defaults" else RoleLayer(vars=src.vars, ansible_vars=values)
                 )
-                mains.append(layer)
+                _merge_layer(mine, layer)
             else:
                 continue
             layer.docs.append((doc, values))
-    return mains, named
+            layers.append(layer)
+    for name, layer in named:
+        _merge_layer(own[name], layer)
+    return own, layers
+
+
+def _merge_layer(into: RoleLayer, layer: RoleLayer) -> None:
+    into.defaults = {**into.defaults, **layer.defaults}
+    into.vars = {**into.vars, **layer.vars}
+    into.ansible_vars = {**into.ansible_vars, **layer.ansible_vars}
+
+
+@dataclass
+class Scopes:
+    """The variables each role's tasks see, as ansible-core 2.19 gives them (DEFAULT_PRIVATE_ROLE_VARS false).
+
+    ``public``: what every task sees (the bundle's ``vars``): the defaults, then the vars, of the baked role
+    with its dependencies and of every public role (import_role, ``include_role`` with ``public: true``).
+    ``own``: for each role, the names its own tasks see otherwise: above the public defaults, the defaults of
+    its dependencies, of the roles that brought it in (dependency chain) and its own; above the public vars,
+    those of the roles that brought it in, of its dependencies and its own. So a role's own defaults win over
+    another role's for its tasks, and a private include_role's defaults and vars are its tasks' only.
+    kiln.yaml's vars sit between defaults and vars, ``--var`` above all (as inventory and extra vars do).
+    """
+
+    public: dict[str, Any]
+    own: dict[str, dict[str, Any]]
+
+    def everything(self) -> dict[str, Any]:
+        """Every name some task sees (the public value where there is one): for checks made when compiling."""
+        merged = dict(self.public)
+        for values in self.own.values():
+            for name, value in values.items():
+                merged.setdefault(name, value)
+        return merged
+
+    def resolver(self, role: str) -> Any:
+        """``resolve(step_role)``: the variables a role's tasks see, rendered where the controller can."""
+        cache: dict[str, dict[str, Any]] = {}
+
+        def resolve(step_role: str | None) -> dict[str, Any]:
+            key = step_role or ""
+            if key not in cache:
+                cache[key] = resolve_variables({**self.public, **self.own.get(key, {})}, {"kiln": {"role": role}})
+            return cache[key]
+
+        return resolve
+
+
+def _role_scopes(
+    role: str,
+    chain: list[str],
+    sources: dict[str, RoleSource],
+    own: dict[str, RoleLayer],
+    uses: list[RoleUse],
+    roles_dir: Path,
+    config_vars: dict[str, Any],
+    overrides: dict[str, Any] | None,
+) -> Scopes:
+    deps = {
+        name: [f for f in (role_folder(roles_dir, d) for d in sources[name].depends) if f in own and f != name]
+        for name in own
+    }
+    brought_by: dict[str, str] = {}  # the role whose dependency or include brought each role in first
+    for name in chain:
+        for dep in deps[name]:
+            brought_by.setdefault(dep, name)
+    for use in uses:
+        if use.by and use.by != use.name:
+            brought_by.setdefault(use.name, use.by)
+    brought_by.pop(role, None)
+    public_roles = [role]
+    public_roles += [u.name for u in uses if u.kind == "import_role" and u.public is not False]
+    public_roles += [u.name for u in uses if u.kind == "include_role" and u.public]
+
+    def merged(names: list[str], tier: str) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in names:
+            values.update(getattr(own[name], tier))
+        return values
+
+    with_deps = [n for p in dict.fromkeys(public_roles) for n in [*_all_deps(p, deps), p]]
+    public_tiers = {tier: merged(with_deps, tier) for tier in ("defaults", "vars", "ansible_vars")}
+
+    def view(tiers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return {**tiers["defaults"], **tiers["vars"], **config_vars, **tiers["ansible_vars"], **(overrides or {})}
+
+    public = view(public_tiers)
+    scoped: dict[str, dict[str, Any]] = {}
+    for name in own:
+        parents, below = _parents(name, brought_by), _all_deps(name, deps)
+        tiers = {
+            "defaults": {**public_tiers["defaults"], **merged(below + parents + [name], "defaults")},
+            "vars": {**public_tiers["vars"], **merged(below + parents + [name], "vars")},
+            "ansible_vars": {**public_tiers["ansible_vars"], **merged(parents + below + [name], "ansible_vars")},
+        }
+        differs = {k: v for k, v in view(tiers).items() if k not in public or public[k] is not v}
+        if differs:
+            scoped[name] = differs
+    return Scopes(public, scoped)
+
+
+def _all_deps(name: str, deps: dict[str, list[str]], seen: frozenset[str] = frozenset()) -> list[str]:
+    """``name``'s dependencies, each after its own (Ansible's get_all_dependencies order)."""
+    found: list[str] = []
+    for dep in deps.get(name, []):
+        if dep not in seen:
+            found += [*_all_deps(dep, deps, seen | {name}), dep]
+    return list(dict.fromkeys(found))
+
+
+def _parents(name: str, brought_by: dict[str, str]) -> list[str]:
+    """The roles that brought ``name`` in, outermost first (Ansible's dependency chain)."""
+    found: list[str] = []
+    while name in brought_by and brought_by[name] not in found and brought_by[name] != name:
+        name = brought_by[name]
+        found.insert(0, name)
+    return found
+
+
+def _last_loaded(handlers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One handler of each name: the one loaded last (the chain's roles in order, then the included roles'),
+    which is the one a notify runs in Ansible, where another role's handler of the same name is shadowed."""
+    last = {handler.get("name"): position for position, handler in enumerate(handlers)}
+    return [handler for position, handler in enumerate(handlers) if last[handler.get("name")] == position]
 
 
 def _included_handlers(
@@ -813,9 +935,10 @@ def _vault_values(variables: dict[str, Any], sources: dict[str, RoleSource], cha
     return found
 
 
-def _render_names(steps: list[dict[str, Any]], resolved: dict[str, Any], runtime: set[str]) -> None:
+def _render_names(steps: list[dict[str, Any]], resolved: Any, runtime: set[str]) -> None:
     """Step names with Jinja, rendered where the controller knows every name (the rest on the box): with the
-    step's own vars (an include loop's item), never with a value a loop, set_fact or register gives there."""
+    variables the step's role sees (``resolved(role)``) and its own vars (an include loop's item), never with a
+    value a loop, set_fact or register gives there."""
     for step in steps:
         name = step.get("name")
         if is_templated(name):
@@ -823,7 +946,7 @@ def _render_names(steps: list[dict[str, Any]], resolved: dict[str, Any], runtime
             reads = _undeclared_in(name)
             if not reads & (runtime | _loop_names(step)) and not any(any_templated(own[n]) for n in reads & set(own)):
                 try:
-                    step["name"] = str(render(name, {**resolved, **own}))
+                    step["name"] = str(render(name, {**resolved(step.get("role")), **own}))
                 except Exception:  # noqa: BLE001 - facts, registered results, loop items: the box renders it
                     pass
         for key in ("block", "rescue", "always"):
@@ -892,6 +1015,8 @@ def bundle_json(
         "role": compiled.role,
         "vars": variables,
         "var_sources": getattr(compiled, "var_sources", {}),
+        # per role, the names its own tasks see otherwise (Scopes); an agent without role scopes ignores it
+        "role_vars": getattr(compiled, "role_vars", {}),
         "steps": compiled.steps,
         "handlers": compiled.handlers,
         "check_mode": bool(getattr(compiled, "check_mode", False) if check_mode is None else check_mode),

@@ -179,6 +179,7 @@ class Collector:
     notifies: list[tuple[Document, tuple[Any, ...], str]] = field(default_factory=list)
     registers: set[str] = field(default_factory=set)
     handlers: dict[str, str] = field(default_factory=dict)  # name -> "file:line" of its definition
+    handler_roles: dict[str, str] = field(default_factory=dict)  # handler name -> the role defining it last
     template_uses: list[TemplateUse] = field(default_factory=list)
     templated_src: dict[str, set[str]] = field(default_factory=dict)  # role -> names a templated src may use
     vars_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {vars/ file: its variables}
@@ -221,6 +222,9 @@ class RoleUse:
     defaults_from: str = ""
     handlers_from: str = ""
     main: bool = True  # its tasks/main.yml (or steps.yml) ran: its verify.yml applies
+    kind: str = "dependency"  # or include_role, import_role
+    public: bool | None = None  # include_role/import_role's public, as written
+    by: str = ""  # the role whose task includes it, or that depends on it
 
 
 @dataclass
@@ -310,10 +314,11 @@ class StepCompiler:
             return
         name = step["name"]
         first = self.c.handlers.get(name)
-        if first:
+        if first and self.c.handler_roles.get(name, self.role) == self.role:
             self.error(path + ("name",), f"duplicate handler '{name}' (first defined at {first})")
-        elif name:
+        elif name:  # another role's handler of this name: the one loaded last runs, as in Ansible (compile.py)
             self.c.handlers[name] = step["source"]
+            self.c.handler_roles[name] = self.role
         for topic in step.get("listen", []):
             self.c.handlers.setdefault(topic, step["source"])
 
@@ -680,6 +685,9 @@ class StepCompiler:
                 files["defaults_from"] or "",
                 files["handlers_from"] or "",
                 main=not tasks_rel,
+                kind=kind,
+                public=settings.get("public"),
+                by=self.role,
             )
         )
         if loops:
@@ -793,7 +801,7 @@ class StepCompiler:
             if found is None or self.c.roles.ran(found.name) or f"{found.name}:tasks/main.yml" in self.stack:
                 continue  # an unknown dependency is reported where it is listed
             self.c.roles.mark_ran(found.name)  # a dependency runs once (Ansible's allow_duplicates: false)
-            self.c.role_uses.append(RoleUse(found.name, doc, dep_path))
+            self.c.role_uses.append(RoleUse(found.name, doc, dep_path, by=source.name))
             listing = StepCompiler(self.c, self.modules, source.name, source.dir, doc, source.tree, self.stack)
             found_steps = self._role_tasks(found, "", ctx, f"{found.name}:tasks/main.yml") or []
             steps += listing.with_dependency_settings(dep_path, found_steps)
