@@ -20,7 +20,7 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import paramiko
@@ -35,6 +35,19 @@ log = structlog.get_logger("kiln.ssh")
 POLL_SECONDS = 1.0
 #: How long a TCP connection to sshd may take to open.
 CONNECT_SECONDS = 10.0
+#: The longest pause between two attempts to reach a booting machine's sshd: a refused attempt costs next to
+#: nothing, and the connection comes at most this long after sshd does (it was a back-off to 3 s).
+RETRY_PAUSE_MAX = 0.25
+
+
+def retry_pauses() -> Iterator[float]:
+    """The pauses between attempts to connect: 0.05 s, growing by half to :data:`RETRY_PAUSE_MAX`."""
+    pause = 0.05
+    while True:
+        yield pause
+        pause = min(pause * 1.5, RETRY_PAUSE_MAX)
+
+
 #: How long closing a connection may take before its socket is dropped under it.
 CLOSE_SECONDS = 5.0
 
@@ -242,7 +255,7 @@ class Session:
     def wait_until_ready(self, timeout: float = 120.0) -> float:
         """Connect, retrying with backoff while sshd is not up yet; returns seconds waited."""
         started = time.monotonic()
-        delay = 0.2
+        pauses = retry_pauses()
         last: Exception | None = None
         while time.monotonic() - started < timeout:
             attempt = time.monotonic()
@@ -262,8 +275,7 @@ class Session:
                 self.conn.close()
                 if sock is not None:
                     sock.close()
-                time.sleep(delay)
-                delay = min(delay * 1.5, 3.0)
+                time.sleep(next(pauses))
         raise SSHError(f"SSH to {self.address} not ready after {timeout:.0f}s: {last}")
 
     def _socket(self) -> socket.socket:
