@@ -274,7 +274,9 @@ class Engine:
         return rc, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
     def remove_container(self, container: str) -> None:
-        self.run("rm", "-f", "-t", "2", container, check=False, timeout=120)
+        """Remove ``container`` (gone already: nothing to do); one engine call unless the engine refuses."""
+        if self.succeeds("rm", "-f", "-t", "2", container, timeout=120):
+            return
         if self.status(container) == "paused":  # an engine that cannot remove a frozen container
             self.run("unpause", container, check=False, timeout=60)
             self.run("rm", "-f", "-t", "2", container, check=False, timeout=120)

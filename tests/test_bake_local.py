@@ -438,3 +438,24 @@ def test_the_ssh_wait_looks_again_within_a_quarter_second():
     pauses = list(islice(retry_pauses(), 40))
     assert pauses[0] <= 0.05 and max(pauses) <= 0.25, pauses
     assert pauses == sorted(pauses), "the pauses only grow"
+
+
+def test_removing_a_machine_is_one_engine_call_and_a_paused_one_goes_too(engine, tmp_path):
+    """A container the engine removes costs one call (no status look after it); a paused one, which the engine
+    may refuse, is unpaused and removed."""
+    recording, calls = _recording_engine(tmp_path)
+    image = "localhost/kiln-base/debian:bookworm"
+    plain = engine.run("create", "--label", SESSION_LABEL, image, "true").strip()
+    limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+    paused = engine.run("run", "-d", "--label", SESSION_LABEL, *limits, image, "sleep", "300").strip()
+    try:
+        engine.run("pause", paused)
+        calls.write_text("")
+        recording.remove_container(plain)
+        assert len(calls.read_text().splitlines()) == 1, calls.read_text()
+        recording.remove_container(paused)
+        assert not engine.container_exists(plain) and not engine.container_exists(paused)
+    finally:
+        for container in (plain, paused):
+            engine.run("unpause", container, check=False)
+            engine.run("rm", "-f", container, check=False)
