@@ -55,6 +55,7 @@ import hashlib, json, marshal, os, shutil, sys, zipfile, zlib
 RUN = "/var/lib/kiln"
 AGENT = RUN + "/agent.pyz"
 COMPILED_ENTRY = "agent-compiled."
+KEEP_COMPILED = 3
 def say(event):
     sys.stdout.write(json.dumps(event) + "\n"); sys.stdout.flush()
 def sha(data):
@@ -79,7 +80,7 @@ def unpack(payload, compiled):
         data = body[at:at + size]; at += size
         if name.startswith(COMPILED_ENTRY):  # the controller's byte code: kept only for this python's cache tag
             if name == COMPILED_ENTRY + sys.implementation.cache_tag:
-                put(compiled, data)
+                put(compiled, data); prune(compiled)
             continue
         if name.startswith("/") or ".." in parts or not (name == "agent.pyz" or parts[0] == "bundle"):
             raise SystemExit("refusing payload entry " + name)
@@ -97,8 +98,15 @@ def compiled_copy(source, path):
                 name += "c"
             entry = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
             dst.writestr(entry, data)
-    put(path, out.getvalue())
+    put(path, out.getvalue()); prune(path)
     return sha(out.getvalue())
+def prune(kept):  # a kept box gets a compiled copy per agent version: the newest few stay
+    try:
+        copies = [RUN + "/" + n for n in os.listdir(RUN) if n.startswith("agent-") and n.endswith(".zip")]
+        copies.sort(key=os.path.getmtime, reverse=True)
+        for path in copies[KEEP_COMPILED:]:
+            if path != kept: os.unlink(path)
+    except OSError: pass
 want = json.loads(sys.argv[1])
 os.umask(0o077)
 os.makedirs(RUN, 0o700, exist_ok=True)

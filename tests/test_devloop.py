@@ -297,3 +297,26 @@ def test_a_kept_instance_whose_host_key_is_not_the_pinned_one_is_refused(engine,
         assert not statuses(refused.stderr), "a step ran on a machine whose host key is not the pinned one"
     finally:
         invoke(tmp_path, "destroy", "--role", "devpin")
+
+
+def test_a_kept_box_keeps_only_the_newest_compiled_copies_of_the_agent(engine, tmp_path):
+    """Each agent version leaves a byte-compiled copy on a kept box (~1.5 MB): when the box makes a new one, only
+    the newest few (3) stay, the one it runs among them."""
+    make_playbooks(tmp_path, {"steps.yml": STEPS}, role="devprune")
+    env = {"KILN_JSON": "1"}
+    try:
+        first = invoke(tmp_path, "converge", "--role", "devprune", env=env)
+        assert first.returncode == 0, first.stderr[-2000:]
+        container = json.loads((tmp_path / "builds/dev/devprune.json").read_text())["instance"]["id"]
+        [current] = compiled_copies(engine, container)
+        older = [f"/var/lib/kiln/agent-{n:032x}.cpython-311.zip" for n in range(1, 6)]
+        for day, path in enumerate(older, 1):  # earlier agents' copies, the last one the newest
+            engine.exec(container, "sh", "-c", f"echo old > {path} && touch -d 2020-01-0{day} {path}")
+        kill_warm_agents(engine, container)
+        engine.exec(container, "rm", current)  # the next converge compiles the agent again
+        again = invoke(tmp_path, "converge", "--role", "devprune", env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert statuses(again.stderr) == {"first file": "ok", "second file": "ok"}
+        assert sorted(compiled_copies(engine, container)) == sorted([current, *older[-2:]])
+    finally:
+        invoke(tmp_path, "destroy", "--role", "devprune")
