@@ -33,7 +33,7 @@ from . import schema as argschema
 from .ansible_jinja import OMIT
 from .api import Context, ModuleError, Result, StepClock, StepTimeout, tail
 from .protocol import EXIT_REBOOT, REBOOT_REQUESTED, Event, RebootingModule, StepStatus
-from .templating import Scope, TemplateError, evaluate, render
+from .templating import Scope, TemplateError, evaluate, is_templated, render
 
 #: where the modules live: ``agent.modules`` in the zipapp, ``kiln.agent.modules`` when installed
 MODULES_PACKAGE = __name__.rpartition(".")[0] + ".modules"
@@ -258,6 +258,7 @@ class Runner:
                 0,
                 handler,
             )
+        step = self.named(step)
         announce: Dict[str, Any] = {
             "event": Event.START,
             "index": step.get("index"),
@@ -280,6 +281,17 @@ class Runner:
         if reboot is not None and outcome["status"] == StepStatus.CHANGED:
             raise RebootRequested(step, path, outcome, reboot, wall, handler)
         self.finish_step(step, outcome, time.monotonic() - started, handler)
+
+    def named(self, step: Dict[str, Any]) -> Dict[str, Any]:
+        """``step`` with its name rendered with the variables as they are now, as Ansible names a task when it
+        runs; as written when it cannot be (a loop's item, a name not defined yet)."""
+        name = step.get("name")
+        if not is_templated(name):
+            return step
+        try:
+            return dict(step, name=str(render(name, self.step_scope(step))))
+        except TemplateError:
+            return step
 
     def limit_of(self, step: Dict[str, Any]) -> Optional[float]:
         """Seconds one execution of ``step`` may take (all its loop items and retries): its own, or the default."""

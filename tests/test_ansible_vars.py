@@ -379,6 +379,91 @@ app_path: "{{ app.dir }}/{{ app.conf }}"
     assert "Traceback" not in stderr, stderr
 
 
+#: a role whose task names read a variable a set_fact changes (directly, and through another variable)
+NAMES_ROLE = {
+    "defaults/main.yml": 'greeting_name: world\ngreeting: "hello {{ greeting_name }}"\n',
+    "tasks/main.yml": """
+- name: Before {{ greeting }}
+  debug: msg=before
+- name: The greeting is for kiln from now on
+  set_fact: {greeting_name: kiln}
+- name: Greet {{ greeting }}
+  debug: msg=after
+- name: Greet {{ greeting_name }} by name
+  debug: msg=after
+""",
+}
+
+
+def ansible_task_names(work: Path, files: dict[str, str]) -> list[str]:
+    """The names ansible-playbook gives the role's tasks as they run. Its tasks only set and show variables, so
+    ansible-playbook runs them on this machine (connection local), changing nothing here."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.ansible_diff import CALLBACK
+
+    write_role(work / "roles", "names_role", files)
+    (work / "callbacks").mkdir()
+    (work / "callbacks" / "kiln_record.py").write_text(CALLBACK)
+    (work / "ansible.cfg").write_text(
+        f"[defaults]\ncallbacks_enabled = kiln_record\ncallback_plugins = {work / 'callbacks'}\n"
+        f"roles_path = {work / 'roles'}\n"
+    )
+    (work / "site.yml").write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "roles": ["names_role"]}]))
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(work / "ansible.cfg"),
+        "ANSIBLE_HOME": str(work / "home"),
+        "ANSIBLE_LOCAL_TEMP": str(work / "tmp"),
+        "KILN_RECORD_FILE": str(work / "record.json"),
+    }
+    playbook = str(Path(sys.executable).with_name("ansible-playbook"))
+    done = subprocess.run(
+        [playbook, "-i", "localhost,", "-c", "local", str(work / "site.yml")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [record["name"].split(" : ", 1)[-1] for record in json.loads((work / "record.json").read_text())]
+
+
+@pytest.mark.slow
+def test_step_names_render_when_they_run_as_ansible_playbook_names_tasks(box: AgentBox, tmp_path: Path) -> None:
+    expected = ansible_task_names(tmp_path / "ansible", NAMES_ROLE)
+    events, stderr = kiln_run(box, tmp_path / "kiln", NAMES_ROLE)
+    assert [step["name"] for step in steps_of(events)] == expected, expected
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_a_checks_arguments_render_with_the_values_the_apply_left(box: AgentBox, tmp_path: Path) -> None:
+    """A verify.yml check reading a variable a set_fact changes (through another variable) sees the new value."""
+    files = {
+        "defaults/main.yml": 'marker_name: before\nmarker_path: "/tmp/kiln-marker-{{ marker_name }}"\n',
+        "tasks/main.yml": """
+- name: the marker's name is known only now
+  set_fact: {marker_name: after}
+- name: the marker
+  copy: {dest: "{{ marker_path }}", content: "{{ marker_name }}\\n"}
+""",
+        "verify.yml": """
+- name: marker {{ marker_name }}
+  file: "{{ marker_path }}"
+  contains: ["{{ marker_name }}"]
+""",
+    }
+    events, stderr = kiln_run(box, tmp_path, files, verify=True)
+    assert summary_of(events)["ok_run"], steps_of(events)
+    checks = [e for e in events if e["event"] == "check"]
+    assert [(c["name"], c["status"]) for c in checks] == [("marker after", "passed")], checks
+    assert "Traceback" not in stderr, stderr
+
+
 # --- the same variables through ansible-core's own templar (no machine: the templating alone) ----------
 LAZY_VARIABLES = {
     "a": "{{ b.port + 1 }}",

@@ -563,9 +563,13 @@ def _compile(
 
     resolved = resolve_variables(everything, {"kiln": {"role": role}})
     expand_include_loops(collector, everything, resolved, collector.registers | included, problems)
+    runtime = collector.registers | included  # what set_fact, register and include_vars set on the box
+    seen_by = scopes.resolver(role)
     for check, doc, path, key in collector.check_templates:
         try:
-            check["args"][key] = render(check["args"][key], resolved)
+            rendered = render(check["args"][key], seen_by(check.get("role")))
+            if not _names_behind(_undeclared_in(check["args"][key]), everything) & runtime:
+                check["args"][key] = rendered  # else the box renders it, with the values the apply left
         except Exception as exc:  # noqa: BLE001 - reported, never a traceback
             # facts and kiln.version (directly or through a variable) exist only on the box:
             # every name is known, so the agent renders the value at verify time
@@ -574,10 +578,10 @@ def _compile(
             if unknown:
                 problems.append(doc.diag(path, f"cannot render this check value: {exc}"))
     for check in checks:
-        if is_templated(check["name"]):
+        if is_templated(check["name"]) and not _names_behind(_undeclared_in(check["name"]), everything) & runtime:
             try:
-                check["name"] = str(render(check["name"], resolved))
-            except Exception:  # noqa: BLE001 - the name stays as written
+                check["name"] = str(render(check["name"], seen_by(check.get("role"))))
+            except Exception:  # noqa: BLE001 - the name stays as written (the box renders it)
                 pass
 
     for step, doc, path in collector.templated_flags:  # ignore_errors: "{{ ansible_check_mode }}"
@@ -587,7 +591,7 @@ def _compile(
             problems.append(doc.diag(path, f"cannot decide ignore_errors here: {exc}"))
             continue
         step["ignore_errors"] = rendered is True or str(rendered).strip().lower() in ("true", "yes", "on", "1")
-    _render_names(steps + handlers, scopes.resolver(role), collector.registers | included)
+    _render_names(steps + handlers, seen_by, _runtime_behind(runtime, everything))
     if problems:
         unique = list(dict.fromkeys(problems))
         raise InvalidInput(sorted(unique, key=lambda d: (d.file, d.line, d.column)))
@@ -951,6 +955,18 @@ def _render_names(steps: list[dict[str, Any]], resolved: Any, runtime: set[str])
                     pass
         for key in ("block", "rescue", "always"):
             _render_names(step.get(key, []), resolved, runtime)
+
+
+def _runtime_behind(runtime: set[str], variables: dict[str, Any]) -> set[str]:
+    """``runtime`` and every variable whose value reads one of them (transitively): what only the box knows."""
+    reads = {name: _undeclared_in(value) for name, value in variables.items() if any_templated(value)}
+    found = set(runtime)
+    grew = True
+    while grew:
+        more = {name for name, names in reads.items() if name not in found and names & found}
+        found |= more
+        grew = bool(more)
+    return found
 
 
 def _loop_names(step: dict[str, Any]) -> set[str]:
