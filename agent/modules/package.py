@@ -96,6 +96,7 @@ def apt_flags(params: Dict[str, Any]) -> List[str]:
         "allow_downgrade": "--allow-downgrades",
         "autoremove": "--auto-remove",
         "fail_on_autoremove": "--no-remove",
+        "allow_change_held_packages": "--allow-change-held-packages",
     }
     return [flag for name, flag in flags.items() if params.get(name)]
 
@@ -233,6 +234,11 @@ def _apt_todo(
 
 def _apt_update(ctx: Context) -> None:
     ctx.run(["apt-get", "update", "-q"], env=APT_ENV, timeout=900)
+    touch_stamp()
+
+
+def touch_stamp() -> None:
+    """kiln's record of a successful apt-get update, which cache_valid_time reads."""
     try:
         os.makedirs(os.path.dirname(APT_STAMP), exist_ok=True)
         with open(APT_STAMP, "a"):
@@ -240,6 +246,17 @@ def _apt_update(ctx: Context) -> None:
         os.utime(APT_STAMP, None)
     except OSError:
         pass
+
+
+def apt_get(argv: List[str], ctx: Context) -> Any:
+    """apt-get install/remove; a failure changed nothing, as Ansible's apt reports it (apt-get stops before dpkg)."""
+    done = ctx.run(["apt-get", *argv], env=APT_ENV, timeout=1800, check=False)
+    if done.rc != 0:
+        shown = " ".join(["apt-get", *argv])
+        lines = {"stdout_lines": done.stdout.splitlines(), "stderr_lines": done.stderr.splitlines()}
+        output = {"stdout": done.stdout, "stderr": done.stderr, **lines}
+        raise ModuleError(f"'{shown}' failed: {done.stderr.strip()}", rc=done.rc, changed=False, **output)
+    return done
 
 
 def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
@@ -276,19 +293,8 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
         after = dict(before, **{n: "absent" for n in todo})
         if ctx.check_mode:
             return Result(True, f"would remove {', '.join(todo)}", diff={"before": before, "after": after})
-        done = ctx.run(
-            [
-                "apt-get",
-                "purge" if params["purge"] else "remove",
-                "-y",
-                "-q",
-                *dpkg_options(params),
-                *apt_flags(params),
-                *todo,
-            ],
-            env=APT_ENV,
-            timeout=1800,
-        )
+        verb = "purge" if params["purge"] else "remove"
+        done = apt_get([verb, "-y", "-q", *dpkg_options(params), *apt_flags(params), *todo], ctx)
     else:
         if ctx.check_mode:
             if not state["lists_empty"]:
@@ -308,7 +314,7 @@ def _apply_apt(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> R
             update_once()
         pinned = ["--allow-downgrades"] if any(split_spec(s, "apt")[1] for s in todo) else []
         # without -q, as ansible-core runs it: the registered stdout reads the same
-        done = ctx.run(["apt-get", "install", "-y", *apt_options(params), *pinned, *todo], env=APT_ENV, timeout=1800)
+        done = apt_get(["install", "-y", *apt_options(params), *pinned, *todo], ctx)
     now = apt_installed(names, ctx)
     after = {n: (v or "absent") for n, v in now.items()}
     verb = "removed" if want == "absent" else "installed"

@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Tuple
 
 from ..api import Context, ModuleError, Result
@@ -18,7 +19,8 @@ from ..api import Context, ModuleError, Result
 def _name_needed(args: Dict[str, Any]) -> List[Tuple[Tuple[str, ...], str]]:
     acting = [key for key in ("state", "enabled", "masked") if args.get(key) is not None]
     if acting and not args.get("name"):
-        return [((), f"missing required argument 'name' ({acting[0]} acts on a unit; daemon_reload alone needs none)")]
+        message = f"missing required argument 'name' ({acting[0]} acts on a unit; daemon_reload or daemon_reexec "
+        return [((), message + "alone needs none)")]
     return []
 
 
@@ -48,8 +50,33 @@ SCHEMA = {
             "description": "Run systemctl daemon-reload first (after changing unit files); alone, it needs no name "
             "and is not a change, as in Ansible.",
         },
+        "daemon_reexec": {
+            "type": "bool",
+            "default": False,
+            "aliases": ["daemon-reexec"],
+            "description": "Run systemctl daemon-reexec (after daemon_reload, before the rest); alone, it needs no "
+            "name and is not a change, as in Ansible.",
+        },
+        "scope": {
+            "type": "str",
+            "default": "system",
+            "choices": ["system", "user", "global"],
+            "description": "Whose service manager: system, user (systemctl --user, the step's user; "
+            "XDG_RUNTIME_DIR defaults to /run/user/UID) or global (systemctl --global: every user's, "
+            "enabled/masked only).",
+        },
+        "no_block": {
+            "type": "bool",
+            "default": False,
+            "description": "Queue start/stop/restart without waiting for them to finish (systemctl --no-block).",
+        },
+        "force": {
+            "type": "bool",
+            "default": False,
+            "description": "systemctl --force: enable over conflicting symlinks.",
+        },
     },
-    "required_one_of": [["state", "enabled", "masked", "daemon_reload"]],
+    "required_one_of": [["state", "enabled", "masked", "daemon_reload", "daemon_reexec"]],
     "rules": [_name_needed],
     "check_mode": "full",
     "diff": True,
@@ -65,14 +92,33 @@ def _systemd(ctx: Context) -> None:
         raise ModuleError(f"service: only systemd is supported (this box's init is {ctx.facts.get('init')})")
 
 
+def systemctl(params: Dict[str, Any]) -> List[str]:
+    """systemctl with the step's scope, --no-block and --force, as Ansible's systemd builds it."""
+    argv = ["systemctl"]
+    if params.get("scope", "system") != "system":
+        argv.append(f"--{params['scope']}")
+    if params.get("no_block"):
+        argv.append("--no-block")
+    if params.get("force"):
+        argv.append("--force")
+    return argv
+
+
+def _run(ctx: Context, argv: List[str], check: bool = False) -> Any:
+    """A systemctl command; a user's manager is found through XDG_RUNTIME_DIR (/run/user/UID unless set)."""
+    env = {} if os.environ.get("XDG_RUNTIME_DIR") else {"XDG_RUNTIME_DIR": f"/run/user/{os.geteuid()}"}
+    return ctx.run(argv, check=check, env=env)
+
+
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     _systemd(ctx)
     name = params.get("name")
     if not name:
         return {}
-    load = ctx.run(["systemctl", "show", "-p", "LoadState", "--value", name], check=False).stdout.strip()
-    active = ctx.run(["systemctl", "is-active", name], check=False).stdout.strip() or "unknown"
-    enabled = ctx.run(["systemctl", "is-enabled", name], check=False).stdout.strip() or "unknown"
+    ctl = systemctl(params)
+    load = _run(ctx, ctl + ["show", "-p", "LoadState", "--value", name]).stdout.strip()
+    active = _run(ctx, ctl + ["is-active", name]).stdout.strip() or "unknown"
+    enabled = _run(ctx, ctl + ["is-enabled", name]).stdout.strip() or "unknown"
     return {"load": load, "active": active, "enabled": enabled}
 
 
@@ -87,11 +133,14 @@ def _masking(masked: Any, state: Dict[str, Any]) -> List[Tuple[str, str]]:
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
     name = params.get("name")
-    if params["daemon_reload"] and not ctx.check_mode:
-        ctx.run(["systemctl", "daemon-reload"])
+    managed = [verb for verb in ("daemon_reload", "daemon_reexec") if params.get(verb)]
+    if managed and not ctx.check_mode:
+        for verb in managed:
+            _run(ctx, systemctl(params) + [verb.replace("_", "-")], check=True)
         state = check(params, ctx)
     if not name:
-        return Result(False, "systemd reloaded its units" + (" (check mode: not run)" if ctx.check_mode else ""))
+        done = " and ".join(verb.replace("_", "-") for verb in managed)
+        return Result(False, f"systemd: {done}" + (" (check mode: not run)" if ctx.check_mode else ""))
     if state["load"] == "not-found" and params.get("masked") is None:
         if ctx.check_mode:
             return Result(True, f"service {name} is not installed (yet?); cannot predict", predicted=False)
@@ -133,9 +182,9 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode)", diff={"before": before, "after": after})
     for verb, _ in actions:
-        done = ctx.run(["systemctl", verb, name], check=False)
+        done = _run(ctx, systemctl(params) + [verb, name])
         if done.rc != 0:
-            status = ctx.run(["systemctl", "status", "--no-pager", "-n", "10", name], check=False)
+            status = _run(ctx, systemctl(params) + ["status", "--no-pager", "-n", "10", name])
             raise ModuleError(
                 f"systemctl {verb} {name} failed: {(done.stderr or done.stdout).strip()}\n{status.stdout.strip()}",
                 rc=done.rc,

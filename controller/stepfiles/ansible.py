@@ -97,16 +97,17 @@ class Mapping:
 _APT = Mapping(
     "apt",
     renames={"pkg": "name", "update-cache": "update_cache"},
-    ignored={"force_apt_get": "kiln always uses apt-get on Debian", "lock_timeout": "the step's timeout bounds it"},
-    pending=("deb", "allow_change_held_packages", "clean", "policy_rc_d", "auto_install_module_deps"),
+    ignored={
+        "force_apt_get": "kiln always uses apt-get on Debian",
+        "lock_timeout": "the step's timeout bounds it",
+        "auto_install_module_deps": "kiln's apt needs no python3-apt on the box",
+        "update_cache_retries": "kiln runs apt-get update once, bounded by the step's timeout",
+        "update_cache_retry_max_delay": "kiln runs apt-get update once, bounded by the step's timeout",
+    },
 )
 _SERVICE = Mapping(
     "service",
     pending=(
-        "scope",
-        "no_block",
-        "daemon_reexec",
-        "force",
         "pattern",
         "sleep",
         "arguments",
