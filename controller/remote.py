@@ -1,6 +1,6 @@
 """What the controller runs on the box: the transfer of the agent and the bundle, and the agent's commands.
 
-Every agent run is one exec of :data:`BOOTSTRAP` (``python3 -c``), which takes what the
+Every agent run is one exec of :data:`BOOTSTRAP` (``python3 -I -S -c``), which takes what the
 controller sends on stdin (the bundle, and the agent only when the box does not have
 it), checks the agent on the box against the controller's sha256 before running any of
 it, and runs the agent in the same process. The box keeps the agent between runs
@@ -46,6 +46,10 @@ log = structlog.get_logger("kiln.agent")
 RUN_DIR = "/var/lib/kiln"
 AGENT = f"{RUN_DIR}/agent.pyz"
 BUNDLE = f"{RUN_DIR}/bundle"
+#: The agent's python: isolated (no PYTHON* variables, no user site) and without ``site`` (no dist-packages, no
+#: ``.pth`` hooks or sitecustomize): the agent is stdlib-only and runs only code the controller sent and checked,
+#: not what a role installed; and python starts in about half the time (20 -> 8 ms on Debian 12, idle).
+PYTHON_FLAGS = "-I -S"
 #: The bootstrap's exit status when the box has no agent with the controller's sha256 (nothing ran).
 EXIT_NEED_AGENT = 10
 
@@ -337,7 +341,7 @@ def agent_command(ctx: BakeContext, *args: str) -> str:
     compile_it = box.compile and args[:1] != ("verify",)
     run_args = [*args, *linger_args(box, args)]
     want = json.dumps({"agent": box.sha256, "compiled": box.compiled, "compile": compile_it, "args": run_args})
-    command = AgentCommand(as_root(ctx, f"python3 -c {shlex.quote(BOOTSTRAP)} {shlex.quote(want)}"))
+    command = AgentCommand(as_root(ctx, f"python3 {PYTHON_FLAGS} -c {shlex.quote(BOOTSTRAP)} {shlex.quote(want)}"))
     command.args = args
     return command
 

@@ -320,3 +320,25 @@ def test_a_kept_box_keeps_only_the_newest_compiled_copies_of_the_agent(engine, t
         assert sorted(compiled_copies(engine, container)) == sorted([current, *older[-2:]])
     finally:
         invoke(tmp_path, "destroy", "--role", "devprune")
+
+
+def test_the_agent_s_python_runs_no_code_a_role_put_in_its_site(engine, tmp_path):
+    """The agent runs only what the controller sent and checked: a ``.pth`` hook a role installed in python's
+    dist-packages (it runs at every ``python3`` start with site) does not run in the agent's process."""
+    make_playbooks(tmp_path, {"steps.yml": STEPS}, role="devsite")
+    env = {"KILN_JSON": "1"}
+    hook = "/usr/lib/python3/dist-packages/kiln-probe.pth"
+    try:
+        first = invoke(tmp_path, "converge", "--role", "devsite", env=env)
+        assert first.returncode == 0, first.stderr[-2000:]
+        container = json.loads((tmp_path / "builds/dev/devsite.json").read_text())["instance"]["id"]
+        engine.exec(container, "sh", "-c", f"echo \"import os; open('/root/site-ran', 'w')\" > {hook}")
+        assert engine.exec(container, "sh", "-c", "python3 -c pass; test -e /root/site-ran && echo ran").strip()
+        engine.exec(container, "rm", "-f", "/root/site-ran")
+        kill_warm_agents(engine, container)  # the next converge starts python again
+        again = invoke(tmp_path, "converge", "--role", "devsite", env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert converged(again.stderr)["via"] == "exec"
+        assert engine.exec(container, "sh", "-c", "test -e /root/site-ran && echo ran || echo never").strip() == "never"
+    finally:
+        invoke(tmp_path, "destroy", "--role", "devsite")
