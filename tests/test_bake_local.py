@@ -459,3 +459,16 @@ def test_removing_a_machine_is_one_engine_call_and_a_paused_one_goes_too(engine,
         for container in (plain, paused):
             engine.run("unpause", container, check=False)
             engine.run("rm", "-f", container, check=False)
+
+
+def test_the_local_clean_stage_leaves_the_host_s_disks_alone():
+    """A ``sync`` in a container flushes every disk of the host (other work's writes too): the local provider's
+    commit reads the files through the same kernel and needs none. A cloud machine's disks are still flushed."""
+    from kiln.controller.providers.aws import make_aws_provider
+    from kiln.controller.providers.local import LocalProvider
+    from kiln.controller.stages.clean_machine import hygiene_script
+
+    local = hygiene_script(LocalProvider(), "b-1", list_packages=False).splitlines()
+    cloud = hygiene_script(make_aws_provider({"regions": ["us-east-1"]}), "b-1", list_packages=False).splitlines()
+    assert "sync" not in local and "rm -rf /var/lib/kiln" in local
+    assert "sync" in cloud

@@ -3,6 +3,8 @@ to copy (hygiene)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 
 from kiln.agent.protocol import Event, first, parse_lines
@@ -31,8 +33,24 @@ rm -rf /root/.bash_history /root/.cache
 find /var/log -type f \( -name '*.log' -o -name 'wtmp' -o -name 'lastlog' -o -name 'btmp' \) -exec truncate -s 0 {{}} +
 rm -rf /var/log/journal/*
 {extra}
-sync
+{flush}
 """
+
+#: the machine's disks flushed before its snapshot (a provider whose snapshot reads the files through the same
+#: kernel, as a container engine's commit does, says it needs none: ``flushes_before_snapshot = False``)
+FLUSH = "sync"
+
+
+def hygiene_script(provider: Any, build_id: str, list_packages: bool) -> str:
+    """The clean stage's script for a machine of ``provider`` and build ``build_id`` (``list_packages``: it runs the
+    agent for the inventory first)."""
+    return HYGIENE.format(
+        inventory=f"python3 {AGENT} packages" if list_packages else "",
+        build_id=build_id,
+        run_dir=RUN_DIR,
+        extra=provider.hygiene_script(),
+        flush=FLUSH if getattr(provider, "flushes_before_snapshot", True) else "",
+    )
 
 
 class CleanMachine:
@@ -41,12 +59,7 @@ class CleanMachine:
     def run(self, ctx: BakeContext) -> None:
         # the apply's run listed the packages as it ended (apply --packages); else the agent lists them here
         listed = box_agent(ctx).packages
-        script = HYGIENE.format(
-            inventory="" if listed is not None else f"python3 {AGENT} packages",
-            build_id=ctx.build_id,
-            run_dir=RUN_DIR,
-            extra=ctx.provider.hygiene_script(),
-        )
+        script = hygiene_script(ctx.provider, ctx.build_id, list_packages=listed is None)
         done = ctx.session.run(as_root(ctx, "sh -s"), stdin=script.encode(), timeout=ctx.options.step_timeout)
         if done.rc != 0:
             raise BakeFailed(f"cleaning the machine failed (exit {done.rc}): {done.stderr.strip()[-800:]}")
