@@ -130,7 +130,10 @@ _SHELL = Mapping(
     pending=("executable", "stdin_add_newline"),
 )
 _FILE_COMMON = ("seuser", "serole", "setype", "selevel", "unsafe_writes", "attributes")
-_NO_SELINUX = "Debian runs without SELinux labels"
+_NO_SELINUX_ARGS = {
+    **{name: "Debian runs without SELinux labels" for name in ("seuser", "serole", "setype", "selevel")},
+    "unsafe_writes": "kiln always writes through a temporary file",
+}
 
 TABLE: dict[str, Mapping] = {
     "apt": _APT,
@@ -171,7 +174,7 @@ TABLE: dict[str, Mapping] = {
         renames={"dest": "path", "content": "block"},
         pending=("append_newline", "prepend_newline") + _FILE_COMMON,
     ),
-    "replace": Mapping("replace"),
+    "replace": Mapping("replace", ignored=_NO_SELINUX_ARGS),
     "user": Mapping(
         "user",
         pending=(
@@ -248,13 +251,7 @@ TABLE: dict[str, Mapping] = {
         ),
     ),
     "set_fact": Mapping("set_fact", wrap="facts", keep=("cacheable",)),
-    "openssh_keypair": Mapping(
-        "openssh_keypair",
-        ignored={
-            **{name: _NO_SELINUX for name in ("seuser", "serole", "setype", "selevel")},
-            "unsafe_writes": "kiln always writes through a temporary file",
-        },
-    ),
+    "openssh_keypair": Mapping("openssh_keypair", ignored=_NO_SELINUX_ARGS),
     "pamd": Mapping("pamd"),
     # modules of the same name on the agent (issue 9's agent side adds those that are missing)
     **{
