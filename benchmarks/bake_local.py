@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -161,6 +162,7 @@ def remove_bench_images() -> None:
 
 def bench_web(repos: dict[str, Path], reps: int) -> None:
     seen: dict[str, list[dict[str, float]]] = {label: [] for label in repos}
+    loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="kiln-bench-bake-") as tmp:
         try:
             for rep in range(reps):
@@ -168,10 +170,16 @@ def bench_web(repos: dict[str, Path], reps: int) -> None:
                     root = Path(tmp) / f"{label}-{rep}"
                     web_workdir(root)
                     seen[label].append(bake_web_cli(repo, root))
-                    print(f"  rep {rep + 1} {label}: kiln {seen[label][-1]['kiln']:.3f} s", flush=True)
+                    loads.append(os.getloadavg()[0])
+                    print(
+                        f"  rep {rep + 1} {label}: kiln {seen[label][-1]['kiln']:.3f} s, "
+                        f"wall {seen[label][-1]['wall']:.3f} s (load average {loads[-1]:.1f})",
+                        flush=True,
+                    )
         finally:
             remove_bench_images()
     print(f"\n== invoke bake --role web (local), medians of {reps} ==")
+    print(f"  load average (1 min) after each bake: {min(loads):.1f}-{max(loads):.1f}, {os.cpu_count()} cores")
     keys = list(dict.fromkeys(k for runs in seen.values() for run in runs for k in run))
     print(f"  {'':<52}" + "".join(f"{label:>12}" for label in repos))
     for key in keys:
