@@ -3,7 +3,8 @@
 A check's ``probe(params, ctx) -> (passed, observed)`` only reads. Its arguments are rendered with
 the variables the steps had: the bundle's (each rendered when read, as in the apply), Ansible's names
 (``ansible_facts``, ``ansible_*``), ``facts`` and what the apply set (registered results, set_fact and
-include_vars values), kept beside the bundle by the runner.
+include_vars values), kept beside the bundle by the runner. A check of a role sees that role's own variables
+(the bundle's ``role_vars``) as the role's steps did.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from . import facts as boxfacts
 from . import schema as argschema
@@ -31,6 +32,29 @@ def run_checks_file(checks_file: str, facts: Dict[str, Any], emit: Callable[[Dic
     return run_checks(checks, facts, emit, checks_scope(os.path.dirname(os.path.abspath(checks_file)), facts))
 
 
+class RoleScopes:
+    """The variables the steps had (``shared``), and above them, for a check of a role, what that role's own steps
+    saw otherwise (``role_vars``: its own defaults over another role's), as the runner's step scope layers them:
+    below what the run set."""
+
+    def __init__(
+        self, shared: Scope, role_vars: Optional[Mapping[str, Mapping[str, Any]]] = None, learned: Any = ()
+    ) -> None:
+        self.shared = shared
+        self.role_vars = role_vars or {}
+        self.learned = set(learned)
+        self._made: Dict[str, Scope] = {}
+
+    def of(self, check: Mapping[str, Any]) -> Scope:
+        role = check.get("role") or ""
+        seen = self.role_vars.get(role)
+        if not seen:
+            return self.shared
+        if role not in self._made:
+            self._made[role] = self.shared.child({k: v for k, v in seen.items() if k not in self.learned}, True)
+        return self._made[role]
+
+
 def _read(path: str) -> Dict[str, Any]:
     if not os.path.exists(path):
         return {}
@@ -38,11 +62,12 @@ def _read(path: str) -> Dict[str, Any]:
         return dict(json.load(handle))
 
 
-def checks_scope(bundle_dir: str, facts: Dict[str, Any]) -> Scope:
+def checks_scope(bundle_dir: str, facts: Dict[str, Any]) -> RoleScopes:
     """The variables the steps had, as they were when the apply ended."""
     bundle = _read(os.path.join(bundle_dir, BUNDLE_FILE))
     run = _read(os.path.join(bundle_dir, RUN_VARIABLES_FILE))
-    return variables_scope(bundle.get("vars") or {}, facts, run, bundle.get("var_sources") or {})
+    shared = variables_scope(bundle.get("vars") or {}, facts, run, bundle.get("var_sources") or {})
+    return RoleScopes(shared, bundle.get("role_vars") or {}, (run.get("variables") or {}).keys())
 
 
 def variables_scope(
@@ -67,10 +92,11 @@ def run_checks(
     checks: List[Dict[str, Any]],
     facts: Dict[str, Any],
     emit: Callable[[Dict[str, Any]], None],
-    variables: Mapping[str, Any],
+    variables: Union[RoleScopes, Mapping[str, Any]],
 ) -> bool:
-    """Run ``checks``; ``variables``: a Scope, or the bundle's variables as written."""
-    scope = variables if isinstance(variables, Scope) else variables_scope(variables, facts)
+    """Run ``checks``; ``variables``: each role's scope (RoleScopes), a Scope, or the bundle's variables as written."""
+    if not isinstance(variables, RoleScopes):
+        variables = RoleScopes(variables if isinstance(variables, Scope) else variables_scope(variables, facts))
     available = discover()
     ctx = Context(facts=facts)
     counts = {CheckStatus.PASSED.value: 0, CheckStatus.FAILED.value: 0}
@@ -89,6 +115,7 @@ def run_checks(
             if impl is None:
                 raise ModuleError(f"unknown check '{kind}'")
             args = check.get("args", {})
+            scope = variables.of(check)
             try:
                 args = render(args, scope)
             except TemplateError as exc:

@@ -160,6 +160,7 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         self._record(result, "ignored" if ignore_errors else "failed")
+        self.records[-1]["result"]["failed"] = True  # what the task registers; the callback's copy lacks it
 
     def v2_runner_on_skipped(self, result):
         self._record(result, "skipped")

@@ -159,6 +159,7 @@ rescue_gate: true
   block:
     - name: a task that fails
       command: "false"
+      register: rescued_failure
   rescue:
     - name: the rescue closes the gate
       set_fact: {rescue_gate: false}
@@ -264,7 +265,16 @@ def test_variables_end_state_equals_ansible_playbooks(comparison: Comparison, ki
 @pytest.mark.slow
 def test_the_comparison_saw_every_case(comparison: Comparison) -> None:
     """The cases above ran on both sides (a case that ran on neither would compare equal)."""
-    for name in ("numbers", "words", "exits_two", "block_later", "block_always", "probe_after", "rescue_later"):
+    for name in (
+        "numbers",
+        "words",
+        "exits_two",
+        "block_later",
+        "block_always",
+        "probe_after",
+        "rescue_later",
+        "rescued_failure",
+    ):
         assert name in comparison.ansible.registered and name in comparison.kiln.registered, name
     for var in ("lazy_port_next", "number_list", "collected", "counter", "greeting", "doubled_sum"):
         assert var in comparison.ansible.debug and var in comparison.kiln.debug, var
@@ -376,6 +386,38 @@ app_path: "{{ app.dir }}/{{ app.conf }}"
     checks = [e for e in events if e["event"] == "check"]
     assert len(checks) == 2 and all(c["status"] == "passed" for c in checks), checks
     assert box.sh("cat /opt/debian/kilnapp.conf") == "size=7 family=Debian\n"
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_a_roles_checks_see_the_variables_its_steps_saw(box: AgentBox, tmp_path: Path) -> None:
+    """A dependency's own default wins over the baked role's for its steps, and so for its verify.yml checks (here
+    one rendered on the box, as it reads what a step registered)."""
+    write_role(
+        tmp_path / "playbooks" / "roles",
+        "verify_dep",
+        {
+            "defaults/main.yml": "site_port: 8080\n",
+            "tasks/main.yml": """
+- name: the dependency's marker
+  command: echo dep
+  register: dep_marker
+  changed_when: false
+- name: the dependency's file
+  copy: {dest: "/tmp/kiln-verify-{{ site_port }}-{{ dep_marker.stdout }}", content: "x\\n"}
+""",
+            "verify.yml": '- file: "/tmp/kiln-verify-{{ site_port }}-{{ dep_marker.stdout }}"\n',
+        },
+    )
+    files = {
+        "defaults/main.yml": "site_port: 80\n",
+        "meta/main.yml": "dependencies: [verify_dep]\n",
+        "tasks/main.yml": "- name: the role's own\n  debug: {msg: '{{ site_port }}'}\n",
+    }
+    events, stderr = kiln_run(box, tmp_path, files, verify=True)
+    assert summary_of(events)["ok_run"], steps_of(events)
+    checks = [e for e in events if e["event"] == "check"]
+    assert [c["status"] for c in checks] == ["passed"], checks
     assert "Traceback" not in stderr, stderr
 
 

@@ -52,7 +52,8 @@ def image_payload(ctx: BakeContext, checks: list[dict]) -> FreshPayload:
     checks with the variables they render with; made while the machine boots."""
     from kiln.controller.stepfiles.compile import bundle_json
 
-    bundle = {"role": ctx.role, "vars": bundle_json(ctx.compiled, extra_vars(ctx))["vars"]}
+    full = bundle_json(ctx.compiled, extra_vars(ctx))
+    bundle = {key: full[key] for key in ("role", "vars", "var_sources", "role_vars")}  # each check's role's scope
     return fresh_payload(bundle, checks, image_run_files(ctx))
 
 
