@@ -158,6 +158,8 @@ class Runner:
         # per role, the names its own tasks see otherwise (its own defaults over another role's; a private
         # include_role's variables): templates, below what the run sets (set_fact, register, include_vars)
         self.role_vars: Dict[str, Dict[str, Any]] = dict(bundle.get("role_vars") or {})
+        # the items of the include loops the run is inside (innermost last), as their steps see them
+        self.frames: List[Dict[str, Any]] = []
         self.counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0, "rescued": 0}
         self.changed_steps: List[Dict[str, Any]] = []
         self.rescue_depth = 0  # > 0: a failure here is handled by an enclosing block's rescue
@@ -432,6 +434,8 @@ class Runner:
                     "role_path": os.path.join(self.ctx.files_dir, step["role"]),
                 }
             )
+        for frame in self.frames:
+            scope = scope.child(frame)
         if step.get("vars"):
             scope = scope.child(step["vars"], True)
         return scope
@@ -550,6 +554,47 @@ class Runner:
 
     # --- blocks and handlers ----------------------------------------------------
     def run_block(self, step: Dict[str, Any], path: Path) -> None:
+        if step.get("loop") is not None:
+            return self.run_block_loop(step, path)
+        return self.run_block_once(step, path)
+
+    def run_block_loop(self, step: Dict[str, Any], path: Path) -> None:
+        """An include looped (include_tasks, include_role): its block once per item, the items given when it is
+        reached (a registered result, a set_fact value, facts), as Ansible includes a file once per item. Its
+        ``when`` is checked per item; the steps inside see the item (a frame of ``step_scope``). ``path`` + the
+        item's position leads to the steps of each item (a reboot inside resumes at that item)."""
+        control = step.get("loop_control") or {}
+        loop_var = control.get("loop_var") or "item"
+        resume_at = self.cursor[len(path)] if self.cursor is not None else 0
+        try:
+            items = self._loop_items(step["loop"], self.step_scope(step), step)
+            if not isinstance(items, list):
+                raise StepFailed(step, f"loop must give a list, got {type(items).__name__}")
+        except StepFailed as exc:
+            return self.finish_step(dict(step, module="block"), {"status": StepStatus.FAILED, "msg": exc.msg}, 0, False)
+        once = {k: v for k, v in step.items() if k not in ("loop", "loop_control")}
+        for position in range(resume_at if isinstance(resume_at, int) else 0, len(items)):
+            frame = {loop_var: items[position], "ansible_loop_var": loop_var}
+            if control.get("index_var"):
+                frame.update({control["index_var"]: position, "ansible_index_var": control["index_var"]})
+            self.frames.append(frame)
+            try:
+                label = self._item_label(control, once, items[position])
+                self.run_block_once(dict(once, name=f"{once.get('name')} ({loop_var}={label})"), path + (position,))
+            finally:
+                self.frames.pop()
+
+    def _item_label(self, control: Dict[str, Any], step: Dict[str, Any], item: Any) -> str:
+        """What names an include loop's item: ``loop_control.label`` rendered with the item, else the item, short."""
+        text = item if isinstance(item, str) else json.dumps(item, default=str, sort_keys=True)
+        if control.get("label") is not None:
+            try:
+                text = str(render(control["label"], self.step_scope(step)))
+            except TemplateError:
+                pass
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    def run_block_once(self, step: Dict[str, Any], path: Path) -> None:
         section = self.cursor[len(path)] if self.cursor is not None else None
         if section is None and step.get("when") is not None:
             try:
@@ -616,12 +661,16 @@ class Runner:
         else:
             pending, self.notified = self.notified, []
             todo = [name for name in self.handler_order if self.is_notified(self.handlers[name], pending)]
-        for position, name in enumerate(todo):
-            try:
-                self.run_step(self.handlers[name], path + ("handler", name), handler=True)
-            except RebootRequested as reboot:
-                reboot.flush_rest = todo[position + 1 :]
-                raise
+        frames, self.frames = self.frames, []  # a handler never sees the item of the include loop it flushes in
+        try:
+            for position, name in enumerate(todo):
+                try:
+                    self.run_step(self.handlers[name], path + ("handler", name), handler=True)
+                except RebootRequested as reboot:
+                    reboot.flush_rest = todo[position + 1 :]
+                    raise
+        finally:
+            self.frames = frames
 
     @staticmethod
     def is_notified(handler: Dict[str, Any], notified: List[str]) -> bool:

@@ -266,15 +266,12 @@ def test_include_and_import_role_compile_the_named_roles_tasks(tmp_path):
     base, create_user = user["block"]  # the included role's dependency first, once
     assert (base["role"], base["module"]) == ("base", "file")
     assert (create_user["role"], create_user["module"], create_user["tags"]) == ("vhost", "user", ["users"])
-    assert "when" not in hosts and [c["when"] for c in hosts["block"]] == ["host != 'skip'"] * 3
-    assert [c["vars"] for c in hosts["block"]] == [
-        {"host": "a", "position": 0},
-        {"host": "skip", "position": 1},
-        {"host": "c", "position": 2},
-    ]
-    templates = [c["block"][0] for c in hosts["block"]]
-    assert [t["vars"]["host"] for t in templates] == ["a", "skip", "c"]
-    assert templates[0]["args"]["src"] == "vhost/host.j2" and templates[0]["notify"] == ["hosts changed"]
+    # the looped include: one block, run once per item on the box, its when checked per item
+    assert (hosts["loop"], hosts["loop_control"]) == ("{{ hosts_list }}", {"loop_var": "host", "index_var": "position"})
+    assert hosts["when"] == "host != 'skip'"
+    (template,) = hosts["block"]
+    assert "vars" not in template and "when" not in template
+    assert template["args"]["src"] == "vhost/host.j2" and template["notify"] == ["hosts changed"]
     assert len({step["index"] for step in flatten(compiled.steps + compiled.handlers)}) == len(
         flatten(compiled.steps + compiled.handlers)
     ), "every step keeps an index of its own"
@@ -324,10 +321,6 @@ ROLE_REFUSALS = {
     "import_role loop": (
         "- import_role: {name: vhost}\n  loop: [a, b]\n",
         "main.yml:2:3: import_role cannot loop",
-    ),
-    "loop over a registered result": (
-        "- command: ls\n  register: listing\n- include_role: {name: vhost}\n  loop: '{{ listing.stdout_lines }}'\n",
-        "main.yml:4:9: include_role loops over listing, known only on the box",
     ),
     "a role including itself": ("- include_role: {name: r}\n", "main.yml:1:24: include_role of 'r' includes itself"),
     "public not a boolean": (
@@ -388,6 +381,26 @@ def test_include_and_import_role_end_state_equals_ansible_playbooks(engine):
     assert result.equal, result.report()
 
 
+@pytest.mark.slow
+def test_include_loops_over_what_only_the_box_knows_end_state_equals_ansible_playbooks(engine):
+    """kiln_loops (tests/ansible_roles) loops include_tasks over a registered result (loop_var, index_var, label,
+    a per-item when, a handler, registers and a loop inside) and over facts, and include_role over a set_fact
+    value (with_items) into kiln_loops_site, whose handler runs. Both roles are used unchanged."""
+    work = workdir()
+    try:
+        for staged in (work / "ansible" / "roles", work / "kiln" / "playbooks" / "roles"):
+            staged.mkdir(parents=True)
+        (work / "ansible" / "roles" / "kiln_loops_site").symlink_to(ROLES / "kiln_loops_site")
+        shutil.copytree(ROLES / "kiln_loops_site", work / "kiln" / "playbooks" / "roles" / "kiln_loops_site")
+        result = compare_role(engine, ROLES / "kiln_loops", work, labels={TEST_LABEL: SESSION})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert result.ansible.ok, result.ansible.output[-3000:]
+    assert result.equal, result.report()
+    for name in ("loops_last", "loops_echo", "loops_fact", "loops_site_conf"):  # the cases ran on both sides
+        assert name in result.ansible.registered and name in result.kiln.registered, name
+
+
 def test_include_tasks_loops_with_apply_and_role_params(tmp_path):
     write_role(
         tmp_path,
@@ -411,12 +424,11 @@ def test_include_tasks_loops_with_apply_and_role_params(tmp_path):
     )
     assert problems(tmp_path, "r") == []
     looped, debug = compile_role(tmp_path, "r", "local", config(tmp_path)).steps
-    echoes = [copy["block"][0] for copy in looped["block"]]
-    assert [echo["vars"] for echo in echoes] == [
-        {"shell": "/bin/sh", "person": "alice"},
-        {"shell": "/bin/sh", "person": "bob"},
-    ]
-    assert {(echo["become_user"], tuple(echo["tags"])) for echo in echoes} == {("nobody", ("users",))}
+    # one block, its steps compiled once: the box runs them once per item (the item is the box's, as in Ansible)
+    assert (looped["loop"], looped["loop_control"]) == (["alice", "bob"], {"loop_var": "person"})
+    (echo,) = looped["block"]
+    assert echo["vars"] == {"shell": "/bin/sh"} and echo["args"]["cmd"] == "echo {{ person }} {{ shell }}"
+    assert (echo["become_user"], tuple(echo["tags"])) == ("nobody", ("users",))
     assert debug["args"] == {"msg": "{{ greeting }} world"}  # key=value, though debug has a free form
 
 
@@ -425,8 +437,12 @@ def test_include_tasks_loops_with_apply_and_role_params(tmp_path):
     [
         ("- import_tasks: user.yml\n  loop: [a]\n", "main.yml:2:3: import_tasks cannot loop"),
         (
-            "- include_tasks: user.yml\n  loop: '{{ ansible_interfaces }}'\n",
-            "main.yml:2:9: include_tasks loops over ansible_interfaces, known only on the box",
+            "- include_tasks: user.yml\n  loop: '{{ nowhere }}'\n",
+            "main.yml:2:9: undefined variable 'nowhere'",
+        ),
+        (
+            "- include_tasks: user.yml\n  loop: [a]\n  loop_control: {label: '{{ nobody }}'}\n",
+            "main.yml:3:25: undefined variable 'nobody'",
         ),
         ("- import_tasks: {file: user.yml, apply: {become: true}}\n", "main.yml:1:34: apply is for include_tasks"),
     ],
@@ -534,7 +550,7 @@ def test_step_names_render_with_their_own_vars_never_with_a_value_the_box_sets(t
     write_role(tmp_path, "vhost", {**VHOST, "tasks/main.yml": "- name: Configure {{ host }}\n  debug: msg=hi\n"})
     write_role(tmp_path, "base", BASE)
     hosts, _, greet = compile_role(tmp_path, "site", "local", config(tmp_path)).steps
-    assert [copy["block"][-1]["name"] for copy in hosts["block"]] == ["Configure a", "Configure b"]
+    assert hosts["block"][-1]["name"] == "Configure {{ host }}"  # the item is the box's: the name is rendered there
     assert greet["name"] == "Greet {{ vhost_user }}"  # vhost_user's default 'web' is not what the box has then
 
 

@@ -15,7 +15,6 @@ its own defaults over another role's, and a private ``include_role``'s variables
 
 from __future__ import annotations
 
-import copy as copy_module
 import hashlib
 import json
 import re
@@ -25,7 +24,7 @@ from typing import Any
 
 from kiln.agent.checks import discover as discover_checks
 from kiln.agent.modules import discover as discover_modules
-from kiln.agent.templating import evaluate, render
+from kiln.agent.templating import render
 from kiln.controller.config import PROVIDERS, Config
 from kiln.controller.declared import check_document
 from kiln.controller.model import CompiledRole, Diagnostic, InvalidInput
@@ -39,7 +38,6 @@ from kiln.controller.stepfiles.validate import (
     JINJA_GLOBALS,
     RESERVED_NAMES,
     Collector,
-    IncludeLoop,
     Ref,
     RoleUse,
     StepCompiler,
@@ -47,7 +45,6 @@ from kiln.controller.stepfiles.validate import (
     check_references,
     compile_checks,
     did_you_mean,
-    inherit_keywords,
     is_templated,
     kind_of,
 )
@@ -562,7 +559,6 @@ def _compile(
     check_references(collector, known, {name: sources[name].tree for name in roles}, check_names=not unreadable)
 
     resolved = resolve_variables(everything, {"kiln": {"role": role}})
-    expand_include_loops(collector, everything, resolved, collector.registers | included, problems)
     runtime = collector.registers | included  # what set_fact, register and include_vars set on the box
     seen_by = scopes.resolver(role)
     for check, doc, path, key in collector.check_templates:
@@ -848,80 +844,6 @@ def _included_handlers(
     return handlers
 
 
-def expand_include_loops(
-    collector: Collector,
-    variables: dict[str, Any],
-    resolved: dict[str, Any],
-    runtime: set[str],
-    problems: list[Diagnostic],
-) -> None:
-    """Each looped include_role or include_tasks becomes a block of one copy per item (its ``when`` per copy, the item in
-    its ``vars``). The items must be known here: a list, or variables of the roles, kiln.yaml or --var."""
-    for loop in collector.include_loops:
-        items = _loop_items(loop, variables, resolved, runtime, problems)
-        include = loop.block
-        copies = []
-        for position, item in enumerate(items or []):
-            copy = copy_module.deepcopy(include)
-            copy["vars"] = {**copy.get("vars", {}), loop.loop_var: item}
-            if loop.index_var:
-                copy["vars"][loop.index_var] = position
-            copy["name"] = f"{include['name']} ({loop.loop_var}={_short(item)})"
-            inherit_keywords(copy)
-            _renumber(copy, collector)
-            copies.append(copy)
-        include.pop("when", None)  # decided per item, in each copy
-        include["block"] = copies
-
-
-def _loop_items(
-    loop: IncludeLoop,
-    variables: dict[str, Any],
-    resolved: dict[str, Any],
-    runtime: set[str],
-    problems: list[Diagnostic],
-) -> list[Any] | None:
-    if isinstance(loop.loop, list):
-        return loop.loop  # templated items are rendered on the box, as any variable
-    names = _undeclared_in(loop.loop)
-    box_only = sorted(n for n in names if n in runtime or (n not in variables and n not in JINJA_GLOBALS))
-    if box_only:
-        problems.append(
-            loop.doc.diag(
-                loop.path,
-                f"{loop.kind} loops over {', '.join(box_only)}, known only on the box (facts, registered "
-                "results, set_fact): kiln expands such a loop when compiling; loop over a list or "
-                "over variables of the roles, kiln.yaml or --var (or loop inside the role's tasks)",
-            )
-        )
-        return None
-    try:
-        items = evaluate(loop.loop, resolved)
-    except Exception as exc:  # noqa: BLE001 - reported, never a traceback
-        problems.append(loop.doc.diag(loop.path, f"cannot expand this {loop.kind} loop: {exc}"))
-        return None
-    if isinstance(items, dict):
-        return [{"key": k, "value": v} for k, v in items.items()]
-    if not isinstance(items, list):
-        problems.append(loop.doc.diag(loop.path, f"a {loop.kind} loop must give a list, got {kind_of(items)}"))
-        return None
-    return items
-
-
-def _renumber(step: dict[str, Any], collector: Collector) -> None:
-    """New step indexes for a copy (the agent's events name steps by index)."""
-    collector.index += 1
-    step["index"] = collector.index
-    for key in ("block", "rescue", "always"):
-        for inner in step.get(key) or []:
-            _renumber(inner, collector)
-
-
-def _short(item: Any) -> str:
-    text = item if isinstance(item, str) else json.dumps(item, default=str, sort_keys=True)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _vault_values(variables: dict[str, Any], sources: dict[str, RoleSource], chain: list[str]) -> set[str]:
     """Every decrypted vault value (variables and vars/ files): redacted everywhere, as no_log values."""
     from kiln.controller.vault import VaultSecret
@@ -941,7 +863,7 @@ def _vault_values(variables: dict[str, Any], sources: dict[str, RoleSource], cha
 
 def _render_names(steps: list[dict[str, Any]], resolved: Any, runtime: set[str]) -> None:
     """Step names with Jinja, rendered where the controller knows every name (the rest on the box): with the
-    variables the step's role sees (``resolved(role)``) and its own vars (an include loop's item), never with a
+    variables the step's role sees (``resolved(role)``) and its own vars, never with a
     value a loop, set_fact or register gives there."""
     for step in steps:
         name = step.get("name")
@@ -953,8 +875,8 @@ def _render_names(steps: list[dict[str, Any]], resolved: Any, runtime: set[str])
                     step["name"] = str(render(name, {**resolved(step.get("role")), **own}))
                 except Exception:  # noqa: BLE001 - facts, registered results, loop items: the box renders it
                     pass
-        for key in ("block", "rescue", "always"):
-            _render_names(step.get(key, []), resolved, runtime)
+        for key in ("block", "rescue", "always"):  # an include loop's item is the box's, for the steps inside
+            _render_names(step.get(key, []), resolved, runtime | _loop_names(step))
 
 
 def _runtime_behind(runtime: set[str], variables: dict[str, Any]) -> set[str]:

@@ -189,7 +189,6 @@ class Collector:
     index: int = 0
     roles: RoleFinder | None = None  # the roles include_role/import_role may name (compile.py gives it)
     role_uses: list[RoleUse] = field(default_factory=list)
-    include_loops: list[IncludeLoop] = field(default_factory=list)
     params: set[str] = field(default_factory=set)  # role parameters given to dependencies: names their tasks read
 
     def add(self, diagnostic: Diagnostic) -> None:
@@ -225,19 +224,6 @@ class RoleUse:
     kind: str = "dependency"  # or include_role, import_role
     public: bool | None = None  # include_role/import_role's public, as written
     by: str = ""  # the role whose task includes it, or that depends on it
-
-
-@dataclass
-class IncludeLoop:
-    """An include_role or include_tasks with a loop: expanded when compiling, one copy of the block per item."""
-
-    kind: str
-    block: dict[str, Any]
-    doc: Document
-    path: tuple[Any, ...]
-    loop: Any  # a list, or an expression giving one
-    loop_var: str
-    index_var: str = ""
 
 
 @dataclass(frozen=True)
@@ -509,8 +495,8 @@ class StepCompiler:
         self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
     ) -> dict[str, Any] | None:
         """A block of the included file's steps (``when`` carried); a templated name: one block per candidate
-        file of tasks/, each selected on the box by the name rendered there. A loop is expanded when compiling
-        (:class:`IncludeLoop`); ``apply`` (in the settings or under ``args``) holds for the included steps."""
+        file of tasks/, each selected on the box by the name rendered there. A loop runs the block once per item on
+        the box (:meth:`_include_loop`); ``apply`` (in the settings or under ``args``) holds for the included steps."""
         value = data[key]
         where = path + (key,)
         settings: dict[str, Any] = dict(data["args"]) if isinstance(data.get("args"), dict) else {}
@@ -584,12 +570,11 @@ class StepCompiler:
         if not block.get("name"):
             compiled["name"] = f"{kind} {value}"
         if loops:
-            self._include_loop(kind, data, path, loops[0], ctx, compiled, loop_var, index_var)
+            self._include_loop(data, path, loops[0], ctx, compiled, loop_var, index_var)
         return compiled
 
     def _include_loop(
         self,
-        kind: str,
         data: dict[str, Any],
         path: tuple[Any, ...],
         loop_key: str,
@@ -598,11 +583,21 @@ class StepCompiler:
         loop_var: str,
         index_var: str,
     ) -> None:
+        """The include's block runs once per item, the items given on the box when it is reached (a registered
+        result, a set_fact value, facts: what Ansible loops an include over), the block's ``when`` checked per
+        item, its steps seeing the item as ``loop_var`` (and its position as ``index_var``)."""
         secret = data.get("no_log", ctx.no_log) in (True, "yes", "true", "on")
-        value = self._ansible_loop(loop_key, data[loop_key], path + (loop_key,), ctx.extra, secret)
-        self.c.include_loops.append(
-            IncludeLoop(kind, compiled, self.doc, path + (loop_key,), value, loop_var, index_var)
-        )
+        compiled["loop"] = self._ansible_loop(loop_key, data[loop_key], path + (loop_key,), ctx.extra, secret)
+        control = {"loop_var": loop_var}
+        if index_var:
+            control["index_var"] = index_var
+        label = data["loop_control"].get("label") if isinstance(data.get("loop_control"), dict) else None
+        if label is not None:
+            control["label"] = label
+            if is_templated(label):
+                names = ctx.extra | {loop_var, index_var} - {""}
+                self.c.refs.append(Ref(self.doc, path + ("loop_control", "label"), label, True, frozenset(names)))
+        compiled["loop_control"] = control
 
     def _included(self, name: str, where: tuple[Any, ...], ctx: StepContext) -> list[dict[str, Any]]:
         doc = self._task_file(name, where)
@@ -621,8 +616,8 @@ class StepCompiler:
         self, kind: str, key: str, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
     ) -> dict[str, Any] | None:
         """A block of the named role's tasks (``tasks_from`` or main), the role found in playbooks/roles/ like
-        a dependency; its defaults, vars and handlers join the bake's (compile.py). A loop is expanded when
-        compiling (:class:`IncludeLoop`), so it must be over values the controller knows."""
+        a dependency; its defaults, vars and handlers join the bake's (compile.py). A loop runs the block once per
+        item on the box (:meth:`_include_loop`)."""
         where = path + (key,)
         settings = self._role_settings(kind, data[key], where)
         if settings is None:
@@ -691,7 +686,7 @@ class StepCompiler:
             )
         )
         if loops:
-            self._include_loop(kind, data, path, loops[0], ctx, compiled, loop_var, index_var)
+            self._include_loop(data, path, loops[0], ctx, compiled, loop_var, index_var)
         return compiled
 
     def _role_settings(self, kind: str, value: Any, where: tuple[Any, ...]) -> dict[str, Any] | None:
