@@ -401,6 +401,42 @@ def test_include_loops_over_what_only_the_box_knows_end_state_equals_ansible_pla
         assert name in result.ansible.registered and name in result.kiln.registered, name
 
 
+@pytest.mark.slow
+def test_a_reboot_inside_an_include_loop_resumes_at_its_item(engine):
+    """The agent runs an include loop's block once per item; a reboot in one item's steps resumes with that item's
+    next step (the item and its index as they were), then the later items."""
+    from tests.machines import AgentBox, summary_of
+    from tests.test_reboot import apply_through_reboots
+
+    def echo(index: int, text: str) -> dict:
+        return {"index": index, "module": "shell", "name": f"echo {text}", "args": {"cmd": f"echo {text} >> /srv/rl"}}
+
+    steps = [
+        {"module": "shell", "name": "words", "args": {"cmd": "printf 'a\\nb\\n'"}, "register": "words"},
+        {
+            "module": "block",
+            "name": "each word",
+            "loop": "{{ words.stdout_lines }}",
+            "loop_control": {"loop_var": "word", "index_var": "at"},
+            "block": [
+                echo(3, "{{ word }}-{{ at }}"),
+                {"index": 4, "module": "reboot", "name": "reboot", "args": {}, "when": "word == 'a'"},
+                echo(5, "{{ word }}-{{ at }}-after"),
+            ],
+            "rescue": [],
+            "always": [],
+        },
+        echo(6, "done"),
+    ]
+    box = AgentBox(engine).start()
+    try:
+        events, reboots = apply_through_reboots(box, steps)
+        assert reboots == 1 and summary_of(events)["ok_run"], events
+        assert box.sh("cat /srv/rl") == "a-0\na-0-after\nb-1\nb-1-after\ndone\n"
+    finally:
+        box.stop()
+
+
 def test_include_tasks_loops_with_apply_and_role_params(tmp_path):
     write_role(
         tmp_path,
