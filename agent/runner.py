@@ -13,7 +13,8 @@ boot reloads the state, reports the reboot step and continues with the next one.
 Where the run is, for resuming, is a *path* into the step tree: ``(3,)`` is the
 fourth top-level step, ``(3, "block", 0)`` the first step of its block,
 ``(5, "handler", "restart nginx")`` a handler run by the ``flush_handlers`` step at
-``(5,)``, and ``("handler", name)`` a handler of the final flush.
+``(5,)``, and ``("handler", name)`` a handler of the final flush. An include loop's block puts the item's
+position before the section: ``(3, 1, "block", 0)`` is the first step of the second item's run of it.
 """
 
 from __future__ import annotations
@@ -560,9 +561,10 @@ class Runner:
 
     def run_block_loop(self, step: Dict[str, Any], path: Path) -> None:
         """An include looped (include_tasks, include_role): its block once per item, the items given when it is
-        reached (a registered result, a set_fact value, facts), as Ansible includes a file once per item. Its
-        ``when`` is checked per item; the steps inside see the item (a frame of ``step_scope``). ``path`` + the
-        item's position leads to the steps of each item (a reboot inside resumes at that item)."""
+        reached (a registered result, a set_fact value, facts). As Ansible's include, it first decides each item's
+        ``when`` (a skipped item is reported then), and then runs the wanted items' steps, which see the item (a
+        frame of ``step_scope``). ``path`` + the item's position leads to each item's steps (a reboot inside
+        resumes at that item)."""
         control = step.get("loop_control") or {}
         loop_var = control.get("loop_var") or "item"
         resume_at = self.cursor[len(path)] if self.cursor is not None else 0
@@ -572,17 +574,32 @@ class Runner:
                 raise StepFailed(step, f"loop must give a list, got {type(items).__name__}")
         except StepFailed as exc:
             return self.finish_step(dict(step, module="block"), {"status": StepStatus.FAILED, "msg": exc.msg}, 0, False)
-        once = {k: v for k, v in step.items() if k not in ("loop", "loop_control")}
+        once = {k: v for k, v in step.items() if k not in ("loop", "loop_control", "when")}
+        wanted: List[Tuple[int, Dict[str, Any], Dict[str, Any]]] = []
         for position in range(resume_at if isinstance(resume_at, int) else 0, len(items)):
             frame = {loop_var: items[position], "ansible_loop_var": loop_var}
             if control.get("index_var"):
                 frame.update({control["index_var"]: position, "ansible_index_var": control["index_var"]})
-            self.frames.append(frame)
-            try:
+            with self.inside(frame):
                 label = self._item_label(control, once, items[position])
-                self.run_block_once(dict(once, name=f"{once.get('name')} ({loop_var}={label})"), path + (position,))
-            finally:
-                self.frames.pop()
+                named = dict(once, name=f"{once.get('name')} ({loop_var}={label})")
+                resuming = self.cursor is not None
+                if (resuming and position == resume_at) or self.block_wanted(
+                    dict(named, when=step.get("when")), report=not resuming
+                ):
+                    wanted.append((position, frame, named))
+        for position, frame, named in wanted:
+            with self.inside(frame):
+                self.run_block_once(named, path + (position,))
+
+    @contextlib.contextmanager
+    def inside(self, frame: Dict[str, Any]) -> Iterator[None]:
+        """The steps run here see ``frame`` (an include loop's item) above the run's variables."""
+        self.frames.append(frame)
+        try:
+            yield
+        finally:
+            self.frames.pop()
 
     def _item_label(self, control: Dict[str, Any], step: Dict[str, Any], item: Any) -> str:
         """What names an include loop's item: ``loop_control.label`` rendered with the item, else the item, short."""
@@ -594,29 +611,36 @@ class Runner:
                 pass
         return text if len(text) <= 40 else text[:37] + "..."
 
+    def block_wanted(self, step: Dict[str, Any], report: bool = True) -> bool:
+        """Whether a block's ``when`` holds now; a skipped block is reported, a ``when`` that fails fails it
+        (``report=False``: decided again after a reboot, reported before it)."""
+        if step.get("when") is None:
+            return True
+        try:
+            wanted = self._truth(step["when"], self.step_scope(step), step, "when")
+        except StepFailed as exc:
+            if report:
+                self.finish_step(dict(step, module="block"), {"status": StepStatus.FAILED, "msg": exc.msg}, 0, False)
+            return False
+        if not wanted and report:
+            self.emit(
+                {
+                    "event": Event.STEP,
+                    "index": step.get("index"),
+                    "name": step.get("name"),
+                    "module": "block",
+                    "status": StepStatus.SKIPPED,
+                    "msg": "when was false",
+                    "duration": 0,
+                }
+            )
+            self.counts["skipped"] += 1
+        return wanted
+
     def run_block_once(self, step: Dict[str, Any], path: Path) -> None:
         section = self.cursor[len(path)] if self.cursor is not None else None
-        if section is None and step.get("when") is not None:
-            try:
-                wanted = self._truth(step["when"], self.step_scope(step), step, "when")
-            except StepFailed as exc:
-                return self.finish_step(
-                    dict(step, module="block"), {"status": StepStatus.FAILED, "msg": exc.msg}, 0, False
-                )
-            if not wanted:
-                self.emit(
-                    {
-                        "event": Event.STEP,
-                        "index": step.get("index"),
-                        "name": step.get("name"),
-                        "module": "block",
-                        "status": StepStatus.SKIPPED,
-                        "msg": "when was false",
-                        "duration": 0,
-                    }
-                )
-                self.counts["skipped"] += 1
-                return
+        if section is None and not self.block_wanted(step):
+            return
         rescue = step.get("rescue") or []
         try:
             if section in (None, "block"):
