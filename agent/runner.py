@@ -603,6 +603,8 @@ class Runner:
 
     def _item_label(self, control: Dict[str, Any], step: Dict[str, Any], item: Any) -> str:
         """What names an include loop's item: ``loop_control.label`` rendered with the item, else the item, short."""
+        if step.get("no_log"):
+            return REDACTED
         text = item if isinstance(item, str) else json.dumps(item, default=str, sort_keys=True)
         if control.get("label") is not None:
             try:

@@ -421,6 +421,27 @@ def test_a_roles_checks_see_the_variables_its_steps_saw(box: AgentBox, tmp_path:
     assert "Traceback" not in stderr, stderr
 
 
+@pytest.mark.slow
+def test_an_include_loops_items_stay_out_of_what_the_box_reports_under_no_log(box: AgentBox, tmp_path: Path) -> None:
+    files = {
+        "tasks/main.yml": """
+- name: the tokens
+  set_fact: {tokens: [s3cr3t-one, s3cr3t-two]}
+- name: each token
+  include_tasks: token.yml
+  loop: "{{ tokens }}"
+  when: item != 's3cr3t-two'
+  no_log: true
+""",
+        "tasks/token.yml": '- name: keep a token\n  copy: {dest: /tmp/kiln-token, content: "{{ item }}"}\n  no_log: true\n',
+    }
+    events, stderr = kiln_run(box, tmp_path, files)
+    assert summary_of(events)["ok_run"] and summary_of(events)["skipped"] == 1, steps_of(events)
+    shown = json.dumps([e for e in events if e["event"] != "facts"])
+    assert "s3cr3t" not in shown, shown
+    assert box.sh("cat /tmp/kiln-token") == "s3cr3t-one"
+
+
 #: a role whose task names read a variable a set_fact changes (directly, and through another variable), and the
 #: item of an include loop over a set_fact value
 NAMES_ROLE = {

@@ -598,6 +598,8 @@ class StepCompiler:
                 names = ctx.extra | {loop_var, index_var} - {""}
                 self.c.refs.append(Ref(self.doc, path + ("loop_control", "label"), label, True, frozenset(names)))
         compiled["loop_control"] = control
+        if secret:  # the items name nothing in what the box reports
+            compiled["no_log"] = True
 
     def _included(self, name: str, where: tuple[Any, ...], ctx: StepContext) -> list[dict[str, Any]]:
         doc = self._task_file(name, where)
