@@ -391,6 +391,8 @@ class StepCompiler:
                 step["args"]["facts"] = "{{ " + as_expression(facts) + " }}"
         if module in ("service_facts", "package_facts"):
             self.c.registers.add("services" if module == "service_facts" else "packages")
+        if module == "getent" and isinstance(step["args"].get("database"), str):  # its facts: getent_<database>
+            self.c.registers.add(f"getent_{step['args']['database']}")
         if not step["name"]:
             schema = self.modules[module].SCHEMA if module in self.modules else {}
             step["name"] = f"{key} {_primary(schema, step['args'])}".strip()
