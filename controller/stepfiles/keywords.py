@@ -216,8 +216,8 @@ KEYWORDS: dict[str, dict[str, Any]] = {
     ),
     "block": _keyword(
         (BLOCK,),
-        "Steps run together (with `rescue` and `always`); "
-        "`when`, `tags`, `no_log`, `ignore_errors` apply to all of them.",
+        "Steps run together (with `rescue` and `always`); `tags`, `no_log`, `ignore_errors` apply to all of them, "
+        "and its `when` is checked by each step inside (block, rescue, always) as it runs.",
         type="raw",
         json_schema={"allOf": [STEPS, {"minItems": 1}]},
     ),
