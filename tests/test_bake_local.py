@@ -472,3 +472,28 @@ def test_the_local_clean_stage_leaves_the_host_s_disks_alone():
     cloud = hygiene_script(make_aws_provider({"regions": ["us-east-1"]}), "b-1", list_packages=False).splitlines()
     assert "sync" not in local and "rm -rf /var/lib/kiln" in local
     assert "sync" in cloud
+
+
+def test_the_build_machine_goes_while_the_image_is_tested(engine, tmp_path):
+    """Once the snapshot is made the build machine serves nothing: its removal begins with the test stage, in the
+    background, while the test machine starts (the bake no longer waits for it at the end), and nothing is left."""
+    playbooks = make_playbooks(
+        tmp_path,
+        {
+            "steps.yml": '- name: marker\n  copy: {content: "x\\n", dest: /etc/kiln-marker, mode: "0644"}\n',
+            "verify.yml": "- file: /etc/kiln-marker\n",
+        },
+        role="early",
+    )
+    try:
+        proc = invoke(tmp_path, "bake", "--role", "early", "--json", playbooks=playbooks)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+        order = [e["event"] if e["event"] != "stage" else f"stage {e['stage']}" for e in events]
+        removing = order.index("removing the build machine while the image is tested and published")
+        assert order.index("stage test image") < removing < order.index("test machine"), order
+        assert not left_behind(engine, proc.stderr)
+        assert not engine.containers("kiln.role=early")
+    finally:
+        for row in engine.images(image_repo("early")):
+            engine.remove_image(row["Id"])

@@ -271,6 +271,9 @@ class LocalProvider:
     #: the clean stage's ``sync`` is not needed: the commit reads the container's files through this host's kernel,
     #: which has every write the machine made (a ``sync`` in a container flushes the whole host's disks)
     flushes_before_snapshot = False
+    #: the build machine goes in a thread once the snapshot is made, while the image is tested (the engine runs
+    #: the two containers' calls side by side)
+    removes_in_background = True
 
     def __init__(self, engine: Engine | None = None, settings: dict[str, Any] | None = None) -> None:
         settings = settings or {}

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import structlog
 
 from kiln.controller.context import BakeContext
+from kiln.controller.model import Machine
 
 log = structlog.get_logger("kiln.stage")
+
+
+#: seconds the launch stage's undo waits for a removal begun early (the engine's own call is bounded at 120 s)
+REMOVAL_WAIT_SECONDS = 150.0
+
+
+class EarlyRemoval:
+    """The build machine's removal, in a thread, while the bake's later stages run (:func:`remove_while_testing`)."""
+
+    def __init__(self, provider: Any, machine: Machine) -> None:
+        self.provider, self.machine = provider, machine
+        self.failed = False
+        self.thread = threading.Thread(target=self._remove, name="kiln-remove-build-machine", daemon=True)
+        self.thread.start()
+
+    def _remove(self) -> None:
+        try:
+            self.provider.terminate(self.machine)
+        except Exception as exc:  # the launch stage's undo removes it, and says so if it cannot
+            log.warning("removing the build machine early failed; removing it at the end", error=str(exc))
+            self.failed = True
+
+    def finished(self) -> bool:
+        """Whether the machine is removed (waiting, bounded, for a removal under way)."""
+        self.thread.join(REMOVAL_WAIT_SECONDS)
+        return not self.thread.is_alive() and not self.failed
 
 
 class LaunchInstance:
@@ -24,6 +54,10 @@ class LaunchInstance:
     def undo(self, ctx: BakeContext) -> None:
         if ctx.instance is None:
             return
+        removal = _early_removal(ctx.instance)  # begun as the test stage began
+        if removal is not None and removal.finished():
+            log.info("instance removed", instance=ctx.instance.id)
+            return
         if ctx.keep_instance:
             ctx.provider.keep_build(ctx.machine_spec())  # its record now ends only at the deadline (or destroy)
             log.warning(
@@ -32,6 +66,30 @@ class LaunchInstance:
             return
         ctx.provider.terminate(ctx.instance)
         log.info("instance removed", instance=ctx.instance.id)
+
+
+#: machine id -> its removal begun early (:func:`remove_while_testing`), for the launch stage's undo
+_EARLY: dict[str, EarlyRemoval] = {}
+_EARLY_LOCK = threading.Lock()
+
+
+def remove_while_testing(ctx: BakeContext) -> None:
+    """The build machine serves nothing once its snapshot is made: as the test stage begins, a provider that can
+    (``removes_in_background``) removes it in a thread while the image is tested and published, and the launch
+    stage's undo waits for that (bounded), or removes it itself. Kept as ever with --keep-on-error (a later stage
+    may fail)."""
+    if ctx.options.keep_on_error or not getattr(ctx.provider, "removes_in_background", False):
+        return
+    if ctx.session is not None:
+        ctx.session.close()  # nothing runs on it any more (the connect stage's undo closes it again: harmless)
+    log.info("removing the build machine while the image is tested and published", instance=ctx.instance.id)
+    with _EARLY_LOCK:
+        _EARLY[ctx.instance.id] = EarlyRemoval(ctx.provider, ctx.instance)
+
+
+def _early_removal(machine: Machine) -> EarlyRemoval | None:
+    with _EARLY_LOCK:
+        return _EARLY.pop(machine.id, None)
 
 
 def login_hint(ctx: BakeContext) -> str:

@@ -20,6 +20,7 @@ from kiln.controller.context import BakeContext, StepCounts
 from kiln.controller.model import BaseImage
 from kiln.controller.remote import BUNDLE, FreshPayload, agent_command, box_agent, fresh_payload
 from kiln.controller.stages.connect import Connect, WhileBooting
+from kiln.controller.stages.launch_instance import remove_while_testing
 from kiln.controller.stages.push_bundle import extra_vars
 from kiln.controller.stages.verify import checks_on, image_run_files, run_checks
 
@@ -70,6 +71,7 @@ class TestImage:
             log.warning("no checks for the image (all are on: build): the fresh machine is not tested", role=ctx.role)
             return
         started = time.monotonic()
+        remove_while_testing(ctx)
         self.machine = fresh = machine_from_image(ctx)
         fresh.instance = ctx.provider.launch(fresh.machine_spec())  # the machine, or nothing left of it
         log.info("test machine", image=ctx.image.name, instance=fresh.instance.id)
