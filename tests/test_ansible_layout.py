@@ -397,7 +397,7 @@ def test_include_loops_over_what_only_the_box_knows_end_state_equals_ansible_pla
         shutil.rmtree(work, ignore_errors=True)
     assert result.ansible.ok, result.ansible.output[-3000:]
     assert result.equal, result.report()
-    for name in ("loops_last", "loops_echo", "loops_fact", "loops_site_conf"):  # the cases ran on both sides
+    for name in ("loops_last", "loops_echo", "loops_fact", "loops_site_conf", "loops_tools"):  # ran on both sides
         assert name in result.ansible.registered and name in result.kiln.registered, name
 
 

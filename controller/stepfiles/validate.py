@@ -1063,6 +1063,8 @@ class StepCompiler:
         if key == "with_items" and isinstance(value, list):  # with_items flattens one level
             value = [x for item in value for x in (item if isinstance(item, list) else [item])]
         self._loop(value, path, extra, secret)
+        if key == "with_items" and (isinstance(value, str) or any_templated(value)):
+            return _flattened_on_the_box(value)
         return value
 
     def _fileglob(self, value: Any, path: tuple[Any, ...]) -> list[str]:
@@ -1408,6 +1410,19 @@ def _first_found(candidates: list[str], files: dict[str, Any]) -> str:
         + ansible.template_to_expression(candidates[-1])
         + "]) | first }}"
     )
+
+
+def _flattened_on_the_box(value: str | list[Any]) -> str:
+    """``with_items`` over what the box renders, as Ansible's items lookup gives it: the rendered list flattened
+    one level (an item that renders to a list gives its items), a value that is not a list one item."""
+    if isinstance(value, list):
+        expression = as_expression(value)
+    else:
+        inner = WHOLE_EXPRESSION.match(value)
+        expression = inner.group(1).strip() if inner else ansible.template_to_expression(value)
+    given = f"({expression})"
+    listed = f"([{given}] if {given} is string or {given} is mapping else {given})"
+    return "{{ " + listed + " | flatten(levels=1, skip_nulls=false) }}"
 
 
 def _index_var(data: dict[str, Any]) -> str:
