@@ -385,3 +385,148 @@ def test_the_modules_compile_under_their_collection_names(tmp_path: Path) -> Non
         "state: absent, backup: true}\n"
     )
     assert role_problems(tmp_path, tasks) == []
+
+
+# --- ini_file: the collection's do_ini on a real file, kiln's edit on the same lines --------------------
+INI = """; a comment
+top = 1
+
+[server]
+port = 80
+# port = 8080
+host=localhost
+listen = a
+listen = b
+
+[client]
+name = x
+[server]
+port = 81
+tag = second
+"""
+
+
+class ReferenceModule:
+    """What the collection's do_ini asks of AnsibleModule: flags, a temporary folder, a move."""
+
+    check_mode = False
+    _diff = False
+
+    def __init__(self, tmpdir: Path) -> None:
+        self.tmpdir = str(tmpdir)
+
+    def fail_json(self, **kwargs: Any) -> None:
+        raise RuntimeError(kwargs.get("msg"))
+
+    def atomic_move(self, src: str, dest: str, unsafe_writes: bool = False) -> None:
+        Path(src).replace(dest)
+
+    def backup_local(self, path: str) -> str:
+        return ""
+
+
+INI_CASES: list[tuple[str, str, dict[str, Any]]] = [
+    ("set", INI, {"section": "server", "option": "port", "value": "8080"}),
+    ("same", INI, {"section": "server", "option": "host", "value": "localhost"}),
+    ("same-ignore-spaces", INI, {"section": "server", "option": "host", "value": "localhost", "ignore_spaces": True}),
+    ("inactive-kept", INI, {"section": "server", "option": "port", "value": "80", "modify_inactive_option": False}),
+    ("values", INI, {"section": "server", "option": "listen", "values": ["b", "c"]}),
+    ("values-not-exclusive", INI, {"section": "server", "option": "listen", "values": ["c"], "exclusive": False}),
+    ("new-option", INI, {"section": "client", "option": "timeout", "value": "5", "no_extra_spaces": True}),
+    ("no-section", INI, {"option": "top", "value": "2"}),
+    ("new-section", INI, {"section": "extra", "option": "k", "value": "v"}),
+    ("only-section", INI, {"section": "bare", "allow_no_value": True}),
+    ("no-value", INI, {"section": "client", "option": "flag", "allow_no_value": True}),
+    (
+        "has-values",
+        INI,
+        {
+            "section": "server",
+            "option": "port",
+            "value": "90",
+            "section_has_values": [{"option": "tag", "value": "second"}],
+        },
+    ),
+    (
+        "has-values-new",
+        INI,
+        {
+            "section": "server",
+            "option": "port",
+            "value": "90",
+            "section_has_values": [{"option": "tag", "values": ["third"]}],
+        },
+    ),
+    ("absent-option", INI, {"section": "server", "option": "listen", "state": "absent"}),
+    (
+        "absent-value",
+        INI,
+        {"section": "server", "option": "listen", "values": ["a"], "state": "absent", "exclusive": False},
+    ),
+    ("absent-section", INI, {"section": "client", "state": "absent"}),
+    ("absent-nothing", INI, {"section": "nowhere", "option": "x", "state": "absent"}),
+    ("no-final-newline", "[a]\nb = 1", {"section": "a", "option": "b", "value": "1"}),
+    ("empty", "", {"section": "a", "option": "b", "value": "1"}),
+]
+
+
+def ini_params(given: dict[str, Any]) -> dict[str, Any]:
+    defaults = {
+        "state": "present",
+        "exclusive": True,
+        "no_extra_spaces": False,
+        "ignore_spaces": False,
+        "allow_no_value": False,
+        "modify_inactive_option": True,
+    }
+    return {**defaults, **given}
+
+
+def ini_reference(tmp_path: Path, content: str, params: dict[str, Any]) -> tuple[bool, str, str]:
+    reference = _reference_module("ini_file")
+    path = tmp_path / "ref.ini"
+    path.write_text(content)
+    values = [params["value"]] if params.get("value") is not None else list(params.get("values") or [])
+    conditions = [
+        {"option": c["option"], "values": [c["value"]] if c.get("value") is not None else list(c.get("values") or [])}
+        for c in params.get("section_has_values") or []
+    ] or None
+    changed, _, _, msg = reference.do_ini(
+        ReferenceModule(tmp_path),
+        str(path),
+        params.get("section"),
+        conditions,
+        params.get("option"),
+        values,
+        params["state"],
+        params["exclusive"],
+        False,
+        params["no_extra_spaces"],
+        params["ignore_spaces"],
+        True,
+        params["allow_no_value"],
+        params["modify_inactive_option"],
+        False,
+    )
+    return changed, msg, path.read_text()
+
+
+def _reference_module(name: str):
+    if not (COLLECTIONS / "ansible_collections" / "community" / "general").is_dir():
+        pytest.fail(f"community.general is not unpacked in {COLLECTIONS}: run scripts/setup.sh --test")
+    sys.path.insert(0, str(COLLECTIONS))
+    try:
+        import importlib
+
+        return importlib.import_module(f"ansible_collections.community.general.plugins.modules.{name}")
+    finally:
+        sys.path.remove(str(COLLECTIONS))
+
+
+@pytest.mark.parametrize(("content", "given"), [pytest.param(c, g, id=i) for i, c, g in INI_CASES])
+def test_ini_file_edits_as_the_collection_does(tmp_path: Path, content: str, given: dict[str, Any]) -> None:
+    from kiln.agent.modules import ini_file
+
+    params = ini_params(given)
+    lines, changed, msg = ini_file.edit(params, content.splitlines(keepends=True))
+    assert (changed, msg, "".join(lines)) == ini_reference(tmp_path, content, params)
