@@ -28,15 +28,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".${extras}"
   touch "$stamp"
 fi
-if [ "${1:-}" = "--test" ] && [ ! -d .venv/ansible-collections/ansible_collections/community/crypto ]; then
-  # the community collections the differential tests give ansible-playbook (pamd, openssh_keypair...):
+if [ "${1:-}" = "--test" ] && [ ! -d .venv/ansible-collections/ansible_collections/ansible/posix ]; then
+  # the collections the differential tests give ansible-playbook (pamd, openssh_keypair, authorized_key...):
   # taken from the `ansible` package on the package registry, only the two that are needed
   tmp="$(mktemp -d)"
   .venv/bin/python -m pip download -q --no-deps -d "$tmp" "ansible==12.3.0" 2>/dev/null
   .venv/bin/python - "$tmp"/ansible-*.whl .venv/ansible-collections <<'PY'
 import sys, zipfile
 wheel, target = sys.argv[1], sys.argv[2]
-wanted = ("ansible_collections/community/general/", "ansible_collections/community/crypto/")
+wanted = tuple(f"ansible_collections/{name}/" for name in ("community/general", "community/crypto", "ansible/posix"))
 with zipfile.ZipFile(wheel) as archive:
     archive.extractall(target, [n for n in archive.namelist() if n.startswith(wanted)])
 PY
