@@ -381,9 +381,14 @@ class StepCompiler:
             }
         elif module in self.modules:
             self._args(module, given, path + (key,), step, extra, mapping)
-        else:  # an agent module still to come (ansible.py's contract): its arguments pass unchecked
-            self._templated(given, path + (key,), extra)
-            step["args"] = dict(given) if isinstance(given, dict) else {}
+        else:  # mapped, but no agent module runs it yet: refused here, never found out on a launched machine
+            self.error(
+                path + (key,),
+                f"kiln does not implement '{key}' yet (ansible.NOT_YET): do it with command/shell, or leave the task "
+                "out",
+                key=True,
+            )
+            return None
         if module == "set_fact" and isinstance(step["args"].get("facts"), dict):
             facts = step["args"]["facts"]
             self.c.registers.update(k for k in facts if not is_templated(k))
