@@ -9,9 +9,10 @@ interleaved with this one in each repetition (medians printed). kiln's own time 
 time minus what the engine and the network spend, read from the bake's own log:
 
 - engine: the build container's start (``launch instance``), its commit (``snapshot``) and
-  removal (``undo launch instance``); the machines' boot until sshd answers (``connect``'s
-  wait minus the handshake that succeeded); in the test stage, the test container's start,
-  boot and removal (everything but its SSH handshake and its checks);
+  removal (``undo launch instance``; a local bake removes it while the test stage runs, so it is
+  inside that stage's time); the machines' boot until sshd answers (``connect``'s wait minus the
+  handshake that succeeded); in the test stage, the test container's start, boot and removal
+  (everything but its SSH handshake and its checks);
 - package installs: the duration the agent reports for each ``package`` step of the apply
   (the download and ``apt-get`` of nginx; the idempotence re-run's package steps are kiln's).
 
