@@ -32,13 +32,14 @@ PARITY_ROLES = Path(__file__).resolve().parent / "parity_roles"
 #: group of modules: apt, apt_key, apt_repository, hostname, wait_for, get_url, pip in kiln_mods; community.general's
 #: pamd and community.crypto's openssh_keypair in kiln_auth, with the collections from .venv/ansible-collections;
 #: apt's deb, clean, policy_rc_d, allow_change_held_packages, update_cache alone and systemd's scope, no_block,
-#: daemon_reexec in kiln_system)
+#: daemon_reexec in kiln_system; ansible.posix's authorized_key, find and tempfile in kiln_posix)
 GROUPS = {
     "kiln_app": ROLES,
     "kiln_pkgs": ROLES,
     "kiln_mods": PARITY_ROLES,
     "kiln_auth": PARITY_ROLES,
     "kiln_system": PARITY_ROLES,
+    "kiln_posix": PARITY_ROLES,
 }
 KINDS = ("files", "packages", "services", "users", "groups", "registered")
 

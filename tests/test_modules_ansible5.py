@@ -54,3 +54,88 @@ def test_a_mapped_name_without_its_agent_module_is_refused_at_validate(tmp_path:
     """What the table maps but the agent lacks: refused where it is written, never launched."""
     found = role_problems(tmp_path, f"- name: A module still to come.\n  {name}:\n    path: /etc/x\n")
     assert any(p.startswith(f"main.yml:2:3: kiln does not implement '{name}' yet") for p in found), found
+
+
+def test_systemd_unit_is_no_module_as_in_ansible(tmp_path: Path) -> None:
+    """ansible-core has no systemd_unit ("couldn't resolve module/action"): kiln refuses it too, at its line."""
+    found = role_problems(tmp_path, "- name: Start it.\n  ansible.builtin.systemd_unit: {name: cron, state: started}\n")
+    assert any(p.startswith("main.yml:2:3: unknown module 'ansible.builtin.systemd_unit'") for p in found), found
+
+
+# --- the collections' own code as the reference, in-process ---------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+COLLECTIONS = REPO / ".venv" / "ansible-collections"
+
+
+def reference_module(dotted: str):
+    import importlib
+    import sys
+
+    if not (COLLECTIONS / "ansible_collections" / "ansible" / "posix").is_dir():
+        pytest.fail(f"the collections are not unpacked in {COLLECTIONS}: run scripts/setup.sh --test")
+    sys.path.insert(0, str(COLLECTIONS))
+    try:
+        return importlib.import_module(dotted)
+    finally:
+        sys.path.remove(str(COLLECTIONS))
+
+
+KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA alice@laptop"
+KEY_B = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB"
+KEYS_FILE = (
+    "# kept by hand\n"
+    'no-pty,from="10.0.0.1,10.0.0.2" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA old comment\n'
+    "\n"
+    "garbage line\n"
+    'command="echo \\#x",no-agent-forwarding ecdsa-sha2-nistp256 AAAAE2VjZHNh carol@desk x y\n'
+    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB\n"
+)
+
+
+@pytest.mark.parametrize("text", [KEYS_FILE, "", KEY_A + "\n" + KEY_B + "\n"])
+def test_authorized_key_reads_and_writes_a_file_as_the_collection(text: str) -> None:
+    from kiln.agent.modules import authorized_key
+
+    reference = reference_module("ansible_collections.ansible.posix.plugins.modules.authorized_key")
+    assert authorized_key.serialize(authorized_key.parse_file(text)) == reference.serialize(
+        reference.parsekeys(None, text)
+    )
+
+
+def test_authorized_key_compares_options_by_name_as_the_collection() -> None:
+    from kiln.agent.modules import authorized_key
+
+    params = {"state": "present", "exclusive": False, "key_options": 'from="10.0.0.1,10.0.0.2",no-pty'}
+    params["comment"] = "old comment"
+    assert authorized_key.edit(params, KEYS_FILE, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA")[1] is False
+    params["key_options"] = "no-pty"
+    assert authorized_key.edit(params, KEYS_FILE, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA")[1] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "patterns", "excludes", "use_regex"),
+    [
+        ("a.conf", ["*.conf"], None, False),
+        ("a.conf", ["*.conf"], ["a.*"], False),
+        ("b.txt", ["*.conf", "*.txt"], ["a*"], False),
+        ("readme", [r"^r.*"], None, True),
+        ("readme", [r"e"], None, True),  # a regex matches at the start, not anywhere
+        ("xreadme", [r".*"], [r"x"], True),
+    ],
+)
+def test_find_matches_names_as_ansible(name: str, patterns: list, excludes: list | None, use_regex: bool) -> None:
+    from kiln.agent.modules import find
+
+    reference = reference_module("ansible.modules.find")
+    assert find.name_matches(name, patterns, excludes, use_regex) == reference.pfilter(
+        name, patterns, excludes, use_regex
+    )
+
+
+@pytest.mark.parametrize("prefix", ["a/b", "../x"])
+def test_tempfile_refuses_a_prefix_that_is_a_path(prefix: str) -> None:
+    from kiln.agent.api import Context, ModuleError
+    from kiln.agent.modules import tempfile
+
+    with pytest.raises(ModuleError, match="prefix must be a valid file name component"):
+        tempfile.check({"prefix": prefix, "suffix": "", "state": "file"}, Context())

@@ -286,14 +286,12 @@ TABLE: dict[str, Mapping] = {
             "find",
             "uri",
             "tempfile",
-            "systemd_unit",
             "pause",
         )
     },
 }
 # mapped Ansible names whose agent module is still to come: refused at validate ("kiln does not implement")
 NOT_YET = (
-    "authorized_key",
     "locale_gen",
     "ufw",
     "mount",
@@ -301,10 +299,7 @@ NOT_YET = (
     "alternatives",
     "known_hosts",
     "setup",
-    "find",
     "uri",
-    "tempfile",
-    "systemd_unit",
 )
 # compiled by the controller itself (validate.py): names as Ansible spells them
 CONTROLLER_MODULES = ("include_tasks", "import_tasks", "include_role", "import_role", "include_vars", "meta", "include")
