@@ -313,7 +313,10 @@ class LocalProvider:
         reserved = self._reservations(role)
         content = json.dumps({"role": role, "claim": json.loads(claim.to_json())}, sort_keys=True)
         for _ in range(100):
-            version = next_version([i.version for i in self.images(role)] + self._reserved(role))
+            # reservations first, then images: a version is reserved until its image exists (committed at
+            # snapshot, released at publish), so read in this order no published version can slip between
+            held = self._reserved(role)
+            version = next_version(held + [i.version for i in self.images(role)])
             staged = _staged_copy(reserved / version, content)
             try:  # link() never replaces: exactly one concurrent bake gets each version, its record whole
                 os.link(staged, reserved / version)
