@@ -12,7 +12,7 @@ import collections
 import functools
 import os
 import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 if TYPE_CHECKING:
     import jinja2
@@ -138,21 +138,57 @@ def _context_parent(variables: Mapping[str, Any], template: Any) -> Mapping[str,
 
 
 def _environment(loader: Any = None, escape_backslashes: bool = False, **options: Any) -> "jinja2.Environment":
+    """An environment set as ansible-core sets its own, for values and template files alike: ``trim_blocks``,
+    no ``lstrip_blocks``, Jinja's ``keep_trailing_newline`` (off: ``keep_trailing_newlines`` puts back what the
+    source ends with), and native output (see ``_ansible_output_class``); ``options`` from a ``#jinja2:`` header."""
     import jinja2
 
     from . import ansible_jinja
 
-    kind = _value_environment_class() if escape_backslashes else _sandboxed_class()
-    env = kind(
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        loader=loader,
-        **options,
-    )
+    kind = _value_environment_class() if escape_backslashes else _ansible_output_class()
+    env = kind(undefined=jinja2.StrictUndefined, loader=loader, **{"trim_blocks": True, **options})
     ansible_jinja.install(env)
     env.globals["lookup"] = jinja2.pass_context(lookup)
     env.globals["query"] = env.globals["q"] = jinja2.pass_context(query)
     return env
+
+
+def ansible_concat(nodes: Iterable[Any]) -> Any:
+    """A template's output as ansible-core 2.19 joins it: ``None`` pieces are left out (``a{{ none }}b`` is
+    ``ab``), nothing at all is ``None``, a single piece keeps its type (``{% if x %}{{ port }}{% endif %}``
+    is an int), several are joined as text."""
+    pieces = [node for node in nodes if node is not None]
+    if not pieces:
+        return None
+    if len(pieces) == 1:
+        return pieces[0]
+    return "".join(str(piece) for piece in pieces)
+
+
+def keep_trailing_newlines(source: str, result: Any) -> Any:
+    """ansible-core's top-level rule: a text result ends with at least as many newlines as its source."""
+    if not isinstance(result, str):
+        return result
+    missing = (len(source) - len(source.rstrip("\n"))) - (len(result) - len(result.rstrip("\n")))
+    return result + "\n" * missing if missing > 0 else result
+
+
+@functools.lru_cache(maxsize=None)
+def _ansible_output_class() -> type:
+    """The sandboxed environment with ansible-core's output: pieces are not turned into text one by one (Jinja's
+    native code generator) and are joined by ``ansible_concat``."""
+    import jinja2.nativetypes
+
+    class AnsibleOutputCodeGenerator(jinja2.nativetypes.NativeCodeGenerator):
+        def _output_const_repr(self, group: Iterable[Any]) -> str:
+            pieces = list(group)
+            return repr(pieces[0]) if len(pieces) == 1 else repr("".join(map(str, pieces)))
+
+    class AnsibleOutputEnvironment(_sandboxed_class()):  # type: ignore[misc]
+        code_generator_class = AnsibleOutputCodeGenerator
+        concat = staticmethod(ansible_concat)
+
+    return AnsibleOutputEnvironment
 
 
 def _sandboxed_class() -> type:
@@ -183,7 +219,7 @@ def _value_environment_class() -> type:
                     value = value.replace("\\", "\\\\")
                 yield lineno, kind, value
 
-    class ValueEnvironment(_sandboxed_class()):  # type: ignore[misc]
+    class ValueEnvironment(_ansible_output_class()):  # type: ignore[misc]
         @property
         def lexer(self) -> jinja2.lexer.Lexer:
             lexer = self.__dict__.get("_kiln_lexer")
@@ -289,6 +325,8 @@ HEADER_OPTIONS = (
     "variable_end_string",
     "comment_start_string",
     "comment_end_string",
+    "line_statement_prefix",
+    "line_comment_prefix",
 )
 
 
@@ -302,15 +340,26 @@ def template_options(source: str) -> Tuple[str, Dict[str, Any]]:
         key, _, value = (part.strip() for part in pair.partition(":"))
         if key not in HEADER_OPTIONS:
             raise TemplateError(f"#jinja2: header: unknown option {key!r} (one of {', '.join(HEADER_OPTIONS)})")
-        literal = value.strip("'\"")
-        options[key] = {"true": True, "false": False}.get(literal.lower(), literal.encode().decode("unicode_escape"))
+        options[key] = _header_value(value)
     return body, options
+
+
+def _header_value(text: str) -> Any:
+    """A header value as ansible-core reads it (a Python literal: ``False``, ``'\\r\\n'``); kiln also takes it bare."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        literal = text.strip("'\"")
+        return {"true": True, "false": False}.get(literal.lower(), literal.encode().decode("unicode_escape"))
 
 
 @functools.lru_cache(maxsize=None)
 def environment() -> "jinja2.Environment":
-    """The shared environment for bare expressions (``when``, ``that``) and for parsing (made on first use)."""
-    return _environment()
+    """The shared environment for bare expressions (``when``, ``that``) and for parsing (made on first use).
+    Without trim_blocks: a syntax error at the end of a template file is reported at the block left open."""
+    return _environment(trim_blocks=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -327,7 +376,9 @@ def __getattr__(name: str) -> Any:
 
 
 def is_templated(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
+    """Whether ansible-core reads ``value`` as a template: it holds ``{{``, ``{%`` or ``{#``, or starts with a
+    ``#jinja2:`` header."""
+    return isinstance(value, str) and ("{{" in value or "{%" in value or "{#" in value or value.startswith("#jinja2:"))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -336,9 +387,17 @@ def _expression(source: str, in_value: bool) -> Any:
     return env.compile_expression(source, undefined_to_none=False)._template
 
 
+@functools.lru_cache(maxsize=64)
+def _value_environment_with(options: Tuple[Tuple[str, Any], ...]) -> "jinja2.Environment":
+    return _environment(escape_backslashes=True, **dict(options)) if options else value_environment()
+
+
 @functools.lru_cache(maxsize=1024)
 def _inline_template(source: str) -> Any:
-    return value_environment().from_string(source)
+    """A value's template, compiled as ansible-core compiles one (a ``#jinja2:`` header applies to values too)."""
+    body, options = template_options(source)
+    overrides = tuple(sorted((key, value) for key, value in options.items() if (key, value) != ("trim_blocks", True)))
+    return _value_environment_with(overrides).from_string(body)
 
 
 def evaluate(expression: Any, variables: Mapping[str, Any]) -> Any:
@@ -373,8 +432,9 @@ def evaluate(expression: Any, variables: Mapping[str, Any]) -> Any:
         raise TemplateError(f"{source.strip()}: {type(exc).__name__}: {exc}") from None
 
 
-def render_template(template: Any, variables: Mapping[str, Any]) -> str:
-    """A compiled template rendered with ``variables`` (read lazily, never copied)."""
+def render_template(template: Any, variables: Mapping[str, Any]) -> Any:
+    """A compiled template rendered with ``variables`` (read lazily, never copied), its output joined as
+    ansible-core joins it (``ansible_concat``: text, or one piece's own value)."""
     # errors propagate as raised, with the template's line: Jinja's own traceback rewriting would copy
     # every variable (rendering them all)
     context = template.new_context(_context_parent(variables, template), shared=True)
@@ -410,13 +470,15 @@ def render(value: Any, variables: Mapping[str, Any], depth: int = 0) -> Any:
         return [render(v, variables, depth) for v in value]
     if not is_templated(value):
         return value
-    if WHOLE_EXPRESSION.match(value):
+    if value.startswith("{{") and value.endswith("}}") and WHOLE_EXPRESSION.match(value):
         result = evaluate(value, variables)
     else:
         import jinja2
 
         try:
-            result = render_template(_inline_template(value), variables)
+            result = keep_trailing_newlines(value, render_template(_inline_template(value), variables))
+            if isinstance(result, jinja2.Undefined):  # the whole output was one undefined value
+                result._fail_with_undefined_error()
         except TemplateError:
             raise
         except jinja2.UndefinedError as exc:
@@ -502,7 +564,8 @@ def render_file(templates_dir: str, name: str, variables: Dict[str, Any]) -> str
         own = {"template_path": rel, "template_host": os.uname().nodename}
         if "ansible_managed" not in variables:
             own["ansible_managed"] = "Ansible managed"
-        return render_template(env.from_string(body), as_scope(variables).child(own))
+        text = keep_trailing_newlines(source, render_template(env.from_string(body), as_scope(variables).child(own)))
+        return "" if text is None else str(text)  # a value of its own (one piece): as text, nothing at all: empty
     except TemplateError as exc:
         raise TemplateError(f"template {name}: {exc}", exc.undefined) from None
     except _jinja_error() as exc:

@@ -213,3 +213,122 @@ def test_backslashes_in_a_template_file_as_ansible(tmp_path):
     templar = ansible_template.Templar(loader=DataLoader(), variables=variables)
     expected = templar.template(ansible_template.trust_as_template(source), escape_backslashes=False)
     assert render_file(str(tmp_path), "t.j2", variables).rstrip("\n") == expected.rstrip("\n")
+
+
+# --- output as ansible-core 2.19 makes it: trim_blocks, None, native values, trailing newlines -------------
+#: variables for the output cases (None inside and alone, a list holding None, numbers, text ending in newlines)
+OUTPUT_VARIABLES = {
+    "none_var": None,
+    "items": ["a", 1, None],
+    "mapping": {"k": "v", "n": None},
+    "flag": True,
+    "port": 443,
+    "word": "x",
+    "with_newline": "a\n",
+    "ratio": 1.5,
+}
+
+#: values as a role writes them (copy's content, a var, a name): ansible-core renders them with trim_blocks,
+#: leaves None out of text, keeps the type of a value that is one piece, and ends text with as many newlines
+#: as the value's source
+OUTPUT_VALUES = {
+    "for_in_content": "{% for i in items %}\n{{ i }}\n{% endfor %}\n",
+    "if_in_content": "{% if flag %}\nyes\n{% endif %}\nafter\n",
+    "indented_blocks": "  {% if flag %}\n  yes\n  {% endif %}\n",
+    "none_inside_text": "a{{ none_var }}b",
+    "none_alone": "{{ none_var }}",
+    "none_then_newline": "{{ none_var }}\n",
+    "none_twice": "{{ none_var }}{{ none_var }}",
+    "none_from_set": "{% set y = none_var %}{{ y }}",
+    "none_in_macro": "{% macro m(a) %}<{{ a }}>{% endmacro %}{{ m(1) }}|{{ m(none_var) }}",
+    "text_then_none": "{{ word }}{{ none_var }}",
+    "list_in_text": "l={{ items }}",
+    "mapping_in_text": "d={{ mapping }}",
+    "bool_and_float_in_text": "t={{ flag }} f={{ ratio }}",
+    "spaces_around_one_value": " {{ port }} ",
+    "space_after_one_value": "{{ port }} ",
+    "if_false_alone": "{% if false %}x{% endif %}",
+    "one_value_in_an_if": "{% if flag %}{{ port }}{% endif %}",
+    "one_value_in_a_loop": "{% for i in [1] %}{{ i }}{% endfor %}",
+    "constant_alone": "{{ 1 }}",
+    "quoted_number_alone": "{{ '5' }}",
+    "number_then_newline": "{{ port }}\n",
+    "trailing_newlines_kept": "{{ with_newline }}\n\n",
+    "value_ending_in_newline": "{{ with_newline }}",
+    "comment_only": "a {# note #} b",
+    "raw_block": "{% raw %}{{ word }}{% endraw %}",
+    "header_trim_blocks_off": "#jinja2: trim_blocks: False\n{% if flag %}\nyes\n{% endif %}\n",
+    "header_lstrip_blocks": "#jinja2: lstrip_blocks: True\n  {% if flag %}\n  yes\n  {% endif %}\n",
+    "header_keep_trailing_newline": "#jinja2: keep_trailing_newline: True\n{{ word }}\n\n",
+    "header_delimiters": "#jinja2: variable_start_string: '[[', variable_end_string: ']]'\n[[ word ]] {{ word }}",
+}
+
+
+def _ansible_output_templar():
+    from ansible.parsing.dataloader import DataLoader
+
+    return ansible_template.Templar(loader=DataLoader(), variables=dict(OUTPUT_VARIABLES))
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUT_VALUES))
+def test_a_values_output_as_ansible(name):
+    from kiln.agent.templating import as_scope
+
+    source = OUTPUT_VALUES[name]
+    expected = ansible_renders(_ansible_output_templar(), source)
+    got = render(source, as_scope(dict(OUTPUT_VARIABLES)))
+    assert (got, _kind(got)) == (expected, _kind(expected))
+
+
+def _kind(value):
+    """A value's type, any text as str (ansible-core's text is a str subclass carrying tags)."""
+    return str if isinstance(value, str) else type(value)
+
+
+@pytest.mark.parametrize("name", ["a{{ undefined_name }}", "{{ undefined_name }}", "{{ undefined_name }}\n"])
+def test_an_undefined_name_in_a_value_fails_as_in_ansible(name):
+    with pytest.raises(Exception, match="undefined_name"):  # noqa: B017 - ansible-core's own error class
+        ansible_renders(_ansible_output_templar(), name)
+    with pytest.raises(TemplateError, match="undefined_name"):
+        render(name, dict(OUTPUT_VARIABLES))
+
+
+#: template files: the template module renders them with the same settings, without keeping backslashes, and
+#: writes an empty file for a template that renders to nothing
+OUTPUT_FILES = [
+    "{{ none_var }}\n",
+    "{{ port }}",
+    "{{ port }}\n",
+    "a{{ none_var }}b\n",
+    "{% for i in items %}\n{{ i }}\n{% endfor %}\n",
+    "#jinja2: keep_trailing_newline: True\n{{ word }}\n\n",
+    "#jinja2: trim_blocks: False\n{% if flag %}\nyes\n{% endif %}\n",
+    "#jinja2: newline_sequence: '\\r\\n'\n{% if flag %}\nyes\n{% endif %}\n",
+    "x\n\n\n",
+    "{% if false %}x{% endif %}\n\n",
+    "{{ items }}",
+    "  {% if flag %}\n  y\n  {% endif %}\n",
+]
+
+
+@pytest.mark.parametrize("source", OUTPUT_FILES)
+def test_a_template_files_output_as_ansible(tmp_path, source):
+    from kiln.agent.templating import render_file
+
+    (tmp_path / "t.j2").write_bytes(source.encode())
+    expected = _ansible_output_templar().template(ansible_template.trust_as_template(source), escape_backslashes=False)
+    expected = "" if expected is None else str(expected)  # as the template action writes it
+    assert render_file(str(tmp_path), "t.j2", dict(OUTPUT_VARIABLES)) == expected
+
+
+def test_an_include_in_a_template_file_as_ansible(tmp_path):
+    """ansible-core drops an included file's last newline, as Jinja does: only the top template keeps its own."""
+    from kiln.agent.templating import render_file
+
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "head.j2").write_text("head\n")
+    source = '{% include "parts/head.j2" %}body {{ port }}\n'
+    (tmp_path / "site.j2").write_text(source)
+    templar = _ansible_output_templar().copy_with_new_env(searchpath=[str(tmp_path)])
+    expected = templar.template(ansible_template.trust_as_template(source), escape_backslashes=False)
+    assert render_file(str(tmp_path), "site.j2", dict(OUTPUT_VARIABLES)) == expected

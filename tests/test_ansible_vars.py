@@ -168,6 +168,33 @@ rescue_gate: true
       register: rescue_later
 """,
     ),
+    "output": (
+        """
+# values render as ansible-core 2.19 renders them: trim_blocks, None left out of text, one piece keeps its type
+out_none: null
+out_items: [a, b]
+out_port: 8080
+out_whole_none: "{{ out_none }}"
+out_in_text: "v={{ out_none }};"
+out_one_piece: "{% if out_port %}{{ out_port }}{% endif %}"
+""",
+        """
+- name: a loop and a condition inside copy's content
+  copy:
+    dest: /etc/kiln-vars/output.txt
+    content: |
+      {% for i in out_items %}
+      item={{ i }}
+      {% endfor %}
+      {% if out_port %}
+      port={{ out_port }}
+      {% endif %}
+      none=[{{ out_none }}] text={{ out_in_text }}
+- {name: show out_whole_none, debug: {var: out_whole_none}}
+- {name: show out_in_text, debug: {var: out_in_text}}
+- {name: show out_one_piece, debug: {var: out_one_piece}}
+""",
+    ),
     "registered_values": (
         "",
         """
@@ -209,6 +236,7 @@ n={{ n }}
 first={{ first_word }}
 greeting={{ greeting }}
 doubled={{ doubled_sum }}
+none=[{{ out_none | default(none) }}]
 """
 
 
@@ -276,7 +304,7 @@ def test_the_comparison_saw_every_case(comparison: Comparison) -> None:
         "rescued_failure",
     ):
         assert name in comparison.ansible.registered and name in comparison.kiln.registered, name
-    for var in ("lazy_port_next", "number_list", "collected", "counter", "greeting", "doubled_sum"):
+    for var in ("lazy_port_next", "number_list", "collected", "counter", "greeting", "doubled_sum", "out_in_text"):
         assert var in comparison.ansible.debug and var in comparison.kiln.debug, var
 
 

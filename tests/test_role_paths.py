@@ -252,7 +252,8 @@ def test_the_box_loader_finds_includes_in_the_role_templates(tmp_path):
     templates = box_templates(
         tmp_path, {"web/site.j2": '{% include "parts/head.j2" %}body {{ x }}\n', "web/parts/head.j2": "head\n"}
     )
-    assert render_file(str(templates), "web/site.j2", {"x": 1}) == "head\nbody 1\n"
+    # the included file's last newline is dropped, as ansible-core renders it (tests/test_ansible_jinja.py)
+    assert render_file(str(templates), "web/site.j2", {"x": 1}) == "headbody 1\n"
 
 
 @pytest.mark.slow
