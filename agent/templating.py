@@ -362,6 +362,18 @@ def environment() -> "jinja2.Environment":
     return _environment(trim_blocks=False)
 
 
+def parsing_environment(options: Mapping[str, Any]) -> "jinja2.Environment":
+    """The environment that reads a template as its ``#jinja2:`` header ``options`` say (its delimiters, its line
+    prefixes); the shared one when they change nothing of that."""
+    syntax = tuple(sorted((k, v) for k, v in options.items() if k.endswith(("_string", "_prefix"))))
+    return _parsing_environment(syntax) if syntax else environment()
+
+
+@functools.lru_cache(maxsize=16)
+def _parsing_environment(syntax: Tuple[Tuple[str, Any], ...]) -> "jinja2.Environment":
+    return _environment(trim_blocks=False, **dict(syntax))
+
+
 @functools.lru_cache(maxsize=None)
 def value_environment() -> "jinja2.Environment":
     """The shared environment for templates in YAML values (``"{{ ... }}"``): see ``_value_environment_class``."""

@@ -308,6 +308,7 @@ OUTPUT_FILES = [
     "{% if false %}x{% endif %}\n\n",
     "{{ items }}",
     "  {% if flag %}\n  y\n  {% endif %}\n",
+    "#jinja2: variable_start_string: '[[', variable_end_string: ']]'\n[[ word ]] {{ .Name }}\n",
 ]
 
 

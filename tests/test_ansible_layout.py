@@ -624,3 +624,19 @@ def test_role_variable_scope_equals_ansible_playbooks(engine):
         shutil.rmtree(work, ignore_errors=True)
     assert result.ansible.ok, result.ansible.output[-3000:]
     assert result.equal, result.report()
+
+
+def test_a_template_files_jinja2_header_sets_how_validate_reads_it(tmp_path):
+    """A template whose header changes the delimiters (its text holds Go's {{ }}) is read as ansible-core reads it:
+    its [[ ]] names are checked, its {{ }} are text; a line is still named by its place in the file."""
+    root = write_role(
+        tmp_path,
+        "gotmpl",
+        {
+            "tasks/main.yml": "- template: {src: exporter.yml.j2, dest: /etc/exporter.yml}\n",
+            "defaults/main.yml": "listen: ':9100'\n",
+            "templates/exporter.yml.j2": "#jinja2: variable_start_string: '[[', variable_end_string: ']]'\n"
+            "listen: [[ listen ]]\nformat: '{{ .Name }} {{ .Value }}'\nother: [[ not_defined_here ]]\n",
+        },
+    )
+    assert problems(root, "gotmpl") == ["exporter.yml.j2:4:11: undefined variable 'not_defined_here'"]

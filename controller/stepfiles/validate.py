@@ -31,7 +31,15 @@ from jinja2 import nodes
 
 from kiln.agent import schema as argschema
 from kiln.agent.schema import Code
-from kiln.agent.templating import ENV, WHOLE_EXPRESSION, template_path, value_environment
+from kiln.agent.templating import (
+    ENV,
+    WHOLE_EXPRESSION,
+    TemplateError,
+    parsing_environment,
+    template_options,
+    template_path,
+    value_environment,
+)
 from kiln.controller.model import Diagnostic
 from kiln.controller.stepfiles import ansible
 from kiln.controller.stepfiles.ansible import REFUSED_KEYWORDS
@@ -1884,6 +1892,13 @@ def check_references(
     check_template_files(collector, known, roles)
 
 
+def _parse_template_file(text: str, name: str) -> nodes.Template:
+    """A template file read as the box renders it: its ``#jinja2:`` header sets the delimiters; the header's line
+    is left empty, so every line keeps its number in the file."""
+    body, options = template_options(text)
+    return parsing_environment(options).parse(("\n" if text.startswith("#jinja2:") else "") + body, name=name)
+
+
 def check_template_files(collector: Collector, known: set[str], roles: dict[str, RoleTree]) -> None:
     """Every file in each role's templates/: Jinja syntax, what it includes; undefined names in the
     ones steps use. Only the files the role's tree holds are read: never a link out of the role."""
@@ -1908,7 +1923,10 @@ def check_template_files(collector: Collector, known: set[str], roles: dict[str,
                 continue
             lines = text.splitlines()
             try:
-                ast = ENV.parse(text, name=rel)
+                ast = _parse_template_file(text, rel)
+            except TemplateError as exc:
+                collector.add(Diagnostic(shown, 1, 1, str(exc), lines[0] if lines else ""))
+                continue
             except jinja2.TemplateSyntaxError as exc:
                 line = exc.lineno or 1
                 source = lines[line - 1] if 0 < line <= len(lines) else ""
