@@ -139,3 +139,20 @@ def test_tempfile_refuses_a_prefix_that_is_a_path(prefix: str) -> None:
 
     with pytest.raises(ModuleError, match="prefix must be a valid file name component"):
         tempfile.check({"prefix": prefix, "suffix": "", "state": "file"}, Context())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"a": 1, "b": "x y"}, [["a", "1"], ["a", "2"]], {"list": ["x", "y"], "none": None}, "raw=text&as=is"],
+)
+def test_uri_form_urlencodes_as_ansible(body) -> None:
+    from kiln.agent.modules import uri
+
+    assert uri.form_urlencoded(body) == reference_module("ansible.modules.uri").form_urlencoded(body)
+
+
+@pytest.mark.parametrize(("given", "read"), [(200, [200]), ([200, "201"], [200, 201]), ("200,204", [200, 204])])
+def test_uri_status_code_is_a_status_or_a_list(given, read) -> None:
+    from kiln.agent.modules import uri
+
+    assert uri.statuses(given) == read

@@ -299,7 +299,6 @@ NOT_YET = (
     "alternatives",
     "known_hosts",
     "setup",
-    "uri",
 )
 # compiled by the controller itself (validate.py): names as Ansible spells them
 CONTROLLER_MODULES = ("include_tasks", "import_tasks", "include_role", "import_role", "include_vars", "meta", "include")
