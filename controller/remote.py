@@ -382,6 +382,7 @@ def run_agent(
     stdin: bytes | None = None,
     timeout: float | None = None,
     phase_bounds: dict[str, float] | None = None,
+    repeat_limits: dict[int, float] | None = None,
 ) -> tuple[int, list[dict[str, Any]], str]:
     """Run a command printing agent events; hand each to ``on_event`` as it arrives.
 
@@ -389,16 +390,18 @@ def run_agent(
     When the box has no agent with the controller's sha256, nothing ran: the agent is sent
     and the command runs again (once). ``timeout`` bounds each run, and a run of several
     parts (``phase`` events) gets the bound ``phase_bounds`` names for each part from the
-    moment it begins. When a bound passes, or the machine stops answering, the bake fails
+    moment it begins; a step of ``repeat_limits`` (index: limit) that starts again in a part (the next item
+    of an include loop) adds its limit to the bound. When a bound passes, or the machine stops answering, the bake fails
     (:class:`RunLost`) saying which part and step were running and that the rest is lost.
     """
     box = box_agent(ctx)
+    bounds = Bounds(phase_bounds or {}, repeat_limits or {})
     if stdin is None and box.pending is not None:
         stdin, box.pending = box.pending, None
     args = getattr(command, "args", ())
     if box.warm is not None and warm_runs(args):
         try:
-            rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout, phase_bounds or {}, warm=True)
+            rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout, bounds, warm=True)
         except WarmUnavailable as exc:
             log.info("warm agent not used; a fresh run instead", reason=str(exc))
             box.warm = None
@@ -407,10 +410,10 @@ def run_agent(
                 raise BakeFailed(f"the warm agent did not run (exit {rc}): {stderr.strip()[-1500:]}")
             box.via = "warm agent"
             return rc, [e for e in events if e.get("event") not in BOOTSTRAP_EVENTS], stderr
-    rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout, phase_bounds or {})
+    rc, events, stderr = _run_once(ctx, box, command, on_event, stdin, timeout, bounds)
     if rc == EXIT_NEED_AGENT and any(e.get("event") == Event.NEED_AGENT for e in events):
         log.info("agent sent", reason="the box had no copy with this sha256", sha256=box.sha256[:16])
-        rc, events, stderr = _run_once(ctx, box, command, on_event, with_agent(stdin), timeout, phase_bounds or {})
+        rc, events, stderr = _run_once(ctx, box, command, on_event, with_agent(stdin), timeout, bounds)
         if rc == EXIT_NEED_AGENT:
             raise BakeFailed(f"the agent sent to the box does not have sha256 {box.sha256}: it was damaged on the way")
     if done_without_events(rc, events):
@@ -424,6 +427,15 @@ def done_without_events(rc: int, events: list[dict[str, Any]]) -> bool:
     return rc != 0 and not [e for e in events if e.get("event") not in BOOTSTRAP_EVENTS]
 
 
+@dataclass
+class Bounds:
+    """How a run's time bound changes as it goes: restarted for each part (``phase``: seconds), extended by a
+    step's limit when the step starts again within a part (``repeat``, index: seconds)."""
+
+    phase: dict[str, float]
+    repeat: dict[int, float]
+
+
 def _run_once(
     ctx: BakeContext,
     box: BoxAgent,
@@ -431,7 +443,7 @@ def _run_once(
     on_event: Callable[[dict[str, Any]], None],
     stdin: bytes | None,
     timeout: float | None,
-    phase_bounds: dict[str, float],
+    bounds: Bounds,
     warm: bool = False,
 ) -> tuple[int, list[dict[str, Any]], str]:
     """One run: an exec of the bootstrap, or with ``warm`` the warm agent's (WarmUnavailable: nothing was sent)."""
@@ -440,6 +452,7 @@ def _run_once(
     events: list[dict[str, Any]] = []
     deadline = None if timeout is None else Deadline(timeout)
     part = {"phase": "", "started": time.monotonic(), "first": 0}
+    started_steps: set[int] = set()
 
     def on_line(line: str) -> None:
         if not line.startswith("{"):
@@ -461,8 +474,13 @@ def _run_once(
                 box.run_variables = str(event["run_variables"]).encode()
         elif event.get("event") == Event.PHASE:  # the next part of the run: its own bound from now
             part.update(phase=event.get("phase", ""), started=time.monotonic(), first=len(events))
-            if deadline is not None and part["phase"] in phase_bounds:
-                deadline.restart(phase_bounds[part["phase"]])
+            started_steps.clear()
+            if deadline is not None and part["phase"] in bounds.phase:
+                deadline.restart(bounds.phase[part["phase"]])
+        elif event.get("event") == Event.START and event.get("index") in bounds.repeat:
+            if event["index"] in started_steps and deadline is not None:
+                deadline.extend(bounds.repeat[event["index"]])
+            started_steps.add(event["index"])
         if event.get("event") not in BOOTSTRAP_EVENTS:
             on_event(event)
 

@@ -206,6 +206,10 @@ class Deadline:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
 
+    def extend(self, seconds: float) -> None:
+        self.seconds += seconds
+        self.at += seconds
+
     def left(self) -> float:
         return self.at - time.monotonic()
 

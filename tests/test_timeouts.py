@@ -375,3 +375,23 @@ def test_a_paused_build_machine_fails_the_bake_within_the_keepalive_silence(engi
     assert took < 30, f"the frozen machine took {took:.0f}s to fail the bake"
     print(f"frozen machine failed the bake {took:.1f}s after the pause")
     assert not left_behind(engine, output), "the paused build machine was left behind"
+
+
+@pytest_slow
+def test_an_include_loop_longer_than_one_pass_of_its_steps_is_within_the_bound(engine, tmp_path: Path):
+    """An include loop's steps run once per item, a count only the box knows: each later item adds its steps'
+    limits to the controller's bound as they start (without it, 4 items of 1.5 s outran a bound of 2 s + 2 s + 1)."""
+    make_playbooks(
+        tmp_path,
+        {
+            "tasks/main.yml": (
+                "- name: the items\n  set_fact: {waits: [1, 2, 3, 4]}\n"
+                '- name: each\n  include_tasks: wait.yml\n  loop: "{{ waits }}"\n'
+            ),
+            "tasks/wait.yml": "- name: wait\n  command: sleep 1.5\n  changed_when: false\n",
+        },
+        role="loopbound",
+        kiln_yaml="build:\n  step_timeout: 2\n",
+    )
+    proc = invoke(tmp_path, "bake", "--role", "loopbound", "--no-test", env={"KILN_AGENT_MARGIN": "1"}, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

@@ -59,6 +59,23 @@ def apply_bound(steps: list[dict[str, Any]], handlers: list[dict[str, Any]], def
     return sum(limits) + flushes * sum(handler_limits) + margin
 
 
+def looped_step_limits(steps: list[dict[str, Any]], default: float) -> dict[int, float]:
+    """The limit of each step inside an include loop, by index. Such a step runs once per item, a count only
+    the box knows: :func:`apply_bound` counts it once, and each later run adds its limit as it starts."""
+    limits: dict[int, float] = {}
+    for step in steps:
+        if "block" not in step:
+            continue
+        if step.get("loop") is not None:
+            limits.update(
+                {s["index"]: float(s.get("timeout") or default) for s in module_steps([step]) if "index" in s}
+            )
+        else:
+            for section in ("block", "rescue", "always"):
+                limits.update(looped_step_limits(step.get(section) or [], default))
+    return limits
+
+
 def module_steps(steps: list[dict[str, Any]], flushes: bool = False) -> list[dict[str, Any]]:
     """The steps that run a module, blocks opened (with ``flushes``: the flush_handlers steps too)."""
     found: list[dict[str, Any]] = []
@@ -223,6 +240,7 @@ def apply(
     parts = list(parts or [])
     flags = (["--check"] if ctx.options.check_mode else []) + (["--diff"] if ctx.options.diff else [])
     bound = apply_bound(ctx.compiled.steps, ctx.compiled.handlers, ctx.options.step_timeout)
+    repeats = looped_step_limits(ctx.compiled.steps, ctx.options.step_timeout)
     phase = {"now": ""}
     seen: list[dict[str, Any]] = []
 
@@ -250,7 +268,9 @@ def apply(
         bounds = {IDEMPOTENCE: bound, VERIFY: ctx.options.step_timeout}
         command = agent_command(ctx, "apply", BUNDLE, *flags, *part_flags(ctx, parts))
         try:
-            rc, events, stderr = run_agent(ctx, command, on_event, timeout=bound, phase_bounds=bounds)
+            rc, events, stderr = run_agent(
+                ctx, command, on_event, timeout=bound, phase_bounds=bounds, repeat_limits=repeats
+            )
         except RunLost as lost:
             if not lost.phase:
                 raise
@@ -264,7 +284,11 @@ def apply(
             reboot_and_reconnect(ctx, reboot)
             parts = []  # the resumed run is the apply's alone: the later stages run their own
             rc, events, stderr = run_agent(
-                ctx, agent_command(ctx, "apply", BUNDLE, "--resume", *flags), on_event, timeout=bound
+                ctx,
+                agent_command(ctx, "apply", BUNDLE, "--resume", *flags),
+                on_event,
+                timeout=bound,
+                repeat_limits=repeats,
             )
     by_part = split_parts(events)
     later = [name for name in parts if name in by_part]
