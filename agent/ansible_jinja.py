@@ -9,6 +9,8 @@ supported (a clear error says so).
 from __future__ import annotations
 
 import base64
+import collections.abc
+import functools
 import hashlib
 import itertools
 import json
@@ -657,3 +659,28 @@ def install(env: Any) -> None:
     for name, function in TESTS.items():
         env.tests[name] = function
     env.globals["omit"] = OMIT
+    for name, function in list(env.filters.items()):
+        env.filters[name] = _consumed_output(function)
+
+
+#: what a filter or a call may give that ansible-core turns into a list at once (``map``, ``select``, ``reverse``,
+#: ``dict.items()``): a value read twice, indexed or shown as text is the same list every time
+ITERATOR_TYPES = (
+    collections.abc.Iterator,
+    collections.abc.ItemsView,
+    collections.abc.KeysView,
+    collections.abc.ValuesView,
+)
+
+
+def consumed(value: Any) -> Any:
+    """``value``, a list if it is an iterator or a dict's view, as ansible-core has a filter's or a call's output."""
+    return list(value) if isinstance(value, ITERATOR_TYPES) else value
+
+
+def _consumed_output(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)  # keeps Jinja's pass_context/pass_environment marks
+    def filter_consumed(*args: Any, **kwargs: Any) -> Any:
+        return consumed(function(*args, **kwargs))
+
+    return filter_consumed

@@ -146,23 +146,65 @@ def _environment(loader: Any = None, escape_backslashes: bool = False, **options
     from . import ansible_jinja
 
     kind = _value_environment_class() if escape_backslashes else _ansible_output_class()
-    env = kind(undefined=jinja2.StrictUndefined, loader=loader, **{"trim_blocks": True, **options})
+    env = kind(
+        undefined=jinja2.StrictUndefined,
+        loader=loader,
+        finalize=jinja2.pass_context(_unfolded),
+        **{"trim_blocks": True, **options},
+    )
     ansible_jinja.install(env)
     env.globals["lookup"] = jinja2.pass_context(lookup)
     env.globals["query"] = env.globals["q"] = jinja2.pass_context(query)
     return env
 
 
+def _unfolded(_context: Any, value: Any) -> Any:
+    """Jinja's finalize, as ansible-core's: it takes the context, so Jinja folds no constant output into the
+    template's text when compiling (``x{{ (1, 2) }}`` is finalized as it renders, as any other)."""
+    return value
+
+
 def ansible_concat(nodes: Iterable[Any]) -> Any:
     """A template's output as ansible-core 2.19 joins it: ``None`` pieces are left out (``a{{ none }}b`` is
     ``ab``), nothing at all is ``None``, a single piece keeps its type (``{% if x %}{{ port }}{% endif %}``
-    is an int), several are joined as text."""
+    is an int), several are joined as text, without the ``omit`` ones (``a{{ omit }}`` is ``a``)."""
     pieces = [node for node in nodes if node is not None]
     if not pieces:
         return None
     if len(pieces) == 1:
         return pieces[0]
-    return "".join(str(piece) for piece in pieces)
+    return "".join(str(finalize(piece, top_level=False)) for piece in pieces if not _is_omit(piece))
+
+
+def finalize(value: Any, top_level: bool = True) -> Any:
+    """A rendered value as ansible-core 2.19 finalizes it: ``omit`` drops out of lists and mappings, tuples are
+    lists, and (``top_level``: a whole value, not a piece of text) sets and other sequences are lists and other
+    mappings dicts; an undefined name anywhere inside is an error."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if _is_undefined(value):
+        if top_level or _is_strict_undefined(value):  # Jinja's own (an if without else) is '' in text
+            value._fail_with_undefined_error()
+        return value
+    if isinstance(value, dict) or (top_level and isinstance(value, Mapping)):
+        return {finalize(k, top_level): finalize(v, top_level) for k, v in value.items() if not _is_omit(v)}
+    if isinstance(value, (list, tuple)) or (
+        top_level and isinstance(value, (set, frozenset, collections.abc.Sequence))
+    ):
+        return [finalize(v, top_level) for v in value if not _is_omit(v)]
+    return value
+
+
+def _is_strict_undefined(value: Any) -> bool:
+    import jinja2
+
+    return isinstance(value, jinja2.StrictUndefined)
+
+
+def _is_omit(value: Any) -> bool:
+    from .ansible_jinja import OMIT
+
+    return isinstance(value, str) and value == OMIT
 
 
 def keep_trailing_newlines(source: str, result: Any) -> Any:
@@ -187,6 +229,13 @@ def _ansible_output_class() -> type:
     class AnsibleOutputEnvironment(_sandboxed_class()):  # type: ignore[misc]
         code_generator_class = AnsibleOutputCodeGenerator
         concat = staticmethod(ansible_concat)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's names
+            """A call's iterator or dict view is a list at once, as in ansible-core (``range()`` stays a range)."""
+            from .ansible_jinja import consumed
+
+            result = super().call(__context, __obj, *args, **kwargs)
+            return result if __obj is range else consumed(result)
 
     return AnsibleOutputEnvironment
 
@@ -430,10 +479,7 @@ def evaluate(expression: Any, variables: Mapping[str, Any]) -> Any:
         context = template.new_context(_context_parent(variables, template), shared=True)
         for _ in template.root_render_func(context):
             pass
-        result = context.vars["result"]
-        if isinstance(result, jinja2.Undefined):
-            result._fail_with_undefined_error()
-        return result
+        return finalize(context.vars["result"])
     except TemplateError:
         raise
     except jinja2.UndefinedError as exc:
@@ -488,9 +534,7 @@ def render(value: Any, variables: Mapping[str, Any], depth: int = 0) -> Any:
         import jinja2
 
         try:
-            result = keep_trailing_newlines(value, render_template(_inline_template(value), variables))
-            if isinstance(result, jinja2.Undefined):  # the whole output was one undefined value
-                result._fail_with_undefined_error()
+            result = finalize(keep_trailing_newlines(value, render_template(_inline_template(value), variables)))
         except TemplateError:
             raise
         except jinja2.UndefinedError as exc:

@@ -261,6 +261,20 @@ OUTPUT_VALUES = {
     "header_lstrip_blocks": "#jinja2: lstrip_blocks: True\n  {% if flag %}\n  yes\n  {% endif %}\n",
     "header_keep_trailing_newline": "#jinja2: keep_trailing_newline: True\n{{ word }}\n\n",
     "header_delimiters": "#jinja2: variable_start_string: '[[', variable_end_string: ']]'\n[[ word ]] {{ word }}",
+    "map_whole": "{{ items | map('string') }}",
+    "map_in_text": "x{{ items | map('string') }}",
+    "map_indexed": "{{ (items | map('string'))[0] }}",
+    "select_in_text": "{{ items | select }} and {{ items | reject | list }}",
+    "reverse_whole": "{{ items | reverse }}",
+    "dict_items_call": "{{ mapping.items() }}",
+    "dict_keys_in_text": "k={{ mapping.keys() }}",
+    "tuple_whole": "{{ (1, 2) }}",
+    "tuple_in_text": "x{{ (1, 2) }}",
+    "omit_in_list": "{{ [1, omit] }}",
+    "omit_in_mapping": "{{ {'a': omit, 'b': 1} }}",
+    "omit_in_text": "a{{ omit }}",
+    "if_without_else_in_text": "x{{ 1 if false }}",
+    "if_without_else_in_a_list_in_text": "x{{ [1 if false] }}",
 }
 
 
@@ -333,3 +347,18 @@ def test_an_include_in_a_template_file_as_ansible(tmp_path):
     templar = _ansible_output_templar().copy_with_new_env(searchpath=[str(tmp_path)])
     expected = templar.template(ansible_template.trust_as_template(source), escape_backslashes=False)
     assert render_file(str(tmp_path), "site.j2", dict(OUTPUT_VARIABLES)) == expected
+
+
+def test_a_variable_made_by_a_filter_reads_the_same_every_time():
+    """``select`` gives an iterator in Jinja, a list in ansible-core: a variable holding it is read twice here."""
+    from kiln.agent.templating import Scope
+
+    source = "{{ picked | length }} {{ picked | join(',') }} {{ picked | join(',') }}"
+    written = {"picked": "{{ items | select }}", "items": [0, 1, 2, "", "a"]}
+    templar = _ansible_output_templar()
+    templar.available_variables = {
+        "picked": ansible_template.trust_as_template(written["picked"]),
+        "items": written["items"],
+    }
+    expected = ansible_renders(templar, source)
+    assert render(source, Scope([(written, True)])) == expected
