@@ -156,3 +156,32 @@ def test_uri_status_code_is_a_status_or_a_list(given, read) -> None:
     from kiln.agent.modules import uri
 
     assert uri.statuses(given) == read
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "git.example.org ssh-ed25519 AAAAC3Nz comment here\n",
+        "@cert-authority *.example.org ssh-rsa AAAAB3Nz\n",
+        "|1|c2FsdA==|aGFzaA== ecdsa-sha2-nistp256 AAAAE2Vj",
+    ],
+)
+def test_known_hosts_compares_lines_as_ansible(line: str) -> None:
+    from kiln.agent.modules import known_hosts
+
+    reference = reference_module("ansible.modules.known_hosts")
+    assert known_hosts.normalized(line) == reference.normalize_known_hosts_key(line)
+
+
+def test_known_hosts_hashes_a_host_as_ssh_keygen_reads_it(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from kiln.agent.modules import known_hosts
+
+    if not shutil.which("ssh-keygen"):
+        pytest.fail("ssh-keygen is needed (openssh-client)")
+    path = tmp_path / "known_hosts"
+    path.write_text(known_hosts.hashed("box.example.org", "box.example.org ssh-ed25519 AAAAC3Nz") + "\n")
+    found = subprocess.run(["ssh-keygen", "-F", "box.example.org", "-f", str(path)], capture_output=True, text=True)
+    assert "ssh-ed25519 AAAAC3Nz" in found.stdout and "box.example.org" not in path.read_text()

@@ -15,15 +15,14 @@ Example::
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import re
 import shlex
-import stat
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..api import Context, ModuleError, Result, atomic_write, unified_diff
+from ._results import path_info
 
 KEY_TYPES = frozenset(
     """sk-ecdsa-sha2-nistp256@openssh.com sk-ecdsa-sha2-nistp256-cert-v01@openssh.com
@@ -212,27 +211,6 @@ def write(params: Dict[str, Any], state: Dict[str, Any], text: str) -> str:
     except OSError:
         pass
     return path
-
-
-def path_info(path: str) -> Dict[str, Any]:
-    """What ansible-core adds to a result that names a ``path``: its kind (as ``state``), owner, mode, size."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return {"state": "absent"}
-    kind = "link" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "file"
-    info = {"state": kind, "uid": st.st_uid, "gid": st.st_gid, "mode": "0%03o" % stat.S_IMODE(st.st_mode)}
-    info["owner"] = name_of(pwd.getpwuid, st.st_uid)
-    info["group"] = name_of(grp.getgrgid, st.st_gid)
-    info["size"] = st.st_size
-    return info
-
-
-def name_of(lookup: Any, ident: int) -> Any:
-    try:
-        return lookup(ident)[0]
-    except KeyError:
-        return ident
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:

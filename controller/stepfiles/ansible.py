@@ -297,7 +297,6 @@ NOT_YET = (
     "mount",
     "modprobe",
     "alternatives",
-    "known_hosts",
     "setup",
 )
 # compiled by the controller itself (validate.py): names as Ansible spells them
