@@ -296,7 +296,6 @@ NOT_YET = (
     "ufw",
     "mount",
     "modprobe",
-    "alternatives",
     "setup",
 )
 # compiled by the controller itself (validate.py): names as Ansible spells them
