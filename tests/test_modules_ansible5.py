@@ -185,3 +185,44 @@ def test_known_hosts_hashes_a_host_as_ssh_keygen_reads_it(tmp_path: Path) -> Non
     path.write_text(known_hosts.hashed("box.example.org", "box.example.org ssh-ed25519 AAAAC3Nz") + "\n")
     found = subprocess.run(["ssh-keygen", "-F", "box.example.org", "-f", str(path)], capture_output=True, text=True)
     assert "ssh-ed25519 AAAAC3Nz" in found.stdout and "box.example.org" not in path.read_text()
+
+
+FSTAB = (
+    "# <file system> <mount point> <type> <options> <dump> <pass>\n"
+    "UUID=1111 / ext4 errors=remount-ro 0 1\n"
+    "/dev/vdb1 /srv/old ext4 defaults\n"
+    "tmpfs /srv/tmp tmpfs size=10m 0 0 # a comment\n"
+    "/swapfile none swap sw 0 0\n"
+    "\n"
+    "/dev/sdz /srv/kiln\\040data ext4 ro 0 2"
+)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"path": "/srv/old", "src": "/dev/vdb1", "fstype": "ext4"},
+        {"path": "/srv/tmp", "src": "tmpfs", "fstype": "tmpfs", "opts": "size=20m", "boot": False},
+        {"path": "none", "src": "/swapfile2", "fstype": "swap", "opts": "sw"},
+        {"path": "/srv/kiln data", "src": "/dev/sdz", "fstype": "ext4", "opts": "ro", "passno": "2"},
+        {"path": "/srv/new & more", "src": "//server/share", "fstype": "cifs", "dump": "1"},
+    ],
+)
+def test_mount_edits_fstab_as_the_collection(tmp_path: Path, given: dict) -> None:
+    """The collection's _set_mount_save_old and unset_mount on a real file, kiln's set_line/unset_line on its lines."""
+    from kiln.agent.modules import mount
+
+    reference = reference_module("ansible_collections.ansible.posix.plugins.modules.mount")
+
+    class Module:
+        check_mode = False
+        params = {"backup": False}
+
+    params = {"boot": True, "fstab": str(tmp_path / "fstab"), "dump": None, "passno": None, "opts": None, **given}
+    args = mount.entry_args(params)
+    for edit, theirs in ((mount.set_line, reference.set_mount), (mount.unset_line, reference.unset_mount)):
+        (tmp_path / "fstab").write_text(FSTAB)
+        ours, changed = edit(FSTAB.splitlines(True), dict(args))
+        _name, their_changed = theirs(Module(), dict(args))
+        assert changed == their_changed
+        assert not changed or "".join(ours) == (tmp_path / "fstab").read_text()  # unchanged: neither writes

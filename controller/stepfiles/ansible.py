@@ -294,7 +294,6 @@ TABLE: dict[str, Mapping] = {
 NOT_YET = (
     "locale_gen",
     "ufw",
-    "mount",
     "modprobe",
     "setup",
 )
