@@ -270,6 +270,16 @@ def unified_diff(before: str, after: str, path: str) -> str:
     )
 
 
+def backup_local(path: str) -> str:
+    """A copy of ``path`` named as Ansible's modules name their backups (``name.PID.YYYY-MM-DD@HH:MM:SS~``),
+    owner and mode kept; its name."""
+    target = f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S~', time.localtime())}"
+    shutil.copy2(path, target)
+    st = os.stat(path)
+    os.chown(target, st.st_uid, st.st_gid)
+    return target
+
+
 def atomic_write(
     path: str, data: bytes, mode: int | None = None, validate: str | None = None, ctx: Context | None = None
 ) -> None:

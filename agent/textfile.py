@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-from .api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
-from .modules import copy as copymod
+from .api import Context, ModuleError, Result, atomic_write, backup_local, parse_mode, unified_diff
 from .modules import file as filemod
 
 
@@ -86,7 +85,7 @@ def apply_edit(
     data: Dict[str, Any] = {}
     if changed_content:
         if text is not None and params.get("backup"):
-            data["backup_file"] = copymod.backup_file(path)
+            data["backup_file"] = backup_local(path)
         current = int(attrs["mode"], 8) if attrs else 0o644
         mode = parse_mode(params["mode"], current) if params.get("mode") else None
         atomic_write(

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import time
 from typing import Any, Dict
 
-from ..api import Context, ModuleError, Result, atomic_write, parse_mode, unified_diff
+from ..api import Context, ModuleError, Result, atomic_write, backup_local, parse_mode, unified_diff
 from ..modules import file as filemod
 
 SCHEMA = {
@@ -109,12 +107,6 @@ def content_diff(dest: str, before: bytes | None, after: bytes) -> str:
     return unified_diff(old, new, dest)
 
 
-def backup_file(dest: str) -> str:
-    target = f"{dest}.{time.strftime('%Y-%m-%d@%H:%M:%S')}~"
-    shutil.copy2(dest, target)
-    return target
-
-
 def put_content(params: Dict[str, Any], data: bytes, state: Dict[str, Any], ctx: Context) -> Result:
     """Write ``data`` at state['dest'] when it differs, then owner/group/mode (copy and template)."""
     dest = state["dest"]
@@ -148,7 +140,7 @@ def put_content(params: Dict[str, Any], data: bytes, state: Dict[str, Any], ctx:
         if not os.path.isdir(parent):
             raise ModuleError(f"directory {parent} does not exist (create it first with file: state=directory)")
         if exists and params.get("backup"):
-            out["backup_file"] = backup_file(dest)
+            out["backup_file"] = backup_local(dest)
         current = int(state["attrs"]["mode"], 8) if exists else 0o644
         mode = parse_mode(params["mode"], current) if params.get("mode") else None
         atomic_write(dest, data, mode=mode, validate=params.get("validate"), ctx=ctx)

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..api import Context, ModuleError, Result, atomic_write, unified_diff
+from ..api import Context, ModuleError, Result, atomic_write, backup_local, unified_diff
 from . import file as filemod
 
 FAKE_SECTION = "ad01e11446efb704fcdbdb21f2c43757423d91c5"  # the collection's: matches no real section
@@ -299,7 +297,7 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         if folder and not os.path.exists(folder):
             os.makedirs(folder)
         if params["backup"] and state["lines"] is not None:
-            data["backup_file"] = backup(target)
+            data["backup_file"] = backup_local(target)
         atomic_write(os.path.abspath(target), after.encode(), mode=None if state["lines"] is not None else 0o644)
     if not ctx.check_mode and os.path.exists(params["path"]):
         wanted = filemod.attributes_wanted(params, filemod.check({"path": params["path"]}, ctx))
@@ -308,11 +306,3 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
             changed = True
     diff = {"unified": unified_diff(before, after, target)} if after != before else None
     return Result(changed, msg, diff=diff, data=data)
-
-
-def backup(path: str) -> str:
-    target = f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S~', time.localtime())}"
-    shutil.copy2(path, target)
-    st = os.stat(path)
-    os.chown(target, st.st_uid, st.st_gid)
-    return target

@@ -19,8 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..api import Context, ModuleError, Result, atomic_write, require_command, unified_diff
-from .pam_limits import backup as backup_of
+from ..api import Context, ModuleError, Result, atomic_write, backup_local, require_command, unified_diff
 
 LINE = "%(src)s %(name)s %(fstype)s %(opts)s %(dump)s %(passno)s\n"
 FIELDS = ("src", "name", "fstype", "opts", "dump", "passno")
@@ -171,7 +170,7 @@ def unmount(ctx: Context, path: str) -> None:
 
 def write(params: Dict[str, Any], args: Dict[str, Any], lines: List[str]) -> None:
     if params["backup"]:
-        args["backup_file"] = backup_of(args["fstab"])
+        args["backup_file"] = backup_local(args["fstab"])
     atomic_write(args["fstab"], "".join(lines).encode())
 
 

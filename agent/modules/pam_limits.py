@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import time
 from typing import Any, Dict, List, Tuple
 
-from ..api import Context, ModuleError, Result, atomic_write, unified_diff
+from ..api import Context, ModuleError, Result, atomic_write, backup_local, unified_diff
 
 ITEMS = [
     "core", "data", "fsize", "memlock", "nofile", "rss", "stack", "cpu", "nproc", "as", "maxlogins",
@@ -154,16 +152,8 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     data: Dict[str, Any] = {}
     changed = changed or not state["exists"]
     if params["backup"]:
-        data["backup_file"] = backup(dest) if state["exists"] and not ctx.check_mode else ""
+        data["backup_file"] = backup_local(dest) if state["exists"] and not ctx.check_mode else ""
     if not ctx.check_mode:
         atomic_write(dest, after.encode(), mode=None if state["exists"] else 0o644)  # rewritten every run, as there
     diff = {"unified": unified_diff(before, after, dest)} if after != before else None
     return Result(changed, message, diff=diff, data=data)
-
-
-def backup(path: str) -> str:
-    target = f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S~', time.localtime())}"
-    shutil.copy2(path, target)
-    st = os.stat(path)
-    os.chown(target, st.st_uid, st.st_gid)
-    return target

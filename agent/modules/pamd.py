@@ -35,12 +35,10 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import shutil
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..api import Context, ModuleError, Result, atomic_write, unified_diff
+from ..api import Context, ModuleError, Result, atomic_write, backup_local, unified_diff
 
 TYPES = ["account", "-account", "auth", "-auth", "password", "-password", "session", "-session"]
 SIMPLE_CONTROLS = ("required", "requisite", "sufficient", "optional", "include", "substack", "definitive")
@@ -401,15 +399,6 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode: not written)", diff=diff, data=data)
     if params["backup"]:
-        data["backupdest"] = backup(path)
+        data["backupdest"] = backup_local(path)
     atomic_write(os.path.realpath(path), after.encode(), ctx=ctx)
     return Result(True, msg, diff=diff, data=data)
-
-
-def backup(path: str) -> str:
-    """A copy named as Ansible names its backups (name.PID.YYYY-MM-DD@HH:MM:SS~), owner and mode kept."""
-    target = f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S~', time.localtime())}"
-    shutil.copy2(path, target)
-    st = os.stat(path)
-    os.chown(target, st.st_uid, st.st_gid)
-    return target

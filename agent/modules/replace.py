@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import time
 from typing import Any, Dict
 
-from ..api import Context, ModuleError, Result, atomic_write, unified_diff
+from ..api import Context, ModuleError, Result, atomic_write, backup_local, unified_diff
 from . import file as filemod
 
 SCHEMA = {
@@ -99,7 +97,7 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
             if params.get("validate") and "%s" not in params["validate"]:
                 raise ModuleError(f"validate must contain %s: {params['validate']}", changed=False)
             if params["backup"]:
-                data["backup_file"] = backup(path)
+                data["backup_file"] = backup_local(path)
             atomic_write(
                 os.path.realpath(path), after.encode(params["encoding"]), validate=params.get("validate"), ctx=ctx
             )
@@ -110,12 +108,3 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         msg = (msg + " and " if changed else "") + "ownership, perms or SE linux context changed"
         changed = True
     return Result(changed, msg, diff=diff, data=data)
-
-
-def backup(path: str) -> str:
-    """A copy named as Ansible names its backups, owner and mode kept."""
-    target = f"{path}.{os.getpid()}.{time.strftime('%Y-%m-%d@%H:%M:%S~', time.localtime())}"
-    shutil.copy2(path, target)
-    st = os.stat(path)
-    os.chown(target, st.st_uid, st.st_gid)
-    return target
