@@ -226,3 +226,20 @@ def test_mount_edits_fstab_as_the_collection(tmp_path: Path, given: dict) -> Non
         _name, their_changed = theirs(Module(), dict(args))
         assert changed == their_changed
         assert not changed or "".join(ours) == (tmp_path / "fstab").read_text()  # unchanged: neither writes
+
+
+def test_setup_reads_local_facts_as_ansible(tmp_path: Path) -> None:
+    """JSON, INI and an executable's JSON, each under its file's name; a file that is neither says so."""
+    from kiln.agent.api import Context
+    from kiln.agent.modules import setup
+
+    (tmp_path / "app.fact").write_text('{"version": "1.2"}')
+    (tmp_path / "site.fact").write_text("[general]\nowner = ops\n")
+    (tmp_path / "run.fact").write_text('#!/bin/sh\necho \'{"up": true}\'\n')
+    (tmp_path / "run.fact").chmod(0o755)
+    (tmp_path / "bad.fact").write_text("neither: json, nor = [ini\n")
+    (tmp_path / "other.txt").write_text("{}")
+    found = setup.local_facts(str(tmp_path), Context())
+    assert found["app"] == {"version": "1.2"} and found["site"] == {"general": {"owner": "ops"}}
+    assert found["run"] == {"up": True} and "error loading facts as JSON or ini" in found["bad"]
+    assert "other" not in found

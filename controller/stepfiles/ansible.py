@@ -295,7 +295,6 @@ NOT_YET = (
     "locale_gen",
     "ufw",
     "modprobe",
-    "setup",
 )
 # compiled by the controller itself (validate.py): names as Ansible spells them
 CONTROLLER_MODULES = ("include_tasks", "import_tasks", "include_role", "import_role", "include_vars", "meta", "include")
