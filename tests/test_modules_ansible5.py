@@ -235,7 +235,7 @@ def test_setup_reads_local_facts_as_ansible(tmp_path: Path) -> None:
 
     (tmp_path / "app.fact").write_text('{"version": "1.2"}')
     (tmp_path / "site.fact").write_text("[general]\nowner = ops\n")
-    (tmp_path / "run.fact").write_text('#!/bin/sh\necho \'{"up": true}\'\n')
+    (tmp_path / "run.fact").write_text("#!/bin/sh\necho '{\"up\": true}'\n")
     (tmp_path / "run.fact").chmod(0o755)
     (tmp_path / "bad.fact").write_text("neither: json, nor = [ini\n")
     (tmp_path / "other.txt").write_text("{}")
