@@ -280,7 +280,7 @@ def test_on_the_box_a_template_includes_its_own_role_templates_and_nothing_else(
     steps = [e for e in events if e["event"] == "step"]
     assert [s["status"] for s in steps] == ["changed", "failed"], events
     assert "not in the role's templates/" in str(steps[1]), steps[1]
-    assert box.sh("cat /srv/rolepaths/site") == "head\nbody\n"
+    assert box.sh("cat /srv/rolepaths/site") == "headbody\n"  # the include's last newline dropped, as ansible-core
     assert box.sh("ls /srv/rolepaths") == "site\n"
     assert SECRET not in str(events)
 
