@@ -243,3 +243,65 @@ def test_setup_reads_local_facts_as_ansible(tmp_path: Path) -> None:
     assert found["app"] == {"version": "1.2"} and found["site"] == {"general": {"owner": "ops"}}
     assert found["run"] == {"up": True} and "error loading facts as JSON or ini" in found["bad"]
     assert "other" not in found
+
+
+# modules-load.d and modprobe.d as a box may have them: the module listed, old options, a comment
+BOOT_FILES = {
+    "load/modules.conf": "# loaded at boot\nloop\nbr_netfilter # for bridges\n",
+    "load/other.conf": "overlay\n",
+    "options/old.conf": "options br_netfilter nf_call=0\noptions loop max_loop=8\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "persistent"),
+    [
+        ("br_netfilter", "", "present"),
+        ("br_netfilter", "nf_call=1", "present"),
+        ("vxlan", "udp_port=4789", "present"),
+        ("br_netfilter", "", "absent"),
+        ("loop", "max_loop=8", "present"),
+        ("loop", "", "absent"),
+        ("vxlan", "", "absent"),
+    ],
+)
+def test_modprobe_persists_as_the_collection(tmp_path: Path, name: str, params: str, persistent: str) -> None:
+    """The collection's Modprobe (its folders pointed at a copy) and kiln's Persistence on another copy."""
+    from kiln.agent.modules import modprobe
+
+    reference = reference_module("ansible_collections.community.general.plugins.modules.modprobe")
+    trees = {}
+    for side in ("ansible", "kiln"):
+        for rel, text in BOOT_FILES.items():
+            (tmp_path / side / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / side / rel).write_text(text)
+        trees[side] = (str(tmp_path / side / "load"), str(tmp_path / side / "options"))
+
+    arguments = {"state": "present", "name": name, "params": params, "persistent": persistent}
+
+    class Module:
+        check_mode = False
+        params = arguments
+
+        def get_bin_path(self, *_args: object) -> str:
+            return "/sbin/modprobe"
+
+    reference.MODULES_LOAD_LOCATION, reference.PARAMETERS_FILES_LOCATION = trees["ansible"]
+    theirs = reference.Modprobe(Module())
+    if persistent == "present" and not (theirs.module_is_loaded_persistently and theirs.params_is_set):
+        theirs.load_module_permanent()
+    elif persistent == "absent" and (theirs.module_is_loaded_persistently or theirs.permanent_params):
+        theirs.unload_module_permanent()
+    ours = modprobe.Persistence(name, params, *trees["kiln"])
+    if persistent == "present" and not (ours.loaded_at_boot() and ours.params_set()):
+        changed = ours.make_present(True)
+    elif persistent == "absent" and (ours.loaded_at_boot() or ours.boot_params()):
+        changed = ours.make_absent(True)
+    else:
+        changed = False
+
+    def files(side: str) -> dict:
+        root = tmp_path / side
+        return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert files("kiln") == files("ansible") and changed == theirs.changed

@@ -294,7 +294,6 @@ TABLE: dict[str, Mapping] = {
 NOT_YET = (
     "locale_gen",
     "ufw",
-    "modprobe",
 )
 # compiled by the controller itself (validate.py): names as Ansible spells them
 CONTROLLER_MODULES = ("include_tasks", "import_tasks", "include_role", "import_role", "include_vars", "meta", "include")
