@@ -305,3 +305,38 @@ def test_modprobe_persists_as_the_collection(tmp_path: Path, name: str, params: 
         return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
 
     assert files("kiln") == files("ansible") and changed == theirs.changed
+
+
+LOCALE_GEN = (
+    "# This file lists locales that you wish to have built.\n"
+    "# de_DE.UTF-8 UTF-8\n"
+    "#  en_GB.UTF-8 UTF-8\n"
+    "en_US.UTF-8 UTF-8\n"
+    "# en_US ISO-8859-1\n"
+    "#fr_FR.UTF-8 UTF-8\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("names", "enabled"),
+    [(["de_DE.UTF-8"], True), (["en_GB.UTF-8", "fr_FR.UTF-8"], True), (["en_US.UTF-8"], False), (["en_US"], True)],
+)
+def test_locale_gen_edits_locale_gen_as_the_collection(tmp_path: Path, names: list, enabled: bool) -> None:
+    from kiln.agent.modules import locale_gen
+
+    reference = reference_module("ansible_collections.community.general.plugins.modules.locale_gen")
+    path = tmp_path / "locale.gen"
+    path.write_text(LOCALE_GEN)
+    reference.ETC_LOCALE_GEN = str(path)
+    reference.LocaleGen.set_locale_glibc(None, names, enabled)
+    assert "".join(locale_gen.edited(LOCALE_GEN.splitlines(True), names, enabled)) == path.read_text()
+
+
+def test_locale_gen_reads_locale_a_as_the_collection() -> None:
+    from kiln.agent.modules import locale_gen
+
+    assert locale_gen.missing(["en_US.UTF-8", "de_DE.UTF-8", "C.utf8"], "C\nC.utf8\nen_US.utf8\nPOSIX\n") == [
+        "de_DE.UTF-8"
+    ]
+    supported = ["en_US.UTF-8 UTF-8\n", "# de_DE.UTF-8 UTF-8\n"]
+    assert locale_gen.unavailable(["de_DE.UTF-8", "xx_XX.UTF-8", "C.UTF-8"], supported, "C.utf8\n") == ["xx_XX.UTF-8"]

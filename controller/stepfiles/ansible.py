@@ -292,7 +292,6 @@ TABLE: dict[str, Mapping] = {
 }
 # mapped Ansible names whose agent module is still to come: refused at validate ("kiln does not implement")
 NOT_YET = (
-    "locale_gen",
     "ufw",
 )
 # compiled by the controller itself (validate.py): names as Ansible spells them
