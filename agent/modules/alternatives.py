@@ -43,21 +43,14 @@ SCHEMA = {
         "subcommands": {
             "type": "list",
             "aliases": ["slaves"],
-            "items": {
-                "type": "object",
-                "args": {
-                    "name": {"type": "str", "required": True, "description": "The follower's name."},
-                    "path": {"type": "path", "required": True, "description": "Its program."},
-                    "link": {"type": "path", "required": True, "description": "Its generic link."},
-                },
-            },
-            "description": "Followers (--slave) that change with it.",
+            "elements": "dict",
+            "description": "Followers (--slave) that change with it: each {name, path, link}.",
         },
     },
     "required_one_of": [["path", "family"]],
     "check_mode": "full",
     "diff": False,
-    "example": "- community.general.alternatives: {name: editor, path: /usr/bin/vim.basic}",
+    "example": "- alternatives: {name: editor, path: /usr/bin/vim.basic}",
 }
 
 
@@ -85,7 +78,23 @@ def parse(text: str, subcommands: Optional[List[Dict[str, Any]]]) -> Dict[str, A
     return found
 
 
+def followers(given: Optional[List[Any]]) -> Optional[List[Dict[str, Any]]]:
+    """subcommands as the collection's options have them: name, path and link, each required."""
+    if given is None:
+        return None
+    found = []
+    for index, item in enumerate(given):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("name", "path", "link")):
+            raise ModuleError(f"subcommands[{index}]: needs name, path and link (strings), got {item!r}")
+        unknown = set(item) - {"name", "path", "link"}
+        if unknown:
+            raise ModuleError(f"subcommands[{index}]: unsupported parameters: {', '.join(sorted(unknown))}")
+        found.append({"name": item["name"], "path": item["path"], "link": item["link"]})
+    return found
+
+
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+    params["subcommands"] = followers(params.get("subcommands"))
     tool = require_command("update-alternatives", "install dpkg")
     done = ctx.run([tool, "--display", params["name"]], check=False, env={"LC_ALL": "C"})
     there = parse(done.stdout, params.get("subcommands")) if done.rc == 0 else parse("", None)

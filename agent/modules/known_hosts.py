@@ -29,7 +29,11 @@ SCHEMA = {
     "args": {
         "name": {"type": "str", "required": True, "aliases": ["host"], "description": "The host (one name)."},
         "key": {"type": "str", "description": "The line to have: 'host[,alias] type key' (required when present)."},
-        "path": {"type": "path", "default": "~/.ssh/known_hosts", "description": "The known_hosts file."},
+        "path": {
+            "type": "str",
+            "default": "~/.ssh/known_hosts",
+            "description": "The known_hosts file (~ is the user's home).",
+        },
         "hash_host": {"type": "bool", "default": False, "description": "Write the host hashed."},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present", "description": "Wanted."},
     },

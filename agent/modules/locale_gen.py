@@ -38,7 +38,7 @@ SCHEMA = {
     },
     "check_mode": "full",
     "diff": False,
-    "example": "- community.general.locale_gen: {name: en_US.UTF-8}",
+    "example": "- locale_gen: {name: en_US.UTF-8}",
 }
 
 

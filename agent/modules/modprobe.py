@@ -41,7 +41,7 @@ SCHEMA = {
     },
     "check_mode": "full",
     "diff": False,
-    "example": "- community.general.modprobe: {name: br_netfilter, persistent: present}",
+    "example": "- modprobe: {name: br_netfilter, persistent: present}",
 }
 
 

@@ -52,7 +52,7 @@ SCHEMA = {
     "required_if": [["state", "mounted", ["src", "fstype"]], ["state", "present", ["src", "fstype"]]],
     "check_mode": "full",
     "diff": True,
-    "example": "- ansible.posix.mount: {path: /srv/data, src: /dev/vdb1, fstype: ext4, state: present}",
+    "example": "- mount: {path: /srv/data, src: /dev/vdb1, fstype: ext4, state: present}",
 }
 
 
