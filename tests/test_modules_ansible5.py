@@ -340,3 +340,12 @@ def test_locale_gen_reads_locale_a_as_the_collection() -> None:
     ]
     supported = ["en_US.UTF-8 UTF-8\n", "# de_DE.UTF-8 UTF-8\n"]
     assert locale_gen.unavailable(["de_DE.UTF-8", "xx_XX.UTF-8", "C.UTF-8"], supported, "C.utf8\n") == ["xx_XX.UTF-8"]
+
+
+def test_known_hosts_default_path_is_the_users_own() -> None:
+    """~/.ssh/known_hosts by default, as Ansible's: the schema takes it, the module expands it."""
+    from kiln.agent import schema as argschema
+    from kiln.agent.modules import known_hosts
+
+    args, errors = argschema.validate(known_hosts.SCHEMA, {"name": "git.example.org", "state": "absent"})
+    assert not errors and args["path"] == "~/.ssh/known_hosts"

@@ -254,7 +254,7 @@ TABLE: dict[str, Mapping] = {
     "set_fact": Mapping("set_fact", wrap="facts", keep=("cacheable",)),
     "openssh_keypair": Mapping("openssh_keypair", ignored=_NO_SELINUX_ARGS),
     "pamd": Mapping("pamd"),
-    # modules of the same name on the agent (issue 9's agent side adds those that are missing)
+    # modules of the same name on the agent (the ones still missing are in NOT_YET, refused at validate)
     **{
         name: Mapping(name)
         for name in (
