@@ -291,9 +291,7 @@ TABLE: dict[str, Mapping] = {
     },
 }
 # mapped Ansible names whose agent module is still to come: refused at validate ("kiln does not implement")
-NOT_YET = (
-    "ufw",
-)
+NOT_YET = ("ufw",)
 # compiled by the controller itself (validate.py): names as Ansible spells them
 CONTROLLER_MODULES = ("include_tasks", "import_tasks", "include_role", "import_role", "include_vars", "meta", "include")
 # what kiln cannot honour: the keyword, then what to do instead
