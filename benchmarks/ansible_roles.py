@@ -260,7 +260,7 @@ def measured_once_more_on_a_flake(
 
 
 def remove_bench_images(engine: Engine) -> None:
-    for row in engine.images(IMAGE_PREFIX):
+    for row in engine.images(IMAGE_PREFIX + "/*"):  # the reference filter matches whole names: the roles under it
         for tag in row.get("Names") or []:
             if tag.startswith(IMAGE_PREFIX + "/"):
                 engine.remove_image(tag)
