@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any, Dict
 
@@ -27,7 +28,11 @@ SCHEMA = {
             "relative": True,
             "description": "File in the role's files/ directory (or an absolute path on the box).",
         },
-        "content": {"type": "str", "description": "The file's content, inline (instead of src)."},
+        "content": {
+            "type": "raw",
+            "description": "The file's content, inline (instead of src); a mapping or list is written as JSON, as "
+            "Ansible's copy writes it.",
+        },
         "dest": {
             "type": "path",
             "required": True,
@@ -149,9 +154,17 @@ def put_content(params: Dict[str, Any], data: bytes, state: Dict[str, Any], ctx:
     return Result(True, msg, diff=diff, data=out)
 
 
+def content_bytes(content: Any) -> bytes:
+    """``content`` as Ansible's copy action writes it: a mapping or a list as ``json.dumps`` gives it, any
+    other value as its text."""
+    if isinstance(content, (dict, list)):
+        return json.dumps(content).encode("utf-8")
+    return (content if isinstance(content, str) else str(content)).encode("utf-8")
+
+
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
     if params.get("content") is not None:
-        data = params["content"].encode("utf-8")
+        data = content_bytes(params["content"])
     else:
         src = ctx.source_path(params["src"], "files")
         if os.path.isdir(src):
