@@ -395,7 +395,7 @@ def run_agent(
     (:class:`RunLost`) saying which part and step were running and that the rest is lost.
     """
     box = box_agent(ctx)
-    bounds = Bounds(phase_bounds or {}, repeat_limits or {})
+    bounds = Bounds(phase_bounds or {}, LoopAllowance(repeat_limits or {}))
     if stdin is None and box.pending is not None:
         stdin, box.pending = box.pending, None
     args = getattr(command, "args", ())
@@ -427,13 +427,32 @@ def done_without_events(rc: int, events: list[dict[str, Any]]) -> bool:
     return rc != 0 and not [e for e in events if e.get("event") not in BOOTSTRAP_EVENTS]
 
 
+class LoopAllowance:
+    """Seconds a run's bound grows by as it goes: a step inside an include loop runs once per item, a count only
+    the box knows, so each time it starts again within a part (the next item) its limit (``limits``, index:
+    seconds) is added."""
+
+    def __init__(self, limits: dict[int, float]) -> None:
+        self.limits = limits
+        self.started: set[int] = set()
+
+    def extra(self, event: dict[str, Any]) -> float:
+        if event.get("event") == Event.PHASE:
+            self.started.clear()
+        if event.get("event") != Event.START or event.get("index") not in self.limits:
+            return 0.0
+        again = event["index"] in self.started
+        self.started.add(event["index"])
+        return self.limits[event["index"]] if again else 0.0
+
+
 @dataclass
 class Bounds:
-    """How a run's time bound changes as it goes: restarted for each part (``phase``: seconds), extended by a
-    step's limit when the step starts again within a part (``repeat``, index: seconds)."""
+    """How a run's time bound changes as it goes: restarted for each part (``phase``: seconds), grown by
+    ``loops``."""
 
     phase: dict[str, float]
-    repeat: dict[int, float]
+    loops: LoopAllowance
 
 
 def _run_once(
@@ -452,7 +471,6 @@ def _run_once(
     events: list[dict[str, Any]] = []
     deadline = None if timeout is None else Deadline(timeout)
     part = {"phase": "", "started": time.monotonic(), "first": 0}
-    started_steps: set[int] = set()
 
     def on_line(line: str) -> None:
         if not line.startswith("{"):
@@ -474,13 +492,10 @@ def _run_once(
                 box.run_variables = str(event["run_variables"]).encode()
         elif event.get("event") == Event.PHASE:  # the next part of the run: its own bound from now
             part.update(phase=event.get("phase", ""), started=time.monotonic(), first=len(events))
-            started_steps.clear()
             if deadline is not None and part["phase"] in bounds.phase:
                 deadline.restart(bounds.phase[part["phase"]])
-        elif event.get("event") == Event.START and event.get("index") in bounds.repeat:
-            if event["index"] in started_steps and deadline is not None:
-                deadline.extend(bounds.repeat[event["index"]])
-            started_steps.add(event["index"])
+        if deadline is not None:
+            deadline.extend(bounds.loops.extra(event))
         if event.get("event") not in BOOTSTRAP_EVENTS:
             on_event(event)
 

@@ -16,13 +16,16 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from kiln.agent.protocol import Event
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed
+
+if TYPE_CHECKING:
+    from kiln.controller.remote import LoopAllowance
 
 log = structlog.get_logger("kiln.watch")
 
@@ -124,7 +127,12 @@ class WarmAgent:
         return events
 
     def apply(
-        self, bundle: dict[str, Any], files: dict[str, bytes], on_event: Callable[[dict[str, Any]], None], bound: float
+        self,
+        bundle: dict[str, Any],
+        files: dict[str, bytes],
+        on_event: Callable[[dict[str, Any]], None],
+        bound: float,
+        loops: LoopAllowance | None = None,
     ) -> list[dict[str, Any]]:
         self.requests += 1
         request = {
@@ -137,15 +145,17 @@ class WarmAgent:
         from kiln.controller.remote import box_agent
 
         box_agent(self.ctx).bytes_sent += len(line)
-        return self.read_until(lambda e: e.get("event") == Event.SERVED, bound, on_event)
+        return self.read_until(lambda e: e.get("event") == Event.SERVED, bound, on_event, loops)
 
     def read_until(
         self,
         last: Callable[[dict[str, Any]], bool],
         bound: float,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        loops: LoopAllowance | None = None,
     ) -> list[dict[str, Any]]:
-        """Events up to and including the one ``last`` accepts; BakeFailed past ``bound`` or at end of output."""
+        """Events up to and including the one ``last`` accepts; BakeFailed past ``bound`` (grown by ``loops``)
+        or at end of output."""
         deadline = time.monotonic() + bound
         events: list[dict[str, Any]] = []
         while True:
@@ -155,6 +165,9 @@ class WarmAgent:
                     continue
                 event = json.loads(raw)
                 events.append(event)
+                if loops is not None:
+                    grown = loops.extra(event)
+                    deadline, bound = deadline + grown, bound + grown
                 if on_event is not None:
                     on_event(event)
                 if last(event):
@@ -204,15 +217,16 @@ class Watch:
         return [roles / name for name in self.ctx.compiled.chain] + [self.ctx.options.playbooks_dir / "kiln.yaml"]
 
     def apply(self, only: list[int] | None, files: dict[str, bytes]) -> dict[str, Any]:
-        from kiln.controller.remote import log_step
-        from kiln.controller.stages.apply_steps import apply_bound
+        from kiln.controller.remote import LoopAllowance, log_step
+        from kiln.controller.stages.apply_steps import apply_bound, looped_step_limits
 
         bundle = dict(self.bundle)
         if only is not None:
             bundle["steps"] = [bundle["steps"][i] for i in only]
         started = time.monotonic()
         bound = apply_bound(bundle["steps"], bundle["handlers"], self.ctx.options.step_timeout)
-        events = self.agent.apply(bundle, files, lambda e: log_step(e, quiet_ok=True), bound)
+        loops = LoopAllowance(looped_step_limits(bundle["steps"], self.ctx.options.step_timeout))
+        events = self.agent.apply(bundle, files, lambda e: log_step(e, quiet_ok=True), bound, loops)
         summary = next((e for e in events if e.get("event") == Event.SUMMARY), {})
         log.info(
             "re-applied" if self.requests_done else "applied",

@@ -114,6 +114,30 @@ def test_apply_bound_counts_every_step_at_its_limit():
     )
 
 
+def test_an_include_loops_later_items_grow_the_bound_by_their_steps_limits():
+    """Steps inside a looped block count once in apply_bound; each later start of one adds its limit, per part."""
+    from kiln.controller.remote import LoopAllowance
+    from kiln.controller.stages.apply_steps import looped_step_limits
+
+    steps = [
+        {"index": 1, "module": "set_fact"},
+        {
+            "index": 2,
+            "module": "block",
+            "loop": "{{ waits }}",
+            "block": [{"index": 3, "module": "command", "timeout": 2}, {"index": 4, "module": "command"}],
+        },
+        {"index": 5, "module": "block", "block": [{"index": 6, "module": "command", "timeout": 7}]},
+    ]
+    limits = looped_step_limits(steps, 10.0)
+    assert limits == {3: 2.0, 4: 10.0}
+    loops = LoopAllowance(limits)
+    start = [{"event": "start", "index": i} for i in (1, 3, 4, 3, 4, 3, 6, 6)]
+    assert [loops.extra(e) for e in start] == [0, 0, 0, 2.0, 10.0, 2.0, 0, 0]
+    assert loops.extra({"event": "phase", "phase": "idempotence check"}) == 0
+    assert [loops.extra(e) for e in start[:4]] == [0, 0, 0, 2.0]  # the re-run's first item is in its bound
+
+
 # --- the agent in a real container -------------------------------------------------------------
 pytest_slow = pytest.mark.slow
 
