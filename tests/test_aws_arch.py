@@ -252,4 +252,9 @@ def test_a_base_parameter_that_does_not_exist_lists_the_closest_real_ones(sandbo
     assert "roles/seed/role.yml:3:24: error: " in proc.stdout, proc.stdout
     assert f"SSM parameter {missing} does not exist" in proc.stdout
     assert "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64" in proc.stdout
-    assert '"stage": "launch instance"' not in out and not engine.containers("kiln.sandbox.instance")
+    assert '"stage": "launch instance"' not in out
+    instances = client(sandbox_env, "ec2").describe_instances()["Reservations"]
+    names = [
+        tag["Value"] for r in instances for i in r["Instances"] for tag in i.get("Tags", []) if tag["Key"] == "Name"
+    ]
+    assert not [name for name in names if "-seed-" in name], names  # this bake's own: others share the machine
