@@ -88,9 +88,10 @@ class Copies:
     def _await_requests_in_flight(self, futures: list, copies: list[tuple[Image, str]]) -> None:
         """Once stopped, every copy still being requested is waited for (bounded), so the undo knows
         each copy that exists; one that does not answer in time is named, with how to find it."""
-        _, pending = wait(futures, timeout=COPY_REQUEST_BOUND)
-        for future in pending:
-            original, region = copies[futures.index(future)]
+        wait(futures, timeout=COPY_REQUEST_BOUND)
+        for future, (original, region) in zip(futures, copies, strict=True):
+            if future.done():
+                continue
             log.error(
                 "a copy request did not answer in time; if it made a copy, remove it by hand",
                 region=region,
