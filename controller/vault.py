@@ -15,10 +15,6 @@ import os
 from hashlib import sha256
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
-
 PASSWORD_FILE_ENV = "ANSIBLE_VAULT_PASSWORD_FILE"
 HEADER = "$ANSIBLE_VAULT"
 
@@ -52,6 +48,17 @@ def password() -> bytes | None:
     return line
 
 
+def _derived_keys(secret: bytes, salt: bytes) -> bytes:
+    """80 bytes of PBKDF2-HMAC-SHA256 (10000 iterations): the AES key, the HMAC key, the CTR nonce.
+
+    cryptography is loaded here, not with the module: every compile asks whether a value is a VaultSecret, and
+    a role without a !vault value (the common case) should not pay ~10 ms for it."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    return PBKDF2HMAC(algorithm=hashes.SHA256(), length=80, salt=salt, iterations=10000).derive(secret)
+
+
 def decrypt(text: str, secret: bytes | None = None) -> str:
     """The plaintext of one vault value; VaultError says why not (no password, wrong password, malformed)."""
     secret = secret if secret is not None else password()
@@ -71,7 +78,10 @@ def decrypt(text: str, secret: bytes | None = None) -> str:
         salt, mac, ciphertext = (binascii.unhexlify(x) for x in (salt_hex, mac_hex, cipher_hex))
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise VaultError("the !vault value is damaged (not the hex envelope ansible-vault writes)") from None
-    keys = PBKDF2HMAC(algorithm=hashes.SHA256(), length=80, salt=salt, iterations=10000).derive(secret)
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    keys = _derived_keys(secret, salt)
     aes_key, mac_key, nonce = keys[:32], keys[32:64], keys[64:80]
     if not hmac.compare_digest(hmac.new(mac_key, ciphertext, sha256).digest(), mac):
         raise VaultError("the vault password does not decrypt this !vault value (HMAC mismatch)")
@@ -87,8 +97,11 @@ def decrypt(text: str, secret: bytes | None = None) -> str:
 
 def encrypt(plaintext: str, secret: bytes, salt: bytes | None = None) -> str:
     """A vault value as ansible-vault writes it (for tests and for ``kiln`` users' convenience)."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     salt = salt or os.urandom(32)
-    keys = PBKDF2HMAC(algorithm=hashes.SHA256(), length=80, salt=salt, iterations=10000).derive(secret)
+    keys = _derived_keys(secret, salt)
     aes_key, mac_key, nonce = keys[:32], keys[32:64], keys[64:80]
     padder = padding.PKCS7(128).padder()
     padded = padder.update(plaintext.encode("utf-8")) + padder.finalize()
