@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from kiln.controller.stepfiles.compile_cache import CompileCache, compile_cached
-from tests.playbooks import make_playbooks
+from tests.playbooks import REPO, make_playbooks
 
 SECRET = "Zq-cache-s3cret-41"
 
@@ -60,3 +62,41 @@ def test_an_unchanged_role_is_read_back_and_a_changed_one_compiled_again(tmp_pat
         cache, tmp_path / "playbooks", "plain", "local", {}, None, None, False, False, summarize=lambda config: None
     )
     assert not hit and compiled.steps[0]["args"]["content"] == "y\n", "a changed step file is compiled again"
+
+
+def test_the_compile_names_the_agent_s_modules_and_checks_as_discover_does():
+    """The compile imports a module or a check when a step names it; by name, the same ones as the agent's own
+    discover() (a file without a leading underscore that has a SCHEMA), the same module objects."""
+    from kiln.agent.checks import discover as discover_checks
+    from kiln.agent.modules import discover as discover_modules
+    from kiln.controller.stepfiles.compile import agent_checks_by_name, agent_modules_by_name
+
+    assert dict(agent_modules_by_name()) == discover_modules()
+    assert dict(agent_checks_by_name()) == discover_checks()
+    assert "apt" in agent_modules_by_name() and "_results" not in agent_modules_by_name()
+    assert "no_such_module" not in agent_modules_by_name()
+
+
+def test_a_cold_compile_of_web_loads_only_what_the_role_uses():
+    """A fresh interpreter compiling web (a bake's start-up) imports the agent modules and checks its steps and
+    checks name, no other, and no cryptography (only a !vault value needs it)."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from kiln.controller.config import load_config\n"
+        "from kiln.controller.stepfiles.compile import compile_role\n"
+        "playbooks = Path(sys.argv[1])\n"
+        "compile_role(playbooks, 'web', 'local', load_config(playbooks / 'kiln.yaml'))\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('kiln.agent.modules.', 'kiln.agent.checks.')))))\n"
+        "print('cryptography' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(REPO / "playbooks")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded, cryptography = proc.stdout.splitlines()
+    modules = {"copy", "file", "package", "service", "template"}
+    checks = {"command", "http", "package", "port", "service"}
+    expected = {f"kiln.agent.modules.{m}" for m in modules} | {f"kiln.agent.checks.{c}" for c in checks}
+    assert set(loaded.split()) == expected
+    assert cryptography == "False"

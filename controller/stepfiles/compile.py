@@ -16,14 +16,18 @@ its own defaults over another role's, and a private ``include_role``'s variables
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import pkgutil
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from kiln.agent.checks import discover as discover_checks
-from kiln.agent.modules import discover as discover_modules
+from kiln.agent import checks as agent_checks
+from kiln.agent import modules as agent_modules
 from kiln.agent.templating import render
 from kiln.controller.config import PROVIDERS, Config
 from kiln.controller.declared import check_document
@@ -77,6 +81,40 @@ class RoleSource:
     ansible_vars: dict[str, Any] = field(default_factory=dict)  # vars/main.yml: above kiln.yaml, as in Ansible
     vars_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # vars/*.yml for include_vars
     dep_refs: list[tuple[Document, tuple[Any, ...]]] = field(default_factory=list)  # where each of depends is
+
+
+class OnDemand(Mapping[str, ModuleType]):
+    """The agent's modules (or checks) by name, as its ``discover()`` names them (agent/plugins.py: each file
+    without a leading underscore that has a ``SCHEMA``), each imported when a step first names it.
+
+    A role names a few of the ~60 (web: 5 modules, 5 checks); importing every one cost ~25 ms of each compile.
+    Listing them all (a did-you-mean) imports them all. tests/test_compile_cache.py holds it equal to discover()."""
+
+    def __init__(self, package: ModuleType) -> None:
+        self.package = package.__name__
+        self.files = {info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_")}
+
+    def __getitem__(self, name: str) -> ModuleType:
+        if name not in self.files:
+            raise KeyError(name)
+        module = importlib.import_module(f"{self.package}.{name}")
+        if not hasattr(module, "SCHEMA"):
+            raise KeyError(name)
+        return module
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in sorted(self.files) if name in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def agent_modules_by_name() -> OnDemand:
+    return OnDemand(agent_modules)
+
+
+def agent_checks_by_name() -> OnDemand:
+    return OnDemand(agent_checks)
 
 
 # --- helpers others call ------------------------------------------------------------------
@@ -491,8 +529,8 @@ def _compile(
     problems: list[Diagnostic] = []
     chain, sources, listed = _resolve_chain(playbooks_dir, role, problems)
     collector = Collector(diagnostics=problems, roles=RoleCatalog(playbooks_dir / "roles", sources, chain, problems))
-    modules = discover_modules()
-    checks_available = discover_checks()
+    modules = agent_modules_by_name()
+    checks_available = agent_checks_by_name()
 
     steps: list[dict[str, Any]] = []
     for name in chain:

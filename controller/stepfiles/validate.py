@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -262,7 +263,7 @@ class StepCompiler:
     def __init__(
         self,
         collector: Collector,
-        modules: dict[str, ModuleType],
+        modules: Mapping[str, ModuleType],
         role: str,
         role_dir: Path,
         doc: Document,
@@ -1609,7 +1610,7 @@ def _yaml11_message(value: str) -> str:
 
 
 def compile_checks(
-    collector: Collector, checks: dict[str, ModuleType], role: str, doc: Document
+    collector: Collector, checks: Mapping[str, ModuleType], role: str, doc: Document
 ) -> list[dict[str, Any]]:
     """Validate a verify.yml; return check entries ``{"check", "args", "name", "source", "role"}``."""
     data = doc.data
