@@ -96,13 +96,15 @@ def preload_ssh() -> threading.Thread:
     return thread
 
 
-def prefetch_base(provider_name: str, config: Config) -> None:
-    """A local bake asks the engine about kiln's base image while its role compiles: a podman call (~50-100 ms) that
-    the resolve stage would otherwise wait for (controller/providers/local.py ``prefetch_kiln_base``)."""
+def prefetch_engine_reads(provider_name: str, config: Config, role: str) -> None:
+    """A local bake asks the engine what its first stages need while its role compiles: about kiln's base image
+    (the resolve stage's podman call) and the role's versions (the allocate stage's: its reservations, then its
+    images), each ~50-100 ms (controller/providers/local.py ``prefetch_kiln_base``, ``prefetch_versions``)."""
     if provider_name == "local":
-        from kiln.controller.providers.local import prefetch_kiln_base
+        from kiln.controller.providers.local import prefetch_kiln_base, prefetch_versions
 
         prefetch_kiln_base(config.provider("local"))
+        prefetch_versions(config.provider("local"), role)
 
 
 def stages_for(options: BakeOptions, keep: int) -> list[Stage]:
@@ -229,7 +231,7 @@ def bake(
         config = load_config(options.playbooks_dir / "kiln.yaml")
         options = with_build_settings(options, config)
         if provider is None:
-            prefetch_base(provider_name, config)
+            prefetch_engine_reads(provider_name, config, role)
         compiled = compile_for_bake(role, provider_name, config, options, overrides or {}, tags, skip_tags)
         provider = provider or make_provider(provider_name, config, options.builds_dir, sandbox)
         consumers = consumers_stage(provider, config, role, options)

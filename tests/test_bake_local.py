@@ -403,6 +403,68 @@ def test_the_base_asked_about_while_the_role_compiles_answers_the_resolve_stage(
     assert calls.read_text().splitlines() == asked * 2, "a prefetch answers one resolve only"
 
 
+def _claim(build_id: str):
+    import datetime as dt
+
+    from kiln.controller.ownership import BuildClaim
+
+    return BuildClaim.for_build(build_id, dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+
+
+def test_the_versions_read_while_the_role_compiles_answer_the_allocate_stage(engine, tmp_path):
+    """A local bake reads its role's reservations, then its images, in the background before compiling; the allocate
+    stage takes them (once) and makes no engine call of its own, and still writes its build record before it
+    returns. A later allocation reads again."""
+    from kiln.controller.providers.local import LocalProvider, prefetch_versions, read_record
+    from kiln.controller.versions import today
+
+    recording, calls = _recording_engine(tmp_path)
+    settings = {"engine": recording.command, "runtime": recording.runtime or "auto"}
+    role = f"prefetched-{os.getpid()}-{time.monotonic_ns()}"
+    provider = LocalProvider(settings=settings)
+    prefetch_versions(settings, role).thread.join(120)
+    asked = calls.read_text().splitlines()
+    assert asked == [f"images --format json --filter reference={provider.repo(role)}"], asked
+    assert not provider.reservations_folder(role).exists(), "reading created the reservations folder"
+    version = provider.allocate_version(role, _claim("b-prefetched"))
+    assert calls.read_text().splitlines() == asked, "the allocate stage asked the engine again"
+    assert version == f"{today()}.1"
+    record = read_record(provider.reservations_folder(role) / version)
+    assert record is not None and record["claim"].build_id == "b-prefetched"
+    assert provider.allocate_version(role, _claim("b-later")) == f"{today()}.2"
+    assert calls.read_text().splitlines() == asked * 2, "a prefetch answers one allocation only"
+
+
+def test_versions_read_before_another_bake_reserved_and_published_are_read_again(engine, tmp_path):
+    """Between the background read and the allocate stage another bake reserved the next version, made its image and
+    gave the reservation back (published): the reservations look as they did, but the version is taken. The stage
+    sees the folder changed, reads again (reservations, then images) and takes the next one."""
+    from kiln.controller.providers.local import LocalProvider, prefetch_versions
+    from kiln.controller.versions import today
+
+    recording, calls = _recording_engine(tmp_path)
+    settings = {"engine": recording.command, "runtime": recording.runtime or "auto"}
+    role = f"prefetch-stale-{os.getpid()}-{time.monotonic_ns()}"
+    mine, other = LocalProvider(settings=settings), LocalProvider(engine=engine)
+    repo = mine.repo(role)
+    holder = engine.run("create", "--label", SESSION_LABEL, "localhost/kiln-base/debian:bookworm", "true").strip()
+    mine.reservations_folder(role).mkdir(parents=True)  # as any earlier bake of the role leaves it
+    try:
+        prefetch_versions(settings, role).thread.join(120)
+        taken = other.allocate_version(role, _claim("b-other"))
+        _role_image(engine, holder, repo, role, taken)
+        other.release_version(role, taken)
+        assert sorted(os.listdir(mine.reservations_folder(role))) == [], "the other bake's reservation is given back"
+        calls.write_text("")
+        version = mine.allocate_version(role, _claim("b-mine"))
+        assert (taken, version) == (f"{today()}.1", f"{today()}.2")
+        assert calls.read_text().splitlines() == [f"images --format json --filter reference={repo}"]
+    finally:
+        engine.run("rm", "-f", holder, check=False)
+        for row in engine.images(repo):
+            engine.remove_image(row["Id"])
+
+
 def test_the_agent_s_payloads_are_made_while_the_machines_boot(engine, tmp_path):
     """The build and the test machine's payloads (the agent, its byte code, the bundle or the checks) need no
     machine: each is made while its machine boots, not after the SSH connection."""

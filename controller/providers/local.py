@@ -240,6 +240,79 @@ def take_prefetch(engine: Engine, ref: str) -> Prefetch | None:
     return prefetch if prefetch is not None and prefetch.answered() else None
 
 
+def folder_state(folder: Path) -> tuple[int, frozenset[str]] | None:
+    """A folder's modification time and entries, read as one: (0, no entries) when there is no such folder; None
+    if it kept changing while read."""
+    for _ in range(5):
+        try:
+            before = folder.stat().st_mtime_ns
+            names = frozenset(os.listdir(folder))
+            if folder.stat().st_mtime_ns == before:
+                return before, names
+        except FileNotFoundError:
+            return 0, frozenset()
+    return None
+
+
+class VersionsPrefetch:
+    """A role's version reservations, then its images' versions (the allocate stage's order), read in a thread
+    while the bake compiles its role.
+
+    They are still true while the reservations folder is as it was read (the same entries and modification time):
+    no version was reserved or given back since, so no image was published since either (a version stays reserved
+    until its image exists). The stage checks that, then takes its reservation itself."""
+
+    def __init__(self, provider: LocalProvider, role: str) -> None:
+        self.provider, self.role = provider, role
+        self.started = time.monotonic()
+        self.state: tuple[int, frozenset[str]] | None = None
+        self.versions: list[str] = []
+        self.thread = threading.Thread(target=self._read, name="kiln-versions", daemon=True)
+
+    def _read(self) -> None:
+        """Creates nothing (the role is not validated yet): a folder not there yet reads as empty."""
+        try:
+            state = folder_state(self.provider.reservations_folder(self.role))
+            if state is None:
+                return
+            held = [name for name in state[1] if not name.startswith(".")]
+            self.versions = held + self.provider.image_versions(self.role)
+            self.state = state
+        except Exception:  # the stage reads them itself, and reports what fails then
+            self.state = None
+
+    def still_true(self, folder: Path) -> list[str] | None:
+        """The versions read, if nothing was reserved or given back since (waiting, bounded, for a read under way)."""
+        self.thread.join(PREFETCH_WAIT_SECONDS)
+        fresh = time.monotonic() - self.started < PREFETCH_FRESH_SECONDS
+        if self.thread.is_alive() or not fresh or self.state is None:
+            return None
+        return self.versions if folder_state(folder) == self.state else None
+
+
+_VERSION_PREFETCHES: dict[tuple[str, str | None, str, str, str], VersionsPrefetch] = {}
+
+
+def _versions_key(provider: LocalProvider, role: str) -> tuple[str, str | None, str, str, str]:
+    return (provider.engine.command, provider.engine.runtime, provider.prefix, str(provider.shared_dir), role)
+
+
+def prefetch_versions(settings: dict[str, Any] | None, role: str) -> VersionsPrefetch:
+    """Read what the allocate stage needs to choose ``role``'s next version in the background (one podman call off
+    the bake's path); the stage takes it once, if still true (:meth:`VersionsPrefetch.still_true`)."""
+    provider = LocalProvider(settings=settings)
+    prefetch = VersionsPrefetch(provider, role)
+    with _PREFETCHES_LOCK:
+        _VERSION_PREFETCHES[_versions_key(provider, role)] = prefetch
+    prefetch.thread.start()
+    return prefetch
+
+
+def take_versions_prefetch(provider: LocalProvider, role: str) -> VersionsPrefetch | None:
+    with _PREFETCHES_LOCK:
+        return _VERSION_PREFETCHES.pop(_versions_key(provider, role), None)
+
+
 def engine_for(settings: dict[str, Any]) -> Engine:
     """The engine ``providers.local`` names (its ``engine`` and ``runtime``; ``auto``: detected)."""
     engine = Engine()
@@ -301,8 +374,11 @@ class LocalProvider:
         return BaseImage(id=inspected["Id"], name=ref, spec=str(spec or BASE_IMAGE))
 
     # --- versions: each reservation is the build's record ------------------------------
+    def reservations_folder(self, role: str) -> Path:
+        return self.shared_dir / "versions" / role
+
     def _reservations(self, role: str) -> Path:
-        path = self.shared_dir / "versions" / role
+        path = self.reservations_folder(role)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -310,13 +386,16 @@ class LocalProvider:
         return [p.name for p in self._reservations(role).iterdir() if not p.name.startswith(".")]
 
     def allocate_version(self, role: str, claim: BuildClaim) -> str:
+        prefetched = take_versions_prefetch(self, role)
+        # what was read while the role compiled, if still true (checked before this creates the folder)
+        known = prefetched.still_true(self.reservations_folder(role)) if prefetched is not None else None
         reserved = self._reservations(role)
         content = json.dumps({"role": role, "claim": json.loads(claim.to_json())}, sort_keys=True)
         for _ in range(100):
-            # reservations first, then images: a version is reserved until its image exists (committed at
-            # snapshot, released at publish), so read in this order no published version can slip between
-            held = self._reserved(role)
-            version = next_version(held + [i.version for i in self.images(role)])
+            if known is None:  # nothing prefetched, or a clash: read now
+                known = self._versions_known(role)
+            version = next_version(known)
+            known = None
             staged = _staged_copy(reserved / version, content)
             try:  # link() never replaces: exactly one concurrent bake gets each version, its record whole
                 os.link(staged, reserved / version)
@@ -326,6 +405,21 @@ class LocalProvider:
             finally:
                 staged.unlink(missing_ok=True)
         raise ProviderError(f"could not reserve a version for {role}")
+
+    def _versions_known(self, role: str) -> list[str]:
+        # reservations first, then images: a version is reserved until its image exists (committed at
+        # snapshot, released at publish), so read in this order no published version can slip between
+        held = self._reserved(role)
+        return held + self.image_versions(role)
+
+    def image_versions(self, role: str) -> list[str]:
+        """The versions the engine lists images of ``role`` under (published or not: one listing)."""
+        found = []
+        for row in self.engine.images(self.repo(role)):
+            labels = row.get("Labels") or {}
+            if labels.get("kiln.role") == role and labels.get("kiln.version"):
+                found.append(labels["kiln.version"])
+        return found
 
     def release_version(self, role: str, version: str) -> None:
         (self._reservations(role) / version).unlink(missing_ok=True)
