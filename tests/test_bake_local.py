@@ -326,6 +326,67 @@ def test_publish_then_retire_list_the_images_once(engine, tmp_path):
             engine.remove_image(row["Id"])
 
 
+def test_the_images_listed_while_the_image_is_tested_answer_publish(engine, tmp_path):
+    """The snapshot stage has the role's images listed in a thread (during the test stage's engine time); publish
+    decides from that listing under its lock, with no listing of its own: its one engine call is the tag, then one
+    rmi per retired version."""
+    from kiln.controller.model import Image, PublishSpec
+    from kiln.controller.providers.local import LocalProvider
+
+    recording, calls = _recording_engine(tmp_path)
+    provider = LocalProvider(engine=recording)
+    role = f"early-listed-{os.getpid()}"
+    repo = provider.repo(role)
+    holder = engine.run("create", "--label", SESSION_LABEL, "localhost/kiln-base/debian:bookworm", "true").strip()
+    try:
+        ids = {v: _role_image(engine, holder, repo, role, v) for v in (f"20200101.{n}" for n in range(1, 5))}
+        engine.tag(f"{repo}:20200101.3", f"{repo}:latest")
+        new = Image(id=ids["20200101.4"], role=role, version="20200101.4", provider="local", name=f"{repo}:20200101.4")
+        provider.list_before_publish(role).thread.join(120)
+        calls.write_text("")
+        provider.publish(PublishSpec(role, "20200101.4", "b-early", [new]), on_started=lambda _: None)
+        retired = provider.retire(role, keep=2)
+        commands = calls.read_text().splitlines()
+        assert commands[0] == f"tag {repo}:20200101.4 {repo}:latest", commands
+        assert [c.split()[0] for c in commands] == ["tag"] + ["rmi"] * len(retired), commands
+        assert [i.version for i in retired] == ["20200101.2", "20200101.1"]
+        assert engine.image_id(f"{repo}:latest") == ids["20200101.4"]
+    finally:
+        engine.run("rm", "-f", holder, check=False)
+        for row in engine.images(repo):
+            engine.remove_image(row["Id"])
+
+
+def test_latest_moved_after_the_early_listing_is_listed_again_and_never_moved_back(engine, tmp_path):
+    """Another bake published a newer version between the early listing and this publish: the listing no longer says
+    what latest names, so publish lists again under its lock, and latest stays at the newer version."""
+    from kiln.controller.model import Image, PublishSpec
+    from kiln.controller.providers.local import LocalProvider
+
+    recording, calls = _recording_engine(tmp_path)
+    mine, other = LocalProvider(engine=recording), LocalProvider(engine=engine)
+    role = f"early-stale-{os.getpid()}"
+    repo = mine.repo(role)
+    holder = engine.run("create", "--label", SESSION_LABEL, "localhost/kiln-base/debian:bookworm", "true").strip()
+
+    def image(version: str) -> Image:
+        return Image(id=ids[version], role=role, version=version, provider="local", name=f"{repo}:{version}")
+
+    try:
+        ids = {v: _role_image(engine, holder, repo, role, v) for v in ("20200101.3", "20200101.4", "20200101.5")}
+        engine.tag(f"{repo}:20200101.3", f"{repo}:latest")
+        mine.list_before_publish(role).thread.join(120)
+        other.publish(PublishSpec(role, "20200101.5", "b-other", [image("20200101.5")]), on_started=lambda _: None)
+        calls.write_text("")
+        mine.publish(PublishSpec(role, "20200101.4", "b-mine", [image("20200101.4")]), on_started=lambda _: None)
+        assert engine.image_id(f"{repo}:latest") == ids["20200101.5"], "latest moved back to an older version"
+        assert [c.split()[0] for c in calls.read_text().splitlines()] == ["images"]
+    finally:
+        engine.run("rm", "-f", holder, check=False)
+        for row in engine.images(repo):
+            engine.remove_image(row["Id"])
+
+
 def test_retire_leaves_a_version_in_use_tagged(engine, tmp_path):
     """A version a container still runs from cannot be removed: it keeps its name (listed, retired by a later bake),
     never left as an untagged image nobody can name."""
@@ -463,6 +524,49 @@ def test_versions_read_before_another_bake_reserved_and_published_are_read_again
         engine.run("rm", "-f", holder, check=False)
         for row in engine.images(repo):
             engine.remove_image(row["Id"])
+
+
+def test_a_bake_lists_the_role_s_images_outside_its_allocate_and_publish_stages(engine, tmp_path):
+    """The whole command: the role's versions are read while it compiles and its images listed while the new image is
+    tested, so neither the allocate nor the publish stage waits for an engine listing (each was one, ~50 ms)."""
+    import datetime as dt
+    import shutil
+
+    calls = tmp_path / "engine-calls"
+    wrapper = tmp_path / "bin" / "podman"  # named podman: the engine adds its runtime flag as for the real one
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        f'#!/bin/sh\nprintf "%s %s\\n" "$(date +%s.%N)" "$*" >> {calls}\nexec {shutil.which("podman")} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    role = "listed"
+    playbooks = make_playbooks(
+        tmp_path,
+        {"steps.yml": '- name: marker\n  copy: {content: "x\\n", dest: /etc/m}\n', "verify.yml": "- file: /etc/m\n"},
+        role,
+    )
+    try:
+        proc = invoke(
+            tmp_path, "bake", "--role", role, "--json", playbooks=playbooks, env={"KILN_ENGINE": str(wrapper)}
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    finally:
+        for row in engine.images(image_repo(role)):
+            engine.remove_image(row["Id"])
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+
+    def at(event: dict) -> float:
+        return dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+    spans = {}
+    for event in events:
+        if event.get("event") in ("stage", "stage done"):
+            spans.setdefault(event["stage"], []).append(at(event))
+    listings = [float(line.split()[0]) for line in calls.read_text().splitlines() if " images " in f" {line} "]
+    assert len(listings) == 2, calls.read_text()
+    for stage in ("allocate version", "publish"):
+        began, ended = spans[stage]
+        assert not [t for t in listings if began <= t <= ended], f"the {stage} stage listed the role's images"
 
 
 def test_the_agent_s_payloads_are_made_while_the_machines_boot(engine, tmp_path):

@@ -121,13 +121,16 @@ runuser -u $user -- sudo -n true >&2 || {{ echo "sudo does not let $user run com
 
 # Part of the clean stage (run as root): no account, group, home, mail, sudoers file or key of the build
 # user reaches the image. userdel --force: the bake's own session still runs as it. The shadow tools' backup
-# files (/etc/passwd- ...) hold the entries as they were before the removal.
+# files (/etc/passwd- ...) hold the entries as they were before the removal (one sed for those there are: each
+# command is a fork and exec on the bake's path).
 REMOVE_BUILD_USER = f"""
 rm -f /etc/sudoers.d/{BUILD_USER}
 if id -u {BUILD_USER} >/dev/null 2>&1; then userdel --force --remove {BUILD_USER}; fi
+backups=
 for file in /etc/passwd- /etc/shadow- /etc/group- /etc/gshadow- /etc/subuid- /etc/subgid-; do
-  if [ -f $file ]; then sed -i '/^{BUILD_USER}:/d' $file; fi
+  if [ -f $file ]; then backups="$backups $file"; fi
 done
+if [ -n "$backups" ]; then sed -i '/^{BUILD_USER}:/d' $backups; fi
 """
 
 
@@ -358,6 +361,8 @@ class LocalProvider:
         self._locks: dict[str, Any] = {}
         #: the listing each role's last publish made, for the retire that follows it
         self._published: dict[str, RoleListing] = {}
+        #: each role's images listed while its new image was tested, for its publish
+        self._early: dict[str, EarlyListing] = {}
 
     def repo(self, role: str) -> str:
         return f"{self.prefix}/{role}"
@@ -493,6 +498,32 @@ class LocalProvider:
         """A short per-role lock around compare-and-tag of ``latest`` (two publishes never interleave)."""
         return flocked(self.shared_dir / "locks" / f"{role}.latest.lock", timeout)
 
+    def _generation_file(self, role: str) -> Path:
+        return self.shared_dir / "locks" / f"{role}.latest.generation"
+
+    def latest_generation(self, role: str) -> str:
+        """A token that changes whenever kiln moves the role's ``latest`` ("" before the first time)."""
+        try:
+            return self._generation_file(role).read_text()
+        except FileNotFoundError:
+            return ""
+
+    def _moved_latest(self, role: str) -> None:
+        """A new token, written whole (under the ``latest`` lock): a listing made before it no longer says what
+        ``latest`` names."""
+        path = self._generation_file(role)
+        staged = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+        staged.write_text(f"{time.time_ns()}-{os.getpid()}-{os.urandom(6).hex()}")
+        os.replace(staged, path)
+
+    def list_before_publish(self, role: str) -> EarlyListing:
+        """List the role's images in a thread now (the image was just made and is tested next: engine time), for
+        :meth:`publish` (:class:`EarlyListing`)."""
+        early = EarlyListing(self, role)
+        self._early[role] = early
+        early.thread.start()
+        return early
+
     # --- the build machine -----------------------------------------------------------
     def launch(self, spec: MachineSpec) -> Machine:
         """A container from ``spec.base`` (the base image; for the test stage, the image just committed).
@@ -616,8 +647,10 @@ class LocalProvider:
         on_started(publication)
         latest = f"{self.repo(spec.role)}:latest"
         self.release_version(spec.role, spec.version)  # the image itself now holds the version
+        early = self._early.pop(spec.role, None)
         with self._latest_lock(spec.role):
-            listed = self._listing_or_none(spec.role)
+            listed = early.still_true() if early is not None else None
+            listed = listed if listed is not None else self._listing_or_none(spec.role)
             shown = listed.latest if listed else None
             current = labels_of(shown).get("kiln.version", "") if shown else ""
             if current and sort_key(current) >= sort_key(spec.version):
@@ -631,6 +664,7 @@ class LocalProvider:
                 return publication
             publication.previous_latest[image.id] = shown["Id"] if current else ""
             self.engine.tag(image.name, latest)
+            self._moved_latest(spec.role)
             if listed is not None:
                 listed.latest_id = image.id
             self._keep_listing(spec.role, listed)
@@ -664,6 +698,7 @@ class LocalProvider:
                 self.engine.tag(moved[current], latest)
             else:
                 self.engine.untag(latest)
+            self._moved_latest(publication.spec.role)
 
     def images(self, role: str) -> list[Image]:
         """Published versions; an image whose build record is still there is a build's, not available."""
@@ -786,6 +821,35 @@ class RoleListing:
         self.rows = rows
         self.latest = next((row for row in rows if latest_name in (row.get("Names") or [])), None)
         self.latest_id = self.latest["Id"] if self.latest else ""
+
+
+class EarlyListing:
+    """A role's images listed in a thread while the new image is tested (engine time), for the publish after it.
+
+    Publish decides under the ``latest`` lock from what ``latest`` names. The listing, made before that lock is
+    taken, still says so if the role's latest-generation token (rewritten under the lock whenever a publish or an
+    unpublish moves ``latest``) is the one read before the listing began; else publish lists again."""
+
+    def __init__(self, provider: LocalProvider, role: str) -> None:
+        self.provider, self.role = provider, role
+        self.generation: str | None = None
+        self.listed: RoleListing | None = None
+        self.thread = threading.Thread(target=self._list, name="kiln-early-listing", daemon=True)
+
+    def _list(self) -> None:
+        try:
+            generation = self.provider.latest_generation(self.role)
+            self.listed = self.provider._listing_or_none(self.role)
+            self.generation = generation
+        except Exception:  # publish lists itself, and reports what fails then
+            self.generation = None
+
+    def still_true(self) -> RoleListing | None:
+        """The listing, if ``latest`` moved by no publish since (call under the lock; waits, bounded, for it)."""
+        self.thread.join(PREFETCH_WAIT_SECONDS)
+        if self.thread.is_alive() or self.generation is None or self.listed is None:
+            return None
+        return self.listed if self.provider.latest_generation(self.role) == self.generation else None
 
 
 #: the machines a bake launches, each recorded in its build record: a fresh one from the image, the build machine

@@ -26,6 +26,9 @@ class Snapshot:
             ctx.image = None  # recorded for the next bake or sweep: not this bake's to remove now
             raise
         log.info("image", id=ctx.image.id, name=ctx.image.name, version=ctx.version)
+        list_early = getattr(ctx.provider, "list_before_publish", None)
+        if list_early is not None:
+            list_early(ctx.role)  # while the image is tested: what publish decides from, made off its path
 
     def undo(self, ctx: BakeContext) -> None:
         if ctx.image is not None and not ctx.succeeded:
