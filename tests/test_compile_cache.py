@@ -79,7 +79,8 @@ def test_the_compile_names_the_agent_s_modules_and_checks_as_discover_does():
 
 def test_a_cold_compile_of_web_loads_only_what_the_role_uses():
     """A fresh interpreter compiling web (a bake's start-up) imports the agent modules and checks its steps and
-    checks name, no other, and no cryptography (only a !vault value needs it)."""
+    checks name, no other; no cryptography (only a !vault value needs it), no urllib.request (only running an http
+    check does)."""
     script = (
         "import sys\n"
         "from pathlib import Path\n"
@@ -88,15 +89,15 @@ def test_a_cold_compile_of_web_loads_only_what_the_role_uses():
         "playbooks = Path(sys.argv[1])\n"
         "compile_role(playbooks, 'web', 'local', load_config(playbooks / 'kiln.yaml'))\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith(('kiln.agent.modules.', 'kiln.agent.checks.')))))\n"
-        "print('cryptography' in sys.modules)\n"
+        "print('cryptography' in sys.modules, 'urllib.request' in sys.modules)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, str(REPO / "playbooks")], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    loaded, cryptography = proc.stdout.splitlines()
+    loaded, heavy = proc.stdout.splitlines()
     modules = {"copy", "file", "package", "service", "template"}
     checks = {"command", "http", "package", "port", "service"}
     expected = {f"kiln.agent.modules.{m}" for m in modules} | {f"kiln.agent.checks.{c}" for c in checks}
     assert set(loaded.split()) == expected
-    assert cryptography == "False"
+    assert heavy == "False False", "cryptography, urllib.request: loaded by a compile that uses neither"
