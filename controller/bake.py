@@ -252,9 +252,10 @@ def bake(
         checks=len(compiled.checks),
         **({"check_mode": True} if options.check_mode else {}),
     )
-    preload_ssh()
     try:
-        run_stages(bake_stages(ctx, options, config.retention, consumers), ctx)
+        stages = bake_stages(ctx, options, config.retention, consumers)
+        preload_ssh()  # after the stages' own imports, which it would slow (one interpreter lock)
+        run_stages(stages, ctx)
     except InvalidInput as exc:  # the base names nothing that exists (found before anything was launched)
         log.error("invalid input; nothing was launched", errors=len(exc.diagnostics))
         print(exc.render())
