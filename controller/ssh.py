@@ -221,6 +221,36 @@ class Completed:
     stderr: str
 
 
+class PromptAckSocket(socket.socket):
+    """A client socket that acknowledges every read at once (Linux's TCP_QUICKACK, set again before each read: the
+    kernel drops it as it pleases).
+
+    sshd keeps Nagle's algorithm on for a command without a terminal, so a small packet it sends while an earlier
+    one is not yet acknowledged waits for that ACK, which a client delays up to 40 ms. Right after the login sshd
+    sends its host keys (``hostkeys-00@openssh.com``), then the confirmation of the first channel: a fresh
+    machine's first command waited 40-50 ms for nothing (measured: it started 54 ms after it was sent; 12-31 ms
+    with this). Elsewhere a no-op (not Linux)."""
+
+    QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+    @classmethod
+    def taking(cls, sock: socket.socket) -> socket.socket:
+        """``sock``'s connection as one of these (``sock`` itself where there is no TCP_QUICKACK)."""
+        if cls.QUICKACK is None:
+            return sock
+        timeout = sock.gettimeout()
+        taken = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        taken.settimeout(timeout)
+        return taken
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        try:
+            self.setsockopt(socket.IPPROTO_TCP, self.QUICKACK, 1)
+        except OSError:  # closed under us: the read says so
+            pass
+        return super().recv(bufsize, flags)
+
+
 class Session:
     """A lazily opened SSH connection; ``close()`` is safe twice; a context manager."""
 
@@ -283,13 +313,14 @@ class Session:
         raise SSHError(f"SSH to {self.address} not ready after {timeout:.0f}s: {last}")
 
     def _socket(self) -> socket.socket:
-        """A TCP connection to sshd with Nagle's algorithm off, as OpenSSH's client has it.
+        """A TCP connection to sshd with Nagle's algorithm off, as OpenSSH's client has it, that acknowledges
+        what it reads at once (:class:`PromptAckSocket`).
 
-        paramiko leaves it on: a command's small packets (the channel request, then stdin) wait for
+        paramiko leaves Nagle on: a command's small packets (the channel request, then stdin) wait for
         the server's delayed ACK, ~40 ms each, ~85 ms an exec here."""
         sock = socket.create_connection((self.conn.host, self.conn.port), timeout=CONNECT_SECONDS)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+        return PromptAckSocket.taking(sock)
 
     def use_keepalive(self, keepalive: Keepalive) -> None:
         """Probe with these settings from now on (and after every reconnect)."""
