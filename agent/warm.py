@@ -175,17 +175,18 @@ def run_request(conn: socket.socket, run_dir: str, payload: bytes, args: List[st
 
 def unpack(run_dir: str, payload: bytes) -> None:
     """The bundle in the bootstrap's payload format (controller/remote.py) into ``run_dir``, as the bootstrap does."""
-    head, _, body = zlib.decompress(payload).partition(b"\n")
+    head, _, body = payload.partition(b"\n")
     meta = json.loads(head)
-    for name, _size in meta["files"]:
+    for name, _size, _packed in meta["files"]:
         parts = name.split("/")
         if name.startswith("/") or ".." in parts or parts[0] != "bundle":
             raise SystemExit("refusing payload entry " + name)
     if meta.get("bundle"):
         shutil.rmtree(os.path.join(run_dir, "bundle"), ignore_errors=True)
     at = 0
-    for name, size in meta["files"]:
-        _put(os.path.join(run_dir, name), body[at : at + size])
+    for name, size, packed in meta["files"]:
+        data = body[at : at + size]
+        _put(os.path.join(run_dir, name), zlib.decompress(data) if packed else data)
         at += size
 
 
