@@ -18,20 +18,18 @@ log = structlog.get_logger("kiln.stage")
 HYGIENE = r"""
 set -e
 {inventory}
-# the bake's key: named after the build, with its architecture beyond x86_64 (kiln-build-<id>-arm64)
-sed -i -E '/ kiln-build-{build_id}(-[a-z0-9_]+)?$/d' /root/.ssh/authorized_keys 2>/dev/null || true
-for home in /home/*; do sed -i -E '/ kiln-build-{build_id}(-[a-z0-9_]+)?$/d' "$home/.ssh/authorized_keys" 2>/dev/null || true; done
+# the bake's key: named after the build, with its architecture beyond x86_64 (kiln-build-<id>-arm64); one sed for
+# every file (each command here is a fork and exec on the bake's path): a missing file is skipped
+sed -i -E '/ kiln-build-{build_id}(-[a-z0-9_]+)?$/d' /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys 2>/dev/null || true
 rm -rf {run_dir}
-rm -f /etc/ssh/ssh_host_*
+rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id
 : > /etc/machine-id
-rm -f /var/lib/dbus/machine-id
 if command -v apt-get >/dev/null; then apt-get clean; rm -rf /var/lib/apt/lists/*; fi
 if command -v dnf >/dev/null; then dnf clean all >/dev/null 2>&1 || true; fi
 # dotfiles too: a glob of * skips them
 find /tmp /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {{}} +
-rm -rf /root/.bash_history /root/.cache
 find /var/log -type f \( -name '*.log' -o -name 'wtmp' -o -name 'lastlog' -o -name 'btmp' \) -exec truncate -s 0 {{}} +
-rm -rf /var/log/journal/*
+rm -rf /root/.bash_history /root/.cache /var/log/journal/*
 {extra}
 {flush}
 """
