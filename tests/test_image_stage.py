@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from kiln.controller.agent_build import agent_zipapp
 from kiln.controller.bake import stages_for
 from kiln.controller.config import load_config
 from kiln.controller.context import BakeOptions
 from kiln.controller.model import InvalidInput
+from kiln.controller.remote import controller_compiled
 from kiln.controller.sandbox import sandbox_client
 from kiln.controller.stepfiles.compile import compile_role
 from tests.aws_harness import AL2023
@@ -184,6 +186,10 @@ def test_a_good_role_passes_its_checks_on_the_fresh_machine(engine, tmp_path):
     build_id = build_ids(proc.stderr)[0]
     assert machine["instance"] == f"kiln-test-fresh-{build_id}"
     assert not engine.container_exists(machine["instance"]), "the test machine was not removed"
+    # its python is the build machine's, which runs the controller's byte code: the agent's source stays behind
+    tested = next(e for e in events(proc.stderr) if e.get("event") == "image tested")
+    assert tested["round_trips"] == 1, tested
+    assert tested["bytes_sent"] < len(controller_compiled()) + 50_000 < len(agent_zipapp()) + len(controller_compiled())
     assert latest_id(engine, "fresh")
     version = next(e["version"] for e in events(proc.stderr) if e.get("event") == "version")
     recorded = json.loads((tmp_path / "builds" / "images.json").read_text())["fresh"][version]["local"]["x86_64"]

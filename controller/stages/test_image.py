@@ -55,7 +55,15 @@ def image_payload(ctx: BakeContext, checks: list[dict]) -> FreshPayload:
 
     full = bundle_json(ctx.compiled, extra_vars(ctx))
     bundle = {key: full[key] for key in ("role", "vars", "var_sources", "role_vars")}  # each check's role's scope
-    return fresh_payload(bundle, checks, image_run_files(ctx))
+    return fresh_payload(bundle, checks, image_run_files(ctx), python=box_python(ctx))
+
+
+def box_python(ctx: BakeContext) -> str:
+    """The python version of the image's machines, as the build machine reported it ("" when it did not, or its
+    python is not CPython: its byte code is not this python's)."""
+    facts = ctx.facts or {}
+    implementation = (facts.get("ansible") or {}).get("python", {}).get("type", "")
+    return str(facts.get("python_version", "")) if implementation == "cpython" else ""
 
 
 class TestImage:
@@ -85,12 +93,15 @@ class TestImage:
         where = f" on a fresh machine from the image {ctx.image.name} ({fresh.instance.id})"
         summary = run_checks(fresh, command, "image", stdin=prepared.payload, where=where)
         ctx.checks["image_passed"] = summary.get("passed", 0)
+        sent = box_agent(fresh)
         log.info(
             "image tested",
             passed=summary.get("passed", 0),
             instance=fresh.instance.id,
             seconds=round(time.monotonic() - started, 2),
             payload_made=made,
+            bytes_sent=sent.bytes_sent,
+            round_trips=sent.round_trips,
         )
         self.remove(ctx)
 
