@@ -277,6 +277,34 @@ def fresh_payload(
     return FreshPayload(payload, compiled)
 
 
+def known_python(base_id: str) -> str:
+    """The python version a machine of the base image ``base_id`` reported in an earlier bake ("": none known). An
+    image's id names its content, so its python does not change: a build machine's payload then leaves the agent's
+    source behind when that python runs the controller's byte code (:func:`fresh_payload`)."""
+    from kiln.controller.agent_build import cache_dir
+
+    if not base_id:
+        return ""
+    path = cache_dir() / "bases" / f"{digest(base_id.encode())[:32]}.python"
+    try:
+        version = path.read_text()
+        return version if path.with_suffix(".sha256").read_text().strip() == digest(version.encode()) else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def remember_python(base_id: str, facts: dict[str, Any]) -> None:
+    """Keep what python the base image ``base_id`` has, as a machine of it reported in its facts (CPython only)."""
+    from kiln.controller.agent_build import cache_dir, store_whole
+
+    version = str(facts.get("python_version", ""))
+    implementation = (facts.get("ansible") or {}).get("python", {}).get("type", "")
+    if not base_id or not version or implementation != "cpython" or known_python(base_id) == version:
+        return
+    path = cache_dir() / "bases" / f"{digest(base_id.encode())[:32]}.python"
+    store_whole(path, version.encode(), path.with_suffix(".sha256"), digest(version.encode()))
+
+
 def runs_our_byte_code(python_version: str) -> bool:
     """Whether a box whose python is ``python_version`` ("3.11.2"; "": unknown) runs this python's byte code."""
     if sys.implementation.name != "cpython":

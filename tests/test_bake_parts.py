@@ -10,6 +10,7 @@ inventory). Whatever part fails still fails the bake at its own stage, with that
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,23 @@ def test_a_clean_bake_starts_the_agent_once_and_reports_every_stage(engine, tmp_
         assert box.compiled == digest(controller_compiled()), "the box runs the byte code the controller sent it"
     finally:
         remove_images(engine, "parts")
+
+
+def test_a_base_whose_python_runs_the_byte_code_gets_no_agent_source_from_its_second_bake(engine, tmp_path):
+    """A machine of a base image reported its python; the next bake on that image sends the agent's byte code
+    and not its source (~0.33 MB), in one run: the box needs nothing else."""
+    files = {"steps.yml": MARKER, "verify.yml": "- file: /etc/kiln-marker\n"}
+    try:
+        first = bake_in_process(tmp_path / "first", "pybase", files)
+        assert first.exit_code == 0, first.error
+        second = bake_in_process(tmp_path / "second", "pybase", files)
+        assert second.exit_code == 0, second.error
+        box = box_agent(second.ctx)
+        assert box.round_trips == 1, "the box asked for the source"
+        assert box.bytes_sent < len(zlib.compress(controller_compiled(), 1)) + 50_000, box.bytes_sent  # no source
+        assert box.compiled == digest(controller_compiled())
+    finally:
+        remove_images(engine, "pybase")
 
 
 def test_a_step_that_changes_again_fails_the_idempotence_check(engine, tmp_path):

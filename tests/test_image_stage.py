@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 import pytest
@@ -189,11 +190,36 @@ def test_a_good_role_passes_its_checks_on_the_fresh_machine(engine, tmp_path):
     # its python is the build machine's, which runs the controller's byte code: the agent's source stays behind
     tested = next(e for e in events(proc.stderr) if e.get("event") == "image tested")
     assert tested["round_trips"] == 1, tested
-    assert tested["bytes_sent"] < len(controller_compiled()) + 50_000 < len(agent_zipapp()) + len(controller_compiled())
+    assert tested["bytes_sent"] < len(zlib.compress(controller_compiled(), 1)) + 50_000, tested
     assert latest_id(engine, "fresh")
     version = next(e["version"] for e in events(proc.stderr) if e.get("event") == "version")
     recorded = json.loads((tmp_path / "builds" / "images.json").read_text())["fresh"][version]["local"]["x86_64"]
     assert engine.image_id(f"{image_repo('fresh')}:{version}").startswith(recorded.removeprefix("sha256:")[:12])
+
+
+#: a verify run of one ``file`` check (the agent as it runs on a box: the zipapp), then the check kinds it loaded
+ONE_KIND_RUN = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from agent.verify import run_checks
+check = {"check": "file", "args": {"path": "/", "exists": True}, "name": "root", "source": "v:1", "role": "r"}
+assert run_checks([check], {}, lambda event: None, {})
+print(json.dumps(sorted(name for name in sys.modules if name.startswith("agent.checks."))))
+"""
+
+
+def test_a_verify_run_loads_only_the_check_kinds_it_uses(tmp_path):
+    """Both machines start the agent for their checks: a run imports the kinds its checks name, not all nine."""
+    import subprocess
+    import sys
+
+    zipapp = tmp_path / "agent.pyz"
+    zipapp.write_bytes(agent_zipapp())
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", ONE_KIND_RUN, str(zipapp)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == ["agent.checks.file"]
 
 
 # --- the sandbox -----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import structlog
 from kiln.agent.protocol import Event, StepStatus
 from kiln.controller.context import BakeContext, StepCounts
 from kiln.controller.pipeline import BakeFailed
-from kiln.controller.remote import BUNDLE, RunLost, agent_command, box_agent, log_step, run_agent
+from kiln.controller.remote import BUNDLE, RunLost, agent_command, box_agent, log_step, remember_python, run_agent
 from kiln.controller.stages.verify import BUILD_CHECKS, checks_on, log_check
 
 log = structlog.get_logger("kiln.stage")
@@ -249,9 +249,10 @@ def apply(
         def on_event(event: dict[str, Any]) -> None:
             seen.append(event)
             if event.get("event") == Event.FACTS:
-                from kiln.controller.stages.push_bundle import log_facts
+                from kiln.controller.stages.push_bundle import base_id, log_facts
 
                 log_facts(event["facts"], box_agent(ctx).bytes_sent)
+                remember_python(base_id(ctx), event["facts"])
             if event.get("event") == Event.PHASE:
                 phase["now"] = event.get("phase", "")
                 log.info("part of the apply's run", part=phase["now"])

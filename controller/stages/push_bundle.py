@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import structlog
 
 from kiln.controller.context import BakeContext
-from kiln.controller.remote import FreshPayload, box_agent, fresh_payload
+from kiln.controller.remote import FreshPayload, box_agent, fresh_payload, known_python
 from kiln.controller.stages.connect import WhileBooting
 
 log = structlog.get_logger("kiln.stage")
@@ -65,7 +65,13 @@ def staged_for(ctx: BakeContext) -> Staged:
     bundle = bundle_of(ctx)
     checks = ctx.compiled.checks
     build = [check for check in checks if check.get("on", "both") in ("both", "build")]
-    fresh = fresh_payload(bundle, checks, ctx.compiled.files, build_checks=build if len(build) != len(checks) else None)
+    fresh = fresh_payload(
+        bundle,
+        checks,
+        ctx.compiled.files,
+        build_checks=build if len(build) != len(checks) else None,
+        python=known_python(base_id(ctx)),
+    )
     # the agent's byte code rides along (remote.byte_code_for); a box whose python cannot use it compiles what it
     # imports, or the whole agent once when runs resumed after reboots would compile Jinja2 again
     return Staged(fresh, folded_parts(ctx), reboots(ctx) and uses_jinja(ctx, bundle))
@@ -98,6 +104,11 @@ class PushBundle:
 
     def undo(self, ctx: BakeContext) -> None:
         """The bundle lives on the instance; cleaning the machine (or removing it) takes it."""
+
+
+def base_id(ctx: BakeContext) -> str:
+    """The id of the image the build machine runs ("" when the provider does not say)."""
+    return str(getattr(ctx.base, "id", "") or "")
 
 
 def log_facts(facts: dict, bytes_sent: int) -> None:
