@@ -54,7 +54,9 @@ from kiln.controller.stages.resolve_base import ResolveBase  # noqa: E402
 from kiln.controller.stepfiles.compile import compile_role  # noqa: E402
 
 ENGINE_STAGES = ("launch instance", "snapshot", "undo launch instance")
-IMAGE_PREFIX = "localhost/kiln-bench-bake"
+#: this run's own images (another run at the same time keeps its versions and its retire to itself), one prefix per
+#: checkout timed (each starts from no version: their bakes retire alike)
+IMAGE_PREFIX = f"localhost/kiln-bench-bake-{os.getpid()}"
 
 
 def at(event: dict) -> float:
@@ -95,6 +97,7 @@ def account(events: list[dict], wall: float, started: float | None = None) -> di
     return {**split, **{k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}}
 
 
+START_UP = "kiln: start-up (python, invoke, imports, compile)"
 #: the stages whose time is all the engine's (kiln_parts); connect's and the test stage's are split
 ENGINE_ONLY = {name.replace(" ", "_") for name in ENGINE_STAGES}
 
@@ -114,7 +117,7 @@ def kiln_parts(
     command's end after the last event, and what falls between stages."""
     first = min(at(e) for e in events if e.get("event") == "stage")
     last = max(at(e) for e in events)
-    parts = {"kiln: start-up (python, invoke, imports, compile)": first - started}
+    parts = {START_UP: first - started}
     for name, seconds in timings.items():
         if not isinstance(seconds, (int, float)) or name in ENGINE_ONLY:
             continue
@@ -133,9 +136,9 @@ def web_workdir(root: Path) -> None:
         shutil.copytree(REPO / "playbooks" / "roles" / role, playbooks / "roles" / role)
 
 
-def bake_web_cli(repo: Path, root: Path) -> dict[str, float]:
+def bake_web_cli(repo: Path, root: Path, prefix: str) -> dict[str, float]:
     env = checkout_env(repo, root)  # that checkout's kiln package, not this one's
-    env.update(KILN_STATE_DIR=str(root / "state"), KILN_IMAGE_PREFIX=IMAGE_PREFIX, CI="")
+    env.update(KILN_STATE_DIR=str(root / "state"), KILN_IMAGE_PREFIX=prefix, CI="")
     started, started_wall = time.monotonic(), time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "invoke", "-r", str(repo), "bake", "--role", "web", "--json"],
@@ -157,7 +160,7 @@ def remove_bench_images() -> None:
         ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=True
     ).stdout.split()
     for name in names:
-        if name.startswith(IMAGE_PREFIX + "/"):
+        if name.startswith(IMAGE_PREFIX + "-"):
             subprocess.run(["podman", "rmi", name], capture_output=True)
 
 
@@ -167,14 +170,15 @@ def bench_web(repos: dict[str, Path], reps: int) -> None:
     with tempfile.TemporaryDirectory(prefix="kiln-bench-bake-") as tmp:
         try:
             for rep in range(reps):
-                for label, repo in repos.items():
+                for index, (label, repo) in enumerate(repos.items()):
                     root = Path(tmp) / f"{label}-{rep}"
                     web_workdir(root)
-                    seen[label].append(bake_web_cli(repo, root))
+                    seen[label].append(bake_web_cli(repo, root, f"{IMAGE_PREFIX}-{index}"))
                     loads.append(os.getloadavg()[0])
+                    run = seen[label][-1]
                     print(
-                        f"  rep {rep + 1} {label}: kiln {seen[label][-1]['kiln']:.3f} s, "
-                        f"wall {seen[label][-1]['wall']:.3f} s (load average {loads[-1]:.1f})",
+                        f"  rep {rep + 1} {label}: kiln {run['kiln']:.3f} s (start-up {run[START_UP]:.3f} s), "
+                        f"wall {run['wall']:.3f} s (load average {loads[-1]:.1f})",
                         flush=True,
                     )
         finally:
