@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -544,3 +545,77 @@ def compare_role(
 
 def workdir(prefix: str = "kiln-diff-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+#: groups compared at once: each is two containers and two tools mostly waiting on SSH, dpkg and podman,
+#: so a few overlap well on two cores; more would only queue for the CPU (and stretch every step's time)
+GROUPS_AT_ONCE = 3
+
+#: a differential group: given the engine and a fresh work directory, stage the role and compare_role it
+Group = Callable[[Engine, Path], Comparison]
+
+
+@dataclass(frozen=True)
+class Registered:
+    run: Group
+    seconds: float  # about how long one run takes alone (the longest groups start first)
+
+
+#: every group a test module defines (``differential``), by name
+DIFFERENTIAL_GROUPS: dict[str, Registered] = {}
+
+
+def differential(name: str, seconds: float) -> Callable[[Group], Group]:
+    """Register a test module's group ``name``; its tests carry ``pytest.mark.differential(name)`` and
+    read its Comparison from the ``differentials`` fixture (tests/conftest.py)."""
+
+    def register(run: Group) -> Group:
+        DIFFERENTIAL_GROUPS[name] = Registered(run, seconds)
+        return run
+
+    return register
+
+
+def compare_groups(
+    engine: Engine, names: list[str], at_once: int = GROUPS_AT_ONCE
+) -> dict[str, Comparison | BaseException]:
+    """Each group in its own work directory on its own pair of machines, up to ``at_once`` groups at a
+    time, longest first: name -> its Comparison, or what stopped it (raised again by the tests asking)."""
+
+    def one(name: str) -> Comparison:
+        work = workdir()
+        try:
+            return DIFFERENTIAL_GROUPS[name].run(engine, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    ordered = sorted(names, key=lambda name: -DIFFERENTIAL_GROUPS[name].seconds)
+    with ThreadPoolExecutor(max(1, at_once)) as pool:
+        futures = {name: pool.submit(one, name) for name in ordered}
+        done: dict[str, Comparison | BaseException] = {}
+        for name, future in futures.items():
+            try:
+                done[name] = future.result()
+            except Exception as exc:  # noqa: BLE001 - one group's failure belongs to its own tests
+                done[name] = exc
+    return done
+
+
+class Differentials:
+    """The comparisons of a test session, each group run once. The first test that needs one runs every
+    group the session's selected tests are marked with, a few at a time (compare_groups), and returns
+    when all are done: no other test runs meanwhile."""
+
+    def __init__(self, engine: Engine, wanted: list[str]) -> None:
+        self.engine = engine
+        self.wanted = wanted
+        self.results: dict[str, Comparison | BaseException] = {}
+
+    def __call__(self, name: str) -> Comparison:
+        if name not in self.results:
+            pending = [group for group in self.wanted if group not in self.results and group != name]
+            self.results.update(compare_groups(self.engine, [name, *pending]))
+        result = self.results[name]
+        if isinstance(result, BaseException):
+            raise AssertionError(f"the differential group {name} did not finish: {result!r}") from result
+        return result

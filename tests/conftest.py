@@ -7,6 +7,7 @@ import tempfile
 import pytest
 
 from kiln.controller.engine import Engine, image_prefix
+from tests.ansible_diff import Differentials
 from tests.machines import SESSION, SESSION_LABEL, AgentBox, ensure_base_image
 
 # Set at import, so every `invoke` a test starts inherits them: test bakes tag, retire and move
@@ -51,6 +52,23 @@ def remove_session_images(eng: Engine) -> None:
         return  # a prefix set from outside is someone else's namespace
     for row in eng.images(f"{prefix}/*"):
         eng.remove_image(row["Id"])
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "differential(group): asserts on a group's ansible-playbook/kiln comparison (tests/ansible_diff.py)",
+    )
+
+
+@pytest.fixture(scope="session")
+def differentials(engine: Engine, request) -> Differentials:
+    """group -> its Comparison; the groups of every selected test are compared together, on first demand."""
+    wanted: dict[str, None] = {}
+    for item in request.session.items:
+        for mark in item.iter_markers("differential"):
+            wanted[mark.args[0]] = None
+    return Differentials(engine, list(wanted))
 
 
 @pytest.fixture(scope="session")

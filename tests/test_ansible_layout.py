@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from kiln.controller.config import Config
+from kiln.controller.engine import Engine
 from kiln.controller.stepfiles.compile import bundle_json, compile_role, list_roles, validate_roles
-from tests.ansible_diff import ROLES, compare_role, workdir
+from tests.ansible_diff import ROLES, Comparison, Differentials, compare_role, differential
 from tests.machines import SESSION, TEST_LABEL
 from tests.playbooks import invoke
 
@@ -363,38 +364,50 @@ def test_an_unknown_included_role_is_refused_and_nothing_is_launched(engine, tmp
     assert not engine.containers("kiln.role=site"), "a build machine was launched"
 
 
+def compare_with_siblings(engine: Engine, work: Path, role: str, siblings: tuple[str, ...]) -> Comparison:
+    """``role`` (tests/ansible_roles) compared with the roles it uses beside it, all unchanged."""
+    for staged in (work / "ansible" / "roles", work / "kiln" / "playbooks" / "roles"):
+        staged.mkdir(parents=True)
+    for sibling in siblings:
+        (work / "ansible" / "roles" / sibling).symlink_to(ROLES / sibling)
+        shutil.copytree(ROLES / sibling, work / "kiln" / "playbooks" / "roles" / sibling)
+    return compare_role(engine, ROLES / role, work, labels={TEST_LABEL: SESSION})
+
+
+@differential("kiln_site", seconds=17)
+def kiln_site_group(engine: Engine, work: Path) -> Comparison:
+    return compare_with_siblings(engine, work, "kiln_site", ("kiln_site_vhost",))
+
+
+@differential("kiln_loops", seconds=19)
+def kiln_loops_group(engine: Engine, work: Path) -> Comparison:
+    return compare_with_siblings(engine, work, "kiln_loops", ("kiln_loops_site",))
+
+
+@differential("kiln_scope", seconds=15)
+def kiln_scope_group(engine: Engine, work: Path) -> Comparison:
+    siblings = ("kiln_scope_dep", "kiln_scope_private", "kiln_scope_public", "kiln_scope_imported")
+    return compare_with_siblings(engine, work, "kiln_scope", siblings)
+
+
 @pytest.mark.slow
-def test_include_and_import_role_end_state_equals_ansible_playbooks(engine):
+@pytest.mark.differential("kiln_site")
+def test_include_and_import_role_end_state_equals_ansible_playbooks(differentials: Differentials):
     """kiln_site (tests/ansible_roles) includes and imports kiln_site_vhost: import_role with tasks_from,
     include_role looped with loop_var and a per-item when, tasks_from with defaults_from and role params,
     vars_from with apply; the included role's handler runs through listen. Both roles are used unchanged."""
-    work = workdir()
-    try:
-        for staged in (work / "ansible" / "roles", work / "kiln" / "playbooks" / "roles"):
-            staged.mkdir(parents=True)
-        (work / "ansible" / "roles" / "kiln_site_vhost").symlink_to(ROLES / "kiln_site_vhost")
-        shutil.copytree(ROLES / "kiln_site_vhost", work / "kiln" / "playbooks" / "roles" / "kiln_site_vhost")
-        result = compare_role(engine, ROLES / "kiln_site", work, labels={TEST_LABEL: SESSION})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    result = differentials("kiln_site")
     assert result.ansible.ok, result.ansible.output[-3000:]
     assert result.equal, result.report()
 
 
 @pytest.mark.slow
-def test_include_loops_over_what_only_the_box_knows_end_state_equals_ansible_playbooks(engine):
+@pytest.mark.differential("kiln_loops")
+def test_include_loops_over_what_only_the_box_knows_end_state_equals_ansible_playbooks(differentials: Differentials):
     """kiln_loops (tests/ansible_roles) loops include_tasks over a registered result (loop_var, index_var, label,
     a per-item when, a handler, registers and a loop inside) and over facts, and include_role over a set_fact
     value (with_items) into kiln_loops_site, whose handler runs. Both roles are used unchanged."""
-    work = workdir()
-    try:
-        for staged in (work / "ansible" / "roles", work / "kiln" / "playbooks" / "roles"):
-            staged.mkdir(parents=True)
-        (work / "ansible" / "roles" / "kiln_loops_site").symlink_to(ROLES / "kiln_loops_site")
-        shutil.copytree(ROLES / "kiln_loops_site", work / "kiln" / "playbooks" / "roles" / "kiln_loops_site")
-        result = compare_role(engine, ROLES / "kiln_loops", work, labels={TEST_LABEL: SESSION})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    result = differentials("kiln_loops")
     assert result.ansible.ok, result.ansible.output[-3000:]
     assert result.equal, result.report()
     for name in ("loops_last", "loops_echo", "loops_fact", "loops_site_conf", "loops_tools"):  # ran on both sides
@@ -607,21 +620,12 @@ def test_an_included_roles_dependency_keeps_its_settings(tmp_path):
 
 
 @pytest.mark.slow
-def test_role_variable_scope_equals_ansible_playbooks(engine):
+@pytest.mark.differential("kiln_scope")
+def test_role_variable_scope_equals_ansible_playbooks(differentials: Differentials):
     """kiln_scope (tests/ansible_roles) reads names its dependency and the roles it includes privately,
     includes publicly and imports also define: each role's tasks see its own defaults over the others', and a
     private include_role's defaults and vars stay its own; each role writes what it sees."""
-    siblings = ("kiln_scope_dep", "kiln_scope_private", "kiln_scope_public", "kiln_scope_imported")
-    work = workdir()
-    try:
-        for staged in (work / "ansible" / "roles", work / "kiln" / "playbooks" / "roles"):
-            staged.mkdir(parents=True)
-        for sibling in siblings:
-            (work / "ansible" / "roles" / sibling).symlink_to(ROLES / sibling)
-            shutil.copytree(ROLES / sibling, work / "kiln" / "playbooks" / "roles" / sibling)
-        result = compare_role(engine, ROLES / "kiln_scope", work, labels={TEST_LABEL: SESSION})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    result = differentials("kiln_scope")
     assert result.ansible.ok, result.ansible.output[-3000:]
     assert result.equal, result.report()
 

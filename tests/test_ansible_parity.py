@@ -10,20 +10,21 @@ turns into a failure the moment it passes, and its marker must then go.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
+from kiln.controller.engine import Engine
 from tests.ansible_diff import (
     ROLES,
     Comparison,
+    Differentials,
     Run,
     compare_role,
     compare_states,
     differences,
+    differential,
     registered_view,
-    workdir,
 )
 from tests.machines import SESSION, TEST_LABEL
 
@@ -51,39 +52,45 @@ MISSING: dict[tuple[str, str], str] = {
     "task reported changed is compared in the role's /opt/kiln-system/reported",
 }
 
-_results: dict[str, Comparison] = {}
+#: group -> about how long its run took alone in CI (seconds): the longest start first
+SECONDS = {"kiln_mods": 85, "kiln_auth": 67, "kiln_posix": 66, "kiln_system": 35, "kiln_pkgs": 23, "kiln_app": 18}
 
 
-def comparison(engine, role: str) -> Comparison:
-    """The group's one run each way, shared by its tests."""
-    if role not in _results:
-        work = workdir()
-        try:
-            _results[role] = compare_role(engine, GROUPS[role] / role, work, labels={TEST_LABEL: SESSION})
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    result = _results[role]
+def register(role: str) -> None:
+    """The group's one run each way (on two containers of this session), shared by its tests."""
+
+    @differential(role, SECONDS[role])
+    def run(engine: Engine, work: Path) -> Comparison:
+        return compare_role(engine, GROUPS[role] / role, work, labels={TEST_LABEL: SESSION})
+
+
+for _role in GROUPS:
+    register(_role)
+
+
+def comparison(differentials: Differentials, role: str) -> Comparison:
+    result = differentials(role)
     assert result.ansible.ok, f"ansible-playbook itself failed on {role}:\n{result.ansible.output[-3000:]}"
     return result
 
 
 def case(role: str, what: str):
     reason = MISSING.get((role, what))
-    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    marks = [pytest.mark.differential(role)] + ([pytest.mark.xfail(strict=True, reason=reason)] if reason else [])
     return pytest.param(role, what, marks=marks, id=f"{role}-{what}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("role", "what"), [case(role, "applies") for role in GROUPS])
-def test_kiln_applies_the_role_unchanged(engine, role: str, what: str) -> None:
-    result = comparison(engine, role)
+def test_kiln_applies_the_role_unchanged(differentials: Differentials, role: str, what: str) -> None:
+    result = comparison(differentials, role)
     assert result.kiln.ok, result.report(kinds=())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("role", "what"), [case(role, kind) for role in GROUPS for kind in KINDS])
-def test_end_state_equals_ansible_playbooks(engine, role: str, what: str) -> None:
-    result = comparison(engine, role)
+def test_end_state_equals_ansible_playbooks(differentials: Differentials, role: str, what: str) -> None:
+    result = comparison(differentials, role)
     assert result.kiln.ok and not result.state[what], result.report(kinds=(what,))
 
 

@@ -9,12 +9,12 @@ What Ansible has no counterpart for (kiln's error messages, verify.yml) is check
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.ansible_diff import Comparison, compare_role, workdir
+from kiln.controller.engine import Engine
+from tests.ansible_diff import Comparison, Differentials, compare_role, differential
 from tests.machines import SESSION, TEST_LABEL, AgentBox, steps_of, summary_of
 
 # --- the differential role: one ansible-playbook run and one kiln run for every case below -------------
@@ -262,35 +262,35 @@ def write_role(root: Path, name: str, files: dict[str, str]) -> Path:
     return role
 
 
-_compared: dict[str, Comparison] = {}
+@differential("kiln_vars", seconds=21)
+def kiln_vars_group(engine: Engine, work: Path) -> Comparison:
+    """The role written here, one run each way (on two containers of this session)."""
+    role = write_role(work / "role", "kiln_vars", ROLE)
+    return compare_role(engine, role, work, labels={TEST_LABEL: SESSION})
 
 
-@pytest.fixture(scope="module")
-def comparison(engine) -> Comparison:
-    if "kiln_vars" not in _compared:
-        work = workdir()
-        try:
-            role = write_role(work / "role", "kiln_vars", ROLE)
-            _compared["kiln_vars"] = compare_role(engine, role, work, labels={TEST_LABEL: SESSION})
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    result = _compared["kiln_vars"]
+@pytest.fixture
+def comparison(differentials: Differentials) -> Comparison:
+    result = differentials("kiln_vars")
     assert result.ansible.ok, f"ansible-playbook itself failed:\n{result.ansible.output[-3000:]}"
     return result
 
 
 @pytest.mark.slow
+@pytest.mark.differential("kiln_vars")
 def test_kiln_applies_the_variables_role(comparison: Comparison) -> None:
     assert comparison.kiln.ok, comparison.report(kinds=())
 
 
 @pytest.mark.slow
+@pytest.mark.differential("kiln_vars")
 @pytest.mark.parametrize("kind", KINDS)
 def test_variables_end_state_equals_ansible_playbooks(comparison: Comparison, kind: str) -> None:
     assert comparison.kiln.ok and not comparison.state[kind], comparison.report(kinds=(kind,))
 
 
 @pytest.mark.slow
+@pytest.mark.differential("kiln_vars")
 def test_the_comparison_saw_every_case(comparison: Comparison) -> None:
     """The cases above ran on both sides (a case that ran on neither would compare equal)."""
     for name in (
