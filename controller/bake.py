@@ -98,14 +98,13 @@ def preload_ssh() -> threading.Thread:
 
 def prefetch_engine_reads(provider_name: str, config: Config, role: str) -> None:
     """A local bake asks the engine what its first stages need while its role compiles: about kiln's base image
-    (the resolve stage's podman call), then the role's versions (the allocate stage's: its reservations, then its
-    images), each ~50-100 ms (controller/providers/local.py ``prefetch_kiln_base``, ``prefetch_versions``). One
-    after the other: two engine processes at once beside the compile slowed it (~25 ms) on two cores."""
+    (the resolve stage's podman call) and the role's versions (the allocate stage's: its reservations, then its
+    images), each ~50-100 ms (controller/providers/local.py ``prefetch_kiln_base``, ``prefetch_versions``)."""
     if provider_name == "local":
         from kiln.controller.providers.local import prefetch_kiln_base, prefetch_versions
 
-        base = prefetch_kiln_base(config.provider("local"))
-        prefetch_versions(config.provider("local"), role, after=base.thread)
+        prefetch_kiln_base(config.provider("local"))
+        prefetch_versions(config.provider("local"), role)
 
 
 def stages_for(options: BakeOptions, keep: int) -> list[Stage]:

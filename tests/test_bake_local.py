@@ -496,28 +496,6 @@ def test_the_versions_read_while_the_role_compiles_answer_the_allocate_stage(eng
     assert calls.read_text().splitlines() == asked * 2, "a prefetch answers one allocation only"
 
 
-def test_the_versions_are_read_after_the_base_is_asked_about(engine, tmp_path):
-    """The two background engine calls of a bake's start run one after the other beside the compile (two engine
-    processes at once slowed it on two cores): the versions' read waits for the thread it is given to end."""
-    import threading
-
-    from kiln.controller.providers.local import LocalProvider, prefetch_versions
-
-    recording, calls = _recording_engine(tmp_path)
-    settings = {"engine": recording.command, "runtime": recording.runtime or "auto"}
-    role = f"prefetch-after-{os.getpid()}-{time.monotonic_ns()}"
-    release = threading.Event()
-    earlier = threading.Thread(target=release.wait, args=(60,), daemon=True)
-    earlier.start()
-    prefetch = prefetch_versions(settings, role, after=earlier)
-    prefetch.thread.join(1.0)
-    assert not calls.exists() and prefetch.thread.is_alive(), "the versions were read before the earlier call ended"
-    release.set()
-    prefetch.thread.join(120)
-    listing = f"images --format json --filter reference={LocalProvider(settings=settings).repo(role)}"
-    assert calls.read_text().splitlines() == [listing]
-
-
 def test_versions_read_before_another_bake_reserved_and_published_are_read_again(engine, tmp_path):
     """Between the background read and the allocate stage another bake reserved the next version, made its image and
     gave the reservation back (published): the reservations look as they did, but the version is taken. The stage

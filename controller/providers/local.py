@@ -265,8 +265,8 @@ class VersionsPrefetch:
     no version was reserved or given back since, so no image was published since either (a version stays reserved
     until its image exists). The stage checks that, then takes its reservation itself."""
 
-    def __init__(self, provider: LocalProvider, role: str, after: threading.Thread | None = None) -> None:
-        self.provider, self.role, self.after = provider, role, after
+    def __init__(self, provider: LocalProvider, role: str) -> None:
+        self.provider, self.role = provider, role
         self.started = time.monotonic()
         self.state: tuple[int, frozenset[str]] | None = None
         self.versions: list[str] = []
@@ -274,8 +274,6 @@ class VersionsPrefetch:
 
     def _read(self) -> None:
         """Creates nothing (the role is not validated yet): a folder not there yet reads as empty."""
-        if self.after is not None:  # one engine call at a time beside the compile (2 cores: it keeps one)
-            self.after.join(PREFETCH_WAIT_SECONDS)
         try:
             state = folder_state(self.provider.reservations_folder(self.role))
             if state is None:
@@ -302,13 +300,11 @@ def _versions_key(provider: LocalProvider, role: str) -> tuple[str, str | None, 
     return (provider.engine.command, provider.engine.runtime, provider.prefix, str(provider.shared_dir), role)
 
 
-def prefetch_versions(
-    settings: dict[str, Any] | None, role: str, after: threading.Thread | None = None
-) -> VersionsPrefetch:
+def prefetch_versions(settings: dict[str, Any] | None, role: str) -> VersionsPrefetch:
     """Read what the allocate stage needs to choose ``role``'s next version in the background (one podman call off
-    the bake's path), once ``after`` ended; the stage takes it once, if still true (:meth:`VersionsPrefetch.still_true`)."""
+    the bake's path); the stage takes it once, if still true (:meth:`VersionsPrefetch.still_true`)."""
     provider = LocalProvider(settings=settings)
-    prefetch = VersionsPrefetch(provider, role, after)
+    prefetch = VersionsPrefetch(provider, role)
     with _PREFETCHES_LOCK:
         _VERSION_PREFETCHES[_versions_key(provider, role)] = prefetch
     prefetch.thread.start()
