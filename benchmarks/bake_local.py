@@ -176,9 +176,11 @@ def bench_web(repos: dict[str, Path], reps: int) -> None:
                     seen[label].append(bake_web_cli(repo, root, f"{IMAGE_PREFIX}-{index}"))
                     loads.append(os.getloadavg()[0])
                     run = seen[label][-1]
+                    largest = sorted((k for k in run if k.startswith("kiln: ")), key=run.get, reverse=True)[:3]
                     print(
-                        f"  rep {rep + 1} {label}: kiln {run['kiln']:.3f} s (start-up {run[START_UP]:.3f} s), "
-                        f"wall {run['wall']:.3f} s (load average {loads[-1]:.1f})",
+                        f"  rep {rep + 1} {label}: kiln {run['kiln']:.3f} s (start-up {run[START_UP]:.3f} s; largest: "
+                        + ", ".join(f"{k[6:]} {run[k]:.3f}" for k in largest)
+                        + f"), wall {run['wall']:.3f} s (load average {loads[-1]:.1f})",
                         flush=True,
                     )
         finally:
