@@ -225,7 +225,11 @@ class Engine:
         self.run("tag", ref, new)
 
     def untag(self, ref: str) -> None:
-        self.run("untag" if Path(self.command).name == "podman" else "rmi", ref, check=False)
+        """Remove the name ``ref`` only (podman's ``untag IMAGE`` alone removes every name of the image)."""
+        if Path(self.command).name == "podman":
+            self.run("untag", ref, ref, check=False)
+        else:
+            self.run("rmi", ref, check=False)
 
     def remove_image(self, ref: str) -> None:
         self.run("rmi", "-f", ref, check=False)

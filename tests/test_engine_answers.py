@@ -47,3 +47,23 @@ def test_files_copy_into_a_running_container_whatever_their_size(engine, size):
         assert engine.exec(name, "stat", "-c", "%s", "/srv/tar/blob").strip() == str(size)
     finally:
         engine.remove_container(name)
+
+
+def test_untagging_one_name_leaves_the_images_other_names(engine):
+    """`podman untag NAME` alone removes every name of the image NAME resolves to: untagging a test's extra
+    tag on kiln's base image took the base's own name with it (the next bake built the base again)."""
+    import uuid
+
+    from kiln.controller.engine import tar_of
+
+    repo = f"{image_prefix()}/untag-{uuid.uuid4().hex[:8]}"
+    kept, extra = f"{repo}:kept", f"{repo}:extra"
+    engine.run("import", "-", kept, input=tar_of({"/etc/kiln-untag": (b"x", 0o644)}))
+    try:
+        engine.tag(kept, extra)
+        engine.untag(extra)
+        assert engine.image_exists(extra) is False
+        assert engine.image_exists(kept) is True, "untag took the image's other name too"
+    finally:
+        engine.remove_image(kept)
+        engine.remove_image(extra)
