@@ -10,6 +10,7 @@ by hand and the unwinding goes on.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -44,19 +45,36 @@ CANCEL = threading.Event()
 
 
 @contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into :class:`Interrupted` while the stages run (main thread only)."""
+def signals_interrupt() -> Iterator[list[str]]:
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` while the stages run (main thread only).
+
+    Yields the signals received. Python runs the handler between any two bytecodes, also inside a weakref
+    callback or a ``__del__`` (a finished thread's, for one), where the exception it raises is printed and
+    dropped: such a signal is logged instead, and :func:`run_stages` obeys it at the stage's end."""
+    received: list[str] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum: int, frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
+        received.append(signal.Signals(signum).name)
+        raise Interrupted(received[-1])
+
+    def unraisable(hook_args: sys.UnraisableHookArgs) -> None:
+        if isinstance(hook_args.exc_value, Interrupted):
+            log.warning(
+                "signal received inside a clean-up callback; the bake stops when this stage ends",
+                signal=str(hook_args.exc_value),
+            )
+            return
+        previous_hook(hook_args)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
-        yield
+        yield received
     finally:
+        sys.unraisablehook = previous_hook
         for sig, old in previous.items():
             signal.signal(sig, old)
 
@@ -89,8 +107,10 @@ def run_stages(stages: list[Stage], ctx: BakeContext, cancel: threading.Event | 
     started: list[Stage] = []
     error: BaseException | None = None
     try:
-        with signals_interrupt():
+        with signals_interrupt() as received:
             for stage in stages:
+                if received:  # its exception was dropped where Python ran the handler (see signals_interrupt)
+                    raise Interrupted(received[0])
                 if CANCEL.is_set() or (cancel is not None and cancel.is_set()):
                     raise Interrupted("cancelled")
                 started.append(stage)
@@ -100,6 +120,8 @@ def run_stages(stages: list[Stage], ctx: BakeContext, cancel: threading.Event | 
                 stage.run(ctx)
                 ctx.timings[stage.name] = round(time.monotonic() - t0, 3)
                 log.info("stage done", stage=stage.name, seconds=ctx.timings[stage.name])
+            if received:
+                raise Interrupted(received[0])
             ctx.succeeded = True
     except BaseException as exc:  # noqa: B036 - unwinding must happen for signals too
         error = exc
