@@ -26,13 +26,13 @@ import os
 import signal
 import threading
 import time
-from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import facts as boxfacts
 from . import schema as argschema
 from .ansible_jinja import OMIT
 from .api import Context, ModuleError, Result, StepClock, StepTimeout, tail
+from .plugins import ByName
 from .protocol import EXIT_REBOOT, REBOOT_REQUESTED, Event, RebootingModule, StepStatus
 from .templating import Scope, TemplateError, evaluate, is_templated, render
 
@@ -108,29 +108,10 @@ def time_limit(ctx: Context, limit: Optional[float]) -> Iterator[None]:
         ctx.clock = None
 
 
-class Modules(dict):
-    """The agent's modules by name, each imported when a step first names it: a run loads only the
-    modules its steps use (all of them, with their imports, cost more than a small role's steps)."""
-
-    def __missing__(self, name: str) -> ModuleType:
-        if not name.isidentifier() or name.startswith("_"):
-            raise KeyError(name)
-        try:
-            module = importlib.import_module(f"{MODULES_PACKAGE}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{MODULES_PACKAGE}.{name}":
-                raise
-            raise KeyError(name) from None
-        if not hasattr(module, "SCHEMA"):
-            raise KeyError(name)
-        self[name] = module
-        return module
-
-    def get(self, name: str, default: Any = None) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            return default
+def modules_by_name() -> ByName:
+    """The agent's modules by name, each imported when a step first names it."""
+    package = importlib.import_module(MODULES_PACKAGE)
+    return ByName(MODULES_PACKAGE, package.__path__)
 
 
 class Runner:
@@ -145,7 +126,7 @@ class Runner:
         self.bundle = bundle
         self.ctx = ctx
         self.emit = emit
-        self.modules = modules or Modules()
+        self.modules = modules or modules_by_name()
         self.state_dir = state_dir
         self.handlers = {h["name"]: h for h in bundle.get("handlers", [])}
         self.handler_order = [h["name"] for h in bundle.get("handlers", [])]

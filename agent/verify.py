@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from . import facts as boxfacts
 from . import schema as argschema
 from .api import Context, ModuleError
-from .checks import ByName
+from .checks import by_name
 from .protocol import CheckStatus, Event
 from .templating import Scope, TemplateError, render
 
@@ -97,7 +97,7 @@ def run_checks(
     """Run ``checks``; ``variables``: each role's scope (RoleScopes), a Scope, or the bundle's variables as written."""
     if not isinstance(variables, RoleScopes):
         variables = RoleScopes(variables if isinstance(variables, Scope) else variables_scope(variables, facts))
-    available = ByName()
+    available = by_name()
     ctx = Context(facts=facts)
     counts = {CheckStatus.PASSED.value: 0, CheckStatus.FAILED.value: 0}
     for index, check in enumerate(checks, 1):

@@ -16,18 +16,15 @@ its own defaults over another role's, and a private ``include_role``'s variables
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import pkgutil
 import re
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from kiln.agent import checks as agent_checks
 from kiln.agent import modules as agent_modules
+from kiln.agent.plugins import ByName
 from kiln.agent.templating import render
 from kiln.controller.config import PROVIDERS, Config
 from kiln.controller.declared import check_document
@@ -83,38 +80,15 @@ class RoleSource:
     dep_refs: list[tuple[Document, tuple[Any, ...]]] = field(default_factory=list)  # where each of depends is
 
 
-class OnDemand(Mapping[str, ModuleType]):
-    """The agent's modules (or checks) by name, as its ``discover()`` names them (agent/plugins.py: each file
-    without a leading underscore that has a ``SCHEMA``), each imported when a step first names it.
-
-    A role names a few of the ~60 (web: 5 modules, 5 checks); importing every one cost ~25 ms of each compile.
-    Listing them all (a did-you-mean) imports them all. tests/test_compile_cache.py holds it equal to discover()."""
-
-    def __init__(self, package: ModuleType) -> None:
-        self.package = package.__name__
-        self.files = {info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_")}
-
-    def __getitem__(self, name: str) -> ModuleType:
-        if name not in self.files:
-            raise KeyError(name)
-        module = importlib.import_module(f"{self.package}.{name}")
-        if not hasattr(module, "SCHEMA"):
-            raise KeyError(name)
-        return module
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name in sorted(self.files) if name in self)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+def agent_modules_by_name() -> ByName:
+    """The agent's modules by name, as its ``discover()`` names them, each imported when a step first names it: a
+    role names a few of the ~60 (web: 5 modules, 5 checks); importing every one cost ~25 ms of each compile.
+    tests/test_compile_cache.py holds it equal to discover()."""
+    return ByName(agent_modules.__name__, agent_modules.__path__)
 
 
-def agent_modules_by_name() -> OnDemand:
-    return OnDemand(agent_modules)
-
-
-def agent_checks_by_name() -> OnDemand:
-    return OnDemand(agent_checks)
+def agent_checks_by_name() -> ByName:
+    return ByName(agent_checks.__name__, agent_checks.__path__)
 
 
 # --- helpers others call ------------------------------------------------------------------
