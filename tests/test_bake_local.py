@@ -634,8 +634,8 @@ def test_the_local_clean_stage_leaves_the_host_s_disks_alone():
     from kiln.controller.providers.local import LocalProvider
     from kiln.controller.stages.clean_machine import hygiene_script
 
-    local = hygiene_script(LocalProvider(), "b-1", list_packages=False).splitlines()
-    cloud = hygiene_script(make_aws_provider({"regions": ["us-east-1"]}), "b-1", list_packages=False).splitlines()
+    local = hygiene_script(LocalProvider(), "b-1").splitlines()
+    cloud = hygiene_script(make_aws_provider({"regions": ["us-east-1"]}), "b-1").splitlines()
     assert "sync" not in local and "rm -rf /var/lib/kiln" in local
     assert "sync" in cloud
 

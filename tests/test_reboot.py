@@ -204,6 +204,23 @@ def test_bake_reboots_reconnects_and_the_idempotence_check_does_not_reboot(engin
             engine.run("rmi", "-f", row["Id"], check=False)
 
 
+def test_a_rebooting_bake_on_a_base_whose_python_kiln_knows_lists_its_packages(engine, tmp_path):
+    """The second bake on a base is sent no agent source (kiln knows the base's Python from the first one's facts);
+    its apply is split by the reboot, so the clean stage lists the packages itself, through the bootstrap."""
+    make_playbooks(tmp_path, REBOOT_ROLE, role="rebooter")
+    try:
+        for _ in range(2):
+            proc = invoke(
+                tmp_path, "bake", "--role", "rebooter", env={"KILN_JSON": "1"}, playbooks=tmp_path / "playbooks"
+            )
+            _check_rebooting_bake(engine, tmp_path, proc)
+            cleaned = next(e for e in json_events(proc.stderr) if e["event"] == "cleaned")
+            assert cleaned["packages"] > 50, cleaned
+    finally:
+        for row in engine.images(image_repo("rebooter")):
+            engine.run("rmi", "-f", row["Id"], check=False)
+
+
 def _check_rebooting_bake(engine, tmp_path, proc) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = json_events(proc.stderr)

@@ -7,17 +7,16 @@ from typing import Any
 
 import structlog
 
-from kiln.agent.protocol import Event, first, parse_lines
+from kiln.agent.protocol import Event, first
 from kiln.controller.context import BakeContext
 from kiln.controller.pipeline import BakeFailed
-from kiln.controller.remote import AGENT, RUN_DIR, as_root, box_agent
+from kiln.controller.remote import RUN_DIR, agent_command, as_root, box_agent, run_agent
 
 log = structlog.get_logger("kiln.stage")
 
 # Each copy of the image must get its own identity and none of the bake's access.
 HYGIENE = r"""
 set -e
-{inventory}
 # the bake's key: named after the build, with its architecture beyond x86_64 (kiln-build-<id>-arm64); one sed for
 # every file (each command here is a fork and exec on the bake's path): a missing file is skipped
 sed -i -E '/ kiln-build-{build_id}(-[a-z0-9_]+)?$/d' /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys 2>/dev/null || true
@@ -39,16 +38,26 @@ rm -rf /root/.bash_history /root/.cache /var/log/journal/*
 FLUSH = "sync"
 
 
-def hygiene_script(provider: Any, build_id: str, list_packages: bool) -> str:
-    """The clean stage's script for a machine of ``provider`` and build ``build_id`` (``list_packages``: it runs the
-    agent for the inventory first)."""
+def hygiene_script(provider: Any, build_id: str) -> str:
+    """The clean stage's script for a machine of ``provider`` and build ``build_id``."""
     return HYGIENE.format(
-        inventory=f"python3 {AGENT} packages" if list_packages else "",
         build_id=build_id,
         run_dir=RUN_DIR,
         extra=provider.hygiene_script(),
         flush=FLUSH if getattr(provider, "flushes_before_snapshot", True) else "",
     )
+
+
+def list_packages(ctx: BakeContext) -> dict[str, str]:
+    """The installed packages, from an agent run of its own: through the bootstrap, as every run, since the box
+    may hold only the agent's byte code (a base whose Python kiln knows is sent no source)."""
+    rc, events, stderr = run_agent(
+        ctx, agent_command(ctx, "packages"), lambda event: None, timeout=ctx.options.step_timeout
+    )
+    inventory = first(events, Event.PACKAGES)
+    if rc != 0 or inventory is None:
+        raise BakeFailed(f"listing the installed packages failed (exit {rc}): {stderr.strip()[-800:]}")
+    return inventory["packages"]
 
 
 class CleanMachine:
@@ -57,13 +66,11 @@ class CleanMachine:
     def run(self, ctx: BakeContext) -> None:
         # the apply's run listed the packages as it ended (apply --packages); else the agent lists them here
         listed = box_agent(ctx).packages
-        script = hygiene_script(ctx.provider, ctx.build_id, list_packages=listed is None)
+        ctx.packages = listed if listed is not None else list_packages(ctx)
+        script = hygiene_script(ctx.provider, ctx.build_id)
         done = ctx.session.run(as_root(ctx, "sh -s"), stdin=script.encode(), timeout=ctx.options.step_timeout)
         if done.rc != 0:
             raise BakeFailed(f"cleaning the machine failed (exit {done.rc}): {done.stderr.strip()[-800:]}")
-        inventory = {"packages": listed} if listed is not None else first(parse_lines(done.stdout), Event.PACKAGES)
-        if inventory is not None:
-            ctx.packages = inventory["packages"]
         log.info("cleaned", packages=len(ctx.packages))
 
     def undo(self, ctx: BakeContext) -> None:
