@@ -324,6 +324,21 @@ def test_fuzz_compile_never_tracebacks(steps, handlers, verify):
         json.dumps(bundle_json(compiled, {"kiln": {"role": "t", "version": "1", "build_id": "b"}}))
 
 
+def test_with_items_over_a_templated_mapping_is_an_error_with_its_position(tmp_path):
+    """Found by the fuzz test in CI: a mapping under with_items whose values are templates raised a TypeError."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "role.yml": ROLE_YML,
+            "steps.yml": "- file: {path: /tmp/x, state: directory}\n  with_items: {name: '{{ port }}'}\n",
+        },
+    )
+    errors = compile_errors(tmp_path)
+    assert errors and all(d.line >= 1 and d.column >= 1 for d in errors), errors
+    assert any("with_items" in d.message or "loop" in d.message for d in errors), [d.message for d in errors]
+
+
 # --- compiling ---------------------------------------------------------------------------------
 def test_web_role_compiles():
     compiled = compile_role(PLAYBOOKS, "web", "local", load_config(PLAYBOOKS / "kiln.yaml"))

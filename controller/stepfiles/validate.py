@@ -1077,7 +1077,7 @@ class StepCompiler:
         if key == "with_items" and isinstance(value, list):  # with_items flattens one level
             value = [x for item in value for x in (item if isinstance(item, list) else [item])]
         self._loop(value, path, extra, secret)
-        if key == "with_items" and (isinstance(value, str) or any_templated(value)):
+        if key == "with_items" and (isinstance(value, str) or (isinstance(value, list) and any_templated(value))):
             return _flattened_on_the_box(value)
         return value
 
