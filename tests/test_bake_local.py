@@ -526,6 +526,45 @@ def test_versions_read_before_another_bake_reserved_and_published_are_read_again
             engine.remove_image(row["Id"])
 
 
+def test_background_reads_that_failed_or_went_stale_are_not_used_and_the_stage_reads_again(engine, tmp_path):
+    """An engine that fails the background reads (the base's inspect, the role's versions): the stages do not take a
+    missing answer for one (no base, no versions), they ask the engine again and get its real answer. A read older
+    than its bound is asked again too."""
+    from kiln.controller.engine import BASE_IMAGE, Engine
+    from kiln.controller.providers import local
+    from kiln.controller.versions import today
+
+    real, calls = Engine(), tmp_path / "engine-calls"
+    failing = tmp_path / "engine"  # the real engine, once healed; each command written down (one line each)
+    failing.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\n[ -e {tmp_path}/heal ] || exit 125\nexec {real.command} "$@"\n'
+    )
+    failing.chmod(0o755)
+    settings = {"engine": str(failing), "runtime": real.runtime or "auto"}
+    role = f"prefetch-failed-{os.getpid()}-{time.monotonic_ns()}"
+    base_read = local.prefetch_kiln_base(settings)
+    versions_read = local.prefetch_versions(settings, role)
+    base_read.thread.join(120)
+    versions_read.thread.join(120)
+    assert not base_read.answered() and not versions_read.answered(), "a failed read counts as an answer"
+    (tmp_path / "heal").touch()
+    provider = local.LocalProvider(settings=settings)
+    assert provider.resolve_base(None).id == engine.image_id(BASE_IMAGE)
+    assert provider.allocate_version(role, _claim("b-after-a-failed-read")) == f"{today()}.1"
+    asked = calls.read_text().splitlines()
+    assert (
+        asked.count(f"image inspect {BASE_IMAGE}") == 2
+        and asked.count(f"images --format json --filter reference={provider.repo(role)}") == 2
+    ), asked
+
+    stale = local.prefetch_kiln_base(settings)
+    stale.thread.join(120)
+    assert stale.answered()
+    stale.started -= local.PREFETCH_FRESH_SECONDS
+    assert not stale.answered(), "an answer older than its bound is still used"
+    provider.release_version(role, f"{today()}.1")
+
+
 def test_a_bake_lists_the_role_s_images_outside_its_allocate_and_publish_stages(engine, tmp_path):
     """The whole command: the role's versions are read while it compiles and its images listed while the new image is
     tested, so neither the allocate nor the publish stage waits for an engine listing (each was one, ~50 ms)."""

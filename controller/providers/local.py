@@ -198,27 +198,55 @@ PREFETCH_FRESH_SECONDS = 60.0
 PREFETCH_WAIT_SECONDS = 90.0
 
 
-class Prefetch:
-    """One ``image inspect`` of a base image, made in a thread while the bake compiles its role."""
+class BackgroundRead:
+    """One engine read made in a thread while the bake does other work, for a stage after it.
 
-    def __init__(self, engine: Engine, ref: str) -> None:
-        self.engine, self.ref = engine, ref
+    The stage waits for it (bounded: ``PREFETCH_WAIT_SECONDS``) and uses it only if it ended well, in time and, as
+    each kind checks in its own way, is still true; otherwise the stage reads again itself and reports what fails
+    then. A kind says what it reads (:meth:`read`) and how long an answer stays good (``fresh_seconds``; None: as long
+    as its own check holds)."""
+
+    thread_name = "kiln-background-read"
+    fresh_seconds: float | None = PREFETCH_FRESH_SECONDS
+
+    def __init__(self) -> None:
         self.started = time.monotonic()
-        self.inspected: dict | None = None
-        self.failed = False
-        self.thread = threading.Thread(target=self._ask, name="kiln-base-image", daemon=True)
+        self.value: Any = None
+        self.ok = False
+        self.thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
-    def _ask(self) -> None:
+    def read(self) -> Any:
+        raise NotImplementedError
+
+    def _run(self) -> None:
         try:
-            self.inspected = self.engine.inspect_image(self.ref)
-        except Exception:  # the resolve stage asks again, and reports what the engine says then
-            self.failed = True
+            self.value = self.read()
+            self.ok = True
+        except Exception:  # the stage reads again, and reports what fails then
+            self.ok = False
 
     def answered(self) -> bool:
         """Whether it holds a fresh answer (waiting, bounded, for one under way)."""
         self.thread.join(PREFETCH_WAIT_SECONDS)
-        fresh = time.monotonic() - self.started < PREFETCH_FRESH_SECONDS
-        return not self.thread.is_alive() and not self.failed and fresh
+        fresh = self.fresh_seconds is None or time.monotonic() - self.started < self.fresh_seconds
+        return not self.thread.is_alive() and self.ok and fresh
+
+
+class Prefetch(BackgroundRead):
+    """One ``image inspect`` of a base image, made while the bake compiles its role."""
+
+    thread_name = "kiln-base-image"
+
+    def __init__(self, engine: Engine, ref: str) -> None:
+        self.engine, self.ref = engine, ref
+        super().__init__()
+
+    def read(self) -> dict | None:
+        return self.engine.inspect_image(self.ref)
+
+    @property
+    def inspected(self) -> dict | None:
+        return self.value
 
 
 _PREFETCHES: dict[tuple[str, str | None, str], Prefetch] = {}
@@ -257,40 +285,34 @@ def folder_state(folder: Path) -> tuple[int, frozenset[str]] | None:
     return None
 
 
-class VersionsPrefetch:
-    """A role's version reservations, then its images' versions (the allocate stage's order), read in a thread
-    while the bake compiles its role.
+class VersionsPrefetch(BackgroundRead):
+    """A role's version reservations, then its images' versions (the allocate stage's order), read while the bake
+    compiles its role.
 
     They are still true while the reservations folder is as it was read (the same entries and modification time):
     no version was reserved or given back since, so no image was published since either (a version stays reserved
     until its image exists). The stage checks that, then takes its reservation itself."""
 
+    thread_name = "kiln-versions"
+
     def __init__(self, provider: LocalProvider, role: str) -> None:
         self.provider, self.role = provider, role
-        self.started = time.monotonic()
-        self.state: tuple[int, frozenset[str]] | None = None
-        self.versions: list[str] = []
-        self.thread = threading.Thread(target=self._read, name="kiln-versions", daemon=True)
+        super().__init__()
 
-    def _read(self) -> None:
+    def read(self) -> tuple[tuple[int, frozenset[str]], list[str]]:
         """Creates nothing (the role is not validated yet): a folder not there yet reads as empty."""
-        try:
-            state = folder_state(self.provider.reservations_folder(self.role))
-            if state is None:
-                return
-            held = [name for name in state[1] if not name.startswith(".")]
-            self.versions = held + self.provider.image_versions(self.role)
-            self.state = state
-        except Exception:  # the stage reads them itself, and reports what fails then
-            self.state = None
+        state = folder_state(self.provider.reservations_folder(self.role))
+        if state is None:
+            raise ProviderError("the reservations folder kept changing while read")
+        held = [name for name in state[1] if not name.startswith(".")]
+        return state, held + self.provider.image_versions(self.role)
 
     def still_true(self, folder: Path) -> list[str] | None:
         """The versions read, if nothing was reserved or given back since (waiting, bounded, for a read under way)."""
-        self.thread.join(PREFETCH_WAIT_SECONDS)
-        fresh = time.monotonic() - self.started < PREFETCH_FRESH_SECONDS
-        if self.thread.is_alive() or not fresh or self.state is None:
+        if not self.answered():
             return None
-        return self.versions if folder_state(folder) == self.state else None
+        state, versions = self.value
+        return versions if folder_state(folder) == state else None
 
 
 _VERSION_PREFETCHES: dict[tuple[str, str | None, str, str, str], VersionsPrefetch] = {}
@@ -823,33 +845,32 @@ class RoleListing:
         self.latest_id = self.latest["Id"] if self.latest else ""
 
 
-class EarlyListing:
-    """A role's images listed in a thread while the new image is tested (engine time), for the publish after it.
+class EarlyListing(BackgroundRead):
+    """A role's images listed while the new image is tested (engine time), for the publish after it.
 
     Publish decides under the ``latest`` lock from what ``latest`` names. The listing, made before that lock is
     taken, still says so if the role's latest-generation token (rewritten under the lock whenever a publish or an
     unpublish moves ``latest``) is the one read before the listing began; else publish lists again."""
 
+    thread_name = "kiln-early-listing"
+    fresh_seconds = None  # the token says whether it is still true, however long the test took
+
     def __init__(self, provider: LocalProvider, role: str) -> None:
         self.provider, self.role = provider, role
-        self.generation: str | None = None
-        self.listed: RoleListing | None = None
-        self.thread = threading.Thread(target=self._list, name="kiln-early-listing", daemon=True)
+        super().__init__()
 
-    def _list(self) -> None:
-        try:
-            generation = self.provider.latest_generation(self.role)
-            self.listed = self.provider._listing_or_none(self.role)
-            self.generation = generation
-        except Exception:  # publish lists itself, and reports what fails then
-            self.generation = None
+    def read(self) -> tuple[str, RoleListing | None]:
+        generation = self.provider.latest_generation(self.role)
+        return generation, self.provider._listing_or_none(self.role)
 
     def still_true(self) -> RoleListing | None:
         """The listing, if ``latest`` moved by no publish since (call under the lock; waits, bounded, for it)."""
-        self.thread.join(PREFETCH_WAIT_SECONDS)
-        if self.thread.is_alive() or self.generation is None or self.listed is None:
+        if not self.answered():
             return None
-        return self.listed if self.provider.latest_generation(self.role) == self.generation else None
+        generation, listed = self.value
+        if listed is None:
+            return None
+        return listed if self.provider.latest_generation(self.role) == generation else None
 
 
 #: the machines a bake launches, each recorded in its build record: a fresh one from the image, the build machine
