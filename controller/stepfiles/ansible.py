@@ -179,8 +179,6 @@ TABLE: dict[str, Mapping] = {
     "user": Mapping(
         "user",
         pending=(
-            "password",
-            "update_password",
             "expires",
             "generate_ssh_key",
             "ssh_key_bits",
