@@ -781,3 +781,95 @@ def test_json_schema_is_valid_and_accepts_the_shipped_roles():
     assert not steps.is_valid([{"file": {"path": "/a"}, "command": "ls"}])  # two modules
     assert not steps.is_valid([{"file": {"path": "/a"}, "whenn": "x"}])
     assert steps.is_valid([{"block": [{"command": "ls"}], "rescue": [{"flush_handlers": True}]}])
+
+
+# --- Ansible's idioms from Galaxy roles (each as ansible-core 2.19 has it) --------------------------------------
+def _tree(steps: list, path: tuple = ()) -> dict:
+    """Each step by name (nested ones too), for what the compile gave it."""
+    found = {}
+    for step in steps:
+        found[step["name"]] = step
+        for part in ("block", "rescue", "always"):
+            found.update(_tree(step.get(part, [])))
+    return found
+
+
+def test_a_blocks_notify_is_each_inner_steps_unless_it_has_its_own(tmp_path: Path):
+    """Ansible's Block is Notifiable and a task inherits the attribute (its own wins); import_tasks and
+    import_role hand it to their tasks, include_tasks and include_role refuse it (checked with ansible-playbook)."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "handlers.yml": "- {name: h block, command: 'true'}\n- {name: h own, command: 'true'}\n",
+            "tasks/more.yml": "- {name: imported, command: 'true'}\n",
+            "steps.yml": """\
+- name: a block
+  notify: h block
+  block:
+    - {name: inherits, command: "true"}
+    - {name: own wins, command: "true", notify: h own}
+    - name: nested
+      block:
+        - {name: nested inherits, command: "true"}
+  rescue:
+    - {name: rescue inherits, command: "true"}
+- import_tasks: more.yml
+  notify: h block
+""",
+        },
+    )
+    steps = _tree(compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps)
+    for name in ("inherits", "nested inherits", "rescue inherits", "imported"):
+        assert steps[name]["notify"] == ["h block"], name
+    assert steps["own wins"]["notify"] == ["h own"]
+    make_role(tmp_path, "t", {"steps.yml": "- include_tasks: more.yml\n  notify: h block\n"})
+    (found,) = compile_errors(tmp_path)
+    assert (found.line, found.column) == (2, 3) and "'notify' cannot be used with include_tasks" in found.message
+    make_role(tmp_path, "t", {"steps.yml": "- block: [{command: 'true'}]\n  notify: h nowhere\n"})
+    (found,) = compile_errors(tmp_path)
+    assert (found.line, found.column) == (2, 11) and "notify names no handler 'h nowhere'" in found.message
+
+
+def test_a_tasks_own_vars_are_seen_by_its_arguments_loop_and_when(tmp_path: Path):
+    """Ansible templates a task's when, loop and arguments with its vars; include_vars' file too, and
+    lookup('first_found', params) searches each of params.files under each of params.paths."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "vars/Debian.yml": "os_word: debian\n",
+            "vars/main.yml": "os_word: other\n",
+            "tasks/main.yml": """\
+- name: Load OS-specific vars.
+  include_vars: "{{ lookup('first_found', params) }}"
+  vars:
+    params:
+      files:
+        - '{{ansible_facts.distribution}}.yml'
+        - '{{ ansible_facts.os_family }}.yml'
+        - main.yml
+      paths:
+        - 'vars'
+- name: loop and when see the task's vars
+  debug: {msg: "{{ x }} {{ item }}"}
+  loop: "{{ things }}"
+  when: flag
+  vars: {things: [1, 2], flag: true, x: "{{ os_word }}"}
+""",
+        },
+    )
+    load, shown = compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps
+    assert load["vars"]["params"]["paths"] == ["vars"]
+    chosen = load["args"]["file"]  # the first of them in vars/, chosen on the box with its facts
+    assert "ansible_facts.distribution" in chosen and "['Debian.yml', 'main.yml']" in chosen, chosen
+    assert shown["loop"] == "{{ things }}" and shown["when"] == "flag"
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "tasks/main.yml": "- include_vars: \"{{ lookup('first_found', p) }}\"\n  vars: {p: {files: [x.yml], paths: [vars]}}\n"
+        },
+    )
+    (found,) = compile_errors(tmp_path)
+    assert (found.line, found.column) == (2, 22) and "'x.yml' not found in the role's vars/" in found.message

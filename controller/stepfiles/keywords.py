@@ -184,8 +184,9 @@ KEYWORDS: dict[str, dict[str, Any]] = {
         expect="a positive number of seconds",
     ),
     "notify": _keyword(
-        (STEP,),
-        "Handlers to run (once, at the end or at `flush_handlers`) when this step changed.",
+        (STEP, BLOCK),
+        "Handlers to run (once, at the end or at `flush_handlers`) when this step changed. On a block: for each "
+        "step inside that names none of its own (Ansible's inheritance).",
         type="list",
         items={"type": "str", "strict": True, "templated": False},
         expect="a handler name or a list of them",

@@ -116,6 +116,10 @@ HINTS = {
     "with_flattened": "use 'loop' with the flatten filter",
     **{key: f"kiln cannot honour it: {why}" for key, why in REFUSED_KEYWORDS.items()},
 }
+NOTIFY_ON_INCLUDE = (
+    "'notify' cannot be used with {kind} (Ansible refuses it too): put it on the included steps, "
+    "in apply, or use {other}"
+)
 # meta/main.yml dependencies: the keys a listing may have (the rest are role parameters) and those its block takes
 DEPENDENCY_KEYS = ("role", "name", "src", "version", "scm", "tags", "when", "vars")
 DEPENDENCY_SETTINGS = ("when", "vars", "tags")
@@ -525,6 +529,8 @@ class StepCompiler:
         if not isinstance(value, str) or not value.strip():
             self.error(where, f"{kind} needs the file to include (a name in the role's tasks/), got {kind_of(value)}")
             return None
+        if "notify" in data and kind == "include_tasks":
+            self.error(path + ("notify",), NOTIFY_ON_INCLUDE.format(kind=kind, other="import_tasks"), key=True)
         loops = [k for k in data if k == "loop" or (k.startswith("with_") and k in KEYWORDS)]
         if loops and kind == "import_tasks":
             self.error(
@@ -581,6 +587,7 @@ class StepCompiler:
         compiled = self._block(block, path, outer, step, [])
         compiled["block"] = inner_steps
         inherit_keywords(compiled)
+        notify_inside(compiled)
         if kind == "import_tasks":
             check_per_task(compiled)
         if not block.get("name"):
@@ -645,7 +652,11 @@ class StepCompiler:
         if source is None:
             return None
         for other in data:
-            if other != key and other not in ROLE_STEP_KEYS and other not in ansible.IGNORED_KEYWORDS:
+            if other == "notify" and kind == "import_role":
+                continue  # each imported task's, as an import_tasks' notify
+            if other == "notify":
+                self.error(path + (other,), NOTIFY_ON_INCLUDE.format(kind=kind, other="import_role"), key=True)
+            elif other != key and other not in ROLE_STEP_KEYS and other not in ansible.IGNORED_KEYWORDS:
                 if other not in CONTROL_KEYS and other not in HINTS:
                     continue  # reported as unknown already
                 self.error(path + (other,), f"'{other}' cannot be used with {kind}", key=True)
@@ -685,6 +696,7 @@ class StepCompiler:
         compiled = self._block(block, path, outer, step, [])
         compiled["block"] = steps
         inherit_keywords(compiled)
+        notify_inside(compiled)
         if kind == "import_role":
             check_per_task(compiled)
         if not block.get("name"):
@@ -861,6 +873,8 @@ class StepCompiler:
                 "ignore_errors",
             ):
                 self.error(path + (other,), f"'{other}' cannot be used with include_vars", key=True)
+        own = self._scoped(data, path, step, ctx.extra)
+        ctx = StepContext(ctx.tags, ctx.extra | own, ctx.no_log, ctx.ignore_errors, ctx.handler)
         if "when" in data:
             step["when"] = self._condition(data["when"], path + ("when",), ctx.extra)
         tags = self._tags(data, path, ctx)
@@ -889,15 +903,20 @@ class StepCompiler:
             if not candidates:
                 self.error(path + ("with_first_found",), "with_first_found lists no file")
                 return None
+        elif isinstance(value, str) and (searched := self._first_found_lookup(value, data, path, where)) is not None:
+            candidates, places = searched
+            if not candidates:
+                return None
         elif isinstance(value, str):
             candidates, places = [value], [where]
         else:
             self.error(where, f"include_vars needs a file of the role's vars/, got {kind_of(value)}")
             return None
+        first_wins = len(candidates) > 1 or "with_first_found" in data
         matching = {name: any(fnmatch.fnmatch(f, ansible.glob_of(name)) for f in files) for name in candidates}
         for name, place in zip(candidates, places, strict=True):
             self._templated(name, place, ctx.extra)
-            if "with_first_found" in data and any(matching.values()):
+            if first_wins and any(matching.values()):
                 continue  # the first that exists wins: the others may be missing
             if is_templated(name) and not matching[name]:
                 self.error(place, f"no file in the role's vars/ matches '{name}'")
@@ -910,6 +929,45 @@ class StepCompiler:
         if not step["name"]:
             step["name"] = f"include_vars {', '.join(candidates)}"
         return step
+
+    def _first_found_lookup(
+        self, value: str, data: dict[str, Any], path: tuple[Any, ...], where: tuple[Any, ...]
+    ) -> tuple[list[str], list[tuple[Any, ...]]] | None:
+        """include_vars' ``"{{ lookup('first_found', params) }}"``: the files it searches, relative to the role's
+        vars/, each with its place (None: the file is not such a lookup, or its terms are not written here).
+
+        Its terms are what Ansible's first_found takes: names, lists of them, mappings of ``files`` and
+        ``paths`` (each path joined to each file), written in the lookup or in the task's own ``vars``.
+        """
+        call = first_found_call(value)
+        if call is None:
+            return None
+        own = data.get("vars") if isinstance(data.get("vars"), dict) else {}
+        terms: list[tuple[Any, tuple[Any, ...]]] = []
+        for node in call.args[1:]:
+            if isinstance(node, nodes.Name) and node.name in own:
+                terms.append((own[node.name], path + ("vars", node.name)))
+            else:
+                try:
+                    terms.append((node.as_const(), where))
+                except nodes.Impossible:
+                    return None  # computed when it runs: the box's lookup
+        given = {kw.key: kw.value for kw in call.kwargs}
+        if given:
+            try:
+                terms.append(({k: v.as_const() for k, v in given.items()}, where))
+            except nodes.Impossible:
+                return None
+        searched = [(name, place) for term, place in terms for name, place in _searched(term, place)]
+        in_vars = [(name[len("vars/") :], place) for name, place in searched if name.startswith("vars/")]
+        if not in_vars:
+            self.error(
+                where,
+                "lookup('first_found') names no file of the role's vars/ (include_vars reads vars/<name>: "
+                "give paths: [vars] or files: [vars/<name>])",
+            )
+            return [], []
+        return [name for name, _ in in_vars], [place for _, place in in_vars]
 
     def _unknown_message(self, key: str, has_module: bool) -> str:
         if key in HINTS:
@@ -931,6 +989,7 @@ class StepCompiler:
         self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
     ) -> frozenset[str]:
         """Check the control keywords of a module step; return the loop variable's name (if any)."""
+        ctx = StepContext(ctx.tags, ctx.extra | own_var_names(data), ctx.no_log, ctx.ignore_errors, ctx.handler)
         self._name(data, path, step)
         if is_templated(step["name"]):
             self.c.refs.append(Ref(self.doc, path + ("name",), step["name"], True, ctx.extra | {"item"}))
@@ -1344,14 +1403,16 @@ class StepCompiler:
                     key=True,
                 )
         self._name(data, path, step)
-        if "when" in data:
-            step["when"] = self._condition(data["when"], path + ("when",), ctx.extra)
+        if "when" in data:  # each task inside checks it, seeing the block's vars
+            step["when"] = self._condition(data["when"], path + ("when",), ctx.extra | own_var_names(data))
         tags = self._tags(data, path, ctx)
         if tags:
             step["tags"] = tags
         no_log = self._bool(data, path, "no_log") if "no_log" in data else ctx.no_log
         ignore = self._bool(data, path, "ignore_errors") if "ignore_errors" in data else ctx.ignore_errors
         names = self._scoped(data, path, step, ctx.extra)
+        if "notify" in data:
+            step["notify"] = self._notify(data["notify"], path + ("notify",))
         inner = StepContext(tuple(tags), ctx.extra | names, no_log, ignore, ctx.handler)
         for key in ("block", "rescue", "always"):
             if key not in data:
@@ -1378,6 +1439,8 @@ class StepCompiler:
         step.setdefault("rescue", [])
         step.setdefault("always", [])
         inherit_keywords(step)
+        if "block" in data:  # an import's steps are given it after (its caller hands them down)
+            notify_inside(step)
         if not step["name"]:
             step["name"] = "block"
         return step
@@ -1407,6 +1470,55 @@ class StepCompiler:
         # flushing is not a change of its own: it stays under --tags unless given tags of its own
         out["tags"] = self._tags(data, path, ctx) if "tags" in data else list(ctx.tags) + ["always"]
         return out
+
+
+def first_found_call(value: str) -> nodes.Call | None:
+    """The ``lookup('first_found', ...)`` call when ``value`` is nothing else."""
+    try:
+        body = ENV.parse(value).body
+    except jinja2.TemplateSyntaxError:
+        return None  # reported where the template is checked
+    if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
+        return None
+    call = body[0].nodes[0]
+    if not isinstance(call, nodes.Call) or not isinstance(call.node, nodes.Name) or call.node.name != "lookup":
+        return None
+    first = call.args[0] if call.args else None
+    return call if isinstance(first, nodes.Const) and first.value == "first_found" else None
+
+
+def _searched(term: Any, place: tuple[Any, ...]) -> list[tuple[str, tuple[Any, ...]]]:
+    """The names a first_found term searches, in order (Ansible's _process_terms): a name; a list of terms; a
+    mapping's ``files`` (split on , and ;) under each of its ``paths`` (split on , : and ;)."""
+    if isinstance(term, str):
+        return [(term, place)]
+    if isinstance(term, list):
+        return [found for index, item in enumerate(term) for found in _searched(item, place + (index,))]
+    if not isinstance(term, dict):
+        return []
+    files = _split_names(term.get("files"), ",;", place + ("files",))
+    paths = _split_names(term.get("paths"), ",:;", place + ("paths",))
+    if not paths:
+        return files
+    return [(f"{folder.rstrip('/')}/{name}", at) for folder, _ in paths for name, at in files]
+
+
+def _split_names(value: Any, separators: str, place: tuple[Any, ...]) -> list[tuple[str, tuple[Any, ...]]]:
+    items = value if isinstance(value, list) else [] if value is None else [value]
+    found = []
+    for index, item in enumerate(items):
+        at = place + (index,) if isinstance(value, list) else place
+        text = str(item)
+        parts = [text] if is_templated(text) else re.split(f"[{re.escape(separators)}]", text)
+        found += [(part.strip(), at) for part in parts if part.strip()]
+    return found
+
+
+def own_var_names(data: dict[str, Any]) -> frozenset[str]:
+    """The names a task's (or block's) own ``vars`` define: Ansible templates its when, loop and arguments with
+    them."""
+    own = data.get("vars")
+    return frozenset(n for n in own if isinstance(n, str)) if isinstance(own, dict) else frozenset()
 
 
 def _first_found(candidates: list[str], files: dict[str, Any]) -> str:
@@ -1526,6 +1638,20 @@ def inherit_keywords(block: dict[str, Any]) -> None:
                     inner.setdefault(name, value)
             if inner.get("module") == "block":
                 inherit_keywords(inner)
+
+
+def notify_inside(block: dict[str, Any], names: list[str] | None = None) -> None:
+    """A block's (or an import's) ``notify`` as Ansible's tasks inherit it: each step inside without a notify of
+    its own (a nested block's own notify has reached its steps already) notifies those handlers when it changes."""
+    names = block.pop("notify", None) if names is None else names
+    if not names:
+        return
+    for part in ("block", "rescue", "always"):
+        for inner in block.get(part, []):
+            if inner.get("module") == "block":
+                notify_inside(inner, names)
+            elif inner.get("module") != "flush_handlers":
+                inner.setdefault("notify", list(names))
 
 
 def _truthy(value: Any) -> bool:
