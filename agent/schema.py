@@ -33,7 +33,9 @@ leaves them out. ``any_of`` is a value of one of several ``options`` (a list, or
 of lists). ``messages`` words a constraint's refusal in full (``min_items``, ``unique``,
 ``choices`` with ``{value}`` and ``{hint}``, ``required``) and ``refused`` maps a value to
 the reason it is refused; such messages, and the rules', name their setting themselves
-(:class:`Said`). A ``nullable`` argument given as null takes its default.
+(:class:`Said`). A ``nullable`` argument given as null takes its default. ``foreign_args``
+(name -> who takes it) are arguments of another implementation the module stands for (package:
+other package managers'): accepted with any value and handed to the module, whose run decides.
 Stdlib only: this runs inside the agent on Python >= 3.9.
 """
 
@@ -352,8 +354,12 @@ def validate(schema: Dict[str, Any], params: Any) -> Tuple[Dict[str, Any], List[
     errors: List[ArgError] = []
     result: Dict[str, Any] = {}
     given = {alias_of.get(key, key) for key in params}  # a required argument given a bad value is not missing too
+    foreign = schema.get("foreign_args", {})
     for key, value in params.items():
         name = alias_of.get(key, key)
+        if name not in args and key in foreign:
+            result[key] = value
+            continue
         if name not in args:
             errors.append(_unknown(schema, key, sorted(list(args) + list(alias_of))))
             continue
@@ -520,6 +526,8 @@ def json_schema(schema: Dict[str, Any]) -> Dict[str, Any]:
         props[name] = prop
         for alias in spec.get("aliases", []):
             props[alias] = dict(prop, description=f"alias of {name}")
+    for name, taker in schema.get("foreign_args", {}).items():
+        props[name] = {"description": f"{taker}'s argument (decided when the step runs)"}
     required = [n for n, s in schema.get("args", {}).items() if s.get("required")]
     out: Dict[str, Any] = {
         "type": "object",

@@ -349,3 +349,81 @@ def test_known_hosts_default_path_is_the_users_own() -> None:
 
     args, errors = argschema.validate(known_hosts.SCHEMA, {"name": "git.example.org", "state": "absent"})
     assert not errors and args["path"] == "~/.ssh/known_hosts"
+
+
+# --- package: every argument goes to the box's manager, as Ansible's package hands it to apt ------------------
+def test_package_takes_apts_arguments_and_other_managers_at_validate(tmp_path: Path) -> None:
+    """apt's allow_downgrade is package's; dnf's enablerepo (a RedHat task) is accepted; a typo still is not."""
+    found = role_problems(
+        tmp_path,
+        "- name: Install docker.\n"
+        "  package: {name: docker-ce, state: present, allow_downgrade: true}\n"
+        "- name: Install fail2ban from EPEL.\n"
+        "  package: {name: fail2ban, state: present, enablerepo: epel}\n"
+        "  when: ansible_os_family == 'RedHat'\n"
+        "- name: A typo no manager has.\n"
+        "  ansible.builtin.package: {name: git, enablerepos: epel}\n",
+    )
+    assert found == ["main.yml:7:40: ansible.builtin.package: unknown argument 'enablerepos'"], found
+
+
+def test_package_refuses_another_managers_argument_on_apt_in_ansibles_words() -> None:
+    """On an apt box the step fails as ansible-core's apt fails it (run here with the same arguments)."""
+    import json
+    import subprocess
+    import sys
+
+    from kiln.agent.api import Context, ModuleError
+    from kiln.agent.modules import package
+    from kiln.agent.schema import validate
+
+    given = {"name": "fail2ban", "enablerepo": "epel", "disable_gpg_check": True}
+    module_args = {"ANSIBLE_MODULE_ARGS": dict(given, _ansible_module_name="ansible.legacy.apt")}
+    ran = subprocess.run(
+        [sys.executable, "-m", "ansible.modules.apt"],
+        input=json.dumps(module_args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    theirs = json.loads(ran.stdout)
+    params, errors = validate(package.SCHEMA, given)
+    assert not errors and theirs["failed"]
+    with pytest.raises(ModuleError) as raised:
+        package.check(params, Context(facts={"pkg_mgr": "apt"}, check_mode=True))
+    assert str(raised.value) == theirs["msg"]
+
+
+def test_package_knows_every_managers_arguments_as_ansible_documents_them() -> None:
+    """FOREIGN_ARGS is what the managers ansible_pkg_mgr can name take (names and aliases), beside apt's."""
+    import ast
+
+    import yaml
+    from ansible.module_utils.facts.system.pkg_mgr import PKG_MGRS
+
+    from kiln.agent.modules import package
+
+    core = Path(__import__("ansible.modules", fromlist=["x"]).__file__).parent
+    general = COLLECTIONS / "ansible_collections" / "community" / "general" / "plugins" / "modules"
+    if not general.is_dir():
+        pytest.fail(f"the collections are not unpacked in {COLLECTIONS}: run scripts/setup.sh --test")
+
+    def documented(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        text = next(
+            n.value.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "DOCUMENTATION"
+        )
+        options = yaml.safe_load(text).get("options") or {}
+        return {name for key, spec in options.items() for name in [key, *((spec or {}).get("aliases") or [])]}
+
+    takes = {}
+    for manager in sorted({entry["name"] for entry in PKG_MGRS}):
+        path = next(p for p in (core / f"{manager}.py", general / f"{manager}.py") if p.exists())
+        takes[manager] = documented(path)
+    apt = takes.pop("apt")
+    own = {name for key, spec in package.SCHEMA["args"].items() for name in [key, *spec.get("aliases", [])]}
+    expected = {}
+    for manager, names in takes.items():
+        for name in names - apt - own:
+            expected.setdefault(name, []).append(manager)
+    assert package.FOREIGN_ARGS == {name: ", ".join(sorted(managers)) for name, managers in expected.items()}

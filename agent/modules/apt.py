@@ -24,14 +24,12 @@ from ..api import Context, ModuleError, Result
 from . import package
 
 SCHEMA = {
-    **package.SCHEMA,
+    **{key: value for key, value in package.SCHEMA.items() if key != "foreign_args"},  # apt takes only its own
     "description": "Ansible's apt: install, upgrade or remove Debian packages (recommends as apt is configured).",
     "args": {
         **package.SCHEMA["args"],
         "name": {
             **package.SCHEMA["args"]["name"],
-            "required": False,
-            "default": [],
             "description": "Package name or list of names (pin a version with name=1.2.3); none: only refresh "
             "the index (update_cache).",
         },
@@ -40,75 +38,7 @@ SCHEMA = {
             "aliases": ["install-recommends"],
             "description": "Install recommended packages too (true) or not (false); unset: apt's own setting.",
         },
-        "upgrade": {
-            "type": "raw",
-            "description": "Upgrade the installed packages instead: yes/safe (apt-get upgrade --with-new-pkgs), "
-            "dist/full (apt-get dist-upgrade), no; true is yes. Packages in name are not installed then.",
-        },
-        "autoremove": {
-            "type": "bool",
-            "default": False,
-            "description": "Remove the packages nothing needs any more (--auto-remove; alone: apt-get autoremove).",
-        },
-        "autoclean": {
-            "type": "bool",
-            "default": False,
-            "description": "Without name: drop downloaded packages that can no longer be fetched (apt-get autoclean).",
-        },
-        "only_upgrade": {
-            "type": "bool",
-            "default": False,
-            "description": "Only upgrade packages already installed (--only-upgrade).",
-        },
-        "allow_downgrade": {
-            "type": "bool",
-            "default": False,
-            "aliases": ["allow-downgrade", "allow_downgrades", "allow-downgrades"],
-            "description": "Allow a pinned version older than the installed one (--allow-downgrades).",
-        },
-        "dpkg_options": {
-            "type": "str",
-            "default": "force-confdef,force-confold",
-            "description": "dpkg options, comma-separated (each as -o Dpkg::Options::=--OPTION).",
-        },
-        "force": {"type": "bool", "default": False, "description": "apt-get --force-yes (dangerous)."},
-        "allow_unauthenticated": {
-            "type": "bool",
-            "default": False,
-            "aliases": ["allow-unauthenticated"],
-            "description": "Install packages that cannot be authenticated (--allow-unauthenticated).",
-        },
-        "fail_on_autoremove": {
-            "type": "bool",
-            "default": False,
-            "description": "Fail rather than remove packages an install would remove (--no-remove).",
-        },
-        "deb": {
-            "type": "str",
-            "description": "A .deb to install: a path on the box or a URL (downloaded first); the dependencies it "
-            "lacks are installed with apt-get, then dpkg -i, as Ansible's apt does. Not with name or upgrade.",
-        },
-        "clean": {
-            "type": "bool",
-            "default": False,
-            "description": "apt-get clean first (the downloaded package files); alone, it is always a change, as in "
-            "Ansible.",
-        },
-        "allow_change_held_packages": {
-            "type": "bool",
-            "default": False,
-            "description": "Install or upgrade packages that are held (--allow-change-held-packages).",
-        },
-        "policy_rc_d": {
-            "type": "int",
-            "description": "The exit status of a /usr/sbin/policy-rc.d written for the step (101: installed "
-            "services are not started); one already there is put back after.",
-        },
     },
-    "mutually_exclusive": [["deb", "upgrade"]],
-    "required_one_of": [
-        ["name", "update_cache", "cache_valid_time", "upgrade", "autoremove", "autoclean", "deb", "clean"]
-    ],
     "example": "- apt: {name: nginx, default_release: bookworm-backports, install_recommends: false}",
 }
 
@@ -118,8 +48,6 @@ APT_CONF = "/etc/apt/apt.conf.d"
 
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
-    if params.get("deb") and package.as_list(params["name"]):
-        raise ModuleError("apt: parameters are mutually exclusive: deb|package|upgrade")
     state = package.check(params, ctx)
     if state["manager"] != "apt":
         raise ModuleError(f"apt: this box's package manager is {state['manager']}, not apt (use package)")
@@ -137,7 +65,7 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
             return update_only(params, ctx)  # Ansible's apt stops there, before autoremove/autoclean
         if params.get("deb"):
             return install_deb(params, ctx)
-        return package.apply(params, state, ctx)
+        return package.change(params, state, ctx)
 
 
 @contextlib.contextmanager

@@ -19,15 +19,232 @@ from typing import Any, Dict, List, Tuple
 
 from ..api import Context, ModuleError, Result, as_list
 
+# apt's own arguments (Ansible's apt): package hands them to apt, as Ansible's package does on Debian
+APT_ARGS: Dict[str, Dict[str, Any]] = {
+    "upgrade": {
+        "type": "raw",
+        "description": "Upgrade the installed packages instead: yes/safe (apt-get upgrade --with-new-pkgs), "
+        "dist/full (apt-get dist-upgrade), no; true is yes. Packages in name are not installed then.",
+    },
+    "autoremove": {
+        "type": "bool",
+        "default": False,
+        "description": "Remove the packages nothing needs any more (--auto-remove; alone: apt-get autoremove).",
+    },
+    "autoclean": {
+        "type": "bool",
+        "default": False,
+        "description": "Without name: drop downloaded packages that can no longer be fetched (apt-get autoclean).",
+    },
+    "only_upgrade": {
+        "type": "bool",
+        "default": False,
+        "description": "Only upgrade packages already installed (--only-upgrade).",
+    },
+    "allow_downgrade": {
+        "type": "bool",
+        "default": False,
+        "aliases": ["allow-downgrade", "allow_downgrades", "allow-downgrades"],
+        "description": "Allow a pinned version older than the installed one (--allow-downgrades).",
+    },
+    "dpkg_options": {
+        "type": "str",
+        "default": "force-confdef,force-confold",
+        "description": "dpkg options, comma-separated (each as -o Dpkg::Options::=--OPTION).",
+    },
+    "force": {"type": "bool", "default": False, "description": "apt-get --force-yes (dangerous)."},
+    "allow_unauthenticated": {
+        "type": "bool",
+        "default": False,
+        "aliases": ["allow-unauthenticated"],
+        "description": "Install packages that cannot be authenticated (--allow-unauthenticated).",
+    },
+    "fail_on_autoremove": {
+        "type": "bool",
+        "default": False,
+        "description": "Fail rather than remove packages an install would remove (--no-remove).",
+    },
+    "deb": {
+        "type": "str",
+        "description": "A .deb to install: a path on the box or a URL (downloaded first); the dependencies it "
+        "lacks are installed with apt-get, then dpkg -i, as Ansible's apt does. Not with name or upgrade.",
+    },
+    "clean": {
+        "type": "bool",
+        "default": False,
+        "description": "apt-get clean first (the downloaded package files); alone, it is always a change, as in "
+        "Ansible.",
+    },
+    "allow_change_held_packages": {
+        "type": "bool",
+        "default": False,
+        "description": "Install or upgrade packages that are held (--allow-change-held-packages).",
+    },
+    "policy_rc_d": {
+        "type": "int",
+        "description": "The exit status of a /usr/sbin/policy-rc.d written for the step (101: installed "
+        "services are not started); one already there is put back after.",
+    },
+}
+
+# other package managers' arguments (every manager ansible_pkg_mgr can name, as ansible-core 2.19 and
+# community.general document them), beside apt's: Ansible's package hands them to the box's manager, which
+# refuses those it does not take when the step runs (tests/test_modules_package.py checks the table)
+FOREIGN_ARGS: Dict[str, str] = {
+    "accept": "pkg5",
+    "accept_licences": "pkg5",
+    "accept_license": "installp",
+    "accept_licenses": "pkg5",
+    "accept_pubkey": "xbps",
+    "allow_vendor_change": "zypper",
+    "allowerasing": "dnf, dnf5",
+    "annotation": "pkgng",
+    "auto_import_keys": "zypper",
+    "available": "apk",
+    "backend": "atomic_container",
+    "backtrack": "portage",
+    "be_name": "pkg5",
+    "best": "dnf, dnf5",
+    "bugfix": "dnf, dnf5",
+    "bundle": "swupd",
+    "cached": "pkgng",
+    "cacheonly": "dnf, dnf5",
+    "category": "svr4pkg",
+    "changed_use": "portage",
+    "chroot": "pkgng",
+    "clean_deps": "zypper",
+    "conf_file": "dnf, dnf5",
+    "contenturl": "swupd",
+    "deep": "portage",
+    "depclean": "portage",
+    "depends": "sorcery",
+    "depot": "swdepot",
+    "disable_excludes": "dnf, dnf5",
+    "disable_gpg_check": "dnf, dnf5, zypper",
+    "disable_plugin": "dnf, dnf5",
+    "disable_recommends": "zypper",
+    "disablerepo": "dnf, dnf5",
+    "download_dir": "dnf, dnf5",
+    "download_only": "dnf, dnf5",
+    "enable_plugin": "dnf, dnf5",
+    "enablerepo": "dnf, dnf5",
+    "exclude": "dnf, dnf5",
+    "executable": "opkg, pacman",
+    "expire-cache": "dnf, dnf5",
+    "extra_args": "pacman, zypper",
+    "extra_args_precommand": "zypper",
+    "force_formula": "homebrew",
+    "force_resolution": "zypper",
+    "format": "swupd",
+    "formula": "homebrew",
+    "full_upgrade": "pkgin",
+    "getbinpkg": "portage",
+    "getbinpkgonly": "portage",
+    "grimoire": "sorcery",
+    "ignore_osver": "pkgng",
+    "image": "atomic_container",
+    "install_options": "homebrew",
+    "install_repoquery": "dnf, dnf5",
+    "install_weak_deps": "dnf, dnf5",
+    "installroot": "dnf, dnf5, urpmi",
+    "jail": "pkgng",
+    "jobs": "portage",
+    "keepgoing": "portage",
+    "list": "dnf, dnf5",
+    "loadavg": "portage",
+    "manifest": "swupd",
+    "mode": "atomic_container",
+    "newuse": "portage",
+    "no_cache": "apk",
+    "no_recommends": "urpmi",
+    "nobest": "dnf, dnf5",
+    "nodeps": "portage",
+    "noreplace": "portage",
+    "oldpackage": "zypper",
+    "oneshot": "portage",
+    "onlydeps": "portage",
+    "options": "homebrew",
+    "path": "homebrew",
+    "pkgsite": "pkgng",
+    "port": "macports",
+    "proxy": "svr4pkg",
+    "quiet": "portage, zypper",
+    "quietbuild": "portage",
+    "quietfail": "portage",
+    "reason": "pacman",
+    "reason_for": "pacman",
+    "recurse": "xbps",
+    "refresh": "pkg5, zypper",
+    "release": "swupd",
+    "releasever": "dnf, dnf5",
+    "remove_nosave": "pacman",
+    "replacefiles": "zypper",
+    "repositories": "xbps",
+    "repository": "apk, sorcery",
+    "repository_path": "installp",
+    "response_file": "svr4pkg",
+    "root": "urpmi, xbps",
+    "rootdir": "pkgng",
+    "rootfs": "atomic_container",
+    "security": "dnf, dnf5",
+    "select": "portage",
+    "selfupdate": "macports",
+    "simple_errors": "zypper",
+    "skip_broken": "dnf, dnf5",
+    "skip_post_errors": "zypper",
+    "spell": "sorcery",
+    "src": "svr4pkg",
+    "sslverify": "dnf, dnf5",
+    "sync": "portage",
+    "type": "zypper",
+    "update_cache_extra_args": "pacman",
+    "update_codex": "sorcery",
+    "update_homebrew": "homebrew",
+    "update_only": "dnf, dnf5",
+    "update_ports": "macports",
+    "upgrade_all": "homebrew",
+    "upgrade_extra_args": "pacman",
+    "upgrade_options": "homebrew",
+    "upgrade_xbps": "xbps",
+    "url": "swupd",
+    "use_backend": "dnf",
+    "use_globs": "pkgng",
+    "usepkg": "portage",
+    "usepkgonly": "portage",
+    "validate_certs": "dnf, dnf5",
+    "values": "atomic_container",
+    "variant": "macports",
+    "variants": "macports",
+    "verbose": "pkg5, portage",
+    "verify": "swupd",
+    "version": "swupd",
+    "versionurl": "swupd",
+    "withbdeps": "portage",
+    "world": "apk",
+    "zone": "svr4pkg",
+}
+
+# the parameters ansible-core 2.19's apt names when it refuses one (its own words)
+APT_SUPPORTED = (
+    "allow_change_held_packages, allow_downgrade, allow_unauthenticated, auto_install_module_deps, autoclean, "
+    "autoremove, cache_valid_time, clean, deb, default_release, dpkg_options, fail_on_autoremove, force, "
+    "force_apt_get, install_recommends, lock_timeout, only_upgrade, package, policy_rc_d, purge, state, "
+    "update_cache, update_cache_retries, update_cache_retry_max_delay, upgrade (allow-downgrade, allow-downgrades, "
+    "allow-unauthenticated, allow_downgrades, default-release, install-recommends, name, pkg, update-cache)"
+)
+
 SCHEMA = {
-    "description": "Install (present), upgrade (latest) or remove (absent) packages with apt or dnf.",
+    "description": "Install (present), upgrade (latest) or remove (absent) packages with apt or dnf. As Ansible's "
+    "package, every argument goes to the box's manager: apt's (upgrade, deb, ...) work on apt; another manager's "
+    "(enablerepo, ...) are accepted, and fail the step on a box whose manager does not take them.",
     "args": {
         "name": {
             "type": "list",
             "elements": "str",
-            "required": True,
+            "default": [],
             "aliases": ["pkg", "names"],
-            "description": "Package name or list of names; pin a version with name=1.2.3 (apt) or name-1.2.3 (dnf).",
+            "description": "Package name or list of names; pin a version with name=1.2.3 (apt) or name-1.2.3 (dnf); "
+            "none: only the other arguments' work (update_cache, upgrade, ...).",
         },
         "state": {
             "type": "str",
@@ -66,7 +283,13 @@ SCHEMA = {
             "aliases": ["default-release"],
             "description": "apt: the release to install from (apt-get -t), e.g. bookworm-backports.",
         },
+        **APT_ARGS,
     },
+    "foreign_args": FOREIGN_ARGS,
+    "mutually_exclusive": [["deb", "upgrade"]],
+    "required_one_of": [
+        ["name", "update_cache", "cache_valid_time", "upgrade", "autoremove", "autoclean", "deb", "clean"]
+    ],
     "check_mode": "full",
     "diff": True,
     "example": "- package: {name: [nginx, curl], update_cache: true, cache_valid_time: 3600}",
@@ -197,8 +420,24 @@ def rpm_installed(specs: List[str], ctx: Context) -> Dict[str, str | None]:
     return found
 
 
+def refuse_foreign(params: Dict[str, Any], manager: str) -> None:
+    """Another manager's arguments fail the step (check mode too), as the box's own module refuses them."""
+    given = sorted(name for name in params if name in FOREIGN_ARGS)
+    if not given:
+        return
+    if manager == "apt":
+        raise ModuleError(
+            f"Unsupported parameters for (ansible.legacy.apt) module: {', '.join(given)}. "
+            f"Supported parameters include: {APT_SUPPORTED}."
+        )
+    raise ModuleError(f"package on {manager}: kiln does not implement {', '.join(given)}")
+
+
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     manager = _manager(ctx)
+    refuse_foreign(params, manager)
+    if params.get("deb") and as_list(params["name"]):
+        raise ModuleError("apt: parameters are mutually exclusive: deb|package|upgrade")
     specs = as_list(params["name"])
     if manager == "apt":
         names = [split_spec(s, manager)[0] for s in specs]
@@ -434,6 +673,15 @@ def _apt_cleanup(params: Dict[str, Any], ctx: Context) -> Result | None:
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    if state["manager"] == "apt":
+        from . import apt  # imported here: apt builds on this module; on an apt box package is apt, as in Ansible
+
+        return apt.apply(params, state, ctx)
+    return _apply_dnf(params, state, ctx)
+
+
+def change(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    """Upgrade, clean up, install or remove with the box's manager (apt's deb, clean and update alone aside)."""
     if state["manager"] == "apt":
         mode = apt_upgrade_mode(params)
         if mode is not None:

@@ -140,7 +140,9 @@ TABLE: dict[str, Mapping] = {
     "apt": _APT,
     "dnf": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check", "install_weak_deps")),
     "yum": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check")),
-    "package": Mapping("package", renames={"pkg": "name"}, pending=("use",)),
+    # Ansible's package hands every argument to the box's manager: apt's are kiln's package's, other managers'
+    # are its SCHEMA's foreign_args (accepted here, refused on a box whose manager lacks them, as Ansible's apt does)
+    "package": Mapping("package", renames=_APT.renames, ignored=_APT.ignored, pending=("use",)),
     "service": _SERVICE,
     "systemd": _SERVICE,
     "systemd_service": _SERVICE,
