@@ -873,3 +873,56 @@ def test_a_tasks_own_vars_are_seen_by_its_arguments_loop_and_when(tmp_path: Path
     )
     (found,) = compile_errors(tmp_path)
     assert (found.line, found.column) == (2, 22) and "'x.yml' not found in the role's vars/" in found.message
+
+
+def test_a_commands_key_value_words_keep_jinja_and_quotes_whole(tmp_path: Path):
+    """geerlingguy.git's build step: Ansible's splitter keeps ``{{ }}`` together; chdir is an argument."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "defaults/main.yml": "path: /usr\nws: /root\n",
+            "tasks/main.yml": """\
+- name: Build.
+  command: >
+    make prefix={{ path }} {{ item }}
+    chdir={{ ws }}/x
+  with_items: [all, install]
+- name: Quoted.
+  shell: echo "a  b={{ path }}" creates='/etc/x y'
+""",
+        },
+    )
+    build, quoted = compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps
+    assert build["args"] == {"cmd": "make prefix={{ path }} {{ item }}", "chdir": "{{ ws }}/x"}
+    assert quoted["args"] == {"cmd": 'echo "a  b={{ path }}"', "creates": "/etc/x y"}
+    make_role(tmp_path, "t", {"tasks/main.yml": "- command: make prefix={{ path\n"})
+    messages = [d.message for d in compile_errors(tmp_path)]
+    assert any(m.startswith("cannot split the key=value arguments: a quote or a Jinja block") for m in messages)
+
+
+WORDS = st.lists(
+    st.sampled_from(["a", "=", '"', "'", " ", "  ", "\n", "{{", "}}", "{%", "%}", "{#", "#}", "\\", "chdir=", "k="]),
+    max_size=14,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=WORDS, free_form=st.booleans())
+def test_key_value_splitting_is_ansibles(text: str, free_form: bool):
+    """The same words, keys, values and free form as ansible-core's parse_kv, or an error where it has one."""
+    from ansible.errors import AnsibleParserError
+    from ansible.parsing.splitter import parse_kv as ansible_parse_kv
+
+    from kiln.controller.stepfiles.ansible import COMMAND_KV
+    from kiln.controller.stepfiles.splitter import SplitError, parse_kv
+
+    try:
+        expected = {str(k): str(v) for k, v in ansible_parse_kv(text, check_raw=free_form).items()}
+    except AnsibleParserError:
+        expected = "error"
+    try:
+        found = parse_kv(text, COMMAND_KV if free_form else None)
+    except SplitError:
+        found = "error"
+    assert found == expected

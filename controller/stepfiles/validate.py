@@ -58,6 +58,7 @@ from kiln.controller.stepfiles.keywords import (
     judge,
 )
 from kiln.controller.stepfiles.loader import PLAIN, Document, RoleTree, display_path, kind_of, load_yaml
+from kiln.controller.stepfiles.splitter import RAW, SplitError, parse_kv
 
 FACTS = (
     "os_family",
@@ -426,9 +427,9 @@ class StepCompiler:
             free_form = schema.get("free_form", "") if mapping.free_form else ""
             if free_form or re.match(r"^\s*[A-Za-z_][A-Za-z0-9_-]*=", given):
                 try:
-                    parsed = ansible.parse_key_values(given, free_form)
-                except ansible.KeyValueError as exc:
-                    self.error(path, str(exc))
+                    parsed = _free_form_arguments(given, free_form) if free_form else ansible.parse_key_values(given)
+                except (ansible.KeyValueError, SplitError) as exc:
+                    self.error(path, f"cannot split the key=value arguments: {exc}" if free_form else str(exc))
                     return {}
                 given = {
                     k: ansible.coerce(specs.get(mapping.renames.get(k, k)), v) if k != free_form else v
@@ -1470,6 +1471,15 @@ class StepCompiler:
         # flushing is not a change of its own: it stays under --tags unless given tags of its own
         out["tags"] = self._tags(data, path, ctx) if "tags" in data else list(ctx.tags) + ["always"]
         return out
+
+
+def _free_form_arguments(text: str, free_form: str) -> dict[str, Any]:
+    """A command's ``key=value`` words (creates, chdir, ...) as arguments, the rest its free form, split as
+    Ansible splits them (quotes and Jinja kept whole: ``make prefix={{ path }} {{ item }}``)."""
+    options: dict[str, Any] = parse_kv(text, ansible.COMMAND_KV)
+    if RAW in options:
+        options[free_form] = options.pop(RAW)
+    return options
 
 
 def first_found_call(value: str) -> nodes.Call | None:
