@@ -78,6 +78,35 @@ def test_user_remove_with_home(box):
     assert out["first"]["diff"]["after"] == "absent"
 
 
+HASH = "$6$ktsalt$" + "k" * 86
+
+
+def test_user_password_and_ageing(box):
+    """The hash and chage's fields as given (compared with ansible-playbook in kiln_auth); results never show it."""
+    box.sh("id kt-frank >/dev/null 2>&1 || useradd -M kt-frank")
+    args = {"name": "kt-frank", "password": HASH, "password_expire_max": 90, "password_expire_warn": 5}
+    out = converge(box, "user", args, "getent shadow kt-frank | cut -d: -f2,4-6")
+    assert out["after"].strip() == f"{HASH}:0:90:5"
+    assert all(HASH not in repr(out[k]) for k in ("check", "first", "second")), out["first"]
+    kept = run_step(box, "user", {"name": "kt-frank", "password": "$6$other$x", "update_password": "on_create"})
+    assert kept["status"] == "ok" and box.sh("getent shadow kt-frank | cut -d: -f2").strip() == HASH
+
+
+def test_user_failure_hides_the_hash(box):
+    """useradd refuses a taken uid; its message names the command, never the hash."""
+    event = run_step(box, "user", {"name": "kt-grace", "uid": 0, "password": HASH})
+    assert event["status"] == "failed" and "useradd" in event["msg"], event
+    assert HASH not in repr(event), event
+
+
+def test_user_missing_home_is_made_as_ansible_does(box):
+    """An account without its home gets one (from /etc/skel, its owner's) when create_home holds."""
+    box.sh("id kt-heidi >/dev/null 2>&1 || useradd -M -s /bin/bash kt-heidi")
+    out = converge(box, "user", {"name": "kt-heidi"}, "stat -c '%U %a' /home/kt-heidi /home/kt-heidi/.bashrc || true")
+    assert out["after"].splitlines() == ["kt-heidi 755", "kt-heidi 644"], out["after"]
+    assert run_step(box, "user", {"name": "kt-heidi", "create_home": False})["status"] == "ok"
+
+
 @pytest.mark.parametrize(
     "args, status, msg",
     [

@@ -11,7 +11,10 @@ Example::
 from __future__ import annotations
 
 import grp
+import os
 import pwd
+import re
+import shutil
 from typing import Any, Dict, List
 
 from ..api import Context, ModuleError, Result
@@ -36,7 +39,12 @@ SCHEMA = {
         },
         "shell": {"type": "str", "description": "Login shell."},
         "home": {"type": "path", "description": "Home directory."},
-        "create_home": {"type": "bool", "default": True, "description": "Create the home directory on creation."},
+        "create_home": {
+            "type": "bool",
+            "default": True,
+            "aliases": ["createhome"],
+            "description": "Create the home directory on creation.",
+        },
         "system": {"type": "bool", "default": False, "description": "A system account (on creation only)."},
         "comment": {"type": "str", "description": "GECOS comment (full name)."},
         "password_lock": {
@@ -44,6 +52,23 @@ SCHEMA = {
             "description": "true: lock the password (no password logins); false: unlock it.",
         },
         "remove": {"type": "bool", "default": False, "description": "With state=absent: also remove the home."},
+        "password": {
+            "type": "str",
+            "description": "The password as crypt(3) hashes it (as in /etc/shadow, e.g. from password_hash); never "
+            "shown in results or logs.",
+        },
+        "update_password": {
+            "type": "str",
+            "choices": ["always", "on_create"],
+            "default": "always",
+            "description": "always: set password when the account's differs; on_create: only when creating it.",
+        },
+        "password_expire_min": {"type": "int", "description": "Minimum days between password changes (chage -m)."},
+        "password_expire_max": {"type": "int", "description": "Maximum days between password changes (chage -M)."},
+        "password_expire_warn": {
+            "type": "int",
+            "description": "Days of warning before the password expires (chage -W).",
+        },
     },
     "check_mode": "full",
     "diff": True,
@@ -51,16 +76,61 @@ SCHEMA = {
 }
 
 
-def _shadow_locked(name: str) -> bool | None:
+#: password ageing arguments -> (their /etc/shadow field, chage's flag); an empty field reads as -1, as spwd has it
+AGEING = {"password_expire_min": (3, "-m"), "password_expire_max": (4, "-M"), "password_expire_warn": (5, "-W")}
+
+
+def read_shadow(name: str) -> List[str] | None:
+    """The account's /etc/shadow fields (name, hash, last change, min, max, warn, ...); None when unreadable."""
     try:
         with open("/etc/shadow") as handle:
             for line in handle:
                 fields = line.rstrip("\n").split(":")
                 if fields[0] == name and len(fields) > 1:
-                    return fields[1].startswith("!")
+                    return fields + [""] * (9 - len(fields))
     except OSError:
         return None
     return None
+
+
+def _shadow_locked(name: str) -> bool | None:
+    fields = read_shadow(name)
+    return fields[1].startswith("!") if fields is not None else None
+
+
+def _ageing_wanted(params: Dict[str, Any], name: str) -> List[str]:
+    """chage's arguments for the ageing fields that differ (none: nothing to change)."""
+    fields = read_shadow(name) or [""] * 9
+    argv: List[str] = []
+    for key, (field, flag) in AGEING.items():
+        if params.get(key) is not None and params[key] != int(fields[field] or -1):
+            argv += [flag, str(params[key])]
+    return argv
+
+
+def _password_wanted(params: Dict[str, Any], name: str) -> bool:
+    """Whether the hash must be set (Ansible's rule: with update_password=always, when it differs, a lock aside)."""
+    if params.get("password") is None or params["update_password"] != "always":
+        return False
+    current = (read_shadow(name) or ["", ""])[1]
+    return current.lstrip("!") != params["password"].lstrip("!")
+
+
+def _run_hiding_hash(ctx: Context, argv: List[str], params: Dict[str, Any]) -> None:
+    """Run useradd/usermod; a failure's message and output never show the password hash."""
+    try:
+        ctx.run(argv)
+    except ModuleError as exc:
+        secret = params.get("password")
+        if not secret:
+            raise
+        hide = lambda text: text.replace(secret, "********") if isinstance(text, str) else text  # noqa: E731
+        raise ModuleError(hide(exc.msg), **{k: hide(v) for k, v in exc.data.items()}) from None
+
+
+def _hash_argument(params: Dict[str, Any]) -> str:
+    """usermod/useradd -p's value: locked in the same command when password_lock asks for it."""
+    return ("!" if params.get("password_lock") else "") + params["password"]
 
 
 def read_user(name: str) -> Dict[str, Any] | None:
@@ -113,6 +183,8 @@ def _wanted(params: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Any]:
             out["groups"] = sorted(target)
     if params.get("password_lock") is not None and params["password_lock"] != now.get("password_lock"):
         out["password_lock"] = params["password_lock"]
+    if _password_wanted(params, params["name"]):
+        out["password"] = "(changed)"  # the hash itself never goes in a result
     return out
 
 
@@ -129,44 +201,57 @@ def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) ->
         missing = _missing_groups(groups + ([params["group"]] if params.get("group") else []))
         if missing:
             raise ModuleError(f"group(s) {', '.join(missing)} do not exist (create them with the group module)")
-    if state is None:
-        after = {
-            k: params[k]
-            for k in ("uid", "group", "groups", "shell", "home", "comment", "password_lock")
-            if params.get(k) is not None
-        }
-        if ctx.check_mode:
-            return Result(True, f"would create user {name}", diff={"before": "absent", "after": after})
-        argv = ["useradd"]
-        if params.get("uid") is not None:
-            argv += ["-u", str(params["uid"])]
-        if params.get("group"):
-            argv += ["-g", params["group"]]
-        if groups:
-            argv += ["-G", ",".join(groups)]
-        if params.get("shell"):
-            argv += ["-s", params["shell"]]
-        if params.get("home"):
-            argv += ["-d", params["home"]]
-        if params.get("comment") is not None:
-            argv += ["-c", params["comment"]]
-        if params["system"]:
-            argv.append("-r")
-        argv.append("-m" if params["create_home"] else "-M")
-        ctx.run(argv + [name])
-        if params.get("password_lock") is not None:
-            ctx.run(["usermod", "-L" if params["password_lock"] else "-U", name])
-        created = read_user(name) or {}
-        return Result(
-            True,
-            f"created user {name}",
-            diff={"before": "absent", "after": created},
-            data={"uid": created.get("uid"), "home": created.get("home")},
-        )
+    result = _create(params, groups, ctx) if state is None else _modify(params, state, ctx)
+    return _with_ageing(params, _with_home(params, result, ctx), ctx)
+
+
+def _create(params: Dict[str, Any], groups: List[str], ctx: Context) -> Result:
+    name = params["name"]
+    after = {
+        k: params[k]
+        for k in ("uid", "group", "groups", "shell", "home", "comment", "password_lock")
+        if params.get(k) is not None
+    }
+    if params.get("password") is not None:
+        after["password"] = "(set)"
+    if ctx.check_mode:
+        return Result(True, f"would create user {name}", diff={"before": "absent", "after": after})
+    argv = ["useradd"]
+    if params.get("uid") is not None:
+        argv += ["-u", str(params["uid"])]
+    if params.get("group"):
+        argv += ["-g", params["group"]]
+    if groups:
+        argv += ["-G", ",".join(groups)]
+    if params.get("shell"):
+        argv += ["-s", params["shell"]]
+    if params.get("home"):
+        argv += ["-d", params["home"]]
+    if params.get("comment") is not None:
+        argv += ["-c", params["comment"]]
+    if params.get("password") is not None:
+        argv += ["-p", _hash_argument(params)]
+    if params["system"]:
+        argv.append("-r")
+    argv.append("-m" if params["create_home"] else "-M")
+    _run_hiding_hash(ctx, argv + [name], params)
+    if params.get("password_lock") is not None and params.get("password") is None:
+        ctx.run(["usermod", "-L" if params["password_lock"] else "-U", name])
+    created = read_user(name) or {}
+    return Result(
+        True,
+        f"created user {name}",
+        diff={"before": "absent", "after": created},
+        data={"uid": created.get("uid"), "home": created.get("home")},
+    )
+
+
+def _modify(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    name = params["name"]
     wanted = _wanted(params, state)
     if not wanted:
         return Result(False, f"user {name} is as wanted", data={"uid": state["uid"], "home": state["home"]})
-    before = {k: state.get(k) for k in wanted}
+    before = {k: ("(hidden)" if k == "password" else state.get(k)) for k in wanted}
     msg = f"user {name}: " + ", ".join(f"{k} {before[k]!r} -> {v!r}" for k, v in wanted.items())
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode)", diff={"before": before, "after": wanted})
@@ -177,12 +262,83 @@ def apply(params: Dict[str, Any], state: Dict[str, Any] | None, ctx: Context) ->
             argv += [flag, str(wanted[key])]
     if "groups" in wanted:
         argv += ["-G", ",".join(wanted["groups"])]
-    if "password_lock" in wanted:
+    if "password" in wanted:  # -p excludes -L/-U: the lock rides in the hash (Ansible's order)
+        argv += ["-p", _hash_argument(params)]
+    elif "password_lock" in wanted:
         argv.append("-L" if wanted["password_lock"] else "-U")
-    ctx.run(argv + [name])
+    _run_hiding_hash(ctx, argv + [name], params)
     return Result(
         True,
         msg,
         diff={"before": before, "after": wanted},
         data={"uid": wanted.get("uid", state["uid"]), "home": wanted.get("home", state["home"])},
     )
+
+
+def _home_mode() -> int:
+    """The mode useradd gives a home: login.defs' HOME_MODE, else 0777 less its UMASK, else 0755."""
+    mode = 0o755
+    try:
+        with open("/etc/login.defs") as handle:
+            for line in handle:
+                home_mode = re.match(r"^HOME_MODE\s+(\d+)$", line)
+                if home_mode:
+                    return int(home_mode.group(1), 8)
+                umask = re.match(r"^UMASK\s+(\d+)$", line)
+                if umask:
+                    mode = 0o777 & ~int(umask.group(1), 8)
+    except OSError:
+        pass
+    return mode
+
+
+def _make_home(path: str, uid: int, gid: int) -> None:
+    """A home as Ansible's user module makes a missing one: /etc/skel copied (links kept), the mode, the owner."""
+    if os.path.exists("/etc/skel"):
+        shutil.copytree("/etc/skel", path, symlinks=True)
+    else:
+        os.makedirs(path)
+    os.chmod(path, _home_mode())
+    os.chown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chown(os.path.join(root, name), uid, gid)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chown(os.path.join(root, name), uid, gid)
+
+
+def _with_home(params: Dict[str, Any], result: Result, ctx: Context) -> Result:
+    """An existing account whose home is missing gets one when create_home holds (Ansible does this on every run,
+    so a user first made with create_home: false gets its home from a later step that does not say so)."""
+    if not params["create_home"]:
+        return result
+    try:
+        entry = pwd.getpwnam(params["name"])
+    except KeyError:  # check mode: not created
+        return result
+    home = params.get("home") or entry.pw_dir
+    if os.path.exists(home):
+        return result
+    if not ctx.check_mode:
+        _make_home(home, entry.pw_uid, entry.pw_gid)
+    msg = f"{result.msg}; created home {home}" if result.changed else f"user {params['name']}: created home {home}"
+    return Result(True, msg, diff=result.diff, data=result.data)
+
+
+def _with_ageing(params: Dict[str, Any], result: Result, ctx: Context) -> Result:
+    """Password ageing after the account is as wanted, as Ansible's user module does it (chage, the fields that
+    differ); a change makes the step changed."""
+    if not any(params.get(key) is not None for key in AGEING):
+        return result
+    argv = _ageing_wanted(params, params["name"])
+    if not argv:
+        return result
+    if not ctx.check_mode:
+        ctx.run(["chage", *argv, params["name"]])
+    msg = (
+        f"{result.msg}; password ageing: chage {' '.join(argv)}"
+        if result.changed
+        else f"user {params['name']}: chage {' '.join(argv)}"
+    )
+    return Result(True, msg, diff=result.diff, data=result.data)
