@@ -926,3 +926,31 @@ def test_key_value_splitting_is_ansibles(text: str, free_form: bool):
     except SplitError:
         found = "error"
     assert found == expected
+
+
+def test_a_templated_no_log_is_decided_where_the_controller_knows_its_names(tmp_path: Path):
+    """geerlingguy.apache's ``no_log: "{{ apache_ssl_no_log }}"``: Ansible templates no_log. kiln decides it when
+    compiling from what the step sees; one reading the box's values stays a template, which the box redacts."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "defaults/main.yml": "secret_mode: true\nopen_mode: false\n",
+            "tasks/main.yml": """\
+- {name: hidden, command: "true", no_log: "{{ secret_mode }}"}
+- {name: shown, command: "true", no_log: "{{ open_mode }}", register: probe}
+- name: a block
+  no_log: "{{ open_mode or secret_mode }}"
+  block:
+    - {name: inherits, command: "true"}
+- {name: on the box, command: "true", no_log: "{{ probe.rc == 0 }}"}
+""",
+        },
+    )
+    steps = _tree(compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps)
+    assert steps["hidden"]["no_log"] is True and steps["shown"]["no_log"] is False
+    assert steps["inherits"]["no_log"] is True
+    assert steps["on the box"]["no_log"] == "{{ probe.rc == 0 }}"
+    make_role(tmp_path, "t", {"tasks/main.yml": '- {command: "true", no_log: "{{ secret_mod }}"}\n'})
+    (found,) = compile_errors(tmp_path)
+    assert (found.line, found.column) == (1, 29) and "undefined variable 'secret_mod'" in found.message

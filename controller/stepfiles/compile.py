@@ -592,7 +592,10 @@ def _compile(
             except Exception:  # noqa: BLE001 - the name stays as written (the box renders it)
                 pass
 
-    for step, doc, path in collector.templated_flags:  # ignore_errors: "{{ ansible_check_mode }}"
+    for step, doc, path, flag in collector.templated_flags:  # ignore_errors: "{{ ansible_check_mode }}"
+        if flag == "no_log":
+            _decide_no_log(step, seen_by, _runtime_behind(runtime, everything), check_mode)
+            continue
         try:
             rendered = render(step["ignore_errors"], {**resolved, "ansible_check_mode": check_mode})
         except Exception as exc:  # noqa: BLE001 - reported, never a traceback
@@ -889,6 +892,22 @@ def _render_names(steps: list[dict[str, Any]], resolved: Any, runtime: set[str])
                     pass
         for key in ("block", "rescue", "always"):  # an include loop's item is the box's, for the steps inside
             _render_names(step.get(key, []), resolved, runtime | _loop_names(step))
+
+
+def _decide_no_log(step: dict[str, Any], resolved: Any, runtime: set[str], check_mode: bool) -> None:
+    """A templated no_log rendered with what the step sees, unless it reads what only the box knows (a set_fact,
+    a registered result, an include_vars): then it stays as written, which the box takes as true (redacted)."""
+    text = step["no_log"]
+    own = step.get("vars") or {}
+    if _undeclared_in(text) & (runtime - set(own)) or any(
+        any_templated(own[n]) for n in _undeclared_in(text) & set(own)
+    ):
+        return
+    try:
+        rendered = render(text, {**resolved(step.get("role")), **own, "ansible_check_mode": check_mode})
+    except Exception:  # noqa: BLE001 - an undefined name is reported where it is written; hidden meanwhile
+        return
+    step["no_log"] = rendered is True or str(rendered).strip().lower() in ("true", "yes", "on", "1")
 
 
 def _runtime_behind(runtime: set[str], variables: dict[str, Any]) -> set[str]:

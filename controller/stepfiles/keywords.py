@@ -191,7 +191,12 @@ KEYWORDS: dict[str, dict[str, Any]] = {
         items={"type": "str", "strict": True, "templated": False},
         expect="a handler name or a list of them",
     ),
-    "no_log": _keyword((STEP, BLOCK), "Redact this step's messages, diffs and output everywhere.", **BOOLEAN),
+    "no_log": _keyword(
+        (STEP, BLOCK),
+        'Redact this step\'s messages, diffs and output everywhere. A template (`"{{ secret_mode }}"`) is '
+        "decided when compiling where it reads only variables the controller knows; else it redacts.",
+        **dict(BOOLEAN, templated=True, expect="true, false or a template giving one"),
+    ),
     "tags": _keyword(
         (STEP, BLOCK, FLUSH),
         "Select steps with `--tags` / `--skip-tags` (`always` runs unless skipped by name; "

@@ -197,7 +197,8 @@ class Collector:
     template_uses: list[TemplateUse] = field(default_factory=list)
     templated_src: dict[str, set[str]] = field(default_factory=dict)  # role -> names a templated src may use
     vars_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {vars/ file: its variables}
-    templated_flags: list[tuple[dict[str, Any], Document, tuple[Any, ...]]] = field(default_factory=list)
+    # (step, where, path, ignore_errors or no_log): a flag written as a template, decided when compiling
+    templated_flags: list[tuple[dict[str, Any], Document, tuple[Any, ...], str]] = field(default_factory=list)
     no_log_names: set[str] = field(default_factory=set)
     check_templates: list[tuple[dict[str, Any], Document, tuple[Any, ...], str]] = field(default_factory=list)
     index: int = 0
@@ -610,7 +611,7 @@ class StepCompiler:
         """The include's block runs once per item, the items given on the box when it is reached (a registered
         result, a set_fact value, facts: what Ansible loops an include over), the block's ``when`` checked per
         item, its steps seeing the item as ``loop_var`` (and its position as ``index_var``)."""
-        secret = data.get("no_log", ctx.no_log) in (True, "yes", "true", "on")
+        secret = may_hide(data.get("no_log", ctx.no_log))
         compiled["loop"] = self._ansible_loop(loop_key, data[loop_key], path + (loop_key,), ctx.extra, secret)
         control = {"loop_var": loop_var}
         if index_var:
@@ -1001,7 +1002,7 @@ class StepCompiler:
         if loops:
             loop_var = self._loop_var(data, path)
             loop_names = frozenset({loop_var}) | self._loop_control(data, path, step, ctx.extra | {loop_var})
-            secret = data.get("no_log", ctx.no_log) in (True, "yes", "true", "on")
+            secret = may_hide(data.get("no_log", ctx.no_log))
             step["loop"] = self._ansible_loop(loops[0], data[loops[0]], path + (loops[0],), ctx.extra, secret)
             if loop_var != "item":
                 step["loop_var"] = loop_var
@@ -1025,7 +1026,7 @@ class StepCompiler:
                     self.c.refs.append(Ref(self.doc, path + (key,), value, True, extra))
         if is_templated(data.get("ignore_errors")):  # rendered when compiling (ansible_check_mode, variables)
             self.c.refs.append(Ref(self.doc, path + ("ignore_errors",), data["ignore_errors"], True, extra))
-            self.c.templated_flags.append((step, self.doc, path + ("ignore_errors",)))
+            self.c.templated_flags.append((step, self.doc, path + ("ignore_errors",), "ignore_errors"))
             step["ignore_errors"] = data["ignore_errors"]
         for key in ("ignore_errors", "no_log"):
             if key == "ignore_errors" and is_templated(data.get(key)):
@@ -1033,6 +1034,7 @@ class StepCompiler:
             value = self._bool(data, path, key) if key in data else getattr(ctx, key)
             if value is not None:
                 step[key] = value
+        self._templated_no_log(data, path, step, extra)
         if "notify" in data:
             step["notify"] = self._notify(data["notify"], path + ("notify",))
         extra = ctx.extra | loop_names | self._scoped(data, path, step, ctx.extra | loop_names)
@@ -1049,6 +1051,18 @@ class StepCompiler:
             step["tags"] = tags
         self._idempotent(data, path, step)
         return extra
+
+    def _templated_no_log(
+        self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any], extra: frozenset[str]
+    ) -> None:
+        """``no_log: "{{ secret_mode }}"`` (its own or its block's): its names checked where it is written, its value
+        decided when compiling where the controller knows it (compile.py), else on the box, where a template left
+        as written redacts."""
+        if not is_templated(step.get("no_log")):
+            return
+        if "no_log" in data:
+            self.c.refs.append(Ref(self.doc, path + ("no_log",), step["no_log"], True, extra))
+        self.c.templated_flags.append((step, self.doc, path + ("no_log",), "no_log"))
 
     def _scoped(
         self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any], extra: frozenset[str]
@@ -1410,6 +1424,8 @@ class StepCompiler:
         if tags:
             step["tags"] = tags
         no_log = self._bool(data, path, "no_log") if "no_log" in data else ctx.no_log
+        if is_templated(no_log) and "no_log" in data:  # decided for each step inside, which inherits it
+            self.c.refs.append(Ref(self.doc, path + ("no_log",), no_log, True, ctx.extra | own_var_names(data)))
         ignore = self._bool(data, path, "ignore_errors") if "ignore_errors" in data else ctx.ignore_errors
         names = self._scoped(data, path, step, ctx.extra)
         if "notify" in data:
@@ -1522,6 +1538,11 @@ def _split_names(value: Any, separators: str, place: tuple[Any, ...]) -> list[tu
         parts = [text] if is_templated(text) else re.split(f"[{re.escape(separators)}]", text)
         found += [(part.strip(), at) for part in parts if part.strip()]
     return found
+
+
+def may_hide(no_log: Any) -> bool:
+    """Whether a step's no_log may hide it: true, or a template decided later."""
+    return no_log in (True, "yes", "true", "on") or is_templated(no_log)
 
 
 def own_var_names(data: dict[str, Any]) -> frozenset[str]:
