@@ -954,3 +954,18 @@ def test_a_templated_no_log_is_decided_where_the_controller_knows_its_names(tmp_
     make_role(tmp_path, "t", {"tasks/main.yml": '- {command: "true", no_log: "{{ secret_mod }}"}\n'})
     (found,) = compile_errors(tmp_path)
     assert (found.line, found.column) == (1, 29) and "undefined variable 'secret_mod'" in found.message
+
+
+def test_meta_reset_connection_is_a_step_saying_there_is_nothing_to_reset(tmp_path: Path):
+    """geerlingguy.docker resets the connection so the login user's new docker group applies; kiln's steps run as
+    root in one agent process and become_user reads groups afresh (runuser): the run says so, nothing else."""
+    make_role(
+        tmp_path,
+        "t",
+        {"tasks/main.yml": "- name: Reset ssh connection.\n  meta: reset_connection\n  when: facts.arch != 's390x'\n"},
+    )
+    (step,) = compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps
+    assert step["name"] == "Reset ssh connection." and step["module"] == "debug"
+    assert (
+        step["args"]["msg"].startswith("reset_connection: nothing to reset") and step["when"] == "facts.arch != 's390x'"
+    )

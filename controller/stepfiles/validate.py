@@ -117,6 +117,10 @@ HINTS = {
     "with_flattened": "use 'loop' with the flatten filter",
     **{key: f"kiln cannot honour it: {why}" for key, why in REFUSED_KEYWORDS.items()},
 }
+RESET_CONNECTION = (
+    "reset_connection: nothing to reset (kiln runs every step as root in one agent process; a become_user step "
+    "reads its user's groups afresh, so a group just given applies)"
+)
 NOTIFY_ON_INCLUDE = (
     "'notify' cannot be used with {kind} (Ansible refuses it too): put it on the included steps, "
     "in apply, or use {other}"
@@ -491,12 +495,31 @@ class StepCompiler:
             return self._flush(flush, path[:-1], ctx, step, [])
         if value == "noop":
             return None
+        if value == "reset_connection":
+            return self._reset_connection(data, path[:-1], ctx, step)
         self.error(
             path,
-            f"meta: {value!r} is not supported (kiln knows meta: flush_handlers; end_play and "
+            f"meta: {value!r} is not supported (kiln knows meta: flush_handlers and reset_connection; end_play and "
             "end_host: put the rest under a when instead)",
         )
         return None
+
+    def _reset_connection(
+        self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``meta: reset_connection`` has nothing to reset: Ansible logs in again so that the login user's new groups
+        apply to later tasks; kiln's agent runs every step as root in one process, and a ``become_user`` step starts
+        its commands with runuser, which reads that user's groups afresh each time. The step says so in the run."""
+        self._name(data, path, step)
+        step["name"] = step["name"] or "meta: reset_connection"
+        step["module"] = "debug"
+        step["args"] = {"msg": RESET_CONNECTION}
+        if "when" in data:
+            step["when"] = self._condition(data["when"], path + ("when",), ctx.extra)
+        tags = self._tags(data, path, ctx)
+        if tags:
+            step["tags"] = tags
+        return step
 
     def _task_file(self, name: str, where: tuple[Any, ...]) -> Document | None:
         rel = "tasks/" + name
