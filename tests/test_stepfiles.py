@@ -969,3 +969,47 @@ def test_meta_reset_connection_is_a_step_saying_there_is_nothing_to_reset(tmp_pa
     assert (
         step["args"]["msg"].startswith("reset_connection: nothing to reset") and step["when"] == "facts.arch != 's390x'"
     )
+
+
+def test_a_when_on_definedness_leaves_the_arguments_it_guards_to_the_run(tmp_path: Path):
+    """Ansible renders a task's arguments only when its when holds: ``x is defined`` guards x there (not in the
+    loop, rendered first); ``x is not defined`` of a name only a vars/ file gives (per platform, geerlingguy.git)
+    makes the task that platform's fallback, whose arguments the box judges. A default is no such name."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "vars/Debian.yml": "git_deps: [gcc]\n",
+            "defaults/main.yml": "git_path: /usr\n",
+            "tasks/main.yml": """\
+- include_vars: "{{ ansible_facts.os_family }}.yml"
+- name: guarded
+  debug: {msg: "{{ maybe_thing.name }}"}
+  when: [maybe_thing.name is defined, git_path != '']
+- name: fallback
+  set_fact:
+    git_deps: "{{ __git_deps_nowhere | list }}"
+  when: git_deps is not defined
+""",
+        },
+    )
+    steps = _tree(compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps)
+    assert steps["fallback"]["args"]["facts"] == {"git_deps": "{{ __git_deps_nowhere | list }}"}
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "tasks/main.yml": """\
+- debug: {msg: "{{ item }}"}
+  loop: "{{ maybe_list }}"
+  when: maybe_list is defined
+- set_fact: {git_path: "{{ __nowhere }}"}
+  when: git_path is not defined
+- debug: {msg: "{{ maybe_or }}"}
+  when: maybe_or is defined or git_path == ''
+"""
+        },
+    )
+    found = sorted((d.line, d.message) for d in compile_errors(tmp_path))
+    assert [line for line, _ in found] == [2, 4, 6], found
+    assert all("undefined variable" in message for _, message in found), found

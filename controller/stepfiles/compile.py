@@ -568,7 +568,9 @@ def _compile(
     }
     # a role.yml that did not load leaves its variables unknown: do not guess at undefined names then
     unreadable = any(d.file.endswith(("role.yml", "defaults/main.yml", "vars/main.yml")) for d in problems)
-    check_references(collector, known, {name: sources[name].tree for name in roles}, check_names=not unreadable)
+    only_at_run_time = frozenset(included - set(everything) - collector.params)  # a vars/ file's, per platform
+    trees = {name: sources[name].tree for name in roles}
+    check_references(collector, known, trees, check_names=not unreadable, only_at_run_time=only_at_run_time)
 
     resolved = resolve_variables(everything, {"kiln": {"role": role}})
     runtime = collector.registers | included  # what set_fact, register and include_vars set on the box

@@ -179,6 +179,8 @@ class Ref:
     text: str
     template: bool  # True: a templated value ("{{ x }}/y"); False: a bare expression (when: x == 1)
     extra: frozenset[str] = frozenset()
+    # the step runs only where these are undefined (its when says `x is not defined`): see check_references
+    fallback_for: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -391,6 +393,9 @@ class StepCompiler:
         module = mapping.module
         step["module"] = module
         extra = ctx.extra | self._keywords(data, path, ctx, step)
+        defined, fallback_for = definedness_guards(data.get("when"))
+        extra |= defined  # the arguments are rendered only when the when holds
+        first_ref = len(self.c.refs)
         given = self._given(mapping, data, path + (key,))
         if mapping.ansible.split(".")[-1] in ansible.OTHER_OS:
             self._templated(given, path + (key,), extra)
@@ -408,6 +413,8 @@ class StepCompiler:
                 key=True,
             )
             return None
+        for ref in self.c.refs[first_ref:]:
+            ref.fallback_for = fallback_for
         if module == "set_fact" and isinstance(step["args"].get("facts"), dict):
             facts = step["args"]["facts"]
             self.c.registers.update(k for k in facts if not is_templated(k))
@@ -1563,6 +1570,37 @@ def _split_names(value: Any, separators: str, place: tuple[Any, ...]) -> list[tu
     return found
 
 
+def definedness_guards(when: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """The names a step's ``when`` requires defined (``x is defined``) and undefined (``x is not defined``): each a
+    condition that must hold (an item of the list, a part of an ``and``), so the step runs only so."""
+    defined: set[str] = set()
+    undefined: set[str] = set()
+    for condition in when if isinstance(when, list) else [when]:
+        if not isinstance(condition, str):
+            continue
+        try:
+            output = parse(condition, False).body[0]
+        except (_Syntax, IndexError):
+            continue  # reported where the when is checked
+        for part in _conjuncts(output.nodes[0]) if isinstance(output, nodes.Output) else []:
+            negated = isinstance(part, nodes.Not)
+            test = part.node if negated else part
+            if not isinstance(test, nodes.Test) or test.name not in ("defined", "undefined"):
+                continue
+            wants_defined = (test.name == "defined") != negated
+            if wants_defined and (root := _root_name(test.node)):
+                defined.add(root)  # x.y defined: x is too
+            elif not wants_defined and isinstance(test.node, nodes.Name):
+                undefined.add(test.node.name)
+    return frozenset(defined), frozenset(undefined)
+
+
+def _conjuncts(node: nodes.Node) -> list[nodes.Node]:
+    if isinstance(node, nodes.And):
+        return _conjuncts(node.left) + _conjuncts(node.right)
+    return [node]
+
+
 def may_hide(no_log: Any) -> bool:
     """Whether a step's no_log may hide it: true, or a template decided later."""
     return no_log in (True, "yes", "true", "on") or is_templated(no_log)
@@ -2051,9 +2089,19 @@ def ast_problems(ast: nodes.Template, known: set[str] | frozenset[str]) -> list[
 
 
 def check_references(
-    collector: Collector, known: set[str], roles: dict[str, RoleTree], check_names: bool = True
+    collector: Collector,
+    known: set[str],
+    roles: dict[str, RoleTree],
+    check_names: bool = True,
+    only_at_run_time: frozenset[str] = frozenset(),
 ) -> None:
-    """Phase 2: expressions and templated values, notify names, template files."""
+    """Phase 2: expressions and templated values, notify names, template files.
+
+    ``only_at_run_time``: names only a vars/ file defines, which include_vars loads per platform when it runs. A
+    step whose when says ``x is not defined`` of such a name is the fallback for the platforms whose file lacks
+    it (geerlingguy.git sets a variable its vars/ files give, from one defined nowhere): Ansible renders its
+    arguments only there, so the names they read are the box's to judge (the step fails if it runs without
+    them), not the controller's."""
     if not check_names:
         known = _Everything()
     for ref in collector.refs:
@@ -2063,7 +2111,10 @@ def check_references(
             what = "template" if ref.template else "expression"
             collector.add(ref.doc.diag(ref.path, f"invalid {what} {ref.text.strip()!r}: {exc.message}"))
             continue
-        for message, _, _ in ast_problems(ast, known | ref.extra):
+        seen = known | ref.extra
+        if ref.fallback_for & only_at_run_time:
+            seen = seen | undeclared_names(ast)
+        for message, _, _ in ast_problems(ast, seen):
             collector.add(ref.doc.diag(ref.path, message))
     for doc, path, name in collector.notifies:
         if name not in collector.handlers:
