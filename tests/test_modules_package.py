@@ -103,3 +103,23 @@ def test_check_mode_latest_predicts_candidate(box, apt_log):
     assert event["diff"] == {"before": {"hello": "absent"}, "after": {"hello": "2.10-3"}}
     assert "ii" not in installed(box, "hello")
     assert apt_log() == []
+
+
+def test_apts_own_arguments_go_to_apt(box, apt_log):
+    """Ansible's package hands every argument to apt on Debian: apt's allow_downgrade and an update alone work."""
+    apt_log()
+    event = run_step(box, "package", {"name": "hello", "allow_downgrade": True})
+    assert event["status"] in ("ok", "changed"), event
+    update = run_step(box, "package", {"update_cache": True})
+    assert update["status"] in ("ok", "changed"), update
+    assert apt_log()[-1:] == ["update"]
+
+
+def test_another_managers_argument_fails_when_the_step_runs(box, apt_log):
+    """dnf's enablerepo on an apt box: the step fails in ansible-core's apt's words, check mode too; apt is not run."""
+    apt_log()
+    for check in (True, False):
+        event = run_step(box, "package", {"name": "hello", "enablerepo": "epel"}, check=check)
+        assert event["status"] == "failed", event
+        assert event["msg"].startswith("Unsupported parameters for (ansible.legacy.apt) module: enablerepo. "), event
+    assert apt_log() == []
