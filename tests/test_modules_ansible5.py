@@ -427,3 +427,46 @@ def test_package_knows_every_managers_arguments_as_ansible_documents_them() -> N
         for name in names - apt - own:
             expected.setdefault(name, []).append(manager)
     assert package.FOREIGN_ARGS == {name: ", ".join(sorted(managers)) for name, managers in expected.items()}
+
+
+# --- other operating systems' modules: valid, a step that fails only where its when holds -------------------
+def other_os_spellings() -> list[str]:
+    names = [f"community.general.{name}" for name in ansible.COMMUNITY_GENERAL_OTHER_OS]
+    names += [f"{collection}.{name}" for collection, found in ansible.WINDOWS.items() for name in found]
+    return names + ["pkg5", "ansible.builtin.pkg5", "win_package", "ansible.builtin.dnf5"]
+
+
+def test_other_os_modules_validate_under_their_when_and_misspelt_ones_do_not(tmp_path: Path) -> None:
+    """apache's setup-Solaris.yml idiom: pkg5 (and every other platform's module) is valid; pkg6 is not."""
+    tasks = "".join(
+        f"- name: Another platform's step.\n  {name}: {{name: x}}\n  when: ansible_os_family == 'Solaris'\n"
+        for name in other_os_spellings()
+    )
+    misspelt = "- name: Misspelt.\n  {}: {{name: x}}\n"
+    tasks += "".join(misspelt.format(name) for name in ("pkg6", "community.general.pkg6", "ansible.windows.win_pakage"))
+    found = role_problems(tmp_path, tasks)
+    unknown = [p.split(": ", 1)[1].split(" (")[0] for p in found]
+    assert unknown == [
+        "unknown module 'pkg6'",
+        "unknown module 'community.general.pkg6'",
+        "unknown module 'ansible.windows.win_pakage'",
+    ], found
+
+
+def test_other_os_modules_are_where_ansible_finds_them() -> None:
+    """Each name is a module of its collection as ansible-core routes it (or community.general has it)."""
+    import yaml
+
+    runtime = Path(__import__("ansible").__file__).parent / "config" / "ansible_builtin_runtime.yml"
+    routed = yaml.safe_load(runtime.read_text())["plugin_routing"]["modules"]
+    general = COLLECTIONS / "ansible_collections" / "community" / "general" / "plugins" / "modules"
+    if not general.is_dir():
+        pytest.fail(f"the collections are not unpacked in {COLLECTIONS}: run scripts/setup.sh --test")
+    for name in ansible.COMMUNITY_GENERAL_OTHER_OS:
+        assert (general / f"{name}.py").is_file(), name
+        assert name in ansible.OTHER_OS, name
+    for collection, names in ansible.WINDOWS.items():
+        for name in names:
+            redirect = (routed.get(name) or {}).get("redirect")
+            assert redirect in (None, f"{collection}.{name}"), (name, redirect)
+            assert name in ansible.OTHER_OS and name.startswith("win_"), name

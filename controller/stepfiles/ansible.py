@@ -18,8 +18,9 @@ its SCHEMA knows one, the argument passes to the box unchecked.
 rendered on the box with facts), the role's vars/ files read and decrypted on the
 controller; the first candidate present in ``files`` is loaded.
 
-Modules of other operating systems (pacman, pkgng, zypper, ...) compile to a ``fail``
-step saying so: the task is valid, and fails only on a box where its ``when`` holds.
+Modules of other operating systems (``OTHER_OS``: pacman, pkgng, zypper, pkg5, launchd, win_package, ...)
+compile to a ``fail`` step saying so: the task is valid, and fails only on a box where its ``when`` holds
+(Ansible's module would fail there too: it cannot work on Debian). A misspelt name is still unknown.
 """
 
 from __future__ import annotations
@@ -60,6 +61,81 @@ COMMUNITY_GENERAL = (
     "pamd",
 )
 COMMUNITY_CRYPTO = ("openssh_keypair",)
+# modules of other operating systems (Galaxy roles carry their tasks under a when): the collections holding them
+COMMUNITY_GENERAL_OTHER_OS = (
+    "dnf_config_manager",
+    "dnf_versionlock",
+    "yum_versionlock",
+    "rhsm_repository",
+    "rhsm_release",
+    "redhat_subscription",
+    "rpm_ostree_pkg",
+    "pacman_key",
+    "urpmi",
+    "slackpkg",
+    "xbps",
+    "swupd",
+    "opkg",
+    "sorcery",
+    "layman",
+    "portinstall",
+    "sysrc",
+    "pkgin",
+    "pkg5",
+    "pkg5_publisher",
+    "pkgutil",
+    "svr4pkg",
+    "svc",
+    "solaris_zone",
+    "beadm",
+    "swdepot",
+    "installp",
+    "homebrew_cask",
+    "homebrew_tap",
+    "homebrew_services",
+    "macports",
+    "mas",
+    "launchd",
+    "osx_defaults",
+    "portage",
+)
+WINDOWS = {
+    "ansible.windows": (
+        "win_package",
+        "win_service",
+        "win_service_info",
+        "win_feature",
+        "win_optional_feature",
+        "win_updates",
+        "win_regedit",
+        "win_file",
+        "win_copy",
+        "win_template",
+        "win_shell",
+        "win_command",
+        "win_powershell",
+        "win_user",
+        "win_group",
+        "win_reboot",
+        "win_environment",
+        "win_path",
+        "win_get_url",
+        "win_stat",
+        "win_acl",
+        "win_dsc",
+        "win_share",
+        "win_hostname",
+    ),
+    "community.windows": (
+        "win_lineinfile",
+        "win_firewall_rule",
+        "win_unzip",
+        "win_scheduled_task",
+        "win_iis_website",
+        "win_timezone",
+    ),
+    "chocolatey.chocolatey": ("win_chocolatey",),
+}
 OTHER_OS = {
     "pacman": "Arch Linux's package manager",
     "pkgng": "FreeBSD's package manager",
@@ -71,7 +147,41 @@ OTHER_OS = {
     "portage": "Gentoo's package manager",
     "yum_repository": "RedHat's repository manager",
     "rpm_key": "RedHat's key manager",
-    "win_package": "Windows",
+    "dnf_config_manager": "RedHat's repository switch (dnf config-manager)",
+    "dnf_versionlock": "RedHat's version locks (dnf)",
+    "yum_versionlock": "RedHat's version locks (yum)",
+    "rhsm_repository": "RedHat's subscription repositories",
+    "rhsm_release": "RedHat's subscription release",
+    "redhat_subscription": "RedHat's subscription manager",
+    "rpm_ostree_pkg": "rpm-ostree's package layering (Fedora/RHEL CoreOS)",
+    "pacman_key": "Arch Linux's key manager",
+    "urpmi": "Mageia's package manager",
+    "slackpkg": "Slackware's package manager",
+    "xbps": "Void Linux's package manager",
+    "swupd": "Clear Linux's package manager",
+    "opkg": "OpenWrt's package manager",
+    "sorcery": "Source Mage's package manager",
+    "layman": "Gentoo's overlay manager",
+    "portinstall": "FreeBSD's ports",
+    "sysrc": "FreeBSD's rc.conf",
+    "pkgin": "NetBSD's (pkgsrc) package manager",
+    "pkg5": "Solaris's package manager",
+    "pkg5_publisher": "Solaris's package publishers",
+    "pkgutil": "Solaris's OpenCSW package manager",
+    "svr4pkg": "Solaris's SVR4 package manager",
+    "svc": "Solaris's daemontools services",
+    "solaris_zone": "Solaris's zones",
+    "beadm": "Solaris's boot environments",
+    "swdepot": "HP-UX's package manager",
+    "installp": "AIX's package manager",
+    "homebrew_cask": "macOS's package manager (casks)",
+    "homebrew_tap": "macOS's package manager (taps)",
+    "homebrew_services": "macOS's package manager (services)",
+    "macports": "macOS's MacPorts",
+    "mas": "macOS's App Store",
+    "launchd": "macOS's service manager",
+    "osx_defaults": "macOS's defaults",
+    **{name: "Windows" for windows in WINDOWS.values() for name in windows},
     # SELinux is the RedHat family's: roles reach these only where ansible_selinux says it is enabled
     "seport": "SELinux's port labelling",
     "sefcontext": "SELinux's file contexts",
@@ -139,6 +249,7 @@ _NO_SELINUX_ARGS = {
 TABLE: dict[str, Mapping] = {
     "apt": _APT,
     "dnf": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check", "install_weak_deps")),
+    "dnf5": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check", "install_weak_deps")),
     "yum": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check")),
     # Ansible's package hands every argument to the box's manager: apt's are kiln's package's, other managers'
     # are its SCHEMA's foreign_args (accepted here, refused on a box whose manager lacks them, as Ansible's apt does)
@@ -362,7 +473,11 @@ def short_name(key: str) -> str | None:
         return name if name in POSIX else None
     if key.startswith("community.general."):
         name = key[len("community.general.") :]
-        return name if name in COMMUNITY_GENERAL else None
+        return name if name in COMMUNITY_GENERAL or name in COMMUNITY_GENERAL_OTHER_OS else None
+    for collection, names in WINDOWS.items():
+        if key.startswith(collection + "."):
+            name = key[len(collection) + 1 :]
+            return name if name in names else None
     if key.startswith("community.crypto."):
         name = key[len("community.crypto.") :]
         return name if name in COMMUNITY_CRYPTO else None
