@@ -935,10 +935,10 @@ def test_a_templated_no_log_is_decided_where_the_controller_knows_its_names(tmp_
         tmp_path,
         "t",
         {
-            "defaults/main.yml": "secret_mode: true\nopen_mode: false\n",
+            "defaults/main.yml": "secret_mode: true\nopen_mode: false\nhidden_word: hidden-2\nshown_word: shown-1\n",
             "tasks/main.yml": """\
-- {name: hidden, command: "true", no_log: "{{ secret_mode }}"}
-- {name: shown, command: "true", no_log: "{{ open_mode }}", register: probe}
+- {name: hidden, command: "echo {{ hidden_word }}", no_log: "{{ secret_mode }}"}
+- {name: shown, command: "echo {{ shown_word }}", no_log: "{{ open_mode }}", register: probe}
 - name: a block
   no_log: "{{ open_mode or secret_mode }}"
   block:
@@ -947,8 +947,10 @@ def test_a_templated_no_log_is_decided_where_the_controller_knows_its_names(tmp_
 """,
         },
     )
-    steps = _tree(compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps)
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    steps = _tree(compiled.steps)
     assert steps["hidden"]["no_log"] is True and steps["shown"]["no_log"] is False
+    assert compiled.no_log_values == ["hidden-2"]  # what the step it hides reads, redacted in every log line
     assert steps["inherits"]["no_log"] is True
     assert steps["on the box"]["no_log"] == "{{ probe.rc == 0 }}"
     make_role(tmp_path, "t", {"tasks/main.yml": '- {command: "true", no_log: "{{ secret_mod }}"}\n'})

@@ -604,6 +604,9 @@ def _compile(
             problems.append(doc.diag(path, f"cannot decide ignore_errors here: {exc}"))
             continue
         step["ignore_errors"] = rendered is True or str(rendered).strip().lower() in ("true", "yes", "on", "1")
+    for step, names in collector.maybe_secret:  # a templated no_log that hides its step: secrets as any no_log's
+        if step.get("no_log") is not False:
+            collector.no_log_names.update(names)
     _render_names(steps + handlers, seen_by, _runtime_behind(runtime, everything))
     if problems:
         unique = list(dict.fromkeys(problems))

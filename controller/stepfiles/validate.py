@@ -206,6 +206,7 @@ class Collector:
     # (step, where, path, ignore_errors or no_log): a flag written as a template, decided when compiling
     templated_flags: list[tuple[dict[str, Any], Document, tuple[Any, ...], str]] = field(default_factory=list)
     no_log_names: set[str] = field(default_factory=set)
+    maybe_secret: list[tuple[dict[str, Any], set[str]]] = field(default_factory=list)  # (step, names) to decide
     check_templates: list[tuple[dict[str, Any], Document, tuple[Any, ...], str]] = field(default_factory=list)
     index: int = 0
     roles: RoleFinder | None = None  # the roles include_role/import_role may name (compile.py gives it)
@@ -1032,7 +1033,7 @@ class StepCompiler:
         if loops:
             loop_var = self._loop_var(data, path)
             loop_names = frozenset({loop_var}) | self._loop_control(data, path, step, ctx.extra | {loop_var})
-            secret = may_hide(data.get("no_log", ctx.no_log))
+            secret = hiding(data.get("no_log", ctx.no_log), step)
             step["loop"] = self._ansible_loop(loops[0], data[loops[0]], path + (loops[0],), ctx.extra, secret)
             if loop_var != "item":
                 step["loop_var"] = loop_var
@@ -1254,11 +1255,10 @@ class StepCompiler:
             return "item"
         return name
 
-    def _loop(self, value: Any, path: tuple[Any, ...], extra: frozenset[str], no_log: bool = False) -> None:
+    def _loop(self, value: Any, path: tuple[Any, ...], extra: frozenset[str], no_log: Hiding = False) -> None:
         if isinstance(value, str):
             self._expression(value, path, extra)
-            if no_log:
-                self.c.no_log_names.update(names_of(Ref(self.doc, path, value, False)))
+            self._keep_secret(names_of(Ref(self.doc, path, value, False)), no_log)
         elif isinstance(value, list):
             self._templated(value, path, extra, no_log)
         else:
@@ -1287,7 +1287,7 @@ class StepCompiler:
     def _expression(self, value: str, path: tuple[Any, ...], extra: frozenset[str]) -> None:
         self.c.refs.append(Ref(self.doc, path, value, False, extra))
 
-    def _templated(self, value: Any, path: tuple[Any, ...], extra: frozenset[str], no_log: bool = False) -> None:
+    def _templated(self, value: Any, path: tuple[Any, ...], extra: frozenset[str], no_log: Hiding = False) -> None:
         """Collect every templated string inside ``value`` (args, loop items)."""
         if isinstance(value, dict):
             for key, item in value.items():
@@ -1298,8 +1298,14 @@ class StepCompiler:
         elif is_templated(value):
             ref = Ref(self.doc, path, value, True, extra)
             self.c.refs.append(ref)
-            if no_log:
-                self.c.no_log_names.update(names_of(ref))
+            self._keep_secret(names_of(ref), no_log)
+
+    def _keep_secret(self, names: set[str], no_log: Hiding) -> None:
+        """The names a no_log step reads are secrets; those of a step whose no_log is a template, if it hides it."""
+        if no_log is True:
+            self.c.no_log_names.update(names)
+        elif no_log:
+            self.c.maybe_secret.append((no_log, names))
 
     def _notify(self, value: Any, path: tuple[Any, ...]) -> list[str]:
         names: list[str] = []
@@ -1393,7 +1399,7 @@ class StepCompiler:
             args = {schema["free_form"]: given}
         else:
             args = {}
-        self._templated(given, path, extra, no_log=bool(step.get("no_log")))
+        self._templated(given, path, extra, no_log=hiding(step.get("no_log"), step))
         folder = SRC_DIRS.get(module)
         if folder and isinstance(args.get("src"), str) and not _truthy(args.get("remote_src")):
             src = args["src"]
@@ -1599,6 +1605,15 @@ def _conjuncts(node: nodes.Node) -> list[nodes.Node]:
     if isinstance(node, nodes.And):
         return _conjuncts(node.left) + _conjuncts(node.right)
     return [node]
+
+
+#: what a step's no_log says of the values it reads: secret (True), not (False), or the step whose templated
+#: no_log decides when compiling
+Hiding = bool | dict[str, Any]
+
+
+def hiding(no_log: Any, step: dict[str, Any]) -> Hiding:
+    return step if is_templated(no_log) else no_log in (True, "yes", "true", "on")
 
 
 def may_hide(no_log: Any) -> bool:
