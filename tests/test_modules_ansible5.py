@@ -470,3 +470,49 @@ def test_other_os_modules_are_where_ansible_finds_them() -> None:
             redirect = (routed.get(name) or {}).get("redirect")
             assert redirect in (None, f"{collection}.{name}"), (name, redirect)
             assert name in ansible.OTHER_OS and name.startswith("win_"), name
+
+
+# --- systemd/service with a name alone: the unit's properties as status -----------------------------------------
+def test_systemd_with_a_name_alone_is_valid_and_its_status_is_read(tmp_path: Path) -> None:
+    """geerlingguy.docker's idiom: no state, registered, then .status['FragmentPath'] read; service alike."""
+    found = role_problems(
+        tmp_path,
+        "- name: Read docker's unit.\n"
+        "  ansible.builtin.systemd_service:\n"
+        "    name: docker\n"
+        "  register: docker_service\n"
+        "- name: Read it through service.\n"
+        "  service: name=docker\n"
+        "- name: Use it.\n"
+        "  debug: {msg: \"{{ docker_service.status['FragmentPath'] }}\"}\n"
+        "- name: State without a name is still refused.\n"
+        "  systemd: {state: started}\n",
+    )
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "systemd: missing required argument 'name' (state acts on a unit; daemon_reload or daemon_reexec alone "
+        "needs none)"
+    ], found
+
+
+SHOW = (
+    "Type=notify\n"
+    "ExecMainPID=123\n"
+    "ExecStart={ path=/usr/sbin/sshd ; argv[]=/usr/sbin/sshd -D $SSHD_OPTS ; ignore_errors=no ;"
+    " start_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }\n"
+    "ExecReload={ path=/bin/kill ; argv[]=/bin/kill -HUP $MAINPID\n"
+    "  ; ignore_errors=no ; pid=0 }\n"
+    "Description={ an odd description\n"
+    "Names=ssh.service sshd.service\n"
+    "FragmentPath=/lib/systemd/system/ssh.service\n"
+    "Environment=\n"
+    "not a property\n"
+    "ActiveState=active\n"
+)
+
+
+def test_systemd_status_is_parsed_as_ansibles_systemd_reads_systemctl_show() -> None:
+    from kiln.agent.modules import service
+
+    reference = reference_module("ansible.modules.systemd_service")
+    lines = SHOW.split("\n")
+    assert service.parse_show(lines) == reference.parse_systemctl_show(lines)

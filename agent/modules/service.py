@@ -11,7 +11,7 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..api import Context, ModuleError, Result
 
@@ -76,7 +76,8 @@ SCHEMA = {
             "description": "systemctl --force: enable over conflicting symlinks.",
         },
     },
-    "required_one_of": [["state", "enabled", "masked", "daemon_reload", "daemon_reexec"]],
+    # no required_one_of: Ansible's (state, enabled, masked, daemon_reload, daemon_reexec) is met by daemon_reload's
+    # default, so a name alone reads the unit (registered .status: its properties, as `systemctl show` gives them)
     "rules": [_name_needed],
     "check_mode": "full",
     "diff": True,
@@ -116,10 +117,34 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     if not name:
         return {}
     ctl = systemctl(params)
-    load = _run(ctx, ctl + ["show", "-p", "LoadState", "--value", name]).stdout.strip()
+    shown = _run(ctx, ctl + ["show", name])
+    status = parse_show(shown.stdout.split("\n")) if shown.rc == 0 else {}
     active = _run(ctx, ctl + ["is-active", name]).stdout.strip() or "unknown"
     enabled = _run(ctx, ctl + ["is-enabled", name]).stdout.strip() or "unknown"
-    return {"load": load, "active": active, "enabled": enabled}
+    return {"load": status.get("LoadState", ""), "active": active, "enabled": enabled, "status": status}
+
+
+def parse_show(lines: List[str]) -> Dict[str, str]:
+    """``systemctl show``'s KEY=value lines as Ansible's systemd reads them: only an Exec* value that opens a
+    ``{`` without closing it goes on over the next lines, up to one ending in ``}`` (other values are one line)."""
+    parsed: Dict[str, str] = {}
+    key: Optional[str] = None
+    pending: List[str] = []
+    for line in lines:
+        if key is not None:
+            pending.append(line)
+            if line.rstrip().endswith("}"):
+                parsed[key] = "\n".join(pending).strip()
+                key, pending = None, []
+            continue
+        if "=" not in line:
+            continue
+        name, value = line.split("=", 1)
+        if name.startswith("Exec") and value.lstrip().startswith("{") and not value.rstrip().endswith("}"):
+            key, pending = name, [value]
+            continue
+        parsed[name] = value.strip()
+    return parsed
 
 
 def _masking(masked: Any, state: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -140,7 +165,15 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         state = check(params, ctx)
     if not name:
         done = " and ".join(verb.replace("_", "-") for verb in managed)
-        return Result(False, f"systemd: {done}" + (" (check mode: not run)" if ctx.check_mode else ""))
+        data = {"name": None, "status": {}}
+        if not done:
+            return Result(False, "systemd: nothing asked", data=data)
+        return Result(False, f"systemd: {done}" + (" (check mode: not run)" if ctx.check_mode else ""), data=data)
+    # as Ansible's systemd: the unit's properties as they were before the step, the state and enabled it asked for
+    data = {"name": name, "status": state["status"], **_asked(params)}
+    if all(params.get(key) is None for key in ("state", "enabled", "masked")):
+        shown = f"{state['load'] or 'unknown'}, {state['active']}, {state['enabled']}"
+        return Result(False, f"service {name}: {shown}", data=data)
     if state["load"] == "not-found" and params.get("masked") is None:
         if ctx.check_mode:
             return Result(True, f"service {name} is not installed (yet?); cannot predict", predicted=False)
@@ -175,12 +208,10 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
             before["enabled"] = state["enabled"]
             after["enabled"] = "enabled" if enabled else "disabled"
     if not actions:
-        return Result(
-            False, f"service {name} is as wanted ({state['active']}, {state['enabled']})", data={"status": state}
-        )
+        return Result(False, f"service {name} is as wanted ({state['active']}, {state['enabled']})", data=data)
     msg = f"service {name}: " + ", ".join(done for _, done in actions)
     if ctx.check_mode:
-        return Result(True, f"{msg} (check mode)", diff={"before": before, "after": after})
+        return Result(True, f"{msg} (check mode)", diff={"before": before, "after": after}, data=data)
     for verb, _ in actions:
         done = _run(ctx, systemctl(params) + [verb, name])
         if done.rc != 0:
@@ -189,4 +220,14 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
                 f"systemctl {verb} {name} failed: {(done.stderr or done.stdout).strip()}\n{status.stdout.strip()}",
                 rc=done.rc,
             )
-    return Result(True, msg, diff={"before": before, "after": after}, data={"status": check(params, ctx)})
+    return Result(True, msg, diff={"before": before, "after": after}, data=data)
+
+
+def _asked(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Ansible's systemd result keys: ``state`` (restarted and reloaded say started) and ``enabled`` when given."""
+    asked: Dict[str, Any] = {}
+    if params.get("state") is not None:
+        asked["state"] = "stopped" if params["state"] == "stopped" else "started"
+    if params.get("enabled") is not None:
+        asked["enabled"] = params["enabled"]
+    return asked
