@@ -30,7 +30,8 @@ SCHEMA = {
         "name": {
             "type": "str",
             "aliases": ["service", "unit"],
-            "description": 'Unit name (".service" may be left out); needed by state, enabled and masked.',
+            "description": 'Unit name (".service" may be left out); needed by state, enabled and masked. Alone, '
+            "the step reads the unit: registered status is its properties (systemctl show), as in Ansible.",
         },
         "state": {
             "type": "str",
