@@ -516,3 +516,17 @@ def test_systemd_status_is_parsed_as_ansibles_systemd_reads_systemctl_show() -> 
     reference = reference_module("ansible.modules.systemd_service")
     lines = SHOW.split("\n")
     assert service.parse_show(lines) == reference.parse_systemctl_show(lines)
+
+
+def test_package_use_names_the_manager_as_ansibles_package_does(tmp_path: Path) -> None:
+    """use: auto or the box's manager runs it; another manager's name fails the step, not the validation."""
+    from kiln.agent.api import Context, ModuleError
+    from kiln.agent.modules import package
+    from kiln.agent.schema import validate
+
+    found = role_problems(tmp_path, "- package: {name: git, use: apt}\n- package: {name: git, use: dnf}\n")
+    assert found == [], found
+    params, errors = validate(package.SCHEMA, {"name": "git", "use": "dnf"})
+    assert not errors
+    with pytest.raises(ModuleError, match="use dnf, but this box's package manager is apt"):
+        package.check(params, Context(facts={"pkg_mgr": "apt"}))

@@ -108,8 +108,9 @@ def test_check_mode_latest_predicts_candidate(box, apt_log):
 def test_apts_own_arguments_go_to_apt(box, apt_log):
     """Ansible's package hands every argument to apt on Debian: apt's allow_downgrade and an update alone work."""
     apt_log()
-    event = run_step(box, "package", {"name": "hello", "allow_downgrade": True})
-    assert event["status"] in ("ok", "changed"), event
+    for args in ({"name": "hello", "allow_downgrade": True}, {"name": "hello", "use": "apt"}):
+        event = run_step(box, "package", args)
+        assert event["status"] in ("ok", "changed"), event
     update = run_step(box, "package", {"update_cache": True})
     assert update["status"] in ("ok", "changed"), update
     assert apt_log()[-1:] == ["update"]

@@ -27,7 +27,7 @@ SCHEMA = {
     **{key: value for key, value in package.SCHEMA.items() if key != "foreign_args"},  # apt takes only its own
     "description": "Ansible's apt: install, upgrade or remove Debian packages (recommends as apt is configured).",
     "args": {
-        **package.SCHEMA["args"],
+        **{name: spec for name, spec in package.SCHEMA["args"].items() if name != "use"},  # package's own choice
         "name": {
             **package.SCHEMA["args"]["name"],
             "description": "Package name or list of names (pin a version with name=1.2.3); none: only refresh "

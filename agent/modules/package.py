@@ -283,6 +283,12 @@ SCHEMA = {
             "aliases": ["default-release"],
             "description": "apt: the release to install from (apt-get -t), e.g. bookworm-backports.",
         },
+        "use": {
+            "type": "str",
+            "default": "auto",
+            "description": "The manager, as Ansible's package picks it: auto (the box's own) or its name; another "
+            "manager's name fails the step (kiln runs the box's own).",
+        },
         **APT_ARGS,
     },
     "foreign_args": FOREIGN_ARGS,
@@ -435,6 +441,9 @@ def refuse_foreign(params: Dict[str, Any], manager: str) -> None:
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     manager = _manager(ctx)
+    asked = {"yum": "dnf"}.get(params.get("use") or "auto", params.get("use") or "auto")  # yum is dnf, as in Ansible
+    if asked not in ("auto", manager):
+        raise ModuleError(f"package: use {params['use']}, but this box's package manager is {manager}")
     refuse_foreign(params, manager)
     if params.get("deb") and as_list(params["name"]):
         raise ModuleError("apt: parameters are mutually exclusive: deb|package|upgrade")

@@ -253,7 +253,7 @@ TABLE: dict[str, Mapping] = {
     "yum": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check")),
     # Ansible's package hands every argument to the box's manager: apt's are kiln's package's, other managers'
     # are its SCHEMA's foreign_args (accepted here, refused on a box whose manager lacks them, as Ansible's apt does)
-    "package": Mapping("package", renames=_APT.renames, ignored=_APT.ignored, pending=("use",)),
+    "package": Mapping("package", renames=_APT.renames, ignored=_APT.ignored),
     "service": _SERVICE,
     "systemd": _SERVICE,
     "systemd_service": _SERVICE,
