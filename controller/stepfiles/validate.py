@@ -21,7 +21,7 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -907,7 +907,7 @@ class StepCompiler:
             ):
                 self.error(path + (other,), f"'{other}' cannot be used with include_vars", key=True)
         own = self._scoped(data, path, step, ctx.extra)
-        ctx = StepContext(ctx.tags, ctx.extra | own, ctx.no_log, ctx.ignore_errors, ctx.handler)
+        ctx = replace(ctx, extra=ctx.extra | own)
         if "when" in data:
             step["when"] = self._condition(data["when"], path + ("when",), ctx.extra)
         tags = self._tags(data, path, ctx)
@@ -1022,7 +1022,7 @@ class StepCompiler:
         self, data: dict[str, Any], path: tuple[Any, ...], ctx: StepContext, step: dict[str, Any]
     ) -> frozenset[str]:
         """Check the control keywords of a module step; return the loop variable's name (if any)."""
-        ctx = StepContext(ctx.tags, ctx.extra | own_var_names(data), ctx.no_log, ctx.ignore_errors, ctx.handler)
+        ctx = replace(ctx, extra=ctx.extra | own_var_names(data))
         self._name(data, path, step)
         if is_templated(step["name"]):
             self.c.refs.append(Ref(self.doc, path + ("name",), step["name"], True, ctx.extra | {"item"}))
