@@ -9,6 +9,7 @@ a run whose steps template nothing never loads it.
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import os
 import re
@@ -320,7 +321,85 @@ def _lookup_values(context: Any, kind: str, terms: tuple, kwargs: Dict[str, Any]
         return _first_found(scope, terms, kwargs)
     if kind == "env":
         return [os.environ.get(t, kwargs.get("default", "")) for t in terms]
-    raise TemplateError(f"lookup({kind!r}): kiln has file, template, vars, varnames and env lookups")
+    if kind == "subelements":
+        return _subelements(list(terms))
+    if kind in ("flattened", "community.general.flattened"):
+        return _flattened(list(terms))
+    raise TemplateError(
+        f"lookup({kind!r}): kiln has file, template, vars, varnames, env, first_found, subelements and flattened"
+    )
+
+
+#: lookups whose terms are positional (a list among them is one term), not a list of names to flatten
+POSITIONAL_LOOKUPS = ("subelements",)
+
+
+def _subelements(terms: list) -> list:
+    """Ansible's subelements lookup (``with_subelements``): each element paired with each item of its list under
+    the dotted ``key``; an element or a whole result marked skipped is left out, the first of each pair lacks the
+    key (the lookup pops it), a missing key is an error unless ``skip_missing``."""
+    if not 2 <= len(terms) <= 3 or not isinstance(terms[0], (list, dict)) or not isinstance(terms[1], str):
+        raise TemplateError(
+            "subelements lookup expects a list of two or three items, first a dict or a list, second a string "
+            "pointing to the subkey"
+        )
+    flags = terms[2] if len(terms) == 3 else {}
+    if not isinstance(flags, dict) or any(key != "skip_missing" for key in flags):
+        raise TemplateError("subelements lookup: the optional third item must be a dict with flags ('skip_missing',)")
+    if isinstance(terms[0], dict):
+        if terms[0].get("skipped", False) is not False:  # a registered result skipped whole
+            return []
+        elements = list(terms[0].values())
+    else:
+        elements = terms[0]
+    skip_missing = str(flags.get("skip_missing", False)).strip().lower() in ("true", "yes", "on", "1", "y", "t")
+    pairs = []
+    for element in elements:
+        if not isinstance(element, dict):
+            raise TemplateError(f"subelements lookup expects a dictionary, got '{element}'")
+        if element.get("skipped", False) is not False:
+            continue
+        element = copy.deepcopy(element)  # the lookup pops the key from its own copy, never the variable
+        items = _subelement_list(element, terms[1].split("."), skip_missing)
+        pairs += [[element, item] for item in items]
+    return pairs
+
+
+def _subelement_list(element: dict, keys: list, skip_missing: bool) -> list:
+    value = element
+    for position, key in enumerate(keys):
+        last = position == len(keys) - 1
+        if key not in value:
+            if skip_missing:
+                continue
+            raise TemplateError(f"could not find '{key}' key in iterated item '{value}'")
+        if not last:
+            if not isinstance(value[key], dict):
+                if skip_missing:
+                    continue
+                raise TemplateError(f"the key {key} should point to a dictionary, got '{value[key]}'")
+            value = value[key]
+        elif not isinstance(value[key], list):
+            raise TemplateError(f"the key {key} should point to a list, got '{value[key]}'")
+        else:
+            return value.pop(key)
+    return []
+
+
+def _flattened(terms: list) -> list:
+    """community.general's flattened lookup: every list inside flattened, however deep; a term 'None' or 'null'
+    ends its list (what an undefined item rendered to, once)."""
+    out: list = []
+    for term in terms:
+        while isinstance(term, list) and len(term) == 1:
+            term = term[0]
+        if term in ("None", "null"):
+            break
+        if isinstance(term, list):
+            out.extend(_flattened(term))
+        else:
+            out.append(term)
+    return out
 
 
 def _first_found(scope: Dict[str, Any], terms: tuple, kwargs: Dict[str, Any]) -> list:
@@ -346,17 +425,21 @@ def _first_found(scope: Dict[str, Any], terms: tuple, kwargs: Dict[str, Any]) ->
 
 
 def lookup(context: Any, kind: str, *terms: Any, wantlist: bool = False, **kwargs: Any) -> Any:
-    values = _lookup_values(context, kind, tuple(_flat_terms(terms)), kwargs)
+    values = _lookup_values(context, kind, _given_terms(kind, terms), kwargs)
     if wantlist:
         return values
     return ",".join(str(v) for v in values) if len(values) != 1 else values[0]
 
 
 def query(context: Any, kind: str, *terms: Any, **kwargs: Any) -> list:
-    values = _lookup_values(context, kind, tuple(_flat_terms(terms)), kwargs)
+    values = _lookup_values(context, kind, _given_terms(kind, terms), kwargs)
     if kind == "varnames":
         return [name for joined in values for name in joined.split(",") if name]
     return values
+
+
+def _given_terms(kind: str, terms: tuple) -> tuple:
+    return terms if kind in POSITIONAL_LOOKUPS else tuple(_flat_terms(terms))
 
 
 def _flat_terms(terms: tuple) -> list:

@@ -974,9 +974,10 @@ def test_meta_reset_connection_is_a_step_saying_there_is_nothing_to_reset(tmp_pa
 
 
 def test_a_when_on_definedness_leaves_the_arguments_it_guards_to_the_run(tmp_path: Path):
-    """Ansible renders a task's arguments only when its when holds: ``x is defined`` guards x there (not in the
-    loop, rendered first); ``x is not defined`` of a name only a vars/ file gives (per platform, geerlingguy.git)
-    makes the task that platform's fallback, whose arguments the box judges. A default is no such name."""
+    """Ansible renders a task's arguments only when its when holds: ``x is defined`` guards x there;
+    ``x is not defined`` of a name only a vars/ file gives (per platform, geerlingguy.git)
+    makes the task that platform's fallback, whose arguments the box judges. A default is no such name. Its loop is
+    guarded too: Ansible's executor keeps a loop's undefined-name error until the when is known, and skips."""
     make_role(
         tmp_path,
         "t",
@@ -1013,5 +1014,148 @@ def test_a_when_on_definedness_leaves_the_arguments_it_guards_to_the_run(tmp_pat
         },
     )
     found = sorted((d.line, d.message) for d in compile_errors(tmp_path))
-    assert [line for line, _ in found] == [2, 4, 6], found
+    assert [line for line, _ in found] == [4, 6], found
     assert all("undefined variable" in message for _, message in found), found
+
+
+def test_a_definedness_guard_covers_its_loop_an_include_and_a_blocks_steps(tmp_path: Path):
+    """Ansible's executor keeps a loop's undefined-name error until the when is evaluated, and skips the task when it
+    is false (robertdebock.users: ``loop: "{{ users_groups }}"`` under ``when: users_groups is defined``); an
+    include's or a block's ``x is defined`` guards the steps inside. A name no guard covers is still reported."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "tasks/each.yml": "- debug: {msg: '{{ group.name }} {{ maybe_groups | length }}'}\n",
+            "tasks/main.yml": """\
+- assert: {that: [item.name is defined]}
+  loop: "{{ maybe_groups }}"
+  loop_control: {label: "{{ item.name }}"}
+  when: [maybe_groups is defined]
+- include_tasks: {file: each.yml}
+  loop: "{{ maybe_groups }}"
+  loop_control: {loop_var: group}
+  when: maybe_groups is defined
+- block:
+    - debug: {msg: "{{ maybe_block.x }}"}
+  when: maybe_block is defined
+- debug: {msg: "{{ item }}"}
+  loop: "{{ not_guarded }}"
+  when: maybe_groups is defined
+""",
+        },
+    )
+    found = [(d.line, d.message) for d in compile_errors(tmp_path)]
+    assert found == [(13, "undefined variable 'not_guarded'")], found
+
+
+def test_a_role_variable_may_read_a_loop_variable_bound_where_it_is_used(tmp_path: Path):
+    """Ansible's variables are lazy: vars/main.yml's ``cmd: "ssh-keygen -f {{ user.name }}"`` is rendered inside
+    the task whose loop_control binds ``user`` (robertdebock.users); a name no loop binds is a typo still."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "vars/main.yml": "keygen: ssh-keygen -f /k/{{ user.name }}\ntypo: '{{ usr.name }}'\n",
+            "tasks/main.yml": """\
+- debug: {msg: "{{ keygen }}"}
+  loop: [{name: a}]
+  loop_control: {loop_var: user}
+""",
+        },
+    )
+    found = [(d.file.rsplit("/", 1)[-1], d.line, d.message) for d in compile_errors(tmp_path)]
+    assert [(f, line, m.split(" (")[0]) for f, line, m in found] == [("main.yml", 2, "undefined variable 'usr'")]
+
+
+def test_loop_control_without_a_loop_and_run_once_are_accepted(tmp_path: Path):
+    """Ansible reads no loop_control setting without a loop (robertdebock.users' group.yml), and run_once on a
+    task, block or import changes nothing with one host (node_exporter, users); kiln's own loop_var still needs a
+    loop, and run_once's value is still checked."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "tasks/other.yml": "- debug: {msg: hi}\n",
+            "tasks/main.yml": """\
+- debug: {msg: "{{ 'x' }}"}
+  loop_control: {label: "{{ group.name }}"}
+  run_once: true
+- import_tasks: {file: other.yml}
+  run_once: "{{ 1 == 1 }}"
+- block:
+    - debug: {msg: hi}
+  run_once: true
+""",
+        },
+    )
+    steps = compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps
+    assert "loop_control" not in steps[0] and "run_once" not in json.dumps(steps), steps
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "tasks/main.yml": """\
+- debug: {msg: hi}
+  loop_var: x
+- debug: {msg: hi}
+  run_once: maybe
+- debug: {msg: hi}
+  loop_control: {lable: x}
+"""
+        },
+    )
+    found = sorted((d.line, d.message.split(":")[0]) for d in compile_errors(tmp_path))
+    assert [line for line, _ in found] == [2, 4, 6], found
+
+
+def _loop_items(step: dict, variables: dict) -> list:
+    from kiln.agent.templating import render
+
+    return [list(pair) if isinstance(pair, (list, tuple)) else pair for pair in render(step["loop"], variables)]
+
+
+def test_with_subelements_and_with_flattened_give_ansibles_items(tmp_path: Path):
+    """ansible-core's subelements lookup (the first of each pair without the key, skipped elements left out,
+    skip_missing) and community.general's flattened (every depth), run on the box's templating (geerlingguy.php,
+    dev-sec os_hardening); their terms' names are checked as a loop's."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "defaults/main.yml": """\
+php_sets:
+  - {name: a, files: [x, w]}
+  - {name: b}
+  - {name: c, files: [z], skipped: true}
+more: [[3, [4]], 5]
+""",
+            "tasks/main.yml": """\
+- name: subs
+  debug: {msg: "{{ item.0.name }} {{ item.1 }}"}
+  with_subelements:
+    - "{{ php_sets }}"
+    - files
+    - skip_missing: true
+- name: flat
+  debug: {msg: "{{ item }}"}
+  with_community.general.flattened:
+    - [1, [2]]
+    - "{{ more }}"
+- name: flat2
+  debug: {msg: "{{ item }}"}
+  with_flattened: "{{ more }}"
+""",
+        },
+    )
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    steps, variables = _tree(compiled.steps), compiled.variables
+    assert _loop_items(steps["subs"], variables) == [[{"name": "a"}, "x"], [{"name": "a"}, "w"]]
+    assert _loop_items(steps["flat"], variables) == [1, 2, 3, 4, 5]
+    assert _loop_items(steps["flat2"], variables) == [3, 4, 5]
+    make_role(
+        tmp_path,
+        "t",
+        {"tasks/main.yml": "- debug: {msg: '{{ item }}'}\n  with_subelements: ['{{ nothing }}', files]\n"},
+    )
+    assert [(d.line, d.message) for d in compile_errors(tmp_path)] == [(2, "undefined variable 'nothing'")]

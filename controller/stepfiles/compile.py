@@ -942,7 +942,7 @@ def _collect_var_refs(collector: Collector, doc: Document, path: tuple[Any, ...]
         for index, item in enumerate(value):
             _collect_var_refs(collector, doc, path + (index,), item)
     elif is_templated(value):
-        collector.refs.append(Ref(doc, path, value, True))
+        collector.refs.append(Ref(doc, path, value, True, role_variable=True))
 
 
 def compile_role(

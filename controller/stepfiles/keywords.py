@@ -94,8 +94,20 @@ KEYWORDS: dict[str, dict[str, Any]] = {
                 "The first of these files that exists (include_vars: in vars/, include_tasks: in "
                 "tasks/), names rendered with facts on the box.",
             ),
+            (
+                "subelements",
+                "Ansible's loop over `[list, 'key', {skip_missing: true}]`: `item.0` each element (without `key`), "
+                "`item.1` each item of its list under `key` (dotted for a deeper one).",
+            ),
+            ("flattened", "Ansible's loop over the items of these lists, flattened however deep."),
+            ("community.general.flattened", "The same as `with_flattened` (its collection's name)."),
         )
     },
+    "run_once": _keyword(
+        (STEP, BLOCK),
+        "Accepted and changes nothing: a bake has one host, so every step runs once.",
+        **dict(BOOLEAN, templated=True, expect="true, false or a template giving one"),
+    ),
     "become": _keyword(
         (STEP, BLOCK),
         "Run as another user (`become_user`); steps run as root already, so `become: true` alone changes nothing.",

@@ -181,6 +181,7 @@ class Ref:
     extra: frozenset[str] = frozenset()
     # the step runs only where these are undefined (its when says `x is not defined`): see check_references
     fallback_for: frozenset[str] = frozenset()
+    role_variable: bool = False  # a variable's value (defaults/, vars/, role.yml, kiln.yaml): rendered where it is read
 
 
 @dataclass
@@ -212,6 +213,7 @@ class Collector:
     roles: RoleFinder | None = None  # the roles include_role/import_role may name (compile.py gives it)
     role_uses: list[RoleUse] = field(default_factory=list)
     params: set[str] = field(default_factory=set)  # role parameters given to dependencies: names their tasks read
+    loop_vars: set[str] = field(default_factory=set)  # each loop variable (loop_var, index_var): check_references
 
     def add(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
@@ -583,11 +585,13 @@ class StepCompiler:
         )
         loop_var, index_var = (self._loop_var(data, path), _index_var(data)) if loops else ("", "")
         loop_names = frozenset(n for n in (loop_var, index_var) if n)
+        self.c.loop_vars.update(loop_names)
         param_names = frozenset(block["vars"]) if isinstance(block.get("vars"), dict) else frozenset()
         own_tags = self._tags(data, path, StepContext()) if kind == "import_tasks" else []
         inner_tags = tuple(dict.fromkeys([*ctx.tags, *own_tags, *self._tags(apply, apply_at, StepContext())]))
+        guards = definedness_guards(data.get("when"))[0]  # the file is included only when the when holds
         inner = StepContext(
-            inner_tags, ctx.extra | loop_names | param_names, ctx.no_log, ctx.ignore_errors, ctx.handler
+            inner_tags, ctx.extra | loop_names | param_names | guards, ctx.no_log, ctx.ignore_errors, ctx.handler
         )
         if is_templated(value):
             names = sorted(
@@ -643,7 +647,8 @@ class StepCompiler:
         result, a set_fact value, facts: what Ansible loops an include over), the block's ``when`` checked per
         item, its steps seeing the item as ``loop_var`` (and its position as ``index_var``)."""
         secret = may_hide(data.get("no_log", ctx.no_log))
-        compiled["loop"] = self._ansible_loop(loop_key, data[loop_key], path + (loop_key,), ctx.extra, secret)
+        guarded = ctx.extra | definedness_guards(data.get("when"))[0]  # as a task's loop (see _keywords)
+        compiled["loop"] = self._ansible_loop(loop_key, data[loop_key], path + (loop_key,), guarded, secret)
         control = {"loop_var": loop_var}
         if index_var:
             control["index_var"] = index_var
@@ -718,6 +723,7 @@ class StepCompiler:
         )
         loop_var, index_var = (self._loop_var(data, path), _index_var(data)) if loops else ("", "")
         loop_names = frozenset(n for n in (loop_var, index_var) if n)
+        self.c.loop_vars.update(loop_names)
         param_names = frozenset(block["vars"]) if isinstance(block.get("vars"), dict) else frozenset()
         own_tags = self._tags(data, path, StepContext()) if kind == "import_role" else []
         inner_tags = tuple(dict.fromkeys([*ctx.tags, *own_tags, *self._tags(apply, at("apply"), StepContext())]))
@@ -1034,12 +1040,17 @@ class StepCompiler:
             loop_var = self._loop_var(data, path)
             loop_names = frozenset({loop_var}) | self._loop_control(data, path, step, ctx.extra | {loop_var})
             secret = hiding(data.get("no_log", ctx.no_log), step)
-            step["loop"] = self._ansible_loop(loops[0], data[loops[0]], path + (loops[0],), ctx.extra, secret)
+            # a loop that fails on an undefined name waits for the when, which skips the task (Ansible's executor)
+            guarded = ctx.extra | definedness_guards(data.get("when"))[0]
+            step["loop"] = self._ansible_loop(loops[0], data[loops[0]], path + (loops[0],), guarded, secret)
             if loop_var != "item":
                 step["loop_var"] = loop_var
-        elif "loop_var" in data or "loop_control" in data:
-            key = "loop_var" if "loop_var" in data else "loop_control"
-            self.error(path + (key,), f"'{key}' without 'loop'", key=True)
+            self.c.loop_vars.update(loop_names)
+        elif "loop_var" in data:
+            self.error(path + ("loop_var",), "'loop_var' without 'loop'", key=True)
+        elif "loop_control" in data:
+            self._loop_var(data, path)  # its settings checked; Ansible reads none of them without a loop
+
         extra = ctx.extra | loop_names
         for key in EXPRESSION_KEYS:
             if key in data:
@@ -1098,10 +1109,14 @@ class StepCompiler:
     def _scoped(
         self, data: dict[str, Any], path: tuple[Any, ...], step: dict[str, Any], extra: frozenset[str]
     ) -> frozenset[str]:
-        """become/become_user, vars, environment and check_mode; the names ``vars`` defines."""
+        """become/become_user, run_once, vars, environment and check_mode; the names ``vars`` defines."""
         names: frozenset[str] = frozenset()
         if "become" in data:
             self._judged(data, path, "become")
+        if "run_once" in data:  # a bake has one host: every step runs once, so it is checked and changes nothing
+            value = self._judged(data, path, "run_once")
+            if is_templated(value):
+                self.c.refs.append(Ref(self.doc, path + ("run_once",), value, True, extra))
         if "become_user" in data:
             value = self._judged(data, path, "become_user")
             if value is not None and data.get("become", True) is not False:
@@ -1179,12 +1194,28 @@ class StepCompiler:
                 "for another module, name the file or choose it with a when",
             )
             return []
+        if key in LOOKUP_LOOPS:
+            return self._lookup_loop(LOOKUP_LOOPS[key], value, path, extra, secret)
         if key == "with_items" and isinstance(value, list):  # with_items flattens one level
             value = [x for item in value for x in (item if isinstance(item, list) else [item])]
         self._loop(value, path, extra, secret)
         if key == "with_items" and (isinstance(value, str) or (isinstance(value, list) and any_templated(value))):
             return _flattened_on_the_box(value)
         return value
+
+    def _lookup_loop(self, lookup: str, value: Any, path: tuple[Any, ...], extra: frozenset[str], secret: bool) -> str:
+        """``with_<lookup>`` as Ansible runs it: its terms (the list written, or the list a template gives) handed to
+        the lookup, on the box, where the names they read have their values."""
+        self._loop(value, path, extra, secret)
+        if isinstance(value, list):
+            terms = as_expression(value)
+        elif isinstance(value, str):
+            inner = WHOLE_EXPRESSION.match(value)
+            given = inner.group(1).strip() if inner else ansible.template_to_expression(value)
+            terms = f"([({given})] if ({given}) is string or ({given}) is mapping else ({given}))"
+        else:
+            return "{{ [] }}"  # refused by _loop
+        return "{{ query(" + repr(lookup) + ", *" + terms + ") }}"
 
     def _fileglob(self, value: Any, path: tuple[Any, ...]) -> list[str]:
         patterns = [value] if isinstance(value, str) else value if isinstance(value, list) else None
@@ -1466,7 +1497,8 @@ class StepCompiler:
         names = self._scoped(data, path, step, ctx.extra)
         if "notify" in data:
             step["notify"] = self._notify(data["notify"], path + ("notify",))
-        inner = StepContext(tuple(tags), ctx.extra | names, no_log, ignore, ctx.handler)
+        guards = definedness_guards(data.get("when"))[0]  # each task inside checks the block's when first
+        inner = StepContext(tuple(tags), ctx.extra | names | guards, no_log, ignore, ctx.handler)
         for key in ("block", "rescue", "always"):
             if key not in data:
                 continue
@@ -1643,6 +1675,14 @@ def _first_found(candidates: list[str], files: dict[str, Any]) -> str:
         + ansible.template_to_expression(candidates[-1])
         + "]) | first }}"
     )
+
+
+#: Ansible's with_<lookup> loops kiln runs with the box's lookup of that name
+LOOKUP_LOOPS = {
+    "with_subelements": "subelements",
+    "with_flattened": "flattened",
+    "with_community.general.flattened": "flattened",
+}
 
 
 def _flattened_on_the_box(value: str | list[Any]) -> str:
@@ -2112,6 +2152,10 @@ def check_references(
 ) -> None:
     """Phase 2: expressions and templated values, notify names, template files.
 
+    A variable's value may read a loop's variable (``cmd: "ssh-keygen -f {{ user.name }}"``, robertdebock.users):
+    Ansible's variables are lazy, rendered where a task reads them, inside the loop that binds it. Only the names
+    some loop of the bake binds pass so; any other name in a value is still a typo to report.
+
     ``only_at_run_time``: names only a vars/ file defines, which include_vars loads per platform when it runs. A
     step whose when says ``x is not defined`` of such a name is the fallback for the platforms whose file lacks
     it (geerlingguy.git sets a variable its vars/ files give, from one defined nowhere): Ansible renders its
@@ -2127,6 +2171,8 @@ def check_references(
             collector.add(ref.doc.diag(ref.path, f"invalid {what} {ref.text.strip()!r}: {exc.message}"))
             continue
         seen = known | ref.extra
+        if ref.role_variable:
+            seen = seen | collector.loop_vars
         if ref.fallback_for & only_at_run_time:
             seen = seen | undeclared_names(ast)
         for message, _, _ in ast_problems(ast, seen):
