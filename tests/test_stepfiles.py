@@ -1159,3 +1159,52 @@ more: [[3, [4]], 5]
         {"tasks/main.yml": "- debug: {msg: '{{ item }}'}\n  with_subelements: ['{{ nothing }}', files]\n"},
     )
     assert [(d.line, d.message) for d in compile_errors(tmp_path)] == [(2, "undefined variable 'nothing'")]
+
+
+def test_with_first_found_finds_vars_relative_to_the_role_and_skip_skips(tmp_path: Path):
+    """Ansible's search path for a role's include_vars tries <role>/vars/<name>, then <role>/<name>: 'vars/X.yml'
+    is the role's vars/X.yml (geerlingguy.mysql); ``skip: true`` makes no file found a skipped task, not an
+    error, checked on the box with its facts."""
+    from kiln.agent.templating import evaluate, render
+
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "vars/Debian.yml": "db_packages: [mariadb-server]\n",
+            "vars/Debian-12.yml": "db_port: 3306\n",
+            "tasks/main.yml": """\
+- name: os vars
+  include_vars: "{{ item }}"
+  with_first_found:
+    - files:
+        - "vars/{{ ansible_facts.os_family }}-{{ ansible_facts.distribution_major_version }}.yml"
+        - "vars/{{ ansible_facts.os_family }}.yml"
+      skip: true
+- name: none there
+  include_vars: "{{ item }}"
+  with_first_found:
+    files: ["vars/{{ ansible_facts.distribution }}-only.yml"]
+    skip: true
+""",
+        },
+    )
+    steps = _tree(compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps)
+    for facts, chosen in (
+        ({"os_family": "Debian", "distribution_major_version": "12"}, "Debian-12.yml"),
+        ({"os_family": "Debian", "distribution_major_version": "11"}, "Debian.yml"),
+    ):
+        box = {"ansible_facts": facts}
+        assert render(steps["os vars"]["args"]["file"], box) == chosen
+        assert evaluate(steps["os vars"]["when"], box) is True
+    redhat = {"ansible_facts": {"os_family": "RedHat", "distribution_major_version": "9"}}
+    assert evaluate(steps["os vars"]["when"], redhat) is False
+    assert evaluate(steps["none there"]["when"], {"ansible_facts": {"distribution": "Debian"}}) is False
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "tasks/main.yml": "- include_vars: '{{ item }}'\n  with_first_found: ['vars/{{ ansible_facts.os }}-no.yml']\n"
+        },
+    )
+    assert [d.line for d in compile_errors(tmp_path)] == [2]

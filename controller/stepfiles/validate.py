@@ -922,9 +922,11 @@ class StepCompiler:
         files = self.c.vars_files.get(self.role, {})
         candidates: list[str] = []
         places: list[tuple[Any, ...]] = []
+        skip = False  # first_found's skip: no file found is no error, the task is skipped
         if "with_first_found" in data:
             found = data["with_first_found"]
             if isinstance(found, dict):
+                skip = _truthy(found.get("skip", False))
                 found = found.get("files", [])
             entries = found if isinstance(found, list) else [found]
             for index, item in enumerate(entries):
@@ -932,6 +934,7 @@ class StepCompiler:
                     path + ("with_first_found", index) if isinstance(found, list) else path + ("with_first_found",)
                 )
                 if isinstance(item, dict) and isinstance(item.get("files"), list):  # {files: [...], paths: [...]}
+                    skip = skip or _truthy(item.get("skip", False))
                     candidates += [f for f in item["files"] if isinstance(f, str)]
                     places += [where_item] * len([f for f in item["files"] if isinstance(f, str)])
                 elif isinstance(item, str):
@@ -951,17 +954,20 @@ class StepCompiler:
         else:
             self.error(where, f"include_vars needs a file of the role's vars/, got {kind_of(value)}")
             return None
+        candidates = [_in_vars(name, files) for name in candidates]
         first_wins = len(candidates) > 1 or "with_first_found" in data
         matching = {name: any(fnmatch.fnmatch(f, ansible.glob_of(name)) for f in files) for name in candidates}
         for name, place in zip(candidates, places, strict=True):
             self._templated(name, place, ctx.extra)
-            if first_wins and any(matching.values()):
+            if (first_wins and any(matching.values())) or skip:
                 continue  # the first that exists wins: the others may be missing
             if is_templated(name) and not matching[name]:
                 self.error(place, f"no file in the role's vars/ matches '{name}'")
             elif not is_templated(name) and name not in files:
                 self.error(place, f"'{name}' not found in the role's vars/{did_you_mean(name, list(files))}")
         step["args"] = {"file": _first_found(candidates, files)}
+        if skip:
+            _add_condition([step], _any_found(candidates, files))
         if isinstance(data[key], dict) and isinstance(data[key].get("name"), str):
             step["args"]["name"] = data[key]["name"]
             self.c.registers.add(data[key]["name"])
@@ -1658,6 +1664,20 @@ def own_var_names(data: dict[str, Any]) -> frozenset[str]:
     them."""
     own = data.get("vars")
     return frozenset(n for n in own if isinstance(n, str)) if isinstance(own, dict) else frozenset()
+
+
+def _in_vars(name: str, files: dict[str, Any]) -> str:
+    """``name`` relative to the role's vars/: Ansible's search path for a role's include_vars tries the role's
+    vars/<name> and then <role>/<name>, so ``vars/Debian.yml`` is vars/Debian.yml too (geerlingguy.mysql)."""
+    if name.startswith("vars/") and not any(fnmatch.fnmatch(f, ansible.glob_of(name)) for f in files):
+        return name[len("vars/") :]
+    return name
+
+
+def _any_found(candidates: list[str], files: dict[str, Any]) -> str:
+    """The condition that one of ``candidates`` names a file of ``files``, rendered on the box with its facts."""
+    options = ", ".join(ansible.template_to_expression(c) for c in candidates)
+    return f"([{options}] | select('in', {sorted(files)!r}) | list | length) > 0"
 
 
 def _first_found(candidates: list[str], files: dict[str, Any]) -> str:
