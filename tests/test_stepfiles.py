@@ -1208,3 +1208,84 @@ def test_with_first_found_finds_vars_relative_to_the_role_and_skip_skips(tmp_pat
         },
     )
     assert [d.line for d in compile_errors(tmp_path)] == [2]
+
+
+def test_defaults_and_vars_main_may_be_directories_loaded_as_ansible_loads_them(tmp_path: Path):
+    """Ansible's DataLoader.find_vars_files: a ``main/`` directory wins over main.yml; its files (YAML, JSON or no
+    extension, in subdirectories too, each directory sorted; hidden and ``~`` files left out) are merged in that
+    order, a later one winning (nginxinc.nginx's defaults/main/*.yml). A problem names the file it is in."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "defaults/main.yml": "port: 1\n",
+            "defaults/main/a.yml": "port: 80\n",
+            "defaults/main/a/deeper.yml": "name: deeper\n",
+            "defaults/main/a-b.yml": "name: a-b\nlate: '{{ port }}'\n",
+            "defaults/main/.hidden.yml": "name: hidden\n",
+            "defaults/main/b.yml~": "name: backup\n",
+            "vars/main/x.json": '{"fixed": 2}\n',
+            "tasks/main.yml": "- debug: {msg: '{{ port }} {{ name }} {{ late }} {{ fixed }}'}\n",
+        },
+    )
+    variables = compile_role(tmp_path, "t", "local", config_for(tmp_path)).variables
+    assert (variables["port"], variables["name"], variables["fixed"]) == (80, "a-b", 2)
+    make_role(tmp_path, "t", {"defaults/main/c.yml": "other: '{{ nowhere }}'\n"})
+    found = [(d.file.rsplit("/", 2)[-2:], d.line) for d in compile_errors(tmp_path)]
+    assert found == [(["main", "c.yml"], 1)], found
+
+
+def test_include_tasks_under_role_path_and_a_candidate_that_would_include_itself(tmp_path: Path):
+    """``include_tasks: "{{ role_path }}/tasks/x/y.yml"`` is the role's tasks/x/y.yml; a templated name's candidate
+    that is the including file itself is no choice (nginxinc.nginx's opensource/install-oss.yml includes
+    opensource/install-<os family>.yml); a file that is not there is still reported."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "tasks/main.yml": """\
+- include_tasks: "{{ role_path }}/tasks/os/install-oss.yml"
+- import_tasks: "{{role_path}}/tasks/os/plain.yml"
+""",
+            "tasks/os/install-oss.yml": (
+                "- include_tasks: \"{{ role_path }}/tasks/os/install-{{ ansible_facts['os_family'] | lower }}.yml\"\n"
+            ),
+            "tasks/os/install-debian.yml": "- name: on debian\n  debug: {msg: debian}\n",
+            "tasks/os/plain.yml": "- name: plain\n  debug: {msg: plain}\n",
+        },
+    )
+    steps = _tree(compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps)
+    assert {"on debian", "plain"} <= set(steps), sorted(steps)
+    chosen = [s["block"] for s in steps.values() if s["name"] == "include_tasks os/install-debian.yml"]
+    assert len(chosen) == 1 and "include_tasks os/install-oss.yml" not in json.dumps(chosen), chosen
+    make_role(tmp_path, "t", {"tasks/main.yml": "- include_tasks: '{{ role_path }}/tasks/nope.yml'\n"})
+    assert ["'nope.yml' not found" in d.message for d in compile_errors(tmp_path)] == [True]
+
+
+def test_a_template_that_sets_a_name_in_a_branch_before_reading_it(tmp_path: Path):
+    """``{% set name, options = (c.items() | list)[0] %}`` inside an if (node_exporter's unit template):
+    jinja2.meta names them undeclared (the other branch falls back to the context); they are the template's own.
+    A name read before its set, or after the for loop that bound it, is still reported."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "defaults/main.yml": "collectors: [cpu, {textfile: {directory: /x}}]\n",
+            "templates/unit.j2": """\
+{% for c in collectors %}
+{% if c is not mapping %}--collector.{{ c }}
+{% else %}{% set name, options = (c.items() | list)[0] %}--collector.{{ name }}
+{% for k, v in options | dictsort %}--collector.{{ name }}.{{ k }}={{ v }}{% endfor %}
+{% endif %}{% endfor %}
+""",
+            "tasks/main.yml": "- template: {src: unit.j2, dest: /etc/unit}\n",
+        },
+    )
+    compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    make_role(
+        tmp_path,
+        "t",
+        {"templates/unit.j2": "{{ early }}{% set early = 1 %}{% for c in collectors %}{% endfor %}{{ c }}\n"},
+    )
+    found = sorted(d.message.split(" (")[0] for d in compile_errors(tmp_path))
+    assert found == ["undefined variable 'c'", "undefined variable 'early'"], found

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,9 @@ class RoleSource:
     ansible_meta_doc: Document | None = None  # meta/main.yml
     defaults_doc: Document | None = None  # defaults/main.yml
     vars_doc: Document | None = None  # vars/main.yml
+    # each file read for defaults/main and vars/main (main.yml, or every file of a main/ directory) with its values
+    defaults_docs: list[tuple[Document | None, dict[str, Any]]] = field(default_factory=list)
+    vars_docs: list[tuple[Document | None, dict[str, Any]]] = field(default_factory=list)
     ansible_vars: dict[str, Any] = field(default_factory=dict)  # vars/main.yml: above kiln.yaml, as in Ansible
     vars_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # vars/*.yml for include_vars
     dep_refs: list[tuple[Document, tuple[Any, ...]]] = field(default_factory=list)  # where each of depends is
@@ -256,16 +260,38 @@ def _load_ansible_layout(src: RoleSource, problems: list[Diagnostic]) -> None:
         src.steps_doc = _load(tree, "tasks/main.yml", problems) or _load(tree, "tasks/main.yaml", problems)
     if src.handlers_doc is None:
         src.handlers_doc = _load(tree, "handlers/main.yml", problems) or _load(tree, "handlers/main.yaml", problems)
-    src.defaults_doc = _load(tree, "defaults/main.yml", problems)
-    src.defaults.update(_variables(src.defaults_doc, problems))
-    src.vars_doc = _load(tree, "vars/main.yml", problems)
-    src.ansible_vars = _variables(src.vars_doc, problems)
+    src.defaults_docs = _main_variables(tree, "defaults", problems)
+    src.defaults_doc = src.defaults_docs[0][0]
+    for _, values in src.defaults_docs:
+        src.defaults.update(values)
+    src.vars_docs = _main_variables(tree, "vars", problems)
+    src.vars_doc = src.vars_docs[0][0]
+    src.ansible_vars = {name: value for _, values in src.vars_docs for name, value in values.items()}
     for rel in sorted(tree.under("vars")):
         if rel.endswith((".yml", ".yaml", ".json")) and "/" not in rel:
             doc = src.vars_doc if rel == "main.yml" else _load(tree, f"vars/{rel}", problems)
             src.vars_files[rel] = _variables(doc, problems)
     src.ansible_meta_doc = _load(tree, "meta/main.yml", problems)
     _dependencies(src, problems)
+
+
+def _main_variables(
+    tree: RoleTree, folder: str, problems: list[Diagnostic]
+) -> list[tuple[Document | None, dict[str, Any]]]:
+    """``<folder>/main``'s variables, file by file, as Ansible's DataLoader finds them: a ``main/`` directory
+    first (every YAML/JSON or extensionless file in it and below, by name, each directory's entries sorted,
+    hidden files and ``~`` backups left out; a later file's variable wins), else main.yml."""
+    inside = [
+        rel
+        for rel in tree.under(f"{folder}/main")
+        if not any(part.startswith(".") or part.endswith("~") for part in rel.split("/"))
+        and os.path.splitext(rel)[1] in ("", ".yml", ".yaml", ".json")
+    ]
+    if not inside:
+        doc = _load(tree, f"{folder}/main.yml", problems)
+        return [(doc, _variables(doc, problems))]
+    docs = [_load(tree, f"{folder}/main/{rel}", problems) for rel in sorted(inside, key=lambda rel: rel.split("/"))]
+    return [(doc, _variables(doc, problems)) for doc in docs]
 
 
 def _variables(doc: Document | None, problems: list[Diagnostic]) -> dict[str, Any]:
@@ -567,7 +593,12 @@ def _compile(
         if path[-1] in everything and everything[path[-1]] is value
     }
     # a role.yml that did not load leaves its variables unknown: do not guess at undefined names then
-    unreadable = any(d.file.endswith(("role.yml", "defaults/main.yml", "vars/main.yml")) for d in problems)
+    unreadable = any(
+        d.file.endswith(("role.yml", "defaults/main.yml", "vars/main.yml"))
+        or "/defaults/main/" in d.file
+        or "/vars/main/" in d.file
+        for d in problems
+    )
     only_at_run_time = frozenset(included - set(everything) - collector.params)  # a vars/ file's, per platform
     trees = {name: sources[name].tree for name in roles}
     check_references(collector, known, trees, check_names=not unreadable, only_at_run_time=only_at_run_time)
@@ -672,9 +703,9 @@ class RoleLayer:
 
 
 def _layer(src: RoleSource) -> RoleLayer:
-    return RoleLayer(
-        src.defaults, src.vars, src.ansible_vars, [(src.defaults_doc, src.defaults), (src.vars_doc, src.ansible_vars)]
-    )
+    docs = src.defaults_docs or [(src.defaults_doc, src.defaults)]
+    docs += src.vars_docs or [(src.vars_doc, src.ansible_vars)]
+    return RoleLayer(src.defaults, src.vars, src.ansible_vars, docs)
 
 
 def _own_layers(
@@ -698,18 +729,17 @@ def _own_layers(
                 values = _variables(doc, problems)
                 layer = RoleLayer(**{"defaults" if part == "defaults" else "ansible_vars": values})
                 named.append((use.name, layer))
+                layer.docs.append((doc, values))
             elif (use.name, part) not in loaded:
                 loaded.add((use.name, part))
-                doc, values = (
-                    (src.defaults_doc, src.defaults) if part == "defaults" else (src.vars_doc, src.ansible_vars)
-                )
+                values = src.defaults if part == "defaults" else src.ansible_vars
                 layer = (
                     RoleLayer(defaults=values) if part == "defaults" else RoleLayer(vars=src.vars, ansible_vars=values)
                 )
                 _merge_layer(mine, layer)
+                layer.docs += (src.defaults_docs if part == "defaults" else src.vars_docs) or [(None, values)]
             else:
                 continue
-            layer.docs.append((doc, values))
             layers.append(layer)
     for name, layer in named:
         _merge_layer(own[name], layer)

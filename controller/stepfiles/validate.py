@@ -564,6 +564,7 @@ class StepCompiler:
         if not isinstance(value, str) or not value.strip():
             self.error(where, f"{kind} needs the file to include (a name in the role's tasks/), got {kind_of(value)}")
             return None
+        value = in_role_folder(value, "tasks")
         if "notify" in data and kind == "include_tasks":
             self.error(path + ("notify",), NOTIFY_ON_INCLUDE.format(kind=kind, other="import_tasks"), key=True)
         loops = [k for k in data if k == "loop" or (k.startswith("with_") and k in KEYWORDS)]
@@ -594,8 +595,12 @@ class StepCompiler:
             inner_tags, ctx.extra | loop_names | param_names | guards, ctx.no_log, ctx.ignore_errors, ctx.handler
         )
         if is_templated(value):
+            # a file the name could render to that is on the include chain is no real choice (it would include
+            # itself forever): nginxinc.nginx's opensource/install-oss.yml includes opensource/install-<os>.yml
             names = sorted(
-                n for n in (self.tree.under("tasks") if self.tree else {}) if fnmatch.fnmatch(n, ansible.glob_of(value))
+                n
+                for n in (self.tree.under("tasks") if self.tree else {})
+                if fnmatch.fnmatch(n, ansible.glob_of(value)) and f"{self.role}:tasks/{n}" not in self.stack
             )
             if not names:
                 self.error(where, f"no file in the role's tasks/ matches '{value}'")
@@ -1019,7 +1024,7 @@ class StepCompiler:
             return f"'{key}' is not a kiln step keyword: {HINTS[key]}"
         if key.startswith("with_"):
             return f"'{key}' is not a kiln step keyword: use 'loop'"
-        keywords = [k for k in CONTROL_KEYS if k != "idempotent_reason"]
+        keywords = [k for k in CONTROL_KEYS if k != "idempotent_reason" and "." not in k]  # no FQCN loop as a hint
         close = difflib.get_close_matches(key, keywords + list(self.modules), n=1, cutoff=0.6)
         if close and close[0] in keywords:
             return f"unknown step keyword '{key}' (did you mean '{close[0]}'?)"
@@ -1666,9 +1671,22 @@ def own_var_names(data: dict[str, Any]) -> frozenset[str]:
     return frozenset(n for n in own if isinstance(n, str)) if isinstance(own, dict) else frozenset()
 
 
+ROLE_PATH = re.compile(r"^\{\{-?\s*role_path\s*-?\}\}/+")
+
+
+def in_role_folder(name: str, folder: str) -> str:
+    """``"{{ role_path }}/<folder>/x.yml"`` as ``x.yml``: the same file of the role (nginxinc.nginx names its
+    tasks so); any other name as written."""
+    rest = ROLE_PATH.sub("", name, count=1)
+    if rest != name and rest.startswith(folder + "/"):
+        return rest[len(folder) + 1 :]
+    return name
+
+
 def _in_vars(name: str, files: dict[str, Any]) -> str:
     """``name`` relative to the role's vars/: Ansible's search path for a role's include_vars tries the role's
     vars/<name> and then <role>/<name>, so ``vars/Debian.yml`` is vars/Debian.yml too (geerlingguy.mysql)."""
+    name = in_role_folder(name, "vars")
     if name.startswith("vars/") and not any(fnmatch.fnmatch(f, ansible.glob_of(name)) for f in files):
         return name[len("vars/") :]
     return name
@@ -2084,9 +2102,13 @@ def _guarded(ast: nodes.Template) -> set[str]:
 
 
 def undeclared_names(ast: nodes.Template) -> set[str]:
-    """Names a template reads without setting them (jinja2.meta's answer when it can give one)."""
+    """Names a template reads without setting them (jinja2.meta's answer when it can give one).
+
+    jinja2.meta also names what a branch sets before reading it (``{% if %}{% set name, options = ... %}{{ name
+    }}``: the code it generates falls back to the context where the other branch did not set it; node_exporter's
+    unit template); a name the template sets before it first reads it is its own, not a variable to check."""
     try:
-        return set(jinja2.meta.find_undeclared_variables(ast))
+        return set(jinja2.meta.find_undeclared_variables(ast)) - _set_before_read(ast)
     except jinja2.TemplateError:  # the code generator refuses unknown filters/tests: approximate
         stored = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
         if any(True for _ in ast.find_all(nodes.For)):
@@ -2094,6 +2116,30 @@ def undeclared_names(ast: nodes.Template) -> set[str]:
         if any(True for _ in ast.find_all(nodes.Macro)):
             stored.update({"varargs", "kwargs", "caller"})
         return {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"} - stored
+
+
+def _set_before_read(ast: nodes.Template) -> set[str]:
+    """Names whose first use, in the order the template runs (a set's value before its target), is a ``set``'s
+    (a for's target is its loop's alone: jinja2.meta judges a read after the loop)."""
+    first: dict[str, str] = {}
+
+    def walk(node: nodes.Node) -> None:
+        if isinstance(node, nodes.Name):
+            first.setdefault(node.name, node.ctx)
+            return
+        if isinstance(node, nodes.Assign):
+            walk(node.node)
+            walk(node.target)
+            return
+        if isinstance(node, nodes.For):
+            for child in node.iter_child_nodes(exclude=("target",)):
+                walk(child)
+            return
+        for child in node.iter_child_nodes():
+            walk(child)
+
+    walk(ast)
+    return {name for name, ctx in first.items() if ctx == "store"}
 
 
 def names_of(ref: Ref) -> set[str]:
