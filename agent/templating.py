@@ -403,15 +403,15 @@ def _flattened(terms: list) -> list:
 
 
 def _first_found(scope: Dict[str, Any], terms: tuple, kwargs: Dict[str, Any]) -> list:
-    """The first of ``terms`` that exists in the running role's vars/, files/ or templates/ (a path on the box)."""
+    """The first name the terms search (:func:`_first_found_names`) that exists in the running role's vars/, files/
+    or templates/ (a path on the box); none: ``[]`` when ``skip`` is set, else an error."""
     dirs = scope.get("__kiln_bundle_dirs", {})
     role = scope.get("role_name", "")
-    roots = [os.path.join(os.path.dirname(dirs.get("files", "/")), "vars", role)]
-    roots += [os.path.join(dirs[kind], role) for kind in ("files", "templates") if kind in dirs]
-    names = list(terms) + list(kwargs.get("files", []))
+    roots = {"vars": os.path.join(os.path.dirname(dirs.get("files", "/")), "vars", role)}
+    roots.update({kind: os.path.join(dirs[kind], role) for kind in ("files", "templates") if kind in dirs})
+    names, skip = _first_found_names(terms, kwargs)
     for name in names:
-        rel = template_path(str(name))
-        for root in roots:
+        for root, rel in _in_role(str(name), roots):
             path = os.path.realpath(os.path.join(root, rel)) if rel else ""
             if (
                 rel
@@ -419,9 +419,66 @@ def _first_found(scope: Dict[str, Any], terms: tuple, kwargs: Dict[str, Any]) ->
                 and os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root)
             ):
                 return [path]
-    if kwargs.get("skip"):
+    if skip:
         return []
     raise TemplateError(f"lookup('first_found'): none of {', '.join(map(str, names))} is in the role")
+
+
+def _in_role(name: str, roots: Dict[str, str]) -> List[Tuple[str, Optional[str]]]:
+    """Where ``name`` may be in the role: under each of its folders, and ``vars/x`` (``files/``, ``templates/``)
+    in that folder, as Ansible's search path holds the role's own directory too (``paths: [vars]``)."""
+    rel = template_path(name)
+    places = [(root, rel) for root in roots.values()]
+    folder, _, rest = (rel or "").partition("/")
+    if folder in roots and rest:
+        places.insert(0, (roots[folder], rest))
+    return places
+
+
+def _first_found_names(terms: tuple, kwargs: Dict[str, Any]) -> Tuple[List[str], bool]:
+    """The names Ansible's first_found searches, in order, and its ``skip``: a name (under each of the ``paths``
+    in effect); a list of terms; a mapping of options (``files`` split on , and ;, ``paths`` on , : and ;, each
+    file under each path, ``skip``), which replace those given before (ansible-core's set_options). No term: the
+    ``files`` option's names."""
+    options = _first_found_options(kwargs)
+    names: List[str] = []
+
+    def search(term: Any) -> None:
+        nonlocal options
+        if isinstance(term, Mapping):
+            options = _first_found_options(term)
+            files = _split_on(options["files"], ",;")
+        elif isinstance(term, str):
+            files = [term]
+        elif isinstance(term, (list, tuple)):
+            for inner in term:
+                search(inner)
+            return
+        else:
+            raise TemplateError(f"lookup('first_found'): a term is a name, a list or a mapping, got {term!r}")
+        paths = _split_on(options["paths"], ",:;")
+        if paths:
+            names.extend(os.path.join(path, name) for path in paths for name in files)
+        else:
+            names.extend(files)
+
+    for term in terms or [options["files"]]:
+        search(term)
+    return names, options["skip"]
+
+
+def _first_found_options(given: Mapping[str, Any]) -> Dict[str, Any]:
+    skip = given.get("skip", False)
+    return {
+        "files": given.get("files") or [],
+        "paths": given.get("paths") or [],
+        "skip": skip is True or str(skip).strip().lower() in ("yes", "on", "true", "1", "y", "t"),
+    }
+
+
+def _split_on(value: Any, separators: str) -> List[str]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [part for item in items for part in re.split(f"[{re.escape(separators)}]", str(item))]
 
 
 def lookup(context: Any, kind: str, *terms: Any, wantlist: bool = False, **kwargs: Any) -> Any:

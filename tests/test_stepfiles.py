@@ -1289,3 +1289,28 @@ def test_a_template_that_sets_a_name_in_a_branch_before_reading_it(tmp_path: Pat
     )
     found = sorted(d.message.split(" (")[0] for d in compile_errors(tmp_path))
     assert found == ["undefined variable 'c'", "undefined variable 'early'"], found
+
+
+def test_the_boxs_first_found_takes_ansibles_mapping_terms(tmp_path: Path):
+    """agent/templating.py's lookup('first_found') as ansible-core's: a mapping's files (split on , and ;) under
+    each of its paths (split on , : and ;), paths first; ``paths: [vars]`` reaches the role's vars/ (Ansible's
+    search path holds the role's directory); ``skip`` gives no file instead of an error; a name list in order."""
+    from kiln.agent.templating import TemplateError, render
+
+    bundle = tmp_path / "bundle"
+    write(bundle / "vars" / "t" / "Debian.yml", "x: 1\n")
+    write(bundle / "files" / "t" / "other" / "Debian.yml", "y: 2\n")
+    write(bundle / "templates" / "t" / "default.j2", "z\n")
+    scope = {
+        "__kiln_bundle_dirs": {"files": str(bundle / "files"), "templates": str(bundle / "templates")},
+        "role_name": "t",
+        "params": {"files": ["Debian-12.yml", "Debian.yml"], "paths": ["vars"]},
+        "joined": {"files": "nope.yml;Debian.yml", "paths": "missing:other"},
+        "none_there": {"files": ["nope.yml"], "paths": ["vars"], "skip": True},
+    }
+    assert render("{{ lookup('first_found', params) }}", scope) == str(bundle / "vars" / "t" / "Debian.yml")
+    assert render("{{ lookup('first_found', joined) }}", scope) == str(bundle / "files" / "t" / "other" / "Debian.yml")
+    assert render("{{ query('first_found', none_there) }}", scope) == []
+    assert render("{{ lookup('first_found', ['nope.j2', 'default.j2']) }}", scope).endswith("templates/t/default.j2")
+    with pytest.raises(TemplateError, match="none of vars/nope.yml"):
+        render("{{ lookup('first_found', {'files': ['nope.yml'], 'paths': ['vars']}) }}", scope)
