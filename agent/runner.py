@@ -243,6 +243,9 @@ class Runner:
                 handler,
             )
         step = self.named(step)
+        step, problem = self.no_log_decided(step)
+        if problem:
+            return self.finish_step(step, {"status": StepStatus.FAILED, "msg": problem}, 0, handler)
         announce: Dict[str, Any] = {
             "event": Event.START,
             "index": step.get("index"),
@@ -277,6 +280,30 @@ class Runner:
         except TemplateError:
             return step
 
+    def no_log_decided(self, step: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
+        """``step`` with a templated no_log (one the controller left to the box: it reads what a step set) rendered
+        with the step's variables now, before it runs, as Ansible templates it; a value that is no boolean, or that
+        cannot be rendered, fails the step as in Ansible (its message is about no_log, never the step's output)."""
+        value = step.get("no_log")
+        if not is_templated(value):
+            return step, ""
+        try:
+            rendered = render(value, self.step_scope(step))
+        except TemplateError as exc:
+            return dict(step, no_log=False), f"no_log: {exc}"
+        decided = as_boolean(rendered)
+        if decided is None:
+            return dict(step, no_log=False), f"no_log: the value {rendered!r} is not a valid boolean"
+        return dict(step, no_log=decided), ""
+
+    def hides(self, step: Dict[str, Any]) -> bool:
+        """Whether ``step``'s no_log holds; a template not decided yet (an include loop's block) is rendered now,
+        and hides when it cannot be."""
+        if not is_templated(step.get("no_log")):
+            return bool(step.get("no_log"))
+        decided, problem = self.no_log_decided(step)
+        return bool(problem) or decided["no_log"]
+
     def limit_of(self, step: Dict[str, Any]) -> Optional[float]:
         """Seconds one execution of ``step`` may take (all its loop items and retries): its own, or the default."""
         limit = step.get("timeout", self.bundle.get("step_timeout"))
@@ -302,7 +329,7 @@ class Runner:
             event["handler"] = True
         event.update(outcome)
         event["duration"] = round(duration, 4)
-        if step.get("no_log"):
+        if self.hides(step):
             for key in ("msg", "diff", "stdout", "stderr", "registered"):
                 if key in event:
                     event[key] = REDACTED
@@ -584,7 +611,7 @@ class Runner:
 
     def _item_label(self, control: Dict[str, Any], step: Dict[str, Any], item: Any) -> str:
         """What names an include loop's item: ``loop_control.label`` rendered with the item, else the item, short."""
-        if step.get("no_log"):
+        if self.hides(step):
             return REDACTED
         text = item if isinstance(item, str) else json.dumps(item, default=str, sort_keys=True)
         if control.get("label") is not None:
@@ -741,7 +768,7 @@ class Runner:
                 "index": reboot.step.get("index"),
                 "name": reboot.step.get("name"),
                 "timeout": reboot.result.get("reboot_timeout", 300),
-                "msg": REDACTED if reboot.step.get("no_log") else reboot.outcome.get("msg", ""),
+                "msg": REDACTED if self.hides(reboot.step) else reboot.outcome.get("msg", ""),
             }
         )
         self.exit_code = EXIT_REBOOT
@@ -817,6 +844,23 @@ class Runner:
         if isinstance(expression, list):
             return all(self._truth(e, scope, step, keyword) for e in expression)
         return bool(self._eval(expression, scope, step, keyword))
+
+
+#: ansible-core's BOOLEANS_TRUE and BOOLEANS_FALSE (module_utils/parsing/convert_bool.py)
+TRUE_VALUES = ("y", "yes", "on", "1", "true", "t")
+FALSE_VALUES = ("n", "no", "off", "0", "false", "f")
+
+
+def as_boolean(value: Any) -> Optional[bool]:
+    """``value`` as ansible-core's strict boolean() reads it; None when it is no boolean."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    return True if text in TRUE_VALUES else False if text in FALSE_VALUES else None
 
 
 def without_omitted(value: Any) -> Any:

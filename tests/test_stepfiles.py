@@ -1314,3 +1314,45 @@ def test_the_boxs_first_found_takes_ansibles_mapping_terms(tmp_path: Path):
     assert render("{{ lookup('first_found', ['nope.j2', 'default.j2']) }}", scope).endswith("templates/t/default.j2")
     with pytest.raises(TemplateError, match="none of vars/nope.yml"):
         render("{{ lookup('first_found', {'files': ['nope.yml'], 'paths': ['vars']}) }}", scope)
+
+
+def _run_on_this_machine(compiled, tmp_path: Path) -> list[dict]:
+    """The compiled bundle run by the real agent runner here (its set_fact and debug steps touch nothing)."""
+    from kiln.agent.api import Context
+    from kiln.agent.runner import Runner
+
+    events: list[dict] = []
+    Runner(bundle_json(compiled, {}), Context(), events.append, state_dir=str(tmp_path)).run()
+    return [e for e in events if e["event"] == "step"]
+
+
+def test_a_no_log_template_left_to_the_box_is_rendered_when_the_step_runs(tmp_path: Path):
+    """A no_log reading what a step sets (set_fact) is left to the box; the runner renders it with the step's
+    variables before the step runs, as Ansible templates it: 'false' shows the step's output, true hides it, a value
+    that is no boolean fails the step (Ansible's strict boolean). Before, any such string hid the output."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "defaults/main.yml": "secret: s3cr3t-value\n",
+            "tasks/main.yml": """\
+- set_fact: {quiet: false, loud: "yes", odd: maybe}
+- name: shown
+  debug: {msg: "{{ secret }}"}
+  no_log: "{{ quiet }}"
+- name: hidden
+  debug: {msg: "{{ secret }}"}
+  no_log: "{{ loud }}"
+- name: undecidable
+  debug: {msg: "{{ secret }}"}
+  no_log: "{{ odd }}"
+""",
+        },
+    )
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    assert [s.get("no_log") for s in compiled.steps[1:]] == ["{{ quiet }}", "{{ loud }}", "{{ odd }}"]
+    steps = {s["name"]: s for s in _run_on_this_machine(compiled, tmp_path)}
+    assert steps["shown"]["status"] == "ok" and steps["shown"]["msg"] == "s3cr3t-value", steps["shown"]
+    assert steps["hidden"]["msg"] == "<redacted: no_log>", steps["hidden"]
+    assert steps["undecidable"]["status"] == "failed", steps["undecidable"]
+    assert steps["undecidable"]["msg"] == "no_log: the value 'maybe' is not a valid boolean"
