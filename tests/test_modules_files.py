@@ -279,3 +279,66 @@ def test_download_failures_leave_nothing(box, web, path, sha, msg):
     event = run_step(box, "download", {"url": f"{web}/{path}", "dest": "/srv/dl4/p.bin", "sha256": sha})
     assert event["status"] == "failed" and msg in event["msg"], event
     assert box.sh("ls -A /srv/dl4").strip() == ""
+
+
+# --- file: force, follow, hard, times (Ansible's file module's rules) --------------------------
+def test_file_link_force_replaces_a_file_and_links_to_a_missing_src(box):
+    box.sh("mkdir -p /srv/flink && printf 'x\\n' > /srv/flink/conf && rm -f /srv/flink/dangling")
+    refused = run_step(box, "file", {"path": "/srv/flink/conf", "src": "real.conf", "state": "link"})
+    assert refused["status"] == "failed" and "src file does not exist" in refused["msg"], refused
+    box.sh("printf 'y\\n' > /srv/flink/real.conf")
+    refused = run_step(box, "file", {"path": "/srv/flink/conf", "src": "real.conf", "state": "link"})
+    assert refused["status"] == "failed" and "refusing to convert from file to symlink" in refused["msg"], refused
+    args = {"path": "/srv/flink/conf", "src": "real.conf", "state": "link", "force": True}
+    out = converge(box, "file", args, "readlink /srv/flink/conf; cat /srv/flink/conf")
+    assert out["after"] == "real.conf\ny\n"
+    # geerlingguy.apache's idiom: a link to a src that exists only later (force: "{{ ansible_check_mode }}")
+    args = {"path": "/srv/flink/dangling", "src": "/srv/flink/later", "state": "link", "force": True}
+    assert converge(box, "file", args, "readlink /srv/flink/dangling")["after"] == "/srv/flink/later\n"
+
+
+def test_file_link_force_takes_an_empty_directory_only(box):
+    box.sh("mkdir -p /srv/fdir/empty /srv/fdir/full && touch /srv/fdir/full/x /srv/fdir/t")
+    full = run_step(box, "file", {"path": "/srv/fdir/full", "src": "/srv/fdir/t", "state": "link", "force": True})
+    assert full["status"] == "failed" and "is not empty, refusing" in full["msg"], full
+    args = {"path": "/srv/fdir/empty", "src": "/srv/fdir/t", "state": "link", "force": True}
+    assert converge(box, "file", args, "readlink /srv/fdir/empty")["after"] == "/srv/fdir/t\n"
+
+
+def test_file_hard_link(box):
+    box.sh("mkdir -p /srv/fhard && printf 'h\\n' > /srv/fhard/src && printf 'other\\n' > /srv/fhard/dest")
+    args = {"path": "/srv/fhard/dest", "src": "/srv/fhard/src", "state": "hard"}
+    refused = run_step(box, "file", args)
+    assert refused["status"] == "failed" and "Cannot link, file exists at destination" in refused["msg"], refused
+    probe = "stat -c '%h %i' /srv/fhard/src /srv/fhard/dest"
+    out = converge(box, "file", dict(args, force=True), probe)
+    src_line, dest_line = out["after"].splitlines()
+    assert src_line == dest_line and src_line.startswith("2 "), out["after"]
+
+
+def test_file_follow_false_owns_the_link_not_its_target(box):
+    box.sh("mkdir -p /srv/ffollow && touch /srv/ffollow/t && ln -sfn t /srv/ffollow/l")
+    probe = "stat -c '%U' /srv/ffollow/t; stat -c '%U' /srv/ffollow/l"
+    args = {"path": "/srv/ffollow/l", "src": "t", "state": "link", "owner": "nobody", "follow": False}
+    assert converge(box, "file", args, probe)["after"] == "root\nnobody\n"
+    # follow (the default): the target's owner; state=file on the link acts on the target too
+    args = {"path": "/srv/ffollow/l", "state": "file", "group": "nogroup"}
+    assert converge(box, "file", args, "stat -c '%G' /srv/ffollow/t")["after"] == "nogroup\n"
+
+
+def test_file_modification_and_access_time(box):
+    box.sh("mkdir -p /srv/ftime && touch /srv/ftime/f")
+    args = {
+        "path": "/srv/ftime/f",
+        "modification_time": "2020-01-02 03:04:05",
+        "modification_time_format": "%Y-%m-%d %H:%M:%S",
+        "access_time": "202101020304.05",
+    }
+    out = converge(box, "file", args, "TZ=UTC0 stat -c '%y|%x' /srv/ftime/f | sed 's/[.][0-9]*//g'")
+    # the container runs on UTC: Ansible reads the times in the box's local time
+    assert out["after"] == "2020-01-02 03:04:05 +0000|2021-01-02 03:04:05 +0000\n"
+    now = run_step(box, "file", {"path": "/srv/ftime/f", "state": "touch", "modification_time": "now"})
+    assert now["status"] == "changed", now
+    assert box.sh("test $(( $(date +%s) - $(stat -c %Y /srv/ftime/f) )) -lt 60 && echo recent") == "recent\n"
+    bad = run_step(box, "file", {"path": "/srv/ftime/f", "access_time": "yesterday"})
+    assert bad["status"] == "failed" and "does not match the format" in bad["msg"], bad
