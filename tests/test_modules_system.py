@@ -92,6 +92,16 @@ def test_user_password_and_ageing(box):
     assert kept["status"] == "ok" and box.sh("getent shadow kt-frank | cut -d: -f2").strip() == HASH
 
 
+def test_user_expires_on_a_day_then_never(box):
+    """expires: seconds since the epoch, kept as the day (shadow's field 8); negative: the field emptied."""
+    box.sh("id kt-ivan >/dev/null 2>&1 || useradd -M kt-ivan")
+    out = converge(box, "user", {"name": "kt-ivan", "expires": 1893470400.5}, "getent shadow kt-ivan | cut -d: -f8")
+    assert out["after"].strip() == str(1893456000 // 86400)
+    assert run_step(box, "user", {"name": "kt-ivan", "expires": 1893456000})["status"] == "ok"
+    never = converge(box, "user", {"name": "kt-ivan", "expires": -1}, "getent shadow kt-ivan | cut -d: -f8")
+    assert never["after"].strip() == ""
+
+
 def test_user_failure_hides_the_hash(box):
     """useradd refuses a taken uid; its message names the command, never the hash."""
     event = run_step(box, "user", {"name": "kt-grace", "uid": 0, "password": HASH})

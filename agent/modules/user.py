@@ -15,6 +15,7 @@ import os
 import pwd
 import re
 import shutil
+import time
 from typing import Any, Dict, List
 
 from ..api import Context, ModuleError, Result
@@ -62,6 +63,10 @@ SCHEMA = {
             "choices": ["always", "on_create"],
             "default": "always",
             "description": "always: set password when the account's differs; on_create: only when creating it.",
+        },
+        "expires": {
+            "type": "float",
+            "description": "When the account expires, in seconds since the epoch (the day counts); negative: never.",
         },
         "password_expire_min": {"type": "int", "description": "Minimum days between password changes (chage -m)."},
         "password_expire_max": {"type": "int", "description": "Maximum days between password changes (chage -M)."},
@@ -114,6 +119,25 @@ def _password_wanted(params: Dict[str, Any], name: str) -> bool:
         return False
     current = (read_shadow(name) or ["", ""])[1]
     return current.lstrip("!") != params["password"].lstrip("!")
+
+
+def _expiry_date(seconds: float) -> str:
+    """usermod/useradd -e's value: the day (UTC), or "" (never) for a negative time, as Ansible's module gives it."""
+    return "" if seconds < 0 else time.strftime("%Y-%m-%d", time.gmtime(seconds))
+
+
+def _expires_wanted(params: Dict[str, Any]) -> str | None:
+    """-e's value when the account's expiry day differs from the one asked (Ansible compares year, month, day)."""
+    if params.get("expires") is None:
+        return None
+    field = (read_shadow(params["name"]) or [""] * 9)[7]
+    current = int(field) if field.strip() else -1
+    if params["expires"] < 0:
+        return "" if current >= 0 else None
+    wanted = time.gmtime(params["expires"])
+    if current < 0 or time.gmtime(current * 86400)[:3] != wanted[:3]:
+        return _expiry_date(params["expires"])
+    return None
 
 
 def _run_hiding_hash(ctx: Context, argv: List[str], params: Dict[str, Any]) -> None:
@@ -183,6 +207,9 @@ def _wanted(params: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Any]:
             out["groups"] = sorted(target)
     if params.get("password_lock") is not None and params["password_lock"] != now.get("password_lock"):
         out["password_lock"] = params["password_lock"]
+    expires = _expires_wanted(params)
+    if expires is not None:
+        out["expires"] = expires
     if _password_wanted(params, params["name"]):
         out["password"] = "(changed)"  # the hash itself never goes in a result
     return out
@@ -229,6 +256,8 @@ def _create(params: Dict[str, Any], groups: List[str], ctx: Context) -> Result:
         argv += ["-d", params["home"]]
     if params.get("comment") is not None:
         argv += ["-c", params["comment"]]
+    if params.get("expires") is not None:
+        argv += ["-e", _expiry_date(params["expires"])]
     if params.get("password") is not None:
         argv += ["-p", _hash_argument(params)]
     if params["system"]:
@@ -262,6 +291,8 @@ def _modify(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Resu
             argv += [flag, str(wanted[key])]
     if "groups" in wanted:
         argv += ["-G", ",".join(wanted["groups"])]
+    if "expires" in wanted:
+        argv += ["-e", wanted["expires"]]
     if "password" in wanted:  # -p excludes -L/-U: the lock rides in the hash (Ansible's order)
         argv += ["-p", _hash_argument(params)]
     elif "password_lock" in wanted:
