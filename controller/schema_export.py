@@ -326,13 +326,20 @@ def config_markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    target = Path(args[0]) if args else DOC_PATH
-    target.write_text(reference_markdown())
-    print(f"wrote {target}")
-    config_target = Path(args[1]) if len(args) > 1 else CONFIG_DOC_PATH
-    config_target.write_text(config_markdown())
-    print(f"wrote {config_target}")
+    """Write the two generated references (``--help``: where); an option it does not know is refused, not
+    taken for a file name."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m kiln.controller.schema_export",
+        description="Write docs/step-files.md and docs/kiln-yaml.md from the schemas they document.",
+    )
+    parser.add_argument("steps_doc", nargs="?", type=Path, default=DOC_PATH, help=f"default: {DOC_PATH}")
+    parser.add_argument("config_doc", nargs="?", type=Path, default=CONFIG_DOC_PATH, help=f"default: {CONFIG_DOC_PATH}")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    for target, text in ((args.steps_doc, reference_markdown()), (args.config_doc, config_markdown())):
+        target.write_text(text)
+        print(f"wrote {target}")
     return 0
 
 

@@ -372,3 +372,17 @@ def test_one_problem_is_one_message_naming_the_value_written(tmp_path: Path, tex
     with pytest.raises(InvalidInput) as info:
         load_config(path)
     assert [d.message for d in info.value.diagnostics] == [message]
+
+
+def test_the_reference_writer_takes_no_option_for_a_file_name(tmp_path: Path, monkeypatch):
+    """`python -m kiln.controller.schema_export --help` wrote a file named --help; options are options now."""
+    from kiln.controller import schema_export
+
+    monkeypatch.chdir(tmp_path)
+    for option, status in (("--help", 0), ("--frob", 2)):
+        with pytest.raises(SystemExit) as stopped:
+            schema_export.main([option])
+        assert stopped.value.code == status
+    assert list(tmp_path.iterdir()) == []
+    schema_export.main([str(tmp_path / "steps.md"), str(tmp_path / "config.md")])
+    assert (tmp_path / "steps.md").read_text() == schema_export.reference_markdown()
