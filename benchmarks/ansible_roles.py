@@ -35,6 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -385,6 +386,24 @@ def as_json(figures: Figures) -> dict[str, Any]:
     }
 
 
+def validate_only(paths: list[str], companion_specs: list[str], details: bool) -> int:
+    """Each role validated as ``invoke validate`` does (with the companions beside it): errors counted; 0 when
+    every role is clean. Which kiln: this checkout's, or the one ``PYTHONPATH`` puts first (converge.py's
+    ``checkout_env``), to compare two."""
+    companions = dict(role_source(spec) for spec in companion_specs)
+    clean = 0
+    for spec in paths:
+        name, source = role_source(spec)
+        with tempfile.TemporaryDirectory(prefix="kiln-roles-validate-") as tmp:
+            errors = validate(stage(Path(tmp), {name: source, **companions}), name)
+        clean += not errors
+        print(f"{name:<32} {len(errors):>4} error(s)" + (f"  first: {errors[0]}" if errors and not details else ""))
+        if details:
+            print("".join(f"    {error}\n" for error in errors), end="")
+    print(f"{clean} of {len(paths)} role(s) validate clean")
+    return 0 if clean == len(paths) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", metavar="[NAME=]PATH", help="role directories to measure")
@@ -398,9 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--var", dest="vars", action="append", default=[], metavar="K=V", help="a variable for both")
     parser.add_argument("--no-bake", action="store_true", help="skip invoke bake (validate, ansible, kiln apply)")
+    parser.add_argument(
+        "--validate-only",
+        action="store_true",
+        help="only kiln's validation of each role: its errors counted (all of them with --details); no machine",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per role instead of the tables")
     parser.add_argument("--details", action="store_true", help="every difference, after the tables")
     args = parser.parse_args(argv)
+    if args.validate_only:
+        return validate_only(args.paths, args.companions, args.details)
     engine = Engine()
     ensure_base_image(engine)
     companions = dict(role_source(spec) for spec in args.companions)
