@@ -216,6 +216,44 @@ def test_unarchive_zip_creates_and_failures(box):
     assert refused["status"] == "failed" and "links outside" in refused["msg"]
 
 
+def test_unarchive_remote_src_copy_false_mode_and_strip_components(box):
+    # nginxinc.nginx's idiom: an archive fetched onto the box, its top folder stripped, every member 0700
+    box.put({"/srv/unar5-src/pcre.tar.gz": (tar_gz({"pcre-8": None, "pcre-8/configure": b"#!/bin/sh\n"}), 0o644)})
+    box.sh("mkdir -p /srv/unar5 /srv/unar6")
+    args = {
+        "src": "/srv/unar5-src/pcre.tar.gz",
+        "dest": "/srv/unar5",
+        "copy": False,
+        "mode": "0700",
+        "extra_opts": ["--strip-components=1"],
+    }
+    out = converge(box, "unarchive", args, "cd /srv/unar5 && find . -printf '%y %p %m\\n' | LC_ALL=C sort")
+    assert out["after"] == "d . 755\nf ./configure 700\n"
+    # a member whose mode drifts is put back
+    box.sh("chmod 0644 /srv/unar5/configure")
+    assert run_step(box, "unarchive", args)["status"] == "changed"
+    assert box.sh("stat -c %a /srv/unar5/configure") == "700\n"
+    # remote_src: true is the same; a symbolic mode applies to each member's own
+    args = {"src": "/srv/unar5-src/pcre.tar.gz", "dest": "/srv/unar6", "remote_src": True, "mode": "go-rwx"}
+    out = converge(box, "unarchive", args, "cd /srv/unar6 && find . -printf '%y %p %m\\n' | LC_ALL=C sort")
+    assert out["after"] == "d . 755\nd ./pcre-8 700\nf ./pcre-8/configure 600\n"
+
+
+def test_unarchive_argument_failures(box):
+    box.put({"/srv/unar7-src/a.zip": (zip_of({"a/b": b"b\n"}), 0o644)})
+    box.sh("mkdir -p /srv/unar7")
+    base = {"src": "/srv/unar7-src/a.zip", "dest": "/srv/unar7", "remote_src": True}
+    for extra, msg in [
+        ({"extra_opts": ["--strip-components=1"]}, "unzip has none"),
+        ({"extra_opts": ["--no-same-owner"]}, "understands --strip-components=N only"),
+        ({"src": "/srv/unar7-src/none.zip"}, "not found on the box"),
+    ]:
+        failed = run_step(box, "unarchive", dict(base, **extra))
+        assert failed["status"] == "failed" and msg in failed["msg"], failed
+    both = run_step(box, "unarchive", dict(base, copy=False))
+    assert both["status"] == "failed" and "copy" in both["msg"] and "remote_src" in both["msg"], both
+
+
 # --- git (last: installs git) ------------------------------------------------------------
 def test_git(box):
     if box.sh("command -v git || true").strip() == "":

@@ -21,7 +21,7 @@ import tarfile
 import zipfile
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ..api import Context, ModuleError, Result
+from ..api import Context, ModuleError, Result, parse_mode
 
 SCHEMA = {
     "description": "Unpack a tar or zip archive from the role's files/ into an existing directory, when its "
@@ -37,7 +37,27 @@ SCHEMA = {
         "creates": {"type": "path", "description": "Skip when this path exists (no comparison)."},
         "owner": {"type": "str", "description": "Owner of the unpacked files (default: root)."},
         "group": {"type": "str", "description": "Group of the unpacked files."},
+        "mode": {
+            "type": "mode",
+            "description": "Mode of every unpacked member (a symbolic mode applies to each member's own).",
+        },
+        "remote_src": {
+            "type": "bool",
+            "default": False,
+            "description": "src is an archive already on the box (an absolute path), not in the role's files/.",
+        },
+        "copy": {
+            "type": "bool",
+            "description": "Ansible's older name for the inverse of remote_src (copy: false is remote_src: true).",
+        },
+        "extra_opts": {
+            "type": "list",
+            "default": [],
+            "description": "Options Ansible hands to tar: kiln unpacks itself and understands "
+            "--strip-components=N (tar archives); any other is refused when the step runs.",
+        },
     },
+    "mutually_exclusive": [["copy", "remote_src"]],
     "check_mode": "full",
     "diff": True,
     "example": "- unarchive: {src: site.tar.gz, dest: /srv/www}",
@@ -60,7 +80,46 @@ def _safe_name(name: str, dest: str) -> str:
     return cleaned.rstrip("/")
 
 
-def members(path: str, dest: str) -> Iterator[Member]:
+def strip_components(params: Dict[str, Any], zipped: bool) -> int:
+    """How many leading path parts extra_opts strips: tar's --strip-components, the one option kiln takes."""
+    strip = 0
+    options = [str(option) for option in params.get("extra_opts") or []]
+    while options:
+        option = options.pop(0)
+        if option.startswith("--strip-components="):
+            value = option.split("=", 1)[1]
+        elif option in ("--strip-components", "--strip") and options:
+            value = options.pop(0)
+        else:
+            raise ModuleError(
+                f"extra_opts: kiln unpacks archives itself and understands --strip-components=N only, not {option!r}"
+            )
+        if zipped:
+            raise ModuleError("extra_opts: --strip-components is tar's option; unzip has none (as in Ansible)")
+        if not value.strip().isdigit():
+            raise ModuleError(f"extra_opts: --strip-components takes a number, not {value!r}")
+        strip = int(value)
+    return strip
+
+
+def _stripped(name: str, strip: int) -> str:
+    """tar's rule: the first ``strip`` parts go, and a member with no more parts than that is not unpacked."""
+    parts = name.split("/")
+    return "/".join(parts[strip:]) if len(parts) > strip else ""
+
+
+def source_of(params: Dict[str, Any], ctx: Context) -> str:
+    """The archive's path on the box: in the bundle's files/, or where it is with remote_src (or copy: false)."""
+    remote = params.get("remote_src") or params.get("copy") is False
+    src = params["src"]
+    if not remote:
+        return ctx.source_path(src, "files")
+    if "://" in src:
+        raise ModuleError(f"src {src}: kiln's unarchive takes no URL; fetch it first with get_url")
+    return os.path.abspath(src)
+
+
+def members(path: str, dest: str, strip: int = 0) -> Iterator[Member]:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -82,7 +141,7 @@ def members(path: str, dest: str) -> Iterator[Member]:
         raise ModuleError(f"{path} is neither a tar nor a zip archive: {exc}") from None
     with archive:
         for info in archive.getmembers():
-            name = _safe_name(info.name, dest)
+            name = _stripped(_safe_name(info.name, dest), strip)
             if not name:
                 continue
             if info.isdir():
@@ -125,6 +184,20 @@ def _owned_wrong(target: str, uid: int, gid: int) -> bool:
     return (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid)
 
 
+def member_mode(params: Dict[str, Any], kind: str, archived: int) -> int:
+    """The mode a member ends with: the step's mode over the archive's (symbolic modes apply to the latter)."""
+    if kind == "link" or not params.get("mode"):
+        return archived
+    return parse_mode(params["mode"], archived)
+
+
+def _mode_wrong(target: str, kind: str, params: Dict[str, Any]) -> bool:
+    if kind == "link" or not params.get("mode"):
+        return False
+    current = stat.S_IMODE(os.lstat(target).st_mode)
+    return parse_mode(params["mode"], current) != current
+
+
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     try:
         return _check(params, ctx)
@@ -136,11 +209,13 @@ def _check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     dest = params["dest"]
     if params.get("creates") and os.path.exists(params["creates"]):
         return {"skip": f"{params['creates']} exists"}
-    src = ctx.source_path(params["src"], "files")
+    src = source_of(params, ctx)
     if not os.path.isfile(src):
-        raise ModuleError(f"archive {params['src']} not found in the role's files/ ({src})")
+        where = "on the box" if src == params["src"] or os.path.isabs(params["src"]) else "in the role's files/"
+        raise ModuleError(f"archive {params['src']} not found {where} ({src})")
+    strip = strip_components(params, zipfile.is_zipfile(src))
     if not os.path.isdir(dest):
-        return {"skip": None, "src": src, "dest_missing": True, "todo": []}
+        return {"skip": None, "src": src, "strip": strip, "dest_missing": True, "todo": []}
     uid, gid = (-1, -1)
     if params.get("owner") or params.get("group"):
         try:
@@ -148,18 +223,19 @@ def _check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
         except ModuleError:
             uid, gid = (-1, -1)
     todo: List[str] = []
-    for name, kind, _mode, size, payload in members(src, dest):
+    for name, kind, _mode, size, payload in members(src, dest, strip):
         target = os.path.join(dest, name)
-        if _differs(target, kind, size, payload) or _owned_wrong(target, uid, gid):
+        if _differs(target, kind, size, payload) or _owned_wrong(target, uid, gid) or _mode_wrong(target, kind, params):
             todo.append(name)
-    return {"skip": None, "src": src, "dest_missing": False, "todo": todo}
+    return {"skip": None, "src": src, "strip": strip, "dest_missing": False, "todo": todo}
 
 
-def _extract(src: str, dest: str, uid: int, gid: int) -> None:
-    for name, kind, mode, _size, payload in members(src, dest):
+def _extract(src: str, dest: str, uid: int, gid: int, strip: int, params: Dict[str, Any]) -> None:
+    for name, kind, mode, _size, payload in members(src, dest, strip):
         target = os.path.join(dest, name)
         parent = os.path.dirname(target)
         os.makedirs(parent, exist_ok=True)
+        mode = member_mode(params, kind, mode)
         if kind == "dir":
             if os.path.lexists(target) and not os.path.isdir(target):
                 os.unlink(target)
@@ -205,7 +281,7 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         return Result(True, f"{msg} (check mode)", diff=diff)
     uid, gid = _ids(params)
     try:
-        _extract(state["src"], dest, uid, gid)
+        _extract(state["src"], dest, uid, gid, state["strip"], params)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         raise ModuleError(f"archive {params['src']} is damaged: {exc}") from None
     return Result(True, msg, diff=diff, data={"dest": dest, "changed_members": todo})
