@@ -36,6 +36,8 @@ the reason it is refused; such messages, and the rules', name their setting them
 (:class:`Said`). A ``nullable`` argument given as null takes its default. ``foreign_args``
 (name -> who takes it) are arguments of another implementation the module stands for (package:
 other package managers'): accepted with any value and handed to the module, whose run decides.
+``mutually_exclusive`` counts only literal values: a templated one may render to omit, so the box,
+which validates the rendered arguments again, decides then.
 Stdlib only: this runs inside the agent on Python >= 3.9.
 """
 
@@ -361,7 +363,7 @@ def validate(schema: Dict[str, Any], params: Any) -> Tuple[Dict[str, Any], List[
             result[key] = value
             continue
         if name not in args:
-            errors.append(_unknown(schema, key, sorted(list(args) + list(alias_of))))
+            errors.append(_unknown(schema, key, sorted(list(args) + list(alias_of) + list(foreign))))
             continue
         if name in result:
             errors.append(ArgError(key, f"'{key}' repeats '{name}'", Code.REPEATED, at_key=True))
@@ -398,7 +400,9 @@ def _at(key: Any, error: ArgError) -> ArgError:
 def _groups(schema: Dict[str, Any], args: Dict[str, Any], result: Dict[str, Any], given: set) -> List[ArgError]:
     errors: List[ArgError] = []
     for group in schema.get("mutually_exclusive", []):
-        given = [name for name in group if name in result]
+        # a template may render to omit (``{{ x | default(omit) }}``): only literal values exclude each other here;
+        # on the box, arguments are rendered and the omitted ones gone before this runs again
+        given = [name for name in group if name in result and not is_templated(result[name])]
         if len(given) > 1:
             message = f"'{given[0]}' and '{given[1]}' are mutually exclusive"
             errors.append(ArgError(given[1], message, Code.EXCLUSIVE, at_key=True, names=tuple(given[:2])))
@@ -541,8 +545,11 @@ def json_schema(schema: Dict[str, Any]) -> Dict[str, Any]:
         spellings = names_of.get(name, [name])
         return {"required": spellings} if len(spellings) == 1 else {"anyOf": [{"required": [n]} for n in spellings]}
 
+    def literal(*names: str) -> Dict[str, Any]:
+        return {"properties": {s: {"not": TEMPLATED} for n in names for s in names_of.get(n, [n])}}
+
     rules = [
-        {"not": {"allOf": [given(a), given(b)]}}
+        {"not": {"allOf": [given(a), given(b), literal(a, b)]}}
         for group in schema.get("mutually_exclusive", [])
         for i, a in enumerate(group)
         for b in group[i + 1 :]

@@ -364,7 +364,9 @@ def test_package_takes_apts_arguments_and_other_managers_at_validate(tmp_path: P
         "- name: A typo no manager has.\n"
         "  ansible.builtin.package: {name: git, enablerepos: epel}\n",
     )
-    assert found == ["main.yml:7:40: ansible.builtin.package: unknown argument 'enablerepos'"], found
+    assert found == [
+        "main.yml:7:40: ansible.builtin.package: unknown argument 'enablerepos' (did you mean 'enablerepo'?)"
+    ], found
 
 
 def test_package_refuses_another_managers_argument_on_apt_in_ansibles_words() -> None:
@@ -530,3 +532,95 @@ def test_package_use_names_the_manager_as_ansibles_package_does(tmp_path: Path) 
     assert not errors
     with pytest.raises(ModuleError, match="use dnf, but this box's package manager is apt"):
         package.check(params, Context(facts={"pkg_mgr": "apt"}))
+
+
+# --- mutually exclusive arguments: a template may render to omit -------------------------------------------------
+PIP_EITHER = (
+    "- name: geerlingguy.pip's idiom (a virtualenv, or else a pip).\n"
+    "  ansible.builtin.pip:\n"
+    '    name: "{{ item.name }}"\n'
+    '    virtualenv: "{{ item.virtualenv | default(omit) }}"\n'
+    '    executable: "{{ item.virtualenv | default(false) | ternary(omit, pip_executable) }}"\n'
+    "  loop: [{name: a, virtualenv: /opt/v}, {name: b}]\n"
+    "  vars: {pip_executable: pip3}\n"
+)
+
+
+def test_templated_arguments_are_exclusive_only_once_rendered(tmp_path: Path) -> None:
+    """Either may render to omit: validate leaves it to the box (which judges the rendered ones); literals stay
+    refused, in the engine and in the JSON Schema alike."""
+    import jsonschema
+
+    from kiln.agent.schema import json_schema, validate
+
+    literal = "- name: Both.\n  pip: {name: a, virtualenv: /opt/v, executable: pip3}\n"
+    found = role_problems(tmp_path, PIP_EITHER + literal)
+    assert [p.split(": ", 1)[1] for p in found] == ["pip: 'executable' and 'virtualenv' are mutually exclusive"]
+    assert found[0].startswith("main.yml:9:"), found
+    pip = AGENT_MODULES["pip"].SCHEMA
+    rendered = {"name": "b", "virtualenv": "/opt/v", "executable": "pip3"}
+    assert [e.message for e in validate(pip, rendered)[1]] == ["'executable' and 'virtualenv' are mutually exclusive"]
+    editor = jsonschema.Draft202012Validator(json_schema(pip))
+    assert not editor.is_valid(rendered)
+    assert editor.is_valid(dict(rendered, virtualenv="{{ item.virtualenv | default(omit) }}"))
+
+
+# --- dnf (yum, dnf5): dnf's arguments at validate; on a box without dnf, the step fails as Ansible's action does -----
+def test_yum_and_dnf_take_dnfs_arguments_and_refuse_what_dnf_never_takes(tmp_path: Path) -> None:
+    """geerlingguy.postgresql's RedHat-only yum (exclude, a templated enablerepo) validates; a typo, apt's
+    install_recommends and use with use_backend are refused at their place, as dnf's argument spec refuses them."""
+    found = role_problems(
+        tmp_path,
+        "- name: RedHat only.\n"
+        "  yum:\n"
+        "    name: postgresql\n"
+        "    state: installed\n"
+        '    enablerepo: "{{ postgresql_enablerepo | default(omit, true) }}"\n'
+        "    exclude: python-unversioned-command\n"
+        "    lock_timeout: 60\n"
+        "  when: ansible_os_family == 'RedHat'\n"
+        "- dnf: {name: x, disable_gpg_check: true, install_weak_deps: false, allowerasing: true, use_backend: dnf4}\n"
+        "- ansible.builtin.dnf5: {name: x, security: true, bugfix: true, update_cache: true}\n"
+        "- yum: {name: x, exclde: a}\n"
+        "- dnf: {name: x, install_recommends: true}\n"
+        "- dnf: {name: x, use: dnf, use_backend: dnf4}\n",
+    )
+    assert found == [
+        "main.yml:11:18: yum: unknown argument 'exclde' (did you mean 'exclude'?)",
+        "main.yml:12:18: dnf: unknown argument 'install_recommends' (did you mean 'install_repoquery'?)",
+        "main.yml:13:28: dnf: 'use' and 'use_backend' are mutually exclusive",
+    ], found
+
+
+def test_dnfs_arguments_are_ansible_cores() -> None:
+    """Every argument ansible-core's dnf and dnf5 take (and its dnf action's use/use_backend), and no other."""
+    from ansible.module_utils.yumdnf import yumdnf_argument_spec
+
+    schema = AGENT_MODULES["dnf"].SCHEMA
+    ours = set(schema["args"]) | set(schema["foreign_args"])
+    theirs = set(yumdnf_argument_spec["argument_spec"]) | {"use_backend", "use", "auto_install_module_deps"}
+    assert ours == theirs
+    aliases = {alias for spec in schema["args"].values() for alias in spec.get("aliases", [])}
+    assert aliases == {"pkg", "expire-cache"}
+    states = yumdnf_argument_spec["argument_spec"]["state"]["choices"]
+    assert sorted(schema["args"]["state"]["choices"]) == sorted(states)
+
+
+def test_dnf_fails_on_an_apt_box_in_the_dnf_actions_words() -> None:
+    """ansible-core's dnf action reads ansible_pkg_mgr: apt is no dnf backend, whatever the arguments."""
+    import inspect
+
+    from ansible.plugins.action import dnf as dnf_action
+
+    from kiln.agent.api import Context, ModuleError
+    from kiln.agent.schema import validate
+
+    dnf = AGENT_MODULES["dnf"]
+    source = inspect.getsource(dnf_action)
+    assert all(f'"{sentence}' in source for sentence in dnf.UNDETECTED.split(". ", 1)), "ansible-core's words changed"
+    for args in ({"name": "zip"}, {"name": "zip", "exclude": "x", "use_backend": "yum"}):
+        params, errors = validate(dnf.SCHEMA, args)
+        assert not errors
+        with pytest.raises(ModuleError) as raised:
+            dnf.check(params, Context(facts={"pkg_mgr": "apt"}))
+        assert str(raised.value) == dnf.UNDETECTED
