@@ -248,9 +248,10 @@ _NO_SELINUX_ARGS = {
 
 TABLE: dict[str, Mapping] = {
     "apt": _APT,
-    "dnf": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check", "install_weak_deps")),
-    "dnf5": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check", "install_weak_deps")),
-    "yum": Mapping("package", pending=("enablerepo", "disablerepo", "disable_gpg_check")),
+    # Ansible runs yum and dnf5 as its dnf action: dnf's arguments, and a failure on a box without dnf
+    "dnf": Mapping("dnf"),
+    "dnf5": Mapping("dnf"),
+    "yum": Mapping("dnf"),
     # Ansible's package hands every argument to the box's manager: apt's are kiln's package's, other managers'
     # are its SCHEMA's foreign_args (accepted here, refused on a box whose manager lacks them, as Ansible's apt does)
     "package": Mapping("package", renames=_APT.renames, ignored=_APT.ignored),
