@@ -124,3 +124,28 @@ def test_another_managers_argument_fails_when_the_step_runs(box, apt_log):
         assert event["status"] == "failed", event
         assert event["msg"].startswith("Unsupported parameters for (ansible.legacy.apt) module: enablerepo. "), event
     assert apt_log() == []
+
+
+def test_recommends_follow_apts_own_setting_unless_asked(box, apt_log):
+    """Ansible's package leaves install_recommends to apt (Debian's: install them; geerlingguy.memcached's
+    libsasl2-modules): zip brings unzip, which it recommends; install_recommends false leaves it out."""
+    for asked, brought in (({}, True), ({"install_recommends": False}, False)):
+        box.sh("apt-get purge -y -q zip unzip >/dev/null 2>&1 || true")
+        event = run_step(box, "package", {"name": "zip", **asked})
+        assert event["status"] == "changed", event
+        assert installed(box, "zip").startswith("ii"), asked
+        assert installed(box, "unzip").startswith("ii") == brought, asked
+    box.sh("apt-get purge -y -q zip unzip >/dev/null 2>&1 || true")
+
+
+def test_dnf_fails_on_an_apt_box_whatever_its_arguments(box, apt_log):
+    """Ansible's yum/dnf on Debian: its action finds no dnf backend and fails, check mode too; apt is not run
+    (kiln's yum used to be package, which installed with apt)."""
+    apt_log()
+    for check in (True, False):
+        for args in ({"name": "hello"}, {"name": "hello", "exclude": "python-unversioned-command"}):
+            event = run_step(box, "dnf", args, check=check)
+            assert event["status"] == "failed", event
+            assert event["msg"].startswith("Could not detect which major revision of dnf is in use"), event
+    assert apt_log() == []
+    assert not installed(box, "hello").startswith("ii")

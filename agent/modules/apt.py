@@ -1,9 +1,8 @@
 """Ansible's ``apt``: kiln's package module on apt, with Ansible's defaults.
 
-The one difference from ``package`` is install_recommends: unset, apt's own setting decides
-(Debian installs recommended packages), as ansible-core's apt does; kiln's ``package`` leaves
-them out unless asked. Everything else (reading installed versions first, the cache's age,
-check mode) is the package module's.
+apt takes apt's arguments only (package also takes other managers', which fail when run on apt,
+and ``use``). Everything else (install_recommends unset: apt's own setting, reading installed
+versions first, the cache's age, check mode) is the package module's.
 
 Example::
 
@@ -32,11 +31,6 @@ SCHEMA = {
             **package.SCHEMA["args"]["name"],
             "description": "Package name or list of names (pin a version with name=1.2.3); none: only refresh "
             "the index (update_cache).",
-        },
-        "install_recommends": {
-            "type": "bool",
-            "aliases": ["install-recommends"],
-            "description": "Install recommended packages too (true) or not (false); unset: apt's own setting.",
         },
     },
     "example": "- apt: {name: nginx, default_release: bookworm-backports, install_recommends: false}",

@@ -273,10 +273,9 @@ SCHEMA = {
         },
         "install_recommends": {
             "type": "bool",
-            "default": False,
             "aliases": ["install-recommends"],
-            "description": "apt: install the packages' recommended packages too (kiln's package leaves them out "
-            "unless asked; Ansible's apt follows apt's own setting).",
+            "description": "apt: install the packages' recommended packages too (true) or not (false); unset: apt's "
+            "own setting (Debian's installs them), as Ansible's package leaves it to apt.",
         },
         "default_release": {
             "type": "str",
