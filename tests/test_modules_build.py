@@ -1,0 +1,43 @@
+"""assemble and make in a real container, applied by the real agent (compared with ansible-playbook in the
+differential group kiln_auth: tests/parity_roles/kiln_auth/tasks/assemble.yml)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.machines import converge, run_step
+
+pytestmark = pytest.mark.slow
+
+FRAGMENTS = (
+    "d=/srv/kt-frag; rm -rf $d; mkdir -p $d; printf 'a\\n' > $d/1; printf 'b' > $d/2; : > $d/3; printf 'c\\n' > $d/4"
+)
+
+
+def test_assemble_joins_fragments_as_ansible_does(box):
+    """A newline after a fragment without one (the empty one too), the delimiter between fragments."""
+    box.sh(FRAGMENTS)
+    args = {"src": "/srv/kt-frag", "dest": "/srv/kt-assembled", "delimiter": "--\\t--", "mode": "0600"}
+    out = converge(box, "assemble", args, "stat -c %a /srv/kt-assembled; cat /srv/kt-assembled")
+    assert out["after"] == "600\na\n--\t--\nb\n--\t--\n\n--\t--\nc\n", repr(out["after"])
+
+
+def test_assemble_refuses_a_missing_source_and_a_bad_validate(box):
+    missing = run_step(box, "assemble", {"src": "/srv/kt-none", "dest": "/srv/kt-x"})
+    assert missing["status"] == "failed" and "Source (/srv/kt-none) does not exist" in missing["msg"], missing
+    box.sh(FRAGMENTS)
+    rejected = run_step(box, "assemble", {"src": "/srv/kt-frag", "dest": "/srv/kt-y", "validate": "false %s"})
+    assert rejected["status"] == "failed" and box.sh("test -e /srv/kt-y || echo absent").strip() == "absent"
+
+
+MAKEFILE = "all: out.txt\\nout.txt:\\n\\techo made $(GREETING) > out.txt\\n"
+
+
+def test_make_runs_only_when_make_q_says_the_target_is_stale(box):
+    """A real make (installed if missing): the first apply builds, the second is up to date; check mode runs none."""
+    box.sh("command -v make >/dev/null || (apt-get update -qq && apt-get install -y -qq make) >/dev/null 2>&1")
+    box.sh(f"rm -rf /srv/kt-make && mkdir -p /srv/kt-make && printf '{MAKEFILE}' > /srv/kt-make/Makefile")
+    args = {"chdir": "/srv/kt-make", "target": "all", "params": {"GREETING": "hello"}}
+    out = converge(box, "make", args, "cat /srv/kt-make/out.txt 2>/dev/null || true")
+    assert out["after"] == "made hello\n"
+    assert out["first"]["msg"].endswith("make all GREETING=hello"), out["first"]
