@@ -280,3 +280,33 @@ git clone -q --bare . /srv/git-src/repo.git""")
     assert forced["status"] == "changed" and box.sh("cat /srv/gitco/f") == "one\n"
     unknown = run_step(box, "git", {"repo": repo, "dest": "/srv/gitco", "version": "nope"})
     assert unknown["status"] == "failed" and "not found" in unknown["msg"]
+
+
+def test_git_accept_hostkey_over_ssh(box):
+    """An ssh remote whose host key the box does not know: refused (BatchMode, never a prompt), unless
+    accept_hostkey or accept_newhostkey says to trust it (the remote is the box's own sshd)."""
+    box.sh("""set -e
+command -v git >/dev/null || { apt-get install -y -q git >/dev/null; }
+mkdir -p /root/.ssh /srv/gitssh && chmod 700 /root/.ssh
+rm -f /root/.ssh/known_hosts /root/.ssh/kiln_test_git*
+ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/kiln_test_git
+cat /root/.ssh/kiln_test_git.pub >> /root/.ssh/authorized_keys
+rm -rf /srv/gitssh/*; git init -q --bare -b main /srv/gitssh/repo.git; cd /srv/gitssh
+git clone -q /srv/gitssh/repo.git work 2>/dev/null; cd work
+git config user.email t@kiln; git config user.name t; echo one > f; git add f; git commit -qm one; git push -q origin main
+""")
+    env = {"GIT_SSH_COMMAND": "ssh -i /root/.ssh/kiln_test_git -o IdentitiesOnly=yes"}
+    repo = "ssh://root@127.0.0.1/srv/gitssh/repo.git"
+    args = {"repo": repo, "dest": "/srv/gitssh/co1", "version": "main"}
+    steps = [{"module": "git", "args": args, "environment": env}]
+    (refused,) = [e for e in box.apply(steps) if e.get("event") == "step"]
+    assert refused["status"] == "failed" and "Host key verification failed" in refused["msg"], refused
+    trusted = [{"module": "git", "args": dict(args, accept_hostkey=True), "environment": env}]
+    (cloned,) = [e for e in box.apply(trusted) if e.get("event") == "step"]
+    assert cloned["status"] == "changed" and box.sh("cat /srv/gitssh/co1/f") == "one\n", cloned
+    box.sh("rm -f /root/.ssh/known_hosts")
+    new = [{"module": "git", "args": dict(args, dest="/srv/gitssh/co2", accept_newhostkey=True), "environment": env}]
+    (cloned,) = [e for e in box.apply(new) if e.get("event") == "step"]
+    assert cloned["status"] == "changed", cloned
+    assert "127.0.0.1" in box.sh("ssh-keygen -F 127.0.0.1 -f /root/.ssh/known_hosts || true")
+    box.sh("sed -i '/kiln_test_git/d; /root@/d' /root/.ssh/authorized_keys 2>/dev/null || true")

@@ -33,7 +33,19 @@ SCHEMA = {
             "default": True,
             "description": "false: clone when missing, never move an existing checkout.",
         },
+        "accept_hostkey": {
+            "type": "bool",
+            "default": False,
+            "description": "Trust an ssh remote's host key unchecked (ssh -o StrictHostKeyChecking=no).",
+        },
+        "accept_newhostkey": {
+            "type": "bool",
+            "default": False,
+            "description": "Trust an ssh remote's host key when none is known yet, refuse a changed one "
+            "(StrictHostKeyChecking=accept-new).",
+        },
     },
+    "mutually_exclusive": [["accept_hostkey", "accept_newhostkey"]],
     "check_mode": "full",
     "diff": True,
     "example": '- git: {repo: "https://github.com/example/site.git", dest: /srv/site, version: main}',
@@ -44,6 +56,20 @@ SHA = re.compile(r"^[0-9a-f]{40}$")
 
 def _git(ctx: Context) -> str:
     return require_command("git", "install it first: - package: git")
+
+
+def ssh_environment(params: Dict[str, Any], ctx: Context) -> Dict[str, str]:
+    """GIT_SSH_COMMAND as Ansible's git builds it on the one the step's environment gives: the host key policy
+    asked for, and BatchMode so that ssh never waits on a prompt nobody can answer."""
+    options = ""
+    if params.get("accept_hostkey"):
+        options += " -o StrictHostKeyChecking=no"
+    elif params.get("accept_newhostkey"):
+        options += " -o StrictHostKeyChecking=accept-new"
+    options += " -o BatchMode=yes"
+    given = dict(os.environ, **ctx.environment)
+    command = given.get("GIT_SSH", given.get("GIT_SSH_COMMAND", "ssh"))
+    return {"GIT_SSH_COMMAND": command + options}
 
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
@@ -72,7 +98,7 @@ def remote_sha(git: str, params: Dict[str, Any], ctx: Context) -> Optional[str]:
         if version == "HEAD"
         else [f"refs/heads/{version}", f"refs/tags/{version}", f"refs/tags/{version}^{{}}"]
     )
-    done = ctx.run([git, "ls-remote", params["repo"], *refs], timeout=300)
+    done = ctx.run([git, "ls-remote", params["repo"], *refs], timeout=300, env=ssh_environment(params, ctx))
     found = {}
     for line in done.stdout.splitlines():
         sha, _, ref = line.partition("\t")
@@ -105,15 +131,16 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode)", diff=diff)
     depth = ["--depth", str(params["depth"])] if params.get("depth") else []
+    remote_env = ssh_environment(params, ctx)
     if head is None:
         os.makedirs(os.path.dirname(dest.rstrip("/")) or "/", exist_ok=True)
         branch = ["--branch", version] if version != "HEAD" and not SHA.match(version) else []
-        ctx.run([git, "clone", *depth, *branch, params["repo"], dest], timeout=1800)
+        ctx.run([git, "clone", *depth, *branch, params["repo"], dest], timeout=1800, env=remote_env)
     else:
         fetch_ref = [want] if SHA.match(version) else ([version] if version != "HEAD" else [])
-        ctx.run([git, "-C", dest, "fetch", *depth, "--tags", "origin", *fetch_ref], timeout=1800)
+        ctx.run([git, "-C", dest, "fetch", *depth, "--tags", "origin", *fetch_ref], timeout=1800, env=remote_env)
     if SHA.match(version) and head is None:
-        ctx.run([git, "-C", dest, "fetch", *depth, "origin", want], timeout=1800, check=False)
+        ctx.run([git, "-C", dest, "fetch", *depth, "origin", want], timeout=1800, check=False, env=remote_env)
     ctx.run([git, "-C", dest, "checkout", *(["--force"] if params["force"] else []), "--detach", want])
     now = ctx.run([git, "-C", dest, "rev-parse", "HEAD"]).stdout.strip()
     return Result(True, msg, diff={"before": head or "absent", "after": now}, data={"before": head, "after": now})
