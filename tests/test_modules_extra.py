@@ -310,3 +310,23 @@ git config user.email t@kiln; git config user.name t; echo one > f; git add f; g
     assert cloned["status"] == "changed", cloned
     assert "127.0.0.1" in box.sh("ssh-keygen -F 127.0.0.1 -f /root/.ssh/known_hosts || true")
     box.sh("sed -i '/kiln_test_git/d; /root@/d' /root/.ssh/authorized_keys 2>/dev/null || true")
+
+
+def test_sysctl_set_sets_the_live_value_without_reload(box):
+    live = box.sh("cat /proc/sys/net/ipv4/ip_forward").strip()
+    other = "0" if live == "1" else "1"
+    base = {"name": "net.ipv4.ip_forward", "sysctl_file": "/srv/sysctl3/a.conf", "reload": False}
+    # reload: false alone writes the file only (the live value is not touched)
+    assert run_step(box, "sysctl", dict(base, value=other))["status"] == "changed"
+    # sysctl_set: the live value differs, so it is set: /proc/sys is read-only in the container
+    failed = run_step(box, "sysctl", dict(base, value=other, sysctl_set=True))
+    assert failed["status"] == "failed" and "cannot set net.ipv4.ip_forward live" in failed["msg"], failed
+    ignored = run_step(box, "sysctl", dict(base, value=other, sysctl_set=True, ignoreerrors=True))
+    assert ignored["status"] == "ok" and "live value not set" in ignored["msg"], ignored
+    # the live value already as wanted: sysctl_set has nothing to do
+    out = converge(box, "sysctl", dict(base, value=live, sysctl_set=True), "cat /srv/sysctl3/a.conf")
+    assert out["after"] == f"net.ipv4.ip_forward = {live}\n"
+    # a parameter the kernel lacks: the file only, no failure
+    absent = {"name": "kernel.kt_nope", "value": "1", "sysctl_set": True}
+    out = converge(box, "sysctl", dict(base, **absent), "cat /srv/sysctl3/a.conf")
+    assert out["after"].endswith("kernel.kt_nope = 1\n")

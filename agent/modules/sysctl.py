@@ -43,6 +43,11 @@ SCHEMA = {
             "default": True,
             "description": "Also set the live value (write /proc/sys) when it differs.",
         },
+        "sysctl_set": {
+            "type": "bool",
+            "default": False,
+            "description": "Set the live value when it differs even with reload: false (ansible.posix's sysctl -w).",
+        },
         "ignoreerrors": {
             "type": "bool",
             "default": False,
@@ -119,10 +124,11 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     new = _new_text(params, old)
     file_changes = new != old
     live = state["live"]
-    set_live = params["state"] == "present" and params["reload"] and live != normalise(params["value"])
-    if params["state"] == "present" and live is None and params["reload"]:
-        if not params["ignoreerrors"]:
-            raise ModuleError(f"no such kernel parameter: {name} ({proc_path(name)} missing)")
+    live_wanted = params["reload"] or params["sysctl_set"]
+    set_live = params["state"] == "present" and live_wanted and live != normalise(params["value"])
+    if params["state"] == "present" and live is None and params["reload"] and not params["ignoreerrors"]:
+        raise ModuleError(f"no such kernel parameter: {name} ({proc_path(name)} missing)")
+    if live is None:  # sysctl_set alone skips a parameter the kernel lacks, as ansible.posix's does
         set_live = False
     if not file_changes and not set_live:
         return Result(
@@ -153,7 +159,7 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
             if not params["ignoreerrors"]:
                 raise ModuleError(
                     f"cannot set {name} live ({exc.strerror}); the setting is saved in {path} "
-                    "(set ignoreerrors: true or reload: false in containers)"
+                    "(in containers set ignoreerrors: true, or reload: false without sysctl_set)"
                 ) from None
             diff.pop("before", None)
             diff.pop("after", None)
