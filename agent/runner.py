@@ -362,7 +362,15 @@ class Runner:
         if loop is None:
             items: List[Any] = [None]
         else:
-            items = self._loop_items(loop, base, step)
+            try:
+                items = self._loop_items(loop, base, step)
+            except StepFailed as exc:
+                if not self._skipped_before_its_loop(step, base, exc):
+                    raise
+                skipped = {"changed": False, "failed": False, "skipped": True, "msg": "when was false"}
+                if step.get("register"):
+                    self.set_variable(step["register"], skipped)
+                return {"status": StepStatus.SKIPPED, "msg": skipped["msg"]}
             if not isinstance(items, list):
                 raise StepFailed(step, f"loop must give a list, got {type(items).__name__}")
         results = []
@@ -581,6 +589,9 @@ class Runner:
             if not isinstance(items, list):
                 raise StepFailed(step, f"loop must give a list, got {type(items).__name__}")
         except StepFailed as exc:
+            if self._skipped_before_its_loop(step, self.step_scope(step), exc):
+                self.block_wanted(step)  # false: reported skipped
+                return None
             return self.finish_step(dict(step, module="block"), {"status": StepStatus.FAILED, "msg": exc.msg}, 0, False)
         once = {k: v for k, v in step.items() if k not in ("loop", "loop_control", "when")}
         wanted: List[Tuple[int, Dict[str, Any], Dict[str, Any]]] = []
@@ -824,6 +835,18 @@ class Runner:
             return evaluate(expression, scope)
         except TemplateError as exc:
             raise StepFailed(step, f"{keyword}: {exc}") from exc
+
+    def _skipped_before_its_loop(self, step: Dict[str, Any], scope: Scope, failure: StepFailed) -> bool:
+        """Whether a step whose loop read an undefined name is skipped by its ``when`` instead: Ansible's executor
+        keeps that error until the ``when`` (without the loop's variable) is known (``loop: "{{ groups }}"`` under
+        ``when: groups is defined``); a when that cannot be decided so leaves the loop's error."""
+        cause = failure.__cause__
+        if step.get("when") is None or not (isinstance(cause, TemplateError) and cause.undefined):
+            return False
+        try:
+            return not self._truth(step["when"], scope, step, "when")
+        except StepFailed:
+            return False
 
     def _label(self, label: Any, scope: Scope, step: Dict[str, Any]) -> str:
         try:

@@ -1356,3 +1356,37 @@ def test_a_no_log_template_left_to_the_box_is_rendered_when_the_step_runs(tmp_pa
     assert steps["hidden"]["msg"] == "<redacted: no_log>", steps["hidden"]
     assert steps["undecidable"]["status"] == "failed", steps["undecidable"]
     assert steps["undecidable"]["msg"] == "no_log: the value 'maybe' is not a valid boolean"
+
+
+def test_a_loop_over_an_undefined_name_is_skipped_by_its_definedness_when_on_the_box(tmp_path: Path):
+    """Ansible's executor keeps a loop's undefined-name error until the when is decided (without the item) and
+    skips the task when it is false: the agent's runner does the same for a step and for an include's loop
+    (robertdebock.users); a registered result says skipped. Before, the loop's error failed the run."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "tasks/each.yml": "- name: each\n  debug: {msg: '{{ group }}'}\n",
+            "tasks/main.yml": """\
+- name: guarded
+  debug: {msg: "{{ item }}"}
+  loop: "{{ maybe_groups }}"
+  when: maybe_groups is defined
+  register: guarded_result
+- name: guarded include
+  include_tasks: each.yml
+  loop: "{{ maybe_groups }}"
+  loop_control: {loop_var: group}
+  when: maybe_groups is defined
+- name: after
+  debug: {msg: "{{ guarded_result.skipped }}"}
+""",
+        },
+    )
+    steps = _run_on_this_machine(compile_role(tmp_path, "t", "local", config_for(tmp_path)), tmp_path)
+    assert [(s["name"], s["status"]) for s in steps] == [
+        ("guarded", "skipped"),
+        ("guarded include", "skipped"),
+        ("after", "ok"),
+    ], steps
+    assert steps[-1]["msg"] is True or steps[-1]["msg"] == "True", steps[-1]
