@@ -624,3 +624,54 @@ def test_dnf_fails_on_an_apt_box_in_the_dnf_actions_words() -> None:
         with pytest.raises(ModuleError) as raised:
             dnf.check(params, Context(facts={"pkg_mgr": "apt"}))
         assert str(raised.value) == dnf.UNDETECTED
+
+
+# --- community.general.npm ----------------------------------------------------------------------------------------
+def test_npm_validates_as_geerlingguy_nodejs_writes_it(tmp_path: Path) -> None:
+    """Global packages from a list (version omitted unless given), a package.json's directory; absent needs a name."""
+    found = role_problems(
+        tmp_path,
+        "- name: Ensure npm global packages are installed.\n"
+        "  npm:\n"
+        '    name: "{{ item.name | default(item) }}"\n'
+        '    version: "{{ item.version | default(omit) }}"\n'
+        "    global: true\n"
+        "    state: \"{{ item.state | default('present') }}\"\n"
+        "  environment: {NPM_CONFIG_PREFIX: /usr/local/lib/npm}\n"
+        "  with_items: [typescript, {name: node-sass, version: 9.0.0}]\n"
+        "- community.general.npm: {path: /srv/app, production: true, ci: false}\n"
+        "- community.general.npm: {path: /srv/app, state: absent}\n"
+        "- npm: {name: x, gloabl: true}\n",
+    )
+    assert found == [
+        "main.yml:10:3: community.general.npm: 'name' is required when state is absent",
+        "main.yml:11:18: npm: unknown argument 'gloabl' (did you mean 'global'?)",
+    ], found
+
+
+def test_npms_arguments_are_the_collections() -> None:
+    """Each argument, its type, default and choices as community.general's npm declares them."""
+    import ast
+
+    source = COLLECTIONS / "ansible_collections" / "community" / "general" / "plugins" / "modules" / "npm.py"
+    if not source.is_file():
+        pytest.fail(f"the collections are not unpacked in {COLLECTIONS}: run scripts/setup.sh --test")
+    tree = ast.parse(source.read_text())
+    main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
+    theirs: dict = {}
+
+    def keywords(call: ast.Call) -> dict:  # dict(type='str', ...) as written
+        return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+    for node in ast.walk(main):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "arg_spec":
+            theirs.update({kw.arg: keywords(kw.value) for kw in node.value.keywords})
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript):
+            theirs[ast.literal_eval(node.targets[0].slice)] = keywords(node.value)
+    ours = AGENT_MODULES["npm"].SCHEMA["args"]
+    assert set(ours) == set(theirs)
+    for name, spec in theirs.items():
+        kind = {"path": "path", "bool": "bool"}.get(spec.get("type", "str"), "str")
+        assert ours[name]["type"] == kind, name
+        assert ours[name].get("default") == spec.get("default"), name
+        assert ours[name].get("choices") == spec.get("choices"), name

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.machines import converge, run_step
+from tests.machines import AgentBox, converge, run_step
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +149,58 @@ def test_dnf_fails_on_an_apt_box_whatever_its_arguments(box, apt_log):
             assert event["msg"].startswith("Could not detect which major revision of dnf is in use"), event
     assert apt_log() == []
     assert not installed(box, "hello").startswith("ii")
+
+
+# --- community.general.npm, with Debian's npm, offline: a package of the test's own, packed on the box ---------------
+NPMRC = b"offline=true\naudit=false\nfund=false\nupdate-notifier=false\n"
+DEMO = "/opt/kiln-npm/kiln-demo-1.0.0.tgz"
+
+
+@pytest.fixture(scope="module")
+def npm_box(engine):
+    """A box of its own (npm brings hundreds of packages the other tests' box should not carry)."""
+    machine = AgentBox(engine).start()
+    try:
+        machine.sh("apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends npm >/dev/null")
+        machine.put(
+            {
+                "/etc/npmrc": (NPMRC, 0o644),
+                "/opt/kiln-npm/demo/package.json": (b'{"name": "kiln-demo", "version": "1.0.0"}\n', 0o644),
+                "/opt/kiln-npm/demo/index.js": (b"module.exports = 1;\n", 0o644),
+            }
+        )
+        machine.sh("cd /opt/kiln-npm && npm pack ./demo >/dev/null")
+        yield machine
+    finally:
+        machine.stop()
+
+
+def test_npm_installs_a_directorys_dependencies_and_removes_one(npm_box):
+    """path alone: npm install when npm list says a dependency is missing, then nothing; absent uninstalls it."""
+    package_json = f'{{"name": "app", "version": "1.0.0", "dependencies": {{"kiln-demo": "file:{DEMO}"}}}}\n'
+    npm_box.put({"/srv/app/package.json": (package_json.encode(), 0o644)})
+    probe = "ls /srv/app/node_modules 2>&1; cat /srv/app/node_modules/kiln-demo/package.json 2>&1"
+    events = converge(npm_box, "npm", {"path": "/srv/app"}, probe)
+    assert '"version": "1.0.0"' in npm_box.sh(probe), events
+    gone = run_step(npm_box, "npm", {"name": "kiln-demo", "path": "/srv/app", "state": "absent"})
+    assert gone["status"] == "changed", gone
+    assert "kiln-demo" not in npm_box.sh("ls /srv/app/node_modules")
+    again = run_step(npm_box, "npm", {"name": "kiln-demo", "path": "/srv/app", "state": "absent"})
+    assert again["status"] == "ok", again
+
+
+def test_npm_global_install_and_removal_as_the_collection(npm_box):
+    """global: npm install --global NAME@VERSION (a tarball's name never lists as installed: installed each time, as
+    the collection has it); absent by name uninstalls once; a path or global is required when the step runs."""
+    for _ in range(2):
+        event = run_step(npm_box, "npm", {"name": DEMO, "global": True})
+        assert event["status"] == "changed", event
+    assert "kiln-demo@1.0.0" in npm_box.sh("npm ls --global --depth=0")
+    checked = run_step(npm_box, "npm", {"name": "kiln-demo", "global": True, "state": "absent"}, check=True)
+    assert checked["status"] == "changed" and "kiln-demo" in npm_box.sh("npm ls --global --depth=0"), checked
+    for status in ("changed", "ok"):
+        event = run_step(npm_box, "npm", {"name": "kiln-demo", "global": True, "state": "absent"})
+        assert event["status"] == status, event
+    assert "kiln-demo" not in npm_box.sh("npm ls --global --depth=0")
+    nowhere = run_step(npm_box, "npm", {"name": "kiln-demo"})
+    assert nowhere["status"] == "failed" and nowhere["msg"] == "path must be specified when not using global", nowhere

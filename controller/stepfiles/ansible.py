@@ -399,6 +399,7 @@ TABLE: dict[str, Mapping] = {
             "uri",
             "tempfile",
             "pause",
+            "npm",
         )
     },
 }
