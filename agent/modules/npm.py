@@ -37,7 +37,10 @@ SCHEMA = {
     "package, globally or in path; path alone installs its package.json's dependencies.",
     "args": {
         "name": {"type": "str", "description": "The package (none: path's package.json)."},
-        "path": {"type": "path", "description": "The directory to install in (created if missing); not with global."},
+        "path": {
+            "type": "path",
+            "description": "The directory npm runs in (created if missing); required unless global.",
+        },
         "version": {"type": "str", "description": "The version to install (name@version)."},
         "global": {"type": "bool", "default": False, "description": "Install globally (npm --global)."},
         "executable": {"type": "path", "description": "The npm to run (words split on blanks); default: npm."},
