@@ -281,6 +281,32 @@ def test_download_failures_leave_nothing(box, web, path, sha, msg):
     assert box.sh("ls -A /srv/dl4").strip() == ""
 
 
+# --- copy: remote_src, decrypt -----------------------------------------------------------------
+def test_copy_remote_src_takes_a_file_on_the_box_with_its_mode(box):
+    # nginxinc.nginx's idiom: a default config the package installed becomes the config
+    box.sh("mkdir -p /srv/copyr && printf 'k=v\\n' > /srv/copyr/agent.conf.default && chmod 0750 /srv/copyr/*")
+    args = {"src": "/srv/copyr/agent.conf.default", "dest": "/srv/copyr/agent.conf", "remote_src": True}
+    out = converge(box, "copy", args, cat_and_stat("/srv/copyr/agent.conf"))
+    assert out["after"] == "k=v\n--\n750 root root\n"
+    relative = run_step(box, "copy", dict(args, src="agent.conf.default"))
+    assert relative["status"] == "failed" and "an absolute path on the box" in relative["msg"], relative
+    missing = run_step(box, "copy", dict(args, src="/srv/copyr/none"))
+    assert missing["status"] == "failed" and "not found on the box" in missing["msg"], missing
+
+
+VAULTED = b"$ANSIBLE_VAULT;1.1;AES256\n6133\n"
+
+
+def test_copy_decrypt_refuses_a_vault_file_it_cannot_decrypt(box):
+    box.sh("mkdir -p /srv/copyv")
+    files = {"web/cert.pem": VAULTED}
+    refused = run_step(box, "copy", {"src": "web/cert.pem", "dest": "/srv/copyv/cert.pem"}, files=files)
+    assert refused["status"] == "failed" and "vault-encrypted file" in refused["msg"], refused
+    assert box.sh("ls /srv/copyv") == ""
+    args = {"src": "web/cert.pem", "dest": "/srv/copyv/cert.pem", "decrypt": False}
+    assert converge(box, "copy", args, "cat /srv/copyv/cert.pem", files=files)["after"] == VAULTED.decode()
+
+
 # --- file: force, follow, hard, times (Ansible's file module's rules) --------------------------
 def test_file_link_force_replaces_a_file_and_links_to_a_missing_src(box):
     box.sh("mkdir -p /srv/flink && printf 'x\\n' > /srv/flink/conf && rm -f /srv/flink/dangling")

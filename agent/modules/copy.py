@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict
+import stat
+from typing import Any, Dict, Tuple
 
 from ..api import Context, ModuleError, Result, atomic_write, backup_local, parse_mode, unified_diff
 from ..modules import file as filemod
@@ -52,6 +53,17 @@ SCHEMA = {
             "type": "bool",
             "default": True,
             "description": "false: only create dest when missing, never replace its content.",
+        },
+        "remote_src": {
+            "type": "bool",
+            "default": False,
+            "description": "src is a file already on the box (an absolute path), not in the role's files/.",
+        },
+        "decrypt": {
+            "type": "bool",
+            "default": True,
+            "description": "A vault-encrypted src in files/ is refused when the step runs (kiln decrypts !vault "
+            "values, not files, and the box has no vault password); false copies its ciphertext as it is.",
         },
     },
     "mutually_exclusive": [["src", "content"]],
@@ -112,8 +124,11 @@ def content_diff(dest: str, before: bytes | None, after: bytes) -> str:
     return unified_diff(old, new, dest)
 
 
-def put_content(params: Dict[str, Any], data: bytes, state: Dict[str, Any], ctx: Context) -> Result:
-    """Write ``data`` at state['dest'] when it differs, then owner/group/mode (copy and template)."""
+def put_content(
+    params: Dict[str, Any], data: bytes, state: Dict[str, Any], ctx: Context, source_mode: int | None = None
+) -> Result:
+    """Write ``data`` at state['dest'] when it differs, then owner/group/mode (copy and template). ``source_mode``:
+    the mode a written file takes when the step gives none (remote_src: the source's, as Ansible's copystat)."""
     dest = state["dest"]
     exists = state["attrs"] is not None
     new_sha = hashlib.sha256(data).hexdigest()
@@ -147,7 +162,7 @@ def put_content(params: Dict[str, Any], data: bytes, state: Dict[str, Any], ctx:
         if exists and params.get("backup"):
             out["backup_file"] = backup_local(dest)
         current = int(state["attrs"]["mode"], 8) if exists else 0o644
-        mode = parse_mode(params["mode"], current) if params.get("mode") else None
+        mode = parse_mode(params["mode"], current) if params.get("mode") else source_mode
         atomic_write(dest, data, mode=mode, validate=params.get("validate"), ctx=ctx)
     if wanted:
         filemod.set_attributes(dest, wanted)
@@ -162,16 +177,35 @@ def content_bytes(content: Any) -> bytes:
     return (content if isinstance(content, str) else str(content)).encode("utf-8")
 
 
+VAULT_HEADER = b"$ANSIBLE_VAULT;"
+
+
+def source_bytes(params: Dict[str, Any], ctx: Context) -> Tuple[bytes, int | None]:
+    """src's bytes: the role's file from the bundle, or with remote_src a file on the box (never decrypted, as in
+    Ansible, whose decrypt applies to the controller's files only)."""
+    src = params["src"]
+    remote = params.get("remote_src")
+    if remote and not os.path.isabs(src):
+        raise ModuleError(f"src {src}: with remote_src, src is an absolute path on the box")
+    path = src if remote else ctx.source_path(src, "files")
+    where = "on the box" if remote or os.path.isabs(src) else f"in the role's files/ ({path})"
+    if os.path.isdir(path):
+        raise ModuleError(f"src {src} is a directory; copy takes one file (use unarchive for trees)")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ModuleError(f"src {src} not found {where}") from None
+    if not remote and params.get("decrypt", True) and data.startswith(VAULT_HEADER):
+        raise ModuleError(
+            f"src {src} is a vault-encrypted file: kiln decrypts !vault values on the controller, not files "
+            "(put the secret in a !vault variable and use content:, or set decrypt: false to copy the ciphertext)"
+        )
+    return data, stat.S_IMODE(os.stat(path).st_mode) if remote else None
+
+
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
     if params.get("content") is not None:
-        data = content_bytes(params["content"])
-    else:
-        src = ctx.source_path(params["src"], "files")
-        if os.path.isdir(src):
-            raise ModuleError(f"src {params['src']} is a directory; copy takes one file (use unarchive for trees)")
-        try:
-            with open(src, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            raise ModuleError(f"src {params['src']} not found in the role's files/ ({src})") from None
-    return put_content(params, data, state, ctx)
+        return put_content(params, content_bytes(params["content"]), state, ctx)
+    data, source_mode = source_bytes(params, ctx)
+    return put_content(params, data, state, ctx, source_mode)
