@@ -330,3 +330,18 @@ def test_sysctl_set_sets_the_live_value_without_reload(box):
     absent = {"name": "kernel.kt_nope", "value": "1", "sysctl_set": True}
     out = converge(box, "sysctl", dict(base, **absent), "cat /srv/sysctl3/a.conf")
     assert out["after"].endswith("kernel.kt_nope = 1\n")
+
+
+def test_service_sleep_is_accepted_and_ignored_on_systemd(box):
+    """Ansible's service action drops sleep for systemd ('Ignoring "sleep" as it is not used in "systemd"'):
+    the restart is one systemctl restart, at once."""
+    box.put({"/etc/systemd/system/kiln-sleep.service": (b"[Service]\nExecStart=/bin/sleep infinity\n", 0o644)})
+    box.sh("systemctl daemon-reload && systemctl start kiln-sleep")
+    pid = box.sh("systemctl show -p MainPID --value kiln-sleep")
+    done = run_step(box, "service", {"name": "kiln-sleep", "state": "restarted", "sleep": 30})
+    assert done["status"] == "changed" and "sleep ignored" in done["msg"], done
+    assert done["duration"] < 10, done
+    assert box.sh("systemctl show -p MainPID --value kiln-sleep") != pid
+    bad = run_step(box, "service", {"name": "kiln-sleep", "state": "restarted", "sleep": -1})
+    assert bad["status"] == "failed" and "sleep" in bad["msg"], bad
+    box.sh("systemctl stop kiln-sleep; rm -f /etc/systemd/system/kiln-sleep.service; systemctl daemon-reload")

@@ -76,6 +76,12 @@ SCHEMA = {
             "default": False,
             "description": "systemctl --force: enable over conflicting symlinks.",
         },
+        "sleep": {
+            "type": "int",
+            "minimum": 0,
+            "description": "Accepted and ignored, as Ansible's service ignores it on systemd (a restart is one "
+            "systemctl restart, which waits for the stop itself).",
+        },
     },
     # no required_one_of: Ansible's (state, enabled, masked, daemon_reload, daemon_reexec) is met by daemon_reload's
     # default, so a name alone reads the unit (registered .status: its properties, as `systemctl show` gives them)
@@ -211,6 +217,8 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     if not actions:
         return Result(False, f"service {name} is as wanted ({state['active']}, {state['enabled']})", data=data)
     msg = f"service {name}: " + ", ".join(done for _, done in actions)
+    if params.get("sleep") is not None:
+        msg += " (sleep ignored: systemd restarts in one step, as Ansible's service says there)"
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode)", diff={"before": before, "after": after}, data=data)
     for verb, _ in actions:
