@@ -33,6 +33,7 @@ from typing import Any
 FQCN_PREFIXES = ("ansible.builtin.", "ansible.legacy.")
 POSIX = ("sysctl", "authorized_key", "mount", "synchronize", "acl", "seboolean", "selinux", "firewalld", "at")
 COMMUNITY_GENERAL = (
+    "make",
     "timezone",
     "seport",
     "sefcontext",
