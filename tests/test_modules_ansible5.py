@@ -566,9 +566,10 @@ def test_templated_arguments_are_exclusive_only_once_rendered(tmp_path: Path) ->
 
 
 # --- dnf (yum, dnf5): dnf's arguments at validate; on a box without dnf, the step fails as Ansible's action does -----
-def test_yum_and_dnf_take_dnfs_arguments_and_refuse_what_dnf_never_takes(tmp_path: Path) -> None:
-    """geerlingguy.postgresql's RedHat-only yum (exclude, a templated enablerepo) validates; a typo, apt's
-    install_recommends and use with use_backend are refused at their place, as dnf's argument spec refuses them."""
+def test_yum_dnf_and_apt_take_every_managers_arguments_and_refuse_typos(tmp_path: Path) -> None:
+    """geerlingguy.postgresql's RedHat-only yum (exclude, a templated enablerepo) validates, and so do another
+    manager's arguments (apt's on dnf, dnf's on apt: Ansible's module refuses them only when it runs); a name no
+    manager takes and use with use_backend are refused at their place."""
     found = role_problems(
         tmp_path,
         "- name: RedHat only.\n"
@@ -582,22 +583,63 @@ def test_yum_and_dnf_take_dnfs_arguments_and_refuse_what_dnf_never_takes(tmp_pat
         "- dnf: {name: x, disable_gpg_check: true, install_weak_deps: false, allowerasing: true, use_backend: dnf4}\n"
         "- ansible.builtin.dnf5: {name: x, security: true, bugfix: true, update_cache: true}\n"
         "- yum: {name: x, exclde: a}\n"
-        "- dnf: {name: x, install_recommends: true}\n"
-        "- dnf: {name: x, use: dnf, use_backend: dnf4}\n",
+        "- dnf: {name: x, install_recommends: true, cache_valid_time: 60, update: true}\n"
+        "- dnf: {name: x, use: dnf, use_backend: dnf4}\n"
+        "- apt: {name: x, enablerepo: epel, exclude: [a]}\n"
+        "- apt: {name: x, enablerepoo: epel}\n",
     )
     assert found == [
         "main.yml:11:18: yum: unknown argument 'exclde' (did you mean 'exclude'?)",
-        "main.yml:12:18: dnf: unknown argument 'install_recommends' (did you mean 'install_repoquery'?)",
         "main.yml:13:28: dnf: 'use' and 'use_backend' are mutually exclusive",
+        "main.yml:15:18: apt: unknown argument 'enablerepoo' (did you mean 'enablerepo'?)",
     ], found
+
+
+def ansible_module_refusal(module: str, given: dict) -> str:
+    """ansible-core's module run here on ``given``: its failure's message (argument checks come first)."""
+    import json
+    import subprocess
+    import sys
+
+    module_args = {"ANSIBLE_MODULE_ARGS": dict(given, _ansible_module_name=f"ansible.legacy.{module}")}
+    ran = subprocess.run(
+        [sys.executable, "-m", f"ansible.modules.{module}"],
+        input=json.dumps(module_args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    theirs = json.loads(ran.stdout)
+    assert theirs["failed"], theirs
+    return theirs["msg"]
+
+
+def test_another_managers_argument_fails_apt_and_dnf_in_their_words() -> None:
+    """apt's arguments on a dnf box fail dnf's step, dnf's on an apt box fail apt's, as ansible-core's modules word
+    it (run here with the same arguments); on an apt box, dnf fails first in the dnf action's words."""
+    from kiln.agent.api import Context, ModuleError
+    from kiln.agent.schema import validate
+
+    cases = (
+        ("dnf", {"name": "x", "install_recommends": True, "purge": True}, "dnf"),
+        ("apt", {"name": "x", "enablerepo": "epel", "exclude": ["a"]}, "apt"),
+    )
+    for module, given, manager in cases:
+        ours = AGENT_MODULES[module]
+        params, errors = validate(ours.SCHEMA, given)
+        assert not errors, errors
+        with pytest.raises(ModuleError) as raised:
+            ours.check(params, Context(facts={"pkg_mgr": manager}, check_mode=True))
+        assert str(raised.value) == ansible_module_refusal(module, given)
 
 
 def test_dnfs_arguments_are_ansible_cores() -> None:
     """Every argument ansible-core's dnf and dnf5 take (and its dnf action's use/use_backend), and no other."""
     from ansible.module_utils.yumdnf import yumdnf_argument_spec
 
-    schema = AGENT_MODULES["dnf"].SCHEMA
-    ours = set(schema["args"]) | set(schema["foreign_args"])
+    dnf = AGENT_MODULES["dnf"]
+    schema = dnf.SCHEMA
+    ours = set(schema["args"]) | set(dnf.NOT_IMPLEMENTED)
     theirs = set(yumdnf_argument_spec["argument_spec"]) | {"use_backend", "use", "auto_install_module_deps"}
     assert ours == theirs
     aliases = {alias for spec in schema["args"].values() for alias in spec.get("aliases", [])}

@@ -117,12 +117,15 @@ def test_apts_own_arguments_go_to_apt(box, apt_log):
 
 
 def test_another_managers_argument_fails_when_the_step_runs(box, apt_log):
-    """dnf's enablerepo on an apt box: the step fails in ansible-core's apt's words, check mode too; apt is not run."""
+    """dnf's enablerepo on an apt box, through package or apt: the step fails in ansible-core's apt's words, check
+    mode too; apt is not run."""
     apt_log()
-    for check in (True, False):
-        event = run_step(box, "package", {"name": "hello", "enablerepo": "epel"}, check=check)
-        assert event["status"] == "failed", event
-        assert event["msg"].startswith("Unsupported parameters for (ansible.legacy.apt) module: enablerepo. "), event
+    for module in ("package", "apt"):
+        for check in (True, False):
+            event = run_step(box, module, {"name": "hello", "enablerepo": "epel"}, check=check)
+            assert event["status"] == "failed", event
+            refused = "Unsupported parameters for (ansible.legacy.apt) module: enablerepo. "
+            assert event["msg"].startswith(refused), event
     assert apt_log() == []
 
 

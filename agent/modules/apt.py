@@ -1,8 +1,9 @@
 """Ansible's ``apt``: kiln's package module on apt, with Ansible's defaults.
 
-apt takes apt's arguments only (package also takes other managers', which fail when run on apt,
-and ``use``). Everything else (install_recommends unset: apt's own setting, reading installed
-versions first, the cache's age, check mode) is the package module's.
+apt does not take package's ``use``; other managers' arguments (dnf's enablerepo, ...) pass validate
+and fail the step when it runs, in ansible-core's apt's words, as in Ansible. Everything else
+(install_recommends unset: apt's own setting, reading installed versions first, the cache's age,
+check mode) is the package module's.
 
 Example::
 
@@ -23,7 +24,7 @@ from ..api import Context, ModuleError, Result
 from . import package
 
 SCHEMA = {
-    **{key: value for key, value in package.SCHEMA.items() if key != "foreign_args"},  # apt takes only its own
+    **package.SCHEMA,  # other managers' arguments too: refused when the step runs, as ansible-core's apt does
     "description": "Ansible's apt: install, upgrade or remove Debian packages (recommends as apt is configured).",
     "args": {
         **{name: spec for name, spec in package.SCHEMA["args"].items() if name != "use"},  # package's own choice
@@ -42,10 +43,10 @@ APT_CONF = "/etc/apt/apt.conf.d"
 
 
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
-    state = package.check(params, ctx)
-    if state["manager"] != "apt":
-        raise ModuleError(f"apt: this box's package manager is {state['manager']}, not apt (use package)")
-    return state
+    manager = package._manager(ctx)
+    if manager != "apt":
+        raise ModuleError(f"apt: this box's package manager is {manager}, not apt (use package)")
+    return package.check(params, ctx)
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:

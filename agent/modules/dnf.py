@@ -5,6 +5,8 @@ manager is neither dnf nor yum (Debian's apt) it fails, whatever the arguments: 
 fails on Debian only if its ``when`` lets it run. So does this module, in Ansible's words. On a dnf
 box, name, state and update_cache are the package module's; dnf's other arguments (exclude,
 enablerepo, ...) are accepted at validate and fail the step when it runs: kiln does not implement them.
+Other managers' arguments (apt's install_recommends, ...) are accepted too, and refused when the step
+runs on dnf in ansible-core's dnf's words, as there; a name no manager takes is refused at validate.
 
 Example::
 
@@ -55,6 +57,33 @@ NOT_IMPLEMENTED = (
     "validate_certs",
 )
 
+# dnf's arguments kiln runs (names and aliases): the others' meaning is dnf's run's
+OWN = ("name", "pkg", "state", "update_cache", "expire-cache", "use_backend", "use")
+
+# ansible-core 2.19's dnf's words when it refuses an argument (its own list of what it takes)
+DNF_SUPPORTED = (
+    "allow_downgrade, allowerasing, autoremove, best, bugfix, cacheonly, conf_file, disable_excludes, "
+    "disable_gpg_check, disable_plugin, disablerepo, download_dir, download_only, enable_plugin, enablerepo, exclude, "
+    "install_repoquery, install_weak_deps, installroot, list, lock_timeout, name, nobest, releasever, security, "
+    "skip_broken, sslverify, state, update_cache, update_only, use_backend, validate_certs (expire-cache, pkg)"
+)
+
+
+def other_managers_args() -> Dict[str, str]:
+    """apt's and the other managers' arguments, name -> who takes them: dnf refuses them when it runs."""
+    apt = {
+        spelling: "apt"
+        for name, spec in package.SCHEMA["args"].items()
+        if name not in OWN
+        for spelling in (name, *spec.get("aliases", []))
+    }
+    apt["update"] = "apt"  # package's alias of update_cache (apt's), not dnf's
+    others = {**package.FOREIGN_ARGS, **apt}
+    return {name: taker for name, taker in sorted(others.items()) if name not in NOT_IMPLEMENTED + OWN}
+
+
+OTHERS = other_managers_args()
+
 # the dnf action's words on a box whose ansible_pkg_mgr is not dnf's (the action plugin, ansible-core 2.19)
 UNDETECTED = (
     "Could not detect which major revision of dnf is in use, which is required to determine module backend. "
@@ -64,7 +93,7 @@ UNDETECTED = (
 SCHEMA = {
     "description": "Ansible's dnf (yum, dnf5): install, upgrade or remove packages on a dnf box; on another box "
     "(Debian's apt) the step fails when it runs, as Ansible's does. dnf's other arguments (exclude, enablerepo, ...) "
-    "are accepted, and fail the step if it runs: kiln does not implement them.",
+    "are accepted, and fail the step if it runs: kiln does not implement them; other managers' fail it as dnf does.",
     "args": {
         "name": {
             **package.SCHEMA["args"]["name"],
@@ -91,7 +120,7 @@ SCHEMA = {
         },
         "use": {"type": "str", "description": "As use_backend (Ansible's dnf action takes either, not both)."},
     },
-    "foreign_args": {name: "dnf" for name in NOT_IMPLEMENTED},
+    "foreign_args": {**OTHERS, **{name: "dnf" for name in NOT_IMPLEMENTED}},
     "mutually_exclusive": [["use", "use_backend"]],  # dnf's own (name/list, best/nobest) are its run's to judge
     "check_mode": "full",
     "diff": True,
@@ -106,6 +135,12 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
         if backend in ("auto", "yum"):
             raise ModuleError(UNDETECTED)
         raise ModuleError(f"dnf: use_backend {backend}, but this box's package manager is {manager}, not dnf")
+    unsupported = sorted(name for name in params if name in OTHERS)
+    if unsupported:
+        raise ModuleError(
+            f"Unsupported parameters for (ansible.legacy.dnf) module: {', '.join(unsupported)}. "
+            f"Supported parameters include: {DNF_SUPPORTED}."
+        )
     given = sorted(name for name in params if name in NOT_IMPLEMENTED)
     if given:
         raise ModuleError(f"dnf: kiln does not implement {', '.join(given)}")
