@@ -77,9 +77,14 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         "stderr": state["stderr"].rstrip("\r\n"),
     }
     if state["up_to_date"]:
-        return Result(False, f"{shown}: up to date", data=data)
+        return Result(False, f"{shown}: up to date", data=with_lines(data))
     if ctx.check_mode:
-        return Result(True, f"{shown}: would run", data=data)
+        return Result(True, f"{shown}: would run", data=with_lines(data))
     done = ctx.run(argv, cwd=params["chdir"])
     data.update(stdout=done.stdout.rstrip("\r\n"), stderr=done.stderr.rstrip("\r\n"))
-    return Result(True, f"ran {shown}", data=data)
+    return Result(True, f"ran {shown}", data=with_lines(data))
+
+
+def with_lines(data: Dict[str, Any]) -> Dict[str, Any]:
+    """stdout_lines and stderr_lines beside them, as Ansible adds them to any result with stdout and stderr."""
+    return {**data, "stdout_lines": data["stdout"].splitlines(), "stderr_lines": data["stderr"].splitlines()}

@@ -249,6 +249,8 @@ _NO_SELINUX_ARGS = {
 
 TABLE: dict[str, Mapping] = {
     "apt": _APT,
+    "assemble": Mapping("assemble"),
+    "make": Mapping("make"),
     # Ansible runs yum and dnf5 as its dnf action: dnf's arguments, and a failure on a box without dnf
     "dnf": Mapping("dnf"),
     "dnf5": Mapping("dnf"),
