@@ -144,7 +144,6 @@ def test_kiln_layout_role_may_depend_on_an_ansible_layout_role(tmp_path):
 REFUSALS = {
     "delegate_to": ("- command: echo hi\n  delegate_to: localhost\n", "main.yml:2:3: 'delegate_to' is not a kiln"),
     "local_action": ("- local_action: command echo hi\n", "main.yml:1:3: 'local_action' is not a kiln"),
-    "run_once": ("- command: echo hi\n  run_once: true\n", "main.yml:2:3: 'run_once' is not a kiln"),
     "hostvars": ("- debug:\n    msg: \"{{ hostvars['db1'].ip }}\"\n", "main.yml:2:10: another host's hostvars"),
     "missing include": ("- include_tasks: nope.yml\n", "main.yml:1:18: 'nope.yml' not found in the role's tasks/"),
     "templated include": (

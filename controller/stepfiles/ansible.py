@@ -416,7 +416,6 @@ REFUSED_KEYWORDS = {
     "do that work in the role of the machine it concerns (or in its verify.yml)",
     "local_action": "steps run on the machine being baked, never on the controller: prepare controller-side files "
     "before the bake and ship them in the role's files/",
-    "run_once": "a bake has one host: remove run_once (the task runs once anyway)",
     "connection": "kiln connects once over SSH for the whole apply: remove connection",
     "remote_user": "kiln logs in as its own build user and becomes root: use become_user for another user",
     "serial": "a bake has one host: remove serial",
