@@ -287,7 +287,10 @@ def test_copy_remote_src_takes_a_file_on_the_box_with_its_mode(box):
     box.sh("mkdir -p /srv/copyr && printf 'k=v\\n' > /srv/copyr/agent.conf.default && chmod 0750 /srv/copyr/*")
     args = {"src": "/srv/copyr/agent.conf.default", "dest": "/srv/copyr/agent.conf", "remote_src": True}
     out = converge(box, "copy", args, cat_and_stat("/srv/copyr/agent.conf"))
-    assert out["after"] == "k=v\n--\n750 root root\n"
+    assert out["after"] == "k=v\n--\n644 root root\n"  # a new file: the umask's mode, as Ansible's atomic_move
+    box.sh("printf 'k=w\\n' > /srv/copyr/agent.conf.default")
+    out = converge(box, "copy", args, cat_and_stat("/srv/copyr/agent.conf"))
+    assert out["after"] == "k=w\n--\n750 root root\n"  # a replaced one: the source's (copystat)
     relative = run_step(box, "copy", dict(args, src="agent.conf.default"))
     assert relative["status"] == "failed" and "an absolute path on the box" in relative["msg"], relative
     missing = run_step(box, "copy", dict(args, src="/srv/copyr/none"))

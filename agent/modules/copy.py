@@ -57,7 +57,8 @@ SCHEMA = {
         "remote_src": {
             "type": "bool",
             "default": False,
-            "description": "src is a file already on the box (an absolute path), not in the role's files/.",
+            "description": "src is a file already on the box (an absolute path), not in the role's files/; a file it "
+            "replaces takes the source's mode, as in Ansible.",
         },
         "decrypt": {
             "type": "bool",
@@ -128,7 +129,7 @@ def put_content(
     params: Dict[str, Any], data: bytes, state: Dict[str, Any], ctx: Context, source_mode: int | None = None
 ) -> Result:
     """Write ``data`` at state['dest'] when it differs, then owner/group/mode (copy and template). ``source_mode``:
-    the mode a written file takes when the step gives none (remote_src: the source's, as Ansible's copystat)."""
+    the mode a replaced file takes when the step gives none (remote_src: the source's, as Ansible's copystat)."""
     dest = state["dest"]
     exists = state["attrs"] is not None
     new_sha = hashlib.sha256(data).hexdigest()
@@ -162,7 +163,8 @@ def put_content(
         if exists and params.get("backup"):
             out["backup_file"] = backup_local(dest)
         current = int(state["attrs"]["mode"], 8) if exists else 0o644
-        mode = parse_mode(params["mode"], current) if params.get("mode") else source_mode
+        # Ansible's atomic_move: a new file gets the umask's mode; a replaced one (remote_src) its source's
+        mode = parse_mode(params["mode"], current) if params.get("mode") else source_mode if exists else None
         atomic_write(dest, data, mode=mode, validate=params.get("validate"), ctx=ctx)
     if wanted:
         filemod.set_attributes(dest, wanted)

@@ -36,7 +36,8 @@ SCHEMA = {
         "sysctl_file": {
             "type": "path",
             "default": "/etc/sysctl.d/99-kiln.conf",
-            "description": "The file holding the setting.",
+            "description": "The file holding the setting, rewritten as ansible.posix's sysctl writes it (key=value "
+            "lines, each key once) when the value there differs.",
         },
         "reload": {
             "type": "bool",
@@ -69,15 +70,6 @@ def normalise(value: Any) -> str:
     return " ".join(str(value).split())
 
 
-def _entry(line: str) -> Optional[str]:
-    """The parameter a sysctl.conf line sets (None for comments and blanks)."""
-    stripped = line.strip()
-    if not stripped or stripped[0] in "#;":
-        return None
-    key = stripped.split("=", 1)[0].strip().lstrip("-")
-    return key.replace("/", ".")
-
-
 def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     live: Optional[str] = None
     try:
@@ -94,26 +86,64 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     return {"live": live, "text": text}
 
 
+BOOL_TRUE = ("y", "yes", "on", "1", "true", "t")
+BOOL_FALSE = ("n", "no", "off", "0", "false", "f")
+
+
+def file_value(value: Any) -> str:
+    """The value as ansible.posix's sysctl writes it: a boolean word is 1 or 0, anything else stripped."""
+    text = str(value).strip()
+    if text.lower() in BOOL_TRUE or value is True:
+        return "1"
+    if text.lower() in BOOL_FALSE or value is False:
+        return "0"
+    return text
+
+
+def _file_lines(text: str) -> List[str]:
+    return [line.strip() for line in text.splitlines()]
+
+
+def _settings(lines: List[str]) -> Dict[str, str]:
+    """Each parameter's value in the file (the last line that sets it wins, as ansible.posix reads it)."""
+    values: Dict[str, str] = {}
+    for line in lines:
+        if line and not line.startswith(("#", ";")) and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
 def _new_text(params: Dict[str, Any], text: str) -> str:
-    lines: List[str] = text.splitlines()
+    """The file as ansible.posix's sysctl rewrites it when it writes: every setting as ``key=value`` once (its first
+    line), the parameter's own set (or dropped), appended when missing; comments and blanks kept."""
     name = params["name"]
-    kept = [ln for ln in lines if _entry(ln) != name]
+    present = params["state"] == "present"
+    seen: List[str] = []
+    fixed: List[str] = []
+    for line in _file_lines(text):
+        if not line or line.startswith(("#", ";")) or "=" not in line:
+            fixed.append(line)
+            continue
+        key, value = (part.strip() for part in line.split("=", 1))
+        if key in seen:
+            continue
+        seen.append(key)
+        if key != name:
+            fixed.append(f"{key}={value}")
+        elif present:
+            fixed.append(f"{key}={file_value(params['value'])}")
+    if name not in seen and present:
+        fixed.append(f"{name}={file_value(params['value'])}")
+    return "".join(line + "\n" for line in fixed)
+
+
+def file_needs_writing(params: Dict[str, Any], text: str) -> bool:
+    """ansible.posix's decision: the parameter missing (present), there (absent), or with another value."""
+    current = _settings(_file_lines(text)).get(params["name"])
     if params["state"] == "absent":
-        if len(kept) == len(lines):
-            return text
-        return "\n".join(kept) + ("\n" if kept else "")
-    wanted = f"{name} = {normalise(params['value'])}"
-    positions = [i for i, ln in enumerate(lines) if _entry(ln) == name]
-    if positions:
-        current = lines[positions[-1]]
-        value = current.split("=", 1)[1] if "=" in current else ""
-        if len(positions) == 1 and normalise(value) == normalise(params["value"]):
-            return text
-        new = [ln for i, ln in enumerate(lines) if i not in positions[:-1]]
-        new[positions[-1] - len(positions[:-1])] = wanted
-    else:
-        new = lines + [wanted]
-    return "\n".join(new) + "\n"
+        return bool(current)
+    return current != file_value(params["value"])
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
@@ -121,11 +151,11 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     if not re.match(r"^[A-Za-z0-9_.\-/*]+$", name):
         raise ModuleError(f"'{name}' is not a kernel parameter name")
     old = state["text"] or ""
-    new = _new_text(params, old)
-    file_changes = new != old
+    file_changes = file_needs_writing(params, old)
+    new = _new_text(params, old) if file_changes else old
     live = state["live"]
     live_wanted = params["reload"] or params["sysctl_set"]
-    set_live = params["state"] == "present" and live_wanted and live != normalise(params["value"])
+    set_live = params["state"] == "present" and live_wanted and live != normalise(file_value(params["value"]))
     if params["state"] == "present" and live is None and params["reload"] and not params["ignoreerrors"]:
         raise ModuleError(f"no such kernel parameter: {name} ({proc_path(name)} missing)")
     if live is None:  # sysctl_set alone skips a parameter the kernel lacks, as ansible.posix's does
@@ -141,8 +171,8 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
         msgs.append(f"{path} updated")
     if set_live:
         diff["before"] = {"live": live}
-        diff["after"] = {"live": normalise(params["value"])}
-        msgs.append(f"live {live} -> {normalise(params['value'])}")
+        diff["after"] = {"live": normalise(file_value(params["value"]))}
+        msgs.append(f"live {live} -> {normalise(file_value(params['value']))}")
     msg = f"{name}: " + ", ".join(msgs)
     if ctx.check_mode:
         return Result(True, f"{msg} (check mode)", diff=diff)
@@ -154,7 +184,7 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
     if set_live:
         try:
             with open(proc_path(name), "w") as handle:
-                handle.write(str(params["value"]))
+                handle.write(file_value(params["value"]))
         except OSError as exc:
             if not params["ignoreerrors"]:
                 raise ModuleError(
@@ -167,4 +197,4 @@ def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result
             if not file_changes:
                 return Result(False, f"{name}: {path} is up to date ({note})", data={"live": live})
             return Result(True, f"{name}: {path} updated ({note})", diff=diff, data={"live": live})
-    return Result(True, msg, diff=diff, data={"live": normalise(params["value"]) if set_live else live})
+    return Result(True, msg, diff=diff, data={"live": normalise(file_value(params["value"])) if set_live else live})

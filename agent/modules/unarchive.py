@@ -135,13 +135,20 @@ def members(path: str, dest: str, strip: int = 0) -> Iterator[Member]:
                 else:
                     yield name, "file", mode or 0o644, info.file_size, (lambda i=info, a=archive: a.read(i))
         return
+    dest_listed = False
     try:
         archive = tarfile.open(path)
     except tarfile.TarError as exc:
         raise ModuleError(f"{path} is neither a tar nor a zip archive: {exc}") from None
     with archive:
         for info in archive.getmembers():
-            name = _stripped(_safe_name(info.name, dest), strip)
+            whole = _safe_name(info.name, dest)
+            name = _stripped(whole, strip)
+            if whole and not name and not dest_listed:
+                # GNU tar lists a member stripped away as an empty name, and Ansible sets the step's owner, group
+                # and mode on that name joined to dest: on dest itself
+                dest_listed = True
+                yield ".", "dest", 0, 0, None
             if not name:
                 continue
             if info.isdir():
@@ -225,7 +232,8 @@ def _check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     todo: List[str] = []
     for name, kind, _mode, size, payload in members(src, dest, strip):
         target = os.path.join(dest, name)
-        if _differs(target, kind, size, payload) or _owned_wrong(target, uid, gid) or _mode_wrong(target, kind, params):
+        differs = kind != "dest" and _differs(target, kind, size, payload)
+        if differs or _owned_wrong(target, uid, gid) or _mode_wrong(target, kind, params):
             todo.append(name)
     return {"skip": None, "src": src, "strip": strip, "dest_missing": False, "todo": todo}
 
@@ -235,8 +243,12 @@ def _extract(src: str, dest: str, uid: int, gid: int, strip: int, params: Dict[s
         target = os.path.join(dest, name)
         parent = os.path.dirname(target)
         os.makedirs(parent, exist_ok=True)
+        if kind == "dest":
+            mode = stat.S_IMODE(os.stat(dest).st_mode)
         mode = member_mode(params, kind, mode)
-        if kind == "dir":
+        if kind == "dest":
+            os.chmod(dest, mode)
+        elif kind == "dir":
             if os.path.lexists(target) and not os.path.isdir(target):
                 os.unlink(target)
             os.makedirs(target, exist_ok=True)
@@ -265,8 +277,8 @@ def _extract(src: str, dest: str, uid: int, gid: int, strip: int, params: Dict[s
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
     dest = params["dest"]
-    if state["skip"]:
-        return Result(False, f"skipped: {state['skip']}")
+    if state["skip"]:  # Ansible's action skips the task: registered skipped, as a false when gives
+        return Result(False, f"skipped, since {state['skip']}", data={"skipped": True})
     if state["dest_missing"] and not ctx.check_mode:
         raise ModuleError(f"dest {dest} is not a directory (create it first with file: state=directory)")
     todo: List[str] = state["todo"]
