@@ -346,6 +346,6 @@ def test_service_sleep_is_accepted_and_ignored_on_systemd(box):
     assert done["status"] == "changed" and "sleep ignored" in done["msg"], done
     assert done["duration"] < 10, done
     assert box.sh("systemctl show -p MainPID --value kiln-sleep") != pid
-    bad = run_step(box, "service", {"name": "kiln-sleep", "state": "restarted", "sleep": -1})
+    bad = run_step(box, "service", {"name": "kiln-sleep", "state": "restarted", "sleep": "long"})
     assert bad["status"] == "failed" and "sleep" in bad["msg"], bad
     box.sh("systemctl stop kiln-sleep; rm -f /etc/systemd/system/kiln-sleep.service; systemctl daemon-reload")

@@ -78,7 +78,6 @@ SCHEMA = {
         },
         "sleep": {
             "type": "int",
-            "minimum": 0,
             "description": "Accepted and ignored, as Ansible's service ignores it on systemd (a restart is one "
             "systemctl restart, which waits for the stop itself).",
         },
