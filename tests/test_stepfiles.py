@@ -1390,3 +1390,20 @@ def test_a_loop_over_an_undefined_name_is_skipped_by_its_definedness_when_on_the
         ("after", "ok"),
     ], steps
     assert steps[-1]["msg"] is True or steps[-1]["msg"] == "True", steps[-1]
+
+
+def test_unarchive_copy_false_names_a_file_on_the_box(tmp_path):
+    """unarchive's older spelling of remote_src (copy: false / no) keeps src as written, as the box's path; without
+    it a relative src is the role's file (found by geerlingguy.git: 'role//root/git.tar.gz' was not found)."""
+    tasks = (
+        '- unarchive: {src: "{{ workspace }}/git.tar.gz", dest: /opt, copy: false}\n'
+        "- unarchive: src={{ workspace }}/other.tgz dest=/opt copy=no\n"
+        "- unarchive: {src: app.tgz, dest: /opt}\n"
+    )
+    make_role(tmp_path, "t", {"tasks/main.yml": tasks, "defaults/main.yml": "workspace: /root\n", "files/app.tgz": ""})
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    assert [step["args"]["src"] for step in compiled.steps] == [
+        "{{ workspace }}/git.tar.gz",
+        "{{ workspace }}/other.tgz",
+        "t/app.tgz",
+    ]

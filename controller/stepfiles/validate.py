@@ -1443,7 +1443,7 @@ class StepCompiler:
             args = {}
         self._templated(given, path, extra, no_log=hiding(step.get("no_log"), step))
         folder = SRC_DIRS.get(module)
-        if folder and isinstance(args.get("src"), str) and not _truthy(args.get("remote_src")):
+        if folder and isinstance(args.get("src"), str) and not _src_on_the_box(module, args):
             src = args["src"]
             src_path = path + ("src",) if isinstance(given, dict) else path
             if not is_templated(src) and not src.startswith("/"):  # absolute: a file already on the box
@@ -1841,6 +1841,16 @@ def notify_inside(block: dict[str, Any], names: list[str] | None = None) -> None
 
 def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in ("yes", "true", "on", "1"))
+
+
+def _falsy(value: Any) -> bool:
+    return value is False or (isinstance(value, str) and value.lower() in ("no", "false", "off", "0"))
+
+
+def _src_on_the_box(module: str, args: dict[str, Any]) -> bool:
+    """Whether a step's src names a file on the box, not one of the role's: remote_src, or unarchive's older
+    spelling of it, copy: false (geerlingguy.git's `unarchive: {src: "{{ workspace }}/git.tar.gz", copy: false}`)."""
+    return _truthy(args.get("remote_src")) or (module == "unarchive" and _falsy(args.get("copy")))
 
 
 def check_args(doc: Document, what: str, schema: dict[str, Any], given: Any, path: tuple[Any, ...]) -> list[Diagnostic]:
