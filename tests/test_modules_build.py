@@ -50,3 +50,12 @@ def test_make_runs_only_when_make_q_says_the_target_is_stale(box):
     out = converge(box, "make", args, "cat /srv/kt-make/all.out 2>/dev/null || true")
     assert out["after"] == "made hello\n"
     assert out["first"]["msg"] == "ran /srv/kt-make/make all GREETING=hello", out["first"]
+
+
+def test_shell_runs_its_line_through_another_shell(box):
+    """executable: Ansible's shell runs [executable, "-c", cmd] (ssh_hardening's selinux.yml names one)."""
+    done = run_step(box, "shell", {"cmd": 'echo "$0 ${BASH_VERSION:-none}" > /srv/kt-shell', "executable": "/bin/dash"})
+    assert done["status"] == "changed", done
+    assert box.sh("cat /srv/kt-shell") == "/bin/dash none\n"
+    run_step(box, "shell", {"cmd": 'echo "$0 ${BASH_VERSION:+bash}" > /srv/kt-shell'})
+    assert box.sh("cat /srv/kt-shell") == "/bin/bash bash\n"

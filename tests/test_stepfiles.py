@@ -1407,3 +1407,20 @@ def test_unarchive_copy_false_names_a_file_on_the_box(tmp_path):
         "{{ workspace }}/other.tgz",
         "t/app.tgz",
     ]
+
+
+def test_selinux_and_unsafe_writes_arguments_are_left_out_on_debian(tmp_path):
+    """file, copy, template, lineinfile and blockinfile take Ansible's SELinux arguments and unsafe_writes as replace
+    does: Debian runs without SELinux labels and kiln always writes through a temporary file (geerlingguy.mysql's
+    `file: {setype: mysqld_log_t}` passed validate, then the box refused setype as unknown)."""
+    common = "setype: mysqld_log_t, seuser: system_u, unsafe_writes: true"
+    tasks = (
+        f"- file: {{path: /var/log/x, state: touch, {common}}}\n"
+        f"- copy: {{content: x, dest: /etc/x, {common}}}\n"
+        f"- template: {{src: t.j2, dest: /etc/t, {common}}}\n"
+        f"- lineinfile: {{path: /etc/x, line: z, {common}}}\n"
+        f"- blockinfile: {{path: /etc/x, block: z, {common}}}\n"
+    )
+    make_role(tmp_path, "t", {"tasks/main.yml": tasks, "templates/t.j2": "t\n"})
+    compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
+    assert all(not {"setype", "seuser", "unsafe_writes"} & set(step["args"]) for step in compiled.steps), compiled.steps

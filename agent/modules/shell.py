@@ -1,4 +1,4 @@
-"""Run a command line through ``/bin/bash`` (pipes, redirections, globbing).
+"""Run a command line through ``/bin/bash`` (pipes, redirections, globbing), or through ``executable``.
 
 Example::
 
@@ -15,7 +15,10 @@ from ..modules import command
 SCHEMA = dict(
     command.SCHEMA,
     description="Run a command line through /bin/bash; skipped when `creates` exists or `removes` does not.",
-    args={k: v for k, v in command.SCHEMA["args"].items() if k != "argv"},
+    args={
+        **{k: v for k, v in command.SCHEMA["args"].items() if k != "argv"},
+        "executable": {"type": "path", "description": "Another shell to run the line (its -c), as Ansible's shell."},
+    },
     mutually_exclusive=[],
     required_one_of=[["cmd"]],
     example='- shell: {cmd: "echo ok > /etc/kiln-ok", creates: /etc/kiln-ok}',
@@ -25,4 +28,7 @@ check = command.check
 
 
 def apply(params: Dict[str, Any], state: Dict[str, Any], ctx: Context) -> Result:
+    if params.get("executable"):  # Ansible runs [executable, "-c", cmd]
+        argv = [params["executable"], "-c", params["cmd"]]
+        return command.run_command({**params, "argv": argv}, state, ctx, shell=False)
     return command.run_command(params, state, ctx, shell=True)
