@@ -520,6 +520,8 @@ class Runner:
             args = without_omitted(render(step.get("args", {}), scope))
         except TemplateError as exc:
             return {"changed": False, "failed": True, "msg": f"templating: {exc}"}
+        if step.get("int_mode_is_bits"):
+            args = modes_as_ansible_reads_numbers(module.SCHEMA, args)
         params, errors = argschema.validate(module.SCHEMA, args)
         if errors:
             return {
@@ -897,3 +899,15 @@ def without_omitted(value: Any) -> Any:
 
 def as_topics(listen: Any) -> List[str]:
     return [listen] if isinstance(listen, str) else [str(topic) for topic in listen]
+
+
+def modes_as_ansible_reads_numbers(schema: Dict[str, Any], args: Dict[str, Any]) -> Dict[str, Any]:
+    """A mode that a template of an Ansible-layout step rendered as a number is its permission bits, as Ansible's
+    modules read it: a role's ``dir_mode: 02770`` (YAML 1.1 octal, the number 1528) given as ``mode: "{{ dir_mode }}"``
+    is "02770" (geerlingguy.redis). kiln's own step files keep refusing a numeric mode (YAML 1.2's 0644 is 644)."""
+    out = dict(args)
+    for name, spec in schema.get("args", {}).items():
+        value = out.get(name)
+        if spec.get("type") == "mode" and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            out[name] = f"0{value:o}"
+    return out

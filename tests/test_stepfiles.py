@@ -1424,3 +1424,29 @@ def test_selinux_and_unsafe_writes_arguments_are_left_out_on_debian(tmp_path):
     make_role(tmp_path, "t", {"tasks/main.yml": tasks, "templates/t.j2": "t\n"})
     compiled = compile_role(tmp_path, "t", "local", config_for(tmp_path))
     assert all(not {"setype", "seuser", "unsafe_writes"} & set(step["args"]) for step in compiled.steps), compiled.steps
+
+
+def test_a_templated_mode_of_an_ansible_role_is_read_as_ansible_reads_a_number(tmp_path):
+    """Only an Ansible-layout step whose mode is a template is marked: the box reads a number it renders as the
+    bits (geerlingguy.redis: 02770 in YAML 1.1 is 1528); kiln's own steps.yml keeps refusing numbers."""
+    make_role(
+        tmp_path,
+        "t",
+        {
+            "tasks/main.yml": '- file: {path: /x, state: directory, mode: "{{ m }}"}\n'
+            "- file: {path: /y, state: directory, mode: 0755}\n",
+            "defaults/main.yml": "m: 02770\n",
+        },
+    )
+    ansible_steps = compile_role(tmp_path, "t", "local", config_for(tmp_path)).steps
+    assert [s.get("int_mode_is_bits", False) for s in ansible_steps] == [True, False]
+    assert ansible_steps[1]["args"]["mode"] == "0755"
+    make_role(
+        tmp_path,
+        "k",
+        {
+            "role.yml": "description: k\ndefaults:\n  m: '0640'\n",
+            "steps.yml": '- file: {path: /x, state: directory, mode: "{{ m }}"}\n',
+        },
+    )
+    assert "int_mode_is_bits" not in compile_role(tmp_path, "k", "local", config_for(tmp_path)).steps[0]

@@ -40,7 +40,7 @@ def command(params: Dict[str, Any]) -> List[str]:
     """make's words, in the collection module's order."""
     program = params.get("make") or shutil.which("gmake") or shutil.which("make")
     if not program:
-        raise ModuleError("Failed to find required executable \"make\" in paths", changed=False)
+        raise ModuleError('Failed to find required executable "make" in paths', changed=False)
     argv = [program]
     if params.get("jobs") is not None:
         argv += ["-j", str(params["jobs"])]

@@ -130,6 +130,7 @@ class Document:
         self._style: dict[Path_, str] = {}
         self.vaulted: set[Path_] = set()  # values tagged !vault (Ansible Vault ciphertext)
         self.octal: set[Path_] = set()  # integers written 0644 (YAML 1.1, as Ansible reads its files)
+        self.yaml11 = False  # read as Ansible reads its files (set by load_text)
 
     # --- positions ------------------------------------------------------------
     def value_pos(self, path: Iterable[Any] = ()) -> tuple[int, int]:
@@ -321,6 +322,7 @@ def load_text(text: str, display: str, path: Path | None = None, yaml11: bool = 
     the files of a role in Ansible's layout.
     """
     doc = Document(path, display, text)
+    doc.yaml11 = yaml11
     yaml = YAML(typ="rt")
     source = text
     if yaml11:

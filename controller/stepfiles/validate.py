@@ -1442,6 +1442,10 @@ class StepCompiler:
         else:
             args = {}
         self._templated(given, path, extra, no_log=hiding(step.get("no_log"), step))
+        if self.doc.yaml11 and any(
+            spec.get("type") == "mode" and is_templated(args.get(name)) for name, spec in schema.get("args", {}).items()
+        ):
+            step["int_mode_is_bits"] = True  # Ansible's: a mode a template renders as a number is its bits
         folder = SRC_DIRS.get(module)
         if folder and isinstance(args.get("src"), str) and not _src_on_the_box(module, args):
             src = args["src"]
