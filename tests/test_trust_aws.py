@@ -354,15 +354,29 @@ def test_kill9_of_a_sandbox_bake_then_sweep_leaves_nothing_of_it(sandbox_env, en
     (work / "playbooks").symlink_to(playbooks)
     env = kill_env(work, AWS_ENDPOINT_URL=sandbox_env)
     seen = kill9_bake(work, sandbox_bake(role), env, at_event(*trigger), delay)
-    assert not nothing_left(leftovers(sandbox_env, engine, seen["build_id"], role, seen["version"])), (
-        "the kill left something to sweep"
+    killed = leftovers(sandbox_env, engine, seen["build_id"], role, seen["version"])
+    assert not nothing_left(killed), "the kill left something to sweep"
+    # the kill lands a moment after the event is read: a loaded machine can let publish go past its last copy,
+    # where it gives the version up before latest moves; a whole, unpublished version is then kept by design
+    # (copies.py: no reservation may let sweep remove an AMI a latest pointer may name)
+    whole = point == "during publish, a copy made" and not any(
+        name.endswith(f"/{seen['version']}")
+        for key, names in killed.items()
+        if key.startswith("parameters")
+        for name in names
     )
+    kept = {key: names for key, names in killed.items() if whole and key.startswith("images")}
 
     swept, seconds = sweep_after_deadline(work, env)
     assert swept.returncode == 0, swept.stdout + swept.stderr[-3000:]
-    print(f"sweep after kill -9 {point}: {seconds:.1f} s")
+    print(
+        f"sweep after kill -9 {point}: {seconds:.1f} s" + (" (the version was whole: its AMIs kept)" if whole else "")
+    )
     found = leftovers(sandbox_env, engine, seen["build_id"], role, seen["version"])
-    assert nothing_left(found), f"kill -9 {point}: sweep left {found}\n{swept.stdout}"
+    assert nothing_left({k: v for k, v in found.items() if k not in kept}), (
+        f"kill -9 {point}: sweep left {found}\n{swept.stdout}"
+    )
+    assert all(found[key] == names for key, names in kept.items()), f"sweep removed a whole version's AMIs: {found}"
 
     again = (
         invoke(
