@@ -137,10 +137,7 @@ def check(params: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
         raise ModuleError(f"dnf: use_backend {backend}, but this box's package manager is {manager}, not dnf")
     unsupported = sorted(name for name in params if name in OTHERS)
     if unsupported:
-        raise ModuleError(
-            f"Unsupported parameters for (ansible.legacy.dnf) module: {', '.join(unsupported)}. "
-            f"Supported parameters include: {DNF_SUPPORTED}."
-        )
+        raise package.unsupported_parameters("dnf", unsupported, DNF_SUPPORTED)
     given = sorted(name for name in params if name in NOT_IMPLEMENTED)
     if given:
         raise ModuleError(f"dnf: kiln does not implement {', '.join(given)}")

@@ -425,16 +425,21 @@ def rpm_installed(specs: List[str], ctx: Context) -> Dict[str, str | None]:
     return found
 
 
+def unsupported_parameters(module: str, names: List[str], supported: str) -> ModuleError:
+    """ansible-core's refusal of arguments a module does not take, in its words (apt's and dnf's)."""
+    return ModuleError(
+        f"Unsupported parameters for (ansible.legacy.{module}) module: {', '.join(names)}. "
+        f"Supported parameters include: {supported}."
+    )
+
+
 def refuse_foreign(params: Dict[str, Any], manager: str) -> None:
     """Another manager's arguments fail the step (check mode too), as the box's own module refuses them."""
     given = sorted(name for name in params if name in FOREIGN_ARGS)
     if not given:
         return
     if manager == "apt":
-        raise ModuleError(
-            f"Unsupported parameters for (ansible.legacy.apt) module: {', '.join(given)}. "
-            f"Supported parameters include: {APT_SUPPORTED}."
-        )
+        raise unsupported_parameters("apt", given, APT_SUPPORTED)
     raise ModuleError(f"package on {manager}: kiln does not implement {', '.join(given)}")
 
 
